@@ -1,0 +1,10 @@
+//! The per-node agent: eligibility (policies, nodes, endpoints), per-address elections, the announcer.
+
+/// Command-line flags of this subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {}
+
+/// Runs the subcommand.
+pub async fn run(_args: Args) -> crate::CmdResult {
+    anyhow::bail!("not yet implemented")
+}

@@ -1,0 +1,166 @@
+//! CRD types of `ferrolb.io/v1alpha1` and the well-known names (annotations, classes,
+//! condition types) shared by the controller, the agent, `plan` and `convert`.
+//!
+//! `crds/*.yaml` are generated from these types (`ferrolb crds`); a test fails when they are stale.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every ferrolb custom resource.
+pub const GROUP: &str = "ferrolb.io";
+/// `spec.loadBalancerClass` that ferrolb always serves.
+pub const LB_CLASS: &str = "ferrolb.io/l2-announcer";
+/// Cilium's class, served only when the controller/agent is told to (`--serve-cilium-class`).
+pub const CILIUM_LB_CLASS: &str = "io.cilium/l2-announcer";
+/// Requested addresses, comma-separated.
+pub const ANN_IPS: &str = "ferrolb.io/ips";
+/// Services with the same sharing key may share an address.
+pub const ANN_SHARING_KEY: &str = "ferrolb.io/sharing-key";
+/// Namespaces (comma-separated, or `*`) allowed to share across namespaces.
+pub const ANN_SHARING_CROSS_NS: &str = "ferrolb.io/sharing-cross-namespace";
+/// Cilium aliases honoured by the controller, and their legacy `io.cilium/...` forms.
+pub const CILIUM_ANN_IPS: &[&str] = &["lbipam.cilium.io/ips", "io.cilium/lb-ipam-ips"];
+pub const CILIUM_ANN_SHARING_KEY: &[&str] = &[
+    "lbipam.cilium.io/sharing-key",
+    "io.cilium/lb-ipam-sharing-key",
+];
+pub const CILIUM_ANN_SHARING_CROSS_NS: &[&str] = &[
+    "lbipam.cilium.io/sharing-cross-namespace",
+    "io.cilium/lb-ipam-sharing-cross-namespace",
+];
+/// Service condition written by the controller.
+pub const COND_IPAM_SATISFIED: &str = "ferrolb.io/IPAMRequestSatisfied";
+/// Virtual labels every Service carries for selectors.
+pub const LABEL_SERVICE_NAMESPACE: &str = "io.kubernetes.service.namespace";
+pub const LABEL_SERVICE_NAME: &str = "io.kubernetes.service.name";
+/// Field manager / reporting controller name.
+pub const CONTROLLER_NAME: &str = "ferrolb.io/controller";
+pub const AGENT_NAME: &str = "ferrolb.io/agent";
+
+/// A cluster-scoped pool of addresses for `type: LoadBalancer` Services.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrolb.io",
+    version = "v1alpha1",
+    kind = "LoadBalancerIPPool",
+    plural = "loadbalancerippools",
+    shortname = "lbpool",
+    shortname = "ippool",
+    category = "ferrolb",
+    status = "LoadBalancerIPPoolStatus",
+    doc = "LoadBalancerIPPool is a cluster-scoped pool of IPs for LoadBalancer Services.",
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"Conflicting","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflict\")].status"}"#,
+    printcolumn = r#"{"name":"IPs Total","type":"integer","jsonPath":".status.ipsTotal"}"#,
+    printcolumn = r#"{"name":"IPs Used","type":"integer","jsonPath":".status.ipsUsed"}"#,
+    printcolumn = r#"{"name":"IPs Available","type":"integer","jsonPath":".status.ipsAvailable"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIPPoolSpec {
+    /// Address blocks: each either `cidr`, or `start` with an optional `stop` (omitted = one address).
+    #[schemars(length(min = 1))]
+    pub blocks: Vec<IpBlock>,
+    /// Services this pool serves. Unset selects every Service. The virtual labels
+    /// `io.kubernetes.service.namespace` and `io.kubernetes.service.name` match too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// No new allocations from this pool; existing ones are kept.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Allow the first (network) and last (broadcast) address of CIDR blocks. Blocks of /31, /32,
+    /// /127 and /128 and start/stop ranges never reserve them.
+    #[serde(default, rename = "allowFirstLastIPs")]
+    pub allow_first_last_ips: YesNo,
+}
+
+/// Cilium-compatible `Yes`/`No` switch.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum YesNo {
+    Yes,
+    #[default]
+    No,
+}
+
+/// One block of a pool.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub struct IpBlock {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+}
+
+/// Pool status written by the controller. Counts saturate at 2^63-1 (a /48 of IPv6 has more).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIPPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub ips_total: i64,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub ips_used: i64,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub ips_available: i64,
+    /// `Conflict` (reason `CIDROverlap`, message names the other pool), `Exhausted`, `InvalidBlocks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Which nodes announce which Services' addresses, on which interfaces.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrolb.io",
+    version = "v1alpha1",
+    kind = "L2AnnouncementPolicy",
+    plural = "l2announcementpolicies",
+    shortname = "l2policy",
+    category = "ferrolb",
+    status = "L2AnnouncementPolicyStatus",
+    doc = "L2AnnouncementPolicy selects the Services whose addresses are announced over ARP/NDP, and the nodes and interfaces that announce them.",
+    printcolumn = r#"{"name":"LB IPs","type":"boolean","jsonPath":".spec.loadBalancerIPs"}"#,
+    printcolumn = r#"{"name":"External IPs","type":"boolean","jsonPath":".spec.externalIPs"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementPolicySpec {
+    /// Services whose addresses this policy announces. Unset selects every Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// Nodes that may announce. Unset selects every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Interface name regexes (anchored, OR). Empty = every eligible interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// Announce `status.loadBalancer.ingress` addresses (default true).
+    #[serde(default = "default_true", rename = "loadBalancerIPs")]
+    pub load_balancer_ips: bool,
+    /// Announce `spec.externalIPs` (default false).
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Policy status: conditions for a bad selector or interface regex.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

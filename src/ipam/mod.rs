@@ -1,0 +1,1 @@
+//! The pure allocator: pools, ranges, selectors, sharing. No I/O.

@@ -1,0 +1,22 @@
+#![forbid(unsafe_code)]
+//! ferrolb: a Layer 2 LoadBalancer for bare-metal Kubernetes.
+//!
+//! Modules hold one concern each; the decisions (`ipam`, `lease::decide`, agent eligibility,
+//! packet codecs) are pure and tested by feeding values in, apart from the I/O around them.
+
+pub mod agent;
+pub mod api;
+pub mod apiserver;
+pub mod controller;
+pub mod convert;
+pub mod crds;
+pub mod ipam;
+pub mod lab;
+pub mod lease;
+pub mod net;
+pub mod netns;
+pub mod plan;
+pub mod telemetry;
+
+/// Exit code of a subcommand; errors are reported by `main`.
+pub type CmdResult = anyhow::Result<std::process::ExitCode>;

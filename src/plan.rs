@@ -1,0 +1,10 @@
+//! `ferrolb plan`: offline allocation report from manifests.
+
+/// Command-line flags of this subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {}
+
+/// Runs the subcommand.
+pub async fn run(_args: Args) -> crate::CmdResult {
+    anyhow::bail!("not yet implemented")
+}
