@@ -52,7 +52,7 @@ impl Netns {
     pub fn create(role: &str) -> anyhow::Result<Self> {
         let name = format!("{PREFIX}{}-{role}", std::process::id());
         // A previous run of this same PID cannot exist, but a stale one of a recycled PID can.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        delete_ns(&name);
         ip(&["netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
