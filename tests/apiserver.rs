@@ -245,15 +245,22 @@ async fn http_serve_and_fault_injection() {
     api.create(&PostParams::default(), &lease("l1", "node-x"))
         .await
         .unwrap();
-    let id = server
-        .faults()
-        .add(FaultSpec::error(503).for_client("node-x"));
+    let id = server.faults().add(FaultSpec::error(500).for_client("node-x"));
     let err = api.get("l1").await.unwrap_err();
-    assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 503),
-        "{err}"
-    );
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 500), "{err}");
+    // another identity is not affected
+    let other: Api<Lease> = Api::namespaced(server.client_as("node-y"), "default");
+    other.get("l1").await.unwrap();
     server.faults().remove(id);
+    // a 503 for a short period: kube's client retries 503 and gets through once it ends
+    server
+        .faults()
+        .add(FaultSpec::error(503).for_duration(Duration::from_millis(300)));
+    api.get("l1").await.unwrap();
+    assert!(server
+        .request_counts()
+        .iter()
+        .any(|(c, v, _, n)| c == "node-x" && v == "fault" && *n >= 1));
     let id = server.faults().refuse();
     assert!(api.get("l1").await.is_err());
     server.faults().remove(id);
