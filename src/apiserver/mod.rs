@@ -8,3 +8,6 @@ pub struct Args {}
 pub async fn run(_args: Args) -> crate::CmdResult {
     anyhow::bail!("not yet implemented")
 }
+
+pub mod managed;
+pub mod patch;
