@@ -11,3 +11,4 @@ pub async fn run(_args: Args) -> crate::CmdResult {
 
 pub mod managed;
 pub mod patch;
+pub mod schema_keys;
