@@ -462,11 +462,9 @@ fn smp_map(
             .as_array()
             .and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
             .ok_or_else(|| bad("invalid patch format of retainKeys"))?;
-        for k in patch.keys() {
-            if !k.starts_with('$') && !keys.contains(&k.as_str()) {
-                return Err(PatchError::Invalid(
-                    "patch content doesn't match retainKeys list".into(),
-                ));
+        for (k, v) in patch {
+            if !v.is_null() && !k.starts_with('$') && !keys.contains(&k.as_str()) {
+                return Err(bad("invalid patch format of retainKeys"));
             }
         }
         out.retain(|k, _| keys.contains(&k.as_str()));
@@ -691,6 +689,14 @@ fn order_items(
                     return Err(bad("invalid patch format of setElementOrder list"));
                 }
             }
+            // Every item of the patch list must appear in the order list, in the same order.
+            let mut last = None;
+            for p in patch_items {
+                match position_by(o, p, key) {
+                    Some(i) if last.is_none_or(|l| i > l) => last = Some(i),
+                    _ => return Err(bad("invalid patch format of setElementOrder list")),
+                }
+            }
             o
         }
         None => patch_items,
@@ -711,10 +717,13 @@ fn order_items(
     loop {
         match (left.peek(), right.peek()) {
             (Some(l), Some(r)) => {
-                if idx(l) < idx(r) {
-                    out.extend(left.next());
-                } else {
+                // apimachinery's mergeSortedSlice(serverOnly, patch, live): a server-only item
+                // goes first only when both are in the live list and it came first there.
+                let (pi, si) = (idx(l), idx(r));
+                if pi >= 0 && si >= 0 && si < pi {
                     out.extend(right.next());
+                } else {
+                    out.extend(left.next());
                 }
             }
             (Some(_), None) => out.extend(left.next()),
@@ -723,4 +732,393 @@ fn order_items(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The Service `web` as golden 30 returns it (managedFields left out).
+    fn web_after_30() -> Value {
+        json!({
+            "kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": "web", "namespace": "demo", "uid": "8c1f23b2-b280-46a2-9960-8ce03a6a88b7",
+                "resourceVersion": "266", "creationTimestamp": "2026-11-22T07:51:07Z",
+                "labels": {"app": "web", "env": "a", "patched-by": "json-patch", "tier": "edge"}},
+            "spec": {
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8081, "nodePort": 32419}],
+                "selector": {"app": "web"}, "clusterIP": "10.96.154.179", "clusterIPs": ["10.96.154.179"],
+                "type": "LoadBalancer", "sessionAffinity": "ClientIP", "externalTrafficPolicy": "Cluster",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10800}}, "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack", "allocateLoadBalancerNodePorts": true,
+                "loadBalancerClass": "ferrolb.io/l2", "internalTrafficPolicy": "Cluster"},
+            "status": {"loadBalancer": {}}
+        })
+    }
+
+    #[test]
+    fn merge_patch_golden_29_null_deletes_and_empty_map_stays_for_the_encoder() {
+        let mut obj = json!({
+            "metadata": {"labels": {"app": "web", "env": "a", "tier": "edge"}, "annotations": {"ferrolb.io/pool": "pool-a"}},
+            "spec": {"sessionAffinity": "None", "ports": [{"port": 80}]}
+        });
+        let patch = json!({"metadata": {"labels": {"version": "v2"}, "annotations": {"ferrolb.io/pool": null}},
+            "spec": {"sessionAffinity": "ClientIP"}});
+        merge_patch(&mut obj, &patch);
+        assert_eq!(
+            obj["metadata"]["labels"],
+            json!({"app": "web", "env": "a", "tier": "edge", "version": "v2"})
+        );
+        assert_eq!(obj["metadata"]["annotations"], json!({}));
+        assert_eq!(obj["spec"]["sessionAffinity"], "ClientIP");
+        assert_eq!(obj["spec"]["ports"], json!([{"port": 80}]));
+    }
+
+    #[test]
+    fn merge_patch_golden_33_replaces_lists() {
+        let mut obj = web_after_30();
+        let patch = json!({"spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}]}});
+        merge_patch(&mut obj, &patch);
+        assert_eq!(
+            obj["spec"]["ports"],
+            json!([{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}])
+        );
+        assert_eq!(obj["spec"]["type"], "LoadBalancer");
+    }
+
+    #[test]
+    fn merge_patch_rfc7386_cases() {
+        // From RFC 7386 appendix A.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (mut t, p, want) in cases {
+            merge_patch(&mut t, &p);
+            assert_eq!(t, want, "patch {p}");
+        }
+    }
+
+    #[test]
+    fn json_patch_golden_30() {
+        let mut obj = web_after_30();
+        obj["metadata"]["labels"] =
+            json!({"app": "web", "env": "a", "tier": "edge", "version": "v2"});
+        obj["spec"]["ports"][0]["targetPort"] = json!(8080);
+        let ops = json!([
+            {"op": "test", "path": "/spec/type", "value": "LoadBalancer"},
+            {"op": "add", "path": "/metadata/labels/patched-by", "value": "json-patch"},
+            {"op": "replace", "path": "/spec/ports/0/targetPort", "value": 8081},
+            {"op": "remove", "path": "/metadata/labels/version"}
+        ]);
+        json_patch(&mut obj, &ops).expect("golden 30 applies");
+        assert_eq!(obj, web_after_30());
+    }
+
+    #[test]
+    fn json_patch_failed_test_is_422_and_leaves_target_unchanged() {
+        let mut obj = web_after_30();
+        let ops = json!([
+            {"op": "add", "path": "/metadata/labels/x", "value": "y"},
+            {"op": "test", "path": "/spec/type", "value": "ClusterIP"}
+        ]);
+        let err = json_patch(&mut obj, &ops).unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::Invalid("testing value /spec/type failed: test failed".into())
+        );
+        assert_eq!(err.code(), 422);
+        assert_eq!(obj, web_after_30());
+    }
+
+    #[test]
+    fn json_patch_move_copy_escapes_and_append() {
+        let mut doc = json!({"a/b": {"c~d": 1}, "list": [1, 2], "x": {}});
+        let ops = json!([
+            {"op": "copy", "from": "/a~1b/c~0d", "path": "/x/copied"},
+            {"op": "move", "from": "/list/0", "path": "/list/-"},
+            {"op": "add", "path": "/list/0", "value": 0},
+            {"op": "add", "path": "/list/-1", "value": 9},
+            {"op": "test", "path": "/x/copied", "value": 1.0}
+        ]);
+        json_patch(&mut doc, &ops).expect("applies");
+        assert_eq!(
+            doc,
+            json!({"a/b": {"c~d": 1}, "list": [0, 2, 9, 1], "x": {"copied": 1}})
+        );
+    }
+
+    #[test]
+    fn json_patch_hostile_inputs_are_errors() {
+        let base = json!({"a": [1, 2, 3], "o": {"k": 1}});
+        let bad_ops = [
+            json!([{"op": "add", "path": "/a/99999999999999999999999", "value": 1}]),
+            json!([{"op": "add", "path": "/a/4", "value": 1}]),
+            json!([{"op": "remove", "path": "/a/-4"}]),
+            json!([{"op": "remove", "path": "/a/-"}]),
+            json!([{"op": "replace", "path": "/o/missing", "value": 1}]),
+            json!([{"op": "remove", "path": "/o/k/deeper"}]),
+            json!([{"op": "move", "from": "/o", "path": "/o/k/inner"}]),
+            json!([{"op": "add", "path": "no-slash", "value": 1}]),
+            json!([{"op": "add", "path": "/o/~2", "value": 1}]),
+            json!([{"op": "frobnicate", "path": "/o"}]),
+            json!([{"op": "add", "path": "/o/x"}]),
+            json!([{"op": "remove", "path": ""}]),
+            json!([{"path": "/o"}]),
+            json!([{"op": "add", "path": "/a/+1", "value": 1}]),
+        ];
+        for ops in bad_ops {
+            let mut doc = base.clone();
+            let err = json_patch(&mut doc, &ops).expect_err(&ops.to_string());
+            assert_eq!(err.code(), 422, "{ops}: {err}");
+            assert_eq!(doc, base);
+        }
+        let mut doc = base.clone();
+        assert_eq!(
+            json_patch(&mut doc, &json!({"op": "add"}))
+                .unwrap_err()
+                .code(),
+            400
+        );
+        assert_eq!(json_patch(&mut doc, &json!([1])).unwrap_err().code(), 400);
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/a/0", "value": 1});
+            MAX_JSON_PATCH_OPERATIONS + 1
+        ]);
+        assert_eq!(json_patch(&mut doc, &many).unwrap_err().code(), 400);
+        assert_eq!(doc, base);
+    }
+
+    #[test]
+    fn strategic_golden_31_merges_ports_by_port_new_first() {
+        let mut obj = web_after_30();
+        let patch = json!({"spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(
+            obj["spec"]["ports"],
+            json!([
+                {"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443},
+                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8081, "nodePort": 32419}
+            ])
+        );
+        // Everything else untouched.
+        let mut rest = obj.clone();
+        rest["spec"]["ports"] = web_after_30()["spec"]["ports"].clone();
+        assert_eq!(rest, web_after_30());
+    }
+
+    #[test]
+    fn strategic_golden_32_patch_delete_removes_by_key() {
+        let mut obj = web_after_30();
+        obj["spec"]["ports"] = json!([
+            {"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443, "nodePort": 30150},
+            {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8081, "nodePort": 32419}
+        ]);
+        let patch = json!({"spec": {"ports": [{"port": 443, "$patch": "delete"}]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj, web_after_30());
+    }
+
+    #[test]
+    fn strategic_kubectl_client_side_apply_with_set_element_order() {
+        // The body quoted in kubectl-apply-client-side-update.txt.
+        let mut obj = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "client-applied", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "old"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 31000}]}});
+        let patch = json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "new\n"}, "labels": {"tier": "edge"}},
+            "spec": {"$setElementOrder/ports": [{"port": 80}], "ports": [{"port": 80, "targetPort": 9090}]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(
+            obj["spec"]["ports"],
+            json!([{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 9090, "nodePort": 31000}])
+        );
+        assert_eq!(obj["metadata"]["labels"], json!({"tier": "edge"}));
+        assert_eq!(
+            obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+            "new\n"
+        );
+        assert!(obj["spec"].get("$setElementOrder/ports").is_none());
+    }
+
+    #[test]
+    fn strategic_set_element_order_reorders_and_keeps_server_only_items() {
+        let mut obj = json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": [
+            {"port": 1, "name": "a"}, {"port": 2, "name": "b"}, {"port": 3, "name": "c"}]}});
+        let patch = json!({"spec": {"$setElementOrder/ports": [{"port": 4}, {"port": 3}, {"port": 1}],
+            "ports": [{"port": 4, "name": "d"}]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        let names: Vec<_> = obj["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect();
+        // apimachinery's order: d is new (first); b is server-only and before c in the live list.
+        assert_eq!(names, vec![json!("d"), json!("b"), json!("c"), json!("a")]);
+    }
+
+    #[test]
+    fn strategic_conditions_owner_refs_atomic_lists_and_directives() {
+        let mut obj = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"ownerReferences": [{"uid": "u1", "name": "a"}], "finalizers": ["f1"]},
+            "spec": {"externalIPs": ["192.0.2.1", "192.0.2.2"], "selector": {"app": "x", "tier": "y"}},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]},
+                "conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]}});
+        let patch = json!({
+            "metadata": {"ownerReferences": [{"uid": "u2", "name": "b"}], "finalizers": ["f2"],
+                "$deleteFromPrimitiveList/finalizers": ["f1"]},
+            "spec": {"externalIPs": ["192.0.2.3"], "selector": {"tier": null}},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]},
+                "conditions": [{"type": "B", "status": "True"}]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(
+            obj["metadata"]["ownerReferences"],
+            json!([{"uid": "u2", "name": "b"}, {"uid": "u1", "name": "a"}])
+        );
+        assert_eq!(obj["metadata"]["finalizers"], json!(["f2"]));
+        assert_eq!(obj["spec"]["externalIPs"], json!(["192.0.2.3"]));
+        assert_eq!(obj["spec"]["selector"], json!({"app": "x"}));
+        assert_eq!(
+            obj["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "198.51.100.2"}])
+        );
+        assert_eq!(
+            obj["status"]["conditions"],
+            json!([{"type": "B", "status": "True"}, {"type": "A", "status": "True"}])
+        );
+
+        // $patch: replace on a map and on a list; $retainKeys.
+        let patch = json!({"spec": {"$patch": "replace", "type": "ClusterIP"},
+            "status": {"conditions": [{"$patch": "replace"}, {"type": "C", "status": "True"}]},
+            "metadata": {"$retainKeys": ["finalizers"], "finalizers": ["f3"]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj["spec"], json!({"type": "ClusterIP"}));
+        assert_eq!(
+            obj["status"]["conditions"],
+            json!([{"type": "C", "status": "True"}])
+        );
+        assert_eq!(obj["metadata"], json!({"finalizers": ["f2", "f3"]}));
+    }
+
+    #[test]
+    fn strategic_node_addresses_by_type_and_unknown_kinds_replace_lists() {
+        let mut node = json!({"apiVersion": "v1", "kind": "Node", "status": {"addresses": [
+            {"type": "InternalIP", "address": "192.0.2.10"}, {"type": "Hostname", "address": "n1"}]}});
+        let patch =
+            json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]}});
+        strategic_merge_patch(&mut node, &patch, "Node").expect("applies");
+        assert_eq!(
+            node["status"]["addresses"],
+            json!([
+            {"type": "InternalIP", "address": "192.0.2.11"}, {"type": "Hostname", "address": "n1"}])
+        );
+
+        let mut thing = json!({"apiVersion": "example.com/v1", "kind": "Widget", "spec": {"items": [{"type": "a"}]}});
+        let patch = json!({"spec": {"items": [{"type": "b"}]}});
+        strategic_merge_patch(&mut thing, &patch, "Widget").expect("applies");
+        assert_eq!(thing["spec"]["items"], json!([{"type": "b"}]));
+    }
+
+    #[test]
+    fn strategic_on_custom_resource_is_415_like_golden_49() {
+        let mut pool =
+            json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool", "spec": {}});
+        let err = strategic_merge_patch(
+            &mut pool,
+            &json!({"spec": {"disabled": true}}),
+            "LoadBalancerIPPool",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::Unsupported(CR_STRATEGIC_UNSUPPORTED.into())
+        );
+        assert_eq!(pool["spec"], json!({}));
+    }
+
+    #[test]
+    fn strategic_hostile_inputs_are_errors() {
+        let base = web_after_30();
+        let bad = [
+            (json!({"spec": {"ports": [{"name": "no-key"}]}}), 400),
+            (json!({"spec": {"ports": [{"$patch": "delete"}]}}), 400),
+            (
+                json!({"spec": {"ports": [{"port": 80, "$patch": "explode"}]}}),
+                400,
+            ),
+            (json!({"spec": {"$patch": 7}}), 400),
+            (
+                json!({"spec": {"$setElementOrder/ports": "x", "ports": []}}),
+                400,
+            ),
+            (
+                json!({"spec": {"$setElementOrder/ports": [{"name": "x"}], "ports": []}}),
+                400,
+            ),
+            (
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": {"a": 1}}}),
+                400,
+            ),
+            (json!({"spec": {"$retainKeys": [1]}}), 400),
+            (json!({"spec": {"$retainKeys": ["type"], "ports": []}}), 400),
+            (
+                json!({"spec": {"$setElementOrder/ports": [{"port": 1}], "ports": [{"port": 2}]}}),
+                400,
+            ),
+            (json!({"metadata": {"finalizers": [{"a": 1}, "x"]}}), 400),
+            (json!(["not", "an", "object"]), 400),
+        ];
+        for (patch, code) in bad {
+            let mut obj = base.clone();
+            let err =
+                strategic_merge_patch(&mut obj, &patch, "Service").expect_err(&patch.to_string());
+            assert_eq!(err.code(), code, "{patch}: {err}");
+            assert_eq!(obj, base);
+        }
+        // Deep nesting: an error, not a stack overflow.
+        let mut deep = json!(1);
+        for _ in 0..(MAX_DEPTH + 10) {
+            deep = json!({"a": deep});
+        }
+        let mut obj = base.clone();
+        assert_eq!(
+            strategic_merge_patch(&mut obj, &deep, "Service")
+                .unwrap_err()
+                .code(),
+            400
+        );
+        // Wrong types replace rather than panic.
+        let mut obj = base.clone();
+        strategic_merge_patch(&mut obj, &json!({"spec": {"ports": "eighty"}}), "Service")
+            .expect("scalar replaces list");
+        assert_eq!(obj["spec"]["ports"], "eighty");
+    }
 }
