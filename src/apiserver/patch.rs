@@ -1012,7 +1012,8 @@ mod tests {
         );
         assert_eq!(
             obj["status"]["conditions"],
-            json!([{"type": "B", "status": "True"}, {"type": "A", "status": "True"}])
+            // Existing items keep their live order; only new ones go first.
+            json!([{"type": "A", "status": "True"}, {"type": "B", "status": "True"}])
         );
 
         // $patch: replace on a map and on a list; $retainKeys.
