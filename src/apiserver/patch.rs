@@ -1026,7 +1026,7 @@ mod tests {
             obj["status"]["conditions"],
             json!([{"type": "C", "status": "True"}])
         );
-        assert_eq!(obj["metadata"], json!({"finalizers": ["f2", "f3"]}));
+        assert_eq!(obj["metadata"], json!({"finalizers": ["f3", "f2"]}));
     }
 
     #[test]
