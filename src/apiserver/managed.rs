@@ -1373,3 +1373,612 @@ fn order_like(v: Value, like: &Value) -> Value {
     out.extend(m);
     Value::Object(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::patch::{json_eq, json_patch, merge_patch, strategic_merge_patch};
+
+    // Request and response bodies of the golden transcripts (/work/shared/kube-golden), compact.
+    const REQ_13: &str = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"demo","labels":{"app":"web","env":"a"},"annotations":{"ferrolb.io/pool":"pool-a"}},"spec":{"type":"LoadBalancer","loadBalancerClass":"ferrolb.io/l2","selector":{"app":"web"},"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080}]}}"#;
+    const RESP_13: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"240","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a"},"annotations":{"ferrolb.io/pool":"pool-a"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:51:07Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:annotations":{".":{},"f:ferrolb.io/pool":{}},"f:labels":{".":{},"f:app":{},"f:env":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Cluster","ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_28: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","labels":{"app":"web","env":"a","tier":"edge"},"annotations":{"ferrolb.io/pool":"pool-a"}},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080}],"selector":{"app":"web"},"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Cluster","ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"}}"#;
+    const RESP_28: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"262","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","tier":"edge"},"annotations":{"ferrolb.io/pool":"pool-a"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:51:47Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:annotations":{".":{},"f:ferrolb.io/pool":{}},"f:labels":{".":{},"f:app":{},"f:env":{},"f:tier":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Cluster","ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_29: &str = r#"{"metadata":{"labels":{"version":"v2"},"annotations":{"ferrolb.io/pool":null}},"spec":{"sessionAffinity":"ClientIP"}}"#;
+    const RESP_29: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"265","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","tier":"edge","version":"v2"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:52:01Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:env":{},"f:tier":{},"f:version":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:sessionAffinityConfig":{".":{},"f:clientIP":{".":{},"f:timeoutSeconds":{}}},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"ClientIP","externalTrafficPolicy":"Cluster","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}},"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_30: &str = r#"[{"op":"test","path":"/spec/type","value":"LoadBalancer"},{"op":"add","path":"/metadata/labels/patched-by","value":"json-patch"},{"op":"replace","path":"/spec/ports/0/targetPort","value":8081},{"op":"remove","path":"/metadata/labels/version"}]"#;
+    const RESP_30: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"266","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","patched-by":"json-patch","tier":"edge"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:52:01Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:env":{},"f:patched-by":{},"f:tier":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:sessionAffinityConfig":{".":{},"f:clientIP":{".":{},"f:timeoutSeconds":{}}},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8081,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"ClientIP","externalTrafficPolicy":"Cluster","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}},"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_31: &str =
+        r#"{"spec":{"ports":[{"name":"https","protocol":"TCP","port":443,"targetPort":8443}]}}"#;
+    const RESP_31: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"268","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","patched-by":"json-patch","tier":"edge"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:52:01Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:env":{},"f:patched-by":{},"f:tier":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}},"k:{\"port\":443,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:sessionAffinityConfig":{".":{},"f:clientIP":{".":{},"f:timeoutSeconds":{}}},"f:type":{}}}}]},"spec":{"ports":[{"name":"https","protocol":"TCP","port":443,"targetPort":8443,"nodePort":30150},{"name":"http","protocol":"TCP","port":80,"targetPort":8081,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"ClientIP","externalTrafficPolicy":"Cluster","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}},"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_32: &str = r#"{"spec":{"ports":[{"port":443,"$patch":"delete"}]}}"#;
+    const RESP_32: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"272","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","patched-by":"json-patch","tier":"edge"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:52:01Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:env":{},"f:patched-by":{},"f:tier":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:sessionAffinityConfig":{".":{},"f:clientIP":{".":{},"f:timeoutSeconds":{}}},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8081,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"ClientIP","externalTrafficPolicy":"Cluster","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}},"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_33: &str =
+        r#"{"spec":{"ports":[{"name":"https","protocol":"TCP","port":443,"targetPort":8443}]}}"#;
+    const RESP_33: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"275","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a","patched-by":"json-patch","tier":"edge"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:52:09Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{".":{},"f:app":{},"f:env":{},"f:patched-by":{},"f:tier":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":443,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:sessionAffinityConfig":{".":{},"f:clientIP":{".":{},"f:timeoutSeconds":{}}},"f:type":{}}}}]},"spec":{"ports":[{"name":"https","protocol":"TCP","port":443,"targetPort":8443,"nodePort":31747}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"ClientIP","externalTrafficPolicy":"Cluster","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":10800}},"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_34: &str = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"lb-ssa","namespace":"demo","labels":{"app":"lb-ssa","env":"a"}},"spec":{"type":"LoadBalancer","externalTrafficPolicy":"Cluster","selector":{"app":"lb-ssa"},"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080}]}}"#;
+    const RESP_34: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"lb-ssa","namespace":"demo","uid":"d20bee53-a4f9-4d6e-ad57-977cfe1cd4c9","resourceVersion":"278","creationTimestamp":"2026-11-22T07:52:14Z","labels":{"app":"lb-ssa","env":"a"},"managedFields":[{"manager":"one","operation":"Apply","apiVersion":"v1","time":"2026-11-22T07:52:14Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{"f:app":{},"f:env":{}}},"f:spec":{"f:externalTrafficPolicy":{},"f:ports":{"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":30338}],"selector":{"app":"lb-ssa"},"clusterIP":"10.96.90.218","clusterIPs":["10.96.90.218"],"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Cluster","ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_35: &str = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"lb-ssa","namespace":"demo","labels":{"env":"b"}},"spec":{"externalTrafficPolicy":"Local"}}"#;
+    const RESP_35: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Apply failed with 2 conflicts: conflicts with \"one\":\n- .metadata.labels.env\n- .spec.externalTrafficPolicy","reason":"Conflict","details":{"causes":[{"reason":"FieldManagerConflict","message":"conflict with \"one\"","field":".metadata.labels.env"},{"reason":"FieldManagerConflict","message":"conflict with \"one\"","field":".spec.externalTrafficPolicy"}]},"code":409}"#;
+    const REQ_36: &str = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"lb-ssa","namespace":"demo","labels":{"env":"b"}},"spec":{"externalTrafficPolicy":"Local"}}"#;
+    const RESP_36: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"lb-ssa","namespace":"demo","uid":"d20bee53-a4f9-4d6e-ad57-977cfe1cd4c9","resourceVersion":"282","creationTimestamp":"2026-11-22T07:52:14Z","labels":{"app":"lb-ssa","env":"b"},"managedFields":[{"manager":"one","operation":"Apply","apiVersion":"v1","time":"2026-11-22T07:52:14Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{"f:app":{}}},"f:spec":{"f:ports":{"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:type":{}}}},{"manager":"two","operation":"Apply","apiVersion":"v1","time":"2026-11-22T07:52:18Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{"f:env":{}}},"f:spec":{"f:externalTrafficPolicy":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":30338}],"selector":{"app":"lb-ssa"},"clusterIP":"10.96.90.218","clusterIPs":["10.96.90.218"],"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Local","healthCheckNodePort":31741,"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;
+    const REQ_86: &str = r#"{"apiVersion":"ferrolb.io/v1alpha1","kind":"LoadBalancerIPPool","metadata":{"name":"pool-c"},"status":{"observedGeneration":1,"ipsTotal":16,"ipsAvailable":16,"ipsUsed":0,"conditions":[{"type":"Ready","status":"True","observedGeneration":1,"lastTransitionTime":"2026-11-22T08:01:00Z","reason":"Allocatable","message":"pool has free addresses"}]}}"#;
+    const RESP_86: &str = r#"{"apiVersion":"ferrolb.io/v1alpha1","kind":"LoadBalancerIPPool","metadata":{"creationTimestamp":"2026-11-22T07:59:11Z","generation":1,"managedFields":[{"apiVersion":"ferrolb.io/v1alpha1","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:blocks":{},"f:serviceSelector":{"f:matchLabels":{"f:app":{}}}}},"manager":"kubectl","operation":"Apply","time":"2026-11-22T07:59:11Z"},{"apiVersion":"ferrolb.io/v1alpha1","fieldsType":"FieldsV1","fieldsV1":{"f:status":{"f:conditions":{"k:{\"type\":\"Ready\"}":{".":{},"f:lastTransitionTime":{},"f:message":{},"f:observedGeneration":{},"f:reason":{},"f:status":{},"f:type":{}}},"f:ipsAvailable":{},"f:ipsTotal":{},"f:ipsUsed":{},"f:observedGeneration":{}}},"manager":"ferrolb-controller","operation":"Apply","subresource":"status","time":"2026-11-22T08:00:49Z"}],"name":"pool-c","resourceVersion":"497","uid":"5a2dd996-a804-4d9f-a43d-93bcd5016f00"},"spec":{"allowFirstLastIPs":"No","blocks":[{"cidr":"203.0.113.0/28"}],"disabled":false,"serviceSelector":{"matchLabels":{"app":"kubectl-made"}}},"status":{"conditions":[{"lastTransitionTime":"2026-11-22T08:01:00Z","message":"pool has free addresses","observedGeneration":1,"reason":"Allocatable","status":"True","type":"Ready"}],"ipsAvailable":16,"ipsTotal":16,"ipsUsed":0,"observedGeneration":1}}"#;
+
+    fn v(s: &str) -> Value {
+        serde_json::from_str(s).expect("fixture is JSON")
+    }
+
+    fn mf(obj: &Value) -> Value {
+        obj.pointer("/metadata/managedFields")
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The object a handler would store before allocation: the golden response without the
+    /// fields kube-apiserver's REST layer allocates (clusterIP(s), ipFamilies, ipFamilyPolicy,
+    /// nodePorts) and without server metadata.
+    fn unallocated(resp: &Value) -> Value {
+        let mut o = resp.clone();
+        let spec = o["spec"].as_object_mut().expect("spec");
+        for k in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "healthCheckNodePort",
+        ] {
+            spec.shift_remove(k);
+        }
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for p in ports {
+                p.as_object_mut().expect("port").shift_remove("nodePort");
+            }
+        }
+        o
+    }
+
+    fn assert_json_eq(have: &Value, want: &Value) {
+        assert!(
+            json_eq(have, want),
+            "have:\n{}\nwant:\n{}",
+            serde_json::to_string_pretty(have).unwrap(),
+            serde_json::to_string_pretty(want).unwrap()
+        );
+    }
+
+    #[test]
+    fn golden_13_create_records_defaulted_not_allocated_fields() {
+        let mut new = unallocated(&v(RESP_13));
+        new["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("managedFields");
+        update_managed_fields(
+            None,
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:51:07.654321Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_13)));
+        // Entry keys in Go struct order.
+        let keys: Vec<&String> = new["metadata"]["managedFields"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "manager",
+                "operation",
+                "apiVersion",
+                "time",
+                "fieldsType",
+                "fieldsV1"
+            ]
+        );
+        // Byte-exact FieldsV1 order too (sorted path elements, "." first).
+        assert_eq!(
+            serde_json::to_string(&mf(&new)).unwrap(),
+            serde_json::to_string(&mf(&v(RESP_13))).unwrap()
+        );
+    }
+
+    #[test]
+    fn golden_29_merge_patch_update_drops_deleted_annotation_and_adds_defaults() {
+        let old = v(RESP_28);
+        let mut new = old.clone();
+        merge_patch(&mut new, &v(REQ_29));
+        // Server defaulting triggered by sessionAffinity: ClientIP.
+        new["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:52:01Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_29)));
+    }
+
+    #[test]
+    fn golden_30_to_33_patch_sequence_managed_fields() {
+        // 30: JSON patch.
+        let old = v(RESP_29);
+        let mut new = old.clone();
+        json_patch(&mut new, &v(REQ_30)).expect("golden 30 applies");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:52:01Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_30)));
+
+        // 31: strategic merge adds port 443 (nodePort allocated afterwards, not owned).
+        let old = v(RESP_30);
+        let mut new = old.clone();
+        strategic_merge_patch(&mut new, &v(REQ_31), "Service").expect("golden 31 applies");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:52:01Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_31)));
+
+        // 32: $patch: delete only removes fields, so the entry keeps its old time.
+        let old = v(RESP_31);
+        let mut new = old.clone();
+        strategic_merge_patch(&mut new, &v(REQ_32), "Service").expect("golden 32 applies");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:52:08Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_32)));
+        assert_eq!(
+            new["metadata"]["managedFields"][0]["time"],
+            "2026-11-22T07:52:01Z"
+        );
+        let mut want = v(RESP_32);
+        want["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        assert_json_eq(&new, &want);
+
+        // 33: merge patch replaces the ports list.
+        let old = v(RESP_32);
+        let mut new = old.clone();
+        merge_patch(&mut new, &v(REQ_33));
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T07:52:09Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&v(RESP_33)));
+    }
+
+    #[test]
+    fn golden_34_apply_creates_with_applied_fields_only() {
+        let out = server_side_apply(
+            None,
+            &v(REQ_34),
+            "one",
+            false,
+            "v1",
+            None,
+            "2026-11-22T07:52:14Z",
+        )
+        .expect("no conflict");
+        assert_json_eq(&mf(&out), &mf(&v(RESP_34)));
+        assert_eq!(
+            serde_json::to_string(&mf(&out)).unwrap(),
+            serde_json::to_string(&mf(&v(RESP_34))).unwrap()
+        );
+        assert_eq!(out["spec"]["ports"], v(REQ_34)["spec"]["ports"]);
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"app": "lb-ssa", "env": "a"})
+        );
+        let keys: Vec<&String> = out.as_object().unwrap().keys().take(3).collect();
+        assert_eq!(keys, ["apiVersion", "kind", "metadata"]);
+    }
+
+    #[test]
+    fn golden_35_conflict_causes_and_status_body() {
+        let live = v(RESP_34);
+        let err = server_side_apply(
+            Some(&live),
+            &v(REQ_35),
+            "two",
+            false,
+            "v1",
+            None,
+            "2026-11-22T07:52:14Z",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.causes,
+            vec![
+                (".metadata.labels.env".to_owned(), "\"one\"".to_owned()),
+                (
+                    ".spec.externalTrafficPolicy".to_owned(),
+                    "\"one\"".to_owned()
+                )
+            ]
+        );
+        assert_eq!(err.status(), v(RESP_35));
+    }
+
+    #[test]
+    fn golden_36_force_moves_ownership() {
+        let live = v(RESP_34);
+        let out = server_side_apply(
+            Some(&live),
+            &v(REQ_36),
+            "two",
+            true,
+            "v1",
+            None,
+            "2026-11-22T07:52:18Z",
+        )
+        .expect("forced");
+        assert_json_eq(&mf(&out), &mf(&v(RESP_36)));
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"app": "lb-ssa", "env": "b"})
+        );
+        assert_eq!(out["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(out["spec"]["ports"], live["spec"]["ports"]);
+    }
+
+    #[test]
+    fn golden_86_status_apply_on_custom_resource() {
+        let want = v(RESP_86);
+        // pool-c before 86: no status, only kubectl's entry.
+        let mut live = want.clone();
+        live.as_object_mut().unwrap().shift_remove("status");
+        let entries: Vec<Value> = mf(&want)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["manager"] == "kubectl")
+            .cloned()
+            .collect();
+        live["metadata"]["managedFields"] = Value::Array(entries);
+        let out = server_side_apply(
+            Some(&live),
+            &v(REQ_86),
+            "ferrolb-controller",
+            true,
+            "ferrolb.io/v1alpha1",
+            Some("status"),
+            "2026-11-22T08:00:49Z",
+        )
+        .expect("applies");
+        assert_json_eq(&mf(&out), &mf(&want));
+        assert_json_eq(&out["status"], &want["status"]);
+        assert_json_eq(&out["spec"], &want["spec"]);
+    }
+
+    #[test]
+    fn apply_prunes_fields_the_manager_stopped_applying_unless_owned_by_others() {
+        let cfg = |ports: Value, labels: Value| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": labels},
+                "spec": {"type": "LoadBalancer", "ports": ports}})
+        };
+        let p80 = json!({"port": 80, "targetPort": 8080});
+        let p443 = json!({"port": 443, "targetPort": 8443});
+        let t0 = "2026-11-22T08:00:00Z";
+        let live = server_side_apply(
+            None,
+            &cfg(json!([p80, p443]), json!({"a": "1", "b": "2"})),
+            "one",
+            false,
+            "v1",
+            None,
+            t0,
+        )
+        .unwrap();
+        // Another manager also sets label b (same value: shared ownership, no conflict).
+        let live = server_side_apply(Some(&live), &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"b": "2"}}}), "two", false, "v1", None, t0).unwrap();
+        let out = server_side_apply(
+            Some(&live),
+            &cfg(json!([p80]), json!({"a": "1"})),
+            "one",
+            false,
+            "v1",
+            None,
+            t0,
+        )
+        .unwrap();
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "targetPort": 8080}])
+        );
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        let one = &out["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "one")
+            .unwrap()["fieldsV1"];
+        assert!(one.pointer("/f:metadata/f:labels/f:b").is_none());
+        assert!(one
+            .pointer("/f:spec/f:ports/k:{\"port\":443,\"protocol\":\"TCP\"}")
+            .is_none());
+        assert!(one
+            .pointer("/f:spec/f:ports/k:{\"port\":80,\"protocol\":\"TCP\"}/f:targetPort")
+            .is_some());
+    }
+
+    #[test]
+    fn update_takes_ownership_from_appliers_and_apply_then_conflicts_with_updater() {
+        let live = v(RESP_34);
+        let mut new = live.clone();
+        new["spec"]["ports"][0]["targetPort"] = json!(9090);
+        update_managed_fields(
+            Some(&live),
+            &mut new,
+            "kubectl-edit",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        );
+        let entries = new["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["manager"], "one");
+        assert!(entries[0]["fieldsV1"]
+            .pointer("/f:spec/f:ports/k:{\"port\":80,\"protocol\":\"TCP\"}/f:targetPort")
+            .is_none());
+        assert_eq!(entries[1]["manager"], "kubectl-edit");
+        assert_eq!(
+            entries[1]["fieldsV1"],
+            json!({"f:spec": {"f:ports": {"k:{\"port\":80,\"protocol\":\"TCP\"}": {"f:targetPort": {}}}}})
+        );
+        // "one" re-applies targetPort 8080: conflict with the Update manager.
+        let err = server_side_apply(
+            Some(&new),
+            &v(REQ_34),
+            "one",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:01Z",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.causes,
+            vec![(
+                ".spec.ports[port=80,protocol=\"TCP\"].targetPort".to_owned(),
+                "\"kubectl-edit\" using v1".to_owned()
+            )]
+        );
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .spec.ports[port=80,protocol=\"TCP\"].targetPort"
+        );
+        // Re-applying the same values as live is no conflict and keeps the apply time.
+        let same = server_side_apply(
+            Some(&live),
+            &v(REQ_34),
+            "one",
+            false,
+            "v1",
+            None,
+            "2026-11-22T09:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            same["metadata"]["managedFields"][0]["time"],
+            "2026-11-22T07:52:14Z"
+        );
+    }
+
+    #[test]
+    fn status_subresource_updates_track_status_only() {
+        let old = v(RESP_34);
+        let mut new = old.clone();
+        new["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.7", "ipMode": "VIP"}]},
+            "conditions": [{"type": "ferrolb.io/IPAMRequestSatisfied", "status": "True"}]});
+        new["spec"]["type"] = json!("ClusterIP");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "ferrolb",
+            "Update",
+            "v1",
+            Some("status"),
+            "2026-11-22T08:00:00Z",
+        );
+        let e = new["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "ferrolb")
+            .cloned()
+            .unwrap();
+        assert_eq!(e["subresource"], "status");
+        assert_eq!(
+            e["fieldsV1"],
+            json!({"f:status": {"f:conditions": {".": {}, "k:{\"type\":\"ferrolb.io/IPAMRequestSatisfied\"}": {".": {}, "f:status": {}, "f:type": {}}},
+                "f:loadBalancer": {"f:ingress": {}}}})
+        );
+    }
+
+    #[test]
+    fn managed_fields_sent_by_the_client_are_used_and_reset_form_clears() {
+        let old = v(RESP_34);
+        // A client that echoes managedFields back unchanged: same result as without.
+        let mut new = old.clone();
+        new["metadata"]["labels"]["x"] = json!("y");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        );
+        assert_eq!(
+            new["metadata"]["managedFields"].as_array().unwrap().len(),
+            2
+        );
+        // `[{}]` clears; the change itself is still recorded.
+        let mut new = old.clone();
+        new["metadata"]["managedFields"] = json!([{}]);
+        new["metadata"]["labels"]["x"] = json!("y");
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        );
+        assert_eq!(
+            new["metadata"]["managedFields"],
+            json!([{"manager": "curl", "operation": "Update", "apiVersion": "v1", "time": "2026-11-22T08:00:00Z",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}}])
+        );
+        // Garbage falls back to the live object's.
+        let mut new = old.clone();
+        new["metadata"]["managedFields"] = json!([{"manager": 5, "fieldsV1": {"zz": 1}}]);
+        update_managed_fields(
+            Some(&old),
+            &mut new,
+            "curl",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        );
+        assert_json_eq(&mf(&new), &mf(&old));
+    }
+
+    #[test]
+    fn update_entries_are_capped() {
+        let mut obj =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
+        for i in 0..15 {
+            let old = obj.clone();
+            obj["data"][format!("k{i}")] = json!("v");
+            update_managed_fields(
+                Some(&old),
+                &mut obj,
+                &format!("m{i:02}"),
+                "Update",
+                "v1",
+                None,
+                &format!("2026-11-22T08:00:{i:02}Z"),
+            );
+        }
+        let entries = obj["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), MAX_UPDATE_MANAGERS);
+        let ancient = entries
+            .iter()
+            .find(|e| e["manager"] == "ancient-changes")
+            .expect("ancient-changes");
+        assert!(ancient["fieldsV1"].pointer("/f:data/f:k0").is_some());
+        assert!(ancient["fieldsV1"].pointer("/f:data/f:k5").is_some());
+    }
+
+    #[test]
+    fn fields_v1_round_trip_and_path_notation() {
+        let f = mf(&v(RESP_31))[0]["fieldsV1"].clone();
+        let set = FieldSet::from_fields_v1(&f).expect("parses");
+        assert_eq!(set.to_fields_v1(), f);
+        let paths: Vec<String> = set.paths().iter().map(|p| path_string(p)).collect();
+        assert!(paths.contains(&".spec.ports[port=443,protocol=\"TCP\"].targetPort".to_owned()));
+        assert_eq!(PathElement::Value(json!("x")).to_string(), "[=\"x\"]");
+        assert_eq!(
+            PathElement::from_fields_v1("v:\"x\""),
+            Some(PathElement::Value(json!("x")))
+        );
+        for bad in [
+            json!({"x:1": {}}),
+            json!({"k:notjson": {}}),
+            json!({"f:a": 3}),
+            json!([1]),
+            json!({"i:x": {}}),
+        ] {
+            assert!(FieldSet::from_fields_v1(&bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_objects_never_panic() {
+        let mut deep = json!(1);
+        for _ in 0..400 {
+            deep = json!({"a": deep});
+        }
+        let mut ports = Vec::new();
+        for i in 0..50 {
+            ports.push(json!({"port": i % 3, "name": i}));
+        }
+        let weird = [
+            json!({"apiVersion": "v1", "kind": "Service", "spec": deep.clone()}),
+            json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": ports}}),
+            json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": [{"name": "nokey"}, 7, null]}}),
+            json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": {"not": "a list"}}, "metadata": {"finalizers": [{"a": 1}, "x", "x"]}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": "nope"}),
+            json!([1, 2, 3]),
+            json!("scalar"),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"managedFields": [{"operation": "Update", "fieldsV1": deep.clone()}]}}),
+        ];
+        for a in &weird {
+            for b in &weird {
+                let mut n = b.clone();
+                update_managed_fields(Some(a), &mut n, "m", "Update", "v1", None, "garbage-time");
+                let _ =
+                    server_side_apply(Some(a), b, "m", false, "v1", None, "2026-11-22T08:00:00Z");
+                let _ = server_side_apply(
+                    Some(a),
+                    b,
+                    "m",
+                    true,
+                    "v1",
+                    Some("status"),
+                    "2026-11-22T08:00:00Z",
+                );
+            }
+        }
+        // Keyed items without their key make the list atomic rather than failing.
+        let out = server_side_apply(
+            None,
+            &weird[2],
+            "m",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            out["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"],
+            json!({})
+        );
+    }
+}
