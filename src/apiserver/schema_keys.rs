@@ -431,7 +431,9 @@ fn crd_info(crd: &Value) -> Vec<((String, String), KindInfo)> {
         .collect()
 }
 
-static REGISTRY: LazyLock<RwLock<HashMap<(String, String), Arc<KindInfo>>>> = LazyLock::new(|| {
+type Registry = HashMap<(String, String), Arc<KindInfo>>;
+
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
     use kube::CustomResourceExt;
     let mut m: HashMap<_, _> = builtins()
         .into_iter()
