@@ -489,3 +489,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+pub mod managed;
+pub mod patch;
+pub mod schema_keys;
