@@ -642,6 +642,7 @@ pub fn after_write(state: &mut State, def: &Arc<ResourceDef>, obj: &Arc<Value>) 
         return;
     }
     let Ok(defs) = from_crd(obj) else { return };
+    super::schema_keys::register_crd(obj);
     let storage = defs[0].storage.clone();
     state.registry.set_custom(&storage, defs.clone());
     let established = obj

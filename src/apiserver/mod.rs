@@ -22,8 +22,11 @@ pub mod discovery;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod managed;
+pub mod patch;
 pub mod patching;
 pub mod resources;
+pub mod schema_keys;
 pub mod selectors;
 pub mod store;
 pub mod table;
@@ -62,14 +65,74 @@ impl Inner {
     }
 }
 
-/// Hook for managedFields bookkeeping (filled in by the patch engines when they land).
+/// Strips server-allocated Service fields the request did not carry (they are not owned by
+/// the writer: README item 4).
+fn strip_allocated(obj: &mut Value, user: &Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for k in [
+        "clusterIP",
+        "clusterIPs",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "healthCheckNodePort",
+    ] {
+        if user.pointer(&format!("/spec/{k}")).is_none() {
+            spec.remove(k);
+        }
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for (i, p) in ports.iter_mut().enumerate() {
+            if user.pointer(&format!("/spec/ports/{i}/nodePort")).is_none() {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
+            }
+        }
+    }
+}
+
+/// managedFields bookkeeping of a non-apply write (apply computes its own).
 pub(crate) fn managed_hook(
-    _old: Option<&Value>,
-    _new: &mut Value,
-    _def: &ResourceDef,
-    _ctx: &WriteCtx,
-    _sub: Option<&str>,
+    old: Option<&Value>,
+    new: &mut Value,
+    user: &Value,
+    def: &ResourceDef,
+    ctx: &WriteCtx,
+    sub: Option<&str>,
 ) {
+    if ctx.operation == "Apply" || ctx.manager.is_empty() {
+        return;
+    }
+    let mut view = new.clone();
+    let mut old_view = old.cloned();
+    if def.kind == "Service" && !def.custom {
+        strip_allocated(&mut view, user);
+        if let Some(o) = old_view.as_mut() {
+            strip_allocated(o, user);
+        }
+    }
+    managed::update_managed_fields(
+        old_view.as_ref(),
+        &mut view,
+        &ctx.manager,
+        &ctx.operation,
+        &def.api_version(),
+        sub,
+        &ctx.now,
+    );
+    let mf = view.pointer("/metadata/managedFields").cloned();
+    if let Some(md) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        match mf {
+            Some(mf) if mf.as_array().is_some_and(|a| !a.is_empty()) => {
+                md.insert("managedFields".into(), mf);
+            }
+            _ => {
+                md.remove("managedFields");
+            }
+        }
+    }
 }
 
 /// The API stand-in. Cheap to clone (an `Arc` inside).
@@ -489,7 +552,3 @@ pub async fn run(args: Args) -> crate::CmdResult {
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
-
-pub mod managed;
-pub mod patch;
-pub mod schema_keys;

@@ -408,6 +408,11 @@ impl State {
             },
         };
         md.insert("name".into(), Value::String(name.clone()));
+        let applied_mf = if ctx.operation == "Apply" {
+            md.get("managedFields").cloned()
+        } else {
+            None
+        };
         for k in [
             "uid",
             "resourceVersion",
@@ -435,6 +440,7 @@ impl State {
                 o.remove("status");
             }
         }
+        let user = obj.clone();
         let mut warnings = Vec::new();
         defaults::on_create_warn(self, def, &mut obj, Some(&mut warnings))?;
         self.pending_warnings = warnings;
@@ -447,7 +453,12 @@ impl State {
         if def.generation {
             md.insert("generation".into(), json!(1));
         }
-        managed_hook(None, &mut obj, def, ctx, None);
+        match applied_mf {
+            Some(mf) => {
+                metadata_mut(&mut obj).insert("managedFields".into(), mf);
+            }
+            None => managed_hook(None, &mut obj, &user, def, ctx, None),
+        }
         if ctx.dry_run {
             normalize(def, &mut obj);
             return Ok(obj);
@@ -490,7 +501,9 @@ impl State {
             ));
         }
         let mut merged: Value;
+        let user: Value;
         if status_sub {
+            user = Value::Null;
             merged = (*old).clone();
             let o = merged.as_object_mut().expect("object");
             match new.get("status") {
@@ -502,6 +515,11 @@ impl State {
                 }
             }
             defaults::on_status(def, &mut merged);
+            if ctx.operation == "Apply" {
+                if let Some(mf) = new.pointer("/metadata/managedFields") {
+                    metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
+                }
+            }
             if !def.custom {
                 let md = metadata_mut(&mut merged);
                 for k in ["labels", "annotations"] {
@@ -568,13 +586,21 @@ impl State {
                     }
                 }
             }
-            md.insert(
-                "managedFields".into(),
-                omd.get("managedFields").cloned().unwrap_or(Value::Null),
-            );
-            if md.get("managedFields") == Some(&Value::Null) {
-                md.remove("managedFields");
+            let sent_mf = md
+                .get("managedFields")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            if !sent_mf {
+                match omd.get("managedFields") {
+                    Some(mf) => {
+                        md.insert("managedFields".into(), mf.clone());
+                    }
+                    None => {
+                        md.remove("managedFields");
+                    }
+                }
             }
+            user = merged.clone();
             defaults::on_update(self, def, &old, &mut merged)?;
         }
         // keep rv of the old object for the comparison
@@ -598,6 +624,7 @@ impl State {
         managed_hook(
             Some(&old),
             &mut merged,
+            &user,
             def,
             ctx,
             if status_sub { Some("status") } else { None },
