@@ -152,7 +152,35 @@ fn openapi_v3_doc(defs: &[Arc<ResourceDef>]) -> Value {
         }
         schemas.insert(name, s);
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"}, "paths": {}, "components": {"schemas": schemas}})
+    // kubectl checks that the PATCH operation of the kind takes `fieldValidation` (server-side
+    // validation); without it it falls back to client-side validation with OpenAPI v2 protobuf.
+    let mut paths = Map::new();
+    for d in defs {
+        let prefix = if d.group.is_empty() {
+            format!("/api/{}", d.version)
+        } else {
+            format!("/apis/{}/{}", d.group, d.version)
+        };
+        let item = if d.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", d.plural)
+        };
+        let gvk = json!({"group": d.group, "version": d.version, "kind": d.kind});
+        let params = json!([
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
+        ]);
+        let op = |verb: &str| {
+            json!({"description": format!("{verb} the specified {}", d.kind),
+                "parameters": params, "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": verb, "x-kubernetes-group-version-kind": gvk})
+        };
+        paths.insert(item, json!({"put": op("put"), "patch": op("patch")}));
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"}, "paths": paths, "components": {"schemas": schemas}})
 }
 
 /// Handles non-resource paths; None when the path is a resource path.
