@@ -20,6 +20,7 @@ pub mod body;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod http;
 pub mod managed;
@@ -30,6 +31,7 @@ pub mod schema_keys;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod validation;
 pub mod watch;
 
 use self::body::Body;
@@ -82,9 +84,21 @@ fn strip_allocated(obj: &mut Value, user: &Value) {
             spec.remove(k);
         }
     }
+    // ports are matched by (port, protocol), their merge key, not by position
+    let user_ports: Vec<&Value> = user
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
-        for (i, p) in ports.iter_mut().enumerate() {
-            if user.pointer(&format!("/spec/ports/{i}/nodePort")).is_none() {
+        for p in ports.iter_mut() {
+            let sent = user_ports.iter().any(|u| {
+                u.get("port") == p.get("port")
+                    && u.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                        == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                    && u.get("nodePort").is_some()
+            });
+            if !sent {
                 if let Some(m) = p.as_object_mut() {
                     m.remove("nodePort");
                 }
@@ -300,6 +314,21 @@ impl ApiServer {
             *m.entry((c.clone(), v.clone(), r.clone())).or_default() += n;
         }
         m.into_iter().map(|((c, v, r), n)| (c, v, r, n)).collect()
+    }
+
+    /// Sends one raw request through the handler (tests, tools): returns status, headers and
+    /// the whole body (do not use for watches: the body only ends with the watch).
+    pub async fn call(
+        &self,
+        req: Request<Bytes>,
+        identity: &str,
+    ) -> Result<(u16, ::http::HeaderMap, Bytes), String> {
+        let resp = handle(&self.inner, req, identity)
+            .await
+            .map_err(|h| h.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, bytes))
     }
 
     /// The current global resourceVersion.
