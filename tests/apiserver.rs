@@ -132,11 +132,10 @@ async fn lease_race_exactly_one_wins() {
         ra.is_ok() != rb.is_ok(),
         "exactly one writer wins: {ra:?} {rb:?}"
     );
-    let winner = if ra.is_ok() { "node-a" } else { "node-b" };
-    let loser = if ra.is_ok() {
-        rb.unwrap_err()
-    } else {
-        ra.unwrap_err()
+    let (winner, loser) = match (ra, rb) {
+        (Ok(_), Err(e)) => ("node-a", e),
+        (Err(e), Ok(_)) => ("node-b", e),
+        _ => unreachable!("checked above"),
     };
     assert!(
         matches!(loser, kube::Error::Api(ref s) if s.code == 409 && s.message.contains("leases.coordination.k8s.io")),
