@@ -270,6 +270,39 @@ async fn http_serve_and_fault_injection() {
     server.faults().remove(id);
     let got = api.get("l1").await.unwrap();
     assert_eq!(got.spec.unwrap().holder_identity.as_deref(), Some("node-x"));
+    // the same handler on a Unix socket: /metrics and the admin endpoint
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let _unix = server.serve_unix(&sock).unwrap();
+    let raw = |req: String| {
+        let sock = sock.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let metrics = raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        metrics.contains(r#"ferrolb_apiserver_requests_total{verb="get",resource="leases",client="node-x",code="200"}"#),
+        "{metrics}"
+    );
+    let body = r#"{"kind":"error","code":500,"client":"node-x"}"#;
+    let resp = raw(format!(
+        "POST /_ferrolb/faults HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(
+        api.get("l1").await.is_err(),
+        "fault set over the admin endpoint applies"
+    );
+    server.faults().clear();
+    api.get("l1").await.unwrap();
     let counts = server.request_counts();
     assert!(counts
         .iter()
