@@ -20,7 +20,7 @@
 //! `status` get no `.` entry (golden 29).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
@@ -448,11 +448,10 @@ fn list_mode(items: &[&Vec<Value>], ls: &ListSchema) -> Mode {
         ListKind::Atomic => Mode::Atomic,
         ListKind::Set => {
             for list in items {
-                if list.iter().any(|v| v.is_object() || v.is_array()) {
-                    return Mode::Atomic;
-                }
-                for (i, a) in list.iter().enumerate() {
-                    if list[..i].iter().any(|b| a == b) {
+                let mut seen = BTreeSet::new();
+                for v in list.iter() {
+                    if v.is_object() || v.is_array() || !seen.insert(PathElement::Value(v.clone()))
+                    {
                         return Mode::Atomic;
                     }
                 }
@@ -461,11 +460,11 @@ fn list_mode(items: &[&Vec<Value>], ls: &ListSchema) -> Mode {
         }
         ListKind::Map(keys) => {
             for list in items {
-                let mut seen: Vec<PathElement> = Vec::new();
+                let mut seen = BTreeSet::new();
                 for item in list.iter() {
-                    match key_pe(item, keys, ls) {
-                        Some(pe) if !seen.contains(&pe) => seen.push(pe),
-                        _ => return Mode::Atomic,
+                    let fresh = key_pe(item, keys, ls).is_some_and(|pe| seen.insert(pe));
+                    if !fresh {
+                        return Mode::Atomic;
                     }
                 }
             }
@@ -664,14 +663,16 @@ fn compare(
             } else {
                 &ls.elem
             };
+            let lmap: BTreeMap<&PathElement, &Value> = lp.iter().map(|(p, v)| (p, *v)).collect();
+            let rmap: BTreeMap<&PathElement, &Value> = rp.iter().map(|(p, v)| (p, *v)).collect();
             for (pe, rv) in &rp {
-                let lv = lp.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
+                let lv = lmap.get(pe).copied();
                 path.push(pe.clone());
                 compare_item(lv, Some(rv), elem, ctx, path, c, depth + 1);
                 path.pop();
             }
             for (pe, lv) in &lp {
-                if !rp.iter().any(|(p, _)| p == pe) {
+                if !rmap.contains_key(pe) {
                     path.push(pe.clone());
                     compare_item(Some(lv), None, elem, ctx, path, c, depth + 1);
                     path.pop();
@@ -797,12 +798,14 @@ fn merge_list(
         .enumerate()
         .map(|(i, v)| item_pe(v, i, mode, ls))
         .collect();
-    let in_c = |pe: &PathElement| cpe.iter().position(|p| p == pe);
-    let in_l = |pe: &PathElement| lpe.iter().position(|p| p == pe);
+    let cmap: BTreeMap<&PathElement, usize> = cpe.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let lmap: BTreeMap<&PathElement, usize> = lpe.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let in_c = |pe: &PathElement| cmap.get(pe).copied();
+    let in_l = |pe: &PathElement| lmap.get(pe).copied();
     let mut shared: std::collections::VecDeque<&PathElement> =
         cpe.iter().filter(|p| in_l(p).is_some()).collect();
     let mut next_shared = shared.pop_front();
-    let mut merged_c: Vec<&PathElement> = Vec::new();
+    let mut merged_c: BTreeSet<&PathElement> = BTreeSet::new();
     let mut out = Vec::with_capacity(la.len() + ca.len());
     let merge_item = |li: Option<usize>, ci: usize| -> Value {
         let elem: &Schema = if matches!(mode, Mode::Set) {
@@ -817,7 +820,7 @@ fn merge_list(
         if li < la.len() && ci < ca.len() {
             let pe = &lpe[li];
             if *pe == cpe[ci] {
-                merged_c.push(pe);
+                merged_c.insert(pe);
                 out.push(merge_item(Some(li), ci));
                 li += 1;
                 ci += 1;
@@ -835,14 +838,14 @@ fn merge_list(
                 out.push(la[li].clone());
                 li += 1;
                 continue;
-            } else if merged_c.contains(&pe) {
+            } else if merged_c.contains(pe) {
                 li += 1;
                 continue;
             }
         }
         if ci < ca.len() {
             let pe = &cpe[ci];
-            merged_c.push(pe);
+            merged_c.insert(pe);
             out.push(merge_item(in_l(pe), ci));
             ci += 1;
             if next_shared.is_some_and(|n| n == pe) {
@@ -1312,18 +1315,17 @@ pub fn server_side_apply(
     filter(&mut changed, subresource);
     filter(&mut c.removed, subresource);
 
-    let mut causes: Vec<(String, String, Vec<PathElement>)> = Vec::new();
+    let mut causes: Vec<(String, String)> = Vec::new();
     for e in &entries {
         let conflict = e.set.intersection(&changed);
         for p in conflict.paths() {
-            causes.push((path_string(&p), e.printed(), p));
+            causes.push((path_string(&p), e.printed()));
         }
     }
     if !force && !causes.is_empty() {
-        causes.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.2.cmp(&b.2)));
-        return Err(ApplyConflict {
-            causes: causes.into_iter().map(|(p, m, _)| (p, m)).collect(),
-        });
+        // Managers sorted; each manager's paths in kube's set iteration order (stable sort).
+        causes.sort_by(|a, b| a.1.cmp(&b.1));
+        return Err(ApplyConflict { causes });
     }
     for e in entries.iter_mut() {
         e.set.difference(&changed);
@@ -1924,6 +1926,85 @@ mod tests {
         ] {
             assert!(FieldSet::from_fields_v1(&bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn conflicts_list_members_before_deeper_paths_and_group_by_manager() {
+        let base = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "targetPort": 1}]}});
+        let live =
+            server_side_apply(None, &base, "a", false, "v1", None, "2026-11-22T08:00:00Z").unwrap();
+        let live = server_side_apply(Some(&live), &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"x": "1"}}}), "b", false, "v1", None, "2026-11-22T08:00:00Z").unwrap();
+        let hostile = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"x": "2"}},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80, "targetPort": 2}]}});
+        let err = server_side_apply(
+            Some(&live),
+            &hostile,
+            "c",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .causes
+            .iter()
+            .map(|(p, m)| (p.as_str(), m.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (".spec.type", "\"a\""),
+                (".spec.ports[port=80,protocol=\"TCP\"].targetPort", "\"a\""),
+                (".metadata.labels.x", "\"b\""),
+            ]
+        );
+        assert_eq!(
+            err.message(),
+            "Apply failed with 3 conflicts: conflicts with \"a\":\n- .spec.type\n- .spec.ports[port=80,protocol=\"TCP\"].targetPort\nconflicts with \"b\":\n- .metadata.labels.x"
+        );
+    }
+
+    #[test]
+    fn large_keyed_lists_use_indexed_lookups() {
+        let n = 5000;
+        let ports: Vec<Value> = (0..n)
+            .map(|i| json!({"port": i, "targetPort": i + 1}))
+            .collect();
+        let cfg = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "big"}, "spec": {"ports": ports}});
+        let live = server_side_apply(None, &cfg, "one", false, "v1", None, "2026-11-22T08:00:00Z")
+            .unwrap();
+        let mut patched = live.clone();
+        let patch = json!({"spec": {"ports": [{"port": n, "targetPort": 1}, {"port": 0, "$patch": "delete"}]}});
+        strategic_merge_patch(&mut patched, &patch, "Service").unwrap();
+        assert_eq!(
+            patched["spec"]["ports"].as_array().unwrap().len(),
+            n as usize
+        );
+        assert_eq!(patched["spec"]["ports"][0]["port"], n);
+        update_managed_fields(
+            Some(&live),
+            &mut patched,
+            "two",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:01Z",
+        );
+        let two = patched["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "two")
+            .unwrap();
+        assert_eq!(
+            two["fieldsV1"]["f:spec"]["f:ports"]
+                .as_object()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! (wrong types, deep nesting, huge indexes) give a [`PatchError`], never a panic. On error the
 //! target is left unchanged.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::schema_keys::{self, Schema, SmpList};
@@ -71,29 +73,42 @@ pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// Deepest nesting the patch engines follow.
 pub const MAX_DEPTH: usize = 256;
 
-/// JSON equality with numbers compared by value (`1` equals `1.0`).
+/// JSON equality with numbers compared by value (`1` equals `1.0`) and object members in any
+/// order. Iterative, so hostile nesting cannot overflow the stack.
 pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            if x == y {
-                return true;
+    let mut stack = vec![(a, b)];
+    while let Some((a, b)) = stack.pop() {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                if x != y && (!(x.is_f64() || y.is_f64()) || x.as_f64() != y.as_f64()) {
+                    return false;
+                }
             }
-            if x.is_f64() || y.is_f64() {
-                matches!((x.as_f64(), y.as_f64()), (Some(p), Some(q)) if p == q)
-            } else {
-                false
+            (Value::Array(x), Value::Array(y)) => {
+                if x.len() != y.len() {
+                    return false;
+                }
+                stack.extend(x.iter().zip(y));
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                if x.len() != y.len() {
+                    return false;
+                }
+                for (k, v) in x {
+                    match y.get(k) {
+                        Some(w) => stack.push((v, w)),
+                        None => return false,
+                    }
+                }
+            }
+            _ => {
+                if a != b {
+                    return false;
+                }
             }
         }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
     }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,16 +559,37 @@ fn key_of<'a>(item: &'a Value, key: &str) -> Option<&'a Value> {
     item.as_object()?.get(key)
 }
 
-fn position_by(items: &[Value], probe: &Value, key: Option<&str>) -> Option<usize> {
-    match key {
-        Some(k) => {
-            let pv = key_of(probe, k)?;
-            items
-                .iter()
-                .position(|i| key_of(i, k).is_some_and(|iv| json_eq(iv, pv)))
+/// A canonical string for a list item's identity (its merge key value, or the item itself),
+/// with integral numbers normalised so `80` and `80.0` match as with [`json_eq`].
+fn ident(item: &Value, key: Option<&str>) -> Option<String> {
+    let v = match key {
+        Some(k) => key_of(item, k)?,
+        None => item,
+    };
+    Some(match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    })
+}
+
+/// Position of the first item with each identity.
+fn index_of(items: &[Value], key: Option<&str>) -> HashMap<String, usize> {
+    let mut m = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if let Some(id) = ident(item, key) {
+            m.entry(id).or_insert(i);
         }
-        None => items.iter().position(|i| json_eq(i, probe)),
     }
+    m
+}
+
+fn position_in(index: &HashMap<String, usize>, probe: &Value, key: Option<&str>) -> Option<usize> {
+    index.get(&ident(probe, key)?).copied()
 }
 
 fn smp_list(
@@ -603,8 +639,9 @@ fn smp_list(
                 return Ok(scalars);
             }
             let mut merged = original.clone();
+            let mut seen: HashSet<String> = merged.iter().filter_map(|m| ident(m, None)).collect();
             for s in &scalars {
-                if !merged.iter().any(|m| json_eq(m, s)) {
+                if ident(s, None).is_some_and(|id| seen.insert(id)) {
                     merged.push(s.clone());
                 }
             }
@@ -640,7 +677,8 @@ fn smp_list(
                             "map: {item} does not contain declared merge key: {key}"
                         ))
                     })?;
-                    merged.retain(|i| !key_of(i, key).is_some_and(|iv| json_eq(iv, kv)));
+                    let gone = ident(kv, None);
+                    merged.retain(|i| ident(i, Some(key)) != gone);
                 }
                 Some("merge") => {
                     if !m.contains_key(key) {
@@ -655,9 +693,10 @@ fn smp_list(
         }
     }
     let mut patch_items = Vec::new();
+    let mut index = index_of(&merged, Some(key));
     for m in plain {
         let probe = Value::Object(m.clone());
-        match position_by(&merged, &probe, Some(key)) {
+        match position_in(&index, &probe, Some(key)) {
             Some(i) => {
                 let orig = match std::mem::take(&mut merged[i]) {
                     Value::Object(o) => Some(o),
@@ -665,7 +704,12 @@ fn smp_list(
                 };
                 merged[i] = Value::Object(smp_map(orig, m, elem, depth + 1)?);
             }
-            None => merged.push(Value::Object(smp_map(None, m, elem, depth + 1)?)),
+            None => {
+                if let Some(id) = ident(&probe, Some(key)) {
+                    index.insert(id, merged.len());
+                }
+                merged.push(Value::Object(smp_map(None, m, elem, depth + 1)?));
+            }
         }
         patch_items.push(probe);
     }
@@ -690,9 +734,10 @@ fn order_items(
                 }
             }
             // Every item of the patch list must appear in the order list, in the same order.
+            let order_index = index_of(o, key);
             let mut last = None;
             for p in patch_items {
-                match position_by(o, p, key) {
+                match position_in(&order_index, p, key) {
                     Some(i) if last.is_none_or(|l| i > l) => last = Some(i),
                     _ => return Err(bad("invalid patch format of setElementOrder list")),
                 }
@@ -701,16 +746,18 @@ fn order_items(
         }
         None => patch_items,
     };
+    let wanted_index = index_of(wanted, key);
+    let original_index = index_of(original, key);
     let mut patched: Vec<(usize, Value)> = Vec::new();
     let mut server: Vec<Value> = Vec::new();
     for item in merged {
-        match position_by(wanted, &item, key) {
+        match position_in(&wanted_index, &item, key) {
             Some(i) => patched.push((i, item)),
             None => server.push(item),
         }
     }
     patched.sort_by_key(|(i, _)| *i);
-    let idx = |v: &Value| position_by(original, v, key).map_or(-1, |i| i as i64);
+    let idx = |v: &Value| position_in(&original_index, v, key).map_or(-1, |i| i as i64);
     let mut out = Vec::with_capacity(patched.len() + server.len());
     let mut left = patched.into_iter().map(|(_, v)| v).peekable();
     let mut right = server.into_iter().peekable();
@@ -785,6 +832,30 @@ mod tests {
             json!([{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}])
         );
         assert_eq!(obj["spec"]["type"], "LoadBalancer");
+    }
+
+    #[test]
+    fn json_eq_numbers_order_and_depth() {
+        assert!(json_eq(
+            &json!({"a": 1, "b": [1.0, "x"]}),
+            &json!({"b": [1, "x"], "a": 1.0})
+        ));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 2})));
+        assert!(!json_eq(&json!([1, 2]), &json!([2, 1])));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        let mut deep_a = json!(1);
+        let mut deep_b = json!(2);
+        for _ in 0..100_000 {
+            deep_a = Value::Array(vec![deep_a]);
+            deep_b = Value::Array(vec![deep_b]);
+        }
+        assert!(!json_eq(&deep_a, &deep_b));
+        // Drop iteratively too (serde_json's own Drop recurses).
+        for mut d in [deep_a, deep_b] {
+            while let Value::Array(mut inner) = d {
+                d = inner.pop().unwrap_or(Value::Null);
+            }
+        }
     }
 
     #[test]
