@@ -1681,6 +1681,32 @@ mod tests {
     }
 
     #[test]
+    fn kubectl_server_side_apply_creates_pool_like_golden() {
+        // kubectl-apply-server-side.txt's input file; the kubectl entry is shown in golden 86.
+        let cfg = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool", "metadata": {"name": "pool-c"},
+            "spec": {"blocks": [{"cidr": "203.0.113.0/28"}], "serviceSelector": {"matchLabels": {"app": "kubectl-made"}}}});
+        let out = server_side_apply(
+            None,
+            &cfg,
+            "kubectl",
+            false,
+            "ferrolb.io/v1alpha1",
+            None,
+            "2026-11-22T07:59:11Z",
+        )
+        .unwrap();
+        let want: Vec<Value> = mf(&v(RESP_86))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["manager"] == "kubectl")
+            .cloned()
+            .collect();
+        assert_json_eq(&mf(&out), &Value::Array(want));
+        assert_eq!(out["spec"], cfg["spec"]);
+    }
+
+    #[test]
     fn apply_prunes_fields_the_manager_stopped_applying_unless_owned_by_others() {
         let cfg = |ports: Value, labels: Value| {
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": labels},

@@ -56,6 +56,43 @@ impl PatchError {
     }
 }
 
+impl PatchError {
+    /// A `Status` body for this error, shaped as kube-apiserver sends it:
+    /// - 400: message only, no details (like the decode errors of golden 71/79);
+    /// - 415: golden 49 for a custom resource ([`CR_STRATEGIC_UNSUPPORTED`]), golden 40
+    ///   (`details: {}`) otherwise;
+    /// - 422: `NewGenericServerResponse(422, ...)` as the JSON patch handler builds it: a fixed
+    ///   message and `details: {}` (no transcript here; the shape reported for a real v1.37;
+    ///   the engine's own text stays available through [`PatchError::message`] for logs);
+    /// - 409: message and reason only (callers with a resource should build their own).
+    pub fn status(&self) -> Value {
+        let (message, details) = match self {
+            PatchError::BadRequest(msg) | PatchError::Conflict(msg) => (msg.clone(), None),
+            PatchError::Unsupported(msg) if msg == CR_STRATEGIC_UNSUPPORTED => (msg.clone(), None),
+            PatchError::Unsupported(_) => (
+                "415: Unsupported Media Type".to_owned(),
+                Some(Value::Object(Map::new())),
+            ),
+            PatchError::Invalid(_) => (
+                "the server rejected our request due to an error in our request".to_owned(),
+                Some(Value::Object(Map::new())),
+            ),
+        };
+        let mut m = Map::new();
+        m.insert("kind".into(), "Status".into());
+        m.insert("apiVersion".into(), "v1".into());
+        m.insert("metadata".into(), Value::Object(Map::new()));
+        m.insert("status".into(), "Failure".into());
+        m.insert("message".into(), message.into());
+        m.insert("reason".into(), self.reason().into());
+        if let Some(d) = details {
+            m.insert("details".into(), d);
+        }
+        m.insert("code".into(), self.code().into());
+        Value::Object(m)
+    }
+}
+
 impl std::fmt::Display for PatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message(), self.code())
@@ -1134,6 +1171,29 @@ mod tests {
             PatchError::Unsupported(CR_STRATEGIC_UNSUPPORTED.into())
         );
         assert_eq!(pool["spec"], json!({}));
+    }
+
+    #[test]
+    fn status_bodies_match_golden_40_and_49() {
+        let golden_49 = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": CR_STRATEGIC_UNSUPPORTED, "reason": "UnsupportedMediaType", "code": 415});
+        assert_eq!(
+            PatchError::Unsupported(CR_STRATEGIC_UNSUPPORTED.into()).status(),
+            golden_49
+        );
+        let golden_40 = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "415: Unsupported Media Type", "reason": "UnsupportedMediaType", "details": {}, "code": 415});
+        assert_eq!(PatchError::Unsupported(String::new()).status(), golden_40);
+        let bad = PatchError::BadRequest("x".into()).status();
+        assert_eq!(bad["code"], 400);
+        assert!(bad.get("details").is_none());
+        let invalid = PatchError::Invalid("testing value /a failed: test failed".into()).status();
+        assert_eq!(
+            invalid,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server rejected our request due to an error in our request",
+                "reason": "Invalid", "details": {}, "code": 422})
+        );
     }
 
     #[test]
