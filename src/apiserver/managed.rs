@@ -1993,6 +1993,59 @@ mod tests {
     }
 
     #[test]
+    fn node_addresses_keyed_by_type_unless_duplicated_and_lease_create() {
+        let node = |addrs: Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "status": {"addresses": addrs}});
+        let mut n = node(
+            json!([{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "Hostname", "address": "n1"}]),
+        );
+        update_managed_fields(
+            None,
+            &mut n,
+            "kubelet",
+            "Update",
+            "v1",
+            Some("status"),
+            "2026-11-22T08:00:00Z",
+        );
+        let f = &n["metadata"]["managedFields"][0]["fieldsV1"]["f:status"]["f:addresses"];
+        assert!(f.get("k:{\"type\":\"Hostname\"}").is_some(), "{f}");
+        let mut n = node(
+            json!([{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "InternalIP", "address": "192.0.2.11"}]),
+        );
+        update_managed_fields(
+            None,
+            &mut n,
+            "kubelet",
+            "Update",
+            "v1",
+            Some("status"),
+            "2026-11-22T08:00:00Z",
+        );
+        assert_eq!(
+            n["metadata"]["managedFields"][0]["fieldsV1"]["f:status"]["f:addresses"],
+            json!({})
+        );
+
+        // A Lease created by a leader elector: spec is a Go struct (no "." entry).
+        let mut lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "demo"},
+            "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 15, "renewTime": "2026-11-22T07:57:14.123456Z"}});
+        update_managed_fields(
+            None,
+            &mut lease,
+            "ferrolb-agent",
+            "Update",
+            "coordination.k8s.io/v1",
+            None,
+            "2026-11-22T07:57:14.123456Z",
+        );
+        assert_eq!(
+            lease["metadata"]["managedFields"],
+            json!([{"manager": "ferrolb-agent", "operation": "Update", "apiVersion": "coordination.k8s.io/v1", "time": "2026-11-22T07:57:14Z",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}, "f:renewTime": {}}}}])
+        );
+    }
+
+    #[test]
     fn large_keyed_lists_use_indexed_lookups() {
         let n = 5000;
         let ports: Vec<Value> = (0..n)
