@@ -445,12 +445,18 @@ fn bad(msg: impl Into<String>) -> PatchError {
 /// Lists are merged by their `patchMergeKey` (Service `spec.ports` by `port`, conditions by
 /// `type`, `ownerReferences` by `uid`, Node `status.addresses` by `type`), scalar lists with
 /// `patchStrategy=merge` as sets, and every other list is replaced. Merged lists put the
-/// patch's items first (golden 31) unless `$setElementOrder/<list>` gives the order. Supported
-/// directives: `$patch: replace|merge|delete` (in maps and list items), `$retainKeys`,
-/// `$deleteFromPrimitiveList/<list>`, `$setElementOrder/<list>`; `null` deletes a key.
+/// new items first (golden 31; items already live keep their live order) unless
+/// `$setElementOrder/<list>` gives the order. Supported directives: `$patch: replace|delete`
+/// (in maps and list items), `$retainKeys`, `$deleteFromPrimitiveList/<list>`,
+/// `$setElementOrder/<list>`; `null` deletes a key. `$patch: merge` is refused as
+/// kube-apiserver refuses it (apimachinery: "unknown patch type" in a map, "merging lists
+/// cannot yet be specified" in a list).
 ///
-/// A kind registered as a custom resource gives [`PatchError::Unsupported`] (415, golden 49);
-/// a kind the stand-in does not know at all is patched with every list replaced.
+/// Errors: malformed directives are [`PatchError::BadRequest`] (400) as kube-apiserver maps
+/// apimachinery's format errors; the errors kube-apiserver passes on unmapped (missing merge
+/// key, unknown `$patch`, mixed list element types), which it answers with 500, are also 400
+/// here. A kind registered as a custom resource gives [`PatchError::Unsupported`] (415,
+/// golden 49); a kind the stand-in does not know at all is patched with every list replaced.
 pub fn strategic_merge_patch(
     target: &mut Value,
     patch: &Value,
@@ -500,10 +506,12 @@ fn smp_map(
                 return smp_map(None, &rest, schema, depth + 1);
             }
             Some("delete") => return Ok(Map::new()),
-            Some("merge") => {}
+            // kube-apiserver refuses `$patch: merge` in a map (apimachinery's
+            // handleDirectiveInMergeMap knows only replace and delete).
             _ => {
                 return Err(bad(format!(
-                    "Unknown patch type: {d} in map: {}",
+                    "unknown patch type: {} in map: {}",
+                    d.as_str().map_or_else(|| d.to_string(), str::to_owned),
                     Value::Object(patch.clone())
                 )))
             }
@@ -655,26 +663,14 @@ fn smp_list(
         }
         SmpList::MergeKey(k) if all_objects => Some(k.as_str()),
         SmpList::MergeKey(_) | SmpList::MergePrimitive => {
-            // Scalars, possibly with a `{"$patch": "replace"}` marker item.
-            let mut replace = false;
-            let mut scalars = Vec::new();
-            for v in patch {
-                match v {
-                    Value::Object(m)
-                        if m.len() == 1
-                            && m.get(DIRECTIVE).and_then(Value::as_str) == Some("replace") =>
-                    {
-                        replace = true
-                    }
-                    Value::Object(_) | Value::Array(_) if !all_scalars => {
-                        return Err(bad("invalid patch format of primitive list"));
-                    }
-                    other => scalars.push(other.clone()),
-                }
+            // Scalars only: apimachinery refuses mixed element types (and so any directive item).
+            if !all_scalars {
+                return Err(bad(format!(
+                    "list element types are not identical: {}",
+                    Value::Array(patch.to_vec())
+                )));
             }
-            if replace {
-                return Ok(scalars);
-            }
+            let scalars = patch.to_vec();
             let mut merged = original.clone();
             let mut seen: HashSet<String> = merged.iter().filter_map(|m| ident(m, None)).collect();
             for s in &scalars {
@@ -718,14 +714,14 @@ fn smp_list(
                     merged.retain(|i| ident(i, Some(key)) != gone);
                 }
                 Some("merge") => {
-                    if !m.contains_key(key) {
-                        return Err(bad(format!(
-                            "map: {item} does not contain declared merge key: {key}"
-                        )));
-                    }
-                    plain.push(m);
+                    return Err(bad("merging lists cannot yet be specified in the patch"));
                 }
-                _ => return Err(bad(format!("Unknown patch type: {d} in map: {item}"))),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown patch type: {} in map: {item}",
+                        d.as_str().map_or_else(|| d.to_string(), str::to_owned)
+                    )))
+                }
             },
         }
     }
@@ -1207,6 +1203,18 @@ mod tests {
                 400,
             ),
             (json!({"spec": {"$patch": 7}}), 400),
+            (
+                json!({"spec": {"$patch": "merge", "type": "ClusterIP"}}),
+                400,
+            ),
+            (
+                json!({"spec": {"ports": [{"port": 80, "$patch": "merge"}]}}),
+                400,
+            ),
+            (
+                json!({"metadata": {"finalizers": [{"$patch": "replace"}]}}),
+                400,
+            ),
             (
                 json!({"spec": {"$setElementOrder/ports": "x", "ports": []}}),
                 400,
