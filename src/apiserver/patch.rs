@@ -148,6 +148,46 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     true
 }
 
+/// The PATCH content types handled by [`patch_by_content_type`].
+pub const JSON_PATCH: &str = "application/json-patch+json";
+/// RFC 7386 merge patch.
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
+/// Kubernetes strategic merge patch.
+pub const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
+/// Server-side apply (see `managed::server_side_apply`).
+pub const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// Applies a non-apply PATCH body by its `Content-Type` (parameters such as `; charset=utf-8`
+/// are ignored). Any other type, including plain `application/json` (golden 40), is
+/// [`PatchError::Unsupported`] with an empty message, whose [`PatchError::status`] is golden
+/// 40's body. Apply patches (`application/apply-patch+yaml`) are not handled here: they need
+/// the field manager (`managed::server_side_apply`) and give [`PatchError::BadRequest`].
+pub fn patch_by_content_type(
+    target: &mut Value,
+    body: &Value,
+    content_type: &str,
+    kind: &str,
+) -> Result<(), PatchError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        JSON_PATCH => json_patch(target, body),
+        MERGE_PATCH => {
+            merge_patch(target, body);
+            Ok(())
+        }
+        STRATEGIC_MERGE_PATCH => strategic_merge_patch(target, body, kind),
+        APPLY_PATCH => Err(PatchError::BadRequest(
+            "apply patches are handled by managed::server_side_apply".into(),
+        )),
+        _ => Err(PatchError::Unsupported(String::new())),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // RFC 7386 JSON merge patch
 // ---------------------------------------------------------------------------------------------
@@ -1189,6 +1229,34 @@ mod tests {
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "the server rejected our request due to an error in our request",
                 "reason": "Invalid", "details": {}, "code": 422})
+        );
+    }
+
+    #[test]
+    fn dispatch_by_content_type() {
+        let mut obj = web_after_30();
+        let patch = json!({"spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}]}});
+        patch_by_content_type(
+            &mut obj,
+            &patch,
+            "application/strategic-merge-patch+json; charset=utf-8",
+            "Service",
+        )
+        .unwrap();
+        assert_eq!(obj["spec"]["ports"].as_array().unwrap().len(), 2);
+        patch_by_content_type(&mut obj, &patch, "application/merge-patch+json", "Service").unwrap();
+        assert_eq!(obj["spec"]["ports"].as_array().unwrap().len(), 1);
+        let ops = json!([{"op": "replace", "path": "/spec/type", "value": "ClusterIP"}]);
+        patch_by_content_type(&mut obj, &ops, "Application/JSON-Patch+JSON", "Service").unwrap();
+        assert_eq!(obj["spec"]["type"], "ClusterIP");
+        let err =
+            patch_by_content_type(&mut obj, &patch, "application/json", "Service").unwrap_err();
+        assert_eq!(err.status()["message"], "415: Unsupported Media Type");
+        assert_eq!(
+            patch_by_content_type(&mut obj, &patch, APPLY_PATCH, "Service")
+                .unwrap_err()
+                .code(),
+            400
         );
     }
 
