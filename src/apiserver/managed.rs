@@ -1260,6 +1260,26 @@ pub fn server_side_apply(
     let (schema, zero, builtin) = kind_schema(applied);
     let ctx = Ctx { omitempty: builtin };
     let mut entries = decode(live).unwrap_or_default();
+    if let (Some(l), true) = (live, entries.is_empty()) {
+        // kube's skipNonAppliedManager: an object nobody manages yet gets its existing fields
+        // assigned to "before-first-apply" (an Update entry) before the first apply.
+        let mut owned = l.clone();
+        let av = l
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(api_version)
+            .to_owned();
+        update_managed_fields(
+            None,
+            &mut owned,
+            "before-first-apply",
+            "Update",
+            &av,
+            None,
+            &now,
+        );
+        entries = decode(Some(&owned)).unwrap_or_default();
+    }
     let live_obj = live.map(without_managed_fields).unwrap_or(zero);
     let mut config = without_managed_fields(applied);
     strip_nulls(&mut config);
@@ -2043,6 +2063,55 @@ mod tests {
             json!([{"manager": "ferrolb-agent", "operation": "Update", "apiVersion": "coordination.k8s.io/v1", "time": "2026-11-22T07:57:14Z",
                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}, "f:renewTime": {}}}}])
         );
+    }
+
+    #[test]
+    fn apply_to_unmanaged_object_conflicts_with_before_first_apply() {
+        let mut live = v(RESP_34);
+        live["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("managedFields");
+        let err = server_side_apply(
+            Some(&live),
+            &v(REQ_35),
+            "two",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.causes,
+            vec![
+                (
+                    ".metadata.labels.env".to_owned(),
+                    "\"before-first-apply\" using v1".to_owned()
+                ),
+                (
+                    ".spec.externalTrafficPolicy".to_owned(),
+                    "\"before-first-apply\" using v1".to_owned()
+                ),
+            ]
+        );
+        let out = server_side_apply(
+            Some(&live),
+            &v(REQ_35),
+            "two",
+            true,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap();
+        let managers: Vec<&Value> = out["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["manager"])
+            .collect();
+        assert_eq!(managers, [&json!("two"), &json!("before-first-apply")]);
     }
 
     #[test]
