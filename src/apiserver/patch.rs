@@ -1113,6 +1113,21 @@ mod tests {
     }
 
     #[test]
+    fn strategic_primitive_list_with_order_and_delete_directives() {
+        // What kubectl's three-way patch sends for a merge list of scalars.
+        let mut obj =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"finalizers": ["a", "c"]}});
+        let patch = json!({"metadata": {"$setElementOrder/finalizers": ["b", "a"],
+            "$deleteFromPrimitiveList/finalizers": ["c"], "finalizers": ["b"]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj["metadata"], json!({"finalizers": ["b", "a"]}));
+        // Duplicates are not added twice.
+        let patch = json!({"metadata": {"finalizers": ["a", "a"]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj["metadata"]["finalizers"], json!(["b", "a"]));
+    }
+
+    #[test]
     fn strategic_set_element_order_reorders_and_keeps_server_only_items() {
         let mut obj = json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": [
             {"port": 1, "name": "a"}, {"port": 2, "name": "b"}, {"port": 3, "name": "c"}]}});
