@@ -1458,6 +1458,14 @@ mod tests {
         o
     }
 
+    /// Built-in types are encoded in Go struct order, so managedFields must match byte for byte.
+    fn assert_mf_bytes(have: &Value, want: &Value) {
+        assert_eq!(
+            serde_json::to_string(&mf(have)).unwrap(),
+            serde_json::to_string(&mf(want)).unwrap()
+        );
+    }
+
     fn assert_json_eq(have: &Value, want: &Value) {
         assert!(
             json_eq(have, want),
@@ -1525,6 +1533,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_29)));
+        assert_mf_bytes(&new, &v(RESP_29));
     }
 
     #[test]
@@ -1543,6 +1552,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_30)));
+        assert_mf_bytes(&new, &v(RESP_30));
 
         // 31: strategic merge adds port 443 (nodePort allocated afterwards, not owned).
         let old = v(RESP_30);
@@ -1558,6 +1568,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_31)));
+        assert_mf_bytes(&new, &v(RESP_31));
 
         // 32: $patch: delete only removes fields, so the entry keeps its old time.
         let old = v(RESP_31);
@@ -1573,6 +1584,7 @@ mod tests {
             "2026-11-22T07:52:08Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_32)));
+        assert_mf_bytes(&new, &v(RESP_32));
         assert_eq!(
             new["metadata"]["managedFields"][0]["time"],
             "2026-11-22T07:52:01Z"
@@ -1595,6 +1607,7 @@ mod tests {
             "2026-11-22T07:52:09Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_33)));
+        assert_mf_bytes(&new, &v(RESP_33));
     }
 
     #[test]
@@ -1663,6 +1676,7 @@ mod tests {
         )
         .expect("forced");
         assert_json_eq(&mf(&out), &mf(&v(RESP_36)));
+        assert_mf_bytes(&out, &v(RESP_36));
         assert_eq!(
             out["metadata"]["labels"],
             json!({"app": "lb-ssa", "env": "b"})
