@@ -684,11 +684,12 @@ impl Allocator {
                     SvcEntry {
                         req: Arc::new(req.clone()),
                         addrs: Vec::new(),
+                        // Never equal to a computed outcome (those carry a message), so the
+                        // first computation always reports the new Service as changed.
                         outcome: Outcome::fail(Reason::NoPool, String::new()),
                         ensured: true,
                     },
                 );
-                self.changed.insert(key.clone());
             }
         }
         self.ensure_key(&key);
@@ -1227,11 +1228,12 @@ fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Outcome {
             pool: table.get(a).map(|e| e.pool.clone()).unwrap_or_default(),
         })
         .collect();
-    let message = addresses
-        .iter()
-        .map(|a| format!("{} from pool {}", a.ip, a.pool))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut message = String::with_capacity(48 * addresses.len());
+    for (i, a) in addresses.iter().enumerate() {
+        use std::fmt::Write;
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(message, "{sep}{} from pool {}", a.ip, a.pool);
+    }
     Outcome {
         reason: Reason::Satisfied,
         message,
