@@ -26,7 +26,7 @@ use super::client::{LeaseWriter, WriteError};
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
-use super::{rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
+use super::{balanced_ranks, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -254,6 +254,8 @@ struct Engine {
     report: ShutdownReport,
     stats: Arc<EngineStats>,
     held_tx: watch::Sender<BTreeSet<String>>,
+    /// Our load-bounded rank per desired lease.
+    ranks: HashMap<String, usize>,
 }
 
 impl Engine {
@@ -282,19 +284,12 @@ impl Engine {
         let _ = self.events.send(ev);
     }
 
-    fn publish_held(&mut self) {
-        let held: BTreeSet<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.reported != Reported::NotHeld)
-            .map(|(n, _)| n.clone())
-            .collect();
+    fn publish_held(&mut self, name: &str, held: bool) {
         self.held_tx.send_if_modified(|cur| {
-            if *cur != held {
-                *cur = held;
-                true
+            if held {
+                cur.insert(name.to_string())
             } else {
-                false
+                cur.remove(name)
             }
         });
     }
@@ -336,6 +331,13 @@ impl Engine {
         }
         let me = self.me();
         let holder = obs.holder().filter(|h| *h != me);
+        if holder.is_none() {
+            // Absent or released: the load-bounded assignment decides who goes first.
+            if let Some(r) = self.ranks.get(name) {
+                return self.opts.config.rank_step * (*r).min(MAX_RANK_WAIT) as u32;
+            }
+        }
+        // Taking over from an expired holder: rank among the others (it is presumably dead).
         let nodes: Vec<String> = desired
             .candidates
             .iter()
@@ -400,12 +402,9 @@ impl Engine {
         if let Some(LeaseEvent::Released { .. }) = &ev {
             self.report.released.push(name.to_string());
         }
-        let changed = ev.is_some();
         if let Some(ev) = ev {
             self.emit(ev);
-        }
-        if changed {
-            self.publish_held();
+            self.publish_held(name, new_rep != Reported::NotHeld);
         }
 
         // 2. The next write, if any.
@@ -688,6 +687,13 @@ impl Engine {
     }
 
     fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
+        let cands: BTreeMap<String, Vec<String>> = desired
+            .iter()
+            .map(|(n, d)| (n.clone(), d.candidates.clone()))
+            .collect();
+        self.ranks = balanced_ranks(&self.opts.identity, &cands)
+            .into_iter()
+            .collect();
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
             if e.desired.is_some() && !desired.contains_key(n) {
@@ -764,6 +770,7 @@ async fn run(
         report: ShutdownReport::default(),
         stats,
         held_tx,
+        ranks: HashMap::new(),
     };
     let mut cmds_open = true;
     loop {
@@ -778,7 +785,6 @@ async fn run(
             (a, b) => a.or(b),
         };
         tokio::select! {
-            biased;
             Some(d) = done_rx.recv() => eng.on_done(d, Instant::now()),
             cmd = cmds.recv(), if cmds_open => {
                 let now = Instant::now();
@@ -834,8 +840,8 @@ async fn run(
             name: n.clone(),
             holder: None,
         });
+        eng.publish_held(n, false);
     }
-    eng.publish_held();
     eng.report.not_released = still;
     for tx in eng.shutdown_waiters.drain(..) {
         let _ = tx.send(eng.report.clone());

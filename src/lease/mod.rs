@@ -118,7 +118,12 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .map(String::as_str)
         .filter(|n| *n != me)
         .collect();
-    if others.len() == nodes.iter().collect::<std::collections::BTreeSet<_>>().len() {
+    if others.len()
+        == nodes
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    {
         // `me` is not a candidate: after everyone.
         return others.len();
     }
@@ -126,6 +131,70 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .iter()
         .filter(|n| (rendezvous_score(key, n), **n) > my)
         .count()
+}
+
+/// Load-bounded rendezvous ranks of `me` for a set of leases (name → eligible nodes).
+///
+/// Plain rendezvous hashing spreads addresses only statistically (with 100 addresses on 3 nodes
+/// the busiest node often gets 40+). Here every lease, in name order, goes to the first node in
+/// its rendezvous order whose load is still below its fair share (rounded up; the fair share of a
+/// node is the sum of `1 / candidates` over the leases it is eligible for); the rest keep their
+/// rendezvous order. Every node that knows the same set computes the same assignment, so the
+/// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
+/// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
+/// A lease whose candidate list is empty or lacks `me` ranks `me` last (`candidates.len()`).
+pub fn balanced_ranks(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, usize> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let mut share: HashMap<&str, f64> = HashMap::new();
+    let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, cands) in leases {
+        let set: BTreeSet<&str> = cands.iter().map(String::as_str).collect();
+        if set.is_empty() {
+            continue;
+        }
+        let w = 1.0 / set.len() as f64;
+        for n in &set {
+            *share.entry(n).or_default() += w;
+        }
+        let mut order: Vec<&str> = set.into_iter().collect();
+        order.sort_by_cached_key(|n| std::cmp::Reverse((rendezvous_score(name, n), *n)));
+        orders.insert(name.as_str(), order);
+    }
+    let cap: HashMap<&str, usize> = share
+        .iter()
+        .map(|(n, s)| (*n, (s - 1e-9).ceil().max(1.0) as usize))
+        .collect();
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (name, cands) in leases {
+        let Some(order) = orders.get(name.as_str()) else {
+            out.insert(name.clone(), 0);
+            continue;
+        };
+        let chosen = order
+            .iter()
+            .copied()
+            .find(|n| load.get(n).copied().unwrap_or(0) < cap.get(n).copied().unwrap_or(1))
+            .unwrap_or(order[0]);
+        *load.entry(chosen).or_default() += 1;
+        let rank = if chosen == me {
+            0
+        } else {
+            match order
+                .iter()
+                .filter(|n| **n != chosen)
+                .position(|n| *n == me)
+            {
+                Some(p) => p + 1,
+                None => cands.len(),
+            }
+        };
+        out.insert(name.clone(), rank);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -198,5 +267,58 @@ mod tests {
                 assert_eq!(winner(&fewer), w);
             }
         }
+    }
+
+    #[test]
+    fn balanced_ranks_bound_the_load() {
+        use std::collections::BTreeMap;
+        for count in [10usize, 100, 200, 1000] {
+            for n_nodes in [2usize, 3, 5] {
+                let nodes: Vec<String> = (0..n_nodes).map(|i| format!("node-{i}")).collect();
+                let leases: BTreeMap<String, Vec<String>> = (0..count)
+                    .map(|i| (lease_name(&format!("198.51.100.{i}")), nodes.clone()))
+                    .collect();
+                let per_node: Vec<BTreeMap<String, usize>> =
+                    nodes.iter().map(|n| balanced_ranks(n, &leases)).collect();
+                let mut load = vec![0usize; n_nodes];
+                for name in leases.keys() {
+                    // ranks form a permutation: exactly one node ranks 0 for every lease
+                    let mut ranks: Vec<usize> = per_node.iter().map(|r| r[name]).collect();
+                    let first = ranks.iter().position(|r| *r == 0).unwrap();
+                    load[first] += 1;
+                    ranks.sort();
+                    assert_eq!(ranks, (0..n_nodes).collect::<Vec<_>>(), "{name}");
+                }
+                let mean = count as f64 / n_nodes as f64;
+                let max = *load.iter().max().unwrap() as f64;
+                assert!(max <= mean.ceil(), "{count}/{n_nodes}: {load:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_ranks_with_uneven_eligibility() {
+        use std::collections::BTreeMap;
+        // 60 leases for all of a,b,c; 60 more only for a,b: c should get ~20, a and b ~50.
+        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = all[..2].to_vec();
+        let mut leases = BTreeMap::new();
+        for i in 0..120 {
+            let c = if i < 60 { all.clone() } else { two.clone() };
+            leases.insert(lease_name(&format!("k{i}")), c);
+        }
+        let mut load = BTreeMap::new();
+        for me in &all {
+            let r = balanced_ranks(me, &leases);
+            *load.entry(me.clone()).or_insert(0) += r.values().filter(|v| **v == 0).count();
+        }
+        assert_eq!(load.values().sum::<usize>(), 120, "{load:?}");
+        assert!(
+            load["c"] <= 20 && load["a"] <= 50 && load["b"] <= 50,
+            "{load:?}"
+        );
+        // Not a candidate: last.
+        let r = balanced_ranks("zz", &leases);
+        assert!(r.values().all(|v| *v >= 2));
     }
 }
