@@ -102,9 +102,10 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     /// The agent's settings: label-selected watch on `app.kubernetes.io/managed-by=ferrolb`,
-    /// abandoned leases deleted after 3 lease durations + the longest rank wait.
+    /// abandoned leases deleted after 2 lease durations + the longest rank wait (a node that
+    /// wants a free lease takes it within its rank wait).
     pub fn agent(namespace: &str, identity: &str, config: LeaseConfig) -> Self {
-        let gc = config.lease_duration * 3 + config.rank_step * MAX_RANK_WAIT as u32;
+        let gc = config.lease_duration * 2 + config.rank_step * MAX_RANK_WAIT as u32;
         EngineOptions {
             namespace: namespace.to_string(),
             identity: identity.to_string(),
@@ -750,7 +751,9 @@ async fn run(
         WatchScope::Labels(sel) => watcher::Config::default().labels(sel),
         WatchScope::Name(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
     };
-    let mut stream = watcher(api, wcfg).default_backoff().boxed();
+    // Reconnect quickly after an outage (≤ 2 s): stale observations cost 409s and late takeovers.
+    let backoff = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut stream = watcher(api, wcfg).backoff(backoff).boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
     let sem = Arc::new(Semaphore::new(opts.max_concurrent_writes.max(1)));
@@ -858,6 +861,34 @@ fn start_shutdown(eng: &mut Engine, tx: Option<oneshot::Sender<ShutdownReport>>,
         for n in names {
             eng.step(&n, now);
         }
+    }
+}
+
+/// Exponential watch reconnect backoff (doubling from `min` to `max`), reset on success.
+struct WatchBackoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl WatchBackoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        WatchBackoff { min, max, cur: min }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.cur = self.min;
     }
 }
 

@@ -133,6 +133,57 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .count()
 }
 
+/// Label: how many Services a lease serves.
+pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
+/// Label: namespace of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAMESPACE: &str = "ferrolb.io/service-namespace";
+/// Label: name of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAME: &str = "ferrolb.io/service-name";
+/// Annotation: every `namespace/name` a lease serves, comma-separated, sorted.
+pub const ANN_SERVICES: &str = "ferrolb.io/services";
+/// Annotation: the addresses a lease stands for (the lease key), as given.
+pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
+
+/// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
+/// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
+/// into annotations.
+pub fn describe(
+    key: &str,
+    services: &[String],
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
+    svcs.sort_unstable();
+    svcs.dedup();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string());
+    if let [one] = svcs.as_slice() {
+        if let Some((ns, name)) = one.split_once('/') {
+            // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
+            if is_label_value(ns) && is_label_value(name) {
+                labels.insert(LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string());
+                labels.insert(LABEL_SERVICE_NAME.to_string(), name.to_string());
+            }
+        }
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(ANN_SERVICES.to_string(), svcs.join(","));
+    annotations.insert(ANN_ADDRESSES.to_string(), key.to_string());
+    (labels, annotations)
+}
+
+/// Is `v` a valid Kubernetes label value?
+pub fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+}
+
 /// Load-bounded rendezvous ranks of `me` for a set of leases (name → eligible nodes).
 ///
 /// Plain rendezvous hashing spreads addresses only statistically (with 100 addresses on 3 nodes
@@ -320,5 +371,23 @@ mod tests {
         // Not a candidate: last.
         let r = balanced_ranks("zz", &leases);
         assert!(r.values().all(|v| *v >= 2));
+    }
+
+    #[test]
+    fn describe_keeps_labels_valid() {
+        let (l, a) = describe("198.51.100.7", &["demo/web".into(), "demo/web".into()]);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "1");
+        assert_eq!(l[LABEL_SERVICE_NAME], "web");
+        assert_eq!(l[LABEL_SERVICE_NAMESPACE], "demo");
+        assert_eq!(a[ANN_SERVICES], "demo/web");
+        let many: Vec<String> = (0..40).map(|i| format!("team-{i}/dns-{i}")).collect();
+        let (l, a) = describe("198.51.100.8", &many);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "40");
+        assert!(!l.contains_key(LABEL_SERVICE_NAME));
+        assert!(l.values().all(|v| is_label_value(v)));
+        assert_eq!(a[ANN_SERVICES].split(',').count(), 40);
+        assert!(!is_label_value(&"x".repeat(64)));
+        assert!(!is_label_value("a/b"));
+        assert!(is_label_value("a.b-c_d"));
     }
 }
