@@ -214,6 +214,8 @@ struct Entry {
     released_by_us: bool,
     reported: Reported,
     wake: Option<Instant>,
+    /// Cached rank for taking over from (holder): rank among candidates without it.
+    takeover_rank: Option<(String, usize)>,
 }
 
 impl Entry {
@@ -230,6 +232,7 @@ impl Entry {
             released_by_us: false,
             reported: Reported::NotHeld,
             wake: None,
+            takeover_rank: None,
         }
     }
 }
@@ -326,27 +329,42 @@ impl Engine {
         e.object = lease.cloned();
     }
 
-    fn rank_delay(&self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
+    fn rank_delay(&mut self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
         }
-        let me = self.me();
+        let step = self.opts.config.rank_step;
+        let me = self.opts.identity.clone();
         let holder = obs.holder().filter(|h| *h != me);
-        if holder.is_none() {
+        let Some(holder) = holder else {
             // Absent or released: the load-bounded assignment decides who goes first.
-            if let Some(r) = self.ranks.get(name) {
-                return self.opts.config.rank_step * (*r).min(MAX_RANK_WAIT) as u32;
+            let r = match self.ranks.get(name) {
+                Some(r) => *r,
+                None => rendezvous_rank(name, &me, &desired.candidates),
+            };
+            return step * r.min(MAX_RANK_WAIT) as u32;
+        };
+        // Taking over from an expired holder: rank among the others (it is presumably dead).
+        // Cached per holder: this runs on every renewal we observe.
+        if let Some(e) = self.entries.get(name) {
+            if let Some((h, r)) = &e.takeover_rank {
+                if h == holder {
+                    return step * (*r).min(MAX_RANK_WAIT) as u32;
+                }
             }
         }
-        // Taking over from an expired holder: rank among the others (it is presumably dead).
         let nodes: Vec<String> = desired
             .candidates
             .iter()
-            .filter(|n| Some(n.as_str()) != holder)
+            .filter(|n| n.as_str() != holder)
             .cloned()
             .collect();
-        let rank = rendezvous_rank(name, me, &nodes).min(MAX_RANK_WAIT);
-        self.opts.config.rank_step * rank as u32
+        let rank = rendezvous_rank(name, &me, &nodes);
+        let holder = holder.to_string();
+        if let Some(e) = self.entries.get_mut(name) {
+            e.takeover_rank = Some((holder, rank));
+        }
+        step * rank.min(MAX_RANK_WAIT) as u32
     }
 
     fn step(&mut self, name: &str, now: Instant) {
@@ -714,6 +732,7 @@ impl Engine {
                 });
             }
             if e.desired.as_ref() != Some(&d) {
+                e.takeover_rank = None;
                 e.desired = Some(d);
                 touched.push(n);
             }
