@@ -208,8 +208,6 @@ struct Entry {
     in_flight: bool,
     retry_after: Option<Instant>,
     conflict_rv: Option<String>,
-    /// A write of ours succeeded since the record last named someone else.
-    confirmed: bool,
     /// Our last successful write was a release.
     released_by_us: bool,
     reported: Reported,
@@ -228,7 +226,6 @@ impl Entry {
             in_flight: false,
             retry_after: None,
             conflict_rv: None,
-            confirmed: false,
             released_by_us: false,
             reported: Reported::NotHeld,
             wake: None,
@@ -316,9 +313,6 @@ impl Engine {
             }
         }
         let next = Observed::next(e.observed.as_ref(), lease, now);
-        if next.holder() != Some(me.as_str()) {
-            e.confirmed = false;
-        }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
             if next.holder() != Some(me.as_str()) {
@@ -382,11 +376,7 @@ impl Engine {
         } else {
             None
         });
-        let mut st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
-        if st == Standing::Holder && !e.confirmed {
-            // Record says us (e.g. from before a restart) but no write of ours confirmed it.
-            st = Standing::NotHolder;
-        }
+        let st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
         let mut wake: Option<Instant> = None;
         if st == Standing::Holder {
             wake = e
@@ -452,17 +442,13 @@ impl Engine {
             return;
         }
         let desired = e.desired.clone();
-        let confirmed = e.confirmed;
         let intent = match (&desired, shutting_down) {
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
             },
             _ => Intent::Release,
         };
-        let mut action = decide(&me, Some(&obs), now, &cfg, intent);
-        if matches!(action, Action::Hold { .. }) && !confirmed {
-            action = Action::Renew;
-        }
+        let action = decide(&me, Some(&obs), now, &cfg, intent);
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         match action {
             Action::Create => {
@@ -596,7 +582,6 @@ impl Engine {
     fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let cfg = self.opts.config.clone();
-        let me = self.opts.identity.clone();
         let Some(e) = self.entries.get_mut(&d.name) else {
             return;
         };
@@ -619,20 +604,13 @@ impl Engine {
                 e.retry_after = None;
                 e.released_by_us = d.op == Op::Update(OpKind::Release);
                 if !newer_known {
-                    let mut obs = Observed::next(None, Some(&lease), d.sent_at);
-                    obs.observed_at = d.sent_at;
-                    e.confirmed = obs.holder() == Some(me.as_str());
-                    e.observed = Some(obs);
+                    e.observed = Some(Observed::written(&lease, d.sent_at));
                     e.object = Some(lease);
                 }
             }
             Ok(None) => {
                 // Deleted.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
                 e.object = None;
                 e.last_failure = None;
             }
@@ -725,11 +703,7 @@ impl Engine {
             let e = self.entries.entry(n.clone()).or_insert_with(Entry::new);
             if e.observed.is_none() && initialized {
                 // The watch is synced and has not shown it: it does not exist.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
             }
             if e.desired.as_ref() != Some(&d) {
                 e.takeover_rank = None;
@@ -743,6 +717,7 @@ impl Engine {
     }
 
     fn shutdown_complete(&self, now: Instant) -> bool {
+        let me = self.me();
         let Some(deadline) = &self.shutting_down else {
             return false;
         };
@@ -750,10 +725,10 @@ impl Engine {
             return true;
         }
         self.in_flight == 0
-            && self
-                .entries
-                .values()
-                .all(|e| e.reported == Reported::NotHeld && !e.confirmed)
+            && self.entries.values().all(|e| {
+                e.reported == Reported::NotHeld
+                    && e.observed.as_ref().is_none_or(|o| o.holder() != Some(me))
+            })
     }
 }
 
