@@ -133,6 +133,35 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .count()
 }
 
+/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// For clap: `#[arg(long, value_parser = ferrolb::lease::parse_duration)]`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 15s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 /// Label: how many Services a lease serves.
 pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
 /// Label: namespace of the Service a lease serves (only when it serves exactly one).
@@ -389,5 +418,18 @@ mod tests {
         assert!(!is_label_value(&"x".repeat(64)));
         assert!(!is_label_value("a/b"));
         assert!(is_label_value("a.b-c_d"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "5x", "-1s", "1e400s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
