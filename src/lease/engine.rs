@@ -394,7 +394,9 @@ impl Engine {
         let holder_now = e
             .observed
             .as_ref()
-            .and_then(|o| o.holder().map(str::to_string));
+            .and_then(|o| o.holder())
+            .filter(|h| *h != me)
+            .map(str::to_string);
         let released_by_us = e.released_by_us;
         let ev = match (old_rep, new_rep) {
             (a, b) if a == b => None,
@@ -483,6 +485,7 @@ impl Engine {
                                 .get(name)
                                 .is_some_and(|e| !e.in_flight && e.reported == Reported::NotHeld);
                         if forget {
+                            self.set_wake(name, None);
                             self.entries.remove(name);
                         }
                     }
@@ -809,14 +812,19 @@ async fn run(
             },
             _ = sleep_until_opt(next) => {
                 let now = Instant::now();
-                let due: Vec<String> = eng
-                    .timers
-                    .iter()
-                    .take_while(|(t, _)| *t <= now)
-                    .map(|(_, n)| n.clone())
-                    .collect();
+                let mut due: Vec<String> = Vec::new();
+                while let Some((t, _)) = eng.timers.first() {
+                    if *t > now {
+                        break;
+                    }
+                    if let Some((_, n)) = eng.timers.pop_first() {
+                        if let Some(e) = eng.entries.get_mut(&n) {
+                            e.wake = None;
+                        }
+                        due.push(n);
+                    }
+                }
                 for n in due {
-                    eng.set_wake(&n, None);
                     eng.step(&n, now);
                 }
             }
