@@ -130,9 +130,9 @@ pub struct Observed {
     /// LOCAL instant at which `record` was last seen to change (for our own successful writes:
     /// the instant the write was *sent*, which is conservative for the holder).
     pub observed_at: Instant,
-    /// `record` is the result of our own successful write (its response), not merely something
-    /// we saw. A record naming us that we did not confirm (e.g. from before a restart, or a
-    /// write whose answer we never got) does not make us the holder until we renew it.
+    /// The holder named in `record` was put there by our own successful write (its answer),
+    /// not merely seen: a record naming us that we never confirmed in this process (e.g. from
+    /// before a restart) does not make us the holder until we renew it.
     pub confirmed: bool,
 }
 
@@ -143,9 +143,16 @@ impl Observed {
     pub fn next(prev: Option<&Observed>, lease: Option<&Lease>, now: Instant) -> Observed {
         let record = lease.map(Record::from_lease);
         let resource_version = lease.and_then(|l| l.metadata.resource_version.clone());
-        let (observed_at, confirmed) = match prev {
-            Some(p) if p.record == record => (p.observed_at, p.confirmed),
-            _ => (now, false),
+        let observed_at = match prev {
+            Some(p) if p.record == record => p.observed_at,
+            _ => now,
+        };
+        // Confirmation survives record changes that keep the same holder (e.g. the watch echo
+        // of our own renewal arriving before the write's answer), and ends with another holder.
+        let holder = record.as_ref().and_then(|r| r.holder().map(str::to_string));
+        let confirmed = match prev {
+            Some(p) => p.confirmed && holder.is_some() && p.holder() == holder.as_deref(),
+            None => false,
         };
         Observed {
             record,
@@ -642,6 +649,7 @@ mod tests {
         );
         let first = Observed::next(None, Some(&lease), t0);
         assert_eq!(first.observed_at, t0);
+        assert!(!first.confirmed, "seen, not written by us");
         // Re-list / label change: new RV, same spec -> observed_at unchanged.
         lease.metadata.resource_version = Some("6".into());
         lease
@@ -656,6 +664,24 @@ mod tests {
         lease.spec.as_mut().unwrap().renew_time = Some(mt("2026-11-22T07:57:21.000000Z"));
         let third = Observed::next(Some(&second), Some(&lease), t0 + 4 * S);
         assert_eq!(third.observed_at, t0 + 4 * S);
+        // Our own write makes us the confirmed holder; the watch echo of a later renewal keeps
+        // it; another holder ends it.
+        lease.spec.as_mut().unwrap().holder_identity = Some("a".into());
+        let mine = Observed::written(&lease, t0 + 4 * S);
+        assert!(mine.confirmed);
+        lease.spec.as_mut().unwrap().renew_time = Some(mt("2026-11-22T07:57:22.000000Z"));
+        let echo = Observed::next(Some(&mine), Some(&lease), t0 + 5 * S);
+        assert!(echo.confirmed);
+        assert_eq!(echo.observed_at, t0 + 5 * S);
+        lease.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        let taken = Observed::next(Some(&echo), Some(&lease), t0 + 5 * S);
+        assert!(!taken.confirmed);
+        lease.spec.as_mut().unwrap().holder_identity = Some("a".into());
+        let back = Observed::next(Some(&taken), Some(&lease), t0 + 5 * S);
+        assert!(
+            !back.confirmed,
+            "seeing our name again is not a confirmation"
+        );
         // Deleted.
         let gone = Observed::next(Some(&third), None, t0 + 5 * S);
         assert_eq!(gone.record, None);
@@ -878,16 +904,11 @@ mod tests {
                                 continue;
                             }
                             let record = rec.as_ref().map(|r| r.0.clone());
-                            let (observed_at, confirmed) = match &prev {
-                                Some(p) if p.record == record => (p.observed_at, p.confirmed),
-                                _ => (now, false),
-                            };
-                            nodes[i].obs = Some(Observed {
-                                record,
-                                resource_version: rec.as_ref().map(|r| r.1.to_string()),
-                                observed_at,
-                                confirmed,
-                            });
+                            let mut lease = Lease::default();
+                            lease.spec = record.as_ref().map(Record::to_spec);
+                            lease.metadata.resource_version = rec.as_ref().map(|r| r.1.to_string());
+                            let l = rec.as_ref().map(|_| &lease);
+                            nodes[i].obs = Some(Observed::next(prev.as_ref(), l, now));
                         }
                     }
                     if now < nodes[i].next_try {

@@ -410,7 +410,7 @@ impl Engine {
                 holder: holder_now,
             }),
         };
-        if let Some(LeaseEvent::Released { .. }) = &ev {
+        if let (Some(LeaseEvent::Released { .. }), true) = (&ev, shutting_down) {
             self.report.released.push(name.to_string());
         }
         if let Some(ev) = ev {
@@ -522,6 +522,10 @@ impl Engine {
         };
         let object = e.object.clone();
         e.in_flight = true;
+        if op == Op::Update(OpKind::Release) {
+            // Set before the write: the watch may show the release before its answer arrives.
+            e.released_by_us = true;
+        }
         self.in_flight += 1;
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
@@ -605,7 +609,9 @@ impl Engine {
                 e.last_failure = None;
                 e.conflict_rv = None;
                 e.retry_after = None;
-                e.released_by_us = d.op == Op::Update(OpKind::Release);
+                if d.op != Op::Update(OpKind::Release) {
+                    e.released_by_us = false;
+                }
                 if !newer_known {
                     e.observed = Some(Observed::written(&lease, d.sent_at));
                     e.object = Some(lease);
