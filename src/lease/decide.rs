@@ -904,8 +904,10 @@ mod tests {
                                 continue;
                             }
                             let record = rec.as_ref().map(|r| r.0.clone());
-                            let mut lease = Lease::default();
-                            lease.spec = record.as_ref().map(Record::to_spec);
+                            let mut lease = Lease {
+                                spec: record.as_ref().map(Record::to_spec),
+                                ..Lease::default()
+                            };
                             lease.metadata.resource_version = rec.as_ref().map(|r| r.1.to_string());
                             let l = rec.as_ref().map(|_| &lease);
                             nodes[i].obs = Some(Observed::next(prev.as_ref(), l, now));
