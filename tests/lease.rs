@@ -234,6 +234,10 @@ async fn release_on_shutdown_hands_over_at_once() {
     let s = a.stats();
     let before = n(&s.renews);
     assert!(eventually(Duration::from_secs(3), || n(&s.renews) > before + 1).await);
+    // Watch-driven: the two electors never GET the lease, and each LISTed it once (the watch's
+    // initial list).
+    assert_eq!(api.request_count("get", "leases"), 0);
+    assert_eq!(api.request_count("list", "leases"), 2);
     let t0 = Instant::now();
     let report = a.release().await;
     assert_eq!(report.released, vec!["ctrl".to_string()]);
