@@ -162,6 +162,23 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// Label marking a node's presence lease (value [`ROLE_PRESENCE`]).
+pub const LABEL_ROLE: &str = "ferrolb.io/role";
+/// Value of [`LABEL_ROLE`] on presence leases.
+pub const ROLE_PRESENCE: &str = "presence";
+/// Annotation: the node a presence lease belongs to.
+pub const ANN_NODE: &str = "ferrolb.io/node";
+
+/// Name of a node's presence lease: `ferrolb-node-` + 16 hex digits of sha256(node).
+pub fn presence_name(node: &str) -> String {
+    let digest = Sha256::digest(node.as_bytes());
+    let mut name = String::from("ferrolb-node-");
+    for b in digest.iter().take(8) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
 /// Label: how many Services a lease serves.
 pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
 /// Label: namespace of the Service a lease serves (only when it serves exactly one).
@@ -222,11 +239,23 @@ pub fn is_label_value(v: &str) -> bool {
 /// rendezvous order. Every node that knows the same set computes the same assignment, so the
 /// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
 /// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
-/// A lease whose candidate list is empty or lacks `me` ranks `me` last (`candidates.len()`).
+/// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
+/// candidate list ranks everyone 0 (no ordering).
 pub fn balanced_ranks(
     me: &str,
     leases: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> std::collections::BTreeMap<String, usize> {
+    balanced_assignment(me, leases)
+        .into_iter()
+        .map(|(k, (rank, _))| (k, rank))
+        .collect()
+}
+
+/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
+pub fn balanced_assignment(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut share: HashMap<&str, f64> = HashMap::new();
     let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -251,7 +280,7 @@ pub fn balanced_ranks(
     let mut out = BTreeMap::new();
     for (name, cands) in leases {
         let Some(order) = orders.get(name.as_str()) else {
-            out.insert(name.clone(), 0);
+            out.insert(name.clone(), (0, None));
             continue;
         };
         let chosen = order
@@ -272,7 +301,7 @@ pub fn balanced_ranks(
                 None => cands.len(),
             }
         };
-        out.insert(name.clone(), rank);
+        out.insert(name.clone(), (rank, Some(chosen.to_string())));
     }
     out
 }
