@@ -31,20 +31,40 @@
 //!   ([`MANAGED_BY_SELECTOR`]); the agent tells it the desired set, it reports per-lease
 //!   [`LeaseEvent`]s.
 //!
-//! ## Balance: rendezvous ranks
-//! Every candidate ranks the eligible nodes for a lease by rendezvous (highest-random-weight)
-//! hashing of (lease name, node) ([`rendezvous_rank`]). When a lease is free (absent, released or
-//! expired) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before trying, so the
-//! preferred node normally takes it uncontested (no thundering herd, no 409 storm) and addresses
-//! spread evenly over nodes. When taking over from an expired holder, that holder is left out of
-//! the ranking (it is presumably dead), so the next node in its order goes first.
+//! ## Balance: load-bounded rendezvous ranks
+//! Every candidate orders the eligible nodes of a lease by rendezvous (highest-random-weight)
+//! hashing of (lease name, node) ([`rendezvous_rank`], [`rendezvous_score`]). Plain rendezvous
+//! only balances statistically, so [`balanced_ranks`] bounds the load: going through the leases
+//! in name order, each goes to the first node in its order still below its fair share (rounded
+//! up). Every node that knows the same desired set computes the same assignment. When a lease is
+//! free (absent or released) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before
+//! trying, so the preferred node takes it uncontested (no thundering herd, no 409 storm). When
+//! taking over from an expired holder, that holder is left out of the ranking (it is presumably
+//! dead), so the next node in its rendezvous order goes first.
 //!
-//! **No rebalancing**: a live holder is never pushed off a lease because a more preferred node
-//! appeared (node join / restart). Stability wins: every hand-over is a window in which ARP
-//! caches point at the old node. Ranks only matter when a lease is free.
+//! ## Events for the agent
+//! [`LeaseEvent::Acquired`] (announce), [`LeaseEvent::Lost`] (another holder / 409 / refusal:
+//! stop at once), [`LeaseEvent::Unreachable`] (renewals failed because the API server is
+//! unreachable and the renew deadline passed: sticky mode keeps announcing until another node's
+//! gratuitous ARP/NA is seen, strict mode stops; followed by `Acquired` when a renewal gets through
+//! again, or `Lost`), [`LeaseEvent::Released`] (we released it: no longer wanted, hand-over, or
+//! shutdown). Presence leases never produce events.
+//!
+//! **Rebalancing is gentle and optional** ([`EngineOptions::rebalance_after`], agent default
+//! `max(6 × lease duration, 30 s)`, `None` = never). Stability comes first: a live holder keeps a
+//! lease for at least that long, and then hands it over (releases it; the preferred node takes it
+//! at once) only if the load-bounded assignment prefers another node AND that node shows signs of
+//! life. Each agent keeps a *presence lease* (`ferrolb-node-…`, label `ferrolb.io/role=presence`,
+//! one write per retry period) so a node that holds nothing — one that just joined or restarted
+//! during a rolling update — is seen as alive. At most one hand-over per node per retry period;
+//! a hand-over the preferred node does not take is not retried for 10 × the hold time. Without
+//! this, the node that starts first (or restarts last) would keep an unfair share forever, which
+//! is how first-come elections (kube-vip #877) end up with most VIPs on one node. A hand-over costs
+//! one watch round trip without an announcer plus the new holder's gratuitous ARP/NA.
 //!
 //! ## Garbage collection
-//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch that
+//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch (this
+//! includes presence leases of nodes that went away) that
 //! nobody holds and this node does not want is deleted (with a resourceVersion precondition) once
 //! it has been free for [`engine::EngineOptions::gc_after`]; a node that still wants it will have
 //! taken it long before.
