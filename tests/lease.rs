@@ -651,3 +651,42 @@ async fn a_joining_node_gets_its_share_by_hand_over_then_things_stay_put() {
         s.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
+    let api = stand_in().await;
+    let cfg = fast();
+    let nodes = vec!["node-a".to_string()];
+    let want = desired_set(1, &nodes);
+    let name = want.keys().next().unwrap().clone();
+    let (a, mut a_ev) = LeaseSet::start(
+        api.client_as("node-a"),
+        EngineOptions::agent(NS, "node-a", cfg.clone()),
+    );
+    a.set_desired(want);
+    let acquired = |e: &LeaseEvent| matches!(e, LeaseEvent::Acquired { .. });
+    assert!(next_event(&mut a_ev, Duration::from_secs(5), acquired)
+        .await
+        .is_some());
+    for (what, spec) in [
+        ("refuse", FaultSpec::refuse()),
+        ("drop", FaultSpec::drop_requests()),
+        ("latency", FaultSpec::latency(Duration::from_secs(30))),
+    ] {
+        let fault = api.faults().add(spec.for_client("node-a"));
+        let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
+        assert_eq!(
+            ev,
+            Some(LeaseEvent::Unreachable { name: name.clone() }),
+            "{what}"
+        );
+        api.faults().remove(fault);
+        let ev = next_event(&mut a_ev, Duration::from_secs(8), |_| true).await;
+        assert_eq!(
+            ev,
+            Some(LeaseEvent::Acquired { name: name.clone() }),
+            "{what}"
+        );
+    }
+    a.abort();
+}
