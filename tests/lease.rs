@@ -690,3 +690,57 @@ async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
     }
     a.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait() {
+    let api = stand_in().await;
+    let mut cfg = fast();
+    // A long rank step: a takeover faster than one step shows the next node did not wait.
+    cfg.rank_step = Duration::from_secs(2);
+    let nodes: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+    let want = desired_set(1, &nodes);
+    let name = want.keys().next().unwrap().clone();
+    let mut sets = Vec::new();
+    for node in &nodes {
+        let (set, _ev) = LeaseSet::start(
+            api.client_as(node),
+            EngineOptions::agent(NS, node, cfg.clone()),
+        );
+        set.set_desired(want.clone());
+        sets.push(Some(set));
+    }
+    let helds: Vec<_> = sets.iter().map(|s| s.as_ref().unwrap().held()).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            helds.iter().filter(|h| h.borrow().contains(&name)).count() == 1
+        })
+        .await
+    );
+    let h = helds
+        .iter()
+        .position(|h| h.borrow().contains(&name))
+        .unwrap();
+    // The holder is the preferred node (it created the lease without waiting).
+    assert_eq!(
+        ferrolb::lease::balanced_ranks(&nodes[h], &BTreeMap::from([(name.clone(), nodes.clone())]))
+            [&name],
+        0
+    );
+    let t0 = Instant::now();
+    let report = sets[h].take().unwrap().shutdown().await;
+    assert_eq!(report.released, vec![name.clone()]);
+    let others: Vec<usize> = (0..3).filter(|i| *i != h).collect();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            others.iter().any(|i| helds[*i].borrow().contains(&name))
+        })
+        .await,
+        "no takeover"
+    );
+    let took = t0.elapsed();
+    eprintln!("graceful takeover from the preferred node after {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    for s in sets.into_iter().flatten() {
+        s.abort();
+    }
+}
