@@ -682,10 +682,17 @@ impl Engine {
                         OpKind::Release => Action::Release,
                     };
                     match &object {
-                        Some(obj) => writer
-                            .update(&action, obj, Some(&labels), Some(&annotations), timeout)
-                            .await
-                            .map(Some),
+                        Some(obj) => {
+                            // A release leaves the metadata as it is (only the holder writes
+                            // what a lease serves).
+                            let release = kind == OpKind::Release;
+                            let (l, a) = if release {
+                                (None, None)
+                            } else {
+                                (Some(&labels), Some(&annotations))
+                            };
+                            writer.update(&action, obj, l, a, timeout).await.map(Some)
+                        }
                         None => Err(WriteError {
                             kind: WriteFailure::Rejected,
                             message: "no observed object to update".into(),
