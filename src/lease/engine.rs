@@ -696,6 +696,7 @@ impl Engine {
                         None => Err(WriteError {
                             kind: WriteFailure::Rejected,
                             message: "no observed object to update".into(),
+                            code: None,
                         }),
                     }
                 }
@@ -704,6 +705,7 @@ impl Engine {
                     None => Err(WriteError {
                         kind: WriteFailure::Rejected,
                         message: "no resourceVersion to delete with".into(),
+                        code: None,
                     }),
                 },
             };
