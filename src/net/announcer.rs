@@ -39,11 +39,11 @@ pub type Held = BTreeMap<IpAddr, BTreeSet<String>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnouncerConfig {
     /// Announcements in a gratuitous burst (the first is sent at once). 0 disables bursts.
-    pub burst_count: u32,
+    pub gratuitous_count: u32,
     /// Interval between the announcements of a burst.
-    pub burst_interval: Duration,
+    pub gratuitous_interval: Duration,
     /// Re-announce every held address this often (one announcement), if set.
-    pub reannounce_every: Option<Duration>,
+    pub reannounce_interval: Option<Duration>,
     /// How often interfaces are checked (appearing, disappearing, coming up).
     pub iface_poll: Duration,
 }
@@ -51,9 +51,9 @@ pub struct AnnouncerConfig {
 impl Default for AnnouncerConfig {
     fn default() -> Self {
         AnnouncerConfig {
-            burst_count: 5,
-            burst_interval: Duration::from_secs(1),
-            reannounce_every: None,
+            gratuitous_count: 5,
+            gratuitous_interval: Duration::from_secs(1),
+            reannounce_interval: None,
             iface_poll: Duration::from_secs(1),
         }
     }
@@ -497,7 +497,7 @@ impl Manager {
             self.last = held.clone();
         }
         self.sync_multicast(&held);
-        if let Some(every) = self.cfg.reannounce_every {
+        if let Some(every) = self.cfg.reannounce_interval {
             let due = *self.next_reannounce.get_or_insert(now + every);
             if now >= due {
                 for (ip, ifaces) in &held {
@@ -515,14 +515,14 @@ impl Manager {
     }
 
     fn schedule(&mut self, ip: IpAddr, iface: &str, now: Instant) {
-        if self.cfg.burst_count == 0 {
+        if self.cfg.gratuitous_count == 0 {
             return;
         }
         self.bursts.insert(
             (ip, iface.to_string()),
             Burst {
                 next: now,
-                remaining: self.cfg.burst_count,
+                remaining: self.cfg.gratuitous_count,
             },
         );
     }
@@ -728,7 +728,7 @@ impl Manager {
                 continue;
             };
             b.remaining = b.remaining.saturating_sub(1);
-            b.next = now + self.cfg.burst_interval;
+            b.next = now + self.cfg.gratuitous_interval;
             let done = b.remaining == 0;
             if done {
                 self.bursts.remove(&key);

@@ -29,13 +29,13 @@ pub struct AnnounceArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Announcements in the gratuitous burst sent on start and when an interface comes up.
     #[arg(long, default_value_t = 5)]
-    pub burst_count: u32,
+    pub gratuitous_count: u32,
     /// Milliseconds between the announcements of a burst.
     #[arg(long, default_value_t = 1000)]
-    pub burst_interval_ms: u64,
+    pub gratuitous_interval_ms: u64,
     /// Also re-announce every held address every this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
-    pub reannounce_secs: u64,
+    pub reannounce_interval_secs: u64,
 }
 
 /// Runs `ferrolb announce`: answers for fixed addresses until SIGTERM/SIGINT.
@@ -66,10 +66,10 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         }
     }
     let cfg = AnnouncerConfig {
-        burst_count: args.burst_count,
-        burst_interval: Duration::from_millis(args.burst_interval_ms.max(1)),
-        reannounce_every: (args.reannounce_secs > 0)
-            .then(|| Duration::from_secs(args.reannounce_secs)),
+        gratuitous_count: args.gratuitous_count,
+        gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms.max(1)),
+        reannounce_interval: (args.reannounce_interval_secs > 0)
+            .then(|| Duration::from_secs(args.reannounce_interval_secs)),
         ..Default::default()
     };
     let registry = prometheus::Registry::new();
