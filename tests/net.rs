@@ -159,7 +159,15 @@ fn arping_reply_macs(out: &str, ip: &str) -> Vec<MacAddr> {
 fn arping(ns: &Netns, ip: &str, count: u32, secs: u32) -> String {
     let out = ns
         .cmd("arping")
-        .args(["-c", &count.to_string(), "-w", &secs.to_string(), "-I", "eth0", ip])
+        .args([
+            "-c",
+            &count.to_string(),
+            "-w",
+            &secs.to_string(),
+            "-I",
+            "eth0",
+            ip,
+        ])
         .output()
         .expect("arping");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -175,7 +183,15 @@ fn ndisc6(ns: &Netns, ip: &str) -> Vec<MacAddr> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("Target link-layer address"))
-        .filter_map(|l| l.split(':').skip(1).collect::<Vec<_>>().join(":").trim().parse().ok())
+        .filter_map(|l| {
+            l.split(':')
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(":")
+                .trim()
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -193,8 +209,11 @@ fn neigh(ns: &Netns, ip: &str) -> Option<(Option<MacAddr>, String)> {
 }
 
 fn metrics(ns: &Netns, port: u16) -> String {
-    ns.exec("curl", &["-sf", &format!("http://127.0.0.1:{port}/metrics")])
-        .unwrap_or_default()
+    ns.exec(
+        "curl",
+        &["-sf", &format!("http://127.0.0.1:{port}/metrics")],
+    )
+    .unwrap_or_default()
 }
 
 fn metric(text: &str, name: &str, ip: &str) -> u64 {
@@ -253,9 +272,13 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
 
     // A joined the solicited-node group of its IPv6 address (so real NICs and snooping
     // switches deliver the NS); B did not join A's.
-    let maddr_a = a.ip(&["-6", "maddr", "show", "dev", "eth0"]).expect("maddr");
+    let maddr_a = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
     assert!(maddr_a.contains("ff02::1:ff00:10"), "{maddr_a}");
-    let maddr_b = b.ip(&["-6", "maddr", "show", "dev", "eth0"]).expect("maddr");
+    let maddr_b = b
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
     assert!(!maddr_b.contains("ff02::1:ff00:10"), "{maddr_b}");
     assert!(maddr_b.contains("ff02::1:ff00:11"), "{maddr_b}");
 
@@ -266,9 +289,388 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
         "{m}"
     );
     assert!(metric(&m, "ferrolb_responses_sent_total", "198.51.100.10") >= 3);
-    assert!(metric(&m, "ferrolb_ndp_requests_received_total", "2001:db8:100::10") >= 1);
+    assert!(
+        metric(
+            &m,
+            "ferrolb_ndp_requests_received_total",
+            "2001:db8:100::10"
+        ) >= 1
+    );
     assert!(metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 2);
     assert!(metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 1);
     // Requests for B's address are never counted (nor answered) by A.
-    assert_eq!(metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.11"), 0);
+    assert_eq!(
+        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.11"),
+        0
+    );
+}
+
+#[test]
+fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
+    if !root_or_skip("gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly") {
+        return;
+    }
+    let seg = lab("ga");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    let wrong = "02:00:00:00:00:99";
+    for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
+        c.ip(&[
+            v, "neigh", "replace", ip, "lladdr", wrong, "dev", "eth0", "nud", "stale",
+        ])
+        .expect("pre-populate");
+        assert_eq!(
+            neigh(c, ip).and_then(|(m, _)| m),
+            Some(wrong.parse().expect("mac"))
+        );
+    }
+    // No traffic from C to the VIPs: only the announcer's gratuitous frames can fix the entries.
+    let mut p = announce(a, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    for ip in ["198.51.100.10", "2001:db8:100::10"] {
+        poll_until(
+            &format!("C's neighbour entry for {ip} to point at A"),
+            Duration::from_secs(15),
+            || (neigh(c, ip)?.0? == mac_a).then_some(()),
+        );
+    }
+    let st = p.terminate().expect("exits within 10 s of SIGTERM");
+    assert!(st.success(), "exit status {st}");
+    p.wait_line("shutting down", Duration::from_secs(5));
+}
+
+#[test]
+fn unicast_nud_probes_are_answered() {
+    if !root_or_skip("unicast_nud_probes_are_answered") {
+        return;
+    }
+    let seg = lab("nu");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a).to_string();
+    c.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    c.sysctl("net.ipv6.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    // No gratuitous frames: the only way C's entries become REACHABLE is an answer to the
+    // unicast probes the kernel sends from the PROBE state (mcast_resolicit is 0).
+    let _p = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &[
+            "--gratuitous-count",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:9751",
+        ],
+    );
+    for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
+        c.ip(&[
+            v, "neigh", "replace", ip, "lladdr", &mac_a, "dev", "eth0", "nud", "stale",
+        ])
+        .expect("stale entry");
+        // Traffic to a STALE entry: DELAY, then (1 s) PROBE with unicast solicitations. A does
+        // not hold the address in its kernel, so the ping itself gets no answer.
+        let _ = c.exec("ping", &["-c", "1", "-W", "1", ip]);
+        poll_until(
+            &format!("C's entry for {ip} to be confirmed REACHABLE"),
+            Duration::from_secs(15),
+            || (neigh(c, ip)?.1 == "REACHABLE").then_some(()),
+        );
+    }
+    let m = metrics(a, 9751);
+    assert!(
+        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.10") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "ferrolb_ndp_requests_received_total",
+            "2001:db8:100::10"
+        ) >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10"),
+        0,
+        "{m}"
+    );
+}
+
+/// Frames of a classic pcap file (any byte order, µs or ns timestamps).
+fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap_or_default();
+    if b.len() < 24 {
+        return vec![];
+    }
+    let magic = [b[0], b[1], b[2], b[3]];
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("not a pcap file: magic {magic:02x?}"),
+    };
+    let u32_at = |at: usize| {
+        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
+    let mut frames = Vec::new();
+    let mut at = 24usize;
+    while at + 16 <= b.len() {
+        let incl = u32_at(at + 8) as usize;
+        let start = at + 16;
+        let Some(frame) = b.get(start..start + incl) else {
+            break; // record still being written
+        };
+        frames.push(frame.to_vec());
+        at = start + incl;
+    }
+    frames
+}
+
+fn describe(frames: &[Vec<u8>]) -> String {
+    frames
+        .iter()
+        .map(|f| match (arp::parse(f), ndp::parse(f)) {
+            (Ok(a), _) => format!("{a:?}"),
+            (_, Ok(n)) => format!("{n:?}"),
+            (Err(e), Err(e6)) => format!("unparsed ({e}; {e6}): {f:02x?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn codecs_match_kernel_frames_byte_for_byte() {
+    if !root_or_skip("codecs_match_kernel_frames_byte_for_byte") {
+        return;
+    }
+    let mut seg = Segment::create("kb").expect("segment");
+    seg.add_member("kb", "k", &["192.0.2.1/24", "2001:db8:1::1/64"])
+        .expect("k");
+    seg.add_member("kb", "c", &["192.0.2.3/24", "2001:db8:1::3/64"])
+        .expect("c");
+    let (k, c) = (&seg.members[0], &seg.members[1]);
+    let (mac_k, mac_c) = (mac_of(k), mac_of(c));
+    let new_mac: MacAddr = "02:00:00:00:00:77".parse().expect("mac");
+    k.sysctl("net.ipv4.conf.eth0.arp_notify", "1")
+        .expect("sysctl");
+    k.sysctl("net.ipv6.conf.eth0.ndisc_notify", "1")
+        .expect("sysctl");
+    c.sysctl("net.ipv6.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    let v4: Ipv4Addr = "192.0.2.1".parse().expect("ip");
+    let v6: Ipv6Addr = "2001:db8:1::1".parse().expect("ip");
+    let c_v6: Ipv6Addr = "2001:db8:1::3".parse().expect("ip");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("kernel.pcap");
+    let mut cap = c.cmd("tcpdump");
+    cap.args(["-i", "eth0", "-U", "-n", "-Z", "root", "-w"])
+        .arg(&pcap)
+        .arg("arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))");
+    let mut tcpdump = Proc::spawn(cap);
+    tcpdump.wait_line("listening on", Duration::from_secs(10));
+
+    // 1. ARP request (arping) and the kernel's reply; 2. an ARP probe (sender 0.0.0.0).
+    let out = arping(c, "192.0.2.1", 1, 5);
+    assert_eq!(arping_reply_macs(&out, "192.0.2.1"), vec![mac_k], "{out}");
+    let _ = c
+        .cmd("arping")
+        .args(["-D", "-c", "1", "-w", "3", "-I", "eth0", "192.0.2.1"])
+        .output();
+    // 3. Multicast NS (ndisc6) and the kernel's NA.
+    assert_eq!(ndisc6(c, "2001:db8:1::1"), vec![mac_k]);
+    // 4. Unicast NUD: C's STALE entry probed with a unicast NS.
+    c.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        "2001:db8:1::1",
+        "lladdr",
+        &mac_k.to_string(),
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ])
+    .expect("stale");
+    let _ = c.exec("ping", &["-c", "1", "-W", "1", "2001:db8:1::1"]);
+    poll_until("C's NUD to confirm K", Duration::from_secs(15), || {
+        (neigh(c, "2001:db8:1::1")?.1 == "REACHABLE").then_some(())
+    });
+    // 5. The kernel's own gratuitous ARP and unsolicited NA (arp_notify / ndisc_notify on a
+    //    MAC change).
+    k.ip(&[
+        "link",
+        "set",
+        "dev",
+        "eth0",
+        "address",
+        &new_mac.to_string(),
+    ])
+    .expect("set mac");
+
+    let is_arp = |f: &Vec<u8>, pred: &dyn Fn(&arp::ArpFrame) -> bool| {
+        arp::parse(f).map(|a| pred(&a)).unwrap_or(false)
+    };
+    let is_nd = |f: &Vec<u8>, pred: &dyn Fn(&ndp::NdpFrame) -> bool| {
+        ndp::parse(f).map(|n| pred(&n)).unwrap_or(false)
+    };
+    let frames = poll_until(
+        "all kernel frames captured",
+        Duration::from_secs(15),
+        || {
+            let frames = read_pcap(&pcap);
+            let garp = frames.iter().any(|f| {
+                is_arp(f, &|a| {
+                    a.eth_src == new_mac && a.sender_ip == v4 && a.target_ip == v4
+                })
+            });
+            let una = frames.iter().any(|f| {
+                is_nd(f, &|n| {
+                    n.eth_src == new_mac
+                        && matches!(n.msg, ndp::Message::Advert { target, .. } if target == v6)
+                })
+            });
+            (garp && una).then_some(frames)
+        },
+    );
+    tcpdump.signal("-INT");
+
+    let held4 = |ip: Ipv4Addr| ip == v4;
+    let held6 = |ip: Ipv6Addr| ip == v6;
+    let find = |what: &str, pred: &dyn Fn(&Vec<u8>) -> bool| -> Vec<u8> {
+        frames
+            .iter()
+            .find(|f| pred(f))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} in the capture:\n{}", describe(&frames)))
+    };
+
+    // ARP request → reply: our reply is exactly the kernel's.
+    let req = arp::parse(&find("arping request", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Request && a.eth_src == mac_c && !a.sender_ip.is_unspecified()
+        })
+    }))
+    .expect("parse");
+    assert_eq!(req.target_ip, v4);
+    let kernel_reply = find("kernel ARP reply", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Reply && a.eth_src == mac_k && !a.target_ip.is_unspecified()
+        })
+    });
+    let ours = arp::decide(&req, mac_k, held4)
+        .reply
+        .expect("we answer it too");
+    assert_eq!(arp::encode(&ours).as_slice(), kernel_reply.as_slice());
+
+    // ARP probe (RFC 5227) → reply with target IP 0.0.0.0.
+    let probe = arp::parse(&find("ARP probe", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Request && a.eth_src == mac_c && a.sender_ip.is_unspecified()
+        })
+    }))
+    .expect("parse");
+    let kernel_probe_reply = find("kernel reply to the probe", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Reply && a.eth_src == mac_k && a.target_ip.is_unspecified()
+        })
+    });
+    let ours = arp::decide(&probe, mac_k, held4)
+        .reply
+        .expect("we answer probes");
+    assert_eq!(arp::encode(&ours).as_slice(), kernel_probe_reply.as_slice());
+
+    // Multicast NS (ndisc6) → NA (Solicited + Override + TLLA): identical bytes.
+    let ns = ndp::parse(&find("multicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_c
+                && n.ip_dst == ndp::solicited_node(v6)
+                && matches!(n.msg, ndp::Message::Solicit { .. })
+        })
+    }))
+    .expect("parse");
+    let kernel_na = find("kernel NA to the multicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_k
+                && n.ip_dst == ns.ip_src
+                && matches!(
+                    n.msg,
+                    ndp::Message::Advert {
+                        solicited: true,
+                        override_: true,
+                        ..
+                    }
+                )
+        })
+    });
+    let ours = ndp::decide(&ns, mac_k, held6).reply.expect("answered");
+    assert_eq!(ndp::encode(&ours), kernel_na);
+
+    // Unicast NUD NS → the kernel answers with Solicited only and no TLLA option; we also set
+    // Override and include the option (see ndp.rs). Masking exactly those two choices, the
+    // bytes are identical (payload length and checksum follow from them).
+    let nud = ndp::parse(&find("unicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_c && n.eth_dst == mac_k && n.ip_dst == v6
+        })
+    }))
+    .expect("parse");
+    // (The kernel sources NUD probes from its link-local address.)
+    assert!(
+        nud.ip_src == c_v6 || nud.ip_src.is_unicast_link_local(),
+        "{nud:?}"
+    );
+    let kernel_nud_na = find("kernel NA to the unicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_k
+                && n.ip_dst == nud.ip_src
+                && matches!(
+                    n.msg,
+                    ndp::Message::Advert {
+                        override_: false,
+                        ..
+                    }
+                )
+        })
+    });
+    let mut ours = ndp::decide(&nud, mac_k, held6).reply.expect("NUD answered");
+    assert!(matches!(
+        ours.msg,
+        ndp::Message::Advert { solicited: true, override_: true, target_ll: Some(m), .. } if m == mac_k
+    ));
+    if let ndp::Message::Advert {
+        override_,
+        target_ll,
+        ..
+    } = &mut ours.msg
+    {
+        *override_ = false;
+        *target_ll = None;
+    }
+    assert_eq!(ndp::encode(&ours), kernel_nud_na);
+
+    // The kernel's gratuitous ARP is our request form; its unsolicited NA is ours (source =
+    // the announced address itself, Override, to ff02::1, TLLA).
+    let kernel_garp = find("kernel gratuitous ARP", &|f| {
+        is_arp(f, &|a| {
+            a.eth_src == new_mac && a.sender_ip == v4 && a.target_ip == v4
+        })
+    });
+    assert_eq!(
+        arp::encode(&arp::gratuitous(arp::Op::Request, new_mac, v4)).as_slice(),
+        kernel_garp.as_slice()
+    );
+    let kernel_una = find("kernel unsolicited NA", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == new_mac
+                && matches!(n.msg, ndp::Message::Advert { target, .. } if target == v6)
+        })
+    });
+    assert_eq!(ndp::encode(&ndp::unsolicited_na(new_mac, v6)), kernel_una);
 }
