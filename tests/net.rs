@@ -5,9 +5,8 @@
 //!
 //! Root-only tests print "skipped: needs root" and return when not root.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -673,4 +672,171 @@ fn codecs_match_kernel_frames_byte_for_byte() {
         })
     });
     assert_eq!(ndp::encode(&ndp::unsolicited_na(new_mac, v6)), kernel_una);
+}
+
+/// Valid frames of every kind the parsers accept, to mutate.
+fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let us: MacAddr = "02:00:00:00:00:0a".parse().expect("mac");
+    let them: MacAddr = "02:00:00:00:00:0c".parse().expect("mac");
+    let v4: Ipv4Addr = "198.51.100.10".parse().expect("ip");
+    let c4: Ipv4Addr = "192.0.2.3".parse().expect("ip");
+    let v6: Ipv6Addr = "2001:db8:100::10".parse().expect("ip");
+    let c6: Ipv6Addr = "2001:db8:1::3".parse().expect("ip");
+    let req = arp::ArpFrame {
+        eth_dst: arp::BROADCAST,
+        eth_src: them,
+        op: arp::Op::Request,
+        sender_mac: them,
+        sender_ip: c4,
+        target_mac: arp::ZERO_MAC,
+        target_ip: v4,
+    };
+    let ns = ndp::NdpFrame {
+        eth_dst: ndp::multicast_mac(ndp::solicited_node(v6)),
+        eth_src: them,
+        ip_src: c6,
+        ip_dst: ndp::solicited_node(v6),
+        hop_limit: 255,
+        msg: ndp::Message::Solicit {
+            target: v6,
+            source_ll: Some(them),
+        },
+    };
+    let mut nud = ns;
+    nud.eth_dst = us;
+    nud.ip_dst = v6;
+    let mut dad = ns;
+    dad.ip_src = Ipv6Addr::UNSPECIFIED;
+    dad.msg = ndp::Message::Solicit {
+        target: v6,
+        source_ll: None,
+    };
+    let mut seeds = vec![
+        arp::encode(&req).to_vec(),
+        arp::encode(&arp::reply_to(&req, us)).to_vec(),
+        arp::encode(&arp::gratuitous(arp::Op::Request, them, v4)).to_vec(),
+        arp::encode(&arp::gratuitous(arp::Op::Reply, them, v4)).to_vec(),
+        ndp::encode(&ns),
+        ndp::encode(&nud),
+        ndp::encode(&dad),
+        ndp::encode(&ndp::unsolicited_na(them, v6)),
+    ];
+    // An NS with several options (nonce, unknown, source link-layer).
+    let mut multi = ndp::encode(&ns);
+    multi.extend_from_slice(&[
+        14, 1, 1, 2, 3, 4, 5, 6, 200, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    fix_nd(&mut multi);
+    seeds.push(multi);
+    seeds
+}
+
+/// Rewrites the IPv6 payload length to the frame and recomputes the ICMPv6 checksum, so
+/// mutations reach the option parser instead of dying at the checksum.
+fn fix_nd(b: &mut [u8]) {
+    if b.len() < 14 + 40 + 4 {
+        return;
+    }
+    let plen = (b.len() - 54).min(u16::MAX as usize) as u16;
+    b[18..20].copy_from_slice(&plen.to_be_bytes());
+    b[56] = 0;
+    b[57] = 0;
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&b[22..38]);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&b[38..54]);
+    let c = ndp::checksum(Ipv6Addr::from(s), Ipv6Addr::from(d), &b[54..]);
+    b[56..58].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn fuzz_parsers_and_decisions_with_mutated_frames() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("FERROLB_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    let iters: usize = std::env::var("FERROLB_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    println!("fuzz seed {seed} ({iters} iterations; FERROLB_FUZZ_SEED/FERROLB_FUZZ_ITERS)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let seeds = fuzz_seeds();
+    let us: MacAddr = "02:00:00:00:00:0a".parse().expect("mac");
+    let held4 = |ip: Ipv4Addr| ip == Ipv4Addr::new(198, 51, 100, 10);
+    let held6 = |ip: Ipv6Addr| ip == "2001:db8:100::10".parse::<Ipv6Addr>().expect("ip");
+    let (mut arp_ok, mut nd_ok, mut replies) = (0usize, 0usize, 0usize);
+    for _ in 0..iters {
+        let mut f = seeds[rng.random_range(0..seeds.len())].clone();
+        for _ in 0..rng.random_range(1..=6) {
+            let len = f.len();
+            match rng.random_range(0..8) {
+                0 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] = [0, 1, 2, 8, 0x7f, 0x80, 0xfe, 0xff][rng.random_range(0..8)];
+                }
+                2 => f.truncate(rng.random_range(0..=len)),
+                3 => {
+                    let n = rng.random_range(1..40);
+                    f.extend((0..n).map(|_| rng.random::<u8>()));
+                }
+                4 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f.insert(i, rng.random());
+                }
+                5 if len > 0 => {
+                    f.remove(rng.random_range(0..len));
+                }
+                6 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] = rng.random();
+                }
+                _ => {}
+            }
+        }
+        if rng.random_bool(0.5) {
+            fix_nd(&mut f);
+        }
+        if let Ok(a) = arp::parse(&f) {
+            arp_ok += 1;
+            assert_eq!(arp::parse(&arp::encode(&a)), Ok(a), "ARP roundtrip");
+            let v = arp::decide(&a, us, held4);
+            if let Ok(r) = v.reply {
+                replies += 1;
+                assert!(held4(r.sender_ip), "replied for an address not held: {a:?}");
+                assert!(
+                    !arp::is_multicast_mac(r.eth_dst),
+                    "reply to a group MAC: {a:?}"
+                );
+                assert_ne!(a.eth_src, us);
+                assert_eq!(arp::parse(&arp::encode(&r)), Ok(r));
+            }
+        }
+        if let Ok(n) = ndp::parse(&f) {
+            nd_ok += 1;
+            // Re-encoding keeps the fields we use (other options are dropped).
+            assert_eq!(ndp::parse(&ndp::encode(&n)), Ok(n), "NDP roundtrip");
+            let v = ndp::decide(&n, us, held6);
+            if let Ok(r) = v.reply {
+                replies += 1;
+                assert!(held6(r.msg.target()), "answered an address not held: {n:?}");
+                assert_eq!(r.ip_src, r.msg.target());
+                assert!(
+                    !arp::is_multicast_mac(r.eth_dst) || r.ip_dst == ndp::ALL_NODES,
+                    "NA to a group MAC: {n:?}"
+                );
+                assert_eq!(ndp::parse(&ndp::encode(&r)), Ok(r), "our NA is valid");
+            }
+        }
+    }
+    println!("{arp_ok} ARP and {nd_ok} NDP frames parsed, {replies} replies");
+    // The mutations must leave many frames valid, or the run proves little.
+    if iters >= 10_000 {
+        assert!(arp_ok > iters / 50 && nd_ok > iters / 50 && replies > iters / 100);
+    }
 }
