@@ -5,6 +5,7 @@
 //!
 //! Root-only tests print "skipped: needs root" and return when not root.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -37,7 +38,10 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Self {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
@@ -74,6 +78,14 @@ impl Proc {
                 ),
             }
         }
+    }
+
+    /// Sends one line to the child's stdin.
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write stdin");
+        stdin.flush().expect("flush");
     }
 
     fn signal(&self, sig: &str) {
@@ -839,4 +851,132 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
     if iters >= 10_000 {
         assert!(arp_ok > iters / 50 && nd_ok > iters / 50 && replies > iters / 100);
     }
+}
+
+#[test]
+fn release_stops_answers_at_once_and_conflicts_are_reported() {
+    if !root_or_skip("release_stops_answers_at_once_and_conflicts_are_reported") {
+        return;
+    }
+    let seg = lab("rc");
+    let (a, b, c) = (&seg.members[0], &seg.members[1], &seg.members[2]);
+    let (mac_a, mac_b) = (mac_of(a), mac_of(b));
+    let both = "198.51.100.10@eth0 2001:db8:100::10@eth0";
+    let mut pa = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &["--control-stdin", "--metrics-addr", "127.0.0.1:9752"],
+    );
+    let out = arping(c, "198.51.100.10", 1, 5);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_a],
+        "{out}"
+    );
+
+    // Release everything: no more answers, and the solicited-node group is left.
+    pa.say("");
+    pa.wait_line("applied held set", Duration::from_secs(10));
+    let out = arping(c, "198.51.100.10", 2, 2);
+    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+    assert!(ndisc6(c, "2001:db8:100::10").is_empty());
+    let maddr = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(!maddr.contains("ff02::1:ff00:10"), "{maddr}");
+
+    // Hold again: answered again, group joined again.
+    pa.say(both);
+    pa.wait_line("applied held set", Duration::from_secs(10));
+    let out = arping(c, "198.51.100.10", 1, 5);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_a],
+        "{out}"
+    );
+    assert_eq!(ndisc6(c, "2001:db8:100::10"), vec![mac_a]);
+    let maddr = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(maddr.contains("ff02::1:ff00:10"), "{maddr}");
+
+    // B starts announcing the same addresses: A sees B's gratuitous ARP and unsolicited NA.
+    let mut pb = announce(b, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    let want = mac_b.to_string();
+    let l4 = pa.wait_line("ip=198.51.100.10", Duration::from_secs(10));
+    assert!(l4.contains("conflict") && l4.contains(&want), "{l4}");
+    let l6 = pa.wait_line("ip=2001:db8:100::10", Duration::from_secs(10));
+    assert!(l6.contains("conflict") && l6.contains(&want), "{l6}");
+    let m = metrics(a, 9752);
+    assert!(
+        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
+        "{m}"
+    );
+    // B reports A too once A announces again (A's conflict handling is the agent's job).
+    drop(pb);
+}
+
+#[test]
+fn interface_coming_up_or_appearing_gets_a_burst() {
+    if !root_or_skip("interface_coming_up_or_appearing_gets_a_burst") {
+        return;
+    }
+    let seg = lab("up");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    a.ip(&["link", "set", "eth0", "down"]).expect("down");
+    c.ip(&[
+        "neigh",
+        "replace",
+        "198.51.100.10",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ])
+    .expect("stale");
+    let mut cmd = a.cmd(BIN);
+    cmd.args([
+        "announce",
+        "-i",
+        "eth0",
+        "-i",
+        "eth1",
+        "--ip",
+        "198.51.100.10",
+    ]);
+    let mut p = Proc::spawn(cmd);
+    p.wait_line("announcer ready", Duration::from_secs(20));
+    // eth0 comes up: the announcer notices within its poll period and sends a burst.
+    a.ip(&["link", "set", "eth0", "up"]).expect("up");
+    poll_until(
+        "C's entry to point at A's eth0",
+        Duration::from_secs(15),
+        || (neigh(c, "198.51.100.10")?.0? == mac_a).then_some(()),
+    );
+    // eth1 appears (plugged into the same bridge): answered there too.
+    netns::veth(a, "eth1", &seg.bridge, "p9").expect("veth");
+    seg.bridge
+        .ip(&["link", "set", "p9", "master", "br0"])
+        .expect("enslave");
+    let mac_a1: MacAddr = a.mac("eth1").expect("mac").parse().expect("mac");
+    p.wait_line("listening", Duration::from_secs(10));
+    let macs: BTreeSet<MacAddr> = poll_until(
+        "replies from both interfaces",
+        Duration::from_secs(15),
+        || {
+            let out = arping(c, "198.51.100.10", 2, 3);
+            let macs: BTreeSet<MacAddr> = arping_reply_macs(&out, "198.51.100.10")
+                .into_iter()
+                .collect();
+            (macs.len() == 2).then_some(macs)
+        },
+    );
+    assert_eq!(macs, BTreeSet::from([mac_a, mac_a1]));
 }

@@ -426,7 +426,7 @@ impl ReadLoop {
 
     fn conflict(&self, ip: IpAddr, mac: MacAddr) {
         self.count(&self.shared.metrics.conflicts, ip);
-        info!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
+        debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
         let _ = self.shared.conflicts.send(Conflict {
             ip,
             iface: self.name.clone(),

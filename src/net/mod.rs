@@ -22,7 +22,11 @@ pub struct AnnounceArgs {
     #[arg(long = "interface", short = 'i', value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Address to announce (repeatable; IPv4 and/or IPv6). It need not be on the interface.
-    #[arg(long = "ip", value_name = "ADDR", required = true)]
+    #[arg(
+        long = "ip",
+        value_name = "ADDR",
+        required_unless_present = "control_stdin"
+    )]
     pub ips: Vec<std::net::IpAddr>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9750).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -36,6 +40,28 @@ pub struct AnnounceArgs {
     /// Also re-announce every held address every this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
     pub reannounce_interval_secs: u64,
+    /// Testing aid: read the desired held set from stdin, one line per change, as
+    /// whitespace-separated `ADDR@IFACE` items (an empty line releases everything).
+    #[arg(long, hide = true)]
+    pub control_stdin: bool,
+}
+
+/// Parses a `--control-stdin` line (`ADDR@IFACE ...`).
+pub fn parse_held_line(line: &str) -> anyhow::Result<announcer::Held> {
+    let mut held = announcer::Held::new();
+    for item in line.split_whitespace() {
+        let (ip, ifname) = item
+            .split_once('@')
+            .ok_or_else(|| anyhow::anyhow!("{item:?}: expected ADDR@IFACE"))?;
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{item:?}: bad address: {e}"))?;
+        if ifname.is_empty() {
+            anyhow::bail!("{item:?}: empty interface name");
+        }
+        held.entry(ip).or_default().insert(ifname.to_string());
+    }
+    Ok(held)
 }
 
 /// Runs `ferrolb announce`: answers for fixed addresses until SIGTERM/SIGINT.
@@ -96,8 +122,23 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watching = true;
+    let mut control = args.control_stdin.then(|| {
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(tokio::io::stdin()).lines()
+    });
     loop {
         tokio::select! {
+            line = async { control.as_mut()?.next_line().await.ok().flatten() }, if control.is_some() => match line {
+                None => control = None,
+                Some(line) => match parse_held_line(&line) {
+                    Ok(held) => {
+                        announcer.set_held(held.clone());
+                        announcer.settled().await;
+                        tracing::info!(?held, "applied held set");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring control line"),
+                },
+            },
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { r?; break; }
             c = conflicts.recv(), if watching => match c {
