@@ -775,6 +775,13 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
     println!("fuzz seed {seed} ({iters} iterations; FERROLB_FUZZ_SEED/FERROLB_FUZZ_ITERS)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let seeds = fuzz_seeds();
+    // `FERROLB_FUZZ_SEEDS_DIR=fuzz/seeds/packets` refreshes the libFuzzer seed corpus.
+    if let Ok(dir) = std::env::var("FERROLB_FUZZ_SEEDS_DIR") {
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(Path::new(&dir).join(format!("seed-{i:02}.bin")), s)
+                .expect("write seed");
+        }
+    }
     let us: MacAddr = "02:00:00:00:00:0a".parse().expect("mac");
     let held4 = |ip: Ipv4Addr| ip == Ipv4Addr::new(198, 51, 100, 10);
     let held6 = |ip: Ipv6Addr| ip == "2001:db8:100::10".parse::<Ipv6Addr>().expect("ip");
