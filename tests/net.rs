@@ -955,6 +955,8 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
         "eth1",
         "--ip",
         "198.51.100.10",
+        "--metrics-addr",
+        "127.0.0.1:9753",
     ]);
     let mut p = Proc::spawn(cmd);
     p.wait_line("announcer ready", Duration::from_secs(20));
@@ -984,4 +986,16 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
         },
     );
     assert_eq!(macs, BTreeSet::from([mac_a, mac_a1]));
+    // Each interface hears the other's gratuitous frames: our own MACs are never a conflict.
+    let m = metrics(a, 9753);
+    assert!(
+        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 4,
+        "{m}\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(
+        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10"),
+        0,
+        "{m}"
+    );
 }

@@ -87,6 +87,9 @@ struct Shared {
     by_iface: RwLock<HashMap<String, HashSet<IpAddr>>>,
     /// Held addresses as given to `set_held` (the manager diffs it).
     held: RwLock<Held>,
+    /// MACs of every interface of this host (namespace): frames from them are ours, never a
+    /// conflict (an address held on two interfaces of one segment announces on both).
+    own_macs: RwLock<HashSet<MacAddr>>,
     metrics: Metrics,
     conflicts: tokio::sync::broadcast::Sender<Conflict>,
 }
@@ -124,6 +127,7 @@ impl Announcer {
         let shared = Arc::new(Shared {
             by_iface: RwLock::new(HashMap::new()),
             held: RwLock::new(Held::new()),
+            own_macs: RwLock::new(HashSet::new()),
             metrics,
             conflicts,
         });
@@ -425,6 +429,9 @@ impl ReadLoop {
     }
 
     fn conflict(&self, ip: IpAddr, mac: MacAddr) {
+        if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
+            return;
+        }
         self.count(&self.shared.metrics.conflicts, ip);
         debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
         let _ = self.shared.conflicts.send(Conflict {
@@ -550,6 +557,9 @@ impl Manager {
             .into_iter()
             .map(|i| (i.name.clone(), i))
             .collect();
+        if let Ok(mut own) = self.shared.own_macs.write() {
+            *own = all.values().filter_map(|i| i.mac).collect();
+        }
         for name in wanted {
             let Some(ni) = all.get(name.as_str()) else {
                 if let Some(r) = self.readers.remove(name.as_str()) {
