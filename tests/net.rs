@@ -999,3 +999,84 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
         "{m}"
     );
 }
+
+/// RTTs (ms) of `arping` replies from `ip`: `par` concurrent arpings of `count` requests each
+/// (iputils arping sends at most one request a second; concurrent ones see each other's
+/// replies, so keep `par` at 1 for latency figures).
+fn arping_rtts(ns: &Netns, ip: &str, par: usize, count: u32, broadcast: bool) -> Vec<f64> {
+    let n = count.to_string();
+    let w = (count + 5).to_string();
+    let mut args = vec!["-c", n.as_str(), "-w", w.as_str(), "-I", "eth0"];
+    if broadcast {
+        args.push("-b");
+    }
+    args.push(ip);
+    let children: Vec<Child> = (0..par)
+        .map(|_| {
+            ns.cmd("arping")
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("arping")
+        })
+        .collect();
+    let mut rtts = Vec::new();
+    for ch in children {
+        let out = ch.wait_with_output().expect("arping");
+        if !out.status.success() {
+            println!("arping {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        rtts.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("reply from {ip} ")))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .last()?
+                        .strip_suffix("ms")?
+                        .parse::<f64>()
+                        .ok()
+                }),
+        );
+    }
+    rtts
+}
+
+/// Measurement, not a check of speed: ARP reply latency of the announcer vs the kernel on the
+/// same segment. Run with `cargo test --release --test net -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_arp_reply_latency_vs_kernel() {
+    if !root_or_skip("measure_arp_reply_latency_vs_kernel") {
+        return;
+    }
+    let mut seg = lab("ms");
+    seg.add_member("ms", "k", &["192.0.2.1/24"]).expect("k");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let _p = announce(a, &["198.51.100.10"], &["--gratuitous-count", "1"]);
+    let (par, count) = (1, 20);
+    let pct = |mut v: Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    for broadcast in [true, false] {
+        for (who, ip) in [("kernel", "192.0.2.1"), ("ferrolb", "198.51.100.10")] {
+            let r = arping_rtts(c, ip, par, count, broadcast);
+            assert_eq!(
+                r.len(),
+                par * count as usize,
+                "{who}: every request answered"
+            );
+            println!(
+                "{who:8} {}: n={} p50={:.3}ms p90={:.3}ms p99={:.3}ms max={:.3}ms",
+                if broadcast { "broadcast" } else { "unicast  " },
+                r.len(),
+                pct(r.clone(), 0.5),
+                pct(r.clone(), 0.9),
+                pct(r.clone(), 0.99),
+                pct(r, 1.0)
+            );
+        }
+    }
+}
