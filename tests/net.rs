@@ -1000,6 +1000,57 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     );
 }
 
+#[test]
+fn periodic_reannounce_repeats_announcements_after_the_burst() {
+    if !root_or_skip("periodic_reannounce_repeats_announcements_after_the_burst") {
+        return;
+    }
+    let seg = lab("re");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    // A burst of one announcement, then one every second.
+    let _p = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &[
+            "--gratuitous-count",
+            "1",
+            "--reannounce-interval-secs",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9754",
+        ],
+    );
+    poll_until(
+        "three IPv4 and IPv6 announcements",
+        Duration::from_secs(15),
+        || {
+            let m = metrics(a, 9754);
+            (metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 6
+                && metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 3)
+                .then_some(())
+        },
+    );
+    // A neighbour entry made wrong after the burst is corrected by a re-announcement.
+    c.ip(&[
+        "neigh",
+        "replace",
+        "198.51.100.10",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ])
+    .expect("stale");
+    poll_until(
+        "C's entry to point at A again",
+        Duration::from_secs(15),
+        || (neigh(c, "198.51.100.10")?.0? == mac_a).then_some(()),
+    );
+}
+
 /// RTTs (ms) of `arping` replies from `ip`: `par` concurrent arpings of `count` requests each
 /// (iputils arping sends at most one request a second; concurrent ones see each other's
 /// replies, so keep `par` at 1 for latency figures).

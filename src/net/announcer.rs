@@ -340,10 +340,16 @@ struct ReadLoop {
     shared: Arc<Shared>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
+    /// When each (address, MAC) conflict was last reported: reports are limited to one per
+    /// [`CONFLICT_REPORT_EVERY`] so a flood of hostile frames cannot flood the agent or logs.
+    reported: HashMap<(IpAddr, MacAddr), Instant>,
 }
 
+/// Minimum interval between two reports of the same conflict (address, MAC).
+pub const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(1);
+
 impl ReadLoop {
-    fn run(self, mut rx: Box<dyn DataLinkReceiver>) {
+    fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
         let mut logged_error = false;
         while !self.stop.load(Ordering::Relaxed) {
             match rx.next() {
@@ -362,7 +368,7 @@ impl ReadLoop {
         }
     }
 
-    fn handle(&self, frame: &[u8]) {
+    fn handle(&mut self, frame: &[u8]) {
         if frame.len() < arp::ETH_HEADER_LEN {
             return;
         }
@@ -380,7 +386,7 @@ impl ReadLoop {
         matches!(tx.send_to(frame, None), Some(Ok(())))
     }
 
-    fn handle_arp(&self, frame: &[u8]) {
+    fn handle_arp(&mut self, frame: &[u8]) {
         let Ok(f) = arp::parse(frame) else {
             return;
         };
@@ -400,7 +406,7 @@ impl ReadLoop {
         }
     }
 
-    fn handle_ndp(&self, frame: &[u8]) {
+    fn handle_ndp(&mut self, frame: &[u8]) {
         let Ok(f) = ndp::parse(frame) else {
             return;
         };
@@ -428,11 +434,26 @@ impl ReadLoop {
             .inc();
     }
 
-    fn conflict(&self, ip: IpAddr, mac: MacAddr) {
+    fn conflict(&mut self, ip: IpAddr, mac: MacAddr) {
         if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
             return;
         }
         self.count(&self.shared.metrics.conflicts, ip);
+        let now = Instant::now();
+        if let Some(last) = self.reported.get(&(ip, mac)) {
+            if now.duration_since(*last) < CONFLICT_REPORT_EVERY {
+                return;
+            }
+        }
+        if self.reported.len() >= 1024 {
+            self.reported
+                .retain(|_, t| now.duration_since(*t) < CONFLICT_REPORT_EVERY);
+            if self.reported.len() >= 4096 {
+                // A flood of distinct MACs: forget rather than grow without bound.
+                self.reported.clear();
+            }
+        }
+        self.reported.insert((ip, mac), now);
         debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
         let _ = self.shared.conflicts.send(Conflict {
             ip,
@@ -636,6 +657,7 @@ impl Manager {
             shared: self.shared.clone(),
             tx: tx.clone(),
             stop: stop.clone(),
+            reported: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ferrolb-rx-{}", ni.name))
