@@ -1131,3 +1131,27 @@ fn measure_arp_reply_latency_vs_kernel() {
         }
     }
 }
+
+#[test]
+fn announce_rejects_bad_input_with_a_clear_error() {
+    for (args, needle) in [
+        (vec!["--ip", "224.0.0.1", "-i", "eth0"], "only unicast"),
+        (vec!["--ip", "ff02::1", "-i", "eth0"], "only unicast"),
+        (
+            vec!["--ip", "198.51.100.300", "-i", "eth0"],
+            "invalid value",
+        ),
+        (vec!["-i", "eth0"], "--ip"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("announce")
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -152,3 +152,42 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
     announcer.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_lines() {
+        let h = parse_held_line("198.51.100.10@eth0 2001:db8:100::10@eth0 198.51.100.10@eth1")
+            .expect("valid");
+        assert_eq!(h.len(), 2);
+        let v4: std::net::IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(
+            h[&v4].iter().map(String::as_str).collect::<Vec<_>>(),
+            ["eth0", "eth1"]
+        );
+        assert!(parse_held_line("").expect("empty").is_empty());
+        assert!(parse_held_line("198.51.100.10").is_err());
+        assert!(parse_held_line("198.51.100.300@eth0").is_err());
+        assert!(parse_held_line("198.51.100.10@").is_err());
+    }
+
+    #[test]
+    fn only_unicast_is_announceable() {
+        for ok in ["198.51.100.10", "2001:db8:100::10", "fe80::1"] {
+            assert!(announcer::announceable(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+        ] {
+            assert!(!announcer::announceable(bad.parse().unwrap()), "{bad}");
+        }
+    }
+}
