@@ -1155,3 +1155,84 @@ fn announce_rejects_bad_input_with_a_clear_error() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn vlan_interfaces_are_answered() {
+    if !root_or_skip("vlan_interfaces_are_answered") {
+        return;
+    }
+    // Cilium fails on VLAN interfaces (#37959); a VLAN device is just another interface here.
+    let seg = lab("vl");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    for ns in [a, c] {
+        let vlan = [
+            "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100",
+        ];
+        if let Err(e) = ns.ip(&vlan) {
+            // Containers without the 8021q module cannot create VLAN devices.
+            println!("vlan_interfaces_are_answered: skipped: no VLAN support here ({e})");
+            return;
+        }
+        ns.ip(&["link", "set", "eth0.100", "up"]).expect("up");
+    }
+    c.ip(&["addr", "add", "192.0.2.103/24", "dev", "eth0.100"])
+        .expect("addr");
+    c.ip(&["route", "replace", "198.51.100.0/24", "dev", "eth0.100"])
+        .expect("route");
+    let mac_vlan: MacAddr = a.mac("eth0.100").expect("mac").parse().expect("mac");
+    let mut cmd = a.cmd(BIN);
+    cmd.args(["announce", "-i", "eth0.100", "--ip", "198.51.100.10"]);
+    let mut p = Proc::spawn(cmd);
+    p.wait_line("announcer ready", Duration::from_secs(20));
+    let out = c
+        .cmd("arping")
+        .args(["-c", "2", "-w", "5", "-I", "eth0.100", "198.51.100.10"])
+        .output()
+        .expect("arping");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_vlan; 2],
+        "{out}"
+    );
+    // Untagged requests on the parent are not answered: the address is held on the VLAN only.
+    let out = arping(c, "198.51.100.10", 2, 2);
+    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+}
+
+#[test]
+fn default_interface_selection_on_a_real_system() {
+    if !root_or_skip("default_interface_selection_on_a_real_system") {
+        return;
+    }
+    let seg = lab("se");
+    let a = &seg.members[0];
+    // eth5/veth5: a veth pair; eth5 is then enslaved to bridge br1 (a member: excluded; the
+    // bridge is eligible); veth5 is excluded by name; eth6 (peer veth6) has ARP off (NOARP);
+    // eth7 (peer veth7 up) stays down; lo is loopback.
+    for n in ["5", "6", "7"] {
+        let (e, v) = (format!("eth{n}"), format!("veth{n}"));
+        a.ip(&["link", "add", &e, "type", "veth", "peer", "name", &v])
+            .expect("veth");
+    }
+    a.ip(&["link", "add", "br1", "type", "bridge"])
+        .expect("bridge");
+    a.ip(&["link", "set", "eth5", "master", "br1"])
+        .expect("enslave");
+    a.ip(&["link", "set", "eth6", "arp", "off"]).expect("noarp");
+    for i in ["eth5", "veth5", "br1", "eth6", "veth6", "veth7"] {
+        a.ip(&["link", "set", i, "up"]).expect("up");
+    }
+    poll_until("br1 to have carrier", Duration::from_secs(10), || {
+        let l = a.ip(&["-o", "link", "show", "br1"]).ok()?;
+        l.contains("LOWER_UP").then_some(())
+    });
+    let mut cmd = a.cmd(BIN);
+    cmd.args(["announce", "--ip", "198.51.100.10"]);
+    let mut p = Proc::spawn(cmd);
+    let line = p.wait_line("announcer ready", Duration::from_secs(20));
+    assert!(
+        line.contains(r#"interfaces={"br1", "eth0"}"#),
+        "selected interfaces: {line}"
+    );
+}
