@@ -1,5 +1,7 @@
 //! The per-node agent: eligibility (policies, nodes, endpoints), per-address elections, the announcer.
 
+pub mod eligibility;
+
 /// Command-line flags of this subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {}
