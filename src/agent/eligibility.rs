@@ -1187,8 +1187,8 @@ mod tests {
 
     #[test]
     fn huge_regex_is_rejected_not_compiled() {
-        let re = format!("(a{{1000}}){{1000}}");
-        assert!(compile_interface_regex(&re).is_err());
+        let re = "(a{1000}){1000}";
+        assert!(compile_interface_regex(re).is_err());
     }
 
     #[test]
