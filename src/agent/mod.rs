@@ -1,6 +1,7 @@
 //! The per-node agent: eligibility (policies, nodes, endpoints), per-address elections, the announcer.
 
 pub mod eligibility;
+pub mod holdings;
 
 /// Command-line flags of this subcommand.
 #[derive(clap::Args, Debug, Clone)]
