@@ -2,6 +2,8 @@
 
 pub mod eligibility;
 pub mod holdings;
+pub mod metrics;
+pub mod report;
 
 /// Command-line flags of this subcommand.
 #[derive(clap::Args, Debug, Clone)]
