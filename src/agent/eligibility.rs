@@ -73,11 +73,11 @@ pub struct Options {
 pub struct Inputs<'a> {
     /// This node's name.
     pub node_name: &'a str,
-    pub policies: &'a [L2AnnouncementPolicy],
-    pub services: &'a [Service],
+    pub policies: &'a [&'a L2AnnouncementPolicy],
+    pub services: &'a [&'a Service],
     /// All nodes of the cluster (the candidate lists need them), including this one.
-    pub nodes: &'a [Node],
-    pub endpoint_slices: &'a [EndpointSlice],
+    pub nodes: &'a [&'a Node],
+    pub endpoint_slices: &'a [&'a EndpointSlice],
     /// Names of this node's eligible interfaces (up, broadcast, not a bridge/bond member, not
     /// virtual; see `crate::net`).
     pub interfaces: &'a [String],
@@ -196,11 +196,11 @@ fn selector_has_requirements(sel: Option<&LabelSelector>) -> bool {
 }
 
 fn compile_policies<'a>(
-    policies: &'a [L2AnnouncementPolicy],
+    policies: &'a [&'a L2AnnouncementPolicy],
     problems: &mut Vec<PolicyProblem>,
 ) -> Vec<CompiledPolicy<'a>> {
     let mut out = Vec::with_capacity(policies.len());
-    for p in policies {
+    for &p in policies {
         let name = p.metadata.name.clone().unwrap_or_default();
         let mut problem = |field: &str, message: String| {
             problems.push(PolicyProblem {
@@ -436,7 +436,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let services: Vec<(&Service, ServiceRef)> = inputs
         .services
         .iter()
-        .filter_map(|s| {
+        .filter_map(|&s| {
             let ns = s.metadata.namespace.as_deref()?;
             let name = s.metadata.name.as_deref()?;
             Some((s, ServiceRef::new(ns, name)))
@@ -824,10 +824,10 @@ mod tests {
         fn compute(&self) -> Desired {
             compute(&Inputs {
                 node_name: &self.me,
-                policies: &self.policies,
-                services: &self.services,
-                nodes: &self.nodes,
-                endpoint_slices: &self.slices,
+                policies: &self.policies.iter().collect::<Vec<_>>(),
+                services: &self.services.iter().collect::<Vec<_>>(),
+                nodes: &self.nodes.iter().collect::<Vec<_>>(),
+                endpoint_slices: &self.slices.iter().collect::<Vec<_>>(),
                 interfaces: &self.interfaces,
                 options: &self.options,
             })
