@@ -23,7 +23,6 @@ pub mod holdings;
 pub mod metrics;
 pub mod report;
 pub mod run;
-pub mod testkit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,9 +127,9 @@ impl Args {
     /// The announcer's settings.
     pub fn announcer_config(&self) -> crate::net::AnnouncerConfig {
         crate::net::AnnouncerConfig {
-            gratuitous_count: self.gratuitous_count,
-            gratuitous_interval: self.gratuitous_interval,
-            reannounce_interval: (!self.reannounce_interval.is_zero())
+            burst_count: self.gratuitous_count,
+            burst_interval: self.gratuitous_interval,
+            reannounce_every: (!self.reannounce_interval.is_zero())
                 .then_some(self.reannounce_interval),
             ..Default::default()
         }

@@ -359,8 +359,10 @@ impl Agent {
         if new.is_empty() {
             return;
         }
-        let mut per_service: BTreeMap<eligibility::ServiceRef, (BTreeSet<IpAddr>, BTreeSet<String>)> =
-            BTreeMap::new();
+        let mut per_service: BTreeMap<
+            eligibility::ServiceRef,
+            (BTreeSet<IpAddr>, BTreeSet<String>),
+        > = BTreeMap::new();
         for (ip, iface) in new {
             for g in self.last.local() {
                 if g.addresses.contains(ip) {
@@ -374,14 +376,10 @@ impl Agent {
         }
         let now = jiff::Timestamp::now();
         for (sref, (ips, ifaces)) in per_service {
-            let Some(svc) = self
-                .caches
-                .services
-                .find(|s| {
-                    s.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
-                        && s.metadata.name.as_deref() == Some(sref.name.as_str())
-                })
-            else {
+            let Some(svc) = self.caches.services.find(|s| {
+                s.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
+                    && s.metadata.name.as_deref() == Some(sref.name.as_str())
+            }) else {
                 continue;
             };
             let Some(ev) = report::announce_event(&svc, &self.args.node_name, &ips, &ifaces, now)
@@ -548,7 +546,10 @@ pub async fn run(args: Args) -> crate::CmdResult {
 }
 
 /// Stop answering, release every lease, exit 0.
-async fn shutdown(mut agent: Agent, watch_tasks: [tokio::task::JoinHandle<()>; 4]) -> crate::CmdResult {
+async fn shutdown(
+    mut agent: Agent,
+    watch_tasks: [tokio::task::JoinHandle<()>; 4],
+) -> crate::CmdResult {
     agent.holdings.clear();
     agent.announcer.set_held(BTreeMap::new());
     for t in &watch_tasks {

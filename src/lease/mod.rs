@@ -118,7 +118,12 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .map(String::as_str)
         .filter(|n| *n != me)
         .collect();
-    if others.len() == nodes.iter().collect::<std::collections::BTreeSet<_>>().len() {
+    if others.len()
+        == nodes
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    {
         // `me` is not a candidate: after everyone.
         return others.len();
     }
