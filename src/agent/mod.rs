@@ -23,6 +23,7 @@ pub mod holdings;
 pub mod metrics;
 pub mod report;
 pub mod run;
+pub mod testkit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
