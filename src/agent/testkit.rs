@@ -462,6 +462,7 @@ impl AgentSpec {
 
     pub fn args(&self) -> Vec<String> {
         let mut v: Vec<String> = [
+            "--log-json",
             "--log-level",
             "info,ferrolb=debug",
             "agent",

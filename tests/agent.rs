@@ -1,0 +1,475 @@
+//! End-to-end tests of `ferrolb agent`: real agent processes in node namespaces on one bridge,
+//! the API stand-in (`ferrolb dev-apiserver`) in its own namespace on the segment, and a client
+//! namespace that looks with the kernel's own tools (arping, ndisc6, the neighbour table).
+//! Needs root (skips otherwise).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferrolb::agent::testkit::{
+    arping_macs, metric, ndisc6_macs, neighbour, wait_until, AgentSpec, ApiHttp, Proc,
+};
+use ferrolb::netns::{self, Netns, Segment};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
+const API_ADDR: &str = "192.0.2.254:6443";
+const API_URL: &str = "http://192.0.2.254:6443";
+const VIP4: &str = "198.51.100.10";
+const VIP6: &str = "2001:db8:100::10";
+/// The agents' lease duration in these tests (AgentSpec::new).
+const LEASE: Duration = Duration::from_secs(2);
+
+fn skip() -> bool {
+    if !netns::is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+/// One L2 segment: the API stand-in, node namespaces running agents, a client.
+struct Cluster {
+    // Field order = drop order: processes first, then namespaces, then the log directory.
+    agents: BTreeMap<String, Proc>,
+    api_proc: Proc,
+    seg: Segment,
+    /// Index in `seg.members` of: api, client, and each node.
+    api_i: usize,
+    client_i: usize,
+    node_i: BTreeMap<String, usize>,
+    macs: BTreeMap<String, String>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `nodes`: (name, labels). Node i gets 192.0.2.(11+i)/24 and 2001:db8:1::(11+i)/64.
+    fn new(tag: &str, nodes: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Cluster> {
+        netns::cleanup_stale();
+        let dir = tempfile::tempdir()?;
+        let mut seg = Segment::create(tag)?;
+        seg.add_member(tag, "api", &["192.0.2.254/24"])?;
+        let api_i = 0;
+        let mut node_i = BTreeMap::new();
+        let mut macs = BTreeMap::new();
+        for (i, (name, _)) in nodes.iter().enumerate() {
+            let v4 = format!("192.0.2.{}/24", 11 + i);
+            let v6 = format!("2001:db8:1::{}/64", 11 + i);
+            let ns = seg.add_member(tag, name, &[&v4, &v6])?;
+            macs.insert(name.to_string(), ns.mac("eth0")?);
+            node_i.insert(name.to_string(), seg.members.len() - 1);
+        }
+        let client = seg.add_member(tag, "cl", &["192.0.2.100/24", "2001:db8:1::100/64"])?;
+        // The VIP ranges are on-link for the client (so the kernel ARPs/NSes for them).
+        client.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
+        client.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
+        let client_i = seg.members.len() - 1;
+
+        let api_proc = Proc::spawn(
+            &seg.members[api_i],
+            "apiserver",
+            Path::new(BIN),
+            &[
+                "dev-apiserver".to_string(),
+                "--listen".to_string(),
+                API_ADDR.to_string(),
+            ],
+            &dir.path().join("apiserver.log"),
+        )?;
+        let mut c = Cluster {
+            agents: BTreeMap::new(),
+            api_proc,
+            seg,
+            api_i,
+            client_i,
+            node_i,
+            macs,
+            dir,
+        };
+        let api = c.api();
+        wait_until(
+            "the API stand-in to answer",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || api.get("/version").ok(),
+        )?;
+        for (_, crd) in ferrolb::crds::all() {
+            api.create(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                &serde_json::to_value(&crd)?,
+            )?;
+        }
+        wait_until(
+            "the ferrolb CRDs to be served",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                api.get("/apis/ferrolb.io/v1alpha1/l2announcementpolicies")
+                    .ok()
+            },
+        )?;
+        api.create(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ferrolb-system"}}),
+        )?;
+        for (name, labels) in nodes {
+            let labels: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            api.create(
+                "/api/v1/nodes",
+                &json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": name, "labels": labels}}),
+            )?;
+        }
+        Ok(c)
+    }
+
+    fn api(&self) -> ApiHttp<'_> {
+        ApiHttp {
+            ns: &self.seg.members[self.api_i],
+            base: API_URL,
+        }
+    }
+
+    fn client(&self) -> &Netns {
+        &self.seg.members[self.client_i]
+    }
+
+    fn node_ns(&self, node: &str) -> &Netns {
+        &self.seg.members[self.node_i[node]]
+    }
+
+    fn node_addr(&self, node: &str) -> String {
+        format!("192.0.2.{}", 11 + self.node_i[node] - 1)
+    }
+
+    fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(format!("{identity}.kubeconfig"));
+        std::fs::write(
+            &path,
+            ferrolb::apiserver::ApiServer::kubeconfig(API_URL, identity),
+        )?;
+        Ok(path)
+    }
+
+    /// Starts the agent of `node` and waits until it is ready (caches synced).
+    fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let mut spec = AgentSpec::new(
+            node,
+            &self.kubeconfig(node)?,
+            &format!("{}:9464", self.node_addr(node)),
+        );
+        spec.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut p = spec.spawn(self.node_ns(node), Path::new(BIN), self.dir.path())?;
+        p.wait_log("agent ready", Duration::from_secs(30))?;
+        self.agents.insert(node.to_string(), p);
+        Ok(())
+    }
+
+    fn agent_metrics(&self, node: &str) -> anyhow::Result<String> {
+        ApiHttp {
+            ns: self.node_ns(node),
+            base: &format!("http://{}:9464", self.node_addr(node)),
+        }
+        .text("/metrics")
+    }
+
+    /// A LoadBalancer Service with its status already set (no controller in these tests).
+    fn service(&self, name: &str, ips: &[&str]) -> anyhow::Result<()> {
+        let api = self.api();
+        api.create(
+            "/api/v1/namespaces/default/services",
+            &json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                             "ports": [{"port": 80, "protocol": "TCP"}]}}),
+        )?;
+        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        api.merge_patch(
+            &format!("/api/v1/namespaces/default/services/{name}/status"),
+            &json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+        )?;
+        Ok(())
+    }
+
+    fn policy(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        self.api().create(
+            "/apis/ferrolb.io/v1alpha1/l2announcementpolicies",
+            &json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "L2AnnouncementPolicy",
+                    "metadata": {"name": name}, "spec": spec}),
+        )?;
+        Ok(())
+    }
+
+    fn node_of_mac(&self, mac: &str) -> Option<String> {
+        self.macs
+            .iter()
+            .find(|(_, m)| m.as_str() == mac)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// arping from the client until someone answers; returns the answering MACs.
+    fn wait_arp_answer(&self, ip: &str, timeout: Duration) -> anyhow::Result<BTreeSet<String>> {
+        wait_until(
+            &format!("an ARP reply for {ip}"),
+            timeout,
+            Duration::from_millis(10),
+            || {
+                let m = arping_macs(self.client(), "eth0", ip, 1).ok()?;
+                (!m.is_empty()).then_some(m)
+            },
+        )
+    }
+
+    /// The client's neighbour entry MAC for `ip`.
+    fn client_neighbour(&self, ip: &str) -> Option<String> {
+        neighbour(self.client(), "eth0", ip).map(|(mac, _)| mac)
+    }
+
+    /// Makes the client's kernel resolve `ip` (the ping itself gets no answer: the VIP is not on
+    /// any node's interface, only the ARP/NDP responder knows it).
+    fn client_resolve(&self, ip: &str) {
+        let _ = self
+            .client()
+            .cmd("ping")
+            .args(["-c", "1", "-W", "1", ip])
+            .output();
+    }
+
+    fn api_requests(&self, verb: &str, resource: &str) -> anyhow::Result<f64> {
+        let text = self.api().text("/metrics")?;
+        Ok(metric(
+            &text,
+            "ferrolb_apiserver_requests_total",
+            &[("verb", verb), ("resource", resource)],
+        )
+        .unwrap_or(0.0))
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let l = self
+            .api()
+            .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
+        Ok(l["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    fn dump_logs(&self) -> String {
+        let mut s = String::new();
+        for (n, p) in &self.agents {
+            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log(), 60)));
+        }
+        s.push_str(&format!(
+            "===== apiserver\n{}\n",
+            tail(&self.api_proc.log(), 30)
+        ));
+        s
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a scenario and prints the processes' logs when it fails.
+fn scenario(
+    c: &mut Cluster,
+    f: impl FnOnce(&mut Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let r = f(c);
+    if r.is_err() {
+        eprintln!("{}", c.dump_logs());
+    }
+    r
+}
+
+const L2: &[(&str, &str)] = &[("ferrolb.io/l2", "yes")];
+
+#[test]
+fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new("ag1", &[("n1", L2), ("n2", L2), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy(
+            "l2",
+            json!({"nodeSelector": {"matchLabels": {"ferrolb.io/l2": "yes"}},
+                   "loadBalancerIPs": true}),
+        )?;
+        c.service("web", &[VIP4, VIP6])?;
+        for n in ["n1", "n2", "n3"] {
+            c.start_agent(n, &[])?;
+        }
+        let first = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        // Several probes, all broadcast: exactly one station answers, every time.
+        let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
+        let all: BTreeSet<_> = first.union(&macs).cloned().collect();
+        assert_eq!(all.len(), 1, "ARP replies from several MACs: {all:?}");
+        let mac = all.iter().next().cloned().context("a MAC")?;
+        let holder = c.node_of_mac(&mac).context("reply from an unknown MAC")?;
+        assert_ne!(holder, "n3", "the unselected node answered");
+
+        // IPv6 of the same Service: same lease, same node, answered with an NA.
+        let na = ndisc6_macs(c.client(), "eth0", VIP6, 3)?;
+        assert_eq!(na, BTreeSet::from([mac.clone()]), "NA from {na:?}");
+
+        // One Lease for the dual-stack Service, held by the answering node.
+        let leases = c.leases()?;
+        assert_eq!(leases.len(), 1, "{leases:#?}");
+        assert_eq!(leases[0]["spec"]["holderIdentity"], json!(holder));
+
+        // The unselected node contends for nothing and announces nothing.
+        let m3 = c.agent_metrics("n3")?;
+        assert_eq!(metric(&m3, "ferrolb_agent_groups_desired", &[]), Some(0.0));
+        assert_eq!(
+            metric(&m3, "ferrolb_agent_addresses_announced", &[]),
+            Some(0.0)
+        );
+        let mh = c.agent_metrics(&holder)?;
+        assert_eq!(metric(&mh, "ferrolb_agent_leases_held", &[]), Some(1.0));
+        assert_eq!(
+            metric(&mh, "ferrolb_agent_addresses_announced", &[]),
+            Some(2.0)
+        );
+
+        // An Event on the Service says who announces it.
+        let events = wait_until(
+            "the announcing Event",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let l = c
+                    .api()
+                    .get("/apis/events.k8s.io/v1/namespaces/default/events")
+                    .ok()?;
+                let items = l["items"].as_array()?.clone();
+                items
+                    .iter()
+                    .any(|e| e["reportingController"] == "ferrolb.io/agent")
+                    .then_some(items)
+            },
+        )?;
+        let ev = events
+            .iter()
+            .find(|e| e["reportingController"] == "ferrolb.io/agent")
+            .context("event")?;
+        let note = ev["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains(VIP4) && note.contains(&format!("from {holder} on eth0")),
+            "{note}"
+        );
+        assert_eq!(ev["regarding"]["name"], "web");
+        assert_eq!(ev["reason"], "Announcing");
+
+        // Steady state: no reads of leases at all, only the holder's renewals.
+        let gets0 = c.api_requests("get", "leases")? + c.api_requests("list", "leases")?;
+        let updates0 = c.api_requests("update", "leases")?;
+        let window = Duration::from_secs(3);
+        std::thread::sleep(window); // a measurement window, not a synchronisation
+        let gets1 = c.api_requests("get", "leases")? + c.api_requests("list", "leases")?;
+        let updates1 = c.api_requests("update", "leases")?;
+        assert_eq!(gets1, gets0, "lease GET/LIST requests in steady state");
+        let renewals = updates1 - updates0;
+        // One held lease, renewed every 500 ms: about 6 in 3 s.
+        assert!(
+            (3.0..=9.0).contains(&renewals),
+            "{renewals} lease updates in {window:?}"
+        );
+
+        // Still exactly one station, and never n3.
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([mac.clone()]));
+        assert!(!macs.contains(&c.macs["n3"]));
+        Ok(())
+    })
+}
+
+#[test]
+fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new("ag2", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4])?;
+        for n in ["n1", "n2", "n3"] {
+            c.start_agent(n, &[])?;
+        }
+        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        assert_eq!(macs.len(), 1, "{macs:?}");
+        let old_mac = macs.into_iter().next().context("mac")?;
+        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        // The client's kernel learns the holder's MAC.
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        let t0 = Instant::now();
+        c.agents.get_mut(&old).context("holder")?.kill();
+        // The new holder's gratuitous ARP updates the client's existing entry, unasked.
+        let new_mac = wait_until(
+            "the client's neighbour entry to change",
+            LEASE + Duration::from_secs(5),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
+        )?;
+        let took = t0.elapsed();
+        let new = c.node_of_mac(&new_mac).context("unknown new MAC")?;
+        assert_ne!(new, old);
+        assert!(
+            took <= LEASE + Duration::from_secs(1),
+            "failover after SIGKILL took {took:?}"
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
+#[test]
+fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new("ag3", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4])?;
+        for n in ["n1", "n2"] {
+            c.start_agent(n, &[])?;
+        }
+        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        let old_mac = macs.into_iter().next().context("mac")?;
+        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        let t0 = Instant::now();
+        c.agents[&old].signal("TERM")?;
+        let new_mac = wait_until(
+            "the client's neighbour entry to change",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
+        )?;
+        let took = t0.elapsed();
+        assert!(
+            took <= Duration::from_secs(1),
+            "takeover after SIGTERM took {took:?}"
+        );
+        let status = c
+            .agents
+            .get_mut(&old)
+            .context("old")?
+            .wait_exit(Duration::from_secs(5))?;
+        assert!(status.success(), "agent exited with {status}");
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
