@@ -49,12 +49,11 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
 
-use crate::api::{
-    L2AnnouncementPolicy, CILIUM_LB_CLASS, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, LB_CLASS,
-};
+use crate::ipam::selector::{service_labels, Selector};
+
+use crate::api::{L2AnnouncementPolicy, CILIUM_LB_CLASS, LB_CLASS};
 
 /// Node label that keeps a node out of every candidate list (as MetalLB and kube-proxy honour it).
 pub const LABEL_EXCLUDE_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -169,11 +168,9 @@ pub fn group_key(addresses: &BTreeSet<IpAddr>) -> String {
 /// A policy with its selectors and regexes checked once.
 struct CompiledPolicy<'a> {
     spec: &'a crate::api::L2AnnouncementPolicySpec,
-    service_sel: Option<&'a LabelSelector>,
-    node_sel: Option<&'a LabelSelector>,
-    /// Selectors are valid (an invalid one selects nothing).
-    service_sel_ok: bool,
-    node_sel_ok: bool,
+    /// `None` when the selector is invalid (selects nothing).
+    service_sel: Option<Selector>,
+    node_sel: Option<Selector>,
     /// `None` = no regexes given (all interfaces); `Some(list)` = the valid ones.
     regexes: Option<Vec<Regex>>,
     explicit_service_selector: bool,
@@ -186,13 +183,6 @@ pub fn compile_interface_regex(re: &str) -> Result<Regex, String> {
         .dfa_size_limit(1 << 20)
         .build()
         .map_err(|e| format!("invalid interface regex {re:?}: {e}"))
-}
-
-fn selector_has_requirements(sel: Option<&LabelSelector>) -> bool {
-    sel.is_some_and(|s| {
-        s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
-            || s.match_expressions.as_ref().is_some_and(|m| !m.is_empty())
-    })
 }
 
 fn compile_policies<'a>(
@@ -209,20 +199,18 @@ fn compile_policies<'a>(
                 message,
             })
         };
-        let service_sel = p.spec.service_selector.as_ref();
-        let node_sel = p.spec.node_selector.as_ref();
-        let service_sel_ok = match validate_selector(service_sel) {
-            Ok(()) => true,
+        let service_sel = match Selector::compile_opt(p.spec.service_selector.as_ref()) {
+            Ok(sel) => Some(sel),
             Err(e) => {
-                problem("spec.serviceSelector", e);
-                false
+                problem("spec.serviceSelector", e.to_string());
+                None
             }
         };
-        let node_sel_ok = match validate_selector(node_sel) {
-            Ok(()) => true,
+        let node_sel = match Selector::compile_opt(p.spec.node_selector.as_ref()) {
+            Ok(sel) => Some(sel),
             Err(e) => {
-                problem("spec.nodeSelector", e);
-                false
+                problem("spec.nodeSelector", e.to_string());
+                None
             }
         };
         let regexes = if p.spec.interfaces.is_empty() {
@@ -239,40 +227,21 @@ fn compile_policies<'a>(
         };
         out.push(CompiledPolicy {
             spec: &p.spec,
+            explicit_service_selector: service_sel.as_ref().is_some_and(|s| !s.is_everything()),
             service_sel,
             node_sel,
-            service_sel_ok,
-            node_sel_ok,
             regexes,
-            explicit_service_selector: selector_has_requirements(service_sel),
         });
     }
     out
 }
 
-/// Checks a selector's syntax (operators, values) without labels.
-fn validate_selector(sel: Option<&LabelSelector>) -> Result<(), String> {
-    selector_matches(sel, &BTreeMap::new()).map(|_| ())
-}
-
-/// Evaluates a label selector (`None` selects everything) with the shared evaluator.
-fn selector_matches(
-    sel: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, String> {
-    // Stand-in until `crate::ipam::selector` lands (branch `ipam`): kube-core's evaluator.
-    use kube::core::SelectorExt;
-    let Some(sel) = sel else { return Ok(true) };
-    let sel = kube::core::Selector::try_from(sel.clone()).map_err(|e| e.to_string())?;
-    Ok(sel.matches(labels))
-}
-
 impl CompiledPolicy<'_> {
     fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.service_sel_ok && selector_matches(self.service_sel, labels).unwrap_or(false)
+        self.service_sel.as_ref().is_some_and(|s| s.matches(labels))
     }
     fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.node_sel_ok && selector_matches(self.node_sel, labels).unwrap_or(false)
+        self.node_sel.as_ref().is_some_and(|s| s.matches(labels))
     }
     fn interfaces<'b>(&'b self, eligible: &'b [String]) -> impl Iterator<Item = &'b String> {
         let regexes = self.regexes.as_ref();
@@ -281,20 +250,6 @@ impl CompiledPolicy<'_> {
             Some(list) => list.iter().any(|r| r.is_match(name)),
         })
     }
-}
-
-/// Labels a selector sees on a Service: its own plus the virtual namespace/name labels.
-pub fn service_labels(svc: &Service) -> BTreeMap<String, String> {
-    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    labels.insert(
-        LABEL_SERVICE_NAMESPACE.to_string(),
-        svc.metadata.namespace.clone().unwrap_or_default(),
-    );
-    labels.insert(
-        LABEL_SERVICE_NAME.to_string(),
-        svc.metadata.name.clone().unwrap_or_default(),
-    );
-    labels
 }
 
 /// Whether a LoadBalancer Service's class is one we serve.
@@ -611,12 +566,15 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
 mod tests {
     use super::*;
     use crate::api::L2AnnouncementPolicySpec;
+    use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeSpec, NodeStatus, ServiceSpec,
         ServiceStatus,
     };
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    };
 
     // ---- builders -------------------------------------------------------------------------
 
