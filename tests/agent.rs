@@ -78,7 +78,7 @@ impl Cluster {
             ],
             &dir.path().join("apiserver.log"),
         )?;
-        let mut c = Cluster {
+        let c = Cluster {
             agents: BTreeMap::new(),
             api_proc,
             seg,
@@ -470,6 +470,88 @@ fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::R
         assert!(status.success(), "agent exited with {status}");
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
         assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
+#[test]
+fn api_outage_sticky_keeps_answering_and_no_sticky_stops() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new("ag4", &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])])?;
+    scenario(&mut c, |c| {
+        const VIP_A: &str = "198.51.100.20";
+        const VIP_B: &str = "198.51.100.21";
+        c.policy(
+            "a",
+            json!({"nodeSelector": {"matchLabels": {"g": "a"}},
+                   "serviceSelector": {"matchLabels": {"io.kubernetes.service.name": "web-a"}}}),
+        )?;
+        c.policy(
+            "b",
+            json!({"nodeSelector": {"matchLabels": {"g": "b"}},
+                   "serviceSelector": {"matchLabels": {"io.kubernetes.service.name": "web-b"}}}),
+        )?;
+        c.service("web-a", &[VIP_A])?;
+        c.service("web-b", &[VIP_B])?;
+        c.start_agent("n1", &[])?; // sticky (default)
+        c.start_agent("n2", &["--no-sticky"])?;
+        assert_eq!(
+            c.wait_arp_answer(VIP_A, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n1"].clone()])
+        );
+        assert_eq!(
+            c.wait_arp_answer(VIP_B, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n2"].clone()])
+        );
+
+        // The API server stops answering (frozen: connections hang, like a dead control plane).
+        c.api_proc.signal("STOP")?;
+        let frozen = Instant::now();
+        let r = (|| -> anyhow::Result<()> {
+            // n2 (strict) goes silent once its lease could have expired.
+            wait_until(
+                "the strict holder to stop answering",
+                LEASE + Duration::from_secs(5),
+                Duration::from_millis(100),
+                || {
+                    arping_macs(c.client(), "eth0", VIP_B, 1)
+                        .ok()
+                        .filter(BTreeSet::is_empty)
+                },
+            )?;
+            // Well past the lease duration, the sticky holder still answers.
+            let past = LEASE + Duration::from_secs(2);
+            if let Some(rest) = past.checked_sub(frozen.elapsed()) {
+                std::thread::sleep(rest); // outlive the lease: a duration, not a synchronisation
+            }
+            assert_eq!(
+                arping_macs(c.client(), "eth0", VIP_A, 2)?,
+                BTreeSet::from([c.macs["n1"].clone()]),
+                "sticky holder stopped during the outage"
+            );
+            let m1 = c.agent_metrics("n1")?;
+            assert_eq!(metric(&m1, "ferrolb_agent_leases_sticky", &[]), Some(1.0));
+            Ok(())
+        })();
+        c.api_proc.signal("CONT")?;
+        r?;
+        // The API is back: the strict node re-acquires and answers again.
+        assert_eq!(
+            c.wait_arp_answer(VIP_B, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n2"].clone()])
+        );
+        let m1 = wait_until(
+            "the sticky lease to be renewed again",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                (metric(&m, "ferrolb_agent_leases_held", &[]) == Some(1.0)).then_some(m)
+            },
+        )?;
+        assert_eq!(metric(&m1, "ferrolb_agent_leases_sticky", &[]), Some(0.0));
         Ok(())
     })
 }
