@@ -375,6 +375,7 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
         let updates1 = c.api_requests("update", "leases")?;
         assert_eq!(gets1, gets0, "lease GET/LIST requests in steady state");
         let renewals = updates1 - updates0;
+        eprintln!("steady state: {renewals} lease updates, 0 lease reads in {window:?}");
         // One held lease, renewed every 500 ms: about 6 in 3 s.
         assert!(
             (3.0..=9.0).contains(&renewals),
@@ -420,6 +421,7 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
         )?;
         let took = t0.elapsed();
         let new = c.node_of_mac(&new_mac).context("unknown new MAC")?;
+        eprintln!("SIGKILL of {old}: {new} took over, client updated after {took:?}");
         assert_ne!(new, old);
         assert!(
             took <= LEASE + Duration::from_secs(1),
@@ -458,6 +460,7 @@ fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::R
             || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
         )?;
         let took = t0.elapsed();
+        eprintln!("SIGTERM of {old}: client updated after {took:?}");
         assert!(
             took <= Duration::from_secs(1),
             "takeover after SIGTERM took {took:?}"
