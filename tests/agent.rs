@@ -124,6 +124,11 @@ impl Cluster {
                 &json!({"apiVersion": "v1", "kind": "Node",
                         "metadata": {"name": name, "labels": labels}}),
             )?;
+            api.merge_patch(
+                &format!("/api/v1/nodes/{name}/status"),
+                &json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                        "reason": "KubeletReady", "message": "test node"}]}}),
+            )?;
         }
         Ok(c)
     }
@@ -301,6 +306,11 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
             json!({"nodeSelector": {"matchLabels": {"ferrolb.io/l2": "yes"}},
                    "loadBalancerIPs": true}),
         )?;
+        // A broken policy: reported in its status by one agent, never a crash.
+        c.policy(
+            "broken",
+            json!({"interfaces": ["eth("], "nodeSelector": {"matchLabels": {"none": "x"}}}),
+        )?;
         c.service("web", &[VIP4, VIP6])?;
         for n in ["n1", "n2", "n3"] {
             c.start_agent(n, &[])?;
@@ -365,6 +375,43 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
         );
         assert_eq!(ev["regarding"]["name"], "web");
         assert_eq!(ev["reason"], "Announcing");
+
+        // Policy status: the designated agent wrote the Valid condition on both policies.
+        let cond = |name: &str| -> Option<serde_json::Value> {
+            let p = c
+                .api()
+                .get(&format!(
+                    "/apis/ferrolb.io/v1alpha1/l2announcementpolicies/{name}"
+                ))
+                .ok()?;
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Valid")
+                .cloned()
+        };
+        let broken = wait_until(
+            "the broken policy's condition",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || cond("broken"),
+        )?;
+        assert_eq!(broken["status"], "False", "{broken}");
+        assert_eq!(broken["reason"], "InvalidSpec");
+        assert!(
+            broken["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("spec.interfaces[0]"),
+            "{broken}"
+        );
+        let good = wait_until(
+            "the good policy's condition",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || cond("l2"),
+        )?;
+        assert_eq!(good["status"], "True", "{good}");
 
         // Steady state: no reads of leases at all, only the holder's renewals.
         let gets0 = c.api_requests("get", "leases")? + c.api_requests("list", "leases")?;
@@ -555,6 +602,70 @@ fn api_outage_sticky_keeps_answering_and_no_sticky_stops() -> anyhow::Result<()>
             },
         )?;
         assert_eq!(metric(&m1, "ferrolb_agent_leases_sticky", &[]), Some(0.0));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new("ag5", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4])?;
+        for n in ["n1", "n2"] {
+            c.start_agent(n, &[])?;
+        }
+        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        assert_eq!(macs.len(), 1, "{macs:?}");
+        let old_mac = macs.into_iter().next().context("mac")?;
+        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        let other = if old == "n1" { "n2" } else { "n1" };
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        // Only the holder loses the API server (its connections are refused): it goes sticky,
+        // the other node sees the lease expire, acquires it and sends its gratuitous burst.
+        c.api().create(
+            "/_ferrolb/faults",
+            &json!({"kind": "refuse", "client": old}),
+        )?;
+        let t0 = Instant::now();
+        let new_mac = c.macs[other].clone();
+        wait_until(
+            "the client's neighbour entry to move to the new holder",
+            LEASE + Duration::from_secs(8),
+            Duration::from_millis(20),
+            || (c.client_neighbour(VIP4).as_deref() == Some(new_mac.as_str())).then_some(()),
+        )?;
+        eprintln!(
+            "partitioned holder {old}: {other} took over after {:?}",
+            t0.elapsed()
+        );
+        // The old holder saw the new holder's announcement and yielded: one station answers.
+        let yielded = wait_until(
+            "the old holder to yield",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let m = c.agent_metrics(&old).ok()?;
+                let y = metric(
+                    &m,
+                    "ferrolb_agent_conflicts_total",
+                    &[("outcome", "yielded")],
+                )?;
+                (y >= 1.0).then_some(m)
+            },
+        )?;
+        assert_eq!(
+            metric(&yielded, "ferrolb_agent_addresses_announced", &[]),
+            Some(0.0)
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
         Ok(())
     })
 }
