@@ -185,13 +185,27 @@ impl Cluster {
 
     /// A LoadBalancer Service with its status already set (no controller in these tests).
     fn service(&self, name: &str, ips: &[&str]) -> anyhow::Result<()> {
+        self.service_with(name, ips, json!({}))
+    }
+
+    /// Same, with extra `spec` fields merged in.
+    fn service_with(
+        &self,
+        name: &str,
+        ips: &[&str],
+        extra_spec: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let api = self.api();
+        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name},
+                              "ports": [{"port": 80, "protocol": "TCP"}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(e.clone());
+        }
         api.create(
             "/api/v1/namespaces/default/services",
             &json!({"apiVersion": "v1", "kind": "Service",
                     "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-                    "spec": {"type": "LoadBalancer", "selector": {"app": name},
-                             "ports": [{"port": 80, "protocol": "TCP"}]}}),
+                    "spec": spec}),
         )?;
         let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
         api.merge_patch(
@@ -666,6 +680,78 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
         );
         let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
         assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
+#[test]
+fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let nodes = ["n1", "n2", "n3"];
+    let mut c = Cluster::new("ag6", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        const VIP: &str = "198.51.100.30";
+        // The node the lease would prefer without ETP Local; the endpoints go elsewhere, so
+        // the test cannot pass by the luck of the rendezvous order.
+        let all: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let lease = ferrolb::lease::lease_name(VIP);
+        let preferred = nodes
+            .iter()
+            .find(|n| ferrolb::lease::rendezvous_rank(&lease, n, &all) == 0)
+            .context("a preferred node")?;
+        let others: Vec<&str> = nodes.iter().copied().filter(|n| n != preferred).collect();
+        let (x, y) = (others[0], others[1]);
+
+        c.policy("all", json!({}))?;
+        c.service_with("web", &[VIP], json!({"externalTrafficPolicy": "Local"}))?;
+        let slice = |ready_x: bool| {
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc12", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 80, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.9.1"], "nodeName": x,
+                 "conditions": {"ready": ready_x}},
+                {"addresses": ["10.244.9.2"], "nodeName": y,
+                 "conditions": {"ready": !ready_x}},
+            ]})
+        };
+        c.api().create(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            &slice(true),
+        )?;
+        for n in nodes {
+            c.start_agent(n, &[])?;
+        }
+        let macs = c.wait_arp_answer(VIP, Duration::from_secs(20))?;
+        assert_eq!(
+            macs,
+            BTreeSet::from([c.macs[x].clone()]),
+            "{preferred} preferred"
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP, 2)?;
+        assert_eq!(macs, BTreeSet::from([c.macs[x].clone()]));
+
+        // The endpoint on x stops being ready, the one on y becomes ready: y takes over.
+        c.api().merge_patch(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-abc12",
+            &json!({"endpoints": slice(false)["endpoints"].clone()}),
+        )?;
+        let y_mac = c.macs[y].clone();
+        wait_until(
+            "the node with the ready endpoint to answer",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                let m = arping_macs(c.client(), "eth0", VIP, 1).ok()?;
+                (m == BTreeSet::from([y_mac.clone()])).then_some(())
+            },
+        )?;
+        let macs = arping_macs(c.client(), "eth0", VIP, 2)?;
+        assert_eq!(macs, BTreeSet::from([y_mac]));
         Ok(())
     })
 }
