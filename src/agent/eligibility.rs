@@ -45,6 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -113,7 +114,8 @@ pub struct Group {
     pub addresses: BTreeSet<IpAddr>,
     pub services: BTreeSet<ServiceRef>,
     /// Nodes that may hold this group's lease, sorted by name (the rendezvous candidates).
-    pub candidates: Vec<String>,
+    /// Shared between groups with the same list.
+    pub candidates: Arc<Vec<String>>,
     /// Interfaces this node would announce on (empty when this node is not a candidate).
     pub interfaces: BTreeSet<String>,
     /// This node contends for the lease: it is a candidate and has at least one interface.
@@ -377,10 +379,11 @@ fn local_endpoint_nodes(
 }
 
 /// One announced (Service, address) pair and the policies covering it.
-struct Pair<'p> {
+struct Pair {
     service: usize,
     address: IpAddr,
-    policies: Vec<&'p CompiledPolicy<'p>>,
+    /// Indices into the compiled policies.
+    policies: Vec<usize>,
 }
 
 /// Computes the desired announcements. Pure and deterministic.
@@ -399,36 +402,34 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         .collect();
 
     // (Service, address) pairs and their covering policies.
-    let mut pairs: Vec<Pair<'_>> = Vec::new();
+    let mut pairs: Vec<Pair> = Vec::new();
     for (si, (svc, _)) in services.iter().enumerate() {
         let labels = service_labels(svc);
-        let selecting: Vec<&CompiledPolicy<'_>> = policies
+        let selecting: Vec<(usize, &CompiledPolicy<'_>)> = policies
             .iter()
-            .filter(|p| p.selects_service(&labels))
+            .enumerate()
+            .filter(|(_, p)| p.selects_service(&labels))
             .collect();
         if selecting.is_empty() {
             continue;
         }
-        let mut by_addr: BTreeMap<IpAddr, Vec<&CompiledPolicy<'_>>> = BTreeMap::new();
+        let mut by_addr: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
         if is_load_balancer(svc) {
             let ours = class_is_ours(svc, inputs.options);
             let ips = ingress_ips(svc);
-            for p in &selecting {
+            for (pi, p) in &selecting {
                 if p.spec.load_balancer_ips && (ours || p.explicit_service_selector) {
                     for ip in &ips {
-                        by_addr.entry(*ip).or_default().push(p);
+                        by_addr.entry(*ip).or_default().insert(*pi);
                     }
                 }
             }
         }
         let ext = external_ips(svc);
-        for p in &selecting {
+        for (pi, p) in &selecting {
             if p.spec.external_ips {
                 for ip in &ext {
-                    let v = by_addr.entry(*ip).or_default();
-                    if !v.iter().any(|q| std::ptr::eq(*q, *p)) {
-                        v.push(p);
-                    }
+                    by_addr.entry(*ip).or_default().insert(*pi);
                 }
             }
         }
@@ -436,7 +437,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             pairs.push(Pair {
                 service: si,
                 address,
-                policies,
+                policies: policies.into_iter().collect(),
             });
         }
     }
@@ -464,7 +465,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             }
         }
     }
-    let mut grouped: BTreeMap<usize, Vec<&Pair<'_>>> = BTreeMap::new();
+    let mut grouped: BTreeMap<usize, Vec<&Pair>> = BTreeMap::new();
     for pair in &pairs {
         let root = find(&mut parent, pair.service);
         grouped.entry(root).or_default().push(pair);
@@ -499,21 +500,41 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         }
         m
     };
-    let mut local_cache: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-    let mut local_nodes_of = |si: usize| -> BTreeSet<String> {
-        local_cache
-            .entry(si)
-            .or_insert_with(|| {
-                let sref = &services[si].1;
-                let slices = slices_by_service
-                    .get(&(sref.namespace.as_str(), sref.name.as_str()))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                local_endpoint_nodes(sref, slices, &node_addrs)
-            })
-            .clone()
-    };
+    // Which policy selects which node (policies × nodes selector evaluations, once), and the
+    // interfaces each policy gives this node.
+    let selects: Vec<Vec<bool>> = policies
+        .iter()
+        .map(|p| nodes.iter().map(|(_, l)| p.selects_node(l)).collect())
+        .collect();
+    let me = nodes.iter().position(|(n, _)| *n == inputs.node_name);
+    let my_ifaces: Vec<BTreeSet<String>> = policies
+        .iter()
+        .enumerate()
+        .map(|(pi, p)| match me {
+            Some(m) if selects[pi][m] => p.interfaces(inputs.interfaces).cloned().collect(),
+            _ => BTreeSet::new(),
+        })
+        .collect();
+    // Nodes (indices into `nodes`) with a ready local endpoint, for each ETP Local Service.
+    let mut local: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+    for pair in &pairs {
+        if local.contains_key(&pair.service) || !is_etp_local(services[pair.service].0) {
+            continue;
+        }
+        let sref = &services[pair.service].1;
+        let slices = slices_by_service
+            .get(&(sref.namespace.as_str(), sref.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let names = local_endpoint_nodes(sref, slices, &node_addrs);
+        local.insert(
+            pair.service,
+            nodes.iter().map(|(n, _)| names.contains(*n)).collect(),
+        );
+    }
 
+    let mut candidate_cache: BTreeMap<Vec<(&[usize], Option<usize>)>, Arc<Vec<String>>> =
+        BTreeMap::new();
     let mut groups = Vec::with_capacity(grouped.len());
     for members in grouped.values() {
         let addresses: BTreeSet<IpAddr> = members.iter().map(|p| p.address).collect();
@@ -521,29 +542,43 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             .iter()
             .map(|p| services[p.service].1.clone())
             .collect();
-        let mut candidates = Vec::new();
-        for (node, labels) in &nodes {
-            let ok = members.iter().all(|pair| {
-                pair.policies.iter().any(|p| p.selects_node(labels))
-                    && (!is_etp_local(services[pair.service].0)
-                        || local_nodes_of(pair.service).contains(*node))
-            });
-            if ok {
-                candidates.push((*node).to_string());
-            }
-        }
-        candidates.sort();
-        candidates.dedup();
+        let node_ok = |ni: usize| {
+            members.iter().all(|pair| {
+                pair.policies.iter().any(|&pi| selects[pi][ni])
+                    && local.get(&pair.service).is_none_or(|l| l[ni])
+            })
+        };
+        // Groups with the same (policies, ETP Local Service) signature have the same candidates:
+        // compute and allocate each distinct list once.
+        let mut signature: Vec<(&[usize], Option<usize>)> = members
+            .iter()
+            .map(|p| {
+                (
+                    p.policies.as_slice(),
+                    local.contains_key(&p.service).then_some(p.service),
+                )
+            })
+            .collect();
+        signature.sort();
+        signature.dedup();
+        let candidates = candidate_cache
+            .entry(signature)
+            .or_insert_with(|| {
+                let mut c: Vec<String> = (0..nodes.len())
+                    .filter(|&ni| node_ok(ni))
+                    .map(|ni| nodes[ni].0.to_string())
+                    .collect();
+                c.sort();
+                c.dedup();
+                Arc::new(c)
+            })
+            .clone();
+        let here = me.is_some_and(node_ok);
         let mut interfaces = BTreeSet::new();
-        let here = candidates.iter().any(|c| c == inputs.node_name);
         if here {
-            if let Some((_, my_labels)) = nodes.iter().find(|(n, _)| *n == inputs.node_name) {
-                for pair in members {
-                    for p in &pair.policies {
-                        if p.selects_node(my_labels) {
-                            interfaces.extend(p.interfaces(inputs.interfaces).cloned());
-                        }
-                    }
+            for pair in members {
+                for &pi in &pair.policies {
+                    interfaces.extend(my_ifaces[pi].iter().cloned());
                 }
             }
         }
@@ -811,7 +846,7 @@ mod tests {
         assert_eq!(keys(&d), ["198.51.100.10"]);
         let g = &d.groups[0];
         assert_eq!(g.services, [ServiceRef::new("default", "web")].into());
-        assert_eq!(g.candidates, ["n1", "n2", "n3"]);
+        assert_eq!(g.candidates.as_slice(), ["n1", "n2", "n3"]);
         assert_eq!(g.interfaces, set(&["eth0"]));
         assert!(g.eligible_here);
         assert!(d.problems.is_empty());
@@ -846,7 +881,7 @@ mod tests {
             .policy(policy("p").nodes("l2", "yes"))
             .service(svc("default", "web").lb(&["198.51.100.10"]));
         let d = w.compute();
-        assert_eq!(d.groups[0].candidates, ["n1", "n3"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
         assert!(!d.groups[0].eligible_here);
         assert!(d.groups[0].interfaces.is_empty());
         assert_eq!(d.local().count(), 0);
@@ -876,7 +911,7 @@ mod tests {
             .policy(policy("p").node_selector(sel))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].candidates, ["n1", "n3"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
     }
 
     #[test]
@@ -886,7 +921,7 @@ mod tests {
             .policy(policy("p"))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].candidates, ["n2"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
         assert!(!d.groups[0].eligible_here);
     }
 
@@ -996,7 +1031,7 @@ mod tests {
             .policy(policy("b").nodes("b", "1").interfaces(&["eth1"]))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].candidates, ["n1", "n2"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
         assert_eq!(d.groups[0].interfaces, set(&["eth0"]));
     }
 
@@ -1049,7 +1084,7 @@ mod tests {
                 ],
             ));
         let d = w.compute();
-        assert_eq!(d.groups[0].candidates, ["n1", "n3"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
         assert!(d.groups[0].eligible_here);
     }
 
@@ -1076,7 +1111,7 @@ mod tests {
             .policy(policy("p"))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].candidates, ["n1", "n2", "n3"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
     }
 
     #[test]
@@ -1099,7 +1134,7 @@ mod tests {
                 ],
             ))
             .compute();
-        assert_eq!(d.groups[0].candidates, ["n2", "n3"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2", "n3"]);
         assert!(!d.groups[0].eligible_here);
     }
 
@@ -1116,7 +1151,7 @@ mod tests {
             ))
             .compute();
         assert_eq!(d.groups.len(), 1);
-        assert_eq!(d.groups[0].candidates, ["n2"]);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
     }
 
     #[test]

@@ -212,7 +212,7 @@ mod tests {
             key: group_key(&addresses),
             addresses,
             services: [ServiceRef::new("default", "web")].into(),
-            candidates: vec!["n1".into(), "n2".into()],
+            candidates: std::sync::Arc::new(vec!["n1".into(), "n2".into()]),
             interfaces: ifaces.iter().map(|s| (*s).to_string()).collect(),
             eligible_here: here,
         }

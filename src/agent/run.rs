@@ -154,7 +154,7 @@ fn lease_desired(g: &eligibility::Group) -> lease::Desired {
     lease::Desired {
         labels,
         annotations,
-        candidates: g.candidates.clone(),
+        candidates: g.candidates.as_ref().clone(),
     }
 }
 
