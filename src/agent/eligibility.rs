@@ -386,6 +386,9 @@ struct Pair {
     policies: Vec<usize>,
 }
 
+/// What decides a pair's candidate nodes: its covering policies and, for ETP Local, its Service.
+type Signature<'a> = (&'a [usize], Option<usize>);
+
 /// Computes the desired announcements. Pure and deterministic.
 pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let mut problems = Vec::new();
@@ -533,8 +536,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         );
     }
 
-    let mut candidate_cache: BTreeMap<Vec<(&[usize], Option<usize>)>, Arc<Vec<String>>> =
-        BTreeMap::new();
+    let mut candidate_cache: BTreeMap<Vec<Signature<'_>>, Arc<Vec<String>>> = BTreeMap::new();
     let mut groups = Vec::with_capacity(grouped.len());
     for members in grouped.values() {
         let addresses: BTreeSet<IpAddr> = members.iter().map(|p| p.address).collect();
@@ -550,7 +552,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         };
         // Groups with the same (policies, ETP Local Service) signature have the same candidates:
         // compute and allocate each distinct list once.
-        let mut signature: Vec<(&[usize], Option<usize>)> = members
+        let mut signature: Vec<Signature<'_>> = members
             .iter()
             .map(|p| {
                 (
