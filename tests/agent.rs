@@ -3,20 +3,16 @@
 //! namespace that looks with the kernel's own tools (arping, ndisc6, the neighbour table).
 //! Needs root (skips otherwise).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferrolb::agent::testkit::{
-    arping_macs, metric, ndisc6_macs, neighbour, wait_until, AgentSpec, ApiHttp, Proc,
-};
-use ferrolb::netns::{self, Netns, Segment};
+use ferrolb::agent::testkit::{arping_macs, metric, ndisc6_macs, scenario, wait_until, Cluster};
+use ferrolb::netns;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
-const API_ADDR: &str = "192.0.2.254:6443";
-const API_URL: &str = "http://192.0.2.254:6443";
 const VIP4: &str = "198.51.100.10";
 const VIP6: &str = "2001:db8:100::10";
 /// The agents' lease duration in these tests (AgentSpec::new).
@@ -30,282 +26,6 @@ fn skip() -> bool {
     false
 }
 
-/// One L2 segment: the API stand-in, node namespaces running agents, a client.
-struct Cluster {
-    // Field order = drop order: processes first, then namespaces, then the log directory.
-    agents: BTreeMap<String, Proc>,
-    api_proc: Proc,
-    seg: Segment,
-    /// Index in `seg.members` of: api, client, and each node.
-    api_i: usize,
-    client_i: usize,
-    node_i: BTreeMap<String, usize>,
-    macs: BTreeMap<String, String>,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `nodes`: (name, labels). Node i gets 192.0.2.(11+i)/24 and 2001:db8:1::(11+i)/64.
-    fn new(tag: &str, nodes: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Cluster> {
-        netns::cleanup_stale();
-        let dir = tempfile::tempdir()?;
-        let mut seg = Segment::create(tag)?;
-        seg.add_member(tag, "api", &["192.0.2.254/24"])?;
-        let api_i = 0;
-        let mut node_i = BTreeMap::new();
-        let mut macs = BTreeMap::new();
-        for (i, (name, _)) in nodes.iter().enumerate() {
-            let v4 = format!("192.0.2.{}/24", 11 + i);
-            let v6 = format!("2001:db8:1::{}/64", 11 + i);
-            let ns = seg.add_member(tag, name, &[&v4, &v6])?;
-            macs.insert(name.to_string(), ns.mac("eth0")?);
-            node_i.insert(name.to_string(), seg.members.len() - 1);
-        }
-        let client = seg.add_member(tag, "cl", &["192.0.2.100/24", "2001:db8:1::100/64"])?;
-        // The VIP ranges are on-link for the client (so the kernel ARPs/NSes for them).
-        client.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
-        client.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
-        let client_i = seg.members.len() - 1;
-
-        let api_proc = Proc::spawn(
-            &seg.members[api_i],
-            "apiserver",
-            Path::new(BIN),
-            &[
-                "dev-apiserver".to_string(),
-                "--listen".to_string(),
-                API_ADDR.to_string(),
-            ],
-            &dir.path().join("apiserver.log"),
-        )?;
-        let c = Cluster {
-            agents: BTreeMap::new(),
-            api_proc,
-            seg,
-            api_i,
-            client_i,
-            node_i,
-            macs,
-            dir,
-        };
-        let api = c.api();
-        wait_until(
-            "the API stand-in to answer",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || api.get("/version").ok(),
-        )?;
-        for (_, crd) in ferrolb::crds::all() {
-            api.create(
-                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                &serde_json::to_value(&crd)?,
-            )?;
-        }
-        wait_until(
-            "the ferrolb CRDs to be served",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || {
-                api.get("/apis/ferrolb.io/v1alpha1/l2announcementpolicies")
-                    .ok()
-            },
-        )?;
-        api.create(
-            "/api/v1/namespaces",
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ferrolb-system"}}),
-        )?;
-        for (name, labels) in nodes {
-            let labels: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            api.create(
-                "/api/v1/nodes",
-                &json!({"apiVersion": "v1", "kind": "Node",
-                        "metadata": {"name": name, "labels": labels}}),
-            )?;
-            api.merge_patch(
-                &format!("/api/v1/nodes/{name}/status"),
-                &json!({"status": {"conditions": [{"type": "Ready", "status": "True",
-                        "reason": "KubeletReady", "message": "test node"}]}}),
-            )?;
-        }
-        Ok(c)
-    }
-
-    fn api(&self) -> ApiHttp<'_> {
-        ApiHttp {
-            ns: &self.seg.members[self.api_i],
-            base: API_URL,
-        }
-    }
-
-    fn client(&self) -> &Netns {
-        &self.seg.members[self.client_i]
-    }
-
-    fn node_ns(&self, node: &str) -> &Netns {
-        &self.seg.members[self.node_i[node]]
-    }
-
-    fn node_addr(&self, node: &str) -> String {
-        format!("192.0.2.{}", 11 + self.node_i[node] - 1)
-    }
-
-    fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.path().join(format!("{identity}.kubeconfig"));
-        std::fs::write(
-            &path,
-            ferrolb::apiserver::ApiServer::kubeconfig(API_URL, identity),
-        )?;
-        Ok(path)
-    }
-
-    /// Starts the agent of `node` and waits until it is ready (caches synced).
-    fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let mut spec = AgentSpec::new(
-            node,
-            &self.kubeconfig(node)?,
-            &format!("{}:9464", self.node_addr(node)),
-        );
-        spec.extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut p = spec.spawn(self.node_ns(node), Path::new(BIN), self.dir.path())?;
-        p.wait_log("agent ready", Duration::from_secs(30))?;
-        self.agents.insert(node.to_string(), p);
-        Ok(())
-    }
-
-    fn agent_metrics(&self, node: &str) -> anyhow::Result<String> {
-        ApiHttp {
-            ns: self.node_ns(node),
-            base: &format!("http://{}:9464", self.node_addr(node)),
-        }
-        .text("/metrics")
-    }
-
-    /// A LoadBalancer Service with its status already set (no controller in these tests).
-    fn service(&self, name: &str, ips: &[&str]) -> anyhow::Result<()> {
-        self.service_with(name, ips, json!({}))
-    }
-
-    /// Same, with extra `spec` fields merged in.
-    fn service_with(
-        &self,
-        name: &str,
-        ips: &[&str],
-        extra_spec: serde_json::Value,
-    ) -> anyhow::Result<()> {
-        let api = self.api();
-        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name},
-                              "ports": [{"port": 80, "protocol": "TCP"}]});
-        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
-            s.extend(e.clone());
-        }
-        api.create(
-            "/api/v1/namespaces/default/services",
-            &json!({"apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-                    "spec": spec}),
-        )?;
-        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
-        api.merge_patch(
-            &format!("/api/v1/namespaces/default/services/{name}/status"),
-            &json!({"status": {"loadBalancer": {"ingress": ingress}}}),
-        )?;
-        Ok(())
-    }
-
-    fn policy(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        self.api().create(
-            "/apis/ferrolb.io/v1alpha1/l2announcementpolicies",
-            &json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "L2AnnouncementPolicy",
-                    "metadata": {"name": name}, "spec": spec}),
-        )?;
-        Ok(())
-    }
-
-    fn node_of_mac(&self, mac: &str) -> Option<String> {
-        self.macs
-            .iter()
-            .find(|(_, m)| m.as_str() == mac)
-            .map(|(n, _)| n.clone())
-    }
-
-    /// arping from the client until someone answers; returns the answering MACs.
-    fn wait_arp_answer(&self, ip: &str, timeout: Duration) -> anyhow::Result<BTreeSet<String>> {
-        wait_until(
-            &format!("an ARP reply for {ip}"),
-            timeout,
-            Duration::from_millis(10),
-            || {
-                let m = arping_macs(self.client(), "eth0", ip, 1).ok()?;
-                (!m.is_empty()).then_some(m)
-            },
-        )
-    }
-
-    /// The client's neighbour entry MAC for `ip`.
-    fn client_neighbour(&self, ip: &str) -> Option<String> {
-        neighbour(self.client(), "eth0", ip).map(|(mac, _)| mac)
-    }
-
-    /// Makes the client's kernel resolve `ip` (the ping itself gets no answer: the VIP is not on
-    /// any node's interface, only the ARP/NDP responder knows it).
-    fn client_resolve(&self, ip: &str) {
-        let _ = self
-            .client()
-            .cmd("ping")
-            .args(["-c", "1", "-W", "1", ip])
-            .output();
-    }
-
-    fn api_requests(&self, verb: &str, resource: &str) -> anyhow::Result<f64> {
-        let text = self.api().text("/metrics")?;
-        Ok(metric(
-            &text,
-            "ferrolb_apiserver_requests_total",
-            &[("verb", verb), ("resource", resource)],
-        )
-        .unwrap_or(0.0))
-    }
-
-    fn leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let l = self
-            .api()
-            .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
-        Ok(l["items"].as_array().cloned().unwrap_or_default())
-    }
-
-    fn dump_logs(&self) -> String {
-        let mut s = String::new();
-        for (n, p) in &self.agents {
-            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log(), 60)));
-        }
-        s.push_str(&format!(
-            "===== apiserver\n{}\n",
-            tail(&self.api_proc.log(), 30)
-        ));
-        s
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Runs a scenario and prints the processes' logs when it fails.
-fn scenario(
-    c: &mut Cluster,
-    f: impl FnOnce(&mut Cluster) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let r = f(c);
-    if r.is_err() {
-        eprintln!("{}", c.dump_logs());
-    }
-    r
-}
-
 const L2: &[(&str, &str)] = &[("ferrolb.io/l2", "yes")];
 
 #[test]
@@ -313,7 +33,13 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
     if skip() {
         return Ok(());
     }
-    let mut c = Cluster::new("ag1", &[("n1", L2), ("n2", L2), ("n3", &[])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag1",
+        &[("n1", L2), ("n2", L2), ("n3", &[])],
+    )?;
     scenario(&mut c, |c| {
         c.policy(
             "l2",
@@ -456,7 +182,13 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
     if skip() {
         return Ok(());
     }
-    let mut c = Cluster::new("ag2", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag2",
+        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
+    )?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         c.service("web", &[VIP4])?;
@@ -499,7 +231,13 @@ fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::R
     if skip() {
         return Ok(());
     }
-    let mut c = Cluster::new("ag3", &[("n1", &[]), ("n2", &[])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag3",
+        &[("n1", &[]), ("n2", &[])],
+    )?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         c.service("web", &[VIP4])?;
@@ -543,7 +281,13 @@ fn api_outage_sticky_keeps_answering_and_no_sticky_stops() -> anyhow::Result<()>
     if skip() {
         return Ok(());
     }
-    let mut c = Cluster::new("ag4", &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag4",
+        &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])],
+    )?;
     scenario(&mut c, |c| {
         const VIP_A: &str = "198.51.100.20";
         const VIP_B: &str = "198.51.100.21";
@@ -626,7 +370,13 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
     if skip() {
         return Ok(());
     }
-    let mut c = Cluster::new("ag5", &[("n1", &[]), ("n2", &[])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag5",
+        &[("n1", &[]), ("n2", &[])],
+    )?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         c.service("web", &[VIP4])?;
@@ -690,7 +440,13 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
         return Ok(());
     }
     let nodes = ["n1", "n2", "n3"];
-    let mut c = Cluster::new("ag6", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "ag6",
+        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
+    )?;
     scenario(&mut c, |c| {
         const VIP: &str = "198.51.100.30";
         // The node the lease would prefer without ETP Local; the endpoints go elsewhere, so

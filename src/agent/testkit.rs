@@ -8,8 +8,11 @@
 //!   (curl runs in that namespace).
 //! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`]: what the kernel's own tools see.
 //! - [`metric`]: a value out of Prometheus text.
+//! - [`Cluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
+//!   [`API_ADDR`]) with the ferrolb CRDs, Node objects, node namespaces running agents and a
+//!   client namespace — with helpers to create Services/policies and to look from the client.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::netns::Netns;
+use crate::netns::{Netns, Segment};
+use serde_json::json;
 
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.
 pub fn wait_until<T>(
@@ -498,6 +502,297 @@ impl AgentSpec {
             &dir.join(format!("{}.log", self.node_name)),
         )
     }
+}
+
+/// Where [`Cluster`] runs the API stand-in (its own namespace on the segment).
+pub const API_ADDR: &str = "192.0.2.254:6443";
+/// URL of the API stand-in, as the nodes reach it.
+pub const API_URL: &str = "http://192.0.2.254:6443";
+
+/// One L2 segment: the API stand-in, node namespaces running agents, a client.
+pub struct Cluster {
+    // Field order = drop order: processes first, then namespaces, then the log directory.
+    pub agents: BTreeMap<String, Proc>,
+    pub api_proc: Proc,
+    pub seg: Segment,
+    /// Index in `seg.members` of: api, client, and each node.
+    pub api_i: usize,
+    pub client_i: usize,
+    pub node_i: BTreeMap<String, usize>,
+    /// Node name → MAC of its `eth0`.
+    pub macs: BTreeMap<String, String>,
+    /// The ferrolb binary.
+    pub bin: PathBuf,
+    /// Logs and kubeconfigs.
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    /// `nodes`: (name, labels). Node i gets 192.0.2.(11+i)/24 and 2001:db8:1::(11+i)/64.
+    pub fn new(
+        bin: &Path,
+        dir: &Path,
+        tag: &str,
+        nodes: &[(&str, &[(&str, &str)])],
+    ) -> anyhow::Result<Cluster> {
+        crate::netns::cleanup_stale();
+        let dir = dir.to_path_buf();
+        let mut seg = Segment::create(tag)?;
+        seg.add_member(tag, "api", &["192.0.2.254/24"])?;
+        let api_i = 0;
+        let mut node_i = BTreeMap::new();
+        let mut macs = BTreeMap::new();
+        for (i, (name, _)) in nodes.iter().enumerate() {
+            let v4 = format!("192.0.2.{}/24", 11 + i);
+            let v6 = format!("2001:db8:1::{}/64", 11 + i);
+            let ns = seg.add_member(tag, name, &[&v4, &v6])?;
+            macs.insert(name.to_string(), ns.mac("eth0")?);
+            node_i.insert(name.to_string(), seg.members.len() - 1);
+        }
+        let client = seg.add_member(tag, "cl", &["192.0.2.100/24", "2001:db8:1::100/64"])?;
+        // The VIP ranges are on-link for the client (so the kernel ARPs/NSes for them).
+        client.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
+        client.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
+        let client_i = seg.members.len() - 1;
+
+        let api_proc = Proc::spawn(
+            &seg.members[api_i],
+            "apiserver",
+            bin,
+            &[
+                "dev-apiserver".to_string(),
+                "--listen".to_string(),
+                API_ADDR.to_string(),
+            ],
+            &dir.join("apiserver.log"),
+        )?;
+        let c = Cluster {
+            agents: BTreeMap::new(),
+            api_proc,
+            seg,
+            api_i,
+            client_i,
+            node_i,
+            macs,
+            bin: bin.to_path_buf(),
+            dir,
+        };
+        let api = c.api();
+        wait_until(
+            "the API stand-in to answer",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || api.get("/version").ok(),
+        )?;
+        for (_, crd) in crate::crds::all() {
+            api.create(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                &serde_json::to_value(&crd)?,
+            )?;
+        }
+        wait_until(
+            "the ferrolb CRDs to be served",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                api.get("/apis/ferrolb.io/v1alpha1/l2announcementpolicies")
+                    .ok()
+            },
+        )?;
+        api.create(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ferrolb-system"}}),
+        )?;
+        for (name, labels) in nodes {
+            let labels: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            api.create(
+                "/api/v1/nodes",
+                &json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": name, "labels": labels}}),
+            )?;
+            api.merge_patch(
+                &format!("/api/v1/nodes/{name}/status"),
+                &json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                        "reason": "KubeletReady", "message": "test node"}]}}),
+            )?;
+        }
+        Ok(c)
+    }
+
+    pub fn api(&self) -> ApiHttp<'_> {
+        ApiHttp {
+            ns: &self.seg.members[self.api_i],
+            base: API_URL,
+        }
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.seg.members[self.client_i]
+    }
+
+    pub fn node_ns(&self, node: &str) -> &Netns {
+        &self.seg.members[self.node_i[node]]
+    }
+
+    pub fn node_addr(&self, node: &str) -> String {
+        format!("192.0.2.{}", 11 + self.node_i[node] - 1)
+    }
+
+    pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("{identity}.kubeconfig"));
+        std::fs::write(
+            &path,
+            crate::apiserver::ApiServer::kubeconfig(API_URL, identity),
+        )?;
+        Ok(path)
+    }
+
+    /// Starts the agent of `node` and waits until it is ready (caches synced).
+    pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let mut spec = AgentSpec::new(
+            node,
+            &self.kubeconfig(node)?,
+            &format!("{}:9464", self.node_addr(node)),
+        );
+        spec.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut p = spec.spawn(self.node_ns(node), &self.bin, &self.dir)?;
+        p.wait_log("agent ready", Duration::from_secs(30))?;
+        self.agents.insert(node.to_string(), p);
+        Ok(())
+    }
+
+    pub fn agent_metrics(&self, node: &str) -> anyhow::Result<String> {
+        ApiHttp {
+            ns: self.node_ns(node),
+            base: &format!("http://{}:9464", self.node_addr(node)),
+        }
+        .text("/metrics")
+    }
+
+    /// A LoadBalancer Service with its status already set (no controller in these tests).
+    pub fn service(&self, name: &str, ips: &[&str]) -> anyhow::Result<()> {
+        self.service_with(name, ips, json!({}))
+    }
+
+    /// Same, with extra `spec` fields merged in.
+    pub fn service_with(
+        &self,
+        name: &str,
+        ips: &[&str],
+        extra_spec: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let api = self.api();
+        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name},
+                              "ports": [{"port": 80, "protocol": "TCP"}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(e.clone());
+        }
+        api.create(
+            "/api/v1/namespaces/default/services",
+            &json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+                    "spec": spec}),
+        )?;
+        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        api.merge_patch(
+            &format!("/api/v1/namespaces/default/services/{name}/status"),
+            &json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+        )?;
+        Ok(())
+    }
+
+    pub fn policy(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        self.api().create(
+            "/apis/ferrolb.io/v1alpha1/l2announcementpolicies",
+            &json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "L2AnnouncementPolicy",
+                    "metadata": {"name": name}, "spec": spec}),
+        )?;
+        Ok(())
+    }
+
+    pub fn node_of_mac(&self, mac: &str) -> Option<String> {
+        self.macs
+            .iter()
+            .find(|(_, m)| m.as_str() == mac)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// arping from the client until someone answers; returns the answering MACs.
+    pub fn wait_arp_answer(&self, ip: &str, timeout: Duration) -> anyhow::Result<BTreeSet<String>> {
+        wait_until(
+            &format!("an ARP reply for {ip}"),
+            timeout,
+            Duration::from_millis(10),
+            || {
+                let m = arping_macs(self.client(), "eth0", ip, 1).ok()?;
+                (!m.is_empty()).then_some(m)
+            },
+        )
+    }
+
+    /// The client's neighbour entry MAC for `ip`.
+    pub fn client_neighbour(&self, ip: &str) -> Option<String> {
+        neighbour(self.client(), "eth0", ip).map(|(mac, _)| mac)
+    }
+
+    /// Makes the client's kernel resolve `ip` (the ping itself gets no answer: the VIP is not on
+    /// any node's interface, only the ARP/NDP responder knows it).
+    pub fn client_resolve(&self, ip: &str) {
+        let _ = self
+            .client()
+            .cmd("ping")
+            .args(["-c", "1", "-W", "1", ip])
+            .output();
+    }
+
+    pub fn api_requests(&self, verb: &str, resource: &str) -> anyhow::Result<f64> {
+        let text = self.api().text("/metrics")?;
+        Ok(metric(
+            &text,
+            "ferrolb_apiserver_requests_total",
+            &[("verb", verb), ("resource", resource)],
+        )
+        .unwrap_or(0.0))
+    }
+
+    pub fn leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let l = self
+            .api()
+            .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
+        Ok(l["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub fn dump_logs(&self) -> String {
+        let mut s = String::new();
+        for (n, p) in &self.agents {
+            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log(), 60)));
+        }
+        s.push_str(&format!(
+            "===== apiserver\n{}\n",
+            tail(&self.api_proc.log(), 30)
+        ));
+        s
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a scenario and prints the processes' logs when it fails.
+pub fn scenario(
+    c: &mut Cluster,
+    f: impl FnOnce(&mut Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let r = f(c);
+    if r.is_err() {
+        eprintln!("{}", c.dump_logs());
+    }
+    r
 }
 
 #[cfg(test)]
