@@ -26,7 +26,7 @@ use super::client::{LeaseWriter, WriteError};
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
-use super::{rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
+use super::{balanced_ranks, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,9 +102,10 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     /// The agent's settings: label-selected watch on `app.kubernetes.io/managed-by=ferrolb`,
-    /// abandoned leases deleted after 3 lease durations + the longest rank wait.
+    /// abandoned leases deleted after 2 lease durations + the longest rank wait (a node that
+    /// wants a free lease takes it within its rank wait).
     pub fn agent(namespace: &str, identity: &str, config: LeaseConfig) -> Self {
-        let gc = config.lease_duration * 3 + config.rank_step * MAX_RANK_WAIT as u32;
+        let gc = config.lease_duration * 2 + config.rank_step * MAX_RANK_WAIT as u32;
         EngineOptions {
             namespace: namespace.to_string(),
             identity: identity.to_string(),
@@ -207,12 +208,12 @@ struct Entry {
     in_flight: bool,
     retry_after: Option<Instant>,
     conflict_rv: Option<String>,
-    /// A write of ours succeeded since the record last named someone else.
-    confirmed: bool,
     /// Our last successful write was a release.
     released_by_us: bool,
     reported: Reported,
     wake: Option<Instant>,
+    /// Cached rank for taking over from (holder): rank among candidates without it.
+    takeover_rank: Option<(String, usize)>,
 }
 
 impl Entry {
@@ -225,10 +226,10 @@ impl Entry {
             in_flight: false,
             retry_after: None,
             conflict_rv: None,
-            confirmed: false,
             released_by_us: false,
             reported: Reported::NotHeld,
             wake: None,
+            takeover_rank: None,
         }
     }
 }
@@ -254,6 +255,8 @@ struct Engine {
     report: ShutdownReport,
     stats: Arc<EngineStats>,
     held_tx: watch::Sender<BTreeSet<String>>,
+    /// Our load-bounded rank per desired lease.
+    ranks: HashMap<String, usize>,
 }
 
 impl Engine {
@@ -282,19 +285,12 @@ impl Engine {
         let _ = self.events.send(ev);
     }
 
-    fn publish_held(&mut self) {
-        let held: BTreeSet<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.reported != Reported::NotHeld)
-            .map(|(n, _)| n.clone())
-            .collect();
+    fn publish_held(&mut self, name: &str, held: bool) {
         self.held_tx.send_if_modified(|cur| {
-            if *cur != held {
-                *cur = held;
-                true
+            if held {
+                cur.insert(name.to_string())
             } else {
-                false
+                cur.remove(name)
             }
         });
     }
@@ -317,9 +313,6 @@ impl Engine {
             }
         }
         let next = Observed::next(e.observed.as_ref(), lease, now);
-        if next.holder() != Some(me.as_str()) {
-            e.confirmed = false;
-        }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
             if next.holder() != Some(me.as_str()) {
@@ -330,20 +323,42 @@ impl Engine {
         e.object = lease.cloned();
     }
 
-    fn rank_delay(&self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
+    fn rank_delay(&mut self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
         }
-        let me = self.me();
+        let step = self.opts.config.rank_step;
+        let me = self.opts.identity.clone();
         let holder = obs.holder().filter(|h| *h != me);
+        let Some(holder) = holder else {
+            // Absent or released: the load-bounded assignment decides who goes first.
+            let r = match self.ranks.get(name) {
+                Some(r) => *r,
+                None => rendezvous_rank(name, &me, &desired.candidates),
+            };
+            return step * r.min(MAX_RANK_WAIT) as u32;
+        };
+        // Taking over from an expired holder: rank among the others (it is presumably dead).
+        // Cached per holder: this runs on every renewal we observe.
+        if let Some(e) = self.entries.get(name) {
+            if let Some((h, r)) = &e.takeover_rank {
+                if h == holder {
+                    return step * (*r).min(MAX_RANK_WAIT) as u32;
+                }
+            }
+        }
         let nodes: Vec<String> = desired
             .candidates
             .iter()
-            .filter(|n| Some(n.as_str()) != holder)
+            .filter(|n| n.as_str() != holder)
             .cloned()
             .collect();
-        let rank = rendezvous_rank(name, me, &nodes).min(MAX_RANK_WAIT);
-        self.opts.config.rank_step * rank as u32
+        let rank = rendezvous_rank(name, &me, &nodes);
+        let holder = holder.to_string();
+        if let Some(e) = self.entries.get_mut(name) {
+            e.takeover_rank = Some((holder, rank));
+        }
+        step * rank.min(MAX_RANK_WAIT) as u32
     }
 
     fn step(&mut self, name: &str, now: Instant) {
@@ -361,11 +376,7 @@ impl Engine {
         } else {
             None
         });
-        let mut st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
-        if st == Standing::Holder && !e.confirmed {
-            // Record says us (e.g. from before a restart) but no write of ours confirmed it.
-            st = Standing::NotHolder;
-        }
+        let st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
         let mut wake: Option<Instant> = None;
         if st == Standing::Holder {
             wake = e
@@ -383,7 +394,9 @@ impl Engine {
         let holder_now = e
             .observed
             .as_ref()
-            .and_then(|o| o.holder().map(str::to_string));
+            .and_then(|o| o.holder())
+            .filter(|h| *h != me)
+            .map(str::to_string);
         let released_by_us = e.released_by_us;
         let ev = match (old_rep, new_rep) {
             (a, b) if a == b => None,
@@ -397,15 +410,12 @@ impl Engine {
                 holder: holder_now,
             }),
         };
-        if let Some(LeaseEvent::Released { .. }) = &ev {
+        if let (Some(LeaseEvent::Released { .. }), true) = (&ev, shutting_down) {
             self.report.released.push(name.to_string());
         }
-        let changed = ev.is_some();
         if let Some(ev) = ev {
             self.emit(ev);
-        }
-        if changed {
-            self.publish_held();
+            self.publish_held(name, new_rep != Reported::NotHeld);
         }
 
         // 2. The next write, if any.
@@ -434,17 +444,13 @@ impl Engine {
             return;
         }
         let desired = e.desired.clone();
-        let confirmed = e.confirmed;
         let intent = match (&desired, shutting_down) {
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
             },
             _ => Intent::Release,
         };
-        let mut action = decide(&me, Some(&obs), now, &cfg, intent);
-        if matches!(action, Action::Hold { .. }) && !confirmed {
-            action = Action::Renew;
-        }
+        let action = decide(&me, Some(&obs), now, &cfg, intent);
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         match action {
             Action::Create => {
@@ -479,6 +485,7 @@ impl Engine {
                                 .get(name)
                                 .is_some_and(|e| !e.in_flight && e.reported == Reported::NotHeld);
                         if forget {
+                            self.set_wake(name, None);
                             self.entries.remove(name);
                         }
                     }
@@ -515,6 +522,10 @@ impl Engine {
         };
         let object = e.object.clone();
         e.in_flight = true;
+        if op == Op::Update(OpKind::Release) {
+            // Set before the write: the watch may show the release before its answer arrives.
+            e.released_by_us = true;
+        }
         self.in_flight += 1;
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
@@ -578,7 +589,6 @@ impl Engine {
     fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let cfg = self.opts.config.clone();
-        let me = self.opts.identity.clone();
         let Some(e) = self.entries.get_mut(&d.name) else {
             return;
         };
@@ -599,22 +609,17 @@ impl Engine {
                 e.last_failure = None;
                 e.conflict_rv = None;
                 e.retry_after = None;
-                e.released_by_us = d.op == Op::Update(OpKind::Release);
+                if d.op != Op::Update(OpKind::Release) {
+                    e.released_by_us = false;
+                }
                 if !newer_known {
-                    let mut obs = Observed::next(None, Some(&lease), d.sent_at);
-                    obs.observed_at = d.sent_at;
-                    e.confirmed = obs.holder() == Some(me.as_str());
-                    e.observed = Some(obs);
+                    e.observed = Some(Observed::written(&lease, d.sent_at));
                     e.object = Some(lease);
                 }
             }
             Ok(None) => {
                 // Deleted.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
                 e.object = None;
                 e.last_failure = None;
             }
@@ -688,6 +693,13 @@ impl Engine {
     }
 
     fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
+        let cands: BTreeMap<String, Vec<String>> = desired
+            .iter()
+            .map(|(n, d)| (n.clone(), d.candidates.clone()))
+            .collect();
+        self.ranks = balanced_ranks(&self.opts.identity, &cands)
+            .into_iter()
+            .collect();
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
             if e.desired.is_some() && !desired.contains_key(n) {
@@ -700,13 +712,10 @@ impl Engine {
             let e = self.entries.entry(n.clone()).or_insert_with(Entry::new);
             if e.observed.is_none() && initialized {
                 // The watch is synced and has not shown it: it does not exist.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
             }
             if e.desired.as_ref() != Some(&d) {
+                e.takeover_rank = None;
                 e.desired = Some(d);
                 touched.push(n);
             }
@@ -717,6 +726,7 @@ impl Engine {
     }
 
     fn shutdown_complete(&self, now: Instant) -> bool {
+        let me = self.me();
         let Some(deadline) = &self.shutting_down else {
             return false;
         };
@@ -724,10 +734,10 @@ impl Engine {
             return true;
         }
         self.in_flight == 0
-            && self
-                .entries
-                .values()
-                .all(|e| e.reported == Reported::NotHeld && !e.confirmed)
+            && self.entries.values().all(|e| {
+                e.reported == Reported::NotHeld
+                    && e.observed.as_ref().is_none_or(|o| o.holder() != Some(me))
+            })
     }
 }
 
@@ -744,7 +754,9 @@ async fn run(
         WatchScope::Labels(sel) => watcher::Config::default().labels(sel),
         WatchScope::Name(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
     };
-    let mut stream = watcher(api, wcfg).default_backoff().boxed();
+    // Reconnect quickly after an outage (≤ 2 s): stale observations cost 409s and late takeovers.
+    let backoff = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut stream = watcher(api, wcfg).backoff(backoff).boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
     let sem = Arc::new(Semaphore::new(opts.max_concurrent_writes.max(1)));
@@ -764,6 +776,7 @@ async fn run(
         report: ShutdownReport::default(),
         stats,
         held_tx,
+        ranks: HashMap::new(),
     };
     let mut cmds_open = true;
     loop {
@@ -778,7 +791,6 @@ async fn run(
             (a, b) => a.or(b),
         };
         tokio::select! {
-            biased;
             Some(d) = done_rx.recv() => eng.on_done(d, Instant::now()),
             cmd = cmds.recv(), if cmds_open => {
                 let now = Instant::now();
@@ -806,14 +818,19 @@ async fn run(
             },
             _ = sleep_until_opt(next) => {
                 let now = Instant::now();
-                let due: Vec<String> = eng
-                    .timers
-                    .iter()
-                    .take_while(|(t, _)| *t <= now)
-                    .map(|(_, n)| n.clone())
-                    .collect();
+                let mut due: Vec<String> = Vec::new();
+                while let Some((t, _)) = eng.timers.first() {
+                    if *t > now {
+                        break;
+                    }
+                    if let Some((_, n)) = eng.timers.pop_first() {
+                        if let Some(e) = eng.entries.get_mut(&n) {
+                            e.wake = None;
+                        }
+                        due.push(n);
+                    }
+                }
                 for n in due {
-                    eng.set_wake(&n, None);
                     eng.step(&n, now);
                 }
             }
@@ -834,8 +851,8 @@ async fn run(
             name: n.clone(),
             holder: None,
         });
+        eng.publish_held(n, false);
     }
-    eng.publish_held();
     eng.report.not_released = still;
     for tx in eng.shutdown_waiters.drain(..) {
         let _ = tx.send(eng.report.clone());
@@ -852,6 +869,34 @@ fn start_shutdown(eng: &mut Engine, tx: Option<oneshot::Sender<ShutdownReport>>,
         for n in names {
             eng.step(&n, now);
         }
+    }
+}
+
+/// Exponential watch reconnect backoff (doubling from `min` to `max`), reset on success.
+struct WatchBackoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl WatchBackoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        WatchBackoff { min, max, cur: min }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.cur = self.min;
     }
 }
 

@@ -133,6 +133,150 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .count()
 }
 
+/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// For clap: `#[arg(long, value_parser = ferrolb::lease::parse_duration)]`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 15s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Label: how many Services a lease serves.
+pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
+/// Label: namespace of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAMESPACE: &str = "ferrolb.io/service-namespace";
+/// Label: name of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAME: &str = "ferrolb.io/service-name";
+/// Annotation: every `namespace/name` a lease serves, comma-separated, sorted.
+pub const ANN_SERVICES: &str = "ferrolb.io/services";
+/// Annotation: the addresses a lease stands for (the lease key), as given.
+pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
+
+/// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
+/// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
+/// into annotations.
+pub fn describe(
+    key: &str,
+    services: &[String],
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
+    svcs.sort_unstable();
+    svcs.dedup();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string());
+    if let [one] = svcs.as_slice() {
+        if let Some((ns, name)) = one.split_once('/') {
+            // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
+            if is_label_value(ns) && is_label_value(name) {
+                labels.insert(LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string());
+                labels.insert(LABEL_SERVICE_NAME.to_string(), name.to_string());
+            }
+        }
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(ANN_SERVICES.to_string(), svcs.join(","));
+    annotations.insert(ANN_ADDRESSES.to_string(), key.to_string());
+    (labels, annotations)
+}
+
+/// Is `v` a valid Kubernetes label value?
+pub fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+}
+
+/// Load-bounded rendezvous ranks of `me` for a set of leases (name → eligible nodes).
+///
+/// Plain rendezvous hashing spreads addresses only statistically (with 100 addresses on 3 nodes
+/// the busiest node often gets 40+). Here every lease, in name order, goes to the first node in
+/// its rendezvous order whose load is still below its fair share (rounded up; the fair share of a
+/// node is the sum of `1 / candidates` over the leases it is eligible for); the rest keep their
+/// rendezvous order. Every node that knows the same set computes the same assignment, so the
+/// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
+/// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
+/// A lease whose candidate list is empty or lacks `me` ranks `me` last (`candidates.len()`).
+pub fn balanced_ranks(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, usize> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let mut share: HashMap<&str, f64> = HashMap::new();
+    let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, cands) in leases {
+        let set: BTreeSet<&str> = cands.iter().map(String::as_str).collect();
+        if set.is_empty() {
+            continue;
+        }
+        let w = 1.0 / set.len() as f64;
+        for n in &set {
+            *share.entry(n).or_default() += w;
+        }
+        let mut order: Vec<&str> = set.into_iter().collect();
+        order.sort_by_cached_key(|n| std::cmp::Reverse((rendezvous_score(name, n), *n)));
+        orders.insert(name.as_str(), order);
+    }
+    let cap: HashMap<&str, usize> = share
+        .iter()
+        .map(|(n, s)| (*n, (s - 1e-9).ceil().max(1.0) as usize))
+        .collect();
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (name, cands) in leases {
+        let Some(order) = orders.get(name.as_str()) else {
+            out.insert(name.clone(), 0);
+            continue;
+        };
+        let chosen = order
+            .iter()
+            .copied()
+            .find(|n| load.get(n).copied().unwrap_or(0) < cap.get(n).copied().unwrap_or(1))
+            .unwrap_or(order[0]);
+        *load.entry(chosen).or_default() += 1;
+        let rank = if chosen == me {
+            0
+        } else {
+            match order
+                .iter()
+                .filter(|n| **n != chosen)
+                .position(|n| *n == me)
+            {
+                Some(p) => p + 1,
+                None => cands.len(),
+            }
+        };
+        out.insert(name.clone(), rank);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +346,90 @@ mod tests {
             if w != "n3" {
                 assert_eq!(winner(&fewer), w);
             }
+        }
+    }
+
+    #[test]
+    fn balanced_ranks_bound_the_load() {
+        use std::collections::BTreeMap;
+        for count in [10usize, 100, 200, 1000] {
+            for n_nodes in [2usize, 3, 5] {
+                let nodes: Vec<String> = (0..n_nodes).map(|i| format!("node-{i}")).collect();
+                let leases: BTreeMap<String, Vec<String>> = (0..count)
+                    .map(|i| (lease_name(&format!("198.51.100.{i}")), nodes.clone()))
+                    .collect();
+                let per_node: Vec<BTreeMap<String, usize>> =
+                    nodes.iter().map(|n| balanced_ranks(n, &leases)).collect();
+                let mut load = vec![0usize; n_nodes];
+                for name in leases.keys() {
+                    // ranks form a permutation: exactly one node ranks 0 for every lease
+                    let mut ranks: Vec<usize> = per_node.iter().map(|r| r[name]).collect();
+                    let first = ranks.iter().position(|r| *r == 0).unwrap();
+                    load[first] += 1;
+                    ranks.sort();
+                    assert_eq!(ranks, (0..n_nodes).collect::<Vec<_>>(), "{name}");
+                }
+                let mean = count as f64 / n_nodes as f64;
+                let max = *load.iter().max().unwrap() as f64;
+                assert!(max <= mean.ceil(), "{count}/{n_nodes}: {load:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_ranks_with_uneven_eligibility() {
+        use std::collections::BTreeMap;
+        // 60 leases for all of a,b,c; 60 more only for a,b: c should get ~20, a and b ~50.
+        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = all[..2].to_vec();
+        let mut leases = BTreeMap::new();
+        for i in 0..120 {
+            let c = if i < 60 { all.clone() } else { two.clone() };
+            leases.insert(lease_name(&format!("k{i}")), c);
+        }
+        let mut load = BTreeMap::new();
+        for me in &all {
+            let r = balanced_ranks(me, &leases);
+            *load.entry(me.clone()).or_insert(0) += r.values().filter(|v| **v == 0).count();
+        }
+        assert_eq!(load.values().sum::<usize>(), 120, "{load:?}");
+        assert!(
+            load["c"] <= 20 && load["a"] <= 50 && load["b"] <= 50,
+            "{load:?}"
+        );
+        // Not a candidate: last.
+        let r = balanced_ranks("zz", &leases);
+        assert!(r.values().all(|v| *v >= 2));
+    }
+
+    #[test]
+    fn describe_keeps_labels_valid() {
+        let (l, a) = describe("198.51.100.7", &["demo/web".into(), "demo/web".into()]);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "1");
+        assert_eq!(l[LABEL_SERVICE_NAME], "web");
+        assert_eq!(l[LABEL_SERVICE_NAMESPACE], "demo");
+        assert_eq!(a[ANN_SERVICES], "demo/web");
+        let many: Vec<String> = (0..40).map(|i| format!("team-{i}/dns-{i}")).collect();
+        let (l, a) = describe("198.51.100.8", &many);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "40");
+        assert!(!l.contains_key(LABEL_SERVICE_NAME));
+        assert!(l.values().all(|v| is_label_value(v)));
+        assert_eq!(a[ANN_SERVICES].split(',').count(), 40);
+        assert!(!is_label_value(&"x".repeat(64)));
+        assert!(!is_label_value("a/b"));
+        assert!(is_label_value("a.b-c_d"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "5x", "-1s", "1e400s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }
