@@ -39,11 +39,11 @@ pub type Held = BTreeMap<IpAddr, BTreeSet<String>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnouncerConfig {
     /// Announcements in a gratuitous burst (the first is sent at once). 0 disables bursts.
-    pub burst_count: u32,
+    pub gratuitous_count: u32,
     /// Interval between the announcements of a burst.
-    pub burst_interval: Duration,
+    pub gratuitous_interval: Duration,
     /// Re-announce every held address this often (one announcement), if set.
-    pub reannounce_every: Option<Duration>,
+    pub reannounce_interval: Option<Duration>,
     /// How often interfaces are checked (appearing, disappearing, coming up).
     pub iface_poll: Duration,
 }
@@ -51,9 +51,9 @@ pub struct AnnouncerConfig {
 impl Default for AnnouncerConfig {
     fn default() -> Self {
         AnnouncerConfig {
-            burst_count: 5,
-            burst_interval: Duration::from_secs(1),
-            reannounce_every: None,
+            gratuitous_count: 5,
+            gratuitous_interval: Duration::from_secs(1),
+            reannounce_interval: None,
             iface_poll: Duration::from_secs(1),
         }
     }
@@ -87,6 +87,9 @@ struct Shared {
     by_iface: RwLock<HashMap<String, HashSet<IpAddr>>>,
     /// Held addresses as given to `set_held` (the manager diffs it).
     held: RwLock<Held>,
+    /// MACs of every interface of this host (namespace): frames from them are ours, never a
+    /// conflict (an address held on two interfaces of one segment announces on both).
+    own_macs: RwLock<HashSet<MacAddr>>,
     metrics: Metrics,
     conflicts: tokio::sync::broadcast::Sender<Conflict>,
 }
@@ -124,6 +127,7 @@ impl Announcer {
         let shared = Arc::new(Shared {
             by_iface: RwLock::new(HashMap::new()),
             held: RwLock::new(Held::new()),
+            own_macs: RwLock::new(HashSet::new()),
             metrics,
             conflicts,
         });
@@ -336,10 +340,16 @@ struct ReadLoop {
     shared: Arc<Shared>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
+    /// When each (address, MAC) conflict was last reported: reports are limited to one per
+    /// [`CONFLICT_REPORT_EVERY`] so a flood of hostile frames cannot flood the agent or logs.
+    reported: HashMap<(IpAddr, MacAddr), Instant>,
 }
 
+/// Minimum interval between two reports of the same conflict (address, MAC).
+pub const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(1);
+
 impl ReadLoop {
-    fn run(self, mut rx: Box<dyn DataLinkReceiver>) {
+    fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
         let mut logged_error = false;
         while !self.stop.load(Ordering::Relaxed) {
             match rx.next() {
@@ -358,7 +368,7 @@ impl ReadLoop {
         }
     }
 
-    fn handle(&self, frame: &[u8]) {
+    fn handle(&mut self, frame: &[u8]) {
         if frame.len() < arp::ETH_HEADER_LEN {
             return;
         }
@@ -376,7 +386,7 @@ impl ReadLoop {
         matches!(tx.send_to(frame, None), Some(Ok(())))
     }
 
-    fn handle_arp(&self, frame: &[u8]) {
+    fn handle_arp(&mut self, frame: &[u8]) {
         let Ok(f) = arp::parse(frame) else {
             return;
         };
@@ -396,7 +406,7 @@ impl ReadLoop {
         }
     }
 
-    fn handle_ndp(&self, frame: &[u8]) {
+    fn handle_ndp(&mut self, frame: &[u8]) {
         let Ok(f) = ndp::parse(frame) else {
             return;
         };
@@ -424,9 +434,27 @@ impl ReadLoop {
             .inc();
     }
 
-    fn conflict(&self, ip: IpAddr, mac: MacAddr) {
+    fn conflict(&mut self, ip: IpAddr, mac: MacAddr) {
+        if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
+            return;
+        }
         self.count(&self.shared.metrics.conflicts, ip);
-        info!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
+        let now = Instant::now();
+        if let Some(last) = self.reported.get(&(ip, mac)) {
+            if now.duration_since(*last) < CONFLICT_REPORT_EVERY {
+                return;
+            }
+        }
+        if self.reported.len() >= 1024 {
+            self.reported
+                .retain(|_, t| now.duration_since(*t) < CONFLICT_REPORT_EVERY);
+            if self.reported.len() >= 4096 {
+                // A flood of distinct MACs: forget rather than grow without bound.
+                self.reported.clear();
+            }
+        }
+        self.reported.insert((ip, mac), now);
+        debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
         let _ = self.shared.conflicts.send(Conflict {
             ip,
             iface: self.name.clone(),
@@ -497,7 +525,7 @@ impl Manager {
             self.last = held.clone();
         }
         self.sync_multicast(&held);
-        if let Some(every) = self.cfg.reannounce_every {
+        if let Some(every) = self.cfg.reannounce_interval {
             let due = *self.next_reannounce.get_or_insert(now + every);
             if now >= due {
                 for (ip, ifaces) in &held {
@@ -515,14 +543,14 @@ impl Manager {
     }
 
     fn schedule(&mut self, ip: IpAddr, iface: &str, now: Instant) {
-        if self.cfg.burst_count == 0 {
+        if self.cfg.gratuitous_count == 0 {
             return;
         }
         self.bursts.insert(
             (ip, iface.to_string()),
             Burst {
                 next: now,
-                remaining: self.cfg.burst_count,
+                remaining: self.cfg.gratuitous_count,
             },
         );
     }
@@ -550,6 +578,9 @@ impl Manager {
             .into_iter()
             .map(|i| (i.name.clone(), i))
             .collect();
+        if let Ok(mut own) = self.shared.own_macs.write() {
+            *own = all.values().filter_map(|i| i.mac).collect();
+        }
         for name in wanted {
             let Some(ni) = all.get(name.as_str()) else {
                 if let Some(r) = self.readers.remove(name.as_str()) {
@@ -626,6 +657,7 @@ impl Manager {
             shared: self.shared.clone(),
             tx: tx.clone(),
             stop: stop.clone(),
+            reported: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ferrolb-rx-{}", ni.name))
@@ -728,7 +760,7 @@ impl Manager {
                 continue;
             };
             b.remaining = b.remaining.saturating_sub(1);
-            b.next = now + self.cfg.burst_interval;
+            b.next = now + self.cfg.gratuitous_interval;
             let done = b.remaining == 0;
             if done {
                 self.bursts.remove(&key);

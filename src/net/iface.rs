@@ -273,7 +273,7 @@ mod tests {
             Err(Ineligible::NotSelected)
         );
         // Alternation is anchored as a whole, not just its first branch.
-        let re = vec![Regex::new("eth0|bond.*").unwrap()];
+        let re = [Regex::new("eth0|bond.*").unwrap()];
         assert!(whole_match(&re[0], "bond1"));
         assert!(!whole_match(&re[0], "xeth0"));
         assert!(!whole_match(&re[0], "eth00"));

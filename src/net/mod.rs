@@ -22,20 +22,46 @@ pub struct AnnounceArgs {
     #[arg(long = "interface", short = 'i', value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Address to announce (repeatable; IPv4 and/or IPv6). It need not be on the interface.
-    #[arg(long = "ip", value_name = "ADDR", required = true)]
+    #[arg(
+        long = "ip",
+        value_name = "ADDR",
+        required_unless_present = "control_stdin"
+    )]
     pub ips: Vec<std::net::IpAddr>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9750).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Announcements in the gratuitous burst sent on start and when an interface comes up.
     #[arg(long, default_value_t = 5)]
-    pub burst_count: u32,
+    pub gratuitous_count: u32,
     /// Milliseconds between the announcements of a burst.
     #[arg(long, default_value_t = 1000)]
-    pub burst_interval_ms: u64,
+    pub gratuitous_interval_ms: u64,
     /// Also re-announce every held address every this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
-    pub reannounce_secs: u64,
+    pub reannounce_interval_secs: u64,
+    /// Testing aid: read the desired held set from stdin, one line per change, as
+    /// whitespace-separated `ADDR@IFACE` items (an empty line releases everything).
+    #[arg(long, hide = true)]
+    pub control_stdin: bool,
+}
+
+/// Parses a `--control-stdin` line (`ADDR@IFACE ...`).
+pub fn parse_held_line(line: &str) -> anyhow::Result<announcer::Held> {
+    let mut held = announcer::Held::new();
+    for item in line.split_whitespace() {
+        let (ip, ifname) = item
+            .split_once('@')
+            .ok_or_else(|| anyhow::anyhow!("{item:?}: expected ADDR@IFACE"))?;
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{item:?}: bad address: {e}"))?;
+        if ifname.is_empty() {
+            anyhow::bail!("{item:?}: empty interface name");
+        }
+        held.entry(ip).or_default().insert(ifname.to_string());
+    }
+    Ok(held)
 }
 
 /// Runs `ferrolb announce`: answers for fixed addresses until SIGTERM/SIGINT.
@@ -66,10 +92,10 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         }
     }
     let cfg = AnnouncerConfig {
-        burst_count: args.burst_count,
-        burst_interval: Duration::from_millis(args.burst_interval_ms.max(1)),
-        reannounce_every: (args.reannounce_secs > 0)
-            .then(|| Duration::from_secs(args.reannounce_secs)),
+        gratuitous_count: args.gratuitous_count,
+        gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms.max(1)),
+        reannounce_interval: (args.reannounce_interval_secs > 0)
+            .then(|| Duration::from_secs(args.reannounce_interval_secs)),
         ..Default::default()
     };
     let registry = prometheus::Registry::new();
@@ -96,8 +122,23 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watching = true;
+    let mut control = args.control_stdin.then(|| {
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(tokio::io::stdin()).lines()
+    });
     loop {
         tokio::select! {
+            line = async { control.as_mut()?.next_line().await.ok().flatten() }, if control.is_some() => match line {
+                None => control = None,
+                Some(line) => match parse_held_line(&line) {
+                    Ok(held) => {
+                        announcer.set_held(held.clone());
+                        announcer.settled().await;
+                        tracing::info!(?held, "applied held set");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring control line"),
+                },
+            },
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { r?; break; }
             c = conflicts.recv(), if watching => match c {
@@ -110,4 +151,43 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
     tracing::info!("shutting down");
     announcer.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_lines() {
+        let h = parse_held_line("198.51.100.10@eth0 2001:db8:100::10@eth0 198.51.100.10@eth1")
+            .expect("valid");
+        assert_eq!(h.len(), 2);
+        let v4: std::net::IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(
+            h[&v4].iter().map(String::as_str).collect::<Vec<_>>(),
+            ["eth0", "eth1"]
+        );
+        assert!(parse_held_line("").expect("empty").is_empty());
+        assert!(parse_held_line("198.51.100.10").is_err());
+        assert!(parse_held_line("198.51.100.300@eth0").is_err());
+        assert!(parse_held_line("198.51.100.10@").is_err());
+    }
+
+    #[test]
+    fn only_unicast_is_announceable() {
+        for ok in ["198.51.100.10", "2001:db8:100::10", "fe80::1"] {
+            assert!(announcer::announceable(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+        ] {
+            assert!(!announcer::announceable(bad.parse().unwrap()), "{bad}");
+        }
+    }
 }
