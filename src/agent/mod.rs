@@ -29,29 +29,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Parses `5s`, `500ms`, `1m`, `1.5s` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 5s, 500ms, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// Command-line flags of this subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -65,16 +42,16 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
     pub lease_namespace: String,
     /// How long a lease stays valid without renewal (failover time after a crash).
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "5s")]
     pub lease_duration: Duration,
     /// A holder that could not renew for this long stops claiming the lease.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "3s")]
     pub renew_deadline: Duration,
     /// Renewal interval of held leases.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "1s")]
     pub retry_period: Duration,
     /// Wait per rendezvous rank before taking a free lease.
-    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "250ms")]
     pub rank_step: Duration,
     /// Keep announcing while the API server is unreachable, until another node's gratuitous
     /// ARP/NA is seen (default).
@@ -90,10 +67,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub gratuitous_count: u32,
     /// Interval between gratuitous messages of a burst.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "1s")]
     pub gratuitous_interval: Duration,
     /// Periodic re-announcement of held addresses (0 = off).
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "0s")]
     pub reannounce_interval: Duration,
     /// Restrict this node's eligible interfaces to those matching these regexes (anchored,
     /// repeatable). Container/virtual interfaces (lo, veth*, cali*, ...) are always excluded.
@@ -103,7 +80,7 @@ pub struct Args {
     #[arg(long)]
     pub serve_cilium_class: bool,
     /// Delay between a watch event and the recomputation (bursts coalesce).
-    #[arg(long, value_parser = parse_duration, default_value = "50ms")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "50ms")]
     pub debounce: Duration,
 }
 
@@ -128,9 +105,9 @@ impl Args {
     /// The announcer's settings.
     pub fn announcer_config(&self) -> crate::net::AnnouncerConfig {
         crate::net::AnnouncerConfig {
-            burst_count: self.gratuitous_count,
-            burst_interval: self.gratuitous_interval,
-            reannounce_every: (!self.reannounce_interval.is_zero())
+            gratuitous_count: self.gratuitous_count,
+            gratuitous_interval: self.gratuitous_interval,
+            reannounce_interval: (!self.reannounce_interval.is_zero())
                 .then_some(self.reannounce_interval),
             ..Default::default()
         }
@@ -148,19 +125,6 @@ pub async fn run(args: Args) -> crate::CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("1e400s").is_err());
-    }
 
     #[test]
     fn flags_parse_and_sticky_toggles() {

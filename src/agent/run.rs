@@ -36,12 +36,6 @@ use super::Args;
 use crate::api::L2AnnouncementPolicy;
 use crate::lease::{self, LeaseEvent, LeaseSet};
 
-/// Label on our Leases: which Service a single-Service lease serves (`namespace.name`, truncated).
-pub const LEASE_LABEL_SERVICE: &str = "ferrolb.io/service";
-/// Annotation on our Leases: every Service (`namespace/name`, comma-separated) and the addresses.
-pub const LEASE_ANN_SERVICES: &str = "ferrolb.io/services";
-pub const LEASE_ANN_ADDRESSES: &str = "ferrolb.io/addresses";
-
 /// Builds the kube client: `--kubeconfig` if given, else the usual inference (in-cluster,
 /// `$KUBECONFIG`, `~/.kube/config`).
 pub async fn make_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
@@ -127,30 +121,11 @@ fn eligible_interface_names(node_regexes: &[regex::Regex]) -> Vec<String> {
     v
 }
 
-/// What the lease engine should know about a group.
+/// What the lease engine should know about a group: labels/annotations naming its Services and
+/// addresses (`lease::describe`), and the rendezvous candidates.
 fn lease_desired(g: &eligibility::Group) -> lease::Desired {
-    let mut labels = BTreeMap::new();
-    if g.services.len() == 1 {
-        if let Some(s) = g.services.iter().next() {
-            let mut v = format!("{}.{}", s.namespace, s.name);
-            v.truncate(63);
-            let v = v.trim_end_matches(['-', '.', '_']).to_string();
-            if !v.is_empty() {
-                labels.insert(LEASE_LABEL_SERVICE.to_string(), v);
-            }
-        }
-    }
-    let annotations = BTreeMap::from([
-        (
-            LEASE_ANN_SERVICES.to_string(),
-            g.services
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        (LEASE_ANN_ADDRESSES.to_string(), g.key.clone()),
-    ]);
+    let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
+    let (labels, annotations) = lease::describe(&g.key, &services);
     lease::Desired {
         labels,
         annotations,
