@@ -72,6 +72,17 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
         let leases = c.leases()?;
         assert_eq!(leases.len(), 1, "{leases:#?}");
         assert_eq!(leases[0]["spec"]["holderIdentity"], json!(holder));
+        // Its labels/annotations say what it serves.
+        let meta = &leases[0]["metadata"];
+        assert_eq!(meta["labels"]["ferrolb.io/service-name"], "web", "{meta}");
+        assert_eq!(
+            meta["annotations"]["ferrolb.io/addresses"],
+            format!("{VIP4},{VIP6}")
+        );
+        assert_eq!(
+            meta["name"],
+            ferrolb::lease::lease_name(&format!("{VIP4},{VIP6}"))
+        );
 
         // The unselected node contends for nothing and announces nothing.
         let m3 = c.agent_metrics("n3")?;
@@ -82,6 +93,15 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
         );
         let mh = c.agent_metrics(&holder)?;
         assert_eq!(metric(&mh, "ferrolb_agent_leases_held", &[]), Some(1.0));
+        assert_eq!(
+            metric(
+                &mh,
+                "ferrolb_agent_lease_transitions_total",
+                &[("transition", "acquired")]
+            ),
+            Some(1.0)
+        );
+        assert!(c.agent_http(&holder, "/readyz")?.contains("ok"));
         assert_eq!(
             metric(&mh, "ferrolb_agent_addresses_announced", &[]),
             Some(2.0)

@@ -2,6 +2,8 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::lease::engine::EngineStats;
+
 /// Metrics of the agent's control loop.
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,7 +13,7 @@ pub struct Metrics {
     pub leases_sticky: IntGauge,
     /// Lease transitions seen, by kind (acquired, lost, expired_unreachable, released).
     pub lease_transitions: IntCounterVec,
-    /// Election errors reported by the lease engine (API errors other than 409).
+    /// Election errors: failed lease writes (other than lost races) and Lease watch errors.
     pub election_errors: IntCounter,
     /// Addresses this node currently answers for.
     pub addresses_announced: IntGauge,
@@ -27,6 +29,9 @@ pub struct Metrics {
     pub policy_problems: IntGauge,
     /// Kubernetes API errors of the agent's own writes (Events, policy status) and watches.
     pub api_errors: IntCounterVec,
+    /// Lease writes by the lease engine, by outcome (create, acquire, renew, release, delete,
+    /// conflict, failure): the agent's API load.
+    pub lease_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,6 +96,38 @@ impl Metrics {
                 "Kubernetes API errors of the agent's watches and writes.",
                 &["op"],
             )?,
+            lease_writes: cv(
+                "ferrolb_agent_lease_writes_total",
+                "Lease writes of this node by outcome (create, acquire, renew, release, delete, conflict, failure).",
+                &["op"],
+            )?,
         })
+    }
+
+    /// Carries the lease engine's counters over (call periodically; counts only what is new).
+    pub fn sync_engine(&self, stats: &EngineStats, last: &mut [u64; 8]) {
+        let now = [
+            EngineStats::get(&stats.creates),
+            EngineStats::get(&stats.acquires),
+            EngineStats::get(&stats.renews),
+            EngineStats::get(&stats.releases),
+            EngineStats::get(&stats.deletes),
+            EngineStats::get(&stats.conflicts),
+            EngineStats::get(&stats.failures),
+            EngineStats::get(&stats.watch_errors),
+        ];
+        const OPS: [&str; 7] = [
+            "create", "acquire", "renew", "release", "delete", "conflict", "failure",
+        ];
+        for (i, op) in OPS.iter().enumerate() {
+            let d = now[i].saturating_sub(last[i]);
+            if d > 0 {
+                self.lease_writes.with_label_values(&[op]).inc_by(d);
+            }
+        }
+        // Election errors: failed writes (not conflicts: those are lost races) and watch errors.
+        let errors = now[6].saturating_sub(last[6]) + now[7].saturating_sub(last[7]);
+        self.election_errors.inc_by(errors);
+        *last = now;
     }
 }

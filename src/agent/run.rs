@@ -149,6 +149,7 @@ struct Agent {
     announcer: crate::net::Announcer,
     announced: BTreeMap<IpAddr, BTreeSet<String>>,
     last: Desired,
+    warned_no_node: bool,
 }
 
 impl Agent {
@@ -163,6 +164,13 @@ impl Agent {
         let s: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
         let n: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
         let e: Vec<&EndpointSlice> = slices.iter().map(AsRef::as_ref).collect();
+        let own_node_known = n
+            .iter()
+            .any(|node| node.metadata.name.as_deref() == Some(self.args.node_name.as_str()));
+        if !own_node_known && !self.warned_no_node {
+            warn!(node = %self.args.node_name, "no Node object with this name: announcing nothing");
+        }
+        self.warned_no_node = !own_node_known;
         let desired = eligibility::compute(&eligibility::Inputs {
             node_name: &self.args.node_name,
             policies: &p,
@@ -454,6 +462,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         names: BTreeMap::new(),
         announced: BTreeMap::new(),
         last: Desired::default(),
+        warned_no_node: false,
         client,
         metrics,
         caches,
@@ -479,6 +488,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     health.set_ready(true);
     info!("caches synced, agent ready");
 
+    let mut engine_seen = [0u64; 8];
     let mut iface_tick = tokio::time::interval(Duration::from_secs(2));
     iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -506,6 +516,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 }
             },
             _ = iface_tick.tick() => {
+                agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
                 let ifaces = eligible_interface_names(&agent.node_regexes);
                 if ifaces != agent.interfaces {
                     info!(interfaces = ?ifaces, "eligible interfaces changed");

@@ -665,11 +665,16 @@ impl Cluster {
     }
 
     pub fn agent_metrics(&self, node: &str) -> anyhow::Result<String> {
+        self.agent_http(node, "/metrics")
+    }
+
+    /// GET a path of the agent's metrics/health endpoint (200 only).
+    pub fn agent_http(&self, node: &str, path: &str) -> anyhow::Result<String> {
         ApiHttp {
             ns: self.node_ns(node),
             base: &format!("http://{}:9464", self.node_addr(node)),
         }
-        .text("/metrics")
+        .text(path)
     }
 
     /// A LoadBalancer Service with its status already set (no controller in these tests).
