@@ -247,7 +247,7 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
 }
 
 #[test]
-fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::Result<()> {
+fn sigterm_releases_the_shared_lease_and_another_node_takes_over_at_once() -> anyhow::Result<()> {
     if skip() {
         return Ok(());
     }
@@ -260,13 +260,22 @@ fn sigterm_releases_the_lease_and_another_node_takes_over_at_once() -> anyhow::R
     )?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
+        // Two Services sharing the address: one lease, one node.
         c.service("web", &[VIP4])?;
+        c.service("web-udp", &[VIP4])?;
         for n in ["n1", "n2"] {
             c.start_agent(n, &[])?;
         }
         let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        assert_eq!(macs.len(), 1, "{macs:?}");
         let old_mac = macs.into_iter().next().context("mac")?;
         let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        let leases = c.leases()?;
+        assert_eq!(leases.len(), 1, "{leases:#?}");
+        assert_eq!(
+            leases[0]["metadata"]["annotations"]["ferrolb.io/services"],
+            "default/web,default/web-udp"
+        );
         c.client_resolve(VIP4);
         assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
 
