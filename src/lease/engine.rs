@@ -26,7 +26,7 @@ use super::client::{LeaseWriter, WriteError};
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
-use super::{balanced_ranks, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
+use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,6 +98,14 @@ pub struct EngineOptions {
     pub gc_after: Option<Duration>,
     /// Concurrent writes in flight.
     pub max_concurrent_writes: usize,
+    /// Keep a presence lease (`ferrolb-node-…`, renewed like any held lease) so other nodes
+    /// know this one is alive even while it holds nothing (needed for `rebalance_after`).
+    pub presence: bool,
+    /// Hand a held lease over to its preferred node (rank 0 of the load-bounded assignment)
+    /// once we have held it this long and that node is alive (`None`: never; stability only).
+    /// At most one hand-over per retry period per node; a hand-over the preferred node does
+    /// not take is not retried for ten times this period.
+    pub rebalance_after: Option<Duration>,
 }
 
 impl EngineOptions {
@@ -116,6 +124,8 @@ impl EngineOptions {
             )]),
             gc_after: Some(gc),
             max_concurrent_writes: 64,
+            presence: true,
+            rebalance_after: Some((config.lease_duration * 6).max(Duration::from_secs(30))),
             config,
         }
     }
@@ -129,6 +139,8 @@ impl EngineOptions {
             base_labels: BTreeMap::new(),
             gc_after: None,
             max_concurrent_writes: 4,
+            presence: false,
+            rebalance_after: None,
             config,
         }
     }
@@ -148,6 +160,8 @@ pub struct EngineStats {
     pub failures: AtomicU64,
     /// Watch stream errors (the watcher retries with backoff).
     pub watch_errors: AtomicU64,
+    /// Held leases released to hand them over to their preferred node (rebalancing).
+    pub handovers: AtomicU64,
 }
 
 impl EngineStats {
@@ -214,6 +228,14 @@ struct Entry {
     wake: Option<Instant>,
     /// Cached rank for taking over from (holder): rank among candidates without it.
     takeover_rank: Option<(String, usize)>,
+    /// Since when we hold it (reported Held).
+    held_since: Option<Instant>,
+    /// The last holder seen (kept when the lease is released).
+    last_holder: Option<String>,
+    /// We released it to hand it over to its preferred node.
+    handover_pending: bool,
+    /// No hand-over before this (a previous one was not taken).
+    no_handover_until: Option<Instant>,
 }
 
 impl Entry {
@@ -230,6 +252,10 @@ impl Entry {
             reported: Reported::NotHeld,
             wake: None,
             takeover_rank: None,
+            held_since: None,
+            last_holder: None,
+            handover_pending: false,
+            no_handover_until: None,
         }
     }
 }
@@ -255,8 +281,14 @@ struct Engine {
     report: ShutdownReport,
     stats: Arc<EngineStats>,
     held_tx: watch::Sender<BTreeSet<String>>,
-    /// Our load-bounded rank per desired lease.
-    ranks: HashMap<String, usize>,
+    /// Our load-bounded rank and the preferred node per desired lease.
+    ranks: HashMap<String, (usize, Option<String>)>,
+    /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
+    last_seen: HashMap<String, Instant>,
+    /// Name of our presence lease (if `opts.presence`).
+    presence: Option<String>,
+    /// Earliest next hand-over.
+    next_handover: Instant,
 }
 
 impl Engine {
@@ -281,11 +313,17 @@ impl Engine {
     }
 
     fn emit(&mut self, ev: LeaseEvent) {
+        if self.presence.as_deref() == Some(ev.name()) {
+            return;
+        }
         tracing::debug!(lease = ev.name(), event = ?ev, "lease state change");
         let _ = self.events.send(ev);
     }
 
     fn publish_held(&mut self, name: &str, held: bool) {
+        if self.presence.as_deref() == Some(name) {
+            return;
+        }
         self.held_tx.send_if_modified(|cur| {
             if held {
                 cur.insert(name.to_string())
@@ -313,6 +351,22 @@ impl Engine {
             }
         }
         let next = Observed::next(e.observed.as_ref(), lease, now);
+        if next.observed_at == now {
+            if let Some(h) = next.holder() {
+                if h != me {
+                    self.last_seen.insert(h.to_string(), now);
+                }
+            }
+        }
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        if next.holder().is_some_and(|h| h != me) {
+            e.handover_pending = false;
+        }
+        if let Some(h) = next.holder() {
+            e.last_holder = Some(h.to_string());
+        }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
             if next.holder() != Some(me.as_str()) {
@@ -331,9 +385,21 @@ impl Engine {
         let me = self.opts.identity.clone();
         let holder = obs.holder().filter(|h| *h != me);
         let Some(holder) = holder else {
-            // Absent or released: the load-bounded assignment decides who goes first.
+            // Absent or released: the load-bounded assignment decides who goes first — unless
+            // the preferred node is the one that just released it (it is shutting down or no
+            // longer eligible): then the others go in rendezvous order without it.
+            let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
             let r = match self.ranks.get(name) {
-                Some(r) => *r,
+                Some((_, Some(pref))) if obs.record.is_some() && last.as_ref() == Some(pref) => {
+                    let others: Vec<String> = desired
+                        .candidates
+                        .iter()
+                        .filter(|n| *n != pref)
+                        .cloned()
+                        .collect();
+                    rendezvous_rank(name, &me, &others)
+                }
+                Some((r, _)) => *r,
                 None => rendezvous_rank(name, &me, &desired.candidates),
             };
             return step * r.min(MAX_RANK_WAIT) as u32;
@@ -391,6 +457,20 @@ impl Engine {
         };
         let old_rep = e.reported;
         e.reported = new_rep;
+        if new_rep == Reported::Held && old_rep != Reported::Held {
+            if old_rep == Reported::NotHeld {
+                e.held_since = Some(now);
+            }
+            if e.handover_pending {
+                // We handed it over and nobody took it: don't try again for a long while.
+                e.handover_pending = false;
+                let back_off = self.opts.rebalance_after.unwrap_or_default() * 10;
+                e.no_handover_until = Some(now + back_off);
+            }
+        }
+        if new_rep == Reported::NotHeld {
+            e.held_since = None;
+        }
         let holder_now = e
             .observed
             .as_ref()
@@ -410,7 +490,9 @@ impl Engine {
                 holder: holder_now,
             }),
         };
-        if let (Some(LeaseEvent::Released { .. }), true) = (&ev, shutting_down) {
+        let is_presence = self.presence.as_deref() == Some(name);
+        if let (Some(LeaseEvent::Released { .. }), true, false) = (&ev, shutting_down, is_presence)
+        {
             self.report.released.push(name.to_string());
         }
         if let Some(ev) = ev {
@@ -444,12 +526,21 @@ impl Engine {
             return;
         }
         let desired = e.desired.clone();
-        let intent = match (&desired, shutting_down) {
+        let mut intent = match (&desired, shutting_down) {
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
             },
             _ => Intent::Release,
         };
+        if matches!(intent, Intent::Acquire { .. }) && self.should_hand_over(name, now) {
+            tracing::info!(lease = name, "handing the lease over to its preferred node");
+            intent = Intent::Release;
+            self.next_handover = now + cfg.retry_period;
+            if let Some(e) = self.entries.get_mut(name) {
+                e.handover_pending = true;
+            }
+            self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+        }
         let action = decide(&me, Some(&obs), now, &cfg, intent);
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         match action {
@@ -492,6 +583,39 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Rebalancing: should we release this held lease so its preferred node takes it?
+    fn should_hand_over(&self, name: &str, now: Instant) -> bool {
+        let Some(after) = self.opts.rebalance_after else {
+            return false;
+        };
+        if now < self.next_handover || self.presence.as_deref() == Some(name) {
+            return false;
+        }
+        let Some(e) = self.entries.get(name) else {
+            return false;
+        };
+        if e.reported != Reported::Held || e.in_flight {
+            return false;
+        }
+        if e.held_since.is_none_or(|t| now < t + after) {
+            return false;
+        }
+        if e.no_handover_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let Some((rank, Some(preferred))) = self.ranks.get(name) else {
+            return false;
+        };
+        if *rank == 0 || preferred == self.me() {
+            return false;
+        }
+        // Only to a node that shows signs of life (it renewed something, e.g. its presence
+        // lease, within one lease duration).
+        self.last_seen
+            .get(preferred)
+            .is_some_and(|t| now < *t + self.opts.config.lease_duration)
     }
 
     /// When an unwanted, free lease may be deleted.
@@ -697,9 +821,26 @@ impl Engine {
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
             .collect();
-        self.ranks = balanced_ranks(&self.opts.identity, &cands)
+        self.ranks = balanced_assignment(&self.opts.identity, &cands)
             .into_iter()
             .collect();
+        let mut desired = desired;
+        if let Some(p) = &self.presence {
+            desired.insert(
+                p.clone(),
+                Desired {
+                    labels: BTreeMap::from([(
+                        super::LABEL_ROLE.to_string(),
+                        super::ROLE_PRESENCE.to_string(),
+                    )]),
+                    annotations: BTreeMap::from([(
+                        super::ANN_NODE.to_string(),
+                        self.opts.identity.clone(),
+                    )]),
+                    candidates: Vec::new(),
+                },
+            );
+        }
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
             if e.desired.is_some() && !desired.contains_key(n) {
@@ -777,7 +918,15 @@ async fn run(
         stats,
         held_tx,
         ranks: HashMap::new(),
+        last_seen: HashMap::new(),
+        presence: None,
+        next_handover: Instant::now(),
     };
+    if eng.opts.presence {
+        let name = super::presence_name(&eng.opts.identity);
+        eng.presence = Some(name.clone());
+        eng.on_desired(BTreeMap::new(), Instant::now());
+    }
     let mut cmds_open = true;
     loop {
         let now = Instant::now();
@@ -837,10 +986,11 @@ async fn run(
         }
     }
     // Leases we still hold (could not release in time, or the watch ended): report them lost.
+    let presence = eng.presence.clone();
     let still: Vec<String> = eng
         .entries
         .iter()
-        .filter(|(_, e)| e.reported != Reported::NotHeld)
+        .filter(|(n, e)| e.reported != Reported::NotHeld && presence.as_ref() != Some(*n))
         .map(|(n, _)| n.clone())
         .collect();
     for n in &still {

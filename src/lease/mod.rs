@@ -31,20 +31,40 @@
 //!   ([`MANAGED_BY_SELECTOR`]); the agent tells it the desired set, it reports per-lease
 //!   [`LeaseEvent`]s.
 //!
-//! ## Balance: rendezvous ranks
-//! Every candidate ranks the eligible nodes for a lease by rendezvous (highest-random-weight)
-//! hashing of (lease name, node) ([`rendezvous_rank`]). When a lease is free (absent, released or
-//! expired) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before trying, so the
-//! preferred node normally takes it uncontested (no thundering herd, no 409 storm) and addresses
-//! spread evenly over nodes. When taking over from an expired holder, that holder is left out of
-//! the ranking (it is presumably dead), so the next node in its order goes first.
+//! ## Balance: load-bounded rendezvous ranks
+//! Every candidate orders the eligible nodes of a lease by rendezvous (highest-random-weight)
+//! hashing of (lease name, node) ([`rendezvous_rank`], [`rendezvous_score`]). Plain rendezvous
+//! only balances statistically, so [`balanced_ranks`] bounds the load: going through the leases
+//! in name order, each goes to the first node in its order still below its fair share (rounded
+//! up). Every node that knows the same desired set computes the same assignment. When a lease is
+//! free (absent or released) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before
+//! trying, so the preferred node takes it uncontested (no thundering herd, no 409 storm). When
+//! taking over from an expired holder, that holder is left out of the ranking (it is presumably
+//! dead), so the next node in its rendezvous order goes first.
 //!
-//! **No rebalancing**: a live holder is never pushed off a lease because a more preferred node
-//! appeared (node join / restart). Stability wins: every hand-over is a window in which ARP
-//! caches point at the old node. Ranks only matter when a lease is free.
+//! ## Events for the agent
+//! [`LeaseEvent::Acquired`] (announce), [`LeaseEvent::Lost`] (another holder / 409 / refusal:
+//! stop at once), [`LeaseEvent::Unreachable`] (renewals failed because the API server is
+//! unreachable and the renew deadline passed: sticky mode keeps announcing until another node's
+//! gratuitous ARP/NA is seen, strict mode stops; followed by `Acquired` when a renewal gets through
+//! again, or `Lost`), [`LeaseEvent::Released`] (we released it: no longer wanted, hand-over, or
+//! shutdown). Presence leases never produce events.
+//!
+//! **Rebalancing is gentle and optional** ([`EngineOptions::rebalance_after`], agent default
+//! `max(6 × lease duration, 30 s)`, `None` = never). Stability comes first: a live holder keeps a
+//! lease for at least that long, and then hands it over (releases it; the preferred node takes it
+//! at once) only if the load-bounded assignment prefers another node AND that node shows signs of
+//! life. Each agent keeps a *presence lease* (`ferrolb-node-…`, label `ferrolb.io/role=presence`,
+//! one write per retry period) so a node that holds nothing — one that just joined or restarted
+//! during a rolling update — is seen as alive. At most one hand-over per node per retry period;
+//! a hand-over the preferred node does not take is not retried for 10 × the hold time. Without
+//! this, the node that starts first (or restarts last) would keep an unfair share forever, which
+//! is how first-come elections (kube-vip #877) end up with most VIPs on one node. A hand-over costs
+//! one watch round trip without an announcer plus the new holder's gratuitous ARP/NA.
 //!
 //! ## Garbage collection
-//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch that
+//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch (this
+//! includes presence leases of nodes that went away) that
 //! nobody holds and this node does not want is deleted (with a resourceVersion precondition) once
 //! it has been free for [`engine::EngineOptions::gc_after`]; a node that still wants it will have
 //! taken it long before.
@@ -162,6 +182,23 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// Label marking a node's presence lease (value [`ROLE_PRESENCE`]).
+pub const LABEL_ROLE: &str = "ferrolb.io/role";
+/// Value of [`LABEL_ROLE`] on presence leases.
+pub const ROLE_PRESENCE: &str = "presence";
+/// Annotation: the node a presence lease belongs to.
+pub const ANN_NODE: &str = "ferrolb.io/node";
+
+/// Name of a node's presence lease: `ferrolb-node-` + 16 hex digits of sha256(node).
+pub fn presence_name(node: &str) -> String {
+    let digest = Sha256::digest(node.as_bytes());
+    let mut name = String::from("ferrolb-node-");
+    for b in digest.iter().take(8) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
 /// Label: how many Services a lease serves.
 pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
 /// Label: namespace of the Service a lease serves (only when it serves exactly one).
@@ -222,11 +259,23 @@ pub fn is_label_value(v: &str) -> bool {
 /// rendezvous order. Every node that knows the same set computes the same assignment, so the
 /// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
 /// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
-/// A lease whose candidate list is empty or lacks `me` ranks `me` last (`candidates.len()`).
+/// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
+/// candidate list ranks everyone 0 (no ordering).
 pub fn balanced_ranks(
     me: &str,
     leases: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> std::collections::BTreeMap<String, usize> {
+    balanced_assignment(me, leases)
+        .into_iter()
+        .map(|(k, (rank, _))| (k, rank))
+        .collect()
+}
+
+/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
+pub fn balanced_assignment(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut share: HashMap<&str, f64> = HashMap::new();
     let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -251,7 +300,7 @@ pub fn balanced_ranks(
     let mut out = BTreeMap::new();
     for (name, cands) in leases {
         let Some(order) = orders.get(name.as_str()) else {
-            out.insert(name.clone(), 0);
+            out.insert(name.clone(), (0, None));
             continue;
         };
         let chosen = order
@@ -272,7 +321,7 @@ pub fn balanced_ranks(
                 None => cands.len(),
             }
         };
-        out.insert(name.clone(), rank);
+        out.insert(name.clone(), (rank, Some(chosen.to_string())));
     }
     out
 }
