@@ -560,7 +560,7 @@ impl Allocator {
         }
         for ip in ips {
             let a = Addr::from_ip(*ip);
-            if self.services[&key].addrs.contains(&a) {
+            if self.services.get(&key).is_some_and(|s| s.addrs.contains(&a)) {
                 continue;
             }
             let r = self.adopt_one(req, a);
@@ -577,10 +577,22 @@ impl Allocator {
                 Err(why) => report.dropped.push((*ip, why)),
             }
         }
-        let s = self.services.get_mut(&key).expect("inserted above");
-        s.outcome = satisfied(&s.addrs, &self.addrs);
-        if s.addrs.is_empty() {
-            s.outcome = Outcome::fail(Reason::NoPool, NOT_YET.into());
+        if let Some(s) = self.services.get(&key) {
+            if s.ensured {
+                // Already managed: the next `ensure` recomputes (and reports) its outcome.
+                if !report.kept.is_empty() {
+                    self.changed.insert(key.clone());
+                }
+            } else {
+                let o = if s.addrs.is_empty() {
+                    Outcome::fail(Reason::NoPool, NOT_YET.into())
+                } else {
+                    satisfied(&s.addrs, &self.addrs)
+                };
+                if let Some(s) = self.services.get_mut(&key) {
+                    s.outcome = o;
+                }
+            }
         }
         report
     }

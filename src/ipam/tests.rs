@@ -660,6 +660,30 @@ fn restart_adoption_reproduces_allocations() {
 }
 
 #[test]
+fn restart_reports_no_changes_for_unchanged_services() {
+    // After a restart, re-adopted Services whose outcome is unchanged must not be reported as
+    // changed: the controller would otherwise rewrite every Service's status.
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let reqs: Vec<ServiceReq> = (0..5).map(|i| S::new("ns", &format!("s{i}")).req()).collect();
+    let held: Vec<Vec<IpAddr>> = reqs.iter().map(|r| a.ensure(r).ips()).collect();
+    let mut b = Allocator::new();
+    b.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    for (r, ips) in reqs.iter().zip(&held) {
+        b.adopt(r, ips);
+    }
+    for r in &reqs {
+        b.ensure(r);
+    }
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+    // Adopting again for an already managed Service keeps its outcome.
+    let before = b.outcome(&reqs[0].key).cloned();
+    b.adopt(&reqs[0], &held[0]);
+    assert_eq!(b.outcome(&reqs[0].key).cloned(), before);
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+}
+
+#[test]
 fn adoption_drops_addresses_that_no_longer_fit() {
     let mut a = Allocator::new();
     a.set_pool(
