@@ -53,6 +53,11 @@ pub struct Args {
     /// Wait per rendezvous rank before taking a free lease.
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "250ms")]
     pub rank_step: Duration,
+    /// Hand a lease over to the preferred node (load-bounded rendezvous order) after holding it
+    /// this long, if that node is alive (`0s` = never). Default: the lease engine's
+    /// (`max(6 × lease duration, 30s)`).
+    #[arg(long, value_parser = crate::lease::parse_duration)]
+    pub rebalance_after: Option<Duration>,
     /// Keep announcing while the API server is unreachable, until another node's gratuitous
     /// ARP/NA is seen (default).
     #[arg(long, overrides_with = "no_sticky")]
@@ -102,6 +107,19 @@ impl Args {
         Ok(cfg)
     }
 
+    /// The lease engine's settings.
+    pub fn engine_options(&self) -> anyhow::Result<crate::lease::EngineOptions> {
+        let mut opts = crate::lease::EngineOptions::agent(
+            &self.lease_namespace,
+            &self.node_name,
+            self.lease_config()?,
+        );
+        if let Some(d) = self.rebalance_after {
+            opts.rebalance_after = (!d.is_zero()).then_some(d);
+        }
+        Ok(opts)
+    }
+
     /// The announcer's settings.
     pub fn announcer_config(&self) -> crate::net::AnnouncerConfig {
         crate::net::AnnouncerConfig {
@@ -149,8 +167,16 @@ mod tests {
         assert!(t.a.sticky());
         assert_eq!(t.a.retry_period, Duration::from_millis(500));
         assert!(t.a.lease_config().is_ok());
+        assert!(t.a.engine_options().unwrap().rebalance_after.is_some());
         let t = T::try_parse_from(["x", "--node-name", "n1", "--no-sticky"]).unwrap();
         assert!(!t.a.sticky());
+        let t = T::try_parse_from(["x", "--node-name", "n1", "--rebalance-after", "0s"]).unwrap();
+        assert_eq!(t.a.engine_options().unwrap().rebalance_after, None);
+        let t = T::try_parse_from(["x", "--node-name", "n1", "--rebalance-after", "2m"]).unwrap();
+        assert_eq!(
+            t.a.engine_options().unwrap().rebalance_after,
+            Some(Duration::from_secs(120))
+        );
         let t = T::try_parse_from(["x", "--node-name", "n1", "--no-sticky", "--sticky"]).unwrap();
         assert!(t.a.sticky());
         let bad = T::try_parse_from([

@@ -383,7 +383,7 @@ impl Agent {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> crate::CmdResult {
-    let lease_cfg = args.lease_config()?;
+    let engine_options = args.engine_options()?;
     let node_regexes = args
         .interfaces
         .iter()
@@ -442,10 +442,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         slices,
     };
 
-    let (leases, mut lease_events) = LeaseSet::start(
-        client.clone(),
-        lease::EngineOptions::agent(&args.lease_namespace, &args.node_name, lease_cfg),
-    );
+    let (leases, mut lease_events) = LeaseSet::start(client.clone(), engine_options);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -763,11 +763,31 @@ impl Cluster {
         .unwrap_or(0.0))
     }
 
+    /// The address leases (presence leases of the nodes left out).
     pub fn leases(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let l = self
             .api()
             .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
-        Ok(l["items"].as_array().cloned().unwrap_or_default())
+        Ok(l["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| {
+                l["metadata"]["labels"][crate::lease::LABEL_ROLE] != crate::lease::ROLE_PRESENCE
+            })
+            .collect())
+    }
+
+    /// API requests of one client identity (a node's agent uses its node name).
+    pub fn api_requests_of(&self, client: &str, verb: &str, resource: &str) -> anyhow::Result<f64> {
+        let text = self.api().text("/metrics")?;
+        Ok(metric(
+            &text,
+            "ferrolb_apiserver_requests_total",
+            &[("client", client), ("verb", verb), ("resource", resource)],
+        )
+        .unwrap_or(0.0))
     }
 
     pub fn dump_logs(&self) -> String {
