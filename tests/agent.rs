@@ -213,7 +213,7 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
     )?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
-        c.service("web", &[VIP4])?;
+        c.service("web", &[VIP4, VIP6])?;
         for n in ["n1", "n2", "n3"] {
             c.start_agent(n, &[])?;
         }
@@ -223,7 +223,9 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
         let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
         // The client's kernel learns the holder's MAC.
         c.client_resolve(VIP4);
+        c.client_resolve(VIP6);
         assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+        assert_eq!(c.client_neighbour(VIP6), Some(old_mac.clone()));
 
         let t0 = Instant::now();
         c.agents.get_mut(&old).context("holder")?.kill();
@@ -242,8 +244,19 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
             took <= LEASE + Duration::from_secs(1),
             "failover after SIGKILL took {took:?}"
         );
+        // The unsolicited NA (Override) moved the IPv6 entry too.
+        wait_until(
+            "the client's IPv6 neighbour entry to change",
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+            || (c.client_neighbour(VIP6).as_deref() == Some(new_mac.as_str())).then_some(()),
+        )?;
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
-        assert_eq!(macs, BTreeSet::from([new_mac]));
+        assert_eq!(macs, BTreeSet::from([new_mac.clone()]));
+        assert_eq!(
+            ndisc6_macs(c.client(), "eth0", VIP6, 2)?,
+            BTreeSet::from([new_mac])
+        );
         Ok(())
     })
 }
