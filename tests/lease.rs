@@ -124,6 +124,12 @@ async fn stale_resource_version_is_a_conflict_never_an_overwrite() {
         now.metadata.resource_version,
         renewed.metadata.resource_version
     );
+    // Creating in a namespace that does not exist is a refusal (fix the config), not a race.
+    let lost = LeaseWriter::new(api.client_as("node-a"), "no-such-ns", "node-a", cfg.clone())
+        .create("race", &BTreeMap::new(), &BTreeMap::new(), t)
+        .await
+        .expect_err("404");
+    assert_eq!((lost.kind, lost.code), (WriteFailure::Rejected, Some(404)));
     // The wire format of our MicroTimes survived the real-server validation (6 digits).
     let renew = serde_json::to_string(&spec.renew_time).unwrap();
     assert_eq!(
@@ -563,6 +569,31 @@ async fn unwanted_leases_are_released_then_garbage_collected_and_shutdown_releas
         .await
         .expect("3 held")
         .unwrap();
+    // What a lease serves changes: the holder rewrites its labels/annotations on the next
+    // renewal, dropping our stale keys.
+    let relabelled = want.keys().nth(1).unwrap().clone();
+    let mut changed = want.clone();
+    if let Some(d) = changed.get_mut(&relabelled) {
+        d.labels = BTreeMap::from([("ferrolb.io/service-count".into(), "2".into())]);
+        d.annotations = BTreeMap::from([("ferrolb.io/services".into(), "a/x,b/y".into())]);
+    }
+    a.set_desired(changed);
+    let mut relabelled_ok = false;
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end && !relabelled_ok {
+        let l = get_lease(&api, &relabelled).await.expect("lease");
+        let labels = l.metadata.labels.unwrap_or_default();
+        let ann = l.metadata.annotations.unwrap_or_default();
+        relabelled_ok = labels.get("ferrolb.io/service-count").map(String::as_str) == Some("2")
+            && !labels.contains_key("ferrolb.io/address")
+            && labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("ferrolb")
+            && ann.get("ferrolb.io/services").map(String::as_str) == Some("a/x,b/y");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relabelled_ok, "labels not rewritten by the holder");
     // Drop one: released (holder cleared), then deleted after gc_after.
     let dropped = want.keys().next().unwrap().clone();
     let mut fewer = want.clone();

@@ -21,6 +21,8 @@ use super::decide::{spec_for, Action, LeaseConfig, Record, WriteFailure};
 pub struct WriteError {
     pub kind: WriteFailure,
     pub message: String,
+    /// HTTP status code, when the API server answered.
+    pub code: Option<u16>,
 }
 
 impl WriteError {
@@ -28,6 +30,18 @@ impl WriteError {
         WriteError {
             kind,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    fn from_kube(e: &kube::Error) -> Self {
+        WriteError {
+            kind: classify(e),
+            message: e.to_string(),
+            code: match e {
+                kube::Error::Api(s) => Some(s.code),
+                _ => None,
+            },
         }
     }
 }
@@ -53,6 +67,18 @@ pub fn micro_now() -> MicroTime {
     let now = jiff::Timestamp::now();
     let micros = now.as_microsecond();
     MicroTime(jiff::Timestamp::from_microsecond(micros).unwrap_or(now))
+}
+
+/// Prefix of the label/annotation keys this module manages on Leases.
+pub const OWN_PREFIX: &str = "ferrolb.io/";
+
+fn merge_ours(target: &mut Option<BTreeMap<String, String>>, given: &BTreeMap<String, String>) {
+    let map = target.get_or_insert_with(Default::default);
+    map.retain(|k, _| !k.starts_with(OWN_PREFIX) || given.contains_key(k));
+    map.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if map.is_empty() {
+        *target = None;
+    }
 }
 
 /// Writes Leases in one namespace as one identity.
@@ -87,7 +113,7 @@ impl LeaseWriter {
     ) -> Result<T, WriteError> {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(WriteError::new(classify(&e), e.to_string())),
+            Ok(Err(e)) => Err(WriteError::from_kube(&e)),
             Err(_) => Err(WriteError::new(
                 WriteFailure::Unreachable,
                 format!("no answer within {timeout:?}"),
@@ -113,13 +139,22 @@ impl LeaseWriter {
             lease.metadata.annotations = Some(annotations.clone());
         }
         lease.spec = spec_for(&Action::Create, &self.me, None, &now, &self.cfg);
-        self.bounded(timeout, self.api.create(&PostParams::default(), &lease))
-            .await
+        let result = self
+            .bounded(timeout, self.api.create(&PostParams::default(), &lease))
+            .await;
+        result.map_err(|mut e| {
+            // A 404 on create is a missing namespace, not a lost race.
+            if e.code == Some(404) {
+                e.kind = WriteFailure::Rejected;
+            }
+            e
+        })
     }
 
     /// Acquire / renew / release: PUT the observed object with the new spec and its
     /// resourceVersion as precondition. `labels`/`annotations` (if given) are merged over the
-    /// object's (our keys win, foreign keys are kept).
+    /// object's: given keys win, keys under our prefix `ferrolb.io/` that are not given any more
+    /// are removed (e.g. a service label when the lease now serves two), other keys are kept.
     pub async fn update(
         &self,
         action: &Action,
@@ -146,16 +181,11 @@ impl LeaseWriter {
         })?;
         let mut lease = current.clone();
         lease.metadata.managed_fields = None;
-        if let Some(l) = labels.filter(|l| !l.is_empty()) {
-            let mine = lease.metadata.labels.get_or_insert_with(Default::default);
-            mine.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(l) = labels {
+            merge_ours(&mut lease.metadata.labels, l);
         }
-        if let Some(a) = annotations.filter(|a| !a.is_empty()) {
-            let mine = lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default);
-            mine.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(a) = annotations {
+            merge_ours(&mut lease.metadata.annotations, a);
         }
         let mut merged = lease.spec.take().unwrap_or_default();
         merged.holder_identity = spec.holder_identity;
@@ -231,5 +261,29 @@ mod tests {
         assert_eq!(classify(&api(429)), WriteFailure::Unreachable);
         assert_eq!(classify(&api(403)), WriteFailure::Rejected);
         assert_eq!(classify(&api(400)), WriteFailure::Rejected);
+    }
+
+    #[test]
+    fn our_stale_keys_are_dropped_foreign_ones_kept() {
+        let mut target = Some(BTreeMap::from([
+            ("ferrolb.io/service-name".to_string(), "web".to_string()),
+            ("ferrolb.io/service-count".to_string(), "1".to_string()),
+            ("team".to_string(), "blue".to_string()),
+        ]));
+        let given = BTreeMap::from([("ferrolb.io/service-count".to_string(), "2".to_string())]);
+        merge_ours(&mut target, &given);
+        let t = target.unwrap();
+        assert_eq!(
+            t.get("ferrolb.io/service-count").map(String::as_str),
+            Some("2")
+        );
+        assert!(!t.contains_key("ferrolb.io/service-name"));
+        assert_eq!(t.get("team").map(String::as_str), Some("blue"));
+        let mut empty = Some(BTreeMap::from([(
+            "ferrolb.io/x".to_string(),
+            "1".to_string(),
+        )]));
+        merge_ours(&mut empty, &BTreeMap::new());
+        assert_eq!(empty, None);
     }
 }
