@@ -191,6 +191,11 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
             "{renewals} lease updates by the holder in {window:?}"
         );
 
+        // The policy status was written once per policy, by one agent, not by every agent.
+        let status_writes = c.api_requests("update", "l2announcementpolicies")?;
+        eprintln!("policy status writes: {status_writes}");
+        assert_eq!(status_writes, 2.0);
+
         // Still exactly one station, and never n3.
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
         assert_eq!(macs, BTreeSet::from([mac.clone()]));
