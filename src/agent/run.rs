@@ -150,7 +150,13 @@ struct Agent {
     announced: BTreeMap<IpAddr, BTreeSet<String>>,
     last: Desired,
     warned_no_node: bool,
+    /// Event rate limit: start of the current one-second window and Events posted in it.
+    event_window: (tokio::time::Instant, u32),
 }
+
+/// At most this many Events per second (a node taking over thousands of addresses at once must
+/// not flood the API server; the announcements themselves are logged and counted regardless).
+const MAX_EVENTS_PER_SECOND: u32 = 20;
 
 impl Agent {
     /// Recomputes eligibility from the caches and pushes the result to the engine.
@@ -338,7 +344,7 @@ impl Agent {
     }
 
     /// One Event per Service whose addresses started being announced.
-    fn post_events(&self, new: &[(IpAddr, String)]) {
+    fn post_events(&mut self, new: &[(IpAddr, String)]) {
         if new.is_empty() {
             return;
         }
@@ -359,6 +365,19 @@ impl Agent {
         }
         let now = jiff::Timestamp::now();
         for (sref, (ips, ifaces)) in per_service {
+            let t = tokio::time::Instant::now();
+            if t.duration_since(self.event_window.0) >= Duration::from_secs(1) {
+                self.event_window = (t, 0);
+            }
+            if self.event_window.1 >= MAX_EVENTS_PER_SECOND {
+                self.metrics
+                    .api_errors
+                    .with_label_values(&["event_rate_limited"])
+                    .inc();
+                debug!(service = %sref, "Event rate limit reached: not posting");
+                continue;
+            }
+            self.event_window.1 += 1;
             let Some(svc) = self.caches.services.find(|s| {
                 s.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
                     && s.metadata.name.as_deref() == Some(sref.name.as_str())
@@ -460,6 +479,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         announced: BTreeMap::new(),
         last: Desired::default(),
         warned_no_node: false,
+        event_window: (tokio::time::Instant::now(), 0),
         client,
         metrics,
         caches,
