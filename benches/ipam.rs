@@ -6,6 +6,7 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ferrolb::api::IpBlock;
@@ -121,5 +122,41 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// CPU time this thread has spent on a CPU (`/proc/thread-self/schedstat`, first field, ns).
+/// The CI machine is shared (2 cores, many compilers): wall-clock figures swing with the load,
+/// on-CPU time does not, so the `ipam-cpu` group reports throughput per CPU second.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+fn bench_cpu(c: &mut Criterion) {
+    if thread_cpu().is_none() {
+        eprintln!("skipped ipam-cpu: /proc/thread-self/schedstat not available");
+        return;
+    }
+    let mut g = c.benchmark_group("ipam-cpu");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+    let v6 = reqs(Some(Family::V6), FamilyPolicy::SingleStack);
+    g.bench_function("ensure_10k_ipv6", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut a = pools();
+                let t0 = thread_cpu().unwrap_or_default();
+                for r in &v6 {
+                    black_box(a.ensure(r));
+                }
+                total += thread_cpu().unwrap_or_default().saturating_sub(t0);
+                drop(a);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_cpu);
 criterion_main!(benches);

@@ -67,7 +67,7 @@ pub mod range;
 pub mod selector;
 pub mod service;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -342,7 +342,8 @@ struct SvcEntry {
 pub struct Allocator {
     pools: BTreeMap<String, PoolEntry>,
     pool_used: BTreeMap<String, u128>,
-    services: BTreeMap<ServiceKey, SvcEntry>,
+    /// Hash map for O(1) lookups; every iteration over it sorts the keys (determinism).
+    services: HashMap<ServiceKey, SvcEntry>,
     addrs: BTreeMap<Addr, AddrEntry>,
     used: range::UsedSet,
     /// sharing key → addresses with at least one holder using that key.
@@ -428,12 +429,13 @@ impl Allocator {
         self.recompute_conflicts();
         self.revalidate_addresses();
         // Every Service's outcome may change (conflicts, selectors): refresh held ones too.
-        let keys: Vec<ServiceKey> = self
+        let mut keys: Vec<ServiceKey> = self
             .services
             .iter()
             .filter(|(_, s)| s.ensured)
             .map(|(k, _)| k.clone())
             .collect();
+        keys.sort();
         for k in keys {
             self.ensure_key(&k);
         }
@@ -707,7 +709,9 @@ impl Allocator {
 
     /// Known Services, sorted.
     pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.services.keys()
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort();
+        keys.into_iter()
     }
 
     /// Services holding `ip`.
