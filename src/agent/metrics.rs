@@ -131,3 +131,30 @@ impl Metrics {
         *last = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn engine_counters_are_carried_over_once() {
+        let reg = Registry::new();
+        let m = Metrics::new(&reg).unwrap();
+        let stats = EngineStats::default();
+        let mut last = [0u64; 8];
+        stats.renews.store(5, Ordering::Relaxed);
+        stats.conflicts.store(2, Ordering::Relaxed);
+        stats.failures.store(1, Ordering::Relaxed);
+        m.sync_engine(&stats, &mut last);
+        m.sync_engine(&stats, &mut last); // nothing new: no double counting
+        assert_eq!(m.lease_writes.with_label_values(&["renew"]).get(), 5);
+        assert_eq!(m.lease_writes.with_label_values(&["conflict"]).get(), 2);
+        assert_eq!(m.election_errors.get(), 1);
+        stats.renews.store(7, Ordering::Relaxed);
+        stats.watch_errors.store(3, Ordering::Relaxed);
+        m.sync_engine(&stats, &mut last);
+        assert_eq!(m.lease_writes.with_label_values(&["renew"]).get(), 7);
+        assert_eq!(m.election_errors.get(), 4);
+    }
+}
