@@ -22,6 +22,7 @@ pub mod reason {
     pub const POOL_CONFLICT: &str = "PoolConflict";
     pub const POOL_EXHAUSTED: &str = "PoolExhausted";
     pub const POOL_INVALID: &str = "InvalidBlocks";
+    pub const POOL_INVALID_SELECTOR: &str = "InvalidSelector";
 }
 
 /// Event actions (what the controller did or tried).
@@ -210,7 +211,10 @@ mod tests {
         let v = serde_json::to_value(&ev).expect("json");
         assert_eq!(v["eventTime"], "2026-11-22T07:57:47.000000Z");
         assert!(v["note"].as_str().map(|s| s.len() <= 1024).unwrap_or(false));
-        assert!(v["reportingInstance"].as_str().map(|s| s.len() <= 128).unwrap_or(false));
+        assert!(v["reportingInstance"]
+            .as_str()
+            .map(|s| s.len() <= 128)
+            .unwrap_or(false));
         assert_eq!(v["type"], "Warning");
     }
 

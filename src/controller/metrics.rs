@@ -57,7 +57,10 @@ impl Metrics {
                 &["pool", "state"],
             )?,
             writes: IntCounterVec::new(
-                Opts::new("ferrolb_controller_writes_total", "API writes by resource and result"),
+                Opts::new(
+                    "ferrolb_controller_writes_total",
+                    "API writes by resource and result",
+                ),
                 &["resource", "result"],
             )?,
             reconcile_errors: IntCounterVec::new(
@@ -101,7 +104,9 @@ impl Metrics {
     /// Sets the `ferrolb_pool_ips` gauges of one pool.
     pub fn set_pool(&self, pool: &str, total: u128, used: u128, available: u128) {
         for (state, v) in [("total", total), ("used", used), ("available", available)] {
-            self.pool_ips.with_label_values(&[pool, state]).set(v as f64);
+            self.pool_ips
+                .with_label_values(&[pool, state])
+                .set(v as f64);
         }
     }
 

@@ -24,9 +24,11 @@
 
 pub mod error;
 pub mod events;
+pub mod leadership;
 pub mod metrics;
 pub mod runner;
 pub mod state;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -288,7 +290,10 @@ mod tests {
         assert_eq!(t.lease_duration, Duration::from_secs(15));
         assert_eq!(t.renew_deadline, Duration::from_secs(10));
         assert_eq!(t.retry_period, Duration::from_secs(2));
-        assert_eq!(a.metrics_addr, ListenAddr(Some("0.0.0.0:9090".parse().expect("addr"))));
+        assert_eq!(
+            a.metrics_addr,
+            ListenAddr(Some("0.0.0.0:9090".parse().expect("addr")))
+        );
     }
 
     #[test]
@@ -314,7 +319,8 @@ mod tests {
         assert_eq!(cli.args.metrics_addr, ListenAddr(None));
         assert!(cli.args.lease_timings().is_ok());
         // The last of --default-class / --no-default-class wins.
-        let cli = Cli::try_parse_from(["x", "--no-default-class", "--default-class"]).expect("parse");
+        let cli =
+            Cli::try_parse_from(["x", "--no-default-class", "--default-class"]).expect("parse");
         assert!(cli.args.serves_default_class());
         // renew deadline must be shorter than the lease duration.
         let cli = Cli::try_parse_from(["x", "--lease-duration", "5s", "--renew-deadline", "5s"])

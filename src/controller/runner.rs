@@ -12,7 +12,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -117,7 +116,8 @@ impl Context {
     }
 }
 
-type WatchStream<K> = Pin<Box<dyn Stream<Item = std::result::Result<Event<K>, watcher::Error>> + Send>>;
+type WatchStream<K> =
+    Pin<Box<dyn Stream<Item = std::result::Result<Event<K>, watcher::Error>> + Send>>;
 
 /// The two watches, with the buffers that make a (re)list atomic.
 struct Feeds {
@@ -131,9 +131,12 @@ struct Feeds {
 
 impl Feeds {
     fn start(client: &Client) -> Self {
-        let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let services = watcher::watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
         let pools = watcher::watcher(
             Api::<LoadBalancerIPPool>::all(client.clone()),
             watcher::Config::default(),
@@ -254,9 +257,11 @@ impl Controller {
             if leading && state.is_active() {
                 flush(&ctx, &mut state, &recorder, &election, &mut retries).await;
             }
-            update_gauges(&ctx.metrics, &state);
+            update_gauges(&ctx.metrics, &mut state);
 
             let next_retry = retries.next_due();
+            // Writes left over (conflict rounds exhausted, leadership flapped): come back soon.
+            let wake_soon = leading && state.is_active() && state.has_dirty();
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
@@ -278,6 +283,7 @@ impl Controller {
                     None => return Err(Error::WatchEnded("loadbalancerippools")),
                 },
                 _ = sleep_until_opt(next_retry) => retries.fire(&mut state),
+                _ = tokio::time::sleep(Duration::from_millis(50)), if wake_soon => {}
             }
             if feeds.synced() && !ctx.health.is_ready() {
                 ctx.health.set_ready(true);
@@ -326,16 +332,16 @@ fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPP
     }
 }
 
-fn update_gauges(metrics: &Metrics, state: &State) {
+fn update_gauges(metrics: &Metrics, state: &mut State) {
+    for name in state.removed_pools_for_metrics() {
+        metrics.remove_pool(&name);
+    }
     if !state.is_active() {
         return;
     }
     metrics.unsatisfied.set(state.unsatisfied_count() as i64);
     for (name, c) in state.pool_counts() {
         metrics.set_pool(&name, c.total, c.used, c.available);
-    }
-    for name in state.removed_pools_for_metrics() {
-        metrics.remove_pool(&name);
     }
 }
 
@@ -371,7 +377,10 @@ async fn flush(
                     ctx.metrics.allocations.inc_by(w.added.len() as u64);
                     ctx.metrics.releases.inc_by(w.removed.len() as u64);
                     if let Some(r) = &w.failed_reason {
-                        ctx.metrics.allocation_failures.with_label_values(&[r]).inc();
+                        ctx.metrics
+                            .allocation_failures
+                            .with_label_values(&[r])
+                            .inc();
                     }
                     state.apply_service(updated);
                     for ev in &w.events {
@@ -468,7 +477,12 @@ async fn write_pool(ctx: &Context, w: &PoolWrite) -> Result<LoadBalancerIPPool> 
 }
 
 /// After a 409: read the current object and let the state machine re-evaluate it.
-async fn refetch_service(ctx: &Context, state: &mut State, key: &ServiceKey, retries: &mut Retries) {
+async fn refetch_service(
+    ctx: &Context,
+    state: &mut State,
+    key: &ServiceKey,
+    retries: &mut Retries,
+) {
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     match api.get_opt(&key.name).await {
         Ok(Some(svc)) => {
@@ -477,7 +491,10 @@ async fn refetch_service(ctx: &Context, state: &mut State, key: &ServiceKey, ret
         }
         Ok(None) => state.delete_service_key(key),
         Err(e) => {
-            ctx.metrics.reconcile_errors.with_label_values(&["refetch"]).inc();
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&["refetch"])
+                .inc();
             tracing::warn!(error = %e, service = %key, "refetch after conflict failed; will retry");
             retries.schedule_service(key.clone());
         }
@@ -493,7 +510,10 @@ async fn refetch_pool(ctx: &Context, state: &mut State, name: &str, retries: &mu
         }
         Ok(None) => state.delete_pool_name(name),
         Err(e) => {
-            ctx.metrics.reconcile_errors.with_label_values(&["refetch"]).inc();
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&["refetch"])
+                .inc();
             tracing::warn!(error = %e, pool = %name, "refetch after conflict failed; will retry");
             retries.schedule_pool(name.to_string());
         }

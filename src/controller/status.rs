@@ -184,8 +184,19 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
                 .iter()
                 .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
                 .collect();
-            let (nc, changed) = merge_conditions(conds, std::slice::from_ref(cond), &[COND_IPAM_SATISFIED], now);
-            (ingress, nc, changed, ips.clone(), changed.then(|| cond.clone()))
+            let (nc, changed) = merge_conditions(
+                conds,
+                std::slice::from_ref(cond),
+                &[COND_IPAM_SATISFIED],
+                now,
+            );
+            (
+                ingress,
+                nc,
+                changed,
+                ips.clone(),
+                changed.then(|| cond.clone()),
+            )
         }
         ServiceTarget::Clear { ips } => {
             let ingress: Vec<Value> = existing_ingress
@@ -200,21 +211,39 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
                 .cloned()
                 .collect();
             let (nc, changed) = merge_conditions(conds, &[], &[COND_IPAM_SATISFIED], now);
-            let keep: Vec<IpAddr> = current.iter().filter(|ip| !ips.contains(ip)).copied().collect();
+            let keep: Vec<IpAddr> = current
+                .iter()
+                .filter(|ip| !ips.contains(ip))
+                .copied()
+                .collect();
             (ingress, nc, changed, keep, None)
         }
     };
     let ingress_changed = match target {
         ServiceTarget::Managed { .. } => {
-            current != want_ips || existing_ingress.len() != want_ips.len() || existing_ingress.iter().any(|v| v.get("ipMode").and_then(|m| m.as_str()).is_some_and(|m| m != "VIP"))
+            current != want_ips
+                || existing_ingress.len() != want_ips.len()
+                || existing_ingress.iter().any(|v| {
+                    v.get("ipMode")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m != "VIP")
+                })
         }
         ServiceTarget::Clear { .. } => ingress.len() != existing_ingress.len(),
     };
     if !ingress_changed && !cond_changed {
         return None;
     }
-    let added: Vec<IpAddr> = want_ips.iter().filter(|ip| !current.contains(ip)).copied().collect();
-    let removed: Vec<IpAddr> = current.iter().filter(|ip| !want_ips.contains(ip)).copied().collect();
+    let added: Vec<IpAddr> = want_ips
+        .iter()
+        .filter(|ip| !current.contains(ip))
+        .copied()
+        .collect();
+    let removed: Vec<IpAddr> = current
+        .iter()
+        .filter(|ip| !want_ips.contains(ip))
+        .copied()
+        .collect();
     let rv = svc.metadata.resource_version.clone().unwrap_or_default();
     let mut status = serde_json::Map::new();
     if ingress_changed {
@@ -298,7 +327,16 @@ mod tests {
 
     #[test]
     fn fresh_service_gets_ingress_condition_and_rv_precondition() {
-        let s = svc(&[], vec![cond("other.io/Ready", "True", "Fine", "", "2026-01-01T00:00:00Z")]);
+        let s = svc(
+            &[],
+            vec![cond(
+                "other.io/Ready",
+                "True",
+                "Fine",
+                "",
+                "2026-01-01T00:00:00Z",
+            )],
+        );
         let target = ServiceTarget::Managed {
             ips: vec![ip("198.51.100.10")],
             cond: CondWant::new(COND_IPAM_SATISFIED, true, "Satisfied", "allocated"),
@@ -306,9 +344,17 @@ mod tests {
         let now = t("2026-11-22T08:00:00Z");
         let p = service_patch(&s, &target, &now).expect("a write is needed");
         assert_eq!(p.patch["metadata"]["resourceVersion"], "42");
-        assert_eq!(p.patch["status"]["loadBalancer"]["ingress"][0]["ip"], "198.51.100.10");
-        assert_eq!(p.patch["status"]["loadBalancer"]["ingress"][0]["ipMode"], "VIP");
-        let conds = p.patch["status"]["conditions"].as_array().expect("conditions");
+        assert_eq!(
+            p.patch["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.51.100.10"
+        );
+        assert_eq!(
+            p.patch["status"]["loadBalancer"]["ingress"][0]["ipMode"],
+            "VIP"
+        );
+        let conds = p.patch["status"]["conditions"]
+            .as_array()
+            .expect("conditions");
         assert_eq!(conds.len(), 2, "the foreign condition is kept: {conds:?}");
         assert_eq!(conds[0]["type"], "other.io/Ready");
         assert_eq!(conds[1]["type"], COND_IPAM_SATISFIED);
@@ -321,7 +367,13 @@ mod tests {
     fn up_to_date_service_needs_no_write() {
         let s = svc(
             &["198.51.100.10"],
-            vec![cond(COND_IPAM_SATISFIED, "True", "Satisfied", "allocated", "2026-01-01T00:00:00Z")],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "True",
+                "Satisfied",
+                "allocated",
+                "2026-01-01T00:00:00Z",
+            )],
         );
         let target = ServiceTarget::Managed {
             ips: vec![ip("198.51.100.10")],
@@ -334,16 +386,29 @@ mod tests {
     fn transition_time_kept_when_status_unchanged() {
         let s = svc(
             &[],
-            vec![cond(COND_IPAM_SATISFIED, "False", "NoPool", "old", "2026-01-01T00:00:00Z")],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "False",
+                "NoPool",
+                "old",
+                "2026-01-01T00:00:00Z",
+            )],
         );
         let target = ServiceTarget::Managed {
             ips: vec![],
             cond: CondWant::new(COND_IPAM_SATISFIED, false, "OutOfIPs", "new"),
         };
         let p = service_patch(&s, &target, &t("2026-11-22T08:00:00Z")).expect("reason changed");
-        assert_eq!(p.patch["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            p.patch["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
         assert_eq!(p.patch["status"]["conditions"][0]["reason"], "OutOfIPs");
-        assert!(p.patch["status"].get("loadBalancer").is_none(), "ingress untouched: {}", p.patch);
+        assert!(
+            p.patch["status"].get("loadBalancer").is_none(),
+            "ingress untouched: {}",
+            p.patch
+        );
         assert!(p.new_cond.is_some());
     }
 
@@ -352,7 +417,13 @@ mod tests {
         let s = svc(
             &["198.51.100.10", "192.0.2.99"],
             vec![
-                cond(COND_IPAM_SATISFIED, "True", "Satisfied", "x", "2026-01-01T00:00:00Z"),
+                cond(
+                    COND_IPAM_SATISFIED,
+                    "True",
+                    "Satisfied",
+                    "x",
+                    "2026-01-01T00:00:00Z",
+                ),
                 cond("other.io/Ready", "True", "Fine", "", "2026-01-01T00:00:00Z"),
             ],
         );
@@ -360,7 +431,9 @@ mod tests {
             ips: [ip("198.51.100.10")].into_iter().collect(),
         };
         let p = service_patch(&s, &target, &t("2026-11-22T08:00:00Z")).expect("write");
-        let ing = p.patch["status"]["loadBalancer"]["ingress"].as_array().expect("ingress");
+        let ing = p.patch["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .expect("ingress");
         assert_eq!(ing.len(), 1);
         assert_eq!(ing[0]["ip"], "192.0.2.99");
         let conds = p.patch["status"]["conditions"].as_array().expect("conds");
@@ -370,7 +443,13 @@ mod tests {
         // Everything cleared -> explicit nulls so the merge patch deletes the keys.
         let s2 = svc(
             &["198.51.100.10"],
-            vec![cond(COND_IPAM_SATISFIED, "True", "Satisfied", "x", "2026-01-01T00:00:00Z")],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "True",
+                "Satisfied",
+                "x",
+                "2026-01-01T00:00:00Z",
+            )],
         );
         let p2 = service_patch(&s2, &target, &t("2026-11-22T08:00:00Z")).expect("write");
         assert!(p2.patch["status"]["loadBalancer"]["ingress"].is_null());
@@ -378,21 +457,52 @@ mod tests {
         assert!(p2.patch["status"].get("conditions").is_some());
         // A foreign Service without our condition or addresses: nothing to do.
         let s3 = svc(&["192.0.2.99"], vec![]);
-        assert_eq!(service_patch(&s3, &target, &t("2026-11-22T08:00:00Z")), None);
+        assert_eq!(
+            service_patch(&s3, &target, &t("2026-11-22T08:00:00Z")),
+            None
+        );
     }
 
     #[test]
     fn merge_conditions_removes_owned_and_dedups() {
         let existing = vec![
-            cond("Conflict", "True", "CIDROverlap", "a", "2026-01-01T00:00:00Z"),
-            cond("Conflict", "True", "CIDROverlap", "a", "2026-01-01T00:00:00Z"),
-            cond("Exhausted", "False", "IPsAvailable", "", "2026-01-01T00:00:00Z"),
+            cond(
+                "Conflict",
+                "True",
+                "CIDROverlap",
+                "a",
+                "2026-01-01T00:00:00Z",
+            ),
+            cond(
+                "Conflict",
+                "True",
+                "CIDROverlap",
+                "a",
+                "2026-01-01T00:00:00Z",
+            ),
+            cond(
+                "Exhausted",
+                "False",
+                "IPsAvailable",
+                "",
+                "2026-01-01T00:00:00Z",
+            ),
         ];
         let wants = vec![CondWant::new("Conflict", true, "CIDROverlap", "a")];
-        let (out, changed) = merge_conditions(&existing, &wants, &["Conflict", "Exhausted"], &t("2026-11-22T08:00:00Z"));
+        let (out, changed) = merge_conditions(
+            &existing,
+            &wants,
+            &["Conflict", "Exhausted"],
+            &t("2026-11-22T08:00:00Z"),
+        );
         assert!(changed);
         assert_eq!(out.len(), 1);
-        let (out2, changed2) = merge_conditions(&out, &wants, &["Conflict", "Exhausted"], &t("2026-11-22T09:00:00Z"));
+        let (out2, changed2) = merge_conditions(
+            &out,
+            &wants,
+            &["Conflict", "Exhausted"],
+            &t("2026-11-22T09:00:00Z"),
+        );
         assert!(!changed2);
         assert_eq!(out2, out);
     }
