@@ -1,0 +1,730 @@
+//! The LB-IPAM controller against the in-process API stand-in (`ferrolb::apiserver::ApiServer`).
+//! One scenario per test; objects come from the builder helpers below; every wait is a watch
+//! (`kube::runtime::wait::await_condition`) with a generous deadline, never a fixed sleep.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ferrolb::api::{
+    IpBlock, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_SHARING_KEY,
+    COND_IPAM_SATISFIED, LB_CLASS,
+};
+use ferrolb::apiserver::ApiServer;
+use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt};
+
+/// Deadline for every wait (CI has 2 cores shared by many jobs).
+const DEADLINE: Duration = Duration::from_secs(30);
+const NS: &str = "demo";
+
+// ----- builders ------------------------------------------------------------------------------
+
+struct SvcB(Service);
+
+fn svc(name: &str) -> SvcB {
+    SvcB(Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+            ports: Some(vec![ServicePort {
+                name: Some("p80".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+impl SvcB {
+    fn spec(&mut self) -> &mut ServiceSpec {
+        self.0.spec.get_or_insert_with(Default::default)
+    }
+    fn class(mut self, c: &str) -> Self {
+        self.spec().load_balancer_class = Some(c.into());
+        self
+    }
+    fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(k.into(), v.into());
+        self
+    }
+    fn label(mut self, k: &str, v: &str) -> Self {
+        self.0
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(k.into(), v.into());
+        self
+    }
+    fn ips(self, ips: &str) -> Self {
+        self.annotation(ANN_IPS, ips)
+    }
+    fn sharing(self, key: &str) -> Self {
+        self.annotation(ANN_SHARING_KEY, key)
+    }
+    fn ports(mut self, ports: &[(i32, &str)]) -> Self {
+        self.spec().ports = Some(
+            ports
+                .iter()
+                .map(|(p, proto)| ServicePort {
+                    name: Some(format!("{}-{p}", proto.to_lowercase())),
+                    port: *p,
+                    protocol: Some(proto.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        self
+    }
+    fn families(mut self, fams: &[&str], policy: &str) -> Self {
+        self.spec().ip_families = Some(fams.iter().map(|f| f.to_string()).collect());
+        self.spec().ip_family_policy = Some(policy.into());
+        self
+    }
+    fn build(self) -> Service {
+        self.0
+    }
+}
+
+struct PoolB(LoadBalancerIPPool);
+
+fn pool(name: &str) -> PoolB {
+    PoolB(LoadBalancerIPPool::new(
+        name,
+        LoadBalancerIPPoolSpec {
+            blocks: vec![],
+            ..Default::default()
+        },
+    ))
+}
+
+impl PoolB {
+    fn cidr(mut self, c: &str) -> Self {
+        self.0.spec.blocks.push(IpBlock {
+            cidr: Some(c.into()),
+            ..Default::default()
+        });
+        self
+    }
+    fn select(mut self, k: &str, v: &str) -> Self {
+        self.0.spec.service_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+            ..Default::default()
+        });
+        self
+    }
+    fn build(self) -> LoadBalancerIPPool {
+        self.0
+    }
+}
+
+// ----- harness -------------------------------------------------------------------------------
+
+struct Harness {
+    api: ApiServer,
+    client: Client,
+}
+
+struct Replica {
+    ctx: Context,
+    handle: tokio::task::JoinHandle<ferrolb::controller::Result<()>>,
+}
+
+impl Replica {
+    fn is_leader(&self) -> bool {
+        self.ctx.metrics.is_leader.get() == 1
+    }
+    /// Graceful stop: the Lease is released.
+    async fn stop(self) {
+        self.ctx.shutdown.cancel();
+        match tokio::time::timeout(DEADLINE, self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("controller did not stop cleanly: {other:?}"),
+        }
+    }
+    /// As if the process died: nothing is released.
+    fn kill(self) {
+        self.handle.abort();
+    }
+}
+
+fn test_timings() -> LeaseTimings {
+    LeaseTimings {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+    }
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let api = ApiServer::new();
+        api.register_crd(&LoadBalancerIPPool::crd())
+            .expect("register the pool CRD");
+        let client = api.client_as("test");
+        let nss: Api<Namespace> = Api::all(client.clone());
+        for ns in [NS, "ferrolb-system"] {
+            let n = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            match nss.create(&PostParams::default(), &n).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("create namespace {ns}: {e}"),
+            }
+        }
+        Harness { api, client }
+    }
+
+    fn start(&self, identity: &str) -> Replica {
+        let mut cfg = ControllerConfig::new(identity);
+        cfg.lease = test_timings();
+        let ctx = Context::new(self.api.client_as(identity), cfg, Metrics::unregistered());
+        let handle = tokio::spawn(Controller::run(ctx.clone()));
+        Replica { ctx, handle }
+    }
+
+    fn svcs(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn pools(&self) -> Api<LoadBalancerIPPool> {
+        Api::all(self.client.clone())
+    }
+
+    async fn create_pool(&self, p: PoolB) -> LoadBalancerIPPool {
+        self.pools()
+            .create(&PostParams::default(), &p.build())
+            .await
+            .expect("create pool")
+    }
+
+    async fn create_svc(&self, s: SvcB) -> Service {
+        self.svcs()
+            .create(&PostParams::default(), &s.build())
+            .await
+            .expect("create service")
+    }
+
+    /// Waits (watching) until the Service satisfies `pred`.
+    async fn wait_svc(&self, name: &str, what: &str, pred: impl Fn(&Service) -> bool) -> Service {
+        let cond = move |o: Option<&Service>| o.is_some_and(&pred);
+        match tokio::time::timeout(
+            DEADLINE,
+            kube::runtime::wait::await_condition(self.svcs(), name, cond),
+        )
+        .await
+        {
+            Ok(Ok(Some(s))) => s,
+            other => {
+                let cur = self.svcs().get_opt(name).await.ok().flatten();
+                panic!(
+                    "Service {name}: {what} not reached within {DEADLINE:?} ({:?}); status now: {}",
+                    other.err(),
+                    serde_json::to_string(&cur.and_then(|s| s.status)).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// Waits until the Service has a satisfied condition and returns its addresses.
+    async fn wait_satisfied(&self, name: &str) -> Vec<IpAddr> {
+        let s = self
+            .wait_svc(name, "IPAMRequestSatisfied=True", |s| {
+                our_cond(s).is_some_and(|c| c.status == "True") && !ingress(s).is_empty()
+            })
+            .await;
+        ingress(&s)
+    }
+
+    /// Waits until the Service's condition is False with `reason`.
+    async fn wait_unsatisfied(&self, name: &str, reason: &str) -> Service {
+        self.wait_svc(name, &format!("IPAMRequestSatisfied=False/{reason}"), |s| {
+            our_cond(s).is_some_and(|c| c.status == "False" && c.reason == reason)
+        })
+        .await
+    }
+
+    async fn wait_pool(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&LoadBalancerIPPool) -> bool,
+    ) -> LoadBalancerIPPool {
+        let cond = move |o: Option<&LoadBalancerIPPool>| o.is_some_and(&pred);
+        match tokio::time::timeout(
+            DEADLINE,
+            kube::runtime::wait::await_condition(self.pools(), name, cond),
+        )
+        .await
+        {
+            Ok(Ok(Some(p))) => p,
+            other => {
+                let cur = self.pools().get_opt(name).await.ok().flatten();
+                panic!(
+                    "pool {name}: {what} not reached ({:?}); status now: {}",
+                    other.err(),
+                    serde_json::to_string(&cur.and_then(|p| p.status)).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// Events of `reason` about `name` (events.k8s.io/v1), waiting until at least one exists.
+    async fn wait_event(&self, ns: &str, name: &str, reason: &str) -> Event {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let find = |list: Vec<Event>| {
+            list.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            // Events have no event to await for their own creation without a watch per test;
+            // poll with a deadline.
+            let list = api.list(&ListParams::default()).await.expect("list events");
+            if let Some(e) = find(list.items) {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {reason} Event about {name} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Barrier: create a fresh Service of ours and wait until it is served. The controller
+    /// handles events in order, so everything created before it has been looked at.
+    async fn barrier(&self, name: &str) -> Vec<IpAddr> {
+        self.create_svc(svc(name)).await;
+        let ips = self.wait_satisfied(name).await;
+        self.svcs()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete barrier");
+        ips
+    }
+
+    /// Waits until one of the replicas leads and returns its index.
+    async fn wait_leader(&self, replicas: &[&Replica]) -> usize {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let leaders: Vec<usize> = replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_leader())
+                .map(|(i, _)| i)
+                .collect();
+            assert!(leaders.len() <= 1, "two replicas lead at once: {leaders:?}");
+            if let [i] = leaders[..] {
+                return i;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader within {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Write requests (create/update/patch/delete) a client identity made on `resource`.
+    fn writes_by(&self, client: &str, resource: &str) -> u64 {
+        self.api
+            .request_counts()
+            .into_iter()
+            .filter(|(c, verb, res, _)| {
+                c == client
+                    && res == resource
+                    && matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
+            })
+            .map(|(_, _, _, n)| n)
+            .sum()
+    }
+}
+
+fn our_cond(s: &Service) -> Option<Condition> {
+    s.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == COND_IPAM_SATISFIED)
+        .cloned()
+}
+
+fn ingress(s: &Service) -> Vec<IpAddr> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|v| {
+            v.iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip literal")
+}
+
+fn in_cidr(a: IpAddr, cidr: &str) -> bool {
+    let net: ipnetwork::IpNetwork = cidr.parse().expect("cidr literal");
+    net.contains(a)
+}
+
+// ----- scenarios -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocation_writes_status_condition_and_event() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(
+        svc("web")
+            .label("team", "blue")
+            .annotation("service.cilium.io/global", "true"),
+    )
+    .await;
+    let s = h
+        .wait_svc("web", "address and condition", |s| {
+            !ingress(s).is_empty() && our_cond(s).is_some()
+        })
+        .await;
+    // The lowest usable address (the network address is reserved).
+    assert_eq!(ingress(&s), vec![ip("198.51.100.1")]);
+    let ing = &s.status.as_ref().and_then(|st| st.load_balancer.clone()).and_then(|lb| lb.ingress).expect("ingress")[0];
+    assert_eq!(ing.ip_mode.as_deref(), Some("VIP"));
+    let c = our_cond(&s).expect("condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Satisfied"));
+    assert!(c.message.contains("198.51.100.1") && c.message.contains("app"), "{}", c.message);
+    // Foreign labels/annotations are kept.
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("blue"));
+    let ann = s.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get("service.cilium.io/global").map(String::as_str), Some("true"));
+    // An events.k8s.io/v1 Event that the server accepted.
+    let ev = h.wait_event(NS, "web", "IPAllocated").await;
+    assert_eq!(ev.reporting_controller.as_deref(), Some("ferrolb.io/controller"));
+    assert_eq!(ev.reporting_instance.as_deref(), Some("ctrl-a"));
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert!(ev.event_time.is_some());
+    assert!(ev.note.unwrap_or_default().contains("198.51.100.1"));
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_on_delete_serves_the_waiting_service() {
+    let h = Harness::new().await;
+    h.create_pool(pool("one").cidr("198.51.100.7/32")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("first")).await;
+    assert_eq!(h.wait_satisfied("first").await, vec![ip("198.51.100.7")]);
+    h.create_svc(svc("second")).await;
+    let s = h.wait_unsatisfied("second", "OutOfIPs").await;
+    assert!(ingress(&s).is_empty());
+    h.wait_event(NS, "second", "AllocationFailed").await;
+    h.svcs()
+        .delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(h.wait_satisfied("second").await, vec![ip("198.51.100.7")]);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_our_type_or_class_clears_status_and_foreign_classes_are_untouched() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("web").class(LB_CLASS)).await;
+    let ips = h.wait_satisfied("web").await;
+    assert_eq!(ips.len(), 1);
+    // Leave our type: ingress and condition are cleared, an IPReleased Event is written.
+    let patch = serde_json::json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null,
+        "allocateLoadBalancerNodePorts": null, "externalTrafficPolicy": null}});
+    h.svcs()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("switch to ClusterIP");
+    let s = h
+        .wait_svc("web", "cleared", |s| ingress(s).is_empty() && our_cond(s).is_none())
+        .await;
+    assert_eq!(s.spec.and_then(|s| s.type_).as_deref(), Some("ClusterIP"));
+    h.wait_event(NS, "web", "IPReleased").await;
+    // A Service of a foreign class is never written to, even when it shows an address
+    // from our pool; its address is not taken by us either.
+    h.create_svc(svc("theirs").class("example.com/other")).await;
+    let theirs_ip = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}});
+    h.svcs()
+        .patch_status("theirs", &PatchParams::default(), &Patch::Merge(&theirs_ip))
+        .await
+        .expect("foreign controller writes its status");
+    let before = h.svcs().get("theirs").await.expect("get");
+    let barrier_ips = h.barrier("barrier").await;
+    assert_eq!(barrier_ips.len(), 1);
+    let after = h.svcs().get("theirs").await.expect("get");
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version, "foreign Service was written to");
+    assert!(our_cond(&after).is_none());
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_address_is_honoured_and_unsatisfiable_requests_are_reported() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/25")).await;
+    h.create_pool(pool("restricted").cidr("198.51.100.128/25").select("tier", "edge")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("wants-50").ips("198.51.100.50")).await;
+    assert_eq!(h.wait_satisfied("wants-50").await, vec![ip("198.51.100.50")]);
+    // Outside every pool: reported, not replaced by another address.
+    h.create_svc(svc("outside").ips("192.0.2.50")).await;
+    let s = h.wait_unsatisfied("outside", "NoPool").await;
+    assert!(ingress(&s).is_empty());
+    // Held by another Service that does not share.
+    h.create_svc(svc("taken").ips("198.51.100.50")).await;
+    let s = h.wait_unsatisfied("taken", "AlreadyAllocated").await;
+    assert!(ingress(&s).is_empty());
+    // In a pool whose selector does not match.
+    h.create_svc(svc("mismatch").ips("198.51.100.200")).await;
+    let s = h.wait_unsatisfied("mismatch", "PoolSelectorMismatch").await;
+    assert!(ingress(&s).is_empty());
+    // Malformed annotation.
+    h.create_svc(svc("garbage").ips("not-an-ip")).await;
+    let s = h.wait_unsatisfied("garbage", "InvalidRequest").await;
+    assert!(our_cond(&s).is_some_and(|c| c.message.contains(ANN_IPS)), "{:?}", our_cond(&s));
+    // Fixing the request is picked up.
+    let fix = serde_json::json!({"metadata": {"annotations": {ANN_IPS: "198.51.100.60"}}});
+    h.svcs()
+        .patch("outside", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .expect("fix request");
+    assert_eq!(h.wait_satisfied("outside").await, vec![ip("198.51.100.60")]);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharing_compatible_services_share_and_incompatible_ones_do_not() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    // DNS over TCP and UDP on one address.
+    h.create_svc(svc("dns-tcp").sharing("dns").ports(&[(53, "TCP")])).await;
+    let a = h.wait_satisfied("dns-tcp").await;
+    h.create_svc(svc("dns-udp").sharing("dns").ports(&[(53, "UDP")])).await;
+    let b = h.wait_satisfied("dns-udp").await;
+    assert_eq!(a, b, "compatible Services share the address");
+    // Same key, overlapping port: gets its own address.
+    h.create_svc(svc("dns-tcp-2").sharing("dns").ports(&[(53, "TCP")])).await;
+    let c = h.wait_satisfied("dns-tcp-2").await;
+    assert_ne!(a, c);
+    // Asking explicitly for the shared address with an overlapping port: refused.
+    h.create_svc(
+        svc("clash")
+            .sharing("dns")
+            .ports(&[(53, "UDP")])
+            .ips(&a[0].to_string()),
+    )
+    .await;
+    let s = h.wait_unsatisfied("clash", "AlreadyAllocated").await;
+    assert!(ingress(&s).is_empty());
+    // Without a sharing key, never shared.
+    h.create_svc(svc("loner").ports(&[(8080, "TCP")]).ips(&a[0].to_string())).await;
+    h.wait_unsatisfied("loner", "AlreadyAllocated").await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_policies() {
+    let h = Harness::new().await;
+    h.create_pool(pool("v4").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("require").families(&["IPv4", "IPv6"], "RequireDualStack")).await;
+    let s = h.wait_unsatisfied("require", "NoPool").await;
+    assert!(ingress(&s).is_empty(), "RequireDualStack gets nothing without IPv6");
+    h.create_svc(svc("prefer").families(&["IPv4", "IPv6"], "PreferDualStack")).await;
+    let ips = h.wait_satisfied("prefer").await;
+    assert_eq!(ips.len(), 1);
+    assert!(ips[0].is_ipv4());
+    // An IPv6 pool appears: the waiting Service is retried and gets both families.
+    h.create_pool(pool("v6").cidr("2001:db8:100::/112")).await;
+    let ips = h.wait_satisfied("require").await;
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(ips.iter().any(|a| a.is_ipv4() && in_cidr(*a, "198.51.100.0/24")));
+    assert!(ips.iter().any(|a| a.is_ipv6() && in_cidr(*a, "2001:db8:100::/112")));
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_overlapping_pool_is_marked_conflict() {
+    let h = Harness::new().await;
+    h.create_pool(pool("older").cidr("198.51.100.0/25")).await;
+    let ctl = h.start("ctrl-a");
+    h.wait_pool("older", "status written", |p| p.status.is_some()).await;
+    h.create_pool(pool("newer").cidr("198.51.100.64/26")).await;
+    let p = h
+        .wait_pool("newer", "Conflict=True", |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Conflict" && c.status == "True")
+            })
+        })
+        .await;
+    let c = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Conflict").cloned())
+        .expect("conflict condition");
+    assert!(c.message.contains("older"), "{}", c.message);
+    let older = h.pools().get("older").await.expect("older");
+    let oc = older
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Conflict"))
+        .expect("older has a Conflict condition");
+    assert_eq!(oc.status, "False");
+    h.wait_event("default", "newer", "PoolConflict").await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_counts_follow_allocations() {
+    let h = Harness::new().await;
+    let created = h.create_pool(pool("small").cidr("198.51.100.0/29")).await;
+    let ctl = h.start("ctrl-a");
+    let counts = |total: i64, used: i64| {
+        move |p: &LoadBalancerIPPool| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.ips_total == total && s.ips_used == used && s.ips_available == total - used)
+        }
+    };
+    let p = h.wait_pool("small", "6 total, 0 used", counts(6, 0)).await;
+    assert_eq!(p.status.as_ref().and_then(|s| s.observed_generation), created.metadata.generation);
+    h.create_svc(svc("a")).await;
+    h.create_svc(svc("b")).await;
+    h.wait_satisfied("a").await;
+    h.wait_satisfied("b").await;
+    h.wait_pool("small", "2 used", counts(6, 2)).await;
+    h.svcs().delete("a", &DeleteParams::default()).await.expect("delete");
+    h.wait_pool("small", "1 used", counts(6, 1)).await;
+    // Fill it: Exhausted.
+    for n in ["c", "d", "e", "f", "g"] {
+        h.create_svc(svc(n)).await;
+    }
+    let p = h.wait_pool("small", "6 used", counts(6, 6)).await;
+    let ex = p
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Exhausted"))
+        .expect("Exhausted condition");
+    assert_eq!(ex.status, "True");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_existing_addresses_without_reshuffle() {
+    let h = Harness::new().await;
+    h.create_pool(pool("main").cidr("198.51.100.0/24")).await;
+    let first = h.start("ctrl-a");
+    let mut before = BTreeMap::new();
+    for n in ["s1", "s2", "s3"] {
+        h.create_svc(svc(n)).await;
+    }
+    for n in ["s1", "s2", "s3"] {
+        before.insert(n, h.wait_satisfied(n).await);
+    }
+    first.stop().await;
+    // While no controller runs: a pool that sorts first by name appears (a controller that
+    // allocated before adopting would move everything into it), one Service goes, two come.
+    h.create_pool(pool("aaa-new").cidr("198.51.100.128/25")).await;
+    h.svcs().delete("s1", &DeleteParams::default()).await.expect("delete");
+    h.create_svc(svc("s4")).await;
+    h.create_svc(svc("s5")).await;
+    let second = h.start("ctrl-b");
+    let s4 = h.wait_satisfied("s4").await;
+    let s5 = h.wait_satisfied("s5").await;
+    for n in ["s2", "s3"] {
+        let now = ingress(&h.svcs().get(n).await.expect("get"));
+        assert_eq!(now, before[n], "{n} was reshuffled");
+    }
+    let mut all: Vec<IpAddr> = vec![];
+    for n in ["s2", "s3", "s4", "s5"] {
+        all.extend(ingress(&h.svcs().get(n).await.expect("get")));
+    }
+    let mut dedup = all.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), all.len(), "duplicate allocation: {all:?}");
+    assert!(s4.iter().chain(&s5).all(|a| in_cidr(*a, "198.51.100.0/24")));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
+    let h = Harness::new().await;
+    h.create_pool(pool("main").cidr("198.51.100.0/24")).await;
+    let a = h.start("ctrl-a");
+    let b = h.start("ctrl-b");
+    let leader = h.wait_leader(&[&a, &b]).await;
+    let (lead, standby) = if leader == 0 { (a, b) } else { (b, a) };
+    let lead_id = lead.ctx.config.identity.clone();
+    let standby_id = standby.ctx.config.identity.clone();
+    let mut before = BTreeMap::new();
+    for n in ["x1", "x2", "x3"] {
+        h.create_svc(svc(n)).await;
+    }
+    for n in ["x1", "x2", "x3"] {
+        before.insert(n, h.wait_satisfied(n).await);
+    }
+    h.wait_pool("main", "3 used", |p| p.status.as_ref().is_some_and(|s| s.ips_used == 3))
+        .await;
+    let lease: Lease = Api::<Lease>::namespaced(h.client.clone(), "ferrolb-system")
+        .get("ferrolb-controller")
+        .await
+        .expect("controller lease exists");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(lead_id.as_str())
+    );
+    assert!(h.writes_by(&lead_id, "services") >= 3);
+    assert!(h.writes_by(&lead_id, "loadbalancerippools") >= 1);
+    assert_eq!(h.writes_by(&standby_id, "services"), 0, "standby wrote Services");
+    assert_eq!(h.writes_by(&standby_id, "loadbalancerippools"), 0, "standby wrote pools");
+    assert_eq!(h.writes_by(&standby_id, "events"), 0, "standby wrote Events");
+    assert!(standby.ctx.health.is_ready(), "standby is ready after its initial sync");
+
+    // Failover (the leader dies without releasing): the standby takes over after the lease
+    // expires, adopts every address, and serves new Services.
+    lead.kill();
+    h.create_svc(svc("x4")).await;
+    let x4 = h.wait_satisfied("x4").await;
+    assert!(standby.is_leader());
+    for n in ["x1", "x2", "x3"] {
+        let now = ingress(&h.svcs().get(n).await.expect("get"));
+        assert_eq!(now, before[n], "{n} changed on failover");
+    }
+    assert!(before.values().all(|v| v != &x4), "x4 got an address in use");
+    assert!(h.writes_by(&standby_id, "services") >= 1);
+    standby.stop().await;
+}
