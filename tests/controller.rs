@@ -579,12 +579,24 @@ async fn dual_stack_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_overlapping_pool_is_marked_conflict() {
     let h = Harness::new().await;
-    h.create_pool(pool("older").cidr("198.51.100.0/25")).await;
+    // Named so that name order contradicts age: only creationTimestamp says which is newer.
+    let older = h.create_pool(pool("zz-older").cidr("198.51.100.0/25")).await;
     let ctl = h.start("ctrl-a");
-    h.wait_pool("older", "status written", |p| p.status.is_some()).await;
-    h.create_pool(pool("newer").cidr("198.51.100.64/26")).await;
+    h.wait_pool("zz-older", "status written", |p| p.status.is_some()).await;
+    // creationTimestamp has whole seconds: make sure the second pool is created in a later one.
+    let older_sec = older
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .expect("creationTimestamp");
+    while jiff::Timestamp::now().as_second() <= older_sec {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let newer = h.create_pool(pool("aa-newer").cidr("198.51.100.64/26")).await;
+    assert!(newer.metadata.creation_timestamp > older.metadata.creation_timestamp);
     let p = h
-        .wait_pool("newer", "Conflict=True", |p| {
+        .wait_pool("aa-newer", "Conflict=True", |p| {
             p.status.as_ref().is_some_and(|s| {
                 s.conditions
                     .iter()
@@ -597,14 +609,26 @@ async fn newer_overlapping_pool_is_marked_conflict() {
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Conflict").cloned())
         .expect("conflict condition");
-    assert!(c.message.contains("older"), "{}", c.message);
-    let older = h.pools().get("older").await.expect("older");
+    assert_eq!(c.reason, "CIDROverlap");
+    assert!(c.message.contains("zz-older"), "{}", c.message);
+    let older = h.pools().get("zz-older").await.expect("older");
     let oc = older
         .status
         .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Conflict"))
         .expect("older has a Conflict condition");
     assert_eq!(oc.status, "False");
-    h.wait_event("default", "newer", "PoolConflict").await;
+    h.wait_event("default", "aa-newer", "PoolConflict").await;
+    // The conflicting pool allocates nothing: a request for an address only it would serve
+    // under its own selection is not served from it.
+    h.create_svc(svc("in-overlap")).await;
+    let ips = h.wait_satisfied("in-overlap").await;
+    assert!(ips.iter().all(|a| in_cidr(*a, "198.51.100.0/25")), "{ips:?}");
+    let p = h
+        .wait_pool("zz-older", "1 used", |p| p.status.as_ref().is_some_and(|s| s.ips_used == 1))
+        .await;
+    assert_eq!(p.status.map(|s| s.ips_used), Some(1));
+    let newer_used = h.pools().get("aa-newer").await.expect("get").status.map(|s| s.ips_used);
+    assert_eq!(newer_used, Some(0), "the conflicting pool allocated");
     ctl.stop().await;
 }
 
