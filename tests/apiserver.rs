@@ -245,9 +245,14 @@ async fn http_serve_and_fault_injection() {
     api.create(&PostParams::default(), &lease("l1", "node-x"))
         .await
         .unwrap();
-    let id = server.faults().add(FaultSpec::error(500).for_client("node-x"));
+    let id = server
+        .faults()
+        .add(FaultSpec::error(500).for_client("node-x"));
     let err = api.get("l1").await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 500), "{err}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 500),
+        "{err}"
+    );
     // another identity is not affected
     let other: Api<Lease> = Api::namespaced(server.client_as("node-y"), "default");
     other.get("l1").await.unwrap();

@@ -144,10 +144,39 @@ struct Harness {
 
 struct Replica {
     ctx: Context,
+    registry: prometheus::Registry,
     handle: tokio::task::JoinHandle<ferrolb::controller::Result<()>>,
 }
 
 impl Replica {
+    /// The Prometheus text exposition of this replica's registry.
+    fn metrics_text(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &self.registry.gather(),
+            &mut buf,
+        )
+        .expect("encode metrics");
+        String::from_utf8(buf).expect("utf-8 metrics")
+    }
+
+    /// Waits until the metrics text contains every line of `lines`.
+    async fn wait_metrics(&self, lines: &[&str]) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = self.metrics_text();
+            if lines.iter().all(|l| text.lines().any(|x| x == *l)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never showed {lines:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.ctx.metrics.is_leader.get() == 1
     }
@@ -198,11 +227,22 @@ impl Harness {
     }
 
     fn start(&self, identity: &str) -> Replica {
+        self.start_with(identity, |_| {})
+    }
+
+    fn start_with(&self, identity: &str, tweak: impl FnOnce(&mut ControllerConfig)) -> Replica {
         let mut cfg = ControllerConfig::new(identity);
         cfg.lease = test_timings();
-        let ctx = Context::new(self.api.client_as(identity), cfg, Metrics::unregistered());
+        tweak(&mut cfg);
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let ctx = Context::new(self.api.client_as(identity), cfg, metrics);
         let handle = tokio::spawn(Controller::run(ctx.clone()));
-        Replica { ctx, handle }
+        Replica {
+            ctx,
+            registry,
+            handle,
+        }
     }
 
     fn svcs(&self) -> Api<Service> {
@@ -342,7 +382,10 @@ impl Harness {
             if let [i] = leaders[..] {
                 return i;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no leader within {DEADLINE:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader within {DEADLINE:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -414,23 +457,52 @@ async fn allocation_writes_status_condition_and_event() {
         .await;
     // The lowest usable address (the network address is reserved).
     assert_eq!(ingress(&s), vec![ip("198.51.100.1")]);
-    let ing = &s.status.as_ref().and_then(|st| st.load_balancer.clone()).and_then(|lb| lb.ingress).expect("ingress")[0];
+    let ing = &s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.clone())
+        .and_then(|lb| lb.ingress)
+        .expect("ingress")[0];
     assert_eq!(ing.ip_mode.as_deref(), Some("VIP"));
     let c = our_cond(&s).expect("condition");
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Satisfied"));
-    assert!(c.message.contains("198.51.100.1") && c.message.contains("app"), "{}", c.message);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Satisfied")
+    );
+    assert!(
+        c.message.contains("198.51.100.1") && c.message.contains("app"),
+        "{}",
+        c.message
+    );
     // Foreign labels/annotations are kept.
     let labels = s.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("team").map(String::as_str), Some("blue"));
     let ann = s.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(ann.get("service.cilium.io/global").map(String::as_str), Some("true"));
+    assert_eq!(
+        ann.get("service.cilium.io/global").map(String::as_str),
+        Some("true")
+    );
     // An events.k8s.io/v1 Event that the server accepted.
     let ev = h.wait_event(NS, "web", "IPAllocated").await;
-    assert_eq!(ev.reporting_controller.as_deref(), Some("ferrolb.io/controller"));
+    assert_eq!(
+        ev.reporting_controller.as_deref(),
+        Some("ferrolb.io/controller")
+    );
     assert_eq!(ev.reporting_instance.as_deref(), Some("ctrl-a"));
     assert_eq!(ev.type_.as_deref(), Some("Normal"));
     assert!(ev.event_time.is_some());
     assert!(ev.note.unwrap_or_default().contains("198.51.100.1"));
+    ctl.wait_metrics(&[
+        "ferrolb_controller_allocations_total 1",
+        "ferrolb_controller_is_leader 1",
+        "ferrolb_controller_ready 1",
+        "ferrolb_controller_unsatisfied_services 0",
+        r#"ferrolb_pool_ips{pool="app",state="total"} 254"#,
+        r#"ferrolb_pool_ips{pool="app",state="used"} 1"#,
+        r#"ferrolb_pool_ips{pool="app",state="available"} 253"#,
+    ])
+    .await;
+    assert!(ctl.ctx.health.is_ready());
     ctl.stop().await;
 }
 
@@ -469,14 +541,17 @@ async fn leaving_our_type_or_class_clears_status_and_foreign_classes_are_untouch
         .await
         .expect("switch to ClusterIP");
     let s = h
-        .wait_svc("web", "cleared", |s| ingress(s).is_empty() && our_cond(s).is_none())
+        .wait_svc("web", "cleared", |s| {
+            ingress(s).is_empty() && our_cond(s).is_none()
+        })
         .await;
     assert_eq!(s.spec.and_then(|s| s.type_).as_deref(), Some("ClusterIP"));
     h.wait_event(NS, "web", "IPReleased").await;
     // A Service of a foreign class is never written to, even when it shows an address
     // from our pool; its address is not taken by us either.
     h.create_svc(svc("theirs").class("example.com/other")).await;
-    let theirs_ip = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}});
+    let theirs_ip =
+        serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}});
     h.svcs()
         .patch_status("theirs", &PatchParams::default(), &Patch::Merge(&theirs_ip))
         .await
@@ -485,7 +560,10 @@ async fn leaving_our_type_or_class_clears_status_and_foreign_classes_are_untouch
     let barrier_ips = h.barrier("barrier").await;
     assert_eq!(barrier_ips.len(), 1);
     let after = h.svcs().get("theirs").await.expect("get");
-    assert_eq!(before.metadata.resource_version, after.metadata.resource_version, "foreign Service was written to");
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "foreign Service was written to"
+    );
     assert!(our_cond(&after).is_none());
     ctl.stop().await;
 }
@@ -494,10 +572,18 @@ async fn leaving_our_type_or_class_clears_status_and_foreign_classes_are_untouch
 async fn requested_address_is_honoured_and_unsatisfiable_requests_are_reported() {
     let h = Harness::new().await;
     h.create_pool(pool("app").cidr("198.51.100.0/25")).await;
-    h.create_pool(pool("restricted").cidr("198.51.100.128/25").select("tier", "edge")).await;
+    h.create_pool(
+        pool("restricted")
+            .cidr("198.51.100.128/25")
+            .select("tier", "edge"),
+    )
+    .await;
     let ctl = h.start("ctrl-a");
     h.create_svc(svc("wants-50").ips("198.51.100.50")).await;
-    assert_eq!(h.wait_satisfied("wants-50").await, vec![ip("198.51.100.50")]);
+    assert_eq!(
+        h.wait_satisfied("wants-50").await,
+        vec![ip("198.51.100.50")]
+    );
     // Outside every pool: reported, not replaced by another address.
     h.create_svc(svc("outside").ips("192.0.2.50")).await;
     let s = h.wait_unsatisfied("outside", "NoPool").await;
@@ -513,7 +599,11 @@ async fn requested_address_is_honoured_and_unsatisfiable_requests_are_reported()
     // Malformed annotation.
     h.create_svc(svc("garbage").ips("not-an-ip")).await;
     let s = h.wait_unsatisfied("garbage", "InvalidRequest").await;
-    assert!(our_cond(&s).is_some_and(|c| c.message.contains(ANN_IPS)), "{:?}", our_cond(&s));
+    assert!(
+        our_cond(&s).is_some_and(|c| c.message.contains(ANN_IPS)),
+        "{:?}",
+        our_cond(&s)
+    );
     // Fixing the request is picked up.
     let fix = serde_json::json!({"metadata": {"annotations": {ANN_IPS: "198.51.100.60"}}});
     h.svcs()
@@ -530,13 +620,16 @@ async fn sharing_compatible_services_share_and_incompatible_ones_do_not() {
     h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
     let ctl = h.start("ctrl-a");
     // DNS over TCP and UDP on one address.
-    h.create_svc(svc("dns-tcp").sharing("dns").ports(&[(53, "TCP")])).await;
+    h.create_svc(svc("dns-tcp").sharing("dns").ports(&[(53, "TCP")]))
+        .await;
     let a = h.wait_satisfied("dns-tcp").await;
-    h.create_svc(svc("dns-udp").sharing("dns").ports(&[(53, "UDP")])).await;
+    h.create_svc(svc("dns-udp").sharing("dns").ports(&[(53, "UDP")]))
+        .await;
     let b = h.wait_satisfied("dns-udp").await;
     assert_eq!(a, b, "compatible Services share the address");
     // Same key, overlapping port: gets its own address.
-    h.create_svc(svc("dns-tcp-2").sharing("dns").ports(&[(53, "TCP")])).await;
+    h.create_svc(svc("dns-tcp-2").sharing("dns").ports(&[(53, "TCP")]))
+        .await;
     let c = h.wait_satisfied("dns-tcp-2").await;
     assert_ne!(a, c);
     // Asking explicitly for the shared address with an overlapping port: refused.
@@ -550,7 +643,8 @@ async fn sharing_compatible_services_share_and_incompatible_ones_do_not() {
     let s = h.wait_unsatisfied("clash", "AlreadyAllocated").await;
     assert!(ingress(&s).is_empty());
     // Without a sharing key, never shared.
-    h.create_svc(svc("loner").ports(&[(8080, "TCP")]).ips(&a[0].to_string())).await;
+    h.create_svc(svc("loner").ports(&[(8080, "TCP")]).ips(&a[0].to_string()))
+        .await;
     h.wait_unsatisfied("loner", "AlreadyAllocated").await;
     ctl.stop().await;
 }
@@ -560,10 +654,15 @@ async fn dual_stack_policies() {
     let h = Harness::new().await;
     h.create_pool(pool("v4").cidr("198.51.100.0/24")).await;
     let ctl = h.start("ctrl-a");
-    h.create_svc(svc("require").families(&["IPv4", "IPv6"], "RequireDualStack")).await;
+    h.create_svc(svc("require").families(&["IPv4", "IPv6"], "RequireDualStack"))
+        .await;
     let s = h.wait_unsatisfied("require", "NoPool").await;
-    assert!(ingress(&s).is_empty(), "RequireDualStack gets nothing without IPv6");
-    h.create_svc(svc("prefer").families(&["IPv4", "IPv6"], "PreferDualStack")).await;
+    assert!(
+        ingress(&s).is_empty(),
+        "RequireDualStack gets nothing without IPv6"
+    );
+    h.create_svc(svc("prefer").families(&["IPv4", "IPv6"], "PreferDualStack"))
+        .await;
     let ips = h.wait_satisfied("prefer").await;
     assert_eq!(ips.len(), 1);
     assert!(ips[0].is_ipv4());
@@ -571,8 +670,12 @@ async fn dual_stack_policies() {
     h.create_pool(pool("v6").cidr("2001:db8:100::/112")).await;
     let ips = h.wait_satisfied("require").await;
     assert_eq!(ips.len(), 2, "{ips:?}");
-    assert!(ips.iter().any(|a| a.is_ipv4() && in_cidr(*a, "198.51.100.0/24")));
-    assert!(ips.iter().any(|a| a.is_ipv6() && in_cidr(*a, "2001:db8:100::/112")));
+    assert!(ips
+        .iter()
+        .any(|a| a.is_ipv4() && in_cidr(*a, "198.51.100.0/24")));
+    assert!(ips
+        .iter()
+        .any(|a| a.is_ipv6() && in_cidr(*a, "2001:db8:100::/112")));
     ctl.stop().await;
 }
 
@@ -580,9 +683,12 @@ async fn dual_stack_policies() {
 async fn newer_overlapping_pool_is_marked_conflict() {
     let h = Harness::new().await;
     // Named so that name order contradicts age: only creationTimestamp says which is newer.
-    let older = h.create_pool(pool("zz-older").cidr("198.51.100.0/25")).await;
+    let older = h
+        .create_pool(pool("zz-older").cidr("198.51.100.0/25"))
+        .await;
     let ctl = h.start("ctrl-a");
-    h.wait_pool("zz-older", "status written", |p| p.status.is_some()).await;
+    h.wait_pool("zz-older", "status written", |p| p.status.is_some())
+        .await;
     // creationTimestamp has whole seconds: make sure the second pool is created in a later one.
     let older_sec = older
         .metadata
@@ -593,7 +699,9 @@ async fn newer_overlapping_pool_is_marked_conflict() {
     while jiff::Timestamp::now().as_second() <= older_sec {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let newer = h.create_pool(pool("aa-newer").cidr("198.51.100.64/26")).await;
+    let newer = h
+        .create_pool(pool("aa-newer").cidr("198.51.100.64/26"))
+        .await;
     assert!(newer.metadata.creation_timestamp > older.metadata.creation_timestamp);
     let p = h
         .wait_pool("aa-newer", "Conflict=True", |p| {
@@ -622,12 +730,23 @@ async fn newer_overlapping_pool_is_marked_conflict() {
     // under its own selection is not served from it.
     h.create_svc(svc("in-overlap")).await;
     let ips = h.wait_satisfied("in-overlap").await;
-    assert!(ips.iter().all(|a| in_cidr(*a, "198.51.100.0/25")), "{ips:?}");
+    assert!(
+        ips.iter().all(|a| in_cidr(*a, "198.51.100.0/25")),
+        "{ips:?}"
+    );
     let p = h
-        .wait_pool("zz-older", "1 used", |p| p.status.as_ref().is_some_and(|s| s.ips_used == 1))
+        .wait_pool("zz-older", "1 used", |p| {
+            p.status.as_ref().is_some_and(|s| s.ips_used == 1)
+        })
         .await;
     assert_eq!(p.status.map(|s| s.ips_used), Some(1));
-    let newer_used = h.pools().get("aa-newer").await.expect("get").status.map(|s| s.ips_used);
+    let newer_used = h
+        .pools()
+        .get("aa-newer")
+        .await
+        .expect("get")
+        .status
+        .map(|s| s.ips_used);
     assert_eq!(newer_used, Some(0), "the conflicting pool allocated");
     ctl.stop().await;
 }
@@ -639,19 +758,25 @@ async fn pool_status_counts_follow_allocations() {
     let ctl = h.start("ctrl-a");
     let counts = |total: i64, used: i64| {
         move |p: &LoadBalancerIPPool| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.ips_total == total && s.ips_used == used && s.ips_available == total - used)
+            p.status.as_ref().is_some_and(|s| {
+                s.ips_total == total && s.ips_used == used && s.ips_available == total - used
+            })
         }
     };
     let p = h.wait_pool("small", "6 total, 0 used", counts(6, 0)).await;
-    assert_eq!(p.status.as_ref().and_then(|s| s.observed_generation), created.metadata.generation);
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.observed_generation),
+        created.metadata.generation
+    );
     h.create_svc(svc("a")).await;
     h.create_svc(svc("b")).await;
     h.wait_satisfied("a").await;
     h.wait_satisfied("b").await;
     h.wait_pool("small", "2 used", counts(6, 2)).await;
-    h.svcs().delete("a", &DeleteParams::default()).await.expect("delete");
+    h.svcs()
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
     h.wait_pool("small", "1 used", counts(6, 1)).await;
     // Fill it: Exhausted.
     for n in ["c", "d", "e", "f", "g"] {
@@ -681,8 +806,12 @@ async fn restart_adopts_existing_addresses_without_reshuffle() {
     first.stop().await;
     // While no controller runs: a pool that sorts first by name appears (a controller that
     // allocated before adopting would move everything into it), one Service goes, two come.
-    h.create_pool(pool("aaa-new").cidr("198.51.100.128/25")).await;
-    h.svcs().delete("s1", &DeleteParams::default()).await.expect("delete");
+    h.create_pool(pool("aaa-new").cidr("198.51.100.128/25"))
+        .await;
+    h.svcs()
+        .delete("s1", &DeleteParams::default())
+        .await
+        .expect("delete");
     h.create_svc(svc("s4")).await;
     h.create_svc(svc("s5")).await;
     let second = h.start("ctrl-b");
@@ -721,8 +850,10 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
     for n in ["x1", "x2", "x3"] {
         before.insert(n, h.wait_satisfied(n).await);
     }
-    h.wait_pool("main", "3 used", |p| p.status.as_ref().is_some_and(|s| s.ips_used == 3))
-        .await;
+    h.wait_pool("main", "3 used", |p| {
+        p.status.as_ref().is_some_and(|s| s.ips_used == 3)
+    })
+    .await;
     let lease: Lease = Api::<Lease>::namespaced(h.client.clone(), "ferrolb-system")
         .get("ferrolb-controller")
         .await
@@ -733,10 +864,25 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
     );
     assert!(h.writes_by(&lead_id, "services") >= 3);
     assert!(h.writes_by(&lead_id, "loadbalancerippools") >= 1);
-    assert_eq!(h.writes_by(&standby_id, "services"), 0, "standby wrote Services");
-    assert_eq!(h.writes_by(&standby_id, "loadbalancerippools"), 0, "standby wrote pools");
-    assert_eq!(h.writes_by(&standby_id, "events"), 0, "standby wrote Events");
-    assert!(standby.ctx.health.is_ready(), "standby is ready after its initial sync");
+    assert_eq!(
+        h.writes_by(&standby_id, "services"),
+        0,
+        "standby wrote Services"
+    );
+    assert_eq!(
+        h.writes_by(&standby_id, "loadbalancerippools"),
+        0,
+        "standby wrote pools"
+    );
+    assert_eq!(
+        h.writes_by(&standby_id, "events"),
+        0,
+        "standby wrote Events"
+    );
+    assert!(
+        standby.ctx.health.is_ready(),
+        "standby is ready after its initial sync"
+    );
 
     // Failover (the leader dies without releasing): the standby takes over after the lease
     // expires, adopts every address, and serves new Services.
@@ -748,7 +894,121 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
         let now = ingress(&h.svcs().get(n).await.expect("get"));
         assert_eq!(now, before[n], "{n} changed on failover");
     }
-    assert!(before.values().all(|v| v != &x4), "x4 got an address in use");
+    assert!(
+        before.values().all(|v| v != &x4),
+        "x4 got an address in use"
+    );
     assert!(h.writes_by(&standby_id, "services") >= 1);
     standby.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_writes_are_refetched_never_overwritten() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    h.wait_leader(&[&ctl]).await;
+    // Every request of the controller is delayed, so while another writer keeps changing the
+    // Service, each status write the controller computed is stale by the time it lands.
+    let slow = h.api.faults().add(
+        ferrolb::apiserver::faults::FaultSpec::latency(Duration::from_millis(400))
+            .for_client("ctrl-a"),
+    );
+    h.create_svc(svc("busy").annotation("owner.example.com/note", "keep me"))
+        .await;
+    let conflicts = || {
+        ctl.ctx
+            .metrics
+            .writes
+            .with_label_values(&["services", "conflict"])
+            .get()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut n = 0u32;
+    while conflicts() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write of the controller ever conflicted"
+        );
+        n += 1;
+        let p = serde_json::json!({"metadata": {"labels": {"touched": n.to_string()}}});
+        h.svcs()
+            .patch("busy", &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .expect("concurrent update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.api.faults().remove(slow);
+    let ips = h.wait_satisfied("busy").await;
+    assert_eq!(ips, vec![ip("198.51.100.1")]);
+    let s = h.svcs().get("busy").await.expect("get");
+    let labels = s.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("touched"),
+        Some(&n.to_string()),
+        "the other writer's last change survived"
+    );
+    let ann = s.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get("owner.example.com/note").map(String::as_str),
+        Some("keep me")
+    );
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cilium_class_and_annotation_aliases_when_asked() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let ctl = h.start_with("ctrl-a", |c| {
+        c.serve_cilium_class = true;
+        c.default_class = false;
+    });
+    h.create_svc(
+        svc("from-cilium")
+            .class("io.cilium/l2-announcer")
+            .annotation("lbipam.cilium.io/ips", "198.51.100.77"),
+    )
+    .await;
+    assert_eq!(
+        h.wait_satisfied("from-cilium").await,
+        vec![ip("198.51.100.77")]
+    );
+    h.create_svc(
+        svc("legacy")
+            .class(LB_CLASS)
+            .annotation("io.cilium/lb-ipam-ips", "198.51.100.78"),
+    )
+    .await;
+    assert_eq!(h.wait_satisfied("legacy").await, vec![ip("198.51.100.78")]);
+    // Sharing through the Cilium alias.
+    h.create_svc(
+        svc("share-a")
+            .class(LB_CLASS)
+            .annotation("lbipam.cilium.io/sharing-key", "k")
+            .ports(&[(53, "TCP")]),
+    )
+    .await;
+    h.create_svc(
+        svc("share-b")
+            .class(LB_CLASS)
+            .annotation("lbipam.cilium.io/sharing-key", "k")
+            .ports(&[(53, "UDP")]),
+    )
+    .await;
+    assert_eq!(
+        h.wait_satisfied("share-a").await,
+        h.wait_satisfied("share-b").await
+    );
+    // --no-default-class: a Service without a class is left alone.
+    let unclassed = h.create_svc(svc("unclassed")).await;
+    h.create_svc(svc("barrier").class(LB_CLASS)).await;
+    h.wait_satisfied("barrier").await;
+    let now = h.svcs().get("unclassed").await.expect("get");
+    assert_eq!(
+        now.metadata.resource_version,
+        unclassed.metadata.resource_version
+    );
+    assert!(our_cond(&now).is_none() && ingress(&now).is_empty());
+    ctl.stop().await;
 }
