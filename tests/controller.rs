@@ -1012,3 +1012,117 @@ async fn cilium_class_and_annotation_aliases_when_asked() {
     assert!(our_cond(&now).is_none() && ingress(&now).is_empty());
     ctl.stop().await;
 }
+
+/// Plain HTTP/1.1 GET on loopback; returns (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm() {
+    let h = Harness::new().await;
+    h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
+    let (addr, _server) = h
+        .api
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve the stand-in over HTTP");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        ApiServer::kubeconfig(&format!("http://{addr}"), "bin-ctrl"),
+    )
+    .expect("write kubeconfig");
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr")
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferrolb"))
+        .args(["controller", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--identity",
+            "bin-ctrl",
+            "--lease-namespace",
+            "ferrolb-system",
+        ])
+        .args([
+            "--lease-duration",
+            "3s",
+            "--renew-deadline",
+            "2s",
+            "--retry-period",
+            "500ms",
+        ])
+        .args(["--metrics-addr", &metrics_addr.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ferrolb controller");
+    h.create_svc(svc("web")).await;
+    assert_eq!(h.wait_satisfied("web").await, vec![ip("198.51.100.1")]);
+    // /readyz and /metrics over HTTP.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match http_get(metrics_addr, "/readyz").await {
+            Ok((200, _)) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never 200: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = http_get(metrics_addr, "/metrics")
+        .await
+        .expect("GET /metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.lines().any(|l| l == "ferrolb_controller_is_leader 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "ferrolb_controller_allocations_total 1"),
+        "{body}"
+    );
+    // SIGTERM: clean exit, Lease released so a standby could take over at once.
+    let pid = child.id().expect("pid").to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(st.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("controller exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    let lease = Api::<Lease>::namespaced(h.client.clone(), "ferrolb-system")
+        .get("ferrolb-controller")
+        .await
+        .expect("lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.is_empty(),
+        "lease still held by {holder:?} after shutdown"
+    );
+}
