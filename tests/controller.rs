@@ -1126,3 +1126,55 @@ async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm
         "lease still held by {holder:?} after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_stops_writing_and_the_standby_takes_over() {
+    let h = Harness::new().await;
+    h.create_pool(pool("main").cidr("198.51.100.0/24")).await;
+    let a = h.start("ctrl-a");
+    // Let ctrl-a win the election before ctrl-b starts.
+    h.wait_leader(&[&a]).await;
+    let b = h.start("ctrl-b");
+    h.create_svc(svc("before")).await;
+    let before = h.wait_satisfied("before").await;
+    // ctrl-a's requests all fail (as if partitioned from the API server).
+    let cut = h
+        .api
+        .faults()
+        .add(ferrolb::apiserver::faults::FaultSpec::error(503).for_client("ctrl-a"));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while a.is_leader() || !b.is_leader() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no handover: a leads {}, b leads {}",
+            a.is_leader(),
+            b.is_leader()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ctrl-a can reach the API again, but must not write: it is no longer the holder.
+    h.api.faults().remove(cut);
+    let a_writes = |h: &Harness| {
+        ["services", "loadbalancerippools", "events"]
+            .iter()
+            .map(|r| h.writes_by("ctrl-a", r))
+            .sum::<u64>()
+    };
+    let a_before = a_writes(&h);
+    h.create_svc(svc("after")).await;
+    let after = h.wait_satisfied("after").await;
+    assert_ne!(after, before);
+    assert_eq!(
+        ingress(&h.svcs().get("before").await.expect("get")),
+        before,
+        "the handover moved an address"
+    );
+    h.wait_pool("main", "2 used", |p| {
+        p.status.as_ref().is_some_and(|s| s.ips_used == 2)
+    })
+    .await;
+    assert_eq!(a_writes(&h), a_before, "the deposed leader wrote");
+    assert!(!a.is_leader());
+    a.stop().await;
+    b.stop().await;
+}
