@@ -240,6 +240,11 @@ impl Controller {
                 leading = now_leading;
                 ctx.metrics.is_leader.set(i64::from(leading));
                 state.deactivate();
+                if !leading {
+                    // Gauges only the active replica can know.
+                    ctx.metrics.pool_ips.reset();
+                    ctx.metrics.unsatisfied.set(0);
+                }
                 retries.clear();
                 if leading {
                     // Rebuild from fresh lists (a consistent read), never from a cache that may
@@ -383,6 +388,16 @@ async fn flush(
                             .inc();
                     }
                     state.apply_service(updated);
+                    // The server's answer must show what we wrote; if it does not (a field the
+                    // server drops or rewrites), don't write again and again: say so instead.
+                    if state.service_write(&key).is_some() {
+                        state.forget_dirty_service(&key);
+                        ctx.metrics
+                            .reconcile_errors
+                            .with_label_values(&["status_not_converging"])
+                            .inc();
+                        tracing::error!(service = %key, "Service status still differs right after a successful write; not retrying until the Service changes");
+                    }
                     for ev in &w.events {
                         if let Err(e) = recorder.publish(&w.regarding, ev).await {
                             ctx.metrics.write("events", "error");
@@ -427,6 +442,14 @@ async fn flush(
                     retries.pools.remove(&name);
                     ctx.metrics.write("loadbalancerippools", "ok");
                     state.apply_pool(updated);
+                    if state.pool_write(&name).is_some() {
+                        state.forget_dirty_pool(&name);
+                        ctx.metrics
+                            .reconcile_errors
+                            .with_label_values(&["status_not_converging"])
+                            .inc();
+                        tracing::error!(pool = %name, "pool status still differs right after a successful write; not retrying until the pool changes");
+                    }
                     for ev in &w.events {
                         if let Err(e) = recorder.publish(&w.regarding, ev).await {
                             ctx.metrics.write("events", "error");

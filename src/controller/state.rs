@@ -379,6 +379,16 @@ impl State {
         self.dirty_pools.insert(name);
     }
 
+    /// Drops `key` from the dirty set (used when a write does not converge).
+    pub fn forget_dirty_service(&mut self, key: &ServiceKey) {
+        self.dirty_services.remove(key);
+    }
+
+    /// Drops `name` from the dirty set (used when a write does not converge).
+    pub fn forget_dirty_pool(&mut self, name: &str) {
+        self.dirty_pools.remove(name);
+    }
+
     pub fn has_dirty(&self) -> bool {
         !self.dirty_services.is_empty() || !self.dirty_pools.is_empty()
     }
