@@ -863,7 +863,15 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
         Some(lead_id.as_str())
     );
     assert!(h.writes_by(&lead_id, "services") >= 3);
-    assert!(h.writes_by(&lead_id, "loadbalancerippools") >= 1);
+    // Counters move when the server has answered; the watch may show the object a bit earlier.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while h.writes_by(&lead_id, "loadbalancerippools") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never wrote a pool status"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         h.writes_by(&standby_id, "services"),
         0,
@@ -898,7 +906,14 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
         before.values().all(|v| v != &x4),
         "x4 got an address in use"
     );
-    assert!(h.writes_by(&standby_id, "services") >= 1);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while h.writes_by(&standby_id, "services") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new leader never wrote a Service"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     standby.stop().await;
 }
 
@@ -1088,19 +1103,25 @@ async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, body) = http_get(metrics_addr, "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(code, 200);
-    assert!(
-        body.lines().any(|l| l == "ferrolb_controller_is_leader 1"),
-        "{body}"
-    );
-    assert!(
-        body.lines()
-            .any(|l| l == "ferrolb_controller_allocations_total 1"),
-        "{body}"
-    );
+    // The counters move right after the write's response; the test may see the status first.
+    let want = [
+        "ferrolb_controller_is_leader 1",
+        "ferrolb_controller_allocations_total 1",
+    ];
+    loop {
+        let (code, body) = http_get(metrics_addr, "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(code, 200);
+        if want.iter().all(|w| body.lines().any(|l| l == *w)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics never showed {want:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // SIGTERM: clean exit, Lease released so a standby could take over at once.
     let pid = child.id().expect("pid").to_string();
     let st = std::process::Command::new("kill")
