@@ -246,6 +246,9 @@ impl State {
                     }
                     act.alloc.ensure(&req);
                     act.reqs.insert(key.clone(), req);
+                    // A changed Service may unblock others (ports, sharing, selectors): retry
+                    // the unsatisfied ones, as Cilium does on every Service change.
+                    retry_unsatisfied(act, &key);
                     changed = act.alloc.take_changed();
                     self.dirty_pools.extend(self.pools.keys().cloned());
                 }
@@ -607,6 +610,22 @@ impl State {
     }
 }
 
+/// Re-ensures every unsatisfied Service of ours except `skip` (oldest key order, deterministic).
+fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
+    let waiting: Vec<ServiceKey> = act
+        .reqs
+        .keys()
+        .filter(|k| *k != skip)
+        .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+        .cloned()
+        .collect();
+    for k in waiting {
+        if let Some(req) = act.reqs.get(&k) {
+            act.alloc.ensure(req);
+        }
+    }
+}
+
 /// Events for transitions of a pool's conditions (compared with its current status).
 fn pool_events(st: &PoolState, cur: &LoadBalancerIPPoolStatus) -> Vec<EventSpec> {
     let was_true = |ty: &str| {
@@ -954,6 +973,42 @@ mod tests {
         let ws = writes(&mut st);
         let b = ws.get(&key("demo", "b")).expect("b is retried");
         assert_eq!(b.added, vec!["198.51.100.5".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn a_change_of_one_service_retries_the_unsatisfied_ones() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        let mut a = Svc::lb("demo", "a", 0).build();
+        let ann = BTreeMap::from([
+            (crate::api::ANN_IPS.to_string(), "198.51.100.9".to_string()),
+            (crate::api::ANN_SHARING_KEY.to_string(), "k".to_string()),
+        ]);
+        a.metadata.annotations = Some(ann.clone());
+        let mut b = Svc::lb("demo", "b", 1).build();
+        b.metadata.annotations = Some(ann);
+        st.apply_service(a.clone());
+        st.apply_service(b);
+        let ws = writes(&mut st);
+        assert_eq!(
+            ws[&key("demo", "b")].failed_reason.as_deref(),
+            Some("AlreadyAllocated")
+        );
+        for w in ws.values() {
+            apply_patch(&mut st, w);
+        }
+        // `a` moves to another port: `b` may now share the address.
+        let mut a2 = st.service(&key("demo", "a")).expect("a").clone();
+        if let Some(spec) = a2.spec.as_mut() {
+            spec.ports = Some(vec![ServicePort {
+                port: 81,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]);
+        }
+        st.apply_service(a2);
+        let ws = writes(&mut st);
+        let b = ws.get(&key("demo", "b")).expect("b retried");
+        assert_eq!(b.added, vec!["198.51.100.9".parse::<IpAddr>().expect("ip")]);
     }
 
     #[test]
