@@ -1199,3 +1199,93 @@ async fn a_leader_cut_off_from_the_api_stops_writing_and_the_standby_takes_over(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_when_idle() {
+    let h = Harness::new().await;
+    h.create_pool(pool("main").cidr("198.51.100.0/24")).await;
+    let ctl = h.start("ctrl-a");
+    h.wait_leader(&[&ctl]).await;
+    h.wait_pool("main", "status", |p| p.status.is_some()).await;
+    const N: usize = 20;
+    for i in 0..N {
+        h.create_svc(svc(&format!("load-{i:02}"))).await;
+    }
+    for i in 0..N {
+        h.wait_satisfied(&format!("load-{i:02}")).await;
+    }
+    h.wait_pool("main", "all used", |p| {
+        p.status.as_ref().is_some_and(|s| s.ips_used == N as i64)
+    })
+    .await;
+    let count = |verb: &str, res: &str| {
+        h.api
+            .request_counts()
+            .into_iter()
+            .filter(|(c, v, r, _)| c == "ctrl-a" && v == verb && r == res)
+            .map(|(_, _, _, n)| n)
+            .sum::<u64>()
+    };
+    // Events are published right after each status write; wait until all are counted.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while count("create", "events") < N as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} Events",
+            count("create", "events")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = |h: &Harness| {
+        let mut v: Vec<(String, String, u64)> = h
+            .api
+            .request_counts()
+            .into_iter()
+            .filter(|(c, _, r, _)| c == "ctrl-a" && r != "leases")
+            .map(|(_, v, r, n)| (v, r, n))
+            .collect();
+        v.sort();
+        v
+    };
+    // The server counts a request when it has answered it, which can be just after the watch
+    // showed its effect: let one lease renewal pass before taking the snapshot.
+    let renewals = count("update", "leases");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while count("update", "leases") < renewals + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease is not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let busy = snapshot(&h);
+    eprintln!("controller requests for {N} Services (excluding its Lease): {busy:?}");
+    assert_eq!(
+        count("patch", "services"),
+        N as u64,
+        "one status write per Service"
+    );
+    assert_eq!(
+        count("create", "events"),
+        N as u64,
+        "one Event per allocation"
+    );
+    assert_eq!(count("get", "services"), 0, "no polling, no conflicts here");
+    assert!(
+        count("list", "services") <= 2,
+        "lists: initial + takeover relist"
+    );
+    assert!(count("list", "loadbalancerippools") <= 2);
+    // Idle: while the Lease is renewed three more times, nothing else is requested.
+    let renewals = count("update", "leases");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while count("update", "leases") < renewals + 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease is not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(snapshot(&h), busy, "requests while idle");
+    ctl.stop().await;
+}

@@ -183,6 +183,16 @@ impl Retries {
             .insert(name, (Instant::now() + Self::backoff(attempt), attempt));
     }
 
+    fn schedule_service_at(&mut self, key: ServiceKey, at: Instant) {
+        let attempt = self.services.get(&key).map(|(_, a)| *a).unwrap_or(0);
+        self.services.insert(key, (at, attempt));
+    }
+
+    fn schedule_pool_at(&mut self, name: String, at: Instant) {
+        let attempt = self.pools.get(&name).map(|(_, a)| *a).unwrap_or(0);
+        self.pools.insert(name, (at, attempt));
+    }
+
     fn next_due(&self) -> Option<Instant> {
         self.services
             .values()
@@ -231,6 +241,7 @@ impl Controller {
         let mut feeds = Feeds::start(&ctx.client);
         let mut retries = Retries::default();
         let mut leading = false;
+        let mut pool_due: Option<Instant> = None;
         tracing::info!(identity = %cfg.identity, lease = %format!("{}/{}", cfg.lease_namespace, cfg.lease_name), "controller starting");
 
         loop {
@@ -260,13 +271,22 @@ impl Controller {
                 tracing::info!(services = n, "state rebuilt: existing allocations adopted");
             }
             if leading && state.is_active() {
-                flush(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                flush_services(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                if state.has_dirty_pools() {
+                    let due = *pool_due.get_or_insert_with(|| Instant::now() + POOL_DEBOUNCE);
+                    if due <= Instant::now() {
+                        pool_due = None;
+                        flush_pools(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                    }
+                }
+            } else {
+                pool_due = None;
             }
             update_gauges(&ctx.metrics, &mut state);
 
             let next_retry = retries.next_due();
             // Writes left over (conflict rounds exhausted, leadership flapped): come back soon.
-            let wake_soon = leading && state.is_active() && state.has_dirty();
+            let wake_soon = leading && state.is_active() && state.has_dirty_services();
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
@@ -288,6 +308,7 @@ impl Controller {
                     None => return Err(Error::WatchEnded("loadbalancerippools")),
                 },
                 _ = sleep_until_opt(next_retry) => retries.fire(&mut state),
+                _ = sleep_until_opt(pool_due) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)), if wake_soon => {}
             }
             if feeds.synced() && !ctx.health.is_ready() {
@@ -318,7 +339,7 @@ fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<Service>) {
             state.replace_services(list);
             feeds.svc_synced = true;
         }
-        Event::Apply(s) => state.apply_service(s),
+        Event::Apply(s) => state.service_event(s),
         Event::Delete(s) => state.delete_service(&s),
     }
 }
@@ -332,7 +353,7 @@ fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPP
             state.replace_pools(list);
             feeds.pool_synced = true;
         }
-        Event::Apply(p) => state.apply_pool(p),
+        Event::Apply(p) => state.pool_event(p),
         Event::Delete(p) => state.delete_pool(&p),
     }
 }
@@ -353,8 +374,12 @@ fn update_gauges(metrics: &Metrics, state: &mut State) {
 /// How many times one object is refetched after 409s within one flush.
 const MAX_CONFLICT_ROUNDS: usize = 5;
 
-/// Performs every write the state machine asks for, while (and only while) leading.
-async fn flush(
+/// Pool status writes are coalesced: counts change with every allocation, one write per pool
+/// after a burst is enough.
+const POOL_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Performs every Service write the state machine asks for, while (and only while) leading.
+async fn flush_services(
     ctx: &Context,
     state: &mut State,
     recorder: &Recorder,
@@ -362,19 +387,27 @@ async fn flush(
     retries: &mut Retries,
 ) {
     for _round in 0..MAX_CONFLICT_ROUNDS {
-        let (svcs, pools) = state.take_dirty();
-        if svcs.is_empty() && pools.is_empty() {
+        let svcs = state.take_dirty_services();
+        if svcs.is_empty() {
             return;
         }
         for key in svcs {
-            if !election.is_leader() {
+            if !election.is_leader() || ctx.shutdown.is_cancelled() {
                 state.mark_service_dirty(key);
+                continue;
+            }
+            if let Some(until) = state.service_pending_until(&key) {
+                // The watch has not shown our last write yet: what we would compute now is
+                // based on an older version. Its event re-marks the Service; the retry is a
+                // safety net in case that event never comes.
+                retries.schedule_service_at(key, until.into());
                 continue;
             }
             let Some(w) = state.service_write(&key) else {
                 retries.services.remove(&key);
                 continue;
             };
+            let based_on = state.service_rv(&key);
             match write_service(ctx, &w).await {
                 Ok(updated) => {
                     retries.services.remove(&key);
@@ -387,6 +420,11 @@ async fn flush(
                             .with_label_values(&[r])
                             .inc();
                     }
+                    state.note_service_version(
+                        &key,
+                        based_on.as_deref(),
+                        updated.metadata.resource_version.as_deref(),
+                    );
                     state.apply_service(updated);
                     // The server's answer must show what we wrote; if it does not (a field the
                     // server drops or rewrites), don't write again and again: say so instead.
@@ -407,14 +445,9 @@ async fn flush(
                         }
                     }
                 }
-                Err(e) if e.is_conflict() => {
+                Err(e) if e.is_conflict() || e.is_not_found() => {
                     ctx.metrics.write("services", "conflict");
-                    tracing::debug!(service = %key, "409 on Service status: refetching");
-                    refetch_service(ctx, state, &key, retries).await;
-                }
-                Err(e) if e.is_not_found() => {
-                    ctx.metrics.write("services", "error");
-                    // Gone between the watch event and the write: the DELETE event follows.
+                    tracing::debug!(service = %key, error = %e, "Service changed or vanished under the write: re-reading");
                     refetch_service(ctx, state, &key, retries).await;
                 }
                 Err(e) => {
@@ -428,19 +461,45 @@ async fn flush(
                 }
             }
         }
+    }
+}
+
+/// Performs every pool status write the state machine asks for, while leading.
+async fn flush_pools(
+    ctx: &Context,
+    state: &mut State,
+    recorder: &Recorder,
+    election: &super::leadership::Leadership,
+    retries: &mut Retries,
+) {
+    for _round in 0..MAX_CONFLICT_ROUNDS {
+        let pools = state.take_dirty_pools();
+        if pools.is_empty() {
+            return;
+        }
         for name in pools {
-            if !election.is_leader() {
+            if !election.is_leader() || ctx.shutdown.is_cancelled() {
                 state.mark_pool_dirty(name);
+                continue;
+            }
+            if let Some(until) = state.pool_pending_until(&name) {
+                retries.schedule_pool_at(name, until.into());
                 continue;
             }
             let Some(w) = state.pool_write(&name) else {
                 retries.pools.remove(&name);
                 continue;
             };
+            let based_on = state.pool_rv(&name);
             match write_pool(ctx, &w).await {
                 Ok(updated) => {
                     retries.pools.remove(&name);
                     ctx.metrics.write("loadbalancerippools", "ok");
+                    state.note_pool_version(
+                        &name,
+                        based_on.as_deref(),
+                        updated.metadata.resource_version.as_deref(),
+                    );
                     state.apply_pool(updated);
                     if state.pool_write(&name).is_some() {
                         state.forget_dirty_pool(&name);
@@ -509,6 +568,12 @@ async fn refetch_service(
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     match api.get_opt(&key.name).await {
         Ok(Some(svc)) => {
+            let cached = state.service_rv(key);
+            state.note_service_version(
+                key,
+                cached.as_deref(),
+                svc.metadata.resource_version.as_deref(),
+            );
             state.apply_service(svc);
             state.mark_service_dirty(key.clone());
         }
@@ -528,6 +593,12 @@ async fn refetch_pool(ctx: &Context, state: &mut State, name: &str, retries: &mu
     let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
     match api.get_opt(name).await {
         Ok(Some(p)) => {
+            let cached = state.pool_rv(name);
+            state.note_pool_version(
+                name,
+                cached.as_deref(),
+                p.metadata.resource_version.as_deref(),
+            );
             state.apply_pool(p);
             state.mark_pool_dirty(name.to_string());
         }

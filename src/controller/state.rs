@@ -101,7 +101,16 @@ pub struct State {
     dirty_services: BTreeSet<ServiceKey>,
     dirty_pools: BTreeSet<String>,
     removed_pools: Vec<String>,
+    /// Objects we wrote (or re-read after a 409) at a resourceVersion the watch has not
+    /// delivered yet. Until it does, events for them are older than what we know, so writes
+    /// for them are held back (they would only meet a 409). See [`State::service_event`].
+    pending_services: BTreeMap<ServiceKey, (String, std::time::Instant)>,
+    pending_pools: BTreeMap<String, (String, std::time::Instant)>,
 }
+
+/// How long a write waits for the watch to deliver the resourceVersion it produced before the
+/// controller stops waiting (a lost event must not block an object forever).
+pub const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn pool_inputs(p: &LoadBalancerIPPool) -> Value {
     json!({
@@ -129,6 +138,8 @@ impl State {
             dirty_services: BTreeSet::new(),
             dirty_pools: BTreeSet::new(),
             removed_pools: Vec::new(),
+            pending_services: BTreeMap::new(),
+            pending_pools: BTreeMap::new(),
         }
     }
 
@@ -207,6 +218,8 @@ impl State {
 
     /// A (re)list of Services: everything not in `list` is deleted.
     pub fn replace_services(&mut self, list: Vec<Service>) {
+        // A list is a consistent, current view: nothing is pending any more.
+        self.pending_services.clear();
         let new_keys: BTreeSet<ServiceKey> = list.iter().map(ServiceKey::of).collect();
         let gone: Vec<ServiceKey> = self
             .services
@@ -222,6 +235,84 @@ impl State {
         for s in list {
             self.apply_service(s);
         }
+    }
+
+    /// A Service event from the watch. Clears the pending mark when the watch caught up with
+    /// our last write / re-read of it.
+    pub fn service_event(&mut self, svc: Service) {
+        let key = ServiceKey::of(&svc);
+        if let Some((rv, _)) = self.pending_services.get(&key) {
+            if svc.metadata.resource_version.as_deref() == Some(rv.as_str()) {
+                self.pending_services.remove(&key);
+            }
+        }
+        self.apply_service(svc);
+    }
+
+    /// A pool event from the watch (see [`State::service_event`]).
+    pub fn pool_event(&mut self, pool: LoadBalancerIPPool) {
+        let name = pool.name_any();
+        if let Some((rv, _)) = self.pending_pools.get(&name) {
+            if pool.metadata.resource_version.as_deref() == Some(rv.as_str()) {
+                self.pending_pools.remove(&name);
+            }
+        }
+        self.apply_pool(pool);
+    }
+
+    /// Records that we know `key` at `rv` before the watch does (a write produced it, or a
+    /// re-read after a 409 returned it). `previous` is the version the write was based on: a
+    /// write that changed nothing keeps the version and produces no event, so nothing is pending.
+    pub fn note_service_version(
+        &mut self,
+        key: &ServiceKey,
+        previous: Option<&str>,
+        rv: Option<&str>,
+    ) {
+        if let Some(rv) = rv {
+            if previous != Some(rv) {
+                self.pending_services
+                    .insert(key.clone(), (rv.to_string(), std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// Like [`State::note_service_version`] for pools.
+    pub fn note_pool_version(&mut self, name: &str, previous: Option<&str>, rv: Option<&str>) {
+        if let Some(rv) = rv {
+            if previous != Some(rv) {
+                self.pending_pools.insert(
+                    name.to_string(),
+                    (rv.to_string(), std::time::Instant::now()),
+                );
+            }
+        }
+    }
+
+    /// When a write for `key` waits for the watch: until this instant (None = not waiting).
+    pub fn service_pending_until(&self, key: &ServiceKey) -> Option<std::time::Instant> {
+        self.pending_services
+            .get(key)
+            .map(|(_, at)| *at + PENDING_TIMEOUT)
+            .filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// Like [`State::service_pending_until`] for pools.
+    pub fn pool_pending_until(&self, name: &str) -> Option<std::time::Instant> {
+        self.pending_pools
+            .get(name)
+            .map(|(_, at)| *at + PENDING_TIMEOUT)
+            .filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// The cached resourceVersion of a Service.
+    pub fn service_rv(&self, key: &ServiceKey) -> Option<String> {
+        self.services.get(key)?.metadata.resource_version.clone()
+    }
+
+    /// The cached resourceVersion of a pool.
+    pub fn pool_rv(&self, name: &str) -> Option<String> {
+        self.pools.get(name)?.metadata.resource_version.clone()
     }
 
     /// A Service was added or modified (or re-read after a conflict or a write).
@@ -295,6 +386,7 @@ impl State {
     /// Forgets a Service by key and releases its addresses.
     pub fn delete_service_key(&mut self, key: &ServiceKey) {
         self.services.remove(key);
+        self.pending_services.remove(key);
         self.dirty_services.remove(key);
         if let Some(act) = self.active.as_mut() {
             act.to_clear.remove(key);
@@ -310,6 +402,7 @@ impl State {
 
     /// A (re)list of pools.
     pub fn replace_pools(&mut self, list: Vec<LoadBalancerIPPool>) {
+        self.pending_pools.clear();
         let names: BTreeSet<String> = list.iter().map(|p| p.name_any()).collect();
         let gone: Vec<String> = self
             .pools
@@ -361,6 +454,7 @@ impl State {
 
     pub fn delete_pool_name(&mut self, name: &str) {
         self.pools.remove(name);
+        self.pending_pools.remove(name);
         self.dirty_pools.remove(name);
         self.removed_pools.push(name.to_string());
         if let Some(act) = self.active.as_mut() {
@@ -394,6 +488,26 @@ impl State {
 
     pub fn has_dirty(&self) -> bool {
         !self.dirty_services.is_empty() || !self.dirty_pools.is_empty()
+    }
+
+    pub fn has_dirty_services(&self) -> bool {
+        !self.dirty_services.is_empty()
+    }
+
+    pub fn has_dirty_pools(&self) -> bool {
+        !self.dirty_pools.is_empty()
+    }
+
+    /// The Services to look at (and forgets them; re-mark on failure).
+    pub fn take_dirty_services(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.dirty_services)
+            .into_iter()
+            .collect()
+    }
+
+    /// The pools to look at (and forgets them; re-mark on failure).
+    pub fn take_dirty_pools(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.dirty_pools).into_iter().collect()
     }
 
     /// The objects to look at (and forgets them; re-mark on failure).
