@@ -1126,6 +1126,34 @@ mod tests {
     }
 
     #[test]
+    fn writes_wait_until_the_watch_shows_our_last_write() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        let k = key("demo", "web");
+        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        // A no-op write keeps the version: nothing to wait for.
+        st.note_service_version(&k, Some("5"), Some("5"));
+        assert!(st.service_pending_until(&k).is_none());
+        // Our write produced version 6; an older event (5) does not end the wait, 6 does.
+        st.note_service_version(&k, Some("5"), Some("6"));
+        assert!(st.service_pending_until(&k).is_some());
+        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        assert!(st.service_pending_until(&k).is_some());
+        st.service_event(Svc::lb("demo", "web", 0).rv("6").build());
+        assert!(st.service_pending_until(&k).is_none());
+        // A relist is current by definition.
+        st.note_service_version(&k, Some("6"), Some("9"));
+        st.replace_services(vec![Svc::lb("demo", "web", 0).rv("9").build()]);
+        assert!(st.service_pending_until(&k).is_none());
+        // Pools alike.
+        st.note_pool_version("p", Some("1"), Some("2"));
+        assert!(st.pool_pending_until("p").is_some());
+        let mut p2 = pool("p", "198.51.100.0/24", 0);
+        p2.metadata.resource_version = Some("2".into());
+        st.pool_event(p2);
+        assert!(st.pool_pending_until("p").is_none());
+    }
+
+    #[test]
     fn stale_delete_of_recreated_service_is_ignored() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
         let old = Svc::lb("demo", "web", 0).build();
