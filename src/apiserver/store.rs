@@ -220,6 +220,15 @@ pub fn normalize(def: &ResourceDef, obj: &mut Value) {
         reorder(m, &["kind", "apiVersion", "metadata"]);
         if let Some(Value::Object(md)) = m.get_mut("metadata") {
             reorder(md, META_ORDER);
+            // Go omits empty maps (omitempty)
+            for k in ["labels", "annotations"] {
+                if md
+                    .get(k)
+                    .is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+                {
+                    md.shift_remove(k);
+                }
+            }
         }
         if def.kind == "Service" {
             if let Some(Value::Object(spec)) = m.get_mut("spec") {
@@ -289,9 +298,24 @@ impl State {
             operation: "Update".into(),
             ..Default::default()
         };
+        let ctx = WriteCtx {
+            manager: "kube-apiserver".into(),
+            ..ctx
+        };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             let _ = s.create(&def, None, obj, &ctx);
+        }
+        // the `kubernetes` Service every cluster has (87)
+        if let Some(svc) = s.registry.find("", "v1", "services") {
+            let [a, b, c] = defaults::CLUSTER_IPV4_BASE;
+            let obj = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "clusterIP": format!("{a}.{b}.{c}.1"), "sessionAffinity": "None",
+                    "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+                    "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 6443}]}});
+            let _ = s.create(&svc, Some("default"), obj, &ctx);
         }
         s
     }
@@ -408,6 +432,11 @@ impl State {
             },
         };
         md.insert("name".into(), Value::String(name.clone()));
+        let applied_mf = if ctx.operation == "Apply" {
+            md.get("managedFields").cloned()
+        } else {
+            None
+        };
         for k in [
             "uid",
             "resourceVersion",
@@ -435,6 +464,7 @@ impl State {
                 o.remove("status");
             }
         }
+        let user = obj.clone();
         let mut warnings = Vec::new();
         defaults::on_create_warn(self, def, &mut obj, Some(&mut warnings))?;
         self.pending_warnings = warnings;
@@ -447,7 +477,13 @@ impl State {
         if def.generation {
             md.insert("generation".into(), json!(1));
         }
-        managed_hook(None, &mut obj, def, ctx, None);
+        match applied_mf {
+            Some(mf) => {
+                metadata_mut(&mut obj).insert("managedFields".into(), mf);
+            }
+            None => managed_hook(None, &mut obj, &user, def, ctx, None),
+        }
+        defaults::after_managed(def, &mut obj);
         if ctx.dry_run {
             normalize(def, &mut obj);
             return Ok(obj);
@@ -490,7 +526,9 @@ impl State {
             ));
         }
         let mut merged: Value;
+        let user: Value;
         if status_sub {
+            user = Value::Null;
             merged = (*old).clone();
             let o = merged.as_object_mut().expect("object");
             match new.get("status") {
@@ -501,7 +539,12 @@ impl State {
                     o.remove("status");
                 }
             }
-            defaults::on_status(def, &mut merged);
+            defaults::on_status(def, &mut merged)?;
+            if ctx.operation == "Apply" {
+                if let Some(mf) = new.pointer("/metadata/managedFields") {
+                    metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());
+                }
+            }
             if !def.custom {
                 let md = metadata_mut(&mut merged);
                 for k in ["labels", "annotations"] {
@@ -568,13 +611,21 @@ impl State {
                     }
                 }
             }
-            md.insert(
-                "managedFields".into(),
-                omd.get("managedFields").cloned().unwrap_or(Value::Null),
-            );
-            if md.get("managedFields") == Some(&Value::Null) {
-                md.remove("managedFields");
+            let sent_mf = md
+                .get("managedFields")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            if !sent_mf {
+                match omd.get("managedFields") {
+                    Some(mf) => {
+                        md.insert("managedFields".into(), mf.clone());
+                    }
+                    None => {
+                        md.remove("managedFields");
+                    }
+                }
             }
+            user = merged.clone();
             defaults::on_update(self, def, &old, &mut merged)?;
         }
         // keep rv of the old object for the comparison
@@ -598,6 +649,7 @@ impl State {
         managed_hook(
             Some(&old),
             &mut merged,
+            &user,
             def,
             ctx,
             if status_sub { Some("status") } else { None },
