@@ -130,6 +130,10 @@ pub struct Observed {
     /// LOCAL instant at which `record` was last seen to change (for our own successful writes:
     /// the instant the write was *sent*, which is conservative for the holder).
     pub observed_at: Instant,
+    /// The holder named in `record` was put there by our own successful write (its answer),
+    /// not merely seen: a record naming us that we never confirmed in this process (e.g. from
+    /// before a restart) does not make us the holder until we renew it.
+    pub confirmed: bool,
 }
 
 impl Observed {
@@ -143,10 +147,38 @@ impl Observed {
             Some(p) if p.record == record => p.observed_at,
             _ => now,
         };
+        // Confirmation survives record changes that keep the same holder (e.g. the watch echo
+        // of our own renewal arriving before the write's answer), and ends with another holder.
+        let holder = record.as_ref().and_then(|r| r.holder().map(str::to_string));
+        let confirmed = match prev {
+            Some(p) => p.confirmed && holder.is_some() && p.holder() == holder.as_deref(),
+            None => false,
+        };
         Observed {
             record,
             resource_version,
             observed_at,
+            confirmed,
+        }
+    }
+
+    /// The observation made from the answer to our own successful write sent at `sent_at`.
+    pub fn written(lease: &Lease, sent_at: Instant) -> Observed {
+        Observed {
+            record: Some(Record::from_lease(lease)),
+            resource_version: lease.metadata.resource_version.clone(),
+            observed_at: sent_at,
+            confirmed: true,
+        }
+    }
+
+    /// The lease is absent (seen at `now`).
+    pub fn absent(now: Instant) -> Observed {
+        Observed {
+            record: None,
+            resource_version: None,
+            observed_at: now,
+            confirmed: false,
         }
     }
 
@@ -249,7 +281,8 @@ pub fn decide(
             };
             if held_by_me {
                 let renew_at = obs.observed_at + cfg.retry_period;
-                return if now >= renew_at {
+                // A record naming us that we did not write ourselves: confirm it at once.
+                return if now >= renew_at || !obs.confirmed {
                     Action::Renew
                 } else {
                     Action::Hold { renew_at }
@@ -296,6 +329,7 @@ pub enum Standing {
 }
 
 /// client-go's "am I still the leader" rule, with the outage distinction sticky mode needs.
+/// Only a record we wrote ourselves ([`Observed::confirmed`]) makes us the holder.
 /// `last_failure` is the failure of the most recent write attempt, `None` if it succeeded
 /// (or nothing failed since the last success).
 pub fn standing(
@@ -308,7 +342,7 @@ pub fn standing(
     let Some(obs) = observed else {
         return Standing::NotHolder;
     };
-    if obs.holder() != Some(me) {
+    if obs.holder() != Some(me) || !obs.confirmed {
         return Standing::NotHolder;
     }
     match last_failure {
@@ -397,6 +431,7 @@ mod tests {
             }),
             resource_version: Some("10".into()),
             observed_at: at,
+            confirmed: true,
         }
     }
 
@@ -419,6 +454,7 @@ mod tests {
             record: None,
             resource_version: None,
             observed_at: t0,
+            confirmed: false,
         };
         assert_eq!(decide("a", Some(&obs), t0, &cfg(), ACQ), Action::Create);
         let delay = Intent::Acquire {
@@ -454,6 +490,7 @@ mod tests {
             }),
             resource_version: Some("11".into()),
             observed_at: t0,
+            confirmed: false,
         };
         let no_transitions = Observed {
             record: Some(Record {
@@ -463,6 +500,7 @@ mod tests {
             }),
             resource_version: Some("12".into()),
             observed_at: t0,
+            confirmed: false,
         };
         let d = |ms| Intent::Acquire {
             delay: Duration::from_millis(ms),
@@ -611,6 +649,7 @@ mod tests {
         );
         let first = Observed::next(None, Some(&lease), t0);
         assert_eq!(first.observed_at, t0);
+        assert!(!first.confirmed, "seen, not written by us");
         // Re-list / label change: new RV, same spec -> observed_at unchanged.
         lease.metadata.resource_version = Some("6".into());
         lease
@@ -625,6 +664,24 @@ mod tests {
         lease.spec.as_mut().unwrap().renew_time = Some(mt("2026-11-22T07:57:21.000000Z"));
         let third = Observed::next(Some(&second), Some(&lease), t0 + 4 * S);
         assert_eq!(third.observed_at, t0 + 4 * S);
+        // Our own write makes us the confirmed holder; the watch echo of a later renewal keeps
+        // it; another holder ends it.
+        lease.spec.as_mut().unwrap().holder_identity = Some("a".into());
+        let mine = Observed::written(&lease, t0 + 4 * S);
+        assert!(mine.confirmed);
+        lease.spec.as_mut().unwrap().renew_time = Some(mt("2026-11-22T07:57:22.000000Z"));
+        let echo = Observed::next(Some(&mine), Some(&lease), t0 + 5 * S);
+        assert!(echo.confirmed);
+        assert_eq!(echo.observed_at, t0 + 5 * S);
+        lease.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        let taken = Observed::next(Some(&echo), Some(&lease), t0 + 5 * S);
+        assert!(!taken.confirmed);
+        lease.spec.as_mut().unwrap().holder_identity = Some("a".into());
+        let back = Observed::next(Some(&taken), Some(&lease), t0 + 5 * S);
+        assert!(
+            !back.confirmed,
+            "seeing our name again is not a confirmation"
+        );
         // Deleted.
         let gone = Observed::next(Some(&third), None, t0 + 5 * S);
         assert_eq!(gone.record, None);
@@ -744,5 +801,206 @@ mod tests {
         assert_eq!(obs.duration(&cfg()), Duration::from_secs(86_400));
         obs.record.as_mut().unwrap().lease_duration_seconds = Some(-5);
         assert_eq!(obs.duration(&cfg()), Duration::from_secs(1));
+    }
+
+    /// A simulated cluster: N nodes running `decide` against a store with resourceVersion
+    /// preconditions, watch deliveries delayed at random, nodes crashing, being cut off from
+    /// the API and coming back. Invariant: at no instant do two nodes both have standing
+    /// `Holder` (no split brain), and the lease never goes unheld for long while a live,
+    /// connected candidate exists.
+    #[test]
+    fn simulated_cluster_never_has_two_holders() {
+        use rand::{Rng, SeedableRng};
+        let c = cfg();
+        let tick = Duration::from_millis(50);
+        for seed in 0..80u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let n = 3 + (seed % 3) as usize;
+            let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+            let t0 = Instant::now();
+            let mut store: Option<(Record, u64)> = None;
+            let mut rv = 0u64;
+            struct Node {
+                obs: Option<Observed>,
+                fail: Option<WriteFailure>,
+                alive: bool,
+                cut_off: bool,
+                inbox: Vec<(Instant, Option<(Record, u64)>)>,
+                next_try: Instant,
+            }
+            let mut nodes: Vec<Node> = (0..n)
+                .map(|_| Node {
+                    obs: Some(Observed {
+                        record: None,
+                        resource_version: None,
+                        observed_at: t0,
+                        confirmed: false,
+                    }),
+                    fail: None,
+                    alive: true,
+                    cut_off: false,
+                    inbox: Vec::new(),
+                    next_try: t0,
+                })
+                .collect();
+            let mut unheld_since: Option<Instant> = Some(t0);
+            for step in 0..600u32 {
+                let now = t0 + tick * step;
+                // Chaos: crash / revive / cut off / reconnect someone now and then.
+                if rng.random_ratio(1, 40) {
+                    let i = rng.random_range(0..n);
+                    match rng.random_range(0..4) {
+                        0 => nodes[i].alive = false,
+                        1 => {
+                            if !nodes[i].alive {
+                                // Restart: fresh state, watch lists the current object.
+                                nodes[i] = Node {
+                                    obs: Some(Observed {
+                                        record: store.as_ref().map(|s| s.0.clone()),
+                                        resource_version: store.as_ref().map(|s| s.1.to_string()),
+                                        observed_at: now,
+                                        confirmed: false,
+                                    }),
+                                    fail: None,
+                                    alive: true,
+                                    cut_off: false,
+                                    inbox: Vec::new(),
+                                    next_try: now,
+                                };
+                            }
+                        }
+                        2 => nodes[i].cut_off = true,
+                        _ => nodes[i].cut_off = false,
+                    }
+                }
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                for &i in &order {
+                    if !nodes[i].alive {
+                        continue;
+                    }
+                    // Watch deliveries due (none while cut off: the watch is down too).
+                    if !nodes[i].cut_off {
+                        let due: Vec<_> = {
+                            let inbox = &mut nodes[i].inbox;
+                            let (d, keep): (Vec<_>, Vec<_>) =
+                                inbox.drain(..).partition(|(t, _)| *t <= now);
+                            *inbox = keep;
+                            d
+                        };
+                        for (_, rec) in due {
+                            let prev = nodes[i].obs.clone();
+                            let stale = match (&rec, &prev) {
+                                (Some((_, r)), Some(p)) => p
+                                    .resource_version
+                                    .as_deref()
+                                    .and_then(|v| v.parse::<u64>().ok())
+                                    .is_some_and(|pv| pv > *r),
+                                _ => false,
+                            };
+                            if stale {
+                                continue;
+                            }
+                            let record = rec.as_ref().map(|r| r.0.clone());
+                            let mut lease = Lease {
+                                spec: record.as_ref().map(Record::to_spec),
+                                ..Lease::default()
+                            };
+                            lease.metadata.resource_version = rec.as_ref().map(|r| r.1.to_string());
+                            let l = rec.as_ref().map(|_| &lease);
+                            nodes[i].obs = Some(Observed::next(prev.as_ref(), l, now));
+                        }
+                    }
+                    if now < nodes[i].next_try {
+                        continue;
+                    }
+                    let rank = super::super::rendezvous_rank("lease", &names[i], &names);
+                    let intent = Intent::Acquire {
+                        delay: c.rank_step * rank as u32,
+                    };
+                    let action = decide(&names[i], nodes[i].obs.as_ref(), now, &c, intent);
+                    let writes = matches!(
+                        action,
+                        Action::Create | Action::Acquire { .. } | Action::Renew
+                    );
+                    if !writes {
+                        continue;
+                    }
+                    if nodes[i].cut_off {
+                        nodes[i].fail = Some(WriteFailure::Unreachable);
+                        nodes[i].next_try = now + c.retry_period;
+                        continue;
+                    }
+                    let obs_rv = nodes[i]
+                        .obs
+                        .as_ref()
+                        .and_then(|o| o.resource_version.clone());
+                    let store_rv = store.as_ref().map(|s| s.1.to_string());
+                    let ok = match action {
+                        Action::Create => store.is_none(),
+                        _ => store.is_some() && obs_rv == store_rv,
+                    };
+                    if !ok {
+                        nodes[i].fail = Some(WriteFailure::Conflict);
+                        nodes[i].next_try = now + c.retry_period;
+                        continue;
+                    }
+                    let mt = MicroTime(jiff::Timestamp::UNIX_EPOCH);
+                    let prev = store.as_ref().map(|s| s.0.clone());
+                    let spec = spec_for(&action, &names[i], prev.as_ref(), &mt, &c).unwrap();
+                    rv += 1;
+                    let mut rec = Record::from_lease(&Lease {
+                        spec: Some(spec),
+                        ..Lease::default()
+                    });
+                    // Distinct renewTimes per write, like real clocks.
+                    rec.renew_time = Some(MicroTime(
+                        jiff::Timestamp::from_microsecond(rv as i64).unwrap(),
+                    ));
+                    store = Some((rec.clone(), rv));
+                    nodes[i].obs = Some(Observed {
+                        record: Some(rec.clone()),
+                        resource_version: Some(rv.to_string()),
+                        observed_at: now,
+                        confirmed: true,
+                    });
+                    nodes[i].fail = None;
+                    for (j, other) in nodes.iter_mut().enumerate() {
+                        if j != i {
+                            let lag = Duration::from_millis(rng.random_range(0..400));
+                            other.inbox.push((now + lag, Some((rec.clone(), rv))));
+                        }
+                    }
+                }
+                // Invariant: at most one node believes it holds the lease.
+                let holders: Vec<&String> = (0..n)
+                    .filter(|&i| nodes[i].alive)
+                    .filter(|&i| {
+                        standing(&names[i], nodes[i].obs.as_ref(), now, &c, nodes[i].fail)
+                            == Standing::Holder
+                    })
+                    .map(|i| &names[i])
+                    .collect();
+                assert!(holders.len() <= 1, "seed {seed} t={step}: {holders:?}");
+                // Liveness: with a live connected node, the lease is not unheld for long
+                // (duration + max rank wait + watch lag + retries).
+                let someone_can = (0..n).any(|i| nodes[i].alive && !nodes[i].cut_off);
+                if holders.is_empty() && someone_can {
+                    let since = *unheld_since.get_or_insert(now);
+                    assert!(
+                        now - since
+                            <= c.lease_duration * 2
+                                + c.rank_step * n as u32
+                                + Duration::from_secs(2),
+                        "seed {seed} t={step}: unheld since {:?}",
+                        since - t0
+                    );
+                } else {
+                    unheld_since = None;
+                }
+            }
+        }
     }
 }

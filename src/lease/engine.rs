@@ -26,7 +26,7 @@ use super::client::{LeaseWriter, WriteError};
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
-use super::{balanced_ranks, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
+use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,13 +98,22 @@ pub struct EngineOptions {
     pub gc_after: Option<Duration>,
     /// Concurrent writes in flight.
     pub max_concurrent_writes: usize,
+    /// Keep a presence lease (`ferrolb-node-…`, renewed like any held lease) so other nodes
+    /// know this one is alive even while it holds nothing (needed for `rebalance_after`).
+    pub presence: bool,
+    /// Hand a held lease over to its preferred node (rank 0 of the load-bounded assignment)
+    /// once we have held it this long and that node is alive (`None`: never; stability only).
+    /// At most one hand-over per retry period per node; a hand-over the preferred node does
+    /// not take is not retried for ten times this period.
+    pub rebalance_after: Option<Duration>,
 }
 
 impl EngineOptions {
     /// The agent's settings: label-selected watch on `app.kubernetes.io/managed-by=ferrolb`,
-    /// abandoned leases deleted after 3 lease durations + the longest rank wait.
+    /// abandoned leases deleted after 2 lease durations + the longest rank wait (a node that
+    /// wants a free lease takes it within its rank wait).
     pub fn agent(namespace: &str, identity: &str, config: LeaseConfig) -> Self {
-        let gc = config.lease_duration * 3 + config.rank_step * MAX_RANK_WAIT as u32;
+        let gc = config.lease_duration * 2 + config.rank_step * MAX_RANK_WAIT as u32;
         EngineOptions {
             namespace: namespace.to_string(),
             identity: identity.to_string(),
@@ -115,6 +124,8 @@ impl EngineOptions {
             )]),
             gc_after: Some(gc),
             max_concurrent_writes: 64,
+            presence: true,
+            rebalance_after: Some((config.lease_duration * 6).max(Duration::from_secs(30))),
             config,
         }
     }
@@ -128,6 +139,8 @@ impl EngineOptions {
             base_labels: BTreeMap::new(),
             gc_after: None,
             max_concurrent_writes: 4,
+            presence: false,
+            rebalance_after: None,
             config,
         }
     }
@@ -147,6 +160,8 @@ pub struct EngineStats {
     pub failures: AtomicU64,
     /// Watch stream errors (the watcher retries with backoff).
     pub watch_errors: AtomicU64,
+    /// Held leases released to hand them over to their preferred node (rebalancing).
+    pub handovers: AtomicU64,
 }
 
 impl EngineStats {
@@ -207,12 +222,18 @@ struct Entry {
     in_flight: bool,
     retry_after: Option<Instant>,
     conflict_rv: Option<String>,
-    /// A write of ours succeeded since the record last named someone else.
-    confirmed: bool,
     /// Our last successful write was a release.
     released_by_us: bool,
     reported: Reported,
     wake: Option<Instant>,
+    /// Cached rank for taking over from (holder): rank among candidates without it.
+    takeover_rank: Option<(String, usize)>,
+    /// Since when we hold it (reported Held).
+    held_since: Option<Instant>,
+    /// We released it to hand it over to its preferred node.
+    handover_pending: bool,
+    /// No hand-over before this (a previous one was not taken).
+    no_handover_until: Option<Instant>,
 }
 
 impl Entry {
@@ -225,10 +246,13 @@ impl Entry {
             in_flight: false,
             retry_after: None,
             conflict_rv: None,
-            confirmed: false,
             released_by_us: false,
             reported: Reported::NotHeld,
             wake: None,
+            takeover_rank: None,
+            held_since: None,
+            handover_pending: false,
+            no_handover_until: None,
         }
     }
 }
@@ -254,8 +278,14 @@ struct Engine {
     report: ShutdownReport,
     stats: Arc<EngineStats>,
     held_tx: watch::Sender<BTreeSet<String>>,
-    /// Our load-bounded rank per desired lease.
-    ranks: HashMap<String, usize>,
+    /// Our load-bounded rank and the preferred node per desired lease.
+    ranks: HashMap<String, (usize, Option<String>)>,
+    /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
+    last_seen: HashMap<String, Instant>,
+    /// Name of our presence lease (if `opts.presence`).
+    presence: Option<String>,
+    /// Earliest next hand-over.
+    next_handover: Instant,
 }
 
 impl Engine {
@@ -280,11 +310,17 @@ impl Engine {
     }
 
     fn emit(&mut self, ev: LeaseEvent) {
+        if self.presence.as_deref() == Some(ev.name()) {
+            return;
+        }
         tracing::debug!(lease = ev.name(), event = ?ev, "lease state change");
         let _ = self.events.send(ev);
     }
 
     fn publish_held(&mut self, name: &str, held: bool) {
+        if self.presence.as_deref() == Some(name) {
+            return;
+        }
         self.held_tx.send_if_modified(|cur| {
             if held {
                 cur.insert(name.to_string())
@@ -312,8 +348,18 @@ impl Engine {
             }
         }
         let next = Observed::next(e.observed.as_ref(), lease, now);
-        if next.holder() != Some(me.as_str()) {
-            e.confirmed = false;
+        if next.observed_at == now {
+            if let Some(h) = next.holder() {
+                if h != me {
+                    self.last_seen.insert(h.to_string(), now);
+                }
+            }
+        }
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        if next.holder().is_some_and(|h| h != me) {
+            e.handover_pending = false;
         }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
@@ -325,27 +371,42 @@ impl Engine {
         e.object = lease.cloned();
     }
 
-    fn rank_delay(&self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
+    fn rank_delay(&mut self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
         }
-        let me = self.me();
+        let step = self.opts.config.rank_step;
+        let me = self.opts.identity.clone();
         let holder = obs.holder().filter(|h| *h != me);
-        if holder.is_none() {
+        let Some(holder) = holder else {
             // Absent or released: the load-bounded assignment decides who goes first.
-            if let Some(r) = self.ranks.get(name) {
-                return self.opts.config.rank_step * (*r).min(MAX_RANK_WAIT) as u32;
+            let r = match self.ranks.get(name) {
+                Some((r, _)) => *r,
+                None => rendezvous_rank(name, &me, &desired.candidates),
+            };
+            return step * r.min(MAX_RANK_WAIT) as u32;
+        };
+        // Taking over from an expired holder: rank among the others (it is presumably dead).
+        // Cached per holder: this runs on every renewal we observe.
+        if let Some(e) = self.entries.get(name) {
+            if let Some((h, r)) = &e.takeover_rank {
+                if h == holder {
+                    return step * (*r).min(MAX_RANK_WAIT) as u32;
+                }
             }
         }
-        // Taking over from an expired holder: rank among the others (it is presumably dead).
         let nodes: Vec<String> = desired
             .candidates
             .iter()
-            .filter(|n| Some(n.as_str()) != holder)
+            .filter(|n| n.as_str() != holder)
             .cloned()
             .collect();
-        let rank = rendezvous_rank(name, me, &nodes).min(MAX_RANK_WAIT);
-        self.opts.config.rank_step * rank as u32
+        let rank = rendezvous_rank(name, &me, &nodes);
+        let holder = holder.to_string();
+        if let Some(e) = self.entries.get_mut(name) {
+            e.takeover_rank = Some((holder, rank));
+        }
+        step * rank.min(MAX_RANK_WAIT) as u32
     }
 
     fn step(&mut self, name: &str, now: Instant) {
@@ -363,11 +424,7 @@ impl Engine {
         } else {
             None
         });
-        let mut st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
-        if st == Standing::Holder && !e.confirmed {
-            // Record says us (e.g. from before a restart) but no write of ours confirmed it.
-            st = Standing::NotHolder;
-        }
+        let st = standing(&me, e.observed.as_ref(), now, &cfg, failure);
         let mut wake: Option<Instant> = None;
         if st == Standing::Holder {
             wake = e
@@ -382,10 +439,26 @@ impl Engine {
         };
         let old_rep = e.reported;
         e.reported = new_rep;
+        if new_rep == Reported::Held && old_rep != Reported::Held {
+            if old_rep == Reported::NotHeld {
+                e.held_since = Some(now);
+            }
+            if e.handover_pending {
+                // We handed it over and nobody took it: don't try again for a long while.
+                e.handover_pending = false;
+                let back_off = self.opts.rebalance_after.unwrap_or_default() * 10;
+                e.no_handover_until = Some(now + back_off);
+            }
+        }
+        if new_rep == Reported::NotHeld {
+            e.held_since = None;
+        }
         let holder_now = e
             .observed
             .as_ref()
-            .and_then(|o| o.holder().map(str::to_string));
+            .and_then(|o| o.holder())
+            .filter(|h| *h != me)
+            .map(str::to_string);
         let released_by_us = e.released_by_us;
         let ev = match (old_rep, new_rep) {
             (a, b) if a == b => None,
@@ -399,7 +472,9 @@ impl Engine {
                 holder: holder_now,
             }),
         };
-        if let Some(LeaseEvent::Released { .. }) = &ev {
+        let is_presence = self.presence.as_deref() == Some(name);
+        if let (Some(LeaseEvent::Released { .. }), true, false) = (&ev, shutting_down, is_presence)
+        {
             self.report.released.push(name.to_string());
         }
         if let Some(ev) = ev {
@@ -433,17 +508,22 @@ impl Engine {
             return;
         }
         let desired = e.desired.clone();
-        let confirmed = e.confirmed;
-        let intent = match (&desired, shutting_down) {
+        let mut intent = match (&desired, shutting_down) {
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
             },
             _ => Intent::Release,
         };
-        let mut action = decide(&me, Some(&obs), now, &cfg, intent);
-        if matches!(action, Action::Hold { .. }) && !confirmed {
-            action = Action::Renew;
+        if matches!(intent, Intent::Acquire { .. }) && self.should_hand_over(name, now) {
+            tracing::info!(lease = name, "handing the lease over to its preferred node");
+            intent = Intent::Release;
+            self.next_handover = now + cfg.retry_period;
+            if let Some(e) = self.entries.get_mut(name) {
+                e.handover_pending = true;
+            }
+            self.stats.handovers.fetch_add(1, Ordering::Relaxed);
         }
+        let action = decide(&me, Some(&obs), now, &cfg, intent);
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         match action {
             Action::Create => {
@@ -478,12 +558,46 @@ impl Engine {
                                 .get(name)
                                 .is_some_and(|e| !e.in_flight && e.reported == Reported::NotHeld);
                         if forget {
+                            self.set_wake(name, None);
                             self.entries.remove(name);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Rebalancing: should we release this held lease so its preferred node takes it?
+    fn should_hand_over(&self, name: &str, now: Instant) -> bool {
+        let Some(after) = self.opts.rebalance_after else {
+            return false;
+        };
+        if now < self.next_handover || self.presence.as_deref() == Some(name) {
+            return false;
+        }
+        let Some(e) = self.entries.get(name) else {
+            return false;
+        };
+        if e.reported != Reported::Held || e.in_flight {
+            return false;
+        }
+        if e.held_since.is_none_or(|t| now < t + after) {
+            return false;
+        }
+        if e.no_handover_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let Some((rank, Some(preferred))) = self.ranks.get(name) else {
+            return false;
+        };
+        if *rank == 0 || preferred == self.me() {
+            return false;
+        }
+        // Only to a node that shows signs of life (it renewed something, e.g. its presence
+        // lease, within one lease duration).
+        self.last_seen
+            .get(preferred)
+            .is_some_and(|t| now < *t + self.opts.config.lease_duration)
     }
 
     /// When an unwanted, free lease may be deleted.
@@ -514,6 +628,10 @@ impl Engine {
         };
         let object = e.object.clone();
         e.in_flight = true;
+        if op == Op::Update(OpKind::Release) {
+            // Set before the write: the watch may show the release before its answer arrives.
+            e.released_by_us = true;
+        }
         self.in_flight += 1;
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
@@ -577,7 +695,6 @@ impl Engine {
     fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let cfg = self.opts.config.clone();
-        let me = self.opts.identity.clone();
         let Some(e) = self.entries.get_mut(&d.name) else {
             return;
         };
@@ -598,22 +715,17 @@ impl Engine {
                 e.last_failure = None;
                 e.conflict_rv = None;
                 e.retry_after = None;
-                e.released_by_us = d.op == Op::Update(OpKind::Release);
+                if d.op != Op::Update(OpKind::Release) {
+                    e.released_by_us = false;
+                }
                 if !newer_known {
-                    let mut obs = Observed::next(None, Some(&lease), d.sent_at);
-                    obs.observed_at = d.sent_at;
-                    e.confirmed = obs.holder() == Some(me.as_str());
-                    e.observed = Some(obs);
+                    e.observed = Some(Observed::written(&lease, d.sent_at));
                     e.object = Some(lease);
                 }
             }
             Ok(None) => {
                 // Deleted.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
                 e.object = None;
                 e.last_failure = None;
             }
@@ -691,9 +803,26 @@ impl Engine {
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
             .collect();
-        self.ranks = balanced_ranks(&self.opts.identity, &cands)
+        self.ranks = balanced_assignment(&self.opts.identity, &cands)
             .into_iter()
             .collect();
+        let mut desired = desired;
+        if let Some(p) = &self.presence {
+            desired.insert(
+                p.clone(),
+                Desired {
+                    labels: BTreeMap::from([(
+                        super::LABEL_ROLE.to_string(),
+                        super::ROLE_PRESENCE.to_string(),
+                    )]),
+                    annotations: BTreeMap::from([(
+                        super::ANN_NODE.to_string(),
+                        self.opts.identity.clone(),
+                    )]),
+                    candidates: Vec::new(),
+                },
+            );
+        }
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
             if e.desired.is_some() && !desired.contains_key(n) {
@@ -706,13 +835,10 @@ impl Engine {
             let e = self.entries.entry(n.clone()).or_insert_with(Entry::new);
             if e.observed.is_none() && initialized {
                 // The watch is synced and has not shown it: it does not exist.
-                e.observed = Some(Observed {
-                    record: None,
-                    resource_version: None,
-                    observed_at: now,
-                });
+                e.observed = Some(Observed::absent(now));
             }
             if e.desired.as_ref() != Some(&d) {
+                e.takeover_rank = None;
                 e.desired = Some(d);
                 touched.push(n);
             }
@@ -723,6 +849,7 @@ impl Engine {
     }
 
     fn shutdown_complete(&self, now: Instant) -> bool {
+        let me = self.me();
         let Some(deadline) = &self.shutting_down else {
             return false;
         };
@@ -730,10 +857,10 @@ impl Engine {
             return true;
         }
         self.in_flight == 0
-            && self
-                .entries
-                .values()
-                .all(|e| e.reported == Reported::NotHeld && !e.confirmed)
+            && self.entries.values().all(|e| {
+                e.reported == Reported::NotHeld
+                    && e.observed.as_ref().is_none_or(|o| o.holder() != Some(me))
+            })
     }
 }
 
@@ -750,7 +877,9 @@ async fn run(
         WatchScope::Labels(sel) => watcher::Config::default().labels(sel),
         WatchScope::Name(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
     };
-    let mut stream = watcher(api, wcfg).default_backoff().boxed();
+    // Reconnect quickly after an outage (≤ 2 s): stale observations cost 409s and late takeovers.
+    let backoff = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut stream = watcher(api, wcfg).backoff(backoff).boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
     let sem = Arc::new(Semaphore::new(opts.max_concurrent_writes.max(1)));
@@ -771,7 +900,15 @@ async fn run(
         stats,
         held_tx,
         ranks: HashMap::new(),
+        last_seen: HashMap::new(),
+        presence: None,
+        next_handover: Instant::now(),
     };
+    if eng.opts.presence {
+        let name = super::presence_name(&eng.opts.identity);
+        eng.presence = Some(name.clone());
+        eng.on_desired(BTreeMap::new(), Instant::now());
+    }
     let mut cmds_open = true;
     loop {
         let now = Instant::now();
@@ -812,24 +949,30 @@ async fn run(
             },
             _ = sleep_until_opt(next) => {
                 let now = Instant::now();
-                let due: Vec<String> = eng
-                    .timers
-                    .iter()
-                    .take_while(|(t, _)| *t <= now)
-                    .map(|(_, n)| n.clone())
-                    .collect();
+                let mut due: Vec<String> = Vec::new();
+                while let Some((t, _)) = eng.timers.first() {
+                    if *t > now {
+                        break;
+                    }
+                    if let Some((_, n)) = eng.timers.pop_first() {
+                        if let Some(e) = eng.entries.get_mut(&n) {
+                            e.wake = None;
+                        }
+                        due.push(n);
+                    }
+                }
                 for n in due {
-                    eng.set_wake(&n, None);
                     eng.step(&n, now);
                 }
             }
         }
     }
     // Leases we still hold (could not release in time, or the watch ended): report them lost.
+    let presence = eng.presence.clone();
     let still: Vec<String> = eng
         .entries
         .iter()
-        .filter(|(_, e)| e.reported != Reported::NotHeld)
+        .filter(|(n, e)| e.reported != Reported::NotHeld && presence.as_ref() != Some(*n))
         .map(|(n, _)| n.clone())
         .collect();
     for n in &still {
@@ -858,6 +1001,34 @@ fn start_shutdown(eng: &mut Engine, tx: Option<oneshot::Sender<ShutdownReport>>,
         for n in names {
             eng.step(&n, now);
         }
+    }
+}
+
+/// Exponential watch reconnect backoff (doubling from `min` to `max`), reset on success.
+struct WatchBackoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl WatchBackoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        WatchBackoff { min, max, cur: min }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.cur = self.min;
     }
 }
 

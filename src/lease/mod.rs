@@ -31,20 +31,40 @@
 //!   ([`MANAGED_BY_SELECTOR`]); the agent tells it the desired set, it reports per-lease
 //!   [`LeaseEvent`]s.
 //!
-//! ## Balance: rendezvous ranks
-//! Every candidate ranks the eligible nodes for a lease by rendezvous (highest-random-weight)
-//! hashing of (lease name, node) ([`rendezvous_rank`]). When a lease is free (absent, released or
-//! expired) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before trying, so the
-//! preferred node normally takes it uncontested (no thundering herd, no 409 storm) and addresses
-//! spread evenly over nodes. When taking over from an expired holder, that holder is left out of
-//! the ranking (it is presumably dead), so the next node in its order goes first.
+//! ## Balance: load-bounded rendezvous ranks
+//! Every candidate orders the eligible nodes of a lease by rendezvous (highest-random-weight)
+//! hashing of (lease name, node) ([`rendezvous_rank`], [`rendezvous_score`]). Plain rendezvous
+//! only balances statistically, so [`balanced_ranks`] bounds the load: going through the leases
+//! in name order, each goes to the first node in its order still below its fair share (rounded
+//! up). Every node that knows the same desired set computes the same assignment. When a lease is
+//! free (absent or released) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before
+//! trying, so the preferred node takes it uncontested (no thundering herd, no 409 storm). When
+//! taking over from an expired holder, that holder is left out of the ranking (it is presumably
+//! dead), so the next node in its rendezvous order goes first.
 //!
-//! **No rebalancing**: a live holder is never pushed off a lease because a more preferred node
-//! appeared (node join / restart). Stability wins: every hand-over is a window in which ARP
-//! caches point at the old node. Ranks only matter when a lease is free.
+//! ## Events for the agent
+//! [`LeaseEvent::Acquired`] (announce), [`LeaseEvent::Lost`] (another holder / 409 / refusal:
+//! stop at once), [`LeaseEvent::Unreachable`] (renewals failed because the API server is
+//! unreachable and the renew deadline passed: sticky mode keeps announcing until another node's
+//! gratuitous ARP/NA is seen, strict mode stops; followed by `Acquired` when a renewal gets through
+//! again, or `Lost`), [`LeaseEvent::Released`] (we released it: no longer wanted, hand-over, or
+//! shutdown). Presence leases never produce events.
+//!
+//! **Rebalancing is gentle and optional** ([`EngineOptions::rebalance_after`], agent default
+//! `max(6 × lease duration, 30 s)`, `None` = never). Stability comes first: a live holder keeps a
+//! lease for at least that long, and then hands it over (releases it; the preferred node takes it
+//! at once) only if the load-bounded assignment prefers another node AND that node shows signs of
+//! life. Each agent keeps a *presence lease* (`ferrolb-node-…`, label `ferrolb.io/role=presence`,
+//! one write per retry period) so a node that holds nothing — one that just joined or restarted
+//! during a rolling update — is seen as alive. At most one hand-over per node per retry period;
+//! a hand-over the preferred node does not take is not retried for 10 × the hold time. Without
+//! this, the node that starts first (or restarts last) would keep an unfair share forever, which
+//! is how first-come elections (kube-vip #877) end up with most VIPs on one node. A hand-over costs
+//! one watch round trip without an announcer plus the new holder's gratuitous ARP/NA.
 //!
 //! ## Garbage collection
-//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch that
+//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch (this
+//! includes presence leases of nodes that went away) that
 //! nobody holds and this node does not want is deleted (with a resourceVersion precondition) once
 //! it has been free for [`engine::EngineOptions::gc_after`]; a node that still wants it will have
 //! taken it long before.
@@ -133,6 +153,103 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .count()
 }
 
+/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// For clap: `#[arg(long, value_parser = ferrolb::lease::parse_duration)]`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 15s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Label marking a node's presence lease (value [`ROLE_PRESENCE`]).
+pub const LABEL_ROLE: &str = "ferrolb.io/role";
+/// Value of [`LABEL_ROLE`] on presence leases.
+pub const ROLE_PRESENCE: &str = "presence";
+/// Annotation: the node a presence lease belongs to.
+pub const ANN_NODE: &str = "ferrolb.io/node";
+
+/// Name of a node's presence lease: `ferrolb-node-` + 16 hex digits of sha256(node).
+pub fn presence_name(node: &str) -> String {
+    let digest = Sha256::digest(node.as_bytes());
+    let mut name = String::from("ferrolb-node-");
+    for b in digest.iter().take(8) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// Label: how many Services a lease serves.
+pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
+/// Label: namespace of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAMESPACE: &str = "ferrolb.io/service-namespace";
+/// Label: name of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAME: &str = "ferrolb.io/service-name";
+/// Annotation: every `namespace/name` a lease serves, comma-separated, sorted.
+pub const ANN_SERVICES: &str = "ferrolb.io/services";
+/// Annotation: the addresses a lease stands for (the lease key), as given.
+pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
+
+/// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
+/// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
+/// into annotations.
+pub fn describe(
+    key: &str,
+    services: &[String],
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
+    svcs.sort_unstable();
+    svcs.dedup();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string());
+    if let [one] = svcs.as_slice() {
+        if let Some((ns, name)) = one.split_once('/') {
+            // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
+            if is_label_value(ns) && is_label_value(name) {
+                labels.insert(LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string());
+                labels.insert(LABEL_SERVICE_NAME.to_string(), name.to_string());
+            }
+        }
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(ANN_SERVICES.to_string(), svcs.join(","));
+    annotations.insert(ANN_ADDRESSES.to_string(), key.to_string());
+    (labels, annotations)
+}
+
+/// Is `v` a valid Kubernetes label value?
+pub fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+}
+
 /// Load-bounded rendezvous ranks of `me` for a set of leases (name → eligible nodes).
 ///
 /// Plain rendezvous hashing spreads addresses only statistically (with 100 addresses on 3 nodes
@@ -142,11 +259,23 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
 /// rendezvous order. Every node that knows the same set computes the same assignment, so the
 /// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
 /// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
-/// A lease whose candidate list is empty or lacks `me` ranks `me` last (`candidates.len()`).
+/// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
+/// candidate list ranks everyone 0 (no ordering).
 pub fn balanced_ranks(
     me: &str,
     leases: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> std::collections::BTreeMap<String, usize> {
+    balanced_assignment(me, leases)
+        .into_iter()
+        .map(|(k, (rank, _))| (k, rank))
+        .collect()
+}
+
+/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
+pub fn balanced_assignment(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut share: HashMap<&str, f64> = HashMap::new();
     let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -171,7 +300,7 @@ pub fn balanced_ranks(
     let mut out = BTreeMap::new();
     for (name, cands) in leases {
         let Some(order) = orders.get(name.as_str()) else {
-            out.insert(name.clone(), 0);
+            out.insert(name.clone(), (0, None));
             continue;
         };
         let chosen = order
@@ -192,7 +321,7 @@ pub fn balanced_ranks(
                 None => cands.len(),
             }
         };
-        out.insert(name.clone(), rank);
+        out.insert(name.clone(), (rank, Some(chosen.to_string())));
     }
     out
 }
@@ -320,5 +449,36 @@ mod tests {
         // Not a candidate: last.
         let r = balanced_ranks("zz", &leases);
         assert!(r.values().all(|v| *v >= 2));
+    }
+
+    #[test]
+    fn describe_keeps_labels_valid() {
+        let (l, a) = describe("198.51.100.7", &["demo/web".into(), "demo/web".into()]);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "1");
+        assert_eq!(l[LABEL_SERVICE_NAME], "web");
+        assert_eq!(l[LABEL_SERVICE_NAMESPACE], "demo");
+        assert_eq!(a[ANN_SERVICES], "demo/web");
+        let many: Vec<String> = (0..40).map(|i| format!("team-{i}/dns-{i}")).collect();
+        let (l, a) = describe("198.51.100.8", &many);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "40");
+        assert!(!l.contains_key(LABEL_SERVICE_NAME));
+        assert!(l.values().all(|v| is_label_value(v)));
+        assert_eq!(a[ANN_SERVICES].split(',').count(), 40);
+        assert!(!is_label_value(&"x".repeat(64)));
+        assert!(!is_label_value("a/b"));
+        assert!(is_label_value("a.b-c_d"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "5x", "-1s", "1e400s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
