@@ -1289,3 +1289,61 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
     assert_eq!(snapshot(&h), busy, "requests while idle");
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_blocks_are_reported_and_fixing_them_is_observed() {
+    let h = Harness::new().await;
+    let created = h
+        .create_pool(
+            pool("mixed")
+                .cidr("198.51.100.0/30")
+                .cidr("198.51.100.300/24"),
+        )
+        .await;
+    let ctl = h.start("ctrl-a");
+    let cond_of = |p: &LoadBalancerIPPool, ty: &str| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == ty).cloned())
+    };
+    let p = h
+        .wait_pool("mixed", "InvalidBlocks=True", |p| {
+            cond_of(p, "InvalidBlocks").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let c = cond_of(&p, "InvalidBlocks").expect("condition");
+    assert!(c.message.contains("spec.blocks[1].cidr"), "{}", c.message);
+    assert_eq!(
+        p.status.as_ref().map(|s| s.ips_total),
+        Some(2),
+        "the valid /30 still counts"
+    );
+    h.wait_event("default", "mixed", "InvalidBlocks").await;
+    // The valid rest of the pool still serves.
+    h.create_svc(svc("web")).await;
+    assert_eq!(h.wait_satisfied("web").await, vec![ip("198.51.100.1")]);
+    // Fix the spec: generation moves on, the controller observes it and clears the condition.
+    let fix = serde_json::json!({"spec": {"blocks": [{"cidr": "198.51.100.0/30"}, {"cidr": "198.51.100.128/25"}]}});
+    let fixed = h
+        .pools()
+        .patch("mixed", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .expect("fix pool");
+    assert!(fixed.metadata.generation > created.metadata.generation);
+    let gen = fixed.metadata.generation;
+    let p = h
+        .wait_pool("mixed", "observedGeneration follows", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == gen)
+        })
+        .await;
+    assert!(cond_of(&p, "InvalidBlocks").is_none_or(|c| c.status == "False"));
+    assert_eq!(p.status.as_ref().map(|s| s.ips_total), Some(2 + 126));
+    assert_eq!(
+        ingress(&h.svcs().get("web").await.expect("get")),
+        vec![ip("198.51.100.1")],
+        "fixing the pool moved an address"
+    );
+    ctl.stop().await;
+}

@@ -21,6 +21,33 @@
 //! - Only the lease holder writes; a replica that loses the lease stops writing at once.
 //! - Every write carries the resourceVersion it was computed from; a 409 makes the controller
 //!   refetch the object and re-evaluate, it never overwrites blindly.
+//!
+//! Decisions worth knowing:
+//! - Service and pool status are written with a JSON merge patch on `/status` that carries
+//!   `metadata.resourceVersion` (a precondition on every API server), touching only
+//!   `status.loadBalancer.ingress` and `status.conditions` (other writers' conditions are kept;
+//!   labels/annotations are never sent). Ingress entries get `ipMode: VIP`.
+//! - After a write (or a re-read after a 409) the controller knows a newer version than its
+//!   watch. Until the watch delivers that version, further writes for the object wait (they
+//!   would be based on an older version and only earn a 409). A relist ends every wait; a lost
+//!   event ends it after [`state::PENDING_TIMEOUT`]. In steady state the controller sends no
+//!   GET at all (tested: one status patch and one Event per allocation, nothing while idle).
+//! - Pool status writes are coalesced (200 ms) since counts change with every allocation.
+//! - Takeover relists Services and pools (one LIST each) instead of trusting a standby's cache
+//!   that may not yet show the previous leader's last writes.
+//! - A Service that leaves our class/type loses the addresses *we* gave it (those the allocator
+//!   held, or after a restart those inside one of our pools) and our condition; other ingress
+//!   entries and conditions stay. A Service of a foreign class that never carried our condition
+//!   is never written to.
+//! - Events (`events.k8s.io/v1`): `IPAllocated`, `IPReleased` (Normal), `AllocationFailed`
+//!   (Warning, on a transition to unsatisfied or a new reason), `PoolConflict`, `PoolExhausted`,
+//!   `InvalidBlocks`, `InvalidSelector` (Warning, when the condition turns True). Pool Events go
+//!   to the `default` namespace.
+//! - Lease timings default to client-go's 15s/10s/2s: the controller is not on the data path
+//!   (addresses keep working while no replica leads), so a calm lease beats fast failover here.
+//! - Known limit (shared with every lease-based controller): a write already in flight when the
+//!   lease is lost can still land; the next leader's resourceVersion preconditions catch it
+//!   (409, re-read) but cannot undo it. Requests are not fenced by a lease token.
 
 pub mod error;
 pub mod events;
