@@ -344,6 +344,13 @@ impl State {
                     self.dirty_pools.extend(self.pools.keys().cloned());
                 }
             } else {
+                // Cleared already (neither our condition nor our addresses left): from now on
+                // the Service belongs to whoever serves its class.
+                if let Some(ips) = act.to_clear.get(&key) {
+                    if !had_condition && !ingress.iter().any(|ip| ips.contains(ip)) {
+                        act.to_clear.remove(&key);
+                    }
+                }
                 if act.reqs.remove(&key).is_some() {
                     let held: BTreeSet<IpAddr> = act
                         .alloc
@@ -1043,6 +1050,17 @@ mod tests {
         assert_eq!(w.events[0].reason, reason::IP_RELEASED);
         apply_patch(&mut st, w);
         assert!(writes(&mut st).is_empty(), "cleared once, then left alone");
+        // Its new controller may even hand out the same address later: not ours to touch.
+        let mut foreign = st.service(&key("demo", "web")).expect("svc").clone();
+        foreign.status = Svc::lb("demo", "web", 0)
+            .ingress(&["198.51.100.1"])
+            .build()
+            .status;
+        st.apply_service(foreign);
+        assert!(
+            writes(&mut st).is_empty(),
+            "a foreign class's status was touched"
+        );
         // The freed address goes to the next Service.
         st.apply_service(Svc::lb("demo", "next", 5).build());
         let ws = writes(&mut st);
