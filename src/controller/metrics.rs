@@ -91,16 +91,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Metrics on a private registry (tests, or when metrics are not served).
-    pub fn unregistered() -> Self {
-        // Registering on a fresh registry cannot collide, so this only fails on a bad
-        // metric definition, which the unit test below would catch.
-        match Metrics::new(&Registry::new()) {
-            Ok(m) => m,
-            Err(e) => panic!("metric definitions are invalid: {e}"),
-        }
-    }
-
     /// Sets the `ferrolb_pool_ips` gauges of one pool.
     pub fn set_pool(&self, pool: &str, total: u128, used: u128, available: u128) {
         for (state, v) in [("total", total), ("used", used), ("available", available)] {
