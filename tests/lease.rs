@@ -563,6 +563,31 @@ async fn unwanted_leases_are_released_then_garbage_collected_and_shutdown_releas
         .await
         .expect("3 held")
         .unwrap();
+    // What a lease serves changes: the holder rewrites its labels/annotations on the next
+    // renewal, dropping our stale keys.
+    let relabelled = want.keys().nth(1).unwrap().clone();
+    let mut changed = want.clone();
+    if let Some(d) = changed.get_mut(&relabelled) {
+        d.labels = BTreeMap::from([("ferrolb.io/service-count".into(), "2".into())]);
+        d.annotations = BTreeMap::from([("ferrolb.io/services".into(), "a/x,b/y".into())]);
+    }
+    a.set_desired(changed);
+    let mut relabelled_ok = false;
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end && !relabelled_ok {
+        let l = get_lease(&api, &relabelled).await.expect("lease");
+        let labels = l.metadata.labels.unwrap_or_default();
+        let ann = l.metadata.annotations.unwrap_or_default();
+        relabelled_ok = labels.get("ferrolb.io/service-count").map(String::as_str) == Some("2")
+            && !labels.contains_key("ferrolb.io/address")
+            && labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("ferrolb")
+            && ann.get("ferrolb.io/services").map(String::as_str) == Some("a/x,b/y");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relabelled_ok, "labels not rewritten by the holder");
     // Drop one: released (holder cleared), then deleted after gc_after.
     let dropped = want.keys().next().unwrap().clone();
     let mut fewer = want.clone();
@@ -689,4 +714,58 @@ async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
         );
     }
     a.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait() {
+    let api = stand_in().await;
+    let mut cfg = fast();
+    // A long rank step: a takeover faster than one step shows the next node did not wait.
+    cfg.rank_step = Duration::from_secs(2);
+    let nodes: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+    let want = desired_set(1, &nodes);
+    let name = want.keys().next().unwrap().clone();
+    let mut sets = Vec::new();
+    for node in &nodes {
+        let (set, _ev) = LeaseSet::start(
+            api.client_as(node),
+            EngineOptions::agent(NS, node, cfg.clone()),
+        );
+        set.set_desired(want.clone());
+        sets.push(Some(set));
+    }
+    let helds: Vec<_> = sets.iter().map(|s| s.as_ref().unwrap().held()).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            helds.iter().filter(|h| h.borrow().contains(&name)).count() == 1
+        })
+        .await
+    );
+    let h = helds
+        .iter()
+        .position(|h| h.borrow().contains(&name))
+        .unwrap();
+    // The holder is the preferred node (it created the lease without waiting).
+    assert_eq!(
+        ferrolb::lease::balanced_ranks(&nodes[h], &BTreeMap::from([(name.clone(), nodes.clone())]))
+            [&name],
+        0
+    );
+    let t0 = Instant::now();
+    let report = sets[h].take().unwrap().shutdown().await;
+    assert_eq!(report.released, vec![name.clone()]);
+    let others: Vec<usize> = (0..3).filter(|i| *i != h).collect();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            others.iter().any(|i| helds[*i].borrow().contains(&name))
+        })
+        .await,
+        "no takeover"
+    );
+    let took = t0.elapsed();
+    eprintln!("graceful takeover from the preferred node after {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    for s in sets.into_iter().flatten() {
+        s.abort();
+    }
 }

@@ -55,6 +55,18 @@ pub fn micro_now() -> MicroTime {
     MicroTime(jiff::Timestamp::from_microsecond(micros).unwrap_or(now))
 }
 
+/// Prefix of the label/annotation keys this module manages on Leases.
+pub const OWN_PREFIX: &str = "ferrolb.io/";
+
+fn merge_ours(target: &mut Option<BTreeMap<String, String>>, given: &BTreeMap<String, String>) {
+    let map = target.get_or_insert_with(Default::default);
+    map.retain(|k, _| !k.starts_with(OWN_PREFIX) || given.contains_key(k));
+    map.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if map.is_empty() {
+        *target = None;
+    }
+}
+
 /// Writes Leases in one namespace as one identity.
 #[derive(Clone)]
 pub struct LeaseWriter {
@@ -119,7 +131,8 @@ impl LeaseWriter {
 
     /// Acquire / renew / release: PUT the observed object with the new spec and its
     /// resourceVersion as precondition. `labels`/`annotations` (if given) are merged over the
-    /// object's (our keys win, foreign keys are kept).
+    /// object's: given keys win, keys under our prefix `ferrolb.io/` that are not given any more
+    /// are removed (e.g. a service label when the lease now serves two), other keys are kept.
     pub async fn update(
         &self,
         action: &Action,
@@ -146,16 +159,11 @@ impl LeaseWriter {
         })?;
         let mut lease = current.clone();
         lease.metadata.managed_fields = None;
-        if let Some(l) = labels.filter(|l| !l.is_empty()) {
-            let mine = lease.metadata.labels.get_or_insert_with(Default::default);
-            mine.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(l) = labels {
+            merge_ours(&mut lease.metadata.labels, l);
         }
-        if let Some(a) = annotations.filter(|a| !a.is_empty()) {
-            let mine = lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default);
-            mine.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(a) = annotations {
+            merge_ours(&mut lease.metadata.annotations, a);
         }
         let mut merged = lease.spec.take().unwrap_or_default();
         merged.holder_identity = spec.holder_identity;
@@ -231,5 +239,29 @@ mod tests {
         assert_eq!(classify(&api(429)), WriteFailure::Unreachable);
         assert_eq!(classify(&api(403)), WriteFailure::Rejected);
         assert_eq!(classify(&api(400)), WriteFailure::Rejected);
+    }
+
+    #[test]
+    fn our_stale_keys_are_dropped_foreign_ones_kept() {
+        let mut target = Some(BTreeMap::from([
+            ("ferrolb.io/service-name".to_string(), "web".to_string()),
+            ("ferrolb.io/service-count".to_string(), "1".to_string()),
+            ("team".to_string(), "blue".to_string()),
+        ]));
+        let given = BTreeMap::from([("ferrolb.io/service-count".to_string(), "2".to_string())]);
+        merge_ours(&mut target, &given);
+        let t = target.unwrap();
+        assert_eq!(
+            t.get("ferrolb.io/service-count").map(String::as_str),
+            Some("2")
+        );
+        assert!(!t.contains_key("ferrolb.io/service-name"));
+        assert_eq!(t.get("team").map(String::as_str), Some("blue"));
+        let mut empty = Some(BTreeMap::from([(
+            "ferrolb.io/x".to_string(),
+            "1".to_string(),
+        )]));
+        merge_ours(&mut empty, &BTreeMap::new());
+        assert_eq!(empty, None);
     }
 }

@@ -230,6 +230,8 @@ struct Entry {
     takeover_rank: Option<(String, usize)>,
     /// Since when we hold it (reported Held).
     held_since: Option<Instant>,
+    /// The last holder seen (kept when the lease is released).
+    last_holder: Option<String>,
     /// We released it to hand it over to its preferred node.
     handover_pending: bool,
     /// No hand-over before this (a previous one was not taken).
@@ -251,6 +253,7 @@ impl Entry {
             wake: None,
             takeover_rank: None,
             held_since: None,
+            last_holder: None,
             handover_pending: false,
             no_handover_until: None,
         }
@@ -361,6 +364,9 @@ impl Engine {
         if next.holder().is_some_and(|h| h != me) {
             e.handover_pending = false;
         }
+        if let Some(h) = next.holder() {
+            e.last_holder = Some(h.to_string());
+        }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
             if next.holder() != Some(me.as_str()) {
@@ -379,8 +385,20 @@ impl Engine {
         let me = self.opts.identity.clone();
         let holder = obs.holder().filter(|h| *h != me);
         let Some(holder) = holder else {
-            // Absent or released: the load-bounded assignment decides who goes first.
+            // Absent or released: the load-bounded assignment decides who goes first — unless
+            // the preferred node is the one that just released it (it is shutting down or no
+            // longer eligible): then the others go in rendezvous order without it.
+            let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
             let r = match self.ranks.get(name) {
+                Some((_, Some(pref))) if obs.record.is_some() && last.as_ref() == Some(pref) => {
+                    let others: Vec<String> = desired
+                        .candidates
+                        .iter()
+                        .filter(|n| *n != pref)
+                        .cloned()
+                        .collect();
+                    rendezvous_rank(name, &me, &others)
+                }
                 Some((r, _)) => *r,
                 None => rendezvous_rank(name, &me, &desired.candidates),
             };
@@ -664,10 +682,17 @@ impl Engine {
                         OpKind::Release => Action::Release,
                     };
                     match &object {
-                        Some(obj) => writer
-                            .update(&action, obj, Some(&labels), Some(&annotations), timeout)
-                            .await
-                            .map(Some),
+                        Some(obj) => {
+                            // A release leaves the metadata as it is (only the holder writes
+                            // what a lease serves).
+                            let release = kind == OpKind::Release;
+                            let (l, a) = if release {
+                                (None, None)
+                            } else {
+                                (Some(&labels), Some(&annotations))
+                            };
+                            writer.update(&action, obj, l, a, timeout).await.map(Some)
+                        }
                         None => Err(WriteError {
                             kind: WriteFailure::Rejected,
                             message: "no observed object to update".into(),
