@@ -1347,3 +1347,25 @@ async fn invalid_blocks_are_reported_and_fixing_them_is_observed() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_releases_its_addresses_and_reports_no_pool() {
+    let h = Harness::new().await;
+    h.create_pool(pool("only").cidr("198.51.100.0/28")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("web")).await;
+    let ips = h.wait_satisfied("web").await;
+    assert_eq!(ips.len(), 1);
+    h.pools()
+        .delete("only", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    let s = h.wait_unsatisfied("web", "NoPool").await;
+    assert!(ingress(&s).is_empty(), "address of a deleted pool kept");
+    h.wait_event(NS, "web", "IPReleased").await;
+    // A new pool serves it again.
+    h.create_pool(pool("again").cidr("198.51.100.128/28")).await;
+    let ips = h.wait_satisfied("web").await;
+    assert!(in_cidr(ips[0], "198.51.100.128/28"), "{ips:?}");
+    ctl.stop().await;
+}
