@@ -1369,3 +1369,63 @@ async fn deleting_a_pool_releases_its_addresses_and_reports_no_pool() {
     assert!(in_cidr(ips[0], "198.51.100.128/28"), "{ips:?}");
     ctl.stop().await;
 }
+
+/// Measurement, not a test: `cargo test --test controller measure -- --ignored --nocapture`
+/// prints how long one controller takes to serve N Services created at once, and the API
+/// requests it made. (Figures depend on the machine; nothing is asserted about time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn measure_convergence_and_api_load() {
+    let n: usize = std::env::var("FERROLB_MEASURE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let h = Harness::new().await;
+    h.create_pool(pool("v4").cidr("198.51.100.0/24")).await;
+    h.create_pool(pool("v6").cidr("2001:db8:100::/112")).await;
+    let ctl = h.start("ctrl-a");
+    h.wait_leader(&[&ctl]).await;
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        let b = if i < 200 {
+            svc(&format!("m-{i:05}"))
+        } else {
+            svc(&format!("m-{i:05}")).families(&["IPv6"], "SingleStack")
+        };
+        h.create_svc(b).await;
+    }
+    let created = start.elapsed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = ctl.ctx.metrics.allocations.get() as usize;
+        if done >= n {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of {n} allocated"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let converged = start.elapsed();
+    h.wait_pool("v4", "v4 counts", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.ips_used == n.min(200) as i64)
+    })
+    .await;
+    let pools_done = start.elapsed();
+    eprintln!("pool status caught up {pools_done:?} after the first create");
+    let mut reqs: Vec<(String, String, u64)> = h
+        .api
+        .request_counts()
+        .into_iter()
+        .filter(|(c, _, _, _)| c == "ctrl-a")
+        .map(|(_, v, r, n)| (v, r, n))
+        .collect();
+    reqs.sort();
+    eprintln!(
+        "{n} Services: created in {created:?}, all allocated {converged:?} after the first create; controller requests: {reqs:?}"
+    );
+    ctl.stop().await;
+}

@@ -287,8 +287,11 @@ impl Controller {
             let next_retry = retries.next_due();
             // Writes left over (conflict rounds exhausted, leadership flapped): come back soon.
             let wake_soon = leading && state.is_active() && state.has_dirty_services();
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            // Not `biased`: a burst of Service events must not starve the pool watch.
             tokio::select! {
-                biased;
                 _ = ctx.shutdown.cancelled() => break,
                 _ = election.changed() => {}
                 ev = feeds.services.next() => match ev {
