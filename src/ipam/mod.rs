@@ -69,6 +69,7 @@ pub mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -327,7 +328,8 @@ struct AddrEntry {
 
 #[derive(Debug)]
 struct SvcEntry {
-    req: ServiceReq,
+    /// Shared so that recomputing does not deep-copy the request.
+    req: Arc<ServiceReq>,
     /// Held addresses, sorted.
     addrs: Vec<Addr>,
     outcome: Outcome,
@@ -351,6 +353,8 @@ pub struct Allocator {
     /// Sharing keys that gained a shareable address (or whose holders changed their request)
     /// since the last settle: retry the waiting Services with that key.
     sharing_dirty: BTreeSet<String>,
+    /// Ensured Services that do not hold everything they ask for (retried by `settle`).
+    waiting: BTreeSet<ServiceKey>,
 }
 
 type Fail = (Reason, String);
@@ -485,7 +489,7 @@ impl Allocator {
             let cur = entry.pool.clone();
             let reqs: Vec<&ServiceReq> = holders
                 .iter()
-                .filter_map(|k| self.services.get(k).map(|s| &s.req))
+                .filter_map(|k| self.services.get(k).map(|s| &*s.req))
                 .collect();
             // The canonical pool of an address is the first candidate (non-conflicting first,
             // then oldest), so that the attribution after a restart (adoption) is the same.
@@ -550,13 +554,13 @@ impl Allocator {
         self.services
             .entry(key.clone())
             .or_insert_with(|| SvcEntry {
-                req: req.clone(),
+                req: Arc::new(req.clone()),
                 addrs: Vec::new(),
                 outcome: Outcome::fail(Reason::NoPool, NOT_YET.into()),
                 ensured: false,
             });
         if let Some(s) = self.services.get_mut(&key) {
-            s.req = req.clone();
+            s.req = Arc::new(req.clone());
         }
         for ip in ips {
             let a = Addr::from_ip(*ip);
@@ -614,7 +618,7 @@ impl Allocator {
             let mut reqs: Vec<&ServiceReq> = e
                 .holders
                 .iter()
-                .filter_map(|h| self.services.get(h).map(|s| &s.req))
+                .filter_map(|h| self.services.get(h).map(|s| &*s.req))
                 .collect();
             reqs.push(req);
             return self
@@ -646,17 +650,17 @@ impl Allocator {
         let key = req.key.clone();
         match self.services.get_mut(&key) {
             Some(s) => {
-                if s.ensured && s.req == *req && complete(s) {
+                if s.ensured && *s.req == *req && complete(s) {
                     return s.outcome.clone();
                 }
                 // A changed request of a sharing Service may make it compatible with waiters.
-                if s.req != *req {
+                if *s.req != *req {
                     for sh in [&s.req.sharing, &req.sharing].into_iter().flatten() {
                         self.sharing_dirty.insert(sh.key.clone());
                     }
                 }
-                let changed_req = s.req != *req;
-                s.req = req.clone();
+                let changed_req = *s.req != *req;
+                s.req = Arc::new(req.clone());
                 s.ensured = true;
                 if changed_req {
                     for a in s.addrs.clone() {
@@ -668,7 +672,7 @@ impl Allocator {
                 self.services.insert(
                     key.clone(),
                     SvcEntry {
-                        req: req.clone(),
+                        req: Arc::new(req.clone()),
                         addrs: Vec::new(),
                         outcome: Outcome::fail(Reason::NoPool, String::new()),
                         ensured: true,
@@ -691,6 +695,7 @@ impl Allocator {
             self.unclaim(key, a);
         }
         self.services.remove(key);
+        self.waiting.remove(key);
         self.changed.insert(key.clone());
         self.settle();
     }
@@ -729,9 +734,9 @@ impl Allocator {
             let all = std::mem::take(&mut self.freed);
             let keys = std::mem::take(&mut self.sharing_dirty);
             let waiting: Vec<ServiceKey> = self
-                .services
+                .waiting
                 .iter()
-                .filter(|(_, s)| s.ensured && !complete(s))
+                .filter_map(|k| self.services.get_key_value(k))
                 .filter(|(_, s)| {
                     all || s
                         .req
@@ -754,14 +759,18 @@ impl Allocator {
         let Some(s) = self.services.get(key) else {
             return;
         };
-        let before = s.outcome.clone();
-        let req = s.req.clone();
+        let req = Arc::clone(&s.req);
         let outcome = self.compute(&req);
         let s = self.services.get_mut(key).expect("checked above");
-        if outcome != before {
+        if s.ensured && !complete(s) {
+            self.waiting.insert(key.clone());
+        } else {
+            self.waiting.remove(key);
+        }
+        if outcome != s.outcome {
+            s.outcome = outcome;
             self.changed.insert(key.clone());
         }
-        s.outcome = outcome;
     }
 
     fn compute(&mut self, req: &ServiceReq) -> Outcome {
@@ -1036,7 +1045,12 @@ impl Allocator {
         e.holders.insert(key.clone());
         if fresh {
             self.used.insert(a);
-            *self.pool_used.entry(pool.to_string()).or_insert(0) += 1;
+            match self.pool_used.get_mut(pool) {
+                Some(n) => *n += 1,
+                None => {
+                    self.pool_used.insert(pool.to_string(), 1);
+                }
+            }
         }
         if let Some(s) = self.services.get_mut(key) {
             if let Err(i) = s.addrs.binary_search(&a) {
@@ -1115,7 +1129,9 @@ impl Allocator {
             self.sharing_dirty.extend(keys);
         }
         if let Some(s) = self.services.get(key) {
-            if !s.ensured {
+            if s.ensured {
+                self.waiting.insert(key.clone());
+            } else {
                 // Adopted-only Services have no ensure pass to refresh them.
                 let mut o = satisfied(&s.addrs, &self.addrs);
                 if s.addrs.is_empty() {
@@ -1183,9 +1199,12 @@ fn complete(s: &SvcEntry) -> bool {
             .iter()
             .all(|ip| s.addrs.contains(&Addr::from_ip(*ip)));
     }
-    wanted_families(&s.req)
-        .iter()
-        .all(|f| s.addrs.iter().any(|a| a.family == *f))
+    let has = |f: Family| s.addrs.iter().any(|a| a.family == f);
+    match s.req.policy {
+        FamilyPolicy::SingleStack => s.req.families.first().is_none_or(|f| has(*f)),
+        FamilyPolicy::PreferDualStack => s.req.families.iter().all(|f| has(*f)),
+        FamilyPolicy::RequireDualStack => has(Family::V4) && has(Family::V6),
+    }
 }
 
 fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Outcome {
