@@ -124,6 +124,12 @@ async fn stale_resource_version_is_a_conflict_never_an_overwrite() {
         now.metadata.resource_version,
         renewed.metadata.resource_version
     );
+    // Creating in a namespace that does not exist is a refusal (fix the config), not a race.
+    let lost = LeaseWriter::new(api.client_as("node-a"), "no-such-ns", "node-a", cfg.clone())
+        .create("race", &BTreeMap::new(), &BTreeMap::new(), t)
+        .await
+        .expect_err("404");
+    assert_eq!((lost.kind, lost.code), (WriteFailure::Rejected, Some(404)));
     // The wire format of our MicroTimes survived the real-server validation (6 digits).
     let renew = serde_json::to_string(&spec.renew_time).unwrap();
     assert_eq!(

@@ -21,6 +21,8 @@ use super::decide::{spec_for, Action, LeaseConfig, Record, WriteFailure};
 pub struct WriteError {
     pub kind: WriteFailure,
     pub message: String,
+    /// HTTP status code, when the API server answered.
+    pub code: Option<u16>,
 }
 
 impl WriteError {
@@ -28,6 +30,18 @@ impl WriteError {
         WriteError {
             kind,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    fn from_kube(e: &kube::Error) -> Self {
+        WriteError {
+            kind: classify(e),
+            message: e.to_string(),
+            code: match e {
+                kube::Error::Api(s) => Some(s.code),
+                _ => None,
+            },
         }
     }
 }
@@ -99,7 +113,7 @@ impl LeaseWriter {
     ) -> Result<T, WriteError> {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(WriteError::new(classify(&e), e.to_string())),
+            Ok(Err(e)) => Err(WriteError::from_kube(&e)),
             Err(_) => Err(WriteError::new(
                 WriteFailure::Unreachable,
                 format!("no answer within {timeout:?}"),
@@ -125,8 +139,16 @@ impl LeaseWriter {
             lease.metadata.annotations = Some(annotations.clone());
         }
         lease.spec = spec_for(&Action::Create, &self.me, None, &now, &self.cfg);
-        self.bounded(timeout, self.api.create(&PostParams::default(), &lease))
-            .await
+        let result = self
+            .bounded(timeout, self.api.create(&PostParams::default(), &lease))
+            .await;
+        result.map_err(|mut e| {
+            // A 404 on create is a missing namespace, not a lost race.
+            if e.code == Some(404) {
+                e.kind = WriteFailure::Rejected;
+            }
+            e
+        })
     }
 
     /// Acquire / renew / release: PUT the observed object with the new spec and its

@@ -696,6 +696,7 @@ impl Engine {
                         None => Err(WriteError {
                             kind: WriteFailure::Rejected,
                             message: "no observed object to update".into(),
+                            code: None,
                         }),
                     }
                 }
@@ -704,6 +705,7 @@ impl Engine {
                     None => Err(WriteError {
                         kind: WriteFailure::Rejected,
                         message: "no resourceVersion to delete with".into(),
+                        code: None,
                     }),
                 },
             };
@@ -897,6 +899,19 @@ async fn run(
     stats: Arc<EngineStats>,
     held_tx: watch::Sender<BTreeSet<String>>,
 ) {
+    let mut opts = opts;
+    if let Err(e) = opts.config.validate() {
+        // An unsafe configuration could let two nodes hold a lease: repair it, loudly.
+        let c = &mut opts.config;
+        c.lease_duration = c.lease_duration.max(Duration::from_secs(1));
+        c.retry_period = c
+            .retry_period
+            .clamp(Duration::from_millis(10), c.lease_duration / 4);
+        c.renew_deadline = c
+            .renew_deadline
+            .clamp(c.retry_period * 2, c.lease_duration * 3 / 4);
+        tracing::error!(error = %e, config = ?opts.config, "invalid lease timings; using repaired ones");
+    }
     let api: Api<Lease> = Api::namespaced(client.clone(), &opts.namespace);
     let wcfg = match &opts.scope {
         WatchScope::Labels(sel) => watcher::Config::default().labels(sel),
