@@ -70,7 +70,6 @@ fn lab_data_path_and_kernel_silence() {
 
 mod cluster {
     use std::net::IpAddr;
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use ferrolb::lab::cluster::{ingress_ips, Cluster, LabConfig};
@@ -81,10 +80,10 @@ mod cluster {
 
     /// One cluster at a time: failover bounds are about ferrolb, not about two labs fighting
     /// over two cores.
-    static SERIAL: Mutex<()> = Mutex::new(());
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().await
     }
 
     async fn start(tag: &str, nodes: usize) -> Option<Cluster> {
@@ -169,7 +168,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn allocation_one_mac_per_vip_and_ndp() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("al", 3).await else {
             return;
         };
@@ -206,7 +205,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_and_graceful_failover_bounds() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(mut c) = start("fo", 3).await else {
             return;
         };
@@ -239,7 +238,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_traffic_policy_follows_endpoints() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("lo", 3).await else {
             return;
         };
@@ -282,7 +281,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn node_outside_policy_never_answers() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(mut c) = start("np", 3).await else {
             return;
         };
@@ -312,7 +311,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_service_is_no_longer_answered_and_its_lease_goes() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("de", 3).await else {
             return;
         };
@@ -337,7 +336,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn api_outage_longer_than_lease_keeps_vip() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("ou", 3).await else {
             return;
         };
@@ -376,7 +375,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn node_cut_off_from_api_is_replaced_without_split_brain() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("cu", 3).await else {
             return;
         };
@@ -412,7 +411,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn controller_restart_and_failover_keep_addresses() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(mut c) = start("cr", 2).await else {
             return;
         };
@@ -452,7 +451,7 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_services_spread_evenly() {
-        let _g = serial();
+        let _g = serial().await;
         let Some(c) = start("ma", 3).await else {
             return;
         };
