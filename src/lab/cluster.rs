@@ -155,7 +155,10 @@ impl Cluster {
     pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
         let path = self.cfg.dir.join(format!("{identity}.kubeconfig"));
         let url = format!("http://{}:{API_PORT}", self.topo.api_ipv4);
-        std::fs::write(&path, kubeconfig_yaml(&url, identity))?;
+        std::fs::write(
+            &path,
+            crate::apiserver::ApiServer::kubeconfig(&url, identity),
+        )?;
         Ok(path)
     }
 
@@ -407,14 +410,6 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
     }
-}
-
-/// A kubeconfig for a plain-http API server; the identity travels as the bearer token, which the
-/// stand-in uses to attribute requests (counters, per-client faults).
-pub fn kubeconfig_yaml(server: &str, identity: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: {identity}\n  user:\n    token: {identity}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {identity}\ncurrent-context: lab\n"
-    )
 }
 
 /// `status.loadBalancer.ingress[].ip` of a Service.

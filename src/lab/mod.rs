@@ -121,6 +121,15 @@ impl Say {
         }
     }
     fn progress(&self, what: &str, since: Instant) {
+        use std::io::IsTerminal;
+        let tty = if self.json {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        if !tty {
+            return;
+        }
         const SPIN: [char; 4] = ['|', '/', '-', '\\'];
         let t = since.elapsed();
         let c = SPIN[(t.as_millis() / 150) as usize % 4];
@@ -134,6 +143,15 @@ impl Say {
         }
     }
     fn clear(&self) {
+        use std::io::IsTerminal;
+        let tty = if self.json {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        if !tty {
+            return;
+        }
         let s = format!("\r{:60}\r", "");
         if self.json {
             eprint!("{s}");
@@ -171,6 +189,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     }
     let exe = std::env::current_exe().context("locating the ferrolb binary")?;
     let mut cfg = LabConfig::new("lab", args.nodes, exe);
+    let lab_dir = cfg.dir.clone();
     cfg.timings = Timings {
         lease_duration: args.lease_duration.clone(),
         renew_deadline: args.renew_deadline.clone(),
@@ -184,7 +203,13 @@ pub async fn run(args: Args) -> crate::CmdResult {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaned up")),
         _ = sigterm.recv() => Err(anyhow::anyhow!("terminated; cleaned up")),
     };
-    let report = result?;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("logs of every process: {}", lab_dir.display());
+            return Err(e);
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
