@@ -560,7 +560,11 @@ impl Allocator {
         }
         for ip in ips {
             let a = Addr::from_ip(*ip);
-            if self.services.get(&key).is_some_and(|s| s.addrs.contains(&a)) {
+            if self
+                .services
+                .get(&key)
+                .is_some_and(|s| s.addrs.contains(&a))
+            {
                 continue;
             }
             let r = self.adopt_one(req, a);

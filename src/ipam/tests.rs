@@ -665,7 +665,9 @@ fn restart_reports_no_changes_for_unchanged_services() {
     // changed: the controller would otherwise rewrite every Service's status.
     let mut a = Allocator::new();
     a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
-    let reqs: Vec<ServiceReq> = (0..5).map(|i| S::new("ns", &format!("s{i}")).req()).collect();
+    let reqs: Vec<ServiceReq> = (0..5)
+        .map(|i| S::new("ns", &format!("s{i}")).req())
+        .collect();
     let held: Vec<Vec<IpAddr>> = reqs.iter().map(|r| a.ensure(r).ips()).collect();
     let mut b = Allocator::new();
     b.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
