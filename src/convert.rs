@@ -222,7 +222,7 @@ pub fn render(objects: &[Value], output: Output) -> anyhow::Result<String> {
             let mut s = String::new();
             for o in objects {
                 s.push_str("---\n");
-                s.push_str(&serde_yaml::to_string(o)?);
+                s.push_str(&to_yaml(o));
             }
             Ok(s)
         }
@@ -258,6 +258,145 @@ pub async fn run(args: Args) -> crate::CmdResult {
         return Ok(std::process::ExitCode::from(2));
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Block-style YAML that reads back the same under YAML 1.1 *and* 1.2.
+///
+/// serde_yaml writes YAML 1.2 and leaves `Yes`, `No`, `on`, `off`, `y`, `n` unquoted, which
+/// kubectl's YAML decoder (YAML 1.1 rules) turns into booleans: `allowFirstLastIPs: No` would
+/// reach the API server as `false`. Here every string that is not plainly safe is quoted.
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(m) if !m.is_empty() => emit_map(m, 0, &mut out),
+        Value::Array(a) if !a.is_empty() => emit_seq(a, 0, &mut out),
+        other => {
+            out.push_str(&scalar(other, 0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn emit_map(m: &Map<String, Value>, indent: usize, out: &mut String) {
+    for (k, v) in m {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&yaml_key(k));
+        out.push(':');
+        emit_value(v, indent, out);
+    }
+}
+
+fn emit_seq(a: &[Value], indent: usize, out: &mut String) {
+    for v in a {
+        out.push_str(&" ".repeat(indent));
+        out.push('-');
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                // First key on the dash line, the rest aligned under it.
+                let mut first = true;
+                for (k, val) in m {
+                    if first {
+                        out.push(' ');
+                        first = false;
+                    } else {
+                        out.push_str(&" ".repeat(indent + 2));
+                    }
+                    out.push_str(&yaml_key(k));
+                    out.push(':');
+                    emit_value(val, indent + 2, out);
+                }
+            }
+            Value::Array(inner) if !inner.is_empty() => {
+                out.push('\n');
+                emit_seq(inner, indent + 2, out);
+            }
+            other => {
+                out.push(' ');
+                out.push_str(&scalar(other, indent + 2));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// Writes what follows `key:` (a scalar on the same line, or a nested block).
+fn emit_value(v: &Value, indent: usize, out: &mut String) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            emit_map(m, indent + 2, out);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            emit_seq(a, indent, out);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&scalar(other, indent + 2));
+            out.push('\n');
+        }
+    }
+}
+
+fn scalar(v: &Value, indent: usize) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => yaml_str(s, indent),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+    }
+}
+
+/// A mapping key: plain when safe, quoted otherwise (never a block scalar).
+fn yaml_key(s: &str) -> String {
+    if s.contains('\n') {
+        Value::String(s.to_string()).to_string()
+    } else {
+        yaml_str(s, 0)
+    }
+}
+
+/// A string as a YAML scalar: plain when unambiguous in YAML 1.1 and 1.2, a literal block for
+/// clean multi-line text, JSON-style double quotes otherwise.
+fn yaml_str(s: &str, indent: usize) -> String {
+    const SPECIAL: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE",
+        "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL",
+    ];
+    let plain = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '/')
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
+        && !SPECIAL.contains(&s);
+    if plain {
+        return s.to_string();
+    }
+    let clean_multiline = s.contains('\n')
+        && !s.starts_with([' ', '\n'])
+        && s
+            .lines()
+            .all(|l| !l.ends_with([' ', '\t']) && !l.chars().any(|c| c.is_control()));
+    if clean_multiline {
+        let pad = " ".repeat(indent);
+        let chomp = if s.ends_with('\n') { "|" } else { "|-" };
+        let mut out = String::from(chomp);
+        for l in s.trim_end_matches('\n').split('\n') {
+            out.push('\n');
+            if !l.is_empty() {
+                out.push_str(&pad);
+                out.push_str(l);
+            }
+        }
+        if s.ends_with("\n\n") {
+            // Keep further trailing newlines exact: fall back to quoting.
+            return Value::String(s.to_string()).to_string();
+        }
+        return out;
+    }
+    Value::String(s.to_string()).to_string()
 }
 
 struct Cx<'a> {
@@ -888,12 +1027,31 @@ mod tests {
     }
 
     #[test]
+    fn yaml_emitter_round_trips_awkward_values() {
+        let v = serde_json::json!({
+            "a": "No", "b": "on", "c": "198.51.100.1", "d": "2001:db8::/64", "e": "",
+            "f": "line one\nline two\n", "g": "trailing \nspace", "h": "x: y", "i": "#c",
+            "j": [], "k": {}, "l": [[1, 2], {"m": null, "n": [true, 1.5]}], "o": "-1",
+            "p": "ferrolb.io/v1alpha1", "q": "0x1F", "r": "a\n\n", "s": "\ttab",
+            "t": [{"u": {"v": ["w"]}, "x": "y"}], "multi\nkey": 1
+        });
+        let y = to_yaml(&v);
+        assert_eq!(parse_documents(&y).unwrap(), vec![v], "{y}");
+        for word in ["No", "on", "Yes", "off", "y"] {
+            assert_ne!(yaml_str(word, 0), word);
+        }
+        assert_eq!(yaml_str("ferrolb.io/ips", 0), "ferrolb.io/ips");
+    }
+
+    #[test]
     fn render_yaml_and_json_round_trip() {
         let c = conv(
             "apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata:\n  name: a\nspec:\n  blocks: [{cidr: 198.51.100.0/30}]\n",
         );
         let y = render(&c.objects, Output::Yaml).unwrap();
         assert_eq!(parse_documents(&y).unwrap(), c.objects);
+        // YAML 1.1 readers (kubectl) must not see booleans.
+        assert!(y.contains("allowFirstLastIPs: \"Yes\""), "{y}");
         let j = render(&c.objects, Output::Json).unwrap();
         // A `kind: List` flattens back to its items.
         assert_eq!(parse_documents(&j).unwrap(), c.objects);
