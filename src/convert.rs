@@ -363,12 +363,14 @@ fn yaml_key(s: &str) -> String {
 /// clean multi-line text, JSON-style double quotes otherwise.
 fn yaml_str(s: &str, indent: usize) -> String {
     const SPECIAL: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE",
-        "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL",
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL",
     ];
-    let plain = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '/')
-        && s
-            .chars()
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '/')
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
         && !SPECIAL.contains(&s);
     if plain {
@@ -376,8 +378,7 @@ fn yaml_str(s: &str, indent: usize) -> String {
     }
     let clean_multiline = s.contains('\n')
         && !s.starts_with([' ', '\n'])
-        && s
-            .lines()
+        && s.lines()
             .all(|l| !l.ends_with([' ', '\t']) && !l.chars().any(|c| c.is_control()));
     if clean_multiline {
         let pad = " ".repeat(indent);
