@@ -32,5 +32,3 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # Root-only tests (network namespaces) skip themselves with a message when not root.
 cargo test --all-targets --quiet 2>&1 | tee /tmp/ferrolb-test.log
-echo "== benches compile"
-cargo bench --no-run --quiet

@@ -52,7 +52,7 @@ impl Netns {
     pub fn create(role: &str) -> anyhow::Result<Self> {
         let name = format!("{PREFIX}{}-{role}", std::process::id());
         // A previous run of this same PID cannot exist, but a stale one of a recycled PID can.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        delete_ns(&name);
         ip(&["netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -101,10 +101,22 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        delete_ns(&self.name);
     }
+}
+
+/// Kills every process still inside namespace `name` (deleting a namespace does not), then
+/// deletes it.
+fn delete_ns(name: &str) -> bool {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
+    Command::new("ip")
+        .args(["netns", "del", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Creates a veth pair with one end `a_if` in `a` and the other `b_if` in `b`, both up.
@@ -219,11 +231,7 @@ pub fn cleanup_stale() -> Vec<String> {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if Command::new("ip")
-            .args(["netns", "del", name])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        if delete_ns(name) {
             removed.push(name.to_string());
         }
     }
