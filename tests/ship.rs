@@ -453,7 +453,10 @@ fn crd_copies_are_not_stale() {
             assert_eq!(
                 parse_documents(&got).unwrap(),
                 want,
-                "{} is stale: `ferrolb crds --out-dir {copy_dir}`",
+                "{} is stale: regenerate it YAML-1.1-safe with \
+                 `ferrolb crds --out-dir /tmp/c && ferrolb convert -f /tmp/c/{} > {}`",
+                copy.display(),
+                name.to_string_lossy(),
                 copy.display()
             );
         }
@@ -601,7 +604,18 @@ fn helm_chart_options_render_valid_objects() {
         Some("15s")
     );
     let aargs = strs(&container(find(&objs, "DaemonSet", "ferrolb-agent"))["args"]);
-    assert!(aargs.contains(&"--no-sticky".to_string()));
+    for f in [
+        "--no-sticky",
+        "--serve-cilium-class",
+        "--interfaces=^eth[0-9]+$",
+        "--interfaces=^ens[0-9]+$",
+    ] {
+        assert!(aargs.contains(&f.to_string()), "{f} missing: {aargs:?}");
+    }
+    assert_eq!(
+        arg_value(&aargs, "--gratuitous-count").as_deref(),
+        Some("3")
+    );
     assert_eq!(arg_value(&aargs, "--retry-period").as_deref(), Some("1s"));
     // Pools and the policy from values are valid ferrolb objects.
     let pool: ferrolb::api::LoadBalancerIPPool =
