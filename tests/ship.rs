@@ -680,7 +680,12 @@ fn helm_chart_options_render_valid_objects() {
 fn helm_chart_rejects_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     for (bad, why) in [
-        ("logFormat: xml\n", "logFormat must be text or json"),
+        ("logFormat: xml\n", "logFormat"),
+        ("agent:\n  lease:\n    duration: fast\n", "/agent/lease/duration"),
+        (
+            "pools:\n  - name: x\n    blocks: [{cidr: 198.51.100.0/24}]\n    allowFirstLastIPs: true\n",
+            "allowFirstLastIPs",
+        ),
         (
             "leases:\n  namespace: ferrolb-system\n",
             "leases.namespace must differ",
