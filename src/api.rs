@@ -47,7 +47,6 @@ pub const AGENT_NAME: &str = "ferrolb.io/agent";
     kind = "LoadBalancerIPPool",
     plural = "loadbalancerippools",
     shortname = "lbpool",
-    shortname = "ippool",
     category = "ferrolb",
     status = "LoadBalancerIPPoolStatus",
     doc = "LoadBalancerIPPool is a cluster-scoped pool of IPs for LoadBalancer Services.",
