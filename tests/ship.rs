@@ -950,3 +950,127 @@ fn convert_output_survives_kubectl_yaml_decoding() {
         .unwrap();
     assert_eq!(pool["spec"]["allowFirstLastIPs"], "No");
 }
+
+/// What each example's README documents: (files, [(namespace/name, addresses or reason)]).
+type Expect = (
+    &'static [&'static str],
+    &'static [(&'static str, Result<&'static [&'static str], &'static str>)],
+);
+
+const EXAMPLES: &[Expect] = &[
+    (
+        &["examples/clustermesh/cluster-a.yaml"],
+        &[("kube-system/clustermesh-apiserver", Ok(&["198.51.100.220"]))],
+    ),
+    (
+        &["examples/clustermesh/cluster-b.yaml"],
+        &[("kube-system/clustermesh-apiserver", Ok(&["198.51.100.221"]))],
+    ),
+    (
+        &["examples/apps/apps.yaml"],
+        &[
+            ("echo/echo", Ok(&["198.51.100.230"])),
+            ("echo/unlabelled", Err("NoPool")),
+        ],
+    ),
+    (
+        &["examples/dual-stack/dual-stack.yaml"],
+        &[
+            ("default/web", Ok(&["198.51.100.17", "2001:db8:100::1"])),
+            ("default/needs-both", Err("NoPool")),
+        ],
+    ),
+    (
+        &["examples/shared-ip/shared-ip.yaml"],
+        &[
+            ("dns/dns-tcp", Ok(&["198.51.100.53"])),
+            ("dns/dns-udp", Ok(&["198.51.100.53"])),
+            ("dns/dns-tcp-again", Err("OutOfIPs")),
+        ],
+    ),
+    (
+        &["examples/local-traffic/local-traffic.yaml"],
+        &[("ingress/ingress-nginx", Ok(&["198.51.100.65"]))],
+    ),
+    (
+        &["examples/requested-ip/requested-ip.yaml"],
+        &[
+            ("default/by-field", Ok(&["198.51.100.110"])),
+            ("default/by-annotation", Ok(&["198.51.100.111"])),
+            ("default/any-address", Ok(&["198.51.100.100"])),
+            ("default/outside-pools", Err("NoPool")),
+        ],
+    ),
+    (
+        &["examples/migration/converted.yaml"],
+        &[("echo/echo", Ok(&["198.51.100.230"]))],
+    ),
+];
+
+fn load(files: &[&str]) -> Vec<Value> {
+    files
+        .iter()
+        .flat_map(|f| parse_documents(&std::fs::read_to_string(root().join(f)).unwrap()).unwrap())
+        .collect()
+}
+
+/// The documented allocations, from the allocator that `ferrolb plan` and the controller use
+/// (pools first, then every Service in file order, as a fresh controller would).
+#[test]
+fn examples_allocate_as_documented() {
+    use ferrolb::ipam::{Allocator, PoolDef, ServiceReq};
+    for (files, expected) in EXAMPLES {
+        let docs = load(files);
+        let mut alloc = Allocator::new();
+        for d in docs.iter().filter(|d| d["kind"] == "LoadBalancerIPPool") {
+            let pool: ferrolb::api::LoadBalancerIPPool = serde_json::from_value(d.clone()).unwrap();
+            let (def, errors) = PoolDef::from_crd(&pool);
+            assert!(errors.is_empty(), "{files:?}: {errors:?}");
+            alloc.set_pool(def);
+        }
+        let services: Vec<k8s_openapi::api::core::v1::Service> = docs
+            .iter()
+            .filter(|d| d["kind"] == "Service")
+            .map(|d| serde_json::from_value(d.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            services.len(),
+            expected.len(),
+            "{files:?}: every Service is documented"
+        );
+        let opts = ferrolb::ipam::ClassOptions::default();
+        let mut got = BTreeMap::new();
+        for s in &services {
+            assert!(
+                ferrolb::ipam::is_ours(s, &opts),
+                "{files:?}: {:?} not ours",
+                s.metadata.name
+            );
+            let req = ServiceReq::from_service(s);
+            alloc.ensure(&req);
+        }
+        // Read the final outcomes (a later Service may change nothing of an earlier one).
+        for s in &services {
+            let key = ferrolb::ipam::ServiceKey::of(s);
+            let out = alloc.outcome(&key).expect("outcome").clone();
+            let name = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or("default"),
+                s.metadata.name.as_deref().unwrap_or("")
+            );
+            let v = if out.is_satisfied() {
+                Ok(out.ips().iter().map(|i| i.to_string()).collect::<Vec<_>>())
+            } else {
+                assert!(out.ips().is_empty());
+                Err(out.reason.as_str().to_string())
+            };
+            got.insert(name, v);
+        }
+        for (svc, want) in *expected {
+            let want = want
+                .map(|a| a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map_err(|r| r.to_string());
+            assert_eq!(got.get(*svc), Some(&want), "{files:?} {svc}: {got:?}");
+        }
+    }
+}
