@@ -1074,3 +1074,44 @@ fn examples_allocate_as_documented() {
         }
     }
 }
+
+/// Pools of the clusters of one mesh must not overlap: cluster-a and cluster-b are disjoint,
+/// the broken cluster-b collides (the allocator's overlap detection, as `plan --cluster` uses).
+#[test]
+fn clustermesh_pools_do_not_overlap_across_clusters() {
+    use ferrolb::ipam::{Allocator, PoolDef};
+    let conflicts = |a: &str, b: &str| -> Vec<String> {
+        let mut alloc = Allocator::new();
+        for (cluster, file) in [("a", a), ("b", b)] {
+            for d in load(&[file])
+                .iter()
+                .filter(|d| d["kind"] == "LoadBalancerIPPool")
+            {
+                let mut pool: ferrolb::api::LoadBalancerIPPool =
+                    serde_json::from_value(d.clone()).unwrap();
+                let name = format!("{cluster}-{}", pool.metadata.name.as_deref().unwrap_or(""));
+                pool.metadata.name = Some(name);
+                alloc.set_pool(PoolDef::from_crd(&pool).0);
+            }
+        }
+        alloc
+            .pool_states()
+            .into_iter()
+            .filter_map(|p| p.conflict_with.map(|o| format!("{} overlaps {o}", p.name)))
+            .collect()
+    };
+    assert_eq!(
+        conflicts(
+            "examples/clustermesh/cluster-a.yaml",
+            "examples/clustermesh/cluster-b.yaml"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        conflicts(
+            "examples/clustermesh/cluster-a.yaml",
+            "examples/clustermesh/broken/cluster-b-same-ip.yaml"
+        ),
+        vec!["b-clustermesh overlaps a-clustermesh".to_string()]
+    );
+}
