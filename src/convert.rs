@@ -23,7 +23,8 @@
 //!   as `Yes` (ours defaults to `No`), and an unset `loadBalancerIPs` of a policy as `false`
 //!   (ours defaults to `true`).
 //! - Cilium matches interface regexes unanchored (Go `MatchString`); ours are anchored, so an
-//!   expression without both `^` and `$` is wrapped as `^.*(?:RE).*$`.
+//!   expression without both `^` and `$` is widened to keep its meaning (`^eth[0-9]+` ->
+//!   `^eth[0-9]+.*$`, `ens` -> `^.*ens.*$`).
 //! - Server-populated metadata (`uid`, `resourceVersion`, `creationTimestamp`, `generation`,
 //!   `managedFields`) and `status` of converted custom resources are dropped (they belong to the
 //!   Cilium object). Services keep their status: `ferrolb plan` and the controller re-adopt
@@ -766,12 +767,22 @@ fn convert_policy(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
     })
 }
 
-/// Cilium (Go `regexp.MatchString`) finds a match anywhere in the name; ferrolb anchors.
+/// Cilium (Go `regexp.MatchString`) finds a match anywhere in the name; ferrolb anchors. The
+/// rewrite keeps the meaning: `^eth[0-9]+` -> `^eth[0-9]+.*$`, `ens` -> `^.*ens.*$`, and an
+/// expression with alternatives is grouped first (`a|b` -> `^.*(?:a|b).*$`).
 fn anchor_regex(re: &str) -> String {
-    if re.starts_with('^') && re.ends_with('$') && !re.ends_with("\\$") {
-        re.to_string()
-    } else {
-        format!("^.*(?:{re}).*$")
+    let starts = re.starts_with('^');
+    let ends = re.ends_with('$') && !re.ends_with("\\$");
+    if starts && ends {
+        return re.to_string();
+    }
+    if re.contains('|') {
+        return format!("^.*(?:{re}).*$");
+    }
+    match (starts, ends) {
+        (true, false) => format!("{re}.*$"),
+        (false, true) => format!("^.*{re}"),
+        _ => format!("^.*{re}.*$"),
     }
 }
 
@@ -955,7 +966,7 @@ mod tests {
         let ifs = c.objects[0]["spec"]["interfaces"].as_array().unwrap();
         assert_eq!(ifs.len(), 2);
         assert_eq!(ifs[0], "^eth[0-9]+$");
-        assert_eq!(ifs[1], "^.*(?:ens).*$");
+        assert_eq!(ifs[1], "^.*ens.*$");
         let re = regex::Regex::new(ifs[1].as_str().unwrap()).unwrap();
         assert!(re.is_match("ens18") && !re.is_match("eth0"));
         let bad = fields(&c, Severity::Unconvertible);
@@ -982,6 +993,37 @@ mod tests {
         assert_eq!(s["spec"]["loadBalancerClass"], "ferrolb.io/l2-announcer");
         assert_eq!(s["metadata"]["labels"]["lb-pool"], "app");
         assert!(fields(&c, Severity::Warning).contains(&"spec.loadBalancerClass".to_string()));
+    }
+
+    #[test]
+    fn anchoring_keeps_cilium_semantics() {
+        let names = [
+            "eth0", "eth10", "veth0", "ens18", "eth0.100", "bond0", "xeth1x",
+        ];
+        for re in [
+            "^eth[0-9]+",
+            "eth[0-9]+$",
+            "eth",
+            "^eth0$",
+            "eth0|bond",
+            "^eth|ens",
+        ] {
+            let go_like = regex::Regex::new(re).unwrap(); // unanchored find, like Go MatchString
+            let ours = regex::Regex::new(&anchor_regex(re)).unwrap();
+            for n in names {
+                // Anchored full-match semantics: the whole name must match.
+                let full = ours
+                    .find(n)
+                    .is_some_and(|m| m.start() == 0 && m.end() == n.len());
+                assert_eq!(
+                    go_like.is_match(n),
+                    full,
+                    "{re} -> {} on {n}",
+                    anchor_regex(re)
+                );
+            }
+        }
+        assert_eq!(anchor_regex("^eth[0-9]+"), "^eth[0-9]+.*$");
     }
 
     #[test]
