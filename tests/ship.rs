@@ -1015,7 +1015,7 @@ fn load(files: &[&str]) -> Vec<Value> {
 }
 
 /// The documented allocations, from the allocator that `ferrolb plan` and the controller use
-/// (pools first, then every Service in file order, as a fresh controller would).
+/// (pools first, then every Service in namespace/name order, as `ferrolb plan` does).
 #[test]
 fn examples_allocate_as_documented() {
     use ferrolb::ipam::{Allocator, PoolDef, ServiceReq};
@@ -1028,11 +1028,12 @@ fn examples_allocate_as_documented() {
             assert!(errors.is_empty(), "{files:?}: {errors:?}");
             alloc.set_pool(def);
         }
-        let services: Vec<k8s_openapi::api::core::v1::Service> = docs
+        let mut services: Vec<k8s_openapi::api::core::v1::Service> = docs
             .iter()
             .filter(|d| d["kind"] == "Service")
             .map(|d| serde_json::from_value(d.clone()).unwrap())
             .collect();
+        services.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
         assert_eq!(
             services.len(),
             expected.len(),
@@ -1166,4 +1167,110 @@ fn examples_apply_to_an_api_server() {
             "{pool} missing: {out}"
         );
     }
+}
+
+/// Whether this build has `ferrolb plan` (it lands with the ipam work).
+fn plan_available() -> bool {
+    let help = run(Command::new(BIN).args(["plan", "--help"]));
+    String::from_utf8_lossy(&help.stdout).contains("--cluster")
+}
+
+fn plan_json(args: &[&str]) -> (Option<i32>, Value) {
+    let out = run(Command::new(BIN)
+        .arg("plan")
+        .args(args)
+        .args(["-o", "json"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plan {args:?}: not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// `ferrolb plan -f ...` gives every example the allocation its README documents, and every
+/// allocated Service is announced by the example's policy.
+#[test]
+fn examples_plan_as_documented() {
+    if !plan_available() {
+        println!("skipped: `ferrolb plan` not in this build yet (examples_allocate_as_documented checks the allocator)");
+        return;
+    }
+    for (files, expected) in EXAMPLES {
+        let mut args = Vec::new();
+        for f in *files {
+            args.extend(["-f", f]);
+        }
+        let (code, report) = plan_json(&args);
+        assert_eq!(code, Some(0), "{files:?}: {report:#}");
+        assert_eq!(report["ok"], true, "{files:?}");
+        let services = report["clusters"][0]["services"]
+            .as_array()
+            .expect("services");
+        assert_eq!(services.len(), expected.len(), "{files:?}: {report:#}");
+        for (svc, want) in *expected {
+            let (ns, name) = svc.split_once('/').unwrap();
+            let s = services
+                .iter()
+                .find(|s| s["namespace"] == ns && s["name"] == name)
+                .unwrap_or_else(|| panic!("{files:?}: {svc} not in the plan"));
+            match want {
+                Ok(ips) => {
+                    assert_eq!(s["satisfied"], true, "{files:?} {svc}: {s}");
+                    let got: Vec<&str> = s["addresses"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a["ip"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(&got, ips, "{files:?} {svc}");
+                    assert!(
+                        s["announcedBy"].as_array().is_some_and(|a| !a.is_empty()),
+                        "{files:?} {svc}: no policy announces it: {s}"
+                    );
+                }
+                Err(reason) => {
+                    assert_eq!(s["satisfied"], false, "{files:?} {svc}: {s}");
+                    assert_eq!(s["reason"], *reason, "{files:?} {svc}: {s}");
+                    assert!(s["addresses"].as_array().is_none_or(|a| a.is_empty()));
+                }
+            }
+        }
+    }
+}
+
+/// `ferrolb plan --cluster`: the two clustermesh clusters don't overlap; the broken pair does
+/// (exit 2, the overlap named).
+#[test]
+fn clustermesh_plan_clusters() {
+    if !plan_available() {
+        println!("skipped: `ferrolb plan` not in this build yet");
+        return;
+    }
+    let (code, report) = plan_json(&[
+        "--cluster",
+        "a=examples/clustermesh/cluster-a.yaml",
+        "--cluster",
+        "b=examples/clustermesh/cluster-b.yaml",
+    ]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["crossCluster"].as_array().map(Vec::len), Some(0));
+    let (code, report) = plan_json(&[
+        "--cluster",
+        "a=examples/clustermesh/cluster-a.yaml",
+        "--cluster",
+        "b=examples/clustermesh/broken/cluster-b-same-ip.yaml",
+    ]);
+    assert_eq!(code, Some(2), "{report:#}");
+    assert_eq!(report["ok"], false);
+    let cross = report["crossCluster"].as_array().expect("crossCluster");
+    assert_eq!(cross.len(), 1, "{report:#}");
+    assert_eq!(cross[0]["clusters"], serde_json::json!(["a", "b"]));
+    assert_eq!(
+        cross[0]["pools"],
+        serde_json::json!(["clustermesh", "clustermesh"])
+    );
 }
