@@ -132,11 +132,10 @@ async fn lease_race_exactly_one_wins() {
         ra.is_ok() != rb.is_ok(),
         "exactly one writer wins: {ra:?} {rb:?}"
     );
-    let winner = if ra.is_ok() { "node-a" } else { "node-b" };
-    let loser = if ra.is_ok() {
-        rb.unwrap_err()
-    } else {
-        ra.unwrap_err()
+    let (winner, loser) = match (ra, rb) {
+        (Ok(_), Err(e)) => ("node-a", e),
+        (Err(e), Ok(_)) => ("node-b", e),
+        _ => unreachable!("checked above"),
     };
     assert!(
         matches!(loser, kube::Error::Api(ref s) if s.code == 409 && s.message.contains("leases.coordination.k8s.io")),
@@ -271,8 +270,586 @@ async fn http_serve_and_fault_injection() {
     server.faults().remove(id);
     let got = api.get("l1").await.unwrap();
     assert_eq!(got.spec.unwrap().holder_identity.as_deref(), Some("node-x"));
+    // the same handler on a Unix socket: /metrics and the admin endpoint
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let _unix = server.serve_unix(&sock).unwrap();
+    let raw = |req: String| {
+        let sock = sock.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let metrics = raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        metrics.contains(r#"ferrolb_apiserver_requests_total{verb="get",resource="leases",client="node-x",code="200"}"#),
+        "{metrics}"
+    );
+    let body = r#"{"kind":"error","code":500,"client":"node-x"}"#;
+    let resp = raw(format!(
+        "POST /_ferrolb/faults HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(
+        api.get("l1").await.is_err(),
+        "fault set over the admin endpoint applies"
+    );
+    server.faults().clear();
+    api.get("l1").await.unwrap();
     let counts = server.request_counts();
     assert!(counts
         .iter()
         .any(|(c, v, r, n)| c == "node-x" && v == "get" && r == "leases" && *n >= 1));
+}
+
+#[tokio::test]
+async fn runtime_watcher_recovers_from_410_by_relisting() {
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    // keep only 5 events per resource so the watcher's RV expires while it is cut off
+    let server = ApiServer::with_history_limit(5);
+    let writer_api: Api<Lease> = Api::namespaced(server.client_as("writer"), "default");
+    writer_api
+        .create(&PostParams::default(), &lease("first", "a"))
+        .await
+        .unwrap();
+    let watched: Api<Lease> = Api::namespaced(server.client_as("watcher"), "default");
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(watched, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut s = stream.boxed();
+        while s.next().await.is_some() {}
+    });
+    tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.len(), 1);
+    let lists_before = server.request_count("list", "leases");
+    // cut the watcher off (its open watch is aborted), then move history past its RV
+    let fault = server
+        .faults()
+        .add(FaultSpec::drop_requests().for_client("watcher"));
+    for i in 0..10 {
+        writer_api
+            .create(&PostParams::default(), &lease(&format!("l{i}"), "a"))
+            .await
+            .unwrap();
+    }
+    server.faults().remove(fault);
+    // the watcher's resume gets 410 Expired and must relist to see everything
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reader.len() < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher did not recover: {} objects",
+            reader.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server.request_count("list", "leases") > lists_before,
+        "recovery went through a relist"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn watch_from_expired_rv_gets_error_event() {
+    let server = ApiServer::with_history_limit(2);
+    let api: Api<Lease> = Api::namespaced(server.client(), "default");
+    let first = api
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    let rv = first.metadata.resource_version.unwrap();
+    for n in ["b", "c", "d"] {
+        api.create(&PostParams::default(), &lease(n, "x"))
+            .await
+            .unwrap();
+    }
+    let mut s = api
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), s.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Error(e)))) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+            assert!(
+                e.message
+                    .starts_with(&format!("too old resource version: {rv} (")),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
+    // and an exact list at that RV is HTTP 410
+    let err = api
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 410),
+        "{err}"
+    );
+}
+
+/// Replays the golden transcripts of a real kube-apiserver (tests/golden, copied from
+/// shared/kube-golden) in their recorded order against the stand-in and compares status codes,
+/// content types, Warning headers and bodies (as parsed JSON; server-chosen values such as uids,
+/// resourceVersions, timestamps, clusterIPs and nodePorts compared by type only, and recorded
+/// RVs/uids in later requests mapped to ours).
+mod golden {
+    use super::*;
+    use base64::Engine;
+    use bytes::Bytes;
+    use serde_json::Value;
+    use std::collections::HashMap;
+
+    pub struct Exchange {
+        pub method: String,
+        pub path: String,
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+        pub code: u16,
+        pub resp_headers: Vec<(String, String)>,
+        pub resp_body: String,
+    }
+
+    pub fn parse(text: &str) -> Option<Exchange> {
+        let lines: Vec<&str> = text.lines().collect();
+        let rq = lines.iter().position(|l| *l == "=== REQUEST")?;
+        let rs = lines.iter().position(|l| *l == "=== RESPONSE")?;
+        let mut parts = lines[rq + 1].split_whitespace();
+        let method = parts.next()?.to_string();
+        let path = parts.next()?.to_string();
+        let mut i = rq + 2;
+        let mut headers = Vec::new();
+        while i < rs && !lines[i].is_empty() {
+            if let Some((k, v)) = lines[i].split_once(": ") {
+                headers.push((k.to_string(), v.to_string()));
+            }
+            i += 1;
+        }
+        let body = lines[i.min(rs)..rs].join("\n").trim().to_string();
+        let code: u16 = lines[rs + 1].split_whitespace().nth(1)?.parse().ok()?;
+        let mut j = rs + 2;
+        let mut resp_headers = Vec::new();
+        while j < lines.len() && !lines[j].is_empty() {
+            if let Some((k, v)) = lines[j].split_once(": ") {
+                resp_headers.push((k.to_string(), v.to_string()));
+            }
+            j += 1;
+        }
+        let resp_body = lines[j.min(lines.len())..].join("\n").trim().to_string();
+        Some(Exchange {
+            method,
+            path,
+            headers,
+            body,
+            code,
+            resp_headers,
+            resp_body,
+        })
+    }
+
+    const TYPE_ONLY: &[&str] = &[
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "time",
+        "lastTransitionTime",
+        "clusterIP",
+        "clusterIPs",
+        "nodePort",
+        "healthCheckNodePort",
+        "continue",
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "firstTimestamp",
+        "lastTimestamp",
+        "description",
+    ];
+
+    fn norm_text(s: &str) -> String {
+        let re = regex::Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+            .unwrap();
+        let s = re.replace_all(s, "<uid>");
+        let re = regex::Regex::new(r"[0-9]+").unwrap();
+        re.replace_all(&s, "<n>").into_owned()
+    }
+
+    pub struct Maps {
+        pub strings: HashMap<String, String>,
+        pub numbers: HashMap<String, serde_json::Number>,
+    }
+
+    fn type_name(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+
+    pub fn compare(
+        g: &Value,
+        o: &Value,
+        path: &str,
+        key: &str,
+        maps: &mut Maps,
+        diffs: &mut Vec<String>,
+    ) {
+        if TYPE_ONLY.contains(&key) {
+            match (g, o) {
+                (Value::String(a), Value::String(b))
+                    if a != b && matches!(key, "uid" | "resourceVersion" | "clusterIP") =>
+                {
+                    maps.strings.insert(a.clone(), b.clone());
+                }
+                (Value::Number(a), Value::Number(b))
+                    if a != b && matches!(key, "nodePort" | "healthCheckNodePort") =>
+                {
+                    maps.numbers.insert(a.to_string(), b.clone());
+                }
+                (Value::Array(a), Value::Array(b)) if key == "clusterIPs" => {
+                    for (x, y) in a.iter().zip(b) {
+                        if let (Some(x), Some(y)) = (x.as_str(), y.as_str()) {
+                            maps.strings.insert(x.to_string(), y.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if type_name(g) != type_name(o) {
+                diffs.push(format!("{path}: type {} vs {}", type_name(g), type_name(o)));
+            }
+            return;
+        }
+        match (g, o) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in a {
+                    match b.get(k) {
+                        Some(w) => {
+                            if k == "name" && a.contains_key("generateName") {
+                                if let (Some(x), Some(y)) = (v.as_str(), w.as_str()) {
+                                    maps.strings.insert(x.to_string(), y.to_string());
+                                }
+                                continue;
+                            }
+                            let inner_key = if key == "cells" { "cells" } else { k.as_str() };
+                            compare(v, w, &format!("{path}.{k}"), inner_key, maps, diffs)
+                        }
+                        None => diffs.push(format!("{path}.{k}: missing (golden {v})")),
+                    }
+                }
+                for k in b.keys() {
+                    if !a.contains_key(k) {
+                        diffs.push(format!("{path}.{k}: extra ({})", b[k]));
+                    }
+                }
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                if a.len() != b.len() {
+                    diffs.push(format!(
+                        "{path}: {} items vs {}: {} vs {}",
+                        a.len(),
+                        b.len(),
+                        g,
+                        o
+                    ));
+                    return;
+                }
+                for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                    compare(v, w, &format!("{path}[{i}]"), key, maps, diffs);
+                }
+            }
+            (Value::String(a), Value::String(b)) if key == "message" || key == "cells" => {
+                let a = maps.strings.get(a).cloned().unwrap_or(a.clone());
+                if norm_text(&a) != norm_text(b) {
+                    diffs.push(format!("{path}: {a:?} vs {b:?}"));
+                }
+            }
+            (a, b) if a != b => diffs.push(format!("{path}: {a} vs {b}")),
+            _ => {}
+        }
+    }
+
+    /// Rewrites recorded resourceVersions, uids, clusterIPs and nodePorts in a request body to ours.
+    pub fn remap(text: &str, maps: &Maps) -> String {
+        let Ok(mut v) = serde_json::from_str::<Value>(text) else {
+            return text.to_string();
+        };
+        fn walk(v: &mut Value, key: &str, maps: &Maps) {
+            match v {
+                Value::Object(m) => {
+                    for (k, c) in m.iter_mut() {
+                        walk(c, k, maps);
+                    }
+                }
+                Value::Array(a) => {
+                    for c in a {
+                        walk(c, key, maps);
+                    }
+                }
+                Value::String(s)
+                    if matches!(key, "uid" | "resourceVersion" | "clusterIP" | "clusterIPs") =>
+                {
+                    if let Some(n) = maps.strings.get(s.as_str()) {
+                        *s = n.clone();
+                    }
+                }
+                Value::Number(n) if matches!(key, "nodePort" | "healthCheckNodePort") => {
+                    if let Some(m) = maps.numbers.get(&n.to_string()) {
+                        *n = m.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(&mut v, "", maps);
+        serde_json::to_string_pretty(&v).unwrap()
+    }
+
+    pub fn remap_path(path: &str, maps: &Maps) -> String {
+        let Some((p, q)) = path.split_once('?') else {
+            return path.to_string();
+        };
+        let q: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some(("resourceVersion", v)) => {
+                    format!(
+                        "resourceVersion={}",
+                        maps.strings.get(v).map(String::as_str).unwrap_or(v)
+                    )
+                }
+                Some(("continue", v)) => {
+                    let eng = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                    let Ok(raw) = eng.decode(v) else {
+                        return kv.to_string();
+                    };
+                    let Ok(mut t) = serde_json::from_slice::<Value>(&raw) else {
+                        return kv.to_string();
+                    };
+                    let rv = t["rv"].to_string();
+                    if let Some(m) = maps.strings.get(&rv).and_then(|m| m.parse::<u64>().ok()) {
+                        t["rv"] = serde_json::json!(m);
+                    }
+                    format!("continue={}", eng.encode(serde_json::to_vec(&t).unwrap()))
+                }
+                _ => kv.to_string(),
+            })
+            .collect();
+        format!("{p}?{}", q.join("&"))
+    }
+
+    pub async fn send(
+        server: &ApiServer,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: String,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        let mut b = http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b
+            .header("User-Agent", "curl/7.88.1")
+            .body(Bytes::from(body))
+            .unwrap();
+        server.call(req, "admin").await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn golden_transcripts_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.as_bytes()[0].is_ascii_digit())
+        .collect();
+    files.sort();
+    // Not replayed: full-server discovery (05-09: resources we do not serve), watches (56, 57, 60,
+    // 63, 65, 66, 84: covered by the watch tests), and the compaction/restart files (58, 59, 61,
+    // 62: the stand-in has no watch-cache restart; 410 is tested with a short history).
+    let skip = [
+        "05", "06", "07", "08", "09", "56", "57", "58", "59", "60", "61", "62", "63", "65", "66",
+        "84",
+    ];
+    // Body not compared: the OpenAPI index lists the groups we serve only.
+    let status_only = ["12"];
+    let server = ApiServer::new();
+    let mut maps = golden::Maps {
+        strings: Default::default(),
+        numbers: Default::default(),
+    };
+    let apply_h = vec![(
+        "Content-Type".to_string(),
+        "application/apply-patch+yaml".to_string(),
+    )];
+    let json_h = vec![("Content-Type".to_string(), "application/json".to_string())];
+    let mut report = Vec::new();
+    for f in files {
+        let num = &f[..2];
+        if skip.contains(&num) {
+            continue;
+        }
+        let text = std::fs::read_to_string(dir.join(&f)).unwrap();
+        let ex = golden::parse(&text).unwrap_or_else(|| panic!("cannot parse {f}"));
+        // unrecorded setup requests (README "State and chronology", file comments)
+        if num == "55" {
+            let t43 = std::fs::read_to_string(dir.join("43-create-pool.txt")).unwrap();
+            let body = golden::parse(&t43)
+                .unwrap()
+                .body
+                .replace("\"pool-a\"", "\"pool-old\"");
+            let (c, _, b) = golden::send(
+                &server,
+                "POST",
+                "/apis/ferrolb.io/v1alpha1/loadbalancerippools",
+                &json_h,
+                body,
+            )
+            .await;
+            assert_eq!(c, 201, "{}", String::from_utf8_lossy(&b));
+        }
+        if num == "85" {
+            // kubectl-apply-client-side-create.txt (recorded between 83 and 84)
+            let body = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"client-applied","namespace":"demo"},"spec":{"type":"LoadBalancer","selector":{"app":"client-applied"},"ports":[{"name":"http","port":80,"targetPort":8080}]}}"#;
+            let (c, _, b) = golden::send(
+                &server,
+                "POST",
+                "/api/v1/namespaces/demo/services",
+                &json_h,
+                body.into(),
+            )
+            .await;
+            assert_eq!(c, 201, "{}", String::from_utf8_lossy(&b));
+            // kubectl-apply-server-side.txt (recorded between 83 and 84) created pool-c
+            let body = r#"{"apiVersion":"ferrolb.io/v1alpha1","kind":"LoadBalancerIPPool","metadata":{"name":"pool-c"},"spec":{"blocks":[{"cidr":"203.0.113.0/28"}],"serviceSelector":{"matchLabels":{"app":"kubectl-made"}}}}"#;
+            let (c, _, b) = golden::send(&server, "PATCH", "/apis/ferrolb.io/v1alpha1/loadbalancerippools/pool-c?fieldManager=kubectl&fieldValidation=Strict&force=false", &apply_h, body.into()).await;
+            assert_eq!(c, 201, "{}", String::from_utf8_lossy(&b));
+        }
+        let path = golden::remap_path(&ex.path, &maps);
+        let body = golden::remap(&ex.body, &maps);
+        let (code, headers, bytes) =
+            golden::send(&server, &ex.method, &path, &ex.headers, body).await;
+        let mut diffs = Vec::new();
+        if code != ex.code {
+            diffs.push(format!(
+                "status {} vs {code}: {}",
+                ex.code,
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        let want_ct = ex
+            .resp_headers
+            .iter()
+            .find(|(k, _)| k == "Content-Type")
+            .map(|(_, v)| v.clone());
+        let got_ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if want_ct != got_ct {
+            diffs.push(format!("content-type {want_ct:?} vs {got_ct:?}"));
+        }
+        let want_warn: Vec<String> = ex
+            .resp_headers
+            .iter()
+            .filter(|(k, _)| k == "Warning")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let got_warn: Vec<String> = headers
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+        if want_warn != got_warn {
+            diffs.push(format!("warnings {want_warn:?} vs {got_warn:?}"));
+        }
+        if !status_only.contains(&num) && diffs.is_empty() {
+            if let Ok(g) = serde_json::from_str::<serde_json::Value>(&ex.resp_body) {
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(o) => golden::compare(&g, &o, "", "", &mut maps, &mut diffs),
+                    Err(e) => diffs.push(format!("body is not JSON: {e}")),
+                }
+            } else if ex.resp_body.trim() != String::from_utf8_lossy(&bytes).trim() {
+                diffs.push(format!(
+                    "text body {:?} vs {:?}",
+                    ex.resp_body,
+                    String::from_utf8_lossy(&bytes)
+                ));
+            }
+        }
+        if num == "15" {
+            // unrecorded setup after 15 (README "State and chronology")
+            let body = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"demo","labels":{"app":"api","env":"b"}},"spec":{"type":"LoadBalancer","externalTrafficPolicy":"Local","ipFamilyPolicy":"SingleStack","selector":{"app":"api"},"ports":[{"name":"grpc","port":9090,"targetPort":"grpc"}]}}"#;
+            let (c, _, b) = golden::send(
+                &server,
+                "POST",
+                "/api/v1/namespaces/demo/services",
+                &json_h,
+                body.into(),
+            )
+            .await;
+            assert_eq!(c, 201, "{}", String::from_utf8_lossy(&b));
+        }
+        for d in diffs {
+            report.push(format!("{f}: {d}"));
+        }
+    }
+    // Known differences, all in managedFields bookkeeping (src/apiserver/managed.rs and
+    // schema_keys.rs, the patch engines' files): entry order after an update (48, 50, 86),
+    // CRD spec/names structs and CRD status conditions keys (02, 03), and Event `regarding`
+    // (an atomic ObjectReference) (75, 76). Reported to the patch engineer.
+    let known = [
+        ("02-", ".metadata.managedFields"),
+        ("03-", ".metadata.managedFields"),
+        ("48-", ".metadata.managedFields"),
+        ("50-", ".metadata.managedFields"),
+        ("86-", ".metadata.managedFields"),
+        ("75-", ".metadata.managedFields"),
+        ("76-", ".metadata.managedFields"),
+    ];
+    let (known_diffs, real): (Vec<_>, Vec<_>) = report
+        .into_iter()
+        .partition(|d| known.iter().any(|(f, p)| d.starts_with(f) && d.contains(p)));
+    if !known_diffs.is_empty() {
+        eprintln!(
+            "{} known managedFields differences:\n{}",
+            known_diffs.len(),
+            known_diffs.join("\n")
+        );
+    }
+    if !real.is_empty() {
+        panic!(
+            "{} differences from kube-apiserver:\n{}",
+            real.len(),
+            real.join("\n")
+        );
+    }
 }

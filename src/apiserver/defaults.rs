@@ -179,8 +179,51 @@ fn default_service(
             }
         }
     }
+    if let (Some(os), Some(new_ip)) = (ospec, spec.get("clusterIP").and_then(Value::as_str)) {
+        let old_ip = os.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+        if !old_ip.is_empty() && new_ip != old_ip && stype != "ExternalName" {
+            let name = key.1.clone();
+            return Err(ApiError::invalid(
+                def,
+                &name,
+                vec![(
+                    "FieldValueInvalid",
+                    format!("Invalid value: []string{{\"{new_ip}\"}}: may not change once set"),
+                    "spec.clusterIPs[0]".into(),
+                )],
+            ));
+        }
+    }
+    if old.is_none() {
+        if let Some(ip) = spec.get("clusterIP").and_then(Value::as_str) {
+            if !ip.is_empty() && ip != "None" && used_ips.contains(ip) {
+                return Err(ApiError::invalid(
+                    def,
+                    &key.1,
+                    vec![(
+                        "FieldValueInvalid",
+                        format!("Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"),
+                        "spec.clusterIPs".into(),
+                    )],
+                ));
+            }
+        }
+    }
     if stype != "ExternalName" {
         spec.entry("sessionAffinity").or_insert(json!("None"));
+        if spec.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") {
+            let sac = spec
+                .entry("sessionAffinityConfig")
+                .or_insert_with(|| json!({}));
+            if let Some(m) = sac.as_object_mut() {
+                let cip = m.entry("clientIP").or_insert_with(|| json!({}));
+                if let Some(c) = cip.as_object_mut() {
+                    c.entry("timeoutSeconds").or_insert(json!(10800));
+                }
+            }
+        } else {
+            spec.remove("sessionAffinityConfig");
+        }
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
             for p in ports.iter_mut().filter_map(Value::as_object_mut) {
                 p.entry("protocol").or_insert(json!("TCP"));
@@ -465,6 +508,7 @@ fn check_event(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
         ));
     }
     if causes.is_empty() {
+        super::events::fill_events_v1(obj);
         Ok(())
     } else {
         Err(ApiError::invalid(def, &name, causes))
@@ -547,7 +591,11 @@ pub fn prune(schema: &Value, obj: &mut Value, path: &str, out: &mut Vec<String>)
     }
 }
 
-fn custom_resource(def: &ResourceDef, obj: &mut Value, ctx_warn: Option<&mut Vec<String>>) {
+fn custom_resource(
+    def: &ResourceDef,
+    obj: &mut Value,
+    ctx_warn: Option<&mut Vec<String>>,
+) -> Result<(), ApiError> {
     if let Some(schema) = &def.schema {
         let mut pruned = Vec::new();
         prune(schema, obj, "", &mut pruned);
@@ -555,7 +603,22 @@ fn custom_resource(def: &ResourceDef, obj: &mut Value, ctx_warn: Option<&mut Vec
             w.extend(pruned.into_iter().map(|p| format!("unknown field \"{p}\"")));
         }
         apply_schema_defaults(schema, obj);
+        check_custom(def, obj)?;
     }
+    Ok(())
+}
+
+/// Schema validation of a custom resource (422 with causes, golden 78).
+pub fn check_custom(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let causes = super::validation::validate_custom(def, obj);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Err(ApiError::invalid(def, name, causes))
 }
 
 /// Like [`on_create`], collecting warnings (pruned fields).
@@ -566,11 +629,28 @@ pub fn on_create_warn(
     warn: Option<&mut Vec<String>>,
 ) -> Result<(), ApiError> {
     match (def.group.as_str(), def.plural.as_str()) {
+        ("", "namespaces") => {
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if let Some(md) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                let labels = md.entry("labels").or_insert_with(|| json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
+                }
+            }
+        }
         ("", "services") => default_service(state, def, obj, None)?,
         ("coordination.k8s.io", "leases") => check_lease(obj)?,
         (_, "events") => check_event(def, obj)?,
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             from_crd(obj).map_err(|e| crd_invalid(def, obj, &e))?;
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("conversion")
+                    .or_insert_with(|| json!({"strategy": "None"}));
+            }
             let o = obj.as_object_mut().expect("object");
             o.insert(
                 "status".into(),
@@ -590,7 +670,7 @@ pub fn on_create_warn(
                 st.insert("storedVersions".into(), Value::Array(stored));
             }
         }
-        _ if def.custom => custom_resource(def, obj, warn),
+        _ if def.custom => custom_resource(def, obj, warn)?,
         _ => {}
     }
     Ok(())
@@ -623,17 +703,39 @@ pub fn on_update(
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             from_crd(obj).map_err(|e| crd_invalid(def, obj, &e))?;
         }
-        _ if def.custom => custom_resource(def, obj, None),
+        _ if def.custom => custom_resource(def, obj, None)?,
         _ => {}
     }
     Ok(())
 }
 
+/// Server-set fields that no manager owns (set after managedFields are computed).
+pub fn after_managed(def: &ResourceDef, obj: &mut Value) {
+    if def.group.is_empty() && def.plural == "namespaces" {
+        let Some(o) = obj.as_object_mut() else { return };
+        let spec = o.entry("spec").or_insert_with(|| json!({}));
+        if let Some(sp) = spec.as_object_mut() {
+            sp.entry("finalizers")
+                .or_insert_with(|| json!(["kubernetes"]));
+        }
+        o.insert("status".into(), json!({"phase": "Active"}));
+    }
+}
+
 /// Kind-specific work on a /status write.
-pub fn on_status(def: &ResourceDef, obj: &mut Value) {
+pub fn on_status(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
     if def.group.is_empty() && def.plural == "services" {
         service_status(obj);
     }
+    if def.custom {
+        if let Some(schema) = &def.schema {
+            let mut pruned = Vec::new();
+            prune(schema, obj, "", &mut pruned);
+            apply_schema_defaults(schema, obj);
+        }
+        check_custom(def, obj)?;
+    }
+    Ok(())
 }
 
 /// After a committed write: a CRD registers its resources and becomes Established.

@@ -54,6 +54,14 @@ fn agg_resource(d: &ResourceDef) -> Value {
     Value::Object(m)
 }
 
+/// An opaque hash of the storage version (8 bytes of SHA-256, base64), like kube-apiserver's.
+fn storage_version_hash(d: &ResourceDef) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{}/{}/{}", d.group, d.version, d.kind));
+    base64::engine::general_purpose::STANDARD.encode(&h[..8])
+}
+
 fn legacy_resources(d: &ResourceDef) -> Vec<Value> {
     let mut m = Map::new();
     m.insert("name".into(), json!(d.plural));
@@ -67,6 +75,7 @@ fn legacy_resources(d: &ResourceDef) -> Vec<Value> {
     if !d.categories.is_empty() {
         m.insert("categories".into(), json!(d.categories));
     }
+    m.insert("storageVersionHash".into(), json!(storage_version_hash(d)));
     let mut out = vec![Value::Object(m)];
     if d.status {
         out.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"]}));
@@ -152,7 +161,35 @@ fn openapi_v3_doc(defs: &[Arc<ResourceDef>]) -> Value {
         }
         schemas.insert(name, s);
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"}, "paths": {}, "components": {"schemas": schemas}})
+    // kubectl checks that the PATCH operation of the kind takes `fieldValidation` (server-side
+    // validation); without it it falls back to client-side validation with OpenAPI v2 protobuf.
+    let mut paths = Map::new();
+    for d in defs {
+        let prefix = if d.group.is_empty() {
+            format!("/api/{}", d.version)
+        } else {
+            format!("/apis/{}/{}", d.group, d.version)
+        };
+        let item = if d.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", d.plural)
+        };
+        let gvk = json!({"group": d.group, "version": d.version, "kind": d.kind});
+        let params = json!([
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
+        ]);
+        let op = |verb: &str| {
+            json!({"description": format!("{verb} the specified {}", d.kind),
+                "parameters": params, "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": verb, "x-kubernetes-group-version-kind": gvk})
+        };
+        paths.insert(item, json!({"put": op("put"), "patch": op("patch")}));
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"}, "paths": paths, "components": {"schemas": schemas}})
 }
 
 /// Handles non-resource paths; None when the path is a resource path.
@@ -172,8 +209,8 @@ pub fn handle(
             200,
             &json!({"major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36",
                 "minCompatibilityMajor": "1", "minCompatibilityMinor": "35",
-                "gitVersion": "v1.36.2", "gitCommit": "ferrolb-dev-apiserver", "gitTreeState": "clean",
-                "buildDate": "2026-08-21T00:00:00Z", "goVersion": "go1.27.3", "compiler": "gc",
+                "gitVersion": "v1.36.2", "gitCommit": "98b35193b2ac7a23a673325f5e9b830ecd5ba406", "gitTreeState": "clean",
+                "buildDate": "2026-08-21T00:00:00Z", "goVersion": "go1.27.3-X:nojsonv2", "compiler": "gc",
                 "platform": "linux/amd64"}),
             &[],
         ),

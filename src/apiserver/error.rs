@@ -115,7 +115,8 @@ impl ApiError {
     pub fn bad_request(msg: &str) -> Self {
         Self::status(400, "BadRequest", msg, None)
     }
-    /// 422 Invalid with causes (reason, message, field); details.kind is the Kind (77).
+    /// 422 Invalid with causes (reason, message, field); details.kind is the Kind (77); custom
+    /// resources also carry the group (78), built-in types do not (73).
     pub fn invalid(def: &ResourceDef, name: &str, causes: Vec<(&str, String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(_, m, f)| format!("{f}: {m}")).collect();
         let joined = if summary.len() == 1 {
@@ -123,7 +124,8 @@ impl ApiError {
         } else {
             format!("[{}]", summary.join(", "))
         };
-        let mut d = details(name, &def.group, &def.kind);
+        let group = if def.custom { def.group.as_str() } else { "" };
+        let mut d = details(name, group, &def.kind);
         d.insert(
             "causes".into(),
             Value::Array(
@@ -133,10 +135,15 @@ impl ApiError {
                     .collect(),
             ),
         );
+        let what = if group.is_empty() {
+            def.kind.clone()
+        } else {
+            format!("{}.{group}", def.kind)
+        };
         Self::status(
             422,
             "Invalid",
-            &format!("{} \"{name}\" is invalid: {joined}", def.kind),
+            &format!("{what} \"{name}\" is invalid: {joined}"),
             Some(Value::Object(d)),
         )
     }

@@ -251,6 +251,16 @@ fn strip_item(mut v: Value) -> Value {
 
 /// Re-labels an object stored under another served version.
 pub fn as_version(def: &ResourceDef, obj: &Value) -> Value {
+    if def.kind == "Event" && !def.custom {
+        let stored = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        if stored != def.api_version() {
+            return if def.group.is_empty() {
+                super::events::to_core(obj)
+            } else {
+                super::events::to_events_v1(obj)
+            };
+        }
+    }
     let mut o = obj.clone();
     if let Some(m) = o.as_object_mut() {
         if m.get("apiVersion").and_then(Value::as_str) != Some(def.api_version().as_str()) {
@@ -382,6 +392,7 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
                 continue;
             }
         }
+        let o = as_version(&t.def, &o);
         if !sel.matches(&o) {
             continue;
         }
@@ -390,7 +401,7 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
             continue;
         }
         last_key = Some(key_of(&o));
-        items.push(strip_item(as_version(&t.def, &o)));
+        items.push(strip_item(o));
     }
     let mut md = Map::new();
     md.insert("resourceVersion".into(), json!(list_rv.to_string()));
@@ -502,22 +513,23 @@ pub async fn route(
         }
         (&Method::POST, None) => {
             acct.verb = "create".into();
-            let body = decode_body(&def, req.body(), content_type(&req))?;
+            let mut body = decode_body(&def, req.body(), content_type(&req))?;
             check_kind(&def, &body)?;
-            let mut ctx = ctx_for(&req, &q, "Update");
-            let (obj, warnings) = {
+            let warnings = field_validation(&def, &mut body, &q)?;
+            let ctx = ctx_for(&req, &q, "Update");
+            let obj = {
                 let mut st = inner.lock();
                 let r = st.create(&def, t.namespace.as_deref(), body, &ctx);
-                (r, std::mem::take(&mut st.pending_warnings))
-            };
-            ctx.warnings.extend(warnings);
-            let obj = obj?;
-            Ok(json_response(201, &obj, &ctx.warnings))
+                st.pending_warnings.clear();
+                r
+            }?;
+            Ok(json_response(201, &obj, &warnings))
         }
         (&Method::PUT, Some(name)) => {
             acct.verb = "update".into();
-            let body = decode_body(&def, req.body(), content_type(&req))?;
+            let mut body = decode_body(&def, req.body(), content_type(&req))?;
             check_kind(&def, &body)?;
+            let warnings = field_validation(&def, &mut body, &q)?;
             let pre = body
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -525,7 +537,7 @@ pub async fn route(
             let ctx = ctx_for(&req, &q, "Update");
             let mut st = inner.lock();
             let obj = st.update(&def, &ns, name, body, is_status, pre.as_deref(), &ctx)?;
-            Ok(json_response(200, &obj, &[]))
+            Ok(json_response(200, &obj, &warnings))
         }
         (&Method::PATCH, Some(name)) => {
             acct.verb = "patch".into();
@@ -587,6 +599,46 @@ pub async fn route(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// `fieldValidation` (Warn by default): unknown fields are dropped with a Warning each, refused
+/// with 400 under Strict (79-81), dropped silently under Ignore.
+fn field_validation(
+    def: &ResourceDef,
+    body: &mut Value,
+    q: &Query,
+) -> Result<Vec<String>, ApiError> {
+    let unknown = super::validation::unknown_fields(def, body);
+    if unknown.is_empty() {
+        return Ok(vec![]);
+    }
+    let mode = q
+        .get("fieldValidation")
+        .map(String::as_str)
+        .unwrap_or("Warn");
+    if mode == "Strict" {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect();
+        return Err(ApiError::bad_request(&format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            def.kind,
+            def.version,
+            def.kind,
+            list.join(", ")
+        )));
+    }
+    for u in &unknown {
+        super::validation::remove_path(body, u);
+    }
+    if mode == "Ignore" {
+        return Ok(vec![]);
+    }
+    Ok(unknown
+        .iter()
+        .map(|u| format!("unknown field \"{u}\""))
+        .collect())
 }
 
 pub fn content_type<B>(req: &Request<B>) -> &str {

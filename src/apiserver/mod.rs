@@ -20,6 +20,7 @@ pub mod body;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod http;
 pub mod managed;
@@ -30,6 +31,7 @@ pub mod schema_keys;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod validation;
 pub mod watch;
 
 use self::body::Body;
@@ -82,9 +84,21 @@ fn strip_allocated(obj: &mut Value, user: &Value) {
             spec.remove(k);
         }
     }
+    // ports are matched by (port, protocol), their merge key, not by position
+    let user_ports: Vec<&Value> = user
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
-        for (i, p) in ports.iter_mut().enumerate() {
-            if user.pointer(&format!("/spec/ports/{i}/nodePort")).is_none() {
+        for p in ports.iter_mut() {
+            let sent = user_ports.iter().any(|u| {
+                u.get("port") == p.get("port")
+                    && u.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                        == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                    && u.get("nodePort").is_some()
+            });
+            if !sent {
                 if let Some(m) = p.as_object_mut() {
                     m.remove("nodePort");
                 }
@@ -262,6 +276,25 @@ impl ApiServer {
         Ok((local, task))
     }
 
+    /// Serves the same API on a Unix socket (e.g. for the admin endpoint and `/metrics` when the
+    /// TCP listener lives in another network namespace). Faults never close this listener.
+    pub fn serve_unix(
+        &self,
+        path: &std::path::Path,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        let inner = self.inner.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(serve_conn(inner.clone(), stream));
+            }
+        }))
+    }
+
     /// A kubeconfig (YAML) for `server_url`, with `identity` as the bearer token.
     pub fn kubeconfig(server_url: &str, identity: &str) -> String {
         format!(
@@ -300,6 +333,21 @@ impl ApiServer {
             *m.entry((c.clone(), v.clone(), r.clone())).or_default() += n;
         }
         m.into_iter().map(|((c, v, r), n)| (c, v, r, n)).collect()
+    }
+
+    /// Sends one raw request through the handler (tests, tools): returns status, headers and
+    /// the whole body (do not use for watches: the body only ends with the watch).
+    pub async fn call(
+        &self,
+        req: Request<Bytes>,
+        identity: &str,
+    ) -> Result<(u16, ::http::HeaderMap, Bytes), String> {
+        let resp = handle(&self.inner, req, identity)
+            .await
+            .map_err(|h| h.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, bytes))
     }
 
     /// The current global resourceVersion.
@@ -465,32 +513,37 @@ async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener, local
             r = faults_rx.changed() => { if r.is_err() { return; } }
             acc = l.accept() => {
                 let Ok((stream, _)) = acc else { continue };
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let inner = inner.clone();
-                        async move {
-                            let client = http::identity_of(&req);
-                            let (parts, body) = req.into_parts();
-                            let bytes = match body.collect().await {
-                                Ok(b) => b.to_bytes(),
-                                Err(e) => return Err(std::io::Error::other(e)),
-                            };
-                            let req = Request::from_parts(parts, bytes);
-                            match handle(&inner, req, &client).await {
-                                Ok(r) => Ok(r),
-                                Err(h) => Err(std::io::Error::other(h)),
-                            }
-                        }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
-                });
+                tokio::spawn(serve_conn(inner.clone(), stream));
             }
         }
     }
+}
+
+/// Serves one connection (HTTP/1.1 or h2c) with [`handle`].
+async fn serve_conn<S>(inner: Arc<Inner>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let inner = inner.clone();
+        async move {
+            let client = http::identity_of(&req);
+            let (parts, body) = req.into_parts();
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Err(std::io::Error::other(e)),
+            };
+            let req = Request::from_parts(parts, bytes);
+            match handle(&inner, req, &client).await {
+                Ok(r) => Ok(r),
+                Err(h) => Err(std::io::Error::other(h)),
+            }
+        }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(io, svc)
+        .await;
 }
 
 /// Command-line flags of this subcommand.
@@ -502,6 +555,10 @@ pub struct Args {
     /// Write a kubeconfig pointing at this server here.
     #[arg(long)]
     pub kubeconfig_out: Option<std::path::PathBuf>,
+    /// Also serve on this Unix socket (admin endpoint and /metrics reachable from another
+    /// network namespace; never closed by faults).
+    #[arg(long)]
+    pub listen_unix: Option<std::path::PathBuf>,
     /// Identity (bearer token) written into the kubeconfig.
     #[arg(long, default_value = "admin")]
     pub identity: String,
@@ -541,6 +598,17 @@ pub async fn run(args: Args) -> crate::CmdResult {
         }
     }
     let (addr, task) = server.serve(args.listen).await?;
+    let _unix = match &args.listen_unix {
+        Some(p) => {
+            let t = server.serve_unix(p)?;
+            println!(
+                "ferrolb dev-apiserver also listening on unix:{}",
+                p.display()
+            );
+            Some(t)
+        }
+        None => None,
+    };
     let url = format!("http://{addr}");
     if let Some(path) = &args.kubeconfig_out {
         std::fs::write(path, ApiServer::kubeconfig(&url, &args.identity))?;

@@ -61,6 +61,19 @@ impl ResourceDef {
     }
     /// The verbs shown in discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.custom {
+            // the order kube-apiserver lists for custom resources (11)
+            return vec![
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ];
+        }
         vec![
             "create",
             "delete",
@@ -163,6 +176,8 @@ pub fn builtins() -> Vec<ResourceDef> {
     .collect();
     let mut cev = builtin("", "v1", "events", "event", "Event", true, &["ev"], false);
     cev.field_labels = ev_fields.clone();
+    // one storage for both Event APIs (golden 76)
+    cev.storage = "events.k8s.io/events".into();
     let mut eev = builtin(
         "events.k8s.io",
         "v1",

@@ -220,6 +220,15 @@ pub fn normalize(def: &ResourceDef, obj: &mut Value) {
         reorder(m, &["kind", "apiVersion", "metadata"]);
         if let Some(Value::Object(md)) = m.get_mut("metadata") {
             reorder(md, META_ORDER);
+            // Go omits empty maps (omitempty)
+            for k in ["labels", "annotations"] {
+                if md
+                    .get(k)
+                    .is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+                {
+                    md.shift_remove(k);
+                }
+            }
         }
         if def.kind == "Service" {
             if let Some(Value::Object(spec)) = m.get_mut("spec") {
@@ -289,9 +298,24 @@ impl State {
             operation: "Update".into(),
             ..Default::default()
         };
+        let ctx = WriteCtx {
+            manager: "kube-apiserver".into(),
+            ..ctx
+        };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             let _ = s.create(&def, None, obj, &ctx);
+        }
+        // the `kubernetes` Service every cluster has (87)
+        if let Some(svc) = s.registry.find("", "v1", "services") {
+            let [a, b, c] = defaults::CLUSTER_IPV4_BASE;
+            let obj = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "clusterIP": format!("{a}.{b}.{c}.1"), "sessionAffinity": "None",
+                    "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+                    "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 6443}]}});
+            let _ = s.create(&svc, Some("default"), obj, &ctx);
         }
         s
     }
@@ -459,6 +483,7 @@ impl State {
             }
             None => managed_hook(None, &mut obj, &user, def, ctx, None),
         }
+        defaults::after_managed(def, &mut obj);
         if ctx.dry_run {
             normalize(def, &mut obj);
             return Ok(obj);
@@ -514,7 +539,7 @@ impl State {
                     o.remove("status");
                 }
             }
-            defaults::on_status(def, &mut merged);
+            defaults::on_status(def, &mut merged)?;
             if ctx.operation == "Apply" {
                 if let Some(mf) = new.pointer("/metadata/managedFields") {
                     metadata_mut(&mut merged).insert("managedFields".into(), mf.clone());

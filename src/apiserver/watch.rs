@@ -154,7 +154,8 @@ pub fn start(
         let mut last_sent = last;
         if let Some(objs) = initial {
             for o in objs {
-                if sel.matches(&o) && !s.send("ADDED", &as_version(&def, &o)).await {
+                let o = as_version(&def, &o);
+                if sel.matches(&o) && !s.send("ADDED", &o).await {
                     return;
                 }
             }
@@ -198,8 +199,12 @@ pub fn start(
                     if !in_ns(&e.object) {
                         continue;
                     }
-                    let cur = sel.matches(&e.object);
-                    let prev = e.prev.as_ref().is_some_and(|p| sel.matches(p));
+                    let obj = as_version(&def, &e.object);
+                    let cur = sel.matches(&obj);
+                    let prev = e
+                        .prev
+                        .as_ref()
+                        .is_some_and(|p| sel.matches(&as_version(&def, p)));
                     let etype = match e.etype {
                         EventType::Added if cur => "ADDED",
                         EventType::Modified if cur && prev => "MODIFIED",
@@ -208,7 +213,7 @@ pub fn start(
                         EventType::Deleted if prev => "DELETED",
                         _ => continue,
                     };
-                    if !s.send(etype, &as_version(&def, &e.object)).await {
+                    if !s.send(etype, &obj).await {
                         return;
                     }
                     last_sent = e.rv;
