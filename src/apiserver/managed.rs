@@ -20,7 +20,7 @@
 //! `status` get no `.` entry (golden 29).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
@@ -448,11 +448,10 @@ fn list_mode(items: &[&Vec<Value>], ls: &ListSchema) -> Mode {
         ListKind::Atomic => Mode::Atomic,
         ListKind::Set => {
             for list in items {
-                if list.iter().any(|v| v.is_object() || v.is_array()) {
-                    return Mode::Atomic;
-                }
-                for (i, a) in list.iter().enumerate() {
-                    if list[..i].iter().any(|b| a == b) {
+                let mut seen = BTreeSet::new();
+                for v in list.iter() {
+                    if v.is_object() || v.is_array() || !seen.insert(PathElement::Value(v.clone()))
+                    {
                         return Mode::Atomic;
                     }
                 }
@@ -461,11 +460,11 @@ fn list_mode(items: &[&Vec<Value>], ls: &ListSchema) -> Mode {
         }
         ListKind::Map(keys) => {
             for list in items {
-                let mut seen: Vec<PathElement> = Vec::new();
+                let mut seen = BTreeSet::new();
                 for item in list.iter() {
-                    match key_pe(item, keys, ls) {
-                        Some(pe) if !seen.contains(&pe) => seen.push(pe),
-                        _ => return Mode::Atomic,
+                    let fresh = key_pe(item, keys, ls).is_some_and(|pe| seen.insert(pe));
+                    if !fresh {
+                        return Mode::Atomic;
                     }
                 }
             }
@@ -664,14 +663,16 @@ fn compare(
             } else {
                 &ls.elem
             };
+            let lmap: BTreeMap<&PathElement, &Value> = lp.iter().map(|(p, v)| (p, *v)).collect();
+            let rmap: BTreeMap<&PathElement, &Value> = rp.iter().map(|(p, v)| (p, *v)).collect();
             for (pe, rv) in &rp {
-                let lv = lp.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
+                let lv = lmap.get(pe).copied();
                 path.push(pe.clone());
                 compare_item(lv, Some(rv), elem, ctx, path, c, depth + 1);
                 path.pop();
             }
             for (pe, lv) in &lp {
-                if !rp.iter().any(|(p, _)| p == pe) {
+                if !rmap.contains_key(pe) {
                     path.push(pe.clone());
                     compare_item(Some(lv), None, elem, ctx, path, c, depth + 1);
                     path.pop();
@@ -797,12 +798,14 @@ fn merge_list(
         .enumerate()
         .map(|(i, v)| item_pe(v, i, mode, ls))
         .collect();
-    let in_c = |pe: &PathElement| cpe.iter().position(|p| p == pe);
-    let in_l = |pe: &PathElement| lpe.iter().position(|p| p == pe);
+    let cmap: BTreeMap<&PathElement, usize> = cpe.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let lmap: BTreeMap<&PathElement, usize> = lpe.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let in_c = |pe: &PathElement| cmap.get(pe).copied();
+    let in_l = |pe: &PathElement| lmap.get(pe).copied();
     let mut shared: std::collections::VecDeque<&PathElement> =
         cpe.iter().filter(|p| in_l(p).is_some()).collect();
     let mut next_shared = shared.pop_front();
-    let mut merged_c: Vec<&PathElement> = Vec::new();
+    let mut merged_c: BTreeSet<&PathElement> = BTreeSet::new();
     let mut out = Vec::with_capacity(la.len() + ca.len());
     let merge_item = |li: Option<usize>, ci: usize| -> Value {
         let elem: &Schema = if matches!(mode, Mode::Set) {
@@ -817,7 +820,7 @@ fn merge_list(
         if li < la.len() && ci < ca.len() {
             let pe = &lpe[li];
             if *pe == cpe[ci] {
-                merged_c.push(pe);
+                merged_c.insert(pe);
                 out.push(merge_item(Some(li), ci));
                 li += 1;
                 ci += 1;
@@ -835,14 +838,14 @@ fn merge_list(
                 out.push(la[li].clone());
                 li += 1;
                 continue;
-            } else if merged_c.contains(&pe) {
+            } else if merged_c.contains(pe) {
                 li += 1;
                 continue;
             }
         }
         if ci < ca.len() {
             let pe = &cpe[ci];
-            merged_c.push(pe);
+            merged_c.insert(pe);
             out.push(merge_item(in_l(pe), ci));
             ci += 1;
             if next_shared.is_some_and(|n| n == pe) {
@@ -1257,6 +1260,26 @@ pub fn server_side_apply(
     let (schema, zero, builtin) = kind_schema(applied);
     let ctx = Ctx { omitempty: builtin };
     let mut entries = decode(live).unwrap_or_default();
+    if let (Some(l), true) = (live, entries.is_empty()) {
+        // kube's skipNonAppliedManager: an object nobody manages yet gets its existing fields
+        // assigned to "before-first-apply" (an Update entry) before the first apply.
+        let mut owned = l.clone();
+        let av = l
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(api_version)
+            .to_owned();
+        update_managed_fields(
+            None,
+            &mut owned,
+            "before-first-apply",
+            "Update",
+            &av,
+            None,
+            &now,
+        );
+        entries = decode(Some(&owned)).unwrap_or_default();
+    }
     let live_obj = live.map(without_managed_fields).unwrap_or(zero);
     let mut config = without_managed_fields(applied);
     strip_nulls(&mut config);
@@ -1312,18 +1335,17 @@ pub fn server_side_apply(
     filter(&mut changed, subresource);
     filter(&mut c.removed, subresource);
 
-    let mut causes: Vec<(String, String, Vec<PathElement>)> = Vec::new();
+    let mut causes: Vec<(String, String)> = Vec::new();
     for e in &entries {
         let conflict = e.set.intersection(&changed);
         for p in conflict.paths() {
-            causes.push((path_string(&p), e.printed(), p));
+            causes.push((path_string(&p), e.printed()));
         }
     }
     if !force && !causes.is_empty() {
-        causes.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.2.cmp(&b.2)));
-        return Err(ApplyConflict {
-            causes: causes.into_iter().map(|(p, m, _)| (p, m)).collect(),
-        });
+        // Managers sorted; each manager's paths in kube's set iteration order (stable sort).
+        causes.sort_by(|a, b| a.1.cmp(&b.1));
+        return Err(ApplyConflict { causes });
     }
     for e in entries.iter_mut() {
         e.set.difference(&changed);
@@ -1436,6 +1458,14 @@ mod tests {
         o
     }
 
+    /// Built-in types are encoded in Go struct order, so managedFields must match byte for byte.
+    fn assert_mf_bytes(have: &Value, want: &Value) {
+        assert_eq!(
+            serde_json::to_string(&mf(have)).unwrap(),
+            serde_json::to_string(&mf(want)).unwrap()
+        );
+    }
+
     fn assert_json_eq(have: &Value, want: &Value) {
         assert!(
             json_eq(have, want),
@@ -1503,6 +1533,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_29)));
+        assert_mf_bytes(&new, &v(RESP_29));
     }
 
     #[test]
@@ -1521,6 +1552,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_30)));
+        assert_mf_bytes(&new, &v(RESP_30));
 
         // 31: strategic merge adds port 443 (nodePort allocated afterwards, not owned).
         let old = v(RESP_30);
@@ -1536,6 +1568,7 @@ mod tests {
             "2026-11-22T07:52:01Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_31)));
+        assert_mf_bytes(&new, &v(RESP_31));
 
         // 32: $patch: delete only removes fields, so the entry keeps its old time.
         let old = v(RESP_31);
@@ -1551,6 +1584,7 @@ mod tests {
             "2026-11-22T07:52:08Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_32)));
+        assert_mf_bytes(&new, &v(RESP_32));
         assert_eq!(
             new["metadata"]["managedFields"][0]["time"],
             "2026-11-22T07:52:01Z"
@@ -1573,6 +1607,7 @@ mod tests {
             "2026-11-22T07:52:09Z",
         );
         assert_json_eq(&mf(&new), &mf(&v(RESP_33)));
+        assert_mf_bytes(&new, &v(RESP_33));
     }
 
     #[test]
@@ -1641,6 +1676,7 @@ mod tests {
         )
         .expect("forced");
         assert_json_eq(&mf(&out), &mf(&v(RESP_36)));
+        assert_mf_bytes(&out, &v(RESP_36));
         assert_eq!(
             out["metadata"]["labels"],
             json!({"app": "lb-ssa", "env": "b"})
@@ -1676,6 +1712,32 @@ mod tests {
         assert_json_eq(&mf(&out), &mf(&want));
         assert_json_eq(&out["status"], &want["status"]);
         assert_json_eq(&out["spec"], &want["spec"]);
+    }
+
+    #[test]
+    fn kubectl_server_side_apply_creates_pool_like_golden() {
+        // kubectl-apply-server-side.txt's input file; the kubectl entry is shown in golden 86.
+        let cfg = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool", "metadata": {"name": "pool-c"},
+            "spec": {"blocks": [{"cidr": "203.0.113.0/28"}], "serviceSelector": {"matchLabels": {"app": "kubectl-made"}}}});
+        let out = server_side_apply(
+            None,
+            &cfg,
+            "kubectl",
+            false,
+            "ferrolb.io/v1alpha1",
+            None,
+            "2026-11-22T07:59:11Z",
+        )
+        .unwrap();
+        let want: Vec<Value> = mf(&v(RESP_86))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["manager"] == "kubectl")
+            .cloned()
+            .collect();
+        assert_json_eq(&mf(&out), &Value::Array(want));
+        assert_eq!(out["spec"], cfg["spec"]);
     }
 
     #[test]
@@ -1924,6 +1986,187 @@ mod tests {
         ] {
             assert!(FieldSet::from_fields_v1(&bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn conflicts_list_members_before_deeper_paths_and_group_by_manager() {
+        let base = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "targetPort": 1}]}});
+        let live =
+            server_side_apply(None, &base, "a", false, "v1", None, "2026-11-22T08:00:00Z").unwrap();
+        let live = server_side_apply(Some(&live), &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"x": "1"}}}), "b", false, "v1", None, "2026-11-22T08:00:00Z").unwrap();
+        let hostile = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"x": "2"}},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80, "targetPort": 2}]}});
+        let err = server_side_apply(
+            Some(&live),
+            &hostile,
+            "c",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = err
+            .causes
+            .iter()
+            .map(|(p, m)| (p.as_str(), m.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (".spec.type", "\"a\""),
+                (".spec.ports[port=80,protocol=\"TCP\"].targetPort", "\"a\""),
+                (".metadata.labels.x", "\"b\""),
+            ]
+        );
+        assert_eq!(
+            err.message(),
+            "Apply failed with 3 conflicts: conflicts with \"a\":\n- .spec.type\n- .spec.ports[port=80,protocol=\"TCP\"].targetPort\nconflicts with \"b\":\n- .metadata.labels.x"
+        );
+    }
+
+    #[test]
+    fn node_addresses_keyed_by_type_unless_duplicated_and_lease_create() {
+        let node = |addrs: Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "status": {"addresses": addrs}});
+        let mut n = node(
+            json!([{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "Hostname", "address": "n1"}]),
+        );
+        update_managed_fields(
+            None,
+            &mut n,
+            "kubelet",
+            "Update",
+            "v1",
+            Some("status"),
+            "2026-11-22T08:00:00Z",
+        );
+        let f = &n["metadata"]["managedFields"][0]["fieldsV1"]["f:status"]["f:addresses"];
+        assert!(f.get("k:{\"type\":\"Hostname\"}").is_some(), "{f}");
+        let mut n = node(
+            json!([{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "InternalIP", "address": "192.0.2.11"}]),
+        );
+        update_managed_fields(
+            None,
+            &mut n,
+            "kubelet",
+            "Update",
+            "v1",
+            Some("status"),
+            "2026-11-22T08:00:00Z",
+        );
+        assert_eq!(
+            n["metadata"]["managedFields"][0]["fieldsV1"]["f:status"]["f:addresses"],
+            json!({})
+        );
+
+        // A Lease created by a leader elector: spec is a Go struct (no "." entry).
+        let mut lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "demo"},
+            "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 15, "renewTime": "2026-11-22T07:57:14.123456Z"}});
+        update_managed_fields(
+            None,
+            &mut lease,
+            "ferrolb-agent",
+            "Update",
+            "coordination.k8s.io/v1",
+            None,
+            "2026-11-22T07:57:14.123456Z",
+        );
+        assert_eq!(
+            lease["metadata"]["managedFields"],
+            json!([{"manager": "ferrolb-agent", "operation": "Update", "apiVersion": "coordination.k8s.io/v1", "time": "2026-11-22T07:57:14Z",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}, "f:renewTime": {}}}}])
+        );
+    }
+
+    #[test]
+    fn apply_to_unmanaged_object_conflicts_with_before_first_apply() {
+        let mut live = v(RESP_34);
+        live["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("managedFields");
+        let err = server_side_apply(
+            Some(&live),
+            &v(REQ_35),
+            "two",
+            false,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.causes,
+            vec![
+                (
+                    ".metadata.labels.env".to_owned(),
+                    "\"before-first-apply\" using v1".to_owned()
+                ),
+                (
+                    ".spec.externalTrafficPolicy".to_owned(),
+                    "\"before-first-apply\" using v1".to_owned()
+                ),
+            ]
+        );
+        let out = server_side_apply(
+            Some(&live),
+            &v(REQ_35),
+            "two",
+            true,
+            "v1",
+            None,
+            "2026-11-22T08:00:00Z",
+        )
+        .unwrap();
+        let managers: Vec<&Value> = out["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["manager"])
+            .collect();
+        assert_eq!(managers, [&json!("two"), &json!("before-first-apply")]);
+    }
+
+    #[test]
+    fn large_keyed_lists_use_indexed_lookups() {
+        let n = 5000;
+        let ports: Vec<Value> = (0..n)
+            .map(|i| json!({"port": i, "targetPort": i + 1}))
+            .collect();
+        let cfg = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "big"}, "spec": {"ports": ports}});
+        let live = server_side_apply(None, &cfg, "one", false, "v1", None, "2026-11-22T08:00:00Z")
+            .unwrap();
+        let mut patched = live.clone();
+        let patch = json!({"spec": {"ports": [{"port": n, "targetPort": 1}, {"port": 0, "$patch": "delete"}]}});
+        strategic_merge_patch(&mut patched, &patch, "Service").unwrap();
+        assert_eq!(
+            patched["spec"]["ports"].as_array().unwrap().len(),
+            n as usize
+        );
+        assert_eq!(patched["spec"]["ports"][0]["port"], n);
+        update_managed_fields(
+            Some(&live),
+            &mut patched,
+            "two",
+            "Update",
+            "v1",
+            None,
+            "2026-11-22T08:00:01Z",
+        );
+        let two = patched["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "two")
+            .unwrap();
+        assert_eq!(
+            two["fieldsV1"]["f:spec"]["f:ports"]
+                .as_object()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

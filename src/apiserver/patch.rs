@@ -5,6 +5,8 @@
 //! (wrong types, deep nesting, huge indexes) give a [`PatchError`], never a panic. On error the
 //! target is left unchanged.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::schema_keys::{self, Schema, SmpList};
@@ -54,6 +56,43 @@ impl PatchError {
     }
 }
 
+impl PatchError {
+    /// A `Status` body for this error, shaped as kube-apiserver sends it:
+    /// - 400: message only, no details (like the decode errors of golden 71/79);
+    /// - 415: golden 49 for a custom resource ([`CR_STRATEGIC_UNSUPPORTED`]), golden 40
+    ///   (`details: {}`) otherwise;
+    /// - 422: `NewGenericServerResponse(422, ...)` as the JSON patch handler builds it: a fixed
+    ///   message and `details: {}` (no transcript here; the shape reported for a real v1.37;
+    ///   the engine's own text stays available through [`PatchError::message`] for logs);
+    /// - 409: message and reason only (callers with a resource should build their own).
+    pub fn status(&self) -> Value {
+        let (message, details) = match self {
+            PatchError::BadRequest(msg) | PatchError::Conflict(msg) => (msg.clone(), None),
+            PatchError::Unsupported(msg) if msg == CR_STRATEGIC_UNSUPPORTED => (msg.clone(), None),
+            PatchError::Unsupported(_) => (
+                "415: Unsupported Media Type".to_owned(),
+                Some(Value::Object(Map::new())),
+            ),
+            PatchError::Invalid(_) => (
+                "the server rejected our request due to an error in our request".to_owned(),
+                Some(Value::Object(Map::new())),
+            ),
+        };
+        let mut m = Map::new();
+        m.insert("kind".into(), "Status".into());
+        m.insert("apiVersion".into(), "v1".into());
+        m.insert("metadata".into(), Value::Object(Map::new()));
+        m.insert("status".into(), "Failure".into());
+        m.insert("message".into(), message.into());
+        m.insert("reason".into(), self.reason().into());
+        if let Some(d) = details {
+            m.insert("details".into(), d);
+        }
+        m.insert("code".into(), self.code().into());
+        Value::Object(m)
+    }
+}
+
 impl std::fmt::Display for PatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message(), self.code())
@@ -71,28 +110,81 @@ pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// Deepest nesting the patch engines follow.
 pub const MAX_DEPTH: usize = 256;
 
-/// JSON equality with numbers compared by value (`1` equals `1.0`).
+/// JSON equality with numbers compared by value (`1` equals `1.0`) and object members in any
+/// order. Iterative, so hostile nesting cannot overflow the stack.
 pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            if x == y {
-                return true;
+    let mut stack = vec![(a, b)];
+    while let Some((a, b)) = stack.pop() {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                if x != y && (!(x.is_f64() || y.is_f64()) || x.as_f64() != y.as_f64()) {
+                    return false;
+                }
             }
-            if x.is_f64() || y.is_f64() {
-                matches!((x.as_f64(), y.as_f64()), (Some(p), Some(q)) if p == q)
-            } else {
-                false
+            (Value::Array(x), Value::Array(y)) => {
+                if x.len() != y.len() {
+                    return false;
+                }
+                stack.extend(x.iter().zip(y));
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                if x.len() != y.len() {
+                    return false;
+                }
+                for (k, v) in x {
+                    match y.get(k) {
+                        Some(w) => stack.push((v, w)),
+                        None => return false,
+                    }
+                }
+            }
+            _ => {
+                if a != b {
+                    return false;
+                }
             }
         }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+    }
+    true
+}
+
+/// The PATCH content types handled by [`patch_by_content_type`].
+pub const JSON_PATCH: &str = "application/json-patch+json";
+/// RFC 7386 merge patch.
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
+/// Kubernetes strategic merge patch.
+pub const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
+/// Server-side apply (see `managed::server_side_apply`).
+pub const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// Applies a non-apply PATCH body by its `Content-Type` (parameters such as `; charset=utf-8`
+/// are ignored). Any other type, including plain `application/json` (golden 40), is
+/// [`PatchError::Unsupported`] with an empty message, whose [`PatchError::status`] is golden
+/// 40's body. Apply patches (`application/apply-patch+yaml`) are not handled here: they need
+/// the field manager (`managed::server_side_apply`) and give [`PatchError::BadRequest`].
+pub fn patch_by_content_type(
+    target: &mut Value,
+    body: &Value,
+    content_type: &str,
+    kind: &str,
+) -> Result<(), PatchError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        JSON_PATCH => json_patch(target, body),
+        MERGE_PATCH => {
+            merge_patch(target, body);
+            Ok(())
         }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
+        STRATEGIC_MERGE_PATCH => strategic_merge_patch(target, body, kind),
+        APPLY_PATCH => Err(PatchError::BadRequest(
+            "apply patches are handled by managed::server_side_apply".into(),
+        )),
+        _ => Err(PatchError::Unsupported(String::new())),
     }
 }
 
@@ -393,12 +485,18 @@ fn bad(msg: impl Into<String>) -> PatchError {
 /// Lists are merged by their `patchMergeKey` (Service `spec.ports` by `port`, conditions by
 /// `type`, `ownerReferences` by `uid`, Node `status.addresses` by `type`), scalar lists with
 /// `patchStrategy=merge` as sets, and every other list is replaced. Merged lists put the
-/// patch's items first (golden 31) unless `$setElementOrder/<list>` gives the order. Supported
-/// directives: `$patch: replace|merge|delete` (in maps and list items), `$retainKeys`,
-/// `$deleteFromPrimitiveList/<list>`, `$setElementOrder/<list>`; `null` deletes a key.
+/// new items first (golden 31; items already live keep their live order) unless
+/// `$setElementOrder/<list>` gives the order. Supported directives: `$patch: replace|delete`
+/// (in maps and list items), `$retainKeys`, `$deleteFromPrimitiveList/<list>`,
+/// `$setElementOrder/<list>`; `null` deletes a key. `$patch: merge` is refused as
+/// kube-apiserver refuses it (apimachinery: "unknown patch type" in a map, "merging lists
+/// cannot yet be specified" in a list).
 ///
-/// A kind registered as a custom resource gives [`PatchError::Unsupported`] (415, golden 49);
-/// a kind the stand-in does not know at all is patched with every list replaced.
+/// Errors: malformed directives are [`PatchError::BadRequest`] (400) as kube-apiserver maps
+/// apimachinery's format errors; the errors kube-apiserver passes on unmapped (missing merge
+/// key, unknown `$patch`, mixed list element types), which it answers with 500, are also 400
+/// here. A kind registered as a custom resource gives [`PatchError::Unsupported`] (415,
+/// golden 49); a kind the stand-in does not know at all is patched with every list replaced.
 pub fn strategic_merge_patch(
     target: &mut Value,
     patch: &Value,
@@ -448,10 +546,12 @@ fn smp_map(
                 return smp_map(None, &rest, schema, depth + 1);
             }
             Some("delete") => return Ok(Map::new()),
-            Some("merge") => {}
+            // kube-apiserver refuses `$patch: merge` in a map (apimachinery's
+            // handleDirectiveInMergeMap knows only replace and delete).
             _ => {
                 return Err(bad(format!(
-                    "Unknown patch type: {d} in map: {}",
+                    "unknown patch type: {} in map: {}",
+                    d.as_str().map_or_else(|| d.to_string(), str::to_owned),
                     Value::Object(patch.clone())
                 )))
             }
@@ -544,16 +644,37 @@ fn key_of<'a>(item: &'a Value, key: &str) -> Option<&'a Value> {
     item.as_object()?.get(key)
 }
 
-fn position_by(items: &[Value], probe: &Value, key: Option<&str>) -> Option<usize> {
-    match key {
-        Some(k) => {
-            let pv = key_of(probe, k)?;
-            items
-                .iter()
-                .position(|i| key_of(i, k).is_some_and(|iv| json_eq(iv, pv)))
+/// A canonical string for a list item's identity (its merge key value, or the item itself),
+/// with integral numbers normalised so `80` and `80.0` match as with [`json_eq`].
+fn ident(item: &Value, key: Option<&str>) -> Option<String> {
+    let v = match key {
+        Some(k) => key_of(item, k)?,
+        None => item,
+    };
+    Some(match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    })
+}
+
+/// Position of the first item with each identity.
+fn index_of(items: &[Value], key: Option<&str>) -> HashMap<String, usize> {
+    let mut m = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if let Some(id) = ident(item, key) {
+            m.entry(id).or_insert(i);
         }
-        None => items.iter().position(|i| json_eq(i, probe)),
     }
+    m
+}
+
+fn position_in(index: &HashMap<String, usize>, probe: &Value, key: Option<&str>) -> Option<usize> {
+    index.get(&ident(probe, key)?).copied()
 }
 
 fn smp_list(
@@ -582,29 +703,18 @@ fn smp_list(
         }
         SmpList::MergeKey(k) if all_objects => Some(k.as_str()),
         SmpList::MergeKey(_) | SmpList::MergePrimitive => {
-            // Scalars, possibly with a `{"$patch": "replace"}` marker item.
-            let mut replace = false;
-            let mut scalars = Vec::new();
-            for v in patch {
-                match v {
-                    Value::Object(m)
-                        if m.len() == 1
-                            && m.get(DIRECTIVE).and_then(Value::as_str) == Some("replace") =>
-                    {
-                        replace = true
-                    }
-                    Value::Object(_) | Value::Array(_) if !all_scalars => {
-                        return Err(bad("invalid patch format of primitive list"));
-                    }
-                    other => scalars.push(other.clone()),
-                }
+            // Scalars only: apimachinery refuses mixed element types (and so any directive item).
+            if !all_scalars {
+                return Err(bad(format!(
+                    "list element types are not identical: {}",
+                    Value::Array(patch.to_vec())
+                )));
             }
-            if replace {
-                return Ok(scalars);
-            }
+            let scalars = patch.to_vec();
             let mut merged = original.clone();
+            let mut seen: HashSet<String> = merged.iter().filter_map(|m| ident(m, None)).collect();
             for s in &scalars {
-                if !merged.iter().any(|m| json_eq(m, s)) {
+                if ident(s, None).is_some_and(|id| seen.insert(id)) {
                     merged.push(s.clone());
                 }
             }
@@ -640,24 +750,26 @@ fn smp_list(
                             "map: {item} does not contain declared merge key: {key}"
                         ))
                     })?;
-                    merged.retain(|i| !key_of(i, key).is_some_and(|iv| json_eq(iv, kv)));
+                    let gone = ident(kv, None);
+                    merged.retain(|i| ident(i, Some(key)) != gone);
                 }
                 Some("merge") => {
-                    if !m.contains_key(key) {
-                        return Err(bad(format!(
-                            "map: {item} does not contain declared merge key: {key}"
-                        )));
-                    }
-                    plain.push(m);
+                    return Err(bad("merging lists cannot yet be specified in the patch"));
                 }
-                _ => return Err(bad(format!("Unknown patch type: {d} in map: {item}"))),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown patch type: {} in map: {item}",
+                        d.as_str().map_or_else(|| d.to_string(), str::to_owned)
+                    )))
+                }
             },
         }
     }
     let mut patch_items = Vec::new();
+    let mut index = index_of(&merged, Some(key));
     for m in plain {
         let probe = Value::Object(m.clone());
-        match position_by(&merged, &probe, Some(key)) {
+        match position_in(&index, &probe, Some(key)) {
             Some(i) => {
                 let orig = match std::mem::take(&mut merged[i]) {
                     Value::Object(o) => Some(o),
@@ -665,7 +777,12 @@ fn smp_list(
                 };
                 merged[i] = Value::Object(smp_map(orig, m, elem, depth + 1)?);
             }
-            None => merged.push(Value::Object(smp_map(None, m, elem, depth + 1)?)),
+            None => {
+                if let Some(id) = ident(&probe, Some(key)) {
+                    index.insert(id, merged.len());
+                }
+                merged.push(Value::Object(smp_map(None, m, elem, depth + 1)?));
+            }
         }
         patch_items.push(probe);
     }
@@ -690,9 +807,10 @@ fn order_items(
                 }
             }
             // Every item of the patch list must appear in the order list, in the same order.
+            let order_index = index_of(o, key);
             let mut last = None;
             for p in patch_items {
-                match position_by(o, p, key) {
+                match position_in(&order_index, p, key) {
                     Some(i) if last.is_none_or(|l| i > l) => last = Some(i),
                     _ => return Err(bad("invalid patch format of setElementOrder list")),
                 }
@@ -701,16 +819,18 @@ fn order_items(
         }
         None => patch_items,
     };
+    let wanted_index = index_of(wanted, key);
+    let original_index = index_of(original, key);
     let mut patched: Vec<(usize, Value)> = Vec::new();
     let mut server: Vec<Value> = Vec::new();
     for item in merged {
-        match position_by(wanted, &item, key) {
+        match position_in(&wanted_index, &item, key) {
             Some(i) => patched.push((i, item)),
             None => server.push(item),
         }
     }
     patched.sort_by_key(|(i, _)| *i);
-    let idx = |v: &Value| position_by(original, v, key).map_or(-1, |i| i as i64);
+    let idx = |v: &Value| position_in(&original_index, v, key).map_or(-1, |i| i as i64);
     let mut out = Vec::with_capacity(patched.len() + server.len());
     let mut left = patched.into_iter().map(|(_, v)| v).peekable();
     let mut right = server.into_iter().peekable();
@@ -785,6 +905,30 @@ mod tests {
             json!([{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}])
         );
         assert_eq!(obj["spec"]["type"], "LoadBalancer");
+    }
+
+    #[test]
+    fn json_eq_numbers_order_and_depth() {
+        assert!(json_eq(
+            &json!({"a": 1, "b": [1.0, "x"]}),
+            &json!({"b": [1, "x"], "a": 1.0})
+        ));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 2})));
+        assert!(!json_eq(&json!([1, 2]), &json!([2, 1])));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        let mut deep_a = json!(1);
+        let mut deep_b = json!(2);
+        for _ in 0..100_000 {
+            deep_a = Value::Array(vec![deep_a]);
+            deep_b = Value::Array(vec![deep_b]);
+        }
+        assert!(!json_eq(&deep_a, &deep_b));
+        // Drop iteratively too (serde_json's own Drop recurses).
+        for mut d in [deep_a, deep_b] {
+            while let Value::Array(mut inner) = d {
+                d = inner.pop().unwrap_or(Value::Null);
+            }
+        }
     }
 
     #[test]
@@ -969,6 +1113,21 @@ mod tests {
     }
 
     #[test]
+    fn strategic_primitive_list_with_order_and_delete_directives() {
+        // What kubectl's three-way patch sends for a merge list of scalars.
+        let mut obj =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"finalizers": ["a", "c"]}});
+        let patch = json!({"metadata": {"$setElementOrder/finalizers": ["b", "a"],
+            "$deleteFromPrimitiveList/finalizers": ["c"], "finalizers": ["b"]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj["metadata"], json!({"finalizers": ["b", "a"]}));
+        // Duplicates are not added twice.
+        let patch = json!({"metadata": {"finalizers": ["a", "a"]}});
+        strategic_merge_patch(&mut obj, &patch, "Service").expect("applies");
+        assert_eq!(obj["metadata"]["finalizers"], json!(["b", "a"]));
+    }
+
+    #[test]
     fn strategic_set_element_order_reorders_and_keeps_server_only_items() {
         let mut obj = json!({"apiVersion": "v1", "kind": "Service", "spec": {"ports": [
             {"port": 1, "name": "a"}, {"port": 2, "name": "b"}, {"port": 3, "name": "c"}]}});
@@ -1066,6 +1225,57 @@ mod tests {
     }
 
     #[test]
+    fn status_bodies_match_golden_40_and_49() {
+        let golden_49 = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": CR_STRATEGIC_UNSUPPORTED, "reason": "UnsupportedMediaType", "code": 415});
+        assert_eq!(
+            PatchError::Unsupported(CR_STRATEGIC_UNSUPPORTED.into()).status(),
+            golden_49
+        );
+        let golden_40 = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "415: Unsupported Media Type", "reason": "UnsupportedMediaType", "details": {}, "code": 415});
+        assert_eq!(PatchError::Unsupported(String::new()).status(), golden_40);
+        let bad = PatchError::BadRequest("x".into()).status();
+        assert_eq!(bad["code"], 400);
+        assert!(bad.get("details").is_none());
+        let invalid = PatchError::Invalid("testing value /a failed: test failed".into()).status();
+        assert_eq!(
+            invalid,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server rejected our request due to an error in our request",
+                "reason": "Invalid", "details": {}, "code": 422})
+        );
+    }
+
+    #[test]
+    fn dispatch_by_content_type() {
+        let mut obj = web_after_30();
+        let patch = json!({"spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}]}});
+        patch_by_content_type(
+            &mut obj,
+            &patch,
+            "application/strategic-merge-patch+json; charset=utf-8",
+            "Service",
+        )
+        .unwrap();
+        assert_eq!(obj["spec"]["ports"].as_array().unwrap().len(), 2);
+        patch_by_content_type(&mut obj, &patch, "application/merge-patch+json", "Service").unwrap();
+        assert_eq!(obj["spec"]["ports"].as_array().unwrap().len(), 1);
+        let ops = json!([{"op": "replace", "path": "/spec/type", "value": "ClusterIP"}]);
+        patch_by_content_type(&mut obj, &ops, "Application/JSON-Patch+JSON", "Service").unwrap();
+        assert_eq!(obj["spec"]["type"], "ClusterIP");
+        let err =
+            patch_by_content_type(&mut obj, &patch, "application/json", "Service").unwrap_err();
+        assert_eq!(err.status()["message"], "415: Unsupported Media Type");
+        assert_eq!(
+            patch_by_content_type(&mut obj, &patch, APPLY_PATCH, "Service")
+                .unwrap_err()
+                .code(),
+            400
+        );
+    }
+
+    #[test]
     fn strategic_hostile_inputs_are_errors() {
         let base = web_after_30();
         let bad = [
@@ -1076,6 +1286,18 @@ mod tests {
                 400,
             ),
             (json!({"spec": {"$patch": 7}}), 400),
+            (
+                json!({"spec": {"$patch": "merge", "type": "ClusterIP"}}),
+                400,
+            ),
+            (
+                json!({"spec": {"ports": [{"port": 80, "$patch": "merge"}]}}),
+                400,
+            ),
+            (
+                json!({"metadata": {"finalizers": [{"$patch": "replace"}]}}),
+                400,
+            ),
             (
                 json!({"spec": {"$setElementOrder/ports": "x", "ports": []}}),
                 400,

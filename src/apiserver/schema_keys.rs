@@ -283,13 +283,9 @@ fn service() -> Schema {
 }
 
 fn node() -> Schema {
-    let addresses = Schema::List(ListSchema {
-        // Several addresses may share a type, so apply treats the list as atomic.
-        kind: ListKind::Atomic,
-        key_defaults: Vec::new(),
-        smp: SmpList::MergeKey("type".into()),
-        elem: Box::new(Schema::Any),
-    });
+    // No listType: apply derives a map keyed by `type` from patchMergeKey; several addresses may
+    // share a type, and such a list is then handled as atomic (see managed.rs).
+    let addresses = keyed_list(&["type"], "type", Schema::Any);
     st(vec![
         ("metadata", object_meta()),
         (
