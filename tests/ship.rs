@@ -1146,6 +1146,20 @@ fn examples_apply_to_an_api_server() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The server checks the CRD schema, so the loop above would have caught a bad example.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: ferrolb.io/v1alpha1\nkind: LoadBalancerIPPool\nmetadata:\n  name: bad\nspec:\n  blocks: [{cidr: 198.51.100.0/24}]\n  allowFirstLastIPs: Maybe\n",
+    )
+    .unwrap();
+    let out = run(Command::new("kubectl")
+        .env("KUBECONFIG", &api.kubeconfig)
+        .args(["apply", "--validate=false", "-f"])
+        .arg(&bad));
+    assert!(!out.status.success(), "schema violation accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowFirstLastIPs"));
     // What was applied is there (read back through the API, by short name too).
     let out = stdout_ok(
         Command::new("kubectl")
