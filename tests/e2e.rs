@@ -92,7 +92,14 @@ mod cluster {
             return None;
         }
         let cfg = LabConfig::new(tag, nodes, super::exe());
-        Some(Cluster::start_all(cfg).await.expect("lab cluster starts"))
+        let c = Cluster::start_all(cfg).await.expect("lab cluster starts");
+        // The lab's pools and policy; Services are created by each test.
+        for (name, text) in ferrolb::lab::EMBEDDED_MANIFESTS {
+            if *name != "echo.yaml" {
+                c.apply_yaml(text).await.expect(name);
+            }
+        }
+        Some(c)
     }
 
     /// Creates echo Service `name` with endpoints on `nodes` and returns its addresses, made
