@@ -558,9 +558,13 @@ async fn measure(
     say.line(format!("[measure] steady-state API load with {s} Services"));
     let have = args.services;
     let all: Vec<usize> = (0..args.nodes).collect();
+    // IPv6 SingleStack: the lab's /64 has room for any S (its IPv4 pool has 241 addresses).
     for i in have..s {
         let n = format!("load-{}", i + 1);
-        c.create_json(&echo_service(&n, false)).await?;
+        let mut svc = echo_service(&n, false);
+        svc["spec"]["ipFamilyPolicy"] = "SingleStack".into();
+        svc["spec"]["ipFamilies"] = serde_json::json!(["IPv6"]);
+        c.create_json(&svc).await?;
         c.create_endpoints("default", &n, &all).await?;
     }
     for i in have..s {
