@@ -181,6 +181,15 @@ fn resolve(inner: &Inner, segs: &[&str]) -> Result<Option<Target>, ApiError> {
 }
 
 fn decode_body(def: &ResourceDef, body: &[u8], ct: &str) -> Result<Value, ApiError> {
+    if ct.contains("protobuf") || ct.contains("cbor") {
+        // the stand-in speaks JSON (and YAML) only
+        return Err(ApiError::status(
+            415,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this API stand-in does not decode {ct})"),
+            Some(json!({})),
+        ));
+    }
     let v: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body).map_err(|e| {
             ApiError::bad_request(&format!(
