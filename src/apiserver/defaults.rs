@@ -623,7 +623,8 @@ pub fn check_custom(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     Err(ApiError::invalid(def, name, causes))
 }
 
-/// Like [`on_create`], collecting warnings (pruned fields).
+/// Kind-specific work before a create is stored (defaults, validation); pruned unknown fields
+/// of custom resources are added to `warn`.
 pub fn on_create_warn(
     state: &mut State,
     def: &Arc<ResourceDef>,

@@ -660,3 +660,39 @@ pub fn content_type<B>(req: &Request<B>) -> &str {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_token_is_byte_identical_to_kube_apiserver() {
+        // golden 21: {"v":"meta.k8s.io/v1","rv":254,"start":"/api\u0000"}
+        assert_eq!(
+            encode_continue(254, "api"),
+            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MjU0LCJzdGFydCI6Ii9hcGlcdTAwMDAifQ"
+        );
+        // golden 87 (cluster-wide): start "/demo/api\u0000"
+        assert_eq!(
+            encode_continue(498, "demo/api"),
+            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDk4LCJzdGFydCI6Ii9kZW1vL2FwaVx1MDAwMCJ9"
+        );
+        assert_eq!(
+            decode_continue(
+                "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MjU0LCJzdGFydCI6Ii93ZWJcdTAwMDAifQ"
+            )
+            .unwrap(),
+            (254, "web".to_string())
+        );
+        assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn html_safe_encoding_like_go() {
+        let b = encode_json(&json!({"x": "<pending> & more"}));
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "{\"x\":\"\\u003cpending\\u003e \\u0026 more\"}\n"
+        );
+    }
+}
