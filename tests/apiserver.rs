@@ -110,6 +110,33 @@ async fn service_create_get_list_defaults_and_conflict() {
     // a PUT keeps the allocated clusterIP
     let got = api.get("web").await.unwrap();
     assert_eq!(got.spec.unwrap().cluster_ip.unwrap(), ip);
+    // changing the clusterIP is refused (422); leaving LoadBalancer releases the nodePort
+    let err = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"clusterIP": "203.0.113.250", "clusterIPs": ["203.0.113.250"]}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.reason == "Invalid"),
+        "{err}"
+    );
+    let clusterip = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    let spec = clusterip.spec.unwrap();
+    assert_eq!(spec.ports.unwrap()[0].node_port, None);
+    assert_eq!(spec.external_traffic_policy, None);
+    assert_eq!(spec.cluster_ip.as_deref(), Some(ip.as_str()));
 }
 
 #[tokio::test]

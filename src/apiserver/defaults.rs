@@ -366,6 +366,12 @@ fn default_service(
         spec.remove("externalTrafficPolicy");
         spec.remove("healthCheckNodePort");
         spec.remove("allocateLoadBalancerNodePorts");
+        // node ports are released when a Service stops being NodePort/LoadBalancer
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+        }
     }
     service_status(obj);
     Ok(())
