@@ -980,3 +980,71 @@ async fn streaming_list_watcher_gets_initial_events_end() {
         "{next:?}"
     );
 }
+
+#[tokio::test]
+async fn paging_and_exact_lists_are_consistent_snapshots() {
+    let server = ApiServer::new();
+    let api: Api<Lease> = Api::namespaced(server.client(), "default");
+    for n in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &lease(n, "x"))
+            .await
+            .unwrap();
+    }
+    let page1 = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let rv = page1.metadata.resource_version.clone().unwrap();
+    assert_eq!(page1.items[0].metadata.name.as_deref(), Some("a"));
+    assert_eq!(page1.metadata.remaining_item_count, Some(2));
+    // changes after the first page do not show up in the next pages
+    api.delete("b", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &lease("bb", "x"))
+        .await
+        .unwrap();
+    let mut c = api.get("c").await.unwrap();
+    c.spec.as_mut().unwrap().holder_identity = Some("changed".into());
+    api.replace("c", &PostParams::default(), &c).await.unwrap();
+    let token = page1.metadata.continue_.clone().unwrap();
+    let rest = api
+        .list(&ListParams::default().limit(5).continue_token(&token))
+        .await
+        .unwrap();
+    let names: Vec<_> = rest
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(rest.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(
+        rest.items[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("x"),
+        "c as it was at the list's resourceVersion"
+    );
+    assert!(rest.metadata.continue_.as_deref().unwrap_or("").is_empty());
+    // an exact list at that RV is the same snapshot; the current list differs
+    let exact = api
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await
+        .unwrap();
+    let names: Vec<_> = exact
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    let now = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = now
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "bb", "c"]);
+}

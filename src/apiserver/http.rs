@@ -368,6 +368,7 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
             (rv, Some(key))
         }
         None => {
+            let mut rv_out = st.rv;
             if let Some(rv) = q
                 .get("resourceVersion")
                 .filter(|r| !r.is_empty() && *r != "0")
@@ -375,18 +376,33 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
                 let n: u64 = rv.parse().map_err(|_| {
                     ApiError::bad_request(&format!("invalid resource version: {rv}"))
                 })?;
-                if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
-                    && n < table_compacted
-                {
-                    return Err(ApiError::expired(
-                        "The resourceVersion for the provided list is too old.",
-                    ));
+                if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
+                    if n < table_compacted {
+                        return Err(ApiError::expired(
+                            "The resourceVersion for the provided list is too old.",
+                        ));
+                    }
+                    rv_out = n.min(st.rv);
                 }
             }
-            (st.rv, None)
+            (rv_out, None)
         }
     };
-    let objs = st.list(&t.def, t.namespace.as_deref());
+    // continue pages and exact-RV lists are served from a snapshot at their RV
+    let exact =
+        after.is_some() || q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let (list_rv, objs) = if exact && list_rv != st.rv {
+        match st.list_at(&t.def, t.namespace.as_deref(), list_rv) {
+            Some(o) => (list_rv, o),
+            None => {
+                return Err(ApiError::expired(
+                    "The resourceVersion for the provided list is too old.",
+                ))
+            }
+        }
+    } else {
+        (list_rv, st.list(&t.def, t.namespace.as_deref()))
+    };
     drop(st);
     let key_of = |o: &Value| {
         let (ns, name) = obj_key(o);

@@ -6,7 +6,8 @@
 //! kube-apiserver v1.36 (`tests/golden`, replayed by `tests/apiserver.rs`): one global
 //! resourceVersion, 409 conflicts, `/status` subresources, label/field selectors, paging with
 //! kube-apiserver's continue tokens, watches with bookmarks and 410 Expired from a bounded
-//! per-resource event history, Status error bodies, Service defaulting and ClusterIP/nodePort
+//! per-resource event history (continue pages and exact-RV lists are snapshots rebuilt from it;
+//! beyond it they get 410), Status error bodies, Service defaulting and ClusterIP/nodePort
 //! allocation (ClusterIPs from 203.0.113.0/24 and 2001:db8:fff::/108), Lease MicroTime and
 //! Event validation, CRDs that register their resources (schema defaults, pruning, validation),
 //! patch types and server-side apply (engines in `patch.rs`/`managed.rs`), discovery (legacy
@@ -35,10 +36,8 @@
 //!
 //! Not implemented (differences a client could notice): protobuf/CBOR bodies (415), YAML
 //! responses, authn/authz, finalizers and graceful deletion (deletes are immediate; deleting a
-//! namespace deletes its objects at once), ownerReference garbage collection, list snapshots at
-//! an old resourceVersion (a list or continue token at an RV still in the history is served
-//! from the current state; one older than the history gives 410), the watch cache's 429 after a
-//! restart, CRD conversion between versions (objects are relabelled only), `x-kubernetes-
+//! namespace deletes its objects at once), ownerReference garbage collection, the watch
+//! cache's 429 after a restart, CRD conversion between versions (objects are relabelled only), `x-kubernetes-
 //! validations` (CEL) rules.
 
 pub mod body;
