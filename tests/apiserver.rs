@@ -1048,3 +1048,55 @@ async fn paging_and_exact_lists_are_consistent_snapshots() {
         .collect();
     assert_eq!(names, ["a", "bb", "c"]);
 }
+
+#[tokio::test]
+async fn crd_created_through_the_api_registers_its_resource() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let server = ApiServer::new();
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    let (_, crd) = ferrolb::crds::all().into_iter().next().unwrap();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let got = crds.get(&name).await.unwrap();
+    let conds = got.status.unwrap().conditions.unwrap();
+    assert!(conds
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True"));
+    // discovery knows it and objects can be created
+    let disc = kube::Discovery::new(server.client()).run().await.unwrap();
+    let (ar, caps) = disc
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(ar, _)| ar.plural == "loadbalancerippools")
+        .expect("served after the CRD was created");
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status"));
+    let pools: Api<kube::api::DynamicObject> = Api::all_with(server.client(), &ar);
+    let pool: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "p"}, "spec": {"blocks": [{"cidr": "198.51.100.0/28"}]}
+    }))
+    .unwrap();
+    let created = pools.create(&PostParams::default(), &pool).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    // a schema violation is 422 with the CR's group in the details
+    let bad: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "bad"}, "spec": {"blocks": [], "disabled": "yes"}
+    }))
+    .unwrap();
+    let err = pools
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err}"
+    );
+    // deleting the CRD removes the resource and its objects
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    let err = pools.get("p").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err}"
+    );
+}
