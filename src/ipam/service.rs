@@ -1,0 +1,533 @@
+//! What a Service asks of the allocator: [`ServiceReq`], built from a
+//! `k8s_openapi::api::core::v1::Service` by [`ServiceReq::from_service`], plus class filtering
+//! ([`is_ours`]) and the sharing rules ([`ServiceReq::can_share_with`]).
+//!
+//! Annotation precedence: `ferrolb.io/...` first; when absent, the Cilium aliases in the order of
+//! [`crate::api::CILIUM_ANN_IPS`] (`lbipam.cilium.io/...`, then legacy `io.cilium/...`).
+//!
+//! Families when `spec.ipFamilies` is empty (the real API server always fills it; hand-written
+//! manifests for `plan` often do not): the families of the requested addresses if any, else
+//! `IPv4` for SingleStack (or no policy) and `IPv4, IPv6` for PreferDualStack/RequireDualStack.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::range::Family;
+use super::selector::service_labels;
+use crate::api::{
+    ANN_IPS, ANN_SHARING_CROSS_NS, ANN_SHARING_KEY, CILIUM_ANN_IPS, CILIUM_ANN_SHARING_CROSS_NS,
+    CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LB_CLASS,
+};
+
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// Builds a key.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ServiceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a Service object (namespace defaults to `default`).
+    pub fn of(svc: &Service) -> Self {
+        ServiceKey {
+            namespace: svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub enum FamilyPolicy {
+    /// One address of `ipFamilies[0]`.
+    #[default]
+    SingleStack,
+    /// One address of each listed family that some pool offers; satisfied with at least one.
+    PreferDualStack,
+    /// One address of each of both families, or nothing.
+    RequireDualStack,
+}
+
+impl FamilyPolicy {
+    /// Parses the Kubernetes spelling.
+    pub fn from_k8s(s: &str) -> Option<Self> {
+        match s {
+            "SingleStack" => Some(Self::SingleStack),
+            "PreferDualStack" => Some(Self::PreferDualStack),
+            "RequireDualStack" => Some(Self::RequireDualStack),
+            _ => None,
+        }
+    }
+}
+
+/// Which Services are ours (`spec.loadBalancerClass`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassOptions {
+    /// Serve Services without a `loadBalancerClass` (default true).
+    pub default_class: bool,
+    /// Also serve Cilium's `io.cilium/l2-announcer` class.
+    pub cilium_class: bool,
+}
+
+impl Default for ClassOptions {
+    fn default() -> Self {
+        ClassOptions {
+            default_class: true,
+            cilium_class: false,
+        }
+    }
+}
+
+/// Whether ferrolb is responsible for `svc`: `type: LoadBalancer` and a class we serve
+/// (unset when `default_class`, `ferrolb.io/l2-announcer`, or Cilium's when `cilium_class`).
+pub fn is_ours(svc: &Service, opts: &ClassOptions) -> bool {
+    let Some(spec) = &svc.spec else {
+        return false;
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match spec.load_balancer_class.as_deref() {
+        None => opts.default_class,
+        Some(LB_CLASS) => true,
+        Some(CILIUM_LB_CLASS) => opts.cilium_class,
+        Some(_) => false,
+    }
+}
+
+/// Namespaces allowed to share an address with a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub enum CrossNamespace {
+    /// Only its own namespace (annotation absent).
+    #[default]
+    SameOnly,
+    /// These namespaces too.
+    List(BTreeSet<String>),
+    /// Any namespace (`*`).
+    Any,
+}
+
+impl CrossNamespace {
+    fn allows(&self, ns: &str) -> bool {
+        match self {
+            CrossNamespace::SameOnly => false,
+            CrossNamespace::List(l) => l.contains(ns),
+            CrossNamespace::Any => true,
+        }
+    }
+}
+
+/// A Service's sharing settings.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Sharing {
+    /// The sharing key.
+    pub key: String,
+    /// Cross-namespace allowance.
+    pub cross: CrossNamespace,
+}
+
+/// Everything the allocator needs to know about one Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceReq {
+    /// namespace/name.
+    pub key: ServiceKey,
+    /// Labels including the virtual `io.kubernetes.service.{namespace,name}`.
+    pub labels: BTreeMap<String, String>,
+    /// Wanted families in order (never empty after `from_service`).
+    pub families: Vec<Family>,
+    /// `spec.ipFamilyPolicy`.
+    pub policy: FamilyPolicy,
+    /// Whether `spec.ipFamilies` was given explicitly (then requested addresses must be of a
+    /// listed family).
+    pub families_explicit: bool,
+    /// Requested addresses (`spec.loadBalancerIP` + the ips annotation), deduplicated, in order.
+    pub requested: Vec<IpAddr>,
+    /// Set when the request is malformed: the Service gets `InvalidRequest` with this message.
+    pub invalid: Option<String>,
+    /// Sharing settings (`None` = never shares).
+    pub sharing: Option<Sharing>,
+    /// `(port, protocol)` pairs; protocol defaults to TCP.
+    pub ports: BTreeSet<(i32, String)>,
+    /// `spec.externalTrafficPolicy == Local`.
+    pub etp_local: bool,
+    /// `spec.selector` (pod selector).
+    pub pod_selector: BTreeMap<String, String>,
+}
+
+impl ServiceReq {
+    /// A plain request: one IPv4 address, no sharing (builder base for tests and benches).
+    pub fn new(namespace: &str, name: &str) -> Self {
+        let key = ServiceKey::new(namespace, name);
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            crate::api::LABEL_SERVICE_NAMESPACE.to_string(),
+            namespace.to_string(),
+        );
+        labels.insert(crate::api::LABEL_SERVICE_NAME.to_string(), name.to_string());
+        ServiceReq {
+            key,
+            labels,
+            families: vec![Family::V4],
+            policy: FamilyPolicy::SingleStack,
+            families_explicit: false,
+            requested: Vec::new(),
+            invalid: None,
+            sharing: None,
+            ports: BTreeSet::new(),
+            etp_local: false,
+            pod_selector: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a Service. Never fails: a malformed request is recorded in `invalid`.
+    pub fn from_service(svc: &Service) -> Self {
+        let key = ServiceKey::of(svc);
+        let labels = service_labels(svc);
+        let ann = svc.metadata.annotations.clone().unwrap_or_default();
+        let spec = svc.spec.clone().unwrap_or_default();
+        let mut problems: Vec<String> = Vec::new();
+
+        // Requested addresses.
+        let mut requested: Vec<IpAddr> = Vec::new();
+        let push = |ip: IpAddr, requested: &mut Vec<IpAddr>| {
+            if !requested.contains(&ip) {
+                requested.push(ip);
+            }
+        };
+        if let Some(lbip) = spec.load_balancer_ip.as_deref().map(str::trim) {
+            if !lbip.is_empty() {
+                match lbip.parse::<IpAddr>() {
+                    Ok(ip) => push(ip, &mut requested),
+                    Err(_) => problems.push(format!(
+                        "spec.loadBalancerIP: {lbip:?} is not an IP address"
+                    )),
+                }
+            }
+        }
+        if let Some((name, value)) = annotation(&ann, ANN_IPS, CILIUM_ANN_IPS) {
+            for part in value.split(',').map(str::trim) {
+                if part.is_empty() {
+                    continue;
+                }
+                match part.parse::<IpAddr>() {
+                    Ok(ip) => push(ip, &mut requested),
+                    Err(_) => {
+                        problems.push(format!("annotation {name}: {part:?} is not an IP address"))
+                    }
+                }
+            }
+        }
+
+        // Families.
+        let policy = match spec.ip_family_policy.as_deref() {
+            None => FamilyPolicy::SingleStack,
+            Some(p) => FamilyPolicy::from_k8s(p).unwrap_or_else(|| {
+                problems.push(format!(
+                    "spec.ipFamilyPolicy: {p:?} is not SingleStack, PreferDualStack or RequireDualStack"
+                ));
+                FamilyPolicy::SingleStack
+            }),
+        };
+        let mut families: Vec<Family> = Vec::new();
+        for (i, f) in spec.ip_families.iter().flatten().enumerate() {
+            match Family::from_k8s(f) {
+                Some(f) if !families.contains(&f) => families.push(f),
+                Some(_) => problems.push(format!("spec.ipFamilies[{i}]: duplicate {f}")),
+                None => problems.push(format!("spec.ipFamilies[{i}]: {f:?} is not IPv4 or IPv6")),
+            }
+        }
+        let families_explicit = !families.is_empty();
+        if families.is_empty() {
+            for ip in &requested {
+                let f = Family::of(ip);
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+        }
+        if families.is_empty() {
+            families = match policy {
+                FamilyPolicy::SingleStack => vec![Family::V4],
+                _ => vec![Family::V4, Family::V6],
+            };
+        }
+        if policy == FamilyPolicy::SingleStack && families_explicit && families.len() > 1 {
+            problems.push("spec.ipFamilies: SingleStack lists more than one family".into());
+        }
+
+        // Sharing.
+        let sharing = annotation(&ann, ANN_SHARING_KEY, CILIUM_ANN_SHARING_KEY)
+            .map(|(_, k)| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                let cross =
+                    match annotation(&ann, ANN_SHARING_CROSS_NS, CILIUM_ANN_SHARING_CROSS_NS) {
+                        None => CrossNamespace::SameOnly,
+                        Some((_, v)) => {
+                            let set: BTreeSet<String> = v
+                                .split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect();
+                            if set.contains("*") {
+                                CrossNamespace::Any
+                            } else {
+                                CrossNamespace::List(set)
+                            }
+                        }
+                    };
+                Sharing { key: k, cross }
+            });
+
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+            .collect();
+
+        ServiceReq {
+            key,
+            labels,
+            families,
+            policy,
+            families_explicit,
+            requested,
+            invalid: (!problems.is_empty()).then(|| problems.join("; ")),
+            sharing,
+            ports,
+            etp_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            pod_selector: spec.selector.unwrap_or_default(),
+        }
+    }
+
+    /// Whether this Service and `other` may hold the same address: same sharing key, same
+    /// namespace unless both allow the other's namespace, no common `(port, protocol)` (so DNS
+    /// over TCP and UDP on port 53 can share), same externalTrafficPolicy, and for `Local`
+    /// identical non-empty pod selectors. `Err` explains why not.
+    pub fn can_share_with(&self, other: &ServiceReq) -> Result<(), String> {
+        let (Some(a), Some(b)) = (&self.sharing, &other.sharing) else {
+            return Err(format!(
+                "{} has no sharing key in common with {}",
+                other.key, self.key
+            ));
+        };
+        if a.key != b.key {
+            return Err(format!(
+                "{} uses sharing key {:?}, not {:?}",
+                other.key, b.key, a.key
+            ));
+        }
+        if self.key.namespace != other.key.namespace
+            && !(a.cross.allows(&other.key.namespace) && b.cross.allows(&self.key.namespace))
+        {
+            return Err(format!(
+                "{} is in another namespace and sharing-cross-namespace does not allow it on both Services",
+                other.key
+            ));
+        }
+        if let Some((port, proto)) = self.ports.intersection(&other.ports).next() {
+            return Err(format!("{} also uses port {port}/{proto}", other.key));
+        }
+        if self.etp_local != other.etp_local {
+            return Err(format!(
+                "{} has a different externalTrafficPolicy",
+                other.key
+            ));
+        }
+        if self.etp_local
+            && (self.pod_selector.is_empty() || self.pod_selector != other.pod_selector)
+        {
+            return Err(format!(
+                "{} has externalTrafficPolicy Local with a different (or empty) pod selector",
+                other.key
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// First present annotation among `ours` and `aliases`, with the name it was found under.
+fn annotation<'a>(
+    ann: &'a BTreeMap<String, String>,
+    ours: &'static str,
+    aliases: &[&'static str],
+) -> Option<(&'static str, &'a str)> {
+    std::iter::once(ours)
+        .chain(aliases.iter().copied())
+        .find_map(|k| ann.get(k).map(|v| (k, v.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn class_filtering() {
+        let with = |class: Option<&str>, ty: &str| {
+            let mut spec = serde_json::json!({ "type": ty });
+            if let Some(c) = class {
+                spec["loadBalancerClass"] = c.into();
+            }
+            svc(serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }))
+        };
+        let def = ClassOptions::default();
+        let no_default = ClassOptions {
+            default_class: false,
+            cilium_class: false,
+        };
+        let cilium = ClassOptions {
+            default_class: true,
+            cilium_class: true,
+        };
+        assert!(is_ours(&with(None, "LoadBalancer"), &def));
+        assert!(!is_ours(&with(None, "LoadBalancer"), &no_default));
+        assert!(is_ours(&with(Some(LB_CLASS), "LoadBalancer"), &no_default));
+        assert!(!is_ours(&with(Some(LB_CLASS), "ClusterIP"), &def));
+        assert!(!is_ours(
+            &with(Some("example.com/other"), "LoadBalancer"),
+            &def
+        ));
+        assert!(!is_ours(&with(Some(CILIUM_LB_CLASS), "LoadBalancer"), &def));
+        assert!(is_ours(
+            &with(Some(CILIUM_LB_CLASS), "LoadBalancer"),
+            &cilium
+        ));
+        assert!(!is_ours(&Service::default(), &def));
+    }
+
+    #[test]
+    fn from_service_reads_everything() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": {
+                "name": "dns", "namespace": "kube-system", "labels": { "app": "dns" },
+                "annotations": {
+                    "ferrolb.io/ips": "198.51.100.53, 2001:db8:100::53",
+                    "ferrolb.io/sharing-key": "dns",
+                    "ferrolb.io/sharing-cross-namespace": "a, b",
+                }
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerIP": "198.51.100.53",
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv6", "IPv4"],
+                "externalTrafficPolicy": "Local",
+                "selector": { "k8s-app": "dns" },
+                "ports": [ { "port": 53, "protocol": "UDP" }, { "port": 53 } ],
+            }
+        })));
+        assert_eq!(r.key, ServiceKey::new("kube-system", "dns"));
+        assert_eq!(r.labels["app"], "dns");
+        assert_eq!(r.labels[crate::api::LABEL_SERVICE_NAME], "dns");
+        assert_eq!(
+            r.requested,
+            [
+                "198.51.100.53".parse::<IpAddr>().unwrap(),
+                "2001:db8:100::53".parse().unwrap()
+            ]
+        );
+        assert_eq!(r.families, [Family::V6, Family::V4]);
+        assert!(r.families_explicit);
+        assert_eq!(r.policy, FamilyPolicy::PreferDualStack);
+        assert_eq!(r.invalid, None);
+        let sh = r.sharing.unwrap();
+        assert_eq!(sh.key, "dns");
+        assert_eq!(
+            sh.cross,
+            CrossNamespace::List(["a".to_string(), "b".to_string()].into())
+        );
+        assert!(r.ports.contains(&(53, "TCP".into())) && r.ports.contains(&(53, "UDP".into())));
+        assert!(r.etp_local);
+        assert_eq!(r.pod_selector["k8s-app"], "dns");
+    }
+
+    #[test]
+    fn cilium_aliases_are_honoured_and_ours_win() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "io.cilium/lb-ipam-ips": "198.51.100.7",
+                "lbipam.cilium.io/sharing-key": "k",
+                "lbipam.cilium.io/sharing-cross-namespace": "*",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert_eq!(r.requested, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r.families,
+            [Family::V4],
+            "derived from the requested address"
+        );
+        assert_eq!(r.sharing.unwrap().cross, CrossNamespace::Any);
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "ferrolb.io/ips": "198.51.100.8",
+                "lbipam.cilium.io/ips": "198.51.100.7",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn malformed_requests_name_the_source() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": { "lbipam.cilium.io/ips": "198.51.100.7,banana" }},
+            "spec": { "type": "LoadBalancer", "loadBalancerIP": "300.1.1.1", "ipFamilyPolicy": "Sometimes" }
+        })));
+        let m = r.invalid.unwrap();
+        assert!(
+            m.contains("annotation lbipam.cilium.io/ips: \"banana\""),
+            "{m}"
+        );
+        assert!(m.contains("spec.loadBalancerIP"), "{m}");
+        assert!(m.contains("spec.ipFamilyPolicy"), "{m}");
+    }
+
+    #[test]
+    fn family_defaults_without_ip_families() {
+        let r = |policy: Option<&str>| {
+            let mut spec = serde_json::json!({ "type": "LoadBalancer" });
+            if let Some(p) = policy {
+                spec["ipFamilyPolicy"] = p.into();
+            }
+            ServiceReq::from_service(&svc(
+                serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }),
+            ))
+        };
+        assert_eq!(r(None).families, [Family::V4]);
+        assert_eq!(
+            r(Some("RequireDualStack")).families,
+            [Family::V4, Family::V6]
+        );
+        assert!(!r(Some("PreferDualStack")).families_explicit);
+    }
+}

@@ -1,0 +1,1055 @@
+//! Allocator scenarios: one rule per test, built with the helpers below.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+use super::service::{CrossNamespace, Sharing};
+use super::*;
+use crate::api::IpBlock;
+
+// ----- builders ------------------------------------------------------------------------------
+
+fn cidr(c: &str) -> IpBlock {
+    IpBlock {
+        cidr: Some(c.into()),
+        ..Default::default()
+    }
+}
+
+fn range(a: &str, z: &str) -> IpBlock {
+    IpBlock {
+        start: Some(a.into()),
+        stop: Some(z.into()),
+        ..Default::default()
+    }
+}
+
+struct P(PoolDef);
+
+impl P {
+    fn new(name: &str, blocks: &[IpBlock]) -> Self {
+        P(PoolDef::new(name, blocks))
+    }
+    fn labels(mut self, kv: &[(&str, &str)]) -> Self {
+        let sel = LabelSelector {
+            match_labels: Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.0.selector = selector::Selector::compile(&sel);
+        self
+    }
+    fn selector(mut self, sel: LabelSelector) -> Self {
+        self.0.selector = selector::Selector::compile(&sel);
+        self
+    }
+    fn created(mut self, secs: i64) -> Self {
+        self.0.created = Some(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap());
+        self
+    }
+    fn disabled(mut self) -> Self {
+        self.0.disabled = true;
+        self
+    }
+    fn allow_first_last(mut self) -> Self {
+        self.0.allow_first_last = true;
+        for b in &mut self.0.blocks {
+            b.usable = Some(b.range);
+        }
+        self
+    }
+    fn def(self) -> PoolDef {
+        self.0
+    }
+}
+
+struct S(ServiceReq);
+
+impl S {
+    fn new(ns: &str, name: &str) -> Self {
+        S(ServiceReq::new(ns, name))
+    }
+    fn label(mut self, k: &str, v: &str) -> Self {
+        self.0.labels.insert(k.into(), v.into());
+        self
+    }
+    fn v6(mut self) -> Self {
+        self.0.families = vec![Family::V6];
+        self.0.families_explicit = true;
+        self
+    }
+    fn dual(mut self, policy: FamilyPolicy) -> Self {
+        self.0.families = vec![Family::V4, Family::V6];
+        self.0.families_explicit = true;
+        self.0.policy = policy;
+        self
+    }
+    fn request(mut self, ips: &[&str]) -> Self {
+        self.0.requested = ips.iter().map(|s| s.parse().unwrap()).collect();
+        self
+    }
+    fn share(mut self, key: &str) -> Self {
+        self.0.sharing = Some(Sharing {
+            key: key.into(),
+            cross: CrossNamespace::SameOnly,
+        });
+        self
+    }
+    fn cross(mut self, c: CrossNamespace) -> Self {
+        if let Some(s) = &mut self.0.sharing {
+            s.cross = c;
+        }
+        self
+    }
+    fn port(mut self, port: i32, proto: &str) -> Self {
+        self.0.ports.insert((port, proto.into()));
+        self
+    }
+    fn local(mut self, pods: &[(&str, &str)]) -> Self {
+        self.0.etp_local = true;
+        self.0.pod_selector = pods
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+    fn req(self) -> ServiceReq {
+        self.0
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ips(o: &Outcome) -> Vec<String> {
+    o.addresses.iter().map(|a| a.ip.to_string()).collect()
+}
+
+fn key(ns: &str, n: &str) -> ServiceKey {
+    ServiceKey::new(ns, n)
+}
+
+// ----- scenarios -----------------------------------------------------------------------------
+
+#[test]
+fn lowest_free_address_skipping_reserved_network_address() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/30")]).def());
+    let o1 = a.ensure(&S::new("ns", "a").req());
+    let o2 = a.ensure(&S::new("ns", "b").req());
+    let o3 = a.ensure(&S::new("ns", "c").req());
+    assert_eq!(ips(&o1), ["198.51.100.1"]);
+    assert_eq!(ips(&o2), ["198.51.100.2"]);
+    assert_eq!(o3.reason, Reason::OutOfIPs, "{o3:?}");
+    assert!(o3.addresses.is_empty());
+    let st = a.pool_status("p").unwrap();
+    assert_eq!((st.total, st.used, st.available), (2, 2, 0));
+}
+
+#[test]
+fn allow_first_last_ips_uses_the_whole_cidr() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("p", &[cidr("198.51.100.0/30")])
+            .allow_first_last()
+            .def(),
+    );
+    let got: Vec<String> = (0..4)
+        .map(|i| ips(&a.ensure(&S::new("ns", &format!("s{i}")).req()))[0].clone())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "198.51.100.0",
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3"
+        ]
+    );
+}
+
+#[test]
+fn freed_address_goes_to_the_waiting_service() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[range("198.51.100.10", "198.51.100.10")]).def());
+    assert!(a.ensure(&S::new("ns", "a").req()).is_satisfied());
+    assert_eq!(a.ensure(&S::new("ns", "b").req()).reason, Reason::OutOfIPs);
+    a.take_changed();
+    a.release(&key("ns", "a"));
+    let changed = a.take_changed();
+    assert_eq!(changed, [key("ns", "a"), key("ns", "b")]);
+    assert_eq!(ips(a.outcome(&key("ns", "b")).unwrap()), ["198.51.100.10"]);
+}
+
+#[test]
+fn selector_and_virtual_labels_choose_the_pool() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("mesh", &[range("198.51.100.20", "198.51.100.20")])
+            .labels(&[
+                ("io.kubernetes.service.namespace", "kube-system"),
+                ("io.kubernetes.service.name", "clustermesh-apiserver"),
+            ])
+            .def(),
+    );
+    a.set_pool(
+        P::new("app", &[range("198.51.100.30", "198.51.100.39")])
+            .labels(&[("lb-pool", "app")])
+            .def(),
+    );
+    let mesh = a.ensure(&S::new("kube-system", "clustermesh-apiserver").req());
+    assert_eq!(ips(&mesh), ["198.51.100.20"]);
+    assert_eq!(mesh.addresses[0].pool, "mesh");
+    let echo = a.ensure(&S::new("echo", "echo").label("lb-pool", "app").req());
+    assert_eq!(ips(&echo), ["198.51.100.30"]);
+    let other = a.ensure(&S::new("echo", "other").req());
+    assert_eq!(other.reason, Reason::NoPool);
+}
+
+#[test]
+fn match_expressions_select() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("p", &[cidr("198.51.100.0/24")])
+            .selector(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["internal".into()]),
+                }]),
+                ..Default::default()
+            })
+            .def(),
+    );
+    assert!(a.ensure(&S::new("ns", "a").req()).is_satisfied());
+    assert_eq!(
+        a.ensure(&S::new("ns", "b").label("tier", "internal").req())
+            .reason,
+        Reason::NoPool
+    );
+}
+
+#[test]
+fn invalid_selector_selects_nothing_and_is_reported() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("p", &[cidr("198.51.100.0/24")])
+            .selector(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "Near".into(),
+                    values: None,
+                }]),
+                ..Default::default()
+            })
+            .def(),
+    );
+    assert_eq!(a.ensure(&S::new("ns", "a").req()).reason, Reason::NoPool);
+    let st = a.pool_status("p").unwrap();
+    let conds = st.conditions();
+    let c = conds.iter().find(|c| c.0 == COND_INVALID_SELECTOR).unwrap();
+    assert!(c.1);
+    assert!(c.3.contains("matchExpressions[0].operator"), "{}", c.3);
+}
+
+#[test]
+fn requested_address_honoured_and_never_replaced() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let o = a.ensure(&S::new("ns", "a").request(&["198.51.100.77"]).req());
+    assert_eq!(ips(&o), ["198.51.100.77"]);
+    // Taken by an incompatible Service.
+    let o = a.ensure(&S::new("ns", "b").request(&["198.51.100.77"]).req());
+    assert_eq!(o.reason, Reason::AlreadyAllocated);
+    assert!(o.message.contains("ns/a"), "{}", o.message);
+    assert!(o.addresses.is_empty());
+    // Outside every pool.
+    let o = a.ensure(&S::new("ns", "c").request(&["203.0.113.5"]).req());
+    assert_eq!(o.reason, Reason::NoPool);
+    // Reserved network address.
+    let o = a.ensure(&S::new("ns", "d").request(&["198.51.100.0"]).req());
+    assert_eq!(o.reason, Reason::NoPool);
+    assert!(o.message.contains("reserved"), "{}", o.message);
+    // Fresh allocations skip the requested one.
+    let got: Vec<String> = (0..80)
+        .map(|i| ips(&a.ensure(&S::new("x", &format!("s{i}")).req()))[0].clone())
+        .collect();
+    assert!(!got.contains(&"198.51.100.77".to_string()));
+}
+
+#[test]
+fn requested_address_respects_the_pool_selector() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("app", &[cidr("198.51.100.0/24")])
+            .labels(&[("lb-pool", "app")])
+            .def(),
+    );
+    let o = a.ensure(&S::new("ns", "a").request(&["198.51.100.9"]).req());
+    assert_eq!(o.reason, Reason::PoolSelectorMismatch);
+    assert!(o.message.contains("app"));
+    // Relabel: now satisfied, and the old outcome counts as changed.
+    a.take_changed();
+    let o = a.ensure(
+        &S::new("ns", "a")
+            .label("lb-pool", "app")
+            .request(&["198.51.100.9"])
+            .req(),
+    );
+    assert_eq!(ips(&o), ["198.51.100.9"]);
+    assert_eq!(a.take_changed(), [key("ns", "a")]);
+}
+
+#[test]
+fn requested_address_family_must_be_listed() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("2001:db8:100::/112")]).def());
+    let mut r = S::new("ns", "a").request(&["2001:db8:100::5"]).req();
+    r.families = vec![Family::V4];
+    r.families_explicit = true;
+    assert_eq!(a.ensure(&r).reason, Reason::InvalidRequest);
+}
+
+#[test]
+fn malformed_request_is_invalid_and_holds_nothing() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    assert!(a.ensure(&S::new("ns", "a").req()).is_satisfied());
+    let mut r = S::new("ns", "a").req();
+    r.invalid = Some("annotation ferrolb.io/ips: \"x\" is not an IP address".into());
+    let o = a.ensure(&r);
+    assert_eq!(o.reason, Reason::InvalidRequest);
+    assert!(o.message.contains("ferrolb.io/ips"));
+    assert_eq!(a.pool_status("p").unwrap().used, 0);
+}
+
+#[test]
+fn dual_stack_policies() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("v4", &[cidr("198.51.100.0/24")]).def());
+    let single6 = a.ensure(&S::new("ns", "s6").v6().req());
+    assert_eq!(single6.reason, Reason::NoPool);
+    let prefer = a.ensure(&S::new("ns", "p").dual(FamilyPolicy::PreferDualStack).req());
+    assert_eq!(ips(&prefer), ["198.51.100.1"]);
+    let require = a.ensure(&S::new("ns", "r").dual(FamilyPolicy::RequireDualStack).req());
+    assert_eq!(require.reason, Reason::NoPool);
+    assert!(require.addresses.is_empty(), "all or nothing");
+    assert_eq!(a.pool_status("v4").unwrap().used, 1);
+    // An IPv6 pool appears: the waiting ones are retried, PreferDualStack completes.
+    let changed = a.set_pool(P::new("v6", &[cidr("2001:db8:100::/112")]).def());
+    assert_eq!(changed, [key("ns", "p"), key("ns", "r"), key("ns", "s6")]);
+    assert_eq!(
+        ips(a.outcome(&key("ns", "r")).unwrap()),
+        ["198.51.100.2", "2001:db8:100::2"]
+    );
+    // Retried in key order: ns/p before ns/r before ns/s6.
+    assert_eq!(
+        ips(a.outcome(&key("ns", "p")).unwrap()),
+        ["198.51.100.1", "2001:db8:100::1"]
+    );
+    assert_eq!(
+        ips(a.outcome(&key("ns", "s6")).unwrap()),
+        ["2001:db8:100::3"]
+    );
+}
+
+#[test]
+fn sharing_compatible_services_share_one_address() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let dns_tcp = a.ensure(
+        &S::new("kube-system", "dns-tcp")
+            .share("dns")
+            .port(53, "TCP")
+            .req(),
+    );
+    let dns_udp = a.ensure(
+        &S::new("kube-system", "dns-udp")
+            .share("dns")
+            .port(53, "UDP")
+            .req(),
+    );
+    assert_eq!(ips(&dns_tcp), ips(&dns_udp), "TCP and UDP on 53 share");
+    // Same port and protocol: a new address.
+    let clash = a.ensure(
+        &S::new("kube-system", "dns-tcp2")
+            .share("dns")
+            .port(53, "TCP")
+            .req(),
+    );
+    assert!(clash.is_satisfied());
+    assert_ne!(ips(&clash), ips(&dns_tcp));
+    assert_eq!(a.holders(ip("198.51.100.1")).len(), 2);
+    assert_eq!(a.pool_status("p").unwrap().used, 2);
+}
+
+#[test]
+fn requested_shared_address_checks_every_rule() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let base = || {
+        S::new("a", "web")
+            .share("k")
+            .port(80, "TCP")
+            .request(&["198.51.100.50"])
+    };
+    assert!(a.ensure(&base().req()).is_satisfied());
+    let cases: Vec<(&str, ServiceReq)> = vec![
+        (
+            "no key",
+            S::new("a", "x1")
+                .port(443, "TCP")
+                .request(&["198.51.100.50"])
+                .req(),
+        ),
+        (
+            "other key",
+            S::new("a", "x2")
+                .share("z")
+                .port(443, "TCP")
+                .request(&["198.51.100.50"])
+                .req(),
+        ),
+        (
+            "same port",
+            S::new("a", "x3")
+                .share("k")
+                .port(80, "TCP")
+                .request(&["198.51.100.50"])
+                .req(),
+        ),
+        (
+            "other namespace",
+            S::new("b", "x4")
+                .share("k")
+                .port(443, "TCP")
+                .request(&["198.51.100.50"])
+                .req(),
+        ),
+        (
+            "etp differs",
+            S::new("a", "x5")
+                .share("k")
+                .port(443, "TCP")
+                .local(&[("app", "web")])
+                .request(&["198.51.100.50"])
+                .req(),
+        ),
+    ];
+    for (what, r) in cases {
+        let o = a.ensure(&r);
+        assert_eq!(o.reason, Reason::AlreadyAllocated, "{what}: {o:?}");
+    }
+    let ok = a.ensure(
+        &S::new("a", "ok")
+            .share("k")
+            .port(443, "TCP")
+            .request(&["198.51.100.50"])
+            .req(),
+    );
+    assert!(ok.is_satisfied());
+}
+
+#[test]
+fn cross_namespace_sharing_needs_both_sides() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let one = a.ensure(
+        &S::new("a", "one")
+            .share("k")
+            .cross(CrossNamespace::Any)
+            .port(80, "TCP")
+            .req(),
+    );
+    // b allows a, a allows everyone: shared.
+    let two = a.ensure(
+        &S::new("b", "two")
+            .share("k")
+            .cross(CrossNamespace::List(["a".to_string()].into()))
+            .port(81, "TCP")
+            .req(),
+    );
+    assert_eq!(ips(&one), ips(&two));
+    // c does not allow cross-namespace: its own address.
+    let three = a.ensure(&S::new("c", "three").share("k").port(82, "TCP").req());
+    assert_ne!(ips(&three), ips(&one));
+}
+
+#[test]
+fn local_traffic_policy_needs_identical_pod_selectors() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let x = a.ensure(
+        &S::new("a", "x")
+            .share("k")
+            .port(80, "TCP")
+            .local(&[("app", "web")])
+            .req(),
+    );
+    let y = a.ensure(
+        &S::new("a", "y")
+            .share("k")
+            .port(81, "TCP")
+            .local(&[("app", "web")])
+            .req(),
+    );
+    let z = a.ensure(
+        &S::new("a", "z")
+            .share("k")
+            .port(82, "TCP")
+            .local(&[("app", "db")])
+            .req(),
+    );
+    let e = a.ensure(&S::new("a", "e").share("k").port(83, "TCP").local(&[]).req());
+    assert_eq!(ips(&x), ips(&y));
+    assert_ne!(ips(&x), ips(&z));
+    assert_ne!(ips(&x), ips(&e));
+}
+
+#[test]
+fn overlapping_newer_pool_conflicts_and_allocates_nothing() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("old", &[range("198.51.100.10", "198.51.100.10")])
+            .created(100)
+            .def(),
+    );
+    a.set_pool(P::new("new", &[cidr("198.51.100.0/28")]).created(200).def());
+    let st = a.pool_status("new").unwrap();
+    assert_eq!(st.conflict_with.as_deref(), Some("old"));
+    let (ty, status, reason, msg) = st.conditions().remove(0);
+    assert_eq!(
+        (ty, status, reason.as_str()),
+        (COND_CONFLICT, true, "CIDROverlap")
+    );
+    assert!(msg.contains("old"), "{msg}");
+    assert!(a.pool_status("old").unwrap().conflict_with.is_none());
+    assert!(a.ensure(&S::new("ns", "a").req()).is_satisfied());
+    // The only allocating pool is full; the conflicting one gives nothing.
+    assert_eq!(a.ensure(&S::new("ns", "b").req()).reason, Reason::OutOfIPs);
+    // Resolve the conflict: b is retried and served from "new".
+    let changed = a.remove_pool("old");
+    assert!(changed.contains(&key("ns", "b")));
+    assert_eq!(a.outcome(&key("ns", "b")).unwrap().addresses[0].pool, "new");
+}
+
+#[test]
+fn conflicting_pool_keeps_existing_allocations() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("b", &[cidr("198.51.100.0/28")]).created(200).def());
+    let held = a.ensure(&S::new("ns", "a").req());
+    assert_eq!(ips(&held), ["198.51.100.1"]);
+    // An older pool covering the same range appears (e.g. restored from backup).
+    a.set_pool(P::new("a", &[cidr("198.51.100.0/24")]).created(100).def());
+    assert_eq!(
+        a.pool_status("b").unwrap().conflict_with.as_deref(),
+        Some("a")
+    );
+    assert_eq!(ips(a.outcome(&key("ns", "a")).unwrap()), ["198.51.100.1"]);
+    // New allocations come from the older pool and skip the held address.
+    let o = a.ensure(&S::new("ns", "c").req());
+    assert_eq!(ips(&o), ["198.51.100.2"]);
+    assert_eq!(o.addresses[0].pool, "a");
+}
+
+#[test]
+fn disabled_pool_keeps_existing_allocations_only() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    assert!(a.ensure(&S::new("ns", "a").req()).is_satisfied());
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).disabled().def());
+    assert_eq!(ips(a.outcome(&key("ns", "a")).unwrap()), ["198.51.100.1"]);
+    assert_eq!(a.ensure(&S::new("ns", "b").req()).reason, Reason::NoPool);
+    let o = a.ensure(&S::new("ns", "c").request(&["198.51.100.9"]).req());
+    assert_eq!(o.reason, Reason::NoPool);
+    assert!(o.message.contains("disabled"));
+}
+
+#[test]
+fn pool_removal_or_selector_change_releases_addresses() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    a.ensure(&S::new("ns", "a").label("team", "x").req());
+    a.ensure(&S::new("ns", "b").label("team", "y").req());
+    a.take_changed();
+    let changed = a.set_pool(
+        P::new("p", &[cidr("198.51.100.0/24")])
+            .labels(&[("team", "x")])
+            .def(),
+    );
+    assert_eq!(changed, [key("ns", "b")]);
+    assert_eq!(a.outcome(&key("ns", "b")).unwrap().reason, Reason::NoPool);
+    assert_eq!(a.pool_status("p").unwrap().used, 1);
+    let changed = a.remove_pool("p");
+    assert_eq!(changed, [key("ns", "a")]);
+    assert!(a.holders(ip("198.51.100.1")).is_empty());
+}
+
+#[test]
+fn address_moves_to_another_selecting_pool_instead_of_churning() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("small", &[cidr("198.51.100.0/28")])
+            .created(100)
+            .def(),
+    );
+    a.ensure(&S::new("ns", "a").req());
+    // A bigger pool is added (conflicting, newer), then the small one removed: the address moves.
+    a.set_pool(P::new("big", &[cidr("198.51.100.0/24")]).created(200).def());
+    a.remove_pool("small");
+    let o = a.outcome(&key("ns", "a")).unwrap();
+    assert_eq!(ips(o), ["198.51.100.1"]);
+    assert_eq!(o.addresses[0].pool, "big");
+    assert_eq!(a.pool_status("big").unwrap().used, 1);
+}
+
+#[test]
+fn restart_adoption_reproduces_allocations() {
+    let pools = || {
+        vec![
+            P::new("p", &[cidr("198.51.100.0/24")]).def(),
+            P::new("q", &[cidr("2001:db8:100::/112")]).def(),
+        ]
+    };
+    let mut a = Allocator::new();
+    for p in pools() {
+        a.set_pool(p);
+    }
+    let reqs: Vec<ServiceReq> = (0..20)
+        .map(|i| {
+            let s = S::new("ns", &format!("s{i}"));
+            if i % 3 == 0 {
+                s.dual(FamilyPolicy::RequireDualStack)
+            } else {
+                s
+            }
+            .req()
+        })
+        .collect();
+    for r in &reqs {
+        a.ensure(r);
+    }
+    a.release(&key("ns", "s4")); // a hole below later allocations
+    let before: Vec<(ServiceKey, Vec<IpAddr>)> = a
+        .services()
+        .map(|k| (k.clone(), a.outcome(k).unwrap().ips()))
+        .collect();
+    // Restart: new allocator, pools, adopt in reverse order, then ensure everything.
+    let mut b = Allocator::new();
+    for p in pools() {
+        b.set_pool(p);
+    }
+    for (k, ips) in before.iter().rev() {
+        let r = reqs.iter().find(|r| &r.key == k).unwrap();
+        let rep = b.adopt(r, ips);
+        assert!(rep.dropped.is_empty());
+    }
+    // A new Service must not take an adopted address, even though it is ensured first.
+    let newcomer = b.ensure(&S::new("ns", "new").req());
+    assert_eq!(ips(&newcomer), ["198.51.100.5"], "the hole left by s4");
+    for (k, ips) in &before {
+        let r = reqs.iter().find(|r| &r.key == k).unwrap();
+        assert_eq!(&b.ensure(r).ips(), ips, "{k}");
+    }
+}
+
+#[test]
+fn restart_reports_no_changes_for_unchanged_services() {
+    // After a restart, re-adopted Services whose outcome is unchanged must not be reported as
+    // changed: the controller would otherwise rewrite every Service's status.
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let reqs: Vec<ServiceReq> = (0..5)
+        .map(|i| S::new("ns", &format!("s{i}")).req())
+        .collect();
+    let held: Vec<Vec<IpAddr>> = reqs.iter().map(|r| a.ensure(r).ips()).collect();
+    let mut b = Allocator::new();
+    b.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    for (r, ips) in reqs.iter().zip(&held) {
+        b.adopt(r, ips);
+    }
+    for r in &reqs {
+        b.ensure(r);
+    }
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+    // Adopting again for an already managed Service keeps its outcome.
+    let before = b.outcome(&reqs[0].key).cloned();
+    b.adopt(&reqs[0], &held[0]);
+    assert_eq!(b.outcome(&reqs[0].key).cloned(), before);
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+}
+
+#[test]
+fn adoption_drops_addresses_that_no_longer_fit() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("app", &[cidr("198.51.100.0/24")])
+            .labels(&[("lb-pool", "app")])
+            .def(),
+    );
+    let r = S::new("ns", "a").req();
+    let rep = a.adopt(&r, &[ip("198.51.100.7"), ip("203.0.113.7")]);
+    assert!(rep.kept.is_empty());
+    assert_eq!(rep.dropped.len(), 2);
+    assert!(rep.dropped[0].1.contains("select"), "{:?}", rep.dropped);
+    assert!(
+        rep.dropped[1].1.contains("no pool contains"),
+        "{:?}",
+        rep.dropped
+    );
+    // Two incompatible Services claiming one address: the first adopter keeps it.
+    let x = S::new("ns", "x").label("lb-pool", "app").req();
+    let y = S::new("ns", "y").label("lb-pool", "app").req();
+    assert_eq!(a.adopt(&x, &[ip("198.51.100.7")]).kept.len(), 1);
+    assert_eq!(a.adopt(&y, &[ip("198.51.100.7")]).dropped.len(), 1);
+    assert_eq!(ips(&a.ensure(&x)), ["198.51.100.7"]);
+    assert_eq!(ips(&a.ensure(&y)), ["198.51.100.1"]);
+}
+
+#[test]
+fn pool_status_saturates_for_huge_ranges() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new(
+            "v6",
+            &[cidr("2001:db8:200::/64"), cidr("2001:db8:300::/40")],
+        )
+        .def(),
+    );
+    let st = a.pool_status("v6").unwrap();
+    assert_eq!(st.total, (1u128 << 64) - 2 + (1u128 << 88) - 2);
+    let status = st.to_status(None, Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    assert_eq!(status.ips_total, i64::MAX);
+    assert_eq!(status.ips_available, i64::MAX);
+    assert_eq!(status.ips_used, 0);
+    assert!(a.ensure(&S::new("ns", "a").v6().req()).is_satisfied());
+    assert_eq!(a.pool_status("v6").unwrap().used, 1);
+}
+
+#[test]
+fn status_conditions_keep_transition_time_when_unchanged() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[range("198.51.100.1", "198.51.100.1")]).def());
+    let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
+    let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
+    let s0 = a.pool_status("p").unwrap().to_status(None, t0.clone());
+    a.ensure(&S::new("ns", "a").req());
+    let s1 = a.pool_status("p").unwrap().to_status(Some(&s0), t1.clone());
+    let get = |s: &crate::api::LoadBalancerIPPoolStatus, ty: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(get(&s1, COND_CONFLICT).last_transition_time, t0);
+    let ex = get(&s1, COND_EXHAUSTED);
+    assert_eq!((ex.status.as_str(), ex.last_transition_time), ("True", t1));
+    assert_eq!((s1.ips_total, s1.ips_used, s1.ips_available), (1, 1, 0));
+}
+
+#[test]
+fn identical_inputs_give_identical_outcomes() {
+    let run = || {
+        let mut a = Allocator::new();
+        a.set_pool(P::new("b", &[cidr("198.51.100.0/26")]).def());
+        a.set_pool(P::new("a", &[cidr("198.51.100.64/26")]).def());
+        for i in 0..50 {
+            a.ensure(&S::new("ns", &format!("s{i}")).req());
+            if i % 7 == 0 {
+                a.release(&key("ns", &format!("s{}", i / 2)));
+            }
+        }
+        a.services()
+            .map(|k| (k.clone(), a.outcome(k).unwrap().clone()))
+            .collect::<Vec<_>>()
+    };
+    let first = run();
+    assert_eq!(first, run());
+    // Name order: pool "a" serves first.
+    assert_eq!(first[0].1.addresses[0].pool, "a");
+}
+
+// ----- property: random operation sequences ---------------------------------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Pool {
+            id: usize,
+            blocks: Vec<usize>,
+            team: Option<&'static str>,
+            disabled: bool,
+            created: i64,
+        },
+        RemovePool(usize),
+        Svc {
+            id: usize,
+            ns: &'static str,
+            team: Option<&'static str>,
+            share: Option<(&'static str, bool)>,
+            ports: Vec<(i32, &'static str)>,
+            request: Option<usize>,
+            family: usize,
+            local: Option<&'static str>,
+        },
+        Release(usize),
+    }
+
+    /// Overlapping blocks so that pools conflict and share ranges.
+    const BLOCKS: &[(&str, Option<&str>)] = &[
+        ("198.51.100.0/29", None),
+        ("198.51.100.4/30", None),
+        ("198.51.100.8/31", None),
+        ("198.51.100.6", Some("198.51.100.12")),
+        ("198.51.100.20", None),
+        ("2001:db8:100::/126", None),
+        ("2001:db8:100::2", Some("2001:db8:100::5")),
+    ];
+    const REQUESTS: &[&str] = &[
+        "198.51.100.1",
+        "198.51.100.5",
+        "198.51.100.20",
+        "198.51.100.200",
+        "2001:db8:100::3",
+    ];
+
+    fn op() -> impl Strategy<Value = Op> {
+        let pool = (
+            0..4usize,
+            proptest::collection::vec(0..BLOCKS.len(), 1..3),
+            proptest::option::of(prop_oneof![Just("a"), Just("b")]),
+            proptest::bool::weighted(0.15),
+            0..5i64,
+        )
+            .prop_map(|(id, blocks, team, disabled, created)| Op::Pool {
+                id,
+                blocks,
+                team,
+                disabled,
+                created,
+            });
+        let svc = (
+            0..10usize,
+            prop_oneof![Just("x"), Just("y")],
+            proptest::option::of(prop_oneof![Just("a"), Just("b")]),
+            proptest::option::of((prop_oneof![Just("k1"), Just("k2")], any::<bool>())),
+            proptest::sample::subsequence(vec![(53, "TCP"), (53, "UDP"), (80, "TCP")], 0..3),
+            proptest::option::weighted(0.25, 0..REQUESTS.len()),
+            0..5usize,
+            proptest::option::weighted(0.2, prop_oneof![Just("web"), Just("")]),
+        )
+            .prop_map(
+                |(id, ns, team, share, ports, request, family, local)| Op::Svc {
+                    id,
+                    ns,
+                    team,
+                    share,
+                    ports,
+                    request,
+                    family,
+                    local,
+                },
+            );
+        prop_oneof![
+            3 => pool,
+            1 => (0..4usize).prop_map(Op::RemovePool),
+            6 => svc,
+            2 => (0..10usize).prop_map(Op::Release),
+        ]
+    }
+
+    fn pool_def(
+        id: usize,
+        blocks: &[usize],
+        team: Option<&str>,
+        disabled: bool,
+        created: i64,
+    ) -> PoolDef {
+        let raw: Vec<IpBlock> = blocks
+            .iter()
+            .map(|&i| match BLOCKS[i] {
+                (c, None) if c.contains('/') => cidr(c),
+                (a, None) => IpBlock {
+                    start: Some(a.into()),
+                    ..Default::default()
+                },
+                (a, Some(z)) => range(a, z),
+            })
+            .collect();
+        let mut p = P::new(&format!("pool{id}"), &raw).created(1000 + created);
+        if let Some(t) = team {
+            p = p.labels(&[("team", t)]);
+        }
+        if disabled {
+            p = p.disabled();
+        }
+        p.def()
+    }
+
+    fn svc_req(op: &Op) -> ServiceReq {
+        let Op::Svc {
+            id,
+            ns,
+            team,
+            share,
+            ports,
+            request,
+            family,
+            local,
+        } = op.clone()
+        else {
+            unreachable!()
+        };
+        let mut s = S::new(ns, &format!("s{id}"));
+        if let Some(t) = team {
+            s = s.label("team", t);
+        }
+        if let Some((k, cross)) = share {
+            s = s.share(k);
+            if cross {
+                s = s.cross(CrossNamespace::Any);
+            }
+        }
+        for (p, proto) in ports {
+            s = s.port(p, proto);
+        }
+        if let Some(r) = request {
+            s = s.request(&[REQUESTS[r]]);
+        }
+        s = match family {
+            0 | 1 => s,
+            2 => s.v6(),
+            3 => s.dual(FamilyPolicy::PreferDualStack),
+            _ => s.dual(FamilyPolicy::RequireDualStack),
+        };
+        if let Some(l) = local {
+            s = s.local(if l.is_empty() { &[] } else { &[("app", "web")] });
+        }
+        s.req()
+    }
+
+    fn check(
+        a: &Allocator,
+        pools: &BTreeMap<usize, PoolDef>,
+        reqs: &BTreeMap<ServiceKey, ServiceReq>,
+    ) {
+        let mut by_ip: BTreeMap<IpAddr, Vec<&ServiceReq>> = BTreeMap::new();
+        let mut per_pool: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (k, r) in reqs {
+            let o = a.outcome(k).expect("every ensured Service has an outcome");
+            if !o.is_satisfied() {
+                assert!(o.addresses.is_empty(), "{k}: unsatisfied but holds {o:?}");
+            }
+            for asg in &o.addresses {
+                by_ip.entry(asg.ip).or_default().push(r);
+                per_pool.entry(asg.pool.clone()).or_default().insert(asg.ip);
+                let def = pools
+                    .values()
+                    .find(|p| p.name == asg.pool)
+                    .unwrap_or_else(|| panic!("{k}: {} from a pool that does not exist", asg.ip));
+                assert!(
+                    def.usable_block(Addr::from_ip(asg.ip)).is_some(),
+                    "{k}: {} outside the usable blocks of {}",
+                    asg.ip,
+                    def.name
+                );
+                assert!(
+                    def.selector.as_ref().unwrap().matches(&r.labels),
+                    "{k}: {} from pool {} that does not select it",
+                    asg.ip,
+                    def.name
+                );
+                assert!(a.holders(asg.ip).contains(k));
+            }
+        }
+        for (ip, rs) in &by_ip {
+            for (i, x) in rs.iter().enumerate() {
+                for y in &rs[i + 1..] {
+                    assert!(
+                        x.can_share_with(y).is_ok() && y.can_share_with(x).is_ok(),
+                        "{ip} held by incompatible {} and {}",
+                        x.key,
+                        y.key
+                    );
+                }
+            }
+            assert_eq!(a.holders(*ip).len(), rs.len());
+        }
+        for p in pools.values() {
+            let used = per_pool.get(&p.name).map_or(0, |s| s.len() as u128);
+            assert_eq!(
+                a.pool_status(&p.name).unwrap().used,
+                used,
+                "pool {}",
+                p.name
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut a = Allocator::new();
+            let mut pools: BTreeMap<usize, PoolDef> = BTreeMap::new();
+            let mut reqs: BTreeMap<ServiceKey, ServiceReq> = BTreeMap::new();
+            for op in &ops {
+                match op {
+                    Op::Pool { id, blocks, team, disabled, created } => {
+                        let d = pool_def(*id, blocks, *team, *disabled, *created);
+                        pools.insert(*id, d.clone());
+                        a.set_pool(d);
+                    }
+                    Op::RemovePool(id) => {
+                        pools.remove(id);
+                        a.remove_pool(&format!("pool{id}"));
+                    }
+                    Op::Svc { .. } => {
+                        let r = svc_req(op);
+                        // A Service lives in one namespace: re-creating it elsewhere is a release.
+                        if let Some(old) = reqs.keys().find(|k| k.name == r.key.name && k.namespace != r.key.namespace).cloned() {
+                            reqs.remove(&old);
+                            a.release(&old);
+                        }
+                        a.ensure(&r);
+                        reqs.insert(r.key.clone(), r);
+                    }
+                    Op::Release(id) => {
+                        let gone: Vec<ServiceKey> = reqs.keys().filter(|k| k.name == format!("s{id}")).cloned().collect();
+                        for k in gone {
+                            reqs.remove(&k);
+                            a.release(&k);
+                        }
+                    }
+                }
+                check(&a, &pools, &reqs);
+            }
+            // Simulated restart: same pools, adopt everything (reverse key order: the order of
+            // adoption must not matter), then ensure everything.
+            let mut b = Allocator::new();
+            for p in pools.values() {
+                b.set_pool(p.clone());
+            }
+            for (k, r) in reqs.iter().rev() {
+                let rep = b.adopt(r, &a.outcome(k).unwrap().ips());
+                prop_assert!(rep.dropped.is_empty(), "{k}: adoption dropped {:?}", rep.dropped);
+            }
+            for (k, r) in &reqs {
+                let o = b.ensure(r);
+                prop_assert_eq!(o.ips(), a.outcome(k).unwrap().ips(), "{} after restart", k);
+            }
+            check(&b, &pools, &reqs);
+        }
+    }
+}
