@@ -1100,3 +1100,37 @@ async fn crd_created_through_the_api_registers_its_resource() {
         "{err}"
     );
 }
+
+/// A watch from the resourceVersion of an empty list must see the first object of that resource
+/// created later, even when other resources were written in between (no spurious 410).
+#[tokio::test]
+async fn watch_from_empty_list_rv_sees_first_object() {
+    let server = ApiServer::new();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let list = leases.list(&ListParams::default()).await.unwrap();
+    assert!(list.items.is_empty());
+    let rv = list.metadata.resource_version.unwrap();
+    // Another resource moves the global resourceVersion on.
+    let svcs: Api<Service> = Api::namespaced(server.client(), "default");
+    svcs.create(&PostParams::default(), &svc("other", json!({})))
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("first", "a"))
+        .await
+        .unwrap();
+    let mut stream = leases
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ev {
+        kube::api::WatchEvent::Added(l) => assert_eq!(l.name_any(), "first"),
+        other => panic!("expected ADDED of the first lease, got {other:?}"),
+    }
+}

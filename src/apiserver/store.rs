@@ -54,7 +54,9 @@ impl Table {
         Self {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
-            compacted: start_rv,
+            // A table created on its first write has dropped nothing: a watch from any earlier
+            // resourceVersion (e.g. of an empty LIST) must get that write, not 410.
+            compacted: 0,
             notify: tokio::sync::watch::channel(start_rv).0,
         }
     }
