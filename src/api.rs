@@ -86,10 +86,14 @@ pub enum YesNo {
 /// One block of a pool.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub struct IpBlock {
+    /// A CIDR (`198.51.100.0/24`, `2001:db8:100::/112`); host bits must be zero. Exclusive with
+    /// `start`/`stop`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
+    /// First address of a range (IPv4 or IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+    /// Last address of the range, same family as `start`; omitted = `start` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
 }
@@ -109,7 +113,8 @@ pub struct LoadBalancerIPPoolStatus {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub ips_available: i64,
-    /// `Conflict` (reason `CIDROverlap`, message names the other pool), `Exhausted`, `InvalidBlocks`.
+    /// `Conflict` (reason `CIDROverlap`, message names the other pool), `Exhausted`,
+    /// `InvalidBlocks` (message names the fields), `InvalidSelector`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

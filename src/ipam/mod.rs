@@ -67,8 +67,9 @@ pub mod range;
 pub mod selector;
 pub mod service;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -321,11 +322,14 @@ impl PoolEntry {
 struct AddrEntry {
     pool: String,
     holders: BTreeSet<ServiceKey>,
+    /// Sharing keys of the holders (mirrors `by_sharing_key`).
+    keys: BTreeSet<String>,
 }
 
 #[derive(Debug)]
 struct SvcEntry {
-    req: ServiceReq,
+    /// Shared so that recomputing does not deep-copy the request.
+    req: Arc<ServiceReq>,
     /// Held addresses, sorted.
     addrs: Vec<Addr>,
     outcome: Outcome,
@@ -338,14 +342,20 @@ struct SvcEntry {
 pub struct Allocator {
     pools: BTreeMap<String, PoolEntry>,
     pool_used: BTreeMap<String, u128>,
-    services: BTreeMap<ServiceKey, SvcEntry>,
+    /// Hash map for O(1) lookups; every iteration over it sorts the keys (determinism).
+    services: HashMap<ServiceKey, SvcEntry>,
     addrs: BTreeMap<Addr, AddrEntry>,
     used: range::UsedSet,
     /// sharing key → addresses with at least one holder using that key.
     by_sharing_key: BTreeMap<String, BTreeSet<Addr>>,
     changed: BTreeSet<ServiceKey>,
-    /// An address was freed since the last settle.
+    /// An address was freed since the last settle: retry every waiting Service.
     freed: bool,
+    /// Sharing keys that gained a shareable address (or whose holders changed their request)
+    /// since the last settle: retry the waiting Services with that key.
+    sharing_dirty: BTreeSet<String>,
+    /// Ensured Services that do not hold everything they ask for (retried by `settle`).
+    waiting: BTreeSet<ServiceKey>,
 }
 
 type Fail = (Reason, String);
@@ -419,12 +429,13 @@ impl Allocator {
         self.recompute_conflicts();
         self.revalidate_addresses();
         // Every Service's outcome may change (conflicts, selectors): refresh held ones too.
-        let keys: Vec<ServiceKey> = self
+        let mut keys: Vec<ServiceKey> = self
             .services
             .iter()
             .filter(|(_, s)| s.ensured)
             .map(|(k, _)| k.clone())
             .collect();
+        keys.sort();
         for k in keys {
             self.ensure_key(&k);
         }
@@ -467,9 +478,9 @@ impl Allocator {
         }
     }
 
-    /// After a pool change: every held address must still be in a usable block of its pool and
-    /// its holders selected by it; else move it to another pool that contains and selects it,
-    /// else release it.
+    /// After a pool change: every held address moves to its canonical pool (the first of
+    /// [`Allocator::candidate_pools`]: contains it, selects every holder); without one, holders the
+    /// current pool does not select are released, and if no pool contains it at all, it is freed.
     fn revalidate_addresses(&mut self) {
         let addrs: Vec<Addr> = self.addrs.keys().copied().collect();
         for a in addrs {
@@ -480,14 +491,21 @@ impl Allocator {
             let cur = entry.pool.clone();
             let reqs: Vec<&ServiceReq> = holders
                 .iter()
-                .filter_map(|k| self.services.get(k).map(|s| &s.req))
+                .filter_map(|k| self.services.get(k).map(|s| &*s.req))
                 .collect();
+            // The canonical pool of an address is the first candidate (non-conflicting first,
+            // then oldest), so that the attribution after a restart (adoption) is the same.
             let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
-            let target = if self.pools.get(&cur).is_some_and(contains) {
-                Some(cur.clone())
-            } else {
-                self.candidate_pools(a, &reqs).into_iter().next()
-            };
+            let target = self
+                .candidate_pools(a, &reqs)
+                .into_iter()
+                .next()
+                .or_else(|| {
+                    self.pools
+                        .get(&cur)
+                        .is_some_and(contains)
+                        .then(|| cur.clone())
+                });
             match target {
                 None => {
                     for h in &holders {
@@ -538,32 +556,53 @@ impl Allocator {
         self.services
             .entry(key.clone())
             .or_insert_with(|| SvcEntry {
-                req: req.clone(),
+                req: Arc::new(req.clone()),
                 addrs: Vec::new(),
                 outcome: Outcome::fail(Reason::NoPool, NOT_YET.into()),
                 ensured: false,
             });
         if let Some(s) = self.services.get_mut(&key) {
-            s.req = req.clone();
+            s.req = Arc::new(req.clone());
         }
         for ip in ips {
             let a = Addr::from_ip(*ip);
-            if self.services[&key].addrs.contains(&a) {
+            if self
+                .services
+                .get(&key)
+                .is_some_and(|s| s.addrs.contains(&a))
+            {
                 continue;
             }
             let r = self.adopt_one(req, a);
             match r {
                 Ok(pool) => {
+                    if let Some(cur) = self.addrs.get(&a).map(|e| e.pool.clone()) {
+                        if cur != pool {
+                            self.move_addr(a, &cur, &pool);
+                        }
+                    }
                     self.claim(&key, a, &pool);
                     report.kept.push(Assigned { ip: *ip, pool });
                 }
                 Err(why) => report.dropped.push((*ip, why)),
             }
         }
-        let s = self.services.get_mut(&key).expect("inserted above");
-        s.outcome = satisfied(&s.addrs, &self.addrs);
-        if s.addrs.is_empty() {
-            s.outcome = Outcome::fail(Reason::NoPool, NOT_YET.into());
+        if let Some(s) = self.services.get(&key) {
+            if s.ensured {
+                // Already managed: the next `ensure` recomputes (and reports) its outcome.
+                if !report.kept.is_empty() {
+                    self.changed.insert(key.clone());
+                }
+            } else {
+                let o = if s.addrs.is_empty() {
+                    Outcome::fail(Reason::NoPool, NOT_YET.into())
+                } else {
+                    satisfied(&s.addrs, &self.addrs)
+                };
+                if let Some(s) = self.services.get_mut(&key) {
+                    s.outcome = o;
+                }
+            }
         }
         report
     }
@@ -576,10 +615,23 @@ impl Allocator {
                         .map_err(|w| format!("{a} is already held: {w}"))?;
                 }
             }
-            if !self.pools.get(&e.pool).is_some_and(|p| p.selects(req)) {
-                return Err(format!("pool {} does not select the Service", e.pool));
-            }
-            return Ok(e.pool.clone());
+            // The address moves to the canonical pool of the enlarged holder set (the same rule
+            // as after pool changes), so adoption order does not decide the attribution.
+            let mut reqs: Vec<&ServiceReq> = e
+                .holders
+                .iter()
+                .filter_map(|h| self.services.get(h).map(|s| &*s.req))
+                .collect();
+            reqs.push(req);
+            return self
+                .candidate_pools(a, &reqs)
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    format!(
+                        "no pool containing {a} selects both the Service and the Services already on it"
+                    )
+                });
         }
         self.candidate_pools(a, &[req])
             .into_iter()
@@ -600,17 +652,29 @@ impl Allocator {
         let key = req.key.clone();
         match self.services.get_mut(&key) {
             Some(s) => {
-                if s.ensured && s.req == *req && complete(s) {
+                if s.ensured && *s.req == *req && complete(s) {
                     return s.outcome.clone();
                 }
-                s.req = req.clone();
+                // A changed request of a sharing Service may make it compatible with waiters.
+                if *s.req != *req {
+                    for sh in [&s.req.sharing, &req.sharing].into_iter().flatten() {
+                        self.sharing_dirty.insert(sh.key.clone());
+                    }
+                }
+                let changed_req = *s.req != *req;
+                s.req = Arc::new(req.clone());
                 s.ensured = true;
+                if changed_req {
+                    for a in s.addrs.clone() {
+                        self.reindex(a);
+                    }
+                }
             }
             None => {
                 self.services.insert(
                     key.clone(),
                     SvcEntry {
-                        req: req.clone(),
+                        req: Arc::new(req.clone()),
                         addrs: Vec::new(),
                         outcome: Outcome::fail(Reason::NoPool, String::new()),
                         ensured: true,
@@ -633,6 +697,7 @@ impl Allocator {
             self.unclaim(key, a);
         }
         self.services.remove(key);
+        self.waiting.remove(key);
         self.changed.insert(key.clone());
         self.settle();
     }
@@ -644,7 +709,9 @@ impl Allocator {
 
     /// Known Services, sorted.
     pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.services.keys()
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort();
+        keys.into_iter()
     }
 
     /// Services holding `ip`.
@@ -660,16 +727,27 @@ impl Allocator {
         std::mem::take(&mut self.changed).into_iter().collect()
     }
 
-    /// Retries waiting/incomplete Services while addresses were freed.
+    /// Retries waiting/incomplete Services (in key order) while addresses were freed or new
+    /// sharing opportunities appeared, until nothing changes.
     fn settle(&mut self) {
-        let mut rounds = 0;
-        while self.freed && rounds < 8 {
-            self.freed = false;
-            rounds += 1;
+        // Every productive round completes at least one Service, so this terminates; the bound
+        // is a guard only.
+        let mut rounds = self.services.len() + 2;
+        while (self.freed || !self.sharing_dirty.is_empty()) && rounds > 0 {
+            rounds -= 1;
+            let all = std::mem::take(&mut self.freed);
+            let keys = std::mem::take(&mut self.sharing_dirty);
             let waiting: Vec<ServiceKey> = self
-                .services
+                .waiting
                 .iter()
-                .filter(|(_, s)| s.ensured && !complete(s))
+                .filter_map(|k| self.services.get_key_value(k))
+                .filter(|(_, s)| {
+                    all || s
+                        .req
+                        .sharing
+                        .as_ref()
+                        .is_some_and(|sh| keys.contains(&sh.key))
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in waiting {
@@ -677,6 +755,7 @@ impl Allocator {
             }
         }
         self.freed = false;
+        self.sharing_dirty.clear();
     }
 
     /// Recomputes one registered Service's allocation and records a changed outcome.
@@ -684,14 +763,18 @@ impl Allocator {
         let Some(s) = self.services.get(key) else {
             return;
         };
-        let before = s.outcome.clone();
-        let req = s.req.clone();
+        let req = Arc::clone(&s.req);
         let outcome = self.compute(&req);
         let s = self.services.get_mut(key).expect("checked above");
-        if outcome != before {
+        if s.ensured && !complete(s) {
+            self.waiting.insert(key.clone());
+        } else {
+            self.waiting.remove(key);
+        }
+        if outcome != s.outcome {
+            s.outcome = outcome;
             self.changed.insert(key.clone());
         }
-        s.outcome = outcome;
     }
 
     fn compute(&mut self, req: &ServiceReq) -> Outcome {
@@ -957,27 +1040,60 @@ impl Allocator {
     // ----- bookkeeping -------------------------------------------------------------------
 
     fn claim(&mut self, key: &ServiceKey, a: Addr, pool: &str) {
-        let sharing = self
-            .services
-            .get(key)
-            .and_then(|s| s.req.sharing.as_ref().map(|s| s.key.clone()));
         let e = self.addrs.entry(a).or_insert_with(|| AddrEntry {
             pool: pool.to_string(),
             holders: BTreeSet::new(),
+            keys: BTreeSet::new(),
         });
         let fresh = e.holders.is_empty();
         e.holders.insert(key.clone());
         if fresh {
             self.used.insert(a);
-            *self.pool_used.entry(pool.to_string()).or_insert(0) += 1;
-        }
-        if let Some(k) = sharing {
-            self.by_sharing_key.entry(k).or_default().insert(a);
+            match self.pool_used.get_mut(pool) {
+                Some(n) => *n += 1,
+                None => {
+                    self.pool_used.insert(pool.to_string(), 1);
+                }
+            }
         }
         if let Some(s) = self.services.get_mut(key) {
             if let Err(i) = s.addrs.binary_search(&a) {
                 s.addrs.insert(i, a);
             }
+        }
+        self.reindex(a);
+    }
+
+    /// Re-derives the sharing keys of `a` from its holders' current requests; a key that gains
+    /// the address is marked for retrying its waiting Services.
+    fn reindex(&mut self, a: Addr) {
+        let Some(e) = self.addrs.get(&a) else {
+            return;
+        };
+        let now: BTreeSet<String> = e
+            .holders
+            .iter()
+            .filter_map(|h| self.services.get(h))
+            .filter_map(|s| s.req.sharing.as_ref().map(|s| s.key.clone()))
+            .collect();
+        if now == e.keys {
+            return;
+        }
+        let before = e.keys.clone();
+        for k in before.difference(&now) {
+            if let Some(set) = self.by_sharing_key.get_mut(k) {
+                set.remove(&a);
+                if set.is_empty() {
+                    self.by_sharing_key.remove(k);
+                }
+            }
+        }
+        for k in now.difference(&before) {
+            self.by_sharing_key.entry(k.clone()).or_default().insert(a);
+            self.sharing_dirty.insert(k.clone());
+        }
+        if let Some(e) = self.addrs.get_mut(&a) {
+            e.keys = now;
         }
     }
 
@@ -989,19 +1105,10 @@ impl Allocator {
             return;
         };
         e.holders.remove(key);
-        // Re-derive the sharing-key index for this address from the remaining holders.
-        let remaining: BTreeSet<String> = e
-            .holders
-            .iter()
-            .filter_map(|h| self.services.get(h))
-            .filter_map(|s| s.req.sharing.as_ref().map(|s| s.key.clone()))
-            .collect();
-        if let Some(k) = self
-            .services
-            .get(key)
-            .and_then(|s| s.req.sharing.as_ref().map(|s| s.key.clone()))
-        {
-            if !remaining.contains(&k) {
+        if e.holders.is_empty() {
+            let pool = e.pool.clone();
+            let keys = std::mem::take(&mut e.keys);
+            for k in keys {
                 if let Some(set) = self.by_sharing_key.get_mut(&k) {
                     set.remove(&a);
                     if set.is_empty() {
@@ -1009,18 +1116,26 @@ impl Allocator {
                     }
                 }
             }
-        }
-        if e.holders.is_empty() {
-            let pool = e.pool.clone();
             self.addrs.remove(&a);
             self.used.remove(a);
             if let Some(n) = self.pool_used.get_mut(&pool) {
                 *n = n.saturating_sub(1);
             }
             self.freed = true;
+        } else {
+            self.reindex(a);
+            // The remaining holders may now accept Services they clashed with.
+            let keys: Vec<String> = self
+                .addrs
+                .get(&a)
+                .map(|e| e.keys.iter().cloned().collect())
+                .unwrap_or_default();
+            self.sharing_dirty.extend(keys);
         }
         if let Some(s) = self.services.get(key) {
-            if !s.ensured {
+            if s.ensured {
+                self.waiting.insert(key.clone());
+            } else {
                 // Adopted-only Services have no ensure pass to refresh them.
                 let mut o = satisfied(&s.addrs, &self.addrs);
                 if s.addrs.is_empty() {
@@ -1088,9 +1203,12 @@ fn complete(s: &SvcEntry) -> bool {
             .iter()
             .all(|ip| s.addrs.contains(&Addr::from_ip(*ip)));
     }
-    wanted_families(&s.req)
-        .iter()
-        .all(|f| s.addrs.iter().any(|a| a.family == *f))
+    let has = |f: Family| s.addrs.iter().any(|a| a.family == f);
+    match s.req.policy {
+        FamilyPolicy::SingleStack => s.req.families.first().is_none_or(|f| has(*f)),
+        FamilyPolicy::PreferDualStack => s.req.families.iter().all(|f| has(*f)),
+        FamilyPolicy::RequireDualStack => has(Family::V4) && has(Family::V6),
+    }
 }
 
 fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Outcome {

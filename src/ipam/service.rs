@@ -381,3 +381,153 @@ fn annotation<'a>(
         .chain(aliases.iter().copied())
         .find_map(|k| ann.get(k).map(|v| (k, v.as_str())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn class_filtering() {
+        let with = |class: Option<&str>, ty: &str| {
+            let mut spec = serde_json::json!({ "type": ty });
+            if let Some(c) = class {
+                spec["loadBalancerClass"] = c.into();
+            }
+            svc(serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }))
+        };
+        let def = ClassOptions::default();
+        let no_default = ClassOptions {
+            default_class: false,
+            cilium_class: false,
+        };
+        let cilium = ClassOptions {
+            default_class: true,
+            cilium_class: true,
+        };
+        assert!(is_ours(&with(None, "LoadBalancer"), &def));
+        assert!(!is_ours(&with(None, "LoadBalancer"), &no_default));
+        assert!(is_ours(&with(Some(LB_CLASS), "LoadBalancer"), &no_default));
+        assert!(!is_ours(&with(Some(LB_CLASS), "ClusterIP"), &def));
+        assert!(!is_ours(
+            &with(Some("example.com/other"), "LoadBalancer"),
+            &def
+        ));
+        assert!(!is_ours(&with(Some(CILIUM_LB_CLASS), "LoadBalancer"), &def));
+        assert!(is_ours(
+            &with(Some(CILIUM_LB_CLASS), "LoadBalancer"),
+            &cilium
+        ));
+        assert!(!is_ours(&Service::default(), &def));
+    }
+
+    #[test]
+    fn from_service_reads_everything() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": {
+                "name": "dns", "namespace": "kube-system", "labels": { "app": "dns" },
+                "annotations": {
+                    "ferrolb.io/ips": "198.51.100.53, 2001:db8:100::53",
+                    "ferrolb.io/sharing-key": "dns",
+                    "ferrolb.io/sharing-cross-namespace": "a, b",
+                }
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerIP": "198.51.100.53",
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv6", "IPv4"],
+                "externalTrafficPolicy": "Local",
+                "selector": { "k8s-app": "dns" },
+                "ports": [ { "port": 53, "protocol": "UDP" }, { "port": 53 } ],
+            }
+        })));
+        assert_eq!(r.key, ServiceKey::new("kube-system", "dns"));
+        assert_eq!(r.labels["app"], "dns");
+        assert_eq!(r.labels[crate::api::LABEL_SERVICE_NAME], "dns");
+        assert_eq!(
+            r.requested,
+            [
+                "198.51.100.53".parse::<IpAddr>().unwrap(),
+                "2001:db8:100::53".parse().unwrap()
+            ]
+        );
+        assert_eq!(r.families, [Family::V6, Family::V4]);
+        assert!(r.families_explicit);
+        assert_eq!(r.policy, FamilyPolicy::PreferDualStack);
+        assert_eq!(r.invalid, None);
+        let sh = r.sharing.unwrap();
+        assert_eq!(sh.key, "dns");
+        assert_eq!(
+            sh.cross,
+            CrossNamespace::List(["a".to_string(), "b".to_string()].into())
+        );
+        assert!(r.ports.contains(&(53, "TCP".into())) && r.ports.contains(&(53, "UDP".into())));
+        assert!(r.etp_local);
+        assert_eq!(r.pod_selector["k8s-app"], "dns");
+    }
+
+    #[test]
+    fn cilium_aliases_are_honoured_and_ours_win() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "io.cilium/lb-ipam-ips": "198.51.100.7",
+                "lbipam.cilium.io/sharing-key": "k",
+                "lbipam.cilium.io/sharing-cross-namespace": "*",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert_eq!(r.requested, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r.families,
+            [Family::V4],
+            "derived from the requested address"
+        );
+        assert_eq!(r.sharing.unwrap().cross, CrossNamespace::Any);
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "ferrolb.io/ips": "198.51.100.8",
+                "lbipam.cilium.io/ips": "198.51.100.7",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn malformed_requests_name_the_source() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": { "lbipam.cilium.io/ips": "198.51.100.7,banana" }},
+            "spec": { "type": "LoadBalancer", "loadBalancerIP": "300.1.1.1", "ipFamilyPolicy": "Sometimes" }
+        })));
+        let m = r.invalid.unwrap();
+        assert!(
+            m.contains("annotation lbipam.cilium.io/ips: \"banana\""),
+            "{m}"
+        );
+        assert!(m.contains("spec.loadBalancerIP"), "{m}");
+        assert!(m.contains("spec.ipFamilyPolicy"), "{m}");
+    }
+
+    #[test]
+    fn family_defaults_without_ip_families() {
+        let r = |policy: Option<&str>| {
+            let mut spec = serde_json::json!({ "type": "LoadBalancer" });
+            if let Some(p) = policy {
+                spec["ipFamilyPolicy"] = p.into();
+            }
+            ServiceReq::from_service(&svc(
+                serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }),
+            ))
+        };
+        assert_eq!(r(None).families, [Family::V4]);
+        assert_eq!(
+            r(Some("RequireDualStack")).families,
+            [Family::V4, Family::V6]
+        );
+        assert!(!r(Some("PreferDualStack")).families_explicit);
+    }
+}

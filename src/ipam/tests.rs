@@ -1,5 +1,6 @@
 //! Allocator scenarios: one rule per test, built with the helpers below.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -659,6 +660,32 @@ fn restart_adoption_reproduces_allocations() {
 }
 
 #[test]
+fn restart_reports_no_changes_for_unchanged_services() {
+    // After a restart, re-adopted Services whose outcome is unchanged must not be reported as
+    // changed: the controller would otherwise rewrite every Service's status.
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let reqs: Vec<ServiceReq> = (0..5)
+        .map(|i| S::new("ns", &format!("s{i}")).req())
+        .collect();
+    let held: Vec<Vec<IpAddr>> = reqs.iter().map(|r| a.ensure(r).ips()).collect();
+    let mut b = Allocator::new();
+    b.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    for (r, ips) in reqs.iter().zip(&held) {
+        b.adopt(r, ips);
+    }
+    for r in &reqs {
+        b.ensure(r);
+    }
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+    // Adopting again for an already managed Service keeps its outcome.
+    let before = b.outcome(&reqs[0].key).cloned();
+    b.adopt(&reqs[0], &held[0]);
+    assert_eq!(b.outcome(&reqs[0].key).cloned(), before);
+    assert_eq!(b.take_changed(), Vec::<ServiceKey>::new());
+}
+
+#[test]
 fn adoption_drops_addresses_that_no_longer_fit() {
     let mut a = Allocator::new();
     a.set_pool(
@@ -747,4 +774,282 @@ fn identical_inputs_give_identical_outcomes() {
     assert_eq!(first, run());
     // Name order: pool "a" serves first.
     assert_eq!(first[0].1.addresses[0].pool, "a");
+}
+
+// ----- property: random operation sequences ---------------------------------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Pool {
+            id: usize,
+            blocks: Vec<usize>,
+            team: Option<&'static str>,
+            disabled: bool,
+            created: i64,
+        },
+        RemovePool(usize),
+        Svc {
+            id: usize,
+            ns: &'static str,
+            team: Option<&'static str>,
+            share: Option<(&'static str, bool)>,
+            ports: Vec<(i32, &'static str)>,
+            request: Option<usize>,
+            family: usize,
+            local: Option<&'static str>,
+        },
+        Release(usize),
+    }
+
+    /// Overlapping blocks so that pools conflict and share ranges.
+    const BLOCKS: &[(&str, Option<&str>)] = &[
+        ("198.51.100.0/29", None),
+        ("198.51.100.4/30", None),
+        ("198.51.100.8/31", None),
+        ("198.51.100.6", Some("198.51.100.12")),
+        ("198.51.100.20", None),
+        ("2001:db8:100::/126", None),
+        ("2001:db8:100::2", Some("2001:db8:100::5")),
+    ];
+    const REQUESTS: &[&str] = &[
+        "198.51.100.1",
+        "198.51.100.5",
+        "198.51.100.20",
+        "198.51.100.200",
+        "2001:db8:100::3",
+    ];
+
+    fn op() -> impl Strategy<Value = Op> {
+        let pool = (
+            0..4usize,
+            proptest::collection::vec(0..BLOCKS.len(), 1..3),
+            proptest::option::of(prop_oneof![Just("a"), Just("b")]),
+            proptest::bool::weighted(0.15),
+            0..5i64,
+        )
+            .prop_map(|(id, blocks, team, disabled, created)| Op::Pool {
+                id,
+                blocks,
+                team,
+                disabled,
+                created,
+            });
+        let svc = (
+            0..10usize,
+            prop_oneof![Just("x"), Just("y")],
+            proptest::option::of(prop_oneof![Just("a"), Just("b")]),
+            proptest::option::of((prop_oneof![Just("k1"), Just("k2")], any::<bool>())),
+            proptest::sample::subsequence(vec![(53, "TCP"), (53, "UDP"), (80, "TCP")], 0..3),
+            proptest::option::weighted(0.25, 0..REQUESTS.len()),
+            0..5usize,
+            proptest::option::weighted(0.2, prop_oneof![Just("web"), Just("")]),
+        )
+            .prop_map(
+                |(id, ns, team, share, ports, request, family, local)| Op::Svc {
+                    id,
+                    ns,
+                    team,
+                    share,
+                    ports,
+                    request,
+                    family,
+                    local,
+                },
+            );
+        prop_oneof![
+            3 => pool,
+            1 => (0..4usize).prop_map(Op::RemovePool),
+            6 => svc,
+            2 => (0..10usize).prop_map(Op::Release),
+        ]
+    }
+
+    fn pool_def(
+        id: usize,
+        blocks: &[usize],
+        team: Option<&str>,
+        disabled: bool,
+        created: i64,
+    ) -> PoolDef {
+        let raw: Vec<IpBlock> = blocks
+            .iter()
+            .map(|&i| match BLOCKS[i] {
+                (c, None) if c.contains('/') => cidr(c),
+                (a, None) => IpBlock {
+                    start: Some(a.into()),
+                    ..Default::default()
+                },
+                (a, Some(z)) => range(a, z),
+            })
+            .collect();
+        let mut p = P::new(&format!("pool{id}"), &raw).created(1000 + created);
+        if let Some(t) = team {
+            p = p.labels(&[("team", t)]);
+        }
+        if disabled {
+            p = p.disabled();
+        }
+        p.def()
+    }
+
+    fn svc_req(op: &Op) -> ServiceReq {
+        let Op::Svc {
+            id,
+            ns,
+            team,
+            share,
+            ports,
+            request,
+            family,
+            local,
+        } = op.clone()
+        else {
+            unreachable!()
+        };
+        let mut s = S::new(ns, &format!("s{id}"));
+        if let Some(t) = team {
+            s = s.label("team", t);
+        }
+        if let Some((k, cross)) = share {
+            s = s.share(k);
+            if cross {
+                s = s.cross(CrossNamespace::Any);
+            }
+        }
+        for (p, proto) in ports {
+            s = s.port(p, proto);
+        }
+        if let Some(r) = request {
+            s = s.request(&[REQUESTS[r]]);
+        }
+        s = match family {
+            0 | 1 => s,
+            2 => s.v6(),
+            3 => s.dual(FamilyPolicy::PreferDualStack),
+            _ => s.dual(FamilyPolicy::RequireDualStack),
+        };
+        if let Some(l) = local {
+            s = s.local(if l.is_empty() { &[] } else { &[("app", "web")] });
+        }
+        s.req()
+    }
+
+    fn check(
+        a: &Allocator,
+        pools: &BTreeMap<usize, PoolDef>,
+        reqs: &BTreeMap<ServiceKey, ServiceReq>,
+    ) {
+        let mut by_ip: BTreeMap<IpAddr, Vec<&ServiceReq>> = BTreeMap::new();
+        let mut per_pool: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (k, r) in reqs {
+            let o = a.outcome(k).expect("every ensured Service has an outcome");
+            if !o.is_satisfied() {
+                assert!(o.addresses.is_empty(), "{k}: unsatisfied but holds {o:?}");
+            }
+            for asg in &o.addresses {
+                by_ip.entry(asg.ip).or_default().push(r);
+                per_pool.entry(asg.pool.clone()).or_default().insert(asg.ip);
+                let def = pools
+                    .values()
+                    .find(|p| p.name == asg.pool)
+                    .unwrap_or_else(|| panic!("{k}: {} from a pool that does not exist", asg.ip));
+                assert!(
+                    def.usable_block(Addr::from_ip(asg.ip)).is_some(),
+                    "{k}: {} outside the usable blocks of {}",
+                    asg.ip,
+                    def.name
+                );
+                assert!(
+                    def.selector.as_ref().unwrap().matches(&r.labels),
+                    "{k}: {} from pool {} that does not select it",
+                    asg.ip,
+                    def.name
+                );
+                assert!(a.holders(asg.ip).contains(k));
+            }
+        }
+        for (ip, rs) in &by_ip {
+            for (i, x) in rs.iter().enumerate() {
+                for y in &rs[i + 1..] {
+                    assert!(
+                        x.can_share_with(y).is_ok() && y.can_share_with(x).is_ok(),
+                        "{ip} held by incompatible {} and {}",
+                        x.key,
+                        y.key
+                    );
+                }
+            }
+            assert_eq!(a.holders(*ip).len(), rs.len());
+        }
+        for p in pools.values() {
+            let used = per_pool.get(&p.name).map_or(0, |s| s.len() as u128);
+            assert_eq!(
+                a.pool_status(&p.name).unwrap().used,
+                used,
+                "pool {}",
+                p.name
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut a = Allocator::new();
+            let mut pools: BTreeMap<usize, PoolDef> = BTreeMap::new();
+            let mut reqs: BTreeMap<ServiceKey, ServiceReq> = BTreeMap::new();
+            for op in &ops {
+                match op {
+                    Op::Pool { id, blocks, team, disabled, created } => {
+                        let d = pool_def(*id, blocks, *team, *disabled, *created);
+                        pools.insert(*id, d.clone());
+                        a.set_pool(d);
+                    }
+                    Op::RemovePool(id) => {
+                        pools.remove(id);
+                        a.remove_pool(&format!("pool{id}"));
+                    }
+                    Op::Svc { .. } => {
+                        let r = svc_req(op);
+                        // A Service lives in one namespace: re-creating it elsewhere is a release.
+                        if let Some(old) = reqs.keys().find(|k| k.name == r.key.name && k.namespace != r.key.namespace).cloned() {
+                            reqs.remove(&old);
+                            a.release(&old);
+                        }
+                        a.ensure(&r);
+                        reqs.insert(r.key.clone(), r);
+                    }
+                    Op::Release(id) => {
+                        let gone: Vec<ServiceKey> = reqs.keys().filter(|k| k.name == format!("s{id}")).cloned().collect();
+                        for k in gone {
+                            reqs.remove(&k);
+                            a.release(&k);
+                        }
+                    }
+                }
+                check(&a, &pools, &reqs);
+            }
+            // Simulated restart: same pools, adopt everything (reverse key order: the order of
+            // adoption must not matter), then ensure everything.
+            let mut b = Allocator::new();
+            for p in pools.values() {
+                b.set_pool(p.clone());
+            }
+            for (k, r) in reqs.iter().rev() {
+                let rep = b.adopt(r, &a.outcome(k).unwrap().ips());
+                prop_assert!(rep.dropped.is_empty(), "{k}: adoption dropped {:?}", rep.dropped);
+            }
+            for (k, r) in &reqs {
+                let o = b.ensure(r);
+                prop_assert_eq!(o.ips(), a.outcome(k).unwrap().ips(), "{} after restart", k);
+            }
+            check(&b, &pools, &reqs);
+        }
+    }
 }
