@@ -22,6 +22,8 @@ fn find_kubectl() -> Option<PathBuf> {
 }
 
 struct Kubectl {
+    /// Client minor version (`--subresource` needs 1.24+).
+    minor: u32,
     bin: PathBuf,
     kubeconfig: PathBuf,
     cache: PathBuf,
@@ -104,12 +106,67 @@ async fn setup(dir: &Path) -> Option<(ApiServer, Kubectl)> {
         ApiServer::kubeconfig(&format!("http://{addr}"), "kubectl-test"),
     )
     .unwrap();
+    let out = Command::new(&bin)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let minor = v["clientVersion"]["minor"]
+        .as_str()
+        .unwrap_or("0")
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or(0);
+    eprintln!("using {} (1.{minor})", bin.display());
     let k = Kubectl {
+        minor,
         bin,
         kubeconfig,
         cache: dir.join("cache"),
     };
     Some((server, k))
+}
+
+/// `kubectl patch --subresource=status` (1.24+); older clients cannot address /status, so the
+/// same merge patch is sent to /status through kube instead.
+async fn patch_status(
+    k: &Kubectl,
+    server: &ApiServer,
+    ar: &kube::api::ApiResource,
+    ns: Option<&str>,
+    kind_arg: &str,
+    name: &str,
+    patch: &str,
+) {
+    if k.minor >= 24 {
+        k.run(&[
+            "patch",
+            kind_arg,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+        .await;
+    } else {
+        eprintln!(
+            "kubectl 1.{} has no --subresource: patching /status through kube",
+            k.minor
+        );
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(server.client(), ns, ar),
+            None => Api::all_with(server.client(), ar),
+        };
+        let p: serde_json::Value = serde_json::from_str(patch).unwrap();
+        api.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(p),
+        )
+        .await
+        .unwrap();
+    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -143,15 +200,16 @@ async fn kubectl_service_lifecycle() {
     );
 
     // status patch through the /status subresource
-    k.run(&[
-        "patch",
+    let svc_ar = kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+    patch_status(
+        &k,
+        &server,
+        &svc_ar,
+        Some("default"),
         "svc",
         "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
         r#"{"status":{"loadBalancer":{"ingress":[{"ip":"198.51.100.5"}]}}}"#,
-    ])
+    )
     .await;
     let got = api.get("web").await.unwrap();
     let ing = got.status.unwrap().load_balancer.unwrap().ingress.unwrap();
@@ -257,10 +315,15 @@ async fn kubectl_lease_and_custom_resource() {
     let pools: Api<DynamicObject> = Api::all_with(server.client(), &ar);
     let before = pools.get("pool-a").await.unwrap();
     assert_eq!(before.metadata.generation, Some(1));
-    k.run(&[
-        "patch", "lbpool", "pool-a", "--subresource=status", "--type=merge", "-p",
+    patch_status(
+        &k,
+        &server,
+        &ar,
+        None,
+        "lbpool",
+        "pool-a",
         r#"{"status":{"conditions":[{"type":"Exhausted","status":"False","reason":"Free","message":"ok","lastTransitionTime":"2026-11-22T07:58:05Z"}]}}"#,
-    ])
+    )
     .await;
     wait_line(&rx, &["MODIFIED", "pool-a"]);
     let after = pools.get("pool-a").await.unwrap();

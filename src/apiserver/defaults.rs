@@ -394,9 +394,11 @@ pub fn service_status(obj: &mut Value) {
 
 /// Parses a MicroTime as Go's `2006-01-02T15:04:05.000000Z07:00`; returns the UTC form.
 pub fn parse_micro_time(s: &str) -> Result<String, String> {
-    let re =
+    static RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
-            .map_err(|e| e.to_string())?;
+            .ok()
+    });
+    let re = RE.as_ref().ok_or("time regex")?;
     let layout = "2006-01-02T15:04:05.000000Z07:00";
     let caps = re.captures(s).ok_or_else(|| {
         let detail = match s.find('.') {

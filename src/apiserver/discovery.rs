@@ -121,6 +121,41 @@ fn group_json(g: &str, versions: &[String]) -> Value {
     json!({"name": g, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(json!({}))})
 }
 
+fn wants_protobuf(req: &Request<Bytes>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("protobuf"))
+}
+
+fn pb_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2);
+    let mut n = bytes.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// A minimal OpenAPI v2 document in gnostic's protobuf encoding (`swagger`, `info`), which is
+/// what older kubectl (1.20) downloads for client-side validation; with no definitions it
+/// validates nothing client-side and leaves validation to the server.
+fn openapi_v2_protobuf() -> Vec<u8> {
+    let mut info = Vec::new();
+    pb_field(&mut info, 1, b"Kubernetes");
+    pb_field(&mut info, 2, b"v1.36.2");
+    let mut doc = Vec::new();
+    pb_field(&mut doc, 1, b"2.0");
+    pb_field(&mut doc, 2, &info);
+    doc
+}
+
 fn agg_response(v: &Value) -> Response<Body> {
     let mut r = json_response(200, v, &[]);
     r.headers_mut()
@@ -322,6 +357,16 @@ pub fn handle(
                 return Err(ApiError::page_not_found());
             }
             json_response(200, &openapi_v3_doc(&defs), &[])
+        }
+        ["openapi", "v2"] if wants_protobuf(req) => {
+            let mut r = Response::new(Body::full(openapi_v2_protobuf()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            r
         }
         ["openapi", "v2"] => json_response(
             200,

@@ -325,6 +325,10 @@ impl Selectors {
         .map_err(|e| ApiError::bad_request(&e))?;
         Ok(Self { label, field })
     }
+    /// True when nothing is selected on (every object matches).
+    pub fn is_empty(&self) -> bool {
+        self.label.0.is_empty() && self.field.0.is_empty()
+    }
     pub fn matches(&self, obj: &Value) -> bool {
         self.label.matches(obj.pointer("/metadata/labels")) && self.field.matches(obj)
     }

@@ -35,6 +35,8 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change (for selector transitions).
     pub prev: Option<Arc<Value>>,
+    /// The object's JSON, encoded once for every watcher that needs it as stored.
+    pub encoded: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Objects and history of one storage key.
@@ -359,6 +361,7 @@ impl State {
             etype,
             object: obj,
             prev,
+            encoded: std::sync::OnceLock::new(),
         }));
         while t.history.len() > limit {
             if let Some(e) = t.history.pop_front() {

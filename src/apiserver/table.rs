@@ -48,6 +48,46 @@ fn columns(def: &ResourceDef) -> Vec<Value> {
         ];
     }
     let mut cols = vec![col("Name", "string", "name", NAME_DESC, 0)];
+    if !def.custom {
+        match def.kind.as_str() {
+            "Namespace" => {
+                cols.push(col(
+                    "Status",
+                    "string",
+                    "",
+                    "The status of the namespace",
+                    0,
+                ));
+                cols.push(col("Age", "string", "", AGE_DESC, 0));
+                return cols;
+            }
+            "Lease" => {
+                cols.push(col(
+                    "Holder",
+                    "string",
+                    "",
+                    "holderIdentity contains the identity of the holder of a current lease.",
+                    0,
+                ));
+                cols.push(col("Age", "string", "", AGE_DESC, 0));
+                return cols;
+            }
+            "Node" => {
+                cols.push(col("Status", "string", "", "The status of the node", 0));
+                cols.push(col("Roles", "string", "", "The roles of the node", 0));
+                cols.push(col("Age", "string", "", AGE_DESC, 0));
+                cols.push(col(
+                    "Version",
+                    "string",
+                    "",
+                    "Kubelet Version reported by the node.",
+                    0,
+                ));
+                return cols;
+            }
+            _ => {}
+        }
+    }
     if def.custom && !def.printer_columns.is_empty() {
         for c in &def.printer_columns {
             cols.push(col(
@@ -191,6 +231,55 @@ fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
         ];
     }
     let mut out = vec![name];
+    if !def.custom {
+        let s = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_string);
+        match def.kind.as_str() {
+            "Namespace" => {
+                out.push(json!(s("/status/phase").unwrap_or_default()));
+                out.push(age(created));
+                return out;
+            }
+            "Lease" => {
+                out.push(json!(s("/spec/holderIdentity").unwrap_or_default()));
+                out.push(age(created));
+                return out;
+            }
+            "Node" => {
+                let ready = obj
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| {
+                        c.iter()
+                            .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+                    })
+                    .and_then(|c| c.get("status").and_then(Value::as_str))
+                    .map(|st| if st == "True" { "Ready" } else { "NotReady" })
+                    .unwrap_or("Unknown");
+                let roles: Vec<String> = obj
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .map(|l| {
+                        l.keys()
+                            .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(json!(ready));
+                out.push(json!(if roles.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    roles.join(",")
+                }));
+                out.push(age(created));
+                out.push(json!(
+                    s("/status/nodeInfo/kubeletVersion").unwrap_or_default()
+                ));
+                return out;
+            }
+            _ => {}
+        }
+    }
     if def.custom && !def.printer_columns.is_empty() {
         for c in &def.printer_columns {
             let path = c.get("jsonPath").and_then(Value::as_str).unwrap_or("");
@@ -255,6 +344,29 @@ pub fn watch_table(def: &ResourceDef, obj: &Value, first: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_and_namespace_rows() {
+        let reg = crate::apiserver::resources::builtins();
+        let lease = reg.iter().find(|d| d.kind == "Lease").unwrap();
+        let t = object_table(
+            lease,
+            &json!({"metadata": {"name": "vip", "resourceVersion": "7"}, "spec": {"holderIdentity": "node-a"}}),
+        );
+        assert_eq!(t["columnDefinitions"][1]["name"], "Holder");
+        assert_eq!(t["rows"][0]["cells"], json!(["vip", "node-a", null]));
+        let ns = reg.iter().find(|d| d.kind == "Namespace").unwrap();
+        let w = watch_table(
+            ns,
+            &json!({"metadata": {"name": "demo"}, "status": {"phase": "Active"}}),
+            false,
+        );
+        assert!(
+            w["columnDefinitions"].is_null(),
+            "only the first watch event has columns"
+        );
+        assert_eq!(w["rows"][0]["cells"][1], "Active");
+    }
 
     #[test]
     fn jsonpath_filters() {

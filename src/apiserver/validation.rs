@@ -112,6 +112,21 @@ pub fn remove_path(v: &mut Value, path: &str) {
     }
 }
 
+/// Schema patterns compiled once (schemas are few, writes are many).
+fn cached_regex(p: &str) -> Option<regex::Regex> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static CACHE: LazyLock<Mutex<HashMap<String, Option<regex::Regex>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() > 1024 {
+        c.clear();
+    }
+    c.entry(p.to_string())
+        .or_insert_with(|| regex::Regex::new(p).ok())
+        .clone()
+}
+
 fn go_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -269,7 +284,7 @@ fn validate(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
         }
         Value::String(s) => {
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                if let Ok(re) = regex::Regex::new(p) {
+                if let Some(re) = cached_regex(p) {
                     if !re.is_match(s) {
                         out.push((
                             "FieldValueInvalid",

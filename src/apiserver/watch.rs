@@ -72,6 +72,12 @@ impl Sender {
         let line = encode_json(&json!({"type": etype, "object": obj}));
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
+    /// Sends an event whose object is already encoded (no trailing newline).
+    async fn send_encoded(&mut self, etype: &str, obj: &str) -> bool {
+        let line = format!("{{\"type\":\"{etype}\",\"object\":{obj}}}\n");
+        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
+    }
+
     async fn abort(&self) {
         let _ = self
             .tx
@@ -199,12 +205,22 @@ pub fn start(
                     if !in_ns(&e.object) {
                         continue;
                     }
-                    let obj = as_version(&def, &e.object);
-                    let cur = sel.matches(&obj);
+                    let api_version = def.api_version();
+                    let as_stored = !table
+                        && e.object.get("apiVersion").and_then(Value::as_str)
+                            == Some(api_version.as_str());
+                    let converted;
+                    let obj: &Value = if as_stored {
+                        &e.object
+                    } else {
+                        converted = as_version(&def, &e.object);
+                        &converted
+                    };
+                    let cur = sel.matches(obj);
                     let prev = e
                         .prev
                         .as_ref()
-                        .is_some_and(|p| sel.matches(&as_version(&def, p)));
+                        .is_some_and(|p| sel.is_empty() || sel.matches(&as_version(&def, p)));
                     let etype = match e.etype {
                         EventType::Added if cur => "ADDED",
                         EventType::Modified if cur && prev => "MODIFIED",
@@ -213,7 +229,17 @@ pub fn start(
                         EventType::Deleted if prev => "DELETED",
                         _ => continue,
                     };
-                    if !s.send(etype, &obj).await {
+                    let sent = if as_stored {
+                        let enc = e.encoded.get_or_init(|| {
+                            let mut b = encode_json(&e.object);
+                            b.pop(); // the newline
+                            Arc::from(String::from_utf8_lossy(&b).as_ref())
+                        });
+                        s.send_encoded(etype, enc).await
+                    } else {
+                        s.send(etype, obj).await
+                    };
+                    if !sent {
                         return;
                     }
                     last_sent = e.rv;

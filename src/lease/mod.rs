@@ -1,1 +1,484 @@
 //! Client-go style leases: the pure `decide(observed, now) -> action` and the API calls around it.
+//!
+//! We do not use `kube-leader-election`: it is pinned to kube 4 and writes leases without a
+//! resourceVersion precondition, so two nodes can both "acquire". This module follows client-go's
+//! `leaderelection` semantics instead:
+//!
+//! - **Record**: `holderIdentity`, `leaseDurationSeconds`, `acquireTime`, `renewTime`,
+//!   `leaseTransitions` of a `coordination.k8s.io/v1` Lease; MicroTimes are written with exactly
+//!   six fractional digits in UTC (`2026-11-22T07:57:14.123456Z`), as the real server requires.
+//! - **Expiry** is judged from the LOCAL instant at which the record was last seen to change,
+//!   never by comparing a remote `renewTime` with the local clock, so clock skew between nodes
+//!   does not matter ([`decide::Observed`]).
+//! - **Writes** carry resourceVersion preconditions (create → 409 AlreadyExists, update → 409
+//!   Conflict). A 409 means another writer won: we wait for the watch to show the new record and
+//!   never retry blindly.
+//! - **Watch-driven**: candidates learn of renewals, releases and deletions from a Lease watch;
+//!   expiry is a local timer. There are no polling GETs: in steady state only holders write
+//!   (one renewal per held lease per retry period) and nobody reads.
+//! - **Standing**: a holder whose last successful renewal is older than the renew deadline stops
+//!   claiming the lease ([`decide::standing`]), distinguishing an unreachable API server
+//!   (5xx, 429, timeouts, connection errors → [`Standing::Unreachable`], which the agent's sticky
+//!   mode may ride out) from a refusal or another holder (→ [`Standing::NotHolder`], yield at
+//!   once).
+//! - **Release** on shutdown clears the holder and sets `leaseDurationSeconds: 1` (client-go's
+//!   ReleaseOnCancel), so candidates take over as soon as their watch shows it.
+//!
+//! Two drivers share one engine ([`engine`]):
+//! - [`LeaderElector`]: one lease (the controller's HA), watched by `fieldSelector
+//!   metadata.name=NAME`, with `is_leader()` and a `watch::Receiver<bool>`;
+//! - [`LeaseSet`]: the agent's many leases, ONE namespace-wide label-selected watch
+//!   ([`MANAGED_BY_SELECTOR`]); the agent tells it the desired set, it reports per-lease
+//!   [`LeaseEvent`]s.
+//!
+//! ## Balance: load-bounded rendezvous ranks
+//! Every candidate orders the eligible nodes of a lease by rendezvous (highest-random-weight)
+//! hashing of (lease name, node) ([`rendezvous_rank`], [`rendezvous_score`]). Plain rendezvous
+//! only balances statistically, so [`balanced_ranks`] bounds the load: going through the leases
+//! in name order, each goes to the first node in its order still below its fair share (rounded
+//! up). Every node that knows the same desired set computes the same assignment. When a lease is
+//! free (absent or released) a candidate waits `min(rank, MAX_RANK_WAIT) × rank_step` before
+//! trying, so the preferred node takes it uncontested (no thundering herd, no 409 storm). When
+//! taking over from an expired holder, that holder is left out of the ranking (it is presumably
+//! dead), so the next node in its rendezvous order goes first.
+//!
+//! ## Events for the agent
+//! [`LeaseEvent::Acquired`] (announce), [`LeaseEvent::Lost`] (another holder / 409 / refusal:
+//! stop at once), [`LeaseEvent::Unreachable`] (renewals failed because the API server is
+//! unreachable and the renew deadline passed: sticky mode keeps announcing until another node's
+//! gratuitous ARP/NA is seen, strict mode stops; followed by `Acquired` when a renewal gets through
+//! again, or `Lost`), [`LeaseEvent::Released`] (we released it: no longer wanted, hand-over, or
+//! shutdown). Presence leases never produce events.
+//!
+//! **Rebalancing is gentle and optional** ([`EngineOptions::rebalance_after`], agent default
+//! `max(6 × lease duration, 30 s)`, `None` = never). Stability comes first: a live holder keeps a
+//! lease for at least that long, and then hands it over (releases it; the preferred node takes it
+//! at once) only if the load-bounded assignment prefers another node AND that node shows signs of
+//! life. Each agent keeps a *presence lease* (`ferrolb-node-…`, label `ferrolb.io/role=presence`,
+//! one write per retry period) so a node that holds nothing — one that just joined or restarted
+//! during a rolling update — is seen as alive. At most one hand-over per node per retry period;
+//! a hand-over the preferred node does not take is not retried for 10 × the hold time. Without
+//! this, the node that starts first (or restarts last) would keep an unfair share forever, which
+//! is how first-come elections (kube-vip #877) end up with most VIPs on one node. A hand-over costs
+//! one watch round trip without an announcer plus the new holder's gratuitous ARP/NA.
+//!
+//! ## Garbage collection
+//! A [`LeaseSet`] releases leases it no longer wants (holder cleared). A lease in its watch (this
+//! includes presence leases of nodes that went away) that
+//! nobody holds and this node does not want is deleted (with a resourceVersion precondition) once
+//! it has been free for [`engine::EngineOptions::gc_after`]; a node that still wants it will have
+//! taken it long before.
+//!
+//! ## Default timings
+//! `lease_duration 5s`, `renew_deadline 3s`, `retry_period 1s`, `rank_step 250ms`. Crash
+//! failover takes at most lease duration + rank wait (≈ 5–5.5 s), graceful failover one watch
+//! round trip (+ rank wait). The price is one write per held lease per second (1000 announced
+//! addresses ≈ 1000 writes/s across the cluster, zero reads); clusters that prefer lower API load
+//! can use Cilium's 15s/5s/2s or kube-vip's 15s/10s/2s. The renew deadline (3 s) leaves two full
+//! retry periods of margin before others may take over (5 s).
+
+pub mod client;
+pub mod decide;
+pub mod elector;
+pub mod engine;
+
+pub use client::{classify, micro_now, LeaseWriter, WriteError};
+pub use decide::{
+    decide, spec_for, standing, Action, Intent, LeaseConfig, Observed, Record, Standing,
+    WriteFailure,
+};
+pub use elector::LeaderElector;
+pub use engine::{
+    Desired, EngineOptions, EngineStats, LeaseEvent, LeaseSet, ShutdownReport, WatchScope,
+};
+
+use sha2::{Digest, Sha256};
+
+/// Label every ferrolb-managed Lease carries (and the agent's watch selects on).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "ferrolb";
+/// Label selector of the agent's Lease watch.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=ferrolb";
+/// Ranks beyond this wait no longer (bounded worst-case takeover delay in big clusters).
+pub const MAX_RANK_WAIT: usize = 8;
+
+/// Collision-free lease name for a key (the agent's canonical address set):
+/// `ferrolb-` + the first 20 hex digits (80 bits) of sha256(key).
+pub fn lease_name(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut name = String::with_capacity(8 + 20);
+    name.push_str("ferrolb-");
+    for b in digest.iter().take(10) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// Rendezvous score of `node` for `key` (higher = more preferred). Stable across processes and
+/// versions: the first 8 bytes of sha256(key NUL node), big endian.
+pub fn rendezvous_score(key: &str, node: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0u8]);
+    h.update(node.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Rank of `me` among `nodes` for `key`: 0 = most preferred. Duplicates in `nodes` are ignored;
+/// if `me` is not in `nodes` it ranks after all of them. Ties (astronomically unlikely) break by
+/// node name.
+pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
+    let my = (rendezvous_score(key, me), me);
+    let others: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != me)
+        .collect();
+    if others.len()
+        == nodes
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    {
+        // `me` is not a candidate: after everyone.
+        return others.len();
+    }
+    others
+        .iter()
+        .filter(|n| (rendezvous_score(key, n), **n) > my)
+        .count()
+}
+
+/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// For clap: `#[arg(long, value_parser = ferrolb::lease::parse_duration)]`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 15s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Label marking a node's presence lease (value [`ROLE_PRESENCE`]).
+pub const LABEL_ROLE: &str = "ferrolb.io/role";
+/// Value of [`LABEL_ROLE`] on presence leases.
+pub const ROLE_PRESENCE: &str = "presence";
+/// Annotation: the node a presence lease belongs to.
+pub const ANN_NODE: &str = "ferrolb.io/node";
+
+/// Name of a node's presence lease: `ferrolb-node-` + 16 hex digits of sha256(node).
+pub fn presence_name(node: &str) -> String {
+    let digest = Sha256::digest(node.as_bytes());
+    let mut name = String::from("ferrolb-node-");
+    for b in digest.iter().take(8) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// Label: how many Services a lease serves.
+pub const LABEL_SERVICE_COUNT: &str = "ferrolb.io/service-count";
+/// Label: namespace of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAMESPACE: &str = "ferrolb.io/service-namespace";
+/// Label: name of the Service a lease serves (only when it serves exactly one).
+pub const LABEL_SERVICE_NAME: &str = "ferrolb.io/service-name";
+/// Annotation: every `namespace/name` a lease serves, comma-separated, sorted.
+pub const ANN_SERVICES: &str = "ferrolb.io/services";
+/// Annotation: the addresses a lease stands for (the lease key), as given.
+pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
+
+/// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
+/// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
+/// into annotations.
+pub fn describe(
+    key: &str,
+    services: &[String],
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
+    svcs.sort_unstable();
+    svcs.dedup();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string());
+    if let [one] = svcs.as_slice() {
+        if let Some((ns, name)) = one.split_once('/') {
+            // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
+            if is_label_value(ns) && is_label_value(name) {
+                labels.insert(LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string());
+                labels.insert(LABEL_SERVICE_NAME.to_string(), name.to_string());
+            }
+        }
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(ANN_SERVICES.to_string(), svcs.join(","));
+    annotations.insert(ANN_ADDRESSES.to_string(), key.to_string());
+    (labels, annotations)
+}
+
+/// Is `v` a valid Kubernetes label value?
+pub fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+}
+
+/// Load-bounded rendezvous ranks of `me` for a set of leases (name → eligible nodes).
+///
+/// Plain rendezvous hashing spreads addresses only statistically (with 100 addresses on 3 nodes
+/// the busiest node often gets 40+). Here every lease, in name order, goes to the first node in
+/// its rendezvous order whose load is still below its fair share (rounded up; the fair share of a
+/// node is the sum of `1 / candidates` over the leases it is eligible for); the rest keep their
+/// rendezvous order. Every node that knows the same set computes the same assignment, so the
+/// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
+/// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
+/// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
+/// candidate list ranks everyone 0 (no ordering).
+pub fn balanced_ranks(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, usize> {
+    balanced_assignment(me, leases)
+        .into_iter()
+        .map(|(k, (rank, _))| (k, rank))
+        .collect()
+}
+
+/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
+pub fn balanced_assignment(
+    me: &str,
+    leases: &std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let mut share: HashMap<&str, f64> = HashMap::new();
+    let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, cands) in leases {
+        let set: BTreeSet<&str> = cands.iter().map(String::as_str).collect();
+        if set.is_empty() {
+            continue;
+        }
+        let w = 1.0 / set.len() as f64;
+        for n in &set {
+            *share.entry(n).or_default() += w;
+        }
+        let mut order: Vec<&str> = set.into_iter().collect();
+        order.sort_by_cached_key(|n| std::cmp::Reverse((rendezvous_score(name, n), *n)));
+        orders.insert(name.as_str(), order);
+    }
+    let cap: HashMap<&str, usize> = share
+        .iter()
+        .map(|(n, s)| (*n, (s - 1e-9).ceil().max(1.0) as usize))
+        .collect();
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (name, cands) in leases {
+        let Some(order) = orders.get(name.as_str()) else {
+            out.insert(name.clone(), (0, None));
+            continue;
+        };
+        let chosen = order
+            .iter()
+            .copied()
+            .find(|n| load.get(n).copied().unwrap_or(0) < cap.get(n).copied().unwrap_or(1))
+            .unwrap_or(order[0]);
+        *load.entry(chosen).or_default() += 1;
+        let rank = if chosen == me {
+            0
+        } else {
+            match order
+                .iter()
+                .filter(|n| **n != chosen)
+                .position(|n| *n == me)
+            {
+                Some(p) => p + 1,
+                None => cands.len(),
+            }
+        };
+        out.insert(name.clone(), (rank, Some(chosen.to_string())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_hashed_and_distinct() {
+        // Cilium's `ns-name` concatenation collides for these; hashes do not.
+        let a = lease_name("foo/bar-baz");
+        let b = lease_name("foo-bar/baz");
+        assert_ne!(a, b);
+        assert!(a.starts_with("ferrolb-"));
+        assert_eq!(a.len(), 28);
+        assert!(a[8..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, lease_name("foo/bar-baz"), "deterministic");
+        let names: std::collections::BTreeSet<_> = (0..10_000)
+            .map(|i| lease_name(&format!("198.51.100.{i}")))
+            .collect();
+        assert_eq!(names.len(), 10_000);
+    }
+
+    #[test]
+    fn ranks_are_a_permutation() {
+        let nodes: Vec<String> = (0..7).map(|i| format!("node-{i}")).collect();
+        for key in ["a", "b", "198.51.100.7"] {
+            let mut ranks: Vec<usize> = nodes
+                .iter()
+                .map(|n| rendezvous_rank(key, n, &nodes))
+                .collect();
+            ranks.sort();
+            assert_eq!(ranks, (0..7).collect::<Vec<_>>(), "{key}");
+        }
+        assert_eq!(rendezvous_rank("a", "stranger", &nodes), 7);
+        let dup = vec!["x".to_string(), "x".to_string(), "y".to_string()];
+        assert!(rendezvous_rank("k", "y", &dup) <= 1);
+    }
+
+    #[test]
+    fn rank_zero_spreads_evenly() {
+        let nodes: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+        let mut count = [0usize; 3];
+        for i in 0..3000 {
+            let key = lease_name(&format!("198.51.100.{i}"));
+            let first = nodes
+                .iter()
+                .position(|n| rendezvous_rank(&key, n, &nodes) == 0)
+                .unwrap();
+            count[first] += 1;
+        }
+        for c in count {
+            assert!((900..=1100).contains(&c), "{count:?}");
+        }
+    }
+
+    #[test]
+    fn removing_a_node_only_moves_its_keys() {
+        let nodes: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
+        let fewer: Vec<String> = nodes[..3].to_vec();
+        for i in 0..500 {
+            let key = format!("k{i}");
+            let winner = |set: &[String]| {
+                set.iter()
+                    .find(|n| rendezvous_rank(&key, n, set) == 0)
+                    .cloned()
+                    .unwrap()
+            };
+            let w = winner(&nodes);
+            if w != "n3" {
+                assert_eq!(winner(&fewer), w);
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_ranks_bound_the_load() {
+        use std::collections::BTreeMap;
+        for count in [10usize, 100, 200, 1000] {
+            for n_nodes in [2usize, 3, 5] {
+                let nodes: Vec<String> = (0..n_nodes).map(|i| format!("node-{i}")).collect();
+                let leases: BTreeMap<String, Vec<String>> = (0..count)
+                    .map(|i| (lease_name(&format!("198.51.100.{i}")), nodes.clone()))
+                    .collect();
+                let per_node: Vec<BTreeMap<String, usize>> =
+                    nodes.iter().map(|n| balanced_ranks(n, &leases)).collect();
+                let mut load = vec![0usize; n_nodes];
+                for name in leases.keys() {
+                    // ranks form a permutation: exactly one node ranks 0 for every lease
+                    let mut ranks: Vec<usize> = per_node.iter().map(|r| r[name]).collect();
+                    let first = ranks.iter().position(|r| *r == 0).unwrap();
+                    load[first] += 1;
+                    ranks.sort();
+                    assert_eq!(ranks, (0..n_nodes).collect::<Vec<_>>(), "{name}");
+                }
+                let mean = count as f64 / n_nodes as f64;
+                let max = *load.iter().max().unwrap() as f64;
+                assert!(max <= mean.ceil(), "{count}/{n_nodes}: {load:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_ranks_with_uneven_eligibility() {
+        use std::collections::BTreeMap;
+        // 60 leases for all of a,b,c; 60 more only for a,b: c should get ~20, a and b ~50.
+        let all: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = all[..2].to_vec();
+        let mut leases = BTreeMap::new();
+        for i in 0..120 {
+            let c = if i < 60 { all.clone() } else { two.clone() };
+            leases.insert(lease_name(&format!("k{i}")), c);
+        }
+        let mut load = BTreeMap::new();
+        for me in &all {
+            let r = balanced_ranks(me, &leases);
+            *load.entry(me.clone()).or_insert(0) += r.values().filter(|v| **v == 0).count();
+        }
+        assert_eq!(load.values().sum::<usize>(), 120, "{load:?}");
+        assert!(
+            load["c"] <= 20 && load["a"] <= 50 && load["b"] <= 50,
+            "{load:?}"
+        );
+        // Not a candidate: last.
+        let r = balanced_ranks("zz", &leases);
+        assert!(r.values().all(|v| *v >= 2));
+    }
+
+    #[test]
+    fn describe_keeps_labels_valid() {
+        let (l, a) = describe("198.51.100.7", &["demo/web".into(), "demo/web".into()]);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "1");
+        assert_eq!(l[LABEL_SERVICE_NAME], "web");
+        assert_eq!(l[LABEL_SERVICE_NAMESPACE], "demo");
+        assert_eq!(a[ANN_SERVICES], "demo/web");
+        let many: Vec<String> = (0..40).map(|i| format!("team-{i}/dns-{i}")).collect();
+        let (l, a) = describe("198.51.100.8", &many);
+        assert_eq!(l[LABEL_SERVICE_COUNT], "40");
+        assert!(!l.contains_key(LABEL_SERVICE_NAME));
+        assert!(l.values().all(|v| is_label_value(v)));
+        assert_eq!(a[ANN_SERVICES].split(',').count(), 40);
+        assert!(!is_label_value(&"x".repeat(64)));
+        assert!(!is_label_value("a/b"));
+        assert!(is_label_value("a.b-c_d"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "5x", "-1s", "1e400s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Kubernetes Events (`events.k8s.io/v1`) about Services and pools.
+//!
+//! Every Event carries what the real API server's validation requires (golden transcripts 73–75):
+//! `eventTime` (a MicroTime, always 6 fractional digits), `reportingController`
+//! (`ferrolb.io/controller`), `reportingInstance` (this replica's identity), `action`, `reason`,
+//! a valid `type` (`Normal`/`Warning`), plus `regarding` and a `note` of at most 1 kB.
+//! Events about cluster-scoped pools go to the `default` namespace, as Kubernetes does.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::Client;
+
+use super::Result;
+
+/// Event reasons used by the controller.
+pub mod reason {
+    pub const IP_ALLOCATED: &str = "IPAllocated";
+    pub const IP_RELEASED: &str = "IPReleased";
+    pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+    pub const POOL_CONFLICT: &str = "PoolConflict";
+    pub const POOL_EXHAUSTED: &str = "PoolExhausted";
+    pub const POOL_INVALID: &str = "InvalidBlocks";
+    pub const POOL_INVALID_SELECTOR: &str = "InvalidSelector";
+}
+
+/// Event actions (what the controller did or tried).
+pub mod action {
+    pub const ALLOCATE: &str = "AllocateIP";
+    pub const RELEASE: &str = "ReleaseIP";
+    pub const CHECK_POOL: &str = "CheckPool";
+}
+
+/// `Normal` or `Warning`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// An event to publish, before it is turned into the API object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// Longest `note` the API server accepts (1 kB).
+const MAX_NOTE: usize = 1024;
+/// Longest object name (DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// Builds the `events.k8s.io/v1` Event object for `spec` about `regarding`.
+/// `now` is taken as a parameter so tests can check the exact shape.
+pub fn build_event(
+    regarding: &ObjectReference,
+    spec: &EventSpec,
+    reporting_instance: &str,
+    now: jiff::Timestamp,
+    unique: u64,
+) -> Event {
+    let ns = regarding
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let base = regarding.name.clone().unwrap_or_else(|| "object".into());
+    let suffix = format!(".{:016x}", unique);
+    let mut name_base: String = base;
+    if name_base.len() + suffix.len() > MAX_NAME {
+        let mut cut = MAX_NAME - suffix.len();
+        while !name_base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name_base.truncate(cut);
+    }
+    let mut note = spec.note.clone();
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    // reportingInstance is limited to 128 characters by the API server.
+    let mut instance = reporting_instance.to_string();
+    if instance.len() > 128 {
+        let mut cut = 128;
+        while !instance.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        instance.truncate(cut);
+    }
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name_base}{suffix}")),
+            namespace: Some(ns),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        reporting_controller: Some(crate::api::CONTROLLER_NAME.to_string()),
+        reporting_instance: Some(instance),
+        action: Some(spec.action.to_string()),
+        reason: Some(spec.reason.to_string()),
+        regarding: Some(regarding.clone()),
+        note: Some(note),
+        type_: Some(spec.type_.as_str().to_string()),
+        ..Default::default()
+    }
+}
+
+/// Publishes Events through the API. Failures are returned to the caller, which logs and
+/// counts them; an Event that could not be written never blocks a status write.
+#[derive(Clone)]
+pub struct Recorder {
+    client: Client,
+    instance: String,
+    seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Recorder {
+    pub fn new(client: Client, instance: &str) -> Self {
+        // Seed the per-process counter from the clock so two replicas (or a restarted one)
+        // don't produce the same Event names.
+        let seed = jiff::Timestamp::now().as_nanosecond() as u64;
+        Recorder {
+            client,
+            instance: instance.to_string(),
+            seq: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(seed)),
+        }
+    }
+
+    /// Creates one Event about `regarding`.
+    pub async fn publish(&self, regarding: &ObjectReference, spec: &EventSpec) -> Result<()> {
+        let unique = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ev = build_event(
+            regarding,
+            spec,
+            &self.instance,
+            jiff::Timestamp::now(),
+            unique,
+        );
+        let ns = ev.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        api.create(&PostParams::default(), &ev).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc_ref() -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some("demo".into()),
+            name: Some("api".into()),
+            uid: Some("dc4d3cab-de71-4c19-93b5-0cbff19e60fe".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn event_has_every_field_the_server_requires() {
+        let now: jiff::Timestamp = "2026-11-22T07:57:47.246813Z".parse().expect("ts");
+        let spec = EventSpec {
+            type_: EventType::Normal,
+            reason: reason::IP_ALLOCATED,
+            action: action::ALLOCATE,
+            note: "Assigned 198.51.100.10 from pool pool-a".into(),
+        };
+        let ev = build_event(&svc_ref(), &spec, "ferrolb-controller-node-a", now, 0x18ea);
+        let v = serde_json::to_value(&ev).expect("json");
+        // The fields golden 74 lists as required, in the shape golden 75 accepted.
+        assert_eq!(v["eventTime"], "2026-11-22T07:57:47.246813Z");
+        assert_eq!(v["reportingController"], "ferrolb.io/controller");
+        assert_eq!(v["reportingInstance"], "ferrolb-controller-node-a");
+        assert_eq!(v["action"], "AllocateIP");
+        assert_eq!(v["reason"], "IPAllocated");
+        assert_eq!(v["type"], "Normal");
+        assert_eq!(v["regarding"]["kind"], "Service");
+        assert_eq!(v["metadata"]["namespace"], "demo");
+        assert_eq!(v["metadata"]["name"], "api.00000000000018ea");
+    }
+
+    #[test]
+    fn microtime_keeps_six_digits_even_on_whole_seconds() {
+        let now: jiff::Timestamp = "2026-11-22T07:57:47Z".parse().expect("ts");
+        let spec = EventSpec {
+            type_: EventType::Warning,
+            reason: reason::ALLOCATION_FAILED,
+            action: action::ALLOCATE,
+            note: "x".repeat(5000),
+        };
+        let ev = build_event(&svc_ref(), &spec, &"i".repeat(300), now, 1);
+        let v = serde_json::to_value(&ev).expect("json");
+        assert_eq!(v["eventTime"], "2026-11-22T07:57:47.000000Z");
+        assert!(v["note"].as_str().map(|s| s.len() <= 1024).unwrap_or(false));
+        assert!(v["reportingInstance"]
+            .as_str()
+            .map(|s| s.len() <= 128)
+            .unwrap_or(false));
+        assert_eq!(v["type"], "Warning");
+    }
+
+    #[test]
+    fn cluster_scoped_objects_report_into_default_namespace() {
+        let pool = ObjectReference {
+            api_version: Some("ferrolb.io/v1alpha1".into()),
+            kind: Some("LoadBalancerIPPool".into()),
+            name: Some("p".repeat(253)),
+            ..Default::default()
+        };
+        let spec = EventSpec {
+            type_: EventType::Warning,
+            reason: reason::POOL_CONFLICT,
+            action: action::CHECK_POOL,
+            note: "overlaps pool-a".into(),
+        };
+        let ev = build_event(&pool, &spec, "c", jiff::Timestamp::UNIX_EPOCH, 7);
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("default"));
+        let name = ev.metadata.name.unwrap_or_default();
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(name.ends_with(".0000000000000007"));
+    }
+}

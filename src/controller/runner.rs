@@ -1,0 +1,653 @@
+//! The async half of the controller: watches feed the [`State`] machine, leader election gates
+//! the writes, writes carry resourceVersion preconditions, Events and metrics follow the writes.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::Recorder;
+use super::state::{PoolWrite, ServiceKey, ServiceWrite, State};
+use super::{Error, Metrics, Result};
+use crate::api::LoadBalancerIPPool;
+use crate::telemetry::Health;
+
+/// Lease timings of the controller's leader election (client-go semantics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTimings {
+    /// How long a Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// The holder stops acting as leader when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// Interval between renewal / acquisition attempts.
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseTimings {
+    fn default() -> Self {
+        LeaseTimings {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LeaseTimings {
+    /// client-go's rules: duration > renew deadline > 1.2 × retry period, all non-zero.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.retry_period.is_zero() {
+            return Err("retry period must be > 0".into());
+        }
+        if self.lease_duration <= self.renew_deadline {
+            return Err(format!(
+                "lease duration ({:?}) must be longer than the renew deadline ({:?})",
+                self.lease_duration, self.renew_deadline
+            ));
+        }
+        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
+            return Err(format!(
+                "renew deadline ({:?}) must be longer than 1.2 × retry period ({:?})",
+                self.renew_deadline, self.retry_period
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of one controller replica.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Holder identity in the Lease; reportingInstance of Events.
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub lease: LeaseTimings,
+    /// Serve Services without a loadBalancerClass.
+    pub default_class: bool,
+    /// Also serve `io.cilium/l2-announcer`.
+    pub serve_cilium_class: bool,
+}
+
+impl ControllerConfig {
+    /// A configuration with the documented defaults and the given identity.
+    pub fn new(identity: &str) -> Self {
+        ControllerConfig {
+            identity: identity.to_string(),
+            lease_name: "ferrolb-controller".into(),
+            lease_namespace: "ferrolb-system".into(),
+            lease: LeaseTimings::default(),
+            default_class: true,
+            serve_cilium_class: false,
+        }
+    }
+}
+
+/// Everything the controller needs, passed around (kube-rs controller-rs style).
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub config: Arc<ControllerConfig>,
+    pub metrics: Metrics,
+    /// `/readyz` turns ready after the initial lists of Services and pools.
+    pub health: Health,
+    /// Cancel to stop the controller (it releases the Lease on the way out).
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(client: Client, config: ControllerConfig, metrics: Metrics) -> Self {
+        Context {
+            client,
+            config: Arc::new(config),
+            metrics,
+            health: Health::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+type WatchStream<K> =
+    Pin<Box<dyn Stream<Item = std::result::Result<Event<K>, watcher::Error>> + Send>>;
+
+/// The two watches, with the buffers that make a (re)list atomic.
+struct Feeds {
+    services: WatchStream<Service>,
+    pools: WatchStream<LoadBalancerIPPool>,
+    svc_buf: Option<Vec<Service>>,
+    pool_buf: Option<Vec<LoadBalancerIPPool>>,
+    svc_synced: bool,
+    pool_synced: bool,
+}
+
+impl Feeds {
+    fn start(client: &Client) -> Self {
+        let services = watcher::watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
+        let pools = watcher::watcher(
+            Api::<LoadBalancerIPPool>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
+        Feeds {
+            services,
+            pools,
+            svc_buf: None,
+            pool_buf: None,
+            svc_synced: false,
+            pool_synced: false,
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.svc_synced && self.pool_synced
+    }
+}
+
+/// Retry bookkeeping for writes that failed for reasons other than a conflict (API down, 5xx).
+#[derive(Default)]
+struct Retries {
+    services: BTreeMap<ServiceKey, (Instant, u32)>,
+    pools: BTreeMap<String, (Instant, u32)>,
+}
+
+impl Retries {
+    fn backoff(attempt: u32) -> Duration {
+        let ms = 200u64.saturating_mul(1u64 << attempt.min(8));
+        Duration::from_millis(ms.min(30_000))
+    }
+
+    fn schedule_service(&mut self, key: ServiceKey) {
+        let attempt = self.services.get(&key).map(|(_, a)| *a + 1).unwrap_or(0);
+        self.services
+            .insert(key, (Instant::now() + Self::backoff(attempt), attempt));
+    }
+
+    fn schedule_pool(&mut self, name: String) {
+        let attempt = self.pools.get(&name).map(|(_, a)| *a + 1).unwrap_or(0);
+        self.pools
+            .insert(name, (Instant::now() + Self::backoff(attempt), attempt));
+    }
+
+    fn schedule_service_at(&mut self, key: ServiceKey, at: Instant) {
+        let attempt = self.services.get(&key).map(|(_, a)| *a).unwrap_or(0);
+        self.services.insert(key, (at, attempt));
+    }
+
+    fn schedule_pool_at(&mut self, name: String, at: Instant) {
+        let attempt = self.pools.get(&name).map(|(_, a)| *a).unwrap_or(0);
+        self.pools.insert(name, (at, attempt));
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .chain(self.pools.values())
+            .map(|(t, _)| *t)
+            .min()
+    }
+
+    /// Marks every due retry dirty in `state` (the attempt count is kept until a write succeeds).
+    fn fire(&mut self, state: &mut State) {
+        let now = Instant::now();
+        for (k, (t, _)) in self.services.iter_mut() {
+            if *t <= now {
+                state.mark_service_dirty(k.clone());
+                *t = now + Duration::from_secs(3600);
+            }
+        }
+        for (k, (t, _)) in self.pools.iter_mut() {
+            if *t <= now {
+                state.mark_pool_dirty(k.clone());
+                *t = now + Duration::from_secs(3600);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.services.clear();
+        self.pools.clear();
+    }
+}
+
+/// The controller. See the module docs of [`crate::controller`].
+pub struct Controller;
+
+impl Controller {
+    /// Runs until `ctx.shutdown` is cancelled. Returns an error only for unrecoverable
+    /// problems (leader election could not start); API errors are retried.
+    pub async fn run(ctx: Context) -> Result<()> {
+        let cfg = ctx.config.clone();
+        let mut election = super::leadership::Leadership::start(&ctx)?;
+        let mut state = State::new(super::state::Options {
+            default_class: cfg.default_class,
+            serve_cilium_class: cfg.serve_cilium_class,
+        });
+        let recorder = Recorder::new(ctx.client.clone(), &cfg.identity);
+        let mut feeds = Feeds::start(&ctx.client);
+        let mut retries = Retries::default();
+        let mut leading = false;
+        let mut pool_due: Option<Instant> = None;
+        tracing::info!(identity = %cfg.identity, lease = %format!("{}/{}", cfg.lease_namespace, cfg.lease_name), "controller starting");
+
+        loop {
+            // Leadership changes take effect before anything else.
+            let now_leading = election.is_leader();
+            if now_leading != leading {
+                leading = now_leading;
+                ctx.metrics.is_leader.set(i64::from(leading));
+                state.deactivate();
+                if !leading {
+                    // Gauges only the active replica can know.
+                    ctx.metrics.pool_ips.reset();
+                    ctx.metrics.unsatisfied.set(0);
+                }
+                retries.clear();
+                if leading {
+                    // Rebuild from fresh lists (a consistent read), never from a cache that may
+                    // not yet show the previous leader's last writes.
+                    tracing::info!("became leader: relisting Services and pools before any write");
+                    feeds = Feeds::start(&ctx.client);
+                } else {
+                    tracing::warn!("not the leader (any more): writes stopped");
+                }
+            }
+            if leading && !state.is_active() && feeds.synced() {
+                let n = state.activate();
+                tracing::info!(services = n, "state rebuilt: existing allocations adopted");
+            }
+            if leading && state.is_active() {
+                flush_services(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                if state.has_dirty_pools() {
+                    let due = *pool_due.get_or_insert_with(|| Instant::now() + POOL_DEBOUNCE);
+                    if due <= Instant::now() {
+                        pool_due = None;
+                        flush_pools(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                    }
+                }
+            } else {
+                pool_due = None;
+            }
+            update_gauges(&ctx.metrics, &mut state);
+
+            let next_retry = retries.next_due();
+            // Writes left over (conflict rounds exhausted, leadership flapped): come back soon.
+            let wake_soon = leading && state.is_active() && state.has_dirty_services();
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            // Not `biased`: a burst of Service events must not starve the pool watch.
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => break,
+                _ = election.changed() => {}
+                ev = feeds.services.next() => match ev {
+                    Some(Ok(ev)) => on_service_event(&mut state, &mut feeds, ev),
+                    Some(Err(e)) => {
+                        ctx.metrics.reconcile_errors.with_label_values(&["watch_services"]).inc();
+                        tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
+                    }
+                    None => return Err(Error::WatchEnded("services")),
+                },
+                ev = feeds.pools.next() => match ev {
+                    Some(Ok(ev)) => on_pool_event(&mut state, &mut feeds, ev),
+                    Some(Err(e)) => {
+                        ctx.metrics.reconcile_errors.with_label_values(&["watch_pools"]).inc();
+                        tracing::warn!(error = %e, "watching LoadBalancerIPPools failed (is the CRD installed?); retrying with backoff");
+                    }
+                    None => return Err(Error::WatchEnded("loadbalancerippools")),
+                },
+                _ = sleep_until_opt(next_retry) => retries.fire(&mut state),
+                _ = sleep_until_opt(pool_due) => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)), if wake_soon => {}
+            }
+            if feeds.synced() && !ctx.health.is_ready() {
+                ctx.health.set_ready(true);
+                ctx.metrics.ready.set(1);
+                tracing::info!("initial lists received: ready");
+            }
+        }
+        ctx.metrics.is_leader.set(0);
+        election.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<Service>) {
+    match ev {
+        Event::Init => feeds.svc_buf = Some(Vec::new()),
+        Event::InitApply(s) => feeds.svc_buf.get_or_insert_with(Vec::new).push(s),
+        Event::InitDone => {
+            let list = feeds.svc_buf.take().unwrap_or_default();
+            state.replace_services(list);
+            feeds.svc_synced = true;
+        }
+        Event::Apply(s) => state.service_event(s),
+        Event::Delete(s) => state.delete_service(&s),
+    }
+}
+
+fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPPool>) {
+    match ev {
+        Event::Init => feeds.pool_buf = Some(Vec::new()),
+        Event::InitApply(p) => feeds.pool_buf.get_or_insert_with(Vec::new).push(p),
+        Event::InitDone => {
+            let list = feeds.pool_buf.take().unwrap_or_default();
+            state.replace_pools(list);
+            feeds.pool_synced = true;
+        }
+        Event::Apply(p) => state.pool_event(p),
+        Event::Delete(p) => state.delete_pool(&p),
+    }
+}
+
+fn update_gauges(metrics: &Metrics, state: &mut State) {
+    for name in state.removed_pools_for_metrics() {
+        metrics.remove_pool(&name);
+    }
+    if !state.is_active() {
+        return;
+    }
+    metrics.unsatisfied.set(state.unsatisfied_count() as i64);
+    for (name, c) in state.pool_counts() {
+        metrics.set_pool(&name, c.total, c.used, c.available);
+    }
+}
+
+/// How many times one object is refetched after 409s within one flush.
+const MAX_CONFLICT_ROUNDS: usize = 5;
+
+/// Pool status writes are coalesced: counts change with every allocation, one write per pool
+/// after a burst is enough.
+const POOL_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Performs every Service write the state machine asks for, while (and only while) leading.
+async fn flush_services(
+    ctx: &Context,
+    state: &mut State,
+    recorder: &Recorder,
+    election: &super::leadership::Leadership,
+    retries: &mut Retries,
+) {
+    for _round in 0..MAX_CONFLICT_ROUNDS {
+        let svcs = state.take_dirty_services();
+        if svcs.is_empty() {
+            return;
+        }
+        for key in svcs {
+            if !election.is_leader() || ctx.shutdown.is_cancelled() {
+                state.mark_service_dirty(key);
+                continue;
+            }
+            if let Some(until) = state.service_pending_until(&key) {
+                // The watch has not shown our last write yet: what we would compute now is
+                // based on an older version. Its event re-marks the Service; the retry is a
+                // safety net in case that event never comes.
+                retries.schedule_service_at(key, until.into());
+                continue;
+            }
+            let Some(w) = state.service_write(&key) else {
+                retries.services.remove(&key);
+                continue;
+            };
+            let based_on = state.service_rv(&key);
+            match write_service(ctx, &w).await {
+                Ok(updated) => {
+                    retries.services.remove(&key);
+                    ctx.metrics.write("services", "ok");
+                    ctx.metrics.allocations.inc_by(w.added.len() as u64);
+                    ctx.metrics.releases.inc_by(w.removed.len() as u64);
+                    if let Some(r) = &w.failed_reason {
+                        ctx.metrics
+                            .allocation_failures
+                            .with_label_values(&[r])
+                            .inc();
+                    }
+                    state.note_service_version(
+                        &key,
+                        based_on.as_deref(),
+                        updated.metadata.resource_version.as_deref(),
+                    );
+                    state.apply_service(updated);
+                    // The server's answer must show what we wrote; if it does not (a field the
+                    // server drops or rewrites), don't write again and again: say so instead.
+                    if state.service_write(&key).is_some() {
+                        state.forget_dirty_service(&key);
+                        ctx.metrics
+                            .reconcile_errors
+                            .with_label_values(&["status_not_converging"])
+                            .inc();
+                        tracing::error!(service = %key, "Service status still differs right after a successful write; not retrying until the Service changes");
+                    }
+                    for ev in &w.events {
+                        if let Err(e) = recorder.publish(&w.regarding, ev).await {
+                            ctx.metrics.write("events", "error");
+                            tracing::warn!(error = %e, service = %key, reason = ev.reason, "could not publish Event");
+                        } else {
+                            ctx.metrics.write("events", "ok");
+                        }
+                    }
+                }
+                Err(e) if e.is_conflict() || e.is_not_found() => {
+                    ctx.metrics.write("services", "conflict");
+                    tracing::debug!(service = %key, error = %e, "Service changed or vanished under the write: re-reading");
+                    refetch_service(ctx, state, &key, retries).await;
+                }
+                Err(e) => {
+                    ctx.metrics.write("services", "error");
+                    ctx.metrics
+                        .reconcile_errors
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                    tracing::warn!(error = %e, service = %key, "Service status write failed; will retry");
+                    retries.schedule_service(key);
+                }
+            }
+        }
+    }
+}
+
+/// Performs every pool status write the state machine asks for, while leading.
+async fn flush_pools(
+    ctx: &Context,
+    state: &mut State,
+    recorder: &Recorder,
+    election: &super::leadership::Leadership,
+    retries: &mut Retries,
+) {
+    for _round in 0..MAX_CONFLICT_ROUNDS {
+        let pools = state.take_dirty_pools();
+        if pools.is_empty() {
+            return;
+        }
+        for name in pools {
+            if !election.is_leader() || ctx.shutdown.is_cancelled() {
+                state.mark_pool_dirty(name);
+                continue;
+            }
+            if let Some(until) = state.pool_pending_until(&name) {
+                retries.schedule_pool_at(name, until.into());
+                continue;
+            }
+            let Some(w) = state.pool_write(&name) else {
+                retries.pools.remove(&name);
+                continue;
+            };
+            let based_on = state.pool_rv(&name);
+            match write_pool(ctx, &w).await {
+                Ok(updated) => {
+                    retries.pools.remove(&name);
+                    ctx.metrics.write("loadbalancerippools", "ok");
+                    state.note_pool_version(
+                        &name,
+                        based_on.as_deref(),
+                        updated.metadata.resource_version.as_deref(),
+                    );
+                    state.apply_pool(updated);
+                    if state.pool_write(&name).is_some() {
+                        state.forget_dirty_pool(&name);
+                        ctx.metrics
+                            .reconcile_errors
+                            .with_label_values(&["status_not_converging"])
+                            .inc();
+                        tracing::error!(pool = %name, "pool status still differs right after a successful write; not retrying until the pool changes");
+                    }
+                    for ev in &w.events {
+                        if let Err(e) = recorder.publish(&w.regarding, ev).await {
+                            ctx.metrics.write("events", "error");
+                            tracing::warn!(error = %e, pool = %name, reason = ev.reason, "could not publish Event");
+                        } else {
+                            ctx.metrics.write("events", "ok");
+                        }
+                    }
+                }
+                Err(e) if e.is_conflict() || e.is_not_found() => {
+                    ctx.metrics.write("loadbalancerippools", "conflict");
+                    refetch_pool(ctx, state, &name, retries).await;
+                }
+                Err(e) => {
+                    ctx.metrics.write("loadbalancerippools", "error");
+                    ctx.metrics
+                        .reconcile_errors
+                        .with_label_values(&[e.metric_label()])
+                        .inc();
+                    tracing::warn!(error = %e, pool = %name, "pool status write failed; will retry");
+                    retries.schedule_pool(name);
+                }
+            }
+        }
+    }
+}
+
+async fn write_service(ctx: &Context, w: &ServiceWrite) -> Result<Service> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &w.key.namespace);
+    let pp = PatchParams {
+        field_manager: Some(crate::api::CONTROLLER_NAME.replace('/', "-")),
+        ..Default::default()
+    };
+    Ok(api
+        .patch_status(&w.key.name, &pp, &Patch::Merge(&w.patch))
+        .await?)
+}
+
+async fn write_pool(ctx: &Context, w: &PoolWrite) -> Result<LoadBalancerIPPool> {
+    let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
+    let pp = PatchParams {
+        field_manager: Some(crate::api::CONTROLLER_NAME.replace('/', "-")),
+        ..Default::default()
+    };
+    Ok(api
+        .patch_status(&w.name, &pp, &Patch::Merge(&w.patch))
+        .await?)
+}
+
+/// After a 409: read the current object and let the state machine re-evaluate it.
+async fn refetch_service(
+    ctx: &Context,
+    state: &mut State,
+    key: &ServiceKey,
+    retries: &mut Retries,
+) {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.get_opt(&key.name).await {
+        Ok(Some(svc)) => {
+            let cached = state.service_rv(key);
+            state.note_service_version(
+                key,
+                cached.as_deref(),
+                svc.metadata.resource_version.as_deref(),
+            );
+            state.apply_service(svc);
+            state.mark_service_dirty(key.clone());
+        }
+        Ok(None) => state.delete_service_key(key),
+        Err(e) => {
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&["refetch"])
+                .inc();
+            tracing::warn!(error = %e, service = %key, "refetch after conflict failed; will retry");
+            retries.schedule_service(key.clone());
+        }
+    }
+}
+
+async fn refetch_pool(ctx: &Context, state: &mut State, name: &str, retries: &mut Retries) {
+    let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
+    match api.get_opt(name).await {
+        Ok(Some(p)) => {
+            let cached = state.pool_rv(name);
+            state.note_pool_version(
+                name,
+                cached.as_deref(),
+                p.metadata.resource_version.as_deref(),
+            );
+            state.apply_pool(p);
+            state.mark_pool_dirty(name.to_string());
+        }
+        Ok(None) => state.delete_pool_name(name),
+        Err(e) => {
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&["refetch"])
+                .inc();
+            tracing::warn!(error = %e, pool = %name, "refetch after conflict failed; will retry");
+            retries.schedule_pool(name.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_timings_follow_client_go_rules() {
+        assert!(LeaseTimings::default().validate().is_ok());
+        let bad = LeaseTimings {
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        assert!(bad.validate().is_err());
+        let bad = LeaseTimings {
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_secs(2),
+        };
+        assert!(bad.validate().is_err());
+        let bad = LeaseTimings {
+            retry_period: Duration::ZERO,
+            ..LeaseTimings::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn retry_backoff_grows_and_is_capped() {
+        assert_eq!(Retries::backoff(0), Duration::from_millis(200));
+        assert_eq!(Retries::backoff(1), Duration::from_millis(400));
+        assert!(Retries::backoff(5) > Retries::backoff(4));
+        assert_eq!(Retries::backoff(30), Duration::from_secs(30));
+    }
+}

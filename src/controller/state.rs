@@ -1,0 +1,1214 @@
+//! The controller's synchronous state machine (linkerd policy-controller style).
+//!
+//! It is fed watch events (Services, LoadBalancerIPPools), keeps the latest object of each and,
+//! while *active* (leading, after the initial lists), the allocator (`crate::ipam::Allocator`).
+//! It answers, without I/O, which writes are needed: [`State::take_dirty`] lists the objects to
+//! look at and [`State::service_write`] / [`State::pool_write`] compute the minimal merge patch
+//! (with the resourceVersion precondition), the Events and the metric deltas, or `None` when the
+//! object already shows the desired state.
+//!
+//! Activation ([`State::activate`]) is the restart/takeover path: all pools are loaded, then
+//! **every** Service of ours re-adopts the addresses in its `status.loadBalancer.ingress`, and only
+//! then are Services ensured (new allocations) — so nothing is reshuffled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use super::events::{action, reason, EventSpec, EventType};
+use super::status::{
+    has_our_condition, ingress_ips, merge_conditions, now_time, service_patch, CondWant,
+    ServiceTarget,
+};
+use crate::api::{LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED};
+use crate::ipam::{
+    is_ours, Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
+    COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
+};
+
+pub use crate::ipam::ServiceKey;
+
+/// Which Services the controller serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub default_class: bool,
+    pub serve_cilium_class: bool,
+}
+
+impl Options {
+    fn class(&self) -> ClassOptions {
+        ClassOptions {
+            default_class: self.default_class,
+            cilium_class: self.serve_cilium_class,
+        }
+    }
+}
+
+/// A Service status write.
+#[derive(Clone, Debug)]
+pub struct ServiceWrite {
+    pub key: ServiceKey,
+    /// Merge patch for `/status`, carrying `metadata.resourceVersion` (precondition).
+    pub patch: Value,
+    pub regarding: ObjectReference,
+    pub events: Vec<EventSpec>,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+    /// Set when this write turns the request unsatisfied (metric label).
+    pub failed_reason: Option<String>,
+}
+
+/// A pool status write.
+#[derive(Clone, Debug)]
+pub struct PoolWrite {
+    pub name: String,
+    /// Merge patch for `/status`, carrying `metadata.resourceVersion` (precondition).
+    pub patch: Value,
+    pub regarding: ObjectReference,
+    pub events: Vec<EventSpec>,
+}
+
+/// Pool counts for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u128,
+    pub used: u128,
+    pub available: u128,
+}
+
+/// Allocator-side state, only while active.
+struct Active {
+    alloc: Allocator,
+    /// The definitions given to the allocator, to detect spec changes and test containment.
+    defs: BTreeMap<String, PoolDef>,
+    /// Inputs each pool definition was built from (spec, creation, generation).
+    pool_inputs: BTreeMap<String, Value>,
+    /// The request each of our Services was last ensured with.
+    reqs: BTreeMap<ServiceKey, ServiceReq>,
+    /// Addresses we put on Services that left our class, until the clearing write lands.
+    to_clear: BTreeMap<ServiceKey, BTreeSet<IpAddr>>,
+}
+
+/// The state machine. See the module docs.
+pub struct State {
+    opts: Options,
+    services: BTreeMap<ServiceKey, Service>,
+    pools: BTreeMap<String, LoadBalancerIPPool>,
+    active: Option<Active>,
+    dirty_services: BTreeSet<ServiceKey>,
+    dirty_pools: BTreeSet<String>,
+    removed_pools: Vec<String>,
+    /// Objects we wrote (or re-read after a 409) at a resourceVersion the watch has not
+    /// delivered yet. Until it does, events for them are older than what we know, so writes
+    /// for them are held back (they would only meet a 409). See [`State::service_event`].
+    pending_services: BTreeMap<ServiceKey, (String, std::time::Instant)>,
+    pending_pools: BTreeMap<String, (String, std::time::Instant)>,
+}
+
+/// How long a write waits for the watch to deliver the resourceVersion it produced before the
+/// controller stops waiting (a lost event must not block an object forever).
+pub const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn pool_inputs(p: &LoadBalancerIPPool) -> Value {
+    json!({
+        "spec": serde_json::to_value(&p.spec).unwrap_or(Value::Null),
+        "created": p.metadata.creation_timestamp,
+        "generation": p.metadata.generation,
+        "uid": p.metadata.uid,
+    })
+}
+
+fn creation_order(s: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
+    (
+        s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ServiceKey::of(s),
+    )
+}
+
+impl State {
+    pub fn new(opts: Options) -> Self {
+        State {
+            opts,
+            services: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            active: None,
+            dirty_services: BTreeSet::new(),
+            dirty_pools: BTreeSet::new(),
+            removed_pools: Vec::new(),
+            pending_services: BTreeMap::new(),
+            pending_pools: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Drops the allocator state (lost leadership, or about to relist). Caches are kept.
+    pub fn deactivate(&mut self) {
+        self.active = None;
+        self.dirty_services.clear();
+        self.dirty_pools.clear();
+    }
+
+    fn is_ours(&self, svc: &Service) -> bool {
+        is_ours(svc, &self.opts.class())
+    }
+
+    /// Builds the allocator from the caches: pools, then adopt every existing allocation, then
+    /// ensure every Service of ours. Marks everything dirty. Returns the number of our Services.
+    pub fn activate(&mut self) -> usize {
+        let mut act = Active {
+            alloc: Allocator::new(),
+            defs: BTreeMap::new(),
+            pool_inputs: BTreeMap::new(),
+            reqs: BTreeMap::new(),
+            to_clear: BTreeMap::new(),
+        };
+        for (name, p) in &self.pools {
+            let (def, _errors) = PoolDef::from_crd(p);
+            act.defs.insert(name.clone(), def.clone());
+            act.pool_inputs.insert(name.clone(), pool_inputs(p));
+            act.alloc.set_pool(def);
+        }
+        let mut ours: Vec<&Service> = self.services.values().filter(|s| self.is_ours(s)).collect();
+        ours.sort_by_key(|s| creation_order(s));
+        // 1. Adopt everything first: no new allocation may take an address a Service holds.
+        for s in &ours {
+            let req = ServiceReq::from_service(s);
+            let ips = ingress_ips(s);
+            if !ips.is_empty() {
+                let report = act.alloc.adopt(&req, &ips);
+                for (ip, why) in &report.dropped {
+                    tracing::warn!(service = %req.key, %ip, why = %why, "existing address not adopted");
+                }
+            }
+        }
+        // 2. Then ensure (allocate what is missing), oldest Service first.
+        for s in &ours {
+            let req = ServiceReq::from_service(s);
+            act.alloc.ensure(&req);
+            act.reqs.insert(req.key.clone(), req);
+        }
+        let _ = act.alloc.take_changed();
+        // Services that left our class while no replica was active: clear what we put there.
+        for s in self.services.values() {
+            if !self.is_ours(s) && has_our_condition(s) {
+                let ips: BTreeSet<IpAddr> = ingress_ips(s)
+                    .into_iter()
+                    .filter(|ip| {
+                        let a = Addr::from_ip(*ip);
+                        act.defs.values().any(|d| d.block_containing(a).is_some())
+                    })
+                    .collect();
+                act.to_clear.insert(ServiceKey::of(s), ips);
+            }
+        }
+        let n = ours.len();
+        self.active = Some(act);
+        self.dirty_services = self.services.keys().cloned().collect();
+        self.dirty_pools = self.pools.keys().cloned().collect();
+        n
+    }
+
+    // ----- feeding ---------------------------------------------------------------------------
+
+    /// A (re)list of Services: everything not in `list` is deleted.
+    pub fn replace_services(&mut self, list: Vec<Service>) {
+        // A list is a consistent, current view: nothing is pending any more.
+        self.pending_services.clear();
+        let new_keys: BTreeSet<ServiceKey> = list.iter().map(ServiceKey::of).collect();
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !new_keys.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.delete_service_key(&k);
+        }
+        let mut list = list;
+        list.sort_by_key(creation_order);
+        for s in list {
+            self.apply_service(s);
+        }
+    }
+
+    /// A Service event from the watch. Clears the pending mark when the watch caught up with
+    /// our last write / re-read of it.
+    pub fn service_event(&mut self, svc: Service) {
+        let key = ServiceKey::of(&svc);
+        if let Some((rv, _)) = self.pending_services.get(&key) {
+            if svc.metadata.resource_version.as_deref() == Some(rv.as_str()) {
+                self.pending_services.remove(&key);
+            }
+        }
+        self.apply_service(svc);
+    }
+
+    /// A pool event from the watch (see [`State::service_event`]).
+    pub fn pool_event(&mut self, pool: LoadBalancerIPPool) {
+        let name = pool.name_any();
+        if let Some((rv, _)) = self.pending_pools.get(&name) {
+            if pool.metadata.resource_version.as_deref() == Some(rv.as_str()) {
+                self.pending_pools.remove(&name);
+            }
+        }
+        self.apply_pool(pool);
+    }
+
+    /// Records that we know `key` at `rv` before the watch does (a write produced it, or a
+    /// re-read after a 409 returned it). `previous` is the version the write was based on: a
+    /// write that changed nothing keeps the version and produces no event, so nothing is pending.
+    pub fn note_service_version(
+        &mut self,
+        key: &ServiceKey,
+        previous: Option<&str>,
+        rv: Option<&str>,
+    ) {
+        if let Some(rv) = rv {
+            if previous != Some(rv) {
+                self.pending_services
+                    .insert(key.clone(), (rv.to_string(), std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// Like [`State::note_service_version`] for pools.
+    pub fn note_pool_version(&mut self, name: &str, previous: Option<&str>, rv: Option<&str>) {
+        if let Some(rv) = rv {
+            if previous != Some(rv) {
+                self.pending_pools.insert(
+                    name.to_string(),
+                    (rv.to_string(), std::time::Instant::now()),
+                );
+            }
+        }
+    }
+
+    /// When a write for `key` waits for the watch: until this instant (None = not waiting).
+    pub fn service_pending_until(&self, key: &ServiceKey) -> Option<std::time::Instant> {
+        self.pending_services
+            .get(key)
+            .map(|(_, at)| *at + PENDING_TIMEOUT)
+            .filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// Like [`State::service_pending_until`] for pools.
+    pub fn pool_pending_until(&self, name: &str) -> Option<std::time::Instant> {
+        self.pending_pools
+            .get(name)
+            .map(|(_, at)| *at + PENDING_TIMEOUT)
+            .filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// The cached resourceVersion of a Service.
+    pub fn service_rv(&self, key: &ServiceKey) -> Option<String> {
+        self.services.get(key)?.metadata.resource_version.clone()
+    }
+
+    /// The cached resourceVersion of a pool.
+    pub fn pool_rv(&self, name: &str) -> Option<String> {
+        self.pools.get(name)?.metadata.resource_version.clone()
+    }
+
+    /// A Service was added or modified (or re-read after a conflict or a write).
+    pub fn apply_service(&mut self, svc: Service) {
+        let key = ServiceKey::of(&svc);
+        if key.name.is_empty() {
+            return;
+        }
+        let ours = self.is_ours(&svc);
+        let had_condition = has_our_condition(&svc);
+        let ingress = ingress_ips(&svc);
+        let mut changed: Vec<ServiceKey> = Vec::new();
+        if let Some(act) = self.active.as_mut() {
+            if ours {
+                let req = ServiceReq::from_service(&svc);
+                act.to_clear.remove(&key);
+                if act.reqs.get(&key) != Some(&req) {
+                    if !act.reqs.contains_key(&key) && !ingress.is_empty() {
+                        // New to us but already carrying addresses (e.g. moved into our class,
+                        // or restored): keep them if they are valid and free.
+                        let _ = act.alloc.adopt(&req, &ingress);
+                    }
+                    act.alloc.ensure(&req);
+                    act.reqs.insert(key.clone(), req);
+                    // A changed Service may unblock others (ports, sharing, selectors): retry
+                    // the unsatisfied ones, as Cilium does on every Service change.
+                    retry_unsatisfied(act, &key);
+                    changed = act.alloc.take_changed();
+                    self.dirty_pools.extend(self.pools.keys().cloned());
+                }
+            } else {
+                // Cleared already (neither our condition nor our addresses left): from now on
+                // the Service belongs to whoever serves its class.
+                if let Some(ips) = act.to_clear.get(&key) {
+                    if !had_condition && !ingress.iter().any(|ip| ips.contains(ip)) {
+                        act.to_clear.remove(&key);
+                    }
+                }
+                if act.reqs.remove(&key).is_some() {
+                    let held: BTreeSet<IpAddr> = act
+                        .alloc
+                        .outcome(&key)
+                        .map(|o| o.ips().into_iter().collect())
+                        .unwrap_or_default();
+                    act.alloc.release(&key);
+                    changed = act.alloc.take_changed();
+                    act.to_clear.insert(key.clone(), held);
+                    self.dirty_pools.extend(self.pools.keys().cloned());
+                } else if had_condition && !act.to_clear.contains_key(&key) {
+                    let ips: BTreeSet<IpAddr> = ingress
+                        .iter()
+                        .filter(|ip| {
+                            let a = Addr::from_ip(**ip);
+                            act.defs.values().any(|d| d.block_containing(a).is_some())
+                        })
+                        .copied()
+                        .collect();
+                    act.to_clear.insert(key.clone(), ips);
+                }
+            }
+        }
+        self.services.insert(key.clone(), svc);
+        self.dirty_services.insert(key);
+        self.dirty_services.extend(changed);
+    }
+
+    /// A Service was deleted. Ignored when the cached object has another uid (re-created).
+    pub fn delete_service(&mut self, svc: &Service) {
+        let key = ServiceKey::of(svc);
+        if let (Some(cur), Some(uid)) = (self.services.get(&key), svc.metadata.uid.as_ref()) {
+            if cur.metadata.uid.as_ref().is_some_and(|u| u != uid) {
+                return;
+            }
+        }
+        self.delete_service_key(&key);
+    }
+
+    /// Forgets a Service by key and releases its addresses.
+    pub fn delete_service_key(&mut self, key: &ServiceKey) {
+        self.services.remove(key);
+        self.pending_services.remove(key);
+        self.dirty_services.remove(key);
+        if let Some(act) = self.active.as_mut() {
+            act.to_clear.remove(key);
+            if act.reqs.remove(key).is_some() {
+                act.alloc.release(key);
+                let changed = act.alloc.take_changed();
+                self.dirty_services
+                    .extend(changed.into_iter().filter(|k| k != key));
+                self.dirty_pools.extend(self.pools.keys().cloned());
+            }
+        }
+    }
+
+    /// A (re)list of pools.
+    pub fn replace_pools(&mut self, list: Vec<LoadBalancerIPPool>) {
+        self.pending_pools.clear();
+        let names: BTreeSet<String> = list.iter().map(|p| p.name_any()).collect();
+        let gone: Vec<String> = self
+            .pools
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.delete_pool_name(&n);
+        }
+        for p in list {
+            self.apply_pool(p);
+        }
+    }
+
+    /// A pool was added or modified (spec changes reach the allocator; status-only changes
+    /// just refresh the cached object).
+    pub fn apply_pool(&mut self, pool: LoadBalancerIPPool) {
+        let name = pool.name_any();
+        if name.is_empty() {
+            return;
+        }
+        if let Some(act) = self.active.as_mut() {
+            let inputs = pool_inputs(&pool);
+            if act.pool_inputs.get(&name) != Some(&inputs) {
+                let (def, _errors) = PoolDef::from_crd(&pool);
+                act.defs.insert(name.clone(), def.clone());
+                act.pool_inputs.insert(name.clone(), inputs);
+                let changed = act.alloc.set_pool(def);
+                self.dirty_services.extend(changed);
+                // Conflicts and counts of other pools may change too.
+                self.dirty_pools.extend(self.pools.keys().cloned());
+            }
+        }
+        self.pools.insert(name.clone(), pool);
+        self.dirty_pools.insert(name);
+    }
+
+    /// A pool was deleted.
+    pub fn delete_pool(&mut self, pool: &LoadBalancerIPPool) {
+        let name = pool.name_any();
+        if let (Some(cur), Some(uid)) = (self.pools.get(&name), pool.metadata.uid.as_ref()) {
+            if cur.metadata.uid.as_ref().is_some_and(|u| u != uid) {
+                return;
+            }
+        }
+        self.delete_pool_name(&name);
+    }
+
+    pub fn delete_pool_name(&mut self, name: &str) {
+        self.pools.remove(name);
+        self.pending_pools.remove(name);
+        self.dirty_pools.remove(name);
+        self.removed_pools.push(name.to_string());
+        if let Some(act) = self.active.as_mut() {
+            act.defs.remove(name);
+            act.pool_inputs.remove(name);
+            let changed = act.alloc.remove_pool(name);
+            self.dirty_services.extend(changed);
+            self.dirty_pools.extend(self.pools.keys().cloned());
+        }
+    }
+
+    // ----- writes ----------------------------------------------------------------------------
+
+    pub fn mark_service_dirty(&mut self, key: ServiceKey) {
+        self.dirty_services.insert(key);
+    }
+
+    pub fn mark_pool_dirty(&mut self, name: String) {
+        self.dirty_pools.insert(name);
+    }
+
+    /// Drops `key` from the dirty set (used when a write does not converge).
+    pub fn forget_dirty_service(&mut self, key: &ServiceKey) {
+        self.dirty_services.remove(key);
+    }
+
+    /// Drops `name` from the dirty set (used when a write does not converge).
+    pub fn forget_dirty_pool(&mut self, name: &str) {
+        self.dirty_pools.remove(name);
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty_services.is_empty() || !self.dirty_pools.is_empty()
+    }
+
+    pub fn has_dirty_services(&self) -> bool {
+        !self.dirty_services.is_empty()
+    }
+
+    pub fn has_dirty_pools(&self) -> bool {
+        !self.dirty_pools.is_empty()
+    }
+
+    /// The Services to look at (and forgets them; re-mark on failure).
+    pub fn take_dirty_services(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.dirty_services)
+            .into_iter()
+            .collect()
+    }
+
+    /// The pools to look at (and forgets them; re-mark on failure).
+    pub fn take_dirty_pools(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.dirty_pools).into_iter().collect()
+    }
+
+    /// The objects to look at (and forgets them; re-mark on failure).
+    pub fn take_dirty(&mut self) -> (Vec<ServiceKey>, Vec<String>) {
+        (
+            std::mem::take(&mut self.dirty_services)
+                .into_iter()
+                .collect(),
+            std::mem::take(&mut self.dirty_pools).into_iter().collect(),
+        )
+    }
+
+    /// The outcome the allocator holds for a Service of ours.
+    pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
+        self.active.as_ref()?.alloc.outcome(key)
+    }
+
+    /// The Service status write needed for `key`, if any (only while active).
+    pub fn service_write(&self, key: &ServiceKey) -> Option<ServiceWrite> {
+        let act = self.active.as_ref()?;
+        let svc = self.services.get(key)?;
+        let now = now_time();
+        let target = if act.reqs.contains_key(key) {
+            let o = act.alloc.outcome(key)?;
+            ServiceTarget::Managed {
+                ips: o.ips(),
+                cond: CondWant::new(
+                    COND_IPAM_SATISFIED,
+                    o.is_satisfied(),
+                    o.reason.as_str(),
+                    if o.is_satisfied() {
+                        format!("allocated {}", o.message)
+                    } else {
+                        o.message.clone()
+                    },
+                ),
+            }
+        } else if let Some(ips) = act.to_clear.get(key) {
+            ServiceTarget::Clear { ips: ips.clone() }
+        } else {
+            return None;
+        };
+        let p = service_patch(svc, &target, &now)?;
+        let mut events = Vec::new();
+        let outcome = act.alloc.outcome(key);
+        if !p.added.is_empty() {
+            let detail = outcome
+                .map(|o| {
+                    o.addresses
+                        .iter()
+                        .filter(|a| p.added.contains(&a.ip))
+                        .map(|a| format!("{} from pool {}", a.ip, a.pool))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            events.push(EventSpec {
+                type_: EventType::Normal,
+                reason: reason::IP_ALLOCATED,
+                action: action::ALLOCATE,
+                note: format!("Assigned {detail}"),
+            });
+        }
+        if !p.removed.is_empty() {
+            let list = p
+                .removed
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let why = match &target {
+                ServiceTarget::Clear { .. } => {
+                    "the Service is no longer of type LoadBalancer with a class ferrolb serves"
+                        .to_string()
+                }
+                ServiceTarget::Managed { cond, .. } if !cond.status => cond.message.clone(),
+                ServiceTarget::Managed { .. } => {
+                    "no longer fits the request or its pool".to_string()
+                }
+            };
+            events.push(EventSpec {
+                type_: EventType::Normal,
+                reason: reason::IP_RELEASED,
+                action: action::RELEASE,
+                note: format!("Released {list}: {why}"),
+            });
+        }
+        let mut failed_reason = None;
+        if let Some(c) = &p.new_cond {
+            if !c.status {
+                failed_reason = Some(c.reason.clone());
+                events.push(EventSpec {
+                    type_: EventType::Warning,
+                    reason: reason::ALLOCATION_FAILED,
+                    action: action::ALLOCATE,
+                    note: format!("{}: {}", c.reason, c.message),
+                });
+            }
+        }
+        Some(ServiceWrite {
+            key: key.clone(),
+            patch: p.patch,
+            regarding: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                uid: svc.metadata.uid.clone(),
+                resource_version: None,
+                ..Default::default()
+            },
+            events,
+            added: p.added,
+            removed: p.removed,
+            failed_reason,
+        })
+    }
+
+    /// The pool status write needed for `name`, if any (only while active).
+    pub fn pool_write(&self, name: &str) -> Option<PoolWrite> {
+        let act = self.active.as_ref()?;
+        let pool = self.pools.get(name)?;
+        let st = act.alloc.pool_status(name)?;
+        let now = now_time();
+        let prev = pool.status.as_ref();
+        let desired = st.to_status(prev, now.clone());
+        let empty = LoadBalancerIPPoolStatus::default();
+        let cur = prev.unwrap_or(&empty);
+        // Compare ignoring lastTransitionTime bookkeeping (to_status keeps it when unchanged).
+        let wants: Vec<CondWant> = desired
+            .conditions
+            .iter()
+            .map(|c| CondWant {
+                type_: c.type_.clone(),
+                status: c.status == "True",
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                observed_generation: c.observed_generation,
+            })
+            .collect();
+        let owned = [
+            COND_CONFLICT,
+            COND_EXHAUSTED,
+            COND_INVALID_BLOCKS,
+            COND_INVALID_SELECTOR,
+        ];
+        let (_, cond_changed) = merge_conditions(&cur.conditions, &wants, &owned, &now);
+        let counts_changed = cur.ips_total != desired.ips_total
+            || cur.ips_used != desired.ips_used
+            || cur.ips_available != desired.ips_available
+            || cur.observed_generation != desired.observed_generation;
+        if !cond_changed && !counts_changed {
+            return None;
+        }
+        let events = pool_events(&st, cur);
+        let rv = pool.metadata.resource_version.clone().unwrap_or_default();
+        let status = serde_json::to_value(&desired).unwrap_or(Value::Null);
+        Some(PoolWrite {
+            name: name.to_string(),
+            patch: json!({"metadata": {"resourceVersion": rv}, "status": status}),
+            regarding: ObjectReference {
+                api_version: Some("ferrolb.io/v1alpha1".into()),
+                kind: Some("LoadBalancerIPPool".into()),
+                name: Some(name.to_string()),
+                uid: pool.metadata.uid.clone(),
+                ..Default::default()
+            },
+            events,
+        })
+    }
+
+    // ----- reporting ---------------------------------------------------------------------
+
+    /// Services of ours whose request is not satisfied.
+    pub fn unsatisfied_count(&self) -> usize {
+        let Some(act) = self.active.as_ref() else {
+            return 0;
+        };
+        act.reqs
+            .keys()
+            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .count()
+    }
+
+    /// Counts of every pool.
+    pub fn pool_counts(&self) -> Vec<(String, Counts)> {
+        let Some(act) = self.active.as_ref() else {
+            return Vec::new();
+        };
+        act.alloc
+            .pool_states()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    Counts {
+                        total: s.total,
+                        used: s.used,
+                        available: s.available,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Pools deleted since the last call (to drop their gauges).
+    pub fn removed_pools_for_metrics(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.removed_pools)
+    }
+
+    /// The cached Service (tests, debugging).
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+}
+
+/// Re-ensures every unsatisfied Service of ours except `skip` (oldest key order, deterministic).
+fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
+    let waiting: Vec<ServiceKey> = act
+        .reqs
+        .keys()
+        .filter(|k| *k != skip)
+        .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+        .cloned()
+        .collect();
+    for k in waiting {
+        if let Some(req) = act.reqs.get(&k) {
+            act.alloc.ensure(req);
+        }
+    }
+}
+
+/// Events for transitions of a pool's conditions (compared with its current status).
+fn pool_events(st: &PoolState, cur: &LoadBalancerIPPoolStatus) -> Vec<EventSpec> {
+    let was_true = |ty: &str| {
+        cur.conditions
+            .iter()
+            .any(|c| c.type_ == ty && c.status == "True")
+    };
+    let mut ev = Vec::new();
+    for (ty, status, _reason, message) in st.conditions() {
+        if !status || was_true(ty) {
+            continue;
+        }
+        let (r, t) = match ty {
+            COND_CONFLICT => (reason::POOL_CONFLICT, EventType::Warning),
+            COND_EXHAUSTED => (reason::POOL_EXHAUSTED, EventType::Warning),
+            COND_INVALID_BLOCKS => (reason::POOL_INVALID, EventType::Warning),
+            COND_INVALID_SELECTOR => (reason::POOL_INVALID_SELECTOR, EventType::Warning),
+            _ => continue,
+        };
+        ev.push(EventSpec {
+            type_: t,
+            reason: r,
+            action: action::CHECK_POOL,
+            note: message,
+        });
+    }
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{IpBlock, LoadBalancerIPPoolSpec};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn ts(sec: i64) -> Time {
+        Time(jiff::Timestamp::from_second(1_700_000_000 + sec).expect("ts"))
+    }
+
+    struct Svc(Service);
+
+    impl Svc {
+        fn lb(ns: &str, name: &str, created: i64) -> Self {
+            Svc(Service {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(ns.into()),
+                    uid: Some(format!("uid-{ns}-{name}")),
+                    resource_version: Some("1".into()),
+                    creation_timestamp: Some(ts(created)),
+                    ..Default::default()
+                },
+                spec: Some(ServiceSpec {
+                    type_: Some("LoadBalancer".into()),
+                    ports: Some(vec![ServicePort {
+                        port: 80,
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    ip_families: Some(vec!["IPv4".into()]),
+                    ip_family_policy: Some("SingleStack".into()),
+                    ..Default::default()
+                }),
+                status: None,
+            })
+        }
+        fn class(mut self, c: &str) -> Self {
+            if let Some(s) = self.0.spec.as_mut() {
+                s.load_balancer_class = Some(c.into());
+            }
+            self
+        }
+        fn ingress(mut self, ips: &[&str]) -> Self {
+            self.0.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip.to_string()),
+                                ip_mode: Some("VIP".into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                conditions: None,
+            });
+            self
+        }
+        fn rv(mut self, rv: &str) -> Self {
+            self.0.metadata.resource_version = Some(rv.into());
+            self
+        }
+        fn build(self) -> Service {
+            self.0
+        }
+    }
+
+    fn pool(name: &str, cidr: &str, created: i64) -> LoadBalancerIPPool {
+        let mut p = LoadBalancerIPPool::new(
+            name,
+            LoadBalancerIPPoolSpec {
+                blocks: vec![IpBlock {
+                    cidr: Some(cidr.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p.metadata.generation = Some(1);
+        p.metadata.resource_version = Some("1".into());
+        p.metadata.creation_timestamp = Some(ts(created));
+        p
+    }
+
+    fn opts() -> Options {
+        Options {
+            default_class: true,
+            serve_cilium_class: false,
+        }
+    }
+
+    fn key(ns: &str, n: &str) -> ServiceKey {
+        ServiceKey::new(ns, n)
+    }
+
+    /// RFC 7386 merge of `patch` into `target[field]`.
+    fn merge(target: &mut Value, patch: &Value, field: &str) {
+        fn m(t: &mut Value, p: &Value) {
+            match p {
+                Value::Object(po) => {
+                    if !t.is_object() {
+                        *t = Value::Object(Default::default());
+                    }
+                    if let Value::Object(to) = t {
+                        for (k, v) in po {
+                            if v.is_null() {
+                                to.remove(k);
+                            } else {
+                                m(to.entry(k.clone()).or_insert(Value::Null), v);
+                            }
+                        }
+                    }
+                }
+                other => *t = other.clone(),
+            }
+        }
+        if let Value::Object(o) = target {
+            m(o.entry(field.to_string()).or_insert(Value::Null), patch);
+        }
+    }
+
+    /// Applies a write's patch to the cached object as the server would (status only).
+    fn apply_patch(state: &mut State, w: &ServiceWrite) {
+        let svc = state.service(&w.key).expect("cached").clone();
+        let mut v = serde_json::to_value(&svc).expect("json");
+        merge(&mut v, &w.patch["status"], "status");
+        let mut out: Service = serde_json::from_value(v).expect("service");
+        out.metadata.resource_version = Some(format!(
+            "{}",
+            out.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1
+        ));
+        state.apply_service(out);
+    }
+
+    fn started(services: Vec<Service>, pools: Vec<LoadBalancerIPPool>) -> State {
+        let mut st = State::new(opts());
+        st.replace_pools(pools);
+        st.replace_services(services);
+        st.activate();
+        st
+    }
+
+    fn writes(st: &mut State) -> BTreeMap<ServiceKey, ServiceWrite> {
+        let (svcs, _) = st.take_dirty();
+        svcs.iter()
+            .filter_map(|k| st.service_write(k).map(|w| (k.clone(), w)))
+            .collect()
+    }
+
+    #[test]
+    fn adopts_existing_addresses_before_allocating() {
+        // `newer` already holds .1 (lowest address); `older` has nothing yet. Without adopt-first
+        // the older Service would be ensured first and take .1.
+        let st_services = vec![
+            Svc::lb("demo", "older", 0).build(),
+            Svc::lb("demo", "newer", 10)
+                .ingress(&["198.51.100.1"])
+                .build(),
+        ];
+        let mut st = started(st_services, vec![pool("p", "198.51.100.0/24", 0)]);
+        let ws = writes(&mut st);
+        let older = ws.get(&key("demo", "older")).expect("older gets a write");
+        assert_eq!(
+            older.added,
+            vec!["198.51.100.2".parse::<IpAddr>().expect("ip")]
+        );
+        let newer = ws
+            .get(&key("demo", "newer"))
+            .expect("condition write for newer");
+        assert!(
+            newer.added.is_empty(),
+            "adopted address is not re-added: {:?}",
+            newer.added
+        );
+        assert!(newer.removed.is_empty());
+        assert_eq!(
+            newer.patch["status"]["conditions"][0]["reason"],
+            "Satisfied"
+        );
+        assert!(newer.patch["status"].get("loadBalancer").is_none());
+    }
+
+    #[test]
+    fn new_service_gets_address_condition_and_event() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        st.apply_service(Svc::lb("demo", "web", 0).rv("7").build());
+        let ws = writes(&mut st);
+        let w = ws.get(&key("demo", "web")).expect("write");
+        assert_eq!(w.patch["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            w.patch["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.51.100.1"
+        );
+        assert_eq!(w.events.len(), 1);
+        assert_eq!(w.events[0].reason, reason::IP_ALLOCATED);
+        assert!(
+            w.events[0].note.contains("198.51.100.1 from pool p"),
+            "{}",
+            w.events[0].note
+        );
+        // After the write lands, nothing more to do.
+        apply_patch(&mut st, w);
+        assert!(writes(&mut st).is_empty());
+    }
+
+    #[test]
+    fn inactive_state_never_writes() {
+        let mut st = State::new(opts());
+        st.replace_pools(vec![pool("p", "198.51.100.0/24", 0)]);
+        st.apply_service(Svc::lb("demo", "web", 0).build());
+        assert!(st.service_write(&key("demo", "web")).is_none());
+        assert!(st.pool_write("p").is_none());
+        st.activate();
+        assert!(st.service_write(&key("demo", "web")).is_some());
+        st.deactivate();
+        assert!(st.service_write(&key("demo", "web")).is_none());
+    }
+
+    #[test]
+    fn foreign_class_is_never_touched() {
+        let mut st = started(
+            vec![Svc::lb("demo", "other", 0)
+                .class("example.com/other")
+                .ingress(&["198.51.100.7"])
+                .build()],
+            vec![pool("p", "198.51.100.0/24", 0)],
+        );
+        assert!(writes(&mut st).is_empty());
+        // Its address is not adopted either: a Service of ours may get .1 and .7 is not blocked
+        // by a foreign Service (we don't own it).
+        st.apply_service(Svc::lb("demo", "web", 1).build());
+        let ws = writes(&mut st);
+        assert_eq!(ws.len(), 1);
+        assert!(ws.contains_key(&key("demo", "web")));
+    }
+
+    #[test]
+    fn leaving_class_clears_our_address_and_condition() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        st.apply_service(Svc::lb("demo", "web", 0).build());
+        let ws = writes(&mut st);
+        apply_patch(&mut st, &ws[&key("demo", "web")]);
+        let cur = st.service(&key("demo", "web")).expect("svc").clone();
+        let mut moved = cur.clone();
+        if let Some(s) = moved.spec.as_mut() {
+            s.load_balancer_class = Some("example.com/other".into());
+        }
+        st.apply_service(moved);
+        let ws = writes(&mut st);
+        let w = ws.get(&key("demo", "web")).expect("clearing write");
+        assert!(
+            w.patch["status"]["loadBalancer"]["ingress"].is_null(),
+            "{}",
+            w.patch
+        );
+        assert!(w.patch["status"]["conditions"].is_null());
+        assert_eq!(
+            w.removed,
+            vec!["198.51.100.1".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(w.events[0].reason, reason::IP_RELEASED);
+        apply_patch(&mut st, w);
+        assert!(writes(&mut st).is_empty(), "cleared once, then left alone");
+        // Its new controller may even hand out the same address later: not ours to touch.
+        let mut foreign = st.service(&key("demo", "web")).expect("svc").clone();
+        foreign.status = Svc::lb("demo", "web", 0)
+            .ingress(&["198.51.100.1"])
+            .build()
+            .status;
+        st.apply_service(foreign);
+        assert!(
+            writes(&mut st).is_empty(),
+            "a foreign class's status was touched"
+        );
+        // The freed address goes to the next Service.
+        st.apply_service(Svc::lb("demo", "next", 5).build());
+        let ws = writes(&mut st);
+        assert_eq!(
+            ws[&key("demo", "next")].added,
+            vec!["198.51.100.1".parse::<IpAddr>().expect("ip")]
+        );
+    }
+
+    #[test]
+    fn type_change_clears_too() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        st.apply_service(Svc::lb("demo", "web", 0).build());
+        let ws = writes(&mut st);
+        apply_patch(&mut st, &ws[&key("demo", "web")]);
+        let mut cur = st.service(&key("demo", "web")).expect("svc").clone();
+        if let Some(s) = cur.spec.as_mut() {
+            s.type_ = Some("ClusterIP".into());
+        }
+        st.apply_service(cur);
+        let ws = writes(&mut st);
+        assert_eq!(ws[&key("demo", "web")].removed.len(), 1);
+    }
+
+    #[test]
+    fn delete_frees_address_for_waiting_service() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.5/32", 0)]);
+        st.apply_service(Svc::lb("demo", "a", 0).build());
+        st.apply_service(Svc::lb("demo", "b", 1).build());
+        let ws = writes(&mut st);
+        assert_eq!(ws[&key("demo", "a")].added.len(), 1);
+        let b = &ws[&key("demo", "b")];
+        assert_eq!(b.failed_reason.as_deref(), Some("OutOfIPs"));
+        assert!(b
+            .events
+            .iter()
+            .any(|e| e.reason == reason::ALLOCATION_FAILED));
+        apply_patch(&mut st, &ws[&key("demo", "a")]);
+        apply_patch(&mut st, b);
+        let a = st.service(&key("demo", "a")).expect("a").clone();
+        st.delete_service(&a);
+        let ws = writes(&mut st);
+        let b = ws.get(&key("demo", "b")).expect("b is retried");
+        assert_eq!(b.added, vec!["198.51.100.5".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn a_change_of_one_service_retries_the_unsatisfied_ones() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        let mut a = Svc::lb("demo", "a", 0).build();
+        let ann = BTreeMap::from([
+            (crate::api::ANN_IPS.to_string(), "198.51.100.9".to_string()),
+            (crate::api::ANN_SHARING_KEY.to_string(), "k".to_string()),
+        ]);
+        a.metadata.annotations = Some(ann.clone());
+        let mut b = Svc::lb("demo", "b", 1).build();
+        b.metadata.annotations = Some(ann);
+        st.apply_service(a.clone());
+        st.apply_service(b);
+        let ws = writes(&mut st);
+        assert_eq!(
+            ws[&key("demo", "b")].failed_reason.as_deref(),
+            Some("AlreadyAllocated")
+        );
+        for w in ws.values() {
+            apply_patch(&mut st, w);
+        }
+        // `a` moves to another port: `b` may now share the address.
+        let mut a2 = st.service(&key("demo", "a")).expect("a").clone();
+        if let Some(spec) = a2.spec.as_mut() {
+            spec.ports = Some(vec![ServicePort {
+                port: 81,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]);
+        }
+        st.apply_service(a2);
+        let ws = writes(&mut st);
+        let b = ws.get(&key("demo", "b")).expect("b retried");
+        assert_eq!(b.added, vec!["198.51.100.9".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn writes_wait_until_the_watch_shows_our_last_write() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        let k = key("demo", "web");
+        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        // A no-op write keeps the version: nothing to wait for.
+        st.note_service_version(&k, Some("5"), Some("5"));
+        assert!(st.service_pending_until(&k).is_none());
+        // Our write produced version 6; an older event (5) does not end the wait, 6 does.
+        st.note_service_version(&k, Some("5"), Some("6"));
+        assert!(st.service_pending_until(&k).is_some());
+        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        assert!(st.service_pending_until(&k).is_some());
+        st.service_event(Svc::lb("demo", "web", 0).rv("6").build());
+        assert!(st.service_pending_until(&k).is_none());
+        // A relist is current by definition.
+        st.note_service_version(&k, Some("6"), Some("9"));
+        st.replace_services(vec![Svc::lb("demo", "web", 0).rv("9").build()]);
+        assert!(st.service_pending_until(&k).is_none());
+        // Pools alike.
+        st.note_pool_version("p", Some("1"), Some("2"));
+        assert!(st.pool_pending_until("p").is_some());
+        let mut p2 = pool("p", "198.51.100.0/24", 0);
+        p2.metadata.resource_version = Some("2".into());
+        st.pool_event(p2);
+        assert!(st.pool_pending_until("p").is_none());
+    }
+
+    #[test]
+    fn stale_delete_of_recreated_service_is_ignored() {
+        let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
+        let old = Svc::lb("demo", "web", 0).build();
+        let mut recreated = Svc::lb("demo", "web", 5).build();
+        recreated.metadata.uid = Some("uid-new".into());
+        st.apply_service(recreated);
+        st.delete_service(&old);
+        assert!(st.service(&key("demo", "web")).is_some());
+        assert!(st.outcome(&key("demo", "web")).is_some());
+    }
+
+    #[test]
+    fn newer_overlapping_pool_is_marked_conflict_with_event() {
+        let mut st = started(
+            vec![],
+            vec![
+                pool("old", "198.51.100.0/24", 0),
+                pool("new", "198.51.100.128/25", 10),
+            ],
+        );
+        let (_, pools) = st.take_dirty();
+        assert_eq!(pools.len(), 2);
+        let w = st.pool_write("new").expect("pool status write");
+        let conds = w.patch["status"]["conditions"]
+            .as_array()
+            .expect("conditions");
+        let conflict = conds
+            .iter()
+            .find(|c| c["type"] == "Conflict")
+            .expect("Conflict");
+        assert_eq!(conflict["status"], "True");
+        assert!(conflict["message"].as_str().unwrap_or("").contains("old"));
+        assert!(w.events.iter().any(|e| e.reason == reason::POOL_CONFLICT));
+        let w_old = st.pool_write("old").expect("old pool status");
+        assert_eq!(w_old.patch["status"]["ipsTotal"], 254);
+        assert_eq!(w_old.patch["status"]["ipsUsed"], 0);
+        assert_eq!(w_old.patch["status"]["observedGeneration"], 1);
+        assert!(w_old.events.is_empty());
+    }
+}

@@ -1,0 +1,509 @@
+//! Pure helpers that turn "what the Service / pool should show" into a minimal merge patch
+//! carrying the resourceVersion precondition, or nothing when the object already shows it.
+//!
+//! Conditions follow `metav1.Condition`: `lastTransitionTime` changes only when `status`
+//! flips; conditions of other writers are kept in place.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{json, Value};
+
+use crate::api::COND_IPAM_SATISFIED;
+
+/// A condition the controller wants an object to carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CondWant {
+    pub type_: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+}
+
+impl CondWant {
+    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+        CondWant {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+            observed_generation: None,
+        }
+    }
+
+    fn status_str(&self) -> &'static str {
+        if self.status {
+            "True"
+        } else {
+            "False"
+        }
+    }
+}
+
+/// Current time as a `metav1.Time` (whole seconds, like the real server writes).
+pub fn now_time() -> Time {
+    let now = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// Merges `wants` into `existing`: conditions whose type is in `owned` but not in `wants` are
+/// removed; others are kept in place. Returns the new list and whether anything but
+/// `lastTransitionTime` bookkeeping changed.
+pub fn merge_conditions(
+    existing: &[Condition],
+    wants: &[CondWant],
+    owned: &[&str],
+    now: &Time,
+) -> (Vec<Condition>, bool) {
+    let mut out = Vec::with_capacity(existing.len() + wants.len());
+    let mut changed = false;
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    for c in existing {
+        if let Some(w) = wants.iter().find(|w| w.type_ == c.type_) {
+            if placed.contains(w.type_.as_str()) {
+                changed = true; // duplicate entry of our type: drop it
+                continue;
+            }
+            placed.insert(w.type_.as_str());
+            let same_status = c.status == w.status_str();
+            let nc = Condition {
+                type_: w.type_.clone(),
+                status: w.status_str().to_string(),
+                reason: w.reason.clone(),
+                message: w.message.clone(),
+                observed_generation: w.observed_generation,
+                last_transition_time: if same_status {
+                    c.last_transition_time.clone()
+                } else {
+                    now.clone()
+                },
+            };
+            if !same_status
+                || c.reason != nc.reason
+                || c.message != nc.message
+                || c.observed_generation != nc.observed_generation
+            {
+                changed = true;
+            }
+            out.push(nc);
+        } else if owned.contains(&c.type_.as_str()) {
+            changed = true;
+        } else {
+            out.push(c.clone());
+        }
+    }
+    for w in wants {
+        if placed.contains(w.type_.as_str()) {
+            continue;
+        }
+        changed = true;
+        out.push(Condition {
+            type_: w.type_.clone(),
+            status: w.status_str().to_string(),
+            reason: w.reason.clone(),
+            message: w.message.clone(),
+            observed_generation: w.observed_generation,
+            last_transition_time: now.clone(),
+        });
+    }
+    (out, changed)
+}
+
+/// The addresses in a Service's `status.loadBalancer.ingress[].ip`, in order (unparsable
+/// entries and hostname entries are skipped).
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref())
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Service's conditions.
+pub fn service_conditions(svc: &Service) -> &[Condition] {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or(&[])
+}
+
+/// Whether the Service carries our `ferrolb.io/IPAMRequestSatisfied` condition (= we managed it).
+pub fn has_our_condition(svc: &Service) -> bool {
+    service_conditions(svc)
+        .iter()
+        .any(|c| c.type_ == COND_IPAM_SATISFIED)
+}
+
+/// What a Service's status should become.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceTarget {
+    /// Ours: ingress is exactly `ips` (in order), our condition is `cond`.
+    Managed { ips: Vec<IpAddr>, cond: CondWant },
+    /// No longer ours: remove these ingress addresses and our condition; keep the rest.
+    Clear { ips: BTreeSet<IpAddr> },
+}
+
+/// A computed Service status change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePatch {
+    /// Merge patch for `/status`, with `metadata.resourceVersion` as precondition.
+    pub patch: Value,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+    /// The condition as it will be, when it changed (None when unchanged or removed).
+    pub new_cond: Option<CondWant>,
+}
+
+/// Computes the patch that brings `svc` to `target`, or `None` when it already shows it.
+pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Option<ServicePatch> {
+    let current = ingress_ips(svc);
+    let existing_ingress: Vec<Value> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|v| {
+            v.iter()
+                .filter_map(|i| serde_json::to_value(i).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let conds = service_conditions(svc);
+    let (ingress, new_conds, cond_changed, want_ips, new_cond) = match target {
+        ServiceTarget::Managed { ips, cond } => {
+            let ingress: Vec<Value> = ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect();
+            let (nc, changed) = merge_conditions(
+                conds,
+                std::slice::from_ref(cond),
+                &[COND_IPAM_SATISFIED],
+                now,
+            );
+            (
+                ingress,
+                nc,
+                changed,
+                ips.clone(),
+                changed.then(|| cond.clone()),
+            )
+        }
+        ServiceTarget::Clear { ips } => {
+            let ingress: Vec<Value> = existing_ingress
+                .iter()
+                .filter(|v| {
+                    v.get("ip")
+                        .and_then(|ip| ip.as_str())
+                        .and_then(|ip| ip.parse::<IpAddr>().ok())
+                        .map(|ip| !ips.contains(&ip))
+                        .unwrap_or(true)
+                })
+                .cloned()
+                .collect();
+            let (nc, changed) = merge_conditions(conds, &[], &[COND_IPAM_SATISFIED], now);
+            let keep: Vec<IpAddr> = current
+                .iter()
+                .filter(|ip| !ips.contains(ip))
+                .copied()
+                .collect();
+            (ingress, nc, changed, keep, None)
+        }
+    };
+    let ingress_changed = match target {
+        ServiceTarget::Managed { .. } => {
+            current != want_ips
+                || existing_ingress.len() != want_ips.len()
+                || existing_ingress.iter().any(|v| {
+                    v.get("ipMode")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m != "VIP")
+                })
+        }
+        ServiceTarget::Clear { .. } => ingress.len() != existing_ingress.len(),
+    };
+    if !ingress_changed && !cond_changed {
+        return None;
+    }
+    let added: Vec<IpAddr> = want_ips
+        .iter()
+        .filter(|ip| !current.contains(ip))
+        .copied()
+        .collect();
+    let removed: Vec<IpAddr> = current
+        .iter()
+        .filter(|ip| !want_ips.contains(ip))
+        .copied()
+        .collect();
+    let rv = svc.metadata.resource_version.clone().unwrap_or_default();
+    let mut status = serde_json::Map::new();
+    if ingress_changed {
+        status.insert(
+            "loadBalancer".into(),
+            if ingress.is_empty() {
+                json!({"ingress": null})
+            } else {
+                json!({"ingress": ingress})
+            },
+        );
+    }
+    if cond_changed {
+        status.insert(
+            "conditions".into(),
+            if new_conds.is_empty() {
+                Value::Null
+            } else {
+                serde_json::to_value(&new_conds).unwrap_or(Value::Null)
+            },
+        );
+    }
+    Some(ServicePatch {
+        patch: json!({"metadata": {"resourceVersion": rv}, "status": Value::Object(status)}),
+        added,
+        removed,
+        new_cond,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().expect("time"))
+    }
+
+    fn svc(ips: &[&str], conds: Vec<Condition>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("demo".into()),
+                resource_version: Some("42".into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip.to_string()),
+                                ip_mode: Some("VIP".into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                conditions: Some(conds),
+            }),
+        }
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str, msg: &str, ltt: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: msg.into(),
+            observed_generation: None,
+            last_transition_time: t(ltt),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn fresh_service_gets_ingress_condition_and_rv_precondition() {
+        let s = svc(
+            &[],
+            vec![cond(
+                "other.io/Ready",
+                "True",
+                "Fine",
+                "",
+                "2026-01-01T00:00:00Z",
+            )],
+        );
+        let target = ServiceTarget::Managed {
+            ips: vec![ip("198.51.100.10")],
+            cond: CondWant::new(COND_IPAM_SATISFIED, true, "Satisfied", "allocated"),
+        };
+        let now = t("2026-11-22T08:00:00Z");
+        let p = service_patch(&s, &target, &now).expect("a write is needed");
+        assert_eq!(p.patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            p.patch["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.51.100.10"
+        );
+        assert_eq!(
+            p.patch["status"]["loadBalancer"]["ingress"][0]["ipMode"],
+            "VIP"
+        );
+        let conds = p.patch["status"]["conditions"]
+            .as_array()
+            .expect("conditions");
+        assert_eq!(conds.len(), 2, "the foreign condition is kept: {conds:?}");
+        assert_eq!(conds[0]["type"], "other.io/Ready");
+        assert_eq!(conds[1]["type"], COND_IPAM_SATISFIED);
+        assert_eq!(conds[1]["lastTransitionTime"], "2026-11-22T08:00:00Z");
+        assert_eq!(p.added, vec![ip("198.51.100.10")]);
+        assert!(p.removed.is_empty());
+    }
+
+    #[test]
+    fn up_to_date_service_needs_no_write() {
+        let s = svc(
+            &["198.51.100.10"],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "True",
+                "Satisfied",
+                "allocated",
+                "2026-01-01T00:00:00Z",
+            )],
+        );
+        let target = ServiceTarget::Managed {
+            ips: vec![ip("198.51.100.10")],
+            cond: CondWant::new(COND_IPAM_SATISFIED, true, "Satisfied", "allocated"),
+        };
+        assert_eq!(service_patch(&s, &target, &t("2026-11-22T08:00:00Z")), None);
+    }
+
+    #[test]
+    fn transition_time_kept_when_status_unchanged() {
+        let s = svc(
+            &[],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "False",
+                "NoPool",
+                "old",
+                "2026-01-01T00:00:00Z",
+            )],
+        );
+        let target = ServiceTarget::Managed {
+            ips: vec![],
+            cond: CondWant::new(COND_IPAM_SATISFIED, false, "OutOfIPs", "new"),
+        };
+        let p = service_patch(&s, &target, &t("2026-11-22T08:00:00Z")).expect("reason changed");
+        assert_eq!(
+            p.patch["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(p.patch["status"]["conditions"][0]["reason"], "OutOfIPs");
+        assert!(
+            p.patch["status"].get("loadBalancer").is_none(),
+            "ingress untouched: {}",
+            p.patch
+        );
+        assert!(p.new_cond.is_some());
+    }
+
+    #[test]
+    fn clear_removes_only_our_addresses_and_condition() {
+        let s = svc(
+            &["198.51.100.10", "192.0.2.99"],
+            vec![
+                cond(
+                    COND_IPAM_SATISFIED,
+                    "True",
+                    "Satisfied",
+                    "x",
+                    "2026-01-01T00:00:00Z",
+                ),
+                cond("other.io/Ready", "True", "Fine", "", "2026-01-01T00:00:00Z"),
+            ],
+        );
+        let target = ServiceTarget::Clear {
+            ips: [ip("198.51.100.10")].into_iter().collect(),
+        };
+        let p = service_patch(&s, &target, &t("2026-11-22T08:00:00Z")).expect("write");
+        let ing = p.patch["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .expect("ingress");
+        assert_eq!(ing.len(), 1);
+        assert_eq!(ing[0]["ip"], "192.0.2.99");
+        let conds = p.patch["status"]["conditions"].as_array().expect("conds");
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0]["type"], "other.io/Ready");
+        assert_eq!(p.removed, vec![ip("198.51.100.10")]);
+        // Everything cleared -> explicit nulls so the merge patch deletes the keys.
+        let s2 = svc(
+            &["198.51.100.10"],
+            vec![cond(
+                COND_IPAM_SATISFIED,
+                "True",
+                "Satisfied",
+                "x",
+                "2026-01-01T00:00:00Z",
+            )],
+        );
+        let p2 = service_patch(&s2, &target, &t("2026-11-22T08:00:00Z")).expect("write");
+        assert!(p2.patch["status"]["loadBalancer"]["ingress"].is_null());
+        assert!(p2.patch["status"]["conditions"].is_null());
+        assert!(p2.patch["status"].get("conditions").is_some());
+        // A foreign Service without our condition or addresses: nothing to do.
+        let s3 = svc(&["192.0.2.99"], vec![]);
+        assert_eq!(
+            service_patch(&s3, &target, &t("2026-11-22T08:00:00Z")),
+            None
+        );
+    }
+
+    #[test]
+    fn merge_conditions_removes_owned_and_dedups() {
+        let existing = vec![
+            cond(
+                "Conflict",
+                "True",
+                "CIDROverlap",
+                "a",
+                "2026-01-01T00:00:00Z",
+            ),
+            cond(
+                "Conflict",
+                "True",
+                "CIDROverlap",
+                "a",
+                "2026-01-01T00:00:00Z",
+            ),
+            cond(
+                "Exhausted",
+                "False",
+                "IPsAvailable",
+                "",
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        let wants = vec![CondWant::new("Conflict", true, "CIDROverlap", "a")];
+        let (out, changed) = merge_conditions(
+            &existing,
+            &wants,
+            &["Conflict", "Exhausted"],
+            &t("2026-11-22T08:00:00Z"),
+        );
+        assert!(changed);
+        assert_eq!(out.len(), 1);
+        let (out2, changed2) = merge_conditions(
+            &out,
+            &wants,
+            &["Conflict", "Exhausted"],
+            &t("2026-11-22T09:00:00Z"),
+        );
+        assert!(!changed2);
+        assert_eq!(out2, out);
+    }
+}
