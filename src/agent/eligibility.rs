@@ -1,0 +1,1278 @@
+//! What this node should announce: a pure function of the watched objects.
+//!
+//! [`compute`] takes the `L2AnnouncementPolicy`s, Services, all Nodes, EndpointSlices and this
+//! node's eligible interface names and returns the desired announcement [`Group`]s: one group per
+//! lease, i.e. per set of addresses that must be announced from one node, with the Services it
+//! serves, the nodes that may hold it (the rendezvous candidates, identical on every node) and the
+//! interfaces this node would answer on. Nothing here does I/O; the agent feeds its caches in.
+//!
+//! # Rules (and the decisions where the issue left a choice)
+//! - A policy *covers* a (Service, address) pair when its `serviceSelector` selects the Service
+//!   (with the virtual labels `io.kubernetes.service.namespace` / `io.kubernetes.service.name`) and
+//!   the address is one of `status.loadBalancer.ingress[].ip` (policy `loadBalancerIPs`, Service
+//!   `type: LoadBalancer` only) or of `spec.externalIPs` (policy `externalIPs`, any type).
+//! - **Classes.** Ingress addresses of a LoadBalancer Service are considered when the Service is
+//!   ours (no `loadBalancerClass`, or [`LB_CLASS`], or [`CILIUM_LB_CLASS`] when
+//!   [`Options::serve_cilium_class`]). A Service of a *foreign* class is announced only when a
+//!   policy selects it *explicitly*, i.e. with a `serviceSelector` that has at least one
+//!   requirement: a catch-all policy must never make us answer for another implementation's
+//!   addresses (two announcers = split brain), but an operator migrating from another
+//!   implementation can opt in deliberately.
+//! - **Grouping.** Services whose announced addresses overlap share ONE group (transitively, by
+//!   union-find), so a shared address is only ever announced from one node. The group's key is
+//!   the canonical address set (sorted, comma-separated); the lease name is derived from it.
+//! - **Candidates.** A node may hold a group when, for *every* (Service, address) pair in it, some
+//!   covering policy's `nodeSelector` selects the node and — for `externalTrafficPolicy: Local` —
+//!   the node has a ready local endpoint of that Service. Requiring every pair (not any) means the
+//!   holder never attracts traffic for a Local Service it would drop. Nodes labelled
+//!   `node.kubernetes.io/exclude-from-external-load-balancers` are never candidates. The list is
+//!   computed from shared objects only (no local state), so every agent ranks the same list.
+//! - **Local endpoints** (ETP Local): an EndpointSlice endpoint of the Service
+//!   (`kubernetes.io/service-name` label, same namespace) with `conditions.ready != false` whose
+//!   `nodeName` is the node. Endpoints *without* `nodeName` (Cilium #48799 regressed on these):
+//!   they count as local when one of their addresses lies in the node's `spec.podCIDRs` /
+//!   `spec.podCIDR` or equals one of the node's `status.addresses`; otherwise they are not local.
+//!   This never claims an endpoint for two nodes as long as pod CIDRs don't overlap.
+//! - **Interfaces** (this node only): the union, over the covering policies that select this
+//!   node, of the eligible interfaces their anchored regexes match; a policy without regexes
+//!   takes every eligible interface. A node that would announce on no interface does not contend
+//!   ([`Group::eligible_here`] is false) even though it stays in the candidate list.
+//! - **Bad input** never panics and fails closed: an invalid selector selects nothing, an invalid
+//!   regex matches nothing (a policy whose regexes are all invalid announces on no interface, it
+//!   does *not* fall back to "all"); each problem is reported in [`Desired::problems`] with the
+//!   field path, for the policy status condition / Event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use regex::Regex;
+
+use crate::ipam::selector::{service_labels, Selector};
+
+use crate::api::{L2AnnouncementPolicy, CILIUM_LB_CLASS, LB_CLASS};
+
+/// Node label that keeps a node out of every candidate list (as MetalLB and kube-proxy honour it).
+pub const LABEL_EXCLUDE_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// EndpointSlice label naming its Service.
+pub const LABEL_SERVICE_NAME_SLICE: &str = "kubernetes.io/service-name";
+
+/// Knobs that are not objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Treat `io.cilium/l2-announcer` as our own class.
+    pub serve_cilium_class: bool,
+}
+
+/// Everything [`compute`] looks at. Slices are caches' snapshots; order does not matter.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// This node's name.
+    pub node_name: &'a str,
+    pub policies: &'a [&'a L2AnnouncementPolicy],
+    pub services: &'a [&'a Service],
+    /// All nodes of the cluster (the candidate lists need them), including this one.
+    pub nodes: &'a [&'a Node],
+    pub endpoint_slices: &'a [&'a EndpointSlice],
+    /// Names of this node's eligible interfaces (up, broadcast, not a bridge/bond member, not
+    /// virtual; see `crate::net`).
+    pub interfaces: &'a [String],
+    pub options: &'a Options,
+}
+
+/// A Service, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceRef {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ServiceRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One lease's worth of announcements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Canonical address set: the addresses sorted (IPv4 before IPv6), comma-separated.
+    pub key: String,
+    pub addresses: BTreeSet<IpAddr>,
+    pub services: BTreeSet<ServiceRef>,
+    /// Nodes that may hold this group's lease, sorted by name (the rendezvous candidates).
+    /// Shared between groups with the same list.
+    pub candidates: Arc<Vec<String>>,
+    /// Interfaces this node would announce on (empty when this node is not a candidate).
+    pub interfaces: BTreeSet<String>,
+    /// This node contends for the lease: it is a candidate and has at least one interface.
+    pub eligible_here: bool,
+}
+
+/// Something wrong with a policy, for its status condition / an Event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyProblem {
+    pub policy: String,
+    /// Field path, e.g. `spec.interfaces[1]` or `spec.nodeSelector`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The result of [`compute`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Every group some node may announce, sorted by key.
+    pub groups: Vec<Group>,
+    /// Problems found in policies, sorted.
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl Desired {
+    /// The groups this node contends for.
+    pub fn local(&self) -> impl Iterator<Item = &Group> {
+        self.groups.iter().filter(|g| g.eligible_here)
+    }
+
+    /// Problems of one policy.
+    pub fn problems_of<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = &'a PolicyProblem> {
+        self.problems.iter().filter(move |p| p.policy == policy)
+    }
+}
+
+/// The canonical key of an address set (sorted, comma-separated).
+pub fn group_key(addresses: &BTreeSet<IpAddr>) -> String {
+    addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A policy with its selectors and regexes checked once.
+struct CompiledPolicy<'a> {
+    spec: &'a crate::api::L2AnnouncementPolicySpec,
+    /// `None` when the selector is invalid (selects nothing).
+    service_sel: Option<Selector>,
+    node_sel: Option<Selector>,
+    /// `None` = no regexes given (all interfaces); `Some(list)` = the valid ones.
+    regexes: Option<Vec<Regex>>,
+    explicit_service_selector: bool,
+}
+
+/// Compiles an interface regex, anchored, with a size limit (hostile input must not blow up).
+pub fn compile_interface_regex(re: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("invalid interface regex {re:?}: {e}"))
+}
+
+fn compile_policies<'a>(
+    policies: &'a [&'a L2AnnouncementPolicy],
+    problems: &mut Vec<PolicyProblem>,
+) -> Vec<CompiledPolicy<'a>> {
+    let mut out = Vec::with_capacity(policies.len());
+    for &p in policies {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let mut problem = |field: &str, message: String| {
+            problems.push(PolicyProblem {
+                policy: name.clone(),
+                field: field.to_string(),
+                message,
+            })
+        };
+        let service_sel = match Selector::compile_opt(p.spec.service_selector.as_ref()) {
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                problem("spec.serviceSelector", e.to_string());
+                None
+            }
+        };
+        let node_sel = match Selector::compile_opt(p.spec.node_selector.as_ref()) {
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                problem("spec.nodeSelector", e.to_string());
+                None
+            }
+        };
+        let regexes = if p.spec.interfaces.is_empty() {
+            None
+        } else {
+            let mut v = Vec::new();
+            for (i, re) in p.spec.interfaces.iter().enumerate() {
+                match compile_interface_regex(re) {
+                    Ok(r) => v.push(r),
+                    Err(e) => problem(&format!("spec.interfaces[{i}]"), e),
+                }
+            }
+            Some(v)
+        };
+        out.push(CompiledPolicy {
+            spec: &p.spec,
+            explicit_service_selector: service_sel.as_ref().is_some_and(|s| !s.is_everything()),
+            service_sel,
+            node_sel,
+            regexes,
+        });
+    }
+    out
+}
+
+impl CompiledPolicy<'_> {
+    fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.service_sel.as_ref().is_some_and(|s| s.matches(labels))
+    }
+    fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_sel.as_ref().is_some_and(|s| s.matches(labels))
+    }
+    fn interfaces<'b>(&'b self, eligible: &'b [String]) -> impl Iterator<Item = &'b String> {
+        let regexes = self.regexes.as_ref();
+        eligible.iter().filter(move |name| match regexes {
+            None => true,
+            Some(list) => list.iter().any(|r| r.is_match(name)),
+        })
+    }
+}
+
+/// Whether a LoadBalancer Service's class is one we serve.
+pub fn class_is_ours(svc: &Service, options: &Options) -> bool {
+    match svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_class.as_deref())
+    {
+        None => true,
+        Some(c) if c == LB_CLASS => true,
+        Some(c) if c == CILIUM_LB_CLASS => options.serve_cilium_class,
+        Some(_) => false,
+    }
+}
+
+fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .is_some_and(|t| t == "LoadBalancer")
+}
+
+fn is_etp_local(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        .is_some_and(|t| t == "Local")
+}
+
+fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref())
+                .filter_map(|ip| ip.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn external_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.external_ips.as_ref())
+        .map(|v| v.iter().filter_map(|ip| ip.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn node_labels(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.labels.clone().unwrap_or_default()
+}
+
+/// The addresses that identify a node for endpoints lacking `nodeName`: pod CIDRs and node
+/// addresses.
+struct NodeAddrs {
+    pod_cidrs: Vec<IpNetwork>,
+    addresses: Vec<IpAddr>,
+}
+
+impl NodeAddrs {
+    fn of(node: &Node) -> Self {
+        let spec = node.spec.as_ref();
+        let mut cidrs: Vec<&str> = spec
+            .and_then(|s| s.pod_cidrs.as_ref())
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if let Some(c) = spec.and_then(|s| s.pod_cidr.as_deref()) {
+            cidrs.push(c);
+        }
+        let pod_cidrs = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|v| v.iter().filter_map(|a| a.address.parse().ok()).collect())
+            .unwrap_or_default();
+        NodeAddrs {
+            pod_cidrs,
+            addresses,
+        }
+    }
+
+    fn owns(&self, ip: IpAddr) -> bool {
+        self.addresses.contains(&ip) || self.pod_cidrs.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Nodes with a ready local endpoint, per Service (only computed for ETP Local Services).
+fn local_endpoint_nodes(
+    svc: &ServiceRef,
+    slices: &[&EndpointSlice],
+    nodes: &[(&str, NodeAddrs)],
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        if slice.metadata.namespace.as_deref() != Some(svc.namespace.as_str()) {
+            continue;
+        }
+        for ep in slice.endpoints.iter().flatten() {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            match ep.node_name.as_deref() {
+                Some(n) if !n.is_empty() => {
+                    out.insert(n.to_string());
+                }
+                _ => {
+                    let addrs: Vec<IpAddr> =
+                        ep.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                    for (name, na) in nodes {
+                        if addrs.iter().any(|a| na.owns(*a)) {
+                            out.insert((*name).to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One announced (Service, address) pair and the policies covering it.
+struct Pair {
+    service: usize,
+    address: IpAddr,
+    /// Indices into the compiled policies.
+    policies: Vec<usize>,
+}
+
+/// What decides a pair's candidate nodes: its covering policies and, for ETP Local, its Service.
+type Signature<'a> = (&'a [usize], Option<usize>);
+
+/// Computes the desired announcements. Pure and deterministic.
+pub fn compute(inputs: &Inputs<'_>) -> Desired {
+    let mut problems = Vec::new();
+    let policies = compile_policies(inputs.policies, &mut problems);
+
+    let services: Vec<(&Service, ServiceRef)> = inputs
+        .services
+        .iter()
+        .filter_map(|&s| {
+            let ns = s.metadata.namespace.as_deref()?;
+            let name = s.metadata.name.as_deref()?;
+            Some((s, ServiceRef::new(ns, name)))
+        })
+        .collect();
+
+    // (Service, address) pairs and their covering policies.
+    let mut pairs: Vec<Pair> = Vec::new();
+    for (si, (svc, _)) in services.iter().enumerate() {
+        let labels = service_labels(svc);
+        let selecting: Vec<(usize, &CompiledPolicy<'_>)> = policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.selects_service(&labels))
+            .collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        let mut by_addr: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+        if is_load_balancer(svc) {
+            let ours = class_is_ours(svc, inputs.options);
+            let ips = ingress_ips(svc);
+            for (pi, p) in &selecting {
+                if p.spec.load_balancer_ips && (ours || p.explicit_service_selector) {
+                    for ip in &ips {
+                        by_addr.entry(*ip).or_default().insert(*pi);
+                    }
+                }
+            }
+        }
+        let ext = external_ips(svc);
+        for (pi, p) in &selecting {
+            if p.spec.external_ips {
+                for ip in &ext {
+                    by_addr.entry(*ip).or_default().insert(*pi);
+                }
+            }
+        }
+        for (address, policies) in by_addr {
+            pairs.push(Pair {
+                service: si,
+                address,
+                policies: policies.into_iter().collect(),
+            });
+        }
+    }
+
+    // Group pairs: union-find over Services linked by a shared address.
+    let mut parent: Vec<usize> = (0..services.len()).collect();
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    let mut first_owner: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for pair in &pairs {
+        match first_owner.get(&pair.address) {
+            None => {
+                first_owner.insert(pair.address, pair.service);
+            }
+            Some(&other) => {
+                let (a, b) = (find(&mut parent, other), find(&mut parent, pair.service));
+                if a != b {
+                    parent[a.max(b)] = a.min(b);
+                }
+            }
+        }
+    }
+    let mut grouped: BTreeMap<usize, Vec<&Pair>> = BTreeMap::new();
+    for pair in &pairs {
+        let root = find(&mut parent, pair.service);
+        grouped.entry(root).or_default().push(pair);
+    }
+
+    // Per-node facts, computed once.
+    let nodes: Vec<(&str, BTreeMap<String, String>)> = inputs
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, node_labels(n))))
+        .filter(|(_, labels)| !labels.contains_key(LABEL_EXCLUDE_LB))
+        .collect();
+    let node_addrs: Vec<(&str, NodeAddrs)> = inputs
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, NodeAddrs::of(n))))
+        .collect();
+    let slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = {
+        let mut m: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        for s in inputs.endpoint_slices {
+            let (Some(ns), Some(svc)) = (
+                s.metadata.namespace.as_deref(),
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_SERVICE_NAME_SLICE))
+                    .map(String::as_str),
+            ) else {
+                continue;
+            };
+            m.entry((ns, svc)).or_default().push(s);
+        }
+        m
+    };
+    // Which policy selects which node (policies × nodes selector evaluations, once), and the
+    // interfaces each policy gives this node.
+    let selects: Vec<Vec<bool>> = policies
+        .iter()
+        .map(|p| nodes.iter().map(|(_, l)| p.selects_node(l)).collect())
+        .collect();
+    let me = nodes.iter().position(|(n, _)| *n == inputs.node_name);
+    let my_ifaces: Vec<BTreeSet<String>> = policies
+        .iter()
+        .enumerate()
+        .map(|(pi, p)| match me {
+            Some(m) if selects[pi][m] => p.interfaces(inputs.interfaces).cloned().collect(),
+            _ => BTreeSet::new(),
+        })
+        .collect();
+    // Nodes (indices into `nodes`) with a ready local endpoint, for each ETP Local Service.
+    let mut local: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+    for pair in &pairs {
+        if local.contains_key(&pair.service) || !is_etp_local(services[pair.service].0) {
+            continue;
+        }
+        let sref = &services[pair.service].1;
+        let slices = slices_by_service
+            .get(&(sref.namespace.as_str(), sref.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let names = local_endpoint_nodes(sref, slices, &node_addrs);
+        local.insert(
+            pair.service,
+            nodes.iter().map(|(n, _)| names.contains(*n)).collect(),
+        );
+    }
+
+    let mut candidate_cache: BTreeMap<Vec<Signature<'_>>, Arc<Vec<String>>> = BTreeMap::new();
+    let mut groups = Vec::with_capacity(grouped.len());
+    for members in grouped.values() {
+        let addresses: BTreeSet<IpAddr> = members.iter().map(|p| p.address).collect();
+        let service_refs: BTreeSet<ServiceRef> = members
+            .iter()
+            .map(|p| services[p.service].1.clone())
+            .collect();
+        let node_ok = |ni: usize| {
+            members.iter().all(|pair| {
+                pair.policies.iter().any(|&pi| selects[pi][ni])
+                    && local.get(&pair.service).is_none_or(|l| l[ni])
+            })
+        };
+        // Groups with the same (policies, ETP Local Service) signature have the same candidates:
+        // compute and allocate each distinct list once.
+        let mut signature: Vec<Signature<'_>> = members
+            .iter()
+            .map(|p| {
+                (
+                    p.policies.as_slice(),
+                    local.contains_key(&p.service).then_some(p.service),
+                )
+            })
+            .collect();
+        signature.sort();
+        signature.dedup();
+        let candidates = candidate_cache
+            .entry(signature)
+            .or_insert_with(|| {
+                let mut c: Vec<String> = (0..nodes.len())
+                    .filter(|&ni| node_ok(ni))
+                    .map(|ni| nodes[ni].0.to_string())
+                    .collect();
+                c.sort();
+                c.dedup();
+                Arc::new(c)
+            })
+            .clone();
+        let here = me.is_some_and(node_ok);
+        let mut interfaces = BTreeSet::new();
+        if here {
+            for pair in members {
+                for &pi in &pair.policies {
+                    interfaces.extend(my_ifaces[pi].iter().cloned());
+                }
+            }
+        }
+        groups.push(Group {
+            key: group_key(&addresses),
+            addresses,
+            services: service_refs,
+            candidates,
+            eligible_here: here && !interfaces.is_empty(),
+            interfaces,
+        });
+    }
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
+    problems.sort();
+    problems.dedup();
+    Desired { groups, problems }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::L2AnnouncementPolicySpec;
+    use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeSpec, NodeStatus, ServiceSpec,
+        ServiceStatus,
+    };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    };
+
+    // ---- builders -------------------------------------------------------------------------
+
+    struct Svc(Service);
+    fn svc(ns: &str, name: &str) -> Svc {
+        Svc(Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+    impl Svc {
+        fn spec(&mut self) -> &mut ServiceSpec {
+            self.0.spec.get_or_insert_with(Default::default)
+        }
+        fn lb(mut self, ips: &[&str]) -> Self {
+            self.0.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some((*ip).into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            });
+            self
+        }
+        fn external(mut self, ips: &[&str]) -> Self {
+            self.spec().external_ips = Some(ips.iter().map(|s| (*s).into()).collect());
+            self
+        }
+        fn label(mut self, k: &str, v: &str) -> Self {
+            self.0
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(k.into(), v.into());
+            self
+        }
+        fn local(mut self) -> Self {
+            self.spec().external_traffic_policy = Some("Local".into());
+            self
+        }
+        fn class(mut self, c: &str) -> Self {
+            self.spec().load_balancer_class = Some(c.into());
+            self
+        }
+        fn type_(mut self, t: &str) -> Self {
+            self.spec().type_ = Some(t.into());
+            self
+        }
+    }
+
+    struct Pol(L2AnnouncementPolicy);
+    fn policy(name: &str) -> Pol {
+        Pol(L2AnnouncementPolicy::new(
+            name,
+            L2AnnouncementPolicySpec {
+                load_balancer_ips: true,
+                ..Default::default()
+            },
+        ))
+    }
+    fn eq_selector(k: &str, v: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some([(k.to_string(), v.to_string())].into()),
+            ..Default::default()
+        }
+    }
+    impl Pol {
+        fn services(mut self, k: &str, v: &str) -> Self {
+            self.0.spec.service_selector = Some(eq_selector(k, v));
+            self
+        }
+        fn nodes(mut self, k: &str, v: &str) -> Self {
+            self.0.spec.node_selector = Some(eq_selector(k, v));
+            self
+        }
+        fn node_selector(mut self, s: LabelSelector) -> Self {
+            self.0.spec.node_selector = Some(s);
+            self
+        }
+        fn interfaces(mut self, res: &[&str]) -> Self {
+            self.0.spec.interfaces = res.iter().map(|s| (*s).into()).collect();
+            self
+        }
+        fn lb_ips(mut self, on: bool) -> Self {
+            self.0.spec.load_balancer_ips = on;
+            self
+        }
+        fn external_ips(mut self, on: bool) -> Self {
+            self.0.spec.external_ips = on;
+            self
+        }
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+    fn node_with_net(name: &str, pod_cidr: &str, addr: &str) -> Node {
+        let mut n = node(name, &[]);
+        n.spec = Some(NodeSpec {
+            pod_cidrs: Some(vec![pod_cidr.into()]),
+            ..Default::default()
+        });
+        n.status = Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: addr.into(),
+            }]),
+            ..Default::default()
+        });
+        n
+    }
+
+    fn ep(addr: &str, node: Option<&str>, ready: Option<bool>) -> Endpoint {
+        Endpoint {
+            addresses: vec![addr.into()],
+            node_name: node.map(Into::into),
+            conditions: Some(EndpointConditions {
+                ready,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+    fn slice(ns: &str, service: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(format!("{service}-abcde")),
+                labels: Some([(LABEL_SERVICE_NAME_SLICE.to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(endpoints),
+            ports: None,
+        }
+    }
+
+    struct World {
+        me: String,
+        policies: Vec<L2AnnouncementPolicy>,
+        services: Vec<Service>,
+        nodes: Vec<Node>,
+        slices: Vec<EndpointSlice>,
+        interfaces: Vec<String>,
+        options: Options,
+    }
+    fn world(me: &str) -> World {
+        World {
+            me: me.into(),
+            policies: vec![],
+            services: vec![],
+            nodes: vec![node("n1", &[]), node("n2", &[]), node("n3", &[])],
+            slices: vec![],
+            interfaces: vec!["eth0".into()],
+            options: Options::default(),
+        }
+    }
+    impl World {
+        fn policy(mut self, p: Pol) -> Self {
+            self.policies.push(p.0);
+            self
+        }
+        fn service(mut self, s: Svc) -> Self {
+            self.services.push(s.0);
+            self
+        }
+        fn nodes(mut self, nodes: Vec<Node>) -> Self {
+            self.nodes = nodes;
+            self
+        }
+        fn slice(mut self, s: EndpointSlice) -> Self {
+            self.slices.push(s);
+            self
+        }
+        fn interfaces(mut self, ifs: &[&str]) -> Self {
+            self.interfaces = ifs.iter().map(|s| (*s).into()).collect();
+            self
+        }
+        fn compute(&self) -> Desired {
+            compute(&Inputs {
+                node_name: &self.me,
+                policies: &self.policies.iter().collect::<Vec<_>>(),
+                services: &self.services.iter().collect::<Vec<_>>(),
+                nodes: &self.nodes.iter().collect::<Vec<_>>(),
+                endpoint_slices: &self.slices.iter().collect::<Vec<_>>(),
+                interfaces: &self.interfaces,
+                options: &self.options,
+            })
+        }
+    }
+
+    fn keys(d: &Desired) -> Vec<&str> {
+        d.groups.iter().map(|g| g.key.as_str()).collect()
+    }
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    // ---- scenarios ------------------------------------------------------------------------
+
+    #[test]
+    fn policy_selects_service_by_virtual_name_label() {
+        let d = world("n1")
+            .policy(policy("p").services(LABEL_SERVICE_NAME, "web"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "other").lb(&["198.51.100.11"]))
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.10"]);
+        let g = &d.groups[0];
+        assert_eq!(g.services, [ServiceRef::new("default", "web")].into());
+        assert_eq!(g.candidates.as_slice(), ["n1", "n2", "n3"]);
+        assert_eq!(g.interfaces, set(&["eth0"]));
+        assert!(g.eligible_here);
+        assert!(d.problems.is_empty());
+    }
+
+    #[test]
+    fn virtual_namespace_label_selects_across_names() {
+        let d = world("n1")
+            .policy(policy("p").services(LABEL_SERVICE_NAMESPACE, "prod"))
+            .service(svc("prod", "a").lb(&["198.51.100.1"]))
+            .service(svc("dev", "b").lb(&["198.51.100.2"]))
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.1"]);
+    }
+
+    #[test]
+    fn no_policy_means_nothing_announced() {
+        let d = world("n1")
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert!(d.groups.is_empty());
+    }
+
+    #[test]
+    fn node_selector_limits_candidates_and_this_node() {
+        let w = world("n2")
+            .nodes(vec![
+                node("n1", &[("l2", "yes")]),
+                node("n2", &[]),
+                node("n3", &[("l2", "yes")]),
+            ])
+            .policy(policy("p").nodes("l2", "yes"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]));
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
+        assert!(!d.groups[0].eligible_here);
+        assert!(d.groups[0].interfaces.is_empty());
+        assert_eq!(d.local().count(), 0);
+        let mut w = w;
+        w.me = "n3".into();
+        let d = w.compute();
+        assert!(d.groups[0].eligible_here);
+        assert_eq!(d.local().count(), 1);
+    }
+
+    #[test]
+    fn node_selector_match_expressions() {
+        let sel = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
+            ..Default::default()
+        };
+        let d = world("n1")
+            .nodes(vec![
+                node("n1", &[("zone", "a")]),
+                node("n2", &[("zone", "c")]),
+                node("n3", &[("zone", "b")]),
+            ])
+            .policy(policy("p").node_selector(sel))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
+    }
+
+    #[test]
+    fn excluded_nodes_are_never_candidates() {
+        let d = world("n1")
+            .nodes(vec![node("n1", &[(LABEL_EXCLUDE_LB, "")]), node("n2", &[])])
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
+        assert!(!d.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn lb_ips_versus_external_ips() {
+        let s = || {
+            svc("default", "web")
+                .lb(&["198.51.100.10"])
+                .external(&["198.51.100.20"])
+        };
+        let lb_only = world("n1").policy(policy("p")).service(s()).compute();
+        assert_eq!(keys(&lb_only), ["198.51.100.10"]);
+
+        let ext_only = world("n1")
+            .policy(policy("p").lb_ips(false).external_ips(true))
+            .service(s())
+            .compute();
+        assert_eq!(keys(&ext_only), ["198.51.100.20"]);
+
+        let both = world("n1")
+            .policy(policy("p").external_ips(true))
+            .service(s())
+            .compute();
+        // One Service → one lease for all its addresses.
+        assert_eq!(keys(&both), ["198.51.100.10,198.51.100.20"]);
+
+        let neither = world("n1")
+            .policy(policy("p").lb_ips(false))
+            .service(s())
+            .compute();
+        assert!(neither.groups.is_empty());
+    }
+
+    #[test]
+    fn external_ips_of_a_cluster_ip_service_but_not_stale_ingress() {
+        let d = world("n1")
+            .policy(policy("p").external_ips(true))
+            .service(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .lb(&["198.51.100.10"])
+                    .external(&["198.51.100.20"]),
+            )
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.20"]);
+    }
+
+    #[test]
+    fn dual_stack_service_is_one_group_ipv4_first() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["2001:db8:100::10", "198.51.100.10"]))
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.10,2001:db8:100::10"]);
+    }
+
+    #[test]
+    fn interface_regexes_are_anchored_and_ored() {
+        let d = world("n1")
+            .interfaces(&["eth0", "eth1", "ens3", "xeth0"])
+            .policy(policy("p").interfaces(&["eth[0-9]+", "ens"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].interfaces, set(&["eth0", "eth1"]));
+    }
+
+    #[test]
+    fn no_regex_means_every_eligible_interface() {
+        let d = world("n1")
+            .interfaces(&["eth0", "ens3"])
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].interfaces, set(&["ens3", "eth0"]));
+    }
+
+    #[test]
+    fn no_matching_interface_means_not_contending_but_still_candidate() {
+        let d = world("n1")
+            .interfaces(&["ens3"])
+            .policy(policy("p").interfaces(&["eth0"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        let g = &d.groups[0];
+        assert!(g.candidates.contains(&"n1".to_string()));
+        assert!(!g.eligible_here);
+    }
+
+    #[test]
+    fn several_policies_one_service_one_group_union_of_interfaces() {
+        let d = world("n1")
+            .interfaces(&["eth0", "eth1", "eth2"])
+            .policy(policy("a").interfaces(&["eth0"]))
+            .policy(policy("b").interfaces(&["eth2"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups.len(), 1);
+        assert_eq!(d.groups[0].interfaces, set(&["eth0", "eth2"]));
+    }
+
+    #[test]
+    fn interfaces_only_from_policies_selecting_this_node() {
+        let d = world("n1")
+            .interfaces(&["eth0", "eth1"])
+            .nodes(vec![node("n1", &[("a", "1")]), node("n2", &[("b", "1")])])
+            .policy(policy("a").nodes("a", "1").interfaces(&["eth0"]))
+            .policy(policy("b").nodes("b", "1").interfaces(&["eth1"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
+        assert_eq!(d.groups[0].interfaces, set(&["eth0"]));
+    }
+
+    #[test]
+    fn services_sharing_an_address_share_one_group() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "dns-tcp").lb(&["198.51.100.53"]))
+            .service(svc("default", "dns-udp").lb(&["198.51.100.53", "2001:db8:100::53"]))
+            .service(svc("default", "web").lb(&["198.51.100.80"]))
+            .compute();
+        assert_eq!(
+            keys(&d),
+            ["198.51.100.53,2001:db8:100::53", "198.51.100.80"]
+        );
+        assert_eq!(
+            d.groups[0].services,
+            [
+                ServiceRef::new("default", "dns-tcp"),
+                ServiceRef::new("default", "dns-udp")
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn sharing_is_transitive() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").lb(&["198.51.100.1"]))
+            .service(svc("default", "c").lb(&["198.51.100.2"]))
+            .service(svc("default", "b").lb(&["198.51.100.1", "198.51.100.2"]))
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.1,198.51.100.2"]);
+        assert_eq!(d.groups[0].services.len(), 3);
+    }
+
+    #[test]
+    fn etp_local_needs_a_ready_local_endpoint() {
+        let w = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            .slice(slice(
+                "default",
+                "web",
+                vec![
+                    ep("10.0.1.5", Some("n1"), Some(true)),
+                    ep("10.0.2.5", Some("n2"), Some(false)),
+                    ep("10.0.3.5", Some("n3"), None), // nil ready = ready
+                ],
+            ));
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
+        assert!(d.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn etp_local_without_endpoints_has_no_candidates() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            // A slice of a same-named Service in another namespace must not count.
+            .slice(slice(
+                "other",
+                "web",
+                vec![ep("10.0.1.5", Some("n1"), None)],
+            ))
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.10"]);
+        assert!(d.groups[0].candidates.is_empty());
+        assert!(!d.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn etp_cluster_ignores_endpoints() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn etp_local_endpoints_without_node_name_match_pod_cidr_or_node_address() {
+        let d = world("n1")
+            .nodes(vec![
+                node_with_net("n1", "10.244.1.0/24", "192.0.2.11"),
+                node_with_net("n2", "10.244.2.0/24", "192.0.2.12"),
+                node_with_net("n3", "10.244.3.0/24", "192.0.2.13"),
+            ])
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            .slice(slice(
+                "default",
+                "web",
+                vec![
+                    ep("10.244.2.7", None, Some(true)), // pod on n2
+                    ep("192.0.2.13", None, None),       // hostNetwork pod on n3
+                    ep("10.99.0.1", None, Some(true)),  // nobody's
+                ],
+            ))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2", "n3"]);
+        assert!(!d.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn etp_local_in_a_shared_group_requires_every_service() {
+        let d = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").lb(&["198.51.100.10"]).local())
+            .service(svc("default", "b").lb(&["198.51.100.10"]))
+            .slice(slice(
+                "default",
+                "a",
+                vec![ep("10.0.0.1", Some("n2"), Some(true))],
+            ))
+            .compute();
+        assert_eq!(d.groups.len(), 1);
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
+    }
+
+    #[test]
+    fn bad_regex_is_reported_and_fails_closed() {
+        let d = world("n1")
+            .interfaces(&["eth0", "eth1"])
+            .policy(policy("p").interfaces(&["eth(", "eth1"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.problems.len(), 1);
+        assert_eq!(d.problems[0].policy, "p");
+        assert_eq!(d.problems[0].field, "spec.interfaces[0]");
+        assert!(d.problems[0].message.contains("eth("), "{:?}", d.problems);
+        // The valid regex still works.
+        assert_eq!(d.groups[0].interfaces, set(&["eth1"]));
+
+        let all_bad = world("n1")
+            .policy(policy("p").interfaces(&["[", "(?P<"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(all_bad.problems_of("p").count(), 2);
+        // No fallback to "every interface".
+        assert!(all_bad.groups[0].interfaces.is_empty());
+        assert!(!all_bad.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn huge_regex_is_rejected_not_compiled() {
+        let re = "(a{1000}){1000}";
+        assert!(compile_interface_regex(re).is_err());
+    }
+
+    #[test]
+    fn bad_selector_is_reported_and_selects_nothing() {
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        let d = world("n1")
+            .policy(policy("bad").node_selector(bad))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.problems.len(), 1);
+        assert_eq!(d.problems[0].field, "spec.nodeSelector");
+        assert!(d.groups.iter().all(|g| g.candidates.is_empty()));
+    }
+
+    #[test]
+    fn foreign_class_needs_an_explicit_selector() {
+        let s = || {
+            svc("default", "web")
+                .class("example.com/other")
+                .lb(&["198.51.100.10"])
+        };
+        let catch_all = world("n1").policy(policy("p")).service(s()).compute();
+        assert!(catch_all.groups.is_empty());
+        let explicit = world("n1")
+            .policy(policy("p").services("app", "web"))
+            .service(s().label("app", "web"))
+            .compute();
+        assert_eq!(keys(&explicit), ["198.51.100.10"]);
+        let ours = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "web").class(LB_CLASS).lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(keys(&ours), ["198.51.100.10"]);
+    }
+
+    #[test]
+    fn cilium_class_only_when_served() {
+        let mut w = world("n1").policy(policy("p")).service(
+            svc("default", "web")
+                .class(CILIUM_LB_CLASS)
+                .lb(&["198.51.100.10"]),
+        );
+        assert!(w.compute().groups.is_empty());
+        w.options.serve_cilium_class = true;
+        assert_eq!(keys(&w.compute()), ["198.51.100.10"]);
+    }
+
+    #[test]
+    fn garbage_addresses_are_skipped() {
+        let d = world("n1")
+            .policy(policy("p").external_ips(true))
+            .service(
+                svc("default", "web")
+                    .lb(&["not-an-ip", "198.51.100.10"])
+                    .external(&["999.1.1.1"]),
+            )
+            .compute();
+        assert_eq!(keys(&d), ["198.51.100.10"]);
+    }
+
+    #[test]
+    fn result_does_not_depend_on_input_order_or_on_who_computes() {
+        let mut w = world("n1")
+            .policy(policy("a").nodes("x", "1"))
+            .policy(policy("b"))
+            .service(svc("default", "s1").lb(&["198.51.100.1"]))
+            .service(svc("default", "s2").lb(&["198.51.100.2", "198.51.100.1"]))
+            .service(svc("kube-system", "s3").lb(&["2001:db8:100::3"]));
+        let d1 = w.compute();
+        w.policies.reverse();
+        w.services.reverse();
+        w.nodes.reverse();
+        let d2 = w.compute();
+        assert_eq!(d1, d2);
+        w.me = "n3".into();
+        let d3 = w.compute();
+        let strip = |d: &Desired| {
+            d.groups
+                .iter()
+                .map(|g| (g.key.clone(), g.candidates.clone(), g.services.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&d1), strip(&d3));
+    }
+}

@@ -1,0 +1,363 @@
+//! What this node answers for right now: a pure state machine fed by the desired groups
+//! (eligibility), the lease engine's per-lease transitions and the announcer's conflicts.
+//!
+//! # Fencing and API outages (issue 4 §5)
+//! - Only a group whose lease this node *acquired* is announced ([`Hold::Held`]).
+//! - Lease lost (another holder seen, 409) or released → stop at once.
+//! - Lease could have expired because renewals failed with the API server *unreachable*
+//!   (connection refused, timeouts, 5xx): with sticky mode (default) keep announcing
+//!   ([`Hold::Sticky`]) — no other node can have been told it holds the lease by an API server
+//!   we cannot reach either, unless the API server is only unreachable *from us*; in that case the
+//!   other node acquires the lease and sends its gratuitous ARP / unsolicited NA burst, which the
+//!   announcer reports as a conflict, and we yield at once ([`Hold::Yielded`]) for the whole group.
+//!   Without sticky mode the group stops like a lost lease.
+//! - A conflict on a group we hold with a valid lease is not a reason to yield (the other station
+//!   is the stale one: our own burst on acquiring made it yield); it is only counted.
+//! - A group that leaves the desired set (Service deleted, policy changed, node no longer
+//!   eligible) stops at once, whatever its lease state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::eligibility::Group;
+
+/// What the lease engine reports for one lease (mapped from `crate::lease`'s events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// We hold it (acquired or renewed after a sticky period).
+    Acquired,
+    /// Another node holds it, or our write got a 409.
+    Lost,
+    /// Our lease could have expired and renewals fail because the API server is unreachable.
+    ExpiredUnreachable,
+    /// We released it (shutdown, or no longer desired).
+    Released,
+}
+
+/// The state of one group on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// We hold the lease: announce.
+    Held,
+    /// Lease possibly expired, API unreachable, sticky: keep announcing until a conflict.
+    Sticky,
+    /// Was sticky and another station announced one of the addresses: silent until re-acquired.
+    Yielded,
+}
+
+/// Result of a conflict report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConflictOutcome {
+    /// We stopped announcing this group (it was sticky).
+    Yielded(String),
+    /// We hold a valid lease for it; the other station is stale.
+    Ignored(String),
+    /// The address is not ours.
+    NotOurs,
+}
+
+/// The agent's announcement state.
+#[derive(Debug, Clone)]
+pub struct Holdings {
+    sticky: bool,
+    desired: BTreeMap<String, Group>,
+    state: BTreeMap<String, Hold>,
+}
+
+impl Holdings {
+    pub fn new(sticky: bool) -> Self {
+        Holdings {
+            sticky,
+            desired: BTreeMap::new(),
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the groups this node contends for (only `eligible_here` ones are kept).
+    /// Returns the keys that were dropped while announced or held (stopped at once).
+    pub fn set_desired<'a>(&mut self, groups: impl IntoIterator<Item = &'a Group>) -> Vec<String> {
+        self.desired = groups
+            .into_iter()
+            .filter(|g| g.eligible_here)
+            .map(|g| (g.key.clone(), g.clone()))
+            .collect();
+        let gone: Vec<String> = self
+            .state
+            .keys()
+            .filter(|k| !self.desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.state.remove(k);
+        }
+        gone
+    }
+
+    /// Applies a lease transition for `key`.
+    pub fn on_lease(&mut self, key: &str, t: Transition) {
+        match t {
+            Transition::Acquired if self.desired.contains_key(key) => {
+                self.state.insert(key.to_string(), Hold::Held);
+            }
+            Transition::Acquired => {}
+            Transition::Lost | Transition::Released => {
+                self.state.remove(key);
+            }
+            Transition::ExpiredUnreachable => match self.state.get(key) {
+                Some(Hold::Held) | Some(Hold::Sticky) if self.sticky => {
+                    self.state.insert(key.to_string(), Hold::Sticky);
+                }
+                Some(Hold::Yielded) => {}
+                _ => {
+                    self.state.remove(key);
+                }
+            },
+        }
+    }
+
+    /// Another station announced `ip`: a sticky group containing it yields.
+    pub fn on_conflict(&mut self, ip: IpAddr) -> ConflictOutcome {
+        let Some(key) = self
+            .desired
+            .values()
+            .find(|g| g.addresses.contains(&ip))
+            .map(|g| g.key.clone())
+        else {
+            return ConflictOutcome::NotOurs;
+        };
+        match self.state.get(&key) {
+            Some(Hold::Sticky) => {
+                self.state.insert(key.clone(), Hold::Yielded);
+                ConflictOutcome::Yielded(key)
+            }
+            Some(Hold::Held) => ConflictOutcome::Ignored(key),
+            _ => ConflictOutcome::NotOurs,
+        }
+    }
+
+    /// The state of one group, if any.
+    pub fn hold(&self, key: &str) -> Option<Hold> {
+        self.state.get(key).copied()
+    }
+
+    /// The desired group for `key`.
+    pub fn group(&self, key: &str) -> Option<&Group> {
+        self.desired.get(key)
+    }
+
+    /// Keys of the groups this node contends for.
+    pub fn desired_keys(&self) -> impl Iterator<Item = &String> {
+        self.desired.keys()
+    }
+
+    /// Number of groups whose lease we hold (not counting sticky ones).
+    pub fn held_count(&self) -> usize {
+        self.state.values().filter(|h| **h == Hold::Held).count()
+    }
+
+    /// Number of groups announced in sticky mode.
+    pub fn sticky_count(&self) -> usize {
+        self.state.values().filter(|h| **h == Hold::Sticky).count()
+    }
+
+    /// The announcer's desired state: address → interfaces, for held and sticky groups.
+    pub fn announced(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        let mut out: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+        for (key, hold) in &self.state {
+            if !matches!(hold, Hold::Held | Hold::Sticky) {
+                continue;
+            }
+            let Some(g) = self.desired.get(key) else {
+                continue;
+            };
+            for ip in &g.addresses {
+                out.entry(*ip)
+                    .or_default()
+                    .extend(g.interfaces.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// Stops everything (shutdown): nothing is announced afterwards.
+    pub fn clear(&mut self) {
+        self.state.clear();
+    }
+}
+
+/// (address, interface) pairs announced in `after` but not in `before` (for Events and logs).
+pub fn newly_announced(
+    before: &BTreeMap<IpAddr, BTreeSet<String>>,
+    after: &BTreeMap<IpAddr, BTreeSet<String>>,
+) -> Vec<(IpAddr, String)> {
+    let mut out = Vec::new();
+    for (ip, ifaces) in after {
+        for i in ifaces {
+            if !before.get(ip).is_some_and(|b| b.contains(i)) {
+                out.push((*ip, i.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::eligibility::{group_key, ServiceRef};
+    use super::*;
+
+    fn group(ips: &[&str], ifaces: &[&str], here: bool) -> Group {
+        let addresses: BTreeSet<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+        Group {
+            key: group_key(&addresses),
+            addresses,
+            services: [ServiceRef::new("default", "web")].into(),
+            candidates: std::sync::Arc::new(vec!["n1".into(), "n2".into()]),
+            interfaces: ifaces.iter().map(|s| (*s).to_string()).collect(),
+            eligible_here: here,
+        }
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_acquired_groups_are_announced() {
+        let g1 = group(&["198.51.100.1"], &["eth0"], true);
+        let g2 = group(
+            &["198.51.100.2", "2001:db8:100::2"],
+            &["eth0", "eth1"],
+            true,
+        );
+        let mut h = Holdings::new(true);
+        h.set_desired([&g1, &g2]);
+        assert!(h.announced().is_empty());
+        h.on_lease(&g2.key, Transition::Acquired);
+        let a = h.announced();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[&ip("2001:db8:100::2")].len(), 2);
+        assert!(!a.contains_key(&ip("198.51.100.1")));
+        assert_eq!(h.held_count(), 1);
+    }
+
+    #[test]
+    fn acquired_for_an_undesired_group_is_ignored() {
+        let g = group(&["198.51.100.1"], &["eth0"], false);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        assert!(h.announced().is_empty());
+    }
+
+    #[test]
+    fn lost_and_released_stop_at_once() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        for t in [Transition::Lost, Transition::Released] {
+            let mut h = Holdings::new(true);
+            h.set_desired([&g]);
+            h.on_lease(&g.key, Transition::Acquired);
+            assert_eq!(h.announced().len(), 1);
+            h.on_lease(&g.key, t);
+            assert!(h.announced().is_empty(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn sticky_keeps_announcing_until_a_conflict() {
+        let g = group(&["198.51.100.1", "198.51.100.2"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
+        assert_eq!(h.announced().len(), 2);
+        assert_eq!(
+            h.on_conflict(ip("198.51.100.2")),
+            ConflictOutcome::Yielded(g.key.clone())
+        );
+        // The whole group (one lease) yields.
+        assert!(h.announced().is_empty());
+        // A later expiry report keeps it silent; re-acquiring announces again.
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert!(h.announced().is_empty());
+        h.on_lease(&g.key, Transition::Acquired);
+        assert_eq!(h.announced().len(), 2);
+    }
+
+    #[test]
+    fn no_sticky_stops_when_the_lease_could_have_expired() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(false);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert!(h.announced().is_empty());
+        assert_eq!(h.hold(&g.key), None);
+    }
+
+    #[test]
+    fn expiry_of_a_lease_we_never_held_announces_nothing() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert!(h.announced().is_empty());
+    }
+
+    #[test]
+    fn conflict_on_a_valid_lease_is_ignored() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        assert_eq!(
+            h.on_conflict(ip("198.51.100.1")),
+            ConflictOutcome::Ignored(g.key.clone())
+        );
+        assert_eq!(h.announced().len(), 1);
+        assert_eq!(h.on_conflict(ip("198.51.100.9")), ConflictOutcome::NotOurs);
+    }
+
+    #[test]
+    fn undesired_groups_stop_at_once() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        let gone = h.set_desired([]);
+        assert_eq!(gone, vec![g.key.clone()]);
+        assert!(h.announced().is_empty());
+    }
+
+    #[test]
+    fn interface_change_of_a_held_group_is_followed() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        h.on_lease(&g.key, Transition::Acquired);
+        let g2 = group(&["198.51.100.1"], &["eth1"], true);
+        assert!(h.set_desired([&g2]).is_empty());
+        let a = h.announced();
+        assert_eq!(a[&ip("198.51.100.1")], BTreeSet::from(["eth1".to_string()]));
+    }
+
+    #[test]
+    fn newly_announced_pairs() {
+        let before = BTreeMap::from([(ip("198.51.100.1"), BTreeSet::from(["eth0".to_string()]))]);
+        let after = BTreeMap::from([
+            (
+                ip("198.51.100.1"),
+                BTreeSet::from(["eth0".to_string(), "eth1".to_string()]),
+            ),
+            (ip("198.51.100.2"), BTreeSet::from(["eth0".to_string()])),
+        ]);
+        assert_eq!(
+            newly_announced(&before, &after),
+            vec![
+                (ip("198.51.100.1"), "eth1".to_string()),
+                (ip("198.51.100.2"), "eth0".to_string())
+            ]
+        );
+        assert!(newly_announced(&after, &before).is_empty());
+    }
+}

@@ -1,0 +1,282 @@
+//! What the agent writes besides leases: an `events.k8s.io/v1` Event on a Service when this node
+//! starts announcing it, and the `Valid` condition on `L2AnnouncementPolicy` status.
+//!
+//! # Who writes policy status
+//! Policy problems (bad selector, bad interface regex) are the same on every node, so letting every
+//! agent write them would be N racing writers. One agent is the *designated writer* of each
+//! policy: the first node in rendezvous order (`crate::lease::rendezvous_rank` with key
+//! `policy/<name>`) among the nodes whose `Ready` condition is `True` and that are not excluded
+//! from load balancers. It writes only when the condition differs from what it computes, with the
+//! cached object's resourceVersion as precondition (a 409 means the cache is stale: the watch
+//! brings the new object and the next recompute decides again). Every agent logs the problems.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
+
+use super::eligibility::{PolicyProblem, LABEL_EXCLUDE_LB};
+use crate::api::{L2AnnouncementPolicy, L2AnnouncementPolicyStatus, AGENT_NAME};
+
+/// Condition type on `L2AnnouncementPolicy` status.
+pub const COND_VALID: &str = "Valid";
+/// Event reason when a node starts announcing a Service's addresses.
+pub const REASON_ANNOUNCING: &str = "Announcing";
+/// Event action.
+pub const ACTION_ANNOUNCE: &str = "Announce";
+
+/// `reportingInstance` of this node's agent.
+pub fn reporting_instance(node: &str) -> String {
+    format!("ferrolb-agent-{node}")
+}
+
+/// The Event "announcing ADDRS from NODE on IFACES" regarding `svc` (None when the Service has
+/// no name/namespace).
+pub fn announce_event(
+    svc: &Service,
+    node: &str,
+    ips: &BTreeSet<IpAddr>,
+    ifaces: &BTreeSet<String>,
+    now: jiff::Timestamp,
+) -> Option<Event> {
+    let ns = svc.metadata.namespace.clone()?;
+    let name = svc.metadata.name.clone()?;
+    let ips = ips
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ifaces = ifaces.iter().cloned().collect::<Vec<_>>().join(", ");
+    Some(Event {
+        metadata: ObjectMeta {
+            // client-go's scheme: <object>.<unix nanos in hex>.
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        reporting_controller: Some(AGENT_NAME.to_string()),
+        reporting_instance: Some(reporting_instance(node)),
+        action: Some(ACTION_ANNOUNCE.to_string()),
+        reason: Some(REASON_ANNOUNCING.to_string()),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(ns),
+            name: Some(name),
+            uid: svc.metadata.uid.clone(),
+            resource_version: None,
+            field_path: None,
+        }),
+        note: Some(format!("announcing {ips} from {node} on {ifaces}")),
+        type_: Some("Normal".into()),
+        ..Default::default()
+    })
+}
+
+/// Posts an Event (errors are returned for the caller to log; Events are best effort).
+pub async fn post_event(client: &kube::Client, ev: &Event) -> kube::Result<()> {
+    let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
+    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), ns);
+    api.create(&kube::api::PostParams::default(), ev).await?;
+    Ok(())
+}
+
+/// The `Valid` condition a policy should carry given its problems.
+pub fn policy_condition(
+    policy: &L2AnnouncementPolicy,
+    problems: &[&PolicyProblem],
+    now: jiff::Timestamp,
+) -> Condition {
+    let (status, reason, message) = if problems.is_empty() {
+        (
+            "True",
+            "Valid",
+            "selectors and interface regexes are valid".to_string(),
+        )
+    } else {
+        (
+            "False",
+            "InvalidSpec",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
+    let previous = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == COND_VALID));
+    // lastTransitionTime changes only when the status does.
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: COND_VALID.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: policy.metadata.generation,
+        last_transition_time,
+    }
+}
+
+/// Whether the policy's status already says `cond` (ignoring lastTransitionTime).
+pub fn condition_current(policy: &L2AnnouncementPolicy, cond: &Condition) -> bool {
+    policy.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == cond.type_
+                && c.status == cond.status
+                && c.reason == cond.reason
+                && c.message == cond.message
+                && c.observed_generation == cond.observed_generation
+        })
+    })
+}
+
+/// The policy object with `cond` set in its status (other conditions kept).
+pub fn with_condition(policy: &L2AnnouncementPolicy, cond: Condition) -> L2AnnouncementPolicy {
+    let mut p = policy.clone();
+    let status = p
+        .status
+        .get_or_insert_with(L2AnnouncementPolicyStatus::default);
+    status.observed_generation = policy.metadata.generation;
+    status.conditions.retain(|c| c.type_ != cond.type_);
+    status.conditions.push(cond);
+    p.metadata.managed_fields = None;
+    p
+}
+
+/// Nodes that may write policy status: Ready and not excluded, sorted.
+pub fn status_writers(nodes: &[Node]) -> Vec<String> {
+    let mut out: Vec<String> = nodes
+        .iter()
+        .filter(|n| {
+            !n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_EXCLUDE_LB))
+        })
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes the policy's status with its resourceVersion as precondition.
+pub async fn write_policy_status(
+    client: &kube::Client,
+    updated: &L2AnnouncementPolicy,
+) -> kube::Result<()> {
+    let api: kube::Api<L2AnnouncementPolicy> = kube::Api::all(client.clone());
+    let name = updated.metadata.name.clone().unwrap_or_default();
+    api.replace_status(&name, &kube::api::PostParams::default(), updated)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::L2AnnouncementPolicySpec;
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn announce_event_has_every_required_field() {
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some("demo".into()),
+                name: Some("web".into()),
+                uid: Some("u-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ips: BTreeSet<IpAddr> = ["198.51.100.10".parse().unwrap()].into();
+        let ifaces: BTreeSet<String> = ["eth0".to_string()].into();
+        let ev = announce_event(&svc, "n1", &ips, &ifaces, ts("2026-11-22T07:57:47.246813Z"))
+            .expect("event");
+        let v = serde_json::to_value(&ev).unwrap();
+        // The fields golden 74 lists as required, and eventTime (golden 73) with 6 digits.
+        assert_eq!(v["eventTime"], "2026-11-22T07:57:47.246813Z");
+        assert_eq!(v["reportingController"], "ferrolb.io/agent");
+        assert_eq!(v["reportingInstance"], "ferrolb-agent-n1");
+        assert_eq!(v["action"], "Announce");
+        assert_eq!(v["reason"], "Announcing");
+        assert_eq!(v["type"], "Normal");
+        assert_eq!(v["note"], "announcing 198.51.100.10 from n1 on eth0");
+        assert_eq!(v["regarding"]["kind"], "Service");
+        assert_eq!(v["regarding"]["uid"], "u-1");
+        assert_eq!(v["metadata"]["namespace"], "demo");
+        assert!(v["metadata"]["name"].as_str().unwrap().starts_with("web."));
+    }
+
+    #[test]
+    fn event_time_keeps_six_digits_on_whole_seconds() {
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some("demo".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ev = announce_event(
+            &svc,
+            "n1",
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            ts("2026-11-22T07:57:47Z"),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["eventTime"], "2026-11-22T07:57:47.000000Z");
+    }
+
+    fn pol() -> L2AnnouncementPolicy {
+        let mut p = L2AnnouncementPolicy::new("p", L2AnnouncementPolicySpec::default());
+        p.metadata.generation = Some(3);
+        p
+    }
+
+    #[test]
+    fn condition_reflects_problems_and_keeps_transition_time() {
+        let p = pol();
+        let prob = PolicyProblem {
+            policy: "p".into(),
+            field: "spec.interfaces[0]".into(),
+            message: "invalid interface regex \"(\"".into(),
+        };
+        let t1 = ts("2026-11-22T08:00:00Z");
+        let c = policy_condition(&p, &[&prob], t1);
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason, "InvalidSpec");
+        assert!(c.message.contains("spec.interfaces[0]"));
+        assert_eq!(c.observed_generation, Some(3));
+        assert!(!condition_current(&p, &c));
+        let p2 = with_condition(&p, c.clone());
+        assert!(condition_current(&p2, &c));
+        // Same status later: transition time kept.
+        let c2 = policy_condition(&p2, &[&prob], ts("2026-11-22T09:00:00Z"));
+        assert_eq!(c2.last_transition_time, Time(t1));
+        // Fixed: True, new transition time.
+        let c3 = policy_condition(&p2, &[], ts("2026-11-22T09:00:00Z"));
+        assert_eq!(c3.status, "True");
+        assert_eq!(c3.last_transition_time, Time(ts("2026-11-22T09:00:00Z")));
+        assert!(!condition_current(&p2, &c3));
+    }
+}

@@ -1,0 +1,569 @@
+//! The agent's wiring: watches → shared caches → eligibility → lease engine → announcer.
+//!
+//! - One watch per kind (kube-runtime reflectors): `L2AnnouncementPolicy`, Services, Nodes (all
+//!   of them: the rendezvous candidates), EndpointSlices; Leases are watched by the lease engine
+//!   (one label-selected watch). Any change wakes the loop, which recomputes eligibility after a
+//!   short debounce, so a burst of events costs one recompute.
+//! - The desired groups go to the lease engine (lease name = `lease_name(group key)`, labels and
+//!   annotations naming the Services); the engine's per-lease events drive [`Holdings`], whose
+//!   announced set is handed to the announcer (`set_held`). Only acquired (or sticky) groups are
+//!   announced.
+//! - The announcer's conflicts (another station's gratuitous ARP / NA for an address we
+//!   announce) make a sticky group yield at once.
+//! - SIGTERM/SIGINT: stop answering first, then release every held lease (so another node takes
+//!   over at once), then exit 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::eligibility::{self, Desired, Options};
+use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
+use super::metrics::Metrics;
+use super::report;
+use super::Args;
+use crate::api::L2AnnouncementPolicy;
+use crate::lease::{self, LeaseEvent, LeaseSet};
+
+/// Builds the kube client: `--kubeconfig` if given, else the usual inference (in-cluster,
+/// `$KUBECONFIG`, `~/.kube/config`).
+pub async fn make_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig or run in a cluster")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Starts a reflector for `api`, waking `notify` on every event. Watch errors are counted and
+/// retried with kube-runtime's default backoff.
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    notify: Arc<Notify>,
+    metrics: Metrics,
+    kind: &'static str,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg).default_backoff().reflect(writer);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => {
+                    metrics
+                        .api_errors
+                        .with_label_values(&[&format!("watch_{kind}")])
+                        .inc();
+                    warn!(kind, error = %e, "watch error (retrying)");
+                }
+            }
+        }
+    });
+    (store, task)
+}
+
+/// The shared caches.
+struct Caches {
+    policies: Store<L2AnnouncementPolicy>,
+    services: Store<Service>,
+    nodes: Store<Node>,
+    slices: Store<EndpointSlice>,
+}
+
+impl Caches {
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.policies.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        Ok(())
+    }
+}
+
+/// Interface names the node may announce on, filtered by `--interfaces` when given.
+fn eligible_interface_names(node_regexes: &[regex::Regex]) -> Vec<String> {
+    let mut v: Vec<String> = crate::net::eligible_interfaces(node_regexes)
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// What the lease engine should know about a group: labels/annotations naming its Services and
+/// addresses (`lease::describe`), and the rendezvous candidates.
+fn lease_desired(g: &eligibility::Group) -> lease::Desired {
+    let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
+    let (labels, annotations) = lease::describe(&g.key, &services);
+    lease::Desired {
+        labels,
+        annotations,
+        candidates: g.candidates.as_ref().clone(),
+    }
+}
+
+/// The running agent's state owned by the main loop.
+struct Agent {
+    args: Args,
+    client: Client,
+    metrics: Metrics,
+    caches: Caches,
+    options: Options,
+    node_regexes: Vec<regex::Regex>,
+    interfaces: Vec<String>,
+    holdings: Holdings,
+    /// lease name → group key, for the groups given to the engine.
+    names: BTreeMap<String, String>,
+    leases: LeaseSet,
+    announcer: crate::net::Announcer,
+    announced: BTreeMap<IpAddr, BTreeSet<String>>,
+    last: Desired,
+    warned_no_node: bool,
+    /// Event rate limit: start of the current one-second window and Events posted in it.
+    event_window: (tokio::time::Instant, u32),
+}
+
+/// At most this many Events per second (a node taking over thousands of addresses at once must
+/// not flood the API server; the announcements themselves are logged and counted regardless).
+const MAX_EVENTS_PER_SECOND: u32 = 20;
+
+impl Agent {
+    /// Recomputes eligibility from the caches and pushes the result to the engine.
+    fn recompute(&mut self) {
+        self.metrics.recomputes.inc();
+        let policies = self.caches.policies.state();
+        let services = self.caches.services.state();
+        let nodes = self.caches.nodes.state();
+        let slices = self.caches.slices.state();
+        let p: Vec<&L2AnnouncementPolicy> = policies.iter().map(AsRef::as_ref).collect();
+        let s: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+        let n: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
+        let e: Vec<&EndpointSlice> = slices.iter().map(AsRef::as_ref).collect();
+        let own_node_known = n
+            .iter()
+            .any(|node| node.metadata.name.as_deref() == Some(self.args.node_name.as_str()));
+        if !own_node_known && !self.warned_no_node {
+            warn!(node = %self.args.node_name, "no Node object with this name: announcing nothing");
+        }
+        self.warned_no_node = !own_node_known;
+        let desired = eligibility::compute(&eligibility::Inputs {
+            node_name: &self.args.node_name,
+            policies: &p,
+            services: &s,
+            nodes: &n,
+            endpoint_slices: &e,
+            interfaces: &self.interfaces,
+            options: &self.options,
+        });
+        if desired.problems != self.last.problems {
+            for pr in &desired.problems {
+                warn!(policy = %pr.policy, field = %pr.field, "policy problem: {}", pr.message);
+            }
+        }
+        self.metrics
+            .policy_problems
+            .set(desired.problems.len() as i64);
+        self.write_policy_statuses(&p, &n, &desired);
+
+        let gone = self.holdings.set_desired(desired.local());
+        for k in &gone {
+            info!(group = %k, "no longer eligible: stopped announcing");
+        }
+        self.names = desired
+            .local()
+            .map(|g| (lease::lease_name(&g.key), g.key.clone()))
+            .collect();
+        let to_engine: BTreeMap<String, lease::Desired> = desired
+            .local()
+            .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
+            .collect();
+        self.metrics.groups_desired.set(to_engine.len() as i64);
+        if desired != self.last {
+            debug!(
+                groups = desired.groups.len(),
+                local = to_engine.len(),
+                "eligibility recomputed"
+            );
+        }
+        self.leases.set_desired(to_engine);
+        self.last = desired;
+        self.apply();
+    }
+
+    /// Writes the `Valid` condition of the policies this node is the designated writer for.
+    fn write_policy_statuses(
+        &self,
+        policies: &[&L2AnnouncementPolicy],
+        nodes: &[&Node],
+        desired: &Desired,
+    ) {
+        let owned: Vec<Node> = nodes.iter().map(|n| (*n).clone()).collect();
+        let writers = report::status_writers(&owned);
+        if writers.is_empty() {
+            return;
+        }
+        let now = jiff::Timestamp::now();
+        for p in policies {
+            let Some(name) = p.metadata.name.as_deref() else {
+                continue;
+            };
+            let key = format!("policy/{name}");
+            if lease::rendezvous_rank(&key, &self.args.node_name, &writers) != 0
+                || !writers.contains(&self.args.node_name)
+            {
+                continue;
+            }
+            let problems: Vec<_> = desired.problems_of(name).collect();
+            let cond = report::policy_condition(p, &problems, now);
+            if report::condition_current(p, &cond) {
+                continue;
+            }
+            let updated = report::with_condition(p, cond);
+            let client = self.client.clone();
+            let metrics = self.metrics.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                match report::write_policy_status(&client, &updated).await {
+                    Ok(()) => info!(policy = %name, "policy status written"),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        debug!(policy = %name, "policy status: stale, the watch will bring the new object")
+                    }
+                    Err(e) => {
+                        metrics
+                            .api_errors
+                            .with_label_values(&["policy_status"])
+                            .inc();
+                        warn!(policy = %name, error = %e, "writing policy status failed");
+                    }
+                }
+            });
+        }
+    }
+
+    fn on_lease_event(&mut self, ev: LeaseEvent) {
+        let (t, label) = match &ev {
+            LeaseEvent::Acquired { .. } => (Transition::Acquired, "acquired"),
+            LeaseEvent::Lost { .. } => (Transition::Lost, "lost"),
+            LeaseEvent::Unreachable { .. } => (Transition::ExpiredUnreachable, "unreachable"),
+            LeaseEvent::Released { .. } => (Transition::Released, "released"),
+        };
+        self.metrics
+            .lease_transitions
+            .with_label_values(&[label])
+            .inc();
+        let Some(key) = self.names.get(ev.name()).cloned() else {
+            debug!(lease = %ev.name(), event = label, "event for a lease no longer desired");
+            return;
+        };
+        match &ev {
+            LeaseEvent::Lost { holder, .. } => {
+                info!(group = %key, holder = ?holder, "lease lost: stopped announcing")
+            }
+            LeaseEvent::Unreachable { .. } if self.args.sticky() => warn!(
+                group = %key,
+                "API server unreachable and the lease may have expired: sticky, still announcing"
+            ),
+            LeaseEvent::Unreachable { .. } => {
+                warn!(group = %key, "API server unreachable and the lease may have expired: stopped")
+            }
+            _ => debug!(group = %key, event = label, "lease event"),
+        }
+        self.holdings.on_lease(&key, t);
+        self.apply();
+    }
+
+    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str) {
+        let outcome = self.holdings.on_conflict(ip);
+        let label = match &outcome {
+            ConflictOutcome::Yielded(key) => {
+                warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
+                "yielded"
+            }
+            ConflictOutcome::Ignored(key) => {
+                info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
+                "ignored"
+            }
+            ConflictOutcome::NotOurs => "not_ours",
+        };
+        self.metrics.conflicts.with_label_values(&[label]).inc();
+        self.apply();
+    }
+
+    /// Hands the announced set to the announcer when it changed; Events for new announcements.
+    fn apply(&mut self) {
+        let now = self.holdings.announced();
+        self.metrics
+            .leases_held
+            .set(self.holdings.held_count() as i64);
+        self.metrics
+            .leases_sticky
+            .set(self.holdings.sticky_count() as i64);
+        if now == self.announced {
+            return;
+        }
+        let new = newly_announced(&self.announced, &now);
+        self.announcer.set_held(now.clone());
+        self.metrics.addresses_announced.set(now.len() as i64);
+        self.metrics.announcements.inc_by(new.len() as u64);
+        for (ip, iface) in &new {
+            info!(%ip, iface = %iface, node = %self.args.node_name, "announcing");
+        }
+        self.post_events(&new);
+        self.announced = now;
+    }
+
+    /// One Event per Service whose addresses started being announced.
+    fn post_events(&mut self, new: &[(IpAddr, String)]) {
+        if new.is_empty() {
+            return;
+        }
+        let mut per_service: BTreeMap<
+            eligibility::ServiceRef,
+            (BTreeSet<IpAddr>, BTreeSet<String>),
+        > = BTreeMap::new();
+        for (ip, iface) in new {
+            for g in self.last.local() {
+                if g.addresses.contains(ip) {
+                    for s in &g.services {
+                        let e = per_service.entry(s.clone()).or_default();
+                        e.0.insert(*ip);
+                        e.1.insert(iface.clone());
+                    }
+                }
+            }
+        }
+        let now = jiff::Timestamp::now();
+        for (sref, (ips, ifaces)) in per_service {
+            let t = tokio::time::Instant::now();
+            if t.duration_since(self.event_window.0) >= Duration::from_secs(1) {
+                self.event_window = (t, 0);
+            }
+            if self.event_window.1 >= MAX_EVENTS_PER_SECOND {
+                self.metrics
+                    .api_errors
+                    .with_label_values(&["event_rate_limited"])
+                    .inc();
+                debug!(service = %sref, "Event rate limit reached: not posting");
+                continue;
+            }
+            self.event_window.1 += 1;
+            let Some(svc) = self.caches.services.find(|s| {
+                s.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
+                    && s.metadata.name.as_deref() == Some(sref.name.as_str())
+            }) else {
+                continue;
+            };
+            let Some(ev) = report::announce_event(&svc, &self.args.node_name, &ips, &ifaces, now)
+            else {
+                continue;
+            };
+            let client = self.client.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = report::post_event(&client, &ev).await {
+                    metrics.api_errors.with_label_values(&["event"]).inc();
+                    warn!(service = %sref, error = %e, "posting Event failed");
+                }
+            });
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> crate::CmdResult {
+    let engine_options = args.engine_options()?;
+    let node_regexes = args
+        .interfaces
+        .iter()
+        .map(|r| eligibility::compile_interface_regex(r).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--interfaces")?;
+    let client = make_client(args.kubeconfig.as_deref()).await?;
+
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let health = crate::telemetry::Health::default();
+    let (metrics_addr, _metrics_task) =
+        crate::telemetry::serve_metrics(args.metrics_addr, registry.clone(), health.clone())
+            .await
+            .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    info!(addr = %metrics_addr, "metrics, healthz and readyz listening");
+
+    let announcer = crate::net::Announcer::new(args.announcer_config(), &registry)
+        .context("starting the announcer")?;
+    let mut conflicts = announcer.conflicts();
+
+    let notify = Arc::new(Notify::new());
+    let (policies, t1) = reflect(
+        Api::<L2AnnouncementPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        metrics.clone(),
+        "l2announcementpolicies",
+    );
+    let (services, t2) = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        metrics.clone(),
+        "services",
+    );
+    let (nodes, t3) = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        metrics.clone(),
+        "nodes",
+    );
+    let (slices, t4) = reflect(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(eligibility::LABEL_SERVICE_NAME_SLICE),
+        notify.clone(),
+        metrics.clone(),
+        "endpointslices",
+    );
+    let watch_tasks = [t1, t2, t3, t4];
+    let caches = Caches {
+        policies,
+        services,
+        nodes,
+        slices,
+    };
+
+    let (leases, mut lease_events) = LeaseSet::start(client.clone(), engine_options);
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+
+    let mut agent = Agent {
+        options: Options {
+            serve_cilium_class: args.serve_cilium_class,
+        },
+        interfaces: eligible_interface_names(&node_regexes),
+        node_regexes,
+        holdings: Holdings::new(args.sticky()),
+        names: BTreeMap::new(),
+        announced: BTreeMap::new(),
+        last: Desired::default(),
+        warned_no_node: false,
+        event_window: (tokio::time::Instant::now(), 0),
+        client,
+        metrics,
+        caches,
+        leases,
+        announcer,
+        args,
+    };
+    info!(
+        node = %agent.args.node_name,
+        namespace = %agent.args.lease_namespace,
+        interfaces = ?agent.interfaces,
+        sticky = agent.args.sticky(),
+        "agent starting"
+    );
+
+    // Initial sync, interruptible by a signal.
+    tokio::select! {
+        r = agent.caches.wait_ready() => r.context("caches")?,
+        _ = sigterm.recv() => return shutdown(agent, watch_tasks).await,
+        _ = sigint.recv() => return shutdown(agent, watch_tasks).await,
+    }
+    agent.recompute();
+    health.set_ready(true);
+    info!("caches synced, agent ready");
+
+    let mut engine_seen = [0u64; 8];
+    let mut iface_tick = tokio::time::interval(Duration::from_secs(2));
+    iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = notify.notified() => {
+                // Debounce: let a burst of watch events settle into one recompute.
+                tokio::time::sleep(agent.args.debounce).await;
+                agent.recompute();
+            }
+            ev = lease_events.recv() => match ev {
+                Some(ev) => agent.on_lease_event(ev),
+                None => {
+                    warn!("lease engine stopped");
+                    agent.metrics.election_errors.inc();
+                    break;
+                }
+            },
+            c = conflicts.recv() => match c {
+                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "conflict reports lagged");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    conflicts = agent.announcer.conflicts();
+                }
+            },
+            _ = iface_tick.tick() => {
+                agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
+                let ifaces = eligible_interface_names(&agent.node_regexes);
+                if ifaces != agent.interfaces {
+                    info!(interfaces = ?ifaces, "eligible interfaces changed");
+                    agent.interfaces = ifaces;
+                    agent.recompute();
+                }
+            }
+            _ = sigterm.recv() => { info!("SIGTERM"); break; }
+            _ = sigint.recv() => { info!("SIGINT"); break; }
+        }
+    }
+    shutdown(agent, watch_tasks).await
+}
+
+/// Stop answering, release every lease, exit 0.
+async fn shutdown(
+    mut agent: Agent,
+    watch_tasks: [tokio::task::JoinHandle<()>; 4],
+) -> crate::CmdResult {
+    agent.holdings.clear();
+    agent.announcer.set_held(BTreeMap::new());
+    for t in &watch_tasks {
+        t.abort();
+    }
+    let report = agent.leases.shutdown().await;
+    info!(
+        released = report.released.len(),
+        not_released = report.not_released.len(),
+        "leases released"
+    );
+    agent.announcer.shutdown().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

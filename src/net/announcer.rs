@@ -1,0 +1,798 @@
+//! The announcer: answers ARP/NDP for held addresses from user space over raw `AF_PACKET`
+//! sockets (one reader thread per interface), sends gratuitous ARP / unsolicited NA bursts when
+//! an address is taken on an interface or an interface comes up, joins the solicited-node
+//! multicast group of each held IPv6 address, and reports other stations announcing our
+//! addresses as [`Conflict`]s.
+//!
+//! Threads, not tasks: the reply path is a blocking `poll`+`recvfrom` on a socket that a
+//! classic BPF filter restricts to ARP and ICMPv6 NS/NA, then one `sendto` — no executor hop,
+//! so replies stay fast under load (MetalLB #603). A manager thread owns the readers, the bursts
+//! and the multicast memberships; it wakes on [`Announcer::set_held`] and at least once a
+//! second to watch interfaces (new, gone, changed MAC, coming up).
+//!
+//! Nothing requires an IP address on the interface: frames are built from the held address and
+//! the interface's MAC. Answers are only ever sent for an address held *on the receiving
+//! interface* (the held map is consulted for every frame, so removal takes effect at once).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+use tracing::{debug, info, warn};
+
+use super::arp::{self, MacAddr};
+use super::iface::Iface;
+use super::metrics::Metrics;
+use super::ndp;
+
+/// Held addresses: which interfaces each address is announced on.
+pub type Held = BTreeMap<IpAddr, BTreeSet<String>>;
+
+/// Timings of the announcer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnouncerConfig {
+    /// Announcements in a gratuitous burst (the first is sent at once). 0 disables bursts.
+    pub gratuitous_count: u32,
+    /// Interval between the announcements of a burst.
+    pub gratuitous_interval: Duration,
+    /// Re-announce every held address this often (one announcement), if set.
+    pub reannounce_interval: Option<Duration>,
+    /// How often interfaces are checked (appearing, disappearing, coming up).
+    pub iface_poll: Duration,
+}
+
+impl Default for AnnouncerConfig {
+    fn default() -> Self {
+        AnnouncerConfig {
+            gratuitous_count: 5,
+            gratuitous_interval: Duration::from_secs(1),
+            reannounce_interval: None,
+            iface_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Another station announced an address we hold (gratuitous ARP, an ARP packet with that
+/// sender address, or a Neighbor Advertisement for it) with a MAC that is not ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub ip: IpAddr,
+    pub iface: String,
+    pub mac: MacAddr,
+}
+
+/// The handle of a running announcer; clones share it. The threads stop on
+/// [`Announcer::shutdown`] or when the last clone is dropped.
+#[derive(Clone)]
+pub struct Announcer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    cmd: Mutex<Option<mpsc::Sender<Cmd>>>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// State the readers consult for every frame.
+struct Shared {
+    /// Held addresses per interface.
+    by_iface: RwLock<HashMap<String, HashSet<IpAddr>>>,
+    /// Held addresses as given to `set_held` (the manager diffs it).
+    held: RwLock<Held>,
+    /// MACs of every interface of this host (namespace): frames from them are ours, never a
+    /// conflict (an address held on two interfaces of one segment announces on both).
+    own_macs: RwLock<HashSet<MacAddr>>,
+    metrics: Metrics,
+    conflicts: tokio::sync::broadcast::Sender<Conflict>,
+}
+
+impl Shared {
+    fn holds(&self, iface: &str, ip: IpAddr) -> bool {
+        self.by_iface
+            .read()
+            .map(|m| m.get(iface).is_some_and(|s| s.contains(&ip)))
+            .unwrap_or(false)
+    }
+}
+
+enum Cmd {
+    Wake,
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
+/// True for addresses that may be announced (unicast, not loopback/unspecified).
+pub fn announceable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()),
+    }
+}
+
+impl Announcer {
+    /// Starts the manager thread and registers the metrics in `metrics`. Announces nothing
+    /// until [`Announcer::set_held`].
+    pub fn new(cfg: AnnouncerConfig, metrics: &prometheus::Registry) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(metrics).context("registering announcer metrics")?;
+        let (conflicts, _) = tokio::sync::broadcast::channel(256);
+        let shared = Arc::new(Shared {
+            by_iface: RwLock::new(HashMap::new()),
+            held: RwLock::new(Held::new()),
+            own_macs: RwLock::new(HashSet::new()),
+            metrics,
+            conflicts,
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut mgr = Manager {
+            cfg,
+            shared: shared.clone(),
+            readers: HashMap::new(),
+            last: Held::new(),
+            bursts: BTreeMap::new(),
+            next_poll: Instant::now(),
+            next_reannounce: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ferrolb-announce".into())
+            .spawn(move || mgr.run(rx))
+            .context("spawning the announcer thread")?;
+        Ok(Announcer {
+            inner: Arc::new(Inner {
+                shared,
+                cmd: Mutex::new(Some(tx)),
+                manager: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Sets the desired state: which addresses are held on which interfaces. Addresses that
+    /// cannot be announced (unspecified, loopback, multicast, broadcast) are dropped with a
+    /// warning. Removed (address, interface) pairs stop being answered before this returns;
+    /// new pairs get a gratuitous burst (sent by the manager thread right after).
+    pub fn set_held(&self, held: BTreeMap<IpAddr, BTreeSet<String>>) {
+        let mut clean = Held::new();
+        for (ip, ifaces) in held {
+            if !announceable(ip) {
+                warn!(%ip, "not announcing an address that is not unicast");
+                continue;
+            }
+            if !ifaces.is_empty() {
+                clean.insert(ip, ifaces);
+            }
+        }
+        let mut by_iface: HashMap<String, HashSet<IpAddr>> = HashMap::new();
+        for (ip, ifaces) in &clean {
+            for i in ifaces {
+                by_iface.entry(i.clone()).or_default().insert(*ip);
+            }
+        }
+        let sh = &self.inner.shared;
+        if let (Ok(mut h), Ok(mut b)) = (sh.held.write(), sh.by_iface.write()) {
+            *h = clean;
+            *b = by_iface;
+        }
+        self.send(Cmd::Wake);
+    }
+
+    /// The currently held addresses.
+    pub fn held(&self) -> Held {
+        self.inner
+            .shared
+            .held
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    /// Conflicts seen from now on.
+    pub fn conflicts(&self) -> tokio::sync::broadcast::Receiver<Conflict> {
+        self.inner.shared.conflicts.subscribe()
+    }
+
+    /// Waits until the manager has applied the latest [`Announcer::set_held`]: sockets on
+    /// every existing named interface are open (so requests are answered) and the first
+    /// announcement of new pairs is sent.
+    pub async fn settled(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.send(Cmd::Sync(tx)) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops answering at once, closes the sockets (leaving multicast groups) and stops the
+    /// threads. Idempotent.
+    pub async fn shutdown(&self) {
+        let sh = &self.inner.shared;
+        if let (Ok(mut h), Ok(mut b)) = (sh.held.write(), sh.by_iface.write()) {
+            h.clear();
+            b.clear();
+        }
+        if let Ok(mut c) = self.inner.cmd.lock() {
+            c.take();
+        }
+        let handle = self.inner.manager.lock().ok().and_then(|mut m| m.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    fn send(&self, c: Cmd) -> bool {
+        self.inner
+            .cmd
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.send(c).is_ok()))
+            .unwrap_or(false)
+    }
+}
+
+/// A reader thread and the sending half of its socket, for one interface.
+struct Reader {
+    index: u32,
+    mac: MacAddr,
+    up: bool,
+    stop: Arc<AtomicBool>,
+    tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    thread: Option<JoinHandle<()>>,
+    /// UDP socket holding the solicited-node memberships, made on first need.
+    mcast: Option<Socket>,
+    groups: BTreeSet<Ipv6Addr>,
+}
+
+impl Reader {
+    fn send(&self, frame: &[u8]) -> bool {
+        let Ok(mut tx) = self.tx.lock() else {
+            return false;
+        };
+        match tx.send_to(frame, None) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                debug!(error = %e, "send failed");
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    next: Instant,
+    remaining: u32,
+}
+
+struct Manager {
+    cfg: AnnouncerConfig,
+    shared: Arc<Shared>,
+    readers: HashMap<String, Reader>,
+    /// Held state applied last time.
+    last: Held,
+    bursts: BTreeMap<(IpAddr, String), Burst>,
+    next_poll: Instant,
+    next_reannounce: Option<Instant>,
+}
+
+/// Classic BPF: accept ARP, and IPv6 whose next header is ICMPv6 with type NS or NA.
+fn packet_filter() -> [SockFilter; 10] {
+    const LDH_ABS: u16 = 0x28;
+    const LDB_ABS: u16 = 0x30;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    [
+        SockFilter::new(LDH_ABS, 0, 0, 12),
+        SockFilter::new(JEQ_K, 7, 0, u32::from(arp::ETHERTYPE_ARP)),
+        SockFilter::new(JEQ_K, 0, 5, u32::from(ndp::ETHERTYPE_IPV6)),
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 6),
+        SockFilter::new(JEQ_K, 0, 3, u32::from(ndp::NEXT_HEADER_ICMPV6)),
+        SockFilter::new(LDB_ABS, 0, 0, 14 + 40),
+        SockFilter::new(JEQ_K, 2, 0, u32::from(ndp::TYPE_NS)),
+        SockFilter::new(JEQ_K, 1, 0, u32::from(ndp::TYPE_NA)),
+        SockFilter::new(RET_K, 0, 0, 0),
+        SockFilter::new(RET_K, 0, 0, 0x0004_0000),
+    ]
+}
+
+/// Opens a filtered, non-promiscuous packet socket bound to `ifc`.
+fn open_channel(
+    ifc: &pnet_datalink::NetworkInterface,
+) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+    // Protocol 0: the socket receives nothing until pnet binds it (with ETH_P_ALL) to the
+    // interface, by which time the filter is in place.
+    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
+        .context("opening a packet socket (needs CAP_NET_RAW)")?;
+    sock.attach_filter(&packet_filter())
+        .context("attaching the packet filter")?;
+    let cfg = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(200)),
+        write_timeout: Some(Duration::from_millis(200)),
+        promiscuous: false,
+        socket_fd: Some(sock.into_raw_fd()),
+        ..Default::default()
+    };
+    match pnet_datalink::channel(ifc, cfg)
+        .with_context(|| format!("binding a packet socket to {}", ifc.name))?
+    {
+        Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => anyhow::bail!("unexpected channel type on {}", ifc.name),
+    }
+}
+
+/// The per-interface receive loop.
+struct ReadLoop {
+    name: String,
+    mac: MacAddr,
+    shared: Arc<Shared>,
+    tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    stop: Arc<AtomicBool>,
+    /// When each (address, MAC) conflict was last reported: reports are limited to one per
+    /// [`CONFLICT_REPORT_EVERY`] so a flood of hostile frames cannot flood the agent or logs.
+    reported: HashMap<(IpAddr, MacAddr), Instant>,
+}
+
+/// Minimum interval between two reports of the same conflict (address, MAC).
+pub const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+impl ReadLoop {
+    fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
+        let mut logged_error = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            match rx.next() {
+                Ok(frame) => self.handle(frame),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => {
+                    // ENETDOWN while the interface is down; the socket works again once it is
+                    // up. Back off a little so a persistent error does not spin.
+                    if !logged_error {
+                        debug!(iface = %self.name, error = %e, "receive error");
+                        logged_error = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: &[u8]) {
+        if frame.len() < arp::ETH_HEADER_LEN {
+            return;
+        }
+        match arp::be16(frame, 12) {
+            arp::ETHERTYPE_ARP => self.handle_arp(frame),
+            ndp::ETHERTYPE_IPV6 => self.handle_ndp(frame),
+            _ => {}
+        }
+    }
+
+    fn send(&self, frame: &[u8]) -> bool {
+        let Ok(mut tx) = self.tx.lock() else {
+            return false;
+        };
+        matches!(tx.send_to(frame, None), Some(Ok(())))
+    }
+
+    fn handle_arp(&mut self, frame: &[u8]) {
+        let Ok(f) = arp::parse(frame) else {
+            return;
+        };
+        let v = arp::decide(&f, self.mac, |ip| {
+            self.shared.holds(&self.name, IpAddr::V4(ip))
+        });
+        if let Some(ip) = v.request_for {
+            self.count(&self.shared.metrics.arp_requests, IpAddr::V4(ip));
+        }
+        if let Ok(reply) = v.reply {
+            if self.send(&arp::encode(&reply)) {
+                self.count(&self.shared.metrics.responses, IpAddr::V4(reply.sender_ip));
+            }
+        }
+        if let Some((ip, mac)) = v.conflict {
+            self.conflict(IpAddr::V4(ip), mac);
+        }
+    }
+
+    fn handle_ndp(&mut self, frame: &[u8]) {
+        let Ok(f) = ndp::parse(frame) else {
+            return;
+        };
+        let v = ndp::decide(&f, self.mac, |ip| {
+            self.shared.holds(&self.name, IpAddr::V6(ip))
+        });
+        if let Some(ip) = v.request_for {
+            self.count(&self.shared.metrics.ndp_requests, IpAddr::V6(ip));
+        }
+        if let Ok(reply) = v.reply {
+            if self.send(&ndp::encode(&reply)) {
+                self.count(
+                    &self.shared.metrics.responses,
+                    IpAddr::V6(reply.msg.target()),
+                );
+            }
+        }
+        if let Some((ip, mac)) = v.conflict {
+            self.conflict(IpAddr::V6(ip), mac);
+        }
+    }
+
+    fn count(&self, c: &prometheus::IntCounterVec, ip: IpAddr) {
+        c.with_label_values(&[ip.to_string().as_str(), self.name.as_str()])
+            .inc();
+    }
+
+    fn conflict(&mut self, ip: IpAddr, mac: MacAddr) {
+        if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
+            return;
+        }
+        self.count(&self.shared.metrics.conflicts, ip);
+        let now = Instant::now();
+        if let Some(last) = self.reported.get(&(ip, mac)) {
+            if now.duration_since(*last) < CONFLICT_REPORT_EVERY {
+                return;
+            }
+        }
+        if self.reported.len() >= 1024 {
+            self.reported
+                .retain(|_, t| now.duration_since(*t) < CONFLICT_REPORT_EVERY);
+            if self.reported.len() >= 4096 {
+                // A flood of distinct MACs: forget rather than grow without bound.
+                self.reported.clear();
+            }
+        }
+        self.reported.insert((ip, mac), now);
+        debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
+        let _ = self.shared.conflicts.send(Conflict {
+            ip,
+            iface: self.name.clone(),
+            mac,
+        });
+    }
+}
+
+impl Manager {
+    fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut pending_syncs = Vec::new();
+        loop {
+            self.tick();
+            for s in pending_syncs.drain(..) {
+                let _: Result<(), ()> = tokio::sync::oneshot::Sender::send(s, ());
+            }
+            let now = Instant::now();
+            let mut due = self.next_poll;
+            if let Some(b) = self.bursts.values().map(|b| b.next).min() {
+                due = due.min(b);
+            }
+            if let Some(r) = self.next_reannounce {
+                due = due.min(r);
+            }
+            match rx.recv_timeout(due.saturating_duration_since(now)) {
+                Ok(Cmd::Wake) => {}
+                Ok(Cmd::Sync(s)) => pending_syncs.push(s),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            // Coalesce whatever else is queued.
+            loop {
+                match rx.try_recv() {
+                    Ok(Cmd::Wake) => {}
+                    Ok(Cmd::Sync(s)) => pending_syncs.push(s),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.stop_all();
+                        return;
+                    }
+                }
+            }
+        }
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        for (_, r) in self.readers.drain() {
+            r.stop();
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let held = self
+            .shared
+            .held
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        let changed = held != self.last;
+        if changed || now >= self.next_poll {
+            self.sync_interfaces(&held, now);
+            self.next_poll = now + self.cfg.iface_poll;
+        }
+        if changed {
+            self.apply_diff(&held, now);
+            self.last = held.clone();
+        }
+        self.sync_multicast(&held);
+        if let Some(every) = self.cfg.reannounce_interval {
+            let due = *self.next_reannounce.get_or_insert(now + every);
+            if now >= due {
+                for (ip, ifaces) in &held {
+                    for i in ifaces {
+                        self.bursts.entry((*ip, i.clone())).or_insert(Burst {
+                            next: now,
+                            remaining: 1,
+                        });
+                    }
+                }
+                self.next_reannounce = Some(now + every);
+            }
+        }
+        self.send_due(now);
+    }
+
+    fn schedule(&mut self, ip: IpAddr, iface: &str, now: Instant) {
+        if self.cfg.gratuitous_count == 0 {
+            return;
+        }
+        self.bursts.insert(
+            (ip, iface.to_string()),
+            Burst {
+                next: now,
+                remaining: self.cfg.gratuitous_count,
+            },
+        );
+    }
+
+    /// Opens/closes readers to match the interfaces named in `held`; schedules bursts on
+    /// interfaces that appear or come up.
+    fn sync_interfaces(&mut self, held: &Held, now: Instant) {
+        let wanted: BTreeSet<&String> = held.values().flatten().collect();
+        let stale: Vec<String> = self
+            .readers
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .cloned()
+            .collect();
+        for n in stale {
+            if let Some(r) = self.readers.remove(&n) {
+                debug!(iface = %n, "closing");
+                r.stop();
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let all: HashMap<String, pnet_datalink::NetworkInterface> = pnet_datalink::interfaces()
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect();
+        if let Ok(mut own) = self.shared.own_macs.write() {
+            *own = all.values().filter_map(|i| i.mac).collect();
+        }
+        for name in wanted {
+            let Some(ni) = all.get(name.as_str()) else {
+                if let Some(r) = self.readers.remove(name.as_str()) {
+                    info!(iface = %name, "interface gone");
+                    r.stop();
+                }
+                continue;
+            };
+            let snap = Iface::from_flags(&ni.name, ni.index, ni.mac, ni.flags, false);
+            let Some(mac) = snap.mac else {
+                continue;
+            };
+            let up = snap.up;
+            let keep = self.readers.get(name.as_str()).is_some_and(|r| {
+                r.index == ni.index
+                    && r.mac == mac
+                    && r.thread.as_ref().is_some_and(|t| !t.is_finished())
+            });
+            if keep {
+                let came_up = self
+                    .readers
+                    .get_mut(name.as_str())
+                    .map(|r| {
+                        let came_up = up && !r.up;
+                        r.up = up;
+                        came_up
+                    })
+                    .unwrap_or(false);
+                if came_up {
+                    info!(iface = %name, "interface came up; announcing");
+                    self.schedule_iface(held, name, now);
+                }
+                continue;
+            }
+            if let Some(old) = self.readers.remove(name.as_str()) {
+                old.stop();
+            }
+            match self.start_reader(ni, mac, up) {
+                Ok(r) => {
+                    info!(iface = %name, %mac, up, "listening");
+                    self.readers.insert(name.clone(), r);
+                    if up {
+                        self.schedule_iface(held, name, now);
+                    }
+                }
+                Err(e) => warn!(iface = %name, error = %format!("{e:#}"), "cannot listen"),
+            }
+        }
+    }
+
+    fn schedule_iface(&mut self, held: &Held, name: &str, now: Instant) {
+        let ips: Vec<IpAddr> = held
+            .iter()
+            .filter(|(_, i)| i.contains(name))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in ips {
+            self.schedule(ip, name, now);
+        }
+    }
+
+    fn start_reader(
+        &self,
+        ni: &pnet_datalink::NetworkInterface,
+        mac: MacAddr,
+        up: bool,
+    ) -> anyhow::Result<Reader> {
+        let (tx, rx) = open_channel(ni)?;
+        let tx = Arc::new(Mutex::new(tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rl = ReadLoop {
+            name: ni.name.clone(),
+            mac,
+            shared: self.shared.clone(),
+            tx: tx.clone(),
+            stop: stop.clone(),
+            reported: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("ferrolb-rx-{}", ni.name))
+            .spawn(move || rl.run(rx))
+            .context("spawning a reader thread")?;
+        Ok(Reader {
+            index: ni.index,
+            mac,
+            up,
+            stop,
+            tx,
+            thread: Some(thread),
+            mcast: None,
+            groups: BTreeSet::new(),
+        })
+    }
+
+    fn apply_diff(&mut self, held: &Held, now: Instant) {
+        let pairs = |h: &Held| -> BTreeSet<(IpAddr, String)> {
+            h.iter()
+                .flat_map(|(ip, i)| i.iter().map(move |n| (*ip, n.clone())))
+                .collect()
+        };
+        let new = pairs(held);
+        let old = pairs(&self.last);
+        for (ip, n) in old.difference(&new) {
+            self.bursts.remove(&(*ip, n.clone()));
+            self.shared.metrics.forget(&ip.to_string(), n);
+            info!(%ip, iface = %n, "released");
+        }
+        for (ip, n) in new.difference(&old) {
+            info!(%ip, iface = %n, "holding");
+            if self.readers.get(n).is_some_and(|r| r.up) {
+                self.schedule(*ip, n, now);
+            }
+        }
+    }
+
+    /// Joins/leaves solicited-node groups so each reader's interface receives the multicast
+    /// NS for its held IPv6 addresses (and switches report them with MLD).
+    fn sync_multicast(&mut self, held: &Held) {
+        for (name, r) in self.readers.iter_mut() {
+            let want: BTreeSet<Ipv6Addr> = held
+                .iter()
+                .filter(|(_, i)| i.contains(name))
+                .filter_map(|(ip, _)| match ip {
+                    IpAddr::V6(v6) => Some(ndp::solicited_node(*v6)),
+                    IpAddr::V4(_) => None,
+                })
+                .collect();
+            if want == r.groups {
+                continue;
+            }
+            if r.mcast.is_none() {
+                match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+                    Ok(s) => r.mcast = Some(s),
+                    Err(e) => {
+                        warn!(iface = %name, error = %e, "cannot open a multicast socket");
+                        continue;
+                    }
+                }
+            }
+            let Some(sock) = r.mcast.as_ref() else {
+                continue;
+            };
+            for g in r.groups.difference(&want) {
+                if let Err(e) = sock.leave_multicast_v6(g, r.index) {
+                    debug!(iface = %name, group = %g, error = %e, "leave failed");
+                }
+            }
+            let mut joined = BTreeSet::new();
+            for g in &want {
+                if r.groups.contains(g) {
+                    joined.insert(*g);
+                    continue;
+                }
+                match sock.join_multicast_v6(g, r.index) {
+                    Ok(()) => {
+                        joined.insert(*g);
+                    }
+                    Err(e) => {
+                        warn!(iface = %name, group = %g, error = %e, "cannot join solicited-node group")
+                    }
+                }
+            }
+            r.groups = joined;
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        let due: Vec<(IpAddr, String)> = self
+            .bursts
+            .iter()
+            .filter(|(_, b)| b.next <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let (ip, name) = &key;
+            let Some(b) = self.bursts.get_mut(&key) else {
+                continue;
+            };
+            b.remaining = b.remaining.saturating_sub(1);
+            b.next = now + self.cfg.gratuitous_interval;
+            let done = b.remaining == 0;
+            if done {
+                self.bursts.remove(&key);
+            }
+            let Some(r) = self.readers.get(name) else {
+                continue;
+            };
+            if !r.up || !self.shared.holds(name, *ip) {
+                continue;
+            }
+            for f in gratuitous_frames(*ip, r.mac) {
+                if r.send(&f) {
+                    self.shared
+                        .metrics
+                        .gratuitous
+                        .with_label_values(&[ip.to_string().as_str(), name.as_str()])
+                        .inc();
+                }
+            }
+            debug!(%ip, iface = %name, "gratuitous announcement sent");
+        }
+    }
+}
+
+/// Gratuitous frames for `ip` at `mac` as the announcer sends them (ARP request and reply
+/// forms for IPv4, one unsolicited NA for IPv6).
+pub fn gratuitous_frames(ip: IpAddr, mac: MacAddr) -> Vec<Vec<u8>> {
+    match ip {
+        IpAddr::V4(v4) => [arp::Op::Request, arp::Op::Reply]
+            .into_iter()
+            .map(|op| arp::encode(&arp::gratuitous(op, mac, v4)).to_vec())
+            .collect(),
+        IpAddr::V6(v6) => vec![ndp::encode(&ndp::unsolicited_na(mac, v6))],
+    }
+}
