@@ -288,7 +288,9 @@ struct Manager {
     next_reannounce: Option<Instant>,
 }
 
-/// Classic BPF: accept ARP, and IPv6 whose next header is ICMPv6 with type NS or NA.
+/// Classic BPF: accept ARP, and IPv6 whose next header is ICMPv6 with type NS or NA. (An NS
+/// behind IPv6 extension headers is not seen; RFC 4861 hosts do not send those, and the
+/// parser would reject it anyway.) Everything else stays in the kernel.
 fn packet_filter() -> [SockFilter; 10] {
     const LDH_ABS: u16 = 0x28;
     const LDB_ABS: u16 = 0x30;

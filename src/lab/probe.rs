@@ -1,0 +1,281 @@
+//! What the lab's client sees: ARP/NDP answers (the kernel's arping/ndisc6), HTTP through the VIP
+//! (a prober process inside the client namespace), and gratuitous ARP on the wire (tcpdump).
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::netns::Netns;
+
+/// One ARP reply seen by arping: the answering MAC and the round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArpReply {
+    pub mac: String,
+    pub rtt_ms: f64,
+}
+
+/// Parses iputils-arping output: `Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms`.
+pub fn parse_arping(out: &str) -> Vec<ArpReply> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("Unicast reply from ")?;
+            let mac = rest
+                .split('[')
+                .nth(1)?
+                .split(']')
+                .next()?
+                .to_ascii_lowercase();
+            let t = rest.split(']').nth(1)?.trim();
+            let rtt_ms = t.strip_suffix("ms")?.trim().parse().ok()?;
+            Some(ArpReply { mac, rtt_ms })
+        })
+        .collect()
+}
+
+/// `arping -c count` from the client's eth0; every reply (no reply is an empty list).
+pub fn arping(client: &Netns, ip: IpAddr, count: u32) -> Vec<ArpReply> {
+    let out = client
+        .cmd("arping")
+        .args([
+            "-c",
+            &count.to_string(),
+            "-w",
+            &(count + 2).to_string(),
+            "-I",
+            "eth0",
+            &ip.to_string(),
+        ])
+        .output();
+    out.map(|o| parse_arping(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
+}
+
+/// Parses ndisc6's `Target link-layer address: 8A:ED:...` lines.
+pub fn parse_ndisc6(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("Target link-layer address:")
+                .map(|m| m.trim().to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Neighbor Solicitation from the client; the MACs of the advertisements received.
+pub fn ndisc6(client: &Netns, ip: IpAddr, tries: u32) -> Vec<String> {
+    let out = client
+        .cmd("ndisc6")
+        .args([
+            "-m",
+            "-r",
+            &tries.to_string(),
+            "-w",
+            "1000",
+            &ip.to_string(),
+            "eth0",
+        ])
+        .output();
+    out.map(|o| parse_ndisc6(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
+}
+
+/// The client's neighbour entry for `ip`: (MAC, state), if any.
+pub fn neighbour(client: &Netns, ip: IpAddr) -> Option<(String, String)> {
+    let out = client
+        .ip(&["neigh", "show", &ip.to_string(), "dev", "eth0"])
+        .ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let mac = words
+        .iter()
+        .position(|w| *w == "lladdr")
+        .and_then(|i| words.get(i + 1))?;
+    Some((mac.to_ascii_lowercase(), words.last()?.to_string()))
+}
+
+/// Milliseconds since the Unix epoch (shared by every namespace of the machine).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One HTTP probe result from the prober: when, and which node answered (None = failed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub at_ms: u64,
+    pub node: Option<String>,
+}
+
+/// Parses a prober line: `<epoch_ms> ok <node>` or `<epoch_ms> err <reason>`.
+pub fn parse_probe(line: &str) -> Option<Probe> {
+    let mut it = line.splitn(3, ' ');
+    let at_ms = it.next()?.parse().ok()?;
+    match it.next()? {
+        "ok" => Some(Probe {
+            at_ms,
+            node: Some(it.next()?.trim().to_string()),
+        }),
+        "err" => Some(Probe { at_ms, node: None }),
+        _ => None,
+    }
+}
+
+/// A running line-oriented observer (prober or tcpdump) whose lines arrive on a channel.
+pub struct Stream {
+    child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Stream {
+    pub fn spawn(mut cmd: std::process::Command) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Stream { child, lines: rx })
+    }
+
+    /// Next line within `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the HTTP prober in the client namespace against `url`.
+pub fn prober(
+    client: &Netns,
+    exe: &std::path::Path,
+    url: &str,
+    interval_ms: u64,
+) -> anyhow::Result<Stream> {
+    let mut cmd = client.cmd("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(exe).args([
+        "echo",
+        "--probe",
+        url,
+        "--interval-ms",
+        &interval_ms.to_string(),
+        "--timeout-ms",
+        "200",
+    ]);
+    Stream::spawn(cmd)
+}
+
+/// A gratuitous ARP seen on the client's wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gratuitous {
+    pub at_ms: u64,
+    pub ip: IpAddr,
+    pub mac: String,
+}
+
+/// Parses `tcpdump -l -n -e -tt arp` lines for gratuitous ARP (request `who-has X tell X` or
+/// reply `X is-at M`), e.g.
+/// `1700000000.123456 8a:ed:1e:c5:83:11 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.51.100.10 tell 198.51.100.10, length 28`.
+pub fn parse_tcpdump_garp(line: &str) -> Option<Gratuitous> {
+    let mut words = line.split_whitespace();
+    let ts: f64 = words.next()?.parse().ok()?;
+    let src = words.next()?.to_ascii_lowercase();
+    let dst = line.split(" > ").nth(1)?.split(',').next()?.trim();
+    let arp = line.split(": ").nth(1)?;
+    let w: Vec<&str> = arp.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    let ip: IpAddr = match w.as_slice() {
+        ["Request", "who-has", a, "tell", b, ..] if a == b && dst == "ff:ff:ff:ff:ff:ff" => {
+            a.parse().ok()?
+        }
+        ["Reply", a, "is-at", _mac, ..] if dst == "ff:ff:ff:ff:ff:ff" => a.parse().ok()?,
+        _ => return None,
+    };
+    Some(Gratuitous {
+        at_ms: (ts * 1000.0) as u64,
+        ip,
+        mac: src,
+    })
+}
+
+/// Starts tcpdump for ARP on the client's eth0.
+pub fn arp_watch(client: &Netns) -> anyhow::Result<Stream> {
+    let mut cmd = client.cmd("tcpdump");
+    cmd.args(["-i", "eth0", "-l", "-n", "-e", "-tt", "arp"]);
+    Stream::spawn(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arping_lines() {
+        let out = "ARPING 192.0.2.11 from 192.0.2.100 eth0\nUnicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms\nSent 2 probes\n";
+        assert_eq!(
+            parse_arping(out),
+            vec![ArpReply {
+                mac: "8a:ed:1e:c5:83:11".into(),
+                rtt_ms: 0.593
+            }]
+        );
+        assert!(parse_arping("Received 0 response(s)").is_empty());
+    }
+
+    #[test]
+    fn ndisc6_lines() {
+        let out = "Soliciting 2001:db8:1::11 (2001:db8:1::11) on eth0...\nTarget link-layer address: 8A:ED:1E:C5:83:11\n from 2001:db8:1::11\n";
+        assert_eq!(parse_ndisc6(out), vec!["8a:ed:1e:c5:83:11"]);
+    }
+
+    #[test]
+    fn probe_lines() {
+        assert_eq!(
+            parse_probe("17 ok node2"),
+            Some(Probe {
+                at_ms: 17,
+                node: Some("node2".into())
+            })
+        );
+        assert_eq!(
+            parse_probe("18 err timeout"),
+            Some(Probe {
+                at_ms: 18,
+                node: None
+            })
+        );
+        assert_eq!(parse_probe("garbage"), None);
+    }
+
+    #[test]
+    fn tcpdump_gratuitous() {
+        let req = "1700000000.123456 8a:ed:1e:c5:83:11 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.51.100.10 tell 198.51.100.10, length 28";
+        let g = parse_tcpdump_garp(req).unwrap();
+        assert_eq!(g.mac, "8a:ed:1e:c5:83:11");
+        assert_eq!(g.ip.to_string(), "198.51.100.10");
+        assert_eq!(g.at_ms, 1_700_000_000_123);
+        let ordinary = "1700000000.2 aa:bb:cc:dd:ee:ff > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.51.100.10 tell 192.0.2.100, length 28";
+        assert_eq!(parse_tcpdump_garp(ordinary), None);
+        let reply = "1700000000.3 8a:ed:1e:c5:83:11 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Reply 198.51.100.10 is-at 8a:ed:1e:c5:83:11, length 28";
+        assert!(parse_tcpdump_garp(reply).is_some());
+        let unicast_reply = "1700000000.3 8a:ed:1e:c5:83:11 > aa:bb:cc:dd:ee:ff, ethertype ARP (0x0806), length 42: Reply 198.51.100.10 is-at 8a:ed:1e:c5:83:11, length 28";
+        assert_eq!(parse_tcpdump_garp(unicast_reply), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! Child processes of the lab and the end-to-end tests: started inside a namespace, tied to our
+//! life (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
+//! files, killed on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::netns::Netns;
+
+/// A running child process; SIGKILLed on drop unless it already exited.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `program args` inside `ns` (or in the current namespace when `None`), with stdout
+    /// and stderr appended to `log`.
+    pub fn spawn(
+        name: &str,
+        ns: Option<&Netns>,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = match ns {
+            Some(ns) => ns.cmd("setpriv"),
+            None => Command::new("setpriv"),
+        };
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(program)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()?;
+        if !st.success() {
+            bail!("kill -{sig} {} ({}) failed", self.pid(), self.name);
+        }
+        Ok(())
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for exit up to `timeout`; returns the exit code (None = killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident set size in KiB (VmHWM), while the process runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        // `setpriv` execs the program, so the child's PID is the program's PID.
+        rss_field(self.pid(), "VmHWM:")
+    }
+}
+
+/// Reads a `kB` field of /proc/PID/status.
+pub fn rss_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
