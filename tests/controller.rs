@@ -11,6 +11,7 @@ use ferrolb::api::{
     COND_IPAM_SATISFIED, LB_CLASS,
 };
 use ferrolb::apiserver::ApiServer;
+use ferrolb::controller::status::ingress_ips as ingress;
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
@@ -413,19 +414,6 @@ fn our_cond(s: &Service) -> Option<Condition> {
         .iter()
         .find(|c| c.type_ == COND_IPAM_SATISFIED)
         .cloned()
-}
-
-fn ingress(s: &Service) -> Vec<IpAddr> {
-    s.status
-        .as_ref()
-        .and_then(|st| st.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -412,19 +412,8 @@ impl Cluster {
     }
 }
 
-/// `status.loadBalancer.ingress[].ip` of a Service.
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
+pub use crate::controller::status::ingress_ips;
 
 fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
