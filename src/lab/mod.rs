@@ -426,26 +426,19 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
     let vip = vips[0].1[0];
     say.line(format!("[6/6] failover of {vip}"));
     let within = Duration::from_secs(30);
-    let f = tokio::task::block_in_place(|| failover(&mut c, vip, "KILL", within))?;
-    say_failover(&say, &f);
-    let killed = c
-        .topo
-        .nodes
-        .iter()
-        .position(|n| n.name == f.from)
-        .unwrap_or(0);
-    report.failovers.push(f);
-    c.start_agent(killed)?;
-    let f = tokio::task::block_in_place(|| failover(&mut c, vip, "TERM", within))?;
-    say_failover(&say, &f);
-    let stopped = c
-        .topo
-        .nodes
-        .iter()
-        .position(|n| n.name == f.from)
-        .unwrap_or(0);
-    report.failovers.push(f);
-    c.start_agent(stopped)?;
+    // First a crash (SIGKILL), then a graceful stop (SIGTERM); the stopped agent comes back.
+    for signal in ["KILL", "TERM"] {
+        let f = tokio::task::block_in_place(|| failover(&mut c, vip, signal, within))?;
+        say_failover(&say, &f);
+        let stopped = c
+            .topo
+            .nodes
+            .iter()
+            .position(|n| n.name == f.from)
+            .unwrap_or(0);
+        report.failovers.push(f);
+        c.start_agent(stopped)?;
+    }
     say.line("");
     say.line(format!(
         "  {:<20} {:<7} {:<7} {:>10}  {}",
