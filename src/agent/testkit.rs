@@ -1,8 +1,9 @@
 //! Helpers to run real ferrolb processes in network namespaces and look at them from outside:
 //! used by `tests/agent.rs` and the lab. Nothing here is `cfg(test)`.
 //!
-//! - [`Proc`]: a child process (`ip netns exec NS ferrolb ...`) with its log in a file, killed
-//!   (SIGKILL) and reaped on drop, so a failing test leaves nothing running.
+//! - [`Proc`] (the lab's): a child process (`ip netns exec NS setpriv --pdeathsig KILL ferrolb
+//!   ...`) with its log in a file, killed (SIGKILL) and reaped on drop, so a failing test leaves
+//!   nothing running.
 //! - [`wait_until`]: poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
@@ -13,10 +14,9 @@
 //!   client namespace — with helpers to create Services/policies and to look from the client.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -43,136 +43,8 @@ pub fn wait_until<T>(
     }
 }
 
-/// A process running inside a namespace, killed on drop.
-#[derive(Debug)]
-pub struct Proc {
-    name: String,
-    child: Option<Child>,
-    pid: u32,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Runs `program args...` in `ns` with stdout and stderr appended to `log`.
-    pub fn spawn(
-        ns: &Netns,
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: &Path,
-    ) -> anyhow::Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            pid: child.id(),
-            child: Some(child),
-            log: log.to_path_buf(),
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Process id (`ip netns exec` execs the program, so this is the program's pid).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Sends a signal by name (`TERM`, `KILL`, `INT`, `STOP`, `CONT`).
-    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        crate::netns::run(Command::new("kill").args(["-s", sig, &self.pid.to_string()]))?;
-        Ok(())
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Whether the process has exited (reaps it), with its status.
-    pub fn try_status(&mut self) -> Option<ExitStatus> {
-        let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(s)) => {
-                self.child = None;
-                Some(s)
-            }
-            _ => None,
-        }
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let name = self.name.clone();
-        wait_until(
-            &format!("{name} to exit"),
-            timeout,
-            Duration::from_millis(20),
-            || self.try_status(),
-        )
-    }
-
-    /// Still running.
-    pub fn running(&mut self) -> bool {
-        self.child.is_some() && self.try_status().is_none()
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Path of the log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// Waits until the log contains `needle`; fails early if the process exits.
-    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Some(s) = self.try_status() {
-                bail!(
-                    "{} exited ({s}) before logging {needle:?}; log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not log {needle:?} within {timeout:?}; log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// A process running inside a namespace, killed on drop: the lab's [`crate::lab::procs::Proc`].
+pub use crate::lab::procs::Proc;
 
 /// Runs `curl` inside `ns`: returns (HTTP status, body).
 pub fn curl(
@@ -495,10 +367,11 @@ impl AgentSpec {
     /// Spawns the agent in `ns`, logging to `dir/<node>.log`.
     pub fn spawn(&self, ns: &Netns, bin: &Path, dir: &Path) -> anyhow::Result<Proc> {
         Proc::spawn(
-            ns,
             &self.node_name,
+            Some(ns),
             bin,
             &self.args(),
+            &[],
             &dir.join(format!("{}.log", self.node_name)),
         )
     }
@@ -556,14 +429,15 @@ impl Cluster {
         let client_i = seg.members.len() - 1;
 
         let api_proc = Proc::spawn(
-            &seg.members[api_i],
             "apiserver",
+            Some(&seg.members[api_i]),
             bin,
             &[
                 "dev-apiserver".to_string(),
                 "--listen".to_string(),
                 API_ADDR.to_string(),
             ],
+            &[],
             &dir.join("apiserver.log"),
         )?;
         let c = Cluster {
@@ -793,11 +667,11 @@ impl Cluster {
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
         for (n, p) in &self.agents {
-            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log(), 60)));
+            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log_text(), 60)));
         }
         s.push_str(&format!(
             "===== apiserver\n{}\n",
-            tail(&self.api_proc.log(), 30)
+            tail(&self.api_proc.log_text(), 30)
         ));
         s
     }
