@@ -180,20 +180,12 @@ impl ApiHttp<'_> {
     }
 }
 
-/// Normalises a MAC to lowercase `aa:bb:cc:dd:ee:ff`.
-pub fn norm_mac(s: &str) -> String {
-    s.trim().to_ascii_lowercase()
-}
+pub use crate::lab::probe::{norm_mac, parse_neighbour};
 
-/// Parses iputils `arping` output: the MACs of the replies.
+/// Parses iputils `arping` output: the MACs of the replies (unicast and broadcast ones).
 pub fn parse_arping(out: &str) -> BTreeSet<String> {
     out.lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| {
-            let start = l.find('[')?;
-            let end = l[start..].find(']')? + start;
-            Some(norm_mac(&l[start + 1..end]))
-        })
+        .filter_map(crate::lab::probe::arping_reply_mac)
         .collect()
 }
 
@@ -225,10 +217,7 @@ pub fn arping_macs(
 
 /// Parses `ndisc6` output: the target link-layer addresses advertised.
 pub fn parse_ndisc6(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Target link-layer address:"))
-        .map(norm_mac)
-        .collect()
+    crate::lab::probe::parse_ndisc6(out).into_iter().collect()
 }
 
 /// `ndisc6 -m -n -r ATTEMPTS -w 1000 IP IFACE` in `ns`: MACs in the Neighbor Advertisements.
@@ -259,16 +248,6 @@ pub fn ndisc6_macs(
 pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
     let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
     parse_neighbour(&out)
-}
-
-/// Parses one line of `ip neigh show IP dev IF`: `IP lladdr MAC STATE`.
-pub fn parse_neighbour(out: &str) -> Option<(String, String)> {
-    let line = out.lines().next()?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words.iter().position(|w| *w == "lladdr")?;
-    let mac = norm_mac(words.get(i + 1)?);
-    let state = words.last()?.to_string();
-    Some((mac, state))
 }
 
 /// The value of the sample `name{labels...}` in Prometheus text, where every `label="value"` in
