@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::netns::{Netns, Segment};
+use crate::lab::topo::Topology;
+use crate::netns::Netns;
 use serde_json::json;
 
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.
@@ -366,10 +367,10 @@ pub struct Cluster {
     // Field order = drop order: processes first, then namespaces, then the log directory.
     pub agents: BTreeMap<String, Proc>,
     pub api_proc: Proc,
-    pub seg: Segment,
-    /// Index in `seg.members` of: api, client, and each node.
-    pub api_i: usize,
-    pub client_i: usize,
+    /// The segment: the lab's topology (api 192.0.2.254, client 192.0.2.100, node i at
+    /// 192.0.2.(11+i)).
+    pub topo: Topology,
+    /// Node name → index in `topo.nodes`.
     pub node_i: BTreeMap<String, usize>,
     /// Node name → MAC of its `eth0`.
     pub macs: BTreeMap<String, String>,
@@ -380,7 +381,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `nodes`: (name, labels). Node i gets 192.0.2.(11+i)/24 and 2001:db8:1::(11+i)/64.
+    /// `nodes`: (name, labels), on the lab's [`Topology`]: node i gets 192.0.2.(11+i)/24 and
+    /// 2001:db8:1::(11+i)/64 (with the lab's arp_ignore/arp_announce settings).
     pub fn new(
         bin: &Path,
         dir: &Path,
@@ -389,27 +391,21 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         crate::netns::cleanup_stale();
         let dir = dir.to_path_buf();
-        let mut seg = Segment::create(tag)?;
-        seg.add_member(tag, "api", &["192.0.2.254/24"])?;
-        let api_i = 0;
-        let mut node_i = BTreeMap::new();
-        let mut macs = BTreeMap::new();
-        for (i, (name, _)) in nodes.iter().enumerate() {
-            let v4 = format!("192.0.2.{}/24", 11 + i);
-            let v6 = format!("2001:db8:1::{}/64", 11 + i);
-            let ns = seg.add_member(tag, name, &[&v4, &v6])?;
-            macs.insert(name.to_string(), ns.mac("eth0")?);
-            node_i.insert(name.to_string(), seg.members.len() - 1);
-        }
-        let client = seg.add_member(tag, "cl", &["192.0.2.100/24", "2001:db8:1::100/64"])?;
-        // The VIP ranges are on-link for the client (so the kernel ARPs/NSes for them).
-        client.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
-        client.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
-        let client_i = seg.members.len() - 1;
+        let topo = Topology::build(tag, nodes.len())?;
+        let node_i: BTreeMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.to_string(), i))
+            .collect();
+        let macs = nodes
+            .iter()
+            .zip(&topo.nodes)
+            .map(|((name, _), n)| (name.to_string(), n.mac.clone()))
+            .collect();
 
         let api_proc = Proc::spawn(
             "apiserver",
-            Some(&seg.members[api_i]),
+            Some(topo.api()),
             bin,
             &[
                 "dev-apiserver".to_string(),
@@ -422,9 +418,7 @@ impl Cluster {
         let c = Cluster {
             agents: BTreeMap::new(),
             api_proc,
-            seg,
-            api_i,
-            client_i,
+            topo,
             node_i,
             macs,
             bin: bin.to_path_buf(),
@@ -477,21 +471,21 @@ impl Cluster {
 
     pub fn api(&self) -> ApiHttp<'_> {
         ApiHttp {
-            ns: &self.seg.members[self.api_i],
+            ns: self.topo.api(),
             base: API_URL,
         }
     }
 
     pub fn client(&self) -> &Netns {
-        &self.seg.members[self.client_i]
+        self.topo.client()
     }
 
     pub fn node_ns(&self, node: &str) -> &Netns {
-        &self.seg.members[self.node_i[node]]
+        self.topo.node_ns(self.node_i[node])
     }
 
     pub fn node_addr(&self, node: &str) -> String {
-        format!("192.0.2.{}", 11 + self.node_i[node] - 1)
+        self.topo.nodes[self.node_i[node]].ipv4.to_string()
     }
 
     pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
