@@ -120,14 +120,18 @@ impl Say {
             println!("{}", s.as_ref());
         }
     }
-    fn progress(&self, what: &str, since: Instant) {
+    /// Whether the stream the progress line goes to (stderr with --json, else stdout) is a
+    /// terminal.
+    fn tty(&self) -> bool {
         use std::io::IsTerminal;
-        let tty = if self.json {
+        if self.json {
             std::io::stderr().is_terminal()
         } else {
             std::io::stdout().is_terminal()
-        };
-        if !tty {
+        }
+    }
+    fn progress(&self, what: &str, since: Instant) {
+        if !self.tty() {
             return;
         }
         const SPIN: [char; 4] = ['|', '/', '-', '\\'];
@@ -143,13 +147,7 @@ impl Say {
         }
     }
     fn clear(&self) {
-        use std::io::IsTerminal;
-        let tty = if self.json {
-            std::io::stderr().is_terminal()
-        } else {
-            std::io::stdout().is_terminal()
-        };
-        if !tty {
+        if !self.tty() {
             return;
         }
         let s = format!("\r{:60}\r", "");
