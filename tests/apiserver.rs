@@ -1134,3 +1134,73 @@ async fn watch_from_empty_list_rv_sees_first_object() {
         other => panic!("expected ADDED of the first lease, got {other:?}"),
     }
 }
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+) -> Option<Result<String, String>> {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("watcher went silent")
+}
+
+/// An API outage switched on while a kube-runtime watcher runs over HTTP: the watcher reports
+/// the outage (errors instead of events), and once it is switched off the watcher resumes and
+/// delivers an object created after the outage.
+#[tokio::test]
+async fn watcher_sees_outage_and_resumes_after_it() {
+    use kube::runtime::watcher;
+    let server = ApiServer::new();
+    let (addr, _task) = server.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let kc = ApiServer::kubeconfig(&format!("http://{addr}"), "watcher");
+    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&kc).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let writer: Api<Lease> = Api::namespaced(server.client_as("writer"), "default");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = watcher(api, watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            let seen = match item {
+                Ok(watcher::Event::Apply(l)) | Ok(watcher::Event::InitApply(l)) => Ok(l.name_any()),
+                Ok(_) => continue,
+                Err(e) => Err(e.to_string()),
+            };
+            if tx.send(seen).is_err() {
+                break;
+            }
+        }
+    });
+    writer
+        .create(&PostParams::default(), &lease("before", "a"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, Some(Ok("before".into())));
+    // Outage for the watcher's identity: its open watch is cut and reconnects are refused.
+    let id = server
+        .faults()
+        .add(FaultSpec::refuse().for_client("watcher"));
+    let mut saw_error = false;
+    while !saw_error {
+        match next(&mut rx).await {
+            Some(Err(_)) => saw_error = true,
+            Some(Ok(name)) => panic!("event {name} delivered during the outage"),
+            None => panic!("watcher ended"),
+        }
+    }
+    writer
+        .create(&PostParams::default(), &lease("after", "a"))
+        .await
+        .unwrap();
+    server.faults().remove(id);
+    // Resumed: the object created during the outage arrives (errors before it are retries).
+    loop {
+        match next(&mut rx).await {
+            Some(Ok(name)) if name == "after" => break,
+            Some(_) => continue,
+            None => panic!("watcher ended"),
+        }
+    }
+}
