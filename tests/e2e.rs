@@ -151,9 +151,12 @@ mod cluster {
             .unwrap_or_else(|| format!("unknown MAC {mac}"))
     }
 
+    /// The agents' address leases (not their per-node presence leases, not the controller's).
     async fn leases(c: &Cluster) -> Vec<Lease> {
+        use ferrolb::lease::{LABEL_ROLE, MANAGED_BY_SELECTOR, ROLE_PRESENCE};
         let api: Api<Lease> = Api::namespaced(c.client.clone(), ferrolb::lab::cluster::SYSTEM_NS);
-        api.list(&ListParams::default())
+        let selector = format!("{MANAGED_BY_SELECTOR},{LABEL_ROLE}!={ROLE_PRESENCE}");
+        api.list(&ListParams::default().labels(&selector))
             .await
             .unwrap()
             .items

@@ -366,6 +366,12 @@ fn default_service(
         spec.remove("externalTrafficPolicy");
         spec.remove("healthCheckNodePort");
         spec.remove("allocateLoadBalancerNodePorts");
+        // node ports are released when a Service stops being NodePort/LoadBalancer
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+        }
     }
     service_status(obj);
     Ok(())
@@ -623,7 +629,8 @@ pub fn check_custom(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     Err(ApiError::invalid(def, name, causes))
 }
 
-/// Like [`on_create`], collecting warnings (pruned fields).
+/// Kind-specific work before a create is stored (defaults, validation); pruned unknown fields
+/// of custom resources are added to `warn`.
 pub fn on_create_warn(
     state: &mut State,
     def: &Arc<ResourceDef>,

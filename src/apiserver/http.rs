@@ -181,6 +181,15 @@ fn resolve(inner: &Inner, segs: &[&str]) -> Result<Option<Target>, ApiError> {
 }
 
 fn decode_body(def: &ResourceDef, body: &[u8], ct: &str) -> Result<Value, ApiError> {
+    if ct.contains("protobuf") || ct.contains("cbor") {
+        // the stand-in speaks JSON (and YAML) only
+        return Err(ApiError::status(
+            415,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this API stand-in does not decode {ct})"),
+            Some(json!({})),
+        ));
+    }
     let v: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body).map_err(|e| {
             ApiError::bad_request(&format!(
@@ -359,6 +368,7 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
             (rv, Some(key))
         }
         None => {
+            let mut rv_out = st.rv;
             if let Some(rv) = q
                 .get("resourceVersion")
                 .filter(|r| !r.is_empty() && *r != "0")
@@ -366,18 +376,33 @@ fn list(inner: &Inner, t: &Target, q: &Query) -> Result<Value, ApiError> {
                 let n: u64 = rv.parse().map_err(|_| {
                     ApiError::bad_request(&format!("invalid resource version: {rv}"))
                 })?;
-                if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
-                    && n < table_compacted
-                {
-                    return Err(ApiError::expired(
-                        "The resourceVersion for the provided list is too old.",
-                    ));
+                if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
+                    if n < table_compacted {
+                        return Err(ApiError::expired(
+                            "The resourceVersion for the provided list is too old.",
+                        ));
+                    }
+                    rv_out = n.min(st.rv);
                 }
             }
-            (st.rv, None)
+            (rv_out, None)
         }
     };
-    let objs = st.list(&t.def, t.namespace.as_deref());
+    // continue pages and exact-RV lists are served from a snapshot at their RV
+    let exact =
+        after.is_some() || q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let (list_rv, objs) = if exact && list_rv != st.rv {
+        match st.list_at(&t.def, t.namespace.as_deref(), list_rv) {
+            Some(o) => (list_rv, o),
+            None => {
+                return Err(ApiError::expired(
+                    "The resourceVersion for the provided list is too old.",
+                ))
+            }
+        }
+    } else {
+        (list_rv, st.list(&t.def, t.namespace.as_deref()))
+    };
     drop(st);
     let key_of = |o: &Value| {
         let (ns, name) = obj_key(o);
@@ -650,4 +675,40 @@ pub fn content_type<B>(req: &Request<B>) -> &str {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_token_is_byte_identical_to_kube_apiserver() {
+        // golden 21: {"v":"meta.k8s.io/v1","rv":254,"start":"/api\u0000"}
+        assert_eq!(
+            encode_continue(254, "api"),
+            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MjU0LCJzdGFydCI6Ii9hcGlcdTAwMDAifQ"
+        );
+        // golden 87 (cluster-wide): start "/demo/api\u0000"
+        assert_eq!(
+            encode_continue(498, "demo/api"),
+            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDk4LCJzdGFydCI6Ii9kZW1vL2FwaVx1MDAwMCJ9"
+        );
+        assert_eq!(
+            decode_continue(
+                "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MjU0LCJzdGFydCI6Ii93ZWJcdTAwMDAifQ"
+            )
+            .unwrap(),
+            (254, "web".to_string())
+        );
+        assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn html_safe_encoding_like_go() {
+        let b = encode_json(&json!({"x": "<pending> & more"}));
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "{\"x\":\"\\u003cpending\\u003e \\u0026 more\"}\n"
+        );
+    }
 }

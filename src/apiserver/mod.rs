@@ -1,20 +1,44 @@
 //! The in-memory Kubernetes API stand-in (`ferrolb dev-apiserver`).
 //!
 //! One handler on hyper 1 types serves both an in-process [`kube::Client`] (a `tower::Service`,
-//! no sockets: [`ApiServer::client`]) and plain HTTP ([`ApiServer::serve`]). It follows the
-//! golden transcripts of a real kube-apiserver v1.36 (`shared/kube-golden`): one global
-//! resourceVersion, 409 conflicts, `/status` subresources, label/field selectors, paging,
-//! watches with bookmarks and 410 Expired from a bounded per-resource event history, Status
-//! error bodies, discovery (legacy and aggregated), Table output for kubectl.
+//! no sockets: [`ApiServer::client`]) and plain HTTP ([`ApiServer::serve`], and
+//! [`ApiServer::serve_unix`] for a Unix socket). It follows the golden transcripts of a real
+//! kube-apiserver v1.36 (`tests/golden`, replayed by `tests/apiserver.rs`): one global
+//! resourceVersion, 409 conflicts, `/status` subresources, label/field selectors, paging with
+//! kube-apiserver's continue tokens, watches with bookmarks and 410 Expired from a bounded
+//! per-resource event history (continue pages and exact-RV lists are snapshots rebuilt from it;
+//! beyond it they get 410), Status error bodies, Service defaulting and ClusterIP/nodePort
+//! allocation (ClusterIPs from 203.0.113.0/24 and 2001:db8:fff::/108), Lease MicroTime and
+//! Event validation, CRDs that register their resources (schema defaults, pruning, validation),
+//! patch types and server-side apply (engines in `patch.rs`/`managed.rs`), discovery (legacy
+//! and aggregated), OpenAPI v3 (and a minimal v2 protobuf document for old kubectl) and Table
+//! output for kubectl.
+//!
+//! ```text
+//! ferrolb dev-apiserver --listen 127.0.0.1:6443 --kubeconfig-out kc.yaml --crds crds/
+//! kubectl --kubeconfig kc.yaml get svc -A
+//! curl -s http://127.0.0.1:6443/metrics          # ferrolb_apiserver_requests_total{verb,resource,client,code}
+//! curl -s -XPOST http://127.0.0.1:6443/_ferrolb/faults -d '{"kind":"refuse","seconds":10}'
+//! curl -s -XPOST http://127.0.0.1:6443/_ferrolb/faults -d '{"kind":"error","code":503,"client":"node-a"}'
+//! curl -s -XDELETE http://127.0.0.1:6443/_ferrolb/faults     # all faults off
+//! ```
 //!
 //! Test hooks:
-//! - request counters per client/verb/resource/code ([`ApiServer::request_count`], `/metrics`
-//!   as `ferrolb_apiserver_requests_total{verb,resource,client,code}`);
-//! - fault injection ([`ApiServer::faults`], admin JSON at `/_ferrolb/faults`; see
-//!   [`faults`] for the JSON shape).
+//! - request counters per client/verb/resource/code ([`ApiServer::request_count`],
+//!   [`ApiServer::request_counts`], `/metrics`); verbs are get, list, watch, create, update,
+//!   patch, delete, deletecollection (and `fault` for answers made by an error fault);
+//! - fault injection ([`ApiServer::faults`], admin JSON at `/_ferrolb/faults`, `--fault JSON`;
+//!   see [`faults`] for the JSON shape). The admin endpoint, `/metrics` and `/healthz` are never
+//!   affected by faults.
 //!
 //! The client identity is the bearer token (`ApiServer::kubeconfig(url, identity)` writes it;
 //! `client_as(identity)` sets it in-process); requests without one count as `anonymous`.
+//!
+//! Not implemented (differences a client could notice): protobuf/CBOR bodies (415), YAML
+//! responses, authn/authz, finalizers and graceful deletion (deletes are immediate; deleting a
+//! namespace deletes its objects at once), ownerReference garbage collection, the watch
+//! cache's 429 after a restart, CRD conversion between versions (objects are relabelled only), `x-kubernetes-
+//! validations` (CEL) rules.
 
 pub mod body;
 pub mod defaults;
@@ -565,6 +589,10 @@ pub struct Args {
     /// Register every CustomResourceDefinition found in the YAML files of this directory.
     #[arg(long)]
     pub crds: Option<std::path::PathBuf>,
+    /// A fault rule active from the start (JSON as for `/_ferrolb/faults`, e.g.
+    /// `{"kind":"latency","latencyMs":50}`); repeatable.
+    #[arg(long = "fault", value_name = "JSON")]
+    pub faults: Vec<String>,
     /// Watch events kept per resource (older resourceVersions get 410 Expired).
     #[arg(long, default_value_t = DEFAULT_HISTORY)]
     pub history: usize,
@@ -574,6 +602,11 @@ pub struct Args {
 pub async fn run(args: Args) -> crate::CmdResult {
     use serde::Deserialize;
     let server = ApiServer::with_history_limit(args.history);
+    for f in &args.faults {
+        let spec: FaultSpec =
+            serde_json::from_str(f).map_err(|e| anyhow::anyhow!("--fault {f}: {e}"))?;
+        server.faults().add(spec);
+    }
     if let Some(dir) = &args.crds {
         let mut entries: Vec<_> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)

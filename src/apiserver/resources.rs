@@ -221,7 +221,85 @@ pub fn builtins() -> Vec<ResourceDef> {
     );
     crd.generation = true;
     crd.categories = vec!["api-extensions".into()];
-    vec![ns, svc, node, ep, cev, eev, eps, lease, crd]
+    // What an install of ferrolb itself consists of (deploy/, the Helm chart), so that kubectl
+    // can map and apply it: workloads, their identities and RBAC, config.
+    let mut deploy = builtin(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+    );
+    deploy.generation = true;
+    let mut ds = builtin(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        true,
+    );
+    ds.generation = true;
+    let sa = builtin(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+    );
+    let cm = builtin(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+    );
+    let rbac = "rbac.authorization.k8s.io";
+    let role = builtin(rbac, "v1", "roles", "role", "Role", true, &[], false);
+    let rb = builtin(
+        rbac,
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+    );
+    let cr = builtin(
+        rbac,
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        false,
+    );
+    let crb = builtin(
+        rbac,
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        false,
+    );
+    vec![
+        ns, svc, node, ep, cev, eev, eps, lease, crd, deploy, ds, sa, cm, role, rb, cr, crb,
+    ]
 }
 
 /// Builds the resource definitions of a CustomResourceDefinition (one per served version).

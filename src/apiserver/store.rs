@@ -54,7 +54,9 @@ impl Table {
         Self {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
-            compacted: start_rv,
+            // A table created on its first write has dropped nothing: a watch from any earlier
+            // resourceVersion (e.g. of an empty LIST) must get that write, not 410.
+            compacted: 0,
             notify: tokio::sync::watch::channel(start_rv).0,
         }
     }
@@ -741,6 +743,43 @@ impl State {
                 .insert("resourceVersion".into(), Value::String(self.rv.to_string()));
             self.commit(storage, EventType::Deleted, Arc::new(obj), Some(old));
         }
+    }
+
+    /// The objects of a resource as they were at `rv` (undoing the history after it), in key
+    /// order; None when the history no longer reaches back to `rv`.
+    pub fn list_at(&self, def: &ResourceDef, ns: Option<&str>, rv: u64) -> Option<Vec<Arc<Value>>> {
+        let Some(t) = self.tables.get(&def.storage) else {
+            return Some(vec![]);
+        };
+        if rv < t.compacted {
+            return None;
+        }
+        let start = t.history.partition_point(|e| e.rv <= rv);
+        if start == t.history.len() {
+            return Some(self.list(def, ns));
+        }
+        let mut objs: BTreeMap<(String, String), Arc<Value>> = t
+            .objects
+            .iter()
+            .filter(|((n, _), _)| ns.is_none_or(|x| x == n))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for e in t.history.range(start..).rev() {
+            let key = obj_key(&e.object);
+            if ns.is_some_and(|x| x != key.0) {
+                continue;
+            }
+            match (e.etype, &e.prev) {
+                (EventType::Added, _) => {
+                    objs.remove(&key);
+                }
+                (_, Some(prev)) => {
+                    objs.insert(key, prev.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        Some(objs.into_values().collect())
     }
 
     /// All objects of a resource in key order, optionally in one namespace.

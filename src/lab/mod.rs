@@ -172,13 +172,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     if args.nodes > 200 {
         bail!("--nodes is at most 200");
     }
-    for tool in ["ip", "arping", "tcpdump", "setpriv"] {
-        if which(tool).is_none() {
-            bail!(
-                "`{tool}` is missing: apt-get install iproute2 iputils-arping tcpdump util-linux"
-            );
-        }
-    }
+    install_tools(args.ipv6)?;
     let removed = crate::netns::cleanup_stale();
     let say = Say { json: args.json };
     if !removed.is_empty() {
@@ -214,6 +208,49 @@ pub async fn run(args: Args) -> crate::CmdResult {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The tools the lab drives, with the Debian package providing each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("arping", "iputils-arping"),
+    ("tcpdump", "tcpdump"),
+    ("setpriv", "util-linux"),
+];
+
+/// Installs missing tools with apt-get (the lab runs as root anyway), or says what is missing.
+fn install_tools(ipv6: bool) -> anyhow::Result<()> {
+    let mut tools: Vec<(&str, &str)> = TOOLS.to_vec();
+    if ipv6 {
+        tools.push(("ndisc6", "ndisc6"));
+    }
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(t, _)| which(t).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if which("apt-get").is_none() {
+        bail!(
+            "missing tools; install the packages {} (Debian names)",
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "installing what the lab needs: {} (apt-get)",
+        missing.join(" ")
+    );
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let mut c = std::process::Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        crate::netns::run(&mut c).map(|_| ())
+    };
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
