@@ -510,6 +510,8 @@ struct SvcEntry {
     shown: OnceLock<Outcome>,
     /// `ensure` ran at least once (adopted-only Services are not retried automatically).
     ensured: bool,
+    /// Next (older) Service whose key has the same index hash.
+    same_hash: Option<Sid>,
 }
 
 impl SvcEntry {
@@ -531,8 +533,12 @@ impl SvcEntry {
 pub struct Allocator {
     pools: BTreeMap<String, PoolEntry>,
     pool_used: BTreeMap<String, u128>,
-    /// Service key → id. Every iteration over Services sorts by key (determinism).
-    index: FxMap<ServiceKey, Sid>,
+    /// FxHash of a Service key → the newest id with that hash; older ids with the same hash are
+    /// chained through `SvcEntry::same_hash` (so the index stores no copy of the key).
+    /// Every iteration over Services sorts by key (determinism).
+    index: FxMap<u64, Sid>,
+    /// Number of live Services.
+    live_count: usize,
     /// Service entries by id (`None` = free slot, listed in `free`).
     slots: Vec<Option<SvcEntry>>,
     free: Vec<Sid>,
@@ -775,14 +781,61 @@ impl Allocator {
         ids.sort_by(|a, b| self.key_of(*a).cmp(&self.key_of(*b)));
     }
 
+    /// The id of a registered Service.
+    fn lookup(&self, key: &ServiceKey) -> Option<Sid> {
+        let mut id = *self.index.get(&key_hash(key))?;
+        loop {
+            let e = self.entry(id)?;
+            if e.req.key == *key {
+                return Some(id);
+            }
+            id = e.same_hash?;
+        }
+    }
+
+    /// Removes a registered Service from the index (not from the slab).
+    fn unindex(&mut self, key: &ServiceKey, id: Sid) {
+        let h = key_hash(key);
+        let next = self.entry(id).and_then(|e| e.same_hash);
+        let Some(&head) = self.index.get(&h) else {
+            return;
+        };
+        if head == id {
+            match next {
+                Some(n) => {
+                    self.index.insert(h, n);
+                }
+                None => {
+                    self.index.remove(&h);
+                }
+            }
+            return;
+        }
+        let mut cur = head;
+        while let Some(e) = self.entry(cur) {
+            match e.same_hash {
+                Some(n) if n == id => {
+                    if let Some(e) = self.entry_mut(cur) {
+                        e.same_hash = next;
+                    }
+                    return;
+                }
+                Some(n) => cur = n,
+                None => return,
+            }
+        }
+    }
+
     /// Registers a new Service and returns its id.
     fn intern(&mut self, req: &ServiceReq, verdict: Verdict, ensured: bool) -> Sid {
+        let h = key_hash(&req.key);
         let e = SvcEntry {
             req: Arc::new(req.clone()),
             addrs: Vec::new(),
             verdict,
             shown: OnceLock::new(),
             ensured,
+            same_hash: self.index.get(&h).copied(),
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -794,7 +847,8 @@ impl Allocator {
                 (self.slots.len() - 1) as Sid
             }
         };
-        self.index.insert(req.key.clone(), id);
+        self.index.insert(h, id);
+        self.live_count += 1;
         id
     }
 
@@ -804,7 +858,7 @@ impl Allocator {
     /// allocating anything new. Call for every Service before the first [`Allocator::ensure`].
     pub fn adopt(&mut self, req: &ServiceReq, ips: &[IpAddr]) -> AdoptReport {
         let mut report = AdoptReport::default();
-        let id = match self.index.get(&req.key).copied() {
+        let id = match self.lookup(&req.key) {
             Some(id) => {
                 if let Some(s) = self.entry_mut(id) {
                     s.req = Arc::new(req.clone());
@@ -898,7 +952,7 @@ impl Allocator {
     /// are kept while they still fit the request. Returns its outcome; other Services affected
     /// (e.g. waiting ones that got a freed address) show up in [`Allocator::take_changed`].
     pub fn ensure(&mut self, req: &ServiceReq) -> Outcome {
-        let id = match self.index.get(&req.key).copied() {
+        let id = match self.lookup(&req.key) {
             Some(id) => {
                 let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
                     return Outcome::fail(Reason::NoPool, NOT_YET.into());
@@ -936,14 +990,15 @@ impl Allocator {
 
     /// Forgets a Service (deleted, or no longer ours) and frees its addresses.
     pub fn release(&mut self, key: &ServiceKey) {
-        let Some(&id) = self.index.get(key) else {
+        let Some(id) = self.lookup(key) else {
             return;
         };
         let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
         for a in held {
             self.unclaim(id, a);
         }
-        self.index.remove(key);
+        self.unindex(key, id);
+        self.live_count = self.live_count.saturating_sub(1);
         if let Some(slot) = self.slots.get_mut(id as usize) {
             *slot = None;
             self.free.push(id);
@@ -956,7 +1011,7 @@ impl Allocator {
 
     /// The current outcome of a Service.
     pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
-        let s = self.entry(*self.index.get(key)?)?;
+        let s = self.entry(self.lookup(key)?)?;
         Some(s.shown.get_or_init(|| s.verdict.outcome()))
     }
 
@@ -999,7 +1054,7 @@ impl Allocator {
     fn settle(&mut self) {
         // Every productive round completes at least one Service, so this terminates; the bound
         // is a guard only.
-        let mut rounds = self.index.len() + 2;
+        let mut rounds = self.live_count + 2;
         while (self.freed || !self.sharing_dirty.is_empty()) && rounds > 0 {
             rounds -= 1;
             let all = std::mem::take(&mut self.freed);
@@ -1505,6 +1560,19 @@ impl Allocator {
                 self.changed.insert(h);
             }
         }
+    }
+}
+
+/// Index hash of a Service key.
+fn key_hash(key: &ServiceKey) -> u64 {
+    use std::hash::BuildHasher;
+    let h = FxBuild::default().hash_one(key);
+    // The unit tests fold the hash to 3 bits so that every test (the property test included)
+    // exercises the same-hash chains, which real 64-bit hashes almost never need.
+    if cfg!(test) {
+        h & 7
+    } else {
+        h
     }
 }
 
