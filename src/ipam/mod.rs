@@ -66,15 +66,16 @@
 //! `cargo bench --bench ipam -- ipam-cpu` (10k Services over 2001:db8:100::/112, 2001:db8:200::/64
 //! and the three IPv4 documentation /24s; on-CPU time, the machine is shared). Measured
 //! 2026-11-22 on the shared 2-core CI machine (load average 4-9 from other builds):
-//! `ipam-cpu/ensure_10k_ipv6` ≈ 14.5 ms per 10,000 Services, i.e. ≈ 690k allocations per
-//! CPU-second (before interning: ≈ 34 ms, ≈ 290k/s). Services are interned to integer ids (holders,
-//! changed and waiting sets hold ids; no key clone on the hot path), indexes use FxHash, pool names
-//! are shared `Arc<str>`, outcomes are kept compactly and the public [`Outcome`] (with its message)
-//! is built only when returned or asked for. Still below the 1M/s target; what remains per new
-//! Service is mostly the stored copy of the request (~9 heap allocations: key, labels, families),
-//! the key in the index, and the returned `Outcome` itself (`Vec`, pool name, message with the
-//! formatted address). `take_changed` sorts the changed ids by key once per call instead of
-//! keeping a sorted set of keys.
+//! `ipam-cpu/ensure_10k_ipv6` ≈ 10.2-11.8 ms per 10,000 Services, i.e. ≈ 850k-980k allocations
+//! per CPU-second (confidence intervals 0.78-1.03M/s; before interning: ≈ 34 ms, ≈ 290k/s).
+//! Services are interned to integer ids (holders, changed and waiting sets hold ids; the index
+//! holds key hashes with same-hash chains, so no key is cloned on the hot path), indexes use
+//! FxHash, pool names are shared `Arc<str>`, outcomes are kept compactly and the public
+//! [`Outcome`] (with its message) is built only when returned or asked for. Not yet reliably at
+//! the 1M/s target; what remains per new Service is mostly the stored copy of the request (~9 heap
+//! allocations: key, labels, families) and the returned `Outcome` itself (`Vec`, pool name,
+//! message with the formatted address). `take_changed` sorts the changed ids by key once per call
+//! instead of keeping a sorted set of keys.
 
 pub mod pool;
 pub mod range;
