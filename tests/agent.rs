@@ -28,18 +28,51 @@ fn skip() -> bool {
 
 const L2: &[(&str, &str)] = &[("ferrolb.io/l2", "yes")];
 
+type Nodes<'a> = &'a [(&'a str, &'a [(&'a str, &'a str)])];
+
+/// A test segment with `nodes` (name, labels); logs and kubeconfigs in `dir`.
+fn cluster(dir: &tempfile::TempDir, tag: &str, nodes: Nodes) -> anyhow::Result<Cluster> {
+    Cluster::new(Path::new(BIN), dir.path(), tag, nodes)
+}
+
+/// Starts the agents of `nodes` (no extra flags), each waited for until ready.
+fn start_agents(c: &mut Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+    for n in nodes {
+        c.start_agent(n, &[])?;
+    }
+    Ok(())
+}
+
+/// Waits for an ARP answer for `vip` and asserts a single station gave it: (node, MAC).
+fn sole_holder(c: &Cluster, vip: &str) -> anyhow::Result<(String, String)> {
+    let macs = c.wait_arp_answer(vip, Duration::from_secs(20))?;
+    assert_eq!(macs.len(), 1, "{macs:?}");
+    let mac = macs.into_iter().next().context("mac")?;
+    let node = c.node_of_mac(&mac).context("unknown MAC")?;
+    Ok((node, mac))
+}
+
+/// Polls until the client's neighbour entry for `ip` is `mac`.
+fn wait_client_neighbour(
+    c: &Cluster,
+    what: &str,
+    ip: &str,
+    mac: &str,
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    wait_until(what, timeout, every, || {
+        (c.client_neighbour(ip).as_deref() == Some(mac)).then_some(())
+    })
+}
+
 #[test]
 fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::Result<()> {
     if skip() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag1",
-        &[("n1", L2), ("n2", L2), ("n3", &[])],
-    )?;
+    let mut c = cluster(&dir, "ag1", &[("n1", L2), ("n2", L2), ("n3", &[])])?;
     scenario(&mut c, |c| {
         c.policy(
             "l2",
@@ -52,9 +85,7 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
             json!({"interfaces": ["eth("], "nodeSelector": {"matchLabels": {"none": "x"}}}),
         )?;
         c.service("web", &[VIP4, VIP6])?;
-        for n in ["n1", "n2", "n3"] {
-            c.start_agent(n, &[])?;
-        }
+        start_agents(c, &["n1", "n2", "n3"])?;
         let first = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
         // Several probes, all broadcast: exactly one station answers, every time.
         let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
@@ -210,22 +241,12 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag2",
-        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
-    )?;
+    let mut c = cluster(&dir, "ag2", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         c.service("web", &[VIP4, VIP6])?;
-        for n in ["n1", "n2", "n3"] {
-            c.start_agent(n, &[])?;
-        }
-        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
-        assert_eq!(macs.len(), 1, "{macs:?}");
-        let old_mac = macs.into_iter().next().context("mac")?;
-        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        start_agents(c, &["n1", "n2", "n3"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
         // The client's kernel learns the holder's MAC.
         c.client_resolve(VIP4);
         c.client_resolve(VIP6);
@@ -250,11 +271,13 @@ fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Resul
             "failover after SIGKILL took {took:?}"
         );
         // The unsolicited NA (Override) moved the IPv6 entry too.
-        wait_until(
+        wait_client_neighbour(
+            c,
             "the client's IPv6 neighbour entry to change",
+            VIP6,
+            &new_mac,
             Duration::from_secs(2),
             Duration::from_millis(10),
-            || (c.client_neighbour(VIP6).as_deref() == Some(new_mac.as_str())).then_some(()),
         )?;
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
         assert_eq!(macs, BTreeSet::from([new_mac.clone()]));
@@ -272,24 +295,14 @@ fn sigterm_releases_the_shared_lease_and_another_node_takes_over_at_once() -> an
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag3",
-        &[("n1", &[]), ("n2", &[])],
-    )?;
+    let mut c = cluster(&dir, "ag3", &[("n1", &[]), ("n2", &[])])?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         // Two Services sharing the address: one lease, one node.
         c.service("web", &[VIP4])?;
         c.service("web-udp", &[VIP4])?;
-        for n in ["n1", "n2"] {
-            c.start_agent(n, &[])?;
-        }
-        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
-        assert_eq!(macs.len(), 1, "{macs:?}");
-        let old_mac = macs.into_iter().next().context("mac")?;
-        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        start_agents(c, &["n1", "n2"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
         let leases = c.leases()?;
         assert_eq!(leases.len(), 1, "{leases:#?}");
         assert_eq!(
@@ -313,12 +326,12 @@ fn sigterm_releases_the_shared_lease_and_another_node_takes_over_at_once() -> an
             took <= Duration::from_secs(1),
             "takeover after SIGTERM took {took:?}"
         );
-        let status = c
+        let code = c
             .agents
             .get_mut(&old)
             .context("old")?
             .wait_exit(Duration::from_secs(5))?;
-        assert!(status.success(), "agent exited with {status}");
+        assert_eq!(code, Some(0), "agent exited with code {code:?}");
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
         assert_eq!(macs, BTreeSet::from([new_mac]));
         Ok(())
@@ -331,12 +344,7 @@ fn api_outage_sticky_keeps_answering_and_no_sticky_stops() -> anyhow::Result<()>
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag4",
-        &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])],
-    )?;
+    let mut c = cluster(&dir, "ag4", &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])])?;
     scenario(&mut c, |c| {
         const VIP_A: &str = "198.51.100.20";
         const VIP_B: &str = "198.51.100.21";
@@ -420,22 +428,12 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag5",
-        &[("n1", &[]), ("n2", &[])],
-    )?;
+    let mut c = cluster(&dir, "ag5", &[("n1", &[]), ("n2", &[])])?;
     scenario(&mut c, |c| {
         c.policy("all", json!({}))?;
         c.service("web", &[VIP4])?;
-        for n in ["n1", "n2"] {
-            c.start_agent(n, &[])?;
-        }
-        let macs = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
-        assert_eq!(macs.len(), 1, "{macs:?}");
-        let old_mac = macs.into_iter().next().context("mac")?;
-        let old = c.node_of_mac(&old_mac).context("unknown MAC")?;
+        start_agents(c, &["n1", "n2"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
         let other = if old == "n1" { "n2" } else { "n1" };
         c.client_resolve(VIP4);
         assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
@@ -448,11 +446,13 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
         )?;
         let t0 = Instant::now();
         let new_mac = c.macs[other].clone();
-        wait_until(
+        wait_client_neighbour(
+            c,
             "the client's neighbour entry to move to the new holder",
+            VIP4,
+            &new_mac,
             LEASE + Duration::from_secs(8),
             Duration::from_millis(20),
-            || (c.client_neighbour(VIP4).as_deref() == Some(new_mac.as_str())).then_some(()),
         )?;
         eprintln!(
             "partitioned holder {old}: {other} took over after {:?}",
@@ -490,12 +490,7 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
     }
     let nodes = ["n1", "n2", "n3"];
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
-        Path::new(BIN),
-        dir.path(),
-        "ag6",
-        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
-    )?;
+    let mut c = cluster(&dir, "ag6", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
     scenario(&mut c, |c| {
         const VIP: &str = "198.51.100.30";
         // The node the lease would prefer without ETP Local; the endpoints go elsewhere, so
@@ -528,9 +523,7 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             &slice(true),
         )?;
-        for n in nodes {
-            c.start_agent(n, &[])?;
-        }
+        start_agents(c, &nodes)?;
         let macs = c.wait_arp_answer(VIP, Duration::from_secs(20))?;
         assert_eq!(
             macs,

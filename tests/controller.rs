@@ -11,6 +11,7 @@ use ferrolb::api::{
     COND_IPAM_SATISFIED, LB_CLASS,
 };
 use ferrolb::apiserver::ApiServer;
+use ferrolb::controller::status::ingress_ips as ingress;
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
@@ -269,23 +270,7 @@ impl Harness {
 
     /// Waits (watching) until the Service satisfies `pred`.
     async fn wait_svc(&self, name: &str, what: &str, pred: impl Fn(&Service) -> bool) -> Service {
-        let cond = move |o: Option<&Service>| o.is_some_and(&pred);
-        match tokio::time::timeout(
-            DEADLINE,
-            kube::runtime::wait::await_condition(self.svcs(), name, cond),
-        )
-        .await
-        {
-            Ok(Ok(Some(s))) => s,
-            other => {
-                let cur = self.svcs().get_opt(name).await.ok().flatten();
-                panic!(
-                    "Service {name}: {what} not reached within {DEADLINE:?} ({:?}); status now: {}",
-                    other.err(),
-                    serde_json::to_string(&cur.and_then(|s| s.status)).unwrap_or_default()
-                )
-            }
-        }
+        wait_obj(self.svcs(), "Service", name, what, pred, |s| s.status).await
     }
 
     /// Waits until the Service has a satisfied condition and returns its addresses.
@@ -312,23 +297,7 @@ impl Harness {
         what: &str,
         pred: impl Fn(&LoadBalancerIPPool) -> bool,
     ) -> LoadBalancerIPPool {
-        let cond = move |o: Option<&LoadBalancerIPPool>| o.is_some_and(&pred);
-        match tokio::time::timeout(
-            DEADLINE,
-            kube::runtime::wait::await_condition(self.pools(), name, cond),
-        )
-        .await
-        {
-            Ok(Ok(Some(p))) => p,
-            other => {
-                let cur = self.pools().get_opt(name).await.ok().flatten();
-                panic!(
-                    "pool {name}: {what} not reached ({:?}); status now: {}",
-                    other.err(),
-                    serde_json::to_string(&cur.and_then(|p| p.status)).unwrap_or_default()
-                )
-            }
-        }
+        wait_obj(self.pools(), "pool", name, what, pred, |p| p.status).await
     }
 
     /// Events of `reason` about `name` (events.k8s.io/v1), waiting until at least one exists.
@@ -415,17 +384,37 @@ fn our_cond(s: &Service) -> Option<Condition> {
         .cloned()
 }
 
-fn ingress(s: &Service) -> Vec<IpAddr> {
-    s.status
-        .as_ref()
-        .and_then(|st| st.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Waits (watching, up to [`DEADLINE`]) until object `name` satisfies `pred`; on timeout panics
+/// with `what` and the object's current status (`status` extracts it).
+async fn wait_obj<K, S>(
+    api: Api<K>,
+    kind: &str,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&K) -> bool,
+    status: impl Fn(K) -> Option<S>,
+) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    S: serde::Serialize,
+{
+    let cond = move |o: Option<&K>| o.is_some_and(&pred);
+    match tokio::time::timeout(
+        DEADLINE,
+        kube::runtime::wait::await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(o))) => o,
+        other => {
+            let cur = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "{kind} {name}: {what} not reached within {DEADLINE:?} ({:?}); status now: {}",
+                other.err(),
+                serde_json::to_string(&cur.and_then(status)).unwrap_or_default()
+            )
+        }
+    }
 }
 
 fn ip(s: &str) -> IpAddr {

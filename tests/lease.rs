@@ -369,6 +369,36 @@ fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, Desired> {
         .collect()
 }
 
+/// Starts `node`'s agent lease engines on `api` with `cfg`.
+fn agent_set(
+    api: &ApiServer,
+    node: &str,
+    cfg: &LeaseConfig,
+) -> (LeaseSet, mpsc::UnboundedReceiver<LeaseEvent>) {
+    LeaseSet::start(
+        api.client_as(node),
+        EngineOptions::agent(NS, node, cfg.clone()),
+    )
+}
+
+/// node-a, the only candidate of one desired lease, acquires it (asserted within 5 s):
+/// (its set, its events, the lease's name).
+async fn node_a_holding_one_lease(
+    api: &ApiServer,
+    cfg: &LeaseConfig,
+) -> (LeaseSet, mpsc::UnboundedReceiver<LeaseEvent>, String) {
+    let nodes = vec!["node-a".to_string()];
+    let want = desired_set(1, &nodes);
+    let name = want.keys().next().unwrap().clone();
+    let (a, mut a_ev) = agent_set(api, "node-a", cfg);
+    a.set_desired(want);
+    let acquired = |e: &LeaseEvent| matches!(e, LeaseEvent::Acquired { .. });
+    assert!(next_event(&mut a_ev, Duration::from_secs(5), acquired)
+        .await
+        .is_some());
+    (a, a_ev, name)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
     let api = stand_in().await;
@@ -385,10 +415,7 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
     let want = desired_set(100, &nodes);
     let mut sets = Vec::new();
     for node in &nodes {
-        let (set, _events) = LeaseSet::start(
-            api.client_as(node),
-            EngineOptions::agent(NS, node, cfg.clone()),
-        );
+        let (set, _events) = agent_set(&api, node, &cfg);
         set.set_desired(want.clone());
         sets.push(set);
     }
@@ -489,20 +516,7 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
 async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     let api = stand_in().await;
     let cfg = fast();
-    let nodes = vec!["node-a".to_string()];
-    let want = desired_set(1, &nodes);
-    let name = want.keys().next().unwrap().clone();
-    let (a, mut a_ev) = LeaseSet::start(
-        api.client_as("node-a"),
-        EngineOptions::agent(NS, "node-a", cfg.clone()),
-    );
-    a.set_desired(want.clone());
-    assert!(next_event(&mut a_ev, Duration::from_secs(5), |e| matches!(
-        e,
-        LeaseEvent::Acquired { .. }
-    ))
-    .await
-    .is_some());
+    let (a, mut a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
     // The API server answers 503 to node-a: past the renew deadline it reports Unreachable
     // (sticky), not Lost.
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
@@ -523,10 +537,7 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     let both = vec!["node-a".to_string(), "node-b".to_string()];
     let want2 = desired_set(1, &both);
     a.set_desired(want2.clone());
-    let (b, mut b_ev) = LeaseSet::start(
-        api.client_as("node-b"),
-        EngineOptions::agent(NS, "node-b", cfg.clone()),
-    );
+    let (b, mut b_ev) = agent_set(&api, "node-b", &cfg);
     b.set_desired(want2);
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
@@ -687,18 +698,7 @@ async fn a_joining_node_gets_its_share_by_hand_over_then_things_stay_put() {
 async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
     let api = stand_in().await;
     let cfg = fast();
-    let nodes = vec!["node-a".to_string()];
-    let want = desired_set(1, &nodes);
-    let name = want.keys().next().unwrap().clone();
-    let (a, mut a_ev) = LeaseSet::start(
-        api.client_as("node-a"),
-        EngineOptions::agent(NS, "node-a", cfg.clone()),
-    );
-    a.set_desired(want);
-    let acquired = |e: &LeaseEvent| matches!(e, LeaseEvent::Acquired { .. });
-    assert!(next_event(&mut a_ev, Duration::from_secs(5), acquired)
-        .await
-        .is_some());
+    let (a, mut a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
     for (what, spec) in [
         ("refuse", FaultSpec::refuse()),
         ("drop", FaultSpec::drop_requests()),
@@ -733,10 +733,7 @@ async fn graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait() {
     let name = want.keys().next().unwrap().clone();
     let mut sets = Vec::new();
     for node in &nodes {
-        let (set, _ev) = LeaseSet::start(
-            api.client_as(node),
-            EngineOptions::agent(NS, node, cfg.clone()),
-        );
+        let (set, _ev) = agent_set(&api, node, &cfg);
         set.set_desired(want.clone());
         sets.push(Some(set));
     }

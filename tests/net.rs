@@ -219,6 +219,22 @@ fn neigh(ns: &Netns, ip: &str) -> Option<(Option<MacAddr>, String)> {
     Some((mac, words.last()?.to_string()))
 }
 
+/// `ip FAMILY neigh replace IP lladdr MAC dev eth0 nud stale` in `ns`: an entry as if learnt
+/// earlier and not confirmed since.
+fn stale_neigh(ns: &Netns, family: &str, ip: &str, mac: &str) {
+    ns.ip(&[
+        family, "neigh", "replace", ip, "lladdr", mac, "dev", "eth0", "nud", "stale",
+    ])
+    .expect("setting a STALE neighbour entry");
+}
+
+/// Polls (up to 15 s) until `ns`'s neighbour entry for `ip` has the lladdr `mac`.
+fn wait_neigh_mac(ns: &Netns, ip: &str, mac: MacAddr, what: &str) {
+    poll_until(what, Duration::from_secs(15), || {
+        (neigh(ns, ip)?.0? == mac).then_some(())
+    });
+}
+
 fn metrics(ns: &Netns, port: u16) -> String {
     ns.exec(
         "curl",
@@ -347,10 +363,7 @@ fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
     let mac_a = mac_of(a);
     let wrong = "02:00:00:00:00:99";
     for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
-        c.ip(&[
-            v, "neigh", "replace", ip, "lladdr", wrong, "dev", "eth0", "nud", "stale",
-        ])
-        .expect("pre-populate");
+        stale_neigh(c, v, ip, wrong);
         assert_eq!(
             neigh(c, ip).and_then(|(m, _)| m),
             Some(wrong.parse().expect("mac"))
@@ -359,10 +372,11 @@ fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
     // No traffic from C to the VIPs: only the announcer's gratuitous frames can fix the entries.
     let mut p = announce(a, &["198.51.100.10", "2001:db8:100::10"], &[]);
     for ip in ["198.51.100.10", "2001:db8:100::10"] {
-        poll_until(
+        wait_neigh_mac(
+            c,
+            ip,
+            mac_a,
             &format!("C's neighbour entry for {ip} to point at A"),
-            Duration::from_secs(15),
-            || (neigh(c, ip)?.0? == mac_a).then_some(()),
         );
     }
     let st = p.terminate().expect("exits within 10 s of SIGTERM");
@@ -395,10 +409,7 @@ fn unicast_nud_probes_are_answered() {
         ],
     );
     for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
-        c.ip(&[
-            v, "neigh", "replace", ip, "lladdr", &mac_a, "dev", "eth0", "nud", "stale",
-        ])
-        .expect("stale entry");
+        stale_neigh(c, v, ip, &mac_a);
         // Traffic to a STALE entry: DELAY, then (1 s) PROBE with unicast solicitations. A does
         // not hold the address in its kernel, so the ping itself gets no answer.
         let _ = c.exec("ping", &["-c", "1", "-W", "1", ip]);
@@ -517,19 +528,7 @@ fn codecs_match_kernel_frames_byte_for_byte() {
     // 3. Multicast NS (ndisc6) and the kernel's NA.
     assert_eq!(ndisc6(c, "2001:db8:1::1"), vec![mac_k]);
     // 4. Unicast NUD: C's STALE entry probed with a unicast NS.
-    c.ip(&[
-        "-6",
-        "neigh",
-        "replace",
-        "2001:db8:1::1",
-        "lladdr",
-        &mac_k.to_string(),
-        "dev",
-        "eth0",
-        "nud",
-        "stale",
-    ])
-    .expect("stale");
+    stale_neigh(c, "-6", "2001:db8:1::1", &mac_k.to_string());
     let _ = c.exec("ping", &["-c", "1", "-W", "1", "2001:db8:1::1"]);
     poll_until("C's NUD to confirm K", Duration::from_secs(15), || {
         (neigh(c, "2001:db8:1::1")?.1 == "REACHABLE").then_some(())
@@ -955,18 +954,7 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     a.ip(&["link", "set", "eth0", "down"]).expect("down");
-    c.ip(&[
-        "neigh",
-        "replace",
-        "198.51.100.10",
-        "lladdr",
-        "02:00:00:00:00:99",
-        "dev",
-        "eth0",
-        "nud",
-        "stale",
-    ])
-    .expect("stale");
+    stale_neigh(c, "-4", "198.51.100.10", "02:00:00:00:00:99");
     let mut cmd = a.cmd(BIN);
     cmd.args([
         "announce",
@@ -983,11 +971,7 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     p.wait_line("announcer ready", Duration::from_secs(20));
     // eth0 comes up: the announcer notices within its poll period and sends a burst.
     a.ip(&["link", "set", "eth0", "up"]).expect("up");
-    poll_until(
-        "C's entry to point at A's eth0",
-        Duration::from_secs(15),
-        || (neigh(c, "198.51.100.10")?.0? == mac_a).then_some(()),
-    );
+    wait_neigh_mac(c, "198.51.100.10", mac_a, "C's entry to point at A's eth0");
     // eth1 appears (plugged into the same bridge): answered there too.
     netns::veth(a, "eth1", &seg.bridge, "p9").expect("veth");
     seg.bridge
@@ -1053,23 +1037,8 @@ fn periodic_reannounce_repeats_announcements_after_the_burst() {
         },
     );
     // A neighbour entry made wrong after the burst is corrected by a re-announcement.
-    c.ip(&[
-        "neigh",
-        "replace",
-        "198.51.100.10",
-        "lladdr",
-        "02:00:00:00:00:99",
-        "dev",
-        "eth0",
-        "nud",
-        "stale",
-    ])
-    .expect("stale");
-    poll_until(
-        "C's entry to point at A again",
-        Duration::from_secs(15),
-        || (neigh(c, "198.51.100.10")?.0? == mac_a).then_some(()),
-    );
+    stale_neigh(c, "-4", "198.51.100.10", "02:00:00:00:00:99");
+    wait_neigh_mac(c, "198.51.100.10", mac_a, "C's entry to point at A again");
 }
 
 /// RTTs (ms) of `arping` replies from `ip`: `par` concurrent arpings of `count` requests each

@@ -1,8 +1,9 @@
 //! Helpers to run real ferrolb processes in network namespaces and look at them from outside:
 //! used by `tests/agent.rs` and the lab. Nothing here is `cfg(test)`.
 //!
-//! - [`Proc`]: a child process (`ip netns exec NS ferrolb ...`) with its log in a file, killed
-//!   (SIGKILL) and reaped on drop, so a failing test leaves nothing running.
+//! - [`Proc`] (the lab's): a child process (`ip netns exec NS setpriv --pdeathsig KILL ferrolb
+//!   ...`) with its log in a file, killed (SIGKILL) and reaped on drop, so a failing test leaves
+//!   nothing running.
 //! - [`wait_until`]: poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
@@ -13,15 +14,15 @@
 //!   client namespace — with helpers to create Services/policies and to look from the client.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::netns::{Netns, Segment};
+use crate::lab::topo::Topology;
+use crate::netns::Netns;
 use serde_json::json;
 
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.
@@ -43,136 +44,8 @@ pub fn wait_until<T>(
     }
 }
 
-/// A process running inside a namespace, killed on drop.
-#[derive(Debug)]
-pub struct Proc {
-    name: String,
-    child: Option<Child>,
-    pid: u32,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Runs `program args...` in `ns` with stdout and stderr appended to `log`.
-    pub fn spawn(
-        ns: &Netns,
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: &Path,
-    ) -> anyhow::Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            pid: child.id(),
-            child: Some(child),
-            log: log.to_path_buf(),
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Process id (`ip netns exec` execs the program, so this is the program's pid).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Sends a signal by name (`TERM`, `KILL`, `INT`, `STOP`, `CONT`).
-    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        crate::netns::run(Command::new("kill").args(["-s", sig, &self.pid.to_string()]))?;
-        Ok(())
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Whether the process has exited (reaps it), with its status.
-    pub fn try_status(&mut self) -> Option<ExitStatus> {
-        let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(s)) => {
-                self.child = None;
-                Some(s)
-            }
-            _ => None,
-        }
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let name = self.name.clone();
-        wait_until(
-            &format!("{name} to exit"),
-            timeout,
-            Duration::from_millis(20),
-            || self.try_status(),
-        )
-    }
-
-    /// Still running.
-    pub fn running(&mut self) -> bool {
-        self.child.is_some() && self.try_status().is_none()
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Path of the log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// Waits until the log contains `needle`; fails early if the process exits.
-    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Some(s) = self.try_status() {
-                bail!(
-                    "{} exited ({s}) before logging {needle:?}; log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not log {needle:?} within {timeout:?}; log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// A process running inside a namespace, killed on drop: the lab's [`crate::lab::procs::Proc`].
+pub use crate::lab::procs::Proc;
 
 /// Runs `curl` inside `ns`: returns (HTTP status, body).
 pub fn curl(
@@ -308,20 +181,12 @@ impl ApiHttp<'_> {
     }
 }
 
-/// Normalises a MAC to lowercase `aa:bb:cc:dd:ee:ff`.
-pub fn norm_mac(s: &str) -> String {
-    s.trim().to_ascii_lowercase()
-}
+pub use crate::lab::probe::{norm_mac, parse_neighbour};
 
-/// Parses iputils `arping` output: the MACs of the replies.
+/// Parses iputils `arping` output: the MACs of the replies (unicast and broadcast ones).
 pub fn parse_arping(out: &str) -> BTreeSet<String> {
     out.lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| {
-            let start = l.find('[')?;
-            let end = l[start..].find(']')? + start;
-            Some(norm_mac(&l[start + 1..end]))
-        })
+        .filter_map(crate::lab::probe::arping_reply_mac)
         .collect()
 }
 
@@ -353,10 +218,7 @@ pub fn arping_macs(
 
 /// Parses `ndisc6` output: the target link-layer addresses advertised.
 pub fn parse_ndisc6(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Target link-layer address:"))
-        .map(norm_mac)
-        .collect()
+    crate::lab::probe::parse_ndisc6(out).into_iter().collect()
 }
 
 /// `ndisc6 -m -n -r ATTEMPTS -w 1000 IP IFACE` in `ns`: MACs in the Neighbor Advertisements.
@@ -387,16 +249,6 @@ pub fn ndisc6_macs(
 pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
     let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
     parse_neighbour(&out)
-}
-
-/// Parses one line of `ip neigh show IP dev IF`: `IP lladdr MAC STATE`.
-pub fn parse_neighbour(out: &str) -> Option<(String, String)> {
-    let line = out.lines().next()?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words.iter().position(|w| *w == "lladdr")?;
-    let mac = norm_mac(words.get(i + 1)?);
-    let state = words.last()?.to_string();
-    Some((mac, state))
 }
 
 /// The value of the sample `name{labels...}` in Prometheus text, where every `label="value"` in
@@ -495,10 +347,11 @@ impl AgentSpec {
     /// Spawns the agent in `ns`, logging to `dir/<node>.log`.
     pub fn spawn(&self, ns: &Netns, bin: &Path, dir: &Path) -> anyhow::Result<Proc> {
         Proc::spawn(
-            ns,
             &self.node_name,
+            Some(ns),
             bin,
             &self.args(),
+            &[],
             &dir.join(format!("{}.log", self.node_name)),
         )
     }
@@ -514,10 +367,10 @@ pub struct Cluster {
     // Field order = drop order: processes first, then namespaces, then the log directory.
     pub agents: BTreeMap<String, Proc>,
     pub api_proc: Proc,
-    pub seg: Segment,
-    /// Index in `seg.members` of: api, client, and each node.
-    pub api_i: usize,
-    pub client_i: usize,
+    /// The segment: the lab's topology (api 192.0.2.254, client 192.0.2.100, node i at
+    /// 192.0.2.(11+i)).
+    pub topo: Topology,
+    /// Node name → index in `topo.nodes`.
     pub node_i: BTreeMap<String, usize>,
     /// Node name → MAC of its `eth0`.
     pub macs: BTreeMap<String, String>,
@@ -528,7 +381,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `nodes`: (name, labels). Node i gets 192.0.2.(11+i)/24 and 2001:db8:1::(11+i)/64.
+    /// `nodes`: (name, labels), on the lab's [`Topology`]: node i gets 192.0.2.(11+i)/24 and
+    /// 2001:db8:1::(11+i)/64 (with the lab's arp_ignore/arp_announce settings).
     pub fn new(
         bin: &Path,
         dir: &Path,
@@ -537,41 +391,34 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         crate::netns::cleanup_stale();
         let dir = dir.to_path_buf();
-        let mut seg = Segment::create(tag)?;
-        seg.add_member(tag, "api", &["192.0.2.254/24"])?;
-        let api_i = 0;
-        let mut node_i = BTreeMap::new();
-        let mut macs = BTreeMap::new();
-        for (i, (name, _)) in nodes.iter().enumerate() {
-            let v4 = format!("192.0.2.{}/24", 11 + i);
-            let v6 = format!("2001:db8:1::{}/64", 11 + i);
-            let ns = seg.add_member(tag, name, &[&v4, &v6])?;
-            macs.insert(name.to_string(), ns.mac("eth0")?);
-            node_i.insert(name.to_string(), seg.members.len() - 1);
-        }
-        let client = seg.add_member(tag, "cl", &["192.0.2.100/24", "2001:db8:1::100/64"])?;
-        // The VIP ranges are on-link for the client (so the kernel ARPs/NSes for them).
-        client.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])?;
-        client.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
-        let client_i = seg.members.len() - 1;
+        let topo = Topology::build(tag, nodes.len())?;
+        let node_i: BTreeMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.to_string(), i))
+            .collect();
+        let macs = nodes
+            .iter()
+            .zip(&topo.nodes)
+            .map(|((name, _), n)| (name.to_string(), n.mac.clone()))
+            .collect();
 
         let api_proc = Proc::spawn(
-            &seg.members[api_i],
             "apiserver",
+            Some(topo.api()),
             bin,
             &[
                 "dev-apiserver".to_string(),
                 "--listen".to_string(),
                 API_ADDR.to_string(),
             ],
+            &[],
             &dir.join("apiserver.log"),
         )?;
         let c = Cluster {
             agents: BTreeMap::new(),
             api_proc,
-            seg,
-            api_i,
-            client_i,
+            topo,
             node_i,
             macs,
             bin: bin.to_path_buf(),
@@ -624,21 +471,21 @@ impl Cluster {
 
     pub fn api(&self) -> ApiHttp<'_> {
         ApiHttp {
-            ns: &self.seg.members[self.api_i],
+            ns: self.topo.api(),
             base: API_URL,
         }
     }
 
     pub fn client(&self) -> &Netns {
-        &self.seg.members[self.client_i]
+        self.topo.client()
     }
 
     pub fn node_ns(&self, node: &str) -> &Netns {
-        &self.seg.members[self.node_i[node]]
+        self.topo.node_ns(self.node_i[node])
     }
 
     pub fn node_addr(&self, node: &str) -> String {
-        format!("192.0.2.{}", 11 + self.node_i[node] - 1)
+        self.topo.nodes[self.node_i[node]].ipv4.to_string()
     }
 
     pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
@@ -793,11 +640,11 @@ impl Cluster {
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
         for (n, p) in &self.agents {
-            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log(), 60)));
+            s.push_str(&format!("===== {n}\n{}\n", tail(&p.log_text(), 60)));
         }
         s.push_str(&format!(
             "===== apiserver\n{}\n",
-            tail(&self.api_proc.log(), 30)
+            tail(&self.api_proc.log_text(), 30)
         ));
         s
     }

@@ -118,54 +118,8 @@ fn parse_listen_addr(s: &str) -> std::result::Result<ListenAddr, String> {
     }
 }
 
-/// Parses a duration like `15s`, `500ms`, `1m`, `1m30s`, `2h`, `250us` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m, h)"))?;
-        if num_len == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number"));
-        }
-        let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: bad number {num:?}"))?;
-        let unit_secs = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ))
-            }
-        };
-        let part = value * unit_secs;
-        if !part.is_finite() || part > 1e9 {
-            return Err(format!("invalid duration {s:?}: too large"));
-        }
-        total += Duration::from_secs_f64(part);
-        rest = tail;
-    }
-    Ok(total)
-}
+/// The controller's duration flags share the lease module's parser.
+pub use crate::lease::parse_duration;
 
 impl Args {
     /// Whether Services without a loadBalancerClass are served.
@@ -288,22 +242,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("10").is_ok());
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("ten seconds").is_err());
-        assert!(parse_duration("1e308h").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -15,7 +15,7 @@ use kube::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::Recorder;
+use super::events::{EventSpec, Recorder};
 use super::state::{PoolWrite, ServiceKey, ServiceWrite, State};
 use super::{Error, Metrics, Result};
 use crate::api::LoadBalancerIPPool;
@@ -297,7 +297,7 @@ impl Controller {
                 ev = feeds.services.next() => match ev {
                     Some(Ok(ev)) => on_service_event(&mut state, &mut feeds, ev),
                     Some(Err(e)) => {
-                        ctx.metrics.reconcile_errors.with_label_values(&["watch_services"]).inc();
+                        count_error(&ctx, "watch_services");
                         tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
                     }
                     None => return Err(Error::WatchEnded("services")),
@@ -305,7 +305,7 @@ impl Controller {
                 ev = feeds.pools.next() => match ev {
                     Some(Ok(ev)) => on_pool_event(&mut state, &mut feeds, ev),
                     Some(Err(e)) => {
-                        ctx.metrics.reconcile_errors.with_label_values(&["watch_pools"]).inc();
+                        count_error(&ctx, "watch_pools");
                         tracing::warn!(error = %e, "watching LoadBalancerIPPools failed (is the CRD installed?); retrying with backoff");
                     }
                     None => return Err(Error::WatchEnded("loadbalancerippools")),
@@ -433,20 +433,13 @@ async fn flush_services(
                     // server drops or rewrites), don't write again and again: say so instead.
                     if state.service_write(&key).is_some() {
                         state.forget_dirty_service(&key);
-                        ctx.metrics
-                            .reconcile_errors
-                            .with_label_values(&["status_not_converging"])
-                            .inc();
+                        count_error(ctx, "status_not_converging");
                         tracing::error!(service = %key, "Service status still differs right after a successful write; not retrying until the Service changes");
                     }
-                    for ev in &w.events {
-                        if let Err(e) = recorder.publish(&w.regarding, ev).await {
-                            ctx.metrics.write("events", "error");
-                            tracing::warn!(error = %e, service = %key, reason = ev.reason, "could not publish Event");
-                        } else {
-                            ctx.metrics.write("events", "ok");
-                        }
-                    }
+                    publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
+                        tracing::warn!(error = %e, service = %key, reason = ev.reason, "could not publish Event");
+                    })
+                    .await;
                 }
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     ctx.metrics.write("services", "conflict");
@@ -455,10 +448,7 @@ async fn flush_services(
                 }
                 Err(e) => {
                     ctx.metrics.write("services", "error");
-                    ctx.metrics
-                        .reconcile_errors
-                        .with_label_values(&[e.metric_label()])
-                        .inc();
+                    count_error(ctx, e.metric_label());
                     tracing::warn!(error = %e, service = %key, "Service status write failed; will retry");
                     retries.schedule_service(key);
                 }
@@ -506,20 +496,13 @@ async fn flush_pools(
                     state.apply_pool(updated);
                     if state.pool_write(&name).is_some() {
                         state.forget_dirty_pool(&name);
-                        ctx.metrics
-                            .reconcile_errors
-                            .with_label_values(&["status_not_converging"])
-                            .inc();
+                        count_error(ctx, "status_not_converging");
                         tracing::error!(pool = %name, "pool status still differs right after a successful write; not retrying until the pool changes");
                     }
-                    for ev in &w.events {
-                        if let Err(e) = recorder.publish(&w.regarding, ev).await {
-                            ctx.metrics.write("events", "error");
-                            tracing::warn!(error = %e, pool = %name, reason = ev.reason, "could not publish Event");
-                        } else {
-                            ctx.metrics.write("events", "ok");
-                        }
-                    }
+                    publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
+                        tracing::warn!(error = %e, pool = %name, reason = ev.reason, "could not publish Event");
+                    })
+                    .await;
                 }
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     ctx.metrics.write("loadbalancerippools", "conflict");
@@ -527,10 +510,7 @@ async fn flush_pools(
                 }
                 Err(e) => {
                     ctx.metrics.write("loadbalancerippools", "error");
-                    ctx.metrics
-                        .reconcile_errors
-                        .with_label_values(&[e.metric_label()])
-                        .inc();
+                    count_error(ctx, e.metric_label());
                     tracing::warn!(error = %e, pool = %name, "pool status write failed; will retry");
                     retries.schedule_pool(name);
                 }
@@ -539,12 +519,43 @@ async fn flush_pools(
     }
 }
 
-async fn write_service(ctx: &Context, w: &ServiceWrite) -> Result<Service> {
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &w.key.namespace);
-    let pp = PatchParams {
+/// Bumps `ferrolb_controller_reconcile_errors_total{kind}`.
+fn count_error(ctx: &Context, kind: &str) {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[kind])
+        .inc();
+}
+
+/// Publishes the Events one write asks for, counting each outcome; `on_error` logs a failure.
+async fn publish_events(
+    ctx: &Context,
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    events: &[EventSpec],
+    on_error: impl Fn(&Error, &EventSpec),
+) {
+    for ev in events {
+        if let Err(e) = recorder.publish(regarding, ev).await {
+            ctx.metrics.write("events", "error");
+            on_error(&e, ev);
+        } else {
+            ctx.metrics.write("events", "ok");
+        }
+    }
+}
+
+/// Patch parameters of the status writes (field manager derived from the controller name).
+fn status_patch_params() -> PatchParams {
+    PatchParams {
         field_manager: Some(crate::api::CONTROLLER_NAME.replace('/', "-")),
         ..Default::default()
-    };
+    }
+}
+
+async fn write_service(ctx: &Context, w: &ServiceWrite) -> Result<Service> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &w.key.namespace);
+    let pp = status_patch_params();
     Ok(api
         .patch_status(&w.key.name, &pp, &Patch::Merge(&w.patch))
         .await?)
@@ -552,10 +563,7 @@ async fn write_service(ctx: &Context, w: &ServiceWrite) -> Result<Service> {
 
 async fn write_pool(ctx: &Context, w: &PoolWrite) -> Result<LoadBalancerIPPool> {
     let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
-    let pp = PatchParams {
-        field_manager: Some(crate::api::CONTROLLER_NAME.replace('/', "-")),
-        ..Default::default()
-    };
+    let pp = status_patch_params();
     Ok(api
         .patch_status(&w.name, &pp, &Patch::Merge(&w.patch))
         .await?)
@@ -582,10 +590,7 @@ async fn refetch_service(
         }
         Ok(None) => state.delete_service_key(key),
         Err(e) => {
-            ctx.metrics
-                .reconcile_errors
-                .with_label_values(&["refetch"])
-                .inc();
+            count_error(ctx, "refetch");
             tracing::warn!(error = %e, service = %key, "refetch after conflict failed; will retry");
             retries.schedule_service(key.clone());
         }
@@ -607,10 +612,7 @@ async fn refetch_pool(ctx: &Context, state: &mut State, name: &str, retries: &mu
         }
         Ok(None) => state.delete_pool_name(name),
         Err(e) => {
-            ctx.metrics
-                .reconcile_errors
-                .with_label_values(&["refetch"])
-                .inc();
+            count_error(ctx, "refetch");
             tracing::warn!(error = %e, pool = %name, "refetch after conflict failed; will retry");
             retries.schedule_pool(name.to_string());
         }

@@ -780,9 +780,7 @@ fn pool_events(st: &PoolState, cur: &LoadBalancerIPPoolStatus) -> Vec<EventSpec>
 mod tests {
     use super::*;
     use crate::api::{IpBlock, LoadBalancerIPPoolSpec};
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
-    };
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn ts(sec: i64) -> Time {
@@ -824,17 +822,7 @@ mod tests {
         }
         fn ingress(mut self, ips: &[&str]) -> Self {
             self.0.status = Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some(ip.to_string()),
-                                ip_mode: Some("VIP".into()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
+                load_balancer: Some(crate::controller::status::tests::lb_status(ips)),
                 conditions: None,
             });
             self

@@ -275,13 +275,29 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn t(s: &str) -> Time {
         Time(s.parse().expect("time"))
+    }
+
+    /// `status.loadBalancer` with one `ipMode: VIP` ingress entry per address (shared with the
+    /// state machine's tests).
+    pub(crate) fn lb_status(ips: &[&str]) -> LoadBalancerStatus {
+        LoadBalancerStatus {
+            ingress: Some(
+                ips.iter()
+                    .map(|ip| LoadBalancerIngress {
+                        ip: Some(ip.to_string()),
+                        ip_mode: Some("VIP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
     }
 
     fn svc(ips: &[&str], conds: Vec<Condition>) -> Service {
@@ -294,17 +310,7 @@ mod tests {
             },
             spec: None,
             status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some(ip.to_string()),
-                                ip_mode: Some("VIP".into()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
+                load_balancer: Some(lb_status(ips)),
                 conditions: Some(conds),
             }),
         }

@@ -236,7 +236,7 @@ impl Cluster {
     pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
         let id = format!("controller-{i}");
         let kc = self.kubeconfig(&id)?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "controller".into(),
             "--kubeconfig".into(),
             kc.display().to_string(),
@@ -246,13 +246,8 @@ impl Cluster {
             SYSTEM_NS.into(),
             "--metrics-addr".into(),
             format!("{}:{}", self.topo.api_ipv4, 9100 + i),
-            "--lease-duration".into(),
-            self.cfg.timings.lease_duration.clone(),
-            "--renew-deadline".into(),
-            self.cfg.timings.renew_deadline.clone(),
-            "--retry-period".into(),
-            self.cfg.timings.retry_period.clone(),
         ];
+        args.extend(self.timing_args());
         let log = self.cfg.dir.join(format!("{id}.log"));
         let p = Proc::spawn(&id, Some(self.topo.api()), &self.cfg.exe, &args, &[], &log)?;
         if self.controllers.len() <= i {
@@ -260,6 +255,20 @@ impl Cluster {
         }
         self.controllers[i] = Some(p);
         Ok(())
+    }
+
+    /// `--lease-duration`, `--renew-deadline` and `--retry-period` flags (controller and agent
+    /// take the same ones).
+    fn timing_args(&self) -> [String; 6] {
+        let t = &self.cfg.timings;
+        [
+            "--lease-duration".into(),
+            t.lease_duration.clone(),
+            "--renew-deadline".into(),
+            t.renew_deadline.clone(),
+            "--retry-period".into(),
+            t.retry_period.clone(),
+        ]
     }
 
     /// Starts (or restarts) the agent of node `i` in its namespace.
@@ -276,13 +285,8 @@ impl Cluster {
             SYSTEM_NS.into(),
             "--metrics-addr".into(),
             format!("{}:9100", node.ipv4),
-            "--lease-duration".into(),
-            self.cfg.timings.lease_duration.clone(),
-            "--renew-deadline".into(),
-            self.cfg.timings.renew_deadline.clone(),
-            "--retry-period".into(),
-            self.cfg.timings.retry_period.clone(),
         ];
+        args.extend(self.timing_args());
         args.extend(self.cfg.agent_args.iter().cloned());
         let n = self.agents.iter().filter(|a| a.is_some()).count();
         let log = self.cfg.dir.join(format!("agent-{}-{n}.log", node.name));
@@ -412,19 +416,8 @@ impl Cluster {
     }
 }
 
-/// `status.loadBalancer.ingress[].ip` of a Service.
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
+pub use crate::controller::status::ingress_ips;
 
 fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();

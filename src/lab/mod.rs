@@ -120,14 +120,18 @@ impl Say {
             println!("{}", s.as_ref());
         }
     }
-    fn progress(&self, what: &str, since: Instant) {
+    /// Whether the stream the progress line goes to (stderr with --json, else stdout) is a
+    /// terminal.
+    fn tty(&self) -> bool {
         use std::io::IsTerminal;
-        let tty = if self.json {
+        if self.json {
             std::io::stderr().is_terminal()
         } else {
             std::io::stdout().is_terminal()
-        };
-        if !tty {
+        }
+    }
+    fn progress(&self, what: &str, since: Instant) {
+        if !self.tty() {
             return;
         }
         const SPIN: [char; 4] = ['|', '/', '-', '\\'];
@@ -143,13 +147,7 @@ impl Say {
         }
     }
     fn clear(&self) {
-        use std::io::IsTerminal;
-        let tty = if self.json {
-            std::io::stderr().is_terminal()
-        } else {
-            std::io::stdout().is_terminal()
-        };
-        if !tty {
+        if !self.tty() {
             return;
         }
         let s = format!("\r{:60}\r", "");
@@ -463,26 +461,19 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
     let vip = vips[0].1[0];
     say.line(format!("[6/6] failover of {vip}"));
     let within = Duration::from_secs(30);
-    let f = tokio::task::block_in_place(|| failover(&mut c, vip, "KILL", within))?;
-    say_failover(&say, &f);
-    let killed = c
-        .topo
-        .nodes
-        .iter()
-        .position(|n| n.name == f.from)
-        .unwrap_or(0);
-    report.failovers.push(f);
-    c.start_agent(killed)?;
-    let f = tokio::task::block_in_place(|| failover(&mut c, vip, "TERM", within))?;
-    say_failover(&say, &f);
-    let stopped = c
-        .topo
-        .nodes
-        .iter()
-        .position(|n| n.name == f.from)
-        .unwrap_or(0);
-    report.failovers.push(f);
-    c.start_agent(stopped)?;
+    // First a crash (SIGKILL), then a graceful stop (SIGTERM); the stopped agent comes back.
+    for signal in ["KILL", "TERM"] {
+        let f = tokio::task::block_in_place(|| failover(&mut c, vip, signal, within))?;
+        say_failover(&say, &f);
+        let stopped = c
+            .topo
+            .nodes
+            .iter()
+            .position(|n| n.name == f.from)
+            .unwrap_or(0);
+        report.failovers.push(f);
+        c.start_agent(stopped)?;
+    }
     say.line("");
     say.line(format!(
         "  {:<20} {:<7} {:<7} {:>10}  {}",

@@ -16,17 +16,28 @@ pub struct ArpReply {
     pub rtt_ms: f64,
 }
 
+/// Normalises a MAC to lowercase `aa:bb:cc:dd:ee:ff`.
+pub fn norm_mac(s: &str) -> String {
+    s.trim().to_ascii_lowercase()
+}
+
+/// The MAC of one iputils-arping reply line (`Unicast reply from IP [MAC] ...` or
+/// `Broadcast reply from ...`), normalised; `None` for any other line.
+pub fn arping_reply_mac(line: &str) -> Option<String> {
+    if !line.contains("reply from") {
+        return None;
+    }
+    let start = line.find('[')?;
+    let end = line[start..].find(']')? + start;
+    Some(norm_mac(&line[start + 1..end]))
+}
+
 /// Parses iputils-arping output: `Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms`.
 pub fn parse_arping(out: &str) -> Vec<ArpReply> {
     out.lines()
         .filter_map(|l| {
             let rest = l.trim().strip_prefix("Unicast reply from ")?;
-            let mac = rest
-                .split('[')
-                .nth(1)?
-                .split(']')
-                .next()?
-                .to_ascii_lowercase();
+            let mac = arping_reply_mac(l)?;
             let t = rest.split(']').nth(1)?.trim();
             let rtt_ms = t.strip_suffix("ms")?.trim().parse().ok()?;
             Some(ArpReply { mac, rtt_ms })
@@ -55,11 +66,8 @@ pub fn arping(client: &Netns, ip: IpAddr, count: u32) -> Vec<ArpReply> {
 /// Parses ndisc6's `Target link-layer address: 8A:ED:...` lines.
 pub fn parse_ndisc6(out: &str) -> Vec<String> {
     out.lines()
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("Target link-layer address:")
-                .map(|m| m.trim().to_ascii_lowercase())
-        })
+        .filter_map(|l| l.trim().strip_prefix("Target link-layer address:"))
+        .map(norm_mac)
         .collect()
 }
 
@@ -86,12 +94,17 @@ pub fn neighbour(client: &Netns, ip: IpAddr) -> Option<(String, String)> {
     let out = client
         .ip(&["neigh", "show", &ip.to_string(), "dev", "eth0"])
         .ok()?;
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let mac = words
-        .iter()
-        .position(|w| *w == "lladdr")
-        .and_then(|i| words.get(i + 1))?;
-    Some((mac.to_ascii_lowercase(), words.last()?.to_string()))
+    parse_neighbour(&out)
+}
+
+/// Parses one line of `ip neigh show IP dev IF`: `IP lladdr MAC STATE` → (MAC, state).
+pub fn parse_neighbour(out: &str) -> Option<(String, String)> {
+    let line = out.lines().next()?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "lladdr")?;
+    let mac = norm_mac(words.get(i + 1)?);
+    let state = words.last()?.to_string();
+    Some((mac, state))
 }
 
 /// Milliseconds since the Unix epoch (shared by every namespace of the machine).

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -68,6 +68,19 @@ impl Proc {
         Ok(())
     }
 
+    /// SIGKILL and reap (nothing when it already exited).
+    pub fn kill(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The exit status once the process has exited (reaps it); `None` while it runs.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -92,6 +105,31 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log contains `needle`; fails early if the process exits.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return Ok(());
+            }
+            if let Some(s) = self.try_status() {
+                bail!(
+                    "{} exited ({s}) before logging {needle:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not log {needle:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Peak resident set size in KiB (VmHWM), while the process runs.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         // `setpriv` execs the program, so the child's PID is the program's PID.
@@ -112,9 +150,6 @@ pub fn rss_field(pid: u32, field: &str) -> Option<u64> {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.kill();
     }
 }

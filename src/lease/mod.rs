@@ -153,33 +153,58 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .count()
 }
 
-/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, compounds such as `1m30s`, the
+/// units `ns`, `us`/`µs`, `ms`, `s`/`sec`/`secs`, `m`/`min`, `h`, or a bare number of seconds
+/// (`3`, `1.5`). The result must not exceed 10^9 seconds.
 /// For clap: `#[arg(long, value_parser = ferrolb::lease::parse_duration)]`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    const MAX_SECS: f64 = 1e9;
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 15s, 500ms, 2m)"))?;
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
-            ))
-        }
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration out of range: {s:?}"));
+    if t.is_empty() {
+        return Err("empty duration".into());
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    let is_num = |c: char| c.is_ascii_digit() || c == '.';
+    let mut total = 0.0_f64;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !is_num(c)).unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?}: expected a number (e.g. 15s, 500ms, 2m, 1m30s)")
+        })?;
+        let unit_len = tail.find(is_num).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit.trim() {
+            // A bare number of seconds is only accepted on its own, not inside a compound.
+            "" if rest.len() == t.len() => 1.0,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit after {num:?} (ms, s, m, h)"
+                ))
+            }
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+                ))
+            }
+        };
+        let part = value * scale;
+        if !part.is_finite() || !(0.0..=MAX_SECS).contains(&part) {
+            return Err(format!("invalid duration {s:?}: out of range"));
+        }
+        total += part;
+        rest = tail;
+    }
+    if total > MAX_SECS {
+        return Err(format!("invalid duration {s:?}: out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// Label marking a node's presence lease (value [`ROLE_PRESENCE`]).
@@ -477,7 +502,25 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        for bad in ["", "s", "5x", "-1s", "1e400s", "abc"] {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2 min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "-1s",
+            "1e400s",
+            "abc",
+            "ten seconds",
+            "1e308h",
+            "1m30",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -200,16 +200,7 @@ pub enum Ignored {
 }
 
 /// What to do with a received ARP frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// A request for an address we hold on this interface (counted in metrics even when not
-    /// answered because it is malformed).
-    pub request_for: Option<Ipv4Addr>,
-    /// The reply to send, or why none is sent.
-    pub reply: Result<ArpFrame, Ignored>,
-    /// Another station (MAC) claims an address we hold.
-    pub conflict: Option<(Ipv4Addr, MacAddr)>,
-}
+pub type Verdict = super::Verdict<Ipv4Addr, ArpFrame, Ignored>;
 
 /// Decides what to do with `f` received on an interface whose MAC is `our_mac`; `held(ip)` says
 /// whether we hold `ip` on this interface.

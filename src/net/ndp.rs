@@ -323,15 +323,7 @@ pub enum Ignored {
 }
 
 /// What to do with a received NS/NA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// An NS for an address we hold on this interface.
-    pub request_for: Option<Ipv6Addr>,
-    /// The advertisement to send, or why none is sent.
-    pub reply: Result<NdpFrame, Ignored>,
-    /// Another station (MAC) claims an address we hold.
-    pub conflict: Option<(Ipv6Addr, MacAddr)>,
-}
+pub type Verdict = super::Verdict<Ipv6Addr, NdpFrame, Ignored>;
 
 /// Decides what to do with `f` received on an interface whose MAC is `our_mac`; `held(ip)` says
 /// whether we hold `ip` on this interface.
@@ -365,20 +357,8 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
             } else if !is_held {
                 Err(Ignored::NotHeld)
             } else if f.ip_src.is_unspecified() {
-                Ok(NdpFrame {
-                    eth_dst: multicast_mac(ALL_NODES),
-                    eth_src: our_mac,
-                    ip_src: target,
-                    ip_dst: ALL_NODES,
-                    hop_limit: 255,
-                    msg: Message::Advert {
-                        router: false,
-                        solicited: false,
-                        override_: true,
-                        target,
-                        target_ll: Some(our_mac),
-                    },
-                })
+                // DAD probe: answer to all-nodes with an unsolicited NA.
+                Ok(unsolicited_na(our_mac, target))
             } else if is_multicast_mac(sender_mac)
                 || sender_mac.octets() == [0; 6]
                 || f.ip_src.is_multicast()
