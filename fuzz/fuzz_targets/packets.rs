@@ -14,6 +14,9 @@ mod arp;
 #[allow(dead_code)]
 #[path = "../../src/net/ndp.rs"]
 mod ndp;
+#[path = "../../src/net/verdict.rs"]
+mod verdict;
+use verdict::Verdict;
 
 const US: arp::MacAddr = arp::MacAddr(0x02, 0, 0, 0, 0, 0x0a);
 

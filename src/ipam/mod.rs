@@ -63,22 +63,30 @@
 //! - **Counts**: total/used/available are `u128`; the CRD status saturates them to `i64`.
 //!
 //! # Cost
-//! `cargo bench --bench ipam` (10k Services over 2001:db8:100::/112, 2001:db8:200::/64 and the
-//! three IPv4 documentation /24s). Measured 2026-11-22 on the shared 2-core CI machine (load
-//! average 5-9 from other builds): `ipam-cpu/ensure_10k_ipv6` ≈ 3.2 ms of on-CPU time per 1,000
-//! Services, i.e. ≈ 317k allocations per CPU-second (wall clock under that load: ≈ 210k/s).
-//! Below the 1M/s target: the time goes to ~28 heap allocations and the hashing of
-//! per-Service bookkeeping (request copy, key clones, outcome messages), not to the address
-//! search, which is logarithmic. Next step: intern ServiceKeys as integer ids internally.
+//! `cargo bench --bench ipam -- ipam-cpu` (10k Services over 2001:db8:100::/112, 2001:db8:200::/64
+//! and the three IPv4 documentation /24s; on-CPU time, the machine is shared). Measured
+//! 2026-11-22 on the shared 2-core CI machine (load average 4-9 from other builds):
+//! `ipam-cpu/ensure_10k_ipv6` ≈ 10.2-11.8 ms per 10,000 Services, i.e. ≈ 850k-980k allocations
+//! per CPU-second (confidence intervals 0.78-1.03M/s; before interning: ≈ 34 ms, ≈ 290k/s).
+//! Services are interned to integer ids (holders, changed and waiting sets hold ids; the index
+//! holds key hashes with same-hash chains, so no key is cloned on the hot path), indexes use
+//! FxHash, pool names are shared `Arc<str>`, outcomes are kept compactly and the public
+//! [`Outcome`] (with its message) is built only when returned or asked for. Not yet reliably at
+//! the 1M/s target; what remains per new Service is mostly the stored copy of the request (~9 heap
+//! allocations: key, labels, families) and the returned `Outcome` itself (`Vec`, pool name,
+//! message with the formatted address). `take_changed` sorts the changed ids by key once per call
+//! instead of keeping a sorted set of keys.
 
 pub mod pool;
 pub mod range;
 pub mod selector;
 pub mod service;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -309,8 +317,79 @@ impl PoolState {
     }
 }
 
+// ----- internal representation ---------------------------------------------------------------
+//
+// Services are interned: a [`ServiceKey`] is looked up once per public call (FxHash) and from
+// then on the allocator works with a dense integer id ([`Sid`]) into a slab of entries. Address
+// holders, the changed set and the waiting set hold ids, so the hot path clones no key. Outcomes
+// are kept as a compact [`Verdict`] (pool names as shared `Arc<str>`); the public [`Outcome`]
+// (with its message) is only built when asked for. Every iteration that is observable (retries,
+// refreshes, error messages naming a holder, `take_changed`) sorts by key, as before.
+
+/// Dense id of an interned Service (index into `Allocator::slots`).
+type Sid = u32;
+
+/// FxHash (as in rustc): a fast, non-cryptographic hasher for the in-memory indexes.
+#[derive(Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+type FxSet<K> = HashSet<K, FxBuild>;
+
 #[derive(Debug)]
 struct PoolEntry {
+    /// `def.name`, shared with the address table and verdicts.
+    name: Arc<str>,
     def: PoolDef,
     conflict: Option<(String, String)>,
 }
@@ -327,12 +406,98 @@ impl PoolEntry {
     }
 }
 
+/// The Services holding one address (almost always exactly one: no allocation for that case).
+#[derive(Debug, Default)]
+enum Holders {
+    #[default]
+    Empty,
+    One(Sid),
+    Many(Vec<Sid>),
+}
+
+impl Holders {
+    fn as_slice(&self) -> &[Sid] {
+        match self {
+            Holders::Empty => &[],
+            Holders::One(id) => std::slice::from_ref(id),
+            Holders::Many(v) => v,
+        }
+    }
+    fn contains(&self, id: Sid) -> bool {
+        self.as_slice().contains(&id)
+    }
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+    fn insert(&mut self, id: Sid) {
+        match self {
+            Holders::Empty => *self = Holders::One(id),
+            Holders::One(x) if *x == id => {}
+            Holders::One(x) => *self = Holders::Many(vec![*x, id]),
+            Holders::Many(v) => {
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+            }
+        }
+    }
+    fn remove(&mut self, id: Sid) {
+        match self {
+            Holders::One(x) if *x == id => *self = Holders::Empty,
+            Holders::Many(v) => {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    *self = Holders::Empty;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 struct AddrEntry {
-    pool: String,
-    holders: BTreeSet<ServiceKey>,
+    pool: Arc<str>,
+    holders: Holders,
     /// Sharing keys of the holders (mirrors `by_sharing_key`).
     keys: BTreeSet<String>,
+}
+
+/// A Service's last computed outcome, compactly (the public [`Outcome`] is derived from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Satisfied with these addresses (sorted) from these pools.
+    Satisfied(Vec<(Addr, Arc<str>)>),
+    /// Not satisfied: reason and message.
+    Failed(Reason, String),
+}
+
+impl Verdict {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Failed(r, m) => Outcome::fail(*r, m.clone()),
+            Verdict::Satisfied(list) => {
+                let addresses: Vec<Assigned> = list
+                    .iter()
+                    .map(|(a, p)| Assigned {
+                        ip: a.to_ip(),
+                        pool: p.to_string(),
+                    })
+                    .collect();
+                let mut message = String::with_capacity(48 * addresses.len());
+                for (i, a) in addresses.iter().enumerate() {
+                    use std::fmt::Write;
+                    let sep = if i == 0 { "" } else { ", " };
+                    let _ = write!(message, "{sep}{} from pool {}", a.ip, a.pool);
+                }
+                Outcome {
+                    reason: Reason::Satisfied,
+                    message,
+                    addresses,
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -341,9 +506,27 @@ struct SvcEntry {
     req: Arc<ServiceReq>,
     /// Held addresses, sorted.
     addrs: Vec<Addr>,
-    outcome: Outcome,
+    verdict: Verdict,
+    /// `verdict` as an [`Outcome`], built on the first [`Allocator::outcome`] call.
+    shown: OnceLock<Outcome>,
     /// `ensure` ran at least once (adopted-only Services are not retried automatically).
     ensured: bool,
+    /// Next (older) Service whose key has the same index hash.
+    same_hash: Option<Sid>,
+}
+
+impl SvcEntry {
+    fn set_verdict(&mut self, v: Verdict) {
+        self.verdict = v;
+        self.shown = OnceLock::new();
+    }
+    /// The current outcome, reusing the cached one when there is one.
+    fn outcome(&self) -> Outcome {
+        match self.shown.get() {
+            Some(o) => o.clone(),
+            None => self.verdict.outcome(),
+        }
+    }
 }
 
 /// The allocator. See the module docs for the rules.
@@ -351,20 +534,30 @@ struct SvcEntry {
 pub struct Allocator {
     pools: BTreeMap<String, PoolEntry>,
     pool_used: BTreeMap<String, u128>,
-    /// Hash map for O(1) lookups; every iteration over it sorts the keys (determinism).
-    services: HashMap<ServiceKey, SvcEntry>,
+    /// FxHash of a Service key → the newest id with that hash; older ids with the same hash are
+    /// chained through `SvcEntry::same_hash` (so the index stores no copy of the key).
+    /// Every iteration over Services sorts by key (determinism).
+    index: FxMap<u64, Sid>,
+    /// Number of live Services.
+    live_count: usize,
+    /// Service entries by id (`None` = free slot, listed in `free`).
+    slots: Vec<Option<SvcEntry>>,
+    free: Vec<Sid>,
     addrs: BTreeMap<Addr, AddrEntry>,
     used: range::UsedSet,
     /// sharing key → addresses with at least one holder using that key.
     by_sharing_key: BTreeMap<String, BTreeSet<Addr>>,
-    changed: BTreeSet<ServiceKey>,
+    /// Services (ids) whose outcome changed since the last `take_changed`.
+    changed: FxSet<Sid>,
+    /// Released Services since the last `take_changed`.
+    changed_gone: BTreeSet<ServiceKey>,
     /// An address was freed since the last settle: retry every waiting Service.
     freed: bool,
     /// Sharing keys that gained a shareable address (or whose holders changed their request)
     /// since the last settle: retry the waiting Services with that key.
     sharing_dirty: BTreeSet<String>,
     /// Ensured Services that do not hold everything they ask for (retried by `settle`).
-    waiting: BTreeSet<ServiceKey>,
+    waiting: FxSet<Sid>,
 }
 
 type Fail = (Reason, String);
@@ -383,9 +576,15 @@ impl Allocator {
     /// fit, retries waiting Services. Returns [`Allocator::take_changed`].
     pub fn set_pool(&mut self, def: PoolDef) -> Vec<ServiceKey> {
         let name = def.name.clone();
+        // Keep the shared name of a replaced pool (verdicts compare it by value anyway).
+        let shared = match self.pools.get(&name) {
+            Some(p) => Arc::clone(&p.name),
+            None => Arc::from(name.as_str()),
+        };
         self.pools.insert(
             name,
             PoolEntry {
+                name: shared,
                 def,
                 conflict: None,
             },
@@ -438,15 +637,14 @@ impl Allocator {
         self.recompute_conflicts();
         self.revalidate_addresses();
         // Every Service's outcome may change (conflicts, selectors): refresh held ones too.
-        let mut keys: Vec<ServiceKey> = self
-            .services
-            .iter()
+        let mut ids: Vec<Sid> = self
+            .live()
             .filter(|(_, s)| s.ensured)
-            .map(|(k, _)| k.clone())
+            .map(|(id, _)| id)
             .collect();
-        keys.sort();
-        for k in keys {
-            self.ensure_key(&k);
+        self.sort_by_key(&mut ids);
+        for id in ids {
+            self.ensure_id(id);
         }
         self.settle();
         self.take_changed()
@@ -496,12 +694,14 @@ impl Allocator {
             let Some(entry) = self.addrs.get(&a) else {
                 continue;
             };
-            let holders: Vec<ServiceKey> = entry.holders.iter().cloned().collect();
-            let cur = entry.pool.clone();
-            let reqs: Vec<&ServiceReq> = holders
+            let mut holders: Vec<Sid> = entry.holders.as_slice().to_vec();
+            self.sort_by_key(&mut holders);
+            let cur = Arc::clone(&entry.pool);
+            let reqs: Vec<Arc<ServiceReq>> = holders
                 .iter()
-                .filter_map(|k| self.services.get(k).map(|s| &*s.req))
+                .filter_map(|&h| self.entry(h).map(|s| Arc::clone(&s.req)))
                 .collect();
+            let reqs: Vec<&ServiceReq> = reqs.iter().map(|r| &**r).collect();
             // The canonical pool of an address is the first candidate (non-conflicting first,
             // then oldest), so that the attribution after a restart (adoption) is the same.
             let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
@@ -511,29 +711,29 @@ impl Allocator {
                 .next()
                 .or_else(|| {
                     self.pools
-                        .get(&cur)
+                        .get(&*cur)
                         .is_some_and(contains)
-                        .then(|| cur.clone())
+                        .then(|| Arc::clone(&cur))
                 });
             match target {
                 None => {
-                    for h in &holders {
+                    for &h in &holders {
                         self.unclaim(h, a);
                     }
                 }
                 Some(t) => {
-                    let Some(pool) = self.pools.get(&t) else {
+                    let Some(pool) = self.pools.get(&*t) else {
                         continue;
                     };
-                    let unselected: Vec<ServiceKey> = holders
+                    let unselected: Vec<Sid> = holders
                         .iter()
-                        .filter(|k| self.services.get(*k).is_some_and(|s| !pool.selects(&s.req)))
-                        .cloned()
+                        .copied()
+                        .filter(|&h| self.entry(h).is_some_and(|s| !pool.selects(&s.req)))
                         .collect();
                     if t != cur {
                         self.move_addr(a, &cur, &t);
                     }
-                    for h in &unselected {
+                    for h in unselected {
                         self.unclaim(h, a);
                     }
                 }
@@ -543,7 +743,7 @@ impl Allocator {
 
     /// Pools whose usable blocks contain `a` and that select all of `reqs`: non-conflicting
     /// first, then by age.
-    fn candidate_pools(&self, a: Addr, reqs: &[&ServiceReq]) -> Vec<String> {
+    fn candidate_pools(&self, a: Addr, reqs: &[&ServiceReq]) -> Vec<Arc<str>> {
         let mut c: Vec<&PoolEntry> = self
             .pools
             .values()
@@ -552,7 +752,105 @@ impl Allocator {
         c.sort_by(|x, y| {
             (x.conflict.is_some(), x.def.age_key()).cmp(&(y.conflict.is_some(), y.def.age_key()))
         });
-        c.into_iter().map(|p| p.def.name.clone()).collect()
+        c.into_iter().map(|p| Arc::clone(&p.name)).collect()
+    }
+
+    // ----- service ids ---------------------------------------------------------------------
+
+    fn entry(&self, id: Sid) -> Option<&SvcEntry> {
+        self.slots.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn entry_mut(&mut self, id: Sid) -> Option<&mut SvcEntry> {
+        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    fn key_of(&self, id: Sid) -> Option<&ServiceKey> {
+        self.entry(id).map(|s| &s.req.key)
+    }
+
+    /// Live entries with their ids (slab order, not key order).
+    fn live(&self) -> impl Iterator<Item = (Sid, &SvcEntry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as Sid, s)))
+    }
+
+    /// Sorts ids by Service key (the order every observable iteration uses).
+    fn sort_by_key(&self, ids: &mut [Sid]) {
+        ids.sort_by(|a, b| self.key_of(*a).cmp(&self.key_of(*b)));
+    }
+
+    /// The id of a registered Service.
+    fn lookup(&self, key: &ServiceKey) -> Option<Sid> {
+        let mut id = *self.index.get(&key_hash(key))?;
+        loop {
+            let e = self.entry(id)?;
+            if e.req.key == *key {
+                return Some(id);
+            }
+            id = e.same_hash?;
+        }
+    }
+
+    /// Removes a registered Service from the index (not from the slab).
+    fn unindex(&mut self, key: &ServiceKey, id: Sid) {
+        let h = key_hash(key);
+        let next = self.entry(id).and_then(|e| e.same_hash);
+        let Some(&head) = self.index.get(&h) else {
+            return;
+        };
+        if head == id {
+            match next {
+                Some(n) => {
+                    self.index.insert(h, n);
+                }
+                None => {
+                    self.index.remove(&h);
+                }
+            }
+            return;
+        }
+        let mut cur = head;
+        while let Some(e) = self.entry(cur) {
+            match e.same_hash {
+                Some(n) if n == id => {
+                    if let Some(e) = self.entry_mut(cur) {
+                        e.same_hash = next;
+                    }
+                    return;
+                }
+                Some(n) => cur = n,
+                None => return,
+            }
+        }
+    }
+
+    /// Registers a new Service and returns its id.
+    fn intern(&mut self, req: &ServiceReq, verdict: Verdict, ensured: bool) -> Sid {
+        let h = key_hash(&req.key);
+        let e = SvcEntry {
+            req: Arc::new(req.clone()),
+            addrs: Vec::new(),
+            verdict,
+            shown: OnceLock::new(),
+            ensured,
+            same_hash: self.index.get(&h).copied(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(e);
+                id
+            }
+            None => {
+                self.slots.push(Some(e));
+                (self.slots.len() - 1) as Sid
+            }
+        };
+        self.index.insert(h, id);
+        self.live_count += 1;
+        id
     }
 
     // ----- services ----------------------------------------------------------------------
@@ -560,76 +858,73 @@ impl Allocator {
     /// Restart recovery: re-claims `ips` (from `status.loadBalancer.ingress`) for `req` without
     /// allocating anything new. Call for every Service before the first [`Allocator::ensure`].
     pub fn adopt(&mut self, req: &ServiceReq, ips: &[IpAddr]) -> AdoptReport {
-        let key = req.key.clone();
         let mut report = AdoptReport::default();
-        self.services
-            .entry(key.clone())
-            .or_insert_with(|| SvcEntry {
-                req: Arc::new(req.clone()),
-                addrs: Vec::new(),
-                outcome: Outcome::fail(Reason::NoPool, NOT_YET.into()),
-                ensured: false,
-            });
-        if let Some(s) = self.services.get_mut(&key) {
-            s.req = Arc::new(req.clone());
-        }
+        let id = match self.lookup(&req.key) {
+            Some(id) => {
+                if let Some(s) = self.entry_mut(id) {
+                    s.req = Arc::new(req.clone());
+                }
+                id
+            }
+            None => self.intern(req, Verdict::Failed(Reason::NoPool, NOT_YET.into()), false),
+        };
         for ip in ips {
             let a = Addr::from_ip(*ip);
-            if self
-                .services
-                .get(&key)
-                .is_some_and(|s| s.addrs.contains(&a))
-            {
+            if self.entry(id).is_some_and(|s| s.addrs.contains(&a)) {
                 continue;
             }
             let r = self.adopt_one(req, a);
             match r {
                 Ok(pool) => {
-                    if let Some(cur) = self.addrs.get(&a).map(|e| e.pool.clone()) {
+                    if let Some(cur) = self.addrs.get(&a).map(|e| Arc::clone(&e.pool)) {
                         if cur != pool {
                             self.move_addr(a, &cur, &pool);
                         }
                     }
-                    self.claim(&key, a, &pool);
-                    report.kept.push(Assigned { ip: *ip, pool });
+                    self.claim(id, a, &pool);
+                    report.kept.push(Assigned {
+                        ip: *ip,
+                        pool: pool.to_string(),
+                    });
                 }
                 Err(why) => report.dropped.push((*ip, why)),
             }
         }
-        if let Some(s) = self.services.get(&key) {
+        if let Some(s) = self.entry(id) {
             if s.ensured {
                 // Already managed: the next `ensure` recomputes (and reports) its outcome.
                 if !report.kept.is_empty() {
-                    self.changed.insert(key.clone());
+                    self.changed.insert(id);
                 }
             } else {
-                let o = if s.addrs.is_empty() {
-                    Outcome::fail(Reason::NoPool, NOT_YET.into())
+                let v = if s.addrs.is_empty() {
+                    Verdict::Failed(Reason::NoPool, NOT_YET.into())
                 } else {
                     satisfied(&s.addrs, &self.addrs)
                 };
-                if let Some(s) = self.services.get_mut(&key) {
-                    s.outcome = o;
+                if let Some(s) = self.entry_mut(id) {
+                    s.set_verdict(v);
                 }
             }
         }
         report
     }
 
-    fn adopt_one(&self, req: &ServiceReq, a: Addr) -> Result<String, String> {
+    fn adopt_one(&self, req: &ServiceReq, a: Addr) -> Result<Arc<str>, String> {
         if let Some(e) = self.addrs.get(&a) {
-            for h in &e.holders {
-                if let Some(other) = self.services.get(h) {
+            let mut holders: Vec<Sid> = e.holders.as_slice().to_vec();
+            self.sort_by_key(&mut holders);
+            for &h in &holders {
+                if let Some(other) = self.entry(h) {
                     req.can_share_with(&other.req)
                         .map_err(|w| format!("{a} is already held: {w}"))?;
                 }
             }
             // The address moves to the canonical pool of the enlarged holder set (the same rule
             // as after pool changes), so adoption order does not decide the attribution.
-            let mut reqs: Vec<&ServiceReq> = e
-                .holders
+            let mut reqs: Vec<&ServiceReq> = holders
                 .iter()
-                .filter_map(|h| self.services.get(h).map(|s| &*s.req))
+                .filter_map(|&h| self.entry(h).map(|s| &*s.req))
                 .collect();
             reqs.push(req);
             return self
@@ -658,83 +953,101 @@ impl Allocator {
     /// are kept while they still fit the request. Returns its outcome; other Services affected
     /// (e.g. waiting ones that got a freed address) show up in [`Allocator::take_changed`].
     pub fn ensure(&mut self, req: &ServiceReq) -> Outcome {
-        let key = req.key.clone();
-        match self.services.get_mut(&key) {
-            Some(s) => {
-                if s.ensured && *s.req == *req && complete(s) {
-                    return s.outcome.clone();
+        let id = match self.lookup(&req.key) {
+            Some(id) => {
+                let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+                    return Outcome::fail(Reason::NoPool, NOT_YET.into());
+                };
+                let changed_req = *s.req != *req;
+                if s.ensured && !changed_req && complete(s) {
+                    return s.outcome();
                 }
                 // A changed request of a sharing Service may make it compatible with waiters.
-                if *s.req != *req {
+                if changed_req {
                     for sh in [&s.req.sharing, &req.sharing].into_iter().flatten() {
                         self.sharing_dirty.insert(sh.key.clone());
                     }
+                    s.req = Arc::new(req.clone());
                 }
-                let changed_req = *s.req != *req;
-                s.req = Arc::new(req.clone());
                 s.ensured = true;
                 if changed_req {
                     for a in s.addrs.clone() {
                         self.reindex(a);
                     }
                 }
+                id
             }
-            None => {
-                self.services.insert(
-                    key.clone(),
-                    SvcEntry {
-                        req: Arc::new(req.clone()),
-                        addrs: Vec::new(),
-                        // Never equal to a computed outcome (those carry a message), so the
-                        // first computation always reports the new Service as changed.
-                        outcome: Outcome::fail(Reason::NoPool, String::new()),
-                        ensured: true,
-                    },
-                );
-            }
-        }
-        self.ensure_key(&key);
+            // Never equal to a computed verdict (those carry a message), so the first
+            // computation always reports the new Service as changed.
+            None => self.intern(req, Verdict::Failed(Reason::NoPool, String::new()), true),
+        };
+        self.ensure_id(id);
         self.settle();
-        self.services[&key].outcome.clone()
+        match self.entry(id) {
+            Some(s) => s.outcome(),
+            None => Outcome::fail(Reason::NoPool, NOT_YET.into()),
+        }
     }
 
     /// Forgets a Service (deleted, or no longer ours) and frees its addresses.
     pub fn release(&mut self, key: &ServiceKey) {
-        let Some(s) = self.services.get(key) else {
+        let Some(id) = self.lookup(key) else {
             return;
         };
-        for a in s.addrs.clone() {
-            self.unclaim(key, a);
+        let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        for a in held {
+            self.unclaim(id, a);
         }
-        self.services.remove(key);
-        self.waiting.remove(key);
-        self.changed.insert(key.clone());
+        self.unindex(key, id);
+        self.live_count = self.live_count.saturating_sub(1);
+        if let Some(slot) = self.slots.get_mut(id as usize) {
+            *slot = None;
+            self.free.push(id);
+        }
+        self.waiting.remove(&id);
+        self.changed.remove(&id);
+        self.changed_gone.insert(key.clone());
         self.settle();
     }
 
     /// The current outcome of a Service.
     pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
-        self.services.get(key).map(|s| &s.outcome)
+        let s = self.entry(self.lookup(key)?)?;
+        Some(s.shown.get_or_init(|| s.verdict.outcome()))
     }
 
     /// Known Services, sorted.
     pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
-        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        let mut keys: Vec<&ServiceKey> = self.live().map(|(_, s)| &s.req.key).collect();
         keys.sort();
         keys.into_iter()
     }
 
     /// Services holding `ip`.
     pub fn holders(&self, ip: IpAddr) -> Vec<ServiceKey> {
-        self.addrs
+        let mut keys: Vec<ServiceKey> = self
+            .addrs
             .get(&Addr::from_ip(ip))
-            .map(|e| e.holders.iter().cloned().collect())
-            .unwrap_or_default()
+            .map(|e| {
+                e.holders
+                    .as_slice()
+                    .iter()
+                    .filter_map(|&h| self.key_of(h).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
     }
 
     /// Services whose outcome changed (or that were released) since the last call, sorted.
     pub fn take_changed(&mut self) -> Vec<ServiceKey> {
-        std::mem::take(&mut self.changed).into_iter().collect()
+        let ids = std::mem::take(&mut self.changed);
+        let mut out: Vec<ServiceKey> = std::mem::take(&mut self.changed_gone).into_iter().collect();
+        out.extend(ids.into_iter().filter_map(|id| self.key_of(id).cloned()));
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Retries waiting/incomplete Services (in key order) while addresses were freed or new
@@ -742,26 +1055,28 @@ impl Allocator {
     fn settle(&mut self) {
         // Every productive round completes at least one Service, so this terminates; the bound
         // is a guard only.
-        let mut rounds = self.services.len() + 2;
+        let mut rounds = self.live_count + 2;
         while (self.freed || !self.sharing_dirty.is_empty()) && rounds > 0 {
             rounds -= 1;
             let all = std::mem::take(&mut self.freed);
             let keys = std::mem::take(&mut self.sharing_dirty);
-            let waiting: Vec<ServiceKey> = self
+            let mut waiting: Vec<Sid> = self
                 .waiting
                 .iter()
-                .filter_map(|k| self.services.get_key_value(k))
-                .filter(|(_, s)| {
-                    all || s
-                        .req
-                        .sharing
-                        .as_ref()
-                        .is_some_and(|sh| keys.contains(&sh.key))
+                .copied()
+                .filter(|&id| {
+                    self.entry(id).is_some_and(|s| {
+                        all || s
+                            .req
+                            .sharing
+                            .as_ref()
+                            .is_some_and(|sh| keys.contains(&sh.key))
+                    })
                 })
-                .map(|(k, _)| k.clone())
                 .collect();
-            for k in waiting {
-                self.ensure_key(&k);
+            self.sort_by_key(&mut waiting);
+            for id in waiting {
+                self.ensure_id(id);
             }
         }
         self.freed = false;
@@ -769,70 +1084,84 @@ impl Allocator {
     }
 
     /// Recomputes one registered Service's allocation and records a changed outcome.
-    fn ensure_key(&mut self, key: &ServiceKey) {
-        let Some(s) = self.services.get(key) else {
+    fn ensure_id(&mut self, id: Sid) {
+        let Some(s) = self.entry(id) else {
             return;
         };
         let req = Arc::clone(&s.req);
-        let outcome = self.compute(&req);
-        let s = self.services.get_mut(key).expect("checked above");
+        let res = self.compute(id, &req);
+        let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
         if s.ensured && !complete(s) {
-            self.waiting.insert(key.clone());
+            self.waiting.insert(id);
         } else {
-            self.waiting.remove(key);
+            self.waiting.remove(&id);
         }
-        if outcome != s.outcome {
-            s.outcome = outcome;
-            self.changed.insert(key.clone());
+        let same = match (&res, &s.verdict) {
+            (Ok(()), Verdict::Satisfied(list)) => {
+                list.len() == s.addrs.len()
+                    && list.iter().zip(&s.addrs).all(|((a, p), b)| {
+                        a == b
+                            && self
+                                .addrs
+                                .get(b)
+                                .map_or(p.is_empty(), |e| Arc::ptr_eq(&e.pool, p) || e.pool == *p)
+                    })
+            }
+            (Err((r, m)), Verdict::Failed(r2, m2)) => r == r2 && m == m2,
+            _ => false,
+        };
+        if !same {
+            let v = match res {
+                Ok(()) => satisfied(&s.addrs, &self.addrs),
+                Err((r, m)) => Verdict::Failed(r, m),
+            };
+            s.set_verdict(v);
+            self.changed.insert(id);
         }
     }
 
-    fn compute(&mut self, req: &ServiceReq) -> Outcome {
-        let key = &req.key;
+    /// Allocates for `req` (registered as `id`); `Ok` = satisfied with what it now holds.
+    fn compute(&mut self, id: Sid, req: &ServiceReq) -> Result<(), Fail> {
         if let Some(m) = &req.invalid {
-            self.release_all(key);
-            return Outcome::fail(Reason::InvalidRequest, m.clone());
+            self.release_all(id);
+            return Err((Reason::InvalidRequest, m.clone()));
         }
         // Drop held addresses that no longer fit.
         let wanted = wanted_families(req);
-        let held = self.services[key].addrs.clone();
-        let mut seen_families: Vec<Family> = Vec::new();
+        let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        let mut seen_families: [bool; 2] = [false; 2];
         for a in held {
-            let keep = self.fits(req, a).is_ok()
+            let fi = fam_index(a.family);
+            let keep = self.fits(id, req, a).is_ok()
                 && if req.requested.is_empty() {
-                    wanted.contains(&a.family) && !seen_families.contains(&a.family)
+                    wanted.contains(&a.family) && !seen_families[fi]
                 } else {
                     true
                 };
             if keep {
-                seen_families.push(a.family);
+                seen_families[fi] = true;
             } else {
-                self.unclaim(key, a);
+                self.unclaim(id, a);
             }
         }
         let res = if req.requested.is_empty() {
-            self.allocate_families(req, &wanted)
+            self.allocate_families(id, req, &wanted)
         } else {
-            self.allocate_requested(req)
+            self.allocate_requested(id, req)
         };
-        match res {
-            Ok(()) => {
-                let s = &self.services[key];
-                satisfied(&s.addrs, &self.addrs)
-            }
-            Err((reason, message)) => {
-                self.release_all(key);
-                Outcome::fail(reason, message)
-            }
+        if res.is_err() {
+            self.release_all(id);
         }
+        res
     }
 
-    fn allocate_requested(&mut self, req: &ServiceReq) -> Result<(), Fail> {
-        let key = &req.key;
-        let mut plan: Vec<(Addr, String)> = Vec::new();
+    fn allocate_requested(&mut self, id: Sid, req: &ServiceReq) -> Result<(), Fail> {
+        let mut plan: Vec<(Addr, Arc<str>)> = Vec::new();
         for ip in &req.requested {
             let a = Addr::from_ip(*ip);
-            if self.services[key].addrs.contains(&a) {
+            if self.entry(id).is_some_and(|s| s.addrs.contains(&a)) {
                 continue;
             }
             if req.families_explicit && !req.families.contains(&a.family) {
@@ -850,14 +1179,14 @@ impl Allocator {
                 ));
             }
             if let Some(e) = self.addrs.get(&a) {
-                self.check_compatible(req, a, e)?;
-                if !self.pools.get(&e.pool).is_some_and(|p| p.selects(req)) {
+                self.check_compatible(id, req, a, e)?;
+                if !self.pools.get(&*e.pool).is_some_and(|p| p.selects(req)) {
                     return Err((
                         Reason::PoolSelectorMismatch,
                         format!("pool {} holding {ip} does not select the Service", e.pool),
                     ));
                 }
-                plan.push((a, e.pool.clone()));
+                plan.push((a, Arc::clone(&e.pool)));
                 continue;
             }
             let containing: Vec<&PoolEntry> = self
@@ -893,7 +1222,7 @@ impl Allocator {
                 ));
             }
             match selecting.iter().find(|p| p.allocates()) {
-                Some(p) => plan.push((a, p.def.name.clone())),
+                Some(p) => plan.push((a, Arc::clone(&p.name))),
                 None => {
                     let p = selecting[0];
                     let why = if p.def.disabled {
@@ -909,39 +1238,61 @@ impl Allocator {
             }
         }
         for (a, pool) in plan {
-            self.claim(key, a, &pool);
+            self.claim(id, a, &pool);
         }
         Ok(())
     }
 
-    fn allocate_families(&mut self, req: &ServiceReq, wanted: &[Family]) -> Result<(), Fail> {
-        let key = &req.key;
-        let mut errors: Vec<(Family, Fail)> = Vec::new();
+    fn allocate_families(
+        &mut self,
+        id: Sid,
+        req: &ServiceReq,
+        wanted: &[Family],
+    ) -> Result<(), Fail> {
+        let mut first_error: Option<(Family, Fail)> = None;
         // Families never compete for an address, so pick every family first and claim only
-        // when the policy is satisfied (nothing is claimed and rolled back).
-        let mut picks: Vec<(Addr, String)> = Vec::new();
+        // when the policy is satisfied (nothing is claimed and rolled back). A family listed
+        // twice picks the same address twice: one slot per family.
+        let mut picks: [Option<(Addr, Arc<str>)>; 2] = [None, None];
         let mut have = 0usize;
+        let mut picked = 0usize;
         for &f in wanted {
-            if self.services[key].addrs.iter().any(|a| a.family == f) {
+            if self
+                .entry(id)
+                .is_some_and(|s| s.addrs.iter().any(|a| a.family == f))
+            {
                 have += 1;
                 continue;
             }
-            match self.pick(req, f) {
-                Ok(p) => picks.push(p),
-                Err(e) => errors.push((f, e)),
+            match self.pick(id, req, f) {
+                Ok(p) => {
+                    picked += 1;
+                    picks[fam_index(f)] = Some(p);
+                }
+                Err(e) => {
+                    if first_error.is_none() {
+                        first_error = Some((f, e));
+                    }
+                }
             }
         }
         let ok = match req.policy {
-            FamilyPolicy::PreferDualStack => have + picks.len() > 0,
-            _ => errors.is_empty(),
+            FamilyPolicy::PreferDualStack => have + picked > 0,
+            _ => first_error.is_none(),
         };
         if ok {
-            for (a, pool) in picks {
-                self.claim(key, a, &pool);
+            for (a, pool) in picks.into_iter().flatten() {
+                self.claim(id, a, &pool);
             }
             return Ok(());
         }
-        let (f, (reason, msg)) = errors.swap_remove(0);
+        let Some((f, (reason, msg))) = first_error else {
+            // PreferDualStack with nothing wanted: no family to allocate for.
+            return Err((
+                Reason::InvalidRequest,
+                "no address family to allocate".to_string(),
+            ));
+        };
         let msg = if req.policy == FamilyPolicy::RequireDualStack {
             format!("RequireDualStack: no {f} address: {msg}")
         } else {
@@ -951,21 +1302,24 @@ impl Allocator {
     }
 
     /// Chooses an address of family `f` for `req`: a compatible shared one, else a fresh one.
-    fn pick(&self, req: &ServiceReq, f: Family) -> Result<(Addr, String), Fail> {
+    fn pick(&self, id: Sid, req: &ServiceReq, f: Family) -> Result<(Addr, Arc<str>), Fail> {
         if let Some(sh) = &req.sharing {
             if let Some(set) = self.by_sharing_key.get(&sh.key) {
                 for &a in set.iter().filter(|a| a.family == f) {
                     let Some(e) = self.addrs.get(&a) else {
                         continue;
                     };
-                    if e.holders.contains(&req.key) {
+                    if e.holders.contains(id) {
                         continue;
                     }
-                    let Some(p) = self.pools.get(&e.pool) else {
+                    let Some(p) = self.pools.get(&*e.pool) else {
                         continue;
                     };
-                    if p.allocates() && p.selects(req) && self.check_compatible(req, a, e).is_ok() {
-                        return Ok((a, e.pool.clone()));
+                    if p.allocates()
+                        && p.selects(req)
+                        && self.check_compatible(id, req, a, e).is_ok()
+                    {
+                        return Ok((a, Arc::clone(&e.pool)));
                     }
                 }
             }
@@ -986,7 +1340,7 @@ impl Allocator {
                             family: f,
                             value: v,
                         },
-                        p.def.name.clone(),
+                        Arc::clone(&p.name),
                     ));
                 }
             }
@@ -1004,30 +1358,52 @@ impl Allocator {
         }
     }
 
-    fn check_compatible(&self, req: &ServiceReq, a: Addr, e: &AddrEntry) -> Result<(), Fail> {
-        for h in e.holders.iter().filter(|h| **h != req.key) {
-            if let Some(other) = self.services.get(h) {
-                req.can_share_with(&other.req).map_err(|why| {
-                    (
-                        Reason::AlreadyAllocated,
-                        format!("{a} is allocated to {h}: {why}"),
-                    )
-                })?;
+    /// Whether `req` (registered as `me`) may join the holders of `a`; the error names the
+    /// first incompatible holder in key order.
+    fn check_compatible(
+        &self,
+        me: Sid,
+        req: &ServiceReq,
+        a: Addr,
+        e: &AddrEntry,
+    ) -> Result<(), Fail> {
+        let mut first: Option<(&ServiceKey, String)> = None;
+        for &h in e.holders.as_slice() {
+            if h == me {
+                continue;
+            }
+            let Some(other) = self.entry(h) else {
+                continue;
+            };
+            if other.req.key == req.key {
+                continue;
+            }
+            if first.as_ref().is_some_and(|(k, _)| *k < &other.req.key) {
+                continue;
+            }
+            if let Err(why) = req.can_share_with(&other.req) {
+                first = Some((&other.req.key, why));
             }
         }
-        Ok(())
+        match first {
+            None => Ok(()),
+            Some((h, why)) => Err((
+                Reason::AlreadyAllocated,
+                format!("{a} is allocated to {h}: {why}"),
+            )),
+        }
     }
 
     /// Whether held address `a` still fits `req` (pool contains and selects, sharing compatible,
     /// requested).
-    fn fits(&self, req: &ServiceReq, a: Addr) -> Result<(), Fail> {
+    fn fits(&self, id: Sid, req: &ServiceReq, a: Addr) -> Result<(), Fail> {
         let e = self
             .addrs
             .get(&a)
             .ok_or((Reason::NoPool, format!("{a} is not held")))?;
         let p = self
             .pools
-            .get(&e.pool)
+            .get(&*e.pool)
             .ok_or((Reason::NoPool, format!("pool {} is gone", e.pool)))?;
         if p.def.usable_block(a).is_none() {
             return Err((
@@ -1044,34 +1420,40 @@ impl Allocator {
         if !req.requested.is_empty() && !req.requested.contains(&a.to_ip()) {
             return Err((Reason::InvalidRequest, format!("{a} is not requested")));
         }
-        self.check_compatible(req, a, e)
+        self.check_compatible(id, req, a, e)
     }
 
     // ----- bookkeeping -------------------------------------------------------------------
 
-    fn claim(&mut self, key: &ServiceKey, a: Addr, pool: &str) {
+    fn claim(&mut self, id: Sid, a: Addr, pool: &Arc<str>) {
         let e = self.addrs.entry(a).or_insert_with(|| AddrEntry {
-            pool: pool.to_string(),
-            holders: BTreeSet::new(),
+            pool: Arc::clone(pool),
+            holders: Holders::Empty,
             keys: BTreeSet::new(),
         });
         let fresh = e.holders.is_empty();
-        e.holders.insert(key.clone());
+        e.holders.insert(id);
+        let sharing = e.holders.as_slice().len() > 1 || !e.keys.is_empty();
         if fresh {
             self.used.insert(a);
-            match self.pool_used.get_mut(pool) {
+            match self.pool_used.get_mut(&**pool) {
                 Some(n) => *n += 1,
                 None => {
                     self.pool_used.insert(pool.to_string(), 1);
                 }
             }
         }
-        if let Some(s) = self.services.get_mut(key) {
+        let mut has_key = false;
+        if let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
             if let Err(i) = s.addrs.binary_search(&a) {
                 s.addrs.insert(i, a);
             }
+            has_key = s.req.sharing.is_some();
         }
-        self.reindex(a);
+        // Without any sharing key among the holders there is nothing to index.
+        if sharing || has_key {
+            self.reindex(a);
+        }
     }
 
     /// Re-derives the sharing keys of `a` from its holders' current requests; a key that gains
@@ -1082,8 +1464,9 @@ impl Allocator {
         };
         let now: BTreeSet<String> = e
             .holders
+            .as_slice()
             .iter()
-            .filter_map(|h| self.services.get(h))
+            .filter_map(|&h| self.entry(h))
             .filter_map(|s| s.req.sharing.as_ref().map(|s| s.key.clone()))
             .collect();
         if now == e.keys {
@@ -1107,16 +1490,16 @@ impl Allocator {
         }
     }
 
-    fn unclaim(&mut self, key: &ServiceKey, a: Addr) {
-        if let Some(s) = self.services.get_mut(key) {
+    fn unclaim(&mut self, id: Sid, a: Addr) {
+        if let Some(s) = self.entry_mut(id) {
             s.addrs.retain(|x| *x != a);
         }
         let Some(e) = self.addrs.get_mut(&a) else {
             return;
         };
-        e.holders.remove(key);
+        e.holders.remove(id);
         if e.holders.is_empty() {
-            let pool = e.pool.clone();
+            let pool = Arc::clone(&e.pool);
             let keys = std::mem::take(&mut e.keys);
             for k in keys {
                 if let Some(set) = self.by_sharing_key.get_mut(&k) {
@@ -1128,7 +1511,7 @@ impl Allocator {
             }
             self.addrs.remove(&a);
             self.used.remove(a);
-            if let Some(n) = self.pool_used.get_mut(&pool) {
+            if let Some(n) = self.pool_used.get_mut(&*pool) {
                 *n = n.saturating_sub(1);
             }
             self.freed = true;
@@ -1142,61 +1525,84 @@ impl Allocator {
                 .unwrap_or_default();
             self.sharing_dirty.extend(keys);
         }
-        if let Some(s) = self.services.get(key) {
+        if let Some(s) = self.entry(id) {
             if s.ensured {
-                self.waiting.insert(key.clone());
+                self.waiting.insert(id);
             } else {
                 // Adopted-only Services have no ensure pass to refresh them.
-                let mut o = satisfied(&s.addrs, &self.addrs);
-                if s.addrs.is_empty() {
-                    o = Outcome::fail(Reason::NoPool, NOT_YET.into());
+                let v = if s.addrs.is_empty() {
+                    Verdict::Failed(Reason::NoPool, NOT_YET.into())
+                } else {
+                    satisfied(&s.addrs, &self.addrs)
+                };
+                if let Some(s) = self.entry_mut(id) {
+                    s.set_verdict(v);
                 }
-                if let Some(s) = self.services.get_mut(key) {
-                    s.outcome = o;
-                }
-                self.changed.insert(key.clone());
+                self.changed.insert(id);
             }
         }
     }
 
-    fn release_all(&mut self, key: &ServiceKey) {
-        let held = self
-            .services
-            .get(key)
-            .map(|s| s.addrs.clone())
-            .unwrap_or_default();
+    fn release_all(&mut self, id: Sid) {
+        let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
         for a in held {
-            self.unclaim(key, a);
+            self.unclaim(id, a);
         }
     }
 
-    fn move_addr(&mut self, a: Addr, from: &str, to: &str) {
+    fn move_addr(&mut self, a: Addr, from: &str, to: &Arc<str>) {
         if let Some(e) = self.addrs.get_mut(&a) {
-            e.pool = to.to_string();
+            e.pool = Arc::clone(to);
             if let Some(n) = self.pool_used.get_mut(from) {
                 *n = n.saturating_sub(1);
             }
             *self.pool_used.entry(to.to_string()).or_insert(0) += 1;
-            for h in e.holders.clone() {
+            for &h in e.holders.as_slice() {
                 self.changed.insert(h);
             }
         }
     }
 }
 
+/// Index hash of a Service key.
+fn key_hash(key: &ServiceKey) -> u64 {
+    use std::hash::BuildHasher;
+    let h = FxBuild::default().hash_one(key);
+    // The unit tests fold the hash to 3 bits so that every test (the property test included)
+    // exercises the same-hash chains, which real 64-bit hashes almost never need.
+    if cfg!(test) {
+        h & 7
+    } else {
+        h
+    }
+}
+
+fn fam_index(f: Family) -> usize {
+    match f {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
 /// Families to allocate for a request without requested addresses.
-fn wanted_families(req: &ServiceReq) -> Vec<Family> {
+fn wanted_families(req: &ServiceReq) -> Cow<'_, [Family]> {
     match req.policy {
-        FamilyPolicy::SingleStack => req.families.iter().take(1).copied().collect(),
-        FamilyPolicy::PreferDualStack => req.families.clone(),
+        FamilyPolicy::SingleStack => Cow::Borrowed(&req.families[..req.families.len().min(1)]),
+        FamilyPolicy::PreferDualStack => Cow::Borrowed(&req.families[..]),
         FamilyPolicy::RequireDualStack => {
+            if [Family::V4, Family::V6]
+                .iter()
+                .all(|f| req.families.contains(f))
+            {
+                return Cow::Borrowed(&req.families[..]);
+            }
             let mut f = req.families.clone();
             for x in [Family::V4, Family::V6] {
                 if !f.contains(&x) {
                     f.push(x);
                 }
             }
-            f
+            Cow::Owned(f)
         }
     }
 }
@@ -1221,25 +1627,20 @@ fn complete(s: &SvcEntry) -> bool {
     }
 }
 
-fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Outcome {
-    let addresses: Vec<Assigned> = addrs
-        .iter()
-        .map(|a| Assigned {
-            ip: a.to_ip(),
-            pool: table.get(a).map(|e| e.pool.clone()).unwrap_or_default(),
-        })
-        .collect();
-    let mut message = String::with_capacity(48 * addresses.len());
-    for (i, a) in addresses.iter().enumerate() {
-        use std::fmt::Write;
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(message, "{sep}{} from pool {}", a.ip, a.pool);
-    }
-    Outcome {
-        reason: Reason::Satisfied,
-        message,
-        addresses,
-    }
+fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Verdict {
+    Verdict::Satisfied(
+        addrs
+            .iter()
+            .map(|a| {
+                (
+                    *a,
+                    table
+                        .get(a)
+                        .map_or_else(|| Arc::from(""), |e| Arc::clone(&e.pool)),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -10,22 +10,12 @@ pub mod arp;
 pub mod iface;
 pub mod metrics;
 pub mod ndp;
+mod verdict;
 
 pub use announcer::{Announcer, AnnouncerConfig, Conflict};
 pub use iface::{eligible_interfaces, Iface};
 
-/// What to do with a received ARP request or NDP message ([`arp::Verdict`], [`ndp::Verdict`]):
-/// `A` is the address family, `F` the frame type, `R` why no answer is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict<A, F, R> {
-    /// A request (ARP request / NS) for an address we hold on this interface (counted in
-    /// metrics even when not answered because it is malformed).
-    pub request_for: Option<A>,
-    /// The reply to send, or why none is sent.
-    pub reply: Result<F, R>,
-    /// Another station (MAC) claims an address we hold.
-    pub conflict: Option<(A, pnet_base::MacAddr)>,
-}
+pub use verdict::Verdict;
 
 /// Command-line flags of `ferrolb announce`.
 #[derive(clap::Args, Debug, Clone)]
