@@ -592,6 +592,8 @@ async fn measure(
         let mut svc = echo_service(&n, false);
         svc["spec"]["ipFamilyPolicy"] = "SingleStack".into();
         svc["spec"]["ipFamilies"] = serde_json::json!(["IPv6"]);
+        // No NodePorts: a cluster has only 2,768 of them and `--measure-services` may be 10k.
+        svc["spec"]["allocateLoadBalancerNodePorts"] = false.into();
         c.create_json(&svc).await?;
         c.create_endpoints("default", &n, &all).await?;
     }
