@@ -259,16 +259,7 @@ fn default_service(
             .get("ipFamilyPolicy")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let mut fams: Vec<String> = spec
-            .get("ipFamilies")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut fams: Vec<String> = str_list(spec.get("ipFamilies"));
         let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
         if fams.is_empty() {
             fams.push("IPv4".into());
@@ -285,16 +276,7 @@ fn default_service(
         if headless {
             spec.insert("clusterIPs".into(), json!(["None"]));
         } else {
-            let mut ips: Vec<String> = spec
-                .get("clusterIPs")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut ips: Vec<String> = str_list(spec.get("clusterIPs"));
             if ips.is_empty() {
                 if let Some(ip) = spec.get("clusterIP").and_then(Value::as_str) {
                     if !ip.is_empty() {
@@ -825,6 +807,18 @@ pub fn after_delete(state: &mut State, def: &Arc<ResourceDef>, obj: &Arc<Value>)
             state.purge(&s, Some(&ns));
         }
     }
+}
+
+/// The string items of a JSON array (non-strings skipped; absent or not an array = empty).
+pub(crate) fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -312,18 +312,8 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceDef>, String> {
     let kind = s(names.get("kind")).ok_or("spec.names.kind: Required value")?;
     let singular = s(names.get("singular")).unwrap_or_else(|| kind.to_lowercase());
     let list_kind = s(names.get("listKind")).unwrap_or_else(|| format!("{kind}List"));
-    let strs = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let short_names = strs(names.get("shortNames"));
-    let categories = strs(names.get("categories"));
+    let short_names = super::defaults::str_list(names.get("shortNames"));
+    let categories = super::defaults::str_list(names.get("categories"));
     let namespaced = match s(spec.get("scope")).as_deref() {
         Some("Namespaced") => true,
         Some("Cluster") => false,
