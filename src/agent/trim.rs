@@ -11,9 +11,10 @@ use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec,
     NodeStatus, Service, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::eligibility::LABEL_SERVICE_NAME_SLICE;
 use crate::api::L2AnnouncementPolicy;
 
 /// Identity, labels and resourceVersion; everything else in `metadata` goes.
@@ -57,20 +58,30 @@ pub fn service(s: &mut Service) {
     });
 }
 
-/// An EndpointSlice: its Service label and, per endpoint, addresses, readiness and node.
+/// An EndpointSlice: its Service label and the ready endpoints, each by node name — or, lacking
+/// one, by its addresses (eligibility matches those against node addresses and pod CIDRs).
+/// Endpoints that are not ready are dropped: eligibility skips them.
 pub fn endpoint_slice(e: &mut EndpointSlice) {
     meta(&mut e.metadata);
+    e.metadata.labels = e.metadata.labels.take().map(|mut l| {
+        l.retain(|k, _| k == LABEL_SERVICE_NAME_SLICE);
+        l
+    });
     e.ports = None;
     e.endpoints = e.endpoints.take().map(|eps| {
         eps.into_iter()
-            .map(|ep| Endpoint {
-                addresses: ep.addresses,
-                conditions: ep.conditions.map(|c| EndpointConditions {
-                    ready: c.ready,
+            .filter(|ep| ep.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .map(|ep| {
+                let node_name = ep.node_name.filter(|n| !n.is_empty());
+                Endpoint {
+                    addresses: if node_name.is_some() {
+                        Vec::new()
+                    } else {
+                        ep.addresses
+                    },
+                    node_name,
                     ..Default::default()
-                }),
-                node_name: ep.node_name,
-                ..Default::default()
+                }
             })
             .collect()
     });
@@ -205,31 +216,40 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_slice_keeps_addresses_readiness_and_node() {
+    fn endpoint_slice_keeps_ready_endpoints_by_node_or_address() {
         let full: EndpointSlice = serde_json::from_value(serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "echo-abcde", "namespace": "demo",
-                         "labels": {"kubernetes.io/service-name": "echo"},
+                         "labels": {"kubernetes.io/service-name": "echo", "endpointslice.kubernetes.io/managed-by": "x"},
                          "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
                                             "fieldsType": "FieldsV1", "fieldsV1": {"f:endpoints": {}}}]},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["192.0.2.11"], "conditions": {"ready": false, "serving": true, "terminating": true},
-                           "nodeName": "n1", "zone": "a", "hostname": "pod-1",
-                           "targetRef": {"kind": "Pod", "name": "echo-1", "namespace": "demo", "uid": "u"}}],
+            "endpoints": [
+                {"addresses": ["192.0.2.11"], "conditions": {"ready": false, "serving": true, "terminating": true},
+                 "nodeName": "n1"},
+                {"addresses": ["192.0.2.12"], "conditions": {"ready": true}, "nodeName": "n2", "zone": "a",
+                 "hostname": "pod-2", "targetRef": {"kind": "Pod", "name": "echo-2", "namespace": "demo", "uid": "u"}},
+                {"addresses": ["10.244.3.7"], "conditions": {}}
+            ],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }))
         .expect("valid EndpointSlice");
         let mut e = full.clone();
         endpoint_slice(&mut e);
-        assert_eq!(e.metadata.labels, full.metadata.labels);
+        assert_eq!(
+            e.metadata.labels,
+            Some([(LABEL_SERVICE_NAME_SLICE.to_string(), "echo".to_string())].into())
+        );
         assert!(e.metadata.managed_fields.is_none() && e.ports.is_none());
         assert_eq!(e.address_type, "IPv4");
-        let ep = &e.endpoints.as_ref().expect("endpoints")[0];
-        assert_eq!(ep.addresses, vec!["192.0.2.11".to_string()]);
-        assert_eq!(ep.node_name.as_deref(), Some("n1"));
-        let c = ep.conditions.as_ref().expect("conditions");
-        assert_eq!(c.ready, Some(false));
-        assert!(c.serving.is_none() && ep.zone.is_none() && ep.target_ref.is_none());
+        let eps = e.endpoints.as_ref().expect("endpoints");
+        assert_eq!(eps.len(), 2, "the endpoint that is not ready is dropped");
+        assert_eq!(eps[0].node_name.as_deref(), Some("n2"));
+        assert!(
+            eps[0].addresses.is_empty() && eps[0].zone.is_none() && eps[0].target_ref.is_none()
+        );
+        assert_eq!(eps[1].node_name, None);
+        assert_eq!(eps[1].addresses, vec!["10.244.3.7".to_string()]);
     }
 
     #[test]
