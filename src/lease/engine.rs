@@ -10,7 +10,7 @@
 //! Writes: creates/acquisitions when a lease is free and wanted, one renewal per held lease per
 //! retry period, releases, and the deletion of abandoned free leases (see `gc_after`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::client::{LeaseWriter, WriteError};
@@ -236,6 +236,8 @@ struct Entry {
     handover_pending: bool,
     /// No hand-over before this (a previous one was not taken).
     no_handover_until: Option<Instant>,
+    /// Waiting in one of the engine's write queues.
+    queued: bool,
 }
 
 impl Entry {
@@ -256,6 +258,7 @@ impl Entry {
             last_holder: None,
             handover_pending: false,
             no_handover_until: None,
+            queued: false,
         }
     }
 }
@@ -273,7 +276,11 @@ struct Engine {
     init_buf: Option<HashMap<String, Lease>>,
     events: mpsc::UnboundedSender<LeaseEvent>,
     done_tx: mpsc::UnboundedSender<Done>,
-    sem: Arc<Semaphore>,
+    /// Leases whose write waits for one of the `max_concurrent_writes` slots: renewals and
+    /// releases first (keep what we hold), then creates, acquisitions and deletions. A queued
+    /// lease is decided afresh when its turn comes; nothing is built for it before.
+    queue_urgent: VecDeque<String>,
+    queue_rest: VecDeque<String>,
     in_flight: usize,
     /// Deadline of a shutdown in progress.
     shutting_down: Option<Instant>,
@@ -644,6 +651,27 @@ impl Engine {
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
+        if self.in_flight >= self.opts.max_concurrent_writes.max(1) {
+            // Every slot is taken (a burst of creates, a slow API server): wait in line rather
+            // than as a task holding a copy of the lease, its labels and a client each.
+            if !e.queued {
+                e.queued = true;
+                let urgent = matches!(op, Op::Update(OpKind::Renew | OpKind::Release));
+                if urgent {
+                    self.queue_urgent.push_back(name.to_string());
+                } else {
+                    self.queue_rest.push_back(name.to_string());
+                }
+            }
+            // The standing still follows the clock: a holder whose renewal waits past its
+            // renew deadline stops claiming the lease then.
+            let wake = match (&e.observed, e.reported) {
+                (Some(o), Reported::Held) => Some(o.observed_at + self.opts.config.renew_deadline),
+                _ => None,
+            };
+            self.set_wake(name, wake);
+            return;
+        }
         let object = e.object.clone();
         e.in_flight = true;
         if op == Op::Update(OpKind::Release) {
@@ -656,7 +684,6 @@ impl Engine {
         let annotations = desired.annotations;
         let writer = self.writer.clone();
         let tx = self.done_tx.clone();
-        let sem = self.sem.clone();
         let stats = self.stats.clone();
         let timeout = self.opts.config.renew_deadline;
         let name = name.to_string();
@@ -668,7 +695,6 @@ impl Engine {
             Op::Delete => stats.deletes.fetch_add(1, Ordering::Relaxed),
         };
         tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
             let sent_at = Instant::now();
             let result = match op {
                 Op::Create => writer
@@ -721,6 +747,29 @@ impl Engine {
 
     fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.on_result(d, now);
+        self.drain_queue(now);
+    }
+
+    /// Gives free write slots to queued leases, renewals and releases first.
+    fn drain_queue(&mut self, now: Instant) {
+        while self.in_flight < self.opts.max_concurrent_writes.max(1) {
+            let Some(name) = self
+                .queue_urgent
+                .pop_front()
+                .or_else(|| self.queue_rest.pop_front())
+            else {
+                break;
+            };
+            match self.entries.get_mut(&name) {
+                Some(e) => e.queued = false,
+                None => continue,
+            }
+            self.step(&name, now);
+        }
+    }
+
+    fn on_result(&mut self, d: Done, now: Instant) {
         let cfg = self.opts.config.clone();
         let Some(e) = self.entries.get_mut(&d.name) else {
             return;
@@ -929,7 +978,6 @@ async fn run(
         .boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
-    let sem = Arc::new(Semaphore::new(opts.max_concurrent_writes.max(1)));
     let mut eng = Engine {
         opts,
         writer,
@@ -939,7 +987,8 @@ async fn run(
         init_buf: None,
         events,
         done_tx,
-        sem,
+        queue_urgent: VecDeque::new(),
+        queue_rest: VecDeque::new(),
         in_flight: 0,
         shutting_down: None,
         shutdown_waiters: Vec::new(),
