@@ -523,6 +523,8 @@ impl Hasher for FxHasher {
 type FxBuild = BuildHasherDefault<FxHasher>;
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
 type FxSet<K> = HashSet<K, FxBuild>;
+/// Held addresses → pool and holders.
+type AddrTable = FxMap<Addr, AddrEntry>;
 
 #[derive(Debug)]
 struct PoolEntry {
@@ -676,14 +678,14 @@ pub struct Allocator {
     slots: Slab,
     free: Vec<Sid>,
     /// Held addresses (iterations over it sort first).
-    addrs: FxMap<Addr, AddrEntry>,
+    addrs: AddrTable,
     used: range::UsedSet,
     /// sharing key → addresses with at least one holder using that key.
     by_sharing_key: BTreeMap<String, BTreeSet<Addr>>,
     /// Services (ids) whose outcome changed since the last `take_changed`.
     changed: FxSet<Sid>,
     /// Released Services since the last `take_changed`.
-    changed_gone: BTreeSet<ServiceKey>,
+    changed_gone: FxSet<ServiceKey>,
     /// An address was freed since the last settle: retry every waiting Service.
     freed: bool,
     /// Sharing keys that gained a shareable address (or whose holders changed their request)
@@ -1258,7 +1260,10 @@ impl Allocator {
         }
         // Drop held addresses that no longer fit.
         let wanted = wanted_families(req);
-        let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        let held = match self.entry(id) {
+            Some(s) if !s.addrs.is_empty() => s.addrs.clone(),
+            _ => SmallVec::new(),
+        };
         let mut seen_families: [bool; 2] = [false; 2];
         for a in held {
             let fi = fam_index(a.family);
@@ -1275,7 +1280,7 @@ impl Allocator {
             }
         }
         let res = if req.requested.is_empty() {
-            self.allocate_families(id, req, &wanted[..])
+            self.allocate_families(id, req, &wanted)
         } else {
             self.allocate_requested(id, req)
         };
@@ -1719,20 +1724,24 @@ fn fam_index(f: Family) -> usize {
 }
 
 /// Families to allocate for a request without requested addresses.
-fn wanted_families(req: &StoredReq) -> SmallVec<[Family; 2]> {
+fn wanted_families(req: &StoredReq) -> Cow<'_, [Family]> {
     match req.policy {
-        FamilyPolicy::SingleStack => {
-            SmallVec::from_slice(&req.families[..req.families.len().min(1)])
-        }
-        FamilyPolicy::PreferDualStack => req.families.clone(),
+        FamilyPolicy::SingleStack => Cow::Borrowed(&req.families[..req.families.len().min(1)]),
+        FamilyPolicy::PreferDualStack => Cow::Borrowed(&req.families[..]),
         FamilyPolicy::RequireDualStack => {
-            let mut f = req.families.clone();
+            if [Family::V4, Family::V6]
+                .iter()
+                .all(|f| req.families.contains(f))
+            {
+                return Cow::Borrowed(&req.families[..]);
+            }
+            let mut f = req.families.to_vec();
             for x in [Family::V4, Family::V6] {
                 if !f.contains(&x) {
                     f.push(x);
                 }
             }
-            f
+            Cow::Owned(f)
         }
     }
 }
@@ -1757,7 +1766,7 @@ fn complete(s: &SvcEntry) -> bool {
     }
 }
 
-fn satisfied(addrs: &[Addr], table: &FxMap<Addr, AddrEntry>) -> Verdict {
+fn satisfied(addrs: &[Addr], table: &AddrTable) -> Verdict {
     Verdict::Satisfied(
         addrs
             .iter()
