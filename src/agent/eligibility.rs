@@ -816,7 +816,7 @@ mod tests {
             self.interfaces = ifs.iter().map(|s| (*s).into()).collect();
             self
         }
-        fn compute(&self) -> Desired {
+        fn compute_raw(&self) -> Desired {
             compute(&Inputs {
                 node_name: &self.me,
                 policies: &self.policies.iter().collect::<Vec<_>>(),
@@ -826,6 +826,28 @@ mod tests {
                 interfaces: &self.interfaces,
                 options: &self.options,
             })
+        }
+        /// Every scenario also checks that the agent's trimmed caches (`super::super::trim`)
+        /// decide exactly as whole objects do.
+        fn compute(&self) -> Desired {
+            let whole = self.compute_raw();
+            let mut t = World {
+                me: self.me.clone(),
+                policies: self.policies.clone(),
+                services: self.services.clone(),
+                nodes: self.nodes.clone(),
+                slices: self.slices.clone(),
+                interfaces: self.interfaces.clone(),
+                options: self.options.clone(),
+            };
+            t.policies.iter_mut().for_each(super::super::trim::policy);
+            t.services.iter_mut().for_each(super::super::trim::service);
+            t.nodes.iter_mut().for_each(super::super::trim::node);
+            t.slices
+                .iter_mut()
+                .for_each(super::super::trim::endpoint_slice);
+            assert_eq!(t.compute_raw(), whole, "trimmed inputs decide differently");
+            whole
         }
     }
 

@@ -7,6 +7,7 @@
 //!   (fencing, sticky mode during API outages).
 //! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals).
 //! - [`report`]: Events on Services, policy status conditions.
+//! - [`trim`]: what the caches keep of each watched object.
 //! - [`testkit`]: helpers to run real agents in network namespaces (tests and the lab).
 //!
 //! # API-server outages ("sticky", default on)
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod testkit;
+pub mod trim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -32,6 +32,7 @@ use super::eligibility::{self, Desired, Options};
 use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
 use super::metrics::Metrics;
 use super::report;
+use super::trim;
 use super::Args;
 use crate::api::L2AnnouncementPolicy;
 use crate::lease::{self, LeaseEvent, LeaseSet};
@@ -54,11 +55,13 @@ pub async fn make_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
     Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// Starts a reflector for `api`, waking `notify` on every event. Watch errors are counted and
-/// retried with kube-runtime's default backoff.
+/// Starts a reflector for `api`, waking `notify` on every event. Objects are trimmed to what the
+/// agent reads ([`trim`]) before they are cached. Watch errors are counted and retried with
+/// kube-runtime's default backoff.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
+    trim: fn(&mut K),
     notify: Arc<Notify>,
     metrics: Metrics,
     kind: &'static str,
@@ -73,7 +76,10 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg).default_backoff().reflect(writer);
+    let stream = watcher(api, cfg)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -428,6 +434,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let (policies, t1) = reflect(
         Api::<L2AnnouncementPolicy>::all(client.clone()),
         watcher::Config::default(),
+        trim::policy,
         notify.clone(),
         metrics.clone(),
         "l2announcementpolicies",
@@ -435,6 +442,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let (services, t2) = reflect(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
+        trim::service,
         notify.clone(),
         metrics.clone(),
         "services",
@@ -442,6 +450,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let (nodes, t3) = reflect(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
+        trim::node,
         notify.clone(),
         metrics.clone(),
         "nodes",
@@ -449,6 +458,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let (slices, t4) = reflect(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(eligibility::LABEL_SERVICE_NAME_SLICE),
+        trim::endpoint_slice,
         notify.clone(),
         metrics.clone(),
         "endpointslices",

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::resources::{from_crd, ResourceDef};
 use super::store::{now_time, State, WriteCtx};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -14,45 +14,125 @@ pub const CLUSTER_IPV4_BASE: [u8; 3] = [203, 0, 113];
 /// IPv6 ClusterIP range 2001:db8:fff::/108.
 pub const CLUSTER_IPV6_BASE: u128 = 0x2001_0db8_0fff_0000_0000_0000_0000_0000;
 
-fn used_allocations(
-    state: &State,
-    skip: Option<(&str, &str)>,
-) -> (BTreeSet<String>, BTreeSet<u64>) {
-    let mut ips = BTreeSet::new();
-    let mut ports = BTreeSet::new();
-    if let Some(t) = state.tables.get("/services") {
-        for ((ns, name), svc) in &t.objects {
-            if skip == Some((ns.as_str(), name.as_str())) {
-                continue;
-            }
-            if let Some(a) = svc.pointer("/spec/clusterIPs").and_then(Value::as_array) {
-                ips.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
-            }
-            if let Some(a) = svc.pointer("/spec/ports").and_then(Value::as_array) {
-                ports.extend(
-                    a.iter()
-                        .filter_map(|p| p.get("nodePort"))
-                        .filter_map(Value::as_u64),
-                );
-            }
-            if let Some(p) = svc
-                .pointer("/spec/healthCheckNodePort")
-                .and_then(Value::as_u64)
-            {
-                ports.insert(p);
-            }
-        }
+/// Storage key of core/v1 Services.
+pub const SERVICES_STORAGE: &str = "/services";
+
+/// ClusterIPs and node ports (incl. healthCheckNodePort) of one Service object.
+fn allocations_of(svc: &Value) -> (Vec<&str>, Vec<u64>) {
+    let ips = svc
+        .pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut ports: Vec<u64> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("nodePort"))
+                .filter_map(Value::as_u64)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(p) = svc
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+    {
+        ports.push(p);
     }
     (ips, ports)
 }
 
-fn alloc_ip(used: &mut BTreeSet<String>, v6: bool, seed: u64) -> Option<String> {
+/// What all stored Services hold, with reference counts (kube-apiserver's allocators are bitmaps
+/// beside the store; this is their stand-in, updated on every committed Service write).
+#[derive(Debug, Default)]
+pub struct ServiceAllocs {
+    ips: HashMap<String, u32>,
+    ports: HashMap<u64, u32>,
+}
+
+impl ServiceAllocs {
+    pub fn add(&mut self, svc: &Value) {
+        let (ips, ports) = allocations_of(svc);
+        for ip in ips {
+            *self.ips.entry(ip.to_string()).or_default() += 1;
+        }
+        for p in ports {
+            *self.ports.entry(p).or_default() += 1;
+        }
+    }
+
+    pub fn remove(&mut self, svc: &Value) {
+        let (ips, ports) = allocations_of(svc);
+        for ip in ips {
+            if let Some(n) = self.ips.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ips.remove(ip);
+                }
+            }
+        }
+        for p in ports {
+            if let Some(n) = self.ports.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports.remove(&p);
+                }
+            }
+        }
+    }
+}
+
+/// Addresses and ports taken by *other* Services, plus those this request has just taken.
+struct Used<'a> {
+    all: &'a ServiceAllocs,
+    /// The stored version of the Service being written: its holdings do not count as taken.
+    own: (Vec<&'a str>, Vec<u64>),
+    new_ips: BTreeSet<String>,
+    new_ports: BTreeSet<u64>,
+}
+
+impl<'a> Used<'a> {
+    fn new(state: &'a State, key: &(String, String)) -> Self {
+        let own = state
+            .tables
+            .get(SERVICES_STORAGE)
+            .and_then(|t| t.objects.get(key))
+            .map(|o| allocations_of(o))
+            .unwrap_or_default();
+        Used {
+            all: &state.service_allocs,
+            own,
+            new_ips: BTreeSet::new(),
+            new_ports: BTreeSet::new(),
+        }
+    }
+
+    fn ip_taken(&self, ip: &str) -> bool {
+        let held = self.all.ips.get(ip).copied().unwrap_or(0);
+        let mine = self.own.0.iter().filter(|o| **o == ip).count() as u32;
+        held > mine || self.new_ips.contains(ip)
+    }
+
+    /// Takes `ip` if free; false when taken.
+    fn take_ip(&mut self, ip: String) -> bool {
+        !self.ip_taken(&ip) && self.new_ips.insert(ip)
+    }
+
+    fn take_port(&mut self, p: u64) -> bool {
+        let held = self.all.ports.get(&p).copied().unwrap_or(0);
+        let mine = self.own.1.iter().filter(|o| **o == p).count() as u32;
+        held <= mine && self.new_ports.insert(p)
+    }
+}
+
+fn alloc_ip(used: &mut Used<'_>, v6: bool, seed: u64) -> Option<String> {
     if v6 {
         let size: u128 = 1 << 20;
         for i in 0..size.min(65536) {
             let off = ((seed as u128).wrapping_add(i)) % (size - 1) + 1;
             let ip = Ipv6Addr::from(CLUSTER_IPV6_BASE + off).to_string();
-            if used.insert(ip.clone()) {
+            if used.take_ip(ip.clone()) {
                 return Some(ip);
             }
         }
@@ -62,7 +142,7 @@ fn alloc_ip(used: &mut BTreeSet<String>, v6: bool, seed: u64) -> Option<String> 
             let host = ((seed + i) % 254 + 1) as u8;
             let [a, b, c] = CLUSTER_IPV4_BASE;
             let ip = Ipv4Addr::new(a, b, c, host).to_string();
-            if used.insert(ip.clone()) {
+            if used.take_ip(ip.clone()) {
                 return Some(ip);
             }
         }
@@ -70,12 +150,12 @@ fn alloc_ip(used: &mut BTreeSet<String>, v6: bool, seed: u64) -> Option<String> 
     }
 }
 
-fn alloc_port(used: &mut BTreeSet<u64>) -> Option<u64> {
+fn alloc_port(used: &mut Used<'_>) -> Option<u64> {
     use rand::Rng;
     let start = rand::rng().random_range(30000..=32767u64);
     (0..2768u64)
         .map(|i| 30000 + (start - 30000 + i) % 2768)
-        .find(|p| used.insert(*p))
+        .find(|p| used.take_port(*p))
 }
 
 fn validate_service(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
@@ -144,7 +224,7 @@ fn default_service(
             .unwrap_or_default()
             .to_string(),
     );
-    let (mut used_ips, mut used_ports) = used_allocations(state, Some((&key.0, &key.1)));
+    let mut used = Used::new(state, &key);
     let o = obj.as_object_mut().expect("object");
     let spec = o.entry("spec").or_insert_with(|| json!({}));
     if !spec.is_object() {
@@ -196,7 +276,7 @@ fn default_service(
     }
     if old.is_none() {
         if let Some(ip) = spec.get("clusterIP").and_then(Value::as_str) {
-            if !ip.is_empty() && ip != "None" && used_ips.contains(ip) {
+            if !ip.is_empty() && ip != "None" && used.ip_taken(ip) {
                 return Err(ApiError::invalid(
                     def,
                     &key.1,
@@ -293,7 +373,7 @@ fn default_service(
                 if ips.len() > i {
                     continue;
                 }
-                match alloc_ip(&mut used_ips, fam == "IPv6", seed) {
+                match alloc_ip(&mut used, fam == "IPv6", seed) {
                     Some(ip) => ips.push(ip),
                     None => {
                         return Err(ApiError::internal(
@@ -325,7 +405,7 @@ fn default_service(
             if let Some(Value::Array(ports)) = spec.get_mut("ports") {
                 for p in ports.iter_mut().filter_map(Value::as_object_mut) {
                     if p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) == 0 {
-                        let np = alloc_port(&mut used_ports)
+                        let np = alloc_port(&mut used)
                             .ok_or_else(|| ApiError::internal("range is full"))?;
                         p.insert("nodePort".into(), json!(np));
                     }
@@ -340,8 +420,7 @@ fn default_service(
                 .unwrap_or(0)
                 == 0
         {
-            let np =
-                alloc_port(&mut used_ports).ok_or_else(|| ApiError::internal("range is full"))?;
+            let np = alloc_port(&mut used).ok_or_else(|| ApiError::internal("range is full"))?;
             spec.insert("healthCheckNodePort".into(), json!(np));
         }
     } else {
@@ -824,6 +903,67 @@ pub(crate) fn str_list(v: Option<&Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allocation index follows creates, updates and deletes: a freed node port and
+    /// ClusterIP can be taken again, a held one cannot, and an update keeps its own.
+    #[test]
+    fn service_allocations_follow_every_commit() {
+        let mut st = State::new(100);
+        let def = st.registry.find("", "v1", "services").expect("services");
+        let ctx = WriteCtx {
+            manager: "test".into(),
+            now: now_time(),
+            operation: "Update".into(),
+            ..Default::default()
+        };
+        let svc = |name: &str, ip: Option<&str>| {
+            let mut o = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
+            if let Some(ip) = ip {
+                o["spec"]["clusterIP"] = json!(ip);
+            }
+            o
+        };
+        let a = st
+            .create(&def, Some("default"), svc("a", None), &ctx)
+            .expect("a");
+        let a_ip = a["spec"]["clusterIP"]
+            .as_str()
+            .expect("clusterIP")
+            .to_string();
+        let a_port = a["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .expect("nodePort");
+        assert!(st.service_allocs.ips.contains_key(&a_ip));
+        assert_eq!(st.service_allocs.ports.get(&a_port), Some(&1));
+
+        let e = st
+            .create(&def, Some("default"), svc("b", Some(&a_ip)), &ctx)
+            .expect_err("a's ClusterIP is taken");
+        assert!(
+            format!("{e:?}").contains("provided IP is already allocated"),
+            "{e:?}"
+        );
+
+        // An update (here: a label) keeps a's own ClusterIP and node port.
+        let mut a2 = a.clone();
+        a2["metadata"]["labels"] = json!({"x": "y"});
+        let a2 = st
+            .update(&def, "default", "a", a2, false, None, &ctx)
+            .expect("update");
+        assert_eq!(a2["spec"]["ports"][0]["nodePort"].as_u64(), Some(a_port));
+        assert_eq!(st.service_allocs.ports.get(&a_port), Some(&1));
+
+        st.delete(&def, "default", "a", None, None, false)
+            .expect("delete");
+        assert!(!st.service_allocs.ips.contains_key(&a_ip));
+        assert!(!st.service_allocs.ports.contains_key(&a_port));
+        let b = st
+            .create(&def, Some("default"), svc("b", Some(&a_ip)), &ctx)
+            .expect("the freed ClusterIP can be requested again");
+        assert_eq!(b["spec"]["clusterIP"].as_str(), Some(a_ip.as_str()));
+    }
 
     #[test]
     fn micro_time_strict() {

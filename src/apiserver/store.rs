@@ -94,6 +94,9 @@ pub struct State {
     pub history_limit: usize,
     /// Warnings of the last write (pruned unknown fields), drained by the HTTP layer.
     pub pending_warnings: Vec<String>,
+    /// ClusterIPs and node ports held by stored Services, kept in step with every commit (a
+    /// create must not scan 10k Services to find a free port).
+    pub service_allocs: defaults::ServiceAllocs,
 }
 
 /// Current UTC time as a metav1.Time string (whole seconds).
@@ -291,6 +294,7 @@ impl State {
             tables: HashMap::new(),
             history_limit: history_limit.max(1),
             pending_warnings: Vec::new(),
+            service_allocs: Default::default(),
         };
         let def = s
             .registry
@@ -350,14 +354,19 @@ impl State {
         let limit = self.history_limit;
         let t = self.table(storage);
         let key = obj_key(&obj);
-        match etype {
-            EventType::Deleted => {
-                t.objects.remove(&key);
+        let replaced = match etype {
+            EventType::Deleted => t.objects.remove(&key),
+            _ => t.objects.insert(key, obj.clone()),
+        };
+        if storage == defaults::SERVICES_STORAGE {
+            if let Some(old) = &replaced {
+                self.service_allocs.remove(old);
             }
-            _ => {
-                t.objects.insert(key, obj.clone());
+            if etype != EventType::Deleted {
+                self.service_allocs.add(&obj);
             }
         }
+        let t = self.table(storage);
         t.history.push_back(Arc::new(Event {
             rv,
             etype,

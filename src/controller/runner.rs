@@ -381,7 +381,14 @@ const MAX_CONFLICT_ROUNDS: usize = 5;
 /// after a burst is enough.
 const POOL_DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// Service status writes in flight at once. Each write is a merge patch with the Service's
+/// resourceVersion as precondition and touches one Service, so they are independent; one at a
+/// time, a busy API server's round trip capped a restart at a few dozen Services per second.
+const SERVICE_WRITE_CONCURRENCY: usize = 16;
+
 /// Performs every Service write the state machine asks for, while (and only while) leading.
+/// Writes (each followed by its Events) run [`SERVICE_WRITE_CONCURRENCY`] at a time; their
+/// results are applied to the state one by one, in completion order.
 async fn flush_services(
     ctx: &Context,
     state: &mut State,
@@ -394,6 +401,7 @@ async fn flush_services(
         if svcs.is_empty() {
             return;
         }
+        let mut batch = Vec::with_capacity(svcs.len());
         for key in svcs {
             if !election.is_leader() || ctx.shutdown.is_cancelled() {
                 state.mark_service_dirty(key);
@@ -411,7 +419,30 @@ async fn flush_services(
                 continue;
             };
             let based_on = state.service_rv(&key);
-            match write_service(ctx, &w).await {
+            batch.push((key, w, based_on));
+        }
+        let mut writes = futures::stream::iter(batch.into_iter().map(|(key, w, based_on)| async move {
+            // Stop launching writes once leadership is gone (those in flight carry their
+            // resourceVersion precondition).
+            if !election.is_leader() || ctx.shutdown.is_cancelled() {
+                return (key, w, based_on, None);
+            }
+            let result = write_service(ctx, &w).await;
+            if result.is_ok() {
+                publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
+                    tracing::warn!(error = %e, service = %w.key, reason = ev.reason, "could not publish Event");
+                })
+                .await;
+            }
+            (key, w, based_on, Some(result))
+        }))
+        .buffer_unordered(SERVICE_WRITE_CONCURRENCY);
+        while let Some((key, w, based_on, result)) = writes.next().await {
+            let Some(result) = result else {
+                state.mark_service_dirty(key);
+                continue;
+            };
+            match result {
                 Ok(updated) => {
                     retries.services.remove(&key);
                     ctx.metrics.write("services", "ok");
@@ -436,10 +467,6 @@ async fn flush_services(
                         count_error(ctx, "status_not_converging");
                         tracing::error!(service = %key, "Service status still differs right after a successful write; not retrying until the Service changes");
                     }
-                    publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
-                        tracing::warn!(error = %e, service = %key, reason = ev.reason, "could not publish Event");
-                    })
-                    .await;
                 }
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     ctx.metrics.write("services", "conflict");

@@ -135,6 +135,11 @@ impl Proc {
         // `setpriv` execs the program, so the child's PID is the program's PID.
         rss_field(self.pid(), "VmHWM:")
     }
+
+    /// Resident set size now, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_field(self.pid(), "VmRSS:")
+    }
 }
 
 /// Reads a `kB` field of /proc/PID/status.

@@ -747,6 +747,8 @@ impl Engine {
                 }
                 if !newer_known {
                     e.observed = Some(Observed::written(&lease, d.sent_at));
+                    let mut lease = lease;
+                    lease.metadata.managed_fields = None;
                     e.object = Some(lease);
                 }
             }
@@ -919,7 +921,12 @@ async fn run(
     };
     // Reconnect quickly after an outage (≤ 2 s): stale observations cost 409s and late takeovers.
     let backoff = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    let mut stream = watcher(api, wcfg).backoff(backoff).boxed();
+    // The engine keeps the last object of every watched lease (the base of the next PUT);
+    // `managedFields` is most of a Lease's size and our PUTs leave it out anyway.
+    let mut stream = watcher(api, wcfg)
+        .backoff(backoff)
+        .modify(|l: &mut Lease| l.metadata.managed_fields = None)
+        .boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
     let sem = Arc::new(Semaphore::new(opts.max_concurrent_writes.max(1)));
