@@ -63,19 +63,26 @@
 //! - **Counts**: total/used/available are `u128`; the CRD status saturates them to `i64`.
 //!
 //! # Cost
-//! `cargo bench --bench ipam -- ipam-cpu` (10k Services over 2001:db8:100::/112, 2001:db8:200::/64
-//! and the three IPv4 documentation /24s; on-CPU time, the machine is shared). Measured
-//! 2026-11-22 on the shared 2-core CI machine (load average 4-9 from other builds):
-//! `ipam-cpu/ensure_10k_ipv6` ≈ 10.2-11.8 ms per 10,000 Services, i.e. ≈ 850k-980k allocations
-//! per CPU-second (confidence intervals 0.78-1.03M/s; before interning: ≈ 34 ms, ≈ 290k/s).
-//! Services are interned to integer ids (holders, changed and waiting sets hold ids; the index
-//! holds key hashes with same-hash chains, so no key is cloned on the hot path), indexes use
-//! FxHash, pool names are shared `Arc<str>`, outcomes are kept compactly and the public
-//! [`Outcome`] (with its message) is built only when returned or asked for. Not yet reliably at
-//! the 1M/s target; what remains per new Service is mostly the stored copy of the request (~9 heap
-//! allocations: key, labels, families) and the returned `Outcome` itself (`Vec`, pool name,
-//! message with the formatted address). `take_changed` sorts the changed ids by key once per call
-//! instead of keeping a sorted set of keys.
+//! `cargo bench --bench ipam` (10k Services over 2001:db8:100::/112, 2001:db8:200::/64 and the
+//! three IPv4 documentation /24s; the `ipam-cpu` group counts on-CPU time, the machine is shared).
+//! Measured 2026-11-22 on the shared 2-core CI machine (load average 5-9 from other builds):
+//! `ipam-cpu/ensure_10k_ipv6` ≈ 8.6 ms per 10,000 Services (≈ 1.16M allocations per CPU-second,
+//! confidence interval 1.10-1.24M/s; before this pass ≈ 10-13 ms, 0.76-0.98M/s; before interning
+//! ≈ 34 ms); the same run with every returned outcome read (message formatted):
+//! ≈ 10.4 ms (≈ 0.96M/s). Wall clock: `ensure_10k_ipv6` ≈ 8.3 ms (1.2M/s),
+//! `ensure_10k_prefer_dual_stack` ≈ 13.7 ms, `adopt_then_ensure_10k` ≈ 21.8 ms for 10k adoptions
+//! plus 10k ensures, `release_and_ensure_in_10k` ≈ 3.0 µs per release + re-allocation.
+//!
+//! How: Services are interned to integer ids in a chunked slab (growing moves no entry; holders,
+//! changed and waiting sets hold ids; the index holds well-mixed key hashes with same-hash chains,
+//! so no key is cloned on the hot path). The stored request is compact (`service::StoredReq`:
+//! the virtual `io.kubernetes.service.{namespace,name}` labels are answered from the key, families
+//! and held addresses live inline), so a new Service costs three heap blocks (the shared request
+//! and its two key strings) plus its share of the tables. [`Allocator::ensure`] returns an
+//! [`Ensured`] that builds the public [`Outcome`] (address strings, message) only when read; the
+//! controller never reads it (it writes statuses from [`Allocator::outcome`]). The address table
+//! is an FxHash map (iterations sort first); `take_changed` sorts the changed ids by key once per
+//! call.
 
 pub mod pool;
 pub mod range;
@@ -86,12 +93,15 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use smallvec::SmallVec;
 
 pub use pool::{BlockError, PoolDef};
 pub use range::{Addr, Family};
+use service::StoredReq;
 pub use service::{is_ours, ClassOptions, FamilyPolicy, ServiceKey, ServiceReq};
 
 use crate::api::LoadBalancerIPPoolStatus;
@@ -179,6 +189,87 @@ impl Outcome {
             message,
             addresses: Vec::new(),
         }
+    }
+}
+
+/// What [`Allocator::ensure`] returns: the Service's [`Outcome`], built (addresses converted,
+/// message formatted) only when it is read. Derefs to [`Outcome`], so `ensure(..).reason`,
+/// `.addresses` and `.message` read like the owned value; [`Ensured::reason`],
+/// [`Ensured::is_satisfied`] and [`Ensured::ips`] answer without building it. The controller
+/// ignores the return value (it writes statuses from [`Allocator::outcome`] after
+/// [`Allocator::take_changed`]), so it no longer pays for a message per `ensure`.
+#[derive(Clone)]
+pub struct Ensured {
+    verdict: Verdict,
+    shown: OnceLock<Outcome>,
+}
+
+impl Ensured {
+    fn new(verdict: Verdict) -> Self {
+        Ensured {
+            verdict,
+            shown: OnceLock::new(),
+        }
+    }
+
+    /// `Satisfied` or why not.
+    pub fn reason(&self) -> Reason {
+        match &self.verdict {
+            Verdict::Satisfied(_) => Reason::Satisfied,
+            Verdict::Failed(r, _) => *r,
+        }
+    }
+
+    /// Whether the Service got what it asked for.
+    pub fn is_satisfied(&self) -> bool {
+        matches!(self.verdict, Verdict::Satisfied(_))
+    }
+
+    /// The addresses to write into `status.loadBalancer.ingress`.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        match &self.verdict {
+            Verdict::Satisfied(list) => list.iter().map(|(a, _)| a.to_ip()).collect(),
+            Verdict::Failed(..) => Vec::new(),
+        }
+    }
+
+    /// The owned [`Outcome`].
+    pub fn into_outcome(self) -> Outcome {
+        match self.shown.into_inner() {
+            Some(o) => o,
+            None => self.verdict.outcome(),
+        }
+    }
+}
+
+impl Deref for Ensured {
+    type Target = Outcome;
+    fn deref(&self) -> &Outcome {
+        self.shown.get_or_init(|| self.verdict.outcome())
+    }
+}
+
+impl std::fmt::Debug for Ensured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Ensured {
+    fn eq(&self, other: &Ensured) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<Outcome> for Ensured {
+    fn eq(&self, other: &Outcome) -> bool {
+        **self == *other
+    }
+}
+
+impl From<Ensured> for Outcome {
+    fn from(e: Ensured) -> Outcome {
+        e.into_outcome()
     }
 }
 
@@ -329,6 +420,60 @@ impl PoolState {
 /// Dense id of an interned Service (index into `Allocator::slots`).
 type Sid = u32;
 
+/// Entries per [`Slab`] chunk.
+const CHUNK: usize = 256;
+
+/// Service entries by id, in fixed-size chunks: growing never moves an entry (a plain `Vec` of
+/// entries copied every entry on each doubling, a measurable share of allocating 10k Services).
+#[derive(Debug, Default)]
+struct Slab {
+    chunks: Vec<Box<[Option<SvcEntry>]>>,
+    /// Ids handed out so far (live or free).
+    len: usize,
+}
+
+impl Slab {
+    fn slot(&self, id: Sid) -> Option<&Option<SvcEntry>> {
+        let i = id as usize;
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    fn slot_mut(&mut self, id: Sid) -> Option<&mut Option<SvcEntry>> {
+        let i = id as usize;
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    fn get(&self, id: Sid) -> Option<&SvcEntry> {
+        self.slot(id)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: Sid) -> Option<&mut SvcEntry> {
+        self.slot_mut(id)?.as_mut()
+    }
+
+    /// Stores `e` under a new id.
+    fn push(&mut self, e: SvcEntry) -> Sid {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push((0..CHUNK).map(|_| None).collect());
+        }
+        let id = self.len as Sid;
+        self.len += 1;
+        if let Some(slot) = self.slot_mut(id) {
+            *slot = Some(e);
+        }
+        id
+    }
+
+    /// Live entries with their ids, in id order.
+    fn iter(&self) -> impl Iterator<Item = (Sid, &SvcEntry)> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as Sid, s)))
+    }
+}
+
 /// FxHash (as in rustc): a fast, non-cryptographic hasher for the in-memory indexes.
 #[derive(Default, Clone, Copy)]
 struct FxHasher {
@@ -385,6 +530,8 @@ impl Hasher for FxHasher {
 type FxBuild = BuildHasherDefault<FxHasher>;
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
 type FxSet<K> = HashSet<K, FxBuild>;
+/// Held addresses → pool and holders.
+type AddrTable = FxMap<Addr, AddrEntry>;
 
 #[derive(Debug)]
 struct PoolEntry {
@@ -398,11 +545,11 @@ impl PoolEntry {
     fn allocates(&self) -> bool {
         !self.def.disabled && self.conflict.is_none() && self.def.selector.is_ok()
     }
-    fn selects(&self, req: &ServiceReq) -> bool {
+    fn selects(&self, req: &StoredReq) -> bool {
         self.def
             .selector
             .as_ref()
-            .is_ok_and(|s| s.matches(&req.labels))
+            .is_ok_and(|s| s.matches_with(|k| req.label(k)))
     }
 }
 
@@ -467,15 +614,15 @@ struct AddrEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     /// Satisfied with these addresses (sorted) from these pools.
-    Satisfied(Vec<(Addr, Arc<str>)>),
+    Satisfied(SmallVec<[(Addr, Arc<str>); 2]>),
     /// Not satisfied: reason and message.
-    Failed(Reason, String),
+    Failed(Reason, Cow<'static, str>),
 }
 
 impl Verdict {
     fn outcome(&self) -> Outcome {
         match self {
-            Verdict::Failed(r, m) => Outcome::fail(*r, m.clone()),
+            Verdict::Failed(r, m) => Outcome::fail(*r, m.to_string()),
             Verdict::Satisfied(list) => {
                 let addresses: Vec<Assigned> = list
                     .iter()
@@ -503,12 +650,13 @@ impl Verdict {
 #[derive(Debug)]
 struct SvcEntry {
     /// Shared so that recomputing does not deep-copy the request.
-    req: Arc<ServiceReq>,
+    req: Arc<StoredReq>,
     /// Held addresses, sorted.
-    addrs: Vec<Addr>,
+    addrs: SmallVec<[Addr; 2]>,
     verdict: Verdict,
-    /// `verdict` as an [`Outcome`], built on the first [`Allocator::outcome`] call.
-    shown: OnceLock<Outcome>,
+    /// `verdict` as an [`Outcome`], built on the first [`Allocator::outcome`] call (boxed: most
+    /// entries never build one, and the entry stays small).
+    shown: OnceLock<Box<Outcome>>,
     /// `ensure` ran at least once (adopted-only Services are not retried automatically).
     ensured: bool,
     /// Next (older) Service whose key has the same index hash.
@@ -519,13 +667,6 @@ impl SvcEntry {
     fn set_verdict(&mut self, v: Verdict) {
         self.verdict = v;
         self.shown = OnceLock::new();
-    }
-    /// The current outcome, reusing the cached one when there is one.
-    fn outcome(&self) -> Outcome {
-        match self.shown.get() {
-            Some(o) => o.clone(),
-            None => self.verdict.outcome(),
-        }
     }
 }
 
@@ -541,16 +682,17 @@ pub struct Allocator {
     /// Number of live Services.
     live_count: usize,
     /// Service entries by id (`None` = free slot, listed in `free`).
-    slots: Vec<Option<SvcEntry>>,
+    slots: Slab,
     free: Vec<Sid>,
-    addrs: BTreeMap<Addr, AddrEntry>,
+    /// Held addresses (iterations over it sort first).
+    addrs: AddrTable,
     used: range::UsedSet,
     /// sharing key → addresses with at least one holder using that key.
     by_sharing_key: BTreeMap<String, BTreeSet<Addr>>,
     /// Services (ids) whose outcome changed since the last `take_changed`.
     changed: FxSet<Sid>,
     /// Released Services since the last `take_changed`.
-    changed_gone: BTreeSet<ServiceKey>,
+    changed_gone: FxSet<ServiceKey>,
     /// An address was freed since the last settle: retry every waiting Service.
     freed: bool,
     /// Sharing keys that gained a shareable address (or whose holders changed their request)
@@ -689,7 +831,8 @@ impl Allocator {
     /// [`Allocator::candidate_pools`]: contains it, selects every holder); without one, holders the
     /// current pool does not select are released, and if no pool contains it at all, it is freed.
     fn revalidate_addresses(&mut self) {
-        let addrs: Vec<Addr> = self.addrs.keys().copied().collect();
+        let mut addrs: Vec<Addr> = self.addrs.keys().copied().collect();
+        addrs.sort_unstable();
         for a in addrs {
             let Some(entry) = self.addrs.get(&a) else {
                 continue;
@@ -697,24 +840,20 @@ impl Allocator {
             let mut holders: Vec<Sid> = entry.holders.as_slice().to_vec();
             self.sort_by_key(&mut holders);
             let cur = Arc::clone(&entry.pool);
-            let reqs: Vec<Arc<ServiceReq>> = holders
+            let reqs: Vec<Arc<StoredReq>> = holders
                 .iter()
                 .filter_map(|&h| self.entry(h).map(|s| Arc::clone(&s.req)))
                 .collect();
-            let reqs: Vec<&ServiceReq> = reqs.iter().map(|r| &**r).collect();
+            let reqs: Vec<&StoredReq> = reqs.iter().map(|r| &**r).collect();
             // The canonical pool of an address is the first candidate (non-conflicting first,
             // then oldest), so that the attribution after a restart (adoption) is the same.
             let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
-            let target = self
-                .candidate_pools(a, &reqs)
-                .into_iter()
-                .next()
-                .or_else(|| {
-                    self.pools
-                        .get(&*cur)
-                        .is_some_and(contains)
-                        .then(|| Arc::clone(&cur))
-                });
+            let target = self.first_candidate_pool(a, &reqs).or_else(|| {
+                self.pools
+                    .get(&*cur)
+                    .is_some_and(contains)
+                    .then(|| Arc::clone(&cur))
+            });
             match target {
                 None => {
                     for &h in &holders {
@@ -741,28 +880,27 @@ impl Allocator {
         }
     }
 
-    /// Pools whose usable blocks contain `a` and that select all of `reqs`: non-conflicting
-    /// first, then by age.
-    fn candidate_pools(&self, a: Addr, reqs: &[&ServiceReq]) -> Vec<Arc<str>> {
-        let mut c: Vec<&PoolEntry> = self
-            .pools
+    /// The first of the pools whose usable blocks contain `a` and that select all of `reqs`:
+    /// non-conflicting first, then by age.
+    fn first_candidate_pool(&self, a: Addr, reqs: &[&StoredReq]) -> Option<Arc<str>> {
+        self.pools
             .values()
             .filter(|p| p.def.usable_block(a).is_some() && reqs.iter().all(|r| p.selects(r)))
-            .collect();
-        c.sort_by(|x, y| {
-            (x.conflict.is_some(), x.def.age_key()).cmp(&(y.conflict.is_some(), y.def.age_key()))
-        });
-        c.into_iter().map(|p| Arc::clone(&p.name)).collect()
+            .min_by(|x, y| {
+                (x.conflict.is_some(), x.def.age_key())
+                    .cmp(&(y.conflict.is_some(), y.def.age_key()))
+            })
+            .map(|p| Arc::clone(&p.name))
     }
 
     // ----- service ids ---------------------------------------------------------------------
 
     fn entry(&self, id: Sid) -> Option<&SvcEntry> {
-        self.slots.get(id as usize).and_then(Option::as_ref)
+        self.slots.get(id)
     }
 
     fn entry_mut(&mut self, id: Sid) -> Option<&mut SvcEntry> {
-        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+        self.slots.get_mut(id)
     }
 
     fn key_of(&self, id: Sid) -> Option<&ServiceKey> {
@@ -771,10 +909,7 @@ impl Allocator {
 
     /// Live entries with their ids (slab order, not key order).
     fn live(&self) -> impl Iterator<Item = (Sid, &SvcEntry)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i as Sid, s)))
+        self.slots.iter()
     }
 
     /// Sorts ids by Service key (the order every observable iteration uses).
@@ -828,11 +963,11 @@ impl Allocator {
     }
 
     /// Registers a new Service and returns its id.
-    fn intern(&mut self, req: &ServiceReq, verdict: Verdict, ensured: bool) -> Sid {
+    fn intern(&mut self, req: Arc<StoredReq>, verdict: Verdict, ensured: bool) -> Sid {
         let h = key_hash(&req.key);
         let e = SvcEntry {
-            req: Arc::new(req.clone()),
-            addrs: Vec::new(),
+            req,
+            addrs: SmallVec::new(),
             verdict,
             shown: OnceLock::new(),
             ensured,
@@ -840,13 +975,12 @@ impl Allocator {
         };
         let id = match self.free.pop() {
             Some(id) => {
-                self.slots[id as usize] = Some(e);
+                if let Some(slot) = self.slots.slot_mut(id) {
+                    *slot = Some(e);
+                }
                 id
             }
-            None => {
-                self.slots.push(Some(e));
-                (self.slots.len() - 1) as Sid
-            }
+            None => self.slots.push(e),
         };
         self.index.insert(h, id);
         self.live_count += 1;
@@ -859,15 +993,21 @@ impl Allocator {
     /// allocating anything new. Call for every Service before the first [`Allocator::ensure`].
     pub fn adopt(&mut self, req: &ServiceReq, ips: &[IpAddr]) -> AdoptReport {
         let mut report = AdoptReport::default();
+        let stored = Arc::new(StoredReq::from_req(req));
         let id = match self.lookup(&req.key) {
             Some(id) => {
                 if let Some(s) = self.entry_mut(id) {
-                    s.req = Arc::new(req.clone());
+                    s.req = Arc::clone(&stored);
                 }
                 id
             }
-            None => self.intern(req, Verdict::Failed(Reason::NoPool, NOT_YET.into()), false),
+            None => self.intern(
+                Arc::clone(&stored),
+                Verdict::Failed(Reason::NoPool, NOT_YET.into()),
+                false,
+            ),
         };
+        let req = &*stored;
         for ip in ips {
             let a = Addr::from_ip(*ip);
             if self.entry(id).is_some_and(|s| s.addrs.contains(&a)) {
@@ -910,7 +1050,7 @@ impl Allocator {
         report
     }
 
-    fn adopt_one(&self, req: &ServiceReq, a: Addr) -> Result<Arc<str>, String> {
+    fn adopt_one(&self, req: &StoredReq, a: Addr) -> Result<Arc<str>, String> {
         if let Some(e) = self.addrs.get(&a) {
             let mut holders: Vec<Sid> = e.holders.as_slice().to_vec();
             self.sort_by_key(&mut holders);
@@ -922,52 +1062,45 @@ impl Allocator {
             }
             // The address moves to the canonical pool of the enlarged holder set (the same rule
             // as after pool changes), so adoption order does not decide the attribution.
-            let mut reqs: Vec<&ServiceReq> = holders
+            let mut reqs: Vec<&StoredReq> = holders
                 .iter()
                 .filter_map(|&h| self.entry(h).map(|s| &*s.req))
                 .collect();
             reqs.push(req);
-            return self
-                .candidate_pools(a, &reqs)
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
+            return self.first_candidate_pool(a, &reqs).ok_or_else(|| {
                     format!(
                         "no pool containing {a} selects both the Service and the Services already on it"
                     )
                 });
         }
-        self.candidate_pools(a, &[req])
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                if self.pools.values().any(|p| p.def.usable_block(a).is_some()) {
-                    format!("no pool containing {a} selects the Service")
-                } else {
-                    format!("no pool contains {a}")
-                }
-            })
+        self.first_candidate_pool(a, &[req]).ok_or_else(|| {
+            if self.pools.values().any(|p| p.def.usable_block(a).is_some()) {
+                format!("no pool containing {a} selects the Service")
+            } else {
+                format!("no pool contains {a}")
+            }
+        })
     }
 
     /// Registers or updates a Service and allocates what it asks for. Addresses it already holds
     /// are kept while they still fit the request. Returns its outcome; other Services affected
     /// (e.g. waiting ones that got a freed address) show up in [`Allocator::take_changed`].
-    pub fn ensure(&mut self, req: &ServiceReq) -> Outcome {
+    pub fn ensure(&mut self, req: &ServiceReq) -> Ensured {
         let id = match self.lookup(&req.key) {
             Some(id) => {
-                let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
-                    return Outcome::fail(Reason::NoPool, NOT_YET.into());
+                let Some(s) = self.slots.get_mut(id) else {
+                    return Ensured::new(Verdict::Failed(Reason::NoPool, NOT_YET.into()));
                 };
-                let changed_req = *s.req != *req;
+                let changed_req = !s.req.same_as(req);
                 if s.ensured && !changed_req && complete(s) {
-                    return s.outcome();
+                    return Ensured::new(s.verdict.clone());
                 }
                 // A changed request of a sharing Service may make it compatible with waiters.
                 if changed_req {
                     for sh in [&s.req.sharing, &req.sharing].into_iter().flatten() {
                         self.sharing_dirty.insert(sh.key.clone());
                     }
-                    s.req = Arc::new(req.clone());
+                    s.req = Arc::new(StoredReq::from_req(req));
                 }
                 s.ensured = true;
                 if changed_req {
@@ -979,13 +1112,17 @@ impl Allocator {
             }
             // Never equal to a computed verdict (those carry a message), so the first
             // computation always reports the new Service as changed.
-            None => self.intern(req, Verdict::Failed(Reason::NoPool, String::new()), true),
+            None => self.intern(
+                Arc::new(StoredReq::from_req(req)),
+                Verdict::Failed(Reason::NoPool, "".into()),
+                true,
+            ),
         };
         self.ensure_id(id);
         self.settle();
         match self.entry(id) {
-            Some(s) => s.outcome(),
-            None => Outcome::fail(Reason::NoPool, NOT_YET.into()),
+            Some(s) => Ensured::new(s.verdict.clone()),
+            None => Ensured::new(Verdict::Failed(Reason::NoPool, NOT_YET.into())),
         }
     }
 
@@ -1000,7 +1137,7 @@ impl Allocator {
         }
         self.unindex(key, id);
         self.live_count = self.live_count.saturating_sub(1);
-        if let Some(slot) = self.slots.get_mut(id as usize) {
+        if let Some(slot) = self.slots.slot_mut(id) {
             *slot = None;
             self.free.push(id);
         }
@@ -1013,7 +1150,7 @@ impl Allocator {
     /// The current outcome of a Service.
     pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
         let s = self.entry(self.lookup(key)?)?;
-        Some(s.shown.get_or_init(|| s.verdict.outcome()))
+        Some(s.shown.get_or_init(|| Box::new(s.verdict.outcome())))
     }
 
     /// Known Services, sorted.
@@ -1090,7 +1227,7 @@ impl Allocator {
         };
         let req = Arc::clone(&s.req);
         let res = self.compute(id, &req);
-        let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+        let Some(s) = self.slots.get_mut(id) else {
             return;
         };
         if s.ensured && !complete(s) {
@@ -1109,13 +1246,13 @@ impl Allocator {
                                 .map_or(p.is_empty(), |e| Arc::ptr_eq(&e.pool, p) || e.pool == *p)
                     })
             }
-            (Err((r, m)), Verdict::Failed(r2, m2)) => r == r2 && m == m2,
+            (Err((r, m)), Verdict::Failed(r2, m2)) => r == r2 && *m == *m2,
             _ => false,
         };
         if !same {
             let v = match res {
                 Ok(()) => satisfied(&s.addrs, &self.addrs),
-                Err((r, m)) => Verdict::Failed(r, m),
+                Err((r, m)) => Verdict::Failed(r, Cow::Owned(m)),
             };
             s.set_verdict(v);
             self.changed.insert(id);
@@ -1123,14 +1260,17 @@ impl Allocator {
     }
 
     /// Allocates for `req` (registered as `id`); `Ok` = satisfied with what it now holds.
-    fn compute(&mut self, id: Sid, req: &ServiceReq) -> Result<(), Fail> {
+    fn compute(&mut self, id: Sid, req: &StoredReq) -> Result<(), Fail> {
         if let Some(m) = &req.invalid {
             self.release_all(id);
             return Err((Reason::InvalidRequest, m.clone()));
         }
         // Drop held addresses that no longer fit.
         let wanted = wanted_families(req);
-        let held = self.entry(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        let held = match self.entry(id) {
+            Some(s) if !s.addrs.is_empty() => s.addrs.clone(),
+            _ => SmallVec::new(),
+        };
         let mut seen_families: [bool; 2] = [false; 2];
         for a in held {
             let fi = fam_index(a.family);
@@ -1157,7 +1297,7 @@ impl Allocator {
         res
     }
 
-    fn allocate_requested(&mut self, id: Sid, req: &ServiceReq) -> Result<(), Fail> {
+    fn allocate_requested(&mut self, id: Sid, req: &StoredReq) -> Result<(), Fail> {
         let mut plan: Vec<(Addr, Arc<str>)> = Vec::new();
         for ip in &req.requested {
             let a = Addr::from_ip(*ip);
@@ -1246,7 +1386,7 @@ impl Allocator {
     fn allocate_families(
         &mut self,
         id: Sid,
-        req: &ServiceReq,
+        req: &StoredReq,
         wanted: &[Family],
     ) -> Result<(), Fail> {
         let mut first_error: Option<(Family, Fail)> = None;
@@ -1302,7 +1442,7 @@ impl Allocator {
     }
 
     /// Chooses an address of family `f` for `req`: a compatible shared one, else a fresh one.
-    fn pick(&self, id: Sid, req: &ServiceReq, f: Family) -> Result<(Addr, Arc<str>), Fail> {
+    fn pick(&self, id: Sid, req: &StoredReq, f: Family) -> Result<(Addr, Arc<str>), Fail> {
         if let Some(sh) = &req.sharing {
             if let Some(set) = self.by_sharing_key.get(&sh.key) {
                 for &a in set.iter().filter(|a| a.family == f) {
@@ -1363,7 +1503,7 @@ impl Allocator {
     fn check_compatible(
         &self,
         me: Sid,
-        req: &ServiceReq,
+        req: &StoredReq,
         a: Addr,
         e: &AddrEntry,
     ) -> Result<(), Fail> {
@@ -1396,7 +1536,7 @@ impl Allocator {
 
     /// Whether held address `a` still fits `req` (pool contains and selects, sharing compatible,
     /// requested).
-    fn fits(&self, id: Sid, req: &ServiceReq, a: Addr) -> Result<(), Fail> {
+    fn fits(&self, id: Sid, req: &StoredReq, a: Addr) -> Result<(), Fail> {
         let e = self
             .addrs
             .get(&a)
@@ -1444,7 +1584,7 @@ impl Allocator {
             }
         }
         let mut has_key = false;
-        if let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
+        if let Some(s) = self.slots.get_mut(id) {
             if let Err(i) = s.addrs.binary_search(&a) {
                 s.addrs.insert(i, a);
             }
@@ -1567,7 +1707,13 @@ impl Allocator {
 /// Index hash of a Service key.
 fn key_hash(key: &ServiceKey) -> u64 {
     use std::hash::BuildHasher;
-    let h = FxBuild::default().hash_one(key);
+    // FxHash leaves the low bits of the result poorly mixed (they depend only on the low bits of
+    // the last words hashed, e.g. the constant "svc-" of "svc-1234"), and the index map buckets
+    // by the low bits: finish with the murmur3 mixer so that every bit depends on every input bit.
+    let mut h = FxBuild::default().hash_one(key);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
     // The unit tests fold the hash to 3 bits so that every test (the property test included)
     // exercises the same-hash chains, which real 64-bit hashes almost never need.
     if cfg!(test) {
@@ -1585,7 +1731,7 @@ fn fam_index(f: Family) -> usize {
 }
 
 /// Families to allocate for a request without requested addresses.
-fn wanted_families(req: &ServiceReq) -> Cow<'_, [Family]> {
+fn wanted_families(req: &StoredReq) -> Cow<'_, [Family]> {
     match req.policy {
         FamilyPolicy::SingleStack => Cow::Borrowed(&req.families[..req.families.len().min(1)]),
         FamilyPolicy::PreferDualStack => Cow::Borrowed(&req.families[..]),
@@ -1596,7 +1742,7 @@ fn wanted_families(req: &ServiceReq) -> Cow<'_, [Family]> {
             {
                 return Cow::Borrowed(&req.families[..]);
             }
-            let mut f = req.families.clone();
+            let mut f = req.families.to_vec();
             for x in [Family::V4, Family::V6] {
                 if !f.contains(&x) {
                     f.push(x);
@@ -1627,7 +1773,7 @@ fn complete(s: &SvcEntry) -> bool {
     }
 }
 
-fn satisfied(addrs: &[Addr], table: &BTreeMap<Addr, AddrEntry>) -> Verdict {
+fn satisfied(addrs: &[Addr], table: &AddrTable) -> Verdict {
     Verdict::Satisfied(
         addrs
             .iter()

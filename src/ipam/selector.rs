@@ -120,11 +120,19 @@ impl Selector {
 
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Whether the labels answered by `label` (key → value) satisfy every requirement; for
+    /// label sets that are not stored as a map (the allocator answers the virtual Service labels
+    /// from the Service key).
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|(k, op)| {
-            let v = labels.get(k);
+            let v = label(k);
+            let listed = |vals: &[String], v: &str| vals.iter().any(|x| x == v);
             match op {
-                Op::In(vals) => v.is_some_and(|v| vals.contains(v)),
-                Op::NotIn(vals) => v.is_none_or(|v| !vals.contains(v)),
+                Op::In(vals) => v.is_some_and(|v| listed(vals, v)),
+                Op::NotIn(vals) => v.is_none_or(|v| !listed(vals, v)),
                 Op::Exists => v.is_some(),
                 Op::DoesNotExist => v.is_none(),
             }

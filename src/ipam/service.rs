@@ -14,12 +14,13 @@ use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
+use smallvec::SmallVec;
 
 use super::range::Family;
 use super::selector::service_labels;
 use crate::api::{
     ANN_IPS, ANN_SHARING_CROSS_NS, ANN_SHARING_KEY, CILIUM_ANN_IPS, CILIUM_ANN_SHARING_CROSS_NS,
-    CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LB_CLASS,
+    CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, LB_CLASS,
 };
 
 /// `namespace/name` of a Service.
@@ -330,44 +331,169 @@ impl ServiceReq {
     /// over TCP and UDP on port 53 can share), same externalTrafficPolicy, and for `Local`
     /// identical non-empty pod selectors. `Err` explains why not.
     pub fn can_share_with(&self, other: &ServiceReq) -> Result<(), String> {
-        let (Some(a), Some(b)) = (&self.sharing, &other.sharing) else {
-            return Err(format!(
-                "{} has no sharing key in common with {}",
-                other.key, self.key
-            ));
-        };
-        if a.key != b.key {
-            return Err(format!(
-                "{} uses sharing key {:?}, not {:?}",
-                other.key, b.key, a.key
-            ));
+        share_check(&self.share_view(), &other.share_view())
+    }
+
+    fn share_view(&self) -> ShareView<'_> {
+        ShareView {
+            key: &self.key,
+            sharing: self.sharing.as_ref(),
+            ports: &self.ports,
+            etp_local: self.etp_local,
+            pod_selector: &self.pod_selector,
         }
-        if self.key.namespace != other.key.namespace
-            && !(a.cross.allows(&other.key.namespace) && b.cross.allows(&self.key.namespace))
-        {
-            return Err(format!(
-                "{} is in another namespace and sharing-cross-namespace does not allow it on both Services",
-                other.key
-            ));
+    }
+}
+
+/// The parts of a request the sharing rules look at (shared by [`ServiceReq`] and the
+/// allocator's stored form).
+struct ShareView<'a> {
+    key: &'a ServiceKey,
+    sharing: Option<&'a Sharing>,
+    ports: &'a BTreeSet<(i32, String)>,
+    etp_local: bool,
+    pod_selector: &'a BTreeMap<String, String>,
+}
+
+/// [`ServiceReq::can_share_with`] on views.
+fn share_check(me: &ShareView<'_>, other: &ShareView<'_>) -> Result<(), String> {
+    let (Some(a), Some(b)) = (me.sharing, other.sharing) else {
+        return Err(format!(
+            "{} has no sharing key in common with {}",
+            other.key, me.key
+        ));
+    };
+    if a.key != b.key {
+        return Err(format!(
+            "{} uses sharing key {:?}, not {:?}",
+            other.key, b.key, a.key
+        ));
+    }
+    if me.key.namespace != other.key.namespace
+        && !(a.cross.allows(&other.key.namespace) && b.cross.allows(&me.key.namespace))
+    {
+        return Err(format!(
+            "{} is in another namespace and sharing-cross-namespace does not allow it on both Services",
+            other.key
+        ));
+    }
+    if let Some((port, proto)) = me.ports.intersection(other.ports).next() {
+        return Err(format!("{} also uses port {port}/{proto}", other.key));
+    }
+    if me.etp_local != other.etp_local {
+        return Err(format!(
+            "{} has a different externalTrafficPolicy",
+            other.key
+        ));
+    }
+    if me.etp_local && (me.pod_selector.is_empty() || me.pod_selector != other.pod_selector) {
+        return Err(format!(
+            "{} has externalTrafficPolicy Local with a different (or empty) pod selector",
+            other.key
+        ));
+    }
+    Ok(())
+}
+
+/// The allocator's stored copy of a [`ServiceReq`], kept compactly: the virtual labels
+/// `io.kubernetes.service.{namespace,name}` are answered from the key instead of being stored
+/// (when they equal it, which [`ServiceReq::new`] and [`ServiceReq::from_service`] guarantee),
+/// and the families live inline. A typical Service costs three heap blocks (the `Arc` and the two
+/// key strings) instead of nine.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredReq {
+    pub key: ServiceKey,
+    /// Labels without the virtual ones that `virt_ns` / `virt_name` stand for.
+    labels: BTreeMap<String, String>,
+    /// `labels[LABEL_SERVICE_NAMESPACE] == key.namespace` in the original request.
+    virt_ns: bool,
+    /// `labels[LABEL_SERVICE_NAME] == key.name` in the original request.
+    virt_name: bool,
+    pub families: SmallVec<[Family; 2]>,
+    pub policy: FamilyPolicy,
+    pub families_explicit: bool,
+    pub requested: Vec<IpAddr>,
+    pub invalid: Option<String>,
+    pub sharing: Option<Sharing>,
+    pub ports: BTreeSet<(i32, String)>,
+    pub etp_local: bool,
+    pub pod_selector: BTreeMap<String, String>,
+}
+
+impl StoredReq {
+    /// The compact copy of `r`.
+    pub fn from_req(r: &ServiceReq) -> Self {
+        let virt_ns = r.labels.get(LABEL_SERVICE_NAMESPACE) == Some(&r.key.namespace);
+        let virt_name = r.labels.get(LABEL_SERVICE_NAME) == Some(&r.key.name);
+        let labels = r
+            .labels
+            .iter()
+            .filter(|(k, _)| {
+                !(virt_ns && k.as_str() == LABEL_SERVICE_NAMESPACE
+                    || virt_name && k.as_str() == LABEL_SERVICE_NAME)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        StoredReq {
+            key: r.key.clone(),
+            labels,
+            virt_ns,
+            virt_name,
+            families: SmallVec::from_slice(&r.families),
+            policy: r.policy,
+            families_explicit: r.families_explicit,
+            requested: r.requested.clone(),
+            invalid: r.invalid.clone(),
+            sharing: r.sharing.clone(),
+            ports: r.ports.clone(),
+            etp_local: r.etp_local,
+            pod_selector: r.pod_selector.clone(),
         }
-        if let Some((port, proto)) = self.ports.intersection(&other.ports).next() {
-            return Err(format!("{} also uses port {port}/{proto}", other.key));
+    }
+
+    /// The value of label `k` as in the original request's `labels`.
+    pub fn label(&self, k: &str) -> Option<&str> {
+        if self.virt_ns && k == LABEL_SERVICE_NAMESPACE {
+            return Some(&self.key.namespace);
         }
-        if self.etp_local != other.etp_local {
-            return Err(format!(
-                "{} has a different externalTrafficPolicy",
-                other.key
-            ));
+        if self.virt_name && k == LABEL_SERVICE_NAME {
+            return Some(&self.key.name);
         }
-        if self.etp_local
-            && (self.pod_selector.is_empty() || self.pod_selector != other.pod_selector)
-        {
-            return Err(format!(
-                "{} has externalTrafficPolicy Local with a different (or empty) pod selector",
-                other.key
-            ));
+        self.labels.get(k).map(String::as_str)
+    }
+
+    /// Whether this is a copy of a request equal to `r`.
+    pub fn same_as(&self, r: &ServiceReq) -> bool {
+        let n_labels = self.labels.len() + usize::from(self.virt_ns) + usize::from(self.virt_name);
+        self.key == r.key
+            && self.policy == r.policy
+            && self.families_explicit == r.families_explicit
+            && self.etp_local == r.etp_local
+            && self.families[..] == r.families[..]
+            && self.requested == r.requested
+            && self.invalid == r.invalid
+            && self.sharing == r.sharing
+            && self.ports == r.ports
+            && self.pod_selector == r.pod_selector
+            && n_labels == r.labels.len()
+            && r.labels
+                .iter()
+                .all(|(k, v)| self.label(k) == Some(v.as_str()))
+    }
+
+    /// [`ServiceReq::can_share_with`] between stored requests.
+    pub fn can_share_with(&self, other: &StoredReq) -> Result<(), String> {
+        share_check(&self.share_view(), &other.share_view())
+    }
+
+    fn share_view(&self) -> ShareView<'_> {
+        ShareView {
+            key: &self.key,
+            sharing: self.sharing.as_ref(),
+            ports: &self.ports,
+            etp_local: self.etp_local,
+            pod_selector: &self.pod_selector,
         }
-        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::service::{CrossNamespace, Sharing};
+use super::service::{CrossNamespace, Sharing, StoredReq};
 use super::*;
 use crate::api::IpBlock;
 
@@ -210,6 +210,82 @@ fn selector_and_virtual_labels_choose_the_pool() {
     assert_eq!(ips(&echo), ["198.51.100.30"]);
     let other = a.ensure(&S::new("echo", "other").req());
     assert_eq!(other.reason, Reason::NoPool);
+}
+
+#[test]
+fn stored_request_answers_virtual_labels_from_the_key() {
+    use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
+    let r = S::new("ns", "web").label("app", "web").req();
+    let st = StoredReq::from_req(&r);
+    assert_eq!(st.label(LABEL_SERVICE_NAMESPACE), Some("ns"));
+    assert_eq!(st.label(LABEL_SERVICE_NAME), Some("web"));
+    assert_eq!(st.label("app"), Some("web"));
+    assert_eq!(st.label("tier"), None);
+    assert!(st.same_as(&r));
+    // Any difference in the labels (value, added, removed, virtual ones included) is a change.
+    for other in [
+        S::new("ns", "web").label("app", "api").req(),
+        S::new("ns", "web")
+            .label("app", "web")
+            .label("tier", "x")
+            .req(),
+        S::new("ns", "web").req(),
+        S::new("ns", "web")
+            .label("app", "web")
+            .label(LABEL_SERVICE_NAME, "other")
+            .req(),
+    ] {
+        assert!(!st.same_as(&other), "{:?}", other.labels);
+    }
+    // A hand-built request whose virtual labels differ from the key (or are missing) is answered
+    // from what it says, not from the key.
+    let mut odd = S::new("ns", "web").label(LABEL_SERVICE_NAME, "other").req();
+    odd.labels.remove(LABEL_SERVICE_NAMESPACE);
+    let st = StoredReq::from_req(&odd);
+    assert_eq!(st.label(LABEL_SERVICE_NAME), Some("other"));
+    assert_eq!(st.label(LABEL_SERVICE_NAMESPACE), None);
+    assert!(st.same_as(&odd));
+    assert!(!st.same_as(&S::new("ns", "web").req()));
+}
+
+#[test]
+fn changed_labels_are_reevaluated_against_the_selector() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("app", &[cidr("198.51.100.0/24")])
+            .labels(&[("lb-pool", "app")])
+            .def(),
+    );
+    let r = S::new("ns", "a").label("lb-pool", "app").req();
+    assert!(a.ensure(&r).is_satisfied());
+    a.take_changed();
+    assert!(a.ensure(&r).is_satisfied());
+    assert!(
+        a.take_changed().is_empty(),
+        "an unchanged request changes nothing"
+    );
+    let o = a.ensure(&S::new("ns", "a").label("lb-pool", "other").req());
+    assert_eq!(o.reason(), Reason::NoPool);
+    assert_eq!(a.take_changed(), [key("ns", "a")]);
+    assert_eq!(a.pool_status("app").unwrap().used, 0);
+}
+
+#[test]
+fn ensure_result_agrees_with_the_outcome() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[range("198.51.100.10", "198.51.100.10")]).def());
+    let ok = a.ensure(&S::new("ns", "a").req());
+    let full = a.ensure(&S::new("ns", "b").req());
+    for (k, e) in [(key("ns", "a"), &ok), (key("ns", "b"), &full)] {
+        let o = a.outcome(&k).unwrap();
+        assert_eq!(e.reason(), o.reason);
+        assert_eq!(e.is_satisfied(), o.is_satisfied());
+        assert_eq!(e.ips(), o.ips());
+        assert_eq!(**e, *o);
+        assert_eq!(e.clone().into_outcome(), *o);
+    }
+    assert_eq!(ok.message, "198.51.100.10 from pool p");
+    assert_eq!(full.reason, Reason::OutOfIPs);
 }
 
 #[test]
