@@ -156,6 +156,10 @@ struct Agent {
     announced: BTreeMap<IpAddr, BTreeSet<String>>,
     last: Desired,
     warned_no_node: bool,
+    /// The engine and holdings have been given a desired set at least once.
+    synced: bool,
+    /// How long the last recompute took (paces the next one).
+    last_recompute: Duration,
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: (tokio::time::Instant, u32),
 }
@@ -202,6 +206,12 @@ impl Agent {
             .set(desired.problems.len() as i64);
         self.write_policy_statuses(&p, &n, &desired);
 
+        if self.synced && desired == self.last {
+            // Nothing changed for the engine or the announcer (a Service's unrelated fields, a
+            // status write of ours): skip the O(groups) hand-over below.
+            return;
+        }
+        self.synced = true;
         let gone = self.holdings.set_desired(desired.local());
         for k in &gone {
             info!(group = %k, "no longer eligible: stopped announcing");
@@ -306,7 +316,6 @@ impl Agent {
             _ => debug!(group = %key, event = label, "lease event"),
         }
         self.holdings.on_lease(&key, t);
-        self.apply();
     }
 
     fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str) {
@@ -358,14 +367,19 @@ impl Agent {
             eligibility::ServiceRef,
             (BTreeSet<IpAddr>, BTreeSet<String>),
         > = BTreeMap::new();
+        let mut ifaces_of: BTreeMap<IpAddr, Vec<&String>> = BTreeMap::new();
         for (ip, iface) in new {
-            for g in self.last.local() {
-                if g.addresses.contains(ip) {
-                    for s in &g.services {
-                        let e = per_service.entry(s.clone()).or_default();
-                        e.0.insert(*ip);
-                        e.1.insert(iface.clone());
-                    }
+            ifaces_of.entry(*ip).or_default().push(iface);
+        }
+        for g in self.last.local() {
+            for ip in &g.addresses {
+                let Some(ifaces) = ifaces_of.get(ip) else {
+                    continue;
+                };
+                for s in &g.services {
+                    let e = per_service.entry(s.clone()).or_default();
+                    e.0.insert(*ip);
+                    e.1.extend(ifaces.iter().map(|i| (*i).clone()));
                 }
             }
         }
@@ -384,10 +398,8 @@ impl Agent {
                 continue;
             }
             self.event_window.1 += 1;
-            let Some(svc) = self.caches.services.find(|s| {
-                s.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
-                    && s.metadata.name.as_deref() == Some(sref.name.as_str())
-            }) else {
+            let oref = reflector::ObjectRef::new(&sref.name).within(&sref.namespace);
+            let Some(svc) = self.caches.services.get(&oref) else {
                 continue;
             };
             let Some(ev) = report::announce_event(&svc, &self.args.node_name, &ips, &ifaces, now)
@@ -403,6 +415,16 @@ impl Agent {
                 }
             });
         }
+    }
+}
+
+/// The longest a watch event waits for its recompute (the pacing's upper bound).
+const MAX_RECOMPUTE_PAUSE: Duration = Duration::from_secs(2);
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -489,6 +511,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
         announced: BTreeMap::new(),
         last: Desired::default(),
         warned_no_node: false,
+        synced: false,
+        last_recompute: Duration::ZERO,
         event_window: (tokio::time::Instant::now(), 0),
         client,
         metrics,
@@ -516,17 +540,39 @@ pub async fn run(args: Args) -> crate::CmdResult {
     info!("caches synced, agent ready");
 
     let mut engine_seen = [0u64; 8];
+    let mut recompute_at: Option<tokio::time::Instant> = None;
     let mut iface_tick = tokio::time::interval(Duration::from_secs(2));
     iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = notify.notified() => {
-                // Debounce: let a burst of watch events settle into one recompute.
-                tokio::time::sleep(agent.args.debounce).await;
+            _ = notify.notified(), if recompute_at.is_none() => {
+                // Debounce (a burst of watch events settles into one recompute) and pace: a
+                // recompute costs O(Services), so the next one waits at least four times as long
+                // as the last took — with 10k Services a stream of events must not keep a core
+                // busy. Lease events and conflicts are handled meanwhile.
+                let pause = agent
+                    .args
+                    .debounce
+                    .max(agent.last_recompute * 4)
+                    .min(MAX_RECOMPUTE_PAUSE);
+                recompute_at = Some(tokio::time::Instant::now() + pause);
+            }
+            _ = sleep_until_opt(recompute_at) => {
+                recompute_at = None;
+                let t = tokio::time::Instant::now();
                 agent.recompute();
+                agent.last_recompute = t.elapsed();
             }
             ev = lease_events.recv() => match ev {
-                Some(ev) => agent.on_lease_event(ev),
+                Some(ev) => {
+                    // Take every event already waiting, then update the announcer once: a node
+                    // acquiring thousands of leases must not rebuild its announced set per lease.
+                    agent.on_lease_event(ev);
+                    while let Ok(ev) = lease_events.try_recv() {
+                        agent.on_lease_event(ev);
+                    }
+                    agent.apply();
+                }
                 None => {
                     warn!("lease engine stopped");
                     agent.metrics.election_errors.inc();
