@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -87,6 +87,8 @@ struct Shared {
     by_iface: RwLock<HashMap<String, HashSet<IpAddr>>>,
     /// Held addresses as given to `set_held` (the manager diffs it).
     held: RwLock<Held>,
+    /// Bumped by every `set_held`: the manager looks at `held` only when it moved.
+    generation: AtomicU64,
     /// MACs of every interface of this host (namespace): frames from them are ours, never a
     /// conflict (an address held on two interfaces of one segment announces on both).
     own_macs: RwLock<HashSet<MacAddr>>,
@@ -127,6 +129,7 @@ impl Announcer {
         let shared = Arc::new(Shared {
             by_iface: RwLock::new(HashMap::new()),
             held: RwLock::new(Held::new()),
+            generation: AtomicU64::new(0),
             own_macs: RwLock::new(HashSet::new()),
             metrics,
             conflicts,
@@ -137,6 +140,7 @@ impl Announcer {
             shared: shared.clone(),
             readers: HashMap::new(),
             last: Held::new(),
+            last_generation: u64::MAX,
             bursts: BTreeMap::new(),
             next_poll: Instant::now(),
             next_reannounce: None,
@@ -179,6 +183,7 @@ impl Announcer {
         if let (Ok(mut h), Ok(mut b)) = (sh.held.write(), sh.by_iface.write()) {
             *h = clean;
             *b = by_iface;
+            sh.generation.fetch_add(1, Ordering::Release);
         }
         self.send(Cmd::Wake);
     }
@@ -283,6 +288,8 @@ struct Manager {
     readers: HashMap<String, Reader>,
     /// Held state applied last time.
     last: Held,
+    /// `Shared::generation` of `last` (`u64::MAX`: nothing applied yet).
+    last_generation: u64,
     bursts: BTreeMap<(IpAddr, String), Burst>,
     next_poll: Instant,
     next_reannounce: Option<Instant>,
@@ -509,28 +516,36 @@ impl Manager {
         }
     }
 
+    /// One round: apply a new held set (diff, interfaces, multicast groups) when it moved or the
+    /// interface poll is due, then send the bursts that are due. Rounds where nothing moved cost
+    /// nothing per held address (a burst round with 10k held addresses must not copy them all).
     fn tick(&mut self) {
         let now = Instant::now();
-        let held = self
-            .shared
-            .held
-            .read()
-            .map(|h| h.clone())
-            .unwrap_or_default();
-        let changed = held != self.last;
-        if changed || now >= self.next_poll {
-            self.sync_interfaces(&held, now);
-            self.next_poll = now + self.cfg.iface_poll;
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let poll_due = now >= self.next_poll;
+        if generation != self.last_generation || poll_due {
+            let held = self
+                .shared
+                .held
+                .read()
+                .map(|h| h.clone())
+                .unwrap_or_default();
+            self.last_generation = generation;
+            let changed = held != self.last;
+            if changed || poll_due {
+                self.sync_interfaces(&held, now);
+                self.next_poll = now + self.cfg.iface_poll;
+            }
+            if changed {
+                self.apply_diff(&held, now);
+            }
+            self.sync_multicast(&held);
+            self.last = held;
         }
-        if changed {
-            self.apply_diff(&held, now);
-            self.last = held.clone();
-        }
-        self.sync_multicast(&held);
         if let Some(every) = self.cfg.reannounce_interval {
             let due = *self.next_reannounce.get_or_insert(now + every);
             if now >= due {
-                for (ip, ifaces) in &held {
+                for (ip, ifaces) in &self.last {
                     for i in ifaces {
                         self.bursts.entry((*ip, i.clone())).or_insert(Burst {
                             next: now,
