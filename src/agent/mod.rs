@@ -86,7 +86,9 @@ pub struct Args {
     /// Also serve Services of class `io.cilium/l2-announcer`.
     #[arg(long)]
     pub serve_cilium_class: bool,
-    /// Delay between a watch event and the recomputation (bursts coalesce).
+    /// Delay between a watch event and the recomputation (bursts coalesce). With many
+    /// Services the delay grows to four times the last recomputation's duration (at most 2 s),
+    /// so a stream of events cannot keep a core busy.
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "50ms")]
     pub debounce: Duration,
 }
