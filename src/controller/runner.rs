@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -295,7 +295,24 @@ impl Controller {
                 _ = ctx.shutdown.cancelled() => break,
                 _ = election.changed() => {}
                 ev = feeds.services.next() => match ev {
-                    Some(Ok(ev)) => on_service_event(&mut state, &mut feeds, ev),
+                    Some(Ok(ev)) => {
+                        on_service_event(&mut state, &mut feeds, ev);
+                        // Take what else has already arrived before writing: a burst of
+                        // Service events becomes one batch of concurrent writes, not one
+                        // round trip per event.
+                        for _ in 0..MAX_EVENTS_PER_ROUND {
+                            match feeds.services.next().now_or_never() {
+                                Some(Some(Ok(ev))) => on_service_event(&mut state, &mut feeds, ev),
+                                Some(Some(Err(e))) => {
+                                    count_error(&ctx, "watch_services");
+                                    tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
+                                    break;
+                                }
+                                Some(None) => return Err(Error::WatchEnded("services")),
+                                None => break,
+                            }
+                        }
+                    }
                     Some(Err(e)) => {
                         count_error(&ctx, "watch_services");
                         tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
@@ -380,6 +397,9 @@ const MAX_CONFLICT_ROUNDS: usize = 5;
 /// Pool status writes are coalesced: counts change with every allocation, one write per pool
 /// after a burst is enough.
 const POOL_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Service events taken in one round when they have already arrived (then the writes run).
+const MAX_EVENTS_PER_ROUND: usize = 1000;
 
 /// Service status writes in flight at once. Each write is a merge patch with the Service's
 /// resourceVersion as precondition and touches one Service, so they are independent; one at a
