@@ -653,24 +653,12 @@ async fn measure(
         m.steady_api_requests_per_s * 1000.0 / s as f64,
         m.steady_api_reads_per_s
     ));
-    m.agent_peak_rss_kib = c
-        .agents
-        .iter()
-        .flatten()
-        .filter_map(|p| p.peak_rss_kib())
-        .collect();
-    m.agent_rss_kib = c
-        .agents
-        .iter()
-        .flatten()
-        .filter_map(|p| p.rss_kib())
-        .collect();
-    m.controller_peak_rss_kib = c
-        .controllers
-        .iter()
-        .flatten()
-        .filter_map(|p| p.peak_rss_kib())
-        .collect();
+    let each = |procs: &[Option<procs::Proc>], read: fn(&procs::Proc) -> Option<u64>| -> Vec<u64> {
+        procs.iter().flatten().filter_map(read).collect()
+    };
+    m.agent_peak_rss_kib = each(&c.agents, procs::Proc::peak_rss_kib);
+    m.agent_rss_kib = each(&c.agents, procs::Proc::rss_kib);
+    m.controller_peak_rss_kib = each(&c.controllers, procs::Proc::peak_rss_kib);
     say.line(format!(
         "      peak RSS: agents {:?} KiB, controllers {:?} KiB; agents' RSS now {:?} KiB",
         m.agent_peak_rss_kib, m.controller_peak_rss_kib, m.agent_rss_kib
