@@ -899,6 +899,22 @@ impl Allocator {
         self.slots.get(id)
     }
 
+    /// Sets the verdict of a Service that was adopted but never ensured from what it holds:
+    /// satisfied by its addresses, or not yet allocated.
+    fn refresh_adopted_verdict(&mut self, id: Sid) {
+        let Some(s) = self.entry(id) else {
+            return;
+        };
+        let v = if s.addrs.is_empty() {
+            Verdict::Failed(Reason::NoPool, NOT_YET.into())
+        } else {
+            satisfied(&s.addrs, &self.addrs)
+        };
+        if let Some(s) = self.entry_mut(id) {
+            s.set_verdict(v);
+        }
+    }
+
     fn entry_mut(&mut self, id: Sid) -> Option<&mut SvcEntry> {
         self.slots.get_mut(id)
     }
@@ -1037,14 +1053,7 @@ impl Allocator {
                     self.changed.insert(id);
                 }
             } else {
-                let v = if s.addrs.is_empty() {
-                    Verdict::Failed(Reason::NoPool, NOT_YET.into())
-                } else {
-                    satisfied(&s.addrs, &self.addrs)
-                };
-                if let Some(s) = self.entry_mut(id) {
-                    s.set_verdict(v);
-                }
+                self.refresh_adopted_verdict(id);
             }
         }
         report
@@ -1670,14 +1679,7 @@ impl Allocator {
                 self.waiting.insert(id);
             } else {
                 // Adopted-only Services have no ensure pass to refresh them.
-                let v = if s.addrs.is_empty() {
-                    Verdict::Failed(Reason::NoPool, NOT_YET.into())
-                } else {
-                    satisfied(&s.addrs, &self.addrs)
-                };
-                if let Some(s) = self.entry_mut(id) {
-                    s.set_verdict(v);
-                }
+                self.refresh_adopted_verdict(id);
                 self.changed.insert(id);
             }
         }
