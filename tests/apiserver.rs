@@ -258,16 +258,25 @@ async fn watch_sees_changes_and_status_subresource() {
     assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
 }
 
-#[tokio::test]
-async fn http_serve_and_fault_injection() {
-    let server = ApiServer::new();
-    let (addr, _task) = server.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let kc = ApiServer::kubeconfig(&format!("http://{addr}"), "node-x");
+/// `server` served over HTTP on loopback, and a kube client of it that identifies as
+/// `identity` (through the kubeconfig the stand-in writes); keep the task alive while testing.
+async fn http_client(
+    server: &ApiServer,
+    identity: &str,
+) -> (kube::Client, tokio::task::JoinHandle<()>) {
+    let (addr, task) = server.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let kc = ApiServer::kubeconfig(&format!("http://{addr}"), identity);
     let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&kc).unwrap();
     let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
+    (kube::Client::try_from(cfg).unwrap(), task)
+}
+
+#[tokio::test]
+async fn http_serve_and_fault_injection() {
+    let server = ApiServer::new();
+    let (client, _task) = http_client(&server, "node-x").await;
     let api: Api<Lease> = Api::namespaced(client, "default");
     api.create(&PostParams::default(), &lease("l1", "node-x"))
         .await
@@ -1150,13 +1159,8 @@ async fn next(
 async fn watcher_sees_outage_and_resumes_after_it() {
     use kube::runtime::watcher;
     let server = ApiServer::new();
-    let (addr, _task) = server.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let kc = ApiServer::kubeconfig(&format!("http://{addr}"), "watcher");
-    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&kc).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let (client, _task) = http_client(&server, "watcher").await;
+    let api: Api<Lease> = Api::namespaced(client, "default");
     let writer: Api<Lease> = Api::namespaced(server.client_as("writer"), "default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = watcher(api, watcher::Config::default());
