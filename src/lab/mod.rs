@@ -466,16 +466,9 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
     let within = Duration::from_secs(30);
     // First a crash (SIGKILL), then a graceful stop (SIGTERM); the stopped agent comes back.
     for signal in ["KILL", "TERM"] {
-        let f = tokio::task::block_in_place(|| failover(&mut c, vip, signal, within))?;
+        let f = failover_and_restart(&mut c, vip, signal, within)?;
         say_failover(&say, &f);
-        let stopped = c
-            .topo
-            .nodes
-            .iter()
-            .position(|n| n.name == f.from)
-            .unwrap_or(0);
         report.failovers.push(f);
-        c.start_agent(stopped)?;
     }
     say.line("");
     say.line(format!(
@@ -531,6 +524,25 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
     Ok(report)
 }
 
+/// One failover of `vip` by stopping its holder's agent with `signal`; the stopped agent is
+/// started again afterwards.
+fn failover_and_restart(
+    c: &mut Cluster,
+    vip: IpAddr,
+    signal: &str,
+    within: Duration,
+) -> anyhow::Result<Failover> {
+    let f = tokio::task::block_in_place(|| failover(c, vip, signal, within))?;
+    let stopped = c
+        .topo
+        .nodes
+        .iter()
+        .position(|n| n.name == f.from)
+        .unwrap_or(0);
+    c.start_agent(stopped)?;
+    Ok(f)
+}
+
 fn say_failover(say: &Say, f: &Failover) {
     say.line(format!(
         "      {}: {} -> {} answers after {:.2} s (gratuitous ARP seen by the client: {})",
@@ -556,14 +568,7 @@ async fn measure(
     let within = Duration::from_secs(30);
     for i in 0..args.repeat {
         for sig in ["KILL", "TERM"] {
-            let f = tokio::task::block_in_place(|| failover(c, vip, sig, within))?;
-            let idx = c
-                .topo
-                .nodes
-                .iter()
-                .position(|n| n.name == f.from)
-                .unwrap_or(0);
-            c.start_agent(idx)?;
+            let f = failover_and_restart(c, vip, sig, within)?;
             if sig == "KILL" {
                 m.crash_ms.push(f.millis);
             } else {
