@@ -20,3 +20,12 @@ pub mod telemetry;
 
 /// Exit code of a subcommand; errors are reported by `main`.
 pub type CmdResult = anyhow::Result<std::process::ExitCode>;
+
+/// Sleeps until `t`, or forever when there is nothing to wait for (a `select!` branch for an
+/// optional deadline).
+pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -421,13 +421,6 @@ impl Agent {
 /// The longest a watch event waits for its recompute (the pacing's upper bound).
 const MAX_RECOMPUTE_PAUSE: Duration = Duration::from_secs(2);
 
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> crate::CmdResult {
     let engine_options = args.engine_options()?;
@@ -557,7 +550,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     .min(MAX_RECOMPUTE_PAUSE);
                 recompute_at = Some(tokio::time::Instant::now() + pause);
             }
-            _ = sleep_until_opt(recompute_at) => {
+            _ = crate::sleep_until_opt(recompute_at) => {
                 recompute_at = None;
                 let t = tokio::time::Instant::now();
                 agent.recompute();

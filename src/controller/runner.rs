@@ -327,8 +327,8 @@ impl Controller {
                     }
                     None => return Err(Error::WatchEnded("loadbalancerippools")),
                 },
-                _ = sleep_until_opt(next_retry) => retries.fire(&mut state),
-                _ = sleep_until_opt(pool_due) => {}
+                _ = crate::sleep_until_opt(next_retry) => retries.fire(&mut state),
+                _ = crate::sleep_until_opt(pool_due) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)), if wake_soon => {}
             }
             if feeds.synced() && !ctx.health.is_ready() {
@@ -340,13 +340,6 @@ impl Controller {
         ctx.metrics.is_leader.set(0);
         election.shutdown().await;
         Ok(())
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

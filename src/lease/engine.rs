@@ -1043,7 +1043,7 @@ async fn run(
                     break;
                 }
             },
-            _ = sleep_until_opt(next) => {
+            _ = crate::sleep_until_opt(next) => {
                 let now = Instant::now();
                 let mut due: Vec<String> = Vec::new();
                 while let Some((t, _)) = eng.timers.first() {
@@ -1125,13 +1125,6 @@ impl Iterator for WatchBackoff {
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.cur = self.min;
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
