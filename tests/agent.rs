@@ -225,7 +225,14 @@ fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::R
         // The policy status was written once per policy, by one agent, not by every agent.
         let status_writes = c.api_requests("update", "l2announcementpolicies")?;
         eprintln!("policy status writes: {status_writes}");
-        assert_eq!(status_writes, 2.0);
+        let by_client: Vec<String> = c
+            .api()
+            .text("/metrics")?
+            .lines()
+            .filter(|l| l.contains("resource=\"l2announcementpolicies\""))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(status_writes, 2.0, "{by_client:#?}");
 
         // Still exactly one station, and never n3.
         let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;

@@ -13,7 +13,7 @@
 //! - SIGTERM/SIGINT: stop answering first, then release every held lease (so another node takes
 //!   over at once), then exit 0.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,6 +162,16 @@ struct Agent {
     last_recompute: Duration,
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: (tokio::time::Instant, u32),
+    /// Policy name → the resourceVersion a status write of ours was based on. Until the watch
+    /// brings a newer object, recomputes see the old one and must not write it again (the second
+    /// write could only end in a 409). Cleared on a failed write so the next recompute retries.
+    status_written: Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+/// Locks a mutex, taking over a poisoned one (the map it guards stays consistent: one insert or
+/// remove per critical section).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// At most this many Events per second (a node taking over thousands of addresses at once must
@@ -239,7 +249,7 @@ impl Agent {
 
     /// Writes the `Valid` condition of the policies this node is the designated writer for.
     fn write_policy_statuses(
-        &self,
+        &mut self,
         policies: &[&L2AnnouncementPolicy],
         nodes: &[&Node],
         desired: &Desired,
@@ -265,9 +275,20 @@ impl Agent {
             if report::condition_current(p, &cond) {
                 continue;
             }
+            let rv = p.metadata.resource_version.clone().unwrap_or_default();
+            {
+                let mut written = lock(&self.status_written);
+                if written.get(name) == Some(&rv) {
+                    // Our write based on this very object is in flight or done: wait for the
+                    // watch to bring its result.
+                    continue;
+                }
+                written.insert(name.to_string(), rv);
+            }
             let updated = report::with_condition(p, cond);
             let client = self.client.clone();
             let metrics = self.metrics.clone();
+            let written = self.status_written.clone();
             let name = name.to_string();
             tokio::spawn(async move {
                 match report::write_policy_status(&client, &updated).await {
@@ -276,6 +297,7 @@ impl Agent {
                         debug!(policy = %name, "policy status: stale, the watch will bring the new object")
                     }
                     Err(e) => {
+                        lock(&written).remove(&name);
                         metrics
                             .api_errors
                             .with_label_values(&["policy_status"])
@@ -505,6 +527,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         last: Desired::default(),
         warned_no_node: false,
         synced: false,
+        status_written: Arc::default(),
         last_recompute: Duration::ZERO,
         event_window: (tokio::time::Instant::now(), 0),
         client,
