@@ -389,6 +389,15 @@ impl Cluster {
         Ok(parse_request_counters(&body))
     }
 
+    /// Agent `i`'s Prometheus text, fetched with curl from the client namespace (the agents
+    /// serve metrics on their node address, inside the segment).
+    pub fn agent_metrics(&self, i: usize) -> anyhow::Result<String> {
+        let url = format!("http://{}:9100/metrics", self.topo.nodes[i].ipv4);
+        self.topo
+            .client()
+            .exec("curl", &["-sf", "--max-time", "5", &url])
+    }
+
     /// Switches a fault on the stand-in (its admin endpoint); `None` clears all faults.
     pub async fn fault(&self, spec: Option<serde_json::Value>) -> anyhow::Result<()> {
         let (code, body) = match spec {

@@ -106,6 +106,11 @@ pub struct Measurements {
     /// Agents' resident memory at the end of the steady window (peak includes start-up bursts).
     pub agent_rss_kib: Vec<u64>,
     pub controller_peak_rss_kib: Vec<u64>,
+    /// Address leases each agent held when the figures were taken (`ferrolb_agent_leases_held`).
+    pub agent_leases_held: Vec<u64>,
+    /// Seconds from the first create until every address lease had a holder (None: not reached
+    /// within the wait; the figures are then taken at whatever was held).
+    pub all_held_after_s: Option<f64>,
     pub arp_ours_median_ms: f64,
     pub arp_kernel_median_ms: f64,
 }
@@ -463,7 +468,7 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
     }
     let vip = vips[0].1[0];
     say.line(format!("[6/6] failover of {vip}"));
-    let within = Duration::from_secs(30);
+    let within = failover_wait(&args);
     // First a crash (SIGKILL), then a graceful stop (SIGTERM); the stopped agent comes back.
     for signal in ["KILL", "TERM"] {
         let f = failover_and_restart(&mut c, vip, signal, within)?;
@@ -565,7 +570,7 @@ async fn measure(
         "[measure] {} crash and {} graceful failovers",
         args.repeat, args.repeat
     ));
-    let within = Duration::from_secs(30);
+    let within = failover_wait(args);
     for i in 0..args.repeat {
         for sig in ["KILL", "TERM"] {
             let f = failover_and_restart(c, vip, sig, within)?;
@@ -632,7 +637,42 @@ async fn measure(
         "      all {s} Services have their address {:.1} s after the first create",
         started.elapsed().as_secs_f64()
     ));
-    // Let every lease settle (acquired and renewed at least once), then count over a window.
+    // Every address has a lease of its own: wait until the agents hold all of them (their own
+    // gauges), so memory is taken with every address announced somewhere.
+    let held_wait = Duration::from_secs(120 + s as u64 / 10);
+    let wait_start = Instant::now();
+    let mut last_line = wait_start;
+    loop {
+        let held = agents_held(c);
+        let total: u64 = held.iter().sum();
+        if total as usize >= s {
+            m.all_held_after_s = Some(started.elapsed().as_secs_f64());
+            say.clear();
+            say.line(format!(
+                "      all {s} address leases held {:.1} s after the first create ({held:?} per agent)",
+                started.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if wait_start.elapsed() > held_wait {
+            say.clear();
+            say.line(format!(
+                "      only {total} of {s} address leases held after waiting {held_wait:?} ({held:?} per agent); figures below are at that point"
+            ));
+            break;
+        }
+        if say.tty() {
+            say.progress(&format!("leases held {total}/{s}"), wait_start);
+        } else if last_line.elapsed() >= Duration::from_secs(30) {
+            last_line = Instant::now();
+            say.line(format!(
+                "      leases held {total}/{s} after {:.0} s ({held:?} per agent)",
+                wait_start.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Let every lease be renewed at least once more, then count over a window.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = c.api_requests().await?;
     let window = Duration::from_secs(20);
@@ -664,6 +704,7 @@ async fn measure(
     m.agent_peak_rss_kib = each(&c.agents, procs::Proc::peak_rss_kib);
     m.agent_rss_kib = each(&c.agents, procs::Proc::rss_kib);
     m.controller_peak_rss_kib = each(&c.controllers, procs::Proc::peak_rss_kib);
+    m.agent_leases_held = agents_held(c);
     say.line(format!(
         "      peak RSS: agents {:?} KiB, controllers {:?} KiB; agents' RSS now {:?} KiB",
         m.agent_peak_rss_kib, m.controller_peak_rss_kib, m.agent_rss_kib
@@ -687,10 +728,52 @@ async fn measure(
     Ok(m)
 }
 
+/// How long a failover may take before the lab calls it failed: 30 s, or twice the lease
+/// duration and 10 s more when leases are longer (a crashed holder's lease must expire first).
+fn failover_wait(args: &Args) -> Duration {
+    let lease = crate::lease::parse_duration(&args.lease_duration).unwrap_or_default();
+    (lease * 2 + Duration::from_secs(10)).max(Duration::from_secs(30))
+}
+
+/// `ferrolb_agent_leases_held` of every running agent (0 when its metrics cannot be read).
+fn agents_held(c: &Cluster) -> Vec<u64> {
+    (0..c.agents.len())
+        .filter(|i| c.agents[*i].is_some())
+        .map(|i| {
+            tokio::task::block_in_place(|| c.agent_metrics(i))
+                .ok()
+                .and_then(|t| gauge(&t, "ferrolb_agent_leases_held"))
+                .unwrap_or(0.0) as u64
+        })
+        .collect()
+}
+
+/// The value of an unlabelled gauge in Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_reads_the_unlabelled_sample_only() {
+        let text = "# HELP ferrolb_agent_leases_held x\n\
+                    # TYPE ferrolb_agent_leases_held gauge\n\
+                    ferrolb_agent_leases_held_total 9\n\
+                    ferrolb_agent_leases_held 3412\n";
+        assert_eq!(gauge(text, "ferrolb_agent_leases_held"), Some(3412.0));
+        assert_eq!(gauge(text, "ferrolb_agent_groups_desired"), None);
+    }
 }
