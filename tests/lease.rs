@@ -360,9 +360,9 @@ fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, Desired> {
             (
                 lease_name(&key),
                 Desired {
-                    labels: BTreeMap::from([("ferrolb.io/address".into(), key.replace(':', "-"))]),
-                    annotations: BTreeMap::new(),
-                    candidates: nodes.to_vec(),
+                    labels: vec![("ferrolb.io/address".into(), key.replace(':', "-"))],
+                    annotations: Vec::new(),
+                    candidates: std::sync::Arc::new(nodes.to_vec()),
                 },
             )
         })
@@ -585,8 +585,8 @@ async fn unwanted_leases_are_released_then_garbage_collected_and_shutdown_releas
     let relabelled = want.keys().nth(1).unwrap().clone();
     let mut changed = want.clone();
     if let Some(d) = changed.get_mut(&relabelled) {
-        d.labels = BTreeMap::from([("ferrolb.io/service-count".into(), "2".into())]);
-        d.annotations = BTreeMap::from([("ferrolb.io/services".into(), "a/x,b/y".into())]);
+        d.labels = vec![("ferrolb.io/service-count".into(), "2".into())];
+        d.annotations = vec![("ferrolb.io/services".into(), "a/x,b/y".into())];
     }
     a.set_desired(changed);
     let mut relabelled_ok = false;

@@ -140,15 +140,16 @@ impl fmt::Display for PolicyProblem {
 /// The result of [`compute`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// Every group some node may announce, sorted by key.
-    pub groups: Vec<Group>,
+    /// Every group some node may announce, sorted by key. Shared with the holdings (which keep
+    /// the local ones): one copy per address in the agent, not two.
+    pub groups: Vec<Arc<Group>>,
     /// Problems found in policies, sorted.
     pub problems: Vec<PolicyProblem>,
 }
 
 impl Desired {
     /// The groups this node contends for.
-    pub fn local(&self) -> impl Iterator<Item = &Group> {
+    pub fn local(&self) -> impl Iterator<Item = &Arc<Group>> {
         self.groups.iter().filter(|g| g.eligible_here)
     }
 
@@ -584,14 +585,14 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
                 }
             }
         }
-        groups.push(Group {
+        groups.push(Arc::new(Group {
             key: group_key(&addresses),
             addresses,
             services: service_refs,
             candidates,
             eligible_here: here && !interfaces.is_empty(),
             interfaces,
-        });
+        }));
     }
     groups.sort_by(|a, b| a.key.cmp(&b.key));
     problems.sort();

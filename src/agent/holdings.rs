@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::eligibility::Group;
 
@@ -60,7 +61,7 @@ pub enum ConflictOutcome {
 #[derive(Debug, Clone)]
 pub struct Holdings {
     sticky: bool,
-    desired: BTreeMap<String, Group>,
+    desired: BTreeMap<String, Arc<Group>>,
     state: BTreeMap<String, Hold>,
 }
 
@@ -75,7 +76,10 @@ impl Holdings {
 
     /// Replaces the groups this node contends for (only `eligible_here` ones are kept).
     /// Returns the keys that were dropped while announced or held (stopped at once).
-    pub fn set_desired<'a>(&mut self, groups: impl IntoIterator<Item = &'a Group>) -> Vec<String> {
+    pub fn set_desired<'a>(
+        &mut self,
+        groups: impl IntoIterator<Item = &'a Arc<Group>>,
+    ) -> Vec<String> {
         self.desired = groups
             .into_iter()
             .filter(|g| g.eligible_here)
@@ -142,7 +146,7 @@ impl Holdings {
 
     /// The desired group for `key`.
     pub fn group(&self, key: &str) -> Option<&Group> {
-        self.desired.get(key)
+        self.desired.get(key).map(Arc::as_ref)
     }
 
     /// Keys of the groups this node contends for.
@@ -206,16 +210,16 @@ mod tests {
     use super::super::eligibility::{group_key, ServiceRef};
     use super::*;
 
-    fn group(ips: &[&str], ifaces: &[&str], here: bool) -> Group {
+    fn group(ips: &[&str], ifaces: &[&str], here: bool) -> Arc<Group> {
         let addresses: BTreeSet<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
-        Group {
+        Arc::new(Group {
             key: group_key(&addresses),
             addresses,
             services: [ServiceRef::new("default", "web")].into(),
             candidates: std::sync::Arc::new(vec!["n1".into(), "n2".into()]),
             interfaces: ifaces.iter().map(|s| (*s).to_string()).collect(),
             eligible_here: here,
-        }
+        })
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

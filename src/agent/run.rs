@@ -135,7 +135,7 @@ fn lease_desired(g: &eligibility::Group) -> lease::Desired {
     lease::Desired {
         labels,
         annotations,
-        candidates: g.candidates.as_ref().clone(),
+        candidates: g.candidates.clone(),
     }
 }
 

@@ -60,7 +60,7 @@ impl LeaderElector {
         set.set_desired(BTreeMap::from([(
             name.to_string(),
             Desired {
-                labels,
+                labels: labels.into_iter().collect(),
                 ..Desired::default()
             },
         )]));

@@ -32,14 +32,16 @@ use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAI
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     /// Labels to put on the Lease (e.g. which Services it serves; values ≤ 63 chars). Merged over
-    /// the object's labels on create and on every write by the holder.
-    pub labels: BTreeMap<String, String>,
+    /// the object's labels on create and on every write by the holder. Pairs, not a map: an
+    /// agent keeps one `Desired` per address, and a map's node costs ~0.5 KiB even for 3 keys.
+    /// A key given twice: the last one wins.
+    pub labels: super::Pairs,
     /// Annotations (long lists, e.g. every Service namespace/name the address serves).
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: super::Pairs,
     /// Nodes eligible for this lease, including this one. Used for the rendezvous rank (this
     /// node waits `min(rank, MAX_RANK_WAIT) × rank_step` before taking a free lease).
-    /// Empty: no wait.
-    pub candidates: Vec<String>,
+    /// Empty: no wait. Shared: many addresses have the same list.
+    pub candidates: Arc<Vec<String>>,
 }
 
 /// A change of this node's standing on one lease.
@@ -681,7 +683,7 @@ impl Engine {
         self.in_flight += 1;
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
-        let annotations = desired.annotations;
+        let annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
         let writer = self.writer.clone();
         let tx = self.done_tx.clone();
         let stats = self.stats.clone();
@@ -877,7 +879,7 @@ impl Engine {
     }
 
     fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
-        let cands: BTreeMap<String, Vec<String>> = desired
+        let cands: BTreeMap<String, Arc<Vec<String>>> = desired
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
             .collect();
@@ -889,15 +891,12 @@ impl Engine {
             desired.insert(
                 p.clone(),
                 Desired {
-                    labels: BTreeMap::from([(
+                    labels: vec![(
                         super::LABEL_ROLE.to_string(),
                         super::ROLE_PRESENCE.to_string(),
-                    )]),
-                    annotations: BTreeMap::from([(
-                        super::ANN_NODE.to_string(),
-                        self.opts.identity.clone(),
-                    )]),
-                    candidates: Vec::new(),
+                    )],
+                    annotations: vec![(super::ANN_NODE.to_string(), self.opts.identity.clone())],
+                    candidates: Arc::default(),
                 },
             );
         }

@@ -235,33 +235,30 @@ pub const ANN_SERVICES: &str = "ferrolb.io/services";
 /// Annotation: the addresses a lease stands for (the lease key), as given.
 pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
 
+/// Labels or annotations as `(key, value)` pairs.
+pub type Pairs = Vec<(String, String)>;
+
 /// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
 /// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
-/// into annotations.
-pub fn describe(
-    key: &str,
-    services: &[String],
-) -> (
-    std::collections::BTreeMap<String, String>,
-    std::collections::BTreeMap<String, String>,
-) {
+/// into annotations. Returned as `(key, value)` pairs (see [`Desired`]).
+pub fn describe(key: &str, services: &[String]) -> (Pairs, Pairs) {
     let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
     svcs.sort_unstable();
     svcs.dedup();
-    let mut labels = std::collections::BTreeMap::new();
-    labels.insert(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string());
+    let mut labels = vec![(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string())];
     if let [one] = svcs.as_slice() {
         if let Some((ns, name)) = one.split_once('/') {
             // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
             if is_label_value(ns) && is_label_value(name) {
-                labels.insert(LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string());
-                labels.insert(LABEL_SERVICE_NAME.to_string(), name.to_string());
+                labels.push((LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string()));
+                labels.push((LABEL_SERVICE_NAME.to_string(), name.to_string()));
             }
         }
     }
-    let mut annotations = std::collections::BTreeMap::new();
-    annotations.insert(ANN_SERVICES.to_string(), svcs.join(","));
-    annotations.insert(ANN_ADDRESSES.to_string(), key.to_string());
+    let annotations = vec![
+        (ANN_SERVICES.to_string(), svcs.join(",")),
+        (ANN_ADDRESSES.to_string(), key.to_string()),
+    ];
     (labels, annotations)
 }
 
@@ -286,9 +283,9 @@ pub fn is_label_value(v: &str) -> bool {
 /// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
 /// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
 /// candidate list ranks everyone 0 (no ordering).
-pub fn balanced_ranks(
+pub fn balanced_ranks<C: AsRef<Vec<String>>>(
     me: &str,
-    leases: &std::collections::BTreeMap<String, Vec<String>>,
+    leases: &std::collections::BTreeMap<String, C>,
 ) -> std::collections::BTreeMap<String, usize> {
     balanced_assignment(me, leases)
         .into_iter()
@@ -297,15 +294,15 @@ pub fn balanced_ranks(
 }
 
 /// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
-pub fn balanced_assignment(
+pub fn balanced_assignment<C: AsRef<Vec<String>>>(
     me: &str,
-    leases: &std::collections::BTreeMap<String, Vec<String>>,
+    leases: &std::collections::BTreeMap<String, C>,
 ) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut share: HashMap<&str, f64> = HashMap::new();
     let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, cands) in leases {
-        let set: BTreeSet<&str> = cands.iter().map(String::as_str).collect();
+        let set: BTreeSet<&str> = cands.as_ref().iter().map(String::as_str).collect();
         if set.is_empty() {
             continue;
         }
@@ -343,7 +340,7 @@ pub fn balanced_assignment(
                 .position(|n| *n == me)
             {
                 Some(p) => p + 1,
-                None => cands.len(),
+                None => cands.as_ref().len(),
             }
         };
         out.insert(name.clone(), (rank, Some(chosen.to_string())));
@@ -478,13 +475,21 @@ mod tests {
 
     #[test]
     fn describe_keeps_labels_valid() {
+        let map = |v: Vec<(String, String)>| -> std::collections::BTreeMap<String, String> {
+            let n = v.len();
+            let m: std::collections::BTreeMap<_, _> = v.into_iter().collect();
+            assert_eq!(m.len(), n, "a key given twice");
+            m
+        };
         let (l, a) = describe("198.51.100.7", &["demo/web".into(), "demo/web".into()]);
+        let (l, a) = (map(l), map(a));
         assert_eq!(l[LABEL_SERVICE_COUNT], "1");
         assert_eq!(l[LABEL_SERVICE_NAME], "web");
         assert_eq!(l[LABEL_SERVICE_NAMESPACE], "demo");
         assert_eq!(a[ANN_SERVICES], "demo/web");
         let many: Vec<String> = (0..40).map(|i| format!("team-{i}/dns-{i}")).collect();
         let (l, a) = describe("198.51.100.8", &many);
+        let (l, a) = (map(l), map(a));
         assert_eq!(l[LABEL_SERVICE_COUNT], "40");
         assert!(!l.contains_key(LABEL_SERVICE_NAME));
         assert!(l.values().all(|v| is_label_value(v)));
