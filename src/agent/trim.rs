@@ -60,7 +60,9 @@ pub fn service(s: &mut Service) {
 
 /// An EndpointSlice: its Service label and the ready endpoints, each by node name — or, lacking
 /// one, by its addresses (eligibility matches those against node addresses and pod CIDRs).
-/// Endpoints that are not ready are dropped: eligibility skips them.
+/// Endpoints that are not ready are dropped: eligibility skips them. Eligibility only asks
+/// which nodes have a ready endpoint, so pods on the same node collapse into one entry (a slice
+/// of 100 pods on 3 nodes keeps 3), and the list gives back the capacity it no longer uses.
 pub fn endpoint_slice(e: &mut EndpointSlice) {
     meta(&mut e.metadata);
     e.metadata.labels = e.metadata.labels.take().map(|mut l| {
@@ -69,7 +71,8 @@ pub fn endpoint_slice(e: &mut EndpointSlice) {
     });
     e.ports = None;
     e.endpoints = e.endpoints.take().map(|eps| {
-        eps.into_iter()
+        let mut eps = eps
+            .into_iter()
             .filter(|ep| ep.conditions.as_ref().and_then(|c| c.ready) != Some(false))
             .map(|ep| {
                 let node_name = ep.node_name.filter(|n| !n.is_empty());
@@ -83,7 +86,12 @@ pub fn endpoint_slice(e: &mut EndpointSlice) {
                     ..Default::default()
                 }
             })
-            .collect()
+            .collect::<Vec<_>>();
+        eps.sort_by(|a, b| (&a.node_name, &a.addresses).cmp(&(&b.node_name, &b.addresses)));
+        eps.dedup_by(|a, b| a.node_name == b.node_name && a.addresses == b.addresses);
+        // `collect` above reuses the original list's buffer: give the rest back.
+        eps.shrink_to_fit();
+        eps
     });
 }
 
@@ -244,12 +252,46 @@ mod tests {
         assert_eq!(e.address_type, "IPv4");
         let eps = e.endpoints.as_ref().expect("endpoints");
         assert_eq!(eps.len(), 2, "the endpoint that is not ready is dropped");
-        assert_eq!(eps[0].node_name.as_deref(), Some("n2"));
+        // Sorted by node name, endpoints without one first.
+        assert_eq!(eps[0].node_name, None);
+        assert_eq!(eps[0].addresses, vec!["10.244.3.7".to_string()]);
+        assert_eq!(eps[1].node_name.as_deref(), Some("n2"));
         assert!(
-            eps[0].addresses.is_empty() && eps[0].zone.is_none() && eps[0].target_ref.is_none()
+            eps[1].addresses.is_empty() && eps[1].zone.is_none() && eps[1].target_ref.is_none()
         );
-        assert_eq!(eps[1].node_name, None);
-        assert_eq!(eps[1].addresses, vec!["10.244.3.7".to_string()]);
+    }
+
+    #[test]
+    fn endpoints_on_one_node_collapse_into_one() {
+        // 60 ready pods over three nodes, 6 of them not ready, 4 without a node name (two with
+        // the same address).
+        let mut eps: Vec<serde_json::Value> = (0..60)
+            .map(|i| {
+                serde_json::json!({"addresses": [format!("10.244.{}.{}", i % 3, i)],
+                    "conditions": {"ready": i % 10 != 0}, "nodeName": format!("n{}", i % 3)})
+            })
+            .collect();
+        for a in ["10.244.9.1", "10.244.9.1", "10.244.9.2", "10.244.9.3"] {
+            eps.push(serde_json::json!({"addresses": [a]}));
+        }
+        let mut e: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "demo",
+                         "labels": {LABEL_SERVICE_NAME_SLICE: "web"}},
+            "addressType": "IPv4", "endpoints": eps
+        }))
+        .expect("valid EndpointSlice");
+        endpoint_slice(&mut e);
+        let eps = e.endpoints.expect("endpoints");
+        let nodes: Vec<Option<&str>> = eps.iter().map(|ep| ep.node_name.as_deref()).collect();
+        assert_eq!(
+            nodes,
+            [None, None, None, Some("n0"), Some("n1"), Some("n2")],
+            "{eps:?}"
+        );
+        let addrs: Vec<&str> = eps[..3].iter().map(|ep| ep.addresses[0].as_str()).collect();
+        assert_eq!(addrs, ["10.244.9.1", "10.244.9.2", "10.244.9.3"]);
+        assert!(eps.capacity() < 10, "capacity {} kept", eps.capacity());
     }
 
     #[test]
