@@ -768,6 +768,33 @@ async fn graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait() {
     let took = t0.elapsed();
     eprintln!("graceful takeover from the preferred node after {took:?}");
     assert!(took < Duration::from_millis(1500), "{took:?}");
+    // The new holder wrote from the watched record (it keeps no copy of leases it does not
+    // hold): the lease still says what it serves and who manages it.
+    let lease = get_lease(&api, &name).await.expect("lease");
+    let labels = lease.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("ferrolb.io/address").map(String::as_str),
+        Some("198.51.100.0"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("ferrolb"),
+        "{labels:?}"
+    );
+    let spec = lease.spec.expect("spec");
+    let new_holder = spec.holder_identity.expect("a holder");
+    assert!(
+        others.iter().any(|i| nodes[*i] == new_holder),
+        "{new_holder}"
+    );
+    assert_eq!(
+        spec.lease_transitions,
+        Some(1),
+        "one transition: the takeover"
+    );
     for s in sets.into_iter().flatten() {
         s.abort();
     }
