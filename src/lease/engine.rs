@@ -1000,7 +1000,7 @@ async fn run(
     };
     // Reconnect quickly after an outage (≤ 2 s): stale observations cost 409s and late takeovers.
     let backoff = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    // The engine keeps the last object of every watched lease (the base of the next PUT);
+    // The engine keeps the last object of every lease it holds (the base of its renewals);
     // `managedFields` is most of a Lease's size and our PUTs leave it out anyway.
     let mut stream = watcher(api, wcfg)
         .backoff(backoff)
