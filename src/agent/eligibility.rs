@@ -112,12 +112,15 @@ pub struct Group {
     /// Canonical address set: the addresses sorted (IPv4 before IPv6), comma-separated.
     pub key: String,
     pub addresses: BTreeSet<IpAddr>,
-    pub services: BTreeSet<ServiceRef>,
+    /// The Services served, sorted, without duplicates (a list: usually one, and an agent keeps
+    /// a group per address of the cluster — a set's node would cost ≈ 0.5 KiB each).
+    pub services: Vec<ServiceRef>,
     /// Nodes that may hold this group's lease, sorted by name (the rendezvous candidates).
     /// Shared between groups with the same list.
     pub candidates: Arc<Vec<String>>,
     /// Interfaces this node would announce on (empty when this node is not a candidate).
-    pub interfaces: BTreeSet<String>,
+    /// Shared between groups with the same set.
+    pub interfaces: Arc<BTreeSet<String>>,
     /// This node contends for the lease: it is a candidate and has at least one interface.
     pub eligible_here: bool,
 }
@@ -538,13 +541,17 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     }
 
     let mut candidate_cache: BTreeMap<Vec<Signature<'_>>, Arc<Vec<String>>> = BTreeMap::new();
+    let mut interface_cache: BTreeMap<BTreeSet<String>, Arc<BTreeSet<String>>> = BTreeMap::new();
     let mut groups = Vec::with_capacity(grouped.len());
     for members in grouped.values() {
         let addresses: BTreeSet<IpAddr> = members.iter().map(|p| p.address).collect();
-        let service_refs: BTreeSet<ServiceRef> = members
+        let mut service_refs: Vec<ServiceRef> = members
             .iter()
             .map(|p| services[p.service].1.clone())
             .collect();
+        service_refs.sort();
+        service_refs.dedup();
+        service_refs.shrink_to_fit();
         let node_ok = |ni: usize| {
             members.iter().all(|pair| {
                 pair.policies.iter().any(|&pi| selects[pi][ni])
@@ -585,12 +592,17 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
                 }
             }
         }
+        let eligible_here = here && !interfaces.is_empty();
+        let interfaces = interface_cache
+            .entry(interfaces)
+            .or_insert_with_key(|set| Arc::new(set.clone()))
+            .clone();
         groups.push(Arc::new(Group {
             key: group_key(&addresses),
             addresses,
             services: service_refs,
             candidates,
-            eligible_here: here && !interfaces.is_empty(),
+            eligible_here,
             interfaces,
         }));
     }
@@ -870,9 +882,9 @@ mod tests {
             .compute();
         assert_eq!(keys(&d), ["198.51.100.10"]);
         let g = &d.groups[0];
-        assert_eq!(g.services, [ServiceRef::new("default", "web")].into());
+        assert_eq!(g.services, [ServiceRef::new("default", "web")]);
         assert_eq!(g.candidates.as_slice(), ["n1", "n2", "n3"]);
-        assert_eq!(g.interfaces, set(&["eth0"]));
+        assert_eq!(*g.interfaces, set(&["eth0"]));
         assert!(g.eligible_here);
         assert!(d.problems.is_empty());
     }
@@ -1010,7 +1022,7 @@ mod tests {
             .policy(policy("p").interfaces(&["eth[0-9]+", "ens"]))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].interfaces, set(&["eth0", "eth1"]));
+        assert_eq!(*d.groups[0].interfaces, set(&["eth0", "eth1"]));
     }
 
     #[test]
@@ -1020,7 +1032,7 @@ mod tests {
             .policy(policy("p"))
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
-        assert_eq!(d.groups[0].interfaces, set(&["ens3", "eth0"]));
+        assert_eq!(*d.groups[0].interfaces, set(&["ens3", "eth0"]));
     }
 
     #[test]
@@ -1044,7 +1056,7 @@ mod tests {
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups.len(), 1);
-        assert_eq!(d.groups[0].interfaces, set(&["eth0", "eth2"]));
+        assert_eq!(*d.groups[0].interfaces, set(&["eth0", "eth2"]));
     }
 
     #[test]
@@ -1057,7 +1069,7 @@ mod tests {
             .service(svc("default", "web").lb(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
-        assert_eq!(d.groups[0].interfaces, set(&["eth0"]));
+        assert_eq!(*d.groups[0].interfaces, set(&["eth0"]));
     }
 
     #[test]
@@ -1078,8 +1090,16 @@ mod tests {
                 ServiceRef::new("default", "dns-tcp"),
                 ServiceRef::new("default", "dns-udp")
             ]
-            .into()
         );
+        // Groups with the same candidates and interfaces share one copy of each.
+        assert!(Arc::ptr_eq(
+            &d.groups[0].interfaces,
+            &d.groups[1].interfaces
+        ));
+        assert!(Arc::ptr_eq(
+            &d.groups[0].candidates,
+            &d.groups[1].candidates
+        ));
     }
 
     #[test]
@@ -1191,7 +1211,7 @@ mod tests {
         assert_eq!(d.problems[0].field, "spec.interfaces[0]");
         assert!(d.problems[0].message.contains("eth("), "{:?}", d.problems);
         // The valid regex still works.
-        assert_eq!(d.groups[0].interfaces, set(&["eth1"]));
+        assert_eq!(*d.groups[0].interfaces, set(&["eth1"]));
 
         let all_bad = world("n1")
             .policy(policy("p").interfaces(&["[", "(?P<"]))

@@ -217,7 +217,7 @@ mod tests {
             addresses,
             services: [ServiceRef::new("default", "web")].into(),
             candidates: std::sync::Arc::new(vec!["n1".into(), "n2".into()]),
-            interfaces: ifaces.iter().map(|s| (*s).to_string()).collect(),
+            interfaces: Arc::new(ifaces.iter().map(|s| (*s).to_string()).collect()),
             eligible_here: here,
         })
     }
