@@ -101,6 +101,8 @@ pub struct Measurements {
     pub steady_api_requests_per_s: f64,
     pub steady_api_reads_per_s: f64,
     pub steady_window_s: f64,
+    /// The agents' requests per second in the steady window by (verb, resource), busiest first.
+    pub steady_requests_by_kind: Vec<(String, String, f64)>,
     pub addresses: usize,
     pub agent_peak_rss_kib: Vec<u64>,
     /// Agents' resident memory at the end of the steady window (peak includes start-up bursts).
@@ -692,12 +694,19 @@ async fn measure(
     m.addresses = s;
     m.steady_api_requests_per_s = (total(&after, false) - total(&before, false)) / secs;
     m.steady_api_reads_per_s = (total(&after, true) - total(&before, true)) / secs;
+    m.steady_requests_by_kind = requests_by_kind(&before, &after, secs);
     say.line(format!(
         "      agents: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
         m.steady_api_requests_per_s,
         m.steady_api_requests_per_s * 1000.0 / s as f64,
         m.steady_api_reads_per_s
     ));
+    let kinds: Vec<String> = m
+        .steady_requests_by_kind
+        .iter()
+        .map(|(verb, resource, r)| format!("{verb} {resource} {r:.1}/s"))
+        .collect();
+    say.line(format!("      by kind: {}", kinds.join(", ")));
     let each = |procs: &[Option<procs::Proc>], read: fn(&procs::Proc) -> Option<u64>| -> Vec<u64> {
         procs.iter().flatten().filter_map(read).collect()
     };
@@ -726,6 +735,30 @@ async fn measure(
         m.arp_ours_median_ms / m.arp_kernel_median_ms.max(1e-9)
     ));
     Ok(m)
+}
+
+/// The agents' (clients named `node…`) request rates between two counter readings, by
+/// (verb, resource), busiest first; kinds without requests in the window are left out.
+fn requests_by_kind(
+    before: &[(String, String, String, f64)],
+    after: &[(String, String, String, f64)],
+    secs: f64,
+) -> Vec<(String, String, f64)> {
+    let mut delta: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for (sign, v) in [(-1.0, before), (1.0, after)] {
+        for (verb, resource, client, n) in v {
+            if client.starts_with("node") {
+                *delta.entry((verb.clone(), resource.clone())).or_default() += sign * n;
+            }
+        }
+    }
+    let mut out: Vec<(String, String, f64)> = delta
+        .into_iter()
+        .filter(|(_, d)| *d > 0.0)
+        .map(|((verb, resource), d)| (verb, resource, d / secs.max(1e-9)))
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out
 }
 
 /// How long a failover may take before the lab calls it failed: 30 s, or twice the lease
@@ -766,6 +799,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_by_kind_counts_agents_only_busiest_first() {
+        let row = |verb: &str, res: &str, client: &str, n: f64| {
+            (verb.to_string(), res.to_string(), client.to_string(), n)
+        };
+        let before = vec![
+            row("update", "leases", "node1", 100.0),
+            row("update", "leases", "node2", 50.0),
+            row("create", "events", "node1", 10.0),
+            row("patch", "services", "controller-0", 5.0),
+        ];
+        let after = vec![
+            row("update", "leases", "node1", 140.0),
+            row("update", "leases", "node2", 70.0),
+            row("create", "events", "node1", 10.0),
+            row("create", "events", "node3", 4.0),
+            row("patch", "services", "controller-0", 500.0),
+        ];
+        let got = requests_by_kind(&before, &after, 2.0);
+        assert_eq!(
+            got,
+            vec![
+                ("update".to_string(), "leases".to_string(), 30.0),
+                ("create".to_string(), "events".to_string(), 2.0),
+            ]
+        );
+    }
 
     #[test]
     fn gauge_reads_the_unlabelled_sample_only() {
