@@ -294,31 +294,21 @@ impl Controller {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 _ = election.changed() => {}
-                ev = feeds.services.next() => match ev {
-                    Some(Ok(ev)) => {
-                        on_service_event(&mut state, &mut feeds, ev);
-                        // Take what else has already arrived before writing: a burst of
-                        // Service events becomes one batch of concurrent writes, not one
-                        // round trip per event.
-                        for _ in 0..MAX_EVENTS_PER_ROUND {
-                            match feeds.services.next().now_or_never() {
-                                Some(Some(Ok(ev))) => on_service_event(&mut state, &mut feeds, ev),
-                                Some(Some(Err(e))) => {
-                                    count_error(&ctx, "watch_services");
-                                    tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
-                                    break;
-                                }
-                                Some(None) => return Err(Error::WatchEnded("services")),
-                                None => break,
-                            }
+                ev = feeds.services.next() => {
+                    // Take what else has already arrived before writing: a burst of Service
+                    // events becomes one batch of concurrent writes, not one round trip per
+                    // event.
+                    let mut more = on_services_item(&ctx, &mut state, &mut feeds, ev)?;
+                    for _ in 0..MAX_EVENTS_PER_ROUND {
+                        if !more {
+                            break;
                         }
+                        let Some(ev) = feeds.services.next().now_or_never() else {
+                            break;
+                        };
+                        more = on_services_item(&ctx, &mut state, &mut feeds, ev)?;
                     }
-                    Some(Err(e)) => {
-                        count_error(&ctx, "watch_services");
-                        tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
-                    }
-                    None => return Err(Error::WatchEnded("services")),
-                },
+                }
                 ev = feeds.pools.next() => match ev {
                     Some(Ok(ev)) => on_pool_event(&mut state, &mut feeds, ev),
                     Some(Err(e)) => {
@@ -340,6 +330,29 @@ impl Controller {
         ctx.metrics.is_leader.set(0);
         election.shutdown().await;
         Ok(())
+    }
+}
+
+/// One item of the Services watch: an event goes to the state (`Ok(true)`: more may be taken
+/// at once), an error is counted and logged (`Ok(false)`: the watcher retries with backoff), the
+/// end of the stream ends the controller.
+fn on_services_item(
+    ctx: &Context,
+    state: &mut State,
+    feeds: &mut Feeds,
+    item: Option<std::result::Result<Event<Service>, watcher::Error>>,
+) -> Result<bool> {
+    match item {
+        Some(Ok(ev)) => {
+            on_service_event(state, feeds, ev);
+            Ok(true)
+        }
+        Some(Err(e)) => {
+            count_error(ctx, "watch_services");
+            tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
+            Ok(false)
+        }
+        None => Err(Error::WatchEnded("services")),
     }
 }
 
