@@ -675,10 +675,11 @@ impl Engine {
     }
 
     fn spawn(&mut self, name: &str, op: Op, used_rv: Option<String>, desired: Desired) {
+        let slot_free = self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
-        if self.in_flight >= self.opts.max_concurrent_writes.max(1) {
+        if !slot_free {
             // Every slot is taken (a burst of creates, a slow API server): wait in line rather
             // than as a task holding a copy of the lease, its labels and a client each.
             if !e.queued {
@@ -784,9 +785,14 @@ impl Engine {
         self.drain_queue(now);
     }
 
+    /// Fewer than `max_concurrent_writes` (at least one) writes are in flight.
+    fn write_slot_free(&self) -> bool {
+        self.in_flight < self.opts.max_concurrent_writes.max(1)
+    }
+
     /// Gives free write slots to queued leases, renewals and releases first.
     fn drain_queue(&mut self, now: Instant) {
-        while self.in_flight < self.opts.max_concurrent_writes.max(1) {
+        while self.write_slot_free() {
             let Some(name) = self
                 .queue_urgent
                 .pop_front()
