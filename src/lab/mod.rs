@@ -682,19 +682,18 @@ async fn measure(
     tokio::time::sleep(window).await;
     let after = c.api_requests().await?;
     let secs = t.elapsed().as_secs_f64();
-    let total = |v: &[(String, String, String, f64)], reads: bool| -> f64 {
-        v.iter()
-            .filter(|(verb, _, client, _)| {
-                client.starts_with("node") && (!reads || verb == "get" || verb == "list")
-            })
-            .map(|x| x.3)
-            .sum()
-    };
     m.steady_window_s = secs;
     m.addresses = s;
-    m.steady_api_requests_per_s = (total(&after, false) - total(&before, false)) / secs;
-    m.steady_api_reads_per_s = (total(&after, true) - total(&before, true)) / secs;
     m.steady_requests_by_kind = requests_by_kind(&before, &after, secs);
+    let rate = |reads_only: bool| -> f64 {
+        m.steady_requests_by_kind
+            .iter()
+            .filter(|(verb, _, _)| !reads_only || verb == "get" || verb == "list")
+            .map(|k| k.2)
+            .sum()
+    };
+    m.steady_api_requests_per_s = rate(false);
+    m.steady_api_reads_per_s = rate(true);
     say.line(format!(
         "      agents: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
         m.steady_api_requests_per_s,
