@@ -216,7 +216,7 @@ mod tests {
             key: group_key(&addresses),
             addresses,
             services: [ServiceRef::new("default", "web")].into(),
-            candidates: std::sync::Arc::new(vec!["n1".into(), "n2".into()]),
+            candidates: Arc::new(vec!["n1".into(), "n2".into()]),
             interfaces: Arc::new(ifaces.iter().map(|s| (*s).to_string()).collect()),
             eligible_here: here,
         })

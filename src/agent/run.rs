@@ -249,7 +249,7 @@ impl Agent {
 
     /// Writes the `Valid` condition of the policies this node is the designated writer for.
     fn write_policy_statuses(
-        &mut self,
+        &self,
         policies: &[&L2AnnouncementPolicy],
         nodes: &[&Node],
         desired: &Desired,
