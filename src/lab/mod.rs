@@ -689,8 +689,8 @@ async fn measure(
         m.steady_requests_by_kind
             .iter()
             .filter(|(verb, _, _)| !reads_only || verb == "get" || verb == "list")
-            .map(|k| k.2)
-            .sum()
+            // Not `sum()`: an empty f64 sum is -0.0, printed "-0.00".
+            .fold(0.0, |a, k| a + k.2)
     };
     m.steady_api_requests_per_s = rate(false);
     m.steady_api_reads_per_s = rate(true);
