@@ -9,12 +9,12 @@ use libfuzzer_sys::fuzz_target;
 
 // Included by path at the crate root (ndp.rs refers to `super::arp`).
 #[allow(dead_code)]
-#[path = "../../src/net/arp.rs"]
+#[path = "../../crates/ferrolb/src/net/arp.rs"]
 mod arp;
 #[allow(dead_code)]
-#[path = "../../src/net/ndp.rs"]
+#[path = "../../crates/ferrolb/src/net/ndp.rs"]
 mod ndp;
-#[path = "../../src/net/verdict.rs"]
+#[path = "../../crates/ferrolb/src/net/verdict.rs"]
 mod verdict;
 use verdict::Verdict;
 

@@ -1,0 +1,481 @@
+//! A running lab cluster: the API stand-in, two controllers, one agent and one echo backend per
+//! node, all real `ferrolb` processes inside the segment's namespaces. The lab and the end-to-end
+//! tests drive it through a `kube::Client` over the stand-in's Unix socket.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+
+use super::procs::Proc;
+use super::topo::Topology;
+use super::uds;
+
+/// Lease timings handed to every agent (and the controllers).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub lease_duration: String,
+    pub renew_deadline: String,
+    pub retry_period: String,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_duration: "2s".into(),
+            renew_deadline: "1500ms".into(),
+            retry_period: "250ms".into(),
+        }
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Short tag that keeps namespaces of concurrent labs/tests apart (≤ 5 chars).
+    pub tag: String,
+    pub nodes: usize,
+    pub controllers: usize,
+    pub timings: Timings,
+    /// Extra agent flags (e.g. `--no-sticky`).
+    pub agent_args: Vec<String>,
+    /// The `ferrolb` binary to run.
+    pub exe: PathBuf,
+    /// Where logs, kubeconfigs and the API socket go.
+    pub dir: PathBuf,
+}
+
+impl LabConfig {
+    pub fn new(tag: &str, nodes: usize, exe: PathBuf) -> Self {
+        let dir = std::env::temp_dir().join(format!("ferrolb-lab-{}-{tag}", std::process::id()));
+        LabConfig {
+            tag: tag.into(),
+            nodes,
+            controllers: 2,
+            timings: Timings::default(),
+            agent_args: vec![],
+            exe,
+            dir,
+        }
+    }
+}
+
+/// The running cluster. Dropping it stops every process and removes the namespaces.
+pub struct Cluster {
+    pub cfg: LabConfig,
+    pub client: kube::Client,
+    pub socket: PathBuf,
+    pub agents: Vec<Option<Proc>>,
+    pub controllers: Vec<Option<Proc>>,
+    pub apiserver: Option<Proc>,
+    echoes: Vec<Proc>,
+    // Declared last: dropped after the processes.
+    pub topo: Topology,
+}
+
+const API_PORT: u16 = 6443;
+/// Namespace of the leases.
+pub const SYSTEM_NS: &str = "ferrolb-system";
+
+impl Cluster {
+    /// Builds the segment and starts the API server (with the CRDs), nothing else yet.
+    pub async fn start_api(cfg: LabConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let topo = Topology::build(&cfg.tag, cfg.nodes)?;
+        let socket = cfg.dir.join("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let api_args: Vec<String> = vec![
+            "dev-apiserver".into(),
+            "--listen".into(),
+            format!("{}:{API_PORT}", topo.api_ipv4),
+            "--listen-unix".into(),
+            socket.display().to_string(),
+        ];
+        let apiserver = Proc::spawn(
+            "apiserver",
+            Some(topo.api()),
+            &cfg.exe,
+            &api_args,
+            &[],
+            &cfg.dir.join("apiserver.log"),
+        )?;
+        let client = uds::client(socket.clone());
+        let mut c = Cluster {
+            cfg,
+            client,
+            socket,
+            agents: vec![],
+            controllers: vec![],
+            apiserver: Some(apiserver),
+            echoes: vec![],
+            topo,
+        };
+        c.wait_api(Duration::from_secs(20)).await?;
+        c.install_crds().await?;
+        Ok(c)
+    }
+
+    async fn wait_api(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((code, _)) =
+                uds::request(&self.socket, http::Method::GET, "/version", None).await
+            {
+                if code.is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(p) = self.apiserver.as_mut() {
+                if !p.running() {
+                    bail!("the API server exited:\n{}", p.log_text());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the API server did not answer within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn install_crds(&self) -> anyhow::Result<()> {
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(self.client.clone());
+        for (_, crd) in ferrolb::crds::all() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .context("creating a CRD")?;
+        }
+        Ok(())
+    }
+
+    /// Writes a kubeconfig for `identity` pointing at the API server inside the segment.
+    pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
+        let path = self.cfg.dir.join(format!("{identity}.kubeconfig"));
+        let url = format!("http://{}:{API_PORT}", self.topo.api_ipv4);
+        std::fs::write(&path, kube_standin::ApiServer::kubeconfig(&url, identity))?;
+        Ok(path)
+    }
+
+    /// Creates the Node objects a kubelet would, labelled for the lab's policy.
+    pub async fn create_nodes(&self) -> anyhow::Result<()> {
+        for n in &self.topo.nodes {
+            let node = serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n.name, "labels": {"ferrolb.io/lab": "true", "kubernetes.io/hostname": n.name}},
+                "status": {"addresses": [
+                    {"type": "InternalIP", "address": n.ipv4.to_string()},
+                    {"type": "InternalIP", "address": n.ipv6.to_string()},
+                    {"type": "Hostname", "address": n.name}]}
+            });
+            self.create_json(&node).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates any object given as JSON (kind → resource by the few kinds the lab uses).
+    pub async fn create_json(&self, obj: &serde_json::Value) -> anyhow::Result<()> {
+        let dynobj: DynamicObject = serde_json::from_value(obj.clone())?;
+        let (ar, namespaced) = api_resource(obj)?;
+        let api: Api<DynamicObject> = match (namespaced, dynobj.metadata.namespace.as_deref()) {
+            (true, ns) => Api::namespaced_with(self.client.clone(), ns.unwrap_or("default"), &ar),
+            (false, _) => Api::all_with(self.client.clone(), &ar),
+        };
+        match api.create(&PostParams::default(), &dynobj).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("creating {} {:?}", ar.kind, dynobj.metadata.name))
+            }
+        }
+    }
+
+    /// Applies every document of a multi-document YAML string.
+    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<()> {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+            if v.is_null() {
+                continue;
+            }
+            self.create_json(&v).await?;
+        }
+        Ok(())
+    }
+
+    /// An EndpointSlice with one ready endpoint on each of `nodes` for Service `ns/name`.
+    pub async fn create_endpoints(
+        &self,
+        ns: &str,
+        name: &str,
+        nodes: &[usize],
+    ) -> anyhow::Result<()> {
+        let endpoints: Vec<_> = nodes
+            .iter()
+            .map(|&i| {
+                let n = &self.topo.nodes[i];
+                serde_json::json!({"addresses": [n.ipv4.to_string()], "conditions": {"ready": true}, "nodeName": n.name})
+            })
+            .collect();
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-lab"), "namespace": ns,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "ferrolb-lab"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
+        });
+        self.create_json(&slice).await
+    }
+
+    /// Starts controller replica `i` in the API namespace.
+    pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let id = format!("controller-{i}");
+        let kc = self.kubeconfig(&id)?;
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            kc.display().to_string(),
+            "--identity".into(),
+            id.clone(),
+            "--lease-namespace".into(),
+            SYSTEM_NS.into(),
+            "--metrics-addr".into(),
+            format!("{}:{}", self.topo.api_ipv4, 9100 + i),
+        ];
+        args.extend(self.timing_args());
+        let log = self.cfg.dir.join(format!("{id}.log"));
+        let p = Proc::spawn(&id, Some(self.topo.api()), &self.cfg.exe, &args, &[], &log)?;
+        if self.controllers.len() <= i {
+            self.controllers.resize_with(i + 1, || None);
+        }
+        self.controllers[i] = Some(p);
+        Ok(())
+    }
+
+    /// `--lease-duration`, `--renew-deadline` and `--retry-period` flags (controller and agent
+    /// take the same ones).
+    fn timing_args(&self) -> [String; 6] {
+        let t = &self.cfg.timings;
+        [
+            "--lease-duration".into(),
+            t.lease_duration.clone(),
+            "--renew-deadline".into(),
+            t.renew_deadline.clone(),
+            "--retry-period".into(),
+            t.retry_period.clone(),
+        ]
+    }
+
+    /// Starts (or restarts) the agent of node `i` in its namespace.
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.topo.nodes[i].clone();
+        let kc = self.kubeconfig(&node.name)?;
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--kubeconfig".into(),
+            kc.display().to_string(),
+            "--lease-namespace".into(),
+            SYSTEM_NS.into(),
+            "--metrics-addr".into(),
+            format!("{}:9100", node.ipv4),
+        ];
+        args.extend(self.timing_args());
+        args.extend(self.cfg.agent_args.iter().cloned());
+        let n = self.agents.iter().filter(|a| a.is_some()).count();
+        let log = self.cfg.dir.join(format!("agent-{}-{n}.log", node.name));
+        let p = Proc::spawn(
+            &format!("agent {}", node.name),
+            Some(self.topo.node_ns(i)),
+            &self.cfg.exe,
+            &args,
+            &[],
+            &log,
+        )?;
+        if self.agents.len() <= i {
+            self.agents.resize_with(i + 1, || None);
+        }
+        self.agents[i] = Some(p);
+        Ok(())
+    }
+
+    /// Starts the echo backend of every node (listening on any address, port 80).
+    pub fn start_echoes(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.topo.nodes.len() {
+            let name = self.topo.nodes[i].name.clone();
+            let args: Vec<String> = vec![
+                "echo".into(),
+                "--name".into(),
+                name.clone(),
+                "--listen".into(),
+                "0.0.0.0:80".into(),
+                "--listen".into(),
+                "[::]:80".into(),
+            ];
+            let log = self.cfg.dir.join(format!("echo-{name}.log"));
+            self.echoes.push(Proc::spawn(
+                &format!("echo {name}"),
+                Some(self.topo.node_ns(i)),
+                &self.cfg.exe,
+                &args,
+                &[],
+                &log,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Everything for a ready cluster: nodes, controllers, agents, backends.
+    pub async fn start_all(cfg: LabConfig) -> anyhow::Result<Self> {
+        let mut c = Cluster::start_api(cfg).await?;
+        c.create_json(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NS}}))
+            .await?;
+        c.create_nodes().await?;
+        for i in 0..c.cfg.controllers {
+            c.start_controller(i)?;
+        }
+        for i in 0..c.topo.nodes.len() {
+            c.start_agent(i)?;
+        }
+        c.start_echoes()?;
+        Ok(c)
+    }
+
+    /// Stops agent `i` with a signal (`KILL` or `TERM`); returns when the process is gone.
+    pub fn stop_agent(&mut self, i: usize, sig: &str) -> anyhow::Result<()> {
+        if let Some(mut p) = self.agents.get_mut(i).and_then(Option::take) {
+            p.signal(sig)?;
+            p.wait_exit(Duration::from_secs(15))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until Service `ns/name` has load-balancer addresses; returns them.
+    pub async fn wait_ingress(
+        &self,
+        ns: &str,
+        name: &str,
+        within: Duration,
+    ) -> anyhow::Result<Vec<IpAddr>> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(svc) = api.get_opt(name).await? {
+                let ips = ingress_ips(&svc);
+                if !ips.is_empty() {
+                    return Ok(ips);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("Service {ns}/{name} got no address within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The stand-in's request counters (`/metrics` over the Unix socket), as
+    /// `(verb, resource, client) -> count`.
+    pub async fn api_requests(&self) -> anyhow::Result<Vec<(String, String, String, f64)>> {
+        let (code, body) = uds::request(&self.socket, http::Method::GET, "/metrics", None).await?;
+        if !code.is_success() {
+            bail!("/metrics answered {code}");
+        }
+        Ok(parse_request_counters(&body))
+    }
+
+    /// Agent `i`'s Prometheus text, fetched with curl from the client namespace (the agents
+    /// serve metrics on their node address, inside the segment).
+    pub fn agent_metrics(&self, i: usize) -> anyhow::Result<String> {
+        let url = format!("http://{}:9100/metrics", self.topo.nodes[i].ipv4);
+        self.topo
+            .client()
+            .exec("curl", &["-sf", "--max-time", "5", &url])
+    }
+
+    /// Switches a fault on the stand-in (its admin endpoint); `None` clears all faults.
+    pub async fn fault(&self, spec: Option<serde_json::Value>) -> anyhow::Result<()> {
+        let (code, body) = match spec {
+            Some(s) => {
+                uds::request(
+                    &self.socket,
+                    http::Method::POST,
+                    "/_ferrolb/faults",
+                    Some(s.to_string()),
+                )
+                .await?
+            }
+            None => {
+                uds::request(&self.socket, http::Method::DELETE, "/_ferrolb/faults", None).await?
+            }
+        };
+        if !code.is_success() {
+            bail!("fault injection answered {code}: {body}");
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+}
+
+/// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
+pub use ferrolb::controller::status::ingress_ips;
+
+fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (plural, namespaced) = match kind {
+        "Namespace" => ("namespaces", false),
+        "Node" => ("nodes", false),
+        "Service" => ("services", true),
+        "EndpointSlice" => ("endpointslices", true),
+        "LoadBalancerIPPool" => ("loadbalancerippools", false),
+        "L2AnnouncementPolicy" => ("l2announcementpolicies", false),
+        other => bail!("the lab does not apply kind {other:?}"),
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    Ok((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
+}
+
+/// Parses `ferrolb_apiserver_requests_total{verb="get",resource="leases",client="node1",...} 3`.
+pub fn parse_request_counters(text: &str) -> Vec<(String, String, String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("ferrolb_apiserver_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        out.push((get("verb"), get("resource"), get("client"), value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_counter_lines() {
+        let text = "# HELP x\nferrolb_apiserver_requests_total{client=\"node1\",code=\"200\",resource=\"leases\",verb=\"update\"} 7\nother 1\n";
+        let v = super::parse_request_counters(text);
+        assert_eq!(
+            v,
+            vec![("update".into(), "leases".into(), "node1".into(), 7.0)]
+        );
+    }
+}

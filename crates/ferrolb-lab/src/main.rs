@@ -1,0 +1,76 @@
+#![forbid(unsafe_code)]
+//! `ferrolb`: one binary, one subcommand per part (see `ferrolb --help`).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ferrolb",
+    version,
+    about = "Layer 2 LoadBalancer for bare-metal Kubernetes"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: ferrolb::telemetry::LogArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Assign addresses to LoadBalancer Services from LoadBalancerIPPools (leader-elected).
+    Controller(ferrolb::controller::Args),
+    /// Per-node announcer: elect per-address leases, answer ARP/NDP for the held ones.
+    Agent(ferrolb::agent::Args),
+    /// Offline: what each Service would get from the pools in the given manifests.
+    Plan(ferrolb_lab::plan::Args),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds(ferrolb::crds::Args),
+    /// Convert Cilium LB-IPAM / L2 announcement manifests into ferrolb ones.
+    Convert(ferrolb_lab::convert::Args),
+    /// In-memory Kubernetes API stand-in for tests and the lab.
+    DevApiserver(kube_standin::Args),
+    /// A whole cluster's L2 segment in network namespaces, with failover timed (needs root).
+    Lab(ferrolb_lab::lab::Args),
+    /// Answer ARP/NDP for fixed addresses on fixed interfaces, without Kubernetes
+    /// (troubleshooting, and the packet tests).
+    Announce(ferrolb::net::AnnounceArgs),
+    /// Tiny HTTP backend that answers with its name (the lab's echo Service).
+    #[command(hide = true)]
+    Echo(ferrolb_lab::lab::EchoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    ferrolb::telemetry::init_logging(&cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Controller(a) => ferrolb::controller::run(a).await,
+            Cmd::Agent(a) => ferrolb::agent::run(a).await,
+            Cmd::Plan(a) => ferrolb_lab::plan::run(a).await,
+            Cmd::Crds(a) => ferrolb::crds::run(a).await,
+            Cmd::Convert(a) => ferrolb_lab::convert::run(a).await,
+            Cmd::DevApiserver(a) => kube_standin::run(a).await,
+            Cmd::Lab(a) => ferrolb_lab::lab::run(a).await,
+            Cmd::Announce(a) => ferrolb::net::run_announce(a).await,
+            Cmd::Echo(a) => ferrolb_lab::lab::run_echo(a).await,
+        }
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

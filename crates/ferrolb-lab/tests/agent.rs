@@ -1,0 +1,562 @@
+//! End-to-end tests of `ferrolb agent`: real agent processes in node namespaces on one bridge,
+//! the API stand-in (`ferrolb dev-apiserver`) in its own namespace on the segment, and a client
+//! namespace that looks with the kernel's own tools (arping, ndisc6, the neighbour table).
+//! Needs root (skips otherwise).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferrolb_lab::harness::{arping_macs, metric, ndisc6_macs, scenario, wait_until, Cluster};
+use ferrolb_lab::netns;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
+const VIP4: &str = "198.51.100.10";
+const VIP6: &str = "2001:db8:100::10";
+/// The agents' lease duration in these tests (AgentSpec::new).
+const LEASE: Duration = Duration::from_secs(2);
+
+fn skip() -> bool {
+    if !netns::is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+const L2: &[(&str, &str)] = &[("ferrolb.io/l2", "yes")];
+
+type Nodes<'a> = &'a [(&'a str, &'a [(&'a str, &'a str)])];
+
+/// A test segment with `nodes` (name, labels); logs and kubeconfigs in `dir`.
+fn cluster(dir: &tempfile::TempDir, tag: &str, nodes: Nodes) -> anyhow::Result<Cluster> {
+    Cluster::new(Path::new(BIN), dir.path(), tag, nodes)
+}
+
+/// Starts the agents of `nodes` (no extra flags), each waited for until ready.
+fn start_agents(c: &mut Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+    for n in nodes {
+        c.start_agent(n, &[])?;
+    }
+    Ok(())
+}
+
+/// Waits for an ARP answer for `vip` and asserts a single station gave it: (node, MAC).
+fn sole_holder(c: &Cluster, vip: &str) -> anyhow::Result<(String, String)> {
+    let macs = c.wait_arp_answer(vip, Duration::from_secs(20))?;
+    assert_eq!(macs.len(), 1, "{macs:?}");
+    let mac = macs.into_iter().next().context("mac")?;
+    let node = c.node_of_mac(&mac).context("unknown MAC")?;
+    Ok((node, mac))
+}
+
+/// Polls until the client's neighbour entry for `ip` is `mac`.
+fn wait_client_neighbour(
+    c: &Cluster,
+    what: &str,
+    ip: &str,
+    mac: &str,
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    wait_until(what, timeout, every, || {
+        (c.client_neighbour(ip).as_deref() == Some(mac)).then_some(())
+    })
+}
+
+#[test]
+fn one_node_answers_arp_and_ndp_and_an_unselected_node_never_does() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag1", &[("n1", L2), ("n2", L2), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy(
+            "l2",
+            json!({"nodeSelector": {"matchLabels": {"ferrolb.io/l2": "yes"}},
+                   "loadBalancerIPs": true}),
+        )?;
+        // A broken policy: reported in its status by one agent, never a crash.
+        c.policy(
+            "broken",
+            json!({"interfaces": ["eth("], "nodeSelector": {"matchLabels": {"none": "x"}}}),
+        )?;
+        c.service("web", &[VIP4, VIP6])?;
+        start_agents(c, &["n1", "n2", "n3"])?;
+        let first = c.wait_arp_answer(VIP4, Duration::from_secs(20))?;
+        // Several probes, all broadcast: exactly one station answers, every time.
+        let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
+        let all: BTreeSet<_> = first.union(&macs).cloned().collect();
+        assert_eq!(all.len(), 1, "ARP replies from several MACs: {all:?}");
+        let mac = all.iter().next().cloned().context("a MAC")?;
+        let holder = c.node_of_mac(&mac).context("reply from an unknown MAC")?;
+        assert_ne!(holder, "n3", "the unselected node answered");
+
+        // IPv6 of the same Service: same lease, same node, answered with an NA.
+        let na = ndisc6_macs(c.client(), "eth0", VIP6, 3)?;
+        assert_eq!(na, BTreeSet::from([mac.clone()]), "NA from {na:?}");
+
+        // One Lease for the dual-stack Service, held by the answering node.
+        let leases = c.leases()?;
+        assert_eq!(leases.len(), 1, "{leases:#?}");
+        assert_eq!(leases[0]["spec"]["holderIdentity"], json!(holder));
+        // Its labels/annotations say what it serves.
+        let meta = &leases[0]["metadata"];
+        assert_eq!(meta["labels"]["ferrolb.io/service-name"], "web", "{meta}");
+        assert_eq!(
+            meta["annotations"]["ferrolb.io/addresses"],
+            format!("{VIP4},{VIP6}")
+        );
+        assert_eq!(
+            meta["name"],
+            ferrolb::lease::lease_name(&format!("{VIP4},{VIP6}"))
+        );
+
+        // The unselected node contends for nothing and announces nothing.
+        let m3 = c.agent_metrics("n3")?;
+        assert_eq!(metric(&m3, "ferrolb_agent_groups_desired", &[]), Some(0.0));
+        assert_eq!(
+            metric(&m3, "ferrolb_agent_addresses_announced", &[]),
+            Some(0.0)
+        );
+        let mh = c.agent_metrics(&holder)?;
+        assert_eq!(metric(&mh, "ferrolb_agent_leases_held", &[]), Some(1.0));
+        assert_eq!(
+            metric(
+                &mh,
+                "ferrolb_agent_lease_transitions_total",
+                &[("transition", "acquired")]
+            ),
+            Some(1.0)
+        );
+        assert!(c.agent_http(&holder, "/readyz")?.contains("ok"));
+        assert_eq!(
+            metric(&mh, "ferrolb_agent_addresses_announced", &[]),
+            Some(2.0)
+        );
+
+        // An Event on the Service says who announces it.
+        let events = wait_until(
+            "the announcing Event",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let l = c
+                    .api()
+                    .get("/apis/events.k8s.io/v1/namespaces/default/events")
+                    .ok()?;
+                let items = l["items"].as_array()?.clone();
+                items
+                    .iter()
+                    .any(|e| e["reportingController"] == "ferrolb.io/agent")
+                    .then_some(items)
+            },
+        )?;
+        let ev = events
+            .iter()
+            .find(|e| e["reportingController"] == "ferrolb.io/agent")
+            .context("event")?;
+        let note = ev["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains(VIP4) && note.contains(&format!("from {holder} on eth0")),
+            "{note}"
+        );
+        assert_eq!(ev["regarding"]["name"], "web");
+        assert_eq!(ev["reason"], "Announcing");
+
+        // Policy status: the designated agent wrote the Valid condition on both policies.
+        let cond = |name: &str| -> Option<serde_json::Value> {
+            let p = c
+                .api()
+                .get(&format!(
+                    "/apis/ferrolb.io/v1alpha1/l2announcementpolicies/{name}"
+                ))
+                .ok()?;
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Valid")
+                .cloned()
+        };
+        let broken = wait_until(
+            "the broken policy's condition",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || cond("broken"),
+        )?;
+        assert_eq!(broken["status"], "False", "{broken}");
+        assert_eq!(broken["reason"], "InvalidSpec");
+        assert!(
+            broken["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("spec.interfaces[0]"),
+            "{broken}"
+        );
+        let good = wait_until(
+            "the good policy's condition",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || cond("l2"),
+        )?;
+        assert_eq!(good["status"], "True", "{good}");
+
+        // Steady state: no reads of leases at all, only the holder's renewals.
+        let gets0 = c.api_requests("get", "leases")? + c.api_requests("list", "leases")?;
+        let updates0 = c.api_requests_of(&holder, "update", "leases")?;
+        let window = Duration::from_secs(3);
+        std::thread::sleep(window); // a measurement window, not a synchronisation
+        let gets1 = c.api_requests("get", "leases")? + c.api_requests("list", "leases")?;
+        let updates1 = c.api_requests_of(&holder, "update", "leases")?;
+        assert_eq!(gets1, gets0, "lease GET/LIST requests in steady state");
+        let renewals = updates1 - updates0;
+        eprintln!(
+            "steady state: holder wrote {renewals} lease updates, 0 lease reads in {window:?}"
+        );
+        // The holder renews its address lease and its presence lease every 500 ms: about 12.
+        assert!(
+            (6.0..=18.0).contains(&renewals),
+            "{renewals} lease updates by the holder in {window:?}"
+        );
+
+        // The policy status was written once per policy, by one agent, not by every agent.
+        let status_writes = c.api_requests("update", "l2announcementpolicies")?;
+        eprintln!("policy status writes: {status_writes}");
+        let by_client: Vec<String> = c
+            .api()
+            .text("/metrics")?
+            .lines()
+            .filter(|l| l.contains("resource=\"l2announcementpolicies\""))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(status_writes, 2.0, "{by_client:#?}");
+
+        // Still exactly one station, and never n3.
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([mac.clone()]));
+        assert!(!macs.contains(&c.macs["n3"]));
+        Ok(())
+    })
+}
+
+#[test]
+fn sigkill_of_the_holder_fails_over_within_the_lease_duration() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag2", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4, VIP6])?;
+        start_agents(c, &["n1", "n2", "n3"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
+        // The client's kernel learns the holder's MAC.
+        c.client_resolve(VIP4);
+        c.client_resolve(VIP6);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+        assert_eq!(c.client_neighbour(VIP6), Some(old_mac.clone()));
+
+        let t0 = Instant::now();
+        c.agents.get_mut(&old).context("holder")?.kill();
+        // The new holder's gratuitous ARP updates the client's existing entry, unasked.
+        let new_mac = wait_until(
+            "the client's neighbour entry to change",
+            LEASE + Duration::from_secs(5),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
+        )?;
+        let took = t0.elapsed();
+        let new = c.node_of_mac(&new_mac).context("unknown new MAC")?;
+        eprintln!("SIGKILL of {old}: {new} took over, client updated after {took:?}");
+        assert_ne!(new, old);
+        assert!(
+            took <= LEASE + Duration::from_secs(1),
+            "failover after SIGKILL took {took:?}"
+        );
+        // The unsolicited NA (Override) moved the IPv6 entry too.
+        wait_client_neighbour(
+            c,
+            "the client's IPv6 neighbour entry to change",
+            VIP6,
+            &new_mac,
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+        )?;
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([new_mac.clone()]));
+        assert_eq!(
+            ndisc6_macs(c.client(), "eth0", VIP6, 2)?,
+            BTreeSet::from([new_mac])
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn sigterm_releases_the_shared_lease_and_another_node_takes_over_at_once() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag3", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        // Two Services sharing the address: one lease, one node.
+        c.service("web", &[VIP4])?;
+        c.service("web-udp", &[VIP4])?;
+        start_agents(c, &["n1", "n2"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
+        let leases = c.leases()?;
+        assert_eq!(leases.len(), 1, "{leases:#?}");
+        assert_eq!(
+            leases[0]["metadata"]["annotations"]["ferrolb.io/services"],
+            "default/web,default/web-udp"
+        );
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        let t0 = Instant::now();
+        c.agents[&old].signal("TERM")?;
+        let new_mac = wait_until(
+            "the client's neighbour entry to change",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
+        )?;
+        let took = t0.elapsed();
+        eprintln!("SIGTERM of {old}: client updated after {took:?}");
+        assert!(
+            took <= Duration::from_secs(1),
+            "takeover after SIGTERM took {took:?}"
+        );
+        let code = c
+            .agents
+            .get_mut(&old)
+            .context("old")?
+            .wait_exit(Duration::from_secs(5))?;
+        assert_eq!(code, Some(0), "agent exited with code {code:?}");
+        let macs = arping_macs(c.client(), "eth0", VIP4, 2)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
+#[test]
+fn api_outage_sticky_keeps_answering_and_no_sticky_stops() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag4", &[("n1", &[("g", "a")]), ("n2", &[("g", "b")])])?;
+    scenario(&mut c, |c| {
+        const VIP_A: &str = "198.51.100.20";
+        const VIP_B: &str = "198.51.100.21";
+        c.policy(
+            "a",
+            json!({"nodeSelector": {"matchLabels": {"g": "a"}},
+                   "serviceSelector": {"matchLabels": {"io.kubernetes.service.name": "web-a"}}}),
+        )?;
+        c.policy(
+            "b",
+            json!({"nodeSelector": {"matchLabels": {"g": "b"}},
+                   "serviceSelector": {"matchLabels": {"io.kubernetes.service.name": "web-b"}}}),
+        )?;
+        c.service("web-a", &[VIP_A])?;
+        c.service("web-b", &[VIP_B])?;
+        c.start_agent("n1", &[])?; // sticky (default)
+        c.start_agent("n2", &["--no-sticky"])?;
+        assert_eq!(
+            c.wait_arp_answer(VIP_A, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n1"].clone()])
+        );
+        assert_eq!(
+            c.wait_arp_answer(VIP_B, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n2"].clone()])
+        );
+
+        // The API server stops answering (frozen: connections hang, like a dead control plane).
+        c.api_proc.signal("STOP")?;
+        let frozen = Instant::now();
+        let r = (|| -> anyhow::Result<()> {
+            // n2 (strict) goes silent once its lease could have expired.
+            wait_until(
+                "the strict holder to stop answering",
+                LEASE + Duration::from_secs(5),
+                Duration::from_millis(100),
+                || {
+                    arping_macs(c.client(), "eth0", VIP_B, 1)
+                        .ok()
+                        .filter(BTreeSet::is_empty)
+                },
+            )?;
+            // Well past the lease duration, the sticky holder still answers.
+            let past = LEASE + Duration::from_secs(2);
+            if let Some(rest) = past.checked_sub(frozen.elapsed()) {
+                std::thread::sleep(rest); // outlive the lease: a duration, not a synchronisation
+            }
+            assert_eq!(
+                arping_macs(c.client(), "eth0", VIP_A, 2)?,
+                BTreeSet::from([c.macs["n1"].clone()]),
+                "sticky holder stopped during the outage"
+            );
+            let m1 = c.agent_metrics("n1")?;
+            assert_eq!(metric(&m1, "ferrolb_agent_leases_sticky", &[]), Some(1.0));
+            Ok(())
+        })();
+        c.api_proc.signal("CONT")?;
+        r?;
+        // The API is back: the strict node re-acquires and answers again.
+        assert_eq!(
+            c.wait_arp_answer(VIP_B, Duration::from_secs(20))?,
+            BTreeSet::from([c.macs["n2"].clone()])
+        );
+        let m1 = wait_until(
+            "the sticky lease to be renewed again",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                (metric(&m, "ferrolb_agent_leases_held", &[]) == Some(1.0)).then_some(m)
+            },
+        )?;
+        assert_eq!(metric(&m1, "ferrolb_agent_leases_sticky", &[]), Some(0.0));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag5", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4])?;
+        start_agents(c, &["n1", "n2"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
+        let other = if old == "n1" { "n2" } else { "n1" };
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        // Only the holder loses the API server (its connections are refused): it goes sticky,
+        // the other node sees the lease expire, acquires it and sends its gratuitous burst.
+        c.api().create(
+            "/_ferrolb/faults",
+            &json!({"kind": "refuse", "client": old}),
+        )?;
+        let t0 = Instant::now();
+        let new_mac = c.macs[other].clone();
+        wait_client_neighbour(
+            c,
+            "the client's neighbour entry to move to the new holder",
+            VIP4,
+            &new_mac,
+            LEASE + Duration::from_secs(8),
+            Duration::from_millis(20),
+        )?;
+        eprintln!(
+            "partitioned holder {old}: {other} took over after {:?}",
+            t0.elapsed()
+        );
+        // The old holder saw the new holder's announcement and yielded: one station answers.
+        let yielded = wait_until(
+            "the old holder to yield",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let m = c.agent_metrics(&old).ok()?;
+                let y = metric(
+                    &m,
+                    "ferrolb_agent_conflicts_total",
+                    &[("outcome", "yielded")],
+                )?;
+                (y >= 1.0).then_some(m)
+            },
+        )?;
+        assert_eq!(
+            metric(&yielded, "ferrolb_agent_addresses_announced", &[]),
+            Some(0.0)
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
+#[test]
+fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let nodes = ["n1", "n2", "n3"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag6", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        const VIP: &str = "198.51.100.30";
+        // The node the lease would prefer without ETP Local; the endpoints go elsewhere, so
+        // the test cannot pass by the luck of the rendezvous order.
+        let all: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let lease = ferrolb::lease::lease_name(VIP);
+        let preferred = nodes
+            .iter()
+            .find(|n| ferrolb::lease::rendezvous_rank(&lease, n, &all) == 0)
+            .context("a preferred node")?;
+        let others: Vec<&str> = nodes.iter().copied().filter(|n| n != preferred).collect();
+        let (x, y) = (others[0], others[1]);
+
+        c.policy("all", json!({}))?;
+        c.service_with("web", &[VIP], json!({"externalTrafficPolicy": "Local"}))?;
+        let slice = |ready_x: bool| {
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc12", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 80, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.9.1"], "nodeName": x,
+                 "conditions": {"ready": ready_x}},
+                {"addresses": ["10.244.9.2"], "nodeName": y,
+                 "conditions": {"ready": !ready_x}},
+            ]})
+        };
+        c.api().create(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            &slice(true),
+        )?;
+        start_agents(c, &nodes)?;
+        let macs = c.wait_arp_answer(VIP, Duration::from_secs(20))?;
+        assert_eq!(
+            macs,
+            BTreeSet::from([c.macs[x].clone()]),
+            "{preferred} preferred"
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP, 2)?;
+        assert_eq!(macs, BTreeSet::from([c.macs[x].clone()]));
+
+        // The endpoint on x stops being ready, the one on y becomes ready: y takes over.
+        c.api().merge_patch(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-abc12",
+            &json!({"endpoints": slice(false)["endpoints"].clone()}),
+        )?;
+        let y_mac = c.macs[y].clone();
+        wait_until(
+            "the node with the ready endpoint to answer",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                let m = arping_macs(c.client(), "eth0", VIP, 1).ok()?;
+                (m == BTreeSet::from([y_mac.clone()])).then_some(())
+            },
+        )?;
+        let macs = arping_macs(c.client(), "eth0", VIP, 2)?;
+        assert_eq!(macs, BTreeSet::from([y_mac]));
+        Ok(())
+    })
+}

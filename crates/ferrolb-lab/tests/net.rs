@@ -1,0 +1,1228 @@
+//! The packet layer against the real kernel: `ferrolb announce` in network namespaces on a
+//! bridge, probed with the kernel's own tools (arping, ndisc6, ping, ip neigh), and our codecs
+//! compared byte for byte with frames the kernel sends (captured with tcpdump). Plus a bounded,
+//! coverage-free fuzz of the parsers and decisions (runs without root).
+//!
+//! Root-only tests print "skipped: needs root" and return when not root.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferrolb::net::arp::{self, MacAddr};
+use ferrolb::net::ndp;
+use ferrolb_lab::netns::{self, Netns, Segment};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
+
+fn root_or_skip(test: &str) -> bool {
+    if netns::is_root() {
+        netns::cleanup_stale();
+        true
+    } else {
+        println!("{test}: skipped: needs root");
+        false
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) on drop, with its stderr lines on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends one line to the child's stdin.
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write stdin");
+        stdin.flush().expect("flush");
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and wait (bounded) for exit; returns the exit status.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("-TERM");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `ferrolb announce` in `ns` and waits until it says it is ready.
+fn announce(ns: &Netns, ips: &[&str], extra: &[&str]) -> Proc {
+    let mut cmd = ns.cmd(BIN);
+    cmd.args(["announce", "--interface", "eth0"]);
+    for ip in ips {
+        cmd.args(["--ip", ip]);
+    }
+    cmd.args(extra);
+    let mut p = Proc::spawn(cmd);
+    p.wait_line("announcer ready", Duration::from_secs(20));
+    p
+}
+
+fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mac_of(ns: &Netns) -> MacAddr {
+    ns.mac("eth0").expect("mac").parse().expect("parse mac")
+}
+
+/// MACs in `arping` output lines "Unicast reply from IP [MAC]  ...".
+fn arping_reply_macs(out: &str, ip: &str) -> Vec<MacAddr> {
+    out.lines()
+        .filter(|l| l.contains(&format!("reply from {ip} ")))
+        .filter_map(|l| {
+            let s = l.split('[').nth(1)?.split(']').next()?;
+            s.parse().ok()
+        })
+        .collect()
+}
+
+/// `arping -c count -w secs` from `ns`; returns its stdout (exit status ignored: no reply = 1).
+fn arping(ns: &Netns, ip: &str, count: u32, secs: u32) -> String {
+    let out = ns
+        .cmd("arping")
+        .args([
+            "-c",
+            &count.to_string(),
+            "-w",
+            &secs.to_string(),
+            "-I",
+            "eth0",
+            ip,
+        ])
+        .output()
+        .expect("arping");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ndisc6` from `ns`; returns the target link-layer addresses it reports.
+fn ndisc6(ns: &Netns, ip: &str) -> Vec<MacAddr> {
+    let out = ns
+        .cmd("ndisc6")
+        .args(["-r", "3", "-w", "1000", ip, "eth0"])
+        .output()
+        .expect("ndisc6");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("Target link-layer address"))
+        .filter_map(|l| {
+            l.split(':')
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(":")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// `ip neigh show IP dev eth0` in `ns`: (lladdr, state) if there is an entry.
+fn neigh(ns: &Netns, ip: &str) -> Option<(Option<MacAddr>, String)> {
+    let out = ns.ip(&["neigh", "show", ip, "dev", "eth0"]).ok()?;
+    let line = out.lines().next()?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mac = words
+        .iter()
+        .position(|w| *w == "lladdr")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|m| m.parse().ok());
+    Some((mac, words.last()?.to_string()))
+}
+
+/// `ip FAMILY neigh replace IP lladdr MAC dev eth0 nud stale` in `ns`: an entry as if learnt
+/// earlier and not confirmed since.
+fn stale_neigh(ns: &Netns, family: &str, ip: &str, mac: &str) {
+    ns.ip(&[
+        family, "neigh", "replace", ip, "lladdr", mac, "dev", "eth0", "nud", "stale",
+    ])
+    .expect("setting a STALE neighbour entry");
+}
+
+/// Polls (up to 15 s) until `ns`'s neighbour entry for `ip` has the lladdr `mac`.
+fn wait_neigh_mac(ns: &Netns, ip: &str, mac: MacAddr, what: &str) {
+    poll_until(what, Duration::from_secs(15), || {
+        (neigh(ns, ip)?.0? == mac).then_some(())
+    });
+}
+
+fn metrics(ns: &Netns, port: u16) -> String {
+    ns.exec(
+        "curl",
+        &["-sf", &format!("http://127.0.0.1:{port}/metrics")],
+    )
+    .unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str, ip: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("ip=\"{ip}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A segment with node namespaces `a`, `b` (no addresses at all on eth0) and client `c`
+/// (192.0.2.3/24, 2001:db8:1::3/64, on-link routes to the VIP ranges).
+fn lab(tag: &str) -> Segment {
+    let mut seg = Segment::create(tag).expect("segment");
+    seg.add_member(tag, "a", &[]).expect("a");
+    seg.add_member(tag, "b", &[]).expect("b");
+    seg.add_member(tag, "c", &["192.0.2.3/24", "2001:db8:1::3/64"])
+        .expect("c");
+    let c = &seg.members[2];
+    c.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"])
+        .expect("v4 route");
+    c.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])
+        .expect("v6 route");
+    seg
+}
+
+#[test]
+fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
+    if !root_or_skip("arping_and_ndisc6_get_answers_from_exactly_the_holder") {
+        return;
+    }
+    let seg = lab("ab");
+    let (a, b, c) = (&seg.members[0], &seg.members[1], &seg.members[2]);
+    let (mac_a, mac_b) = (mac_of(a), mac_of(b));
+    // One announcement each, sent before "ready": no gratuitous reply can be mistaken by
+    // arping for an answer (which would also make it stop early).
+    let _pa = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &[
+            "--gratuitous-count",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9750",
+        ],
+    );
+    let _pb = announce(
+        b,
+        &["198.51.100.11", "2001:db8:100::11"],
+        &["--gratuitous-count", "1"],
+    );
+
+    let out = arping(c, "198.51.100.10", 3, 10);
+    let macs = arping_reply_macs(&out, "198.51.100.10");
+    assert_eq!(macs, vec![mac_a; 3], "arping output:\n{out}");
+    let sent: u64 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Sent ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("arping summary");
+
+    let out = arping(c, "198.51.100.11", 3, 10);
+    let macs = arping_reply_macs(&out, "198.51.100.11");
+    assert_eq!(macs, vec![mac_b; 3], "arping output:\n{out}");
+
+    // Nobody holds .12: no reply at all.
+    let out = arping(c, "198.51.100.12", 2, 2);
+    assert!(arping_reply_macs(&out, "198.51.100.12").is_empty(), "{out}");
+
+    assert_eq!(ndisc6(c, "2001:db8:100::10"), vec![mac_a]);
+    assert_eq!(ndisc6(c, "2001:db8:100::11"), vec![mac_b]);
+    assert!(ndisc6(c, "2001:db8:100::12").is_empty());
+
+    // A joined the solicited-node group of its IPv6 address (so real NICs and snooping
+    // switches deliver the NS); B did not join A's.
+    let maddr_a = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(maddr_a.contains("ff02::1:ff00:10"), "{maddr_a}");
+    let maddr_b = b
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(!maddr_b.contains("ff02::1:ff00:10"), "{maddr_b}");
+    assert!(maddr_b.contains("ff02::1:ff00:11"), "{maddr_b}");
+
+    let m = metrics(a, 9750);
+    assert_eq!(
+        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.10"),
+        sent,
+        "{m}"
+    );
+    assert!(metric(&m, "ferrolb_responses_sent_total", "198.51.100.10") >= 3);
+    assert!(
+        metric(
+            &m,
+            "ferrolb_ndp_requests_received_total",
+            "2001:db8:100::10"
+        ) >= 1
+    );
+    assert!(metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 2);
+    assert!(metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 1);
+    // Requests for B's address are never counted (nor answered) by A.
+    assert_eq!(
+        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.11"),
+        0
+    );
+}
+
+#[test]
+fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
+    if !root_or_skip("gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly") {
+        return;
+    }
+    let seg = lab("ga");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    let wrong = "02:00:00:00:00:99";
+    for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
+        stale_neigh(c, v, ip, wrong);
+        assert_eq!(
+            neigh(c, ip).and_then(|(m, _)| m),
+            Some(wrong.parse().expect("mac"))
+        );
+    }
+    // No traffic from C to the VIPs: only the announcer's gratuitous frames can fix the entries.
+    let mut p = announce(a, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    for ip in ["198.51.100.10", "2001:db8:100::10"] {
+        wait_neigh_mac(
+            c,
+            ip,
+            mac_a,
+            &format!("C's neighbour entry for {ip} to point at A"),
+        );
+    }
+    let st = p.terminate().expect("exits within 10 s of SIGTERM");
+    assert!(st.success(), "exit status {st}");
+    p.wait_line("shutting down", Duration::from_secs(5));
+}
+
+#[test]
+fn unicast_nud_probes_are_answered() {
+    if !root_or_skip("unicast_nud_probes_are_answered") {
+        return;
+    }
+    let seg = lab("nu");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a).to_string();
+    c.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    c.sysctl("net.ipv6.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    // No gratuitous frames: the only way C's entries become REACHABLE is an answer to the
+    // unicast probes the kernel sends from the PROBE state (mcast_resolicit is 0).
+    let _p = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &[
+            "--gratuitous-count",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:9751",
+        ],
+    );
+    for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
+        stale_neigh(c, v, ip, &mac_a);
+        // Traffic to a STALE entry: DELAY, then (1 s) PROBE with unicast solicitations. A does
+        // not hold the address in its kernel, so the ping itself gets no answer.
+        let _ = c.exec("ping", &["-c", "1", "-W", "1", ip]);
+        poll_until(
+            &format!("C's entry for {ip} to be confirmed REACHABLE"),
+            Duration::from_secs(15),
+            || (neigh(c, ip)?.1 == "REACHABLE").then_some(()),
+        );
+    }
+    let m = metrics(a, 9751);
+    assert!(
+        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.10") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "ferrolb_ndp_requests_received_total",
+            "2001:db8:100::10"
+        ) >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10"),
+        0,
+        "{m}"
+    );
+}
+
+/// Frames of a classic pcap file (any byte order, µs or ns timestamps).
+fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap_or_default();
+    if b.len() < 24 {
+        return vec![];
+    }
+    let magic = [b[0], b[1], b[2], b[3]];
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("not a pcap file: magic {magic:02x?}"),
+    };
+    let u32_at = |at: usize| {
+        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
+    let mut frames = Vec::new();
+    let mut at = 24usize;
+    while at + 16 <= b.len() {
+        let incl = u32_at(at + 8) as usize;
+        let start = at + 16;
+        let Some(frame) = b.get(start..start + incl) else {
+            break; // record still being written
+        };
+        frames.push(frame.to_vec());
+        at = start + incl;
+    }
+    frames
+}
+
+fn describe(frames: &[Vec<u8>]) -> String {
+    frames
+        .iter()
+        .map(|f| match (arp::parse(f), ndp::parse(f)) {
+            (Ok(a), _) => format!("{a:?}"),
+            (_, Ok(n)) => format!("{n:?}"),
+            (Err(e), Err(e6)) => format!("unparsed ({e}; {e6}): {f:02x?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn codecs_match_kernel_frames_byte_for_byte() {
+    if !root_or_skip("codecs_match_kernel_frames_byte_for_byte") {
+        return;
+    }
+    let mut seg = Segment::create("kb").expect("segment");
+    seg.add_member("kb", "k", &["192.0.2.1/24", "2001:db8:1::1/64"])
+        .expect("k");
+    seg.add_member("kb", "c", &["192.0.2.3/24", "2001:db8:1::3/64"])
+        .expect("c");
+    let (k, c) = (&seg.members[0], &seg.members[1]);
+    let (mac_k, mac_c) = (mac_of(k), mac_of(c));
+    let new_mac: MacAddr = "02:00:00:00:00:77".parse().expect("mac");
+    k.sysctl("net.ipv4.conf.eth0.arp_notify", "1")
+        .expect("sysctl");
+    k.sysctl("net.ipv6.conf.eth0.ndisc_notify", "1")
+        .expect("sysctl");
+    c.sysctl("net.ipv6.neigh.eth0.delay_first_probe_time", "1")
+        .expect("sysctl");
+    let v4: Ipv4Addr = "192.0.2.1".parse().expect("ip");
+    let v6: Ipv6Addr = "2001:db8:1::1".parse().expect("ip");
+    let c_v6: Ipv6Addr = "2001:db8:1::3".parse().expect("ip");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("kernel.pcap");
+    let mut cap = c.cmd("tcpdump");
+    cap.args(["-i", "eth0", "-U", "-n", "-Z", "root", "-w"])
+        .arg(&pcap)
+        .arg("arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))");
+    let mut tcpdump = Proc::spawn(cap);
+    tcpdump.wait_line("listening on", Duration::from_secs(10));
+
+    // 1. ARP request (arping) and the kernel's reply; 2. an ARP probe (sender 0.0.0.0).
+    let out = arping(c, "192.0.2.1", 1, 5);
+    assert_eq!(arping_reply_macs(&out, "192.0.2.1"), vec![mac_k], "{out}");
+    let _ = c
+        .cmd("arping")
+        .args(["-D", "-c", "1", "-w", "3", "-I", "eth0", "192.0.2.1"])
+        .output();
+    // 3. Multicast NS (ndisc6) and the kernel's NA.
+    assert_eq!(ndisc6(c, "2001:db8:1::1"), vec![mac_k]);
+    // 4. Unicast NUD: C's STALE entry probed with a unicast NS.
+    stale_neigh(c, "-6", "2001:db8:1::1", &mac_k.to_string());
+    let _ = c.exec("ping", &["-c", "1", "-W", "1", "2001:db8:1::1"]);
+    poll_until("C's NUD to confirm K", Duration::from_secs(15), || {
+        (neigh(c, "2001:db8:1::1")?.1 == "REACHABLE").then_some(())
+    });
+    // 5. The kernel's own gratuitous ARP and unsolicited NA (arp_notify / ndisc_notify on a
+    //    MAC change).
+    k.ip(&[
+        "link",
+        "set",
+        "dev",
+        "eth0",
+        "address",
+        &new_mac.to_string(),
+    ])
+    .expect("set mac");
+
+    let is_arp = |f: &Vec<u8>, pred: &dyn Fn(&arp::ArpFrame) -> bool| {
+        arp::parse(f).map(|a| pred(&a)).unwrap_or(false)
+    };
+    let is_nd = |f: &Vec<u8>, pred: &dyn Fn(&ndp::NdpFrame) -> bool| {
+        ndp::parse(f).map(|n| pred(&n)).unwrap_or(false)
+    };
+    let frames = poll_until(
+        "all kernel frames captured",
+        Duration::from_secs(15),
+        || {
+            let frames = read_pcap(&pcap);
+            let garp = frames.iter().any(|f| {
+                is_arp(f, &|a| {
+                    a.eth_src == new_mac && a.sender_ip == v4 && a.target_ip == v4
+                })
+            });
+            let una = frames.iter().any(|f| {
+                is_nd(f, &|n| {
+                    n.eth_src == new_mac
+                        && matches!(n.msg, ndp::Message::Advert { target, .. } if target == v6)
+                })
+            });
+            (garp && una).then_some(frames)
+        },
+    );
+    tcpdump.signal("-INT");
+
+    let held4 = |ip: Ipv4Addr| ip == v4;
+    let held6 = |ip: Ipv6Addr| ip == v6;
+    let find = |what: &str, pred: &dyn Fn(&Vec<u8>) -> bool| -> Vec<u8> {
+        frames
+            .iter()
+            .find(|f| pred(f))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} in the capture:\n{}", describe(&frames)))
+    };
+
+    // ARP request → reply: our reply is exactly the kernel's.
+    let req = arp::parse(&find("arping request", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Request && a.eth_src == mac_c && !a.sender_ip.is_unspecified()
+        })
+    }))
+    .expect("parse");
+    assert_eq!(req.target_ip, v4);
+    let kernel_reply = find("kernel ARP reply", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Reply && a.eth_src == mac_k && !a.target_ip.is_unspecified()
+        })
+    });
+    let ours = arp::decide(&req, mac_k, held4)
+        .reply
+        .expect("we answer it too");
+    assert_eq!(arp::encode(&ours).as_slice(), kernel_reply.as_slice());
+
+    // ARP probe (RFC 5227) → reply with target IP 0.0.0.0.
+    let probe = arp::parse(&find("ARP probe", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Request && a.eth_src == mac_c && a.sender_ip.is_unspecified()
+        })
+    }))
+    .expect("parse");
+    let kernel_probe_reply = find("kernel reply to the probe", &|f| {
+        is_arp(f, &|a| {
+            a.op == arp::Op::Reply && a.eth_src == mac_k && a.target_ip.is_unspecified()
+        })
+    });
+    let ours = arp::decide(&probe, mac_k, held4)
+        .reply
+        .expect("we answer probes");
+    assert_eq!(arp::encode(&ours).as_slice(), kernel_probe_reply.as_slice());
+
+    // Multicast NS (ndisc6) → NA (Solicited + Override + TLLA): identical bytes.
+    let ns = ndp::parse(&find("multicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_c
+                && n.ip_dst == ndp::solicited_node(v6)
+                && matches!(n.msg, ndp::Message::Solicit { .. })
+        })
+    }))
+    .expect("parse");
+    let kernel_na = find("kernel NA to the multicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_k
+                && n.ip_dst == ns.ip_src
+                && matches!(
+                    n.msg,
+                    ndp::Message::Advert {
+                        solicited: true,
+                        override_: true,
+                        ..
+                    }
+                )
+        })
+    });
+    let ours = ndp::decide(&ns, mac_k, held6).reply.expect("answered");
+    assert_eq!(ndp::encode(&ours), kernel_na);
+
+    // Unicast NUD NS → the kernel answers with Solicited only and no TLLA option; we also set
+    // Override and include the option (see ndp.rs). Masking exactly those two choices, the
+    // bytes are identical (payload length and checksum follow from them).
+    let nud = ndp::parse(&find("unicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_c && n.eth_dst == mac_k && n.ip_dst == v6
+        })
+    }))
+    .expect("parse");
+    // (The kernel sources NUD probes from its link-local address.)
+    assert!(
+        nud.ip_src == c_v6 || nud.ip_src.is_unicast_link_local(),
+        "{nud:?}"
+    );
+    let kernel_nud_na = find("kernel NA to the unicast NS", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == mac_k
+                && n.ip_dst == nud.ip_src
+                && matches!(
+                    n.msg,
+                    ndp::Message::Advert {
+                        override_: false,
+                        ..
+                    }
+                )
+        })
+    });
+    let mut ours = ndp::decide(&nud, mac_k, held6).reply.expect("NUD answered");
+    assert!(matches!(
+        ours.msg,
+        ndp::Message::Advert { solicited: true, override_: true, target_ll: Some(m), .. } if m == mac_k
+    ));
+    if let ndp::Message::Advert {
+        override_,
+        target_ll,
+        ..
+    } = &mut ours.msg
+    {
+        *override_ = false;
+        *target_ll = None;
+    }
+    assert_eq!(ndp::encode(&ours), kernel_nud_na);
+
+    // The kernel's gratuitous ARP is our request form; its unsolicited NA is ours (source =
+    // the announced address itself, Override, to ff02::1, TLLA).
+    let kernel_garp = find("kernel gratuitous ARP", &|f| {
+        is_arp(f, &|a| {
+            a.eth_src == new_mac && a.sender_ip == v4 && a.target_ip == v4
+        })
+    });
+    assert_eq!(
+        arp::encode(&arp::gratuitous(arp::Op::Request, new_mac, v4)).as_slice(),
+        kernel_garp.as_slice()
+    );
+    let kernel_una = find("kernel unsolicited NA", &|f| {
+        is_nd(f, &|n| {
+            n.eth_src == new_mac
+                && matches!(n.msg, ndp::Message::Advert { target, .. } if target == v6)
+        })
+    });
+    assert_eq!(ndp::encode(&ndp::unsolicited_na(new_mac, v6)), kernel_una);
+}
+
+/// Valid frames of every kind the parsers accept, to mutate.
+fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let us: MacAddr = "02:00:00:00:00:0a".parse().expect("mac");
+    let them: MacAddr = "02:00:00:00:00:0c".parse().expect("mac");
+    let v4: Ipv4Addr = "198.51.100.10".parse().expect("ip");
+    let c4: Ipv4Addr = "192.0.2.3".parse().expect("ip");
+    let v6: Ipv6Addr = "2001:db8:100::10".parse().expect("ip");
+    let c6: Ipv6Addr = "2001:db8:1::3".parse().expect("ip");
+    let req = arp::ArpFrame {
+        eth_dst: arp::BROADCAST,
+        eth_src: them,
+        op: arp::Op::Request,
+        sender_mac: them,
+        sender_ip: c4,
+        target_mac: arp::ZERO_MAC,
+        target_ip: v4,
+    };
+    let ns = ndp::NdpFrame {
+        eth_dst: ndp::multicast_mac(ndp::solicited_node(v6)),
+        eth_src: them,
+        ip_src: c6,
+        ip_dst: ndp::solicited_node(v6),
+        hop_limit: 255,
+        msg: ndp::Message::Solicit {
+            target: v6,
+            source_ll: Some(them),
+        },
+    };
+    let mut nud = ns;
+    nud.eth_dst = us;
+    nud.ip_dst = v6;
+    let mut dad = ns;
+    dad.ip_src = Ipv6Addr::UNSPECIFIED;
+    dad.msg = ndp::Message::Solicit {
+        target: v6,
+        source_ll: None,
+    };
+    let mut seeds = vec![
+        arp::encode(&req).to_vec(),
+        arp::encode(&arp::reply_to(&req, us)).to_vec(),
+        arp::encode(&arp::gratuitous(arp::Op::Request, them, v4)).to_vec(),
+        arp::encode(&arp::gratuitous(arp::Op::Reply, them, v4)).to_vec(),
+        ndp::encode(&ns),
+        ndp::encode(&nud),
+        ndp::encode(&dad),
+        ndp::encode(&ndp::unsolicited_na(them, v6)),
+    ];
+    // An NS with several options (nonce, unknown, source link-layer).
+    let mut multi = ndp::encode(&ns);
+    multi.extend_from_slice(&[
+        14, 1, 1, 2, 3, 4, 5, 6, 200, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    fix_nd(&mut multi);
+    seeds.push(multi);
+    seeds
+}
+
+/// Rewrites the IPv6 payload length to the frame and recomputes the ICMPv6 checksum, so
+/// mutations reach the option parser instead of dying at the checksum.
+fn fix_nd(b: &mut [u8]) {
+    if b.len() < 14 + 40 + 4 {
+        return;
+    }
+    let plen = (b.len() - 54).min(u16::MAX as usize) as u16;
+    b[18..20].copy_from_slice(&plen.to_be_bytes());
+    b[56] = 0;
+    b[57] = 0;
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&b[22..38]);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&b[38..54]);
+    let c = ndp::checksum(Ipv6Addr::from(s), Ipv6Addr::from(d), &b[54..]);
+    b[56..58].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn fuzz_parsers_and_decisions_with_mutated_frames() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("FERROLB_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    let iters: usize = std::env::var("FERROLB_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    println!("fuzz seed {seed} ({iters} iterations; FERROLB_FUZZ_SEED/FERROLB_FUZZ_ITERS)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let seeds = fuzz_seeds();
+    // `FERROLB_FUZZ_SEEDS_DIR=fuzz/seeds/packets` refreshes the libFuzzer seed corpus.
+    if let Ok(dir) = std::env::var("FERROLB_FUZZ_SEEDS_DIR") {
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(Path::new(&dir).join(format!("seed-{i:02}.bin")), s)
+                .expect("write seed");
+        }
+    }
+    let us: MacAddr = "02:00:00:00:00:0a".parse().expect("mac");
+    let held4 = |ip: Ipv4Addr| ip == Ipv4Addr::new(198, 51, 100, 10);
+    let held6 = |ip: Ipv6Addr| ip == "2001:db8:100::10".parse::<Ipv6Addr>().expect("ip");
+    let (mut arp_ok, mut nd_ok, mut replies) = (0usize, 0usize, 0usize);
+    for _ in 0..iters {
+        let mut f = seeds[rng.random_range(0..seeds.len())].clone();
+        for _ in 0..rng.random_range(1..=6) {
+            let len = f.len();
+            match rng.random_range(0..8) {
+                0 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] = [0, 1, 2, 8, 0x7f, 0x80, 0xfe, 0xff][rng.random_range(0..8)];
+                }
+                2 => f.truncate(rng.random_range(0..=len)),
+                3 => {
+                    let n = rng.random_range(1..40);
+                    f.extend((0..n).map(|_| rng.random::<u8>()));
+                }
+                4 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f.insert(i, rng.random());
+                }
+                5 if len > 0 => {
+                    f.remove(rng.random_range(0..len));
+                }
+                6 if len > 0 => {
+                    let i = rng.random_range(0..len);
+                    f[i] = rng.random();
+                }
+                _ => {}
+            }
+        }
+        if rng.random_bool(0.5) {
+            fix_nd(&mut f);
+        }
+        if let Ok(a) = arp::parse(&f) {
+            arp_ok += 1;
+            assert_eq!(arp::parse(&arp::encode(&a)), Ok(a), "ARP roundtrip");
+            let v = arp::decide(&a, us, held4);
+            if let Ok(r) = v.reply {
+                replies += 1;
+                assert!(held4(r.sender_ip), "replied for an address not held: {a:?}");
+                assert!(
+                    !arp::is_multicast_mac(r.eth_dst),
+                    "reply to a group MAC: {a:?}"
+                );
+                assert_ne!(a.eth_src, us);
+                assert_eq!(arp::parse(&arp::encode(&r)), Ok(r));
+            }
+        }
+        if let Ok(n) = ndp::parse(&f) {
+            nd_ok += 1;
+            // Re-encoding keeps the fields we use (other options are dropped).
+            assert_eq!(ndp::parse(&ndp::encode(&n)), Ok(n), "NDP roundtrip");
+            let v = ndp::decide(&n, us, held6);
+            if let Ok(r) = v.reply {
+                replies += 1;
+                assert!(held6(r.msg.target()), "answered an address not held: {n:?}");
+                assert_eq!(r.ip_src, r.msg.target());
+                assert!(
+                    !arp::is_multicast_mac(r.eth_dst) || r.ip_dst == ndp::ALL_NODES,
+                    "NA to a group MAC: {n:?}"
+                );
+                assert_eq!(ndp::parse(&ndp::encode(&r)), Ok(r), "our NA is valid");
+            }
+        }
+    }
+    println!("{arp_ok} ARP and {nd_ok} NDP frames parsed, {replies} replies");
+    // The mutations must leave many frames valid, or the run proves little.
+    if iters >= 10_000 {
+        assert!(arp_ok > iters / 50 && nd_ok > iters / 50 && replies > iters / 100);
+    }
+}
+
+#[test]
+fn release_stops_answers_at_once_and_conflicts_are_reported() {
+    if !root_or_skip("release_stops_answers_at_once_and_conflicts_are_reported") {
+        return;
+    }
+    let seg = lab("rc");
+    let (a, b, c) = (&seg.members[0], &seg.members[1], &seg.members[2]);
+    let (mac_a, mac_b) = (mac_of(a), mac_of(b));
+    let both = "198.51.100.10@eth0 2001:db8:100::10@eth0";
+    let mut pa = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &["--control-stdin", "--metrics-addr", "127.0.0.1:9752"],
+    );
+    let out = arping(c, "198.51.100.10", 1, 5);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_a],
+        "{out}"
+    );
+
+    // Release everything: no more answers, and the solicited-node group is left.
+    pa.say("");
+    pa.wait_line("applied held set", Duration::from_secs(10));
+    let out = arping(c, "198.51.100.10", 2, 2);
+    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+    assert!(ndisc6(c, "2001:db8:100::10").is_empty());
+    let maddr = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(!maddr.contains("ff02::1:ff00:10"), "{maddr}");
+
+    // Hold again: answered again, group joined again.
+    pa.say(both);
+    pa.wait_line("applied held set", Duration::from_secs(10));
+    let out = arping(c, "198.51.100.10", 1, 5);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_a],
+        "{out}"
+    );
+    assert_eq!(ndisc6(c, "2001:db8:100::10"), vec![mac_a]);
+    let maddr = a
+        .ip(&["-6", "maddr", "show", "dev", "eth0"])
+        .expect("maddr");
+    assert!(maddr.contains("ff02::1:ff00:10"), "{maddr}");
+
+    // B starts announcing the same addresses: A sees B's gratuitous ARP and unsolicited NA.
+    let _pb = announce(b, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    let want = mac_b.to_string();
+    let l4 = pa.wait_line("ip=198.51.100.10", Duration::from_secs(10));
+    assert!(l4.contains("conflict") && l4.contains(&want), "{l4}");
+    let l6 = pa.wait_line("ip=2001:db8:100::10", Duration::from_secs(10));
+    assert!(l6.contains("conflict") && l6.contains(&want), "{l6}");
+    let m = metrics(a, 9752);
+    assert!(
+        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
+        "{m}"
+    );
+}
+
+#[test]
+fn interface_coming_up_or_appearing_gets_a_burst() {
+    if !root_or_skip("interface_coming_up_or_appearing_gets_a_burst") {
+        return;
+    }
+    let seg = lab("up");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    a.ip(&["link", "set", "eth0", "down"]).expect("down");
+    stale_neigh(c, "-4", "198.51.100.10", "02:00:00:00:00:99");
+    let mut cmd = a.cmd(BIN);
+    cmd.args([
+        "announce",
+        "-i",
+        "eth0",
+        "-i",
+        "eth1",
+        "--ip",
+        "198.51.100.10",
+        "--metrics-addr",
+        "127.0.0.1:9753",
+    ]);
+    let mut p = Proc::spawn(cmd);
+    p.wait_line("announcer ready", Duration::from_secs(20));
+    // eth0 comes up: the announcer notices within its poll period and sends a burst.
+    a.ip(&["link", "set", "eth0", "up"]).expect("up");
+    wait_neigh_mac(c, "198.51.100.10", mac_a, "C's entry to point at A's eth0");
+    // eth1 appears (plugged into the same bridge): answered there too.
+    netns::veth(a, "eth1", &seg.bridge, "p9").expect("veth");
+    seg.bridge
+        .ip(&["link", "set", "p9", "master", "br0"])
+        .expect("enslave");
+    let mac_a1: MacAddr = a.mac("eth1").expect("mac").parse().expect("mac");
+    p.wait_line("listening", Duration::from_secs(10));
+    let macs: BTreeSet<MacAddr> = poll_until(
+        "replies from both interfaces",
+        Duration::from_secs(15),
+        || {
+            let out = arping(c, "198.51.100.10", 2, 3);
+            let macs: BTreeSet<MacAddr> = arping_reply_macs(&out, "198.51.100.10")
+                .into_iter()
+                .collect();
+            (macs.len() == 2).then_some(macs)
+        },
+    );
+    assert_eq!(macs, BTreeSet::from([mac_a, mac_a1]));
+    // Each interface hears the other's gratuitous frames: our own MACs are never a conflict.
+    let m = metrics(a, 9753);
+    assert!(
+        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 4,
+        "{m}\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(
+        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10"),
+        0,
+        "{m}"
+    );
+}
+
+#[test]
+fn periodic_reannounce_repeats_announcements_after_the_burst() {
+    if !root_or_skip("periodic_reannounce_repeats_announcements_after_the_burst") {
+        return;
+    }
+    let seg = lab("re");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    // A burst of one announcement, then one every second.
+    let _p = announce(
+        a,
+        &["198.51.100.10", "2001:db8:100::10"],
+        &[
+            "--gratuitous-count",
+            "1",
+            "--reannounce-interval-secs",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9754",
+        ],
+    );
+    poll_until(
+        "three IPv4 and IPv6 announcements",
+        Duration::from_secs(15),
+        || {
+            let m = metrics(a, 9754);
+            (metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 6
+                && metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 3)
+                .then_some(())
+        },
+    );
+    // A neighbour entry made wrong after the burst is corrected by a re-announcement.
+    stale_neigh(c, "-4", "198.51.100.10", "02:00:00:00:00:99");
+    wait_neigh_mac(c, "198.51.100.10", mac_a, "C's entry to point at A again");
+}
+
+/// RTTs (ms) of `arping` replies from `ip`: `par` concurrent arpings of `count` requests each
+/// (iputils arping sends at most one request a second; concurrent ones see each other's
+/// replies, so keep `par` at 1 for latency figures).
+fn arping_rtts(ns: &Netns, ip: &str, par: usize, count: u32, broadcast: bool) -> Vec<f64> {
+    let n = count.to_string();
+    let w = (count + 5).to_string();
+    let mut args = vec!["-c", n.as_str(), "-w", w.as_str(), "-I", "eth0"];
+    if broadcast {
+        args.push("-b");
+    }
+    args.push(ip);
+    let children: Vec<Child> = (0..par)
+        .map(|_| {
+            ns.cmd("arping")
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("arping")
+        })
+        .collect();
+    let mut rtts = Vec::new();
+    for ch in children {
+        let out = ch.wait_with_output().expect("arping");
+        if !out.status.success() {
+            println!("arping {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        rtts.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("reply from {ip} ")))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .last()?
+                        .strip_suffix("ms")?
+                        .parse::<f64>()
+                        .ok()
+                }),
+        );
+    }
+    rtts
+}
+
+/// Measurement, not a check of speed: ARP reply latency of the announcer vs the kernel on the
+/// same segment. Run with `cargo test --release --test net -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_arp_reply_latency_vs_kernel() {
+    if !root_or_skip("measure_arp_reply_latency_vs_kernel") {
+        return;
+    }
+    let mut seg = lab("ms");
+    seg.add_member("ms", "k", &["192.0.2.1/24"]).expect("k");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let _p = announce(a, &["198.51.100.10"], &["--gratuitous-count", "1"]);
+    let (par, count) = (1, 20);
+    let pct = |mut v: Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    for broadcast in [true, false] {
+        for (who, ip) in [("kernel", "192.0.2.1"), ("ferrolb", "198.51.100.10")] {
+            let r = arping_rtts(c, ip, par, count, broadcast);
+            assert_eq!(
+                r.len(),
+                par * count as usize,
+                "{who}: every request answered"
+            );
+            println!(
+                "{who:8} {}: n={} p50={:.3}ms p90={:.3}ms p99={:.3}ms max={:.3}ms",
+                if broadcast { "broadcast" } else { "unicast  " },
+                r.len(),
+                pct(r.clone(), 0.5),
+                pct(r.clone(), 0.9),
+                pct(r.clone(), 0.99),
+                pct(r, 1.0)
+            );
+        }
+    }
+}
+
+#[test]
+fn announce_rejects_bad_input_with_a_clear_error() {
+    for (args, needle) in [
+        (vec!["--ip", "224.0.0.1", "-i", "eth0"], "only unicast"),
+        (vec!["--ip", "ff02::1", "-i", "eth0"], "only unicast"),
+        (
+            vec!["--ip", "198.51.100.300", "-i", "eth0"],
+            "invalid value",
+        ),
+        (vec!["-i", "eth0"], "--ip"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("announce")
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn vlan_interfaces_are_answered() {
+    if !root_or_skip("vlan_interfaces_are_answered") {
+        return;
+    }
+    // Cilium fails on VLAN interfaces (#37959); a VLAN device is just another interface here.
+    let seg = lab("vl");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    for ns in [a, c] {
+        let vlan = [
+            "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100",
+        ];
+        if let Err(e) = ns.ip(&vlan) {
+            // Containers without the 8021q module cannot create VLAN devices.
+            println!("vlan_interfaces_are_answered: skipped: no VLAN support here ({e})");
+            return;
+        }
+        ns.ip(&["link", "set", "eth0.100", "up"]).expect("up");
+    }
+    c.ip(&["addr", "add", "192.0.2.103/24", "dev", "eth0.100"])
+        .expect("addr");
+    c.ip(&["route", "replace", "198.51.100.0/24", "dev", "eth0.100"])
+        .expect("route");
+    let mac_vlan: MacAddr = a.mac("eth0.100").expect("mac").parse().expect("mac");
+    let mut cmd = a.cmd(BIN);
+    cmd.args(["announce", "-i", "eth0.100", "--ip", "198.51.100.10"]);
+    let mut p = Proc::spawn(cmd);
+    p.wait_line("announcer ready", Duration::from_secs(20));
+    let out = c
+        .cmd("arping")
+        .args(["-c", "2", "-w", "5", "-I", "eth0.100", "198.51.100.10"])
+        .output()
+        .expect("arping");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        arping_reply_macs(&out, "198.51.100.10"),
+        vec![mac_vlan; 2],
+        "{out}"
+    );
+    // Untagged requests on the parent are not answered: the address is held on the VLAN only.
+    let out = arping(c, "198.51.100.10", 2, 2);
+    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+}
+
+#[test]
+fn default_interface_selection_on_a_real_system() {
+    if !root_or_skip("default_interface_selection_on_a_real_system") {
+        return;
+    }
+    let seg = lab("se");
+    let a = &seg.members[0];
+    // eth5/veth5: a veth pair; eth5 is then enslaved to bridge br1 (a member: excluded; the
+    // bridge is eligible); veth5 is excluded by name; eth6 (peer veth6) has ARP off (NOARP);
+    // eth7 (peer veth7 up) stays down; lo is loopback.
+    for n in ["5", "6", "7"] {
+        let (e, v) = (format!("eth{n}"), format!("veth{n}"));
+        a.ip(&["link", "add", &e, "type", "veth", "peer", "name", &v])
+            .expect("veth");
+    }
+    a.ip(&["link", "add", "br1", "type", "bridge"])
+        .expect("bridge");
+    a.ip(&["link", "set", "eth5", "master", "br1"])
+        .expect("enslave");
+    a.ip(&["link", "set", "eth6", "arp", "off"]).expect("noarp");
+    for i in ["eth5", "veth5", "br1", "eth6", "veth6", "veth7"] {
+        a.ip(&["link", "set", i, "up"]).expect("up");
+    }
+    poll_until("br1 to have carrier", Duration::from_secs(10), || {
+        let l = a.ip(&["-o", "link", "show", "br1"]).ok()?;
+        l.contains("LOWER_UP").then_some(())
+    });
+    let mut cmd = a.cmd(BIN);
+    cmd.args(["announce", "--ip", "198.51.100.10"]);
+    let mut p = Proc::spawn(cmd);
+    let line = p.wait_line("announcer ready", Duration::from_secs(20));
+    assert!(
+        line.contains(r#"interfaces={"br1", "eth0"}"#),
+        "selected interfaces: {line}"
+    );
+}
