@@ -1063,7 +1063,10 @@ async fn crd_created_through_the_api_registers_its_resource() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let server = ApiServer::new();
     let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-    let crd = repo_crds().into_iter().next().unwrap();
+    let crd = repo_crds()
+        .into_iter()
+        .find(|c| c.spec.names.plural == "loadbalancerippools")
+        .expect("crds/ holds the pool CRD");
     let name = crd.metadata.name.clone().unwrap();
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let got = crds.get(&name).await.unwrap();
