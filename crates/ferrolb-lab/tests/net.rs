@@ -1005,6 +1005,122 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     );
 }
 
+/// A switch reboot: every port of the segment loses carrier, the clients' neighbour caches are
+/// flushed, carrier returns. The holder hears of it from the kernel (rtnetlink, no polling) and
+/// re-announces at once, so the client learns the address again without asking.
+#[test]
+fn switch_reboot_carrier_back_reannounces_every_held_address_at_once() {
+    if !root_or_skip("switch_reboot_carrier_back_reannounces_every_held_address_at_once") {
+        return;
+    }
+    let seg = lab("sw");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    // The client learns from gratuitous ARP without having asked (as routers and L3 switches
+    // commonly do), so its neighbour table shows what it heard.
+    c.exec("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"])
+        .expect("arp_accept");
+    // Long self-check and no periodic re-announcement: only the carrier event can explain an
+    // announcement after the outage (the first burst, 5 × 1 s, is over by then).
+    let mut p = announce(
+        a,
+        &["198.51.100.10", "198.51.100.11"],
+        &["--self-check-secs", "600"],
+    );
+    wait_neigh_mac(
+        c,
+        "198.51.100.10",
+        mac_a,
+        "C to learn .10 from the first burst",
+    );
+    // The switch goes down: every bridge port loses carrier (a's and c's eth0 with it).
+    for port in ["p0", "p2"] {
+        seg.bridge
+            .ip(&["link", "set", port, "down"])
+            .expect("port down");
+    }
+    for ip in ["198.51.100.10", "198.51.100.11"] {
+        let _ = c.ip(&["neigh", "del", ip, "dev", "eth0"]);
+    }
+    std::thread::sleep(Duration::from_secs(5)); // the outage itself, not a synchronisation
+    for port in ["p0", "p2"] {
+        seg.bridge
+            .ip(&["link", "set", port, "up"])
+            .expect("port up");
+    }
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    let heard = |ip: &str| neigh(c, ip).and_then(|n| n.0) == Some(mac_a);
+    while !(heard("198.51.100.10") && heard("198.51.100.11")) {
+        if Instant::now() > deadline {
+            let _ = p.terminate();
+            while let Ok(l) = p.lines.recv_timeout(Duration::from_millis(200)) {
+                p.seen.push(l);
+            }
+            panic!(
+                "C never heard both addresses again; neighbours: {:?}\n{}",
+                c.ip(&["neigh"]),
+                p.seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = back.elapsed();
+    println!("switch reboot: every held address heard again {took:?} after carrier returned");
+    assert!(
+        took < Duration::from_secs(2),
+        "re-announcement took {took:?}\n{}",
+        p.seen.join("\n")
+    );
+    p.wait_line("interface came up; announcing", Duration::from_secs(5));
+}
+
+/// The self-check notices a reader thread that died behind the manager's back, restarts it and
+/// counts the repair; requests are answered again.
+#[test]
+fn self_check_repairs_a_dead_reader_and_counts_it() {
+    if !root_or_skip("self_check_repairs_a_dead_reader_and_counts_it") {
+        return;
+    }
+    let seg = lab("sc");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    let mut p = announce(
+        a,
+        &["198.51.100.10"],
+        &[
+            "--control-stdin",
+            "--self-check-secs",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9754",
+        ],
+    );
+    p.say("198.51.100.10@eth0");
+    p.wait_line("applied held set", Duration::from_secs(10));
+    assert_eq!(
+        arping_reply_macs(&arping(c, "198.51.100.10", 1, 2), "198.51.100.10"),
+        vec![mac_a]
+    );
+    p.say("!break eth0");
+    p.wait_line("self-check repaired", Duration::from_secs(10));
+    let macs = poll_until("answers again", Duration::from_secs(10), || {
+        let m = arping_reply_macs(&arping(c, "198.51.100.10", 1, 2), "198.51.100.10");
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(macs, vec![mac_a]);
+    let m = metrics(a, 9754);
+    let repairs: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ferrolb_announce_repairs_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(repairs >= 1, "{m}");
+}
+
 #[test]
 fn periodic_reannounce_repeats_announcements_after_the_burst() {
     if !root_or_skip("periodic_reannounce_repeats_announcements_after_the_burst") {

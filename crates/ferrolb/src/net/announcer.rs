@@ -7,8 +7,16 @@
 //! Threads, not tasks: the reply path is a blocking `poll`+`recvfrom` on a socket that a
 //! classic BPF filter restricts to ARP and ICMPv6 NS/NA, then one `sendto` — no executor hop,
 //! so replies stay fast under load (MetalLB #603). A manager thread owns the readers, the bursts
-//! and the multicast memberships; it wakes on [`Announcer::set_held`] and at least once a
-//! second to watch interfaces (new, gone, changed MAC, coming up).
+//! and the multicast memberships; it wakes on [`Announcer::set_held`], on every interface change
+//! the kernel reports ([`super::links`]: new, gone, renamed, changed MAC, carrier lost or back —
+//! no polling), and for a periodic self-check. An interface that comes back (carrier, or
+//! re-created) gets a gratuitous burst for every address held on it at once, so clients and
+//! switches whose caches were flushed hear every address again.
+//!
+//! The self-check ([`AnnouncerConfig::self_check`]) compares what is held with what the readers
+//! answer and which solicited-node groups are joined, and repairs any difference (a reader
+//! thread that died, a group that was dropped, an interface change that was missed); each repair
+//! is logged and counted in `ferrolb_announce_repairs_total`.
 //!
 //! Nothing requires an IP address on the interface: frames are built from the held address and
 //! the interface's MAC. Answers are only ever sent for an address held *on the receiving
@@ -29,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::arp::{self, MacAddr};
 use super::iface::Iface;
+use super::links::LinkWatch;
 use super::metrics::Metrics;
 use super::ndp;
 
@@ -44,8 +53,9 @@ pub struct AnnouncerConfig {
     pub gratuitous_interval: Duration,
     /// Re-announce every held address this often (one announcement), if set.
     pub reannounce_interval: Option<Duration>,
-    /// How often interfaces are checked (appearing, disappearing, coming up).
-    pub iface_poll: Duration,
+    /// How often the self-check runs (see the module doc). Interface changes do not wait
+    /// for it: the kernel reports them.
+    pub self_check: Duration,
 }
 
 impl Default for AnnouncerConfig {
@@ -54,7 +64,7 @@ impl Default for AnnouncerConfig {
             gratuitous_count: 5,
             gratuitous_interval: Duration::from_secs(1),
             reannounce_interval: None,
-            iface_poll: Duration::from_secs(1),
+            self_check: Duration::from_secs(10),
         }
     }
 }
@@ -79,6 +89,10 @@ struct Inner {
     shared: Arc<Shared>,
     cmd: Mutex<Option<mpsc::Sender<Cmd>>>,
     manager: Mutex<Option<JoinHandle<()>>>,
+    /// The process's one interface watcher (stopped with the announcer).
+    links: Mutex<Option<LinkWatch>>,
+    /// Counts interface changes, for [`Announcer::link_changes`].
+    link_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// State the readers consult for every frame.
@@ -107,7 +121,12 @@ impl Shared {
 
 enum Cmd {
     Wake,
+    /// The kernel reported an interface change: re-read the interfaces.
+    Links,
     Sync(tokio::sync::oneshot::Sender<()>),
+    /// Test hook: stop one reader thread behind the manager's back (the self-check must notice).
+    #[doc(hidden)]
+    BreakReader(String),
 }
 
 /// True for addresses that may be announced (unicast, not loopback/unspecified).
@@ -135,6 +154,17 @@ impl Announcer {
             conflicts,
         });
         let (tx, rx) = mpsc::channel();
+        let cfg_self_check = cfg.self_check;
+        let (link_changes, _) = tokio::sync::watch::channel(0u64);
+        let links = {
+            let tx = tx.clone();
+            let changes = link_changes.clone();
+            LinkWatch::start(move |_| {
+                changes.send_modify(|n| *n += 1);
+                let _ = tx.send(Cmd::Links);
+            })
+            .context("watching interfaces (rtnetlink)")?
+        };
         let mut mgr = Manager {
             cfg,
             shared: shared.clone(),
@@ -142,7 +172,8 @@ impl Announcer {
             last: Held::new(),
             last_generation: u64::MAX,
             bursts: BTreeMap::new(),
-            next_poll: Instant::now(),
+            links_dirty: true,
+            next_check: Instant::now() + cfg_self_check,
             next_reannounce: None,
         };
         let handle = std::thread::Builder::new()
@@ -154,6 +185,8 @@ impl Announcer {
                 shared,
                 cmd: Mutex::new(Some(tx)),
                 manager: Mutex::new(Some(handle)),
+                links: Mutex::new(Some(links)),
+                link_changes,
             }),
         })
     }
@@ -198,6 +231,20 @@ impl Announcer {
             .unwrap_or_default()
     }
 
+    /// Changes whenever the kernel reports an interface change (link up/down, carrier, address
+    /// added/removed, interface added/removed/renamed): the agent re-reads its eligible
+    /// interfaces on it instead of polling.
+    pub fn link_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.link_changes.subscribe()
+    }
+
+    /// Test hook: stops the reader thread of `iface` without telling the manager, as a crashed
+    /// thread would; the next self-check must restart it.
+    #[doc(hidden)]
+    pub fn break_reader_for_test(&self, iface: &str) {
+        self.send(Cmd::BreakReader(iface.to_string()));
+    }
+
     /// Conflicts seen from now on.
     pub fn conflicts(&self) -> tokio::sync::broadcast::Receiver<Conflict> {
         self.inner.shared.conflicts.subscribe()
@@ -223,6 +270,9 @@ impl Announcer {
         }
         if let Ok(mut c) = self.inner.cmd.lock() {
             c.take();
+        }
+        if let Ok(mut l) = self.inner.links.lock() {
+            l.take();
         }
         let handle = self.inner.manager.lock().ok().and_then(|mut m| m.take());
         if let Some(h) = handle {
@@ -291,7 +341,9 @@ struct Manager {
     /// `Shared::generation` of `last` (`u64::MAX`: nothing applied yet).
     last_generation: u64,
     bursts: BTreeMap<(IpAddr, String), Burst>,
-    next_poll: Instant,
+    /// An interface change was reported since the last sync.
+    links_dirty: bool,
+    next_check: Instant,
     next_reannounce: Option<Instant>,
 }
 
@@ -481,7 +533,7 @@ impl Manager {
                 let _: Result<(), ()> = tokio::sync::oneshot::Sender::send(s, ());
             }
             let now = Instant::now();
-            let mut due = self.next_poll;
+            let mut due = self.next_check;
             if let Some(b) = self.bursts.values().map(|b| b.next).min() {
                 due = due.min(b);
             }
@@ -489,16 +541,14 @@ impl Manager {
                 due = due.min(r);
             }
             match rx.recv_timeout(due.saturating_duration_since(now)) {
-                Ok(Cmd::Wake) => {}
-                Ok(Cmd::Sync(s)) => pending_syncs.push(s),
+                Ok(c) => self.take(c, &mut pending_syncs),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             // Coalesce whatever else is queued.
             loop {
                 match rx.try_recv() {
-                    Ok(Cmd::Wake) => {}
-                    Ok(Cmd::Sync(s)) => pending_syncs.push(s),
+                    Ok(c) => self.take(c, &mut pending_syncs),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         self.stop_all();
@@ -510,36 +560,65 @@ impl Manager {
         self.stop_all();
     }
 
+    fn take(&mut self, c: Cmd, pending_syncs: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+        match c {
+            Cmd::Wake => {}
+            Cmd::Links => self.links_dirty = true,
+            Cmd::Sync(s) => pending_syncs.push(s),
+            Cmd::BreakReader(name) => {
+                if let Some(r) = self.readers.get_mut(&name) {
+                    r.stop.store(true, Ordering::SeqCst);
+                    if let Some(t) = r.thread.take() {
+                        let _ = t.join();
+                    }
+                }
+            }
+        }
+    }
+
     fn stop_all(&mut self) {
         for (_, r) in self.readers.drain() {
             r.stop();
         }
     }
 
-    /// One round: apply a new held set (diff, interfaces, multicast groups) when it moved or the
-    /// interface poll is due, then send the bursts that are due. Rounds where nothing moved cost
-    /// nothing per held address (a burst round with 10k held addresses must not copy them all).
+    /// One round: apply a new held set (diff, interfaces, multicast groups) when it moved, an
+    /// interface changed or the self-check is due, then send the bursts that are due. Rounds
+    /// where nothing moved cost nothing per held address (a burst round with 10k held addresses
+    /// must not copy them all).
     fn tick(&mut self) {
         let now = Instant::now();
         let generation = self.shared.generation.load(Ordering::Acquire);
-        let poll_due = now >= self.next_poll;
-        if generation != self.last_generation || poll_due {
+        let check_due = now >= self.next_check;
+        if generation != self.last_generation || self.links_dirty || check_due {
             let held = self
                 .shared
                 .held
                 .read()
                 .map(|h| h.clone())
                 .unwrap_or_default();
+            let moved = generation != self.last_generation || self.links_dirty;
             self.last_generation = generation;
+            self.links_dirty = false;
             let changed = held != self.last;
-            if changed || poll_due {
-                self.sync_interfaces(&held, now);
-                self.next_poll = now + self.cfg.iface_poll;
-            }
+            // Dead reader threads restarted: a repair, whatever woke us.
+            let mut repairs = self.sync_interfaces(&held, now);
             if changed {
                 self.apply_diff(&held, now);
             }
-            self.sync_multicast(&held);
+            let joins = self.sync_multicast(&held);
+            if check_due {
+                repairs += self.check_answered();
+                if !moved {
+                    // Nothing was reported since the last round, yet the groups differed.
+                    repairs += joins;
+                }
+                self.next_check = now + self.cfg.self_check;
+            }
+            if repairs > 0 {
+                warn!(repairs, "self-check repaired the announcer's state");
+                self.shared.metrics.repairs.inc_by(repairs as u64);
+            }
             self.last = held;
         }
         if let Some(every) = self.cfg.reannounce_interval {
@@ -574,7 +653,9 @@ impl Manager {
 
     /// Opens/closes readers to match the interfaces named in `held`; schedules bursts on
     /// interfaces that appear or come up.
-    fn sync_interfaces(&mut self, held: &Held, now: Instant) {
+    /// Returns how many readers it restarted because their thread had died (repairs).
+    fn sync_interfaces(&mut self, held: &Held, now: Instant) -> usize {
+        let mut repairs = 0;
         let wanted: BTreeSet<&String> = held.values().flatten().collect();
         let stale: Vec<String> = self
             .readers
@@ -589,7 +670,7 @@ impl Manager {
             }
         }
         if wanted.is_empty() {
-            return;
+            return repairs;
         }
         let all: HashMap<String, pnet_datalink::NetworkInterface> = pnet_datalink::interfaces()
             .into_iter()
@@ -633,6 +714,13 @@ impl Manager {
                 continue;
             }
             if let Some(old) = self.readers.remove(name.as_str()) {
+                let died = old.index == ni.index
+                    && old.mac == mac
+                    && old.thread.as_ref().is_none_or(|t| t.is_finished());
+                if died {
+                    warn!(iface = %name, "reader thread had stopped; restarting it");
+                    repairs += 1;
+                }
                 old.stop();
             }
             match self.start_reader(ni, mac, up) {
@@ -646,6 +734,28 @@ impl Manager {
                 Err(e) => warn!(iface = %name, error = %format!("{e:#}"), "cannot listen"),
             }
         }
+        repairs
+    }
+
+    /// Self-check: the per-interface map the readers answer from must be exactly what is held
+    /// (both read under their locks, in `set_held`'s order, so a concurrent `set_held` is never
+    /// undone). Returns 1 when it was not (and rewrites it).
+    fn check_answered(&self) -> usize {
+        let sh = &self.shared;
+        let (Ok(held), Ok(mut by_iface)) = (sh.held.read(), sh.by_iface.write()) else {
+            return 0;
+        };
+        let mut want: HashMap<String, HashSet<IpAddr>> = HashMap::new();
+        for (ip, ifaces) in held.iter() {
+            for i in ifaces {
+                want.entry(i.clone()).or_default().insert(*ip);
+            }
+        }
+        if *by_iface == want {
+            return 0;
+        }
+        *by_iface = want;
+        1
     }
 
     fn schedule_iface(&mut self, held: &Held, name: &str, now: Instant) {
@@ -715,7 +825,9 @@ impl Manager {
 
     /// Joins/leaves solicited-node groups so each reader's interface receives the multicast
     /// NS for its held IPv6 addresses (and switches report them with MLD).
-    fn sync_multicast(&mut self, held: &Held) {
+    /// Returns how many groups it joined or left.
+    fn sync_multicast(&mut self, held: &Held) -> usize {
+        let mut actions = 0;
         for (name, r) in self.readers.iter_mut() {
             let want: BTreeSet<Ipv6Addr> = held
                 .iter()
@@ -760,8 +872,10 @@ impl Manager {
                     }
                 }
             }
+            actions += r.groups.symmetric_difference(&joined).count();
             r.groups = joined;
         }
+        actions
     }
 
     fn send_due(&mut self, now: Instant) {

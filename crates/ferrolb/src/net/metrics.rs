@@ -17,6 +17,9 @@ pub struct Metrics {
     pub gratuitous: IntCounterVec,
     /// Announcements of an address we hold by another MAC.
     pub conflicts: IntCounterVec,
+    /// Differences the self-check found and repaired (nothing had been reported, yet the
+    /// readers, multicast groups or answered set did not match what is held).
+    pub repairs: prometheus::IntCounter,
 }
 
 fn counter(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
@@ -47,7 +50,12 @@ impl Metrics {
                 "ferrolb_announce_conflicts_total",
                 "Announcements of an address we hold seen from another MAC",
             )?,
+            repairs: prometheus::IntCounter::new(
+                "ferrolb_announce_repairs_total",
+                "Differences between the held set and what is answered or joined, found and repaired by the self-check",
+            )?,
         };
+        registry.register(Box::new(m.repairs.clone()))?;
         for c in [
             &m.arp_requests,
             &m.ndp_requests,

@@ -1,13 +1,14 @@
 //! ARP/NDP codecs (fuzzable), raw-socket I/O, interface selection.
 //!
 //! Layout follows MetalLB's internal/layer2: one file per protocol ([`arp`], [`ndp`]: pure
-//! codecs and answer decisions), [`iface`] (discovery and selection), [`announcer`] (raw-socket
-//! I/O, one reader thread per interface, gratuitous bursts, multicast membership) and
-//! [`metrics`].
+//! codecs and answer decisions), [`iface`] (discovery and selection), [`links`] (interface
+//! changes from rtnetlink), [`announcer`] (raw-socket I/O, one reader thread per interface,
+//! gratuitous bursts, multicast membership, self-check) and [`metrics`].
 
 pub mod announcer;
 pub mod arp;
 pub mod iface;
+pub mod links;
 pub mod metrics;
 pub mod ndp;
 mod verdict;
@@ -43,8 +44,12 @@ pub struct AnnounceArgs {
     /// Also re-announce every held address every this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
     pub reannounce_interval_secs: u64,
+    /// Seconds between two self-checks of what is answered and joined (see the announcer).
+    #[arg(long, default_value_t = 10)]
+    pub self_check_secs: u64,
     /// Testing aid: read the desired held set from stdin, one line per change, as
-    /// whitespace-separated `ADDR@IFACE` items (an empty line releases everything).
+    /// whitespace-separated `ADDR@IFACE` items (an empty line releases everything); the line
+    /// `!break IFACE` stops that interface's reader thread behind the announcer's back.
     #[arg(long, hide = true)]
     pub control_stdin: bool,
 }
@@ -99,7 +104,7 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms.max(1)),
         reannounce_interval: (args.reannounce_interval_secs > 0)
             .then(|| Duration::from_secs(args.reannounce_interval_secs)),
-        ..Default::default()
+        self_check: Duration::from_secs(args.self_check_secs.max(1)),
     };
     let registry = prometheus::Registry::new();
     let announcer = Announcer::new(cfg, &registry)?;
@@ -133,6 +138,9 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         tokio::select! {
             line = async { control.as_mut()?.next_line().await.ok().flatten() }, if control.is_some() => match line {
                 None => control = None,
+                Some(line) if line.starts_with("!break ") => {
+                    announcer.break_reader_for_test(line.trim_start_matches("!break ").trim());
+                }
                 Some(line) => match parse_held_line(&line) {
                     Ok(held) => {
                         announcer.set_held(held.clone());
