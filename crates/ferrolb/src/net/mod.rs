@@ -11,6 +11,7 @@ pub mod iface;
 pub mod links;
 pub mod metrics;
 pub mod ndp;
+mod reader;
 mod verdict;
 
 pub use announcer::{Announcer, AnnouncerConfig, Conflict};
