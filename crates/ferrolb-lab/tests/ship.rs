@@ -1287,3 +1287,58 @@ fn clustermesh_plan_clusters() {
         serde_json::json!(["clustermesh", "clustermesh"])
     );
 }
+
+/// Product modules (`crates/ferrolb/src`, top level and one level down, test modules aside), as
+/// `parent::child` paths.
+fn product_modules() -> BTreeSet<String> {
+    let src = root().join("crates/ferrolb/src");
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(&src).expect("crates/ferrolb/src") {
+        let p = e.expect("entry").path();
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            out.insert(name.clone());
+            for f in std::fs::read_dir(&p).expect("module dir") {
+                let f = f.expect("entry").path();
+                let child = f.file_stem().unwrap().to_string_lossy().to_string();
+                if child != "mod" && child != "tests" {
+                    out.insert(format!("{name}::{child}"));
+                }
+            }
+        } else if name != "lib" {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// ARCHITECTURE.md's module table names every product module, and every module it names exists.
+#[test]
+fn architecture_md_names_every_product_module_and_nothing_else() {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let section = text
+        .split("## Product modules")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a '## Product modules' section");
+    let named: BTreeSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" | ").next())
+        .flat_map(|cell| {
+            cell.split('`')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .map(|(_, t)| t.trim_matches(|c| c == ',' || c == ' ').to_string())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let have = product_modules();
+    let missing: Vec<_> = have.difference(&named).collect();
+    let stale: Vec<_> = named.difference(&have).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "ARCHITECTURE.md does not name {missing:?}; names modules that do not exist: {stale:?}"
+    );
+}
