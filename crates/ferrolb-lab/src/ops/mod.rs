@@ -403,15 +403,16 @@ pub fn service_key(svc: &Service) -> String {
     )
 }
 
-/// The classes `status` and `doctor` consider ferrolb's: no class, ours, and Cilium's (served
-/// with `--serve-cilium-class`; a Service of that class that ferrolb does not serve has no
-/// ferrolb condition and shows as not handled).
+/// The Services `status` and `doctor` consider ferrolb's: LoadBalancer Services without a class
+/// or of class `ferrolb.io/l2-announcer`, and any Service carrying ferrolb's condition (so
+/// `io.cilium/l2-announcer` Services count once a controller with `--serve-cilium-class` has
+/// handled them, and not while Cilium still serves them during a migration).
 pub fn considered(svc: &Service) -> bool {
     is_ours(
         svc,
         &ClassOptions {
             default_class: true,
-            cilium_class: true,
+            cilium_class: false,
         },
     ) || ipam_condition(svc).is_some()
 }
@@ -554,6 +555,39 @@ mod tests {
         assert!(!got[1].live, "renewed 60 s ago with a 5 s duration");
         let p = presence_by_node(std::slice::from_ref(&presence));
         assert!(p.contains_key("node1"));
+    }
+
+    #[test]
+    fn considered_services_follow_the_class_and_our_condition() {
+        use ferrolb::api::{CILIUM_LB_CLASS, LB_CLASS};
+        use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
+        let svc = |class: Option<&str>, cond: bool| Service {
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                load_balancer_class: class.map(str::to_string),
+                ..Default::default()
+            }),
+            status: cond.then(|| ServiceStatus {
+                conditions: Some(vec![Condition {
+                    type_: COND_IPAM_SATISFIED.into(),
+                    status: "True".into(),
+                    reason: "Satisfied".into(),
+                    message: String::new(),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
+                        "2026-12-04T10:00:00Z",
+                    )),
+                    observed_generation: None,
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(considered(&svc(None, false)));
+        assert!(considered(&svc(Some(LB_CLASS), false)));
+        // Cilium's class: only once a ferrolb controller serving it wrote its condition.
+        assert!(!considered(&svc(Some(CILIUM_LB_CLASS), false)));
+        assert!(considered(&svc(Some(CILIUM_LB_CLASS), true)));
+        assert!(!considered(&svc(Some("example.com/other"), false)));
     }
 
     #[test]
