@@ -855,3 +855,42 @@ async fn kubectl_runs_the_plugin() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("[kube-proxy-strict-arp]"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_uses_the_kubeconfig_context_like_kubectl() {
+    let env = healthy().await;
+    // The stand-in's kubeconfig, with a second context made current that points nowhere.
+    let good = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&good).unwrap();
+    let server = format!("http://127.0.0.1:{port}");
+    kc["clusters"].as_sequence_mut().unwrap().push(
+        serde_yaml::from_str(&format!("{{name: gone, cluster: {{server: '{server}'}}}}")).unwrap(),
+    );
+    kc["contexts"].as_sequence_mut().unwrap().push(
+        serde_yaml::from_str(
+            "{name: gone, context: {cluster: gone, user: ops-test, namespace: demo}}",
+        )
+        .unwrap(),
+    );
+    kc["current-context"] = "gone".into();
+    let path = env.dir.path().join("two-contexts");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["status", "-o", "json", "--kubeconfig"])
+            .arg(&path)
+            .args(extra);
+        output(c)
+    };
+    let (code, _, err) = run(&[]).await;
+    assert_ne!(code, 0, "the current context points nowhere: {err}");
+    let (code, out, err) = run(&["--context", "ferrolb-dev", "-n", "demo"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"][0]["node"], "node1");
+}
