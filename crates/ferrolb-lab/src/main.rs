@@ -35,12 +35,25 @@ enum Cmd {
     /// Answer ARP/NDP for fixed addresses on fixed interfaces, without Kubernetes
     /// (troubleshooting, and the packet tests).
     Announce(ferrolb::net::AnnounceArgs),
+    /// Pools, Services with their addresses and announcing node, pending Services and why
+    /// (also `kubectl ferrolb status` when installed as `kubectl-ferrolb`).
+    Status(ferrolb_lab::ops::status::Args),
+    /// Check a cluster for misconfigurations, each finding with its fix; exit 1 on findings
+    /// (also `kubectl ferrolb doctor`).
+    Doctor(ferrolb_lab::ops::doctor::Args),
     /// Tiny HTTP backend that answers with its name (the lab's echo Service).
     #[command(hide = true)]
     Echo(ferrolb_lab::lab::EchoArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    // Invoked as `kubectl-ferrolb` (a kubectl plugin): only the cluster commands.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| ferrolb_lab::ops::invoked_as_plugin(&a))
+    {
+        return ferrolb_lab::ops::plugin_main();
+    }
     let cli = Cli::parse();
     ferrolb::telemetry::init_logging(&cli.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +76,8 @@ fn main() -> std::process::ExitCode {
             Cmd::DevApiserver(a) => kube_standin::run(a).await,
             Cmd::Lab(a) => ferrolb_lab::lab::run(a).await,
             Cmd::Announce(a) => ferrolb::net::run_announce(a).await,
+            Cmd::Status(a) => ferrolb_lab::ops::status::run(a).await,
+            Cmd::Doctor(a) => ferrolb_lab::ops::doctor::run(a).await,
             Cmd::Echo(a) => ferrolb_lab::lab::run_echo(a).await,
         }
     });
