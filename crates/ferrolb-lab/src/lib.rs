@@ -9,3 +9,4 @@ pub mod harness;
 pub mod lab;
 pub mod netns;
 pub mod plan;
+pub mod realapi;
