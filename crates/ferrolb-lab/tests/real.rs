@@ -323,10 +323,45 @@ async fn holders(
         .collect()
 }
 
+/// A LoadBalancer Service `name` in `ns`.
+fn lb_service(ns: &str, name: &str) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]}
+    }))
+    .unwrap()
+}
+
+/// Waits (polling, up to `within`) until Service `ns/name` has an address; returns them.
+async fn wait_address(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    within: Duration,
+) -> Vec<std::net::IpAddr> {
+    let api = Api::<Service>::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        // Errors are expected right after a restart (429, 504...): retried until the deadline.
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), api.get(name)).await {
+            let ips = ferrolb::controller::status::ingress_ips(&s);
+            if !ips.is_empty() {
+                return ips;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{ns}/{name} got no address within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The API outage users see: kube-apiserver restarts (SIGKILL, then a new process over the same
 /// etcd). Holders stay holders, nothing is deleted, renewals resume, and the engines' watches
 /// resume: a graceful release after the restart is taken over long before the lease expires,
-/// which only a watch can explain. Runs on its own server (a restart would disturb the others).
+/// which only a watch can explain. A controller running through the restart keeps every address
+/// and serves a Service created afterwards (its watches resumed). Runs on its own server (a restart would disturb the others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_restart_keeps_holders_and_watches_resume() {
     use ferrolb::lease::{EngineOptions, LeaseConfig, LeaseEvent, LeaseSet};
@@ -346,12 +381,72 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     );
     let admin = api.admin();
     let ns = "outage";
-    let mut n = k8s_openapi::api::core::v1::Namespace::default();
-    n.metadata.name = Some(ns.into());
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &n)
+    // The controller's Lease lives apart from the agents' (as deploy/ has it).
+    let ctl_ns = "outage-ctl";
+    for name in [ns, ctl_ns] {
+        let mut n = k8s_openapi::api::core::v1::Namespace::default();
+        n.metadata.name = Some(name.into());
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("create namespace");
+    }
+    // The controller, with the CRDs and a pool, addressing three Services.
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(admin.clone());
+    for (_, crd) in ferrolb::crds::all() {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("create CRD");
+    }
+    let pools: Api<ferrolb::api::LoadBalancerIPPool> = Api::all(admin.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pools.list(&Default::default()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pool CRD not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pool: ferrolb::api::LoadBalancerIPPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "main"},
+        "spec": {"blocks": [{"cidr": "198.51.100.0/24"}]}
+    }))
+    .unwrap();
+    pools
+        .create(&PostParams::default(), &pool)
         .await
-        .expect("create namespace");
+        .expect("create pool");
+    let mut cc = ferrolb::controller::ControllerConfig::new("ctrl-a");
+    cc.lease_namespace = ctl_ns.into();
+    cc.lease = ferrolb::controller::LeaseTimings {
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(1),
+    };
+    let registry = prometheus::Registry::new();
+    let ctx = ferrolb::controller::Context::new(
+        api.admin(),
+        cc,
+        ferrolb::controller::Metrics::new(&registry).unwrap(),
+    );
+    let ctl = tokio::spawn(ferrolb::controller::Controller::run(ctx.clone()));
+    let svcs = Api::<Service>::namespaced(admin.clone(), ns);
+    let mut addresses = std::collections::BTreeMap::new();
+    for name in ["s1", "s2", "s3"] {
+        svcs.create(&PostParams::default(), &lb_service(ns, name))
+            .await
+            .expect("create Service");
+    }
+    for name in ["s1", "s2", "s3"] {
+        addresses.insert(
+            name,
+            wait_address(&admin, ns, name, Duration::from_secs(30)).await,
+        );
+    }
+
     // Long leases: a takeover within seconds can only come from a watched release.
     let cfg = LeaseConfig {
         lease_duration: Duration::from_secs(60),
@@ -453,4 +548,19 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     for s in sets {
         s.abort();
     }
+    // The controller kept every address and serves a Service created after the restart.
+    svcs.create(&PostParams::default(), &lb_service(ns, "s4"))
+        .await
+        .expect("create Service after the restart");
+    let s4 = wait_address(&admin, ns, "s4", Duration::from_secs(60)).await;
+    for (name, before) in &addresses {
+        let now = wait_address(&admin, ns, name, Duration::from_secs(10)).await;
+        assert_eq!(&now, before, "{name} changed address over the restart");
+        assert!(
+            !before.iter().any(|a| s4.contains(a)),
+            "s4 got {name}'s address"
+        );
+    }
+    ctx.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), ctl).await;
 }
