@@ -80,6 +80,10 @@ pub struct Args {
     /// Read manifests from this directory instead of the embedded examples/lab.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// The API server: `stand-in` (`ferrolb dev-apiserver`) or `kube` (kube-apiserver v1.36 +
+    /// etcd from ../shared/kube, deploy/'s RBAC, ServiceAccount tokens).
+    #[arg(long, value_enum, default_value = "stand-in")]
+    pub api: cluster::ApiKind,
 }
 
 /// Machine-readable result of a lab run (`--json`).
@@ -197,6 +201,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     }
     let exe = std::env::current_exe().context("locating the ferrolb binary")?;
     let mut cfg = LabConfig::new("lab", args.nodes, exe);
+    cfg.api = args.api;
     let lab_dir = cfg.dir.clone();
     cfg.timings = Timings {
         lease_duration: args.lease_duration.clone(),
@@ -341,10 +346,16 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
         "ferrolb lab: {} nodes, {} Service(s), lease {}/{}/{} (duration/renew deadline/retry)",
         args.nodes, args.services, args.lease_duration, args.renew_deadline, args.retry_period
     ));
-    say.line("[1/6] building the segment: bridge, api, client and node namespaces; starting the API stand-in");
+    let server = match cfg.api {
+        cluster::ApiKind::StandIn => "API stand-in",
+        cluster::ApiKind::Kube => "kube-apiserver v1.36 + etcd, deploy/'s RBAC",
+    };
+    say.line(format!(
+        "[1/6] building the segment: bridge, api, client and node namespaces; starting the {server}"
+    ));
     let mut c = Cluster::start_all(cfg).await?;
     say.line(format!(
-        "      API stand-in on {}:6443 (namespace {}), nodes {} ({:.1}s)",
+        "      {server} on {}:6443 (namespace {}), nodes {} ({:.1}s)",
         c.topo.api_ipv4,
         c.topo.api().name(),
         c.topo
