@@ -418,7 +418,9 @@ impl RealApi {
             format!("--service-account-key-file={sa}"),
             format!("--service-account-signing-key-file={sa}"),
             "--api-audiences=https://kubernetes.default.svc".into(),
-            "--service-cluster-ip-range=192.0.2.0/24".into(),
+            // Dual-stack, the stand-in's ranges: with IPv4 only, IPv6 Services are refused
+            // ("not configured on this cluster") where the stand-in accepts them.
+            "--service-cluster-ip-range=203.0.113.0/24,2001:db8:fff::/108".into(),
             "--profiling=false".into(),
         ];
         let n = std::fs::read_dir(d)?

@@ -546,7 +546,8 @@ impl Cluster {
 
 impl Cluster {
     /// kube-apiserver's own `apiserver_request_total` with `--api kube`, as
-    /// `(verb, resource, "", count)` (it does not tell clients apart).
+    /// `(verb, resource, "*", count)`: it does not tell clients apart, so `*` is everyone
+    /// (agents, controllers, the lab, kube-apiserver's own loopback clients).
     async fn real_api_requests(&self) -> anyhow::Result<Vec<(String, String, String, f64)>> {
         let req = http::Request::get("/metrics").body(Vec::new())?;
         let text = self.client.request_text(req).await?;
@@ -555,7 +556,7 @@ impl Cluster {
 }
 
 /// Parses kube-apiserver's `apiserver_request_total{...,resource="leases",...,verb="PUT"} 3` into
-/// `(verb, resource, "", count)` with kube-style verbs (`update`, `get`, `watch`...), summed over
+/// `(verb, resource, "*", count)` with kube-style verbs (`update`, `get`, `watch`...), summed over
 /// the other labels.
 pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String, f64)> {
     let mut sums: std::collections::BTreeMap<(String, String), f64> = Default::default();
@@ -585,7 +586,7 @@ pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String,
         *sums.entry((verb, get("resource"))).or_default() += value;
     }
     sums.into_iter()
-        .map(|((v, r), n)| (v, r, String::new(), n))
+        .map(|((v, r), n)| (v, r, "*".to_string(), n))
         .collect()
 }
 
@@ -646,8 +647,8 @@ mod tests {
         assert_eq!(
             v,
             vec![
-                ("create".into(), "services".into(), String::new(), 1.0),
-                ("update".into(), "leases".into(), String::new(), 9.0),
+                ("create".into(), "services".into(), "*".into(), 1.0),
+                ("update".into(), "leases".into(), "*".into(), 9.0),
             ]
         );
     }

@@ -711,8 +711,15 @@ async fn measure(
     };
     m.steady_api_requests_per_s = rate(false);
     m.steady_api_reads_per_s = rate(true);
+    // kube-apiserver's counters do not tell clients apart: with --api kube the figure is
+    // everyone's (agents, controllers, the lab and the server's own loopback clients).
+    let who = if c.real.is_some() {
+        "all clients (kube-apiserver's apiserver_request_total)"
+    } else {
+        "agents"
+    };
     say.line(format!(
-        "      agents: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
+        "      {who}: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
         m.steady_api_requests_per_s,
         m.steady_api_requests_per_s * 1000.0 / s as f64,
         m.steady_api_reads_per_s
@@ -753,7 +760,8 @@ async fn measure(
     Ok(m)
 }
 
-/// The agents' (clients named `node…`) request rates between two counter readings, by
+/// The agents' (clients named `node…`; `*` = every client, on the real server) request rates
+/// between two counter readings, by
 /// (verb, resource), busiest first; kinds without requests in the window are left out.
 fn requests_by_kind(
     before: &[(String, String, String, f64)],
@@ -763,7 +771,8 @@ fn requests_by_kind(
     let mut delta: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for (sign, v) in [(-1.0, before), (1.0, after)] {
         for (verb, resource, client, n) in v {
-            if client.starts_with("node") {
+            // `*`: kube-apiserver's own counters, which have no client label.
+            if client.starts_with("node") || client == "*" {
                 *delta.entry((verb.clone(), resource.clone())).or_default() += sign * n;
             }
         }
