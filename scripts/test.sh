@@ -14,6 +14,9 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v kubectl >/dev/null || need_pkgs+=(kubernetes-client)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# The real-backend tests (crates/ferrolb-lab/src/realapi.rs): decompress ../shared/kube, make keys.
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_pkgs[*]} — run as root (sudo $0) so they can be installed" >&2

@@ -11,3 +11,4 @@ pub mod lab;
 pub mod netns;
 pub mod ops;
 pub mod plan;
+pub mod realapi;

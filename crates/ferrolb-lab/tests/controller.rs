@@ -1,4 +1,7 @@
-//! The LB-IPAM controller against the in-process API stand-in (`kube_standin::ApiServer`).
+//! The LB-IPAM controller against the in-process API stand-in (`kube_standin::ApiServer`); the
+//! scenarios that need no stand-in counter run on a real kube-apiserver too (`real_*`, one server
+//! shared by this binary, those tests one at a time: pools are cluster-wide; they print
+//! `skipped: no kube-apiserver ...` and pass when `../shared/kube` is absent).
 //! One scenario per test; objects come from the builder helpers below; every wait is a watch
 //! (`kube::runtime::wait::await_condition`) with a generous deadline, never a fixed sleep.
 
@@ -139,8 +142,30 @@ impl PoolB {
 // ----- harness -------------------------------------------------------------------------------
 
 struct Harness {
-    api: ApiServer,
+    /// The stand-in; `None` on the real server (then `client` is its admin).
+    api: Option<ApiServer>,
     client: Client,
+    /// Real-server tests run one at a time (pools and the controller's watches are cluster-wide).
+    _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+static REAL_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `$scenario` on the stand-in as test `$stand_in` and on the real server as `$real`.
+macro_rules! on_both {
+    ($scenario:ident, $stand_in:ident, $real:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $stand_in() {
+            $scenario(Harness::new().await).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $real() {
+            if let Some(h) = Harness::real().await {
+                $scenario(h).await
+            }
+        }
+    };
 }
 
 struct Replica {
@@ -224,7 +249,97 @@ impl Harness {
                 Err(e) => panic!("create namespace {ns}: {e}"),
             }
         }
-        Harness { api, client }
+        Harness {
+            api: Some(api),
+            client,
+            _serial: None,
+        }
+    }
+
+    /// The shared real kube-apiserver with the CRDs and namespaces, cleared of what earlier
+    /// tests left (Services of [`NS`], pools, Events, the controller's Lease); `None` (after
+    /// saying why) to skip.
+    async fn real() -> Option<Self> {
+        if !ferrolb_lab::netns::is_root() {
+            eprintln!("skipped: not root (the real kube-apiserver runs in a network namespace)");
+            return None;
+        }
+        let Some(real) = ferrolb_lab::realapi::shared_async().await else {
+            eprintln!("{}", ferrolb_lab::realapi::SKIP);
+            return None;
+        };
+        let serial = REAL_SERIAL.lock().await;
+        let client = real.admin();
+        let crds: Api<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        > = Api::all(client.clone());
+        for (_, crd) in ferrolb::crds::all() {
+            match crds.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("create CRD: {e}"),
+            }
+        }
+        let nss: Api<Namespace> = Api::all(client.clone());
+        for ns in [NS, "ferrolb-system"] {
+            let n = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            match nss.create(&PostParams::default(), &n).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("create namespace {ns}: {e}"),
+            }
+        }
+        // The CRDs are served once Established: until then pools answer 404.
+        let pools: Api<LoadBalancerIPPool> = Api::all(client.clone());
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while pools.list(&ListParams::default()).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pool CRD not served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dp = DeleteParams::default();
+        let lp = ListParams::default();
+        let _ = pools
+            .delete_collection(&dp, &lp)
+            .await
+            .expect("delete pools");
+        let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+        let _ = svcs
+            .delete_collection(&dp, &lp)
+            .await
+            .expect("delete Services");
+        let _ = Api::<Event>::namespaced(client.clone(), NS)
+            .delete_collection(&dp, &lp)
+            .await
+            .expect("delete Events");
+        match Api::<Lease>::namespaced(client.clone(), "ferrolb-system")
+            .delete("ferrolb-controller", &dp)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("delete the controller Lease: {e}"),
+        }
+        Some(Harness {
+            api: None,
+            client,
+            _serial: Some(serial),
+        })
+    }
+
+    /// The stand-in, for what only it has (fault switches, request counters).
+    fn stand_in(&self) -> &ApiServer {
+        self.api
+            .as_ref()
+            .expect("a stand-in-only check in a real-server test")
     }
 
     fn start(&self, identity: &str) -> Replica {
@@ -237,7 +352,11 @@ impl Harness {
         tweak(&mut cfg);
         let registry = prometheus::Registry::new();
         let metrics = Metrics::new(&registry).expect("metrics");
-        let ctx = Context::new(self.api.client_as(identity), cfg, metrics);
+        let client = match &self.api {
+            Some(api) => api.client_as(identity),
+            None => self.client.clone(),
+        };
+        let ctx = Context::new(client, cfg, metrics);
         let handle = tokio::spawn(Controller::run(ctx.clone()));
         Replica {
             ctx,
@@ -362,6 +481,8 @@ impl Harness {
     /// Write requests (create/update/patch/delete) a client identity made on `resource`.
     fn writes_by(&self, client: &str, resource: &str) -> u64 {
         self.api
+            .as_ref()
+            .expect("request counters are the stand-in's")
             .request_counts()
             .into_iter()
             .filter(|(c, verb, res, _)| {
@@ -428,9 +549,13 @@ fn in_cidr(a: IpAddr, cidr: &str) -> bool {
 
 // ----- scenarios -----------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allocation_writes_status_condition_and_event() {
-    let h = Harness::new().await;
+on_both!(
+    scenario_allocation,
+    allocation_writes_status_condition_and_event,
+    real_allocation
+);
+
+async fn scenario_allocation(h: Harness) {
     h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
     let ctl = h.start("ctrl-a");
     h.create_svc(
@@ -780,9 +905,13 @@ async fn pool_status_counts_follow_allocations() {
     ctl.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_adopts_existing_addresses_without_reshuffle() {
-    let h = Harness::new().await;
+on_both!(
+    scenario_restart_no_reshuffle,
+    restart_adopts_existing_addresses_without_reshuffle,
+    real_restart_no_reshuffle
+);
+
+async fn scenario_restart_no_reshuffle(h: Harness) {
     h.create_pool(pool("main").cidr("198.51.100.0/24")).await;
     let first = h.start("ctrl-a");
     let mut before = BTreeMap::new();
@@ -914,7 +1043,7 @@ async fn conflicting_writes_are_refetched_never_overwritten() {
     h.wait_leader(&[&ctl]).await;
     // Every request of the controller is delayed, so while another writer keeps changing the
     // Service, each status write the controller computed is stale by the time it lands.
-    let slow = h.api.faults().add(
+    let slow = h.stand_in().faults().add(
         kube_standin::faults::FaultSpec::latency(Duration::from_millis(400)).for_client("ctrl-a"),
     );
     h.create_svc(svc("busy").annotation("owner.example.com/note", "keep me"))
@@ -941,7 +1070,7 @@ async fn conflicting_writes_are_refetched_never_overwritten() {
             .expect("concurrent update");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    h.api.faults().remove(slow);
+    h.stand_in().faults().remove(slow);
     let ips = h.wait_satisfied("busy").await;
     assert_eq!(ips, vec![ip("198.51.100.1")]);
     let s = h.svcs().get("busy").await.expect("get");
@@ -1041,7 +1170,7 @@ async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm
     let h = Harness::new().await;
     h.create_pool(pool("app").cidr("198.51.100.0/24")).await;
     let (addr, _server) = h
-        .api
+        .stand_in()
         .serve("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("serve the stand-in over HTTP");
@@ -1148,7 +1277,7 @@ async fn a_leader_cut_off_from_the_api_stops_writing_and_the_standby_takes_over(
     let before = h.wait_satisfied("before").await;
     // ctrl-a's requests all fail (as if partitioned from the API server).
     let cut = h
-        .api
+        .stand_in()
         .faults()
         .add(kube_standin::faults::FaultSpec::error(503).for_client("ctrl-a"));
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -1162,7 +1291,7 @@ async fn a_leader_cut_off_from_the_api_stops_writing_and_the_standby_takes_over(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // ctrl-a can reach the API again, but must not write: it is no longer the holder.
-    h.api.faults().remove(cut);
+    h.stand_in().faults().remove(cut);
     let a_writes = |h: &Harness| {
         ["services", "loadbalancerippools", "events"]
             .iter()
@@ -1207,7 +1336,7 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
     })
     .await;
     let count = |verb: &str, res: &str| {
-        h.api
+        h.stand_in()
             .request_counts()
             .into_iter()
             .filter(|(c, v, r, _)| c == "ctrl-a" && v == verb && r == res)
@@ -1226,7 +1355,7 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
     }
     let snapshot = |h: &Harness| {
         let mut v: Vec<(String, String, u64)> = h
-            .api
+            .stand_in()
             .request_counts()
             .into_iter()
             .filter(|(c, _, r, _)| c == "ctrl-a" && r != "leases")
@@ -1405,7 +1534,7 @@ async fn measure_convergence_and_api_load() {
     let pools_done = start.elapsed();
     eprintln!("pool status caught up {pools_done:?} after the first create");
     let mut reqs: Vec<(String, String, u64)> = h
-        .api
+        .stand_in()
         .request_counts()
         .into_iter()
         .filter(|(c, _, _, _)| c == "ctrl-a")

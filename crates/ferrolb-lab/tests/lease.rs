@@ -1,4 +1,8 @@
-//! Lease election against the in-process API stand-in (`kube_standin::ApiServer`).
+//! Lease election against the in-process API stand-in (`kube_standin::ApiServer`) and, for the
+//! scenarios that need no stand-in counter or fault switch, also against a real kube-apiserver
+//! (`ferrolb_lab::realapi`, one shared server per test binary, one namespace per test): written
+//! once, run twice (`real_*` tests; they print `skipped: no kube-apiserver ...` and pass when
+//! `../shared/kube` is absent).
 //!
 //! Real timings (short leases) and real in-process HTTP: no paused clock, no fakes. Waits are
 //! event-driven (leadership watch channels, lease events) or poll-with-deadline on a condition.
@@ -20,6 +24,83 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
 const NS: &str = "default";
+
+/// Where a scenario runs: the in-process stand-in (namespace `default`) or the real
+/// kube-apiserver shared by this binary (a namespace of the test's own).
+#[derive(Clone)]
+enum Backend {
+    StandIn(ApiServer),
+    Real {
+        api: &'static ferrolb_lab::realapi::RealApi,
+        ns: String,
+    },
+}
+
+impl Backend {
+    async fn stand_in() -> Self {
+        Backend::StandIn(stand_in().await)
+    }
+
+    /// The shared real server with a fresh namespace `ns`; `None` (after saying why) to skip.
+    async fn real(ns: &str) -> Option<Self> {
+        if !ferrolb_lab::netns::is_root() {
+            eprintln!("skipped: not root (the real kube-apiserver runs in a network namespace)");
+            return None;
+        }
+        let Some(api) = ferrolb_lab::realapi::shared_async().await else {
+            eprintln!("{}", ferrolb_lab::realapi::SKIP);
+            return None;
+        };
+        let mut n = k8s_openapi::api::core::v1::Namespace::default();
+        n.metadata.name = Some(ns.into());
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(api.admin())
+            .create(&PostParams::default(), &n)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+        Some(Backend::Real { api, ns: ns.into() })
+    }
+
+    /// A client for `identity` (the stand-in tells identities apart; the real server sees the
+    /// admin).
+    fn client_as(&self, identity: &str) -> kube::Client {
+        match self {
+            Backend::StandIn(api) => api.client_as(identity),
+            Backend::Real { api, .. } => api.admin(),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        match self {
+            Backend::StandIn(_) => NS,
+            Backend::Real { ns, .. } => ns,
+        }
+    }
+
+    /// The stand-in, for the checks only it can make (request counters).
+    fn stand_in_api(&self) -> Option<&ApiServer> {
+        match self {
+            Backend::StandIn(api) => Some(api),
+            Backend::Real { .. } => None,
+        }
+    }
+}
+
+/// Runs `$scenario` on the stand-in as test `$stand_in` and on the real server as `$real`.
+macro_rules! on_both {
+    ($scenario:ident, $stand_in:ident, $real:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $stand_in() {
+            $scenario(Backend::stand_in().await).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $real() {
+            if let Some(b) = Backend::real(&stringify!($real).replace('_', "-")).await {
+                $scenario(b).await
+            }
+        }
+    };
+}
 
 /// Short timings so the suite stays fast (duration 2 s, deadline 1.2 s, retry 300 ms).
 fn fast() -> LeaseConfig {
@@ -63,8 +144,8 @@ async fn eventually<F: FnMut() -> bool>(within: Duration, mut cond: F) -> bool {
     cond()
 }
 
-async fn get_lease(api: &ApiServer, name: &str) -> Option<Lease> {
-    Api::<Lease>::namespaced(api.client_as("test"), NS)
+async fn get_lease(api: &Backend, name: &str) -> Option<Lease> {
+    Api::<Lease>::namespaced(api.client_as("test"), api.ns())
         .get_opt(name)
         .await
         .expect("get lease")
@@ -91,12 +172,16 @@ fn n(s: &std::sync::atomic::AtomicU64) -> u64 {
     EngineStats::get(s)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_resource_version_is_a_conflict_never_an_overwrite() {
-    let api = stand_in().await;
+on_both!(
+    scenario_stale_rv,
+    stale_resource_version_is_a_conflict_never_an_overwrite,
+    real_stale_rv
+);
+
+async fn scenario_stale_rv(api: Backend) {
     let cfg = fast();
-    let a = LeaseWriter::new(api.client_as("node-a"), NS, "node-a", cfg.clone());
-    let b = LeaseWriter::new(api.client_as("node-b"), NS, "node-b", cfg.clone());
+    let a = LeaseWriter::new(api.client_as("node-a"), api.ns(), "node-a", cfg.clone());
+    let b = LeaseWriter::new(api.client_as("node-b"), api.ns(), "node-b", cfg.clone());
     let t = Duration::from_secs(5);
     let created = a
         .create("race", &BTreeMap::new(), &BTreeMap::new(), t)
@@ -139,9 +224,13 @@ async fn stale_resource_version_is_a_conflict_never_an_overwrite() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn electors_racing_for_one_lease_yield_exactly_one_holder() {
-    let api = stand_in().await;
+on_both!(
+    scenario_racing_electors,
+    electors_racing_for_one_lease_yield_exactly_one_holder,
+    real_racing_electors
+);
+
+async fn scenario_racing_electors(api: Backend) {
     // An expired lease held by a dead node: every elector observes it at about the same time
     // and races to acquire it with the same resourceVersion when it expires.
     let mut dead = Lease::default();
@@ -153,14 +242,14 @@ async fn electors_racing_for_one_lease_yield_exactly_one_holder() {
         lease_transitions: Some(7),
         ..Default::default()
     });
-    Api::<Lease>::namespaced(api.client_as("test"), NS)
+    Api::<Lease>::namespaced(api.client_as("test"), api.ns())
         .create(&PostParams::default(), &dead)
         .await
         .expect("create");
     let ids: Vec<String> = (0..6).map(|i| format!("replica-{i}")).collect();
     let electors: Vec<LeaderElector> = ids
         .iter()
-        .map(|id| LeaderElector::start(api.client_as(id), NS, "ctrl", id, fast()))
+        .map(|id| LeaderElector::start(api.client_as(id), api.ns(), "ctrl", id, fast()))
         .collect();
     // Wait for someone to lead.
     let mut any = false;
@@ -205,14 +294,18 @@ async fn electors_racing_for_one_lease_yield_exactly_one_holder() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_that_stops_renewing_expires_and_is_replaced() {
-    let api = stand_in().await;
+on_both!(
+    scenario_crash_takeover,
+    holder_that_stops_renewing_expires_and_is_replaced,
+    real_crash_takeover
+);
+
+async fn scenario_crash_takeover(api: Backend) {
     let cfg = fast();
-    let a = LeaderElector::start(api.client_as("a"), NS, "ctrl", "a", cfg.clone());
+    let a = LeaderElector::start(api.client_as("a"), api.ns(), "ctrl", "a", cfg.clone());
     let mut a_rx = a.subscribe();
     assert!(until_leader(&mut a_rx, Duration::from_secs(5)).await);
-    let b = LeaderElector::start(api.client_as("b"), NS, "ctrl", "b", cfg.clone());
+    let b = LeaderElector::start(api.client_as("b"), api.ns(), "ctrl", "b", cfg.clone());
     let mut b_rx = b.subscribe();
     // b must not take over a live lease.
     assert!(!until_leader(&mut b_rx, cfg.lease_duration * 2).await);
@@ -240,17 +333,21 @@ async fn holder_that_stops_renewing_expires_and_is_replaced() {
     b.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_on_shutdown_hands_over_at_once() {
-    let api = stand_in().await;
+on_both!(
+    scenario_release_takeover,
+    release_on_shutdown_hands_over_at_once,
+    real_release_takeover
+);
+
+async fn scenario_release_takeover(api: Backend) {
     let mut cfg = fast();
     // A long lease: only the release can explain a fast takeover.
     cfg.lease_duration = Duration::from_secs(30);
     cfg.renew_deadline = Duration::from_secs(10);
-    let a = LeaderElector::start(api.client_as("a"), NS, "ctrl", "a", cfg.clone());
+    let a = LeaderElector::start(api.client_as("a"), api.ns(), "ctrl", "a", cfg.clone());
     let mut a_rx = a.subscribe();
     assert!(until_leader(&mut a_rx, Duration::from_secs(5)).await);
-    let b = LeaderElector::start(api.client_as("b"), NS, "ctrl", "b", cfg.clone());
+    let b = LeaderElector::start(api.client_as("b"), api.ns(), "ctrl", "b", cfg.clone());
     let mut b_rx = b.subscribe();
     // b is synced once it has observed the lease; give its watch a moment by waiting for a
     // renewal by a to go through (an observable event).
@@ -259,8 +356,10 @@ async fn release_on_shutdown_hands_over_at_once() {
     assert!(eventually(Duration::from_secs(3), || n(&s.renews) > before + 1).await);
     // Watch-driven: the two electors never GET the lease, and each LISTed it once (the watch's
     // initial list).
-    assert_eq!(api.request_count("get", "leases"), 0);
-    assert_eq!(api.request_count("list", "leases"), 2);
+    if let Some(counted) = api.stand_in_api() {
+        assert_eq!(counted.request_count("get", "leases"), 0);
+        assert_eq!(counted.request_count("list", "leases"), 2);
+    }
     let t0 = Instant::now();
     let report = a.release().await;
     assert_eq!(report.released, vec!["ctrl".to_string()]);
@@ -279,13 +378,13 @@ async fn release_on_shutdown_hands_over_at_once() {
 /// A node whose clock is far off renews a lease with absurd renewTimes: others must judge expiry
 /// only by when they saw the record change.
 async fn skewed_holder(
-    api: ApiServer,
+    api: Backend,
     name: &str,
     holder: &str,
     skew: jiff::SignedDuration,
     stop: Instant,
 ) {
-    let leases = Api::<Lease>::namespaced(api.client_as(holder), NS);
+    let leases = Api::<Lease>::namespaced(api.client_as(holder), api.ns());
     let mut l = Lease::default();
     l.metadata.name = Some(name.into());
     l.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
@@ -313,9 +412,13 @@ async fn skewed_holder(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clock_skew_between_nodes_does_not_matter() {
-    let api = stand_in().await;
+on_both!(
+    scenario_clock_skew,
+    clock_skew_between_nodes_does_not_matter,
+    real_clock_skew
+);
+
+async fn scenario_clock_skew(api: Backend) {
     let cfg = fast();
     let window = Duration::from_secs(4); // two lease durations
     let stop = Instant::now() + window;
@@ -335,8 +438,8 @@ async fn clock_skew_between_nodes_does_not_matter() {
         stop,
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let c1 = LeaderElector::start(api.client_as("c1"), NS, "behind", "c1", cfg.clone());
-    let c2 = LeaderElector::start(api.client_as("c2"), NS, "ahead", "c2", cfg.clone());
+    let c1 = LeaderElector::start(api.client_as("c1"), api.ns(), "behind", "c1", cfg.clone());
+    let c2 = LeaderElector::start(api.client_as("c2"), api.ns(), "ahead", "c2", cfg.clone());
     let (mut r1, mut r2) = (c1.subscribe(), c2.subscribe());
     // While the skewed holders renew, nobody takes over (a renewTime a day old is not "expired").
     let remaining = stop.saturating_duration_since(Instant::now());
@@ -371,20 +474,20 @@ fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, Desired> {
 
 /// Starts `node`'s agent lease engines on `api` with `cfg`.
 fn agent_set(
-    api: &ApiServer,
+    api: &Backend,
     node: &str,
     cfg: &LeaseConfig,
 ) -> (LeaseSet, mpsc::UnboundedReceiver<LeaseEvent>) {
     LeaseSet::start(
         api.client_as(node),
-        EngineOptions::agent(NS, node, cfg.clone()),
+        EngineOptions::agent(api.ns(), node, cfg.clone()),
     )
 }
 
 /// node-a, the only candidate of one desired lease, acquires it (asserted within 5 s):
 /// (its set, its events, the lease's name).
 async fn node_a_holding_one_lease(
-    api: &ApiServer,
+    api: &Backend,
     cfg: &LeaseConfig,
 ) -> (LeaseSet, mpsc::UnboundedReceiver<LeaseEvent>, String) {
     let nodes = vec!["node-a".to_string()];
@@ -401,7 +504,8 @@ async fn node_a_holding_one_lease(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
-    let api = stand_in().await;
+    let backend = Backend::stand_in().await;
+    let api = backend.stand_in_api().expect("stand-in").clone();
     let mut cfg = fast();
     // Renew every 2 s: 50 writes/s for 100 leases, which a debug-build stand-in on a shared
     // 2-core CI machine serves without falling behind.
@@ -415,7 +519,7 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
     let want = desired_set(100, &nodes);
     let mut sets = Vec::new();
     for node in &nodes {
-        let (set, _events) = agent_set(&api, node, &cfg);
+        let (set, _events) = agent_set(&backend, node, &cfg);
         set.set_desired(want.clone());
         sets.push(set);
     }
@@ -514,9 +618,10 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
-    let api = stand_in().await;
+    let backend = Backend::stand_in().await;
+    let api = backend.stand_in_api().expect("stand-in").clone();
     let cfg = fast();
-    let (a, mut a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
+    let (a, mut a_ev, name) = node_a_holding_one_lease(&backend, &cfg).await;
     // The API server answers 503 to node-a: past the renew deadline it reports Unreachable
     // (sticky), not Lost.
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
@@ -537,7 +642,7 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     let both = vec!["node-a".to_string(), "node-b".to_string()];
     let want2 = desired_set(1, &both);
     a.set_desired(want2.clone());
-    let (b, mut b_ev) = agent_set(&api, "node-b", &cfg);
+    let (b, mut b_ev) = agent_set(&backend, "node-b", &cfg);
     b.set_desired(want2);
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
@@ -559,18 +664,22 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
             && holder.as_deref().is_none_or(|h| h == "node-b")),
         "{ev:?}"
     );
-    let spec = get_lease(&api, &name).await.unwrap().spec.unwrap();
+    let spec = get_lease(&backend, &name).await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("node-b"));
     a.abort();
     b.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unwanted_leases_are_released_then_garbage_collected_and_shutdown_releases_all() {
-    let api = stand_in().await;
+on_both!(
+    scenario_gc_and_shutdown_release,
+    unwanted_leases_are_released_then_garbage_collected_and_shutdown_releases_all,
+    real_gc_and_shutdown_release
+);
+
+async fn scenario_gc_and_shutdown_release(api: Backend) {
     let cfg = fast();
     let nodes = vec!["node-a".to_string()];
-    let mut opts = EngineOptions::agent(NS, "node-a", cfg.clone());
+    let mut opts = EngineOptions::agent(api.ns(), "node-a", cfg.clone());
     opts.gc_after = Some(Duration::from_secs(1));
     let (a, mut ev) = LeaseSet::start(api.client_as("node-a"), opts);
     let want = desired_set(3, &nodes);
@@ -642,7 +751,8 @@ async fn unwanted_leases_are_released_then_garbage_collected_and_shutdown_releas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_gets_its_share_by_hand_over_then_things_stay_put() {
-    let api = stand_in().await;
+    let backend = Backend::stand_in().await;
+    let api = backend.stand_in_api().expect("stand-in").clone();
     let mut cfg = fast();
     cfg.rank_step = Duration::from_secs(1);
     let nodes: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
@@ -696,9 +806,10 @@ async fn a_joining_node_gets_its_share_by_hand_over_then_things_stay_put() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
-    let api = stand_in().await;
+    let backend = Backend::stand_in().await;
+    let api = backend.stand_in_api().expect("stand-in").clone();
     let cfg = fast();
-    let (a, mut a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
+    let (a, mut a_ev, name) = node_a_holding_one_lease(&backend, &cfg).await;
     for (what, spec) in [
         ("refuse", FaultSpec::refuse()),
         ("drop", FaultSpec::drop_requests()),
@@ -722,9 +833,13 @@ async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
     a.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait() {
-    let api = stand_in().await;
+on_both!(
+    scenario_preferred_release,
+    graceful_release_by_the_preferred_node_is_taken_without_a_rank_wait,
+    real_preferred_release
+);
+
+async fn scenario_preferred_release(api: Backend) {
     let mut cfg = fast();
     // A long rank step: a takeover faster than one step shows the next node did not wait.
     cfg.rank_step = Duration::from_secs(2);

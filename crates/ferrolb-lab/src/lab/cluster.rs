@@ -46,6 +46,19 @@ pub struct LabConfig {
     pub exe: PathBuf,
     /// Where logs, kubeconfigs and the API socket go.
     pub dir: PathBuf,
+    /// The API server: the stand-in (default) or a real kube-apiserver.
+    pub api: ApiKind,
+}
+
+/// Which API server the lab runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiKind {
+    /// `ferrolb dev-apiserver`, the in-memory stand-in.
+    #[default]
+    StandIn,
+    /// kube-apiserver v1.36 + etcd from `../shared/kube` (`crate::realapi`), with deploy/'s RBAC
+    /// and ServiceAccount tokens for the controllers and agents.
+    Kube,
 }
 
 impl LabConfig {
@@ -59,6 +72,7 @@ impl LabConfig {
             agent_args: vec![],
             exe,
             dir,
+            api: ApiKind::StandIn,
         }
     }
 }
@@ -72,6 +86,11 @@ pub struct Cluster {
     pub controllers: Vec<Option<Proc>>,
     pub apiserver: Option<Proc>,
     echoes: Vec<Proc>,
+    /// The real kube-apiserver with `--api kube` (dropped after the agents and controllers,
+    /// before the namespaces).
+    pub real: Option<crate::realapi::RealApi>,
+    /// ServiceAccount tokens by account (`ferrolb-agent`, `ferrolb-controller`) with `--api kube`.
+    tokens: std::collections::BTreeMap<String, String>,
     // Declared last: dropped after the processes.
     pub topo: Topology,
 }
@@ -79,11 +98,16 @@ pub struct Cluster {
 const API_PORT: u16 = 6443;
 /// Namespace of the leases.
 pub const SYSTEM_NS: &str = "ferrolb-system";
+/// Namespace of the agents' Leases on the real server (deploy/'s RBAC keeps them apart).
+pub const AGENT_LEASE_NS: &str = "ferrolb-leases";
 
 impl Cluster {
     /// Builds the segment and starts the API server (with the CRDs), nothing else yet.
     pub async fn start_api(cfg: LabConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
+        if cfg.api == ApiKind::Kube {
+            return Self::start_real_api(cfg).await;
+        }
         let topo = Topology::build(&cfg.tag, cfg.nodes)?;
         let socket = cfg.dir.join("api.sock");
         let _ = std::fs::remove_file(&socket);
@@ -111,11 +135,93 @@ impl Cluster {
             controllers: vec![],
             apiserver: Some(apiserver),
             echoes: vec![],
+            real: None,
+            tokens: Default::default(),
             topo,
         };
         c.wait_api(Duration::from_secs(20)).await?;
         c.install_crds().await?;
         Ok(c)
+    }
+
+    /// `--api kube`: etcd + kube-apiserver in the api namespace, the CRDs, deploy/'s namespaces
+    /// and RBAC, and ServiceAccount tokens (TokenRequest) for the controllers and agents.
+    async fn start_real_api(cfg: LabConfig) -> anyhow::Result<Self> {
+        let Some(bins) = crate::realapi::KubeBins::locate()? else {
+            bail!(
+                "--api kube: no kube-apiserver (../shared/kube absent; FERROLB_KUBE_DIR points elsewhere)"
+            );
+        };
+        let topo = Topology::build(&cfg.tag, cfg.nodes)?;
+        let (ns, ip) = (topo.api().name().to_string(), topo.api_ipv4);
+        let real =
+            tokio::task::spawn_blocking(move || crate::realapi::RealApi::start_in(bins, &ns, ip))
+                .await??;
+        let client = real.admin();
+        let mut c = Cluster {
+            cfg,
+            client,
+            socket: PathBuf::new(),
+            agents: vec![],
+            controllers: vec![],
+            apiserver: None,
+            echoes: vec![],
+            real: Some(real),
+            tokens: Default::default(),
+            topo,
+        };
+        c.install_crds().await?;
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let files: Vec<String> = ["namespace.yaml", "rbac-controller.yaml", "rbac-agent.yaml"]
+            .iter()
+            .map(|f| deploy.join(f).display().to_string())
+            .collect();
+        let real = c.real.as_ref().expect("just set");
+        let mut args = vec!["apply"];
+        for f in &files {
+            args.extend(["-f", f.as_str()]);
+        }
+        tokio::task::block_in_place(|| real.kubectl(&args)).context("applying deploy/'s RBAC")?;
+        for sa in ["ferrolb-agent", "ferrolb-controller"] {
+            let tr = k8s_openapi::api::authentication::v1::TokenRequest {
+                spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                    audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+                    expiration_seconds: Some(24 * 3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+                c.client.clone(),
+                SYSTEM_NS,
+            )
+            .create_token_request(sa, &PostParams::default(), &tr)
+            .await
+            .with_context(|| format!("TokenRequest for {sa}"))?
+            .status
+            .and_then(|s| s.token)
+            .with_context(|| format!("no token for {sa}"))?;
+            c.tokens.insert(sa.to_string(), token);
+        }
+        // The CRDs are served once Established.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pools: Api<ferrolb::api::LoadBalancerIPPool> = Api::all(c.client.clone());
+        while pools.list(&Default::default()).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the ferrolb CRDs were not served within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(c)
+    }
+
+    /// Where the agents keep their Leases.
+    pub fn agent_lease_ns(&self) -> &'static str {
+        if self.real.is_some() {
+            AGENT_LEASE_NS
+        } else {
+            SYSTEM_NS
+        }
     }
 
     async fn wait_api(&mut self, within: Duration) -> anyhow::Result<()> {
@@ -154,6 +260,19 @@ impl Cluster {
     /// Writes a kubeconfig for `identity` pointing at the API server inside the segment.
     pub fn kubeconfig(&self, identity: &str) -> anyhow::Result<PathBuf> {
         let path = self.cfg.dir.join(format!("{identity}.kubeconfig"));
+        if let Some(real) = &self.real {
+            // Controllers and agents run as their ServiceAccounts; anyone else as the admin.
+            let token = if identity.starts_with("controller") {
+                self.tokens.get("ferrolb-controller")
+            } else if identity == "admin" {
+                None
+            } else {
+                self.tokens.get("ferrolb-agent")
+            };
+            let token = token.map_or(real.admin_token(), String::as_str);
+            std::fs::write(&path, real.kubeconfig(identity, token))?;
+            return Ok(path);
+        }
         let url = format!("http://{}:{API_PORT}", self.topo.api_ipv4);
         std::fs::write(&path, kube_standin::ApiServer::kubeconfig(&url, identity))?;
         Ok(path)
@@ -279,7 +398,7 @@ impl Cluster {
             "--kubeconfig".into(),
             kc.display().to_string(),
             "--lease-namespace".into(),
-            SYSTEM_NS.into(),
+            self.agent_lease_ns().into(),
             "--metrics-addr".into(),
             format!("{}:9100", node.ipv4),
         ];
@@ -379,6 +498,9 @@ impl Cluster {
     /// The stand-in's request counters (`/metrics` over the Unix socket), as
     /// `(verb, resource, client) -> count`.
     pub async fn api_requests(&self) -> anyhow::Result<Vec<(String, String, String, f64)>> {
+        if self.real.is_some() {
+            return self.real_api_requests().await;
+        }
         let (code, body) = uds::request(&self.socket, http::Method::GET, "/metrics", None).await?;
         if !code.is_success() {
             bail!("/metrics answered {code}");
@@ -420,6 +542,52 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
     }
+}
+
+impl Cluster {
+    /// kube-apiserver's own `apiserver_request_total` with `--api kube`, as
+    /// `(verb, resource, "*", count)`: it does not tell clients apart, so `*` is everyone
+    /// (agents, controllers, the lab, kube-apiserver's own loopback clients).
+    async fn real_api_requests(&self) -> anyhow::Result<Vec<(String, String, String, f64)>> {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self.client.request_text(req).await?;
+        Ok(parse_apiserver_request_total(&text))
+    }
+}
+
+/// Parses kube-apiserver's `apiserver_request_total{...,resource="leases",...,verb="PUT"} 3` into
+/// `(verb, resource, "*", count)` with kube-style verbs (`update`, `get`, `watch`...), summed over
+/// the other labels.
+pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String, f64)> {
+    let mut sums: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let verb = get("verb").to_ascii_lowercase();
+        let verb = match verb.as_str() {
+            "put" => "update".to_string(),
+            "post" => "create".to_string(),
+            _ => verb,
+        };
+        *sums.entry((verb, get("resource"))).or_default() += value;
+    }
+    sums.into_iter()
+        .map(|((v, r), n)| (v, r, "*".to_string(), n))
+        .collect()
 }
 
 /// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
@@ -469,6 +637,22 @@ pub fn parse_request_counters(text: &str) -> Vec<(String, String, String, f64)> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn apiserver_request_total_lines() {
+        let text = "# HELP apiserver_request_total x\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",dry_run=\"\",group=\"coordination.k8s.io\",resource=\"leases\",scope=\"resource\",subresource=\"\",verb=\"PUT\",version=\"v1\"} 7\n\
+            apiserver_request_total{code=\"409\",component=\"apiserver\",dry_run=\"\",group=\"coordination.k8s.io\",resource=\"leases\",scope=\"resource\",subresource=\"\",verb=\"PUT\",version=\"v1\"} 2\n\
+            apiserver_request_total{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"\",resource=\"services\",scope=\"namespace\",subresource=\"\",verb=\"POST\",version=\"v1\"} 1\n";
+        let v = super::parse_apiserver_request_total(text);
+        assert_eq!(
+            v,
+            vec![
+                ("create".into(), "services".into(), "*".into(), 1.0),
+                ("update".into(), "leases".into(), "*".into(), 9.0),
+            ]
+        );
+    }
+
     #[test]
     fn request_counter_lines() {
         let text = "# HELP x\nferrolb_apiserver_requests_total{client=\"node1\",code=\"200\",resource=\"leases\",verb=\"update\"} 7\nother 1\n";

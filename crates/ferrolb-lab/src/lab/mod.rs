@@ -80,6 +80,10 @@ pub struct Args {
     /// Read manifests from this directory instead of the embedded examples/lab.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// The API server: `stand-in` (`ferrolb dev-apiserver`) or `kube` (kube-apiserver v1.36 +
+    /// etcd from ../shared/kube, deploy/'s RBAC, ServiceAccount tokens).
+    #[arg(long, value_enum, default_value = "stand-in")]
+    pub api: cluster::ApiKind,
 }
 
 /// Machine-readable result of a lab run (`--json`).
@@ -197,6 +201,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     }
     let exe = std::env::current_exe().context("locating the ferrolb binary")?;
     let mut cfg = LabConfig::new("lab", args.nodes, exe);
+    cfg.api = args.api;
     let lab_dir = cfg.dir.clone();
     cfg.timings = Timings {
         lease_duration: args.lease_duration.clone(),
@@ -341,10 +346,16 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
         "ferrolb lab: {} nodes, {} Service(s), lease {}/{}/{} (duration/renew deadline/retry)",
         args.nodes, args.services, args.lease_duration, args.renew_deadline, args.retry_period
     ));
-    say.line("[1/6] building the segment: bridge, api, client and node namespaces; starting the API stand-in");
+    let server = match cfg.api {
+        cluster::ApiKind::StandIn => "API stand-in",
+        cluster::ApiKind::Kube => "kube-apiserver v1.36 + etcd, deploy/'s RBAC",
+    };
+    say.line(format!(
+        "[1/6] building the segment: bridge, api, client and node namespaces; starting the {server}"
+    ));
     let mut c = Cluster::start_all(cfg).await?;
     say.line(format!(
-        "      API stand-in on {}:6443 (namespace {}), nodes {} ({:.1}s)",
+        "      {server} on {}:6443 (namespace {}), nodes {} ({:.1}s)",
         c.topo.api_ipv4,
         c.topo.api().name(),
         c.topo
@@ -700,8 +711,15 @@ async fn measure(
     };
     m.steady_api_requests_per_s = rate(false);
     m.steady_api_reads_per_s = rate(true);
+    // kube-apiserver's counters do not tell clients apart: with --api kube the figure is
+    // everyone's (agents, controllers, the lab and the server's own loopback clients).
+    let who = if c.real.is_some() {
+        "all clients (kube-apiserver's apiserver_request_total)"
+    } else {
+        "agents"
+    };
     say.line(format!(
-        "      agents: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
+        "      {who}: {:.1} requests/s for {s} addresses = {:.1} per 1000 addresses/s; reads (GET/LIST) {:.2}/s",
         m.steady_api_requests_per_s,
         m.steady_api_requests_per_s * 1000.0 / s as f64,
         m.steady_api_reads_per_s
@@ -742,7 +760,8 @@ async fn measure(
     Ok(m)
 }
 
-/// The agents' (clients named `node…`) request rates between two counter readings, by
+/// The agents' (clients named `node…`; `*` = every client, on the real server) request rates
+/// between two counter readings, by
 /// (verb, resource), busiest first; kinds without requests in the window are left out.
 fn requests_by_kind(
     before: &[(String, String, String, f64)],
@@ -752,7 +771,8 @@ fn requests_by_kind(
     let mut delta: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for (sign, v) in [(-1.0, before), (1.0, after)] {
         for (verb, resource, client, n) in v {
-            if client.starts_with("node") {
+            // `*`: kube-apiserver's own counters, which have no client label.
+            if client.starts_with("node") || client == "*" {
                 *delta.entry((verb.clone(), resource.clone())).or_default() += sign * n;
             }
         }
