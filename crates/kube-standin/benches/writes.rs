@@ -5,7 +5,8 @@
 //! Everything runs on one thread (a current-thread runtime, in-process client), so "per
 //! CPU-second" is "on one core", client-side serialization included.
 //!
-//! `cargo bench -p kube-standin --bench writes` (set `STANDIN_BENCH_N` for more writes).
+//! `cargo bench -p kube-standin --bench writes` (set `STANDIN_BENCH_N` for more writes; under
+//! `cargo test` it runs 50 of each as a smoke test).
 
 use std::time::Duration;
 
@@ -118,10 +119,12 @@ async fn service_status(n: usize) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a quick smoke test.
+    let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("STANDIN_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(if bench { 5000 } else { 50 });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,6 +136,7 @@ fn main() {
             "in-process"
         };
         let (rate, seen) = rt.block_on(leases(n, 10, http));
+        assert_eq!(seen, n * 10, "every watcher sees every update");
         println!("lease updates with 10 watchers, {how}: {rate:.0} per CPU-second ({n} updates, {seen} watch events delivered)");
         let (rate0, _) = rt.block_on(leases(n, 0, http));
         println!("lease updates without watchers, {how}: {rate0:.0} per CPU-second");
