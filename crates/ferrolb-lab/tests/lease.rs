@@ -886,3 +886,45 @@ async fn an_api_outage_of_three_lease_durations_moves_and_deletes_nothing() {
     b.abort();
     c.abort();
 }
+
+/// Garbage collection never deletes a Lease that names a holder: the Lease of a holder that died
+/// (aborted, nothing released), which nobody wants, is first cleared by a preconditioned write
+/// (holder removed), and only then deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
+    let api = stand_in().await;
+    let cfg = fast();
+    let (a, _a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
+    let mut c_opts = EngineOptions::agent(NS, "node-c", cfg.clone());
+    c_opts.gc_after = Some(Duration::from_millis(500));
+    let (c, _c_ev) = LeaseSet::start(api.client_as("node-c"), c_opts);
+    c.set_desired(BTreeMap::new());
+    a.abort();
+    let stats = c.stats();
+    let mut saw_cleared = false;
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut gone = false;
+    while Instant::now() < end {
+        match get_lease(&api, &name).await {
+            None => {
+                gone = true;
+                break;
+            }
+            Some(l) => {
+                let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+                if holder.is_empty() {
+                    saw_cleared = true;
+                } else {
+                    assert_eq!(n(&stats.deletes), 0, "deleted while naming {holder}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "not deleted");
+    assert!(n(&stats.clears) >= 1, "not cleared first");
+    assert!(n(&stats.deletes) >= 1);
+    // The clear is a write of its own, seen before the delete unless both fell between polls.
+    eprintln!("cleared state seen by the poll: {saw_cleared}");
+    c.abort();
+}
