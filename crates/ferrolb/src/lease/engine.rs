@@ -164,6 +164,10 @@ pub struct EngineStats {
     pub watch_errors: AtomicU64,
     /// Held leases released to hand them over to their preferred node (rebalancing).
     pub handovers: AtomicU64,
+    /// Unwanted leases whose holder expired, cleared (holder removed) so they can be deleted.
+    pub clears: AtomicU64,
+    /// API outages seen (a write or the watch failing as unreachable after a success).
+    pub outages: AtomicU64,
 }
 
 impl EngineStats {
@@ -206,6 +210,20 @@ pub(crate) enum OpKind {
     Acquire(i32),
     Renew,
     Release,
+    /// Clear the holder of an unwanted lease whose holder expired (a preconditioned release
+    /// written by a node that is not the holder), so that garbage collection may delete it.
+    Clear,
+}
+
+/// How long after the last watch error the watch counts as healthy again if no event arrived
+/// (the watch backoff tops out at 2 s; a resumed watch on a quiet set shows nothing).
+const WATCH_QUIET: Duration = Duration::from_secs(4);
+
+/// An API outage in progress, as this engine saw it.
+struct Outage {
+    since: Instant,
+    failed_writes: u64,
+    watch_errors: u64,
 }
 
 struct Done {
@@ -298,6 +316,11 @@ struct Engine {
     presence: Option<String>,
     /// Earliest next hand-over.
     next_handover: Instant,
+    /// The watch failed and has not shown an event since: no expiry-based decisions (takeover,
+    /// clearing, deletion) until it does, or until this instant passes without another error.
+    watch_down: Option<Instant>,
+    /// The API outage in progress (logged once when it starts and once when it ends).
+    outage: Option<Outage>,
 }
 
 impl Engine {
@@ -575,8 +598,13 @@ impl Engine {
             }
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
         }
-        let action = decide(&me, Some(&obs), now, &cfg, intent);
+        let mut action = decide(&me, Some(&obs), now, &cfg, intent);
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
+        if self.watch_down.is_some() && matches!(action, Action::Create | Action::Acquire { .. }) {
+            // The watch failed and has not shown the current state since: taking a lease now
+            // could rest on a stale view. The resync looks at every lease again.
+            action = Action::WaitUntil(now + WATCH_QUIET);
+        }
         match action {
             Action::Create => {
                 if let Some(d) = desired {
@@ -593,13 +621,12 @@ impl Engine {
             Action::Idle => {
                 let gc_at = self.gc_at(name, desired.is_some(), &obs);
                 match gc_at {
-                    Some(t) if now >= t => self.spawn(
-                        name,
-                        Op::Delete,
-                        obs.resource_version.clone(),
-                        Desired::default(),
-                    ),
-                    Some(t) => self.set_wake(name, min(wake, t)),
+                    // Not while the watch is down (the resync looks again).
+                    Some(_) if self.watch_down.is_some() => self.set_wake(name, wake),
+                    Some((t, op)) if now >= t => {
+                        self.spawn(name, op, obs.resource_version.clone(), Desired::default())
+                    }
+                    Some((t, _)) => self.set_wake(name, min(wake, t)),
                     None => {
                         self.set_wake(name, wake);
                         // Forget leases that are gone and unwanted.
@@ -652,8 +679,12 @@ impl Engine {
             .is_some_and(|t| now < *t + self.opts.config.lease_duration)
     }
 
-    /// When an unwanted, free lease may be deleted.
-    fn gc_at(&self, name: &str, desired: bool, obs: &Observed) -> Option<Instant> {
+    /// When and how an unwanted lease is garbage-collected: a lease with no holder is deleted
+    /// once it has been free for `gc_after`; a lease whose holder expired that long ago is first
+    /// cleared (holder removed, resourceVersion precondition), never deleted while it names a
+    /// holder. Expiry here is judged like any takeover: from this node's own observation, with
+    /// clocks restarted after an outage it saw ([`Engine::restart_clocks`]).
+    fn gc_at(&self, name: &str, desired: bool, obs: &Observed) -> Option<(Instant, Op)> {
         let after = self.opts.gc_after?;
         if desired || self.shutting_down.is_some() || obs.record.is_none() {
             return None;
@@ -662,7 +693,12 @@ impl Engine {
         let free_since = obs.free_since(cfg);
         // Spread deletions over a second so one node usually deletes and the rest see it.
         let jitter = Duration::from_millis(rendezvous_score(name, self.me()) % 1000);
-        Some(free_since + after + jitter)
+        let op = if obs.holder().is_some() {
+            Op::Update(OpKind::Clear)
+        } else {
+            Op::Delete
+        };
+        Some((free_since + after + jitter, op))
     }
 
     fn spawn_update(&mut self, name: &str, kind: OpKind, obs: &Observed, desired: Option<Desired>) {
@@ -726,6 +762,7 @@ impl Engine {
             Op::Update(OpKind::Acquire(_)) => stats.acquires.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Renew) => stats.renews.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Release) => stats.releases.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Clear) => stats.clears.fetch_add(1, Ordering::Relaxed),
             Op::Delete => stats.deletes.fetch_add(1, Ordering::Relaxed),
         };
         tokio::spawn(async move {
@@ -739,13 +776,13 @@ impl Engine {
                     let action = match kind {
                         OpKind::Acquire(t) => Action::Acquire { transitions: t },
                         OpKind::Renew => Action::Renew,
-                        OpKind::Release => Action::Release,
+                        OpKind::Release | OpKind::Clear => Action::Release,
                     };
                     match &object {
                         Some(obj) => {
                             // A release leaves the metadata as it is (only the holder writes
                             // what a lease serves).
-                            let release = kind == OpKind::Release;
+                            let release = matches!(kind, OpKind::Release | OpKind::Clear);
                             let (l, a) = if release {
                                 (None, None)
                             } else {
@@ -810,6 +847,13 @@ impl Engine {
 
     fn on_result(&mut self, d: Done, now: Instant) {
         let cfg = self.opts.config.clone();
+        match &d.result {
+            Err(err) if err.kind == WriteFailure::Unreachable => {
+                self.note_unreachable(now, false, &err.message)
+            }
+            // Any answer (also a 409 or a refusal) means the API server is reachable.
+            _ => self.note_reachable(now),
+        }
         let Some(e) = self.entries.get_mut(&d.name) else {
             return;
         };
@@ -830,7 +874,7 @@ impl Engine {
                 e.last_failure = None;
                 e.conflict_rv = None;
                 e.retry_after = None;
-                if d.op != Op::Update(OpKind::Release) {
+                if !matches!(d.op, Op::Update(OpKind::Release | OpKind::Clear)) {
                     e.released_by_us = false;
                 }
                 if !newer_known {
@@ -847,13 +891,20 @@ impl Engine {
                 e.last_failure = None;
             }
             Err(err) => {
-                let level_conflict = err.kind == WriteFailure::Conflict;
-                if level_conflict {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(lease = %d.name, op = ?d.op, error = %err.message, "lease write lost a race");
-                } else {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(lease = %d.name, op = ?d.op, error = %err.message, "lease write failed");
+                match err.kind {
+                    WriteFailure::Conflict => {
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(lease = %d.name, op = ?d.op, error = %err.message, "lease write lost a race");
+                    }
+                    WriteFailure::Unreachable => {
+                        // Counted and logged per outage, not per request.
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(lease = %d.name, op = ?d.op, error = %err.message, "lease write failed: API server unreachable");
+                    }
+                    WriteFailure::Rejected => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(lease = %d.name, op = ?d.op, error = %err.message, "lease write refused");
+                    }
                 }
                 e.last_failure = Some(err.kind);
                 match (err.kind, &d.op) {
@@ -962,6 +1013,80 @@ impl Engine {
         }
     }
 
+    /// A write failed as unreachable, or the watch failed: an outage starts (logged once) or
+    /// goes on (counted).
+    fn note_unreachable(&mut self, now: Instant, watch: bool, error: &str) {
+        let o = self.outage.get_or_insert_with(|| {
+            self.stats.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                error,
+                "API server unreachable: riding the outage out (leases are not judged expired \
+                 because of it; one line when it ends)"
+            );
+            Outage {
+                since: now,
+                failed_writes: 0,
+                watch_errors: 0,
+            }
+        });
+        if watch {
+            o.watch_errors += 1;
+        } else {
+            o.failed_writes += 1;
+        }
+    }
+
+    /// A write succeeded or the watch delivered: an outage in progress ends (logged once).
+    fn note_reachable(&mut self, now: Instant) {
+        if let Some(o) = self.outage.take() {
+            tracing::info!(
+                lasted_ms = (now - o.since).as_millis() as u64,
+                failed_writes = o.failed_writes,
+                watch_errors = o.watch_errors,
+                "API server reachable again"
+            );
+        }
+    }
+
+    /// The watch failed: until it shows an event again (or stays quiet for [`WATCH_QUIET`]),
+    /// what it showed may be stale, so expiry clocks stop running.
+    fn on_watch_error(&mut self, now: Instant, error: &str) {
+        self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error, "lease watch error (retrying)");
+        self.note_unreachable(now, true, error);
+        self.restart_clocks(now);
+        self.watch_down = Some(now + WATCH_QUIET);
+    }
+
+    /// The watch is back (an event arrived, or no error for [`WATCH_QUIET`]): expiry clocks
+    /// restart now, and every lease is looked at again.
+    fn on_watch_resync(&mut self, now: Instant) {
+        if self.watch_down.take().is_none() {
+            return;
+        }
+        self.restart_clocks(now);
+        let all: Vec<String> = self.entries.keys().cloned().collect();
+        for n in all {
+            self.step(&n, now);
+        }
+    }
+
+    /// Outages are not expiries: every lease that is not ours is treated as if it had just been
+    /// seen to change (`observed_at = now`), so nobody's lease runs out because of an outage this
+    /// node saw itself. Our own held leases keep their clock: it is the instant our last
+    /// successful write was sent, and moving it would extend our own claim.
+    fn restart_clocks(&mut self, now: Instant) {
+        let me = self.opts.identity.as_str();
+        for e in self.entries.values_mut() {
+            if let Some(o) = e.observed.as_mut() {
+                let ours = o.confirmed && o.holder() == Some(me);
+                if !ours && o.observed_at < now {
+                    o.observed_at = now;
+                }
+            }
+        }
+    }
+
     fn shutdown_complete(&self, now: Instant) -> bool {
         let me = self.me();
         let Some(deadline) = &self.shutting_down else {
@@ -1035,6 +1160,8 @@ async fn run(
         last_seen: HashMap::new(),
         presence: None,
         next_handover: Instant::now(),
+        watch_down: None,
+        outage: None,
     };
     if eng.opts.presence {
         let name = super::presence_name(&eng.opts.identity);
@@ -1049,10 +1176,11 @@ async fn run(
         }
         let next = eng.timers.first().map(|(t, _)| *t);
         let shutdown_deadline = eng.shutting_down;
-        let next = match (next, shutdown_deadline) {
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let next = earliest(earliest(next, shutdown_deadline), eng.watch_down);
         tokio::select! {
             Some(d) = done_rx.recv() => eng.on_done(d, Instant::now()),
             cmd = cmds.recv(), if cmds_open => {
@@ -1069,11 +1197,20 @@ async fn run(
                 }
             }
             ev = stream.next() => match ev {
-                Some(Ok(ev)) => eng.on_watch(ev, Instant::now()),
-                Some(Err(err)) => {
-                    eng.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %err, "lease watch error (retrying)");
+                Some(Ok(ev)) => {
+                    let now = Instant::now();
+                    eng.note_reachable(now);
+                    // Restart the clocks before applying what the watch brings.
+                    let resync = eng.watch_down.is_some();
+                    if resync {
+                        eng.restart_clocks(now);
+                    }
+                    eng.on_watch(ev, now);
+                    if resync {
+                        eng.on_watch_resync(now);
+                    }
                 }
+                Some(Err(err)) => eng.on_watch_error(Instant::now(), &err.to_string()),
                 None => {
                     tracing::warn!("lease watch ended");
                     break;
@@ -1081,6 +1218,9 @@ async fn run(
             },
             _ = crate::sleep_until_opt(next) => {
                 let now = Instant::now();
+                if eng.watch_down.is_some_and(|t| t <= now) {
+                    eng.on_watch_resync(now);
+                }
                 let mut due: Vec<String> = Vec::new();
                 while let Some((t, _)) = eng.timers.first() {
                     if *t > now {

@@ -24,6 +24,13 @@
 //! - **Release** on shutdown clears the holder and sets `leaseDurationSeconds: 1` (client-go's
 //!   ReleaseOnCancel), so candidates take over as soon as their watch shows it.
 //!
+//! **Attached address Leases** ([`attach`], issue 10): the pure rules of the next format — an
+//! address Lease written only when it changes hands, valid while its holder's presence Lease is,
+//! taken over after one preconditioned *fence* of the dead holder's presence Lease — with unit
+//! tests and a property-based simulation (watch delays, 409s, partitions, crashes, pauses, clock
+//! drift, a previous-format agent in the mix). The engine does not use them yet: it still renews
+//! every held Lease as described here.
+//!
 //! Two drivers share one engine ([`engine`]):
 //! - [`LeaderElector`]: one lease (the controller's HA), watched by `fieldSelector
 //!   metadata.name=NAME`, with `is_leader()` and a `watch::Receiver<bool>`;
@@ -77,6 +84,7 @@
 //! can use Cilium's 15s/5s/2s or kube-vip's 15s/10s/2s. The renew deadline (3 s) leaves two full
 //! retry periods of margin before others may take over (5 s).
 
+pub mod attach;
 pub mod client;
 pub mod decide;
 pub mod elector;
