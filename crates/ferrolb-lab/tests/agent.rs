@@ -560,3 +560,74 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
         Ok(())
     })
 }
+
+/// A holder whose announcing link dies hands over at once, while it still reaches the API over
+/// a second link: the kernel tells the agent (rtnetlink, no polling), the interface leaves the
+/// node's eligible set, the node releases the Lease, and the next node takes over.
+#[test]
+fn a_holder_whose_link_dies_hands_over_within_one_second() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag8", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        // Each node also reaches the API over a management link of its own (203.0.113.0/30s).
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            let (ns, api) = (c.node_ns(n), c.topo.api());
+            let port = format!("m{i}");
+            netns::veth(ns, "mgmt0", api, &port)?;
+            let (api_ip, node_ip) = (4 * i + 1, 4 * i + 2);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("203.0.113.{node_ip}/30"),
+                "dev",
+                "mgmt0",
+            ])?;
+            api.ip(&[
+                "addr",
+                "add",
+                &format!("203.0.113.{api_ip}/30"),
+                "dev",
+                &port,
+            ])?;
+            ns.ip(&[
+                "route",
+                "add",
+                "192.0.2.254/32",
+                "via",
+                &format!("203.0.113.{api_ip}"),
+            ])?;
+        }
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web", &[VIP4])?;
+        start_agents(c, &["n1", "n2", "n3"])?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        let t0 = Instant::now();
+        c.node_ns(&old).ip(&["link", "set", "eth0", "down"])?;
+        let new_mac = wait_until(
+            "the client's neighbour entry to change",
+            LEASE + Duration::from_secs(5),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP4).filter(|m| *m != old_mac),
+        )?;
+        let took = t0.elapsed();
+        let new = c.node_of_mac(&new_mac).context("unknown new MAC")?;
+        eprintln!("link of {old} down: {new} took over, client updated after {took:?}");
+        assert_ne!(new, old);
+        // Well inside the lease duration (2 s): this was a hand-over, not an expiry.
+        assert!(
+            took < Duration::from_secs(1),
+            "hand-over after link loss took {took:?}"
+        );
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP4, 2)?,
+            BTreeSet::from([new_mac])
+        );
+        Ok(())
+    })
+}

@@ -557,8 +557,12 @@ pub async fn run(args: Args) -> crate::CmdResult {
 
     let mut engine_seen = [0u64; 8];
     let mut recompute_at: Option<tokio::time::Instant> = None;
-    let mut iface_tick = tokio::time::interval(Duration::from_secs(2));
-    iface_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Interface changes come from the kernel through the announcer (rtnetlink), not a poll; the
+    // engine's counters are copied into the metrics every 2 s.
+    let mut links = agent.announcer.link_changes();
+    let mut links_open = true;
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(2));
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = notify.notified(), if recompute_at.is_none() => {
@@ -604,8 +608,14 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     conflicts = agent.announcer.conflicts();
                 }
             },
-            _ = iface_tick.tick() => {
+            _ = stats_tick.tick() => {
                 agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
+            }
+            r = links.changed(), if links_open => {
+                if r.is_err() {
+                    links_open = false; // the announcer is gone; shutdown follows
+                    continue;
+                }
                 let ifaces = eligible_interface_names(&agent.node_regexes);
                 if ifaces != agent.interfaces {
                     info!(interfaces = ?ifaces, "eligible interfaces changed");
