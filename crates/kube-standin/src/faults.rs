@@ -4,9 +4,9 @@
 //! Admin JSON (`/_ferrolb/faults`):
 //! - `GET` → `{"faults":[{"id":1,"kind":"refuse","client":null,"remainingSeconds":4.2}, ...]}`
 //! - `POST` a rule → `{"id": N}`. A rule is
-//!   `{"kind":"refuse"|"drop"|"error"|"latency", "code":503, "latencyMs":200, "client":"node-a", "seconds":5}`;
+//!   `{"kind":"refuse"|"drop"|"error"|"latency"|"restart", "code":503, "latencyMs":200, "client":"node-a", "seconds":5}`;
 //!   `code` (500 or 503, default 503) only for `error`, `latencyMs` only for `latency`; `client` and
-//!   `seconds` are optional (all clients / until removed).
+//!   `seconds` are optional (all clients / until removed; a `restart` lasts 8 s by default).
 //! - `DELETE /_ferrolb/faults` removes all rules, `DELETE /_ferrolb/faults/N` removes one.
 //!
 //! The admin endpoint itself and `/metrics`, `/healthz` are never affected by faults.
