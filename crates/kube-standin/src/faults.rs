@@ -4,9 +4,9 @@
 //! Admin JSON (`/_ferrolb/faults`):
 //! - `GET` → `{"faults":[{"id":1,"kind":"refuse","client":null,"remainingSeconds":4.2}, ...]}`
 //! - `POST` a rule → `{"id": N}`. A rule is
-//!   `{"kind":"refuse"|"drop"|"error"|"latency", "code":503, "latencyMs":200, "client":"node-a", "seconds":5}`;
+//!   `{"kind":"refuse"|"drop"|"error"|"latency"|"restart", "code":503, "latencyMs":200, "client":"node-a", "seconds":5}`;
 //!   `code` (500 or 503, default 503) only for `error`, `latencyMs` only for `latency`; `client` and
-//!   `seconds` are optional (all clients / until removed).
+//!   `seconds` are optional (all clients / until removed; a `restart` lasts 8 s by default).
 //! - `DELETE /_ferrolb/faults` removes all rules, `DELETE /_ferrolb/faults/N` removes one.
 //!
 //! The admin endpoint itself and `/metrics`, `/healthz` are never affected by faults.
@@ -29,6 +29,42 @@ pub enum FaultKind {
     Error,
     /// Delay every request by `latency_ms` before handling it.
     Latency,
+    /// Answer like a kube-apiserver restarting over the same etcd, for `seconds` (default 8),
+    /// keeping every object: the first quarter it is down (connections refused, open watches
+    /// cut), then `403` (the authorizer has not synced), then `429` (the watch cache fills),
+    /// then `504`; a watch resumed from a resourceVersion gets `410 Expired` after the down
+    /// quarter. What a real restart showed (issue 18), in one fixed order.
+    Restart,
+}
+
+/// The phase of a [`FaultKind::Restart`] window at `fraction` (0..1) of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPhase {
+    Down,
+    Forbidden,
+    TooManyRequests,
+    GatewayTimeout,
+}
+
+impl RestartPhase {
+    pub fn at(fraction: f64) -> Self {
+        match fraction {
+            f if f < 0.25 => RestartPhase::Down,
+            f if f < 0.5 => RestartPhase::Forbidden,
+            f if f < 0.75 => RestartPhase::TooManyRequests,
+            _ => RestartPhase::GatewayTimeout,
+        }
+    }
+
+    /// The HTTP code answered in this phase (`None`: connections are refused).
+    pub fn code(self) -> Option<u16> {
+        match self {
+            RestartPhase::Down => None,
+            RestartPhase::Forbidden => Some(403),
+            RestartPhase::TooManyRequests => Some(429),
+            RestartPhase::GatewayTimeout => Some(504),
+        }
+    }
 }
 
 /// One fault rule as given by a test or the admin endpoint.
@@ -66,6 +102,13 @@ impl FaultSpec {
             ..Self::new(FaultKind::Error)
         }
     }
+    /// A restart of `d` (see [`FaultKind::Restart`]).
+    pub fn restart(d: Duration) -> Self {
+        Self {
+            seconds: Some(d.as_secs_f64()),
+            ..Self::new(FaultKind::Restart)
+        }
+    }
     /// Delay each request.
     pub fn latency(d: Duration) -> Self {
         Self {
@@ -98,6 +141,7 @@ impl FaultSpec {
 struct Rule {
     id: u64,
     spec: FaultSpec,
+    added: Instant,
     until: Option<Instant>,
 }
 
@@ -119,11 +163,16 @@ pub struct Verdict {
     pub drop: bool,
     pub error: Option<u16>,
     pub latency: Duration,
+    /// A restart is past its down phase: watches resumed from a resourceVersion get 410.
+    pub expire_watches: bool,
 }
 
 impl Faults {
     /// Adds a rule; returns its id.
-    pub fn add(&self, spec: FaultSpec) -> u64 {
+    pub fn add(&self, mut spec: FaultSpec) -> u64 {
+        if spec.kind == FaultKind::Restart && spec.seconds.is_none() {
+            spec.seconds = Some(8.0);
+        }
         let until = spec
             .seconds
             .filter(|s| s.is_finite() && *s >= 0.0)
@@ -132,7 +181,12 @@ impl Faults {
             let mut g = self.0.rules.lock().unwrap_or_else(|e| e.into_inner());
             g.0 += 1;
             let id = g.0;
-            g.1.push(Rule { id, spec, until });
+            g.1.push(Rule {
+                id,
+                spec,
+                added: Instant::now(),
+                until,
+            });
             id
         };
         self.bump();
@@ -215,6 +269,18 @@ impl Faults {
                 FaultKind::Latency => {
                     v.latency += Duration::from_millis(r.spec.latency_ms.unwrap_or(0))
                 }
+                FaultKind::Restart => {
+                    let total = r.until.map_or(Duration::ZERO, |u| u - r.added);
+                    let fraction = (now - r.added).as_secs_f64() / total.as_secs_f64().max(1e-9);
+                    let phase = RestartPhase::at(fraction);
+                    match phase.code() {
+                        None => v.refuse = true,
+                        Some(code) => {
+                            v.error = Some(code);
+                            v.expire_watches = true;
+                        }
+                    }
+                }
             }
         }
         v
@@ -224,9 +290,15 @@ impl Faults {
         let now = Instant::now();
         let g = self.0.rules.lock().unwrap_or_else(|e| e.into_inner());
         g.1.iter().any(|r| {
-            r.spec.kind == FaultKind::Refuse
-                && r.spec.client.is_none()
-                && r.until.is_none_or(|u| u > now)
+            let down = match r.spec.kind {
+                FaultKind::Refuse => true,
+                FaultKind::Restart => r.until.is_some_and(|u| {
+                    let f = (now - r.added).as_secs_f64() / (u - r.added).as_secs_f64().max(1e-9);
+                    RestartPhase::at(f) == RestartPhase::Down
+                }),
+                _ => false,
+            };
+            down && r.spec.client.is_none() && r.until.is_none_or(|u| u > now)
         })
     }
 }
@@ -245,6 +317,24 @@ mod tests {
         assert!(!f.verdict("b").refuse, "expired at once");
         assert!(f.remove(id));
         assert_eq!(f.verdict("a"), Verdict::default());
+    }
+
+    #[test]
+    fn restart_phases_in_order() {
+        let at = |f| RestartPhase::at(f).code();
+        assert_eq!(
+            [at(0.0), at(0.3), at(0.6), at(0.9)],
+            [None, Some(403), Some(429), Some(504)]
+        );
+        let f = Faults::default();
+        f.add(FaultSpec::restart(Duration::from_secs(60)));
+        let v = f.verdict("x");
+        assert!(v.refuse && !v.expire_watches, "{v:?}");
+        assert!(f.refuse_all());
+        let s: FaultSpec = serde_json::from_str(r#"{"kind":"restart"}"#).unwrap();
+        let g = Faults::default();
+        g.add(s);
+        assert_eq!(g.list()[0].1.seconds.map(|s| s.round()), Some(8.0));
     }
 
     #[test]

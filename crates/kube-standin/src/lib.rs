@@ -466,18 +466,56 @@ pub async fn handle(
         tokio::time::sleep(v.latency).await;
     }
     let mut acct = Accounting::default();
-    let resp = if let Some(code) = v.error {
+    let query = req.uri().query().unwrap_or_default();
+    let param = |k: &str| {
+        query.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    let resumed_watch = matches!(param("watch").as_deref(), Some("true" | "1"))
+        && param("resourceVersion").is_some_and(|rv| !rv.is_empty() && rv != "0");
+    let resp = if v.expire_watches && resumed_watch {
+        // After a restart the watch cache starts over: a watch from an old resourceVersion
+        // is answered 410 and the client relists.
         acct.verb = "fault".into();
         acct.resource = path.clone();
-        let (reason, msg) = if code == 500 {
-            ("InternalError", "Internal error occurred: injected fault")
-        } else {
-            (
+        let rv = param("resourceVersion").unwrap_or_default();
+        error_response(&ApiError::status(
+            410,
+            "Expired",
+            &format!("too old resource version: {rv} (restarted)"),
+            Some(json!({})),
+        ))
+    } else if let Some(code) = v.error {
+        acct.verb = "fault".into();
+        acct.resource = path.clone();
+        let (reason, msg) = match code {
+            500 => ("InternalError", "Internal error occurred: injected fault"),
+            403 => (
+                "Forbidden",
+                "forbidden: the authorizer has not synced yet (restarting; injected fault)",
+            ),
+            429 => (
+                "TooManyRequests",
+                "Too many requests, please try again later (restarting; injected fault)",
+            ),
+            504 => (
+                "Timeout",
+                "the server was unable to return a response in the time allotted (restarting; injected fault)",
+            ),
+            _ => (
                 "ServiceUnavailable",
                 "the server is currently unable to handle the request (injected fault)",
-            )
+            ),
         };
-        error_response(&ApiError::status(code, reason, msg, Some(json!({}))))
+        let mut resp = error_response(&ApiError::status(code, reason, msg, Some(json!({}))));
+        if code == 429 {
+            resp.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        }
+        resp
     } else {
         match http::route(inner, req, client, &mut acct).await {
             Ok(r) => r,

@@ -1,0 +1,97 @@
+//! The lab's agent failover scenario (`ferrolb_lab::lab::scenario::failover`, what `ferrolb lab`
+//! and `tests/e2e.rs` run on the stand-in) on a real kube-apiserver, with deploy/'s RBAC and the
+//! controllers and agents on ServiceAccount tokens (`ferrolb lab --api kube`). Root only; prints
+//! `skipped: no kube-apiserver (../shared/kube absent)` and passes without the binaries.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ferrolb_lab::lab::cluster::{ApiKind, Cluster, LabConfig};
+use ferrolb_lab::lab::{echo_service, probe, scenario};
+
+fn exe() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferrolb"))
+}
+
+/// Distinct MACs answering ARP for `ip` once someone answers (up to `within`).
+fn answering_macs(c: &Cluster, ip: IpAddr, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut macs: Vec<String> = probe::arping(c.topo.client(), ip, 3)
+            .into_iter()
+            .map(|r| r.mac)
+            .collect();
+        macs.sort();
+        macs.dedup();
+        if !macs.is_empty() || Instant::now() > deadline {
+            return macs;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_crash_and_graceful_failover_under_rbac() {
+    if !ferrolb_lab::netns::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if ferrolb_lab::realapi::shared_kube_dir().is_none() {
+        eprintln!("{}", ferrolb_lab::realapi::SKIP);
+        return;
+    }
+    let mut cfg = LabConfig::new("rlab", 3, exe());
+    cfg.api = ApiKind::Kube;
+    let mut c = Cluster::start_all(cfg)
+        .await
+        .expect("the lab on a real kube-apiserver");
+    for (name, text) in ferrolb_lab::lab::EMBEDDED_MANIFESTS {
+        if *name != "echo.yaml" {
+            c.apply_yaml(text).await.expect(name);
+        }
+    }
+    c.create_json(&echo_service("echo", false)).await.unwrap();
+    c.create_endpoints("default", "echo", &[0, 1, 2])
+        .await
+        .unwrap();
+    let ips = c
+        .wait_ingress("default", "echo", Duration::from_secs(60))
+        .await
+        .expect("the controller (ServiceAccount token) addresses the Service");
+    let vip = ips[0];
+    c.topo.add_vip_on_nodes(vip).unwrap();
+    let macs = tokio::task::block_in_place(|| answering_macs(&c, vip, Duration::from_secs(30)));
+    assert_eq!(macs.len(), 1, "exactly one node answers {vip}: {macs:?}");
+    // A crash (the lease must expire: 2 s) and a graceful stop (released at once).
+    for (sig, bound) in [
+        ("KILL", Duration::from_secs(10)),
+        ("TERM", Duration::from_secs(5)),
+    ] {
+        let f = tokio::task::block_in_place(|| {
+            scenario::failover(&mut c, vip, sig, Duration::from_secs(30))
+        })
+        .unwrap_or_else(|e| panic!("failover by SIG{sig}: {e:#}"));
+        assert_ne!(f.from, f.to, "{f:?}");
+        assert!(
+            Duration::from_millis(f.millis) < bound,
+            "SIG{sig} failover took {} ms",
+            f.millis
+        );
+        let macs = tokio::task::block_in_place(|| answering_macs(&c, vip, Duration::from_secs(10)));
+        assert_eq!(macs.len(), 1, "after SIG{sig}: {macs:?}");
+        let answering = c
+            .topo
+            .node_by_mac(&macs[0])
+            .map(|i| c.topo.nodes[i].name.clone());
+        assert_eq!(answering.as_deref(), Some(f.to.as_str()), "after SIG{sig}");
+        eprintln!("SIG{sig}: {} -> {} in {} ms", f.from, f.to, f.millis);
+        // The stopped agent comes back (as in the lab).
+        let i = c.topo.nodes.iter().position(|n| n.name == f.from).unwrap();
+        c.start_agent(i).unwrap();
+    }
+    // The addresses never changed.
+    let now = c
+        .wait_ingress("default", "echo", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(now, ips);
+}
