@@ -916,7 +916,7 @@ async fn scenario_preferred_release(api: Backend) {
 }
 
 /// Holder and leaseTransitions of every lease in `names`, read from the stand-in.
-async fn holders(api: &ApiServer, names: &[String]) -> BTreeMap<String, (String, i32)> {
+async fn holders(api: &Backend, names: &[String]) -> BTreeMap<String, (String, i32)> {
     let mut out = BTreeMap::new();
     for n in names {
         if let Some(spec) = get_lease(api, n).await.and_then(|l| l.spec) {
@@ -939,7 +939,7 @@ async fn holders(api: &ApiServer, names: &[String]) -> BTreeMap<String, (String,
 /// cleared, and the holders hold them again; each engine saw exactly one outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_of_three_lease_durations_moves_and_deletes_nothing() {
-    let api = stand_in().await;
+    let api = Backend::stand_in().await;
     let cfg = fast();
     let candidates = vec!["node-a".to_string(), "node-b".to_string()];
     let want = desired_set(10, &candidates);
@@ -966,9 +966,13 @@ async fn an_api_outage_of_three_lease_durations_moves_and_deletes_nothing() {
     let writes = |s: &EngineStats| n(&s.creates) + n(&s.acquires);
     let (wa, wb) = (writes(&a.stats()), writes(&b.stats()));
 
-    let fault = api.faults().add(FaultSpec::refuse());
+    let fault = api
+        .stand_in_api()
+        .expect("stand-in")
+        .faults()
+        .add(FaultSpec::refuse());
     tokio::time::sleep(cfg.lease_duration * 3).await;
-    api.faults().remove(fault);
+    api.stand_in_api().expect("stand-in").faults().remove(fault);
 
     // Both get through again and hold what they held.
     let (ha2, hb2) = (a.held(), b.held());
@@ -1007,7 +1011,7 @@ async fn an_api_outage_of_three_lease_durations_moves_and_deletes_nothing() {
 /// (holder removed), and only then deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
-    let api = stand_in().await;
+    let api = Backend::stand_in().await;
     let cfg = fast();
     let (a, _a_ev, name) = node_a_holding_one_lease(&api, &cfg).await;
     let mut c_opts = EngineOptions::agent(NS, "node-c", cfg.clone());
