@@ -207,13 +207,19 @@ fn existing_status_is_adopted_before_new_allocations() {
     assert_eq!(web["adopted"], serde_json::json!(["198.51.100.235"]));
     // "new" sorts before "web", yet does not take web's address.
     assert_eq!(ips(service(c, "shop", "new")), ["198.51.100.230"]);
+    // An address in no pool is kept too (an address never changes under a Service unless the
+    // user asks), and reported as not covered.
     let stale = service(c, "shop", "stale");
-    assert_eq!(ips(stale), ["198.51.100.231"]);
-    assert_eq!(stale["notAdopted"][0]["ip"], "203.0.113.9");
-    assert!(stale["notAdopted"][0]["why"]
-        .as_str()
-        .unwrap()
-        .contains("no pool contains"));
+    assert_eq!(ips(stale), ["203.0.113.9"]);
+    assert_eq!(stale["adopted"], serde_json::json!(["203.0.113.9"]));
+    assert_eq!(stale["notCovered"][0]["ip"], "203.0.113.9");
+    assert!(
+        stale["notCovered"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("in no pool"),
+        "{stale}"
+    );
 }
 
 #[test]

@@ -293,6 +293,8 @@ fn check_install(objs: &[Value], ns: &str) {
     let want: BTreeMap<(String, String), BTreeSet<String>> = [
         (("", "services"), set(&["get", "list", "watch"])),
         (("", "services/status"), set(&["update", "patch"])),
+        // Namespace labels for pools' spec.namespaceSelector.
+        (("", "namespaces"), set(&["get", "list", "watch"])),
         (
             ("ferrolb.io", "loadbalancerippools"),
             set(&["get", "list", "watch"]),
