@@ -709,6 +709,63 @@ mod tests {
     }
 
     #[test]
+    fn metallb_aliases_only_when_asked_and_ours_win() {
+        let s = svc(serde_json::json!({
+            "metadata": { "name": "a", "namespace": "shop", "annotations": {
+                "metallb.universe.tf/loadBalancerIPs": "198.51.100.7",
+                "metallb.io/allow-shared-ip": "dns",
+                "metallb.io/address-pool": "public",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        }));
+        let off = ServiceReq::from_service(&s);
+        assert!(off.requested.is_empty() && off.sharing.is_none() && off.pools.is_empty());
+        let on = ClassOptions {
+            metallb_annotations: true,
+            ..ClassOptions::default()
+        };
+        let r = ServiceReq::from_service_with(&s, &on);
+        assert_eq!(r.requested, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        let sh = r.sharing.unwrap();
+        assert_eq!(sh.key, "dns");
+        assert_eq!(
+            sh.cross,
+            CrossNamespace::Any,
+            "MetalLB shares across namespaces"
+        );
+        assert_eq!(r.pools, ["public"]);
+        let mut s2 = s.clone();
+        let ann = s2.metadata.annotations.as_mut().unwrap();
+        ann.insert("ferrolb.io/ips".into(), "198.51.100.8".into());
+        ann.insert("ferrolb.io/pools".into(), "private, other".into());
+        let r = ServiceReq::from_service_with(&s2, &on);
+        assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.pools, ["private", "other"]);
+    }
+
+    #[test]
+    fn bad_pools_and_reallocate_annotations_are_invalid_requests() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "ferrolb.io/pools": "Bad_Name, ok",
+                "ferrolb.io/reallocate": "yes please",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        let m = r.invalid.unwrap();
+        assert!(
+            m.contains("annotation ferrolb.io/pools: \"Bad_Name\""),
+            "{m}"
+        );
+        assert!(m.contains("annotation ferrolb.io/reallocate"), "{m}");
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": { "ferrolb.io/pools": " , " }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert!(r.invalid.unwrap().contains("names no pool"));
+    }
+
+    #[test]
     fn malformed_requests_name_the_source() {
         let r = ServiceReq::from_service(&svc(serde_json::json!({
             "metadata": { "name": "a", "annotations": { "lbipam.cilium.io/ips": "198.51.100.7,banana" }},
