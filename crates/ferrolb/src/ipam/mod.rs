@@ -1817,14 +1817,14 @@ impl Allocator {
             return Err((Reason::InvalidRequest, format!("{a} is not requested")));
         }
         // Pools by name: an address from a pool the Service no longer names is given up (its
-        // own request changed). An address no existing pool contains is judged by
-        // `coverage` instead (after a restart it has no pool to compare with).
+        // own request changed). An address its pool does not cover (contain and select) is
+        // judged by `coverage` instead: after a pool edit or a restart its attribution says
+        // nothing about what the Service asked for.
         let from_unnamed = || {
             !req.pools.iter().any(|p| **p == *e.pool)
-                && self
-                    .pools
-                    .get(&*e.pool)
-                    .is_some_and(|p| p.def.usable_block(a).is_some())
+                && self.pools.get(&*e.pool).is_some_and(|p| {
+                    p.def.usable_block(a).is_some() && p.selects(req, &self.ns_labels)
+                })
         };
         if req.requested.is_empty() && !req.pools.is_empty() && from_unnamed() {
             return Err((
