@@ -345,6 +345,19 @@ fn add_object(
                 add_object(origin, n, item, into)?;
             }
         }
+        (a, _) if a.starts_with("metallb.io/") => {
+            // MetalLB manifests are converted in memory (as `ferrolb convert` would), and the
+            // MetalLB Service annotations are read as aliases.
+            into.metallb = true;
+            let mut conv = crate::convert::Conversion::default();
+            crate::convert::convert_documents(&at, vec![v], &mut conv);
+            for f in &conv.findings {
+                into.notes.push(f.to_string());
+            }
+            for o in conv.objects {
+                add_object(origin, n, o, into)?;
+            }
+        }
         (a, k) if a.starts_with("cilium.io/") => into.notes.push(format!(
             "{at}: {k} {name} ignored (a Cilium kind: convert it with `ferrolb convert`)"
         )),
