@@ -189,6 +189,24 @@ pub fn convert_documents(source: &str, docs: Vec<Value>, conv: &mut Conversion) 
                      announcement policies convert); left out"
                 ),
             ),
+            ("metallb.io", "IPAddressPool") => {
+                conv.objects.push(convert_metallb_pool(obj, &mut cx));
+            }
+            ("metallb.io", "L2Advertisement") => cx.push(
+                Severity::Unconvertible,
+                "",
+                "MetalLB L2Advertisement is not converted yet (ferrolb's L2AnnouncementPolicy \
+                 selects Services, not pools; preferredNodeSelectors has no equivalent yet): \
+                 write an L2AnnouncementPolicy by hand; left out",
+            ),
+            ("metallb.io", _) => cx.push(
+                Severity::Unconvertible,
+                "",
+                format!(
+                    "{api_version} {kind} has no ferrolb equivalent (ferrolb does not speak BGP; \
+                     only IPAddressPools convert); left out"
+                ),
+            ),
             ("v1", "Service") if api_version == "v1" => {
                 conv.objects.push(convert_service(obj, &mut cx));
             }
@@ -577,6 +595,137 @@ fn convert_pool(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
     })
 }
 
+/// MetalLB `IPAddressPool` → `LoadBalancerIPPool`: `addresses` (CIDRs and `a-b` ranges) →
+/// `blocks`, `autoAssign`, `serviceAllocation.priority` / `namespaces` / one
+/// `namespaceSelectors` / one `serviceSelectors` entry. MetalLB hands out every address of a
+/// CIDR, so `allowFirstLastIPs: Yes` is written; `avoidBuggyIPs: true` (no `.0`/`.255`
+/// addresses) becomes `No`, which only reserves the first/last address of each CIDR.
+fn convert_metallb_pool(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
+    let metadata = converted_metadata(&obj, cx);
+    let empty = Map::new();
+    let src = match obj.get("spec") {
+        Some(Value::Object(s)) => s,
+        _ => {
+            cx.push(Severity::Unconvertible, "spec", "missing spec");
+            &empty
+        }
+    };
+    let mut spec = Map::new();
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut allow = "Yes";
+    for (k, v) in src {
+        match (k.as_str(), v) {
+            ("addresses", Value::Array(items)) => {
+                for (i, a) in items.iter().enumerate() {
+                    let field = format!("spec.addresses[{i}]");
+                    let Some(a) = a.as_str().map(str::trim) else {
+                        cx.push(Severity::Unconvertible, &field, "not a string");
+                        continue;
+                    };
+                    let b = match a.split_once('-') {
+                        Some((x, y)) => serde_json::json!({"start": x.trim(), "stop": y.trim()}),
+                        None if a.contains('/') => serde_json::json!({"cidr": a}),
+                        None => serde_json::json!({"start": a}),
+                    };
+                    if let Some(b) = convert_block(&b, &field, cx) {
+                        if !blocks.contains(&b) {
+                            blocks.push(b);
+                        }
+                    }
+                }
+            }
+            ("autoAssign", Value::Bool(b)) => {
+                if !b {
+                    spec.insert("autoAssign".into(), Value::Bool(false));
+                }
+            }
+            ("avoidBuggyIPs", Value::Bool(b)) => {
+                if *b {
+                    allow = "No";
+                    cx.push(
+                        Severity::Warning,
+                        "spec.avoidBuggyIPs",
+                        "converted to allowFirstLastIPs: No, which reserves only the first and \
+                         last address of each CIDR (MetalLB skips every .0 and .255 address)",
+                    );
+                }
+            }
+            ("serviceAllocation", Value::Object(sa)) => {
+                for (sk, sv) in sa {
+                    let field = format!("spec.serviceAllocation.{sk}");
+                    match (sk.as_str(), sv) {
+                        ("priority", Value::Number(n)) if n.as_i64().is_some() => {
+                            spec.insert("priority".into(), sv.clone());
+                        }
+                        ("namespaces", Value::Array(_)) => {
+                            spec.insert("namespaces".into(), sv.clone());
+                        }
+                        ("namespaceSelectors" | "serviceSelectors", Value::Array(sels)) => {
+                            let ours = if sk == "namespaceSelectors" {
+                                "namespaceSelector"
+                            } else {
+                                "serviceSelector"
+                            };
+                            match sels.as_slice() {
+                                [] => {}
+                                [one] => {
+                                    check_selector(one, &field, cx);
+                                    spec.insert(ours.into(), one.clone());
+                                }
+                                _ => cx.push(
+                                    Severity::Unconvertible,
+                                    &field,
+                                    format!(
+                                        "several selectors (ORed in MetalLB) cannot be one {ours}; \
+                                         split the pool or merge them into one selector; left out"
+                                    ),
+                                ),
+                            }
+                        }
+                        _ => cx.push(
+                            Severity::Unconvertible,
+                            &field,
+                            "unknown or malformed serviceAllocation field; left out",
+                        ),
+                    }
+                }
+            }
+            (other, _) => cx.push(
+                Severity::Unconvertible,
+                &format!("spec.{other}"),
+                "unknown or malformed IPAddressPool field; left out",
+            ),
+        }
+    }
+    if blocks.is_empty() {
+        cx.push(
+            Severity::Unconvertible,
+            "spec.addresses",
+            "no usable address block: a ferrolb pool needs at least one",
+        );
+    }
+    let mut ordered = Map::new();
+    ordered.insert("blocks".into(), Value::Array(blocks));
+    for k in [
+        "serviceSelector",
+        "priority",
+        "namespaces",
+        "namespaceSelector",
+        "autoAssign",
+    ] {
+        if let Some(v) = spec.remove(k) {
+            ordered.insert(k.into(), v);
+        }
+    }
+    ordered.insert("allowFirstLastIPs".into(), Value::String(allow.into()));
+    serde_json::json!({
+        "apiVersion": format!("{}/v1alpha1", api::GROUP),
+        "kind": "LoadBalancerIPPool",
+        "metadata": metadata,
+        "spec": Value::Object(ordered),
+    })
+}
+
 fn convert_block(b: &Value, field: &str, cx: &mut Cx<'_>) -> Option<Value> {
     let Value::Object(m) = b else {
         cx.push(Severity::Unconvertible, field, "block is not a mapping");
@@ -788,14 +937,22 @@ fn anchor_regex(re: &str) -> String {
 
 fn convert_service(mut obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
     // Annotations: (ours, cilium aliases).
-    let pairs: [(&str, &[&str]); 3] = [
+    let pairs: [(&str, &[&str]); 6] = [
         (api::ANN_IPS, api::CILIUM_ANN_IPS),
         (api::ANN_SHARING_KEY, api::CILIUM_ANN_SHARING_KEY),
         (api::ANN_SHARING_CROSS_NS, api::CILIUM_ANN_SHARING_CROSS_NS),
+        (api::ANN_IPS, api::METALLB_ANN_IPS),
+        (api::ANN_SHARING_KEY, api::METALLB_ANN_SHARING_KEY),
+        (api::ANN_POOLS, api::METALLB_ANN_POOL),
     ];
     let known_cilium: Vec<&str> = pairs.iter().flat_map(|(_, a)| a.iter().copied()).collect();
     if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
         if let Some(Value::Object(ann)) = meta.get_mut("annotations") {
+            let known_metallb_keys: Vec<String> = ann
+                .keys()
+                .filter(|k| api::METALLB_ANN_SHARING_KEY.contains(&k.as_str()))
+                .cloned()
+                .collect();
             for (ours, aliases) in pairs {
                 for alias in aliases {
                     let Some(v) = ann.remove(*alias) else {
@@ -817,10 +974,27 @@ fn convert_service(mut obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
                     }
                 }
             }
+            // MetalLB shares a key across namespaces: keep that meaning.
+            let metallb_key = api::METALLB_ANN_SHARING_KEY
+                .iter()
+                .any(|k| obj_had(&known_metallb_keys, k));
+            if metallb_key && !ann.contains_key(api::ANN_SHARING_CROSS_NS) {
+                ann.insert(api::ANN_SHARING_CROSS_NS.into(), Value::String("*".into()));
+                cx.push(
+                    Severity::Warning,
+                    "metadata.annotations[metallb.io/allow-shared-ip]",
+                    "MetalLB shares a key across namespaces: ferrolb.io/sharing-cross-namespace: \"*\" added",
+                );
+            }
             let unknown: Vec<String> = ann
                 .keys()
                 .filter(|k| {
-                    (k.starts_with("lbipam.cilium.io/") || k.starts_with("io.cilium/lb-ipam"))
+                    (k.starts_with("lbipam.cilium.io/")
+                        || k.starts_with("io.cilium/lb-ipam")
+                        || k.starts_with("metallb.io/")
+                        || k.starts_with("metallb.universe.tf/"))
+                        // Written by MetalLB's controller, informational only.
+                        && !k.ends_with("/ip-allocated-from-pool")
                         && !known_cilium.contains(&k.as_str())
                 })
                 .cloned()
@@ -829,8 +1003,8 @@ fn convert_service(mut obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
                 cx.push(
                     Severity::Unconvertible,
                     &format!("metadata.annotations[{k}]"),
-                    "Cilium LB-IPAM annotation without a ferrolb equivalent; left in place \
-                     (ferrolb ignores it)",
+                    "Cilium LB-IPAM / MetalLB annotation without a ferrolb equivalent; left \
+                     in place (ferrolb ignores it)",
                 );
             }
             // The last applied configuration describes the Cilium form of the object.
@@ -859,6 +1033,10 @@ fn convert_service(mut obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
     Value::Object(obj)
 }
 
+fn obj_had(keys: &[String], k: &str) -> bool {
+    keys.iter().any(|x| x == k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,6 +1053,107 @@ mod tests {
             .filter(|f| f.severity == sev)
             .map(|f| f.field.clone())
             .collect()
+    }
+
+    #[test]
+    fn metallb_configuration_converts_and_plans() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/convert/metallb.yaml"
+        ))
+        .expect("fixture");
+        let c = conv(&text);
+        // L2Advertisement (not yet) and BGPPeer: unconvertible, one line each.
+        let unconv: Vec<&Finding> = c
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Unconvertible)
+            .collect();
+        assert_eq!(unconv.len(), 2, "{unconv:?}");
+        assert!(unconv[0].object.contains("L2Advertisement/l2"));
+        assert!(unconv[1].object.contains("BGPPeer/tor"));
+        let pools: Vec<api::LoadBalancerIPPool> = c
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "LoadBalancerIPPool")
+            .map(|o| serde_json::from_value(o.clone()).expect("a ferrolb pool"))
+            .collect();
+        assert_eq!(pools.len(), 4);
+        let a = &pools[0].spec;
+        assert_eq!(a.priority, Some(10));
+        assert_eq!(a.namespaces, ["team-a"]);
+        assert_eq!(a.allow_first_last_ips, api::YesNo::Yes);
+        let gold = &pools[1].spec;
+        assert_eq!(gold.blocks[0].start.as_deref(), Some("198.51.100.64"));
+        assert_eq!(gold.blocks[0].stop.as_deref(), Some("198.51.100.79"));
+        assert_eq!(gold.allow_first_last_ips, api::YesNo::No, "avoidBuggyIPs");
+        assert!(gold.namespace_selector.is_some() && gold.service_selector.is_some());
+        assert_eq!(pools[2].spec.auto_assign, Some(false));
+        assert_eq!(pools[2].spec.blocks.len(), 2);
+        // Service annotations, both spellings.
+        let svc = |n: &str| {
+            c.objects
+                .iter()
+                .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == n)
+                .expect("service")
+                .clone()
+        };
+        for n in ["dns-udp", "dns-tcp"] {
+            let ann = &svc(n)["metadata"]["annotations"];
+            assert_eq!(ann[api::ANN_IPS], "198.51.100.20", "{n}");
+            assert_eq!(ann[api::ANN_SHARING_KEY], "dns", "{n}");
+            assert_eq!(ann[api::ANN_SHARING_CROSS_NS], "*", "{n}");
+            assert!(ann.get("metallb.io/loadBalancerIPs").is_none());
+        }
+        assert_eq!(
+            svc("db")["metadata"]["annotations"][api::ANN_POOLS],
+            "manual"
+        );
+
+        // `ferrolb plan` on the converted objects: every Service gets what it asked for.
+        let mut input = crate::plan::ClusterInput {
+            name: "default".into(),
+            ..Default::default()
+        };
+        for o in &c.objects {
+            crate::plan::parse_documents(
+                "converted",
+                &serde_json::to_string(o).unwrap(),
+                &mut input,
+            )
+            .expect("plan input");
+        }
+        let rep = crate::plan::plan(&[input], &ferrolb::ipam::ClassOptions::default());
+        let got = |ns: &str, n: &str| {
+            rep.clusters[0]
+                .services
+                .iter()
+                .find(|s| s.namespace == ns && s.name == n)
+                .map(|s| {
+                    (
+                        s.reason.clone(),
+                        s.addresses.iter().map(|a| a.ip.clone()).collect::<Vec<_>>(),
+                    )
+                })
+                .expect("service planned")
+        };
+        assert_eq!(
+            got("team-a", "dns-udp"),
+            ("Satisfied".into(), vec!["198.51.100.20".into()])
+        );
+        assert_eq!(
+            got("team-a", "dns-tcp"),
+            ("Satisfied".into(), vec!["198.51.100.20".into()])
+        );
+        assert_eq!(
+            got("team-b", "db"),
+            ("Satisfied".into(), vec!["203.0.113.10".into()])
+        );
+        // team-b is not team-a's and not gold: the unprioritised default pool.
+        assert_eq!(
+            got("team-b", "web"),
+            ("Satisfied".into(), vec!["192.0.2.0".into()])
+        );
     }
 
     #[test]

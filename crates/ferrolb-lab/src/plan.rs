@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
@@ -80,6 +80,10 @@ pub struct Args {
     /// Also serve `loadBalancerClass: io.cilium/l2-announcer` (as the controller flag).
     #[arg(long)]
     pub serve_cilium_class: bool,
+    /// Read MetalLB's Service annotations as aliases (as the controller flag; on by itself
+    /// when the input holds MetalLB objects).
+    #[arg(long)]
+    pub metallb_annotations: bool,
 }
 
 /// Output format.
@@ -102,6 +106,10 @@ pub struct ClusterInput {
     pub policies: Vec<L2AnnouncementPolicy>,
     /// Services in input order.
     pub services: Vec<Service>,
+    /// Namespaces (their labels, for pools' `namespaceSelector`).
+    pub namespaces: Vec<Namespace>,
+    /// Whether MetalLB objects were in the input (converted in memory).
+    pub metallb: bool,
     /// Notes about ignored documents.
     pub notes: Vec<String>,
 }
@@ -156,6 +164,12 @@ pub struct PoolReport {
     pub block_errors: Vec<FieldProblem>,
     /// Invalid `serviceSelector`.
     pub selector_error: Option<String>,
+    /// Invalid `namespaceSelector` (field and message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_selector_error: Option<String>,
+    /// `spec.priority`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// A pool conflict.
@@ -196,6 +210,9 @@ pub struct ServiceReport {
     pub adopted: Vec<String>,
     /// Addresses from status that could not be adopted.
     pub not_adopted: Vec<NotAdopted>,
+    /// Kept addresses that no pool covers any more (`{"ip", "why"}`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_covered: Vec<NotAdopted>,
     /// Policies that announce its addresses.
     pub announced_by: Vec<String>,
 }
@@ -314,6 +331,10 @@ fn add_object(
             serde_json::from_value(v)
                 .with_context(|| format!("{at}: Service {name} is malformed"))?,
         ),
+        ("v1", "Namespace") => into.namespaces.push(
+            serde_json::from_value(v)
+                .with_context(|| format!("{at}: Namespace {name} is malformed"))?,
+        ),
         (_, "List") => {
             let items = v
                 .get("items")
@@ -322,6 +343,19 @@ fn add_object(
                 .unwrap_or_default();
             for item in items {
                 add_object(origin, n, item, into)?;
+            }
+        }
+        (a, _) if a.starts_with("metallb.io/") => {
+            // MetalLB manifests are converted in memory (as `ferrolb convert` would), and the
+            // MetalLB Service annotations are read as aliases.
+            into.metallb = true;
+            let mut conv = crate::convert::Conversion::default();
+            crate::convert::convert_documents(&at, vec![v], &mut conv);
+            for f in &conv.findings {
+                into.notes.push(f.to_string());
+            }
+            for o in conv.objects {
+                add_object(origin, n, o, into)?;
             }
         }
         (a, k) if a.starts_with("cilium.io/") => into.notes.push(format!(
@@ -413,6 +447,11 @@ fn plan_cluster(
 ) -> (ClusterReport, Vec<(String, Vec<Range>)>) {
     let mut notes = c.notes.clone();
     let mut alloc = Allocator::new();
+    for n in &c.namespaces {
+        if let Some(name) = n.metadata.name.as_deref() {
+            alloc.set_namespace(name, n.metadata.labels.clone().unwrap_or_default());
+        }
+    }
     let mut pool_ranges = Vec::new();
     let mut seen = BTreeMap::new();
     for (i, p) in c.pools.iter().enumerate() {
@@ -465,7 +504,7 @@ fn plan_cluster(
     }
     let reqs: BTreeMap<ServiceKey, ServiceReq> = svcs
         .iter()
-        .map(|(k, s)| (k.clone(), ServiceReq::from_service(s)))
+        .map(|(k, s)| (k.clone(), ServiceReq::from_service_with(s, class)))
         .collect();
 
     // Adopt first, like the controller after a restart.
@@ -554,6 +593,14 @@ fn plan_cluster(
                         .collect()
                 })
                 .unwrap_or_default(),
+            not_covered: o
+                .not_covered
+                .iter()
+                .map(|n| NotAdopted {
+                    ip: n.ip.to_string(),
+                    why: n.why.clone(),
+                })
+                .collect(),
             announced_by,
         });
     }
@@ -583,6 +630,13 @@ fn plan_cluster(
                     })
                     .collect(),
                 selector_error: st.selector_error.clone(),
+                namespace_selector_error: st.namespace_selector_error.clone(),
+                priority: c
+                    .pools
+                    .iter()
+                    .rev()
+                    .find(|p| p.metadata.name.as_deref() == Some(st.name.as_str()))
+                    .and_then(|p| p.spec.priority),
             }
         })
         .collect();
@@ -696,6 +750,12 @@ impl Report {
                         s.namespace, s.name, n.ip, n.why
                     ));
                 }
+                for n in &s.not_covered {
+                    o.push_str(&format!(
+                        "NOT COVERED {}/{}: kept, {}\n",
+                        s.namespace, s.name, n.why
+                    ));
+                }
             }
             for p in c.policies.iter().filter(|p| !p.problems.is_empty()) {
                 for pr in &p.problems {
@@ -787,6 +847,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     let class = ClassOptions {
         default_class: !args.no_default_class,
         cilium_class: args.serve_cilium_class,
+        metallb_annotations: args.metallb_annotations || clusters.iter().any(|c| c.metallb),
     };
     let report = plan(&clusters, &class);
     let text = match args.output {

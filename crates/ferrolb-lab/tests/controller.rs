@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ferrolb::api::{
-    IpBlock, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_SHARING_KEY,
-    COND_IPAM_SATISFIED, LB_CLASS,
+    IpBlock, IpMode, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_REALLOCATE,
+    ANN_SHARING_KEY, COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
 };
 use ferrolb::controller::status::ingress_ips as ingress;
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
@@ -129,6 +129,17 @@ impl PoolB {
     }
     fn select(mut self, k: &str, v: &str) -> Self {
         self.0.spec.service_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+            ..Default::default()
+        });
+        self
+    }
+    fn priority(mut self, p: i32) -> Self {
+        self.0.spec.priority = Some(p);
+        self
+    }
+    fn ns_select(mut self, k: &str, v: &str) -> Self {
+        self.0.spec.namespace_selector = Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
             ..Default::default()
         });
@@ -385,6 +396,26 @@ impl Harness {
             .create(&PostParams::default(), &s.build())
             .await
             .expect("create service")
+    }
+
+    /// Creates Service `name` and waits until it is satisfied.
+    async fn wait_satisfied_after_create(&self, name: &str) -> Vec<IpAddr> {
+        self.create_svc(svc(name)).await;
+        self.wait_satisfied(name).await
+    }
+
+    /// Barrier for when no pool allocates: create a Service and wait until it is reported
+    /// unsatisfied (the controller handles events in order), then delete it.
+    async fn barrier_unsatisfied(&self, name: &str) {
+        self.create_svc(svc(name)).await;
+        self.wait_svc(name, "IPAMRequestSatisfied=False", |s| {
+            our_cond(s).is_some_and(|c| c.status == "False")
+        })
+        .await;
+        self.svcs()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete barrier");
     }
 
     /// Waits (watching) until the Service satisfies `pred`.
@@ -1465,25 +1496,232 @@ async fn invalid_blocks_are_reported_and_fixing_them_is_observed() {
     ctl.stop().await;
 }
 
+fn not_covered_cond(s: &Service) -> Option<Condition> {
+    s.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == COND_NOT_COVERED)
+        .cloned()
+}
+
+/// Events of `reason` about `name` (to count them).
+async fn events_about(h: &Harness, name: &str, reason: &str) -> usize {
+    let api: Api<Event> = Api::namespaced(h.client.clone(), NS);
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .count()
+}
+
+/// Replaces a pool's spec (an edit as `kubectl edit` makes it).
+async fn edit_pool(h: &Harness, name: &str, f: impl FnOnce(&mut LoadBalancerIPPoolSpec)) {
+    let mut p = h.pools().get(name).await.expect("get pool");
+    f(&mut p.spec);
+    h.pools()
+        .replace(name, &PostParams::default(), &p)
+        .await
+        .expect("replace pool");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_pool_releases_its_addresses_and_reports_no_pool() {
+async fn pool_shrunk_disabled_deleted_and_recreated_never_moves_an_address() {
     let h = Harness::new().await;
-    h.create_pool(pool("only").cidr("198.51.100.0/28")).await;
+    h.create_pool(pool("p").cidr("198.51.100.0/24")).await;
     let ctl = h.start("ctrl-a");
     h.create_svc(svc("web")).await;
-    let ips = h.wait_satisfied("web").await;
-    assert_eq!(ips.len(), 1);
+    h.create_svc(svc("api")).await;
+    let web = h.wait_satisfied("web").await;
+    let api = h.wait_satisfied("api").await;
+
+    // Shrunk: both addresses are outside now. Kept, condition + one Event, pool counts them.
+    edit_pool(&h, "p", |s| {
+        s.blocks[0].cidr = Some("198.51.100.128/25".into())
+    })
+    .await;
+    let s = h
+        .wait_svc("web", "AddressNotCovered=True", |s| {
+            not_covered_cond(s).is_some_and(|c| c.status == "True")
+        })
+        .await;
+    assert_eq!(ingress(&s), web, "the address moved after the pool shrank");
+    let c = not_covered_cond(&s).expect("condition");
+    assert!(
+        c.message.contains("pool p") && c.message.contains("spec.blocks"),
+        "{}",
+        c.message
+    );
+    assert!(c.message.contains(ANN_REALLOCATE), "{}", c.message);
+    assert_eq!(our_cond(&s).expect("ours").status, "True");
+    let ev = h.wait_event(NS, "web", "AddressNotCovered").await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(ev.note.unwrap_or_default().contains("spec.blocks"));
+    h.wait_pool("p", "ipsNotCovered 2", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|st| st.ips_not_covered == 2 && st.ips_used == 0)
+    })
+    .await;
+    // A new Service gets an address of the shrunk pool, never a kept one.
+    let fresh = h.wait_satisfied_after_create("fresh").await;
+    assert!(in_cidr(fresh[0], "198.51.100.128/25"), "{fresh:?}");
+
+    // Disabled: nothing moves.
+    edit_pool(&h, "p", |s| s.disabled = true).await;
+    h.barrier_unsatisfied("probe-disabled").await;
+    assert_eq!(ingress(&h.svcs().get("web").await.expect("get")), web);
+    assert_eq!(ingress(&h.svcs().get("api").await.expect("get")), api);
+
+    // Deleted: nothing moves; the condition names the deleted pool.
     h.pools()
-        .delete("only", &DeleteParams::default())
+        .delete("p", &DeleteParams::default())
         .await
         .expect("delete pool");
-    let s = h.wait_unsatisfied("web", "NoPool").await;
-    assert!(ingress(&s).is_empty(), "address of a deleted pool kept");
-    h.wait_event(NS, "web", "IPReleased").await;
-    // A new pool serves it again.
-    h.create_pool(pool("again").cidr("198.51.100.128/28")).await;
-    let ips = h.wait_satisfied("web").await;
-    assert!(in_cidr(ips[0], "198.51.100.128/28"), "{ips:?}");
+    let s = h
+        .wait_svc("api", "condition names the deleted pool", |s| {
+            not_covered_cond(s).is_some_and(|c| c.message.contains("pool p was deleted"))
+        })
+        .await;
+    assert_eq!(ingress(&s), api);
+    assert_eq!(ingress(&h.svcs().get("web").await.expect("get")), web);
+
+    // Re-created as it was: covered again, condition gone, still the same addresses.
+    h.create_pool(pool("p").cidr("198.51.100.0/24")).await;
+    let s = h
+        .wait_svc("web", "AddressNotCovered gone", |s| {
+            not_covered_cond(s).is_none() && our_cond(s).is_some_and(|c| c.status == "True")
+        })
+        .await;
+    assert_eq!(ingress(&s), web);
+    let s = h
+        .wait_svc("api", "AddressNotCovered gone", |s| {
+            not_covered_cond(s).is_none()
+        })
+        .await;
+    assert_eq!(ingress(&s), api);
+    h.wait_pool("p", "ipsNotCovered 0, used 3", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|st| st.ips_not_covered == 0 && st.ips_used == 3)
+    })
+    .await;
+    // Exactly one AddressNotCovered Event per Service for the whole episode... per raise:
+    // raised once at the shrink, kept True through disable and delete.
+    assert_eq!(events_about(&h, "web", "AddressNotCovered").await, 1);
+    assert_eq!(events_about(&h, "api", "AddressNotCovered").await, 1);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reallocate_annotation_readdresses_only_when_asked() {
+    let h = Harness::new().await;
+    h.create_pool(pool("old").cidr("198.51.100.0/28")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("web")).await;
+    let before = h.wait_satisfied("web").await;
+    h.create_pool(pool("new").cidr("203.0.113.0/28")).await;
+    h.pools()
+        .delete("old", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    h.wait_svc("web", "AddressNotCovered=True", |s| {
+        not_covered_cond(s).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(ingress(&h.svcs().get("web").await.expect("get")), before);
+    let patch = serde_json::json!({"metadata": {"annotations": {ANN_REALLOCATE: "true"}}});
+    h.svcs()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
+    let s = h
+        .wait_svc("web", "new address from pool new", |s| {
+            ingress(s)
+                .first()
+                .is_some_and(|a| in_cidr(*a, "203.0.113.0/28"))
+                && not_covered_cond(s).is_none()
+        })
+        .await;
+    assert_eq!(ingress(&s).len(), 1);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_relabelled_new_services_follow_existing_keep_their_addresses() {
+    let h = Harness::new().await;
+    let nss: Api<Namespace> = Api::all(h.client.clone());
+    let label = |tier: &str| serde_json::json!({"metadata": {"labels": {"tier": tier}}});
+    nss.patch(NS, &PatchParams::default(), &Patch::Merge(&label("gold")))
+        .await
+        .expect("label namespace");
+    h.create_pool(
+        pool("gold")
+            .cidr("198.51.100.0/28")
+            .priority(0)
+            .ns_select("tier", "gold"),
+    )
+    .await;
+    h.create_pool(pool("rest").cidr("203.0.113.0/28")).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("first")).await;
+    let first = h.wait_satisfied("first").await;
+    assert!(in_cidr(first[0], "198.51.100.0/28"), "{first:?}");
+    nss.patch(NS, &PatchParams::default(), &Patch::Merge(&label("silver")))
+        .await
+        .expect("relabel namespace");
+    let s = h
+        .wait_svc("first", "AddressNotCovered=True", |s| {
+            not_covered_cond(s).is_some_and(|c| c.status == "True")
+        })
+        .await;
+    assert_eq!(ingress(&s), first, "an existing Service moved");
+    assert!(not_covered_cond(&s)
+        .expect("cond")
+        .message
+        .contains("spec.namespaceSelector"));
+    h.create_svc(svc("second")).await;
+    let second = h.wait_satisfied("second").await;
+    assert!(in_cidr(second[0], "203.0.113.0/28"), "{second:?}");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_ip_mode_proxy_is_written_into_ingress() {
+    let h = Harness::new().await;
+    let mut p = pool("behind-proxy").cidr("198.51.100.0/28");
+    p.0.spec.ip_mode = Some(IpMode::Proxy);
+    h.create_pool(p).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("web")).await;
+    let s = h
+        .wait_svc("web", "ipMode Proxy", |s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| i.len() == 1 && i[0].ip_mode.as_deref() == Some("Proxy"))
+        })
+        .await;
+    assert!(in_cidr(ingress(&s)[0], "198.51.100.0/28"));
+    // Switched back to VIP: the entry is rewritten, the address stays.
+    edit_pool(&h, "behind-proxy", |s| s.ip_mode = None).await;
+    let s2 = h
+        .wait_svc("web", "ipMode VIP", |s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| i.len() == 1 && i[0].ip_mode.as_deref() == Some("VIP"))
+        })
+        .await;
+    assert_eq!(ingress(&s2), ingress(&s));
     ctl.stop().await;
 }
 

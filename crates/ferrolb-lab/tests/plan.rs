@@ -207,13 +207,19 @@ fn existing_status_is_adopted_before_new_allocations() {
     assert_eq!(web["adopted"], serde_json::json!(["198.51.100.235"]));
     // "new" sorts before "web", yet does not take web's address.
     assert_eq!(ips(service(c, "shop", "new")), ["198.51.100.230"]);
+    // An address in no pool is kept too (an address never changes under a Service unless the
+    // user asks), and reported as not covered.
     let stale = service(c, "shop", "stale");
-    assert_eq!(ips(stale), ["198.51.100.231"]);
-    assert_eq!(stale["notAdopted"][0]["ip"], "203.0.113.9");
-    assert!(stale["notAdopted"][0]["why"]
-        .as_str()
-        .unwrap()
-        .contains("no pool contains"));
+    assert_eq!(ips(stale), ["203.0.113.9"]);
+    assert_eq!(stale["adopted"], serde_json::json!(["203.0.113.9"]));
+    assert_eq!(stale["notCovered"][0]["ip"], "203.0.113.9");
+    assert!(
+        stale["notCovered"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("in no pool"),
+        "{stale}"
+    );
 }
 
 #[test]
@@ -328,4 +334,36 @@ fn directory_input_and_stdin() {
         )),
         ["198.51.100.221"]
     );
+}
+
+#[test]
+fn metallb_manifests_are_planned_directly() {
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert/metallb.yaml");
+    let r = plan(&["-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    let c = &json(&r)["clusters"][0];
+    // MetalLB annotations honoured without a flag: the input holds MetalLB objects.
+    assert_eq!(ips(service(c, "team-a", "dns-udp")), ["198.51.100.20"]);
+    assert_eq!(ips(service(c, "team-a", "dns-tcp")), ["198.51.100.20"]);
+    let db = service(c, "team-b", "db");
+    assert_eq!(ips(db), ["203.0.113.10"]);
+    assert_eq!(db["addresses"][0]["pool"], "manual");
+    assert_eq!(ips(service(c, "team-b", "web")), ["192.0.2.0"]);
+    // What did not convert is listed in the notes, one line each.
+    let notes: Vec<&str> = c["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("L2Advertisement/l2")),
+        "{notes:?}"
+    );
+    assert!(notes.iter().any(|n| n.contains("BGPPeer/tor")), "{notes:?}");
+    let pools = c["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 4);
+    assert!(pools
+        .iter()
+        .any(|p| p["name"] == "team-a" && p["priority"] == 10));
 }

@@ -20,6 +20,26 @@ pub const ANN_IPS: &str = "ferrolb.io/ips";
 pub const ANN_SHARING_KEY: &str = "ferrolb.io/sharing-key";
 /// Namespaces (comma-separated, or `*`) allowed to share across namespaces.
 pub const ANN_SHARING_CROSS_NS: &str = "ferrolb.io/sharing-cross-namespace";
+/// Pools (comma-separated names) a Service wants its addresses from; only these are considered,
+/// `autoAssign: false` pools included.
+pub const ANN_POOLS: &str = "ferrolb.io/pools";
+/// `"true"`: the Service gives up addresses that no pool covers any more (after a pool edit) and
+/// gets new ones. Without it such addresses are kept (condition `ferrolb.io/AddressNotCovered`).
+pub const ANN_REALLOCATE: &str = "ferrolb.io/reallocate";
+/// MetalLB aliases, honoured with `--metallb-annotations` (current spelling first, then the
+/// older `metallb.universe.tf/...`).
+pub const METALLB_ANN_IPS: &[&str] = &[
+    "metallb.io/loadBalancerIPs",
+    "metallb.universe.tf/loadBalancerIPs",
+];
+pub const METALLB_ANN_SHARING_KEY: &[&str] = &[
+    "metallb.io/allow-shared-ip",
+    "metallb.universe.tf/allow-shared-ip",
+];
+pub const METALLB_ANN_POOL: &[&str] = &[
+    "metallb.io/address-pool",
+    "metallb.universe.tf/address-pool",
+];
 /// Cilium aliases honoured by the controller, and their legacy `io.cilium/...` forms.
 pub const CILIUM_ANN_IPS: &[&str] = &["lbipam.cilium.io/ips", "io.cilium/lb-ipam-ips"];
 pub const CILIUM_ANN_SHARING_KEY: &[&str] = &[
@@ -32,6 +52,11 @@ pub const CILIUM_ANN_SHARING_CROSS_NS: &[&str] = &[
 ];
 /// Service condition written by the controller.
 pub const COND_IPAM_SATISFIED: &str = "ferrolb.io/IPAMRequestSatisfied";
+/// Service condition: `True` while the Service keeps an address that no pool selecting it
+/// covers any more (the message names the pool and field); removed when covered again.
+pub const COND_NOT_COVERED: &str = "ferrolb.io/AddressNotCovered";
+/// Label the API server puts on every Namespace (its name); assumed for unknown namespaces.
+pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 /// Virtual labels every Service carries for selectors.
 pub const LABEL_SERVICE_NAMESPACE: &str = "io.kubernetes.service.namespace";
 pub const LABEL_SERVICE_NAME: &str = "io.kubernetes.service.name";
@@ -55,6 +80,8 @@ pub const AGENT_NAME: &str = "ferrolb.io/agent";
     printcolumn = r#"{"name":"IPs Total","type":"integer","jsonPath":".status.ipsTotal"}"#,
     printcolumn = r#"{"name":"IPs Used","type":"integer","jsonPath":".status.ipsUsed"}"#,
     printcolumn = r#"{"name":"IPs Available","type":"integer","jsonPath":".status.ipsAvailable"}"#,
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority","priority":1}"#,
+    printcolumn = r#"{"name":"Not Covered","type":"integer","jsonPath":".status.ipsNotCovered","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -73,6 +100,53 @@ pub struct LoadBalancerIPPoolSpec {
     /// /127 and /128 and start/stop ranges never reserve them.
     #[serde(default, rename = "allowFirstLastIPs")]
     pub allow_first_last_ips: YesNo,
+    /// Order of choice for new allocations: pools with a priority come first, lower first;
+    /// pools without one come after them; ties by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Namespaces whose Services may get addresses from this pool. With `namespaceSelector`, a
+    /// namespace listed here or matching the selector is allowed; both unset = every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Label selector over Namespaces whose Services may get addresses from this pool (see
+    /// `namespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Give addresses to Services that ask for nothing in particular (default true). `false`:
+    /// only Services that name this pool (`ferrolb.io/pools`) or request one of its addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_assign: Option<bool>,
+    /// `status.loadBalancer.ingress[].ipMode` written for this pool's addresses: `VIP` (default:
+    /// traffic to the address is delivered to the node as is) or `Proxy` (a proxy in front of the
+    /// cluster terminates it; kube-proxy then does not short-cut in-cluster traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_mode: Option<IpMode>,
+}
+
+impl LoadBalancerIPPoolSpec {
+    /// `spec.autoAssign` with its default.
+    pub fn auto_assigns(&self) -> bool {
+        self.auto_assign.unwrap_or(true)
+    }
+}
+
+/// `status.loadBalancer.ingress[].ipMode` (KEP-1860).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IpMode {
+    #[default]
+    #[serde(rename = "VIP")]
+    Vip,
+    Proxy,
+}
+
+impl IpMode {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpMode::Vip => "VIP",
+            IpMode::Proxy => "Proxy",
+        }
+    }
 }
 
 /// Cilium-compatible `Yes`/`No` switch.
@@ -113,6 +187,11 @@ pub struct LoadBalancerIPPoolStatus {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub ips_available: i64,
+    /// Addresses Services keep although this pool no longer covers them (shrunk, selector or
+    /// namespaces changed); they are not counted in `ipsUsed` when outside the pool's blocks.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub ips_not_covered: i64,
     /// `Conflict` (reason `CIDROverlap`, message names the other pool), `Exhausted`,
     /// `InvalidBlocks` (message names the fields), `InvalidSelector`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

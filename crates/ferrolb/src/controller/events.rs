@@ -19,6 +19,8 @@ pub mod reason {
     pub const IP_ALLOCATED: &str = "IPAllocated";
     pub const IP_RELEASED: &str = "IPReleased";
     pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+    /// A Service keeps an address that no pool selecting it covers any more.
+    pub const ADDRESS_NOT_COVERED: &str = "AddressNotCovered";
     pub const POOL_CONFLICT: &str = "PoolConflict";
     pub const POOL_EXHAUSTED: &str = "PoolExhausted";
     pub const POOL_INVALID: &str = "InvalidBlocks";

@@ -99,6 +99,11 @@ pub struct Args {
     /// Also serve `loadBalancerClass: io.cilium/l2-announcer` (migration from Cilium).
     #[arg(long)]
     pub serve_cilium_class: bool,
+    /// Also read MetalLB's Service annotations (metallb.io/loadBalancerIPs, allow-shared-ip,
+    /// address-pool, and their metallb.universe.tf/ spellings) as aliases of ours (migration
+    /// from MetalLB).
+    #[arg(long)]
+    pub metallb_annotations: bool,
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz (`off` disables it).
     #[arg(long, default_value = "0.0.0.0:9090", value_parser = parse_listen_addr)]
     pub metrics_addr: ListenAddr,
@@ -174,6 +179,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         lease: timings,
         default_class: args.serves_default_class(),
         serve_cilium_class: args.serve_cilium_class,
+        metallb_annotations: args.metallb_annotations,
     };
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
@@ -251,6 +257,7 @@ mod tests {
         assert_eq!(a.lease_name, "ferrolb-controller");
         assert!(a.serves_default_class());
         assert!(!a.serve_cilium_class);
+        assert!(!a.metallb_annotations);
         let t = a.lease_timings().expect("default timings are valid");
         assert_eq!(t.lease_duration, Duration::from_secs(15));
         assert_eq!(t.renew_deadline, Duration::from_secs(10));

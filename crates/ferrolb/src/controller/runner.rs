@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -76,6 +76,8 @@ pub struct ControllerConfig {
     pub default_class: bool,
     /// Also serve `io.cilium/l2-announcer`.
     pub serve_cilium_class: bool,
+    /// Honour MetalLB's Service annotations as aliases.
+    pub metallb_annotations: bool,
 }
 
 impl ControllerConfig {
@@ -88,6 +90,7 @@ impl ControllerConfig {
             lease: LeaseTimings::default(),
             default_class: true,
             serve_cilium_class: false,
+            metallb_annotations: false,
         }
     }
 }
@@ -119,14 +122,18 @@ impl Context {
 type WatchStream<K> =
     Pin<Box<dyn Stream<Item = std::result::Result<Event<K>, watcher::Error>> + Send>>;
 
-/// The two watches, with the buffers that make a (re)list atomic.
+/// The watches, with the buffers that make a (re)list atomic.
 struct Feeds {
     services: WatchStream<Service>,
     pools: WatchStream<LoadBalancerIPPool>,
+    /// Namespaces, for their labels (pools' `spec.namespaceSelector`).
+    namespaces: WatchStream<Namespace>,
     svc_buf: Option<Vec<Service>>,
     pool_buf: Option<Vec<LoadBalancerIPPool>>,
+    ns_buf: Option<Vec<Namespace>>,
     svc_synced: bool,
     pool_synced: bool,
+    ns_synced: bool,
 }
 
 impl Feeds {
@@ -143,18 +150,28 @@ impl Feeds {
         )
         .default_backoff()
         .boxed();
+        // Only labels are used (Namespace objects are small: a plain watch).
+        let namespaces = watcher::watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
         Feeds {
             services,
             pools,
+            namespaces,
             svc_buf: None,
             pool_buf: None,
+            ns_buf: None,
             svc_synced: false,
             pool_synced: false,
+            ns_synced: false,
         }
     }
 
     fn synced(&self) -> bool {
-        self.svc_synced && self.pool_synced
+        self.svc_synced && self.pool_synced && self.ns_synced
     }
 }
 
@@ -236,6 +253,7 @@ impl Controller {
         let mut state = State::new(super::state::Options {
             default_class: cfg.default_class,
             serve_cilium_class: cfg.serve_cilium_class,
+            metallb_annotations: cfg.metallb_annotations,
         });
         let recorder = Recorder::new(ctx.client.clone(), &cfg.identity);
         let mut feeds = Feeds::start(&ctx.client);
@@ -317,6 +335,14 @@ impl Controller {
                     }
                     None => return Err(Error::WatchEnded("loadbalancerippools")),
                 },
+                ev = feeds.namespaces.next() => match ev {
+                    Some(Ok(ev)) => on_namespace_event(&mut state, &mut feeds, ev),
+                    Some(Err(e)) => {
+                        count_error(&ctx, "watch_namespaces");
+                        tracing::warn!(error = %e, "watching Namespaces failed; retrying with backoff");
+                    }
+                    None => return Err(Error::WatchEnded("namespaces")),
+                },
                 _ = crate::sleep_until_opt(next_retry) => retries.fire(&mut state),
                 _ = crate::sleep_until_opt(pool_due) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)), if wake_soon => {}
@@ -381,6 +407,23 @@ fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPP
         }
         Event::Apply(p) => state.pool_event(p),
         Event::Delete(p) => state.delete_pool(&p),
+    }
+}
+
+fn on_namespace_event(state: &mut State, feeds: &mut Feeds, ev: Event<Namespace>) {
+    match ev {
+        Event::Init => feeds.ns_buf = Some(Vec::new()),
+        Event::InitApply(n) => feeds.ns_buf.get_or_insert_with(Vec::new).push(n),
+        Event::InitDone => {
+            let list = feeds.ns_buf.take().unwrap_or_default();
+            state.replace_namespaces(list);
+            feeds.ns_synced = true;
+        }
+        Event::Apply(n) => state.apply_namespace(&n),
+        Event::Delete(n) => {
+            use kube::ResourceExt;
+            state.delete_namespace_name(&n.name_any())
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
@@ -23,7 +23,9 @@ use super::status::{
     has_our_condition, ingress_ips, merge_conditions, now_time, service_patch, CondWant,
     ServiceTarget,
 };
-use crate::api::{LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED};
+use crate::api::{
+    IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
+};
 use crate::ipam::{
     is_ours, Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
     COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
@@ -36,6 +38,8 @@ pub use crate::ipam::ServiceKey;
 pub struct Options {
     pub default_class: bool,
     pub serve_cilium_class: bool,
+    /// Honour MetalLB's Service annotations as aliases (`--metallb-annotations`).
+    pub metallb_annotations: bool,
 }
 
 impl Options {
@@ -43,7 +47,12 @@ impl Options {
         ClassOptions {
             default_class: self.default_class,
             cilium_class: self.serve_cilium_class,
+            metallb_annotations: self.metallb_annotations,
         }
+    }
+
+    fn req(&self, svc: &Service) -> ServiceReq {
+        ServiceReq::from_service_with(svc, &self.class())
     }
 }
 
@@ -97,6 +106,8 @@ pub struct State {
     opts: Options,
     services: BTreeMap<ServiceKey, Service>,
     pools: BTreeMap<String, LoadBalancerIPPool>,
+    /// Labels of every Namespace (for pools' `spec.namespaceSelector`).
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
     active: Option<Active>,
     dirty_services: BTreeSet<ServiceKey>,
     dirty_pools: BTreeSet<String>,
@@ -134,6 +145,7 @@ impl State {
             opts,
             services: BTreeMap::new(),
             pools: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             active: None,
             dirty_services: BTreeSet::new(),
             dirty_pools: BTreeSet::new(),
@@ -168,6 +180,9 @@ impl State {
             reqs: BTreeMap::new(),
             to_clear: BTreeMap::new(),
         };
+        for (name, labels) in &self.namespaces {
+            act.alloc.set_namespace(name, labels.clone());
+        }
         for (name, p) in &self.pools {
             let (def, _errors) = PoolDef::from_crd(p);
             act.defs.insert(name.clone(), def.clone());
@@ -178,7 +193,7 @@ impl State {
         ours.sort_by_key(|s| creation_order(s));
         // 1. Adopt everything first: no new allocation may take an address a Service holds.
         for s in &ours {
-            let req = ServiceReq::from_service(s);
+            let req = self.opts.req(s);
             let ips = ingress_ips(s);
             if !ips.is_empty() {
                 let report = act.alloc.adopt(&req, &ips);
@@ -189,7 +204,7 @@ impl State {
         }
         // 2. Then ensure (allocate what is missing), oldest Service first.
         for s in &ours {
-            let req = ServiceReq::from_service(s);
+            let req = self.opts.req(s);
             act.alloc.ensure(&req);
             act.reqs.insert(req.key.clone(), req);
         }
@@ -327,7 +342,7 @@ impl State {
         let mut changed: Vec<ServiceKey> = Vec::new();
         if let Some(act) = self.active.as_mut() {
             if ours {
-                let req = ServiceReq::from_service(&svc);
+                let req = self.opts.req(&svc);
                 act.to_clear.remove(&key);
                 if act.reqs.get(&key) != Some(&req) {
                     if !act.reqs.contains_key(&key) && !ingress.is_empty() {
@@ -436,6 +451,21 @@ impl State {
             let inputs = pool_inputs(&pool);
             if act.pool_inputs.get(&name) != Some(&inputs) {
                 let (def, _errors) = PoolDef::from_crd(&pool);
+                let old_mode = act.defs.get(&name).map(|d| d.ip_mode);
+                if old_mode.is_some_and(|m| m != def.ip_mode) {
+                    // ipMode is not part of an outcome: rewrite this pool's Services' ingress.
+                    let users: Vec<ServiceKey> = act
+                        .reqs
+                        .keys()
+                        .filter(|k| {
+                            act.alloc
+                                .outcome(k)
+                                .is_some_and(|o| o.addresses.iter().any(|a| a.pool == name))
+                        })
+                        .cloned()
+                        .collect();
+                    self.dirty_services.extend(users);
+                }
                 act.defs.insert(name.clone(), def.clone());
                 act.pool_inputs.insert(name.clone(), inputs);
                 let changed = act.alloc.set_pool(def);
@@ -470,6 +500,58 @@ impl State {
             let changed = act.alloc.remove_pool(name);
             self.dirty_services.extend(changed);
             self.dirty_pools.extend(self.pools.keys().cloned());
+        }
+    }
+
+    /// A (re)list of Namespaces.
+    pub fn replace_namespaces(&mut self, list: Vec<Namespace>) {
+        let names: BTreeSet<String> = list.iter().map(|n| n.name_any()).collect();
+        let gone: Vec<String> = self
+            .namespaces
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.delete_namespace_name(&n);
+        }
+        for n in list {
+            self.apply_namespace(&n);
+        }
+    }
+
+    /// A Namespace was added or modified: only its labels matter. Services in it are
+    /// re-evaluated (waiting ones may get an address; held addresses are never taken away).
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let name = ns.name_any();
+        if name.is_empty() {
+            return;
+        }
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(&name) == Some(&labels) {
+            return;
+        }
+        self.namespaces.insert(name.clone(), labels.clone());
+        if let Some(act) = self.active.as_mut() {
+            let changed = act.alloc.set_namespace(&name, labels);
+            if !changed.is_empty() {
+                self.dirty_services.extend(changed);
+                self.dirty_pools.extend(self.pools.keys().cloned());
+            }
+        }
+    }
+
+    /// A Namespace was deleted.
+    pub fn delete_namespace_name(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_none() {
+            return;
+        }
+        if let Some(act) = self.active.as_mut() {
+            let changed = act.alloc.remove_namespace(name);
+            if !changed.is_empty() {
+                self.dirty_services.extend(changed);
+                self.dirty_pools.extend(self.pools.keys().cloned());
+            }
         }
     }
 
@@ -539,8 +621,36 @@ impl State {
         let now = now_time();
         let target = if act.reqs.contains_key(key) {
             let o = act.alloc.outcome(key)?;
+            let not_covered = (!o.not_covered.is_empty()).then(|| {
+                CondWant::new(
+                    COND_NOT_COVERED,
+                    true,
+                    "PoolChanged",
+                    format!(
+                        "kept, but no pool that selects the Service covers it any more: {}; set the annotation {}: \"true\" (or remove the address from status) to get a new address",
+                        o.not_covered
+                            .iter()
+                            .map(|n| n.why.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        crate::api::ANN_REALLOCATE
+                    ),
+                )
+            });
+            let proxy: BTreeSet<IpAddr> = o
+                .addresses
+                .iter()
+                .filter(|a| {
+                    act.defs
+                        .get(&a.pool)
+                        .is_some_and(|d| d.ip_mode == IpMode::Proxy)
+                })
+                .map(|a| a.ip)
+                .collect();
             ServiceTarget::Managed {
                 ips: o.ips(),
+                not_covered,
+                proxy,
                 cond: CondWant::new(
                     COND_IPAM_SATISFIED,
                     o.is_satisfied(),
@@ -600,6 +710,14 @@ impl State {
                 reason: reason::IP_RELEASED,
                 action: action::RELEASE,
                 note: format!("Released {list}: {why}"),
+            });
+        }
+        if let Some(c) = &p.raised_not_covered {
+            events.push(EventSpec {
+                type_: EventType::Warning,
+                reason: reason::ADDRESS_NOT_COVERED,
+                action: action::ALLOCATE,
+                note: c.message.clone(),
             });
         }
         let mut failed_reason = None;
@@ -858,6 +976,7 @@ mod tests {
         Options {
             default_class: true,
             serve_cilium_class: false,
+            metallb_annotations: false,
         }
     }
 

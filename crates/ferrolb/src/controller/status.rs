@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
-use crate::api::COND_IPAM_SATISFIED;
+use crate::api::{COND_IPAM_SATISFIED, COND_NOT_COVERED};
 
 /// A condition the controller wants an object to carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,9 +145,17 @@ pub fn has_our_condition(svc: &Service) -> bool {
 
 /// What a Service's status should become.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per write
 pub enum ServiceTarget {
-    /// Ours: ingress is exactly `ips` (in order), our condition is `cond`.
-    Managed { ips: Vec<IpAddr>, cond: CondWant },
+    /// Ours: ingress is exactly `ips` (in order; those in `proxy` with `ipMode: Proxy`, the
+    /// others `VIP`), our condition is `cond`, and `ferrolb.io/AddressNotCovered` is
+    /// `not_covered` (`None` = absent).
+    Managed {
+        ips: Vec<IpAddr>,
+        cond: CondWant,
+        not_covered: Option<CondWant>,
+        proxy: BTreeSet<IpAddr>,
+    },
     /// No longer ours: remove these ingress addresses and our condition; keep the rest.
     Clear { ips: BTreeSet<IpAddr> },
 }
@@ -161,6 +169,26 @@ pub struct ServicePatch {
     pub removed: Vec<IpAddr>,
     /// The condition as it will be, when it changed (None when unchanged or removed).
     pub new_cond: Option<CondWant>,
+    /// `ferrolb.io/AddressNotCovered` as it will be, when it turns True (None otherwise).
+    pub raised_not_covered: Option<CondWant>,
+}
+
+fn ip_mode(ip: &IpAddr, proxy: &BTreeSet<IpAddr>) -> &'static str {
+    if proxy.contains(ip) {
+        "Proxy"
+    } else {
+        "VIP"
+    }
+}
+
+/// Whether `conds` holds `want` already (status, reason, message).
+fn holds(conds: &[Condition], want: &CondWant) -> bool {
+    conds.iter().any(|c| {
+        c.type_ == want.type_
+            && c.status == want.status_str()
+            && c.reason == want.reason
+            && c.message == want.message
+    })
 }
 
 /// Computes the patch that brings `svc` to `target`, or `None` when it already shows it.
@@ -178,24 +206,37 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
         })
         .unwrap_or_default();
     let conds = service_conditions(svc);
+    let mut raised_not_covered = None;
     let (ingress, new_conds, cond_changed, want_ips, new_cond) = match target {
-        ServiceTarget::Managed { ips, cond } => {
+        ServiceTarget::Managed {
+            ips,
+            cond,
+            not_covered,
+            proxy,
+        } => {
             let ingress: Vec<Value> = ips
                 .iter()
-                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": ip_mode(ip, proxy)}))
                 .collect();
-            let (nc, changed) = merge_conditions(
-                conds,
-                std::slice::from_ref(cond),
-                &[COND_IPAM_SATISFIED],
-                now,
-            );
+            let wants: Vec<CondWant> = std::iter::once(cond.clone())
+                .chain(not_covered.clone())
+                .collect();
+            let (nc, changed) =
+                merge_conditions(conds, &wants, &[COND_IPAM_SATISFIED, COND_NOT_COVERED], now);
+            if let Some(w) = not_covered {
+                let was_true = conds
+                    .iter()
+                    .any(|c| c.type_ == COND_NOT_COVERED && c.status == "True");
+                if w.status && !was_true {
+                    raised_not_covered = Some(w.clone());
+                }
+            }
             (
                 ingress,
                 nc,
                 changed,
                 ips.clone(),
-                changed.then(|| cond.clone()),
+                (changed && !holds(conds, cond)).then(|| cond.clone()),
             )
         }
         ServiceTarget::Clear { ips } => {
@@ -210,7 +251,8 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
                 })
                 .cloned()
                 .collect();
-            let (nc, changed) = merge_conditions(conds, &[], &[COND_IPAM_SATISFIED], now);
+            let (nc, changed) =
+                merge_conditions(conds, &[], &[COND_IPAM_SATISFIED, COND_NOT_COVERED], now);
             let keep: Vec<IpAddr> = current
                 .iter()
                 .filter(|ip| !ips.contains(ip))
@@ -220,13 +262,19 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
         }
     };
     let ingress_changed = match target {
-        ServiceTarget::Managed { .. } => {
+        ServiceTarget::Managed { proxy, .. } => {
             current != want_ips
                 || existing_ingress.len() != want_ips.len()
+                // ipMode is written explicitly (KEP-1860) with every write; a different one is
+                // fixed. A missing one means VIP to Kubernetes, and an API server with the
+                // feature off drops the field: rewriting it would never converge.
                 || existing_ingress.iter().any(|v| {
-                    v.get("ipMode")
-                        .and_then(|m| m.as_str())
-                        .is_some_and(|m| m != "VIP")
+                    let ip = v
+                        .get("ip")
+                        .and_then(|ip| ip.as_str())
+                        .and_then(|ip| ip.parse::<IpAddr>().ok());
+                    let have = v.get("ipMode").and_then(|m| m.as_str()).unwrap_or("VIP");
+                    ip.is_some_and(|ip| have != ip_mode(&ip, proxy))
                 })
         }
         ServiceTarget::Clear { .. } => ingress.len() != existing_ingress.len(),
@@ -271,6 +319,7 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
         added,
         removed,
         new_cond,
+        raised_not_covered,
     })
 }
 
@@ -346,6 +395,8 @@ pub(crate) mod tests {
         let target = ServiceTarget::Managed {
             ips: vec![ip("198.51.100.10")],
             cond: CondWant::new(COND_IPAM_SATISFIED, true, "Satisfied", "allocated"),
+            not_covered: None,
+            proxy: BTreeSet::new(),
         };
         let now = t("2026-11-22T08:00:00Z");
         let p = service_patch(&s, &target, &now).expect("a write is needed");
@@ -384,6 +435,8 @@ pub(crate) mod tests {
         let target = ServiceTarget::Managed {
             ips: vec![ip("198.51.100.10")],
             cond: CondWant::new(COND_IPAM_SATISFIED, true, "Satisfied", "allocated"),
+            not_covered: None,
+            proxy: BTreeSet::new(),
         };
         assert_eq!(service_patch(&s, &target, &t("2026-11-22T08:00:00Z")), None);
     }
@@ -403,6 +456,8 @@ pub(crate) mod tests {
         let target = ServiceTarget::Managed {
             ips: vec![],
             cond: CondWant::new(COND_IPAM_SATISFIED, false, "OutOfIPs", "new"),
+            not_covered: None,
+            proxy: BTreeSet::new(),
         };
         let p = service_patch(&s, &target, &t("2026-11-22T08:00:00Z")).expect("reason changed");
         assert_eq!(

@@ -23,8 +23,13 @@
 //! # Rules and decisions
 //! - **Addresses**: IPv4 and IPv6 as `u128` with a family tag. Used addresses are kept as merged
 //!   intervals ([`range::UsedSet`]); a fresh allocation takes the **lowest free address** of the
-//!   first eligible pool in **name order**, block order within the pool — a logarithmic search,
-//!   never a scan. Same pools, Services and order of operations → same addresses.
+//!   first eligible pool in the **order of choice** ([`PoolDef::order_key`]: pools with a
+//!   `priority` first, lower first, then the others; ties by name), block order within the pool —
+//!   a logarithmic search, never a scan. Eligible = enabled, not conflicting, selects the Service
+//!   (`serviceSelector`), allows its namespace (`namespaces` / `namespaceSelector`, over the
+//!   labels given with [`Allocator::set_namespace`]), and named by the Service (`ferrolb.io/pools`)
+//!   or, when it names none, `autoAssign`. Same pools, Services and order of operations → same
+//!   addresses.
 //! - **Blocks**: `{cidr}` or `{start, stop}` (stop omitted = one address). The first and last
 //!   address of a CIDR block are reserved unless `allowFirstLastIPs: Yes`; /31, /32, /127, /128
 //!   and start/stop ranges never reserve. Invalid blocks are reported per field and the valid
@@ -51,12 +56,15 @@
 //!   the lowest existing compatible address (in an enabled, non-conflicting pool that selects it),
 //!   else takes a fresh one.
 //! - **Restart recovery**: [`Allocator::adopt`] re-claims a Service's existing addresses (before
-//!   any [`Allocator::ensure`]). An address is adopted only if a pool contains it (usable part)
-//!   and selects the Service — disabled or conflicting pools included — and it is compatible with
-//!   the Services already adopted on it; otherwise it is dropped (reported) and the following
-//!   `ensure` allocates anew. Like Cilium, an address whose pool is gone or no longer selects the
-//!   Service is **released**, at adoption and whenever pools change later (if another pool
-//!   contains and selects it, it moves to that pool instead of churning).
+//!   any [`Allocator::ensure`]). An address is adopted unless it is held by a Service it may not
+//!   share with (then it is dropped, reported, and the following `ensure` allocates anew).
+//! - **Pool edits never move an address** (unlike Cilium, #40358): when a pool shrinks, changes
+//!   selectors or namespaces, is disabled or deleted, or a namespace is relabelled, held
+//!   addresses are kept; those no pool covers any more (contains and selects the Service) are
+//!   listed in [`Outcome::not_covered`] with the pool and field, counted in the pool's
+//!   `not_covered`, and never handed to another Service. They are given up only when the
+//!   Service asks: `ferrolb.io/reallocate: "true"` or a change of its own request (requested
+//!   addresses, pools by name, families, sharing).
 //! - **Retries**: unsatisfied or incomplete Services are retried (in key order) whenever pools
 //!   change or an address is freed; [`Allocator::take_changed`] lists the Services whose outcome
 //!   changed since the last call.
@@ -170,6 +178,18 @@ pub struct Outcome {
     pub message: String,
     /// Assigned addresses (empty unless `Satisfied`), IPv4 first.
     pub addresses: Vec<Assigned>,
+    /// Held addresses that no pool covers any more (kept; see `ferrolb.io/reallocate`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_covered: Vec<NotCovered>,
+}
+
+/// A held address no pool covers any more, and why (names the pool and field).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NotCovered {
+    /// The address (still held).
+    pub ip: IpAddr,
+    /// e.g. `198.51.100.7: pool web no longer contains it (spec.blocks)`.
+    pub why: String,
 }
 
 impl Outcome {
@@ -188,6 +208,7 @@ impl Outcome {
             reason,
             message,
             addresses: Vec::new(),
+            not_covered: Vec::new(),
         }
     }
 }
@@ -201,13 +222,19 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Ensured {
     verdict: Verdict,
+    uncovered: Vec<(Addr, String)>,
     shown: OnceLock<Outcome>,
 }
 
 impl Ensured {
     fn new(verdict: Verdict) -> Self {
+        Self::with(verdict, Vec::new())
+    }
+
+    fn with(verdict: Verdict, uncovered: Vec<(Addr, String)>) -> Self {
         Ensured {
             verdict,
+            uncovered,
             shown: OnceLock::new(),
         }
     }
@@ -237,7 +264,7 @@ impl Ensured {
     pub fn into_outcome(self) -> Outcome {
         match self.shown.into_inner() {
             Some(o) => o,
-            None => self.verdict.outcome(),
+            None => self.verdict.outcome_with(&self.uncovered),
         }
     }
 }
@@ -245,7 +272,8 @@ impl Ensured {
 impl Deref for Ensured {
     type Target = Outcome;
     fn deref(&self) -> &Outcome {
-        self.shown.get_or_init(|| self.verdict.outcome())
+        self.shown
+            .get_or_init(|| self.verdict.outcome_with(&self.uncovered))
     }
 }
 
@@ -303,6 +331,11 @@ pub struct PoolState {
     pub block_errors: Vec<BlockError>,
     /// Why `serviceSelector` is invalid.
     pub selector_error: Option<String>,
+    /// Why `namespaceSelector` is invalid (`spec.namespaceSelector.…: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_selector_error: Option<String>,
+    /// Addresses attributed to this pool that Services keep although it no longer covers them.
+    pub not_covered: u128,
     /// `metadata.generation` of the definition.
     #[serde(skip)]
     pub generation: Option<i64>,
@@ -311,7 +344,10 @@ pub struct PoolState {
 impl PoolState {
     /// Whether new allocations may come from this pool.
     pub fn allocates(&self) -> bool {
-        !self.disabled && self.conflict_with.is_none() && self.selector_error.is_none()
+        !self.disabled
+            && self.conflict_with.is_none()
+            && self.selector_error.is_none()
+            && self.namespace_selector_error.is_none()
     }
 
     /// Conditions as `(type, status, reason, message)`. `Conflict` and `Exhausted` are always
@@ -359,12 +395,18 @@ impl PoolState {
                 .join("; ");
             c.push((COND_INVALID_BLOCKS, true, "InvalidBlocks".to_string(), msg));
         }
-        if let Some(e) = &self.selector_error {
+        let bad: Vec<String> = self
+            .selector_error
+            .iter()
+            .map(|e| format!("spec.serviceSelector.{e}"))
+            .chain(self.namespace_selector_error.iter().cloned())
+            .collect();
+        if !bad.is_empty() {
             c.push((
                 COND_INVALID_SELECTOR,
                 true,
                 "InvalidSelector".to_string(),
-                format!("spec.serviceSelector.{e}"),
+                bad.join("; "),
             ));
         }
         c
@@ -403,6 +445,7 @@ impl PoolState {
             ips_total: sat(self.total),
             ips_used: sat(self.used),
             ips_available: sat(self.available),
+            ips_not_covered: sat(self.not_covered),
             conditions,
         }
     }
@@ -543,13 +586,47 @@ struct PoolEntry {
 
 impl PoolEntry {
     fn allocates(&self) -> bool {
-        !self.def.disabled && self.conflict.is_none() && self.def.selector.is_ok()
+        !self.def.disabled
+            && self.conflict.is_none()
+            && self.def.selector.is_ok()
+            && self.def.namespace_selector.is_ok()
     }
-    fn selects(&self, req: &StoredReq) -> bool {
+    /// `spec.serviceSelector` selects the Service and the namespace rule allows its namespace.
+    fn selects(&self, req: &StoredReq, ns: &NsLabels) -> bool {
         self.def
             .selector
             .as_ref()
             .is_ok_and(|s| s.matches_with(|k| req.label(k)))
+            && self
+                .def
+                .allows_namespace(&req.key.namespace, |k| ns_label(ns, &req.key.namespace, k))
+    }
+
+    /// Whether a Service without requested addresses may get a new address here: it names this
+    /// pool, or names none and the pool has `autoAssign`.
+    fn offers_to(&self, req: &StoredReq) -> bool {
+        if req.pools.is_empty() {
+            self.def.auto_assign
+        } else {
+            self.named_by(req)
+        }
+    }
+
+    fn named_by(&self, req: &StoredReq) -> bool {
+        req.pools.iter().any(|p| **p == *self.name)
+    }
+}
+
+/// Labels of the known namespaces.
+type NsLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Label `k` of namespace `name`: from its object when known; `kubernetes.io/metadata.name` is
+/// always the name (the API server sets it on every namespace).
+fn ns_label<'a>(ns: &'a NsLabels, name: &'a str, k: &str) -> Option<&'a str> {
+    let own = (k == crate::api::LABEL_NAMESPACE_NAME).then_some(name);
+    match ns.get(name) {
+        Some(l) => l.get(k).map(String::as_str).or(own),
+        None => own,
     }
 }
 
@@ -620,6 +697,19 @@ enum Verdict {
 }
 
 impl Verdict {
+    /// The public outcome, with the held addresses no pool covers any more.
+    fn outcome_with(&self, uncovered: &[(Addr, String)]) -> Outcome {
+        let mut o = self.outcome();
+        o.not_covered = uncovered
+            .iter()
+            .map(|(a, why)| NotCovered {
+                ip: a.to_ip(),
+                why: why.clone(),
+            })
+            .collect();
+        o
+    }
+
     fn outcome(&self) -> Outcome {
         match self {
             Verdict::Failed(r, m) => Outcome::fail(*r, m.to_string()),
@@ -641,6 +731,7 @@ impl Verdict {
                     reason: Reason::Satisfied,
                     message,
                     addresses,
+                    not_covered: Vec::new(),
                 }
             }
         }
@@ -659,6 +750,9 @@ struct SvcEntry {
     shown: OnceLock<Box<Outcome>>,
     /// `ensure` ran at least once (adopted-only Services are not retried automatically).
     ensured: bool,
+    /// Held addresses that no pool covers any more, with why (kept: pool edits never move an
+    /// address).
+    uncovered: Vec<(Addr, String)>,
     /// Next (older) Service whose key has the same index hash.
     same_hash: Option<Sid>,
 }
@@ -674,6 +768,12 @@ impl SvcEntry {
 #[derive(Debug, Default)]
 pub struct Allocator {
     pools: BTreeMap<String, PoolEntry>,
+    /// Pool names in the order of choice ([`PoolDef::order_key`]).
+    order: Vec<Arc<str>>,
+    /// Labels of the known namespaces (for `spec.namespaceSelector`).
+    ns_labels: NsLabels,
+    /// Services holding addresses that no pool covers any more.
+    flagged: FxSet<Sid>,
     pool_used: BTreeMap<String, u128>,
     /// FxHash of a Service key → the newest id with that hash; older ids with the same hash are
     /// chained through `SvcEntry::same_hash` (so the index stores no copy of the key).
@@ -743,6 +843,44 @@ impl Allocator {
         self.pools_changed()
     }
 
+    /// Sets the labels of namespace `name` (for `spec.namespaceSelector`; unknown namespaces
+    /// carry only `kubernetes.io/metadata.name`). Services of that namespace are re-evaluated:
+    /// waiting ones may now get an address, held addresses are never taken away (they are
+    /// reported when no pool covers them any more). Returns [`Allocator::take_changed`].
+    pub fn set_namespace(
+        &mut self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Vec<ServiceKey> {
+        if self.ns_labels.get(name) == Some(&labels) {
+            return self.take_changed();
+        }
+        self.ns_labels.insert(name.to_string(), labels);
+        self.namespace_changed(name)
+    }
+
+    /// Forgets a namespace's labels (it was deleted). Returns [`Allocator::take_changed`].
+    pub fn remove_namespace(&mut self, name: &str) -> Vec<ServiceKey> {
+        if self.ns_labels.remove(name).is_none() {
+            return self.take_changed();
+        }
+        self.namespace_changed(name)
+    }
+
+    fn namespace_changed(&mut self, name: &str) -> Vec<ServiceKey> {
+        let mut ids: Vec<Sid> = self
+            .live()
+            .filter(|(_, s)| s.ensured && s.req.key.namespace == name)
+            .map(|(id, _)| id)
+            .collect();
+        self.sort_by_key(&mut ids);
+        for id in ids {
+            self.ensure_id(id);
+        }
+        self.settle();
+        self.take_changed()
+    }
+
     /// Names of the known pools, sorted.
     pub fn pools(&self) -> Vec<String> {
         self.pools.keys().cloned().collect()
@@ -752,7 +890,26 @@ impl Allocator {
     pub fn pool_status(&self, name: &str) -> Option<PoolState> {
         let p = self.pools.get(name)?;
         let total = p.def.total();
-        let used = self.pool_used.get(name).copied().unwrap_or(0);
+        // Addresses kept although this pool no longer covers them: counted apart, and not as
+        // used when they are outside its blocks.
+        let mut not_covered: BTreeSet<Addr> = BTreeSet::new();
+        let mut outside: BTreeSet<Addr> = BTreeSet::new();
+        for &id in &self.flagged {
+            for (a, _) in self.entry(id).map_or(&[][..], |s| &s.uncovered[..]) {
+                if self.addrs.get(a).is_some_and(|e| *e.pool == *name) {
+                    not_covered.insert(*a);
+                    if p.def.usable_block(*a).is_none() {
+                        outside.insert(*a);
+                    }
+                }
+            }
+        }
+        let used = self
+            .pool_used
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(outside.len() as u128);
         Some(PoolState {
             name: name.to_string(),
             total,
@@ -763,6 +920,13 @@ impl Allocator {
             conflict_message: p.conflict.as_ref().map(|c| c.1.clone()),
             block_errors: p.def.block_errors.clone(),
             selector_error: p.def.selector.as_ref().err().map(|e| e.to_string()),
+            namespace_selector_error: p
+                .def
+                .namespace_selector
+                .as_ref()
+                .err()
+                .map(|e| format!("spec.namespaceSelector.{e}")),
+            not_covered: not_covered.len() as u128,
             generation: p.def.generation,
         })
     }
@@ -776,6 +940,9 @@ impl Allocator {
     }
 
     fn pools_changed(&mut self) -> Vec<ServiceKey> {
+        let mut order: Vec<&PoolEntry> = self.pools.values().collect();
+        order.sort_by(|a, b| a.def.order_key().cmp(&b.def.order_key()));
+        self.order = order.iter().map(|p| Arc::clone(&p.name)).collect();
         self.recompute_conflicts();
         self.revalidate_addresses();
         // Every Service's outcome may change (conflicts, selectors): refresh held ones too.
@@ -827,9 +994,10 @@ impl Allocator {
         }
     }
 
-    /// After a pool change: every held address moves to its canonical pool (the first of
-    /// [`Allocator::candidate_pools`]: contains it, selects every holder); without one, holders the
-    /// current pool does not select are released, and if no pool contains it at all, it is freed.
+    /// After a pool change: every held address is attributed to its canonical pool (the first
+    /// pool that contains it and selects every holder); without one it stays with its pool (or
+    /// moves to a pool that at least contains it, when its own no longer does). Nothing is
+    /// released: the holders' next `ensure` reports addresses no pool covers any more.
     fn revalidate_addresses(&mut self) {
         let mut addrs: Vec<Addr> = self.addrs.keys().copied().collect();
         addrs.sort_unstable();
@@ -847,34 +1015,24 @@ impl Allocator {
             let reqs: Vec<&StoredReq> = reqs.iter().map(|r| &**r).collect();
             // The canonical pool of an address is the first candidate (non-conflicting first,
             // then oldest), so that the attribution after a restart (adoption) is the same.
-            let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
+            // Pool edits never take an address away: without a pool that covers every holder
+            // the address stays where it is (the holders' `ensure` reports it as not covered),
+            // unless the only containing pool is another one (a pool was deleted, another
+            // contains it): then it is attributed to that one.
             let target = self.first_candidate_pool(a, &reqs).or_else(|| {
-                self.pools
-                    .get(&*cur)
-                    .is_some_and(contains)
-                    .then(|| Arc::clone(&cur))
-            });
-            match target {
-                None => {
-                    for &h in &holders {
-                        self.unclaim(h, a);
-                    }
+                let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
+                if self.pools.get(&*cur).is_some_and(contains) {
+                    return None;
                 }
-                Some(t) => {
-                    let Some(pool) = self.pools.get(&*t) else {
-                        continue;
-                    };
-                    let unselected: Vec<Sid> = holders
-                        .iter()
-                        .copied()
-                        .filter(|&h| self.entry(h).is_some_and(|s| !pool.selects(&s.req)))
-                        .collect();
-                    if t != cur {
-                        self.move_addr(a, &cur, &t);
-                    }
-                    for h in unselected {
-                        self.unclaim(h, a);
-                    }
+                self.pools
+                    .values()
+                    .filter(|p| contains(p))
+                    .min_by(|x, y| x.def.age_key().cmp(&y.def.age_key()))
+                    .map(|p| Arc::clone(&p.name))
+            });
+            if let Some(t) = target {
+                if t != cur {
+                    self.move_addr(a, &cur, &t);
                 }
             }
         }
@@ -885,7 +1043,10 @@ impl Allocator {
     fn first_candidate_pool(&self, a: Addr, reqs: &[&StoredReq]) -> Option<Arc<str>> {
         self.pools
             .values()
-            .filter(|p| p.def.usable_block(a).is_some() && reqs.iter().all(|r| p.selects(r)))
+            .filter(|p| {
+                p.def.usable_block(a).is_some()
+                    && reqs.iter().all(|r| p.selects(r, &self.ns_labels))
+            })
             .min_by(|x, y| {
                 (x.conflict.is_some(), x.def.age_key())
                     .cmp(&(y.conflict.is_some(), y.def.age_key()))
@@ -987,6 +1148,7 @@ impl Allocator {
             verdict,
             shown: OnceLock::new(),
             ensured,
+            uncovered: Vec::new(),
             same_hash: self.index.get(&h).copied(),
         };
         let id = match self.free.pop() {
@@ -1059,6 +1221,8 @@ impl Allocator {
         report
     }
 
+    /// The pool an adopted address is attributed to; `Err` only when it is held by a Service
+    /// it may not share with.
     fn adopt_one(&self, req: &StoredReq, a: Addr) -> Result<Arc<str>, String> {
         if let Some(e) = self.addrs.get(&a) {
             let mut holders: Vec<Sid> = e.holders.as_slice().to_vec();
@@ -1076,19 +1240,20 @@ impl Allocator {
                 .filter_map(|&h| self.entry(h).map(|s| &*s.req))
                 .collect();
             reqs.push(req);
-            return self.first_candidate_pool(a, &reqs).ok_or_else(|| {
-                    format!(
-                        "no pool containing {a} selects both the Service and the Services already on it"
-                    )
-                });
+            return Ok(self
+                .first_candidate_pool(a, &reqs)
+                .unwrap_or_else(|| Arc::clone(&e.pool)));
         }
-        self.first_candidate_pool(a, &[req]).ok_or_else(|| {
-            if self.pools.values().any(|p| p.def.usable_block(a).is_some()) {
-                format!("no pool containing {a} selects the Service")
-            } else {
-                format!("no pool contains {a}")
-            }
-        })
+        // An address no pool covers is kept too (an address never changes under a Service
+        // unless the user asks); `ensure` reports it. It is attributed to a pool containing it
+        // when there is one.
+        Ok(self.first_candidate_pool(a, &[req]).unwrap_or_else(|| {
+            self.pools
+                .values()
+                .filter(|p| p.def.usable_block(a).is_some())
+                .min_by(|x, y| x.def.age_key().cmp(&y.def.age_key()))
+                .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.name))
+        }))
     }
 
     /// Registers or updates a Service and allocates what it asks for. Addresses it already holds
@@ -1102,7 +1267,7 @@ impl Allocator {
                 };
                 let changed_req = !s.req.same_as(req);
                 if s.ensured && !changed_req && complete(s) {
-                    return Ensured::new(s.verdict.clone());
+                    return Ensured::with(s.verdict.clone(), s.uncovered.clone());
                 }
                 // A changed request of a sharing Service may make it compatible with waiters.
                 if changed_req {
@@ -1130,7 +1295,7 @@ impl Allocator {
         self.ensure_id(id);
         self.settle();
         match self.entry(id) {
-            Some(s) => Ensured::new(s.verdict.clone()),
+            Some(s) => Ensured::with(s.verdict.clone(), s.uncovered.clone()),
             None => Ensured::new(Verdict::Failed(Reason::NoPool, NOT_YET.into())),
         }
     }
@@ -1151,6 +1316,7 @@ impl Allocator {
             self.free.push(id);
         }
         self.waiting.remove(&id);
+        self.flagged.remove(&id);
         self.changed.remove(&id);
         self.changed_gone.insert(key.clone());
         self.settle();
@@ -1159,7 +1325,10 @@ impl Allocator {
     /// The current outcome of a Service.
     pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
         let s = self.entry(self.lookup(key)?)?;
-        Some(s.shown.get_or_init(|| Box::new(s.verdict.outcome())))
+        Some(
+            s.shown
+                .get_or_init(|| Box::new(s.verdict.outcome_with(&s.uncovered))),
+        )
     }
 
     /// Known Services, sorted.
@@ -1272,6 +1441,7 @@ impl Allocator {
     fn compute(&mut self, id: Sid, req: &StoredReq) -> Result<(), Fail> {
         if let Some(m) = &req.invalid {
             self.release_all(id);
+            self.set_uncovered(id, Vec::new());
             return Err((Reason::InvalidRequest, m.clone()));
         }
         // Drop held addresses that no longer fit.
@@ -1281,20 +1451,33 @@ impl Allocator {
             _ => SmallVec::new(),
         };
         let mut seen_families: [bool; 2] = [false; 2];
+        let mut uncovered: Vec<(Addr, String)> = Vec::new();
         for a in held {
             let fi = fam_index(a.family);
-            let keep = self.fits(id, req, a).is_ok()
+            let mut keep = self.wanted_still(id, req, a).is_ok()
                 && if req.requested.is_empty() {
                     wanted.contains(&a.family) && !seen_families[fi]
                 } else {
                     true
                 };
             if keep {
+                // Pool edits never move an address: it is kept (and reported) unless the
+                // Service asks to be re-addressed.
+                if let Err(why) = self.coverage(req, a) {
+                    if req.reallocate {
+                        keep = false;
+                    } else {
+                        uncovered.push((a, why));
+                    }
+                }
+            }
+            if keep {
                 seen_families[fi] = true;
             } else {
                 self.unclaim(id, a);
             }
         }
+        self.set_uncovered(id, uncovered);
         let res = if req.requested.is_empty() {
             self.allocate_families(id, req, &wanted)
         } else {
@@ -1302,8 +1485,28 @@ impl Allocator {
         };
         if res.is_err() {
             self.release_all(id);
+            self.set_uncovered(id, Vec::new());
         }
         res
+    }
+
+    /// Records which held addresses no pool covers any more (marks the Service changed when
+    /// that differs from before).
+    fn set_uncovered(&mut self, id: Sid, list: Vec<(Addr, String)>) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        if s.uncovered == list {
+            return;
+        }
+        s.uncovered = list;
+        s.shown = OnceLock::new();
+        if s.uncovered.is_empty() {
+            self.flagged.remove(&id);
+        } else {
+            self.flagged.insert(id);
+        }
+        self.changed.insert(id);
     }
 
     fn allocate_requested(&mut self, id: Sid, req: &StoredReq) -> Result<(), Fail> {
@@ -1329,7 +1532,31 @@ impl Allocator {
             }
             if let Some(e) = self.addrs.get(&a) {
                 self.check_compatible(id, req, a, e)?;
-                if !self.pools.get(&*e.pool).is_some_and(|p| p.selects(req)) {
+                if self
+                    .pools
+                    .get(&*e.pool)
+                    .is_none_or(|p| p.def.usable_block(a).is_none())
+                {
+                    return Err((
+                        Reason::NoPool,
+                        format!("requested {ip} is kept by a Service although no pool contains it"),
+                    ));
+                }
+                if !req.pools.is_empty() && !req.pools.iter().any(|p| **p == *e.pool) {
+                    return Err((
+                        Reason::PoolSelectorMismatch,
+                        format!(
+                            "requested {ip} is in pool {}, not among the pools the Service names ({})",
+                            e.pool,
+                            req.pools.join(", ")
+                        ),
+                    ));
+                }
+                if !self
+                    .pools
+                    .get(&*e.pool)
+                    .is_some_and(|p| p.selects(req, &self.ns_labels))
+                {
                     return Err((
                         Reason::PoolSelectorMismatch,
                         format!("pool {} holding {ip} does not select the Service", e.pool),
@@ -1359,8 +1586,21 @@ impl Allocator {
                     },
                 ));
             }
-            let selecting: Vec<&&PoolEntry> =
-                containing.iter().filter(|p| p.selects(req)).collect();
+            let selecting: Vec<&&PoolEntry> = containing
+                .iter()
+                .filter(|p| p.selects(req, &self.ns_labels))
+                .filter(|p| req.pools.is_empty() || p.named_by(req))
+                .collect();
+            if selecting.is_empty() && !req.pools.is_empty() {
+                return Err((
+                    Reason::PoolSelectorMismatch,
+                    format!(
+                        "requested {ip} is in pool {}, which is not among the pools the Service names ({}) or does not select it",
+                        containing[0].def.name,
+                        req.pools.join(", ")
+                    ),
+                ));
+            }
             if selecting.is_empty() {
                 return Err((
                     Reason::PoolSelectorMismatch,
@@ -1464,8 +1704,12 @@ impl Allocator {
                     let Some(p) = self.pools.get(&*e.pool) else {
                         continue;
                     };
+                    // Only an address its pool still contains (a kept, uncovered one is
+                    // never handed to another Service).
                     if p.allocates()
-                        && p.selects(req)
+                        && p.def.usable_block(a).is_some()
+                        && p.offers_to(req)
+                        && p.selects(req, &self.ns_labels)
                         && self.check_compatible(id, req, a, e).is_ok()
                     {
                         return Ok((a, Arc::clone(&e.pool)));
@@ -1474,8 +1718,11 @@ impl Allocator {
             }
         }
         let mut eligible = false;
-        for p in self.pools.values() {
-            if !p.allocates() || !p.selects(req) {
+        for name in &self.order {
+            let Some(p) = self.pools.get(&**name) else {
+                continue;
+            };
+            if !p.allocates() || !p.offers_to(req) || !p.selects(req, &self.ns_labels) {
                 continue;
             }
             for b in &p.def.blocks {
@@ -1499,10 +1746,25 @@ impl Allocator {
                 Reason::OutOfIPs,
                 format!("every pool that selects the Service is out of {f} addresses"),
             ))
+        } else if !req.pools.is_empty() {
+            let missing: Vec<&str> = req
+                .pools
+                .iter()
+                .filter(|n| !self.pools.contains_key(n.as_str()))
+                .map(String::as_str)
+                .collect();
+            let mut m = format!(
+                "no enabled, non-conflicting pool with {f} addresses among the pools the Service names ({}) selects it",
+                req.pools.join(", ")
+            );
+            if !missing.is_empty() {
+                m.push_str(&format!("; no pool named {}", missing.join(", ")));
+            }
+            Err((Reason::NoPool, m))
         } else {
             Err((
                 Reason::NoPool,
-                format!("no enabled, non-conflicting pool with {f} addresses selects the Service"),
+                format!("no enabled, non-conflicting pool with {f} addresses and autoAssign selects the Service"),
             ))
         }
     }
@@ -1543,33 +1805,66 @@ impl Allocator {
         }
     }
 
-    /// Whether held address `a` still fits `req` (pool contains and selects, sharing compatible,
-    /// requested).
-    fn fits(&self, id: Sid, req: &StoredReq, a: Addr) -> Result<(), Fail> {
+    /// Whether held address `a` still fits what the Service itself asks for (requested
+    /// addresses, pools by name, sharing). A Service whose own request changed gives the address
+    /// up; pool edits never do (see [`Allocator::coverage`]).
+    fn wanted_still(&self, id: Sid, req: &StoredReq, a: Addr) -> Result<(), Fail> {
         let e = self
             .addrs
             .get(&a)
             .ok_or((Reason::NoPool, format!("{a} is not held")))?;
-        let p = self
-            .pools
-            .get(&*e.pool)
-            .ok_or((Reason::NoPool, format!("pool {} is gone", e.pool)))?;
-        if p.def.usable_block(a).is_none() {
-            return Err((
-                Reason::NoPool,
-                format!("pool {} no longer contains {a}", e.pool),
-            ));
-        }
-        if !p.selects(req) {
-            return Err((
-                Reason::PoolSelectorMismatch,
-                format!("pool {} no longer selects the Service", e.pool),
-            ));
-        }
         if !req.requested.is_empty() && !req.requested.contains(&a.to_ip()) {
             return Err((Reason::InvalidRequest, format!("{a} is not requested")));
         }
+        // Pools by name: an address from a pool the Service no longer names is given up (its
+        // own request changed). An address its pool does not cover (contain and select) is
+        // judged by `coverage` instead: after a pool edit or a restart its attribution says
+        // nothing about what the Service asked for.
+        let from_unnamed = || {
+            !req.pools.iter().any(|p| **p == *e.pool)
+                && self.pools.get(&*e.pool).is_some_and(|p| {
+                    p.def.usable_block(a).is_some() && p.selects(req, &self.ns_labels)
+                })
+        };
+        if req.requested.is_empty() && !req.pools.is_empty() && from_unnamed() {
+            return Err((
+                Reason::NoPool,
+                format!("{a} is from pool {}, not a pool the Service names", e.pool),
+            ));
+        }
         self.check_compatible(id, req, a, e)
+    }
+
+    /// Whether some pool still covers held address `a` for `req`: contains it (usable part) and
+    /// selects the Service (service selector and namespace rule); disabled and conflicting pools
+    /// count (they keep existing allocations). `Err` names the pool and the field that no longer
+    /// covers it.
+    fn coverage(&self, req: &StoredReq, a: Addr) -> Result<(), String> {
+        let covers =
+            |p: &PoolEntry| p.def.usable_block(a).is_some() && p.selects(req, &self.ns_labels);
+        let cur = self.addrs.get(&a).map(|e| Arc::clone(&e.pool));
+        let cur_pool = cur.as_ref().and_then(|n| self.pools.get(&**n));
+        if cur_pool.is_some_and(covers) || self.pools.values().any(covers) {
+            return Ok(());
+        }
+        let name = cur.as_deref().unwrap_or("");
+        Err(match cur_pool {
+            None if name.is_empty() => format!("{a} is in no pool"),
+            None => format!("{a}: pool {name} was deleted"),
+            Some(p) if p.def.usable_block(a).is_none() => {
+                format!("{a}: pool {name} no longer contains it (spec.blocks)")
+            }
+            Some(p) if p.def.selector.is_err() => {
+                format!("{a}: pool {name} has an invalid spec.serviceSelector")
+            }
+            Some(p) if !p.def.selector.as_ref().is_ok_and(|s| s.matches_with(|k| req.label(k))) => {
+                format!("{a}: pool {name} no longer selects the Service (spec.serviceSelector)")
+            }
+            Some(_) => format!(
+                "{a}: pool {name} no longer allows namespace {} (spec.namespaces / spec.namespaceSelector)",
+                req.key.namespace
+            ),
+        })
     }
 
     // ----- bookkeeping -------------------------------------------------------------------

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::range::{host_mask, parse_cidr, Addr, Family, Range};
 use super::selector::{Selector, SelectorError};
-use crate::api::{IpBlock, LoadBalancerIPPool, YesNo};
+use crate::api::{IpBlock, IpMode, LoadBalancerIPPool, YesNo};
 
 /// Largest accepted IPv4 block: a /8 (anything larger is certainly a mistake).
 pub const MIN_PREFIX_V4: u32 = 8;
@@ -69,6 +69,17 @@ pub struct PoolDef {
     pub disabled: bool,
     /// `spec.allowFirstLastIPs == Yes`.
     pub allow_first_last: bool,
+    /// `spec.priority` (see [`PoolDef::order_key`]).
+    pub priority: Option<i32>,
+    /// `spec.namespaces`.
+    pub namespaces: Vec<String>,
+    /// Compiled `spec.namespaceSelector` (`None` = unset), or why it is invalid (the pool then
+    /// selects nothing, condition `InvalidSelector`).
+    pub namespace_selector: Result<Option<Selector>, SelectorError>,
+    /// `spec.autoAssign` (default true).
+    pub auto_assign: bool,
+    /// `spec.ipMode` (default `VIP`).
+    pub ip_mode: IpMode,
 }
 
 impl PoolDef {
@@ -84,6 +95,11 @@ impl PoolDef {
             selector: Ok(Selector::everything()),
             disabled: false,
             allow_first_last: false,
+            priority: None,
+            namespaces: Vec::new(),
+            namespace_selector: Ok(None),
+            auto_assign: true,
+            ip_mode: IpMode::Vip,
         }
     }
 
@@ -100,6 +116,16 @@ impl PoolDef {
             selector: Selector::compile_opt(pool.spec.service_selector.as_ref()),
             disabled: pool.spec.disabled,
             allow_first_last: allow,
+            priority: pool.spec.priority,
+            namespaces: pool.spec.namespaces.clone(),
+            namespace_selector: pool
+                .spec
+                .namespace_selector
+                .as_ref()
+                .map(Selector::compile)
+                .transpose(),
+            auto_assign: pool.spec.auto_assigns(),
+            ip_mode: pool.spec.ip_mode.unwrap_or_default(),
         };
         (def, errors)
     }
@@ -129,6 +155,35 @@ impl PoolDef {
     /// The block whose whole range (reserved addresses included) contains `a`.
     pub fn block_containing(&self, a: Addr) -> Option<&Block> {
         self.blocks.iter().find(|b| b.range.contains(a))
+    }
+
+    /// The order in which pools are tried for a new allocation (THE rule, used by the controller
+    /// and `ferrolb plan` through the allocator): pools with a `priority` first, lower first, then
+    /// pools without one; ties by name.
+    pub fn order_key(&self) -> (bool, i32, &str) {
+        (
+            self.priority.is_none(),
+            self.priority.unwrap_or(0),
+            &self.name,
+        )
+    }
+
+    /// Whether the pool's namespace rule (`spec.namespaces`, `spec.namespaceSelector`) allows
+    /// namespace `ns`, whose labels `ns_label` answers. Both unset allow every namespace; an
+    /// invalid selector allows none.
+    pub fn allows_namespace<'a>(
+        &self,
+        ns: &str,
+        ns_label: impl Fn(&str) -> Option<&'a str>,
+    ) -> bool {
+        match &self.namespace_selector {
+            Err(_) => false,
+            Ok(None) if self.namespaces.is_empty() => true,
+            Ok(sel) => {
+                self.namespaces.iter().any(|n| n == ns)
+                    || sel.as_ref().is_some_and(|s| s.matches_with(ns_label))
+            }
+        }
     }
 
     /// Age order key: older first.

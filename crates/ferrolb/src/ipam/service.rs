@@ -3,7 +3,11 @@
 //! ([`is_ours`]) and the sharing rules ([`ServiceReq::can_share_with`]).
 //!
 //! Annotation precedence: `ferrolb.io/...` first; when absent, the Cilium aliases in the order of
-//! [`crate::api::CILIUM_ANN_IPS`] (`lbipam.cilium.io/...`, then legacy `io.cilium/...`).
+//! [`crate::api::CILIUM_ANN_IPS`] (`lbipam.cilium.io/...`, then legacy `io.cilium/...`); then,
+//! only with [`ClassOptions::metallb_annotations`] (`--metallb-annotations`), the MetalLB ones
+//! (`metallb.io/...`, then `metallb.universe.tf/...`): `loadBalancerIPs` → requested addresses,
+//! `allow-shared-ip` → sharing key (across namespaces, as in MetalLB, unless
+//! `ferrolb.io/sharing-cross-namespace` says otherwise), `address-pool` → pools.
 //!
 //! Families when `spec.ipFamilies` is empty (the real API server always fills it; hand-written
 //! manifests for `plan` often do not): the families of the requested addresses if any, else
@@ -19,8 +23,9 @@ use smallvec::SmallVec;
 use super::range::Family;
 use super::selector::service_labels;
 use crate::api::{
-    ANN_IPS, ANN_SHARING_CROSS_NS, ANN_SHARING_KEY, CILIUM_ANN_IPS, CILIUM_ANN_SHARING_CROSS_NS,
-    CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, LB_CLASS,
+    ANN_IPS, ANN_POOLS, ANN_REALLOCATE, ANN_SHARING_CROSS_NS, ANN_SHARING_KEY, CILIUM_ANN_IPS,
+    CILIUM_ANN_SHARING_CROSS_NS, CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_NAMESPACE, LB_CLASS, METALLB_ANN_IPS, METALLB_ANN_POOL, METALLB_ANN_SHARING_KEY,
 };
 
 /// `namespace/name` of a Service.
@@ -91,6 +96,10 @@ pub struct ClassOptions {
     pub default_class: bool,
     /// Also serve Cilium's `io.cilium/l2-announcer` class.
     pub cilium_class: bool,
+    /// Also read MetalLB's Service annotations (`metallb.io/loadBalancerIPs`,
+    /// `metallb.io/allow-shared-ip`, `metallb.io/address-pool` and their
+    /// `metallb.universe.tf/...` spellings) as aliases of ours.
+    pub metallb_annotations: bool,
 }
 
 impl Default for ClassOptions {
@@ -98,6 +107,7 @@ impl Default for ClassOptions {
         ClassOptions {
             default_class: true,
             cilium_class: false,
+            metallb_annotations: false,
         }
     }
 }
@@ -176,6 +186,10 @@ pub struct ServiceReq {
     pub etp_local: bool,
     /// `spec.selector` (pod selector).
     pub pod_selector: BTreeMap<String, String>,
+    /// Pools asked for by name (`ferrolb.io/pools`); empty = any pool with `autoAssign`.
+    pub pools: Vec<String>,
+    /// `ferrolb.io/reallocate: "true"`: give up addresses no pool covers any more.
+    pub reallocate: bool,
 }
 
 impl ServiceReq {
@@ -200,11 +214,26 @@ impl ServiceReq {
             ports: BTreeSet::new(),
             etp_local: false,
             pod_selector: BTreeMap::new(),
+            pools: Vec::new(),
+            reallocate: false,
         }
     }
 
-    /// Reads a Service. Never fails: a malformed request is recorded in `invalid`.
+    /// Reads a Service (without the MetalLB aliases). Never fails: a malformed request is
+    /// recorded in `invalid`.
     pub fn from_service(svc: &Service) -> Self {
+        Self::from_service_with(svc, &ClassOptions::default())
+    }
+
+    /// Reads a Service, with the MetalLB aliases when `opts.metallb_annotations`.
+    pub fn from_service_with(svc: &Service, opts: &ClassOptions) -> Self {
+        let metallb = |l: &'static [&'static str]| -> &'static [&'static str] {
+            if opts.metallb_annotations {
+                l
+            } else {
+                &[]
+            }
+        };
         let key = ServiceKey::of(svc);
         let labels = service_labels(svc);
         let ann = svc.metadata.annotations.clone().unwrap_or_default();
@@ -228,7 +257,9 @@ impl ServiceReq {
                 }
             }
         }
-        if let Some((name, value)) = annotation(&ann, ANN_IPS, CILIUM_ANN_IPS) {
+        if let Some((name, value)) = annotation(&ann, ANN_IPS, CILIUM_ANN_IPS)
+            .or_else(|| annotation_in(&ann, metallb(METALLB_ANN_IPS)))
+        {
             for part in value.split(',').map(str::trim) {
                 if part.is_empty() {
                     continue;
@@ -281,11 +312,14 @@ impl ServiceReq {
 
         // Sharing.
         let sharing = annotation(&ann, ANN_SHARING_KEY, CILIUM_ANN_SHARING_KEY)
-            .map(|(_, k)| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .map(|k| {
+            .or_else(|| annotation_in(&ann, metallb(METALLB_ANN_SHARING_KEY)))
+            .map(|(name, k)| (name, k.trim().to_string()))
+            .filter(|(_, k)| !k.is_empty())
+            .map(|(name, k)| {
                 let cross =
                     match annotation(&ann, ANN_SHARING_CROSS_NS, CILIUM_ANN_SHARING_CROSS_NS) {
+                        // MetalLB shares a key across namespaces.
+                        None if METALLB_ANN_SHARING_KEY.contains(&name) => CrossNamespace::Any,
                         None => CrossNamespace::SameOnly,
                         Some((_, v)) => {
                             let set: BTreeSet<String> = v
@@ -311,6 +345,37 @@ impl ServiceReq {
             .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
             .collect();
 
+        // Pools by name.
+        let mut pools: Vec<String> = Vec::new();
+        if let Some((name, value)) = annotation(&ann, ANN_POOLS, &[])
+            .or_else(|| annotation_in(&ann, metallb(METALLB_ANN_POOL)))
+        {
+            for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if part.len() > 253
+                    || !part.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
+                {
+                    problems.push(format!("annotation {name}: {part:?} is not a pool name"));
+                } else if !pools.iter().any(|p| p == part) {
+                    pools.push(part.to_string());
+                }
+            }
+            if pools.is_empty() && !problems.iter().any(|p| p.contains(name)) {
+                problems.push(format!("annotation {name}: names no pool"));
+            }
+        }
+        let reallocate = match ann.get(ANN_REALLOCATE).map(|v| v.trim()) {
+            None | Some("false") | Some("") => false,
+            Some("true") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "annotation {ANN_REALLOCATE}: {other:?} is not \"true\" or \"false\""
+                ));
+                false
+            }
+        };
+
         ServiceReq {
             key,
             labels,
@@ -318,6 +383,8 @@ impl ServiceReq {
             policy,
             families_explicit,
             requested,
+            pools,
+            reallocate,
             invalid: (!problems.is_empty()).then(|| problems.join("; ")),
             sharing,
             ports,
@@ -418,6 +485,8 @@ pub(crate) struct StoredReq {
     pub ports: BTreeSet<(i32, String)>,
     pub etp_local: bool,
     pub pod_selector: BTreeMap<String, String>,
+    pub pools: Vec<String>,
+    pub reallocate: bool,
 }
 
 impl StoredReq {
@@ -448,6 +517,8 @@ impl StoredReq {
             ports: r.ports.clone(),
             etp_local: r.etp_local,
             pod_selector: r.pod_selector.clone(),
+            pools: r.pools.clone(),
+            reallocate: r.reallocate,
         }
     }
 
@@ -475,6 +546,8 @@ impl StoredReq {
             && self.sharing == r.sharing
             && self.ports == r.ports
             && self.pod_selector == r.pod_selector
+            && self.pools == r.pools
+            && self.reallocate == r.reallocate
             && n_labels == r.labels.len()
             && r.labels
                 .iter()
@@ -495,6 +568,16 @@ impl StoredReq {
             pod_selector: &self.pod_selector,
         }
     }
+}
+
+/// First present annotation among `names`, with the name it was found under.
+fn annotation_in<'a>(
+    ann: &'a BTreeMap<String, String>,
+    names: &[&'static str],
+) -> Option<(&'static str, &'a str)> {
+    names
+        .iter()
+        .find_map(|k| ann.get(*k).map(|v| (*k, v.as_str())))
 }
 
 /// First present annotation among `ours` and `aliases`, with the name it was found under.
@@ -529,10 +612,12 @@ mod tests {
         let no_default = ClassOptions {
             default_class: false,
             cilium_class: false,
+            metallb_annotations: false,
         };
         let cilium = ClassOptions {
             default_class: true,
             cilium_class: true,
+            metallb_annotations: false,
         };
         assert!(is_ours(&with(None, "LoadBalancer"), &def));
         assert!(!is_ours(&with(None, "LoadBalancer"), &no_default));
@@ -621,6 +706,63 @@ mod tests {
             "spec": { "type": "LoadBalancer" }
         })));
         assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn metallb_aliases_only_when_asked_and_ours_win() {
+        let s = svc(serde_json::json!({
+            "metadata": { "name": "a", "namespace": "shop", "annotations": {
+                "metallb.universe.tf/loadBalancerIPs": "198.51.100.7",
+                "metallb.io/allow-shared-ip": "dns",
+                "metallb.io/address-pool": "public",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        }));
+        let off = ServiceReq::from_service(&s);
+        assert!(off.requested.is_empty() && off.sharing.is_none() && off.pools.is_empty());
+        let on = ClassOptions {
+            metallb_annotations: true,
+            ..ClassOptions::default()
+        };
+        let r = ServiceReq::from_service_with(&s, &on);
+        assert_eq!(r.requested, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        let sh = r.sharing.unwrap();
+        assert_eq!(sh.key, "dns");
+        assert_eq!(
+            sh.cross,
+            CrossNamespace::Any,
+            "MetalLB shares across namespaces"
+        );
+        assert_eq!(r.pools, ["public"]);
+        let mut s2 = s.clone();
+        let ann = s2.metadata.annotations.as_mut().unwrap();
+        ann.insert("ferrolb.io/ips".into(), "198.51.100.8".into());
+        ann.insert("ferrolb.io/pools".into(), "private, other".into());
+        let r = ServiceReq::from_service_with(&s2, &on);
+        assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.pools, ["private", "other"]);
+    }
+
+    #[test]
+    fn bad_pools_and_reallocate_annotations_are_invalid_requests() {
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": {
+                "ferrolb.io/pools": "Bad_Name, ok",
+                "ferrolb.io/reallocate": "yes please",
+            }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        let m = r.invalid.unwrap();
+        assert!(
+            m.contains("annotation ferrolb.io/pools: \"Bad_Name\""),
+            "{m}"
+        );
+        assert!(m.contains("annotation ferrolb.io/reallocate"), "{m}");
+        let r = ServiceReq::from_service(&svc(serde_json::json!({
+            "metadata": { "name": "a", "annotations": { "ferrolb.io/pools": " , " }},
+            "spec": { "type": "LoadBalancer" }
+        })));
+        assert!(r.invalid.unwrap().contains("names no pool"));
     }
 
     #[test]

@@ -63,6 +63,30 @@ impl P {
         }
         self
     }
+    fn priority(mut self, p: i32) -> Self {
+        self.0.priority = Some(p);
+        self
+    }
+    fn namespaces(mut self, ns: &[&str]) -> Self {
+        self.0.namespaces = ns.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    fn ns_labels(mut self, kv: &[(&str, &str)]) -> Self {
+        let sel = LabelSelector {
+            match_labels: Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.0.namespace_selector = selector::Selector::compile(&sel).map(Some);
+        self
+    }
+    fn manual(mut self) -> Self {
+        self.0.auto_assign = false;
+        self
+    }
     fn def(self) -> PoolDef {
         self.0
     }
@@ -118,9 +142,23 @@ impl S {
             .collect();
         self
     }
+    fn pools(mut self, names: &[&str]) -> Self {
+        self.0.pools = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    fn reallocate(mut self) -> Self {
+        self.0.reallocate = true;
+        self
+    }
     fn req(self) -> ServiceReq {
         self.0
     }
+}
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -264,10 +302,26 @@ fn changed_labels_are_reevaluated_against_the_selector() {
         a.take_changed().is_empty(),
         "an unchanged request changes nothing"
     );
+    // Relabelling the Service does not move its address either: it is kept and reported.
     let o = a.ensure(&S::new("ns", "a").label("lb-pool", "other").req());
-    assert_eq!(o.reason(), Reason::NoPool);
+    assert_eq!(o.reason(), Reason::Satisfied);
+    assert!(
+        o.not_covered[0].why.contains("spec.serviceSelector"),
+        "{o:?}"
+    );
     assert_eq!(a.take_changed(), [key("ns", "a")]);
+    assert_eq!(a.pool_status("app").unwrap().used, 1);
+    assert_eq!(a.pool_status("app").unwrap().not_covered, 1);
+    // With ferrolb.io/reallocate it is given up (and no pool selects it any more).
+    let o = a.ensure(
+        &S::new("ns", "a")
+            .label("lb-pool", "other")
+            .reallocate()
+            .req(),
+    );
+    assert_eq!(o.reason(), Reason::NoPool);
     assert_eq!(a.pool_status("app").unwrap().used, 0);
+    assert_eq!(a.pool_status("app").unwrap().not_covered, 0);
 }
 
 #[test]
@@ -648,23 +702,253 @@ fn disabled_pool_keeps_existing_allocations_only() {
 }
 
 #[test]
-fn pool_removal_or_selector_change_releases_addresses() {
+fn pool_edits_never_move_an_address_and_report_what_is_not_covered() {
     let mut a = Allocator::new();
     a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
     a.ensure(&S::new("ns", "a").label("team", "x").req());
     a.ensure(&S::new("ns", "b").label("team", "y").req());
     a.take_changed();
+    // Selector change: b keeps its address, reported as not covered (pool and field named).
     let changed = a.set_pool(
         P::new("p", &[cidr("198.51.100.0/24")])
             .labels(&[("team", "x")])
             .def(),
     );
     assert_eq!(changed, [key("ns", "b")]);
-    assert_eq!(a.outcome(&key("ns", "b")).unwrap().reason, Reason::NoPool);
-    assert_eq!(a.pool_status("p").unwrap().used, 1);
-    let changed = a.remove_pool("p");
-    assert_eq!(changed, [key("ns", "a")]);
+    let o = a.outcome(&key("ns", "b")).unwrap();
+    assert_eq!(o.reason, Reason::Satisfied);
+    assert_eq!(ips(o), ["198.51.100.2"]);
+    assert_eq!(o.not_covered.len(), 1);
+    assert!(o.not_covered[0].why.contains("pool p"), "{o:?}");
+    assert!(
+        o.not_covered[0].why.contains("spec.serviceSelector"),
+        "{o:?}"
+    );
+    let st = a.pool_status("p").unwrap();
+    assert_eq!((st.used, st.not_covered), (2, 1), "{st:?}");
+    // A new Service that p still selects never gets b's address.
+    assert_eq!(
+        ips(&a.ensure(&S::new("ns", "c").label("team", "x").req())),
+        ["198.51.100.3"]
+    );
+    // Shrink: a's address is outside the pool now, kept, not counted as used.
+    a.set_pool(
+        P::new("p", &[cidr("198.51.100.128/25")])
+            .labels(&[("team", "x")])
+            .def(),
+    );
+    let o = a.outcome(&key("ns", "a")).unwrap();
+    assert_eq!(ips(o), ["198.51.100.1"]);
+    assert!(o.not_covered[0].why.contains("spec.blocks"), "{o:?}");
+    let st = a.pool_status("p").unwrap();
+    assert_eq!((st.used, st.not_covered), (0, 3), "{st:?}");
+    // Delete: everything kept; re-create the original: covered again, nothing moved.
+    a.remove_pool("p");
+    let o = a.outcome(&key("ns", "a")).unwrap();
+    assert_eq!(ips(o), ["198.51.100.1"]);
+    assert!(o.not_covered[0].why.contains("pool p was deleted"), "{o:?}");
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    for (n, want) in [
+        ("a", "198.51.100.1"),
+        ("b", "198.51.100.2"),
+        ("c", "198.51.100.3"),
+    ] {
+        let o = a.outcome(&key("ns", n)).unwrap();
+        assert_eq!(ips(o), [want], "{n}");
+        assert!(o.not_covered.is_empty(), "{n}: {o:?}");
+    }
+    let st = a.pool_status("p").unwrap();
+    assert_eq!((st.used, st.not_covered), (3, 0));
+    // Disabled: kept, and covered (a disabled pool keeps its allocations).
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).disabled().def());
+    assert!(a.outcome(&key("ns", "a")).unwrap().not_covered.is_empty());
+    assert_eq!(ips(a.outcome(&key("ns", "a")).unwrap()), ["198.51.100.1"]);
+}
+
+#[test]
+fn reallocate_gives_up_an_uncovered_address_only_when_asked() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("old", &[cidr("198.51.100.0/28")]).def());
+    a.ensure(&S::new("ns", "a").req());
+    a.set_pool(P::new("new", &[cidr("203.0.113.0/28")]).def());
+    a.remove_pool("old");
+    assert_eq!(ips(a.outcome(&key("ns", "a")).unwrap()), ["198.51.100.1"]);
+    let o = a.ensure(&S::new("ns", "a").reallocate().req());
+    assert_eq!(ips(&o), ["203.0.113.1"]);
+    assert!(o.not_covered.is_empty());
     assert!(a.holders(ip("198.51.100.1")).is_empty());
+}
+
+#[test]
+fn priority_decides_the_pool_then_the_name() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("a-none", &[cidr("192.0.2.0/28")]).def());
+    a.set_pool(
+        P::new("b-ten", &[cidr("198.51.100.0/28")])
+            .priority(10)
+            .def(),
+    );
+    a.set_pool(
+        P::new("c-five", &[cidr("203.0.113.0/30")])
+            .priority(5)
+            .def(),
+    );
+    a.set_pool(
+        P::new("d-five", &[cidr("203.0.113.16/30")])
+            .priority(5)
+            .def(),
+    );
+    let pools: Vec<String> = (0..7)
+        .map(|i| {
+            a.ensure(&S::new("ns", &format!("s{i}")).req()).addresses[0]
+                .pool
+                .clone()
+        })
+        .collect();
+    assert_eq!(
+        pools,
+        ["c-five", "c-five", "d-five", "d-five", "b-ten", "b-ten", "b-ten"]
+    );
+    // Without priorities: name order, as before.
+    let mut a = Allocator::new();
+    a.set_pool(P::new("z", &[cidr("192.0.2.0/28")]).def());
+    a.set_pool(P::new("m", &[cidr("198.51.100.0/28")]).def());
+    assert_eq!(a.ensure(&S::new("ns", "x").req()).addresses[0].pool, "m");
+}
+
+#[test]
+fn namespaces_and_namespace_labels_restrict_a_pool() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("team", &[cidr("198.51.100.0/28")])
+            .priority(1)
+            .namespaces(&["alpha"])
+            .ns_labels(&[("tier", "gold")])
+            .def(),
+    );
+    a.set_pool(P::new("rest", &[cidr("203.0.113.0/28")]).def());
+    a.set_namespace("beta", labels(&[("tier", "gold")]));
+    let pool_of = |a: &mut Allocator, ns: &str, n: &str| {
+        a.ensure(&S::new(ns, n).req()).addresses[0].pool.clone()
+    };
+    assert_eq!(pool_of(&mut a, "alpha", "x"), "team", "listed namespace");
+    assert_eq!(
+        pool_of(&mut a, "beta", "x"),
+        "team",
+        "namespace matching the selector"
+    );
+    assert_eq!(pool_of(&mut a, "gamma", "x"), "rest", "neither");
+    // The name label is always there, like on a real API server.
+    a.set_pool(
+        P::new("byname", &[cidr("192.0.2.0/28")])
+            .priority(0)
+            .ns_labels(&[("kubernetes.io/metadata.name", "gamma")])
+            .def(),
+    );
+    assert_eq!(pool_of(&mut a, "gamma", "y"), "byname");
+    // Relabelling a namespace: existing Services keep their addresses (reported), new ones
+    // follow the new labels.
+    let before = ips(a.outcome(&key("beta", "x")).unwrap());
+    a.take_changed();
+    let changed = a.set_namespace("beta", labels(&[("tier", "silver")]));
+    assert_eq!(changed, [key("beta", "x")]);
+    let o = a.outcome(&key("beta", "x")).unwrap();
+    assert_eq!(ips(o), before);
+    assert!(
+        o.not_covered[0].why.contains("spec.namespaceSelector"),
+        "{o:?}"
+    );
+    assert_eq!(pool_of(&mut a, "beta", "y"), "rest");
+    // Requested addresses obey the namespace rule too.
+    let o = a.ensure(&S::new("gamma", "z").request(&["198.51.100.9"]).req());
+    assert_eq!(o.reason, Reason::PoolSelectorMismatch, "{o:?}");
+    // An invalid namespace selector: the pool selects nothing and says so.
+    let mut bad = P::new("bad", &[cidr("192.0.2.64/28")]).priority(0).def();
+    bad.namespace_selector = selector::Selector::compile(&LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "Sometimes".into(),
+            values: None,
+        }]),
+        ..Default::default()
+    })
+    .map(Some);
+    a.set_pool(bad);
+    let st = a.pool_status("bad").unwrap();
+    assert!(!st.allocates());
+    let conds = st.conditions();
+    let inv = conds
+        .iter()
+        .find(|c| c.0 == COND_INVALID_SELECTOR)
+        .expect("InvalidSelector");
+    assert!(
+        inv.3
+            .contains("spec.namespaceSelector.matchExpressions[0].operator"),
+        "{inv:?}"
+    );
+    assert_ne!(pool_of(&mut a, "alpha", "w"), "bad");
+}
+
+#[test]
+fn auto_assign_false_serves_only_services_that_ask_for_it() {
+    let mut a = Allocator::new();
+    a.set_pool(
+        P::new("manual", &[cidr("198.51.100.0/28")])
+            .priority(0)
+            .manual()
+            .def(),
+    );
+    a.set_pool(P::new("auto", &[cidr("203.0.113.0/28")]).def());
+    assert_eq!(
+        a.ensure(&S::new("ns", "plain").req()).addresses[0].pool,
+        "auto"
+    );
+    assert_eq!(
+        a.ensure(&S::new("ns", "named").pools(&["manual"]).req())
+            .addresses[0]
+            .pool,
+        "manual"
+    );
+    let o = a.ensure(&S::new("ns", "asks").request(&["198.51.100.9"]).req());
+    assert_eq!(o.addresses[0].pool, "manual");
+    // With only the manual pool, a plain Service gets nothing.
+    a.remove_pool("auto");
+    let o = a.ensure(&S::new("ns", "plain2").req());
+    assert_eq!(o.reason, Reason::NoPool);
+    assert!(o.message.contains("autoAssign"), "{o:?}");
+}
+
+#[test]
+fn pools_by_name_limit_the_choice_and_changing_them_is_asking() {
+    let mut a = Allocator::new();
+    a.set_pool(P::new("a", &[cidr("192.0.2.0/28")]).def());
+    a.set_pool(P::new("b", &[cidr("198.51.100.0/28")]).def());
+    a.set_pool(
+        P::new("c", &[cidr("203.0.113.0/28")])
+            .labels(&[("team", "c")])
+            .def(),
+    );
+    assert_eq!(
+        a.ensure(&S::new("ns", "x").pools(&["b"]).req()).addresses[0].pool,
+        "b"
+    );
+    // A named pool that does not select the Service is not used.
+    let o = a.ensure(&S::new("ns", "y").pools(&["c", "nope"]).req());
+    assert_eq!(o.reason, Reason::NoPool);
+    assert!(o.message.contains("no pool named nope"), "{o:?}");
+    // A requested address outside the named pools is refused.
+    let o = a.ensure(
+        &S::new("ns", "z")
+            .pools(&["b"])
+            .request(&["192.0.2.5"])
+            .req(),
+    );
+    assert_eq!(o.reason, Reason::PoolSelectorMismatch, "{o:?}");
+    // The Service changing its own pools is a request: it moves.
+    assert_eq!(
+        a.ensure(&S::new("ns", "x").pools(&["a"]).req()).addresses[0].pool,
+        "a"
+    );
 }
 
 #[test]
@@ -762,23 +1046,25 @@ fn restart_reports_no_changes_for_unchanged_services() {
 }
 
 #[test]
-fn adoption_drops_addresses_that_no_longer_fit() {
+fn adoption_keeps_uncovered_addresses_and_drops_only_incompatible_ones() {
     let mut a = Allocator::new();
     a.set_pool(
         P::new("app", &[cidr("198.51.100.0/24")])
             .labels(&[("lb-pool", "app")])
             .def(),
     );
+    // Addresses no pool covers are adopted too (never moved after a restart) and reported.
     let r = S::new("ns", "a").req();
     let rep = a.adopt(&r, &[ip("198.51.100.7"), ip("203.0.113.7")]);
-    assert!(rep.kept.is_empty());
-    assert_eq!(rep.dropped.len(), 2);
-    assert!(rep.dropped[0].1.contains("select"), "{:?}", rep.dropped);
+    assert_eq!(rep.kept.len(), 2, "{rep:?}");
+    assert!(rep.dropped.is_empty());
+    let o = a.ensure(&r);
+    assert_eq!(ips(&o), ["198.51.100.7"], "one IPv4 address wanted");
     assert!(
-        rep.dropped[1].1.contains("no pool contains"),
-        "{:?}",
-        rep.dropped
+        o.not_covered[0].why.contains("spec.serviceSelector"),
+        "{o:?}"
     );
+    a.release(&r.key);
     // Two incompatible Services claiming one address: the first adopter keeps it.
     let x = S::new("ns", "x").label("lb-pool", "app").req();
     let y = S::new("ns", "y").label("lb-pool", "app").req();
@@ -866,7 +1152,16 @@ mod prop {
             team: Option<&'static str>,
             disabled: bool,
             created: i64,
+            /// `(priority, namespaces, namespace selector tier, autoAssign)`.
+            scope: (
+                Option<i32>,
+                Option<&'static str>,
+                Option<&'static str>,
+                bool,
+            ),
         },
+        /// Relabels namespace x or y with `tier`.
+        Ns(&'static str, Option<&'static str>),
         RemovePool(usize),
         Svc {
             id: usize,
@@ -877,6 +1172,7 @@ mod prop {
             request: Option<usize>,
             family: usize,
             local: Option<&'static str>,
+            named: Option<usize>,
         },
         Release(usize),
     }
@@ -906,13 +1202,20 @@ mod prop {
             proptest::option::of(prop_oneof![Just("a"), Just("b")]),
             proptest::bool::weighted(0.15),
             0..5i64,
+            (
+                proptest::option::of(0..3i32),
+                proptest::option::weighted(0.3, prop_oneof![Just("x"), Just("y")]),
+                proptest::option::weighted(0.3, prop_oneof![Just("gold"), Just("silver")]),
+                proptest::bool::weighted(0.8),
+            ),
         )
-            .prop_map(|(id, blocks, team, disabled, created)| Op::Pool {
+            .prop_map(|(id, blocks, team, disabled, created, scope)| Op::Pool {
                 id,
                 blocks,
                 team,
                 disabled,
                 created,
+                scope,
             });
         let svc = (
             0..10usize,
@@ -923,9 +1226,10 @@ mod prop {
             proptest::option::weighted(0.25, 0..REQUESTS.len()),
             0..5usize,
             proptest::option::weighted(0.2, prop_oneof![Just("web"), Just("")]),
+            proptest::option::weighted(0.2, 0..5usize),
         )
             .prop_map(
-                |(id, ns, team, share, ports, request, family, local)| Op::Svc {
+                |(id, ns, team, share, ports, request, family, local, named)| Op::Svc {
                     id,
                     ns,
                     team,
@@ -934,9 +1238,16 @@ mod prop {
                     request,
                     family,
                     local,
+                    named,
                 },
             );
+        let relabel = (
+            prop_oneof![Just("x"), Just("y")],
+            proptest::option::of(prop_oneof![Just("gold"), Just("silver")]),
+        )
+            .prop_map(|(ns, tier)| Op::Ns(ns, tier));
         prop_oneof![
+            1 => relabel,
             3 => pool,
             1 => (0..4usize).prop_map(Op::RemovePool),
             6 => svc,
@@ -950,6 +1261,7 @@ mod prop {
         team: Option<&str>,
         disabled: bool,
         created: i64,
+        scope: (Option<i32>, Option<&str>, Option<&str>, bool),
     ) -> PoolDef {
         let raw: Vec<IpBlock> = blocks
             .iter()
@@ -969,6 +1281,19 @@ mod prop {
         if disabled {
             p = p.disabled();
         }
+        let (priority, ns, tier, auto) = scope;
+        if let Some(pr) = priority {
+            p = p.priority(pr);
+        }
+        if let Some(ns) = ns {
+            p = p.namespaces(&[ns]);
+        }
+        if let Some(t) = tier {
+            p = p.ns_labels(&[("tier", t)]);
+        }
+        if !auto {
+            p = p.manual();
+        }
         p.def()
     }
 
@@ -982,6 +1307,7 @@ mod prop {
             request,
             family,
             local,
+            named,
         } = op.clone()
         else {
             unreachable!()
@@ -1011,39 +1337,92 @@ mod prop {
         if let Some(l) = local {
             s = s.local(if l.is_empty() { &[] } else { &[("app", "web")] });
         }
+        if let Some(n) = named {
+            s = s.pools(&[&format!("pool{n}")]);
+        }
         s.req()
+    }
+
+    /// Whether pool `def` may give a *new* address to `r` (the property of the issue): it
+    /// selects the Service, allows its namespace (with the namespace's current labels), and the
+    /// Service names it, or names none and the pool auto-assigns (or the address is requested).
+    fn may_give(def: &PoolDef, r: &ServiceReq, ns: &NsLabels, requested: bool) -> bool {
+        def.selector.as_ref().unwrap().matches(&r.labels)
+            && def.allows_namespace(&r.key.namespace, |k| ns_label(ns, &r.key.namespace, k))
+            && if r.pools.is_empty() {
+                requested || def.auto_assign
+            } else {
+                r.pools.contains(&def.name)
+            }
     }
 
     fn check(
         a: &Allocator,
         pools: &BTreeMap<usize, PoolDef>,
         reqs: &BTreeMap<ServiceKey, ServiceReq>,
+        ns: &NsLabels,
+        before: &BTreeMap<ServiceKey, Vec<IpAddr>>,
     ) {
         let mut by_ip: BTreeMap<IpAddr, Vec<&ServiceReq>> = BTreeMap::new();
         let mut per_pool: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut not_covered: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         for (k, r) in reqs {
             let o = a.outcome(k).expect("every ensured Service has an outcome");
             if !o.is_satisfied() {
                 assert!(o.addresses.is_empty(), "{k}: unsatisfied but holds {o:?}");
             }
+            let held_before = before.get(k).cloned().unwrap_or_default();
             for asg in &o.addresses {
                 by_ip.entry(asg.ip).or_default().push(r);
+                if let Some(nc) = o.not_covered.iter().find(|n| n.ip == asg.ip) {
+                    // Kept after a pool edit: only ever an address the Service already held.
+                    assert!(
+                        held_before.contains(&asg.ip),
+                        "{k}: {} given although no pool covers it ({})",
+                        asg.ip,
+                        nc.why
+                    );
+                    assert!(!r.reallocate);
+                    assert!(a.holders(asg.ip).contains(k));
+                    not_covered
+                        .entry(asg.pool.clone())
+                        .or_default()
+                        .insert(asg.ip);
+                    let inside = pools.values().any(|p| {
+                        p.name == asg.pool && p.usable_block(Addr::from_ip(asg.ip)).is_some()
+                    });
+                    if inside {
+                        per_pool.entry(asg.pool.clone()).or_default().insert(asg.ip);
+                    }
+                    continue;
+                }
                 per_pool.entry(asg.pool.clone()).or_default().insert(asg.ip);
-                let def = pools
-                    .values()
-                    .find(|p| p.name == asg.pool)
-                    .unwrap_or_else(|| panic!("{k}: {} from a pool that does not exist", asg.ip));
+                if !held_before.contains(&asg.ip) {
+                    // THE property: a new address only from a pool that may give it.
+                    let def = pools
+                        .values()
+                        .find(|p| p.name == asg.pool)
+                        .unwrap_or_else(|| panic!("{k}: new {} from a missing pool", asg.ip));
+                    assert!(
+                        may_give(def, r, ns, r.requested.contains(&asg.ip)),
+                        "{k}: new {} from pool {} that does not allow it",
+                        asg.ip,
+                        def.name
+                    );
+                }
+                // Not reported: some pool contains it and selects the Service.
                 assert!(
-                    def.usable_block(Addr::from_ip(asg.ip)).is_some(),
-                    "{k}: {} outside the usable blocks of {}",
-                    asg.ip,
-                    def.name
-                );
-                assert!(
-                    def.selector.as_ref().unwrap().matches(&r.labels),
-                    "{k}: {} from pool {} that does not select it",
-                    asg.ip,
-                    def.name
+                    pools
+                        .values()
+                        .any(|p| p.usable_block(Addr::from_ip(asg.ip)).is_some()
+                            && p.selector.as_ref().unwrap().matches(&r.labels)
+                            && p.allows_namespace(&r.key.namespace, |x| ns_label(
+                                ns,
+                                &r.key.namespace,
+                                x
+                            ))),
+                    "{k}: {} held, not reported, but no pool covers it",
+                    asg.ip
                 );
                 assert!(a.holders(asg.ip).contains(k));
             }
@@ -1063,12 +1442,10 @@ mod prop {
         }
         for p in pools.values() {
             let used = per_pool.get(&p.name).map_or(0, |s| s.len() as u128);
-            assert_eq!(
-                a.pool_status(&p.name).unwrap().used,
-                used,
-                "pool {}",
-                p.name
-            );
+            let st = a.pool_status(&p.name).unwrap();
+            assert_eq!(st.used, used, "pool {}", p.name);
+            let nc = not_covered.get(&p.name).map_or(0, |s| s.len() as u128);
+            assert_eq!(st.not_covered, nc, "pool {} not covered", p.name);
         }
     }
 
@@ -1080,10 +1457,20 @@ mod prop {
             let mut a = Allocator::new();
             let mut pools: BTreeMap<usize, PoolDef> = BTreeMap::new();
             let mut reqs: BTreeMap<ServiceKey, ServiceReq> = BTreeMap::new();
+            let mut ns: NsLabels = BTreeMap::new();
             for op in &ops {
+                let before: BTreeMap<ServiceKey, Vec<IpAddr>> = reqs
+                    .keys()
+                    .map(|k| (k.clone(), a.outcome(k).map(|o| o.ips()).unwrap_or_default()))
+                    .collect();
                 match op {
-                    Op::Pool { id, blocks, team, disabled, created } => {
-                        let d = pool_def(*id, blocks, *team, *disabled, *created);
+                    Op::Ns(name, tier) => {
+                        let l = tier.map(|t| labels(&[("tier", t)])).unwrap_or_default();
+                        ns.insert(name.to_string(), l.clone());
+                        a.set_namespace(name, l);
+                    }
+                    Op::Pool { id, blocks, team, disabled, created, scope } => {
+                        let d = pool_def(*id, blocks, *team, *disabled, *created, *scope);
                         pools.insert(*id, d.clone());
                         a.set_pool(d);
                     }
@@ -1109,11 +1496,14 @@ mod prop {
                         }
                     }
                 }
-                check(&a, &pools, &reqs);
+                check(&a, &pools, &reqs, &ns, &before);
             }
             // Simulated restart: same pools, adopt everything (reverse key order: the order of
             // adoption must not matter), then ensure everything.
             let mut b = Allocator::new();
+            for (name, l) in &ns {
+                b.set_namespace(name, l.clone());
+            }
             for p in pools.values() {
                 b.set_pool(p.clone());
             }
@@ -1125,7 +1515,11 @@ mod prop {
                 let o = b.ensure(r);
                 prop_assert_eq!(o.ips(), a.outcome(k).unwrap().ips(), "{} after restart", k);
             }
-            check(&b, &pools, &reqs);
+            let held: BTreeMap<ServiceKey, Vec<IpAddr>> = reqs
+                .keys()
+                .map(|k| (k.clone(), a.outcome(k).map(|o| o.ips()).unwrap_or_default()))
+                .collect();
+            check(&b, &pools, &reqs, &ns, &held);
         }
     }
 }
