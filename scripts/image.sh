@@ -53,7 +53,12 @@ fi
 #    binary only, not to build scripts and proc macros.
 triple=$(rustc -vV | sed -n 's/^host: //p')
 echo "== cargo build --profile image --target $triple (static)"
+# Started from `cargo test` (tests/image.rs) the variables cargo sets for a test would enter
+# build fingerprints (ring's build script tracks CARGO_MANIFEST_DIR) and rebuild everything.
 unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+for v in $(compgen -e | grep -E '^CARGO_(PKG_|MANIFEST_|CRATE_|BIN_|TARGET_TMPDIR|PRIMARY_PACKAGE)'); do
+  unset "$v"
+done
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --locked --quiet --profile image --target "$triple" --target-dir target/image \
   -p ferrolb-lab --bin ferrolb
