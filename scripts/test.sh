@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# The project's whole test suite, as the README gives it: `sudo ./scripts/test.sh`.
-# Works on a fresh Debian machine as root: installs what the tests need first.
+# The project's whole test suite, as the README gives it: `./scripts/test.sh`.
+# Works on a fresh Debian machine as root (no sudo needed): installs what the tests need first.
+# Run by a normal user it re-runs itself through sudo, keeping the user's cargo/rustup.
 # Network tests create their own uniquely named namespaces (prefix "flt") and remove them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null; then
+    echo "test.sh: the tests need root (network namespaces, installs) and sudo is not installed: run it as root" >&2
+    exit 1
+  fi
+  echo "test.sh: needs root; running it through sudo"
+  exec sudo -- env "PATH=$PATH" "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" \
+    "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" "$PWD/scripts/test.sh" "$@"
+fi
+if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
+  # Run through sudo: give the build outputs back to the user afterwards.
+  trap 'chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" target .tools 2>/dev/null || true' EXIT
+fi
 
 need_pkgs=()
 command -v ip >/dev/null || need_pkgs+=(iproute2)
@@ -17,11 +32,10 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 # The real-backend tests (crates/ferrolb-lab/src/realapi.rs): decompress ../shared/kube, make keys.
 command -v xz >/dev/null || need_pkgs+=(xz-utils)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+# The container image (scripts/image.sh) and its smoke test (crates/ferrolb-lab/tests/image.rs).
+command -v buildah >/dev/null || need_pkgs+=(buildah)
+command -v runc >/dev/null || need_pkgs+=(runc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing: ${need_pkgs[*]} — run as root (sudo $0) so they can be installed" >&2
-    exit 1
-  fi
   echo "installing: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

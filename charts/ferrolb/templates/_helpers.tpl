@@ -15,6 +15,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "ferrolb.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- with .Values.image.digest }}@{{ . }}{{ end }}
 {{- end -}}
 
 {{/* Global logging flags. */}}

@@ -179,10 +179,36 @@ impl Say {
     }
 }
 
+/// Not root: runs this same command line again through `sudo` (replacing this process), or says
+/// why it cannot. Returns only on failure.
+fn rerun_with_sudo() -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    let why = "the lab creates network namespaces and needs root";
+    let sudo = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("sudo"))
+            .find(|p| p.is_file())
+    });
+    let Some(sudo) = sudo else {
+        return anyhow::anyhow!("{why}, and sudo is not installed: run it as root");
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::anyhow!("{why}; cannot locate the ferrolb binary for sudo: {e}"),
+    };
+    eprintln!("{why}: running it through sudo");
+    let err = std::process::Command::new(&sudo)
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!("{why}; running {} failed: {err}", sudo.display())
+}
+
 /// Runs `ferrolb lab`.
 pub async fn run(args: Args) -> ferrolb::CmdResult {
     if !crate::netns::is_root() {
-        bail!("the lab creates network namespaces: run it as root (sudo ferrolb lab)");
+        return Err(rerun_with_sudo());
     }
     if args.nodes < 2 {
         bail!("--nodes must be at least 2 (a failover needs somewhere to go)");
