@@ -1,5 +1,5 @@
 //! The lab's agent failover scenario (`ferrolb_lab::lab::scenario::failover`, what `ferrolb lab`
-//! and `tests/e2e.rs` run on the stand-in) on a real kube-apiserver, with deploy/'s RBAC and the
+//! and `tests/e2e.rs` run on the stand-in) and controller leader failover on a real kube-apiserver, with deploy/'s RBAC and the
 //! controllers and agents on ServiceAccount tokens (`ferrolb lab --api kube`). Root only; prints
 //! `skipped: no kube-apiserver (../shared/kube absent)` and passes without the binaries.
 
@@ -88,10 +88,50 @@ async fn real_agent_crash_and_graceful_failover_under_rbac() {
         let i = c.topo.nodes.iter().position(|n| n.name == f.from).unwrap();
         c.start_agent(i).unwrap();
     }
-    // The addresses never changed.
-    let now = c
-        .wait_ingress("default", "echo", Duration::from_secs(10))
+    // Controller leader failover on the real server: kill one replica at a time (whichever
+    // leads), a Service created meanwhile is addressed by the survivor, and then both at once.
+    let mut before = vec![("echo".to_string(), ips.clone())];
+    for (round, victim) in [0usize, 1].into_iter().enumerate() {
+        if let Some(mut p) = c.controllers[victim].take() {
+            p.signal("KILL").unwrap();
+            p.wait_exit(Duration::from_secs(10)).unwrap();
+        }
+        let name = format!("after{round}");
+        c.create_json(&echo_service(&name, false)).await.unwrap();
+        c.create_endpoints("default", &name, &[0, 1, 2])
+            .await
+            .unwrap();
+        let got = c
+            .wait_ingress("default", &name, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{name} addressed by the surviving controller: {e:#}"));
+        before.push((name, got));
+        c.start_controller(victim).unwrap();
+    }
+    for i in 0..c.controllers.len() {
+        if let Some(mut p) = c.controllers[i].take() {
+            p.signal("KILL").unwrap();
+            p.wait_exit(Duration::from_secs(10)).unwrap();
+        }
+    }
+    for i in 0..c.controllers.len() {
+        c.start_controller(i).unwrap();
+    }
+    c.create_json(&echo_service("after-restart", false))
         .await
         .unwrap();
-    assert_eq!(now, ips);
+    c.create_endpoints("default", "after-restart", &[0, 1, 2])
+        .await
+        .unwrap();
+    c.wait_ingress("default", "after-restart", Duration::from_secs(60))
+        .await
+        .expect("addressed after both controllers restarted");
+    // No address ever changed, through agent and controller failovers and restarts.
+    for (name, ips) in &before {
+        let now = c
+            .wait_ingress("default", name, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(&now, ips, "{name} kept its address");
+    }
 }

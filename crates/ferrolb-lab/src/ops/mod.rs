@@ -413,6 +413,7 @@ pub fn considered(svc: &Service) -> bool {
         &ClassOptions {
             default_class: true,
             cilium_class: false,
+            metallb_annotations: false,
         },
     ) || ipam_condition(svc).is_some()
 }
