@@ -1363,6 +1363,16 @@ impl LeaseSet {
 
     /// Stop at once without releasing anything (as if the process had been killed).
     pub fn abort(self) {
-        self.task.abort();
+        let LeaseSet { cmds, task, .. } = self;
+        task.abort();
+        // A closed command channel means "shut down" (release everything), which a killed
+        // process never does: keep it open until the task has really stopped (on a
+        // multi-threaded runtime it may still be running an iteration on another worker).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = task.await;
+                drop(cmds);
+            });
+        }
     }
 }
