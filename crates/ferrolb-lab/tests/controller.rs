@@ -1693,6 +1693,39 @@ async fn namespace_relabelled_new_services_follow_existing_keep_their_addresses(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metallb_annotations_are_honoured_only_with_the_flag() {
+    let h = Harness::new().await;
+    h.create_pool(pool("auto").cidr("198.51.100.0/28")).await;
+    let mut manual = pool("manual").cidr("203.0.113.0/28");
+    manual.0.spec.auto_assign = Some(false);
+    h.create_pool(manual).await;
+    let ctl = h.start("ctrl-a");
+    h.create_svc(svc("plain").annotation("metallb.io/address-pool", "manual"))
+        .await;
+    let plain = h.wait_satisfied("plain").await;
+    assert!(in_cidr(plain[0], "198.51.100.0/28"), "{plain:?}");
+    ctl.stop().await;
+    // With --metallb-annotations: the pool by name and the requested address are honoured.
+    let ctl = h.start_with("ctrl-b", |c| c.metallb_annotations = true);
+    h.create_svc(svc("named").annotation("metallb.io/address-pool", "manual"))
+        .await;
+    let named = h.wait_satisfied("named").await;
+    assert!(in_cidr(named[0], "203.0.113.0/28"), "{named:?}");
+    h.create_svc(svc("asks").annotation("metallb.universe.tf/loadBalancerIPs", "198.51.100.9"))
+        .await;
+    assert_eq!(h.wait_satisfied("asks").await, vec![ip("198.51.100.9")]);
+    // The Service served before the flag keeps its address (reported: its pool is not the one
+    // it names now).
+    let s = h
+        .wait_svc("plain", "AddressNotCovered=True", |s| {
+            not_covered_cond(s).is_some_and(|c| c.message.contains("ferrolb.io/pools"))
+        })
+        .await;
+    assert_eq!(ingress(&s), plain);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_ip_mode_proxy_is_written_into_ingress() {
     let h = Harness::new().await;
     let mut p = pool("behind-proxy").cidr("198.51.100.0/28");

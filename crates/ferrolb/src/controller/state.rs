@@ -627,7 +627,7 @@ impl State {
                     true,
                     "PoolChanged",
                     format!(
-                        "kept, but no pool that selects the Service covers it any more: {}; set the annotation {}: \"true\" (or remove the address from status) to get a new address",
+                        "kept, but no pool that selects the Service covers it any more: {}; set the annotation {}: \"true\" to get a new address",
                         o.not_covered
                             .iter()
                             .map(|n| n.why.as_str())

@@ -64,7 +64,7 @@
 //!   listed in [`Outcome::not_covered`] with the pool and field, counted in the pool's
 //!   `not_covered`, and never handed to another Service. They are given up only when the
 //!   Service asks: `ferrolb.io/reallocate: "true"` or a change of its own request (requested
-//!   addresses, pools by name, families, sharing).
+//!   addresses, families, sharing; naming other pools is reported like a pool edit).
 //! - **Retries**: unsatisfied or incomplete Services are retried (in key order) whenever pools
 //!   change or an address is freed; [`Allocator::take_changed`] lists the Services whose outcome
 //!   changed since the last call.
@@ -1806,7 +1806,7 @@ impl Allocator {
     }
 
     /// Whether held address `a` still fits what the Service itself asks for (requested
-    /// addresses, pools by name, sharing). A Service whose own request changed gives the address
+    /// addresses, sharing). Pools by name are judged by `coverage` (kept and reported). A Service whose own request changed gives the address
     /// up; pool edits never do (see [`Allocator::coverage`]).
     fn wanted_still(&self, id: Sid, req: &StoredReq, a: Addr) -> Result<(), Fail> {
         let e = self
@@ -1816,22 +1816,6 @@ impl Allocator {
         if !req.requested.is_empty() && !req.requested.contains(&a.to_ip()) {
             return Err((Reason::InvalidRequest, format!("{a} is not requested")));
         }
-        // Pools by name: an address from a pool the Service no longer names is given up (its
-        // own request changed). An address its pool does not cover (contain and select) is
-        // judged by `coverage` instead: after a pool edit or a restart its attribution says
-        // nothing about what the Service asked for.
-        let from_unnamed = || {
-            !req.pools.iter().any(|p| **p == *e.pool)
-                && self.pools.get(&*e.pool).is_some_and(|p| {
-                    p.def.usable_block(a).is_some() && p.selects(req, &self.ns_labels)
-                })
-        };
-        if req.requested.is_empty() && !req.pools.is_empty() && from_unnamed() {
-            return Err((
-                Reason::NoPool,
-                format!("{a} is from pool {}, not a pool the Service names", e.pool),
-            ));
-        }
         self.check_compatible(id, req, a, e)
     }
 
@@ -1840,8 +1824,11 @@ impl Allocator {
     /// count (they keep existing allocations). `Err` names the pool and the field that no longer
     /// covers it.
     fn coverage(&self, req: &StoredReq, a: Addr) -> Result<(), String> {
-        let covers =
-            |p: &PoolEntry| p.def.usable_block(a).is_some() && p.selects(req, &self.ns_labels);
+        let covers = |p: &PoolEntry| {
+            p.def.usable_block(a).is_some()
+                && p.selects(req, &self.ns_labels)
+                && (req.pools.is_empty() || p.named_by(req))
+        };
         let cur = self.addrs.get(&a).map(|e| Arc::clone(&e.pool));
         let cur_pool = cur.as_ref().and_then(|n| self.pools.get(&**n));
         if cur_pool.is_some_and(covers) || self.pools.values().any(covers) {
@@ -1860,9 +1847,13 @@ impl Allocator {
             Some(p) if !p.def.selector.as_ref().is_ok_and(|s| s.matches_with(|k| req.label(k))) => {
                 format!("{a}: pool {name} no longer selects the Service (spec.serviceSelector)")
             }
-            Some(_) => format!(
+            Some(p) if !p.selects(req, &self.ns_labels) => format!(
                 "{a}: pool {name} no longer allows namespace {} (spec.namespaces / spec.namespaceSelector)",
                 req.key.namespace
+            ),
+            Some(_) => format!(
+                "{a}: pool {name} is not among the pools the Service names (ferrolb.io/pools: {})",
+                req.pools.join(", ")
             ),
         })
     }

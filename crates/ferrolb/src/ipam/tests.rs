@@ -919,7 +919,7 @@ fn auto_assign_false_serves_only_services_that_ask_for_it() {
 }
 
 #[test]
-fn pools_by_name_limit_the_choice_and_changing_them_is_asking() {
+fn pools_by_name_limit_the_choice_and_never_move_a_held_address() {
     let mut a = Allocator::new();
     a.set_pool(P::new("a", &[cidr("192.0.2.0/28")]).def());
     a.set_pool(P::new("b", &[cidr("198.51.100.0/28")]).def());
@@ -944,11 +944,13 @@ fn pools_by_name_limit_the_choice_and_changing_them_is_asking() {
             .req(),
     );
     assert_eq!(o.reason, Reason::PoolSelectorMismatch, "{o:?}");
-    // The Service changing its own pools is a request: it moves.
-    assert_eq!(
-        a.ensure(&S::new("ns", "x").pools(&["a"]).req()).addresses[0].pool,
-        "a"
-    );
+    // The Service naming other pools keeps its address (reported) until it asks to move.
+    let o = a.ensure(&S::new("ns", "x").pools(&["a"]).req());
+    assert_eq!(o.addresses[0].pool, "b");
+    assert!(o.not_covered[0].why.contains("ferrolb.io/pools"), "{o:?}");
+    let o = a.ensure(&S::new("ns", "x").pools(&["a"]).reallocate().req());
+    assert_eq!(o.addresses[0].pool, "a");
+    assert!(o.not_covered.is_empty());
 }
 
 #[test]
