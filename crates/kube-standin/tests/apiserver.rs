@@ -1,5 +1,8 @@
 //! The API stand-in driven through kube::Api (in-process) and over HTTP.
 
+mod common;
+use common::repo_crds;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
@@ -1210,21 +1213,4 @@ async fn watcher_sees_outage_and_resumes_after_it() {
             None => panic!("watcher ended"),
         }
     }
-}
-
-/// The ferrolb CRDs as committed in the repository's `crds/` (the stand-in imports nothing of
-/// the product; `ferrolb crds` writes these files and a product test keeps them current).
-fn repo_crds(
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
-        .collect()
 }

