@@ -75,7 +75,10 @@ if git rev-parse HEAD >/dev/null 2>&1; then
   revision=$(git rev-parse HEAD)
   [ -z "$(git status --porcelain --untracked-files=no)" ] || revision="$revision-dirty"
 fi
-source_url=${FERROLB_IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || echo https://ferrolb.io)}
+# The source label is a URL: the origin remote when it is one (a clone of a local path is not).
+remote=$(git remote get-url origin 2>/dev/null || true)
+case "$remote" in https://*|git@*) ;; *) remote=https://ferrolb.io ;; esac
+source_url=${FERROLB_IMAGE_SOURCE:-$remote}
 created=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 [ -n "$tag" ] || tag="localhost/ferrolb:$version"
 
