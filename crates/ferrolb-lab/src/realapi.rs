@@ -631,8 +631,8 @@ fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
 static SHARED: OnceLock<Result<Option<RealApi>, String>> = OnceLock::new();
 
 /// The one real server of this process (started at the first call, blocking; never stopped:
-/// its processes die with the process, its namespace and directory are removed by the next
-/// run's stale cleanup). `None` when the binaries are absent. Panics when they are present but
+/// its processes die with the process, and a detached reaper removes its namespace and
+/// directory once the process has exited, crash or not). `None` when the binaries are absent. Panics when they are present but
 /// the server does not start: that is a failure, not a skip.
 pub fn shared() -> Option<&'static RealApi> {
     let r = SHARED.get_or_init(|| {
@@ -650,12 +650,33 @@ pub fn shared() -> Option<&'static RealApi> {
                 t0.elapsed(),
                 api.ns_name()
             );
+            reap_after_exit(api.ns_name(), api.dir.path());
         }
         r
     });
     match r {
         Ok(api) => api.as_ref(),
         Err(e) => panic!("the real kube-apiserver did not start: {e}"),
+    }
+}
+
+/// Starts a detached shell (its own session, so it outlives this process) that waits for this
+/// process to exit and then deletes the namespace `ns` and the directory `dir`: a static is
+/// never dropped, and a test binary may be killed.
+fn reap_after_exit(ns: &str, dir: &std::path::Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; ip netns del '{ns}' 2>/dev/null; rm -rf '{dir}'",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    let spawned = std::process::Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !spawned.is_ok_and(|s| s.success()) {
+        eprintln!("warning: no reaper for {ns}; the next run's stale cleanup removes it");
     }
 }
 
