@@ -128,12 +128,51 @@ struct Feeds {
     pools: WatchStream<LoadBalancerIPPool>,
     /// Namespaces, for their labels (pools' `spec.namespaceSelector`).
     namespaces: WatchStream<Namespace>,
-    svc_buf: Option<Vec<Service>>,
-    pool_buf: Option<Vec<LoadBalancerIPPool>>,
-    ns_buf: Option<Vec<Namespace>>,
-    svc_synced: bool,
-    pool_synced: bool,
-    ns_synced: bool,
+    svc_init: InitialList<Service>,
+    pool_init: InitialList<LoadBalancerIPPool>,
+    ns_init: InitialList<Namespace>,
+}
+
+/// One watch's initial list: its items are buffered until the list is complete, then handed
+/// over whole (so the state replaces its cache at once); afterwards events pass through.
+struct InitialList<K> {
+    buf: Option<Vec<K>>,
+    synced: bool,
+}
+
+/// What a watch event means for the state.
+enum Change<K> {
+    Replace(Vec<K>),
+    Apply(K),
+    Delete(K),
+}
+
+impl<K> InitialList<K> {
+    fn new() -> Self {
+        InitialList {
+            buf: None,
+            synced: false,
+        }
+    }
+
+    fn take(&mut self, ev: Event<K>) -> Option<Change<K>> {
+        match ev {
+            Event::Init => {
+                self.buf = Some(Vec::new());
+                None
+            }
+            Event::InitApply(k) => {
+                self.buf.get_or_insert_with(Vec::new).push(k);
+                None
+            }
+            Event::InitDone => {
+                self.synced = true;
+                Some(Change::Replace(self.buf.take().unwrap_or_default()))
+            }
+            Event::Apply(k) => Some(Change::Apply(k)),
+            Event::Delete(k) => Some(Change::Delete(k)),
+        }
+    }
 }
 
 impl Feeds {
@@ -161,17 +200,14 @@ impl Feeds {
             services,
             pools,
             namespaces,
-            svc_buf: None,
-            pool_buf: None,
-            ns_buf: None,
-            svc_synced: false,
-            pool_synced: false,
-            ns_synced: false,
+            svc_init: InitialList::new(),
+            pool_init: InitialList::new(),
+            ns_init: InitialList::new(),
         }
     }
 
     fn synced(&self) -> bool {
-        self.svc_synced && self.pool_synced && self.ns_synced
+        self.svc_init.synced && self.pool_init.synced && self.ns_init.synced
     }
 }
 
@@ -383,47 +419,30 @@ fn on_services_item(
 }
 
 fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<Service>) {
-    match ev {
-        Event::Init => feeds.svc_buf = Some(Vec::new()),
-        Event::InitApply(s) => feeds.svc_buf.get_or_insert_with(Vec::new).push(s),
-        Event::InitDone => {
-            let list = feeds.svc_buf.take().unwrap_or_default();
-            state.replace_services(list);
-            feeds.svc_synced = true;
-        }
-        Event::Apply(s) => state.service_event(s),
-        Event::Delete(s) => state.delete_service(&s),
+    match feeds.svc_init.take(ev) {
+        Some(Change::Replace(list)) => state.replace_services(list),
+        Some(Change::Apply(s)) => state.service_event(s),
+        Some(Change::Delete(s)) => state.delete_service(&s),
+        None => {}
     }
 }
 
 fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPPool>) {
-    match ev {
-        Event::Init => feeds.pool_buf = Some(Vec::new()),
-        Event::InitApply(p) => feeds.pool_buf.get_or_insert_with(Vec::new).push(p),
-        Event::InitDone => {
-            let list = feeds.pool_buf.take().unwrap_or_default();
-            state.replace_pools(list);
-            feeds.pool_synced = true;
-        }
-        Event::Apply(p) => state.pool_event(p),
-        Event::Delete(p) => state.delete_pool(&p),
+    match feeds.pool_init.take(ev) {
+        Some(Change::Replace(list)) => state.replace_pools(list),
+        Some(Change::Apply(p)) => state.pool_event(p),
+        Some(Change::Delete(p)) => state.delete_pool(&p),
+        None => {}
     }
 }
 
 fn on_namespace_event(state: &mut State, feeds: &mut Feeds, ev: Event<Namespace>) {
-    match ev {
-        Event::Init => feeds.ns_buf = Some(Vec::new()),
-        Event::InitApply(n) => feeds.ns_buf.get_or_insert_with(Vec::new).push(n),
-        Event::InitDone => {
-            let list = feeds.ns_buf.take().unwrap_or_default();
-            state.replace_namespaces(list);
-            feeds.ns_synced = true;
-        }
-        Event::Apply(n) => state.apply_namespace(&n),
-        Event::Delete(n) => {
-            use kube::ResourceExt;
-            state.delete_namespace_name(&n.name_any())
-        }
+    use kube::ResourceExt;
+    match feeds.ns_init.take(ev) {
+        Some(Change::Replace(list)) => state.replace_namespaces(list),
+        Some(Change::Apply(n)) => state.apply_namespace(&n),
+        Some(Change::Delete(n)) => state.delete_namespace_name(&n.name_any()),
+        None => {}
     }
 }
 
