@@ -1,0 +1,161 @@
+//! What the engine's users see: what they want per lease, the events they get, the options and
+//! counters of an engine, a shutdown's report.
+
+use super::*;
+
+/// What the caller wants for one lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Labels to put on the Lease (e.g. which Services it serves; values ≤ 63 chars). Merged over
+    /// the object's labels on create and on every write by the holder. Pairs, not a map: an
+    /// agent keeps one `Desired` per address, and a map's node costs ~0.5 KiB even for 3 keys.
+    /// A key given twice: the last one wins.
+    pub labels: crate::lease::Pairs,
+    /// Annotations (long lists, e.g. every Service namespace/name the address serves).
+    pub annotations: crate::lease::Pairs,
+    /// Nodes eligible for this lease, including this one. Used for the rendezvous rank (this
+    /// node waits `min(rank, MAX_RANK_WAIT) × rank_step` before taking a free lease).
+    /// Empty: no wait. Shared: many addresses have the same list.
+    pub candidates: Arc<Vec<String>>,
+}
+
+/// A change of this node's standing on one lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// We hold the lease (after a successful create/acquire/renew): announce.
+    Acquired { name: String },
+    /// We no longer hold it: another holder was seen, a write was refused (409/403...), or the
+    /// renew deadline passed without an API outage to explain it. Stop announcing at once.
+    Lost {
+        name: String,
+        /// The holder now recorded, when known.
+        holder: Option<String>,
+    },
+    /// We held it, but renewals failed because the API server is unreachable and the renew
+    /// deadline has passed: the lease may have expired for others. Sticky mode keeps
+    /// announcing until another node's gratuitous ARP/NA is seen; strict mode stops now.
+    /// Followed by `Acquired` (renewal got through again) or `Lost`.
+    Unreachable { name: String },
+    /// We released it (no longer wanted, or shutdown). Stop announcing.
+    Released { name: String },
+}
+
+impl LeaseEvent {
+    pub fn name(&self) -> &str {
+        match self {
+            LeaseEvent::Acquired { name }
+            | LeaseEvent::Lost { name, .. }
+            | LeaseEvent::Unreachable { name }
+            | LeaseEvent::Released { name } => name,
+        }
+    }
+}
+
+/// Which Leases the engine watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Namespace-wide, by label selector (the agent's leases).
+    Labels(String),
+    /// One lease by name (`fieldSelector=metadata.name=NAME`).
+    Name(String),
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub namespace: String,
+    /// Our holderIdentity (node name / pod name).
+    pub identity: String,
+    pub config: LeaseConfig,
+    pub scope: WatchScope,
+    /// Labels every lease we create/write carries (must match a `Labels` scope's selector).
+    pub base_labels: BTreeMap<String, String>,
+    /// Delete leases that nobody holds and we don't want after they have been free this long
+    /// (`None`: never delete).
+    pub gc_after: Option<Duration>,
+    /// Concurrent writes in flight.
+    pub max_concurrent_writes: usize,
+    /// Keep a presence lease (`ferrolb-node-…`, renewed like any held lease) so other nodes
+    /// know this one is alive even while it holds nothing (needed for `rebalance_after`).
+    pub presence: bool,
+    /// Hand a held lease over to its preferred node (rank 0 of the load-bounded assignment)
+    /// once we have held it this long and that node is alive (`None`: never; stability only).
+    /// At most one hand-over per retry period per node; a hand-over the preferred node does
+    /// not take is not retried for ten times this period.
+    pub rebalance_after: Option<Duration>,
+}
+
+impl EngineOptions {
+    /// The agent's settings: label-selected watch on `app.kubernetes.io/managed-by=ferrolb`,
+    /// abandoned leases deleted after 2 lease durations + the longest rank wait (a node that
+    /// wants a free lease takes it within its rank wait).
+    pub fn agent(namespace: &str, identity: &str, config: LeaseConfig) -> Self {
+        let gc = config.lease_duration * 2 + config.rank_step * MAX_RANK_WAIT as u32;
+        EngineOptions {
+            namespace: namespace.to_string(),
+            identity: identity.to_string(),
+            scope: WatchScope::Labels(crate::lease::MANAGED_BY_SELECTOR.to_string()),
+            base_labels: BTreeMap::from([(
+                crate::lease::MANAGED_BY_LABEL.to_string(),
+                crate::lease::MANAGED_BY_VALUE.to_string(),
+            )]),
+            gc_after: Some(gc),
+            max_concurrent_writes: 64,
+            presence: true,
+            rebalance_after: Some((config.lease_duration * 6).max(Duration::from_secs(30))),
+            config,
+        }
+    }
+
+    /// One lease watched by name (leader election), never deleted.
+    pub fn single(namespace: &str, name: &str, identity: &str, config: LeaseConfig) -> Self {
+        EngineOptions {
+            namespace: namespace.to_string(),
+            identity: identity.to_string(),
+            scope: WatchScope::Name(name.to_string()),
+            base_labels: BTreeMap::new(),
+            gc_after: None,
+            max_concurrent_writes: 4,
+            presence: false,
+            rebalance_after: None,
+            config,
+        }
+    }
+}
+
+/// Write counters of one engine (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub creates: AtomicU64,
+    pub acquires: AtomicU64,
+    pub renews: AtomicU64,
+    pub releases: AtomicU64,
+    pub deletes: AtomicU64,
+    /// Writes refused with 409/404 (another writer won).
+    pub conflicts: AtomicU64,
+    /// Writes that failed otherwise (unreachable / rejected).
+    pub failures: AtomicU64,
+    /// Watch stream errors (the watcher retries with backoff).
+    pub watch_errors: AtomicU64,
+    /// Held leases released to hand them over to their preferred node (rebalancing).
+    pub handovers: AtomicU64,
+    /// Unwanted leases whose holder expired, cleared (holder removed) so they can be deleted.
+    pub clears: AtomicU64,
+    /// API outages seen (a write or the watch failing as unreachable after a success).
+    pub outages: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Outcome of a shutdown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Leases released (holder cleared).
+    pub released: Vec<String>,
+    /// Leases we held but could not release in time (they will expire).
+    pub not_released: Vec<String>,
+}

@@ -1,0 +1,238 @@
+//! The engine's write path: every Lease write is a task of its own (bounded concurrency, an
+//! urgent and a normal queue when the slots are full), and its result is folded back in.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn spawn_update(
+        &mut self,
+        name: &str,
+        kind: OpKind,
+        obs: &Observed,
+        desired: Option<Desired>,
+    ) {
+        self.spawn(
+            name,
+            Op::Update(kind),
+            obs.resource_version.clone(),
+            desired.unwrap_or_default(),
+        );
+    }
+
+    pub(super) fn spawn(&mut self, name: &str, op: Op, used_rv: Option<String>, desired: Desired) {
+        let slot_free = self.write_slot_free();
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        if !slot_free {
+            // Every slot is taken (a burst of creates, a slow API server): wait in line rather
+            // than as a task holding a copy of the lease, its labels and a client each.
+            if !e.queued {
+                e.queued = true;
+                let urgent = matches!(op, Op::Update(OpKind::Renew | OpKind::Release));
+                if urgent {
+                    self.queue_urgent.push_back(name.to_string());
+                } else {
+                    self.queue_rest.push_back(name.to_string());
+                }
+            }
+            // The standing still follows the clock: a holder whose renewal waits past its
+            // renew deadline stops claiming the lease then.
+            let wake = match (&e.observed, e.reported) {
+                (Some(o), Reported::Held) => Some(o.observed_at + self.opts.config.renew_deadline),
+                _ => None,
+            };
+            self.set_wake(name, wake);
+            return;
+        }
+        let object = match op {
+            Op::Update(_) => self.write_base(name),
+            Op::Create | Op::Delete => None,
+        };
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        e.in_flight = true;
+        if op == Op::Update(OpKind::Release) {
+            // Set before the write: the watch may show the release before its answer arrives.
+            e.released_by_us = true;
+        }
+        self.in_flight += 1;
+        let mut labels = self.opts.base_labels.clone();
+        labels.extend(desired.labels);
+        let annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
+        let writer = self.writer.clone();
+        let tx = self.done_tx.clone();
+        let stats = self.stats.clone();
+        let timeout = self.opts.config.renew_deadline;
+        let name = name.to_string();
+        match op {
+            Op::Create => stats.creates.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Acquire(_)) => stats.acquires.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Renew) => stats.renews.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Release) => stats.releases.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Clear) => stats.clears.fetch_add(1, Ordering::Relaxed),
+            Op::Delete => stats.deletes.fetch_add(1, Ordering::Relaxed),
+        };
+        tokio::spawn(async move {
+            let sent_at = Instant::now();
+            let result = match op {
+                Op::Create => writer
+                    .create(&name, &labels, &annotations, timeout)
+                    .await
+                    .map(Some),
+                Op::Update(kind) => {
+                    let action = match kind {
+                        OpKind::Acquire(t) => Action::Acquire { transitions: t },
+                        OpKind::Renew => Action::Renew,
+                        OpKind::Release | OpKind::Clear => Action::Release,
+                    };
+                    match &object {
+                        Some(obj) => {
+                            // A release leaves the metadata as it is (only the holder writes
+                            // what a lease serves).
+                            let release = matches!(kind, OpKind::Release | OpKind::Clear);
+                            let (l, a) = if release {
+                                (None, None)
+                            } else {
+                                (Some(&labels), Some(&annotations))
+                            };
+                            writer.update(&action, obj, l, a, timeout).await.map(Some)
+                        }
+                        None => Err(WriteError {
+                            kind: WriteFailure::Rejected,
+                            message: "no observed object to update".into(),
+                            code: None,
+                        }),
+                    }
+                }
+                Op::Delete => match used_rv.as_deref() {
+                    Some(rv) => writer.delete(&name, rv, timeout).await.map(|_| None),
+                    None => Err(WriteError {
+                        kind: WriteFailure::Rejected,
+                        message: "no resourceVersion to delete with".into(),
+                        code: None,
+                    }),
+                },
+            };
+            let _ = tx.send(Done {
+                name,
+                op,
+                sent_at,
+                used_rv,
+                result,
+            });
+        });
+    }
+
+    pub(super) fn on_done(&mut self, d: Done, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.on_result(d, now);
+        self.drain_queue(now);
+    }
+
+    /// Fewer than `max_concurrent_writes` (at least one) writes are in flight.
+    pub(super) fn write_slot_free(&self) -> bool {
+        self.in_flight < self.opts.max_concurrent_writes.max(1)
+    }
+
+    /// Gives free write slots to queued leases, renewals and releases first.
+    pub(super) fn drain_queue(&mut self, now: Instant) {
+        while self.write_slot_free() {
+            let Some(name) = self
+                .queue_urgent
+                .pop_front()
+                .or_else(|| self.queue_rest.pop_front())
+            else {
+                break;
+            };
+            match self.entries.get_mut(&name) {
+                Some(e) => e.queued = false,
+                None => continue,
+            }
+            self.step(&name, now);
+        }
+    }
+
+    pub(super) fn on_result(&mut self, d: Done, now: Instant) {
+        let cfg = self.opts.config.clone();
+        match &d.result {
+            Err(err) if err.kind == WriteFailure::Unreachable => {
+                self.note_unreachable(now, false, &err.message)
+            }
+            // Any answer (also a 409 or a refusal) means the API server is reachable.
+            _ => self.note_reachable(now),
+        }
+        let Some(e) = self.entries.get_mut(&d.name) else {
+            return;
+        };
+        e.in_flight = false;
+        match d.result {
+            Ok(Some(lease)) => {
+                let newer_known = match (
+                    rv_num(lease.metadata.resource_version.as_deref()),
+                    rv_num(
+                        e.observed
+                            .as_ref()
+                            .and_then(|o| o.resource_version.as_deref()),
+                    ),
+                ) {
+                    (Some(new), Some(known)) => known > new,
+                    _ => false,
+                };
+                e.last_failure = None;
+                e.conflict_rv = None;
+                e.retry_after = None;
+                if !matches!(d.op, Op::Update(OpKind::Release | OpKind::Clear)) {
+                    e.released_by_us = false;
+                }
+                if !newer_known {
+                    e.observed = Some(Observed::written(&lease, d.sent_at));
+                    let mut lease = lease;
+                    lease.metadata.managed_fields = None;
+                    e.object = Some(lease);
+                }
+            }
+            Ok(None) => {
+                // Deleted.
+                e.observed = Some(Observed::absent(now));
+                e.object = None;
+                e.last_failure = None;
+            }
+            Err(err) => {
+                match err.kind {
+                    WriteFailure::Conflict => {
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(lease = %d.name, op = ?d.op, error = %err.message, "lease write lost a race");
+                    }
+                    WriteFailure::Unreachable => {
+                        // Counted and logged per outage, not per request.
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(lease = %d.name, op = ?d.op, error = %err.message, "lease write failed: API server unreachable");
+                    }
+                    WriteFailure::Rejected => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(lease = %d.name, op = ?d.op, error = %err.message, "lease write refused");
+                    }
+                }
+                e.last_failure = Some(err.kind);
+                match (err.kind, &d.op) {
+                    (WriteFailure::Conflict, Op::Create) => {
+                        // Exists but our watch has not shown it (yet): wait for it, then retry
+                        // after a lease duration at the latest.
+                        e.retry_after = Some(now + cfg.lease_duration);
+                    }
+                    (WriteFailure::Conflict, _) => {
+                        e.conflict_rv = d.used_rv.clone();
+                        e.retry_after = Some(now + cfg.retry_period);
+                    }
+                    _ => e.retry_after = Some(now + cfg.retry_period),
+                }
+                if d.op == Op::Update(OpKind::Release) {
+                    e.released_by_us = false;
+                }
+            }
+        }
+        self.step(&d.name, now);
+    }
+}
