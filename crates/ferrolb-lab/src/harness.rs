@@ -254,38 +254,15 @@ pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> 
 /// The value of the sample `name{labels...}` in Prometheus text, where every `label="value"` in
 /// `labels` appears in the sample's label set; summed over matching samples.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_part, value) = if let Some(r) = rest.strip_prefix('{') {
-            let Some(end) = r.find('}') else { continue };
-            (&r[..end], r[end + 1..].trim())
-        } else if rest.starts_with(' ') {
-            ("", rest.trim())
-        } else {
-            continue;
-        };
-        if !labels
-            .iter()
-            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
-        {
-            continue;
-        }
-        let Some(v) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        else {
-            continue;
-        };
-        *found.get_or_insert(0.0) += v;
-    }
-    found
+    crate::lab::probe::prom_samples(text, name)
+        .into_iter()
+        .filter(|(have, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| v)
+        .reduce(|a, b| a + b)
 }
 
 /// Arguments of `ferrolb agent` for a test/lab node.

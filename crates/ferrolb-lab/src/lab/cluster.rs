@@ -560,23 +560,8 @@ impl Cluster {
 /// the other labels.
 pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String, f64)> {
     let mut sums: std::collections::BTreeMap<(String, String), f64> = Default::default();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let get = |k: &str| {
-            labels
-                .split("\",")
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
+    for (labels, value) in super::probe::prom_samples(text, "apiserver_request_total") {
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let verb = get("verb").to_ascii_lowercase();
         let verb = match verb.as_str() {
             "put" => "update".to_string(),
@@ -612,27 +597,13 @@ fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> 
 
 /// Parses `ferrolb_apiserver_requests_total{verb="get",resource="leases",client="node1",...} 3`.
 pub fn parse_request_counters(text: &str) -> Vec<(String, String, String, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("ferrolb_apiserver_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let get = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        out.push((get("verb"), get("resource"), get("client"), value));
-    }
-    out
+    super::probe::prom_samples(text, "ferrolb_apiserver_requests_total")
+        .into_iter()
+        .map(|(labels, value)| {
+            let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            (get("verb"), get("resource"), get("client"), value)
+        })
+        .collect()
 }
 
 #[cfg(test)]

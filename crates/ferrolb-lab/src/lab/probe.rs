@@ -16,6 +16,64 @@ pub struct ArpReply {
     pub rtt_ms: f64,
 }
 
+/// The samples of metric `name` in Prometheus text exposition (`name{k="v",...} value`): each
+/// one's labels and value. Label values may hold commas, braces and escaped quotes.
+pub fn prom_samples(
+    text: &str,
+    name: &str,
+) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let rest = if let Some(mut r) = rest.strip_prefix('{') {
+            loop {
+                r = r.trim_start_matches([',', ' ']);
+                if let Some(after) = r.strip_prefix('}') {
+                    break Some(after);
+                }
+                let Some((k, v)) = r.split_once("=\"") else {
+                    break None;
+                };
+                let mut val = String::new();
+                let mut chars = v.char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some((_, 'n')) => val.push('\n'),
+                            Some((_, c)) => val.push(c),
+                            None => break,
+                        },
+                        '"' => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        c => val.push(c),
+                    }
+                }
+                let Some(end) = end else { break None };
+                labels.insert(k.trim().to_string(), val);
+                r = &v[end..];
+            }
+        } else if rest.starts_with(' ') {
+            Some(rest)
+        } else {
+            None // another metric whose name starts with `name`
+        };
+        let Some(value) = rest
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        out.push((labels, value));
+    }
+    out
+}
+
 /// Normalises a MAC to lowercase `aa:bb:cc:dd:ee:ff`.
 pub fn norm_mac(s: &str) -> String {
     s.trim().to_ascii_lowercase()
@@ -238,6 +296,23 @@ pub fn arp_watch(client: &Netns) -> anyhow::Result<Stream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prom_samples_read_labels_with_commas_quotes_and_skip_longer_names() {
+        let text = "# HELP m x\n\
+            m{a=\"1,2\",b=\"say \\\"hi\\\"\",c=\"{x}\"} 3\n\
+            m 4 1700000000\n\
+            m_total{a=\"1\"} 9\n\
+            m{broken 5\n";
+        let v = prom_samples(text, "m");
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[0].0["a"], "1,2");
+        assert_eq!(v[0].0["b"], "say \"hi\"");
+        assert_eq!(v[0].0["c"], "{x}");
+        assert_eq!(v[0].1, 3.0);
+        assert!(v[1].0.is_empty());
+        assert_eq!(v[1].1, 4.0);
+    }
 
     #[test]
     fn arping_lines() {

@@ -1,7 +1,7 @@
 //! The decision type shared by the ARP and NDP codecs (its own file so the fuzz target,
 //! which compiles `arp.rs` and `ndp.rs` by path, can include it too).
 
-/// What to do with a received ARP request or NDP message ([`arp::Verdict`], [`ndp::Verdict`]):
+/// What to do with a received ARP request or NDP message (`arp::Verdict`, `ndp::Verdict`):
 /// `A` is the address family, `F` the frame type, `R` why no answer is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict<A, F, R> {
