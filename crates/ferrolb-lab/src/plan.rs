@@ -526,24 +526,12 @@ fn plan_cluster(
     pol.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for p in pol {
         let name = p.metadata.name.clone().unwrap_or_default();
-        let mut problems = Vec::new();
-        let sel = match Selector::compile_opt(p.spec.service_selector.as_ref()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                problems.push(format!("spec.serviceSelector.{e}"));
-                None
-            }
-        };
-        if let Err(e) = Selector::compile_opt(p.spec.node_selector.as_ref()) {
-            problems.push(format!("spec.nodeSelector.{e}"));
-        }
-        for (i, re) in p.spec.interfaces.iter().enumerate() {
-            if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
-                problems.push(format!(
-                    "spec.interfaces[{i}]: {re:?} is not a valid regex: {e}"
-                ));
-            }
-        }
+        // The agent's own checks (selectors, interface regexes, preferredNodes), not a copy.
+        let problems: Vec<String> = ferrolb::agent::eligibility::policy_problems(&[p])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let sel = Selector::compile_opt(p.spec.service_selector.as_ref()).ok();
         policy_sel.push((name.clone(), sel, p.spec.load_balancer_ips));
         policies.push(PolicyReport { name, problems });
     }

@@ -231,6 +231,24 @@ pub struct L2AnnouncementPolicySpec {
     /// Announce `spec.externalIPs` (default false).
     #[serde(default, rename = "externalIPs")]
     pub external_ips: bool,
+    /// Nodes preferred as announcers. A node's preference is the sum of the weights of the
+    /// entries whose `nodeSelector` selects it (as Kubernetes' preferred node affinity); among
+    /// the nodes this policy lets announce, those with a higher preference go first in every
+    /// address's rendezvous order (ties by the normal rendezvous rank), nodes matching no entry
+    /// are fallbacks. Balancing and rebalancing work within the most preferred nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_nodes: Vec<PreferredNode>,
+}
+
+/// One `spec.preferredNodes[]` entry of an `L2AnnouncementPolicy`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferredNode {
+    /// Added to the preference of every node the selector selects (1–100).
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+    /// Nodes this entry prefers (an empty selector selects every node).
+    pub node_selector: LabelSelector,
 }
 
 fn default_true() -> bool {

@@ -27,6 +27,16 @@
 //!   holder never attracts traffic for a Local Service it would drop. Nodes labelled
 //!   `node.kubernetes.io/exclude-from-external-load-balancers` are never candidates. The list is
 //!   computed from shared objects only (no local state), so every agent ranks the same list.
+//! - **Preferred nodes** (`spec.preferredNodes[] = {weight, nodeSelector}`): a node's preference
+//!   under a policy is the sum of the weights of the entries selecting it (Kubernetes' preferred
+//!   node affinity); for a group, the highest preference any covering policy that lets the node
+//!   announce gives it. Candidates are split into tiers by preference, highest first, nodes with
+//!   preference 0 last (the fallbacks), joined by [`crate::lease::TIER_BREAK`]; the lease ranks
+//!   ([`crate::lease::rendezvous_rank`], [`crate::lease::balanced_assignment`]) put a higher tier
+//!   first and use the rendezvous order within a tier, and balance only within the first tier.
+//!   So a preferred node takes the address while it is alive, a fallback when no preferred node
+//!   is, and the normal rebalancing hands it back when a preferred node returns. The rule lives
+//!   here (who is preferred) and in the rank functions (what tiers mean), nowhere else.
 //! - **Local endpoints** (ETP Local): an EndpointSlice endpoint of the Service
 //!   (`kubernetes.io/service-name` label, same namespace) with `conditions.ready != false` whose
 //!   `nodeName` is the node. Endpoints *without* `nodeName` (Cilium #48799 regressed on these):
@@ -115,8 +125,9 @@ pub struct Group {
     /// The Services served, sorted, without duplicates (a list: usually one, and an agent keeps
     /// a group per address of the cluster — a set's node would cost ≈ 0.5 KiB each).
     pub services: Vec<ServiceRef>,
-    /// Nodes that may hold this group's lease, sorted by name (the rendezvous candidates).
-    /// Shared between groups with the same list.
+    /// Nodes that may hold this group's lease (the rendezvous candidates), sorted by name —
+    /// in preference tiers separated by [`crate::lease::TIER_BREAK`] when a covering policy has
+    /// `preferredNodes`. Shared between groups with the same list.
     pub candidates: Arc<Vec<String>>,
     /// Interfaces this node would announce on (empty when this node is not a candidate).
     /// Shared between groups with the same set.
@@ -171,12 +182,25 @@ pub fn group_key(addresses: &BTreeSet<IpAddr>) -> String {
         .join(",")
 }
 
+/// Every problem of these policies (what [`compute`] reports in [`Desired::problems`], without
+/// needing Services or nodes), sorted. For offline tools such as `ferrolb plan`.
+pub fn policy_problems(policies: &[&L2AnnouncementPolicy]) -> Vec<PolicyProblem> {
+    let mut problems = Vec::new();
+    compile_policies(policies, &mut problems);
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
 /// A policy with its selectors and regexes checked once.
 struct CompiledPolicy<'a> {
     spec: &'a crate::api::L2AnnouncementPolicySpec,
     /// `None` when the selector is invalid (selects nothing).
     service_sel: Option<Selector>,
     node_sel: Option<Selector>,
+    /// `spec.preferredNodes`: (weight, selector) of the valid entries; an invalid one is left out
+    /// (it prefers nobody) and reported.
+    preferred: Vec<(i64, Selector)>,
     /// `None` = no regexes given (all interfaces); `Some(list)` = the valid ones.
     regexes: Option<Vec<Regex>>,
     explicit_service_selector: bool,
@@ -219,6 +243,23 @@ fn compile_policies<'a>(
                 None
             }
         };
+        let mut preferred = Vec::new();
+        for (i, pn) in p.spec.preferred_nodes.iter().enumerate() {
+            if !(1..=100).contains(&pn.weight) {
+                problem(
+                    &format!("spec.preferredNodes[{i}].weight"),
+                    format!("weight {} is outside 1..100; entry ignored", pn.weight),
+                );
+                continue;
+            }
+            match Selector::compile(&pn.node_selector) {
+                Ok(sel) => preferred.push((i64::from(pn.weight), sel)),
+                Err(e) => problem(
+                    &format!("spec.preferredNodes[{i}].nodeSelector"),
+                    format!("{e}; entry ignored"),
+                ),
+            }
+        }
         let regexes = if p.spec.interfaces.is_empty() {
             None
         } else {
@@ -236,6 +277,7 @@ fn compile_policies<'a>(
             explicit_service_selector: service_sel.as_ref().is_some_and(|s| !s.is_everything()),
             service_sel,
             node_sel,
+            preferred,
             regexes,
         });
     }
@@ -248,6 +290,15 @@ impl CompiledPolicy<'_> {
     }
     fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
         self.node_sel.as_ref().is_some_and(|s| s.matches(labels))
+    }
+    /// The node's preference under this policy: the sum of the weights of the
+    /// `preferredNodes` entries selecting it (0 = a fallback).
+    fn preference(&self, labels: &BTreeMap<String, String>) -> i64 {
+        self.preferred
+            .iter()
+            .filter(|(_, sel)| sel.matches(labels))
+            .map(|(w, _)| *w)
+            .sum()
     }
     fn interfaces<'b>(&'b self, eligible: &'b [String]) -> impl Iterator<Item = &'b String> {
         let regexes = self.regexes.as_ref();
@@ -513,6 +564,11 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         .iter()
         .map(|p| nodes.iter().map(|(_, l)| p.selects_node(l)).collect())
         .collect();
+    // Each policy's preference for each node (`spec.preferredNodes`), evaluated once.
+    let preference: Vec<Vec<i64>> = policies
+        .iter()
+        .map(|p| nodes.iter().map(|(_, l)| p.preference(l)).collect())
+        .collect();
     let me = nodes.iter().position(|(n, _)| *n == inputs.node_name);
     let my_ifaces: Vec<BTreeSet<String>> = policies
         .iter()
@@ -574,13 +630,23 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         let candidates = candidate_cache
             .entry(signature)
             .or_insert_with(|| {
-                let mut c: Vec<String> = (0..nodes.len())
-                    .filter(|&ni| node_ok(ni))
-                    .map(|ni| nodes[ni].0.to_string())
-                    .collect();
-                c.sort();
-                c.dedup();
-                Arc::new(c)
+                // Preference tiers: a node's preference is the highest any covering policy that
+                // lets it announce gives it; higher first, 0 (no entry matches) last.
+                let mut tiers: BTreeMap<std::cmp::Reverse<i64>, Vec<String>> = BTreeMap::new();
+                for ni in (0..nodes.len()).filter(|&ni| node_ok(ni)) {
+                    let pref = members
+                        .iter()
+                        .flat_map(|pair| pair.policies.iter())
+                        .filter(|&&pi| selects[pi][ni])
+                        .map(|&pi| preference[pi][ni])
+                        .max()
+                        .unwrap_or(0);
+                    tiers
+                        .entry(std::cmp::Reverse(pref))
+                        .or_default()
+                        .push(nodes[ni].0.to_string());
+                }
+                Arc::new(crate::lease::tiered_candidates(tiers.into_values()))
             })
             .clone();
         let here = me.is_some_and(node_ok);
@@ -720,6 +786,20 @@ mod tests {
         }
         fn interfaces(mut self, res: &[&str]) -> Self {
             self.0.spec.interfaces = res.iter().map(|s| (*s).into()).collect();
+            self
+        }
+        fn prefer(mut self, weight: i32, k: &str, v: &str) -> Self {
+            self.0.spec.preferred_nodes.push(crate::api::PreferredNode {
+                weight,
+                node_selector: eq_selector(k, v),
+            });
+            self
+        }
+        fn prefer_selector(mut self, weight: i32, s: LabelSelector) -> Self {
+            self.0.spec.preferred_nodes.push(crate::api::PreferredNode {
+                weight,
+                node_selector: s,
+            });
             self
         }
         fn lb_ips(mut self, on: bool) -> Self {
@@ -927,6 +1007,116 @@ mod tests {
         let d = w.compute();
         assert!(d.groups[0].eligible_here);
         assert_eq!(d.local().count(), 1);
+    }
+
+    #[test]
+    fn preferred_nodes_form_tiers_by_summed_weight() {
+        use crate::lease::{rendezvous_rank, TIER_BREAK};
+        let d = world("n1")
+            .nodes(vec![
+                node("n1", &[]),
+                node("n2", &[("rack", "a"), ("ssd", "yes")]),
+                node("n3", &[("rack", "a")]),
+                node("n4", &[("ssd", "yes")]),
+                node("n5", &[("rack", "a"), ("ssd", "yes"), ("l2", "no")]),
+            ])
+            .policy(
+                policy("p")
+                    .node_selector(LabelSelector {
+                        match_expressions: Some(vec![LabelSelectorRequirement {
+                            key: "l2".into(),
+                            operator: "DoesNotExist".into(),
+                            values: None,
+                        }]),
+                        ..Default::default()
+                    })
+                    .prefer(10, "rack", "a")
+                    .prefer(50, "ssd", "yes"),
+            )
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        let g = &d.groups[0];
+        // n2: 60; n4: 50; n3: 10; n1: 0 (fallback); n5 is not selected by the policy at all.
+        assert_eq!(
+            g.candidates.as_slice(),
+            ["n2", TIER_BREAK, "n4", TIER_BREAK, "n3", TIER_BREAK, "n1"]
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let lease = crate::lease::lease_name(&g.key);
+        let ranks: Vec<usize> = ["n2", "n4", "n3", "n1"]
+            .iter()
+            .map(|n| rendezvous_rank(&lease, n, &g.candidates))
+            .collect();
+        assert_eq!(ranks, [0, 1, 2, 3]);
+        assert_eq!(rendezvous_rank(&lease, "n5", &g.candidates), 4);
+    }
+
+    #[test]
+    fn preference_is_the_highest_a_covering_policy_gives_and_only_where_it_selects() {
+        use crate::lease::TIER_BREAK;
+        let d = world("n1")
+            .nodes(vec![
+                node("n1", &[("zone", "a")]),
+                node("n2", &[("zone", "b"), (HOSTNAME, "n2")]),
+                node("n3", &[("zone", "b"), ("fast", "yes")]),
+            ])
+            // Policy a lets zone a announce and prefers fast nodes: n3 is not its node, so its
+            // preference does not count for n3.
+            .policy(policy("a").nodes("zone", "a").prefer(100, "fast", "yes"))
+            // Policy b lets zone b announce and prefers n2.
+            .policy(policy("b").nodes("zone", "b").prefer(5, HOSTNAME, "n2"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(
+            d.groups[0].candidates.as_slice(),
+            ["n2", TIER_BREAK, "n1", "n3"]
+        );
+    }
+    const HOSTNAME: &str = "kubernetes.io/hostname";
+
+    #[test]
+    fn without_preferred_nodes_the_candidates_are_one_tier() {
+        let d = world("n1")
+            .policy(policy("p").prefer(10, "nobody", "matches"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn bad_preferred_node_entries_are_reported_by_field_and_ignored() {
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        let d = world("n1")
+            .nodes(vec![node("n1", &[]), node("n2", &[("zone", "a")])])
+            .policy(
+                policy("p")
+                    .prefer_selector(10, bad)
+                    .prefer(0, "zone", "a")
+                    .prefer(7, "zone", "a"),
+            )
+            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .compute();
+        let fields: Vec<&str> = d.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.preferredNodes[0].nodeSelector",
+                "spec.preferredNodes[1].weight"
+            ]
+        );
+        // The valid entry still applies; the node selection is untouched.
+        assert_eq!(
+            d.groups[0].candidates.as_slice(),
+            ["n2", crate::lease::TIER_BREAK, "n1"]
+        );
+        assert!(d.groups[0].eligible_here);
     }
 
     #[test]

@@ -136,28 +136,72 @@ pub fn rendezvous_score(key: &str, node: &str) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Rank of `me` among `nodes` for `key`: 0 = most preferred. Duplicates in `nodes` are ignored;
-/// if `me` is not in `nodes` it ranks after all of them. Ties (astronomically unlikely) break by
-/// node name.
-pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
-    let my = (rendezvous_score(key, me), me);
-    let others: std::collections::BTreeSet<&str> = nodes
-        .iter()
-        .map(String::as_str)
-        .filter(|n| *n != me)
-        .collect();
-    if others.len()
-        == nodes
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    {
-        // `me` is not a candidate: after everyone.
-        return others.len();
+/// Separates preference tiers in a candidate list: `["a", TIER_BREAK, "b", "c"]` prefers `a`
+/// and keeps `b` and `c` as fallbacks. Never a node name (node names are not empty). A list
+/// without it is one tier, which is what every list was before preferred nodes
+/// (`L2AnnouncementPolicy.spec.preferredNodes`); the agent's eligibility builds tiered lists
+/// with [`tiered_candidates`], and every rank below reads them with [`candidate_tiers`].
+pub const TIER_BREAK: &str = "";
+
+/// A candidate list from tiers, most preferred first: empty tiers dropped, each tier sorted by
+/// name and deduplicated, tiers joined by [`TIER_BREAK`].
+pub fn tiered_candidates(tiers: impl IntoIterator<Item = Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for mut tier in tiers {
+        tier.retain(|n| n != TIER_BREAK);
+        tier.sort();
+        tier.dedup();
+        if tier.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(TIER_BREAK.to_string());
+        }
+        out.extend(tier);
     }
-    others
+    out
+}
+
+/// The nodes of a candidate list with their tier (0 = most preferred), in list order, each node
+/// once (its first tier counts). Leading, trailing and repeated breaks are harmless (a list with
+/// some nodes filtered out stays valid).
+pub fn candidate_tiers(list: &[String]) -> Vec<(usize, &str)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut tier = 0;
+    let mut out = Vec::with_capacity(list.len());
+    for n in list {
+        if n == TIER_BREAK {
+            tier += 1;
+        } else if seen.insert(n.as_str()) {
+            out.push((tier, n.as_str()));
+        }
+    }
+    out
+}
+
+/// The order of a node in a lease's candidate list: lower tier first, then higher rendezvous
+/// score, then (ties, astronomically unlikely) the greater name. The one rule every rank uses.
+fn order_key<'a>(
+    key: &str,
+    tier: usize,
+    node: &'a str,
+) -> (usize, std::cmp::Reverse<(u64, &'a str)>) {
+    (tier, std::cmp::Reverse((rendezvous_score(key, node), node)))
+}
+
+/// Rank of `me` among `nodes` for `key`: 0 = most preferred. Nodes of a more preferred tier
+/// ([`TIER_BREAK`]) come first; within a tier, rendezvous order. Duplicates in `nodes` are
+/// ignored; if `me` is not in `nodes` it ranks after all of them.
+pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
+    let tiers = candidate_tiers(nodes);
+    let Some(my_tier) = tiers.iter().find(|(_, n)| *n == me).map(|(t, _)| *t) else {
+        // `me` is not a candidate: after everyone.
+        return tiers.len();
+    };
+    let my = order_key(key, my_tier, me);
+    tiers
         .iter()
-        .filter(|n| (rendezvous_score(key, n), **n) > my)
+        .filter(|(t, n)| *n != me && order_key(key, *t, n) < my)
         .count()
 }
 
@@ -289,7 +333,10 @@ pub fn is_label_value(v: &str) -> bool {
 /// rendezvous order. Every node that knows the same set computes the same assignment, so the
 /// preferred node takes each free lease uncontested and max ÷ mean stays ≈ 1 (≤ ceil(mean) ÷
 /// mean). Nodes that know different sets may disagree; that costs a 409, never correctness.
-/// A lease whose candidate list lacks `me` ranks `me` last (`candidates.len()`); an empty
+/// With preference tiers ([`TIER_BREAK`]) a lease goes to a node of its most preferred tier
+/// (fair shares count only those nodes), and the other tiers follow in their own order: the
+/// balance applies within the preferred nodes, the rest are fallbacks.
+/// A lease whose candidate list lacks `me` ranks `me` last (the number of candidates); an empty
 /// candidate list ranks everyone 0 (no ordering).
 pub fn balanced_ranks<C: AsRef<Vec<String>>>(
     me: &str,
@@ -306,21 +353,27 @@ pub fn balanced_assignment<C: AsRef<Vec<String>>>(
     me: &str,
     leases: &std::collections::BTreeMap<String, C>,
 ) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
-    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::collections::{BTreeMap, HashMap};
     let mut share: HashMap<&str, f64> = HashMap::new();
-    let mut orders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Per lease: every candidate in order, and how many of them are in the most preferred tier
+    // (the only ones the balance chooses from).
+    let mut orders: BTreeMap<&str, (Vec<&str>, usize)> = BTreeMap::new();
     for (name, cands) in leases {
-        let set: BTreeSet<&str> = cands.as_ref().iter().map(String::as_str).collect();
-        if set.is_empty() {
+        let tiers = candidate_tiers(cands.as_ref());
+        let Some(top) = tiers.iter().map(|(t, _)| *t).min() else {
             continue;
-        }
-        let w = 1.0 / set.len() as f64;
-        for n in &set {
+        };
+        let first = tiers.iter().filter(|(t, _)| *t == top).count();
+        let w = 1.0 / first as f64;
+        for (_, n) in tiers.iter().filter(|(t, _)| *t == top) {
             *share.entry(n).or_default() += w;
         }
-        let mut order: Vec<&str> = set.into_iter().collect();
-        order.sort_by_cached_key(|n| std::cmp::Reverse((rendezvous_score(name, n), *n)));
-        orders.insert(name.as_str(), order);
+        let mut order = tiers;
+        order.sort_by_cached_key(|(t, n)| order_key(name, *t, n));
+        orders.insert(
+            name.as_str(),
+            (order.into_iter().map(|(_, n)| n).collect(), first),
+        );
     }
     let cap: HashMap<&str, usize> = share
         .iter()
@@ -328,12 +381,12 @@ pub fn balanced_assignment<C: AsRef<Vec<String>>>(
         .collect();
     let mut load: HashMap<&str, usize> = HashMap::new();
     let mut out = BTreeMap::new();
-    for (name, cands) in leases {
-        let Some(order) = orders.get(name.as_str()) else {
+    for name in leases.keys() {
+        let Some((order, first)) = orders.get(name.as_str()) else {
             out.insert(name.clone(), (0, None));
             continue;
         };
-        let chosen = order
+        let chosen = order[..*first]
             .iter()
             .copied()
             .find(|n| load.get(n).copied().unwrap_or(0) < cap.get(n).copied().unwrap_or(1))
@@ -348,7 +401,7 @@ pub fn balanced_assignment<C: AsRef<Vec<String>>>(
                 .position(|n| *n == me)
             {
                 Some(p) => p + 1,
-                None => cands.as_ref().len(),
+                None => order.len(),
             }
         };
         out.insert(name.clone(), (rank, Some(chosen.to_string())));
@@ -479,6 +532,97 @@ mod tests {
         // Not a candidate: last.
         let r = balanced_ranks("zz", &leases);
         assert!(r.values().all(|v| *v >= 2));
+    }
+
+    #[test]
+    fn tiers_come_before_rendezvous_order() {
+        let nodes: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+        for i in 0..200 {
+            let key = lease_name(&format!("198.51.100.{i}"));
+            // Whatever the plain order, the preferred tier ranks first.
+            let list = tiered_candidates([
+                vec!["n3".to_string()],
+                vec!["n1".to_string(), "n4".to_string()],
+                vec!["n0".to_string(), "n2".to_string()],
+            ]);
+            assert_eq!(rendezvous_rank(&key, "n3", &list), 0);
+            let mut mid: Vec<usize> = ["n1", "n4"]
+                .iter()
+                .map(|n| rendezvous_rank(&key, n, &list))
+                .collect();
+            mid.sort();
+            assert_eq!(mid, [1, 2]);
+            // Within a tier, the plain rendezvous order of that tier decides.
+            let plain = vec!["n1".to_string(), "n4".to_string()];
+            assert_eq!(
+                rendezvous_rank(&key, "n1", &list) - 1,
+                rendezvous_rank(&key, "n1", &plain)
+            );
+            let mut last: Vec<usize> = ["n0", "n2"]
+                .iter()
+                .map(|n| rendezvous_rank(&key, n, &list))
+                .collect();
+            last.sort();
+            assert_eq!(last, [3, 4]);
+            assert_eq!(rendezvous_rank(&key, "stranger", &list), 5);
+            // Without breaks: exactly the plain order.
+            for n in &nodes {
+                let sorted = tiered_candidates([nodes.clone()]);
+                assert_eq!(
+                    rendezvous_rank(&key, n, &sorted),
+                    rendezvous_rank(&key, n, &nodes)
+                );
+            }
+        }
+        // Filtering a node out (the engine leaves out a dead holder) keeps the tiers.
+        let list = tiered_candidates([
+            vec!["a".to_string()],
+            vec!["b".to_string(), "c".to_string()],
+        ]);
+        let without_a: Vec<String> = list.iter().filter(|n| *n != "a").cloned().collect();
+        let mut r: Vec<usize> = ["b", "c"]
+            .iter()
+            .map(|n| rendezvous_rank("k", n, &without_a))
+            .collect();
+        r.sort();
+        assert_eq!(r, [0, 1]);
+        assert_eq!(tiered_candidates([vec![], vec!["x".to_string()]]), ["x"]);
+    }
+
+    #[test]
+    fn balanced_assignment_balances_within_the_preferred_tier() {
+        use std::collections::BTreeMap;
+        // 90 leases: a and b preferred, c a fallback. c never gets one while a and b are
+        // candidates, and a/b split them evenly.
+        let list = tiered_candidates([
+            vec!["a".to_string(), "b".to_string()],
+            vec!["c".to_string()],
+        ]);
+        let leases: BTreeMap<String, Vec<String>> = (0..90)
+            .map(|i| (lease_name(&format!("k{i}")), list.clone()))
+            .collect();
+        let mut load = BTreeMap::new();
+        for me in ["a", "b", "c"] {
+            let r = balanced_ranks(me, &leases);
+            load.insert(me, r.values().filter(|v| **v == 0).count());
+            if me == "c" {
+                assert!(r.values().all(|v| *v == 2), "the fallback ranks last");
+            }
+        }
+        assert_eq!(load, BTreeMap::from([("a", 45), ("b", 45), ("c", 0)]));
+        // Every node computes the same preferred node.
+        let a = balanced_assignment("a", &leases);
+        let c = balanced_assignment("c", &leases);
+        for (k, (_, pref)) in &a {
+            assert_eq!(&c[k].1, pref);
+            assert_ne!(pref.as_deref(), Some("c"));
+        }
+        // Without a (it died: the engine filters it out), b is preferred and c follows.
+        let no_a: Vec<String> = list.iter().filter(|n| *n != "a").cloned().collect();
+        let leases: BTreeMap<String, Vec<String>> =
+            leases.keys().map(|k| (k.clone(), no_a.clone())).collect();
+        assert!(balanced_ranks("b", &leases).values().all(|v| *v == 0));
+        assert!(balanced_ranks("c", &leases).values().all(|v| *v == 1));
     }
 
     #[test]

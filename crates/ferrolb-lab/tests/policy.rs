@@ -1,0 +1,133 @@
+//! `L2AnnouncementPolicy` choices seen on the wire: real agent processes in node namespaces on
+//! one bridge, the API stand-in, and a client namespace that looks with the kernel's own tools
+//! (arping, the neighbour table). Needs root (skips otherwise).
+//!
+//! - `spec.preferredNodes`: a preferred node takes the address while it is alive, a fallback
+//!   when it dies, and the address goes back after the rebalancing delay when it returns.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferrolb_lab::harness::{arping_macs, scenario, wait_until, Cluster};
+use ferrolb_lab::netns;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
+/// The agents' lease duration in these tests (`AgentSpec::new`).
+const LEASE: Duration = Duration::from_secs(2);
+
+fn skip() -> bool {
+    if !netns::is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+/// Polls arping from the client until exactly `node` answers for `ip`.
+fn wait_only(c: &Cluster, ip: &str, node: &str, timeout: Duration) -> anyhow::Result<()> {
+    let mac = c.macs[node].clone();
+    wait_until(
+        &format!("{node} alone to answer for {ip}"),
+        timeout,
+        Duration::from_millis(20),
+        || {
+            let m = arping_macs(c.client(), "eth0", ip, 1).ok()?;
+            (m == BTreeSet::from([mac.clone()])).then_some(())
+        },
+    )
+}
+
+#[test]
+fn a_preferred_node_announces_while_alive_a_fallback_when_it_dies_and_it_gets_it_back(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIP: &str = "198.51.100.40";
+    const REBALANCE: Duration = Duration::from_secs(4);
+    let names = ["n1", "n2", "n3"];
+    // Prefer the node the plain rendezvous order puts LAST, so the test cannot pass by luck.
+    let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let lease = ferrolb::lease::lease_name(VIP);
+    let preferred = *names
+        .iter()
+        .find(|n| ferrolb::lease::rendezvous_rank(&lease, n, &all) == names.len() - 1)
+        .context("a last-ranked node")?;
+    const PREFERRED: &[(&str, &str)] = &[("ferrolb.io/preferred", "yes")];
+    let nodes: Vec<(&str, &[(&str, &str)])> = names
+        .iter()
+        .map(|n| (*n, if *n == preferred { PREFERRED } else { &[] }))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(Path::new(BIN), dir.path(), "po1", &nodes)?;
+    let rebalance = format!("{}s", REBALANCE.as_secs());
+    let flags = ["--rebalance-after", rebalance.as_str()];
+    scenario(&mut c, |c| {
+        c.policy(
+            "preferring",
+            json!({"preferredNodes": [
+                {"weight": 50, "nodeSelector": {"matchLabels": {"ferrolb.io/preferred": "yes"}}}
+            ]}),
+        )?;
+        c.service("web", &[VIP])?;
+        for n in std::iter::once(preferred).chain(names.iter().copied().filter(|n| *n != preferred))
+        {
+            c.start_agent(n, &flags)?;
+        }
+        // The preferred node takes it, and keeps it past the rebalancing delay: without the
+        // preference the load-bounded order would have handed it to another node by then.
+        wait_only(c, VIP, preferred, Duration::from_secs(20))?;
+        std::thread::sleep(REBALANCE + Duration::from_secs(1));
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP, 2)?,
+            BTreeSet::from([c.macs[preferred].clone()]),
+            "the preferred node stopped answering with every agent up"
+        );
+
+        // It dies: a fallback takes over within the lease duration (+ rank wait).
+        c.client_resolve(VIP);
+        let preferred_mac = c.macs[preferred].clone();
+        c.agents.get_mut(preferred).context("agent")?.kill();
+        let fallback_mac = wait_until(
+            "a fallback to take over",
+            LEASE + Duration::from_secs(8),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP).filter(|m| *m != preferred_mac),
+        )?;
+        let took_over = Instant::now();
+        let fallback = c.node_of_mac(&fallback_mac).context("unknown MAC")?;
+        assert_ne!(fallback, preferred);
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP, 2)?,
+            BTreeSet::from([fallback_mac.clone()])
+        );
+
+        // It returns at once: the fallback keeps the address for the rebalancing delay, then
+        // hands it back.
+        c.start_agent(preferred, &flags)?;
+        wait_only(
+            c,
+            VIP,
+            preferred,
+            REBALANCE + LEASE + Duration::from_secs(15),
+        )?;
+        let back_after = took_over.elapsed();
+        eprintln!(
+            "{preferred} preferred: {fallback} took over, {preferred} got it back {back_after:?} later"
+        );
+        // Not before the fallback had held it for the rebalancing delay (1 s margin for the
+        // gratuitous ARP's way to the client and our polling).
+        assert!(
+            back_after + Duration::from_secs(1) >= REBALANCE,
+            "handed back after {back_after:?}, before the rebalancing delay {REBALANCE:?}"
+        );
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP, 2)?,
+            BTreeSet::from([preferred_mac])
+        );
+        Ok(())
+    })
+}
