@@ -1,4 +1,6 @@
-//! `ferrolb convert`: Cilium LB-IPAM / L2 announcement manifests to ferrolb ones.
+//! `ferrolb convert`: Cilium LB-IPAM / L2 announcement manifests and MetalLB (L2) ones to
+//! ferrolb ones. MetalLB `IPAddressPool`s and Service annotations are converted here,
+//! `L2Advertisement`s in [`metallb_l2`] (see its table).
 //!
 //! Reads multi-document YAML (or JSON, or a `kind: List`) and writes the converted objects to
 //! stdout (`-o yaml`, the default, or `-o json` as a `v1` `List`). Everything that could not be
@@ -43,6 +45,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use ferrolb::api;
+
+mod metallb_l2;
 
 /// Command-line flags of this subcommand.
 #[derive(clap::Args, Debug, Clone)]
@@ -108,6 +112,9 @@ pub struct Conversion {
     /// Output objects, in input order.
     pub objects: Vec<Value>,
     pub findings: Vec<Finding>,
+    /// MetalLB `IPAddressPool`s seen so far (name, labels): what an `L2Advertisement`'s pool
+    /// selection is resolved against.
+    pub metallb_pools: Vec<(String, std::collections::BTreeMap<String, String>)>,
 }
 
 impl Conversion {
@@ -144,6 +151,7 @@ pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
 
 /// Converts the documents of one source (`source` names it in findings).
 pub fn convert_documents(source: &str, docs: Vec<Value>, conv: &mut Conversion) {
+    note_metallb_pools(&docs, conv);
     for (i, doc) in docs.into_iter().enumerate() {
         let Value::Object(obj) = doc else {
             conv.findings.push(Finding {
@@ -192,19 +200,16 @@ pub fn convert_documents(source: &str, docs: Vec<Value>, conv: &mut Conversion) 
             ("metallb.io", "IPAddressPool") => {
                 conv.objects.push(convert_metallb_pool(obj, &mut cx));
             }
-            ("metallb.io", "L2Advertisement") => cx.push(
-                Severity::Unconvertible,
-                "",
-                "MetalLB L2Advertisement is not converted yet (ferrolb's L2AnnouncementPolicy \
-                 selects Services, not pools; preferredNodeSelectors has no equivalent yet): \
-                 write an L2AnnouncementPolicy by hand; left out",
-            ),
+            ("metallb.io", "L2Advertisement") => {
+                let policies = metallb_l2::convert(obj, &conv.metallb_pools, &mut cx);
+                conv.objects.extend(policies);
+            }
             ("metallb.io", _) => cx.push(
                 Severity::Unconvertible,
                 "",
                 format!(
                     "{api_version} {kind} has no ferrolb equivalent (ferrolb does not speak BGP; \
-                     only IPAddressPools convert); left out"
+                     only IPAddressPools and L2Advertisements convert); left out"
                 ),
             ),
             ("v1", "Service") if api_version == "v1" => {
@@ -215,9 +220,20 @@ pub fn convert_documents(source: &str, docs: Vec<Value>, conv: &mut Conversion) 
     }
 }
 
+/// Remembers the MetalLB `IPAddressPool`s among `docs` (for `L2Advertisement`s, whichever
+/// document comes first).
+fn note_metallb_pools(docs: &[Value], conv: &mut Conversion) {
+    for p in metallb_l2::pools_of(docs) {
+        if !conv.metallb_pools.iter().any(|(n, _)| *n == p.0) {
+            conv.metallb_pools.push(p);
+        }
+    }
+}
+
 /// Reads and converts the given files (`-` = stdin).
 pub fn convert_files(files: &[PathBuf]) -> anyhow::Result<Conversion> {
     let mut conv = Conversion::default();
+    let mut sources = Vec::new();
     for f in files {
         let (name, text) = if f.as_os_str() == "-" {
             let mut s = String::new();
@@ -229,6 +245,11 @@ pub fn convert_files(files: &[PathBuf]) -> anyhow::Result<Conversion> {
             (f.display().to_string(), s)
         };
         let docs = parse_documents(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // Every file's pools first: an advertisement may come before its pools.
+        note_metallb_pools(&docs, &mut conv);
+        sources.push((name, docs));
+    }
+    for (name, docs) in sources {
         convert_documents(&name, docs, &mut conv);
     }
     Ok(conv)
@@ -672,14 +693,30 @@ fn convert_metallb_pool(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
                                     check_selector(one, &field, cx);
                                     spec.insert(ours.into(), one.clone());
                                 }
-                                _ => cx.push(
-                                    Severity::Unconvertible,
-                                    &field,
-                                    format!(
-                                        "several selectors (ORed in MetalLB) cannot be one {ours}; \
-                                         split the pool or merge them into one selector; left out"
+                                _ => match merge_ored_selectors(sels) {
+                                    Some(merged) => {
+                                        cx.push(
+                                            Severity::Warning,
+                                            &field,
+                                            format!(
+                                                "{} selectors on one label key (ORed in MetalLB) \
+                                                 merged into one {ours} with operator In",
+                                                sels.len()
+                                            ),
+                                        );
+                                        spec.insert(ours.into(), merged);
+                                    }
+                                    None => cx.push(
+                                        Severity::Unconvertible,
+                                        &field,
+                                        format!(
+                                            "several selectors (ORed in MetalLB) cannot be one \
+                                             {ours} (only selectors that each test one value of \
+                                             the same label key merge); split the pool or merge \
+                                             them into one selector; left out"
+                                        ),
                                     ),
-                                ),
+                                },
                             }
                         }
                         _ => cx.push(
@@ -788,6 +825,40 @@ fn convert_block(b: &Value, field: &str, cx: &mut Cx<'_>) -> Option<Value> {
         }
     }
     Some(Value::Object(ordered))
+}
+
+/// ORed selectors that each require one label key to have one of some values (`matchLabels`
+/// with one entry, or one `In` expression), all on the same key, are one selector:
+/// `key In (union of the values)`. Anything else cannot be merged (`None`).
+fn merge_ored_selectors(sels: &[Value]) -> Option<Value> {
+    let mut key: Option<String> = None;
+    let mut values: Vec<String> = Vec::new();
+    for s in sels {
+        let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(s.clone()).ok()?;
+        let labels = sel.match_labels.unwrap_or_default();
+        let exprs = sel.match_expressions.unwrap_or_default();
+        let (k, vs) = match (labels.len(), exprs.as_slice()) {
+            (1, []) => {
+                let (k, v) = labels.into_iter().next()?;
+                (k, vec![v])
+            }
+            (0, [e]) if e.operator == "In" => (e.key.clone(), e.values.clone().unwrap_or_default()),
+            _ => return None,
+        };
+        if key.as_ref().is_some_and(|x| *x != k) {
+            return None;
+        }
+        key = Some(k);
+        for v in vs {
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+    }
+    Some(serde_json::json!({"matchExpressions": [
+        {"key": key?, "operator": "In", "values": values}
+    ]}))
 }
 
 /// Checks that a selector has the LabelSelector shape; reports what the API server would reject.
@@ -1063,15 +1134,47 @@ mod tests {
         ))
         .expect("fixture");
         let c = conv(&text);
-        // L2Advertisement (not yet) and BGPPeer: unconvertible, one line each.
+        // The pool selection of l2-manual and the BGPPeer: unconvertible, one line each.
         let unconv: Vec<&Finding> = c
             .findings
             .iter()
             .filter(|f| f.severity == Severity::Unconvertible)
             .collect();
         assert_eq!(unconv.len(), 2, "{unconv:?}");
-        assert!(unconv[0].object.contains("L2Advertisement/l2"));
+        assert!(unconv[0].object.contains("L2Advertisement/l2-manual"));
+        assert_eq!(unconv[0].field, "spec.ipAddressPools");
+        assert!(
+            unconv[0].message.contains("team-a, gold, default"),
+            "{}",
+            unconv[0].message
+        );
         assert!(unconv[1].object.contains("BGPPeer/tor"));
+        // The advertisements: l2 (two ORed node selectors) → l2-1, l2-2; l2-manual → one.
+        let policies: Vec<api::L2AnnouncementPolicy> = c
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "L2AnnouncementPolicy")
+            .map(|o| serde_json::from_value(o.clone()).expect("a ferrolb policy"))
+            .collect();
+        let names: Vec<&str> = policies
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["l2-1", "l2-2", "l2-manual"]);
+        let refs: Vec<&api::L2AnnouncementPolicy> = policies.iter().collect();
+        assert_eq!(
+            ferrolb::agent::eligibility::policy_problems(&refs),
+            [],
+            "the converted policies pass the agent's checks"
+        );
+        let l2 = &policies[0].spec;
+        assert_eq!(l2.interfaces, ["eth1", "bond0\\.100"]);
+        assert!(l2.load_balancer_ips && !l2.external_ips);
+        assert_eq!(l2.preferred_nodes.len(), 2);
+        assert_eq!(l2.preferred_nodes[0].weight, 50);
+        assert_eq!(policies[1].spec.preferred_nodes, l2.preferred_nodes);
+        assert_ne!(policies[1].spec.node_selector, l2.node_selector);
+        assert!(policies[2].spec.preferred_nodes.is_empty());
         let pools: Vec<api::LoadBalancerIPPool> = c
             .objects
             .iter()
@@ -1088,6 +1191,11 @@ mod tests {
         assert_eq!(gold.blocks[0].stop.as_deref(), Some("198.51.100.79"));
         assert_eq!(gold.allow_first_last_ips, api::YesNo::No, "avoidBuggyIPs");
         assert!(gold.namespace_selector.is_some() && gold.service_selector.is_some());
+        // Two ORed namespaceSelectors on one key: merged into one `In`.
+        let ns_sel = gold.namespace_selector.clone().unwrap();
+        let e = &ns_sel.match_expressions.unwrap()[0];
+        assert_eq!((e.key.as_str(), e.operator.as_str()), ("tier", "In"));
+        assert_eq!(e.values.clone().unwrap(), ["gold", "platinum"]);
         assert_eq!(pools[2].spec.auto_assign, Some(false));
         assert_eq!(pools[2].spec.blocks.len(), 2);
         // Service annotations, both spellings.
@@ -1154,6 +1262,111 @@ mod tests {
             got("team-b", "web"),
             ("Satisfied".into(), vec!["192.0.2.0".into()])
         );
+    }
+
+    #[test]
+    fn l2advertisement_over_every_pool_converts_exactly() {
+        let text = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a, labels: {env: prod}}\nspec: {addresses: [198.51.100.0/28]}\n---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: b}\nspec: {addresses: [198.51.100.16/28]}\n";
+        // Unset pool fields, every pool by name, and a selector with the rest by name: exact.
+        for sel in [
+            "{}",
+            "{ipAddressPools: [a, b]}",
+            "{ipAddressPools: [b], ipAddressPoolSelectors: [{matchLabels: {env: prod}}]}",
+        ] {
+            let c = conv(&format!(
+                "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2}}\nspec: {sel}\n---\n{text}"
+            ));
+            assert!(!c.has_unconvertible(), "{sel}: {:?}", c.findings);
+            let p: api::L2AnnouncementPolicy =
+                serde_json::from_value(c.objects[0].clone()).expect("a policy");
+            assert_eq!(p.metadata.name.as_deref(), Some("l2"));
+            assert!(p.spec.service_selector.is_none() && p.spec.node_selector.is_none());
+        }
+        // A selector leaving b out: reported by field, naming b (the advertisement came first:
+        // pools are resolved across the whole input).
+        let c = conv(&format!(
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2}}\nspec: {{ipAddressPoolSelectors: [{{matchLabels: {{env: prod}}}}]}}\n---\n{text}"
+        ));
+        assert_eq!(
+            fields(&c, Severity::Unconvertible),
+            ["spec.ipAddressPoolSelectors"]
+        );
+        assert!(c.findings.iter().any(|f| f.message.contains("pool(s) b ")));
+    }
+
+    #[test]
+    fn l2advertisement_selectors_interfaces_and_preferences() {
+        let c = conv(
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2, namespace: metallb-system}\nspec:\n  serviceSelectors: [{matchLabels: {app: a}}, {matchLabels: {app: b}}]\n  nodeSelectors: [{matchLabels: {edge: 'true'}}]\n  interfaces: [eth0, 'vlan.10']\n  preferredNodeSelectors:\n  - {weight: 30, preference: {matchLabels: {zone: a}}}\n  - {weight: 0, preference: {matchLabels: {zone: b}}}\n  - {weight: 5}\n  bogus: 1\n",
+        );
+        let policies: Vec<api::L2AnnouncementPolicy> = c
+            .objects
+            .iter()
+            .map(|o| serde_json::from_value(o.clone()).expect("a policy"))
+            .collect();
+        // Two ORed serviceSelectors × one nodeSelector: two policies.
+        assert_eq!(policies.len(), 2);
+        assert_eq!(policies[0].metadata.name.as_deref(), Some("l2-1"));
+        assert_eq!(policies[1].metadata.name.as_deref(), Some("l2-2"));
+        let app = |p: &api::L2AnnouncementPolicy| {
+            p.spec
+                .service_selector
+                .clone()
+                .unwrap()
+                .match_labels
+                .unwrap()["app"]
+                .clone()
+        };
+        assert_eq!(
+            (app(&policies[0]), app(&policies[1])),
+            ("a".into(), "b".into())
+        );
+        for p in &policies {
+            assert_eq!(p.spec.interfaces, ["eth0", "vlan\\.10"]);
+            assert_eq!(p.spec.preferred_nodes.len(), 1, "bad entries left out");
+            assert_eq!(p.spec.preferred_nodes[0].weight, 30);
+            assert!(p.spec.node_selector.is_some());
+        }
+        // The escaped names match exactly that interface (anchored by the agent).
+        let re = ferrolb::agent::eligibility::compile_interface_regex("vlan\\.10").unwrap();
+        assert!(re.is_match("vlan.10") && !re.is_match("vlanx10") && !re.is_match("vlan.100"));
+        let mut unconv = fields(&c, Severity::Unconvertible);
+        unconv.sort();
+        assert_eq!(
+            unconv,
+            [
+                "spec.bogus",
+                "spec.preferredNodeSelectors[1].weight",
+                "spec.preferredNodeSelectors[2]"
+            ]
+        );
+    }
+
+    #[test]
+    fn ored_pool_selectors_merge_only_on_one_key() {
+        let pool = |sels: &str| {
+            conv(&format!(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: p}}\nspec:\n  addresses: [198.51.100.0/28]\n  serviceAllocation:\n    serviceSelectors: {sels}\n"
+            ))
+        };
+        let c = pool("[{matchLabels: {team: a}}, {matchExpressions: [{key: team, operator: In, values: [b, a]}]}]");
+        assert!(!c.has_unconvertible(), "{:?}", c.findings);
+        let p: api::LoadBalancerIPPool = serde_json::from_value(c.objects[0].clone()).unwrap();
+        let e = &p.spec.service_selector.unwrap().match_expressions.unwrap()[0];
+        assert_eq!(e.key, "team");
+        assert_eq!(e.values.clone().unwrap(), ["a", "b"]);
+        for bad in [
+            "[{matchLabels: {team: a}}, {matchLabels: {env: prod}}]",
+            "[{matchLabels: {team: a, env: prod}}, {matchLabels: {team: b}}]",
+            "[{matchLabels: {team: a}}, {matchExpressions: [{key: team, operator: NotIn, values: [b]}]}]",
+        ] {
+            let c = pool(bad);
+            assert_eq!(
+                fields(&c, Severity::Unconvertible),
+                ["spec.serviceAllocation.serviceSelectors"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct ClusterInput {
     pub namespaces: Vec<Namespace>,
     /// Whether MetalLB objects were in the input (converted in memory).
     pub metallb: bool,
+    /// MetalLB `IPAddressPool`s read so far (name, labels), for `L2Advertisement`s that follow.
+    pub metallb_pools: Vec<(String, BTreeMap<String, String>)>,
     /// Notes about ignored documents.
     pub notes: Vec<String>,
 }
@@ -349,8 +351,12 @@ fn add_object(
             // MetalLB manifests are converted in memory (as `ferrolb convert` would), and the
             // MetalLB Service annotations are read as aliases.
             into.metallb = true;
-            let mut conv = crate::convert::Conversion::default();
+            let mut conv = crate::convert::Conversion {
+                metallb_pools: std::mem::take(&mut into.metallb_pools),
+                ..Default::default()
+            };
             crate::convert::convert_documents(&at, vec![v], &mut conv);
+            into.metallb_pools = std::mem::take(&mut conv.metallb_pools);
             for f in &conv.findings {
                 into.notes.push(f.to_string());
             }

@@ -357,9 +357,22 @@ fn metallb_manifests_are_planned_directly() {
         .filter_map(|n| n.as_str())
         .collect();
     assert!(
-        notes.iter().any(|n| n.contains("L2Advertisement/l2")),
+        notes
+            .iter()
+            .any(|n| n.contains("L2Advertisement/l2-manual")),
         "{notes:?}"
     );
+    // The advertisements became policies: every Service is announced by them, and they pass
+    // the agent's own checks.
+    assert_eq!(
+        service(c, "team-b", "web")["announcedBy"],
+        serde_json::json!(["l2-1", "l2-2", "l2-manual"])
+    );
+    let policies = c["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 3);
+    assert!(policies
+        .iter()
+        .all(|p| p["problems"].as_array().unwrap().is_empty()));
     assert!(notes.iter().any(|n| n.contains("BGPPeer/tor")), "{notes:?}");
     let pools = c["pools"].as_array().unwrap();
     assert_eq!(pools.len(), 4);

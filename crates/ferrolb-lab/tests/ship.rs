@@ -927,7 +927,7 @@ fn convert_migration_example_matches_and_reports() {
 }
 
 /// examples/migration/metallb: the MetalLB configuration converts to the committed output,
-/// exits 2 and names the L2Advertisement (not converted yet) and the BGPPeer.
+/// exits 2 and names the pool selection of the L2Advertisement `l2-manual` and the BGPPeer.
 #[test]
 fn convert_metallb_example_matches_and_reports() {
     let out = run(Command::new(BIN).current_dir(root()).args([
@@ -937,8 +937,12 @@ fn convert_metallb_example_matches_and_reports() {
     ]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("L2Advertisement/l2"), "{stderr}");
+    assert!(
+        stderr.contains("L2Advertisement/l2-manual: spec.ipAddressPools"),
+        "{stderr}"
+    );
     assert!(stderr.contains("BGPPeer/tor"), "{stderr}");
+    assert_eq!(stderr.matches("unconvertible:").count(), 2, "{stderr}");
     let want =
         std::fs::read_to_string(root().join("examples/migration/metallb/converted.yaml")).unwrap();
     assert_eq!(
