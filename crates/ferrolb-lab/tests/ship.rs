@@ -627,7 +627,12 @@ fn helm_chart_options_render_valid_objects() {
     let objs = helm_objects(&["charts/ferrolb/ci/all-options-values.yaml"]);
     check_install(&objs, "ferrolb-system");
     let cargs = strs(&container(find(&objs, "Deployment", "ferrolb-controller"))["args"]);
-    for f in ["--log-json", "--no-default-class", "--serve-cilium-class"] {
+    for f in [
+        "--log-json",
+        "--no-default-class",
+        "--serve-cilium-class",
+        "--metallb-annotations",
+    ] {
         assert!(cargs.contains(&f.to_string()), "{f} missing: {cargs:?}");
     }
     assert_eq!(
@@ -664,8 +669,13 @@ fn helm_chart_options_render_valid_objects() {
         regex::Regex::new(re).expect("interface regex compiles");
     }
     assert!(objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
-    // Defaults create neither pools nor policies.
+    // Defaults create neither pools nor policies, and honour no MetalLB annotations.
     let defaults = helm_objects(&[]);
+    let dargs = strs(&container(find(&defaults, "Deployment", "ferrolb-controller"))["args"]);
+    assert!(
+        !dargs.contains(&"--metallb-annotations".to_string()),
+        "{dargs:?}"
+    );
     assert!(!defaults
         .iter()
         .any(|o| o["kind"] == "LoadBalancerIPPool" || o["kind"] == "L2AnnouncementPolicy"));
