@@ -597,8 +597,11 @@ impl Cluster {
             .cloned()
             .unwrap_or_default()
             .into_iter()
+            // Address leases only: not presence leases, not the published interface prefixes.
             .filter(|l| {
-                l["metadata"]["labels"][ferrolb::lease::LABEL_ROLE] != ferrolb::lease::ROLE_PRESENCE
+                let role = &l["metadata"]["labels"][ferrolb::lease::LABEL_ROLE];
+                role != ferrolb::lease::ROLE_PRESENCE
+                    && role != ferrolb::agent::subnets::ROLE_INTERFACES
             })
             .collect())
     }

@@ -4,6 +4,9 @@
 //!
 //! - `spec.preferredNodes`: a preferred node takes the address while it is alive, a fallback
 //!   when it dies, and the address goes back after the rebalancing delay when it returns.
+//! - `spec.subnetAware`: a node whose only selected interface has no prefix containing the VIP
+//!   never stands for it while another node does; an address no node has a prefix for is
+//!   announced anyway, and the policy's `SubnetMatch` condition says so.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -128,6 +131,100 @@ fn a_preferred_node_announces_while_alive_a_fallback_when_it_dies_and_it_gets_it
             arping_macs(c.client(), "eth0", VIP, 2)?,
             BTreeSet::from([preferred_mac])
         );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_node_without_the_vips_subnet_never_stands_for_it_while_another_node_does() -> anyhow::Result<()>
+{
+    if skip() {
+        return Ok(());
+    }
+    // 198.51.100.0/24 is configured on n1's and n2's eth0 only; n3's eth0 has just its
+    // 192.0.2.13/24. n3 is also the preferred node, so without the subnet rule it would take
+    // the address: the test cannot pass by luck.
+    const VIP: &str = "198.51.100.50";
+    // No node has a prefix containing this one: announced through the fallback.
+    const ELSEWHERE: &str = "203.0.113.50";
+    const PREFERRED: &[(&str, &str)] = &[("ferrolb.io/preferred", "yes")];
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "po2",
+        &[("n1", &[]), ("n2", &[]), ("n3", PREFERRED)],
+    )?;
+    scenario(&mut c, |c| {
+        for (n, a) in [("n1", "198.51.100.11/24"), ("n2", "198.51.100.12/24")] {
+            c.node_ns(n).ip(&["addr", "add", a, "dev", "eth0"])?;
+        }
+        c.policy(
+            "subnets",
+            json!({"preferredNodes": [
+                {"weight": 50, "nodeSelector": {"matchLabels": {"ferrolb.io/preferred": "yes"}}}
+            ]}),
+        )?;
+        c.service("web", &[VIP])?;
+        c.service("other", &[ELSEWHERE])?;
+        for n in ["n3", "n1", "n2"] {
+            c.start_agent(n, &[])?;
+        }
+        let n3_mac = c.macs["n3"].clone();
+        // The fallback address is announced (by the preferred n3: every node stands for it).
+        wait_only(c, ELSEWHERE, "n3", Duration::from_secs(20))?;
+        // The VIP: n1 or n2, never n3.
+        let (holder, holder_mac) = wait_until(
+            "n1 or n2 to answer for the VIP",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                let m = arping_macs(c.client(), "eth0", VIP, 1).ok()?;
+                let [mac] = m.into_iter().collect::<Vec<_>>().try_into().ok()?;
+                Some((c.node_of_mac(&mac)?, mac))
+            },
+        )?;
+        assert_ne!(holder, "n3");
+        let macs = arping_macs(c.client(), "eth0", VIP, 3)?;
+        assert_eq!(macs, BTreeSet::from([holder_mac.clone()]));
+
+        // The holder dies: the other subnet node takes over, n3 still does not.
+        c.client_resolve(VIP);
+        c.agents.get_mut(&holder).context("agent")?.kill();
+        let new_mac = wait_until(
+            "the other node on the subnet to take over",
+            LEASE + Duration::from_secs(8),
+            Duration::from_millis(10),
+            || c.client_neighbour(VIP).filter(|m| *m != holder_mac),
+        )?;
+        assert_ne!(
+            new_mac, n3_mac,
+            "n3 took over an address it has no subnet for"
+        );
+        let macs = arping_macs(c.client(), "eth0", VIP, 3)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+
+        // The policy status says which address went through the fallback.
+        let cond = wait_until(
+            "the SubnetMatch condition",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let p = c
+                    .api()
+                    .get("/apis/ferrolb.io/v1alpha1/l2announcementpolicies/subnets")
+                    .ok()?;
+                p["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "SubnetMatch")
+                    .cloned()
+            },
+        )?;
+        assert_eq!(cond["status"], "False", "{cond}");
+        assert_eq!(cond["reason"], "NoNodeOnSubnet");
+        let msg = cond["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(ELSEWHERE) && !msg.contains(VIP), "{msg}");
         Ok(())
     })
 }

@@ -238,6 +238,20 @@ pub struct L2AnnouncementPolicySpec {
     /// are fallbacks. Balancing and rebalancing work within the most preferred nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_nodes: Vec<PreferredNode>,
+    /// Subnet-aware candidacy (default true): a node stands for an address only on selected
+    /// interfaces that carry a prefix containing it (each agent publishes its interfaces'
+    /// prefixes). When no eligible node has such an interface, every eligible node stands as
+    /// without this rule (announcing on interfaces without a containing prefix), and the
+    /// policy's `SubnetMatch` condition says so. `false`: prefixes are not looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_aware: Option<bool>,
+}
+
+impl L2AnnouncementPolicySpec {
+    /// `spec.subnetAware` with its default.
+    pub fn is_subnet_aware(&self) -> bool {
+        self.subnet_aware.unwrap_or(true)
+    }
 }
 
 /// One `spec.preferredNodes[]` entry of an `L2AnnouncementPolicy`.

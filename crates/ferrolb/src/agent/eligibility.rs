@@ -43,6 +43,14 @@
 //!   they count as local when one of their addresses lies in the node's `spec.podCIDRs` /
 //!   `spec.podCIDR` or equals one of the node's `status.addresses`; otherwise they are not local.
 //!   This never claims an endpoint for two nodes as long as pod CIDRs don't overlap.
+//! - **Subnet-aware candidacy** (`spec.subnetAware`, default on): under such a policy a node
+//!   counts for a (Service, address) pair only when one of the node's published interfaces
+//!   ([`Options::node_prefixes`], see [`super::subnets`]) that the policy selects carries a
+//!   prefix containing the address, and this node then announces only on those interfaces. When
+//!   no node passes for a group, the group falls back to the rule without prefixes (every node
+//!   the selectors allow, every selected interface) and the subnet-aware policies covering it
+//!   list its addresses in [`Desired::subnet_fallbacks`] (their `SubnetMatch` condition). Only
+//!   shared data decides, so every agent still computes the same candidate list.
 //! - **Interfaces** (this node only): the union, over the covering policies that select this
 //!   node, of the eligible interfaces their anchored regexes match; a policy without regexes
 //!   takes every eligible interface. A node that would announce on no interface does not contend
@@ -71,12 +79,19 @@ pub const LABEL_EXCLUDE_LB: &str = "node.kubernetes.io/exclude-from-external-loa
 /// EndpointSlice label naming its Service.
 pub const LABEL_SERVICE_NAME_SLICE: &str = "kubernetes.io/service-name";
 
-/// Knobs that are not objects.
+/// Knobs that are not objects, and what agents publish about their nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     /// Treat `io.cilium/l2-announcer` as our own class.
     pub serve_cilium_class: bool,
+    /// Every node's eligible interfaces and their configured prefixes (address/length), as the
+    /// agents publish them ([`super::subnets`]), this node's own included. A node missing here
+    /// has no known prefix. Read only for `spec.subnetAware` policies.
+    pub node_prefixes: NodePrefixes,
 }
+
+/// Node → interface name → prefixes configured on it (`192.0.2.11/24`).
+pub type NodePrefixes = BTreeMap<String, BTreeMap<String, Vec<IpNetwork>>>;
 
 /// Everything [`compute`] looks at. Slices are caches' snapshots; order does not matter.
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +174,10 @@ pub struct Desired {
     pub groups: Vec<Arc<Group>>,
     /// Problems found in policies, sorted.
     pub problems: Vec<PolicyProblem>,
+    /// Subnet-aware policies (`spec.subnetAware`) → the addresses they announce although no
+    /// eligible node has a selected interface with a prefix containing them (the fallback: every
+    /// eligible node stands, as without the rule). For the policy's `SubnetMatch` condition.
+    pub subnet_fallbacks: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 impl Desired {
@@ -301,11 +320,30 @@ impl CompiledPolicy<'_> {
             .sum()
     }
     fn interfaces<'b>(&'b self, eligible: &'b [String]) -> impl Iterator<Item = &'b String> {
-        let regexes = self.regexes.as_ref();
-        eligible.iter().filter(move |name| match regexes {
+        eligible
+            .iter()
+            .filter(move |name| self.selects_interface(name))
+    }
+    fn selects_interface(&self, name: &str) -> bool {
+        match self.regexes.as_ref() {
             None => true,
             Some(list) => list.iter().any(|r| r.is_match(name)),
-        })
+        }
+    }
+    /// The interfaces of `ifaces` (one node's published ones) this policy selects that carry a
+    /// prefix containing `addr`.
+    fn subnet_interfaces<'b>(
+        &'b self,
+        ifaces: Option<&'b BTreeMap<String, Vec<IpNetwork>>>,
+        addr: IpAddr,
+    ) -> impl Iterator<Item = &'b String> {
+        ifaces
+            .into_iter()
+            .flatten()
+            .filter_map(move |(name, nets)| {
+                (self.selects_interface(name) && nets.iter().any(|n| n.contains(addr)))
+                    .then_some(name)
+            })
     }
 }
 
@@ -596,7 +634,20 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         );
     }
 
-    let mut candidate_cache: BTreeMap<Vec<Signature<'_>>, Arc<Vec<String>>> = BTreeMap::new();
+    // Subnet-aware candidacy: does node `ni` have, for policy `pi`, a selected interface with a
+    // prefix containing `addr`? (Policies that are not subnet-aware: always yes.)
+    let node_ifaces: Vec<Option<&BTreeMap<String, Vec<IpNetwork>>>> = nodes
+        .iter()
+        .map(|(n, _)| inputs.options.node_prefixes.get(*n))
+        .collect();
+    let on_subnet = |pi: usize, ni: usize, addr: IpAddr| {
+        let p = &policies[pi];
+        !p.spec.is_subnet_aware() || p.subnet_interfaces(node_ifaces[ni], addr).next().is_some()
+    };
+    let mut subnet_fallbacks: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    // Same (policies, ETP Local Service) signature and same nodes passing: same candidate list.
+    type CandidateKey<'s> = (Vec<Signature<'s>>, Vec<bool>);
+    let mut candidate_cache: BTreeMap<CandidateKey<'_>, Arc<Vec<String>>> = BTreeMap::new();
     let mut interface_cache: BTreeMap<BTreeSet<String>, Arc<BTreeSet<String>>> = BTreeMap::new();
     let mut groups = Vec::with_capacity(grouped.len());
     for members in grouped.values() {
@@ -608,12 +659,54 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         service_refs.sort();
         service_refs.dedup();
         service_refs.shrink_to_fit();
-        let node_ok = |ni: usize| {
+        let loose_ok = |ni: usize| {
             members.iter().all(|pair| {
                 pair.policies.iter().any(|&pi| selects[pi][ni])
                     && local.get(&pair.service).is_none_or(|l| l[ni])
             })
         };
+        let strict_ok = |ni: usize| {
+            members.iter().all(|pair| {
+                pair.policies
+                    .iter()
+                    .any(|&pi| selects[pi][ni] && on_subnet(pi, ni, pair.address))
+                    && local.get(&pair.service).is_none_or(|l| l[ni])
+            })
+        };
+        let aware = members.iter().any(|pair| {
+            pair.policies
+                .iter()
+                .any(|&pi| policies[pi].spec.is_subnet_aware())
+        });
+        // Subnet-aware: the nodes with a containing prefix, if there are any; otherwise (the
+        // fallback) every eligible node, as without the rule.
+        let strict: Vec<bool> = (0..nodes.len())
+            .map(|ni| if aware { strict_ok(ni) } else { loose_ok(ni) })
+            .collect();
+        let fallback = aware && !strict.iter().any(|b| *b);
+        let ok: Vec<bool> = if fallback {
+            (0..nodes.len()).map(loose_ok).collect()
+        } else {
+            strict
+        };
+        if fallback && ok.iter().any(|b| *b) {
+            for pair in members {
+                for &pi in &pair.policies {
+                    if policies[pi].spec.is_subnet_aware() {
+                        let name = inputs.policies[pi]
+                            .metadata
+                            .name
+                            .clone()
+                            .unwrap_or_default();
+                        subnet_fallbacks
+                            .entry(name)
+                            .or_default()
+                            .insert(pair.address);
+                    }
+                }
+            }
+        }
+        let node_ok = |ni: usize| ok[ni];
         // Groups with the same (policies, ETP Local Service) signature have the same candidates:
         // compute and allocate each distinct list once.
         let mut signature: Vec<Signature<'_>> = members
@@ -628,7 +721,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         signature.sort();
         signature.dedup();
         let candidates = candidate_cache
-            .entry(signature)
+            .entry((signature, ok.clone()))
             .or_insert_with(|| {
                 // Preference tiers: a node's preference is the highest any covering policy that
                 // lets it announce gives it; higher first, 0 (no entry matches) last.
@@ -654,7 +747,20 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         if here {
             for pair in members {
                 for &pi in &pair.policies {
-                    interfaces.extend(my_ifaces[pi].iter().cloned());
+                    let Some(m) = me.filter(|&m| selects[pi][m]) else {
+                        continue;
+                    };
+                    if policies[pi].spec.is_subnet_aware() && !fallback {
+                        // Only the selected interfaces whose prefixes contain the address.
+                        interfaces.extend(
+                            policies[pi]
+                                .subnet_interfaces(node_ifaces[m], pair.address)
+                                .filter(|i| my_ifaces[pi].contains(*i))
+                                .cloned(),
+                        );
+                    } else {
+                        interfaces.extend(my_ifaces[pi].iter().cloned());
+                    }
                 }
             }
         }
@@ -675,7 +781,11 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     groups.sort_by(|a, b| a.key.cmp(&b.key));
     problems.sort();
     problems.dedup();
-    Desired { groups, problems }
+    Desired {
+        groups,
+        problems,
+        subnet_fallbacks,
+    }
 }
 
 #[cfg(test)]
@@ -1117,6 +1227,90 @@ mod tests {
             ["n2", crate::lease::TIER_BREAK, "n1"]
         );
         assert!(d.groups[0].eligible_here);
+    }
+
+    /// Published prefixes: (node, interface, prefixes).
+    fn prefixes(entries: &[(&str, &str, &[&str])]) -> NodePrefixes {
+        let mut out = NodePrefixes::new();
+        for (n, i, nets) in entries {
+            out.entry(n.to_string()).or_default().insert(
+                i.to_string(),
+                nets.iter().map(|x| x.parse().unwrap()).collect(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn subnet_aware_only_nodes_with_a_containing_prefix_stand() {
+        let mut w = world("n3")
+            .interfaces(&["eth0"])
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]));
+        w.options.node_prefixes = prefixes(&[
+            ("n1", "eth0", &["198.51.100.11/24", "2001:db8:1::11/64"]),
+            ("n2", "eth0", &["198.51.100.12/24"]),
+            ("n3", "eth0", &["192.0.2.13/24"]),
+        ]);
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
+        assert!(!d.groups[0].eligible_here, "n3 has no containing prefix");
+        assert!(d.subnet_fallbacks.is_empty());
+        w.me = "n1".into();
+        let d = w.compute();
+        assert!(d.groups[0].eligible_here);
+        assert_eq!(*d.groups[0].interfaces, set(&["eth0"]));
+        // Switched off: prefixes are not looked at.
+        w.policies[0].spec.subnet_aware = Some(false);
+        w.me = "n3".into();
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
+        assert!(d.groups[0].eligible_here);
+    }
+
+    #[test]
+    fn subnet_aware_announces_only_on_the_interfaces_with_the_prefix() {
+        let mut w = world("n1")
+            .interfaces(&["eth0", "eth1", "eth2"])
+            .policy(policy("p").interfaces(&["eth[01]"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]));
+        w.options.node_prefixes = prefixes(&[
+            ("n1", "eth0", &["192.0.2.11/24"]),
+            ("n1", "eth1", &["198.51.100.11/24"]),
+            // Not selected by the policy: does not count.
+            ("n2", "eth2", &["198.51.100.12/24"]),
+        ]);
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1"]);
+        assert_eq!(*d.groups[0].interfaces, set(&["eth1"]));
+    }
+
+    #[test]
+    fn subnet_aware_falls_back_when_no_node_has_the_prefix_and_says_so() {
+        let mut w = world("n2")
+            .interfaces(&["eth0"])
+            .policy(policy("p"))
+            .policy(policy("off").services("app", "other"))
+            .service(svc("default", "web").lb(&["198.51.100.10", "2001:db8:100::10"]))
+            .service(svc("default", "db").lb(&["198.51.100.20"]));
+        w.options.node_prefixes = prefixes(&[
+            ("n1", "eth0", &["192.0.2.11/24", "2001:db8:100::11/64"]),
+            ("n2", "eth0", &["192.0.2.12/24"]),
+        ]);
+        let d = w.compute();
+        // web: n1 has the IPv6 prefix but not the IPv4 one: no node has both → fallback.
+        // db: nobody → fallback. Every node stands, on every selected interface.
+        for g in &d.groups {
+            assert_eq!(g.candidates.as_slice(), ["n1", "n2", "n3"], "{}", g.key);
+            assert!(g.eligible_here);
+            assert_eq!(*g.interfaces, set(&["eth0"]));
+        }
+        let want: BTreeSet<IpAddr> = ["198.51.100.10", "198.51.100.20", "2001:db8:100::10"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(d.subnet_fallbacks.len(), 1, "only the policy covering them");
+        assert_eq!(d.subnet_fallbacks["p"], want);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod holdings;
 pub mod metrics;
 pub mod report;
 pub mod run;
+pub mod subnets;
 pub mod trim;
 
 use std::net::SocketAddr;

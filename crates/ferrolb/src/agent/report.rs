@@ -126,6 +126,68 @@ pub fn policy_condition(
     }
 }
 
+/// Condition type on `L2AnnouncementPolicy` status: subnet-aware candidacy held for every
+/// address (`True`), or some were announced through the fallback (`False`, reason
+/// [`REASON_NO_NODE_ON_SUBNET`], the message lists them).
+pub const COND_SUBNET_MATCH: &str = "SubnetMatch";
+/// `SubnetMatch` reason when no eligible node has a selected interface whose prefix contains
+/// some of the policy's addresses.
+pub const REASON_NO_NODE_ON_SUBNET: &str = "NoNodeOnSubnet";
+
+/// The `SubnetMatch` condition a policy should carry; `fallbacks` = its addresses announced
+/// without a containing prefix (see `eligibility::Desired::subnet_fallbacks`).
+pub fn subnet_condition(
+    policy: &L2AnnouncementPolicy,
+    fallbacks: Option<&BTreeSet<IpAddr>>,
+    now: jiff::Timestamp,
+) -> Condition {
+    let (status, reason, message) = match fallbacks.filter(|f| !f.is_empty()) {
+        _ if !policy.spec.is_subnet_aware() => (
+            "True",
+            "NotSubnetAware",
+            "spec.subnetAware is false: interface prefixes are not looked at".to_string(),
+        ),
+        None => (
+            "True",
+            "OnSubnet",
+            "addresses are announced only from nodes with a selected interface whose prefix \
+             contains them"
+                .to_string(),
+        ),
+        Some(f) => {
+            let mut list: Vec<String> = f.iter().take(20).map(IpAddr::to_string).collect();
+            if f.len() > 20 {
+                list.push(format!("and {} more", f.len() - 20));
+            }
+            (
+                "False",
+                REASON_NO_NODE_ON_SUBNET,
+                format!(
+                    "no eligible node has a selected interface with a prefix containing {}: \
+                     announced from every eligible node (without an address on the interface)",
+                    list.join(", ")
+                ),
+            )
+        }
+    };
+    let previous = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == COND_SUBNET_MATCH));
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: COND_SUBNET_MATCH.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: policy.metadata.generation,
+        last_transition_time,
+    }
+}
+
 /// Whether the policy's status already says `cond` (ignoring lastTransitionTime).
 pub fn condition_current(policy: &L2AnnouncementPolicy, cond: &Condition) -> bool {
     policy.status.as_ref().is_some_and(|s| {

@@ -104,6 +104,8 @@ struct Caches {
     services: Store<Service>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
+    /// Every node's published interface prefixes ([`super::subnets`]).
+    prefixes: Store<k8s_openapi::api::coordination::v1::Lease>,
 }
 
 impl Caches {
@@ -112,6 +114,7 @@ impl Caches {
         self.services.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
+        self.prefixes.wait_until_ready().await?;
         Ok(())
     }
 }
@@ -148,6 +151,8 @@ struct Agent {
     options: Options,
     node_regexes: Vec<regex::Regex>,
     interfaces: Vec<String>,
+    /// This node's interface prefixes, published for subnet-aware candidacy.
+    subnets: super::subnets::Publisher,
     holdings: Holdings,
     /// lease name → group key, for the groups given to the engine.
     names: BTreeMap<String, String>,
@@ -197,6 +202,11 @@ impl Agent {
             warn!(node = %self.args.node_name, "no Node object with this name: announcing nothing");
         }
         self.warned_no_node = !own_node_known;
+        self.options.node_prefixes = super::subnets::node_prefixes(
+            &self.caches.prefixes.state(),
+            &self.args.node_name,
+            self.subnets.local(),
+        );
         let desired = eligibility::compute(&eligibility::Inputs {
             node_name: &self.args.node_name,
             policies: &p,
@@ -271,8 +281,11 @@ impl Agent {
                 continue;
             }
             let problems: Vec<_> = desired.problems_of(name).collect();
-            let cond = report::policy_condition(p, &problems, now);
-            if report::condition_current(p, &cond) {
+            let conds = [
+                report::policy_condition(p, &problems, now),
+                report::subnet_condition(p, desired.subnet_fallbacks.get(name), now),
+            ];
+            if conds.iter().all(|c| report::condition_current(p, c)) {
                 continue;
             }
             let rv = p.metadata.resource_version.clone().unwrap_or_default();
@@ -285,7 +298,9 @@ impl Agent {
                 }
                 written.insert(name.to_string(), rv);
             }
-            let updated = report::with_condition(p, cond);
+            let updated = conds
+                .into_iter()
+                .fold((*p).clone(), |u, c| report::with_condition(&u, c));
             let client = self.client.clone();
             let metrics = self.metrics.clone();
             let written = self.status_written.clone();
@@ -500,12 +515,24 @@ pub async fn run(args: Args) -> crate::CmdResult {
         metrics.clone(),
         "endpointslices",
     );
-    let watch_tasks = [t1, t2, t3, t4];
+    let (prefixes, t5) = reflect(
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            client.clone(),
+            &args.lease_namespace,
+        ),
+        watcher::Config::default().labels(super::subnets::SELECTOR),
+        super::subnets::trim,
+        notify.clone(),
+        metrics.clone(),
+        "leases_interfaces",
+    );
+    let watch_tasks = [t1, t2, t3, t4, t5];
     let caches = Caches {
         policies,
         services,
         nodes,
         slices,
+        prefixes,
     };
 
     let (leases, mut lease_events) = LeaseSet::start(client.clone(), engine_options);
@@ -518,8 +545,15 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut agent = Agent {
         options: Options {
             serve_cilium_class: args.serve_cilium_class,
+            ..Default::default()
         },
         interfaces: eligible_interface_names(&node_regexes),
+        subnets: super::subnets::Publisher::start(
+            client.clone(),
+            &args.lease_namespace,
+            &args.node_name,
+            &eligible_interface_names(&node_regexes),
+        ),
         node_regexes,
         holdings: Holdings::new(args.sticky()),
         names: BTreeMap::new(),
@@ -617,9 +651,12 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     continue;
                 }
                 let ifaces = eligible_interface_names(&agent.node_regexes);
+                let prefixes_changed = agent.subnets.refresh(&ifaces);
                 if ifaces != agent.interfaces {
                     info!(interfaces = ?ifaces, "eligible interfaces changed");
                     agent.interfaces = ifaces;
+                    agent.recompute();
+                } else if prefixes_changed {
                     agent.recompute();
                 }
             }
@@ -633,7 +670,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
 /// Stop answering, release every lease, exit 0.
 async fn shutdown(
     mut agent: Agent,
-    watch_tasks: [tokio::task::JoinHandle<()>; 4],
+    watch_tasks: [tokio::task::JoinHandle<()>; 5],
 ) -> crate::CmdResult {
     agent.holdings.clear();
     agent.announcer.set_held(BTreeMap::new());
