@@ -4,6 +4,7 @@
 //! figures in the README (`--measure`).
 
 pub mod cluster;
+pub mod coldstart;
 pub mod echo;
 pub mod probe;
 pub mod procs;
@@ -125,6 +126,8 @@ pub struct Measurements {
     pub all_held_after_s: Option<f64>,
     pub arp_ours_median_ms: f64,
     pub arp_kernel_median_ms: f64,
+    /// The controller's cold start with the load Services (see `lab::coldstart`).
+    pub controller: coldstart::Figures,
 }
 
 /// Narration: to stderr with --json (stdout stays machine-readable), else stdout.
@@ -646,6 +649,7 @@ async fn measure(
     let all: Vec<usize> = (0..args.nodes).collect();
     // IPv6 SingleStack: the lab's /64 has room for any S (its IPv4 pool has 241 addresses).
     // Created 16 at a time (one at a time, 10k Services took longer than the run's budget).
+    let track = coldstart::Tracker::start(c, "default", "load-", s.saturating_sub(have)).await?;
     let started = Instant::now();
     let cl: &Cluster = c;
     futures::stream::iter(have..s)
@@ -670,18 +674,11 @@ async fn measure(
         s.saturating_sub(have),
         started.elapsed().as_secs_f64()
     ));
-    for i in have..s {
-        c.wait_ingress(
-            "default",
-            &format!("load-{}", i + 1),
-            Duration::from_secs(120),
-        )
-        .await?;
-    }
-    say.line(format!(
-        "      all {s} Services have their address {:.1} s after the first create",
-        started.elapsed().as_secs_f64()
-    ));
+    m.controller = track
+        .wait(started, Duration::from_secs(120 + s as u64 / 50))
+        .await;
+    m.controller.controller_peak_rss_kib = coldstart::controller_peak_rss(c);
+    say.line(coldstart::summary(&m.controller));
     // Every address has a lease of its own: wait until the agents hold all of them (their own
     // gauges), so memory is taken with every address announced somewhere.
     let held_wait = Duration::from_secs(120 + s as u64 / 10);

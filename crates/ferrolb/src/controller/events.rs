@@ -147,14 +147,19 @@ impl Recorder {
 
     /// Creates one Event about `regarding`.
     pub async fn publish(&self, regarding: &ObjectReference, spec: &EventSpec) -> Result<()> {
+        self.publish_at(regarding, spec, jiff::Timestamp::now())
+            .await
+    }
+
+    /// Creates one Event about `regarding` that happened at `at` (its `eventTime`).
+    pub async fn publish_at(
+        &self,
+        regarding: &ObjectReference,
+        spec: &EventSpec,
+        at: jiff::Timestamp,
+    ) -> Result<()> {
         let unique = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ev = build_event(
-            regarding,
-            spec,
-            &self.instance,
-            jiff::Timestamp::now(),
-            unique,
-        );
+        let ev = build_event(regarding, spec, &self.instance, at, unique);
         let ns = ev.metadata.namespace.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         api.create(&PostParams::default(), &ev).await?;

@@ -49,10 +49,12 @@
 //!   lease is lost can still land; the next leader's resourceVersion preconditions catch it
 //!   (409, re-read) but cannot undo it. Requests are not fenced by a lease token.
 
+pub mod cache;
 pub mod error;
 pub mod events;
 pub mod leadership;
 pub mod metrics;
+pub mod outbox;
 pub mod runner;
 pub mod state;
 pub mod status;

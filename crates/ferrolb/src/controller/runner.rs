@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -15,8 +15,9 @@ use kube::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{EventSpec, Recorder};
-use super::state::{PoolWrite, ServiceKey, ServiceWrite, State};
+use super::events::Recorder;
+use super::outbox::Outbox;
+use super::state::{CachedService, Options, PoolWrite, ServiceKey, ServiceWrite, State};
 use super::{Error, Metrics, Result};
 use crate::api::LoadBalancerIPPool;
 use crate::telemetry::Health;
@@ -122,13 +123,14 @@ impl Context {
 type WatchStream<K> =
     Pin<Box<dyn Stream<Item = std::result::Result<Event<K>, watcher::Error>> + Send>>;
 
-/// The watches, with the buffers that make a (re)list atomic.
+/// The watches, with the buffers that make a (re)list atomic. Services are narrowed to what
+/// the controller keeps ([`CachedService`]) as they arrive, before anything is buffered.
 struct Feeds {
-    services: WatchStream<Service>,
+    services: WatchStream<CachedService>,
     pools: WatchStream<LoadBalancerIPPool>,
     /// Namespaces, for their labels (pools' `spec.namespaceSelector`).
     namespaces: WatchStream<Namespace>,
-    svc_init: InitialList<Service>,
+    svc_init: InitialList<CachedService>,
     pool_init: InitialList<LoadBalancerIPPool>,
     ns_init: InitialList<Namespace>,
 }
@@ -175,13 +177,25 @@ impl<K> InitialList<K> {
     }
 }
 
+/// A watch event with its object narrowed by `f`.
+fn map_event<K, T>(ev: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
+    match ev {
+        Event::Apply(k) => Event::Apply(f(k)),
+        Event::Delete(k) => Event::Delete(f(k)),
+        Event::Init => Event::Init,
+        Event::InitApply(k) => Event::InitApply(f(k)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 impl Feeds {
-    fn start(client: &Client) -> Self {
+    fn start(client: &Client, opts: Options) -> Self {
         let services = watcher::watcher(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
         )
         .default_backoff()
+        .map_ok(move |ev| map_event(ev, |s| opts.cache(s)))
         .boxed();
         let pools = watcher::watcher(
             Api::<LoadBalancerIPPool>::all(client.clone()),
@@ -291,8 +305,11 @@ impl Controller {
             serve_cilium_class: cfg.serve_cilium_class,
             metallb_annotations: cfg.metallb_annotations,
         });
-        let recorder = Recorder::new(ctx.client.clone(), &cfg.identity);
-        let mut feeds = Feeds::start(&ctx.client);
+        let outbox = Outbox::start(
+            Recorder::new(ctx.client.clone(), &cfg.identity),
+            ctx.metrics.clone(),
+        );
+        let mut feeds = Feeds::start(&ctx.client, *state.options());
         let mut retries = Retries::default();
         let mut leading = false;
         let mut pool_due: Option<Instant> = None;
@@ -315,7 +332,7 @@ impl Controller {
                     // Rebuild from fresh lists (a consistent read), never from a cache that may
                     // not yet show the previous leader's last writes.
                     tracing::info!("became leader: relisting Services and pools before any write");
-                    feeds = Feeds::start(&ctx.client);
+                    feeds = Feeds::start(&ctx.client, *state.options());
                 } else {
                     tracing::warn!("not the leader (any more): writes stopped");
                 }
@@ -325,12 +342,12 @@ impl Controller {
                 tracing::info!(services = n, "state rebuilt: existing allocations adopted");
             }
             if leading && state.is_active() {
-                flush_services(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                flush_services(&ctx, &mut state, &outbox, &election, &mut retries).await;
                 if state.has_dirty_pools() {
                     let due = *pool_due.get_or_insert_with(|| Instant::now() + POOL_DEBOUNCE);
                     if due <= Instant::now() {
                         pool_due = None;
-                        flush_pools(&ctx, &mut state, &recorder, &election, &mut retries).await;
+                        flush_pools(&ctx, &mut state, &outbox, &election, &mut retries).await;
                     }
                 }
             } else {
@@ -391,6 +408,8 @@ impl Controller {
         }
         ctx.metrics.is_leader.set(0);
         election.shutdown().await;
+        // Events of writes that landed are still published (bounded wait).
+        outbox.close(Duration::from_secs(5)).await;
         Ok(())
     }
 }
@@ -402,7 +421,7 @@ fn on_services_item(
     ctx: &Context,
     state: &mut State,
     feeds: &mut Feeds,
-    item: Option<std::result::Result<Event<Service>, watcher::Error>>,
+    item: Option<std::result::Result<Event<CachedService>, watcher::Error>>,
 ) -> Result<bool> {
     match item {
         Some(Ok(ev)) => {
@@ -418,7 +437,7 @@ fn on_services_item(
     }
 }
 
-fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<Service>) {
+fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<CachedService>) {
     match feeds.svc_init.take(ev) {
         Some(Change::Replace(list)) => state.replace_services(list),
         Some(Change::Apply(s)) => state.service_event(s),
@@ -475,12 +494,13 @@ const MAX_EVENTS_PER_ROUND: usize = 1000;
 const SERVICE_WRITE_CONCURRENCY: usize = 16;
 
 /// Performs every Service write the state machine asks for, while (and only while) leading.
-/// Writes (each followed by its Events) run [`SERVICE_WRITE_CONCURRENCY`] at a time; their
-/// results are applied to the state one by one, in completion order.
+/// Writes run [`SERVICE_WRITE_CONCURRENCY`] at a time; their results are applied to the state
+/// one by one, in completion order, and the Events of each write that landed go to the
+/// [`Outbox`] (published by a task of their own, off this path).
 async fn flush_services(
     ctx: &Context,
     state: &mut State,
-    recorder: &Recorder,
+    outbox: &Outbox,
     election: &super::leadership::Leadership,
     retries: &mut Retries,
 ) {
@@ -509,22 +529,17 @@ async fn flush_services(
             let based_on = state.service_rv(&key);
             batch.push((key, w, based_on));
         }
-        let mut writes = futures::stream::iter(batch.into_iter().map(|(key, w, based_on)| async move {
-            // Stop launching writes once leadership is gone (those in flight carry their
-            // resourceVersion precondition).
-            if !election.is_leader() || ctx.shutdown.is_cancelled() {
-                return (key, w, based_on, None);
-            }
-            let result = write_service(ctx, &w).await;
-            if result.is_ok() {
-                publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
-                    tracing::warn!(error = %e, service = %w.key, reason = ev.reason, "could not publish Event");
-                })
-                .await;
-            }
-            (key, w, based_on, Some(result))
-        }))
-        .buffer_unordered(SERVICE_WRITE_CONCURRENCY);
+        let mut writes =
+            futures::stream::iter(batch.into_iter().map(|(key, w, based_on)| async move {
+                // Stop launching writes once leadership is gone (those in flight carry their
+                // resourceVersion precondition).
+                if !election.is_leader() || ctx.shutdown.is_cancelled() {
+                    return (key, w, based_on, None);
+                }
+                let result = write_service(ctx, &w).await;
+                (key, w, based_on, Some(result))
+            }))
+            .buffer_unordered(SERVICE_WRITE_CONCURRENCY);
         while let Some((key, w, based_on, result)) = writes.next().await {
             let Some(result) = result else {
                 state.mark_service_dirty(key);
@@ -532,6 +547,7 @@ async fn flush_services(
             };
             match result {
                 Ok(updated) => {
+                    outbox.push(&w.regarding, &w.events);
                     retries.services.remove(&key);
                     ctx.metrics.write("services", "ok");
                     ctx.metrics.allocations.inc_by(w.added.len() as u64);
@@ -547,6 +563,7 @@ async fn flush_services(
                         based_on.as_deref(),
                         updated.metadata.resource_version.as_deref(),
                     );
+                    let updated = state.options().cache(updated);
                     state.apply_service(updated);
                     // The server's answer must show what we wrote; if it does not (a field the
                     // server drops or rewrites), don't write again and again: say so instead.
@@ -576,7 +593,7 @@ async fn flush_services(
 async fn flush_pools(
     ctx: &Context,
     state: &mut State,
-    recorder: &Recorder,
+    outbox: &Outbox,
     election: &super::leadership::Leadership,
     retries: &mut Retries,
 ) {
@@ -614,10 +631,7 @@ async fn flush_pools(
                         count_error(ctx, "status_not_converging");
                         tracing::error!(pool = %name, "pool status still differs right after a successful write; not retrying until the pool changes");
                     }
-                    publish_events(ctx, recorder, &w.regarding, &w.events, |e, ev| {
-                        tracing::warn!(error = %e, pool = %name, reason = ev.reason, "could not publish Event");
-                    })
-                    .await;
+                    outbox.push(&w.regarding, &w.events);
                 }
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     ctx.metrics.write("loadbalancerippools", "conflict");
@@ -640,24 +654,6 @@ fn count_error(ctx: &Context, kind: &str) {
         .reconcile_errors
         .with_label_values(&[kind])
         .inc();
-}
-
-/// Publishes the Events one write asks for, counting each outcome; `on_error` logs a failure.
-async fn publish_events(
-    ctx: &Context,
-    recorder: &Recorder,
-    regarding: &ObjectReference,
-    events: &[EventSpec],
-    on_error: impl Fn(&Error, &EventSpec),
-) {
-    for ev in events {
-        if let Err(e) = recorder.publish(regarding, ev).await {
-            ctx.metrics.write("events", "error");
-            on_error(&e, ev);
-        } else {
-            ctx.metrics.write("events", "ok");
-        }
-    }
 }
 
 /// Patch parameters of the status writes (field manager derived from the controller name).
@@ -700,6 +696,7 @@ async fn refetch_service(
                 cached.as_deref(),
                 svc.metadata.resource_version.as_deref(),
             );
+            let svc = state.options().cache(svc);
             state.apply_service(svc);
             state.mark_service_dirty(key.clone());
         }

@@ -14,20 +14,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+pub use super::cache::CachedService;
 use super::events::{action, reason, EventSpec, EventType};
-use super::status::{
-    has_our_condition, ingress_ips, merge_conditions, now_time, service_patch, CondWant,
-    ServiceTarget,
-};
+use super::status::{merge_conditions, now_time, status_patch, CondWant, ServiceTarget};
 use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
 use crate::ipam::{
-    is_ours, Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
+    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
     COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
 };
 
@@ -45,7 +45,8 @@ pub struct Options {
 }
 
 impl Options {
-    fn class(&self) -> ClassOptions {
+    /// The allocator's class options.
+    pub fn class(&self) -> ClassOptions {
         ClassOptions {
             default_class: self.default_class,
             cilium_class: self.serve_cilium_class,
@@ -53,8 +54,9 @@ impl Options {
         }
     }
 
-    fn req(&self, svc: &Service) -> ServiceReq {
-        ServiceReq::from_service_with(svc, &self.class())
+    /// What the controller keeps of a Service (see [`CachedService`]).
+    pub fn cache(&self, svc: k8s_openapi::api::core::v1::Service) -> CachedService {
+        CachedService::new(svc, self)
     }
 }
 
@@ -97,16 +99,34 @@ struct Active {
     defs: BTreeMap<String, PoolDef>,
     /// Inputs each pool definition was built from (spec, creation, generation).
     pool_inputs: BTreeMap<String, Value>,
-    /// The request each of our Services was last ensured with.
-    reqs: BTreeMap<ServiceKey, ServiceReq>,
+    /// The request each of our Services was last ensured with (shared with the cache).
+    reqs: BTreeMap<ServiceKey, Arc<ServiceReq>>,
     /// Addresses we put on Services that left our class, until the clearing write lands.
     to_clear: BTreeMap<ServiceKey, BTreeSet<IpAddr>>,
+    /// Our Services whose request is not satisfied: built once on activation, then kept up to
+    /// date from the allocator's changed lists (every outcome change is reported there), so
+    /// retrying them after a change costs what is waiting, not every Service.
+    unsatisfied: BTreeSet<ServiceKey>,
+}
+
+impl Active {
+    /// Updates [`Active::unsatisfied`] for Services whose outcome changed (or that were
+    /// released).
+    fn note_outcomes(&mut self, keys: &[ServiceKey]) {
+        for k in keys {
+            if self.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()) {
+                self.unsatisfied.insert(k.clone());
+            } else {
+                self.unsatisfied.remove(k);
+            }
+        }
+    }
 }
 
 /// The state machine. See the module docs.
 pub struct State {
     opts: Options,
-    services: BTreeMap<ServiceKey, Service>,
+    services: BTreeMap<ServiceKey, CachedService>,
     pools: BTreeMap<String, LoadBalancerIPPool>,
     /// Labels of every Namespace (for pools' `spec.namespaceSelector`).
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
@@ -132,13 +152,6 @@ fn pool_inputs(p: &LoadBalancerIPPool) -> Value {
         "generation": p.metadata.generation,
         "uid": p.metadata.uid,
     })
-}
-
-fn creation_order(s: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
-    (
-        s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        ServiceKey::of(s),
-    )
 }
 
 impl State {
@@ -168,8 +181,9 @@ impl State {
         self.dirty_pools.clear();
     }
 
-    fn is_ours(&self, svc: &Service) -> bool {
-        is_ours(svc, &self.opts.class())
+    /// The options the cache entries are built with.
+    pub fn options(&self) -> &Options {
+        &self.opts
     }
 
     /// Builds the allocator from the caches: pools, then adopt every existing allocation, then
@@ -181,6 +195,7 @@ impl State {
             pool_inputs: BTreeMap::new(),
             reqs: BTreeMap::new(),
             to_clear: BTreeMap::new(),
+            unsatisfied: BTreeSet::new(),
         };
         for (name, labels) in &self.namespaces {
             act.alloc.set_namespace(name, labels.clone());
@@ -191,37 +206,46 @@ impl State {
             act.pool_inputs.insert(name.clone(), pool_inputs(p));
             act.alloc.set_pool(def);
         }
-        let mut ours: Vec<&Service> = self.services.values().filter(|s| self.is_ours(s)).collect();
-        ours.sort_by_key(|s| creation_order(s));
+        let mut ours: Vec<(&CachedService, &Arc<ServiceReq>)> = self
+            .services
+            .values()
+            .filter_map(|s| s.req.as_ref().map(|r| (s, r)))
+            .collect();
+        ours.sort_by_key(|(s, _)| s.creation_order());
         // 1. Adopt everything first: no new allocation may take an address a Service holds.
-        for s in &ours {
-            let req = self.opts.req(s);
-            let ips = ingress_ips(s);
+        for (s, req) in &ours {
+            let ips = s.ingress_ips();
             if !ips.is_empty() {
-                let report = act.alloc.adopt(&req, &ips);
+                let report = act.alloc.adopt(req, &ips);
                 for (ip, why) in &report.dropped {
                     tracing::warn!(service = %req.key, %ip, why = %why, "existing address not adopted");
                 }
             }
         }
         // 2. Then ensure (allocate what is missing), oldest Service first.
-        for s in &ours {
-            let req = self.opts.req(s);
-            act.alloc.ensure(&req);
-            act.reqs.insert(req.key.clone(), req);
+        for (_, req) in &ours {
+            act.alloc.ensure(req);
+            act.reqs.insert(req.key.clone(), Arc::clone(req));
         }
         let _ = act.alloc.take_changed();
+        act.unsatisfied = act
+            .reqs
+            .keys()
+            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .cloned()
+            .collect();
         // Services that left our class while no replica was active: clear what we put there.
         for s in self.services.values() {
-            if !self.is_ours(s) && has_our_condition(s) {
-                let ips: BTreeSet<IpAddr> = ingress_ips(s)
+            if !s.is_ours() && s.has_our_condition() {
+                let ips: BTreeSet<IpAddr> = s
+                    .ingress_ips()
                     .into_iter()
                     .filter(|ip| {
                         let a = Addr::from_ip(*ip);
                         act.defs.values().any(|d| d.block_containing(a).is_some())
                     })
                     .collect();
-                act.to_clear.insert(ServiceKey::of(s), ips);
+                act.to_clear.insert(s.key.clone(), ips);
             }
         }
         let n = ours.len();
@@ -234,21 +258,22 @@ impl State {
     // ----- feeding ---------------------------------------------------------------------------
 
     /// A (re)list of Services: everything not in `list` is deleted.
-    pub fn replace_services(&mut self, list: Vec<Service>) {
+    pub fn replace_services(&mut self, list: Vec<CachedService>) {
         // A list is a consistent, current view: nothing is pending any more.
         self.pending_services.clear();
-        let new_keys: BTreeSet<ServiceKey> = list.iter().map(ServiceKey::of).collect();
+        let new_keys: BTreeSet<&ServiceKey> = list.iter().map(|s| &s.key).collect();
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
             .filter(|k| !new_keys.contains(*k))
             .cloned()
             .collect();
+        drop(new_keys);
         for k in gone {
             self.delete_service_key(&k);
         }
         let mut list = list;
-        list.sort_by_key(creation_order);
+        list.sort_by_key(CachedService::creation_order);
         for s in list {
             self.apply_service(s);
         }
@@ -256,11 +281,10 @@ impl State {
 
     /// A Service event from the watch. Clears the pending mark when the watch caught up with
     /// our last write / re-read of it.
-    pub fn service_event(&mut self, svc: Service) {
-        let key = ServiceKey::of(&svc);
-        if let Some((rv, _)) = self.pending_services.get(&key) {
-            if svc.metadata.resource_version.as_deref() == Some(rv.as_str()) {
-                self.pending_services.remove(&key);
+    pub fn service_event(&mut self, svc: CachedService) {
+        if let Some((rv, _)) = self.pending_services.get(&svc.key) {
+            if svc.resource_version.as_deref() == Some(rv.as_str()) {
+                self.pending_services.remove(&svc.key);
             }
         }
         self.apply_service(svc);
@@ -324,7 +348,13 @@ impl State {
 
     /// The cached resourceVersion of a Service.
     pub fn service_rv(&self, key: &ServiceKey) -> Option<String> {
-        self.services.get(key)?.metadata.resource_version.clone()
+        Some(
+            self.services
+                .get(key)?
+                .resource_version
+                .as_deref()?
+                .to_string(),
+        )
     }
 
     /// The cached resourceVersion of a pool.
@@ -333,20 +363,18 @@ impl State {
     }
 
     /// A Service was added or modified (or re-read after a conflict or a write).
-    pub fn apply_service(&mut self, svc: Service) {
-        let key = ServiceKey::of(&svc);
+    pub fn apply_service(&mut self, svc: CachedService) {
+        let key = svc.key.clone();
         if key.name.is_empty() {
             return;
         }
-        let ours = self.is_ours(&svc);
-        let had_condition = has_our_condition(&svc);
-        let ingress = ingress_ips(&svc);
+        let had_condition = svc.has_our_condition();
+        let ingress = svc.ingress_ips();
         let mut changed: Vec<ServiceKey> = Vec::new();
         if let Some(act) = self.active.as_mut() {
-            if ours {
-                let req = self.opts.req(&svc);
+            if let Some(req) = svc.req.clone() {
                 act.to_clear.remove(&key);
-                if act.reqs.get(&key) != Some(&req) {
+                if act.reqs.get(&key).map(|r| &**r) != Some(&*req) {
                     if !act.reqs.contains_key(&key) && !ingress.is_empty() {
                         // New to us but already carrying addresses (e.g. moved into our class,
                         // or restored): keep them if they are valid and free.
@@ -358,6 +386,7 @@ impl State {
                     // the unsatisfied ones, as Cilium does on every Service change.
                     retry_unsatisfied(act, &key);
                     changed = act.alloc.take_changed();
+                    act.note_outcomes(&changed);
                     self.dirty_pools.extend(self.pools.keys().cloned());
                 }
             } else {
@@ -376,6 +405,7 @@ impl State {
                         .unwrap_or_default();
                     act.alloc.release(&key);
                     changed = act.alloc.take_changed();
+                    act.note_outcomes(&changed);
                     act.to_clear.insert(key.clone(), held);
                     self.dirty_pools.extend(self.pools.keys().cloned());
                 } else if had_condition && !act.to_clear.contains_key(&key) {
@@ -397,14 +427,13 @@ impl State {
     }
 
     /// A Service was deleted. Ignored when the cached object has another uid (re-created).
-    pub fn delete_service(&mut self, svc: &Service) {
-        let key = ServiceKey::of(svc);
-        if let (Some(cur), Some(uid)) = (self.services.get(&key), svc.metadata.uid.as_ref()) {
-            if cur.metadata.uid.as_ref().is_some_and(|u| u != uid) {
+    pub fn delete_service(&mut self, svc: &CachedService) {
+        if let (Some(cur), Some(uid)) = (self.services.get(&svc.key), svc.uid.as_ref()) {
+            if cur.uid.as_ref().is_some_and(|u| u != uid) {
                 return;
             }
         }
-        self.delete_service_key(&key);
+        self.delete_service_key(&svc.key);
     }
 
     /// Forgets a Service by key and releases its addresses.
@@ -417,6 +446,8 @@ impl State {
             if act.reqs.remove(key).is_some() {
                 act.alloc.release(key);
                 let changed = act.alloc.take_changed();
+                act.note_outcomes(&changed);
+                act.unsatisfied.remove(key);
                 self.dirty_services
                     .extend(changed.into_iter().filter(|k| k != key));
                 self.dirty_pools.extend(self.pools.keys().cloned());
@@ -471,6 +502,7 @@ impl State {
                 act.defs.insert(name.clone(), def.clone());
                 act.pool_inputs.insert(name.clone(), inputs);
                 let changed = act.alloc.set_pool(def);
+                act.note_outcomes(&changed);
                 self.dirty_services.extend(changed);
                 // Conflicts and counts of other pools may change too.
                 self.dirty_pools.extend(self.pools.keys().cloned());
@@ -500,6 +532,7 @@ impl State {
             act.defs.remove(name);
             act.pool_inputs.remove(name);
             let changed = act.alloc.remove_pool(name);
+            act.note_outcomes(&changed);
             self.dirty_services.extend(changed);
             self.dirty_pools.extend(self.pools.keys().cloned());
         }
@@ -536,6 +569,7 @@ impl State {
         self.namespaces.insert(name.clone(), labels.clone());
         if let Some(act) = self.active.as_mut() {
             let changed = act.alloc.set_namespace(&name, labels);
+            act.note_outcomes(&changed);
             if !changed.is_empty() {
                 self.dirty_services.extend(changed);
                 self.dirty_pools.extend(self.pools.keys().cloned());
@@ -550,6 +584,7 @@ impl State {
         }
         if let Some(act) = self.active.as_mut() {
             let changed = act.alloc.remove_namespace(name);
+            act.note_outcomes(&changed);
             if !changed.is_empty() {
                 self.dirty_services.extend(changed);
                 self.dirty_pools.extend(self.pools.keys().cloned());
@@ -623,8 +658,8 @@ impl State {
         let Some(act) = self.active.as_ref() else {
             return 0;
         };
-        act.reqs
-            .keys()
+        act.unsatisfied
+            .iter()
             .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
             .count()
     }
@@ -656,16 +691,16 @@ impl State {
     }
 
     /// The cached Service (tests, debugging).
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+    pub fn service(&self, key: &ServiceKey) -> Option<&CachedService> {
         self.services.get(key)
     }
 }
 
-/// Re-ensures every unsatisfied Service of ours except `skip` (oldest key order, deterministic).
+/// Re-ensures every unsatisfied Service of ours except `skip` (key order, deterministic).
 fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
     let waiting: Vec<ServiceKey> = act
-        .reqs
-        .keys()
+        .unsatisfied
+        .iter()
         .filter(|k| *k != skip)
         .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
         .cloned()
@@ -681,7 +716,7 @@ fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
 mod tests {
     use super::*;
     use crate::api::{IpBlock, LoadBalancerIPPoolSpec};
-    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec, ServiceStatus};
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn ts(sec: i64) -> Time {
@@ -793,8 +828,66 @@ mod tests {
         }
     }
 
+    /// The state with the whole Services it was fed (the state keeps only what it reads; the
+    /// tests edit and re-apply whole objects, as the API server would send them).
+    struct T {
+        st: State,
+        objs: BTreeMap<ServiceKey, Service>,
+    }
+
+    impl std::ops::Deref for T {
+        type Target = State;
+        fn deref(&self) -> &State {
+            &self.st
+        }
+    }
+
+    impl std::ops::DerefMut for T {
+        fn deref_mut(&mut self) -> &mut State {
+            &mut self.st
+        }
+    }
+
+    impl T {
+        fn new(opts: Options) -> Self {
+            T {
+                st: State::new(opts),
+                objs: BTreeMap::new(),
+            }
+        }
+        fn cache(&mut self, svc: Service) -> CachedService {
+            self.objs.insert(ServiceKey::of(&svc), svc.clone());
+            self.st.options().cache(svc)
+        }
+        fn apply_service(&mut self, svc: Service) {
+            let c = self.cache(svc);
+            self.st.apply_service(c);
+        }
+        fn service_event(&mut self, svc: Service) {
+            let c = self.cache(svc);
+            self.st.service_event(c);
+        }
+        fn replace_services(&mut self, list: Vec<Service>) {
+            self.objs.clear();
+            let list = list.into_iter().map(|s| self.cache(s)).collect();
+            self.st.replace_services(list);
+        }
+        fn delete_service(&mut self, svc: &Service) {
+            let key = ServiceKey::of(svc);
+            let c = self.st.options().cache(svc.clone());
+            self.st.delete_service(&c);
+            if self.st.service(&key).is_none() {
+                self.objs.remove(&key);
+            }
+        }
+        /// The whole Service as last fed (present while the state caches it).
+        fn service(&self, key: &ServiceKey) -> Option<&Service> {
+            self.st.service(key).and(self.objs.get(key))
+        }
+    }
+
     /// Applies a write's patch to the cached object as the server would (status only).
-    fn apply_patch(state: &mut State, w: &ServiceWrite) {
+    fn apply_patch(state: &mut T, w: &ServiceWrite) {
         let svc = state.service(&w.key).expect("cached").clone();
         let mut v = serde_json::to_value(&svc).expect("json");
         merge(&mut v, &w.patch["status"], "status");
@@ -811,8 +904,8 @@ mod tests {
         state.apply_service(out);
     }
 
-    fn started(services: Vec<Service>, pools: Vec<LoadBalancerIPPool>) -> State {
-        let mut st = State::new(opts());
+    fn started(services: Vec<Service>, pools: Vec<LoadBalancerIPPool>) -> T {
+        let mut st = T::new(opts());
         st.replace_pools(pools);
         st.replace_services(services);
         st.activate();
@@ -884,7 +977,7 @@ mod tests {
 
     #[test]
     fn inactive_state_never_writes() {
-        let mut st = State::new(opts());
+        let mut st = T::new(opts());
         st.replace_pools(vec![pool("p", "198.51.100.0/24", 0)]);
         st.apply_service(Svc::lb("demo", "web", 0).build());
         assert!(st.service_write(&key("demo", "web")).is_none());
@@ -1071,6 +1164,67 @@ mod tests {
         st.delete_service(&old);
         assert!(st.service(&key("demo", "web")).is_some());
         assert!(st.outcome(&key("demo", "web")).is_some());
+    }
+
+    /// The kept set of unsatisfied Services equals a scan of every outcome.
+    fn assert_unsatisfied_tracked(st: &State) {
+        let act = st.active.as_ref().expect("active");
+        let scan: BTreeSet<ServiceKey> = act
+            .reqs
+            .keys()
+            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .cloned()
+            .collect();
+        assert_eq!(act.unsatisfied, scan);
+    }
+
+    #[test]
+    fn unsatisfied_services_are_tracked_through_every_kind_of_change() {
+        // Two addresses for five Services: three wait.
+        let mut st = started(
+            vec![
+                Svc::lb("demo", "a", 0).build(),
+                Svc::lb("demo", "b", 1).build(),
+            ],
+            vec![pool("p", "198.51.100.4/31", 0)],
+        );
+        assert_unsatisfied_tracked(&st);
+        for (i, n) in ["c", "d", "e"].iter().enumerate() {
+            st.apply_service(Svc::lb("demo", n, 2 + i as i64).build());
+            assert_unsatisfied_tracked(&st);
+        }
+        assert_eq!(st.unsatisfied_count(), 3);
+        // A delete frees an address for a waiting one.
+        let a = st.service(&key("demo", "a")).expect("a").clone();
+        st.delete_service(&a);
+        assert_unsatisfied_tracked(&st);
+        assert_eq!(st.unsatisfied_count(), 2);
+        // Leaving our class frees one too.
+        let mut b = st.service(&key("demo", "b")).expect("b").clone();
+        if let Some(s) = b.spec.as_mut() {
+            s.load_balancer_class = Some("example.com/other".into());
+        }
+        st.apply_service(b);
+        assert_unsatisfied_tracked(&st);
+        assert_eq!(st.unsatisfied_count(), 1);
+        // A bigger pool satisfies everyone; deleting it leaves them kept but uncovered or
+        // waiting, as the allocator says.
+        st.apply_pool(pool("q", "198.51.100.16/28", 5));
+        assert_unsatisfied_tracked(&st);
+        assert_eq!(st.unsatisfied_count(), 0);
+        st.delete_pool_name("p");
+        assert_unsatisfied_tracked(&st);
+        st.apply_namespace(&Namespace {
+            metadata: ObjectMeta {
+                name: Some("demo".into()),
+                labels: Some(BTreeMap::from([("team".into(), "x".into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        assert_unsatisfied_tracked(&st);
+        st.delete_namespace_name("demo");
+        assert_unsatisfied_tracked(&st);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
@@ -115,17 +115,45 @@ pub fn merge_conditions(
 /// The addresses in a Service's `status.loadBalancer.ingress[].ip`, in order (unparsable
 /// entries and hostname entries are skipped).
 pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    ips_of(service_ingress(svc))
+}
+
+/// The addresses of ingress entries, in order (unparsable and hostname entries skipped).
+pub fn ips_of(ingress: &[LoadBalancerIngress]) -> Vec<IpAddr> {
+    ingress
+        .iter()
+        .filter_map(|i| i.ip.as_deref())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .collect()
+}
+
+/// A Service's `status.loadBalancer.ingress`.
+pub fn service_ingress(svc: &Service) -> &[LoadBalancerIngress] {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref())
-                .filter_map(|ip| ip.parse::<IpAddr>().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or(&[])
+}
+
+/// What a status write is computed from: the resourceVersion (the precondition), the ingress
+/// entries and the conditions. Borrowed from a whole Service or from the controller's cache.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusView<'a> {
+    pub resource_version: Option<&'a str>,
+    pub ingress: &'a [LoadBalancerIngress],
+    pub conditions: &'a [Condition],
+}
+
+impl<'a> StatusView<'a> {
+    /// The view of a whole Service.
+    pub fn of(svc: &'a Service) -> Self {
+        StatusView {
+            resource_version: svc.metadata.resource_version.as_deref(),
+            ingress: service_ingress(svc),
+            conditions: service_conditions(svc),
+        }
+    }
 }
 
 /// The Service's conditions.
@@ -138,9 +166,12 @@ pub fn service_conditions(svc: &Service) -> &[Condition] {
 
 /// Whether the Service carries our `ferrolb.io/IPAMRequestSatisfied` condition (= we managed it).
 pub fn has_our_condition(svc: &Service) -> bool {
-    service_conditions(svc)
-        .iter()
-        .any(|c| c.type_ == COND_IPAM_SATISFIED)
+    carries_our_condition(service_conditions(svc))
+}
+
+/// Whether `conds` hold our `ferrolb.io/IPAMRequestSatisfied` condition.
+pub fn carries_our_condition(conds: &[Condition]) -> bool {
+    conds.iter().any(|c| c.type_ == COND_IPAM_SATISFIED)
 }
 
 /// What a Service's status should become.
@@ -193,19 +224,22 @@ fn holds(conds: &[Condition], want: &CondWant) -> bool {
 
 /// Computes the patch that brings `svc` to `target`, or `None` when it already shows it.
 pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Option<ServicePatch> {
-    let current = ingress_ips(svc);
+    status_patch(StatusView::of(svc), target, now)
+}
+
+/// [`service_patch`] on a [`StatusView`].
+pub fn status_patch(
+    svc: StatusView<'_>,
+    target: &ServiceTarget,
+    now: &Time,
+) -> Option<ServicePatch> {
+    let current = ips_of(svc.ingress);
     let existing_ingress: Vec<Value> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| serde_json::to_value(i).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let conds = service_conditions(svc);
+        .ingress
+        .iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect();
+    let conds = svc.conditions;
     let mut raised_not_covered = None;
     let (ingress, new_conds, cond_changed, want_ips, new_cond) = match target {
         ServiceTarget::Managed {
@@ -292,7 +326,7 @@ pub fn service_patch(svc: &Service, target: &ServiceTarget, now: &Time) -> Optio
         .filter(|ip| !want_ips.contains(ip))
         .copied()
         .collect();
-    let rv = svc.metadata.resource_version.clone().unwrap_or_default();
+    let rv = svc.resource_version.unwrap_or_default().to_string();
     let mut status = serde_json::Map::new();
     if ingress_changed {
         status.insert(

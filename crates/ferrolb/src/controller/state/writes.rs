@@ -58,7 +58,7 @@ impl State {
         } else {
             return None;
         };
-        let p = service_patch(svc, &target, &now)?;
+        let p = status_patch(svc.status_view(), &target, &now)?;
         let mut events = Vec::new();
         let outcome = act.alloc.outcome(key);
         if !p.added.is_empty() {
@@ -131,7 +131,7 @@ impl State {
                 kind: Some("Service".into()),
                 namespace: Some(key.namespace.clone()),
                 name: Some(key.name.clone()),
-                uid: svc.metadata.uid.clone(),
+                uid: svc.uid.as_deref().map(String::from),
                 resource_version: None,
                 ..Default::default()
             },

@@ -1,0 +1,224 @@
+//! What the controller keeps of each Service ([`CachedService`]): exactly what the state machine
+//! reads, taken from the watch stream before anything is buffered, instead of whole
+//! `k8s_openapi` Services (metadata with managedFields, the full spec, every label map).
+//!
+//! - identity and the write precondition: namespace/name, uid, resourceVersion, creation time
+//!   (allocation order);
+//! - whether the Service is ours (type and class under the controller's [`Options`]) and, only
+//!   then, its allocation request ([`ServiceReq`], built by the allocator's one reader of
+//!   Services, [`ServiceReq::from_service_with`]; shared with the active state through an `Arc`,
+//!   so one copy serves the cache and the allocator's inputs);
+//! - `status.loadBalancer.ingress` and `status.conditions` as found: a write keeps other
+//!   writers' entries and conditions, so those are kept whole (one entry and one condition
+//!   each, normally).
+//!
+//! A Service that is not ours costs its key, uid, resourceVersion and status; its spec,
+//! labels and annotations are dropped at once.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::state::Options;
+use super::status::{carries_our_condition, ips_of, StatusView};
+use crate::ipam::{is_ours, ServiceKey, ServiceReq};
+
+/// The controller's copy of one Service. See the module docs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedService {
+    pub key: ServiceKey,
+    pub uid: Option<Box<str>>,
+    pub resource_version: Option<Box<str>>,
+    pub created: Option<jiff::Timestamp>,
+    /// The allocation request when the Service is ours; `None` when it is not.
+    pub req: Option<Arc<ServiceReq>>,
+    /// `status.loadBalancer.ingress`, whole.
+    pub ingress: Vec<LoadBalancerIngress>,
+    /// `status.conditions`, whole.
+    pub conditions: Vec<Condition>,
+}
+
+impl CachedService {
+    /// What the controller keeps of `svc` under `opts` (the whole object is dropped here).
+    pub fn new(svc: Service, opts: &Options) -> Self {
+        let class = opts.class();
+        let req =
+            is_ours(&svc, &class).then(|| Arc::new(ServiceReq::from_service_with(&svc, &class)));
+        let key = ServiceKey::of(&svc);
+        let Service {
+            metadata, status, ..
+        } = svc;
+        let (ingress, conditions) = match status {
+            Some(st) => (
+                st.load_balancer
+                    .and_then(|lb| lb.ingress)
+                    .unwrap_or_default(),
+                st.conditions.unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        CachedService {
+            key,
+            uid: metadata.uid.map(String::into_boxed_str),
+            resource_version: metadata.resource_version.map(String::into_boxed_str),
+            created: metadata.creation_timestamp.map(|t| t.0),
+            req,
+            ingress,
+            conditions,
+        }
+    }
+
+    /// Whether the controller serves this Service (type LoadBalancer, a class it serves).
+    pub fn is_ours(&self) -> bool {
+        self.req.is_some()
+    }
+
+    /// The addresses in its ingress, in order.
+    pub fn ingress_ips(&self) -> Vec<IpAddr> {
+        ips_of(&self.ingress)
+    }
+
+    /// Whether it carries our `ferrolb.io/IPAMRequestSatisfied` condition.
+    pub fn has_our_condition(&self) -> bool {
+        carries_our_condition(&self.conditions)
+    }
+
+    /// What its status writes are computed from.
+    pub fn status_view(&self) -> StatusView<'_> {
+        StatusView {
+            resource_version: self.resource_version.as_deref(),
+            ingress: &self.ingress,
+            conditions: &self.conditions,
+        }
+    }
+
+    /// Allocation order: oldest first, then by key.
+    pub fn creation_order(&self) -> (Option<jiff::Timestamp>, ServiceKey) {
+        (self.created, self.key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
+    use std::collections::BTreeMap;
+
+    fn opts() -> Options {
+        Options {
+            default_class: true,
+            serve_cilium_class: false,
+            metallb_annotations: false,
+        }
+    }
+
+    fn svc(type_: &str, class: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("demo".into()),
+                uid: Some("u1".into()),
+                resource_version: Some("7".into()),
+                creation_timestamp: Some(Time(
+                    jiff::Timestamp::from_second(1_700_000_000).expect("ts"),
+                )),
+                labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+                annotations: Some(BTreeMap::from([
+                    (crate::api::ANN_IPS.into(), "198.51.100.9".into()),
+                    ("unrelated.example.com/x".into(), "y".repeat(100)),
+                ])),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                load_balancer_class: class.map(String::from),
+                ports: Some(vec![ServicePort {
+                    port: 53,
+                    protocol: Some("UDP".into()),
+                    ..Default::default()
+                }]),
+                selector: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![
+                        LoadBalancerIngress {
+                            ip: Some("198.51.100.9".into()),
+                            ip_mode: Some("VIP".into()),
+                            ..Default::default()
+                        },
+                        LoadBalancerIngress {
+                            hostname: Some("lb.example.com".into()),
+                            ..Default::default()
+                        },
+                    ]),
+                }),
+                conditions: Some(vec![Condition {
+                    type_: crate::api::COND_IPAM_SATISFIED.into(),
+                    status: "True".into(),
+                    reason: "Satisfied".into(),
+                    message: "allocated".into(),
+                    observed_generation: None,
+                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                }]),
+            }),
+        }
+    }
+
+    #[test]
+    fn ours_keeps_the_same_request_the_allocator_reads_from_the_whole_service() {
+        let whole = svc("LoadBalancer", None);
+        let want = ServiceReq::from_service_with(&whole, &opts().class());
+        let c = CachedService::new(whole.clone(), &opts());
+        assert!(c.is_ours());
+        assert_eq!(c.req.as_deref(), Some(&want));
+        assert_eq!(c.key, ServiceKey::new("demo", "web"));
+        assert_eq!(c.uid.as_deref(), Some("u1"));
+        assert_eq!(c.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            c.created,
+            whole.metadata.creation_timestamp.as_ref().map(|t| t.0)
+        );
+        // Status as found: the hostname entry and the condition are kept whole.
+        assert_eq!(c.ingress.len(), 2);
+        assert!(c.has_our_condition());
+        assert_eq!(c.ingress_ips(), super::super::status::ingress_ips(&whole));
+        let v = c.status_view();
+        let w = StatusView::of(&whole);
+        assert_eq!(v.resource_version, w.resource_version);
+        assert_eq!(v.ingress, w.ingress);
+        assert_eq!(v.conditions, w.conditions);
+    }
+
+    #[test]
+    fn not_ours_keeps_no_request() {
+        for (t, class) in [
+            ("ClusterIP", None),
+            ("LoadBalancer", Some("example.com/other")),
+            ("LoadBalancer", Some(crate::api::CILIUM_LB_CLASS)),
+        ] {
+            let c = CachedService::new(svc(t, class), &opts());
+            assert!(!c.is_ours(), "{t} {class:?}");
+            assert!(c.req.is_none());
+            // Its status is still known (a Service that left our class gets cleared).
+            assert!(c.has_our_condition());
+        }
+        let cilium = Options {
+            serve_cilium_class: true,
+            ..opts()
+        };
+        assert!(CachedService::new(
+            svc("LoadBalancer", Some(crate::api::CILIUM_LB_CLASS)),
+            &cilium
+        )
+        .is_ours());
+    }
+}
