@@ -757,7 +757,8 @@ fn lease_holders(c: &Cluster) -> anyhow::Result<Vec<(String, String, i64)>> {
 /// Warning Event on the Service naming the MAC and interface, however many answers it sees, and
 /// counts it in `ferrolb_agent_foreign_answerers_total`. Today's rule (agent::holdings): a
 /// conflict on a group whose lease is valid is ignored — the holder keeps its Lease and keeps
-/// announcing; only a sticky group (API unreachable, lease possibly expired) yields.
+/// announcing; only a sticky group (API unreachable, lease possibly expired) yields, to another
+/// station's gratuitous announcement, never to an answer to its own ARP probe.
 #[test]
 fn an_ipvs_node_without_strict_arp_is_reported_as_a_foreign_answerer() -> anyhow::Result<()> {
     if skip() {

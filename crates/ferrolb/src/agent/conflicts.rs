@@ -10,12 +10,14 @@
 //! a kernel that has the address on any interface answers when `arp_ignore=0` and not with
 //! kube-proxy's `strictARP` settings (`arp_ignore=1`).
 //!
-//! What this module decides (pure): whether a conflict on a group whose lease is *valid* (today's
-//! rule in `holdings`: such a conflict is ignored — the lease decides, the node keeps announcing
-//! and keeps its lease; only a sticky group, announced without a valid lease during an API
-//! outage, yields to another station) deserves a Warning Event on the group's Services and a
-//! count in `ferrolb_agent_foreign_answerers_total`: once per address and MAC per
-//! [`FOREIGN_REPORT_EVERY`], never per frame. The memory for that is bounded.
+//! What this module decides (pure): whether a conflict that did not make this node yield deserves
+//! a Warning Event on the group's Services and a count in `ferrolb_agent_foreign_answerers_total`:
+//! once per address and MAC per [`FOREIGN_REPORT_EVERY`], never per frame, with bounded memory.
+//! Which conflicts make a node yield stays `holdings`' rule: on a group whose lease is valid,
+//! none (the lease decides; the node keeps announcing and keeps its Lease); a sticky group
+//! (announced without a valid lease during an API outage) yields to another station's
+//! gratuitous announcement, but never to an answer to our own probe
+//! (`Holdings::on_probe_answer`): a kernel with the address on `kube-ipvs0` announces no takeover.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -153,6 +153,23 @@ impl Holdings {
         }
     }
 
+    /// Another station answered our ARP probe for `ip`: it has the address, but it announced no
+    /// takeover, so nothing yields, not even a sticky group (see `agent::conflicts`).
+    pub fn on_probe_answer(&self, ip: IpAddr) -> ConflictOutcome {
+        let Some(key) = self
+            .desired
+            .values()
+            .find(|g| g.addresses.contains(&ip))
+            .map(|g| g.key.clone())
+        else {
+            return ConflictOutcome::NotOurs;
+        };
+        match self.state.get(&key) {
+            Some(Hold::Held | Hold::Sticky) => ConflictOutcome::Ignored(key),
+            _ => ConflictOutcome::NotOurs,
+        }
+    }
+
     /// The state of one group, if any.
     pub fn hold(&self, key: &str) -> Option<Hold> {
         self.state.get(key).copied()
@@ -396,6 +413,30 @@ mod tests {
         );
         assert_eq!(h.announced().len(), 1);
         assert_eq!(h.on_conflict(ip("198.51.100.9")), ConflictOutcome::NotOurs);
+    }
+
+    #[test]
+    fn an_answer_to_our_probe_never_makes_a_group_yield() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.1")),
+            ConflictOutcome::NotOurs
+        );
+        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.1")),
+            ConflictOutcome::Ignored(g.key.clone())
+        );
+        assert_eq!(h.hold(&g.key), Some(Hold::Sticky), "still announcing");
+        assert_eq!(h.announced().len(), 1);
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.9")),
+            ConflictOutcome::NotOurs
+        );
     }
 
     #[test]

@@ -343,8 +343,13 @@ impl Agent {
         self.holdings.on_lease(&key, t);
     }
 
-    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str) {
-        let outcome = self.holdings.on_conflict(ip);
+    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str, probe_answer: bool) {
+        // An answer to our ARP probe is no takeover announcement: nothing yields to it.
+        let outcome = if probe_answer {
+            self.holdings.on_probe_answer(ip)
+        } else {
+            self.holdings.on_conflict(ip)
+        };
         let label = match &outcome {
             ConflictOutcome::Yielded(key) => {
                 warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
@@ -666,7 +671,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 }
             },
             c = conflicts.recv() => match c {
-                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string()),
+                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string(), c.probe_answer),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "conflict reports lagged");
                 }

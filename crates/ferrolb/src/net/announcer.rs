@@ -76,6 +76,9 @@ pub struct Conflict {
     pub ip: IpAddr,
     pub iface: String,
     pub mac: MacAddr,
+    /// The frame answered one of our ARP probes (an ARP reply to 0.0.0.0): the station has the
+    /// address configured, but it did not announce a takeover.
+    pub probe_answer: bool,
 }
 
 /// The handle of a running announcer; clones share it. The threads stop on
