@@ -631,3 +631,255 @@ fn a_holder_whose_link_dies_hands_over_within_one_second() -> anyhow::Result<()>
         Ok(())
     })
 }
+
+/// The API server refuses every client for three lease durations: the holders keep announcing
+/// (sticky) and no Lease moves. While it is down the client's neighbour entries are flushed;
+/// when it is back, every held address is heard again at once (a gratuitous burst per address,
+/// the client learning them with arp_accept=1 without having asked), with no lease change.
+#[test]
+fn the_api_back_after_an_outage_reannounces_every_held_address_without_a_lease_change(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIPS: [&str; 2] = ["198.51.100.30", "198.51.100.31"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag9", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        // The client learns from gratuitous ARP without having asked.
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web-a", &[VIPS[0]])?;
+        c.service("web-b", &[VIPS[1]])?;
+        start_agents(c, &["n1", "n2"])?;
+        let holders: Vec<(String, String)> = VIPS
+            .iter()
+            .map(|v| sole_holder(c, v))
+            .collect::<anyhow::Result<_>>()?;
+        let leases_before = lease_holders(c)?;
+        assert_eq!(leases_before.len(), 2, "{leases_before:?}");
+
+        // Every client refused for three lease durations and a bit (the listener is closed, so
+        // the fault ends by itself). Longer than the takeover bursts (5 × 1 s): none of them
+        // is still running when it ends.
+        let outage = LEASE * 3 + Duration::from_secs(1);
+        c.api().create(
+            "/_ferrolb/faults",
+            &json!({"kind": "refuse", "seconds": outage.as_secs()}),
+        )?;
+        let end = Instant::now() + outage;
+        // The outage itself, not a synchronisation: flush the client's entries near its end.
+        std::thread::sleep(outage - Duration::from_secs(1));
+        for v in VIPS {
+            c.client().ip(&["neigh", "del", v, "dev", "eth0"])?;
+            assert_eq!(
+                c.client_neighbour(v),
+                None,
+                "{v} still in the client's table"
+            );
+        }
+        wait_until(
+            "the API stand-in to answer again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || c.api().get("/version").ok(),
+        )?;
+        let t0 = end.min(Instant::now());
+        wait_until(
+            "the client to hear every held address again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                VIPS.iter()
+                    .zip(&holders)
+                    .all(|(v, (_, mac))| c.client_neighbour(v).as_deref() == Some(mac))
+                    .then_some(())
+            },
+        )?;
+        let took = t0.elapsed();
+        eprintln!("API back: every held address heard again after {took:?}");
+        // Heard because the agents re-announced (the client never asked; its kernel learns
+        // only from gratuitous ARP here), well inside the retry period + watch backoff.
+        assert!(
+            took < Duration::from_secs(5),
+            "re-announcement took {took:?}"
+        );
+        let reannounced = c
+            .agents
+            .values()
+            .filter(|p| p.log_text().contains("re-announcing"))
+            .count();
+        assert!(reannounced >= 1, "no agent logged a re-announcement");
+        // No lease moved.
+        assert_eq!(lease_holders(c)?, leases_before);
+        for (n, _) in &holders {
+            let m = c.agent_metrics(n)?;
+            for t in ["lost", "released"] {
+                assert_eq!(
+                    metric(
+                        &m,
+                        "ferrolb_agent_lease_transitions_total",
+                        &[("transition", t)]
+                    )
+                    .unwrap_or(0.0),
+                    0.0,
+                    "{n}: {t}"
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// (lease name, holder, leaseTransitions) of every address lease, sorted.
+fn lease_holders(c: &Cluster) -> anyhow::Result<Vec<(String, String, i64)>> {
+    let mut v: Vec<(String, String, i64)> = c
+        .leases()?
+        .iter()
+        .map(|l| {
+            (
+                l["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                l["spec"]["leaseTransitions"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// kube-proxy in IPVS mode without strictARP, as on a real node: the Service address bound to a
+/// dummy `kube-ipvs0` on another node whose kernel answers ARP for it (arp_ignore=0). The holder
+/// sees that station answer (its ARP probes go with every gratuitous announcement), posts one
+/// Warning Event on the Service naming the MAC and interface, however many answers it sees, and
+/// counts it in `ferrolb_agent_foreign_answerers_total`. Today's rule (agent::holdings): a
+/// conflict on a group whose lease is valid is ignored — the holder keeps its Lease and keeps
+/// announcing; only a sticky group (API unreachable, lease possibly expired) yields, to another
+/// station's gratuitous announcement, never to an answer to its own ARP probe.
+#[test]
+fn an_ipvs_node_without_strict_arp_is_reported_as_a_foreign_answerer() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag10", &[("n1", &[]), ("ipvs", &[])])?;
+    scenario(&mut c, |c| {
+        // The IPVS node (no ferrolb agent): VIP on kube-ipvs0, kernel answering ARP for it.
+        // kube-proxy's kube-ipvs0 is a dummy interface; kernels without the dummy module (this
+        // test's machine) get a veth pair kept inside the namespace instead — the same for ARP:
+        // an address on an interface other than the one the request arrives on.
+        let ipvs = c.node_ns("ipvs");
+        if ipvs
+            .ip(&["link", "add", "kube-ipvs0", "type", "dummy"])
+            .is_err()
+        {
+            ipvs.ip(&[
+                "link",
+                "add",
+                "kube-ipvs0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "kube-ipvs0p",
+            ])?;
+            ipvs.ip(&["link", "set", "kube-ipvs0p", "up"])?;
+        }
+        ipvs.ip(&["link", "set", "kube-ipvs0", "up"])?;
+        ipvs.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "kube-ipvs0"])?;
+        for dev in ["all", "eth0"] {
+            ipvs.sysctl(&format!("net.ipv4.conf.{dev}.arp_ignore"), "0")?;
+        }
+        let ipvs_mac = c.macs["ipvs"].clone();
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web", &[VIP4])?;
+        c.start_agent("n1", &[])?;
+        let n1_mac = c.macs["n1"].clone();
+        // Two stations answer the client: the problem this is about.
+        let both = wait_until(
+            "both stations to answer the client",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                let m = arping_macs(c.client(), "eth0", VIP4, 2).ok()?;
+                (m.len() == 2).then_some(m)
+            },
+        )?;
+        assert_eq!(both, BTreeSet::from([n1_mac.clone(), ipvs_mac.clone()]));
+
+        let foreign_events = || -> anyhow::Result<Vec<serde_json::Value>> {
+            let l = c
+                .api()
+                .get("/apis/events.k8s.io/v1/namespaces/default/events")?;
+            Ok(l["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e["reason"] == "ForeignAnswerer")
+                .collect())
+        };
+        let events = wait_until(
+            "the ForeignAnswerer Event",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || foreign_events().ok().filter(|v| !v.is_empty()),
+        )?;
+        let ev = &events[0];
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["regarding"]["kind"], "Service");
+        assert_eq!(ev["regarding"]["name"], "web");
+        assert_eq!(ev["reportingInstance"], "ferrolb-agent-n1");
+        let note = ev["note"].as_str().unwrap_or_default();
+        for want in [ipvs_mac.as_str(), "eth0", VIP4, "strictARP: true"] {
+            assert!(note.contains(want), "{want} missing from: {note}");
+        }
+
+        // The takeover burst (5 × 1 s, an ARP probe with each) and the client's own requests
+        // keep bringing the IPVS node's answers; they are counted as conflicts, reported once.
+        let m = wait_until(
+            "several answers from the IPVS node",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                let seen = metric(
+                    &m,
+                    "ferrolb_agent_conflicts_total",
+                    &[("outcome", "ignored")],
+                )?;
+                (seen >= 3.0).then_some(m)
+            },
+        )?;
+        assert_eq!(
+            metric(
+                &m,
+                "ferrolb_agent_foreign_answerers_total",
+                &[("family", "ipv4")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(foreign_events()?.len(), 1, "one Event, not one per answer");
+        // The holder keeps its Lease (no transition lost or released) and keeps answering.
+        let leases = lease_holders(c)?;
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].1, "n1");
+        for t in ["lost", "released"] {
+            assert_eq!(
+                metric(
+                    &m,
+                    "ferrolb_agent_lease_transitions_total",
+                    &[("transition", t)]
+                )
+                .unwrap_or(0.0),
+                0.0,
+                "{t}"
+            );
+        }
+        assert!(arping_macs(c.client(), "eth0", VIP4, 2)?.contains(&n1_mac));
+        Ok(())
+    })
+}

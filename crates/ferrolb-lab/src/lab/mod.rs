@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod coldstart;
 pub mod echo;
+pub mod linkloss;
 pub mod probe;
 pub mod procs;
 pub mod scenario;
@@ -109,6 +110,8 @@ pub struct ServiceReport {
 pub struct Measurements {
     pub crash_ms: Vec<u64>,
     pub graceful_ms: Vec<u64>,
+    /// The holder's eth0 down, the API server still reachable (`linkloss`).
+    pub link_loss_ms: Vec<u64>,
     pub steady_api_requests_per_s: f64,
     pub steady_api_reads_per_s: f64,
     pub steady_window_s: f64,
@@ -642,6 +645,7 @@ async fn measure(
             v.len()
         ));
     }
+    m.link_loss_ms = linkloss::measure(c, vip, args.repeat, within, say)?;
     // Steady-state API load with S Services.
     let s = args.measure_services;
     say.line(format!("[measure] steady-state API load with {s} Services"));

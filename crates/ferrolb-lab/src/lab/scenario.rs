@@ -75,6 +75,23 @@ pub fn failover(
     sig: &str,
     within: Duration,
 ) -> anyhow::Result<Failover> {
+    let kind = if sig == "KILL" {
+        "crash (SIGKILL)"
+    } else {
+        "graceful (SIGTERM)"
+    };
+    timed_failover(c, vip, kind, within, |c, idx| c.stop_agent(idx, sig))
+}
+
+/// Does `act` to the node answering for `vip` (by index) and times the takeover: from just
+/// before `act` to the first HTTP answer through `vip` from another node.
+pub fn timed_failover(
+    c: &mut Cluster,
+    vip: IpAddr,
+    kind: &str,
+    within: Duration,
+    act: impl FnOnce(&mut Cluster, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Failover> {
     let from = current_holder(c, vip, Duration::from_secs(20))?;
     let idx = c
         .topo
@@ -102,11 +119,11 @@ pub fn failover(
         }
     }
     let t0 = now_ms();
-    c.stop_agent(idx, sig)?;
+    act(c, idx)?;
     let deadline = Instant::now() + within;
     let (to, t1) = loop {
         if Instant::now() > deadline {
-            bail!("no other node answered {vip} within {within:?} after SIG{sig} to {from}");
+            bail!("no other node answered {vip} within {within:?} after {kind} of {from}");
         }
         let Some(line) = prober.next(Duration::from_millis(500)) else {
             continue;
@@ -136,11 +153,6 @@ pub fn failover(
             }
         }
     }
-    let kind = if sig == "KILL" {
-        "crash (SIGKILL)"
-    } else {
-        "graceful (SIGTERM)"
-    };
     Ok(Failover {
         kind: kind.into(),
         vip,

@@ -15,6 +15,13 @@
 //!   is the stale one: our own burst on acquiring made it yield); it is only counted.
 //! - A group that leaves the desired set (Service deleted, policy changed, node no longer
 //!   eligible) stops at once, whatever its lease state.
+//!
+//! # Re-announcing after an API outage (issue 11 §3)
+//! When the API server is reachable again, every address of a group whose lease is valid
+//! ([`Hold::Held`], [`Holdings::confirmed`]) gets a gratuitous burst: whatever cut the node off
+//! may have flushed clients' and switches' caches too. A sticky group is not re-announced on the
+//! reconnect itself (its lease may have moved meanwhile) but when its renewal gets through
+//! (sticky → held, [`Holdings::take_reconfirmed`]); one that turns out lost stops instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -63,6 +70,8 @@ pub struct Holdings {
     sticky: bool,
     desired: BTreeMap<String, Arc<Group>>,
     state: BTreeMap<String, Hold>,
+    /// Groups held again after a sticky period, not yet taken by [`Holdings::take_reconfirmed`].
+    reconfirmed: BTreeSet<String>,
 }
 
 impl Holdings {
@@ -71,6 +80,7 @@ impl Holdings {
             sticky,
             desired: BTreeMap::new(),
             state: BTreeMap::new(),
+            reconfirmed: BTreeSet::new(),
         }
     }
 
@@ -93,6 +103,7 @@ impl Holdings {
             .collect();
         for k in &gone {
             self.state.remove(k);
+            self.reconfirmed.remove(k);
         }
         gone
     }
@@ -101,11 +112,14 @@ impl Holdings {
     pub fn on_lease(&mut self, key: &str, t: Transition) {
         match t {
             Transition::Acquired if self.desired.contains_key(key) => {
-                self.state.insert(key.to_string(), Hold::Held);
+                if self.state.insert(key.to_string(), Hold::Held) == Some(Hold::Sticky) {
+                    self.reconfirmed.insert(key.to_string());
+                }
             }
             Transition::Acquired => {}
             Transition::Lost | Transition::Released => {
                 self.state.remove(key);
+                self.reconfirmed.remove(key);
             }
             Transition::ExpiredUnreachable => match self.state.get(key) {
                 Some(Hold::Held) | Some(Hold::Sticky) if self.sticky => {
@@ -139,6 +153,23 @@ impl Holdings {
         }
     }
 
+    /// Another station answered our ARP probe for `ip`: it has the address, but it announced no
+    /// takeover, so nothing yields, not even a sticky group (see `agent::conflicts`).
+    pub fn on_probe_answer(&self, ip: IpAddr) -> ConflictOutcome {
+        let Some(key) = self
+            .desired
+            .values()
+            .find(|g| g.addresses.contains(&ip))
+            .map(|g| g.key.clone())
+        else {
+            return ConflictOutcome::NotOurs;
+        };
+        match self.state.get(&key) {
+            Some(Hold::Held | Hold::Sticky) => ConflictOutcome::Ignored(key),
+            _ => ConflictOutcome::NotOurs,
+        }
+    }
+
     /// The state of one group, if any.
     pub fn hold(&self, key: &str) -> Option<Hold> {
         self.state.get(key).copied()
@@ -166,9 +197,29 @@ impl Holdings {
 
     /// The announcer's desired state: address → interfaces, for held and sticky groups.
     pub fn announced(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        self.addresses_of(|_, hold| matches!(hold, Hold::Held | Hold::Sticky))
+    }
+
+    /// Address → interfaces of the groups whose lease is valid (held, not sticky): what gets a
+    /// gratuitous burst when the API server is reachable again after an outage.
+    pub fn confirmed(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        self.addresses_of(|_, hold| hold == Hold::Held)
+    }
+
+    /// Address → interfaces of the groups held again after a sticky period since the last call
+    /// (their renewal got through after an outage): they get a gratuitous burst too.
+    pub fn take_reconfirmed(&mut self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        let keys = std::mem::take(&mut self.reconfirmed);
+        self.addresses_of(|key, hold| hold == Hold::Held && keys.contains(key))
+    }
+
+    fn addresses_of(
+        &self,
+        pick: impl Fn(&str, Hold) -> bool,
+    ) -> BTreeMap<IpAddr, BTreeSet<String>> {
         let mut out: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
         for (key, hold) in &self.state {
-            if !matches!(hold, Hold::Held | Hold::Sticky) {
+            if !pick(key, *hold) {
                 continue;
             }
             let Some(g) = self.desired.get(key) else {
@@ -186,6 +237,7 @@ impl Holdings {
     /// Stops everything (shutdown): nothing is announced afterwards.
     pub fn clear(&mut self) {
         self.state.clear();
+        self.reconfirmed.clear();
     }
 }
 
@@ -289,6 +341,47 @@ mod tests {
     }
 
     #[test]
+    fn after_an_outage_held_groups_and_reconfirmed_sticky_ones_are_reannounced() {
+        let held = group(&["198.51.100.1"], &["eth0"], true);
+        let sticky = group(&["198.51.100.2"], &["eth1"], true);
+        let lost = group(&["198.51.100.3"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&held, &sticky, &lost]);
+        for g in [&held, &sticky, &lost] {
+            h.on_lease(&g.key, Transition::Acquired);
+        }
+        assert!(
+            h.take_reconfirmed().is_empty(),
+            "first acquisitions are new, not reconfirmed"
+        );
+        for g in [&sticky, &lost] {
+            h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        }
+        // The API is back: only the valid lease is re-announced at once…
+        let at_once = h.confirmed();
+        assert_eq!(
+            at_once,
+            BTreeMap::from([(ip("198.51.100.1"), BTreeSet::from(["eth0".to_string()]))])
+        );
+        // …the sticky groups when their renewal gets through; a lost one never.
+        h.on_lease(&sticky.key, Transition::Acquired);
+        h.on_lease(&lost.key, Transition::Lost);
+        assert_eq!(
+            h.take_reconfirmed(),
+            BTreeMap::from([(ip("198.51.100.2"), BTreeSet::from(["eth1".to_string()]))])
+        );
+        assert!(h.take_reconfirmed().is_empty(), "taken once");
+        // Renewed while held: nothing to re-announce.
+        h.on_lease(&held.key, Transition::Acquired);
+        assert!(h.take_reconfirmed().is_empty());
+        // Sticky, then the group leaves the desired set before the renewal: forgotten.
+        h.on_lease(&sticky.key, Transition::ExpiredUnreachable);
+        h.set_desired([&held]);
+        h.on_lease(&sticky.key, Transition::Acquired);
+        assert!(h.take_reconfirmed().is_empty());
+    }
+
+    #[test]
     fn no_sticky_stops_when_the_lease_could_have_expired() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
         let mut h = Holdings::new(false);
@@ -320,6 +413,30 @@ mod tests {
         );
         assert_eq!(h.announced().len(), 1);
         assert_eq!(h.on_conflict(ip("198.51.100.9")), ConflictOutcome::NotOurs);
+    }
+
+    #[test]
+    fn an_answer_to_our_probe_never_makes_a_group_yield() {
+        let g = group(&["198.51.100.1"], &["eth0"], true);
+        let mut h = Holdings::new(true);
+        h.set_desired([&g]);
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.1")),
+            ConflictOutcome::NotOurs
+        );
+        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.1")),
+            ConflictOutcome::Ignored(g.key.clone())
+        );
+        assert_eq!(h.hold(&g.key), Some(Hold::Sticky), "still announcing");
+        assert_eq!(h.announced().len(), 1);
+        assert_eq!(
+            h.on_probe_answer(ip("198.51.100.9")),
+            ConflictOutcome::NotOurs
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub groups_desired: IntGauge,
     /// Conflicts reported by the announcer, by outcome (yielded, ignored, not_ours).
     pub conflicts: IntCounterVec,
+    /// Other stations answering for an address whose lease this node holds, by address family
+    /// (once per address, MAC and `agent::conflicts::FOREIGN_REPORT_EVERY`).
+    pub foreign_answerers: IntCounterVec,
     /// Eligibility recomputations.
     pub recomputes: IntCounter,
     /// Problems found in L2AnnouncementPolicies.
@@ -82,6 +85,11 @@ impl Metrics {
                 "ferrolb_agent_conflicts_total",
                 "Other stations announcing an address this node announces, by outcome.",
                 &["outcome"],
+            )?,
+            foreign_answerers: cv(
+                "ferrolb_agent_foreign_answerers_total",
+                "Other stations (MACs) answering ARP/NDP for an address whose lease this node holds, by family; once per address and MAC per 10 minutes (kube-proxy IPVS without strictARP?).",
+                &["family"],
             )?,
             recomputes: c(
                 "ferrolb_agent_recomputes_total",

@@ -1,5 +1,6 @@
-//! What the agent writes besides leases: an `events.k8s.io/v1` Event on a Service when this node
-//! starts announcing it, and the `Valid` condition on `L2AnnouncementPolicy` status.
+//! What the agent writes besides leases: `events.k8s.io/v1` Events on a Service (this node
+//! starts announcing it; another station answers for its address, `agent::conflicts`), and the
+//! `Valid` condition on `L2AnnouncementPolicy` status.
 //!
 //! # Who writes policy status
 //! Policy problems (bad selector, bad interface regex) are the same on every node, so letting every
@@ -41,14 +42,45 @@ pub fn announce_event(
     ifaces: &BTreeSet<String>,
     now: jiff::Timestamp,
 ) -> Option<Event> {
-    let ns = svc.metadata.namespace.clone()?;
-    let name = svc.metadata.name.clone()?;
     let ips = ips
         .iter()
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()
         .join(", ");
     let ifaces = ifaces.iter().cloned().collect::<Vec<_>>().join(", ");
+    service_event(
+        svc,
+        node,
+        EventKind {
+            type_: "Normal",
+            reason: REASON_ANNOUNCING,
+            action: ACTION_ANNOUNCE,
+        },
+        format!("announcing {ips} from {node} on {ifaces}"),
+        now,
+    )
+}
+
+/// Type, reason and action of an agent Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventKind {
+    /// `Normal` or `Warning`.
+    pub type_: &'static str,
+    pub reason: &'static str,
+    pub action: &'static str,
+}
+
+/// An Event from this node's agent regarding `svc` (None when the Service has no
+/// name/namespace).
+pub fn service_event(
+    svc: &Service,
+    node: &str,
+    kind: EventKind,
+    note: String,
+    now: jiff::Timestamp,
+) -> Option<Event> {
+    let ns = svc.metadata.namespace.clone()?;
+    let name = svc.metadata.name.clone()?;
     Some(Event {
         metadata: ObjectMeta {
             // client-go's scheme: <object>.<unix nanos in hex>.
@@ -59,8 +91,8 @@ pub fn announce_event(
         event_time: Some(MicroTime(now)),
         reporting_controller: Some(AGENT_NAME.to_string()),
         reporting_instance: Some(reporting_instance(node)),
-        action: Some(ACTION_ANNOUNCE.to_string()),
-        reason: Some(REASON_ANNOUNCING.to_string()),
+        action: Some(kind.action.to_string()),
+        reason: Some(kind.reason.to_string()),
         regarding: Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Service".into()),
@@ -70,8 +102,8 @@ pub fn announce_event(
             resource_version: None,
             field_path: None,
         }),
-        note: Some(format!("announcing {ips} from {node} on {ifaces}")),
-        type_: Some("Normal".into()),
+        note: Some(note),
+        type_: Some(kind.type_.into()),
         ..Default::default()
     })
 }

@@ -28,6 +28,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::conflicts::{self, ForeignAnswerers};
 use super::eligibility::{self, Desired, Options};
 use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
 use super::metrics::Metrics;
@@ -167,6 +168,8 @@ struct Agent {
     last_recompute: Duration,
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: (tokio::time::Instant, u32),
+    /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
+    foreign: ForeignAnswerers,
     /// Policy name → the resourceVersion a status write of ours was based on. Until the watch
     /// brings a newer object, recomputes see the old one and must not write it again (the second
     /// write could only end in a 409). Cleared on a failed write so the next recompute retries.
@@ -355,8 +358,13 @@ impl Agent {
         self.holdings.on_lease(&key, t);
     }
 
-    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str) {
-        let outcome = self.holdings.on_conflict(ip);
+    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str, probe_answer: bool) {
+        // An answer to our ARP probe is no takeover announcement: nothing yields to it.
+        let outcome = if probe_answer {
+            self.holdings.on_probe_answer(ip)
+        } else {
+            self.holdings.on_conflict(ip)
+        };
         let label = match &outcome {
             ConflictOutcome::Yielded(key) => {
                 warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
@@ -364,12 +372,51 @@ impl Agent {
             }
             ConflictOutcome::Ignored(key) => {
                 info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
+                self.on_foreign_answerer(ip, iface, mac, key);
                 "ignored"
             }
             ConflictOutcome::NotOurs => "not_ours",
         };
         self.metrics.conflicts.with_label_values(&[label]).inc();
         self.apply();
+    }
+
+    /// Another station answers for an address whose lease we hold (we keep it and keep
+    /// announcing): a Warning Event on its Services and a count, rate-limited per address+MAC.
+    fn on_foreign_answerer(&mut self, ip: IpAddr, iface: &str, mac: &str, key: &str) {
+        if !self.foreign.due(ip, mac, std::time::Instant::now()) {
+            return;
+        }
+        self.metrics
+            .foreign_answerers
+            .with_label_values(&[conflicts::family(ip)])
+            .inc();
+        warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
+        let now = jiff::Timestamp::now();
+        for sref in conflicts::services_of(self.holdings.group(key)) {
+            if !self.event_allowed(&sref) {
+                continue;
+            }
+            let oref = reflector::ObjectRef::new(&sref.name).within(&sref.namespace);
+            let Some(svc) = self.caches.services.get(&oref) else {
+                continue;
+            };
+            let node = &self.args.node_name;
+            if let Some(ev) = conflicts::foreign_event(&svc, node, ip, iface, mac, now) {
+                self.spawn_event(sref, ev);
+            }
+        }
+    }
+
+    /// The API server is reachable again after an outage: a gratuitous burst for every address
+    /// whose lease is valid (sticky ones follow when renewed, see `holdings`).
+    fn on_api_reconnected(&mut self) {
+        let held = self.holdings.confirmed();
+        info!(
+            addresses = held.len(),
+            "API server reachable again: re-announcing held addresses"
+        );
+        self.announcer.reannounce(held);
     }
 
     /// Hands the announced set to the announcer when it changed; Events for new announcements.
@@ -381,6 +428,14 @@ impl Agent {
         self.metrics
             .leases_sticky
             .set(self.holdings.sticky_count() as i64);
+        let again = self.holdings.take_reconfirmed();
+        if !again.is_empty() {
+            info!(
+                addresses = again.len(),
+                "leases renewed after the API outage: re-announcing"
+            );
+            self.announcer.reannounce(again);
+        }
         if now == self.announced {
             return;
         }
@@ -422,19 +477,9 @@ impl Agent {
         }
         let now = jiff::Timestamp::now();
         for (sref, (ips, ifaces)) in per_service {
-            let t = tokio::time::Instant::now();
-            if t.duration_since(self.event_window.0) >= Duration::from_secs(1) {
-                self.event_window = (t, 0);
-            }
-            if self.event_window.1 >= MAX_EVENTS_PER_SECOND {
-                self.metrics
-                    .api_errors
-                    .with_label_values(&["event_rate_limited"])
-                    .inc();
-                debug!(service = %sref, "Event rate limit reached: not posting");
+            if !self.event_allowed(&sref) {
                 continue;
             }
-            self.event_window.1 += 1;
             let oref = reflector::ObjectRef::new(&sref.name).within(&sref.namespace);
             let Some(svc) = self.caches.services.get(&oref) else {
                 continue;
@@ -443,15 +488,39 @@ impl Agent {
             else {
                 continue;
             };
-            let client = self.client.clone();
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = report::post_event(&client, &ev).await {
-                    metrics.api_errors.with_label_values(&["event"]).inc();
-                    warn!(service = %sref, error = %e, "posting Event failed");
-                }
-            });
+            self.spawn_event(sref, ev);
         }
+    }
+
+    /// The agent's Event rate limit ([`MAX_EVENTS_PER_SECOND`]): true when one more may be
+    /// posted now (counted), false when the limit is reached (counted as rate limited).
+    fn event_allowed(&mut self, sref: &eligibility::ServiceRef) -> bool {
+        let t = tokio::time::Instant::now();
+        if t.duration_since(self.event_window.0) >= Duration::from_secs(1) {
+            self.event_window = (t, 0);
+        }
+        if self.event_window.1 >= MAX_EVENTS_PER_SECOND {
+            self.metrics
+                .api_errors
+                .with_label_values(&["event_rate_limited"])
+                .inc();
+            debug!(service = %sref, "Event rate limit reached: not posting");
+            return false;
+        }
+        self.event_window.1 += 1;
+        true
+    }
+
+    /// Posts `ev` in the background (best effort; failures are counted and logged).
+    fn spawn_event(&self, sref: eligibility::ServiceRef, ev: k8s_openapi::api::events::v1::Event) {
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = report::post_event(&client, &ev).await {
+                metrics.api_errors.with_label_values(&["event"]).inc();
+                warn!(service = %sref, error = %e, "posting Event failed");
+            }
+        });
     }
 }
 
@@ -564,6 +633,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         status_written: Arc::default(),
         last_recompute: Duration::ZERO,
         event_window: (tokio::time::Instant::now(), 0),
+        foreign: ForeignAnswerers::default(),
         client,
         metrics,
         caches,
@@ -595,6 +665,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     // engine's counters are copied into the metrics every 2 s.
     let mut links = agent.announcer.link_changes();
     let mut links_open = true;
+    let engine_stats = agent.leases.stats();
     let mut stats_tick = tokio::time::interval(Duration::from_secs(2));
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -634,7 +705,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 }
             },
             c = conflicts.recv() => match c {
-                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string()),
+                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string(), c.probe_answer),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "conflict reports lagged");
                 }
@@ -642,6 +713,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     conflicts = agent.announcer.conflicts();
                 }
             },
+            _ = engine_stats.reconnected.notified() => agent.on_api_reconnected(),
             _ = stats_tick.tick() => {
                 agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
             }

@@ -1,8 +1,9 @@
 //! The announcer: answers ARP/NDP for held addresses from user space over raw `AF_PACKET`
 //! sockets (one reader thread per interface), sends gratuitous ARP / unsolicited NA bursts when
-//! an address is taken on an interface or an interface comes up, joins the solicited-node
-//! multicast group of each held IPv6 address, and reports other stations announcing our
-//! addresses as [`Conflict`]s.
+//! an address is taken on an interface or an interface comes up (or when asked, [`Announcer::reannounce`]),
+//! joins the solicited-node multicast group of each held IPv6 address, and reports other
+//! stations announcing our addresses as [`Conflict`]s (each gratuitous ARP goes with an ARP
+//! probe, [`arp::probe`], so that kernels answering for our IPv4 addresses show themselves).
 //!
 //! Threads, not tasks: the reply path is a blocking `poll`+`recvfrom` on a socket that a
 //! classic BPF filter restricts to ARP and ICMPv6 NS/NA, then one `sendto` — no executor hop,
@@ -75,6 +76,9 @@ pub struct Conflict {
     pub ip: IpAddr,
     pub iface: String,
     pub mac: MacAddr,
+    /// The frame answered one of our ARP probes (an ARP reply to 0.0.0.0): the station has the
+    /// address configured, but it did not announce a takeover.
+    pub probe_answer: bool,
 }
 
 /// The handle of a running announcer; clones share it. The threads stop on
@@ -123,6 +127,8 @@ enum Cmd {
     /// The kernel reported an interface change: re-read the interfaces.
     Links,
     Sync(tokio::sync::oneshot::Sender<()>),
+    /// A full gratuitous burst for these (address, interface) pairs, where still held.
+    Reannounce(Held),
     /// Test hook: stop one reader thread behind the manager's back (the self-check must notice).
     #[doc(hidden)]
     BreakReader(String),
@@ -218,6 +224,15 @@ impl Announcer {
             sh.generation.fetch_add(1, Ordering::Release);
         }
         self.send(Cmd::Wake);
+    }
+
+    /// Starts a full gratuitous burst now for every pair of `pairs` that is held (pairs that
+    /// are not held are skipped; a burst stops early if its pair is released). For events the
+    /// announcer cannot see itself, e.g. the API server reachable again after an outage.
+    pub fn reannounce(&self, pairs: Held) {
+        if !pairs.is_empty() {
+            self.send(Cmd::Reannounce(pairs));
+        }
     }
 
     /// The currently held addresses.
@@ -351,6 +366,16 @@ impl Manager {
             Cmd::Wake => {}
             Cmd::Links => self.links_dirty = true,
             Cmd::Sync(s) => pending_syncs.push(s),
+            Cmd::Reannounce(pairs) => {
+                let now = Instant::now();
+                for (ip, ifaces) in pairs {
+                    for i in ifaces {
+                        if self.shared.holds(&i, ip) {
+                            self.schedule(ip, &i, now);
+                        }
+                    }
+                }
+            }
             Cmd::BreakReader(name) => {
                 if let Some(r) = self.readers.get_mut(&name) {
                     r.stop.store(true, Ordering::SeqCst);
@@ -696,6 +721,12 @@ impl Manager {
                         .with_label_values(&[ip.to_string().as_str(), name.as_str()])
                         .inc();
                 }
+            }
+            // With each announcement an ARP probe: a station that answers it is a foreign
+            // answerer (reported as a conflict by the reader). IPv6 has no equivalent need:
+            // Linux answers NS only for addresses on the receiving interface.
+            if let IpAddr::V4(v4) = ip {
+                r.send(&arp::encode(&arp::probe(r.mac, *v4)));
             }
             debug!(%ip, iface = %name, "gratuitous announcement sent");
         }

@@ -188,6 +188,22 @@ pub fn gratuitous(op: Op, mac: MacAddr, ip: Ipv4Addr) -> ArpFrame {
     }
 }
 
+/// An ARP probe for `ip` from `mac` (RFC 5227: sender address 0.0.0.0, broadcast). It changes
+/// nobody's neighbour table; a host that has `ip` on an interface answers it (Linux does with
+/// `arp_ignore=0` even for an address on another interface, e.g. kube-proxy's `kube-ipvs0`),
+/// and that answer reaches us as a conflict: a foreign answerer.
+pub fn probe(mac: MacAddr, ip: Ipv4Addr) -> ArpFrame {
+    ArpFrame {
+        eth_dst: BROADCAST,
+        eth_src: mac,
+        op: Op::Request,
+        sender_mac: mac,
+        sender_ip: Ipv4Addr::UNSPECIFIED,
+        target_mac: ZERO_MAC,
+        target_ip: ip,
+    }
+}
+
 /// Why a request is not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignored {

@@ -171,7 +171,8 @@ impl ReadLoop {
             }
         }
         if let Some((ip, mac)) = v.conflict {
-            self.conflict(IpAddr::V4(ip), mac);
+            let probe_answer = f.op == arp::Op::Reply && f.target_ip.is_unspecified();
+            self.conflict(IpAddr::V4(ip), mac, probe_answer);
         }
     }
 
@@ -194,7 +195,7 @@ impl ReadLoop {
             }
         }
         if let Some((ip, mac)) = v.conflict {
-            self.conflict(IpAddr::V6(ip), mac);
+            self.conflict(IpAddr::V6(ip), mac, false);
         }
     }
 
@@ -203,7 +204,7 @@ impl ReadLoop {
             .inc();
     }
 
-    fn conflict(&mut self, ip: IpAddr, mac: MacAddr) {
+    fn conflict(&mut self, ip: IpAddr, mac: MacAddr, probe_answer: bool) {
         if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
             return;
         }
@@ -228,6 +229,7 @@ impl ReadLoop {
             ip,
             iface: self.name.clone(),
             mac,
+            probe_answer,
         });
     }
 }

@@ -143,6 +143,9 @@ pub struct EngineStats {
     pub clears: AtomicU64,
     /// API outages seen (a write or the watch failing as unreachable after a success).
     pub outages: AtomicU64,
+    /// Woken (one stored permit) each time an API outage ends: a write or the watch got
+    /// through again. The agent re-announces the addresses whose leases it holds.
+    pub reconnected: tokio::sync::Notify,
 }
 
 impl EngineStats {

@@ -27,7 +27,8 @@ impl Engine {
         }
     }
 
-    /// A write succeeded or the watch delivered: an outage in progress ends (logged once).
+    /// A write succeeded or the watch delivered: an outage in progress ends (logged once, and
+    /// [`EngineStats::reconnected`] woken).
     pub(super) fn note_reachable(&mut self, now: Instant) {
         if let Some(o) = self.outage.take() {
             tracing::info!(
@@ -36,6 +37,7 @@ impl Engine {
                 watch_errors = o.watch_errors,
                 "API server reachable again"
             );
+            self.stats.reconnected.notify_one();
         }
     }
 
