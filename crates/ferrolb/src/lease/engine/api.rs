@@ -143,6 +143,8 @@ pub struct EngineStats {
     pub clears: AtomicU64,
     /// API outages seen (a write or the watch failing as unreachable after a success).
     pub outages: AtomicU64,
+    /// How each lease we are creating or taking was taken over (read on `Acquired`).
+    pub takeovers: Takeovers,
 }
 
 impl EngineStats {
