@@ -320,7 +320,7 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
         assert!(l2_0 >= 3.0 && ev_0 >= 3.0, "writes {l2_0}, Events {ev_0}");
         let holder = lease_holder(c, VIP).context("holder")?;
         let shared_holder = lease_holder(c, SHARED).context("holder")?;
-        // A node holding nothing (3 nodes, 2 leases): its restart changes nothing.
+        // A node holding nothing (3 nodes, 2 leases).
         let idle = ["n1", "n2", "n3"]
             .into_iter()
             .find(|n| *n != holder && *n != shared_holder)
@@ -328,8 +328,10 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
             .to_string();
         let watches_0 = c.api_requests("watch", "services")?;
 
-        // 60 s steady, with every watch cut twice and an agent restarted (SIGKILL, started
-        // again).
+        // 60 s steady: every watch cut twice, and an agent that holds nothing restarted
+        // (SIGKILL, started again). Not covered: restarting the *holder* within its lease
+        // duration — another node took the Lease over within milliseconds of the new process
+        // starting in our runs (a change, so an Event and a write); cause not found yet.
         let t0 = Instant::now();
         let phase = |at: u64| t0 + Duration::from_secs(at);
         let sleep_until =
