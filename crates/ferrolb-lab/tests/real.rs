@@ -124,8 +124,8 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
         .unwrap();
 
     let mut wrong = Vec::new();
-    // The agent: reads what decides announcements, writes policy status, Events and its own
-    // Leases in ferrolb-leases; nothing else.
+    // The agent: reads what decides announcements, writes policy status, Events, the
+    // L2Announcements (create + status) and its own Leases in ferrolb-leases; nothing else.
     wrong.extend(
         expect_all(
             "agent",
@@ -140,6 +140,9 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
                 ("watch", FL, "l2announcementpolicies", "", "", ""),
                 ("update", FL, "l2announcementpolicies", "status", "", "p"),
                 ("patch", FL, "l2announcementpolicies", "status", "", "p"),
+                ("watch", FL, "l2announcements", "", "", ""),
+                ("create", FL, "l2announcements", "", "default", ""),
+                ("update", FL, "l2announcements", "status", "default", "s"),
                 ("create", "events.k8s.io", "events", "", "default", ""),
                 ("create", COORD, "leases", "", LEASES, ""),
                 ("update", COORD, "leases", "", LEASES, "x"),
@@ -169,6 +172,9 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
                 ("update", FL, "l2announcementpolicies", "", "", "p"),
                 ("patch", FL, "l2announcementpolicies", "", "", "p"),
                 ("delete", FL, "l2announcementpolicies", "", "", "p"),
+                ("update", FL, "l2announcements", "", "default", "s"),
+                ("patch", FL, "l2announcements", "", "default", "s"),
+                ("delete", FL, "l2announcements", "", "default", "s"),
                 ("create", "", "nodes", "", "", ""),
                 ("update", "", "nodes", "", "", "node1"),
                 ("patch", "", "nodes", "", "", "node1"),

@@ -190,6 +190,7 @@ fn check_install(objs: &[Value], ns: &str) {
         crd_names,
         set(&[
             "l2announcementpolicies.ferrolb.io",
+            "l2announcements.ferrolb.io",
             "loadbalancerippools.ferrolb.io"
         ])
     );
@@ -333,10 +334,20 @@ fn check_install(objs: &[Value], ns: &str) {
                 matches!(
                     (g.as_str(), r.as_str()),
                     ("ferrolb.io", "l2announcementpolicies/status")
+                        | ("ferrolb.io", "l2announcements")
+                        | ("ferrolb.io", "l2announcements/status")
                         | ("events.k8s.io", "events")
                         | ("", "events")
                 ),
                 "agent may write {g}/{r}: {writes:?}"
+            );
+        }
+        if (g.as_str(), r.as_str()) == ("ferrolb.io", "l2announcements") {
+            // Created once per announced Service; everything else goes through /status.
+            assert_eq!(
+                writes,
+                vec!["create"],
+                "agent may only create L2Announcements"
             );
         }
         assert!(
@@ -459,7 +470,7 @@ fn crd_copies_are_not_stale() {
             );
         }
     }
-    assert_eq!(generated, 2);
+    assert_eq!(generated, 3);
 }
 
 /// A running dev-apiserver (HTTP) with our CRDs, for kubectl's discovery.

@@ -279,3 +279,77 @@ pub struct L2AnnouncementPolicyStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// Who announces one Service's addresses: written by the node that holds their Lease, only when
+/// something changes (it took the Lease over, or the interfaces changed). One per announced
+/// Service, named after it, in its namespace, owned by it (garbage-collected with it). The
+/// `spec` is empty: everything is status.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrolb.io",
+    version = "v1alpha1",
+    kind = "L2Announcement",
+    plural = "l2announcements",
+    derive = "PartialEq",
+    shortname = "l2a",
+    category = "ferrolb",
+    namespaced,
+    status = "L2AnnouncementStatus",
+    doc = "L2Announcement says which node announces a Service's addresses over ARP/NDP, on which interfaces and since when; written by that node.",
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".status.addresses"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".status.interfaces"}"#,
+    printcolumn = r#"{"name":"Since","type":"date","jsonPath":".status.since"}"#,
+    printcolumn = r#"{"name":"Transitions","type":"integer","jsonPath":".status.leaseTransitions"}"#,
+    printcolumn = r#"{"name":"Last Failover","type":"string","jsonPath":".status.lastFailover.kind"}"#,
+    printcolumn = r#"{"name":"Failover ms","type":"integer","jsonPath":".status.lastFailover.durationMilliseconds"}"#,
+    printcolumn = r#"{"name":"Lease","type":"string","jsonPath":".status.lease","priority":1}"#,
+    printcolumn = r#"{"name":"From","type":"string","jsonPath":".status.lastFailover.from","priority":1}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementSpec {}
+
+/// What the announcing node wrote.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementStatus {
+    /// The Service's addresses this node answers ARP/NDP for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The announcing node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The interfaces it answers on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// When this node took the Lease (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The address Lease (in the agents' namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// `leaseTransitions` of that Lease when this node took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub lease_transitions: Option<i32>,
+    /// The takeover that made this node the holder, as this node saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<L2Failover>,
+}
+
+/// One takeover seen by the new holder.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Failover {
+    /// `Created` (no Lease existed), `Expired` (the holder stopped renewing: crash, partition),
+    /// `Released` (the holder let go: shutdown, hand-over, no longer eligible).
+    pub kind: String,
+    /// The previous holder, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// From the previous holder's last renewal (or its release) as this node saw it, to this
+    /// node's successful takeover, on this node's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub duration_milliseconds: Option<i64>,
+}

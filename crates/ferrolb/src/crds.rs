@@ -17,7 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::api::{L2AnnouncementPolicy, LoadBalancerIPPool};
+use crate::api::{L2Announcement, L2AnnouncementPolicy, LoadBalancerIPPool};
 
 /// Command-line flags of `ferrolb crds`.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,6 +37,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "l2announcementpolicies.ferrolb.io.yaml",
             finish(L2AnnouncementPolicy::crd()),
+        ),
+        (
+            "l2announcements.ferrolb.io.yaml",
+            finish(L2Announcement::crd()),
         ),
     ]
 }

@@ -9,9 +9,8 @@
 //! **Who announces what** comes from [`Announcement`]s. Today they are read from the address
 //! Leases (`ferrolb-<hash>`, label [`MANAGED_BY_LABEL`]`=`[`MANAGED_BY_VALUE`]): the holder is
 //! the announcing node, `acquireTime` is "since", the annotations [`ANN_ADDRESSES`] and
-//! [`ANN_SERVICES`] say what for. The interfaces are not in the Leases, so they are unknown
-//! (`None`) from this source; an `L2Announcement` source (one object per Service, written by the
-//! holder) would fill them through the same type.
+//! [`ANN_SERVICES`] say what for. The interfaces are not in the Leases: `status` takes them from
+//! the Service's `L2Announcement` (written by the holder) when it names the same node.
 //!
 //! Liveness of a Lease (renewed within its `leaseDurationSeconds`) is judged with this machine's
 //! clock against the holder's `renewTime`, so clock offsets between this machine and the nodes
@@ -177,6 +176,8 @@ pub struct Snapshot {
     /// ferrolb's Leases: address Leases and presence Leases.
     pub leases: Vec<Lease>,
     pub nodes: Vec<Node>,
+    /// The agents' `L2Announcement`s (who announces each Service, on which interfaces).
+    pub l2announcements: Vec<ferrolb::api::L2Announcement>,
     /// What could not be read, and what that means for the report.
     pub notes: Vec<String>,
 }
@@ -220,6 +221,14 @@ pub fn lease_api(client: &kube::Client, args: &KubeArgs) -> Api<Lease> {
     match &args.lease_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// The `L2Announcement` API for a scope (they live in their Service's namespace).
+pub fn l2a_api(client: &kube::Client, scope: &Scope) -> Api<ferrolb::api::L2Announcement> {
+    match scope {
+        Scope::All => Api::all(client.clone()),
+        Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
     }
 }
 
@@ -268,12 +277,15 @@ impl Snapshot {
         )
         .await;
         let nodes = list_or_note(Api::all(client.clone()), &all, "Nodes", &mut notes).await;
+        let l2announcements =
+            list_or_note(l2a_api(client, scope), &all, "L2Announcements", &mut notes).await;
         Ok(Snapshot {
             pools,
             policies,
             services,
             leases,
             nodes,
+            l2announcements,
             notes,
         })
     }

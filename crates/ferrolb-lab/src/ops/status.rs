@@ -201,6 +201,9 @@ pub fn build(snap: &Snapshot, now: jiff::Timestamp) -> Report {
                 )
             })
             .copied();
+        let interfaces = ann
+            .and_then(|a| a.interfaces.clone())
+            .or_else(|| l2a_interfaces(snap, &ns, &name, ann.and_then(|a| a.node.as_deref())));
         services.push(ServiceRow {
             namespace: ns,
             name,
@@ -213,7 +216,7 @@ pub fn build(snap: &Snapshot, now: jiff::Timestamp) -> Report {
                 .collect(),
             node: ann.and_then(|a| a.node.clone()),
             live: ann.is_some_and(|a| a.live),
-            interfaces: ann.and_then(|a| a.interfaces.clone()),
+            interfaces,
             since: ann.and_then(|a| a.since.clone()),
             source: ann.map(|a| a.source.clone()),
         });
@@ -224,6 +227,25 @@ pub fn build(snap: &Snapshot, now: jiff::Timestamp) -> Report {
         pending,
         notes: snap.notes.clone(),
     }
+}
+
+/// The interfaces the Service's `L2Announcement` names, when it names the same node as the
+/// Lease (an object left from an earlier holder says nothing about this one).
+fn l2a_interfaces(
+    snap: &Snapshot,
+    ns: &str,
+    name: &str,
+    node: Option<&str>,
+) -> Option<Vec<String>> {
+    let node = node?;
+    snap.l2announcements
+        .iter()
+        .find(|o| {
+            o.metadata.namespace.as_deref() == Some(ns) && o.metadata.name.as_deref() == Some(name)
+        })
+        .and_then(|o| o.status.as_ref())
+        .filter(|s| s.node.as_deref() == Some(node) && !s.interfaces.is_empty())
+        .map(|s| s.interfaces.clone())
 }
 
 fn dash(s: Option<&str>) -> String {
@@ -399,9 +421,10 @@ async fn watch(client: kube::Client, args: &Args, scope: &Scope) -> ferrolb::Cmd
         cfg.clone().labels(&super::lease_selector()),
         3,
     );
-    let (nodes, s4) = cached(Api::<Node>::all(client.clone()), cfg, 4);
-    let mut events = futures::stream::select_all([s0, s1, s2, s3, s4]);
-    let mut ready = [false; 5];
+    let (nodes, s4) = cached(Api::<Node>::all(client.clone()), cfg.clone(), 4);
+    let (l2as, s5) = cached(super::l2a_api(&client, scope), cfg, 5);
+    let mut events = futures::stream::select_all([s0, s1, s2, s3, s4, s5]);
+    let mut ready = [false; 6];
     let mut errors: BTreeMap<usize, String> = BTreeMap::new();
     let mut last: Option<Report> = None;
     while let Some(first) = events.next().await {
@@ -429,7 +452,14 @@ async fn watch(client: kube::Client, args: &Args, scope: &Scope) -> ferrolb::Cmd
                     errors.remove(&idx);
                 }
                 Err(e) => {
-                    let what = ["pools", "policies", "Services", "Leases", "Nodes"][idx];
+                    let what = [
+                        "pools",
+                        "policies",
+                        "Services",
+                        "Leases",
+                        "Nodes",
+                        "L2Announcements",
+                    ][idx];
                     // A resource that cannot be watched (CRD missing, forbidden) counts as
                     // listed-empty so the others still render; the error is shown as a note.
                     ready[idx] = true;
@@ -446,6 +476,7 @@ async fn watch(client: kube::Client, args: &Args, scope: &Scope) -> ferrolb::Cmd
             services: cloned(&services),
             leases: cloned(&leases),
             nodes: cloned(&nodes),
+            l2announcements: cloned(&l2as),
             notes: errors.values().cloned().collect(),
         };
         let report = build(&snap, jiff::Timestamp::now());
@@ -553,8 +584,31 @@ mod tests {
             ..Default::default()
         };
         let r = build(&snap, ts("2026-12-04T10:05:00Z"));
+        assert_eq!(
+            r.services[0].interfaces, None,
+            "no L2Announcement: not known"
+        );
+        // The L2Announcement of the holder names the interfaces; one of another node does not.
+        let l2a = |node: &str| {
+            let mut o =
+                ferrolb::api::L2Announcement::new("web", ferrolb::api::L2AnnouncementSpec {});
+            o.metadata.namespace = Some("demo".into());
+            o.status = Some(ferrolb::api::L2AnnouncementStatus {
+                node: Some(node.into()),
+                interfaces: vec!["eth0".into()],
+                ..Default::default()
+            });
+            o
+        };
+        let mut snap = snap;
+        snap.l2announcements = vec![l2a("node1")];
+        let r = build(&snap, ts("2026-12-04T10:05:00Z"));
+        assert_eq!(r.services[0].interfaces, None, "an earlier holder's object");
+        snap.l2announcements = vec![l2a("node2")];
+        let r = build(&snap, ts("2026-12-04T10:05:00Z"));
         assert_eq!(r.services.len(), 1);
         let web = &r.services[0];
+        assert_eq!(web.interfaces, Some(vec!["eth0".to_string()]));
         assert_eq!(web.node.as_deref(), Some("node2"));
         assert!(web.live);
         assert_eq!(web.since.as_deref(), Some("2026-12-04T10:00:01Z"));

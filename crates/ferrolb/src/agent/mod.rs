@@ -8,6 +8,8 @@
 //! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals).
 //! - [`report`]: Events on Services, policy status conditions.
 //! - [`trim`]: what the caches keep of each watched object.
+//! - [`l2status`] (pure) and [`l2writer`]: the `L2Announcement` of each Service this node
+//!   announces, written only when it changes.
 //!
 //! # API-server outages ("sticky", default on)
 //! A holder that cannot renew because the API server is unreachable keeps announcing after its
@@ -21,6 +23,8 @@
 pub mod conflicts;
 pub mod eligibility;
 pub mod holdings;
+pub mod l2status;
+pub mod l2writer;
 pub mod metrics;
 pub mod report;
 pub mod run;
@@ -91,6 +95,10 @@ pub struct Args {
     /// so a stream of events cannot keep a core busy.
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "50ms")]
     pub debounce: Duration,
+    /// Do not write `L2Announcement` objects (who announces each Service; written only on
+    /// takeovers and interface changes).
+    #[arg(long)]
+    pub no_l2_announcements: bool,
 }
 
 impl Args {

@@ -174,6 +174,10 @@ struct Agent {
     /// brings a newer object, recomputes see the old one and must not write it again (the second
     /// write could only end in a 409). Cleared on a failed write so the next recompute retries.
     status_written: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// `L2Announcement`s (see `l2writer`).
+    l2: super::l2writer::L2Status,
+    /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
+    reconfirmed: BTreeSet<String>,
 }
 
 /// Locks a mutex, taking over a poisoned one (the map it guards stays consistent: one insert or
@@ -355,6 +359,9 @@ impl Agent {
             }
             _ => debug!(group = %key, event = label, "lease event"),
         }
+        if self.l2.on_lease(&key, &ev, &self.leases.stats()) {
+            self.reconfirmed.insert(key.clone());
+        }
         self.holdings.on_lease(&key, t);
     }
 
@@ -421,6 +428,8 @@ impl Agent {
 
     /// Hands the announced set to the announcer when it changed; Events for new announcements.
     fn apply(&mut self) {
+        self.l2.update(&self.holdings);
+        let reconfirmed = std::mem::take(&mut self.reconfirmed);
         let now = self.holdings.announced();
         self.metrics
             .leases_held
@@ -439,7 +448,13 @@ impl Agent {
         if now == self.announced {
             return;
         }
-        let new = newly_announced(&self.announced, &now);
+        let mut new = newly_announced(&self.announced, &now);
+        // Events only for changes: not for addresses re-confirmed after a restart.
+        for key in reconfirmed {
+            if let Some(g) = self.holdings.group(&key) {
+                new.retain(|(ip, _)| !g.addresses.contains(ip));
+            }
+        }
         self.announcer.set_held(now.clone());
         self.metrics.addresses_announced.set(now.len() as i64);
         self.metrics.announcements.inc_by(new.len() as u64);
@@ -605,6 +620,18 @@ pub async fn run(args: Args) -> crate::CmdResult {
     };
 
     let (leases, mut lease_events) = LeaseSet::start(client.clone(), engine_options);
+    let l2_writer = match args.no_l2_announcements {
+        true => None,
+        false => Some(
+            super::l2writer::L2Writer::start(
+                client.clone(),
+                args.node_name.clone(),
+                caches.services.clone(),
+                &registry,
+            )?
+            .0,
+        ),
+    };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -634,6 +661,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
         last_recompute: Duration::ZERO,
         event_window: (tokio::time::Instant::now(), 0),
         foreign: ForeignAnswerers::default(),
+        l2: super::l2writer::L2Status::new(l2_writer),
+        reconfirmed: BTreeSet::new(),
         client,
         metrics,
         caches,
@@ -696,6 +725,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     while let Ok(ev) = lease_events.try_recv() {
                         agent.on_lease_event(ev);
                     }
+                    agent.l2.lease_activity();
                     agent.apply();
                 }
                 None => {

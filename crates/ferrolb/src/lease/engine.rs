@@ -13,10 +13,12 @@
 mod api;
 mod driver;
 mod outage;
+mod takeover;
 mod writes;
 
 pub use api::*;
 use driver::run;
+pub use takeover::{Takeover, TakeoverKind, Takeovers};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -285,6 +287,29 @@ impl Engine {
         Some(base)
     }
 
+    /// Notes how we are taking `name` over (read by the caller on `Acquired`).
+    fn note_takeover(&self, name: &str, obs: &Observed, transitions: i32) {
+        let me = self.me();
+        let (kind, from) = match (obs.record.as_ref(), obs.holder()) {
+            (None, _) => (TakeoverKind::Created, None),
+            (Some(_), Some(h)) => (TakeoverKind::Expired, Some(h.to_string())),
+            (Some(_), None) => {
+                let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
+                (TakeoverKind::Released, last)
+            }
+        };
+        let from = from.filter(|h| h != me);
+        self.stats.takeovers.note(
+            name,
+            Takeover {
+                kind,
+                from,
+                free_since: obs.observed_at,
+                transitions,
+            },
+        );
+    }
+
     fn rank_delay(&mut self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
@@ -459,10 +484,12 @@ impl Engine {
         match action {
             Action::Create => {
                 if let Some(d) = desired {
+                    self.note_takeover(name, &obs, 0);
                     self.spawn(name, Op::Create, None, d);
                 }
             }
             Action::Acquire { transitions } => {
+                self.note_takeover(name, &obs, transitions);
                 self.spawn_update(name, OpKind::Acquire(transitions), &obs, desired)
             }
             Action::Renew => self.spawn_update(name, OpKind::Renew, &obs, desired),

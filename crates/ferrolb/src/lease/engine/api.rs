@@ -146,6 +146,8 @@ pub struct EngineStats {
     /// Woken (one stored permit) each time an API outage ends: a write or the watch got
     /// through again. The agent re-announces the addresses whose leases it holds.
     pub reconnected: tokio::sync::Notify,
+    /// How each lease we are creating or taking was taken over (read on `Acquired`).
+    pub takeovers: Takeovers,
 }
 
 impl EngineStats {

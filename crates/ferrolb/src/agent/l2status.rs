@@ -1,0 +1,469 @@
+//! What each `L2Announcement` should say, and whether a write is needed: pure.
+//!
+//! - [`wants`]: the held groups (from [`Holdings`]) → one [`Want`] per Service this node
+//!   announces (Services sharing an address each get their own object).
+//! - [`Tracker`]: remembers the last wants handed to the writer, so only changed ones (a
+//!   takeover, other interfaces or addresses) are queued and Services no longer announced here are
+//!   cancelled. Renewals change nothing here: they produce no lease event.
+//! - [`plan`]: a want against the object as cached → `None` (it already says so: after a
+//!   restart, a relist, or a write of ours) or the [`Write`] to send. The object is rewritten
+//!   only when the node, the addresses or the interfaces differ; `since`, the transitions and
+//!   the last failover are kept while the node stays the same.
+//! - [`Queue`]: the writer's queue, coalesced per Service: a newer want replaces a queued one in
+//!   place, a cancelled one is dropped.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::eligibility::ServiceRef;
+use super::holdings::{Hold, Holdings};
+use crate::api::{L2Announcement, L2AnnouncementSpec, L2AnnouncementStatus, L2Failover};
+use crate::lease::engine::Takeover;
+
+/// How this node came to hold one group's lease (kept by the agent per group key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acquired {
+    /// Wall-clock time of the acquisition (RFC 3339, milliseconds).
+    pub at: String,
+    /// The takeover, as the lease engine saw it (`None`: we re-confirmed our own record, e.g.
+    /// after a restart).
+    pub failover: Option<L2Failover>,
+    /// `leaseTransitions` our takeover wrote.
+    pub transitions: Option<i32>,
+}
+
+impl Acquired {
+    /// From the engine's takeover note, `duration_ms` after it started (measured by the caller
+    /// on its monotonic clock).
+    pub fn new(at: jiff::Timestamp, takeover: Option<&Takeover>, duration_ms: i64) -> Acquired {
+        Acquired {
+            at: at.round(jiff::Unit::Millisecond).unwrap_or(at).to_string(),
+            failover: takeover.map(|t| L2Failover {
+                kind: t.kind.as_str().to_string(),
+                from: t.from.clone(),
+                duration_milliseconds: Some(duration_ms.max(0)),
+            }),
+            transitions: takeover.map(|t| t.transitions),
+        }
+    }
+}
+
+/// What one Service's object should say, as far as this node is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub service: ServiceRef,
+    pub addresses: Vec<String>,
+    pub interfaces: Vec<String>,
+    pub lease: String,
+    pub acquired: Option<Acquired>,
+}
+
+/// One want per Service of every group this node announces (held or sticky).
+pub fn wants(
+    holdings: &Holdings,
+    acquired: &HashMap<String, Acquired>,
+) -> BTreeMap<ServiceRef, Want> {
+    let mut out = BTreeMap::new();
+    for key in holdings.desired_keys() {
+        if !matches!(holdings.hold(key), Some(Hold::Held | Hold::Sticky)) {
+            continue;
+        }
+        let Some(g) = holdings.group(key) else {
+            continue;
+        };
+        let addresses: Vec<String> = g.addresses.iter().map(ToString::to_string).collect();
+        let interfaces: Vec<String> = g.interfaces.iter().cloned().collect();
+        let lease = crate::lease::lease_name(key);
+        for s in &g.services {
+            out.insert(
+                s.clone(),
+                Want {
+                    service: s.clone(),
+                    addresses: addresses.clone(),
+                    interfaces: interfaces.clone(),
+                    lease: lease.clone(),
+                    acquired: acquired.get(key).cloned(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The wants last handed to the writer.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    last: BTreeMap<ServiceRef, Want>,
+}
+
+/// What changed since the last call of [`Tracker::update`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// New or different wants: queue them.
+    pub changed: Vec<Want>,
+    /// Services this node no longer announces: drop what is queued for them.
+    pub gone: Vec<ServiceRef>,
+}
+
+impl Tracker {
+    pub fn update(&mut self, now: BTreeMap<ServiceRef, Want>) -> Changes {
+        let mut c = Changes::default();
+        for (s, w) in &now {
+            if self.last.get(s) != Some(w) {
+                c.changed.push(w.clone());
+            }
+        }
+        for s in self.last.keys() {
+            if !now.contains_key(s) {
+                c.gone.push(s.clone());
+            }
+        }
+        self.last = now;
+        c
+    }
+}
+
+/// A write the writer should send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// No object yet: create it (status included; a server with the status subresource drops
+    /// it on create, so the writer follows with a status write when the answer lacks it).
+    Create(L2Announcement),
+    /// Replace the status of the cached object (its resourceVersion is the precondition).
+    Status(L2Announcement),
+}
+
+/// What the object should say now, given the cached one (`None` = no write needed).
+/// `uid` is the Service's (for the owner reference; `None` leaves it out).
+pub fn plan(
+    node: &str,
+    current: Option<&L2Announcement>,
+    want: &Want,
+    uid: Option<&str>,
+) -> Option<Write> {
+    let cur = current.and_then(|c| c.status.clone()).unwrap_or_default();
+    let same_node = cur.node.as_deref() == Some(node);
+    if same_node && cur.addresses == want.addresses && cur.interfaces == want.interfaces {
+        return None;
+    }
+    let status = if same_node {
+        L2AnnouncementStatus {
+            addresses: want.addresses.clone(),
+            interfaces: want.interfaces.clone(),
+            lease: Some(want.lease.clone()),
+            ..cur
+        }
+    } else {
+        let acquired = want.acquired.clone();
+        let failover = acquired
+            .as_ref()
+            .and_then(|a| a.failover.clone())
+            .map(|mut f| {
+                if f.from.is_none() {
+                    f.from = cur.node.clone();
+                }
+                f
+            });
+        L2AnnouncementStatus {
+            addresses: want.addresses.clone(),
+            node: Some(node.to_string()),
+            interfaces: want.interfaces.clone(),
+            since: acquired.as_ref().map(|a| a.at.clone()),
+            lease: Some(want.lease.clone()),
+            lease_transitions: acquired
+                .as_ref()
+                .and_then(|a| a.transitions)
+                .or(cur.lease_transitions),
+            last_failover: failover.or(cur.last_failover),
+        }
+    };
+    match current {
+        Some(c) => {
+            let mut o = c.clone();
+            o.metadata.managed_fields = None;
+            o.status = Some(status);
+            Some(Write::Status(o))
+        }
+        None => {
+            let owner = uid.map(|uid| OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name: want.service.name.clone(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            });
+            let mut o = L2Announcement::new(&want.service.name, L2AnnouncementSpec {});
+            o.metadata = ObjectMeta {
+                name: Some(want.service.name.clone()),
+                namespace: Some(want.service.namespace.clone()),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            };
+            o.status = Some(status);
+            Some(Write::Create(o))
+        }
+    }
+}
+
+/// The writer's queue: one entry per Service, the newest want wins, first queued first out.
+/// It also remembers the newest want of every Service still announced here, so a retry of an
+/// older or cancelled want is dropped.
+#[derive(Debug, Default)]
+pub struct Queue {
+    order: VecDeque<ServiceRef>,
+    pending: HashMap<ServiceRef, Want>,
+    latest: HashMap<ServiceRef, Want>,
+}
+
+impl Queue {
+    /// Queues `w`, replacing a queued want of the same Service (which keeps its place).
+    pub fn push(&mut self, w: Want) {
+        self.latest.insert(w.service.clone(), w.clone());
+        if self.pending.insert(w.service.clone(), w.clone()).is_none() {
+            self.order.push_back(w.service);
+        }
+    }
+
+    /// Queues `w` again if it is still its Service's newest want and nothing is queued for it.
+    pub fn retry(&mut self, w: Want) {
+        if self.is_current(&w) && !self.pending.contains_key(&w.service) {
+            self.push(w);
+        }
+    }
+
+    /// Whether `w` is the newest want of its Service (not superseded, not cancelled).
+    pub fn is_current(&self, w: &Want) -> bool {
+        self.latest.get(&w.service) == Some(w)
+    }
+
+    /// Drops what is queued for `s`, and forgets it.
+    pub fn cancel(&mut self, s: &ServiceRef) {
+        self.pending.remove(s);
+        self.latest.remove(s);
+    }
+
+    pub fn pop(&mut self) -> Option<Want> {
+        while let Some(s) = self.order.pop_front() {
+            if let Some(w) = self.pending.remove(&s) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Wants queued.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::eligibility::Group;
+    use crate::agent::holdings::Transition;
+    use std::sync::Arc;
+
+    fn group(key_ips: &[&str], services: &[(&str, &str)], ifaces: &[&str]) -> Arc<Group> {
+        let addresses = key_ips.iter().map(|s| s.parse().unwrap()).collect();
+        Arc::new(Group {
+            key: crate::agent::eligibility::group_key(&addresses),
+            addresses,
+            services: services
+                .iter()
+                .map(|(n, s)| ServiceRef::new(n, s))
+                .collect(),
+            candidates: Arc::new(vec!["n1".into(), "n2".into()]),
+            interfaces: Arc::new(ifaces.iter().map(|s| s.to_string()).collect()),
+            eligible_here: true,
+        })
+    }
+
+    fn want(svc: &str, ifaces: &[&str], acquired: Option<Acquired>) -> Want {
+        Want {
+            service: ServiceRef::new("demo", svc),
+            addresses: vec!["198.51.100.10".into()],
+            interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            lease: "ferrolb-0123".into(),
+            acquired,
+        }
+    }
+
+    fn taken(kind: &str, from: Option<&str>, ms: i64, transitions: i32) -> Acquired {
+        Acquired {
+            at: "2026-12-05T07:00:00.123Z".into(),
+            failover: Some(L2Failover {
+                kind: kind.into(),
+                from: from.map(str::to_string),
+                duration_milliseconds: Some(ms),
+            }),
+            transitions: Some(transitions),
+        }
+    }
+
+    fn stored(w: Write) -> L2Announcement {
+        let mut o = match w {
+            Write::Create(o) | Write::Status(o) => o,
+        };
+        o.metadata.resource_version = Some("7".into());
+        o
+    }
+
+    #[test]
+    fn wants_one_per_service_of_held_groups_only() {
+        let shared = group(
+            &["198.51.100.10"],
+            &[("demo", "dns-tcp"), ("demo", "dns-udp")],
+            &["eth0"],
+        );
+        let other = group(&["198.51.100.11"], &[("demo", "web")], &["eth0", "eth1"]);
+        let mut h = Holdings::new(true);
+        h.set_desired([&shared, &other]);
+        assert!(wants(&h, &HashMap::new()).is_empty(), "nothing held yet");
+        h.on_lease(&shared.key, Transition::Acquired);
+        let acq = HashMap::from([(shared.key.clone(), taken("Expired", Some("n2"), 1900, 4))]);
+        let w = wants(&h, &acq);
+        assert_eq!(
+            w.len(),
+            2,
+            "one object per Service sharing the address: {w:?}"
+        );
+        let tcp = &w[&ServiceRef::new("demo", "dns-tcp")];
+        assert_eq!(tcp.addresses, vec!["198.51.100.10".to_string()]);
+        assert_eq!(tcp.interfaces, vec!["eth0".to_string()]);
+        assert_eq!(tcp.lease, crate::lease::lease_name(&shared.key));
+        assert_eq!(tcp.acquired, acq.get(&shared.key).cloned());
+        assert!(!w.contains_key(&ServiceRef::new("demo", "web")));
+    }
+
+    #[test]
+    fn tracker_reports_only_changes_and_gone_services() {
+        let mut t = Tracker::default();
+        let a = want("a", &["eth0"], None);
+        let b = want("b", &["eth0"], None);
+        let c = t.update(BTreeMap::from([
+            (a.service.clone(), a.clone()),
+            (b.service.clone(), b.clone()),
+        ]));
+        assert_eq!(c.changed.len(), 2);
+        // The same again (a recompute, a renewal): nothing.
+        let c = t.update(BTreeMap::from([
+            (a.service.clone(), a.clone()),
+            (b.service.clone(), b.clone()),
+        ]));
+        assert_eq!(c, Changes::default());
+        // a's interfaces change, b is no longer announced here.
+        let a2 = want("a", &["eth0", "eth1"], None);
+        let c = t.update(BTreeMap::from([(a2.service.clone(), a2.clone())]));
+        assert_eq!(c.changed, vec![a2]);
+        assert_eq!(c.gone, vec![b.service]);
+    }
+
+    #[test]
+    fn a_new_object_is_created_owned_by_its_service() {
+        let w = want("web", &["eth0"], Some(taken("Created", None, 3, 0)));
+        let Some(Write::Create(o)) = plan("n1", None, &w, Some("uid-1")) else {
+            panic!("expected a create");
+        };
+        assert_eq!(o.metadata.name.as_deref(), Some("web"));
+        assert_eq!(o.metadata.namespace.as_deref(), Some("demo"));
+        let owner = &o.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Service", "web", "uid-1")
+        );
+        let s = o.status.unwrap();
+        assert_eq!(s.node.as_deref(), Some("n1"));
+        assert_eq!(s.interfaces, vec!["eth0".to_string()]);
+        assert_eq!(s.since.as_deref(), Some("2026-12-05T07:00:00.123Z"));
+        assert_eq!(s.lease_transitions, Some(0));
+        assert_eq!(s.last_failover.unwrap().kind, "Created");
+    }
+
+    #[test]
+    fn nothing_is_written_when_the_object_already_says_it() {
+        let w = want(
+            "web",
+            &["eth0"],
+            Some(taken("Expired", Some("n2"), 1900, 3)),
+        );
+        let obj = stored(plan("n1", None, &w, Some("u")).unwrap());
+        // A restart: re-confirmed our own lease, no takeover → still no write.
+        let restarted = want("web", &["eth0"], None);
+        assert_eq!(plan("n1", Some(&obj), &restarted, Some("u")), None);
+        assert_eq!(plan("n1", Some(&obj), &w, Some("u")), None);
+    }
+
+    #[test]
+    fn a_takeover_rewrites_node_since_transitions_and_failover() {
+        let w1 = want("web", &["eth0"], Some(taken("Created", None, 3, 0)));
+        let obj = stored(plan("n1", None, &w1, Some("u")).unwrap());
+        let mut w2 = want("web", &["eth0"], Some(taken("Expired", None, 1960, 1)));
+        w2.acquired.as_mut().unwrap().at = "2026-12-05T07:05:00Z".into();
+        let Some(Write::Status(o)) = plan("n2", Some(&obj), &w2, Some("u")) else {
+            panic!("expected a status write");
+        };
+        assert_eq!(
+            o.metadata.resource_version.as_deref(),
+            Some("7"),
+            "precondition"
+        );
+        let s = o.status.unwrap();
+        assert_eq!(s.node.as_deref(), Some("n2"));
+        assert_eq!(s.since.as_deref(), Some("2026-12-05T07:05:00Z"));
+        assert_eq!(s.lease_transitions, Some(1));
+        let f = s.last_failover.unwrap();
+        assert_eq!(f.kind, "Expired");
+        // The engine did not know the previous holder: the object did.
+        assert_eq!(f.from.as_deref(), Some("n1"));
+        assert_eq!(f.duration_milliseconds, Some(1960));
+    }
+
+    #[test]
+    fn an_interface_change_keeps_since_and_failover() {
+        let w1 = want("web", &["eth0"], Some(taken("Released", Some("n2"), 40, 5)));
+        let obj = stored(plan("n1", None, &w1, Some("u")).unwrap());
+        let w2 = want("web", &["eth0", "eth1"], None);
+        let Some(Write::Status(o)) = plan("n1", Some(&obj), &w2, Some("u")) else {
+            panic!("expected a status write");
+        };
+        let s = o.status.unwrap();
+        assert_eq!(s.interfaces, vec!["eth0".to_string(), "eth1".to_string()]);
+        assert_eq!(s.since.as_deref(), Some("2026-12-05T07:00:00.123Z"));
+        assert_eq!(s.lease_transitions, Some(5));
+        assert_eq!(s.last_failover.unwrap().duration_milliseconds, Some(40));
+    }
+
+    #[test]
+    fn the_queue_coalesces_per_service_and_drops_cancelled_wants() {
+        let mut q = Queue::default();
+        q.push(want("a", &["eth0"], None));
+        q.push(want("b", &["eth0"], None));
+        let a2 = want("a", &["eth1"], None);
+        q.push(a2.clone());
+        assert_eq!(q.len(), 2);
+        // A retry of an older want does not overwrite the newer one.
+        q.retry(want("a", &["eth0"], None));
+        assert_eq!(q.pop(), Some(a2.clone()), "the newest want, at a's place");
+        let b = want("b", &["eth0"], None);
+        q.cancel(&b.service);
+        assert_eq!(q.pop(), None);
+        assert!(q.is_empty());
+        // A retry after a failed write: only while it is still the newest want.
+        q.retry(a2.clone());
+        assert_eq!(q.pop(), Some(a2.clone()));
+        q.retry(b.clone());
+        assert!(
+            q.is_empty(),
+            "b was cancelled: its retry must not come back"
+        );
+        assert!(!q.is_current(&want("a", &["eth0"], None)));
+        assert!(q.is_current(&a2));
+    }
+}

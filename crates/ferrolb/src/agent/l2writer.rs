@@ -1,0 +1,277 @@
+//! The task that writes `L2Announcement` objects: thin I/O around [`super::l2status`].
+//!
+//! It never delays a takeover: it waits until the agent has seen no lease event for
+//! [`SETTLE`] (a burst of acquisitions is over and their lease writes went first; at most
+//! [`MAX_HOLD`] under constant churn), then sends one write at a time. Its queue is coalesced per
+//! Service ([`Queue`]): a newer state replaces a queued one, a Service this node stopped
+//! announcing is dropped. What to write is decided against a watch cache of the objects
+//! ([`plan`]), so a restart or a relist writes nothing. Status writes carry the cached
+//! resourceVersion; a 409 or 404 waits for the watch and decides again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::PostParams;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::eligibility::ServiceRef;
+use super::l2status::{plan, Queue, Want, Write};
+use crate::api::L2Announcement;
+
+/// Quiet period after the last lease event before writing.
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// The longest a write waits for lease activity to settle.
+pub const MAX_HOLD: Duration = Duration::from_secs(2);
+/// Wait before deciding again after a 409/404 (the watch brings the newer object meanwhile).
+const CONFLICT_WAIT: Duration = Duration::from_millis(200);
+/// Wait before retrying after another error.
+const ERROR_WAIT: Duration = Duration::from_secs(1);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// The last lease activity the agent reported.
+    activity: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Handle of the writer task (cheap to clone).
+#[derive(Clone)]
+pub struct L2Writer {
+    shared: Arc<Shared>,
+}
+
+impl L2Writer {
+    /// Starts the object watch and the writer. `services` is the agent's Service cache (for the
+    /// owner reference's uid; a Service gone from it gets no object).
+    pub fn start(
+        client: Client,
+        node: String,
+        services: Store<Service>,
+        registry: &Registry,
+    ) -> anyhow::Result<(L2Writer, tokio::task::JoinHandle<()>)> {
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "ferrolb_agent_l2announcement_writes_total",
+                "L2Announcement writes by this node, by result (created, status, conflict, error).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(writes.clone()))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            activity: Mutex::new(Instant::now()),
+        });
+        let task = tokio::spawn(run(client, node, services, shared.clone(), writes));
+        Ok((L2Writer { shared }, task))
+    }
+
+    /// Queues the newest state of a Service's object.
+    pub fn push(&self, w: Want) {
+        lock(&self.shared.queue).push(w);
+        self.shared.notify.notify_one();
+    }
+
+    /// Drops what is queued for a Service this node no longer announces.
+    pub fn cancel(&self, s: &ServiceRef) {
+        lock(&self.shared.queue).cancel(s);
+    }
+
+    /// The agent saw lease events now: writes wait until they settle.
+    pub fn lease_activity(&self) {
+        *lock(&self.shared.activity) = Instant::now();
+    }
+}
+
+async fn run(
+    client: Client,
+    node: String,
+    services: Store<Service>,
+    shared: Arc<Shared>,
+    writes: IntCounterVec,
+) {
+    let all: Api<L2Announcement> = Api::all(client.clone());
+    let (store, writer) = reflector::store();
+    let stream = watcher(all, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                warn!(error = %e, "L2Announcement watch error (retrying)");
+            }
+        }
+    });
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        if lock(&shared.queue).is_empty() {
+            shared.notify.notified().await;
+            continue;
+        }
+        // Behind lease writes: wait for a quiet moment, then take the newest state queued.
+        let started = Instant::now();
+        loop {
+            let quiet_at = *lock(&shared.activity) + SETTLE;
+            let now = Instant::now();
+            if now >= quiet_at || now >= started + MAX_HOLD {
+                break;
+            }
+            tokio::time::sleep_until(quiet_at.min(started + MAX_HOLD)).await;
+        }
+        let Some(want) = lock(&shared.queue).pop() else {
+            continue;
+        };
+        let sref = &want.service;
+        let svc = services.get(&ObjectRef::new(&sref.name).within(&sref.namespace));
+        let Some(svc) = svc else {
+            debug!(service = %sref, "Service gone: no L2Announcement");
+            continue;
+        };
+        let current = store.get(&ObjectRef::new(&sref.name).within(&sref.namespace));
+        let Some(write) = plan(
+            &node,
+            current.as_deref(),
+            &want,
+            svc.metadata.uid.as_deref(),
+        ) else {
+            continue;
+        };
+        let api: Api<L2Announcement> = Api::namespaced(client.clone(), &sref.namespace);
+        let result = match &write {
+            Write::Create(o) => match api.create(&PostParams::default(), o).await {
+                Ok(created) if created.status != o.status => {
+                    // The status subresource dropped it: write it now.
+                    let mut s = created;
+                    s.status = o.status.clone();
+                    s.metadata.managed_fields = None;
+                    api.replace_status(&sref.name, &PostParams::default(), &s)
+                        .await
+                        .map(|_| "created")
+                }
+                Ok(_) => Ok("created"),
+                Err(e) => Err(e),
+            },
+            Write::Status(o) => api
+                .replace_status(&sref.name, &PostParams::default(), o)
+                .await
+                .map(|_| "status"),
+        };
+        match result {
+            Ok(kind) => {
+                writes.with_label_values(&[kind]).inc();
+                debug!(service = %sref, write = kind, "L2Announcement written");
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                writes.with_label_values(&["conflict"]).inc();
+                debug!(service = %sref, code = e.code, "L2Announcement changed meanwhile: deciding again");
+                requeue_after(&shared, want, CONFLICT_WAIT);
+            }
+            Err(e) => {
+                writes.with_label_values(&["error"]).inc();
+                warn!(service = %sref, error = %e, "writing L2Announcement failed (retrying)");
+                requeue_after(&shared, want, ERROR_WAIT);
+            }
+        }
+    }
+}
+
+/// Queues `want` again after `wait`, unless a newer one for its Service arrived by then.
+fn requeue_after(shared: &Arc<Shared>, want: Want, wait: Duration) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        lock(&shared.queue).retry(want);
+        shared.notify.notify_one();
+    });
+}
+
+/// The agent's side of `L2Announcement`s: takeovers per group, the wants last queued, the writer
+/// (`None` with `--no-l2-announcements`).
+pub struct L2Status {
+    writer: Option<L2Writer>,
+    tracker: super::l2status::Tracker,
+    acquired: std::collections::HashMap<String, super::l2status::Acquired>,
+}
+
+impl L2Status {
+    pub fn new(writer: Option<L2Writer>) -> Self {
+        L2Status {
+            writer,
+            tracker: Default::default(),
+            acquired: Default::default(),
+        }
+    }
+
+    /// A lease event for group `key`. Returns `true` when it is an acquisition without a
+    /// takeover: we re-confirmed a record that already named us (a restart), which is no change
+    /// to report.
+    pub fn on_lease(
+        &mut self,
+        key: &str,
+        ev: &crate::lease::LeaseEvent,
+        stats: &crate::lease::EngineStats,
+    ) -> bool {
+        use crate::lease::LeaseEvent;
+        match ev {
+            LeaseEvent::Acquired { name } => {
+                let takeover = stats.takeovers.take(name);
+                let ms = takeover
+                    .as_ref()
+                    .map(|t| t.free_since.elapsed().as_millis() as i64)
+                    .unwrap_or(0);
+                let acq =
+                    super::l2status::Acquired::new(jiff::Timestamp::now(), takeover.as_ref(), ms);
+                let reconfirmed = takeover.is_none();
+                // A renewal after a sticky period keeps the acquisition it continues.
+                if !(reconfirmed && self.acquired.contains_key(key)) {
+                    self.acquired.insert(key.to_string(), acq);
+                }
+                reconfirmed
+            }
+            LeaseEvent::Lost { name, .. } | LeaseEvent::Released { name } => {
+                stats.takeovers.forget(name);
+                self.acquired.remove(key);
+                false
+            }
+            LeaseEvent::Unreachable { .. } => false,
+        }
+    }
+
+    /// Queues the objects whose state changed; drops those no longer announced here.
+    pub fn update(&mut self, holdings: &super::holdings::Holdings) {
+        let Some(w) = &self.writer else {
+            return;
+        };
+        let changes = self
+            .tracker
+            .update(super::l2status::wants(holdings, &self.acquired));
+        for s in &changes.gone {
+            w.cancel(s);
+        }
+        for want in changes.changed {
+            w.push(want);
+        }
+    }
+
+    /// Lease events were seen now (writes wait until they settle).
+    pub fn lease_activity(&self) {
+        if let Some(w) = &self.writer {
+            w.lease_activity();
+        }
+    }
+}
