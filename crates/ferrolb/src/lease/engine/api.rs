@@ -143,6 +143,13 @@ pub struct EngineStats {
     pub clears: AtomicU64,
     /// API outages seen (a write or the watch failing as unreachable after a success).
     pub outages: AtomicU64,
+    /// Presence Leases of dead nodes fenced (one preconditioned release each) before their
+    /// attached address Leases were taken over.
+    pub fences: AtomicU64,
+    /// Writes of this node's own presence Lease (creates, renewals, release); every other
+    /// write counted here concerns an address Lease (or another node's presence: fences,
+    /// clears, deletions).
+    pub presence_writes: AtomicU64,
 }
 
 impl EngineStats {
