@@ -14,6 +14,8 @@ mod api;
 mod attached;
 mod driver;
 mod outage;
+#[cfg(test)]
+mod tests;
 mod writes;
 
 pub use api::*;
