@@ -53,14 +53,14 @@ pub struct Args {
     /// Make the Services dual-stack and check NDP for their IPv6 addresses too.
     #[arg(long)]
     pub ipv6: bool,
-    /// Lease duration handed to agents and controllers.
-    #[arg(long, default_value = "2s")]
+    /// Lease duration handed to agents and controllers (the agent's default: presence Leases).
+    #[arg(long, default_value = "1s")]
     pub lease_duration: String,
     /// Renew deadline.
-    #[arg(long, default_value = "1500ms")]
+    #[arg(long, default_value = "600ms")]
     pub renew_deadline: String,
     /// Retry period.
-    #[arg(long, default_value = "250ms")]
+    #[arg(long, default_value = "200ms")]
     pub retry_period: String,
     /// Leave everything running and print how to explore it (Ctrl-C removes it).
     #[arg(long)]
