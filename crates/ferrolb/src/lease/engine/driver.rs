@@ -185,10 +185,11 @@ impl Io {
                     };
                     match &object {
                         Some(obj) => {
-                            // A release leaves the metadata as it is (only the holder writes
-                            // what a lease serves).
-                            let release =
-                                matches!(kind, OpKind::Release | OpKind::Clear | OpKind::Fence);
+                            // The holder's release leaves the metadata as it is (only the
+                            // holder writes what a lease serves). A clear or a fence, written by
+                            // another node from a base rebuilt from the watched record, carries
+                            // our labels (the watch's selector) so the Lease stays visible.
+                            let release = kind == OpKind::Release;
                             let (l, a) = if release {
                                 (None, None)
                             } else {

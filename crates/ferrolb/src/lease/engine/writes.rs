@@ -74,6 +74,23 @@ impl Engine {
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
         let mut annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
+        if matches!(op, Op::Update(OpKind::Clear | OpKind::Fence)) && is_presence_name(name) {
+            // A write by another node starts from a base rebuilt from the watched record, without
+            // the metadata: say again what the Lease is, or it would drop out of every agent's
+            // label-selected watch (and its node could never take it back).
+            labels.insert(
+                crate::lease::LABEL_ROLE.to_string(),
+                crate::lease::ROLE_PRESENCE.to_string(),
+            );
+            let holder = self
+                .entries
+                .get(name)
+                .and_then(|e| e.observed.as_ref())
+                .and_then(|o| o.holder().map(str::to_string));
+            if let Some(h) = holder {
+                annotations.insert(crate::lease::ANN_NODE.to_string(), h);
+            }
+        }
         if attached {
             if let Some(p) = &self.presence {
                 annotations.insert(super::super::attach::ANN_ATTACHED_TO.to_string(), p.clone());
