@@ -431,3 +431,41 @@ fn an_unreachable_api_server_makes_addresses_sticky_not_lost() {
         vec![LeaseEvent::Unreachable { name: addr.into() }]
     );
 }
+
+#[test]
+fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
+    let t0 = Instant::now();
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let opts = EngineOptions::agent("ns", "a", cfg());
+    let mut a = Core::start("a", Vec::new(), &[], &["a"], t0);
+    a.eng.opts = EngineOptions {
+        max_concurrent_writes: 1,
+        ..opts
+    };
+    let cands = Arc::new(vec!["a".to_string()]);
+    let desired = want
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Desired {
+                    candidates: cands.clone(),
+                    ..Desired::default()
+                },
+            )
+        })
+        .collect();
+    a.eng.on_desired(desired, t0);
+    // One create in flight (never answered: a slow API server), the others queued.
+    let w = a.writes();
+    assert_eq!(w.len(), 1, "{w:?}");
+    // The presence renewal is due: it is sent at once, not queued behind the creates.
+    a.eng.on_timers(t0 + 200 * MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == presence_name("a") && r.op == Op::Update(OpKind::Renew)),
+        "{w:?}"
+    );
+}

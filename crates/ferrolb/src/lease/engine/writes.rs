@@ -21,7 +21,11 @@ impl Engine {
     }
 
     pub(super) fn spawn(&mut self, name: &str, op: Op, used_rv: Option<String>, desired: Desired) {
-        let slot_free = self.write_slot_free();
+        // Our presence renewals and fences never wait behind a burst of address writes: a
+        // presence renewal stuck in the queue past the renew deadline would stop every address
+        // this node answers, and one fence unlocks all of a dead node's addresses.
+        let jumps_queue = self.presence.as_deref() == Some(name) || op == Op::Update(OpKind::Fence);
+        let slot_free = jumps_queue || self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
