@@ -503,12 +503,12 @@ async fn node_a_holding_one_lease(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
+async fn many_leases_spread_evenly_and_steady_state_costs_only_presence_renewals() {
     let backend = Backend::stand_in().await;
     let api = backend.stand_in_api().expect("stand-in").clone();
     let mut cfg = fast();
-    // Renew every 2 s: 50 writes/s for 100 leases, which a debug-build stand-in on a shared
-    // 2-core CI machine serves without falling behind.
+    // A 2 s retry period: the window below then sees a handful of presence renewals, so the
+    // count is well above rounding at the window's edges.
     cfg.lease_duration = Duration::from_secs(6);
     cfg.renew_deadline = Duration::from_secs(4);
     cfg.retry_period = Duration::from_secs(2);
@@ -565,6 +565,16 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
             l.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
             "ferrolb"
         );
+        // Attached to its holder's presence Lease, with the one-day duration that keeps agents
+        // of the previous format off it.
+        assert_eq!(
+            l.metadata.annotations.as_ref().unwrap()["ferrolb.io/attached-to"],
+            ferrolb::lease::presence_name(&holder)
+        );
+        assert_eq!(
+            l.spec.as_ref().unwrap().lease_duration_seconds,
+            Some(86_400)
+        );
     }
     // Steady state: measure a window of the stand-in's counters.
     let reads =
@@ -597,17 +607,23 @@ async fn many_leases_spread_evenly_and_steady_state_costs_only_renewals() {
         panic!("creates in steady state: {diff:?}");
     }
     let writes = (u1 - u0) as f64;
-    // 100 address leases + one presence lease per node.
-    let expected = 103.0 * window.as_secs_f64() / cfg.retry_period.as_secs_f64();
+    // Issue 10: only the presence Leases are renewed (one per node per retry period), whatever
+    // the number of addresses; was 100 address Leases + 3 presence Leases per retry period.
+    let expected = 3.0 * window.as_secs_f64() / cfg.retry_period.as_secs_f64();
     eprintln!("steady state: {writes} updates in {window:?} (expected ≈ {expected})");
-    // Never more than one renewal per held lease per interval (+ window-edge rounding); at
-    // least most of them (a loaded CI machine stretches the cadence a little).
+    // At most one renewal per node per interval (+ one per node for the window's edges); at
+    // least some (a loaded CI machine stretches the cadence a little).
     assert!(
-        writes >= expected * 0.6 && writes <= expected * 1.1 + 103.0 * 0.5,
+        writes >= expected * 0.5 && writes <= expected * 1.1 + 3.0,
         "{writes} updates, expected ≈ {expected}"
     );
+    let presence: u64 = sets.iter().map(|s| n(&s.stats().presence_writes)).sum();
     let renews: u64 = sets.iter().map(|s| n(&s.stats().renews)).sum();
-    assert!(renews >= writes as u64, "engines counted {renews} renewals");
+    assert_eq!(
+        renews + 3,
+        presence,
+        "every renewal is a presence renewal (+ its create)"
+    );
     // Still all held, by the same nodes.
     let after: Vec<usize> = helds.iter().map(|h| h.borrow().len()).collect();
     assert_eq!(after, counts, "leases moved in steady state");
@@ -1008,9 +1024,10 @@ async fn an_api_outage_of_three_lease_durations_moves_and_deletes_nothing() {
 
 /// Garbage collection never deletes a Lease that names a holder: the Lease of a holder that died
 /// (aborted, nothing released), which nobody wants, is first cleared by a preconditioned write
-/// (holder removed), and only then deleted.
+/// (holder removed), and only then deleted. (It was flaky: a clear written by another node from
+/// a base rebuilt from the watched record dropped the labels, so the Lease left every agent's
+/// label-selected watch and was never deleted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky, about 1 run in 10: the Lease is sometimes seen released by the aborted engine, or not deleted within 15 s; being investigated under issue 10 (run with --ignored)"]
 async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
     let api = Backend::stand_in().await;
     let cfg = fast();
@@ -1036,9 +1053,12 @@ async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
                 last_holder = holder.clone();
                 if holder.is_empty() {
                     saw_cleared = true;
-                } else {
-                    assert_eq!(n(&stats.deletes), 0, "deleted while naming {holder}");
                 }
+                // A clear (by another node) keeps the label the agents' watch selects on.
+                assert_eq!(
+                    l.metadata.labels.unwrap_or_default()["app.kubernetes.io/managed-by"],
+                    "ferrolb"
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1055,4 +1075,76 @@ async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
     // The clear is a write of its own, seen before the delete unless both fell between polls.
     eprintln!("cleared state seen by the poll: {saw_cleared}");
     c.abort();
+}
+
+/// Issue 10 items 2–3: a node holding many attached address Leases dies (aborted: nothing
+/// released). The survivor sees its presence Lease unrenewed for the lease duration, fences it
+/// with ONE preconditioned write, then takes every address (bounded concurrency), each attached
+/// to its own presence Lease. Before the death, the steady state wrote no address Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_fenced_once_and_all_its_addresses_are_taken() {
+    let backend = Backend::stand_in().await;
+    let cfg = fast();
+    let nodes = vec!["node-a".to_string(), "node-b".to_string()];
+    let want = desired_set(40, &nodes);
+    let names: Vec<String> = want.keys().cloned().collect();
+    let (a, _a_ev) = agent_set(&backend, "node-a", &cfg);
+    let (b, _b_ev) = agent_set(&backend, "node-b", &cfg);
+    a.set_desired(want.clone());
+    b.set_desired(want);
+    let (ha, hb) = (a.held(), b.held());
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            ha.borrow().len() + hb.borrow().len() == names.len()
+        })
+        .await,
+        "not all held: a {} b {}",
+        ha.borrow().len(),
+        hb.borrow().len()
+    );
+    let a_had = ha.borrow().len();
+    assert!(a_had > 0, "node-a holds some");
+    let b_stats = b.stats();
+    let b_address_writes = |s: &EngineStats| n(&s.creates) + n(&s.acquires) + n(&s.renews);
+    let before = b_address_writes(&b_stats) - n(&b_stats.presence_writes);
+    a.abort();
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || hb.borrow().len() == names.len()).await,
+        "node-b holds {} of {}",
+        hb.borrow().len(),
+        names.len()
+    );
+    eprintln!(
+        "node-b took node-a's {a_had} addresses {:?} after the abort",
+        t0.elapsed()
+    );
+    assert_eq!(n(&b_stats.fences), 1, "one fence for the dead node");
+    // One write per address taken (a 409 could add one; none is expected with one survivor).
+    let after = b_address_writes(&b_stats) - n(&b_stats.presence_writes);
+    assert_eq!(after - before, a_had as u64, "one write per address taken");
+    let presence_a = get_lease(&backend, &ferrolb::lease::presence_name("node-a"))
+        .await
+        .expect("node-a's presence Lease");
+    assert_eq!(
+        presence_a.spec.unwrap().holder_identity.as_deref(),
+        Some(""),
+        "fenced"
+    );
+    // Still a presence Lease the agents' watch sees (the fence is written by another node).
+    let labels = presence_a.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["ferrolb.io/role"], "presence");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "ferrolb");
+    for name in &names {
+        let l = get_lease(&backend, name).await.expect("lease");
+        assert_eq!(
+            l.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some("node-b")
+        );
+        assert_eq!(
+            l.metadata.annotations.as_ref().unwrap()["ferrolb.io/attached-to"],
+            ferrolb::lease::presence_name("node-b")
+        );
+    }
+    b.abort();
 }

@@ -329,6 +329,24 @@ async fn holders(
         .collect()
 }
 
+/// Presence Lease name → renewTime, as the server has them.
+async fn presence_renewals(
+    client: &kube::Client,
+    ns: &str,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels("ferrolb.io/role=presence"))
+        .await
+        .expect("list presence leases")
+        .items
+        .into_iter()
+        .map(|l| {
+            let t = l.spec.and_then(|s| s.renew_time).map(|t| t.0.to_string());
+            (l.metadata.name.unwrap_or_default(), t)
+        })
+        .collect()
+}
+
 /// A LoadBalancer Service `name` in `ns`.
 fn lb_service(ns: &str, name: &str) -> Service {
     serde_json::from_value(serde_json::json!({
@@ -481,6 +499,9 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     }
     let before = holders(&admin, ns).await;
     assert_eq!(before.len(), 6, "{before:?}");
+    // Address Leases are attached to the presence Leases (issue 10): only those are renewed.
+    let presence_before = presence_renewals(&admin, ns).await;
+    assert_eq!(presence_before.len(), 2, "{presence_before:?}");
 
     // The outage.
     let t0 = std::time::Instant::now();
@@ -494,7 +515,8 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     .expect("restart kube-apiserver");
     eprintln!("kube-apiserver back (readyz ok) after {:.1?}", t0.elapsed());
 
-    // Renewals resume: every lease gets a renewTime newer than before, by the same holder.
+    // Renewals resume: every presence Lease gets a renewTime newer than before; every address
+    // Lease keeps its holder.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let admin = api.admin();
     loop {
@@ -517,7 +539,15 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
                 "{name} changed holder over the restart"
             );
         }
-        if now.iter().all(|(name, (_, t))| *t != before[name].1) {
+        let Ok(p) =
+            tokio::time::timeout(Duration::from_secs(10), presence_renewals(&admin, ns)).await
+        else {
+            continue;
+        };
+        if p.len() == presence_before.len()
+            && p.iter()
+                .all(|(name, t)| presence_before.get(name) != Some(t))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -3,6 +3,7 @@
 //! The same machinery is the end-to-end test suite (`tests/e2e.rs`) and the source of the
 //! figures in the README (`--measure`).
 
+pub mod burst;
 pub mod cluster;
 pub mod coldstart;
 pub mod echo;
@@ -55,14 +56,14 @@ pub struct Args {
     /// Make the Services dual-stack and check NDP for their IPv6 addresses too.
     #[arg(long)]
     pub ipv6: bool,
-    /// Lease duration handed to agents and controllers.
-    #[arg(long, default_value = "2s")]
+    /// Lease duration handed to agents and controllers (the agent's default: presence Leases).
+    #[arg(long, default_value = "1s")]
     pub lease_duration: String,
     /// Renew deadline.
-    #[arg(long, default_value = "1500ms")]
+    #[arg(long, default_value = "600ms")]
     pub renew_deadline: String,
     /// Retry period.
-    #[arg(long, default_value = "250ms")]
+    #[arg(long, default_value = "200ms")]
     pub retry_period: String,
     /// Leave everything running and print how to explore it (Ctrl-C removes it).
     #[arg(long)]
@@ -131,6 +132,10 @@ pub struct Measurements {
     pub arp_kernel_median_ms: f64,
     /// The controller's cold start with the load Services (see `lab::coldstart`).
     pub controller: coldstart::Figures,
+    /// Address Leases written in the steady window (lower bound; see `burst.rs`).
+    pub steady_address_lease_writes: Option<usize>,
+    /// A node holding many addresses killed / stopped: first and last sampled address back.
+    pub bursts: Vec<burst::Burst>,
 }
 
 /// Narration: to stderr with --json (stdout stays machine-readable), else stdout.
@@ -720,11 +725,15 @@ async fn measure(
     }
     // Let every lease be renewed at least once more, then count over a window.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let versions = burst::address_lease_versions(c).await.ok();
     let before = c.api_requests().await?;
     let window = Duration::from_secs(20);
     let t = Instant::now();
     tokio::time::sleep(window).await;
     let after = c.api_requests().await?;
+    if let (Some(v0), Ok(v1)) = (versions, burst::address_lease_versions(c).await) {
+        m.steady_address_lease_writes = Some(burst::address_writes_between(&v0, &v1));
+    }
     let secs = t.elapsed().as_secs_f64();
     m.steady_window_s = secs;
     m.addresses = s;
@@ -757,6 +766,11 @@ async fn measure(
         .map(|(verb, resource, r)| format!("{verb} {resource} {r:.1}/s"))
         .collect();
     say.line(format!("      by kind: {}", kinds.join(", ")));
+    if let Some(w) = m.steady_address_lease_writes {
+        say.line(format!(
+            "      address Leases written in the window: {w} (the other lease writes are presence renewals)"
+        ));
+    }
     let each = |procs: &[Option<procs::Proc>], read: fn(&procs::Proc) -> Option<u64>| -> Vec<u64> {
         procs.iter().flatten().filter_map(read).collect()
     };
@@ -784,6 +798,18 @@ async fn measure(
         m.arp_kernel_median_ms,
         m.arp_ours_median_ms / m.arp_kernel_median_ms.max(1e-9)
     ));
+    for sig in ["KILL", "TERM"] {
+        match burst::burst(c, sig, 20, within).await {
+            Ok(b) => {
+                say.line(format!(
+                    "      burst {}: {} held {} addresses; {} of {} sampled answered again via another node, first after {:?} ms, last after {:?} ms",
+                    b.kind, b.node, b.held, b.answered, b.sampled, b.first_ms, b.last_ms
+                ));
+                m.bursts.push(b);
+            }
+            Err(e) => say.line(format!("      burst SIG{sig}: {e:#}")),
+        }
+    }
     Ok(m)
 }
 

@@ -792,7 +792,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.lease_duration, Duration::from_secs(15));
         assert_eq!(a.renew_deadline, Duration::from_secs(10));
-        assert_eq!(a.retry_period, Duration::from_secs(1));
+        assert_eq!(a.retry_period, Duration::from_millis(200), "the default");
         assert!(agent_args(&["agent".into(), "--node-name=x".into(), "--bogus".into()]).is_err());
     }
 

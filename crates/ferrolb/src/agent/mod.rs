@@ -47,17 +47,18 @@ pub struct Args {
     /// Namespace of the per-address Leases.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
     pub lease_namespace: String,
-    /// How long a lease stays valid without renewal (failover time after a crash).
-    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "5s")]
-    pub lease_duration: Duration,
-    /// A holder that could not renew for this long stops claiming the lease.
-    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "3s")]
-    pub renew_deadline: Duration,
-    /// Renewal interval of held leases.
+    /// How long this node's presence Lease stays valid without renewal (crash failover time;
+    /// whole seconds on the wire). Address Leases are attached to it, not renewed.
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "1s")]
+    pub lease_duration: Duration,
+    /// A node that could not renew its presence Lease for this long stops answering.
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "600ms")]
+    pub renew_deadline: Duration,
+    /// Renewal interval of the presence Lease.
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "200ms")]
     pub retry_period: Duration,
     /// Wait per rendezvous rank before taking a free lease.
-    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "250ms")]
+    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "100ms")]
     pub rank_step: Duration,
     /// Hand a lease over to the preferred node (load-bounded rendezvous order) after holding it
     /// this long, if that node is alive (`0s` = never). Default: the lease engine's

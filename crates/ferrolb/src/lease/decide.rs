@@ -37,11 +37,12 @@ pub struct LeaseConfig {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
+        // The agent's presence timings (issue 10; margins in the README's "Lease timings").
         LeaseConfig {
-            lease_duration: Duration::from_secs(5),
-            renew_deadline: Duration::from_secs(3),
-            retry_period: Duration::from_secs(1),
-            rank_step: Duration::from_millis(250),
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(600),
+            retry_period: Duration::from_millis(200),
+            rank_step: Duration::from_millis(100),
         }
     }
 }

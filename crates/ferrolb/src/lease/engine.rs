@@ -11,9 +11,12 @@
 //! retry period, releases, and the deletion of abandoned free leases (see `gc_after`).
 
 mod api;
+mod attached;
 mod driver;
 mod outage;
 mod takeover;
+#[cfg(test)]
+mod tests;
 mod writes;
 
 pub use api::*;
@@ -25,14 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Api;
+use kube::runtime::watcher;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::client::{LeaseWriter, WriteError};
+use super::client::WriteError;
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
@@ -66,6 +67,36 @@ pub(crate) enum OpKind {
     /// Clear the holder of an unwanted lease whose holder expired (a preconditioned release
     /// written by a node that is not the holder), so that garbage collection may delete it.
     Clear,
+    /// Fence a dead node's presence Lease (a preconditioned release of it, written by another
+    /// node) before taking over the address Leases attached to it ([`super::attach`]).
+    Fence,
+}
+
+/// What the engine's pure core asks its driver to do.
+#[derive(Clone, Debug)]
+pub(crate) enum Effect {
+    /// Send this event to the engine's user.
+    Event(LeaseEvent),
+    /// The lease is now held (including sticky) or not: update the `held()` watch channel.
+    Held { name: String, held: bool },
+    /// Send this write; its result comes back through [`Engine::on_done`].
+    Write(Box<WriteReq>),
+}
+
+/// One Lease write, fully described: the driver only sends it.
+#[derive(Clone, Debug)]
+pub(crate) struct WriteReq {
+    pub name: String,
+    pub op: Op,
+    /// The resourceVersion precondition (updates carry it inside `object`).
+    pub used_rv: Option<String>,
+    /// The object an update starts from.
+    pub object: Option<Lease>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// An attached address Lease: written with `leaseDurationSeconds` =
+    /// [`super::attach::ATTACHED_DURATION_SECONDS`].
+    pub attached: bool,
 }
 
 /// How long after the last watch error the watch counts as healthy again if no event arrived
@@ -79,12 +110,14 @@ struct Outage {
     watch_errors: u64,
 }
 
-struct Done {
-    name: String,
-    op: Op,
-    sent_at: Instant,
-    used_rv: Option<String>,
-    result: Result<Option<Lease>, WriteError>,
+/// The result of a [`WriteReq`].
+pub(crate) struct Done {
+    pub name: String,
+    pub op: Op,
+    /// Local instant the write was sent.
+    pub sent_at: Instant,
+    pub used_rv: Option<String>,
+    pub result: Result<Option<Lease>, WriteError>,
 }
 
 struct Entry {
@@ -111,6 +144,16 @@ struct Entry {
     no_handover_until: Option<Instant>,
     /// Waiting in one of the engine's write queues.
     queued: bool,
+    /// The observed record's `ferrolb.io/attached-to` annotation (attached address Leases).
+    attached_to: Option<String>,
+    /// The presence Lease under which this address Lease is indexed in `Engine::by_presence`.
+    index_key: Option<String>,
+    /// Another node's presence Lease: (holder, expired) as last judged; its attached address
+    /// Leases are looked at again when this changes.
+    presence_state: Option<(Option<String>, bool)>,
+    /// What the Lease should say (labels, annotations) changed while we hold it: an attached
+    /// Lease, which is not renewed, is rewritten once.
+    rewrite: bool,
 }
 
 impl Entry {
@@ -132,6 +175,10 @@ impl Entry {
             handover_pending: false,
             no_handover_until: None,
             queued: false,
+            attached_to: None,
+            index_key: None,
+            presence_state: None,
+            rewrite: false,
         }
     }
 }
@@ -140,15 +187,17 @@ fn rv_num(rv: Option<&str>) -> Option<u64> {
     rv.and_then(|s| s.parse().ok())
 }
 
-struct Engine {
+/// The engine's pure core: watch events, desired sets, write results and the clock (`now`,
+/// always a value) in; [`Effect`]s out (`effects`, drained by the driver). No I/O, no clock of
+/// its own: every rule is unit-tested by feeding values in (`engine/tests.rs`).
+pub(crate) struct Engine {
     opts: EngineOptions,
-    writer: LeaseWriter,
     entries: HashMap<String, Entry>,
-    timers: BTreeSet<(Instant, String)>,
+    pub(crate) timers: BTreeSet<(Instant, String)>,
     initialized: bool,
     init_buf: Option<HashMap<String, Lease>>,
-    events: mpsc::UnboundedSender<LeaseEvent>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    /// What the driver must do, in order.
+    pub(crate) effects: Vec<Effect>,
     /// Leases whose write waits for one of the `max_concurrent_writes` slots: renewals and
     /// releases first (keep what we hold), then creates, acquisitions and deletions. A queued
     /// lease is decided afresh when its turn comes; nothing is built for it before.
@@ -156,11 +205,9 @@ struct Engine {
     queue_rest: VecDeque<String>,
     in_flight: usize,
     /// Deadline of a shutdown in progress.
-    shutting_down: Option<Instant>,
-    shutdown_waiters: Vec<oneshot::Sender<ShutdownReport>>,
-    report: ShutdownReport,
+    pub(crate) shutting_down: Option<Instant>,
+    pub(crate) report: ShutdownReport,
     stats: Arc<EngineStats>,
-    held_tx: watch::Sender<BTreeSet<String>>,
     /// Our load-bounded rank and the preferred node per desired lease.
     ranks: HashMap<String, (usize, Option<String>)>,
     /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
@@ -171,14 +218,92 @@ struct Engine {
     next_handover: Instant,
     /// The watch failed and has not shown an event since: no expiry-based decisions (takeover,
     /// clearing, deletion) until it does, or until this instant passes without another error.
-    watch_down: Option<Instant>,
+    pub(crate) watch_down: Option<Instant>,
     /// The API outage in progress (logged once when it starts and once when it ends).
     outage: Option<Outage>,
+    /// Address Leases attached to a presence Lease (agents): presence name → address Leases
+    /// whose record names that presence's node as holder. A presence change looks at these
+    /// only; no address Lease held by a live node has a timer of its own.
+    by_presence: HashMap<String, BTreeSet<String>>,
+    /// Our presence standing as last computed (attached mode).
+    my_standing: Standing,
 }
 
 impl Engine {
+    /// A new core (the presence Lease, if any, is desired from the start).
+    pub(crate) fn new(opts: EngineOptions, stats: Arc<EngineStats>, now: Instant) -> Engine {
+        let presence = opts
+            .presence
+            .then(|| crate::lease::presence_name(&opts.identity));
+        let mut eng = Engine {
+            opts,
+            entries: HashMap::new(),
+            timers: BTreeSet::new(),
+            initialized: false,
+            init_buf: None,
+            effects: Vec::new(),
+            queue_urgent: VecDeque::new(),
+            queue_rest: VecDeque::new(),
+            in_flight: 0,
+            shutting_down: None,
+            report: ShutdownReport::default(),
+            stats,
+            ranks: HashMap::new(),
+            last_seen: HashMap::new(),
+            presence,
+            next_handover: now,
+            watch_down: None,
+            outage: None,
+            by_presence: HashMap::new(),
+            my_standing: Standing::NotHolder,
+        };
+        if eng.presence.is_some() {
+            eng.on_desired(BTreeMap::new(), now);
+        }
+        eng
+    }
+
     fn me(&self) -> &str {
         &self.opts.identity
+    }
+
+    /// Address Leases are attached to presence Leases (the agent's engine).
+    fn attached_mode(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// Timers due at `now`: looks at each lease concerned again.
+    pub(crate) fn on_timers(&mut self, now: Instant) {
+        if self.watch_down.is_some_and(|t| t <= now) {
+            self.on_watch_resync(now);
+        }
+        let mut due: Vec<String> = Vec::new();
+        while let Some((t, _)) = self.timers.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, n)) = self.timers.pop_first() {
+                if let Some(e) = self.entries.get_mut(&n) {
+                    e.wake = None;
+                }
+                due.push(n);
+            }
+        }
+        for n in due {
+            self.step(&n, now);
+        }
+    }
+
+    /// The next instant the core wants to be woken at (timers, shutdown deadline, watch quiet).
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        [
+            self.timers.first().map(|(t, _)| *t),
+            self.shutting_down,
+            self.watch_down,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn set_wake(&mut self, name: &str, wake: Option<Instant>) {
@@ -202,19 +327,16 @@ impl Engine {
             return;
         }
         tracing::debug!(lease = ev.name(), event = ?ev, "lease state change");
-        let _ = self.events.send(ev);
+        self.effects.push(Effect::Event(ev));
     }
 
     fn publish_held(&mut self, name: &str, held: bool) {
         if self.presence.as_deref() == Some(name) {
             return;
         }
-        self.held_tx.send_if_modified(|cur| {
-            if held {
-                cur.insert(name.to_string())
-            } else {
-                cur.remove(name)
-            }
+        self.effects.push(Effect::Held {
+            name: name.to_string(),
+            held,
         });
     }
 
@@ -266,6 +388,8 @@ impl Engine {
         let keep = next.holder() == Some(me.as_str());
         e.observed = Some(next);
         e.object = if keep { lease.cloned() } else { None };
+        e.attached_to = lease.and_then(attached_to_of);
+        self.reindex(name);
     }
 
     /// The object a PUT of `name` starts from: the last one seen while we hold it, or — for a
@@ -360,10 +484,19 @@ impl Engine {
         step * rank.min(MAX_RANK_WAIT) as u32
     }
 
-    fn step(&mut self, name: &str, now: Instant) {
+    pub(crate) fn step(&mut self, name: &str, now: Instant) {
+        // Another node's presence Lease: wake at its expiry (its attached addresses' timer).
+        let mut presence_expiry = None;
+        if self.attached_mode() && self.presence.as_deref() != Some(name) {
+            if is_presence_name(name) {
+                presence_expiry = self.step_other_presence(name, now);
+            } else {
+                self.step_address(name, now);
+                return;
+            }
+        }
         let cfg = self.opts.config.clone();
         let me = self.opts.identity.clone();
-        let shutting_down = self.shutting_down.is_some();
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
@@ -383,6 +516,29 @@ impl Engine {
                 .as_ref()
                 .map(|o| o.observed_at + cfg.renew_deadline);
         }
+        if let Some(t) = presence_expiry {
+            wake = Some(wake.map_or(t, |w| w.min(t)));
+        }
+        self.report_standing(name, st, now);
+        if self.presence.as_deref() == Some(name) {
+            self.after_my_presence(now);
+        }
+
+        // 2. The next write, if any.
+        let Some((obs, desired, intent)) = self.write_preamble(name, wake, now) else {
+            return;
+        };
+        let action = decide(&me, Some(&obs), now, &cfg, intent);
+        self.act(name, action, &obs, desired, wake, now);
+    }
+
+    /// Records this node's standing on `name` and reports a change (event, held set).
+    fn report_standing(&mut self, name: &str, st: Standing, now: Instant) {
+        let me = self.opts.identity.clone();
+        let shutting_down = self.shutting_down.is_some();
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
         let new_rep = match st {
             Standing::Holder => Reported::Held,
             Standing::Unreachable if e.reported != Reported::NotHeld => Reported::Sticky,
@@ -432,31 +588,41 @@ impl Engine {
             self.emit(ev);
             self.publish_held(name, new_rep != Reported::NotHeld);
         }
+    }
 
-        // 2. The next write, if any.
-        let Some(e) = self.entries.get_mut(name) else {
-            return;
-        };
+    /// Before any write for `name`: nothing while a write is in flight, a retry is not due yet,
+    /// nothing is known, or our last write with the observed resourceVersion was refused (wait
+    /// for the watch to show the winner); otherwise the observation, what we want, and the
+    /// intent (with the rank wait, and hand-overs for rebalancing).
+    fn write_preamble(
+        &mut self,
+        name: &str,
+        wake: Option<Instant>,
+        now: Instant,
+    ) -> Option<(Observed, Option<Desired>, Intent)> {
+        let cfg = self.opts.config.clone();
+        let shutting_down = self.shutting_down.is_some();
+        let e = self.entries.get_mut(name)?;
         if e.in_flight {
             self.set_wake(name, wake);
-            return;
+            return None;
         }
         if let Some(t) = e.retry_after {
             if now < t {
                 let w = Some(wake.map_or(t, |w| w.min(t)));
                 self.set_wake(name, w);
-                return;
+                return None;
             }
             e.retry_after = None;
         }
         let Some(obs) = e.observed.clone() else {
             self.set_wake(name, wake);
-            return;
+            return None;
         };
         if e.conflict_rv.is_some() && e.conflict_rv == obs.resource_version {
             // Our write with this RV was refused: wait for the watch to show the winner.
             self.set_wake(name, wake);
-            return;
+            return None;
         }
         let desired = e.desired.clone();
         let mut intent = match (&desired, shutting_down) {
@@ -474,7 +640,20 @@ impl Engine {
             }
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
         }
-        let mut action = decide(&me, Some(&obs), now, &cfg, intent);
+        Some((obs, desired, intent))
+    }
+
+    /// Carries out `action` for `name` (a write, a timer, or garbage collection when idle).
+    fn act(
+        &mut self,
+        name: &str,
+        mut action: Action,
+        obs: &Observed,
+        desired: Option<Desired>,
+        wake: Option<Instant>,
+        now: Instant,
+    ) {
+        let obs = obs.clone();
         let min = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         if self.watch_down.is_some() && matches!(action, Action::Create | Action::Acquire { .. }) {
             // The watch failed and has not shown the current state since: taking a lease now
@@ -568,7 +747,12 @@ impl Engine {
             return None;
         }
         let cfg = &self.opts.config;
-        let free_since = obs.free_since(cfg);
+        let free_since = match self.attached_free_since(name, obs) {
+            Some(Some(t)) => t,
+            // Attached to a live (or not yet fenced) holder's presence: not garbage.
+            Some(None) => return None,
+            None => obs.free_since(cfg),
+        };
         // Spread deletions over a second so one node usually deletes and the rest see it.
         let jitter = Duration::from_millis(rendezvous_score(name, self.me()) % 1000);
         let op = if obs.holder().is_some() {
@@ -579,7 +763,7 @@ impl Engine {
         Some((free_since + after + jitter, op))
     }
 
-    fn on_watch(&mut self, ev: watcher::Event<Lease>, now: Instant) {
+    pub(crate) fn on_watch(&mut self, ev: watcher::Event<Lease>, now: Instant) {
         match ev {
             watcher::Event::Init => self.init_buf = Some(HashMap::new()),
             watcher::Event::InitApply(l) => {
@@ -618,7 +802,7 @@ impl Engine {
         }
     }
 
-    fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
+    pub(crate) fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
         let cands: BTreeMap<String, Arc<Vec<String>>> = desired
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
@@ -655,6 +839,10 @@ impl Engine {
                 e.observed = Some(Observed::absent(now));
             }
             if e.desired.as_ref() != Some(&d) {
+                e.rewrite = e
+                    .desired
+                    .as_ref()
+                    .is_some_and(|old| old.labels != d.labels || old.annotations != d.annotations);
                 e.takeover_rank = None;
                 e.desired = Some(d);
                 touched.push(n);
@@ -665,7 +853,7 @@ impl Engine {
         }
     }
 
-    fn shutdown_complete(&self, now: Instant) -> bool {
+    pub(crate) fn shutdown_complete(&self, now: Instant) -> bool {
         let me = self.me();
         let Some(deadline) = &self.shutting_down else {
             return false;
@@ -679,6 +867,59 @@ impl Engine {
                     && e.observed.as_ref().is_none_or(|o| o.holder() != Some(me))
             })
     }
+}
+
+impl Engine {
+    /// Begin releasing everything (deadline: one renew deadline from now).
+    pub(crate) fn start_shutdown(&mut self, now: Instant) {
+        if self.shutting_down.is_none() {
+            self.shutting_down = Some(now + self.opts.config.renew_deadline);
+            let names: Vec<String> = self.entries.keys().cloned().collect();
+            for n in names {
+                self.step(&n, now);
+            }
+        }
+    }
+
+    /// The engine stops: leases still held (not released in time, or the watch ended) are
+    /// reported lost. Returns the shutdown report.
+    pub(crate) fn finish(&mut self) -> ShutdownReport {
+        let presence = self.presence.clone();
+        let mut still: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(n, e)| e.reported != Reported::NotHeld && presence.as_ref() != Some(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        still.sort();
+        for n in &still {
+            if let Some(e) = self.entries.get_mut(n) {
+                e.reported = Reported::NotHeld;
+            }
+            self.emit(LeaseEvent::Lost {
+                name: n.clone(),
+                holder: None,
+            });
+            self.publish_held(n, false);
+        }
+        self.report.not_released = still;
+        self.report.clone()
+    }
+}
+
+/// Is `name` a presence Lease (`ferrolb-node-…`)? Address Lease names are `ferrolb-` + hex
+/// digits, so they never start like this.
+pub(crate) fn is_presence_name(name: &str) -> bool {
+    name.starts_with("ferrolb-node-")
+}
+
+/// The [`super::attach::ANN_ATTACHED_TO`] annotation of a Lease.
+fn attached_to_of(l: &Lease) -> Option<String> {
+    l.metadata
+        .annotations
+        .as_ref()?
+        .get(super::attach::ANN_ATTACHED_TO)
+        .cloned()
 }
 
 /// The agent's multi-lease engine. See the [module documentation](super) for semantics.

@@ -14,8 +14,9 @@
 //!   Conflict). A 409 means another writer won: we wait for the watch to show the new record and
 //!   never retry blindly.
 //! - **Watch-driven**: candidates learn of renewals, releases and deletions from a Lease watch;
-//!   expiry is a local timer. There are no polling GETs: in steady state only holders write
-//!   (one renewal per held lease per retry period) and nobody reads.
+//!   expiry is a local timer. There are no polling GETs: in steady state an agent writes one
+//!   presence renewal per retry period, whatever the number of addresses (the controller's
+//!   leader one renewal of its Lease), and nobody reads.
 //! - **Standing**: a holder whose last successful renewal is older than the renew deadline stops
 //!   claiming the lease ([`decide::standing`]), distinguishing an unreachable API server
 //!   (5xx, 429, timeouts, connection errors → [`Standing::Unreachable`], which the agent's sticky
@@ -24,12 +25,16 @@
 //! - **Release** on shutdown clears the holder and sets `leaseDurationSeconds: 1` (client-go's
 //!   ReleaseOnCancel), so candidates take over as soon as their watch shows it.
 //!
-//! **Attached address Leases** ([`attach`], issue 10): the pure rules of the next format — an
-//! address Lease written only when it changes hands, valid while its holder's presence Lease is,
-//! taken over after one preconditioned *fence* of the dead holder's presence Lease — with unit
-//! tests and a property-based simulation (watch delays, 409s, partitions, crashes, pauses, clock
-//! drift, a previous-format agent in the mix). The engine does not use them yet: it still renews
-//! every held Lease as described here.
+//! **Attached address Leases** ([`attach`], issue 10): the agent's engine writes an address
+//! Lease only when it changes hands (acquisition, hand-over, release; plus a refresh every 12 h
+//! for previous-format readers). It carries `ferrolb.io/attached-to: <presence Lease>` and
+//! `leaseDurationSeconds: 86400`, and is valid while its holder's presence Lease is; only
+//! presence Leases are renewed. A node takes over the addresses of a node whose presence Lease
+//! it has seen unrenewed for its duration after one preconditioned *fence* (release) of that
+//! presence Lease. The rules have unit tests and a property-based simulation (watch delays,
+//! 409s, partitions, crashes, pauses, clock drift, a previous-format agent in the mix); the
+//! engine's pure core is unit-tested with them (`engine/tests.rs`). The controller's
+//! [`LeaderElector`] keeps the client-go rules above (one renewed Lease).
 //!
 //! Two drivers share one engine ([`engine`]):
 //! - [`LeaderElector`]: one lease (the controller's HA), watched by `fieldSelector
@@ -77,12 +82,14 @@
 //! taken it long before.
 //!
 //! ## Default timings
-//! `lease_duration 5s`, `renew_deadline 3s`, `retry_period 1s`, `rank_step 250ms`. Crash
-//! failover takes at most lease duration + rank wait (≈ 5–5.5 s), graceful failover one watch
-//! round trip (+ rank wait). The price is one write per held lease per second (1000 announced
-//! addresses ≈ 1000 writes/s across the cluster, zero reads); clusters that prefer lower API load
-//! can use Cilium's 15s/5s/2s or kube-vip's 15s/10s/2s. The renew deadline (3 s) leaves two full
-//! retry periods of margin before others may take over (5 s).
+//! Agent: presence `lease_duration 1s`, `renew_deadline 600ms`, `retry_period 200ms`,
+//! `rank_step 100ms`. Crash failover: the dead node's presence Lease seen unrenewed for 1 s, one
+//! fence, one acquisition per address (rank 0 at once). Graceful failover: one watch round trip
+//! (+ rank wait). The price is one presence write per node per 200 ms (5 writes/s per node),
+//! whatever the number of addresses, zero reads. The renew deadline (600 ms) leaves 400 ms (two
+//! retry periods) between the moment a holder that cannot renew stops answering and the
+//! earliest moment another node may fence it; the margins (API latency, clock rate, pauses) are
+//! discussed in the README ("Lease timings").
 
 pub mod attach;
 pub mod client;

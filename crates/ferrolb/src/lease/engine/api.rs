@@ -148,6 +148,13 @@ pub struct EngineStats {
     pub reconnected: tokio::sync::Notify,
     /// How each lease we are creating or taking was taken over (read on `Acquired`).
     pub takeovers: Takeovers,
+    /// Presence Leases of dead nodes fenced (one preconditioned release each) before their
+    /// attached address Leases were taken over.
+    pub fences: AtomicU64,
+    /// Writes of this node's own presence Lease (creates, renewals, release); every other
+    /// write counted here concerns an address Lease (or another node's presence: fences,
+    /// clears, deletions).
+    pub presence_writes: AtomicU64,
 }
 
 impl EngineStats {

@@ -1,7 +1,13 @@
-//! The thin tokio loop around the engine: the Lease watch (with its backoff), commands, write
-//! results and timers in; shutdown.
+//! The thin tokio loop around the engine's pure core: the Lease watch (with its backoff),
+//! commands, write results and timers in; the core's effects (events, the held set, writes)
+//! carried out; shutdown.
 
 use super::*;
+use crate::lease::attach::ATTACHED_DURATION_SECONDS;
+use crate::lease::client::LeaseWriter;
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::Api;
 
 pub(super) async fn run(
     client: kube::Client,
@@ -38,61 +44,48 @@ pub(super) async fn run(
         .modify(|l: &mut Lease| l.metadata.managed_fields = None)
         .boxed();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, opts.config.clone());
-    let mut eng = Engine {
-        opts,
+    let writer = LeaseWriter::new(
+        client.clone(),
+        &opts.namespace,
+        &opts.identity,
+        opts.config.clone(),
+    );
+    // Attached address Leases are written with a one-day duration (see `attach`).
+    let mut attached_cfg = opts.config.clone();
+    attached_cfg.lease_duration = Duration::from_secs(ATTACHED_DURATION_SECONDS as u64);
+    let attached_writer = LeaseWriter::new(client, &opts.namespace, &opts.identity, attached_cfg);
+    let timeout = opts.config.renew_deadline;
+    let io = Io {
         writer,
-        entries: HashMap::new(),
-        timers: BTreeSet::new(),
-        initialized: false,
-        init_buf: None,
-        events,
+        attached_writer,
         done_tx,
-        queue_urgent: VecDeque::new(),
-        queue_rest: VecDeque::new(),
-        in_flight: 0,
-        shutting_down: None,
-        shutdown_waiters: Vec::new(),
-        report: ShutdownReport::default(),
-        stats,
+        events,
         held_tx,
-        ranks: HashMap::new(),
-        last_seen: HashMap::new(),
-        presence: None,
-        next_handover: Instant::now(),
-        watch_down: None,
-        outage: None,
+        timeout,
     };
-    if eng.opts.presence {
-        let name = crate::lease::presence_name(&eng.opts.identity);
-        eng.presence = Some(name.clone());
-        eng.on_desired(BTreeMap::new(), Instant::now());
-    }
+    let mut eng = Engine::new(opts, stats, Instant::now());
+    io.flush(&mut eng);
+    let mut waiters: Vec<oneshot::Sender<ShutdownReport>> = Vec::new();
     let mut cmds_open = true;
     loop {
         let now = Instant::now();
         if eng.shutdown_complete(now) {
             break;
         }
-        let next = eng.timers.first().map(|(t, _)| *t);
-        let shutdown_deadline = eng.shutting_down;
-        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let next = earliest(earliest(next, shutdown_deadline), eng.watch_down);
+        let next = eng.next_wake();
         tokio::select! {
             Some(d) = done_rx.recv() => eng.on_done(d, Instant::now()),
             cmd = cmds.recv(), if cmds_open => {
                 let now = Instant::now();
                 match cmd {
                     Some(Cmd::SetDesired(d)) => eng.on_desired(d, now),
-                    Some(Cmd::Shutdown(tx)) => start_shutdown(&mut eng, Some(tx), now),
+                    Some(Cmd::Shutdown(tx)) => {
+                        waiters.push(tx);
+                        eng.start_shutdown(now);
+                    }
                     None => {
                         cmds_open = false;
-                        if eng.shutting_down.is_none() {
-                            start_shutdown(&mut eng, None, now);
-                        }
+                        eng.start_shutdown(now);
                     }
                 }
             }
@@ -116,63 +109,118 @@ pub(super) async fn run(
                     break;
                 }
             },
-            _ = crate::sleep_until_opt(next) => {
-                let now = Instant::now();
-                if eng.watch_down.is_some_and(|t| t <= now) {
-                    eng.on_watch_resync(now);
-                }
-                let mut due: Vec<String> = Vec::new();
-                while let Some((t, _)) = eng.timers.first() {
-                    if *t > now {
-                        break;
-                    }
-                    if let Some((_, n)) = eng.timers.pop_first() {
-                        if let Some(e) = eng.entries.get_mut(&n) {
-                            e.wake = None;
-                        }
-                        due.push(n);
-                    }
-                }
-                for n in due {
-                    eng.step(&n, now);
-                }
-            }
+            _ = crate::sleep_until_opt(next) => eng.on_timers(Instant::now()),
         }
+        io.flush(&mut eng);
     }
-    // Leases we still hold (could not release in time, or the watch ended): report them lost.
-    let presence = eng.presence.clone();
-    let still: Vec<String> = eng
-        .entries
-        .iter()
-        .filter(|(n, e)| e.reported != Reported::NotHeld && presence.as_ref() != Some(*n))
-        .map(|(n, _)| n.clone())
-        .collect();
-    for n in &still {
-        if let Some(e) = eng.entries.get_mut(n) {
-            e.reported = Reported::NotHeld;
-        }
-        eng.emit(LeaseEvent::Lost {
-            name: n.clone(),
-            holder: None,
-        });
-        eng.publish_held(n, false);
-    }
-    eng.report.not_released = still;
-    for tx in eng.shutdown_waiters.drain(..) {
-        let _ = tx.send(eng.report.clone());
+    let report = eng.finish();
+    io.flush(&mut eng);
+    for tx in waiters {
+        let _ = tx.send(report.clone());
     }
 }
 
-fn start_shutdown(eng: &mut Engine, tx: Option<oneshot::Sender<ShutdownReport>>, now: Instant) {
-    if let Some(tx) = tx {
-        eng.shutdown_waiters.push(tx);
-    }
-    if eng.shutting_down.is_none() {
-        eng.shutting_down = Some(now + eng.opts.config.renew_deadline);
-        let names: Vec<String> = eng.entries.keys().cloned().collect();
-        for n in names {
-            eng.step(&n, now);
+/// The driver's side of the effects: channels out and the writers.
+struct Io {
+    writer: LeaseWriter,
+    attached_writer: LeaseWriter,
+    done_tx: mpsc::UnboundedSender<Done>,
+    events: mpsc::UnboundedSender<LeaseEvent>,
+    held_tx: watch::Sender<BTreeSet<String>>,
+    timeout: Duration,
+}
+
+impl Io {
+    /// Carries out what the core asked for, in order.
+    fn flush(&self, eng: &mut Engine) {
+        for eff in eng.effects.drain(..) {
+            match eff {
+                Effect::Event(ev) => {
+                    let _ = self.events.send(ev);
+                }
+                Effect::Held { name, held } => {
+                    self.held_tx.send_if_modified(|cur| {
+                        if held {
+                            cur.insert(name)
+                        } else {
+                            cur.remove(&name)
+                        }
+                    });
+                }
+                Effect::Write(req) => self.send(req),
+            }
         }
+    }
+
+    /// Sends one write as a task of its own; its result comes back as a [`Done`].
+    fn send(&self, req: Box<WriteReq>) {
+        let writer = if req.attached {
+            self.attached_writer.clone()
+        } else {
+            self.writer.clone()
+        };
+        let tx = self.done_tx.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let WriteReq {
+                name,
+                op,
+                used_rv,
+                object,
+                labels,
+                annotations,
+                ..
+            } = *req;
+            let sent_at = Instant::now();
+            let result = match op {
+                Op::Create => writer
+                    .create(&name, &labels, &annotations, timeout)
+                    .await
+                    .map(Some),
+                Op::Update(kind) => {
+                    let action = match kind {
+                        OpKind::Acquire(t) => Action::Acquire { transitions: t },
+                        OpKind::Renew => Action::Renew,
+                        OpKind::Release | OpKind::Clear | OpKind::Fence => Action::Release,
+                    };
+                    match &object {
+                        Some(obj) => {
+                            // The holder's release leaves the metadata as it is (only the
+                            // holder writes what a lease serves). A clear or a fence, written by
+                            // another node from a base rebuilt from the watched record, carries
+                            // our labels (the watch's selector) so the Lease stays visible.
+                            let release = kind == OpKind::Release;
+                            let (l, a) = if release {
+                                (None, None)
+                            } else {
+                                (Some(&labels), Some(&annotations))
+                            };
+                            writer.update(&action, obj, l, a, timeout).await.map(Some)
+                        }
+                        None => Err(WriteError {
+                            kind: WriteFailure::Rejected,
+                            message: "no observed object to update".into(),
+                            code: None,
+                        }),
+                    }
+                }
+                Op::Delete => match used_rv.as_deref() {
+                    Some(rv) => writer.delete(&name, rv, timeout).await.map(|_| None),
+                    None => Err(WriteError {
+                        kind: WriteFailure::Rejected,
+                        message: "no resourceVersion to delete with".into(),
+                        code: None,
+                    }),
+                },
+            };
+            let _ = tx.send(Done {
+                name,
+                op,
+                sent_at,
+                used_rv,
+                result,
+            });
+        });
     }
 }
 

@@ -1,5 +1,6 @@
-//! The engine's write path: every Lease write is a task of its own (bounded concurrency, an
-//! urgent and a normal queue when the slots are full), and its result is folded back in.
+//! The engine's write path: which writes are sent (bounded concurrency, an urgent and a normal
+//! queue when the slots are full; each becomes an [`Effect::Write`] the driver sends as a task
+//! of its own), and how their results are folded back in.
 
 use super::*;
 
@@ -20,7 +21,11 @@ impl Engine {
     }
 
     pub(super) fn spawn(&mut self, name: &str, op: Op, used_rv: Option<String>, desired: Desired) {
-        let slot_free = self.write_slot_free();
+        // Our presence renewals and fences never wait behind a burst of address writes: a
+        // presence renewal stuck in the queue past the renew deadline would stop every address
+        // this node answers, and one fence unlocks all of a dead node's addresses.
+        let jumps_queue = self.presence.as_deref() == Some(name) || op == Op::Update(OpKind::Fence);
+        let slot_free = jumps_queue || self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
@@ -29,7 +34,12 @@ impl Engine {
             // than as a task holding a copy of the lease, its labels and a client each.
             if !e.queued {
                 e.queued = true;
-                let urgent = matches!(op, Op::Update(OpKind::Renew | OpKind::Release));
+                // Presence renewals, releases and fences first: keep what we hold, hand over
+                // what we give up, and unlock a dead node's addresses (one fence frees all).
+                let urgent = matches!(
+                    op,
+                    Op::Update(OpKind::Renew | OpKind::Release | OpKind::Fence)
+                );
                 if urgent {
                     self.queue_urgent.push_back(name.to_string());
                 } else {
@@ -58,74 +68,63 @@ impl Engine {
             e.released_by_us = true;
         }
         self.in_flight += 1;
+        // An address Lease this node takes or confirms is attached to our presence Lease.
+        let attached = self.attached_mode()
+            && !is_presence_name(name)
+            && matches!(
+                op,
+                Op::Create | Op::Update(OpKind::Acquire(_) | OpKind::Renew)
+            );
         let mut labels = self.opts.base_labels.clone();
         labels.extend(desired.labels);
-        let annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
-        let writer = self.writer.clone();
-        let tx = self.done_tx.clone();
-        let stats = self.stats.clone();
-        let timeout = self.opts.config.renew_deadline;
-        let name = name.to_string();
+        let mut annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
+        if matches!(op, Op::Update(OpKind::Clear | OpKind::Fence)) && is_presence_name(name) {
+            // A write by another node starts from a base rebuilt from the watched record, without
+            // the metadata: say again what the Lease is, or it would drop out of every agent's
+            // label-selected watch (and its node could never take it back).
+            labels.insert(
+                crate::lease::LABEL_ROLE.to_string(),
+                crate::lease::ROLE_PRESENCE.to_string(),
+            );
+            let holder = self
+                .entries
+                .get(name)
+                .and_then(|e| e.observed.as_ref())
+                .and_then(|o| o.holder().map(str::to_string));
+            if let Some(h) = holder {
+                annotations.insert(crate::lease::ANN_NODE.to_string(), h);
+            }
+        }
+        if attached {
+            if let Some(p) = &self.presence {
+                annotations.insert(super::super::attach::ANN_ATTACHED_TO.to_string(), p.clone());
+            }
+        }
+        let stats = &self.stats;
         match op {
             Op::Create => stats.creates.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Acquire(_)) => stats.acquires.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Renew) => stats.renews.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Release) => stats.releases.fetch_add(1, Ordering::Relaxed),
             Op::Update(OpKind::Clear) => stats.clears.fetch_add(1, Ordering::Relaxed),
+            Op::Update(OpKind::Fence) => stats.fences.fetch_add(1, Ordering::Relaxed),
             Op::Delete => stats.deletes.fetch_add(1, Ordering::Relaxed),
         };
-        tokio::spawn(async move {
-            let sent_at = Instant::now();
-            let result = match op {
-                Op::Create => writer
-                    .create(&name, &labels, &annotations, timeout)
-                    .await
-                    .map(Some),
-                Op::Update(kind) => {
-                    let action = match kind {
-                        OpKind::Acquire(t) => Action::Acquire { transitions: t },
-                        OpKind::Renew => Action::Renew,
-                        OpKind::Release | OpKind::Clear => Action::Release,
-                    };
-                    match &object {
-                        Some(obj) => {
-                            // A release leaves the metadata as it is (only the holder writes
-                            // what a lease serves).
-                            let release = matches!(kind, OpKind::Release | OpKind::Clear);
-                            let (l, a) = if release {
-                                (None, None)
-                            } else {
-                                (Some(&labels), Some(&annotations))
-                            };
-                            writer.update(&action, obj, l, a, timeout).await.map(Some)
-                        }
-                        None => Err(WriteError {
-                            kind: WriteFailure::Rejected,
-                            message: "no observed object to update".into(),
-                            code: None,
-                        }),
-                    }
-                }
-                Op::Delete => match used_rv.as_deref() {
-                    Some(rv) => writer.delete(&name, rv, timeout).await.map(|_| None),
-                    None => Err(WriteError {
-                        kind: WriteFailure::Rejected,
-                        message: "no resourceVersion to delete with".into(),
-                        code: None,
-                    }),
-                },
-            };
-            let _ = tx.send(Done {
-                name,
-                op,
-                sent_at,
-                used_rv,
-                result,
-            });
-        });
+        if self.presence.as_deref() == Some(name) {
+            stats.presence_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.effects.push(Effect::Write(Box::new(WriteReq {
+            name: name.to_string(),
+            op,
+            used_rv,
+            object,
+            labels,
+            annotations,
+            attached,
+        })));
     }
 
-    pub(super) fn on_done(&mut self, d: Done, now: Instant) {
+    pub(crate) fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.on_result(d, now);
         self.drain_queue(now);
@@ -183,20 +182,34 @@ impl Engine {
                 e.last_failure = None;
                 e.conflict_rv = None;
                 e.retry_after = None;
+                if matches!(
+                    d.op,
+                    Op::Create | Op::Update(OpKind::Acquire(_) | OpKind::Renew)
+                ) {
+                    e.rewrite = false;
+                }
                 if !matches!(d.op, Op::Update(OpKind::Release | OpKind::Clear)) {
                     e.released_by_us = false;
                 }
                 if !newer_known {
                     e.observed = Some(Observed::written(&lease, d.sent_at));
+                    e.attached_to = super::attached_to_of(&lease);
                     let mut lease = lease;
                     lease.metadata.managed_fields = None;
                     e.object = Some(lease);
+                    self.reindex(&d.name);
+                }
+                let new_epoch = matches!(d.op, Op::Create | Op::Update(OpKind::Acquire(_)));
+                if new_epoch && self.presence.as_deref() == Some(d.name.as_str()) {
+                    // Our presence Lease (re)created or taken back: a new presence epoch.
+                    self.unconfirm_mine();
                 }
             }
             Ok(None) => {
                 // Deleted.
                 e.observed = Some(Observed::absent(now));
                 e.object = None;
+                e.attached_to = None;
                 e.last_failure = None;
             }
             Err(err) => {
@@ -233,6 +246,7 @@ impl Engine {
                 }
             }
         }
+        self.reindex(&d.name);
         self.step(&d.name, now);
     }
 }

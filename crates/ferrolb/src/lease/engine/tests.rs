@@ -1,0 +1,471 @@
+//! The engine's pure core, fed by hand: watch events, write results and instants in, effects
+//! out. No clock, no API server, no tokio runtime.
+
+use super::*;
+use crate::lease::attach::{ANN_ATTACHED_TO, ATTACHED_DURATION_SECONDS};
+use crate::lease::decide::Record;
+use crate::lease::presence_name;
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// The presence timings the attached scheme defaults to: 1 s / 600 ms / 200 ms.
+fn cfg() -> LeaseConfig {
+    LeaseConfig {
+        lease_duration: Duration::from_secs(1),
+        renew_deadline: Duration::from_millis(600),
+        retry_period: Duration::from_millis(200),
+        rank_step: Duration::from_millis(100),
+    }
+}
+
+fn lease(name: &str, holder: &str, rv: u64, duration: i32, attached: Option<&str>) -> Lease {
+    let mut l = Lease::default();
+    l.metadata.name = Some(name.into());
+    l.metadata.namespace = Some("ns".into());
+    l.metadata.resource_version = Some(rv.to_string());
+    if let Some(p) = attached {
+        l.metadata.annotations = Some(BTreeMap::from([(ANN_ATTACHED_TO.into(), p.into())]));
+    }
+    l.spec = Some(LeaseSpec {
+        holder_identity: Some(holder.into()),
+        lease_duration_seconds: Some(duration),
+        lease_transitions: Some(0),
+        ..LeaseSpec::default()
+    });
+    l
+}
+
+/// What a successful write of `req` would return (the API server's answer), at `rv`.
+fn answer(req: &WriteReq, me: &str, rv: u64) -> Lease {
+    let mut l = req.object.clone().unwrap_or_default();
+    l.metadata.name = Some(req.name.clone());
+    l.metadata.resource_version = Some(rv.to_string());
+    let prev = l.spec.as_ref().map(|_| Record::from_lease(&l));
+    let action = match req.op {
+        Op::Create => Action::Create,
+        Op::Update(OpKind::Acquire(t)) => Action::Acquire { transitions: t },
+        Op::Update(OpKind::Renew) => Action::Renew,
+        Op::Update(_) | Op::Delete => Action::Release,
+    };
+    let mut c = cfg();
+    if req.attached {
+        c.lease_duration = Duration::from_secs(ATTACHED_DURATION_SECONDS as u64);
+    }
+    let now = crate::lease::micro_now();
+    l.spec = spec_for_test(&action, me, prev.as_ref(), &now, &c);
+    if !matches!(action, Action::Release) {
+        let ann = l.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        ann.extend(req.annotations.clone());
+    }
+    l
+}
+
+fn spec_for_test(
+    a: &Action,
+    me: &str,
+    prev: Option<&Record>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime,
+    c: &LeaseConfig,
+) -> Option<LeaseSpec> {
+    crate::lease::decide::spec_for(a, me, prev, now, c)
+}
+
+struct Core {
+    eng: Engine,
+    me: String,
+    rv: u64,
+}
+
+impl Core {
+    /// An agent core for `me`, its watch synced with `existing`, wanting `want` (candidates
+    /// `cands`); its own presence Lease created (answer fed back) at `t0`.
+    fn start(me: &str, existing: Vec<Lease>, want: &[&str], cands: &[&str], t0: Instant) -> Core {
+        let opts = EngineOptions::agent("ns", me, cfg());
+        let mut eng = Engine::new(opts, Arc::new(EngineStats::default()), t0);
+        eng.on_watch(watcher::Event::Init, t0);
+        for l in existing {
+            eng.on_watch(watcher::Event::InitApply(l), t0);
+        }
+        eng.on_watch(watcher::Event::InitDone, t0);
+        let cands = Arc::new(cands.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let desired = want
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Desired {
+                        candidates: cands.clone(),
+                        ..Desired::default()
+                    },
+                )
+            })
+            .collect();
+        eng.on_desired(desired, t0);
+        let mut core = Core {
+            eng,
+            me: me.into(),
+            rv: 1000,
+        };
+        let w = core.writes();
+        let p = presence_name(me);
+        assert!(
+            w.iter().any(|r| r.name == p && r.op == Op::Create),
+            "presence created first: {w:?}"
+        );
+        core.answer_all(w, t0);
+        core
+    }
+
+    fn writes(&mut self) -> Vec<WriteReq> {
+        let mut out = Vec::new();
+        self.eng.effects.retain(|e| match e {
+            Effect::Write(w) => {
+                out.push((**w).clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn events(&mut self) -> Vec<LeaseEvent> {
+        let mut out = Vec::new();
+        self.eng.effects.retain(|e| match e {
+            Effect::Event(ev) => {
+                out.push(ev.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    /// Feeds a successful answer to each write (sent at `at`).
+    fn answer_all(&mut self, writes: Vec<WriteReq>, at: Instant) {
+        for w in writes {
+            self.rv += 1;
+            let l = answer(&w, &self.me, self.rv);
+            self.eng.on_done(
+                Done {
+                    name: w.name.clone(),
+                    op: w.op,
+                    sent_at: at,
+                    used_rv: w.used_rv.clone(),
+                    result: Ok(Some(l)),
+                },
+                at,
+            );
+        }
+    }
+
+    /// Runs the timers up to `until` in steps of `tick`, answering presence renewals at once
+    /// (the API server is healthy); returns every write sent.
+    fn run(&mut self, from: Instant, until: Instant, tick: Duration) -> Vec<WriteReq> {
+        let mut all = Vec::new();
+        let mut t = from;
+        while t <= until {
+            self.eng.on_timers(t);
+            let w = self.writes();
+            all.extend(w.iter().cloned());
+            self.answer_all(w, t);
+            t += tick;
+        }
+        all
+    }
+
+    fn timers_for(&self, name: &str) -> usize {
+        self.eng.timers.iter().filter(|(_, n)| n == name).count()
+    }
+}
+
+#[test]
+fn a_dead_holders_presence_is_fenced_once_then_its_addresses_are_taken() {
+    let t0 = Instant::now();
+    let pb = presence_name("b");
+    let addrs: Vec<String> = (0..20).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let mut existing = vec![lease(&pb, "b", 10, 1, None)];
+    for (i, a) in addrs.iter().enumerate() {
+        existing.push(lease(
+            a,
+            "b",
+            20 + i as u64,
+            ATTACHED_DURATION_SECONDS,
+            Some(&pb),
+        ));
+    }
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", existing, &want, &["a", "b"], t0);
+    // b is alive (its presence was just seen): nothing to do, and no timer per address.
+    assert!(a.writes().is_empty());
+    for n in &addrs {
+        assert_eq!(a.timers_for(n), 0, "{n} has a timer of its own");
+    }
+    assert_eq!(a.timers_for(&pb), 1, "b's presence expiry");
+    // b renews its presence twice: still nothing for the addresses.
+    for (k, rv) in [(1u32, 60u64), (2, 61)] {
+        let mut l = lease(&pb, "b", rv, 1, None);
+        l.spec.as_mut().unwrap().renew_time = Some(crate::lease::micro_now());
+        l.spec.as_mut().unwrap().lease_transitions = Some(k as i32);
+        a.eng.on_watch(watcher::Event::Apply(l), t0 + 200 * k * MS);
+    }
+    let seen = t0 + 400 * MS;
+    // Until b's presence has been seen unrenewed for its duration, only our presence is written.
+    let w = a.run(seen, seen + 990 * MS, 10 * MS);
+    assert!(
+        w.iter().all(|r| r.name == presence_name("a")),
+        "{:?}",
+        w.iter().map(|r| (&r.name, r.op)).collect::<Vec<_>>()
+    );
+    // Then one fence, with the resourceVersion under which b's presence was seen unrenewed.
+    a.eng.on_timers(seen + 1000 * MS);
+    let w = a.writes();
+    let fences: Vec<&WriteReq> = w.iter().filter(|r| r.name == pb).collect();
+    assert_eq!(fences.len(), 1, "{w:?}");
+    assert_eq!(fences[0].op, Op::Update(OpKind::Fence));
+    assert_eq!(fences[0].used_rv.as_deref(), Some("61"));
+    assert!(
+        w.iter().all(|r| !addrs.contains(&r.name)),
+        "no address before the fence"
+    );
+    let at = seen + 1000 * MS;
+    a.answer_all(w, at);
+    // The fence freed every address: a (rank 0 once b is left out) takes each with one
+    // preconditioned write, attached to its own presence, with the one-day duration.
+    let w = a.writes();
+    let taken: BTreeSet<&str> = w
+        .iter()
+        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(1))))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(taken.len(), addrs.len(), "{w:?}");
+    for r in &w {
+        assert!(r.attached);
+        assert_eq!(
+            r.annotations.get(ANN_ATTACHED_TO),
+            Some(&presence_name("a"))
+        );
+        assert!(r
+            .object
+            .as_ref()
+            .unwrap()
+            .metadata
+            .resource_version
+            .is_some());
+    }
+    a.answer_all(w, at);
+    let acquired = a
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, LeaseEvent::Acquired { .. }))
+        .count();
+    assert_eq!(acquired, addrs.len());
+    assert_eq!(EngineStats::get(&a.eng.stats.fences), 1);
+    // Steady state afterwards: 10 s of timers write our presence only, 5 times a second.
+    let w = a.run(at, at + 10_000 * MS, 10 * MS);
+    assert!(
+        w.iter().all(|r| !addrs.contains(&r.name)),
+        "{:?}",
+        w.iter().map(|r| (&r.name, r.op)).collect::<Vec<_>>()
+    );
+    let renewals = w.iter().filter(|r| r.name == presence_name("a")).count();
+    assert!((45..=52).contains(&renewals), "{renewals} presence writes");
+    for n in &addrs {
+        assert!(a.timers_for(n) <= 1, "{n}: at most the 12-hourly refresh");
+    }
+}
+
+#[test]
+fn a_fence_refused_with_409_takes_nothing() {
+    let t0 = Instant::now();
+    let pb = presence_name("b");
+    let addr = "ferrolb-00000000000000000001";
+    let existing = vec![
+        lease(&pb, "b", 10, 1, None),
+        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
+    ];
+    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    let _ = a.run(t0, t0 + 990 * MS, 10 * MS);
+    a.eng.on_timers(t0 + 1000 * MS);
+    let w = a.writes();
+    let fence = w.iter().find(|r| r.name == pb).expect("fence").clone();
+    // b renewed meanwhile (our watch was late): 409.
+    a.eng.on_done(
+        Done {
+            name: pb.clone(),
+            op: fence.op,
+            sent_at: t0 + 1000 * MS,
+            used_rv: fence.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Conflict,
+                message: "409".into(),
+                code: Some(409),
+            }),
+        },
+        t0 + 1010 * MS,
+    );
+    let w = a.writes();
+    assert!(w.iter().all(|r| r.name != addr && r.name != pb), "{w:?}");
+    // The watch shows the renewal: b is alive, a waits again (no fence, no takeover).
+    let mut l = lease(&pb, "b", 12, 1, None);
+    l.spec.as_mut().unwrap().lease_transitions = Some(1);
+    a.eng.on_watch(watcher::Event::Apply(l), t0 + 1020 * MS);
+    let w = a.run(t0 + 1020 * MS, t0 + 1900 * MS, 10 * MS);
+    assert!(w.iter().all(|r| r.name != addr && r.name != pb), "{w:?}");
+    assert!(a.events().is_empty());
+}
+
+#[test]
+fn losing_our_presence_stops_every_address_and_each_is_confirmed_before_answering_again() {
+    let t0 = Instant::now();
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", Vec::new(), &want, &["a"], t0);
+    // Absent and wanted: created, attached.
+    let w = a.writes();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w.iter().all(|r| r.op == Op::Create && r.attached));
+    a.answer_all(w, t0);
+    assert_eq!(a.events().len(), 3);
+    // Our presence renewal is refused (409: someone fenced it): every address stops at once.
+    let _ = a.run(t0, t0 + 150 * MS, 10 * MS);
+    a.eng.on_timers(t0 + 200 * MS);
+    let w = a.writes();
+    let renewal = w
+        .iter()
+        .find(|r| r.name == presence_name("a"))
+        .expect("renewal")
+        .clone();
+    a.eng.on_done(
+        Done {
+            name: renewal.name.clone(),
+            op: renewal.op,
+            sent_at: t0 + 200 * MS,
+            used_rv: renewal.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Conflict,
+                message: "409".into(),
+                code: Some(409),
+            }),
+        },
+        t0 + 210 * MS,
+    );
+    let ev = a.events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, LeaseEvent::Lost { .. }))
+            .count(),
+        3,
+        "{ev:?}"
+    );
+    // The watch shows our presence released (fenced): we take it back (a new epoch), then
+    // confirm each address with one preconditioned write before answering it again.
+    a.rv += 1;
+    let mut fenced = lease(&presence_name("a"), "", a.rv, 1, None);
+    fenced.spec.as_mut().unwrap().lease_transitions = Some(0);
+    a.eng.on_watch(watcher::Event::Apply(fenced), t0 + 300 * MS);
+    // (After the retry period that follows a refused write.)
+    assert!(a.writes().is_empty());
+    a.eng.on_timers(t0 + 410 * MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == presence_name("a") && matches!(r.op, Op::Update(OpKind::Acquire(_)))),
+        "{w:?}"
+    );
+    assert!(w.iter().all(|r| !addrs.contains(&r.name)), "{w:?}");
+    a.answer_all(w, t0 + 410 * MS);
+    assert!(a.events().is_empty(), "nothing answered before confirming");
+    let w = a.writes();
+    assert_eq!(
+        w.iter()
+            .filter(|r| addrs.contains(&r.name) && r.op == Op::Update(OpKind::Renew))
+            .count(),
+        3,
+        "{w:?}"
+    );
+    a.answer_all(w, t0 + 420 * MS);
+    let ev = a.events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, LeaseEvent::Acquired { .. }))
+            .count(),
+        3,
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_api_server_makes_addresses_sticky_not_lost() {
+    let t0 = Instant::now();
+    let addr = "ferrolb-00000000000000000001";
+    let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
+    let w = a.writes();
+    a.answer_all(w, t0);
+    assert_eq!(a.events(), vec![LeaseEvent::Acquired { name: addr.into() }]);
+    // Every presence renewal fails as unreachable from now on.
+    let mut t = t0;
+    while t < t0 + 700 * MS {
+        t += 10 * MS;
+        a.eng.on_timers(t);
+        for w in a.writes() {
+            a.eng.on_done(
+                Done {
+                    name: w.name.clone(),
+                    op: w.op,
+                    sent_at: t,
+                    used_rv: w.used_rv.clone(),
+                    result: Err(WriteError {
+                        kind: WriteFailure::Unreachable,
+                        message: "503".into(),
+                        code: Some(503),
+                    }),
+                },
+                t,
+            );
+        }
+    }
+    // Past the renew deadline (600 ms): Unreachable (sticky mode may ride it out), not Lost.
+    assert_eq!(
+        a.events(),
+        vec![LeaseEvent::Unreachable { name: addr.into() }]
+    );
+}
+
+#[test]
+fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
+    let t0 = Instant::now();
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let opts = EngineOptions::agent("ns", "a", cfg());
+    let mut a = Core::start("a", Vec::new(), &[], &["a"], t0);
+    a.eng.opts = EngineOptions {
+        max_concurrent_writes: 1,
+        ..opts
+    };
+    let cands = Arc::new(vec!["a".to_string()]);
+    let desired = want
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Desired {
+                    candidates: cands.clone(),
+                    ..Desired::default()
+                },
+            )
+        })
+        .collect();
+    a.eng.on_desired(desired, t0);
+    // One create in flight (never answered: a slow API server), the others queued.
+    let w = a.writes();
+    assert_eq!(w.len(), 1, "{w:?}");
+    // The presence renewal is due: it is sent at once, not queued behind the creates.
+    a.eng.on_timers(t0 + 200 * MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == presence_name("a") && r.op == Op::Update(OpKind::Renew)),
+        "{w:?}"
+    );
+}
