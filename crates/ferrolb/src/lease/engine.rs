@@ -227,6 +227,10 @@ pub(crate) struct Engine {
     by_presence: HashMap<String, BTreeSet<String>>,
     /// Our presence standing as last computed (attached mode).
     my_standing: Standing,
+    /// The caller has said what it wants at least once ([`LeaseSet::set_desired`]). Until
+    /// then a Lease we hold is not "unwanted": a restarted agent whose caches are still syncing
+    /// must not release (or collect) what it held before the restart.
+    desired_known: bool,
 }
 
 impl Engine {
@@ -256,9 +260,12 @@ impl Engine {
             outage: None,
             by_presence: HashMap::new(),
             my_standing: Standing::NotHolder,
+            desired_known: false,
         };
         if eng.presence.is_some() {
             eng.on_desired(BTreeMap::new(), now);
+            // Only the presence Lease is known to be wanted; the rest waits for the caller.
+            eng.desired_known = false;
         }
         eng
     }
@@ -625,6 +632,11 @@ impl Engine {
             return None;
         }
         let desired = e.desired.clone();
+        if desired.is_none() && !shutting_down && !self.desired_known {
+            // Not told yet what is wanted: no release, clear or deletion on a guess.
+            self.set_wake(name, wake);
+            return None;
+        }
         let mut intent = match (&desired, shutting_down) {
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
@@ -803,6 +815,9 @@ impl Engine {
     }
 
     pub(crate) fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
+        // The first word from the caller: Leases left alone until now are looked at again.
+        let first = !self.desired_known;
+        self.desired_known = true;
         let cands: BTreeMap<String, Arc<Vec<String>>> = desired
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
@@ -828,6 +843,8 @@ impl Engine {
         for (n, e) in self.entries.iter_mut() {
             if e.desired.is_some() && !desired.contains_key(n) {
                 e.desired = None;
+                touched.push(n.clone());
+            } else if first && e.desired.is_none() && !desired.contains_key(n) {
                 touched.push(n.clone());
             }
         }

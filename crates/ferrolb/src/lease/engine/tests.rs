@@ -469,3 +469,73 @@ fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
         "{w:?}"
     );
 }
+
+#[test]
+fn a_restarted_holder_releases_nothing_before_it_knows_what_it_wants() {
+    // "a" restarts while its presence and its address Lease are still valid: until the agent
+    // says what it wants (its caches are syncing), the held address Lease is left alone; once
+    // it is wanted, it is kept (one confirming renewal); once it is not, it is released.
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addr = "ferrolb-00000000000000000001";
+    let mut existing = vec![
+        lease(&pa, "a", 10, 1, None),
+        lease(addr, "a", 11, ATTACHED_DURATION_SECONDS, Some(&pa)),
+    ];
+    for l in &mut existing {
+        // Written just before the restart, as the previous process left them.
+        let spec = l.spec.as_mut().unwrap();
+        spec.acquire_time = Some(crate::lease::micro_now());
+        spec.renew_time = Some(crate::lease::micro_now());
+    }
+    let mut eng = Engine::new(
+        EngineOptions::agent("ns", "a", cfg()),
+        Arc::new(EngineStats::default()),
+        t0,
+    );
+    eng.on_watch(watcher::Event::Init, t0);
+    for l in existing {
+        eng.on_watch(watcher::Event::InitApply(l), t0);
+    }
+    eng.on_watch(watcher::Event::InitDone, t0);
+    let mut core = Core {
+        eng,
+        me: "a".into(),
+        rv: 1000,
+    };
+    let w = core.run(t0, t0 + 3 * cfg().lease_duration, 50 * MS);
+    assert!(
+        w.iter().all(|r| r.name != addr),
+        "wrote the held address Lease before being told what is wanted: {w:?}"
+    );
+    assert!(
+        w.iter().any(|r| r.name == pa),
+        "the presence Lease is renewed meanwhile: {w:?}"
+    );
+    let t1 = t0 + 3 * cfg().lease_duration + MS;
+    let cands = Arc::new(vec!["a".to_string(), "b".to_string()]);
+    let want = BTreeMap::from([(
+        addr.to_string(),
+        Desired {
+            candidates: cands,
+            ..Desired::default()
+        },
+    )]);
+    core.eng.on_desired(want, t1);
+    let w = core.run(t1, t1 + cfg().lease_duration, 50 * MS);
+    // Written before the restart, so confirmed with one renewal as its holder: no release, no
+    // new acquisition (leaseTransitions unchanged).
+    let to_addr: Vec<&WriteReq> = w.iter().filter(|r| r.name == addr).collect();
+    assert!(
+        to_addr.len() == 1 && to_addr[0].op == Op::Update(OpKind::Renew),
+        "a wanted, held Lease is confirmed with exactly one renewal: {to_addr:?}"
+    );
+    let t2 = t1 + cfg().lease_duration + MS;
+    core.eng.on_desired(BTreeMap::new(), t2);
+    let w = core.run(t2, t2 + cfg().lease_duration, 50 * MS);
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)),
+        "an unwanted held Lease is released once the agent says so: {w:?}"
+    );
+}
