@@ -22,6 +22,19 @@ pub struct Timings {
     pub retry_period: String,
 }
 
+/// `--lease-duration`, `--renew-deadline` and `--retry-period` flags (controller and agent
+/// take the same ones).
+fn timing_args(t: &Timings) -> [String; 6] {
+    [
+        "--lease-duration".into(),
+        t.lease_duration.clone(),
+        "--renew-deadline".into(),
+        t.renew_deadline.clone(),
+        "--retry-period".into(),
+        t.retry_period.clone(),
+    ]
+}
+
 impl Default for Timings {
     fn default() -> Self {
         Timings {
@@ -40,6 +53,8 @@ pub struct LabConfig {
     pub nodes: usize,
     pub controllers: usize,
     pub timings: Timings,
+    /// The controllers' leader-election timings, when not the agents' (`timings`).
+    pub controller_timings: Option<Timings>,
     /// Extra agent flags (e.g. `--no-sticky`).
     pub agent_args: Vec<String>,
     /// The `ferrolb` binary to run.
@@ -69,6 +84,7 @@ impl LabConfig {
             nodes,
             controllers: 2,
             timings: Timings::default(),
+            controller_timings: None,
             agent_args: vec![],
             exe,
             dir,
@@ -363,7 +379,12 @@ impl Cluster {
             "--metrics-addr".into(),
             format!("{}:{}", self.topo.api_ipv4, 9100 + i),
         ];
-        args.extend(self.timing_args());
+        let t = self
+            .cfg
+            .controller_timings
+            .as_ref()
+            .unwrap_or(&self.cfg.timings);
+        args.extend(timing_args(t));
         let log = self.cfg.dir.join(format!("{id}.log"));
         let p = Proc::spawn(&id, Some(self.topo.api()), &self.cfg.exe, &args, &[], &log)?;
         if self.controllers.len() <= i {
@@ -371,20 +392,6 @@ impl Cluster {
         }
         self.controllers[i] = Some(p);
         Ok(())
-    }
-
-    /// `--lease-duration`, `--renew-deadline` and `--retry-period` flags (controller and agent
-    /// take the same ones).
-    fn timing_args(&self) -> [String; 6] {
-        let t = &self.cfg.timings;
-        [
-            "--lease-duration".into(),
-            t.lease_duration.clone(),
-            "--renew-deadline".into(),
-            t.renew_deadline.clone(),
-            "--retry-period".into(),
-            t.retry_period.clone(),
-        ]
     }
 
     /// Starts (or restarts) the agent of node `i` in its namespace.
@@ -402,7 +409,7 @@ impl Cluster {
             "--metrics-addr".into(),
             format!("{}:9100", node.ipv4),
         ];
-        args.extend(self.timing_args());
+        args.extend(timing_args(&self.cfg.timings));
         args.extend(self.cfg.agent_args.iter().cloned());
         let n = self.agents.iter().filter(|a| a.is_some()).count();
         let log = self.cfg.dir.join(format!("agent-{}-{n}.log", node.name));

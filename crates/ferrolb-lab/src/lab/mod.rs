@@ -65,6 +65,16 @@ pub struct Args {
     /// Retry period.
     #[arg(long, default_value = "200ms")]
     pub retry_period: String,
+    /// The controllers' lease duration (leader election), if not `--lease-duration`: a large
+    /// `--measure-services` wants a longer one than the agents' presence Leases.
+    #[arg(long)]
+    pub controller_lease_duration: Option<String>,
+    /// The controllers' renew deadline, if not `--renew-deadline`.
+    #[arg(long)]
+    pub controller_renew_deadline: Option<String>,
+    /// The controllers' retry period, if not `--retry-period`.
+    #[arg(long)]
+    pub controller_retry_period: Option<String>,
     /// Leave everything running and print how to explore it (Ctrl-C removes it).
     #[arg(long)]
     pub keep: bool,
@@ -245,6 +255,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
         renew_deadline: args.renew_deadline.clone(),
         retry_period: args.retry_period.clone(),
     };
+    cfg.controller_timings = controller_timings(&args);
     // Ctrl-C / SIGTERM end the run; dropping the cluster cleans up.
     let work = main_job(args.clone(), cfg, say);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -615,6 +626,25 @@ fn say_failover(say: &Say, f: &Failover) {
     ));
 }
 
+/// The controllers' timings when any `--controller-*` flag is given (the rest from the agents'
+/// flags); `None`: the same as the agents'.
+fn controller_timings(args: &Args) -> Option<Timings> {
+    let given = [
+        &args.controller_lease_duration,
+        &args.controller_renew_deadline,
+        &args.controller_retry_period,
+    ];
+    if given.iter().all(|o| o.is_none()) {
+        return None;
+    }
+    let or = |o: &Option<String>, d: &String| o.clone().unwrap_or_else(|| d.clone());
+    Some(Timings {
+        lease_duration: or(&args.controller_lease_duration, &args.lease_duration),
+        renew_deadline: or(&args.controller_renew_deadline, &args.renew_deadline),
+        retry_period: or(&args.controller_retry_period, &args.retry_period),
+    })
+}
+
 async fn measure(
     c: &mut Cluster,
     args: &Args,
@@ -877,6 +907,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(argv: &[&str]) -> Args {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            lab: Args,
+        }
+        let argv = std::iter::once("lab").chain(argv.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().lab
+    }
+
+    #[test]
+    fn controllers_take_the_agents_timing_unless_a_controller_flag_is_given() {
+        assert!(controller_timings(&parse(&[])).is_none());
+        let t = controller_timings(&parse(&[
+            "--lease-duration",
+            "2s",
+            "--controller-lease-duration",
+            "15s",
+            "--controller-retry-period",
+            "2s",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                t.lease_duration.as_str(),
+                t.renew_deadline.as_str(),
+                t.retry_period.as_str()
+            ),
+            ("15s", "600ms", "2s"),
+            "the renew deadline not given falls back to the agents' (default 600ms)"
+        );
+    }
 
     #[test]
     fn requests_by_kind_counts_agents_only_busiest_first() {
