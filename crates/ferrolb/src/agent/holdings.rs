@@ -133,14 +133,17 @@ impl Holdings {
         }
     }
 
-    /// Another station announced `ip`: a sticky group containing it yields.
-    pub fn on_conflict(&mut self, ip: IpAddr) -> ConflictOutcome {
-        let Some(key) = self
-            .desired
+    /// Key of the desired group that contains `ip`.
+    fn group_of(&self, ip: IpAddr) -> Option<String> {
+        self.desired
             .values()
             .find(|g| g.addresses.contains(&ip))
             .map(|g| g.key.clone())
-        else {
+    }
+
+    /// Another station announced `ip`: a sticky group containing it yields.
+    pub fn on_conflict(&mut self, ip: IpAddr) -> ConflictOutcome {
+        let Some(key) = self.group_of(ip) else {
             return ConflictOutcome::NotOurs;
         };
         match self.state.get(&key) {
@@ -156,12 +159,7 @@ impl Holdings {
     /// Another station answered our ARP probe for `ip`: it has the address, but it announced no
     /// takeover, so nothing yields, not even a sticky group (see `agent::conflicts`).
     pub fn on_probe_answer(&self, ip: IpAddr) -> ConflictOutcome {
-        let Some(key) = self
-            .desired
-            .values()
-            .find(|g| g.addresses.contains(&ip))
-            .map(|g| g.key.clone())
-        else {
+        let Some(key) = self.group_of(ip) else {
             return ConflictOutcome::NotOurs;
         };
         match self.state.get(&key) {
