@@ -76,7 +76,7 @@ mod cluster {
     use ferrolb_lab::lab::{echo_service, probe, scenario};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Service;
-    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
     /// One cluster at a time: failover bounds are about ferrolb, not about two labs fighting
     /// over two cores.
@@ -153,23 +153,7 @@ mod cluster {
 
     /// The agents' address leases (not their per-node presence leases, not the controller's).
     async fn leases(c: &Cluster) -> Vec<Lease> {
-        use ferrolb::lease::{LABEL_ROLE, MANAGED_BY_SELECTOR, ROLE_PRESENCE};
-        let api: Api<Lease> =
-            Api::namespaced(c.client.clone(), ferrolb_lab::lab::cluster::SYSTEM_NS);
-        let selector = format!("{MANAGED_BY_SELECTOR},{LABEL_ROLE}!={ROLE_PRESENCE}");
-        api.list(&ListParams::default().labels(&selector))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|l| {
-                !l.metadata
-                    .name
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("controller")
-            })
-            .collect()
+        c.address_leases().await.unwrap()
     }
 
     fn lease_duration(c: &Cluster) -> Duration {

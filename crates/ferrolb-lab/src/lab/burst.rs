@@ -9,12 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::ListParams;
-use kube::Api;
 use serde::Serialize;
 
-use super::cluster::{Cluster, SYSTEM_NS};
+use super::cluster::Cluster;
 use super::probe;
 
 /// One burst failover.
@@ -32,43 +29,16 @@ pub struct Burst {
     pub last_ms: Option<u64>,
 }
 
-const ADDRESS_LEASES: &str = "app.kubernetes.io/managed-by=ferrolb,ferrolb.io/role!=presence";
-
 /// Address Lease name → (resourceVersion, holder, addresses).
 async fn address_leases(
     c: &Cluster,
 ) -> anyhow::Result<BTreeMap<String, (String, String, Vec<IpAddr>)>> {
-    let api: Api<Lease> = Api::namespaced(c.client.clone(), SYSTEM_NS);
-    let list = api
-        .list(&ListParams::default().labels(ADDRESS_LEASES))
-        .await?;
-    Ok(list
-        .items
+    Ok(c.address_leases()
+        .await?
         .into_iter()
-        .filter(|l| {
-            !l.metadata
-                .name
-                .as_deref()
-                .unwrap_or_default()
-                .contains("controller")
-        })
         .map(|l| {
-            let holder = l
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.clone())
-                .unwrap_or_default();
-            let addrs = l
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ferrolb::lease::ANN_ADDRESSES))
-                .map(|v| {
-                    v.split(|ch: char| ch == ',' || ch.is_whitespace())
-                        .filter_map(|s| s.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let holder = crate::ops::holder(&l).unwrap_or_default().to_string();
+            let addrs = crate::ops::addresses(&l).unwrap_or_default();
             (
                 l.metadata.name.unwrap_or_default(),
                 (

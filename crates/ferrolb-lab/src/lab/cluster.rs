@@ -118,6 +118,30 @@ pub const SYSTEM_NS: &str = "ferrolb-system";
 pub const AGENT_LEASE_NS: &str = "ferrolb-leases";
 
 impl Cluster {
+    /// The agents' address Leases (ferrolb's Leases without presence Leases and the
+    /// controllers' leader Lease), as the API server lists them now.
+    pub async fn address_leases(
+        &self,
+    ) -> anyhow::Result<Vec<k8s_openapi::api::coordination::v1::Lease>> {
+        use ferrolb::lease::{LABEL_ROLE, MANAGED_BY_SELECTOR, ROLE_PRESENCE};
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let selector = format!("{MANAGED_BY_SELECTOR},{LABEL_ROLE}!={ROLE_PRESENCE}");
+        Ok(api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            .filter(|l| {
+                !l.metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("controller")
+            })
+            .collect())
+    }
+
     /// Builds the segment and starts the API server (with the CRDs), nothing else yet.
     pub async fn start_api(cfg: LabConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;

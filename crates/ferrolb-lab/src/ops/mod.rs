@@ -353,16 +353,24 @@ pub fn holder(lease: &Lease) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
+/// The addresses an address Lease stands for (its `ferrolb.io/addresses` annotation), `None`
+/// without the annotation.
+pub fn addresses(lease: &Lease) -> Option<Vec<IpAddr>> {
+    Some(
+        annotation(lease, ANN_ADDRESSES)?
+            .split(',')
+            .filter_map(|a| a.trim().parse().ok())
+            .collect(),
+    )
+}
+
 /// Announcements read from the address Leases (presence Leases are skipped).
 pub fn announcements_from_leases(leases: &[Lease], now: jiff::Timestamp) -> Vec<Announcement> {
     let mut out: Vec<Announcement> = leases
         .iter()
         .filter(|l| !is_presence(l))
         .filter_map(|l| {
-            let addresses: Vec<IpAddr> = annotation(l, ANN_ADDRESSES)?
-                .split(',')
-                .filter_map(|a| a.trim().parse().ok())
-                .collect();
+            let addresses = addresses(l)?;
             let services = annotation(l, ANN_SERVICES)
                 .unwrap_or_default()
                 .split(',')
