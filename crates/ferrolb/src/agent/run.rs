@@ -638,18 +638,19 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
 
+    let interfaces = eligible_interface_names(&node_regexes);
     let mut agent = Agent {
         options: Options {
             serve_cilium_class: args.serve_cilium_class,
             ..Default::default()
         },
-        interfaces: eligible_interface_names(&node_regexes),
         subnets: super::subnets::Publisher::start(
             client.clone(),
             &args.lease_namespace,
             &args.node_name,
-            &eligible_interface_names(&node_regexes),
+            &interfaces,
         ),
+        interfaces,
         node_regexes,
         holdings: Holdings::new(args.sticky()),
         names: BTreeMap::new(),

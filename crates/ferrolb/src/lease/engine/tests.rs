@@ -71,6 +71,18 @@ fn spec_for_test(
     crate::lease::decide::spec_for(a, me, prev, now, c)
 }
 
+/// An agent core for `me` whose Lease watch has listed `existing` at `t0`; told nothing yet.
+fn synced(me: &str, existing: Vec<Lease>, t0: Instant) -> Engine {
+    let opts = EngineOptions::agent("ns", me, cfg());
+    let mut eng = Engine::new(opts, Arc::new(EngineStats::default()), t0);
+    eng.on_watch(watcher::Event::Init, t0);
+    for l in existing {
+        eng.on_watch(watcher::Event::InitApply(l), t0);
+    }
+    eng.on_watch(watcher::Event::InitDone, t0);
+    eng
+}
+
 struct Core {
     eng: Engine,
     me: String,
@@ -81,13 +93,7 @@ impl Core {
     /// An agent core for `me`, its watch synced with `existing`, wanting `want` (candidates
     /// `cands`); its own presence Lease created (answer fed back) at `t0`.
     fn start(me: &str, existing: Vec<Lease>, want: &[&str], cands: &[&str], t0: Instant) -> Core {
-        let opts = EngineOptions::agent("ns", me, cfg());
-        let mut eng = Engine::new(opts, Arc::new(EngineStats::default()), t0);
-        eng.on_watch(watcher::Event::Init, t0);
-        for l in existing {
-            eng.on_watch(watcher::Event::InitApply(l), t0);
-        }
-        eng.on_watch(watcher::Event::InitDone, t0);
+        let mut eng = synced(me, existing, t0);
         let cands = Arc::new(cands.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let desired = want
             .iter()
@@ -488,18 +494,8 @@ fn a_restarted_holder_releases_nothing_before_it_knows_what_it_wants() {
         spec.acquire_time = Some(crate::lease::micro_now());
         spec.renew_time = Some(crate::lease::micro_now());
     }
-    let mut eng = Engine::new(
-        EngineOptions::agent("ns", "a", cfg()),
-        Arc::new(EngineStats::default()),
-        t0,
-    );
-    eng.on_watch(watcher::Event::Init, t0);
-    for l in existing {
-        eng.on_watch(watcher::Event::InitApply(l), t0);
-    }
-    eng.on_watch(watcher::Event::InitDone, t0);
     let mut core = Core {
-        eng,
+        eng: synced("a", existing, t0),
         me: "a".into(),
         rv: 1000,
     };
