@@ -23,7 +23,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 
 use super::report::{self, EventKind};
@@ -116,7 +115,7 @@ pub fn note(ip: IpAddr, iface: &str, mac: &str, node: &str) -> String {
 
 /// The Warning Event on `svc` for a foreign answerer of `ip`.
 pub fn foreign_event(
-    svc: &Service,
+    svc: &impl report::Regarding,
     node: &str,
     ip: IpAddr,
     iface: &str,
@@ -148,6 +147,7 @@ pub fn services_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     const MAC: &str = "02:00:00:00:00:0c";

@@ -66,11 +66,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use regex::Regex;
 
-use crate::ipam::selector::{service_labels, Selector};
+use super::cache::{CachedNode, CachedService, CachedSlice, Labels};
+use crate::ipam::selector::Selector;
 
 use crate::api::{L2AnnouncementPolicy, CILIUM_LB_CLASS, LB_CLASS};
 
@@ -93,16 +92,17 @@ pub struct Options {
 /// Node → interface name → prefixes configured on it (`192.0.2.11/24`).
 pub type NodePrefixes = BTreeMap<String, BTreeMap<String, Vec<IpNetwork>>>;
 
-/// Everything [`compute`] looks at. Slices are caches' snapshots; order does not matter.
+/// Everything [`compute`] looks at. Slices are caches' snapshots ([`super::cache`]: what the
+/// agent keeps of each object); order does not matter.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     /// This node's name.
     pub node_name: &'a str,
     pub policies: &'a [&'a L2AnnouncementPolicy],
-    pub services: &'a [&'a Service],
+    pub services: &'a [&'a CachedService],
     /// All nodes of the cluster (the candidate lists need them), including this one.
-    pub nodes: &'a [&'a Node],
-    pub endpoint_slices: &'a [&'a EndpointSlice],
+    pub nodes: &'a [&'a CachedNode],
+    pub endpoint_slices: &'a [&'a CachedSlice],
     /// Names of this node's eligible interfaces (up, broadcast, not a bridge/bond member, not
     /// virtual; see `crate::net`).
     pub interfaces: &'a [String],
@@ -304,18 +304,23 @@ fn compile_policies<'a>(
 }
 
 impl CompiledPolicy<'_> {
-    fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.service_sel.as_ref().is_some_and(|s| s.matches(labels))
+    /// With the virtual labels ([`CachedService::label`]).
+    fn selects_service(&self, svc: &CachedService) -> bool {
+        self.service_sel
+            .as_ref()
+            .is_some_and(|s| s.matches_with(|k| svc.label(k)))
     }
-    fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.node_sel.as_ref().is_some_and(|s| s.matches(labels))
+    fn selects_node(&self, labels: &Labels) -> bool {
+        self.node_sel
+            .as_ref()
+            .is_some_and(|s| s.matches_with(|k| labels.get(k)))
     }
     /// The node's preference under this policy: the sum of the weights of the
     /// `preferredNodes` entries selecting it (0 = a fallback).
-    fn preference(&self, labels: &BTreeMap<String, String>) -> i64 {
+    fn preference(&self, labels: &Labels) -> i64 {
         self.preferred
             .iter()
-            .filter(|(_, sel)| sel.matches(labels))
+            .filter(|(_, sel)| sel.matches_with(|k| labels.get(k)))
             .map(|(w, _)| *w)
             .sum()
     }
@@ -348,12 +353,8 @@ impl CompiledPolicy<'_> {
 }
 
 /// Whether a LoadBalancer Service's class is one we serve.
-pub fn class_is_ours(svc: &Service, options: &Options) -> bool {
-    match svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.load_balancer_class.as_deref())
-    {
+pub fn class_is_ours(svc: &CachedService, options: &Options) -> bool {
+    match svc.class.as_deref() {
         None => true,
         Some(c) if c == LB_CLASS => true,
         Some(c) if c == CILIUM_LB_CLASS => options.serve_cilium_class,
@@ -361,110 +362,25 @@ pub fn class_is_ours(svc: &Service, options: &Options) -> bool {
     }
 }
 
-fn is_load_balancer(svc: &Service) -> bool {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .is_some_and(|t| t == "LoadBalancer")
-}
-
-fn is_etp_local(svc: &Service) -> bool {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.external_traffic_policy.as_deref())
-        .is_some_and(|t| t == "Local")
-}
-
-fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref())
-                .filter_map(|ip| ip.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn external_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.external_ips.as_ref())
-        .map(|v| v.iter().filter_map(|ip| ip.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn node_labels(node: &Node) -> BTreeMap<String, String> {
-    node.metadata.labels.clone().unwrap_or_default()
-}
-
-/// The addresses that identify a node for endpoints lacking `nodeName`: pod CIDRs and node
-/// addresses.
-struct NodeAddrs {
-    pod_cidrs: Vec<IpNetwork>,
-    addresses: Vec<IpAddr>,
-}
-
-impl NodeAddrs {
-    fn of(node: &Node) -> Self {
-        let spec = node.spec.as_ref();
-        let mut cidrs: Vec<&str> = spec
-            .and_then(|s| s.pod_cidrs.as_ref())
-            .map(|v| v.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        if let Some(c) = spec.and_then(|s| s.pod_cidr.as_deref()) {
-            cidrs.push(c);
-        }
-        let pod_cidrs = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
-        let addresses = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .map(|v| v.iter().filter_map(|a| a.address.parse().ok()).collect())
-            .unwrap_or_default();
-        NodeAddrs {
-            pod_cidrs,
-            addresses,
-        }
-    }
-
-    fn owns(&self, ip: IpAddr) -> bool {
-        self.addresses.contains(&ip) || self.pod_cidrs.iter().any(|c| c.contains(ip))
-    }
-}
-
 /// Nodes with a ready local endpoint, per Service (only computed for ETP Local Services).
-fn local_endpoint_nodes(
+/// (The slices keep only ready endpoints: by node name, or by address for those without one.)
+fn local_endpoint_nodes<'a>(
     svc: &ServiceRef,
-    slices: &[&EndpointSlice],
-    nodes: &[(&str, NodeAddrs)],
-) -> BTreeSet<String> {
+    slices: &[&'a CachedSlice],
+    nodes: &[&'a CachedNode],
+) -> BTreeSet<&'a str> {
     let mut out = BTreeSet::new();
     for slice in slices {
-        if slice.metadata.namespace.as_deref() != Some(svc.namespace.as_str()) {
+        if *slice.namespace != *svc.namespace {
             continue;
         }
-        for ep in slice.endpoints.iter().flatten() {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
-                continue;
-            }
-            match ep.node_name.as_deref() {
-                Some(n) if !n.is_empty() => {
-                    out.insert(n.to_string());
-                }
-                _ => {
-                    let addrs: Vec<IpAddr> =
-                        ep.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                    for (name, na) in nodes {
-                        if addrs.iter().any(|a| na.owns(*a)) {
-                            out.insert((*name).to_string());
-                        }
-                    }
-                }
+        out.extend(slice.nodes.iter().map(|n| &**n));
+        if slice.addresses.is_empty() {
+            continue;
+        }
+        for node in nodes {
+            if slice.addresses.iter().any(|a| node.owns(*a)) {
+                out.insert(&node.name);
             }
         }
     }
@@ -487,44 +403,37 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let mut problems = Vec::new();
     let policies = compile_policies(inputs.policies, &mut problems);
 
-    let services: Vec<(&Service, ServiceRef)> = inputs
+    let services: Vec<(&CachedService, ServiceRef)> = inputs
         .services
         .iter()
-        .filter_map(|&s| {
-            let ns = s.metadata.namespace.as_deref()?;
-            let name = s.metadata.name.as_deref()?;
-            Some((s, ServiceRef::new(ns, name)))
-        })
+        .map(|&s| (s, ServiceRef::new(&s.namespace, &s.name)))
         .collect();
 
     // (Service, address) pairs and their covering policies.
     let mut pairs: Vec<Pair> = Vec::new();
     for (si, (svc, _)) in services.iter().enumerate() {
-        let labels = service_labels(svc);
         let selecting: Vec<(usize, &CompiledPolicy<'_>)> = policies
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.selects_service(&labels))
+            .filter(|(_, p)| p.selects_service(svc))
             .collect();
         if selecting.is_empty() {
             continue;
         }
         let mut by_addr: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
-        if is_load_balancer(svc) {
+        if svc.load_balancer {
             let ours = class_is_ours(svc, inputs.options);
-            let ips = ingress_ips(svc);
             for (pi, p) in &selecting {
                 if p.spec.load_balancer_ips && (ours || p.explicit_service_selector) {
-                    for ip in &ips {
+                    for ip in svc.ingress.iter() {
                         by_addr.entry(*ip).or_default().insert(*pi);
                     }
                 }
             }
         }
-        let ext = external_ips(svc);
         for (pi, p) in &selecting {
             if p.spec.external_ips {
-                for ip in &ext {
+                for ip in svc.external_ips.iter() {
                     by_addr.entry(*ip).or_default().insert(*pi);
                 }
             }
@@ -568,31 +477,19 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     }
 
     // Per-node facts, computed once.
-    let nodes: Vec<(&str, BTreeMap<String, String>)> = inputs
+    let nodes: Vec<(&str, &Labels)> = inputs
         .nodes
         .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, node_labels(n))))
+        .map(|n| (&*n.name, &n.labels))
         .filter(|(_, labels)| !labels.contains_key(LABEL_EXCLUDE_LB))
         .collect();
-    let node_addrs: Vec<(&str, NodeAddrs)> = inputs
-        .nodes
-        .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, NodeAddrs::of(n))))
-        .collect();
-    let slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = {
-        let mut m: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-        for s in inputs.endpoint_slices {
-            let (Some(ns), Some(svc)) = (
-                s.metadata.namespace.as_deref(),
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_SERVICE_NAME_SLICE))
-                    .map(String::as_str),
-            ) else {
+    let slices_by_service: BTreeMap<(&str, &str), Vec<&CachedSlice>> = {
+        let mut m: BTreeMap<(&str, &str), Vec<&CachedSlice>> = BTreeMap::new();
+        for &s in inputs.endpoint_slices {
+            let Some(svc) = s.service.as_deref() else {
                 continue;
             };
-            m.entry((ns, svc)).or_default().push(s);
+            m.entry((&s.namespace, svc)).or_default().push(s);
         }
         m
     };
@@ -619,7 +516,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     // Nodes (indices into `nodes`) with a ready local endpoint, for each ETP Local Service.
     let mut local: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
     for pair in &pairs {
-        if local.contains_key(&pair.service) || !is_etp_local(services[pair.service].0) {
+        if local.contains_key(&pair.service) || !services[pair.service].0.etp_local {
             continue;
         }
         let sref = &services[pair.service].1;
@@ -627,7 +524,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             .get(&(sref.namespace.as_str(), sref.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let names = local_endpoint_nodes(sref, slices, &node_addrs);
+        let names = local_endpoint_nodes(sref, slices, inputs.nodes);
         local.insert(
             pair.service,
             nodes.iter().map(|(n, _)| names.contains(*n)).collect(),
@@ -791,13 +688,14 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::cache::Interner;
     use crate::api::L2AnnouncementPolicySpec;
     use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
     use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeSpec, NodeStatus, ServiceSpec,
-        ServiceStatus,
+        LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeSpec, NodeStatus, Service,
+        ServiceSpec, ServiceStatus,
     };
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
     };
@@ -1019,37 +917,46 @@ mod tests {
             self.interfaces = ifs.iter().map(|s| (*s).into()).collect();
             self
         }
-        fn compute_raw(&self) -> Desired {
-            compute(&Inputs {
+        /// Every scenario is written with whole objects and decided on what the agent caches
+        /// of them (`super::super::cache`), as the agent does.
+        fn compute(&self) -> Desired {
+            let mut i = Interner::default();
+            let services: Vec<CachedService> = self
+                .services
+                .iter()
+                .filter_map(|s| CachedService::new(s, &mut i))
+                .collect();
+            let nodes: Vec<CachedNode> = self
+                .nodes
+                .iter()
+                .filter_map(|n| CachedNode::new(n, &mut i))
+                .collect();
+            let slices: Vec<CachedSlice> = self
+                .slices
+                .iter()
+                .filter_map(|e| CachedSlice::new(e, &mut i))
+                .collect();
+            let mut policies = self.policies.clone();
+            policies.iter_mut().for_each(super::super::trim::policy);
+            let trimmed = compute(&Inputs {
                 node_name: &self.me,
-                policies: &self.policies.iter().collect::<Vec<_>>(),
-                services: &self.services.iter().collect::<Vec<_>>(),
-                nodes: &self.nodes.iter().collect::<Vec<_>>(),
-                endpoint_slices: &self.slices.iter().collect::<Vec<_>>(),
+                policies: &policies.iter().collect::<Vec<_>>(),
+                services: &services.iter().collect::<Vec<_>>(),
+                nodes: &nodes.iter().collect::<Vec<_>>(),
+                endpoint_slices: &slices.iter().collect::<Vec<_>>(),
                 interfaces: &self.interfaces,
                 options: &self.options,
-            })
-        }
-        /// Every scenario also checks that the agent's trimmed caches (`super::super::trim`)
-        /// decide exactly as whole objects do.
-        fn compute(&self) -> Desired {
-            let whole = self.compute_raw();
-            let mut t = World {
-                me: self.me.clone(),
-                policies: self.policies.clone(),
-                services: self.services.clone(),
-                nodes: self.nodes.clone(),
-                slices: self.slices.clone(),
-                interfaces: self.interfaces.clone(),
-                options: self.options.clone(),
-            };
-            t.policies.iter_mut().for_each(super::super::trim::policy);
-            t.services.iter_mut().for_each(super::super::trim::service);
-            t.nodes.iter_mut().for_each(super::super::trim::node);
-            t.slices
-                .iter_mut()
-                .for_each(super::super::trim::endpoint_slice);
-            assert_eq!(t.compute_raw(), whole, "trimmed inputs decide differently");
+            });
+            let whole = compute(&Inputs {
+                node_name: &self.me,
+                policies: &self.policies.iter().collect::<Vec<_>>(),
+                services: &services.iter().collect::<Vec<_>>(),
+                nodes: &nodes.iter().collect::<Vec<_>>(),
+                endpoint_slices: &slices.iter().collect::<Vec<_>>(),
+                interfaces: &self.interfaces,
+                options: &self.options,
+            });
+            assert_eq!(trimmed, whole, "trimmed policies decide differently");
             whole
         }
     }

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -22,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::cache::{CachedService, Store};
 use super::eligibility::ServiceRef;
 use super::l2status::{plan, Queue, Want, Write};
 use crate::api::L2Announcement;
@@ -58,7 +58,7 @@ impl L2Writer {
     pub fn start(
         client: Client,
         node: String,
-        services: Store<Service>,
+        services: Store<CachedService>,
         registry: &Registry,
     ) -> anyhow::Result<(L2Writer, tokio::task::JoinHandle<()>)> {
         let writes = IntCounterVec::new(
@@ -98,7 +98,7 @@ impl L2Writer {
 async fn run(
     client: Client,
     node: String,
-    services: Store<Service>,
+    services: Store<CachedService>,
     shared: Arc<Shared>,
     writes: IntCounterVec,
 ) {
@@ -137,18 +137,13 @@ async fn run(
             continue;
         };
         let sref = &want.service;
-        let svc = services.get(&ObjectRef::new(&sref.name).within(&sref.namespace));
+        let svc = services.get(&sref.namespace, &sref.name);
         let Some(svc) = svc else {
             debug!(service = %sref, "Service gone: no L2Announcement");
             continue;
         };
         let current = store.get(&ObjectRef::new(&sref.name).within(&sref.namespace));
-        let Some(write) = plan(
-            &node,
-            current.as_deref(),
-            &want,
-            svc.metadata.uid.as_deref(),
-        ) else {
+        let Some(write) = plan(&node, current.as_deref(), &want, svc.uid.as_deref()) else {
             continue;
         };
         let api: Api<L2Announcement> = Api::namespaced(client.clone(), &sref.namespace);

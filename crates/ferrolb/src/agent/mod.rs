@@ -20,6 +20,7 @@
 //! answering for longer than one burst round trip. `--no-sticky` stops answering as soon as the
 //! lease could have expired (client-go semantics).
 
+pub mod cache;
 pub mod conflicts;
 pub mod eligibility;
 pub mod holdings;

@@ -14,10 +14,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
 
+use super::cache::{CachedNode, CachedService};
 use super::eligibility::{PolicyProblem, LABEL_EXCLUDE_LB};
 use crate::api::{L2AnnouncementPolicy, L2AnnouncementPolicyStatus, AGENT_NAME};
 
@@ -33,10 +34,41 @@ pub fn reporting_instance(node: &str) -> String {
     format!("ferrolb-agent-{node}")
 }
 
+/// What an Event needs of the Service it regards: a whole Service or the agent's cached one.
+pub trait Regarding {
+    fn namespace(&self) -> Option<&str>;
+    fn name(&self) -> Option<&str>;
+    fn uid(&self) -> Option<&str>;
+}
+
+impl Regarding for Service {
+    fn namespace(&self) -> Option<&str> {
+        self.metadata.namespace.as_deref()
+    }
+    fn name(&self) -> Option<&str> {
+        self.metadata.name.as_deref()
+    }
+    fn uid(&self) -> Option<&str> {
+        self.metadata.uid.as_deref()
+    }
+}
+
+impl Regarding for CachedService {
+    fn namespace(&self) -> Option<&str> {
+        Some(&self.namespace)
+    }
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+    fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+}
+
 /// The Event "announcing ADDRS from NODE on IFACES" regarding `svc` (None when the Service has
 /// no name/namespace).
 pub fn announce_event(
-    svc: &Service,
+    svc: &impl Regarding,
     node: &str,
     ips: &BTreeSet<IpAddr>,
     ifaces: &BTreeSet<String>,
@@ -73,14 +105,14 @@ pub struct EventKind {
 /// An Event from this node's agent regarding `svc` (None when the Service has no
 /// name/namespace).
 pub fn service_event(
-    svc: &Service,
+    svc: &impl Regarding,
     node: &str,
     kind: EventKind,
     note: String,
     now: jiff::Timestamp,
 ) -> Option<Event> {
-    let ns = svc.metadata.namespace.clone()?;
-    let name = svc.metadata.name.clone()?;
+    let ns = svc.namespace()?.to_string();
+    let name = svc.name()?.to_string();
     Some(Event {
         metadata: ObjectMeta {
             // client-go's scheme: <object>.<unix nanos in hex>.
@@ -98,7 +130,7 @@ pub fn service_event(
             kind: Some("Service".into()),
             namespace: Some(ns),
             name: Some(name),
-            uid: svc.metadata.uid.clone(),
+            uid: svc.uid().map(str::to_string),
             resource_version: None,
             field_path: None,
         }),
@@ -247,22 +279,11 @@ pub fn with_condition(policy: &L2AnnouncementPolicy, cond: Condition) -> L2Annou
 }
 
 /// Nodes that may write policy status: Ready and not excluded, sorted.
-pub fn status_writers(nodes: &[Node]) -> Vec<String> {
+pub fn status_writers(nodes: &[&CachedNode]) -> Vec<String> {
     let mut out: Vec<String> = nodes
         .iter()
-        .filter(|n| {
-            !n.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(LABEL_EXCLUDE_LB))
-        })
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|n| n.metadata.name.clone())
+        .filter(|n| !n.labels.contains_key(LABEL_EXCLUDE_LB) && n.ready)
+        .map(|n| n.name.to_string())
         .collect();
     out.sort();
     out

@@ -20,14 +20,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::cache::{self, CachedNode, CachedService, CachedSlice};
 use super::conflicts::{self, ForeignAnswerers};
 use super::eligibility::{self, Desired, Options};
 use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
@@ -99,12 +98,12 @@ where
     (store, task)
 }
 
-/// The shared caches.
+/// The shared caches (Services, Nodes and EndpointSlices narrowed to [`cache`]'s types).
 struct Caches {
     policies: Store<L2AnnouncementPolicy>,
-    services: Store<Service>,
-    nodes: Store<Node>,
-    slices: Store<EndpointSlice>,
+    services: cache::Store<CachedService>,
+    nodes: cache::Store<CachedNode>,
+    slices: cache::Store<CachedSlice>,
     /// Every node's published interface prefixes ([`super::subnets`]).
     prefixes: Store<k8s_openapi::api::coordination::v1::Lease>,
 }
@@ -112,9 +111,9 @@ struct Caches {
 impl Caches {
     async fn wait_ready(&self) -> anyhow::Result<()> {
         self.policies.wait_until_ready().await?;
-        self.services.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
+        self.services.wait_until_ready().await;
+        self.nodes.wait_until_ready().await;
+        self.slices.wait_until_ready().await;
         self.prefixes.wait_until_ready().await?;
         Ok(())
     }
@@ -195,16 +194,14 @@ impl Agent {
     fn recompute(&mut self) {
         self.metrics.recomputes.inc();
         let policies = self.caches.policies.state();
-        let services = self.caches.services.state();
-        let nodes = self.caches.nodes.state();
-        let slices = self.caches.slices.state();
+        let services = self.caches.services.snapshot();
+        let nodes = self.caches.nodes.snapshot();
+        let slices = self.caches.slices.snapshot();
         let p: Vec<&L2AnnouncementPolicy> = policies.iter().map(AsRef::as_ref).collect();
-        let s: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
-        let n: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
-        let e: Vec<&EndpointSlice> = slices.iter().map(AsRef::as_ref).collect();
-        let own_node_known = n
-            .iter()
-            .any(|node| node.metadata.name.as_deref() == Some(self.args.node_name.as_str()));
+        let s: Vec<&CachedService> = services.iter().map(AsRef::as_ref).collect();
+        let n: Vec<&CachedNode> = nodes.iter().map(AsRef::as_ref).collect();
+        let e: Vec<&CachedSlice> = slices.iter().map(AsRef::as_ref).collect();
+        let own_node_known = n.iter().any(|node| *node.name == *self.args.node_name);
         if !own_node_known && !self.warned_no_node {
             warn!(node = %self.args.node_name, "no Node object with this name: announcing nothing");
         }
@@ -268,11 +265,10 @@ impl Agent {
     fn write_policy_statuses(
         &self,
         policies: &[&L2AnnouncementPolicy],
-        nodes: &[&Node],
+        nodes: &[&CachedNode],
         desired: &Desired,
     ) {
-        let owned: Vec<Node> = nodes.iter().map(|n| (*n).clone()).collect();
-        let writers = report::status_writers(&owned);
+        let writers = report::status_writers(nodes);
         if writers.is_empty() {
             return;
         }
@@ -404,12 +400,11 @@ impl Agent {
             if !self.event_allowed(&sref) {
                 continue;
             }
-            let oref = reflector::ObjectRef::new(&sref.name).within(&sref.namespace);
-            let Some(svc) = self.caches.services.get(&oref) else {
+            let Some(svc) = self.caches.services.get(&sref.namespace, &sref.name) else {
                 continue;
             };
             let node = &self.args.node_name;
-            if let Some(ev) = conflicts::foreign_event(&svc, node, ip, iface, mac, now) {
+            if let Some(ev) = conflicts::foreign_event(&*svc, node, ip, iface, mac, now) {
                 self.spawn_event(sref, ev);
             }
         }
@@ -495,11 +490,10 @@ impl Agent {
             if !self.event_allowed(&sref) {
                 continue;
             }
-            let oref = reflector::ObjectRef::new(&sref.name).within(&sref.namespace);
-            let Some(svc) = self.caches.services.get(&oref) else {
+            let Some(svc) = self.caches.services.get(&sref.namespace, &sref.name) else {
                 continue;
             };
-            let Some(ev) = report::announce_event(&svc, &self.args.node_name, &ips, &ifaces, now)
+            let Some(ev) = report::announce_event(&*svc, &self.args.node_name, &ips, &ifaces, now)
             else {
                 continue;
             };
@@ -575,26 +569,32 @@ pub async fn run(args: Args) -> crate::CmdResult {
         metrics.clone(),
         "l2announcementpolicies",
     );
-    let (services, t2) = reflect(
-        Api::<Service>::all(client.clone()),
+    // One interner for the narrow caches: node names, namespaces and label keys/values repeat
+    // across kinds.
+    let interner = Arc::new(std::sync::Mutex::new(cache::Interner::default()));
+    let services = cache::Store::new(interner.clone());
+    let t2 = cache::watch(
+        Api::all(client.clone()),
         watcher::Config::default(),
-        trim::service,
+        services.clone(),
         notify.clone(),
         metrics.clone(),
         "services",
     );
-    let (nodes, t3) = reflect(
-        Api::<Node>::all(client.clone()),
+    let nodes = cache::Store::new(interner.clone());
+    let t3 = cache::watch(
+        Api::all(client.clone()),
         watcher::Config::default(),
-        trim::node,
+        nodes.clone(),
         notify.clone(),
         metrics.clone(),
         "nodes",
     );
-    let (slices, t4) = reflect(
-        Api::<EndpointSlice>::all(client.clone()),
+    let slices = cache::Store::new(interner);
+    let t4 = cache::watch(
+        Api::all(client.clone()),
         watcher::Config::default().labels(eligibility::LABEL_SERVICE_NAME_SLICE),
-        trim::endpoint_slice,
+        slices.clone(),
         notify.clone(),
         metrics.clone(),
         "endpointslices",
