@@ -104,8 +104,11 @@ async fn run(
 ) {
     let all: Api<L2Announcement> = Api::all(client.clone());
     let (store, writer) = reflector::store();
+    // Without managedFields (a write drops them anyway, see `plan`): with every agent writing
+    // status they are most of each object, and every agent caches every L2Announcement.
     let stream = watcher(all, watcher::Config::default())
         .default_backoff()
+        .modify(|o: &mut L2Announcement| o.metadata.managed_fields = None)
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
