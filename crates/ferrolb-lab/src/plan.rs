@@ -59,7 +59,6 @@ use serde::Serialize;
 
 use ferrolb::api::{L2AnnouncementPolicy, LoadBalancerIPPool};
 use ferrolb::ipam::range::Range;
-use ferrolb::ipam::selector::{service_labels, Selector};
 use ferrolb::ipam::{is_ours, Allocator, ClassOptions, PoolDef, ServiceKey, ServiceReq};
 
 /// Command-line flags of `ferrolb plan`.
@@ -459,6 +458,8 @@ fn plan_cluster(
         }
     }
     let mut pool_ranges = Vec::new();
+    // What the agent knows of the pools (for policies limited to some pools).
+    let mut pool_index: BTreeMap<String, (PoolDef, BTreeMap<String, String>)> = BTreeMap::new();
     let mut seen = BTreeMap::new();
     for (i, p) in c.pools.iter().enumerate() {
         let (mut def, _) = PoolDef::from_crd(p);
@@ -484,8 +485,17 @@ fn plan_cluster(
             def.name.clone(),
             def.blocks.iter().map(|b| b.range).collect(),
         ));
+        pool_index.insert(
+            def.name.clone(),
+            (def.clone(), p.metadata.labels.clone().unwrap_or_default()),
+        );
         alloc.set_pool(def);
     }
+    let options = ferrolb::agent::eligibility::Options {
+        serve_cilium_class: class.cilium_class,
+        pools: ferrolb::agent::pools::PoolIndex::from_defs(pool_index.into_values().collect()),
+        ..Default::default()
+    };
 
     // Services of ours, deduplicated by key (the last document wins), in key order.
     let mut svcs: BTreeMap<ServiceKey, &Service> = BTreeMap::new();
@@ -527,32 +537,50 @@ fn plan_cluster(
 
     // Policies.
     let mut policies = Vec::new();
-    let mut policy_sel: Vec<(String, Option<Selector>, bool)> = Vec::new();
     let mut pol: Vec<&L2AnnouncementPolicy> = c.policies.iter().collect();
     pol.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for p in pol {
+    for p in &pol {
         let name = p.metadata.name.clone().unwrap_or_default();
         // The agent's own checks (selectors, interface regexes, preferredNodes), not a copy.
         let problems: Vec<String> = ferrolb::agent::eligibility::policy_problems(&[p])
             .iter()
             .map(ToString::to_string)
             .collect();
-        let sel = Selector::compile_opt(p.spec.service_selector.as_ref()).ok();
-        policy_sel.push((name.clone(), sel, p.spec.load_balancer_ips));
         policies.push(PolicyReport { name, problems });
     }
+    // Which policies announce a Service's addresses: the agent's own rule (selectors, classes,
+    // pools), on the Service as it would look with its planned addresses.
+    let covering = ferrolb::agent::eligibility::Policies::new(&pol);
 
     let mut services = Vec::new();
     for (k, s) in &svcs {
         let Some(o) = alloc.outcome(k) else {
             continue;
         };
-        let labels = service_labels(s);
-        let announced_by: Vec<String> = policy_sel
-            .iter()
-            .filter(|(_, sel, lb)| *lb && sel.as_ref().is_some_and(|s| s.matches(&labels)))
-            .map(|(n, _, _)| n.clone())
-            .collect();
+        let mut planned = (*s).clone();
+        planned.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+            load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                ingress: Some(
+                    o.ips()
+                        .iter()
+                        .map(|ip| k8s_openapi::api::core::v1::LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        let mut announced_by: Vec<String> = Vec::new();
+        for names in covering.covering(&planned, &options).into_values() {
+            for n in names {
+                if !announced_by.contains(&n) {
+                    announced_by.push(n);
+                }
+            }
+        }
+        announced_by.sort();
         if o.is_satisfied() && announced_by.is_empty() && !c.policies.is_empty() {
             notes.push(format!(
                 "Service {k}: no L2AnnouncementPolicy announces its addresses"

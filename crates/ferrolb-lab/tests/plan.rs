@@ -349,23 +349,26 @@ fn metallb_manifests_are_planned_directly() {
     assert_eq!(ips(db), ["203.0.113.10"]);
     assert_eq!(db["addresses"][0]["pool"], "manual");
     assert_eq!(ips(service(c, "team-b", "web")), ["192.0.2.0"]);
-    // What did not convert is listed in the notes, one line each.
+    // What did not convert is listed in the notes, one line each (only the BGPPeer).
     let notes: Vec<&str> = c["notes"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|n| n.as_str())
         .collect();
-    assert!(
-        notes
-            .iter()
-            .any(|n| n.contains("L2Advertisement/l2-manual")),
+    assert_eq!(
+        notes.iter().filter(|n| n.contains("unconvertible")).count(),
+        1,
         "{notes:?}"
     );
-    // The advertisements became policies: every Service is announced by them, and they pass
-    // the agent's own checks.
+    // The advertisements became policies, by the agent's own rule: l2 (every pool) announces
+    // every Service, l2-manual (ipAddressPools: [manual] → pools) only the manual pool's.
     assert_eq!(
         service(c, "team-b", "web")["announcedBy"],
+        serde_json::json!(["l2-1", "l2-2"])
+    );
+    assert_eq!(
+        db["announcedBy"],
         serde_json::json!(["l2-1", "l2-2", "l2-manual"])
     );
     let policies = c["policies"].as_array().unwrap();
