@@ -699,8 +699,8 @@ fn convert_metallb_pool(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
                                             Severity::Warning,
                                             &field,
                                             format!(
-                                                "{} selectors on one label key (ORed in MetalLB) \
-                                                 merged into one {ours} with operator In",
+                                                "{} selectors (ORed in MetalLB) merged into \
+                                                 one {ours}",
                                                 sels.len()
                                             ),
                                         );
@@ -827,10 +827,29 @@ fn convert_block(b: &Value, field: &str, cx: &mut Cx<'_>) -> Option<Value> {
     Some(Value::Object(ordered))
 }
 
-/// ORed selectors that each require one label key to have one of some values (`matchLabels`
-/// with one entry, or one `In` expression), all on the same key, are one selector:
-/// `key In (union of the values)`. Anything else cannot be merged (`None`).
+/// ORed selectors that are one selector, exactly: identical ones count once; one that selects
+/// everything (`{}`) makes the OR select everything (`{}`); selectors that each require one label
+/// key to have one of some values (`matchLabels` with one entry, or one `In` expression), all
+/// on the same key, are `key In (union of the values)`. Anything else cannot be merged (`None`):
+/// a label selector ANDs its requirements and cannot negate, so an OR over different keys has
+/// no single-selector form.
 fn merge_ored_selectors(sels: &[Value]) -> Option<Value> {
+    let mut distinct: Vec<&Value> = Vec::new();
+    for s in sels {
+        let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(s.clone()).ok()?;
+        let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+        if empty {
+            return Some(serde_json::json!({}));
+        }
+        if !distinct.contains(&s) {
+            distinct.push(s);
+        }
+    }
+    if let [one] = distinct.as_slice() {
+        return Some((*one).clone());
+    }
     let mut key: Option<String> = None;
     let mut values: Vec<String> = Vec::new();
     for s in sels {
@@ -1402,6 +1421,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn ored_selectors_merge_only_when_exact() {
+        let v = |t: &str| -> Value { serde_json::from_str(t).unwrap() };
+        let a = v(r#"{"matchLabels": {"a": "x"}}"#);
+        let b = v(r#"{"matchLabels": {"b": "y"}}"#);
+        // Different keys: no single selector.
+        assert_eq!(merge_ored_selectors(&[a.clone(), b.clone()]), None);
+        // One selects everything: the OR does too.
+        assert_eq!(
+            merge_ored_selectors(&[a.clone(), v("{}"), b.clone()]),
+            Some(v("{}"))
+        );
+        // Duplicates count once.
+        assert_eq!(merge_ored_selectors(&[b.clone(), b.clone()]), Some(b));
+        // Same key: one In.
+        assert_eq!(
+            merge_ored_selectors(&[
+                a,
+                v(r#"{"matchExpressions": [{"key": "a", "operator": "In", "values": ["z"]}]}"#)
+            ]),
+            Some(v(
+                r#"{"matchExpressions": [{"key": "a", "operator": "In", "values": ["x", "z"]}]}"#
+            ))
+        );
     }
 
     #[test]

@@ -240,7 +240,8 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
 }
 
 /// `ipAddressPools` → pool names, `ipAddressPoolSelectors` → the selectors to write (several on
-/// one label key merged into one `In`; otherwise one per policy). Both empty = every pool, as in
+/// one label key merged into one `In`, one selecting everything makes `{}`; otherwise one per
+/// policy). Both empty = every pool, as in
 /// MetalLB (and as a policy without `pools`/`poolSelector`).
 fn pool_selection(
     src: &Map<String, Value>,
@@ -295,10 +296,7 @@ fn pool_selection(
                 cx.push(
                     Severity::Warning,
                     "spec.ipAddressPoolSelectors",
-                    format!(
-                        "{n} selectors on one label key (ORed in MetalLB) merged into one \
-                         poolSelector with operator In"
-                    ),
+                    format!("{n} selectors (ORed in MetalLB) merged into one poolSelector"),
                 );
                 vec![merged]
             }
