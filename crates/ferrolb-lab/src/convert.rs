@@ -699,8 +699,8 @@ fn convert_metallb_pool(obj: Map<String, Value>, cx: &mut Cx<'_>) -> Value {
                                             Severity::Warning,
                                             &field,
                                             format!(
-                                                "{} selectors on one label key (ORed in MetalLB) \
-                                                 merged into one {ours} with operator In",
+                                                "{} selectors (ORed in MetalLB) merged into \
+                                                 one {ours}",
                                                 sels.len()
                                             ),
                                         );
@@ -827,10 +827,29 @@ fn convert_block(b: &Value, field: &str, cx: &mut Cx<'_>) -> Option<Value> {
     Some(Value::Object(ordered))
 }
 
-/// ORed selectors that each require one label key to have one of some values (`matchLabels`
-/// with one entry, or one `In` expression), all on the same key, are one selector:
-/// `key In (union of the values)`. Anything else cannot be merged (`None`).
+/// ORed selectors that are one selector, exactly: identical ones count once; one that selects
+/// everything (`{}`) makes the OR select everything (`{}`); selectors that each require one label
+/// key to have one of some values (`matchLabels` with one entry, or one `In` expression), all
+/// on the same key, are `key In (union of the values)`. Anything else cannot be merged (`None`):
+/// a label selector ANDs its requirements and cannot negate, so an OR over different keys has
+/// no single-selector form.
 fn merge_ored_selectors(sels: &[Value]) -> Option<Value> {
+    let mut distinct: Vec<&Value> = Vec::new();
+    for s in sels {
+        let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(s.clone()).ok()?;
+        let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+        if empty {
+            return Some(serde_json::json!({}));
+        }
+        if !distinct.contains(&s) {
+            distinct.push(s);
+        }
+    }
+    if let [one] = distinct.as_slice() {
+        return Some((*one).clone());
+    }
     let mut key: Option<String> = None;
     let mut values: Vec<String> = Vec::new();
     for s in sels {
@@ -1134,21 +1153,14 @@ mod tests {
         ))
         .expect("fixture");
         let c = conv(&text);
-        // The pool selection of l2-manual and the BGPPeer: unconvertible, one line each.
+        // Only the BGPPeer is unconvertible (l2-manual's ipAddressPools map to spec.pools).
         let unconv: Vec<&Finding> = c
             .findings
             .iter()
             .filter(|f| f.severity == Severity::Unconvertible)
             .collect();
-        assert_eq!(unconv.len(), 2, "{unconv:?}");
-        assert!(unconv[0].object.contains("L2Advertisement/l2-manual"));
-        assert_eq!(unconv[0].field, "spec.ipAddressPools");
-        assert!(
-            unconv[0].message.contains("team-a, gold, default"),
-            "{}",
-            unconv[0].message
-        );
-        assert!(unconv[1].object.contains("BGPPeer/tor"));
+        assert_eq!(unconv.len(), 1, "{unconv:?}");
+        assert!(unconv[0].object.contains("BGPPeer/tor"));
         // The advertisements: l2 (two ORed node selectors) → l2-1, l2-2; l2-manual → one.
         let policies: Vec<api::L2AnnouncementPolicy> = c
             .objects
@@ -1175,6 +1187,11 @@ mod tests {
         assert_eq!(policies[1].spec.preferred_nodes, l2.preferred_nodes);
         assert_ne!(policies[1].spec.node_selector, l2.node_selector);
         assert!(policies[2].spec.preferred_nodes.is_empty());
+        assert_eq!(policies[2].spec.pools, ["manual"]);
+        assert!(
+            l2.pools.is_empty() && l2.pool_selector.is_none(),
+            "every pool"
+        );
         let pools: Vec<api::LoadBalancerIPPool> = c
             .objects
             .iter()
@@ -1267,31 +1284,68 @@ mod tests {
     #[test]
     fn l2advertisement_over_every_pool_converts_exactly() {
         let text = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a, labels: {env: prod}}\nspec: {addresses: [198.51.100.0/28]}\n---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: b}\nspec: {addresses: [198.51.100.16/28]}\n";
-        // Unset pool fields, every pool by name, and a selector with the rest by name: exact.
-        for sel in [
-            "{}",
-            "{ipAddressPools: [a, b]}",
-            "{ipAddressPools: [b], ipAddressPoolSelectors: [{matchLabels: {env: prod}}]}",
-        ] {
+        let policies = |sel: &str| -> (Conversion, Vec<api::L2AnnouncementPolicy>) {
             let c = conv(&format!(
                 "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2}}\nspec: {sel}\n---\n{text}"
             ));
             assert!(!c.has_unconvertible(), "{sel}: {:?}", c.findings);
-            let p: api::L2AnnouncementPolicy =
-                serde_json::from_value(c.objects[0].clone()).expect("a policy");
-            assert_eq!(p.metadata.name.as_deref(), Some("l2"));
-            assert!(p.spec.service_selector.is_none() && p.spec.node_selector.is_none());
-        }
-        // A selector leaving b out: reported by field, naming b (the advertisement came first:
-        // pools are resolved across the whole input).
-        let c = conv(&format!(
-            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2}}\nspec: {{ipAddressPoolSelectors: [{{matchLabels: {{env: prod}}}}]}}\n---\n{text}"
-        ));
+            let p = c
+                .objects
+                .iter()
+                .filter(|o| o["kind"] == "L2AnnouncementPolicy")
+                .map(|o| serde_json::from_value(o.clone()).expect("a policy"))
+                .collect();
+            (c, p)
+        };
+        // Unset: every pool (no restriction).
+        let (_, p) = policies("{}");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].spec.pools.is_empty() && p[0].spec.pool_selector.is_none());
+        // Names and one selector: copied as they are (ORed in both).
+        let (_, p) = policies(
+            "{ipAddressPools: [b, b], ipAddressPoolSelectors: [{matchLabels: {env: prod}}]}",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].metadata.name.as_deref(), Some("l2"));
+        assert_eq!(p[0].spec.pools, ["b"]);
+        let sel = p[0].spec.pool_selector.clone().expect("poolSelector");
         assert_eq!(
-            fields(&c, Severity::Unconvertible),
+            sel.match_labels,
+            Some([("env".to_string(), "prod".to_string())].into())
+        );
+        // Two selectors on one key: one `In`.
+        let (c, p) = policies(
+            "{ipAddressPoolSelectors: [{matchLabels: {env: prod}}, {matchLabels: {env: dev}}]}",
+        );
+        assert_eq!(p.len(), 1);
+        let e = &p[0]
+            .spec
+            .pool_selector
+            .clone()
+            .unwrap()
+            .match_expressions
+            .unwrap()[0];
+        assert_eq!((e.key.as_str(), e.operator.as_str()), ("env", "In"));
+        assert_eq!(e.values.clone().unwrap(), ["prod", "dev"]);
+        assert_eq!(
+            fields(&c, Severity::Warning),
             ["spec.ipAddressPoolSelectors"]
         );
-        assert!(c.findings.iter().any(|f| f.message.contains("pool(s) b ")));
+        // On two keys: one policy per selector, the names in each.
+        let (_, p) = policies(
+            "{ipAddressPools: [b], ipAddressPoolSelectors: [{matchLabels: {env: prod}}, {matchLabels: {team: x}}]}",
+        );
+        let names: Vec<&str> = p
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["l2-1", "l2-2"]);
+        assert!(p.iter().all(|p| p.spec.pools == ["b"]));
+        assert_ne!(p[0].spec.pool_selector, p[1].spec.pool_selector);
+        // A name not in the input: converted, with a warning.
+        let (c, p) = policies("{ipAddressPools: [zzz]}");
+        assert_eq!(p[0].spec.pools, ["zzz"]);
+        assert!(c.findings.iter().any(|f| f.message.contains("zzz")));
     }
 
     #[test]
@@ -1367,6 +1421,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn ored_selectors_merge_only_when_exact() {
+        let v = |t: &str| -> Value { serde_json::from_str(t).unwrap() };
+        let a = v(r#"{"matchLabels": {"a": "x"}}"#);
+        let b = v(r#"{"matchLabels": {"b": "y"}}"#);
+        // Different keys: no single selector.
+        assert_eq!(merge_ored_selectors(&[a.clone(), b.clone()]), None);
+        // One selects everything: the OR does too.
+        assert_eq!(
+            merge_ored_selectors(&[a.clone(), v("{}"), b.clone()]),
+            Some(v("{}"))
+        );
+        // Duplicates count once.
+        assert_eq!(merge_ored_selectors(&[b.clone(), b.clone()]), Some(b));
+        // Same key: one In.
+        assert_eq!(
+            merge_ored_selectors(&[
+                a,
+                v(r#"{"matchExpressions": [{"key": "a", "operator": "In", "values": ["z"]}]}"#)
+            ]),
+            Some(v(
+                r#"{"matchExpressions": [{"key": "a", "operator": "In", "values": ["x", "z"]}]}"#
+            ))
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! Reads multi-document YAML (or JSON) files — a directory means every `*.yaml`, `*.yml` and
 //! `*.json` in it, `-` means stdin — holding `LoadBalancerIPPool`s, `L2AnnouncementPolicy`s and
-//! `Service`s (also inside `kind: List`). Other kinds are ignored with a note. It runs the same
+//! `Service`s (also inside `kind: List`), `Namespace`s and `Node`s (the announcer candidates in
+//! preference tiers). Other kinds are ignored with a note. It runs the same
 //! allocator as the controller, in the controller's order: pools first, then every Service's
 //! existing `status.loadBalancer.ingress` is adopted, then every Service is ensured (in
 //! namespace/name order). Pools without `creationTimestamp` are aged by their position in the
@@ -37,7 +38,8 @@
 //!     "services": [{"namespace": "echo", "name": "echo", "satisfied": true, "reason": "Satisfied",
 //!                   "message": "...", "addresses": [{"ip": "198.51.100.230", "pool": "app-pool"}],
 //!                   "adopted": ["198.51.100.230"], "notAdopted": [{"ip": "...", "why": "..."}],
-//!                   "announcedBy": ["l2-policy"]}],
+//!                   "announcedBy": ["l2-policy"],
+//!                   "announcers": [["n2"], ["n1", "n3"]]}],   // only with Nodes in the input
 //!     "policies": [{"name": "l2-policy", "problems": ["spec.interfaces[0]: ..."]}],
 //!     "notes": ["cluster-a.yaml: document 3: Deployment echo/echo ignored"]
 //!   }],
@@ -59,7 +61,6 @@ use serde::Serialize;
 
 use ferrolb::api::{L2AnnouncementPolicy, LoadBalancerIPPool};
 use ferrolb::ipam::range::Range;
-use ferrolb::ipam::selector::{service_labels, Selector};
 use ferrolb::ipam::{is_ours, Allocator, ClassOptions, PoolDef, ServiceKey, ServiceReq};
 
 /// Command-line flags of `ferrolb plan`.
@@ -108,6 +109,8 @@ pub struct ClusterInput {
     pub services: Vec<Service>,
     /// Namespaces (their labels, for pools' `namespaceSelector`).
     pub namespaces: Vec<Namespace>,
+    /// Nodes (their labels: the announcer candidates in preference order).
+    pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
     /// Whether MetalLB objects were in the input (converted in memory).
     pub metallb: bool,
     /// MetalLB `IPAddressPool`s read so far (name, labels), for `L2Advertisement`s that follow.
@@ -217,6 +220,10 @@ pub struct ServiceReport {
     pub not_covered: Vec<NotAdopted>,
     /// Policies that announce its addresses.
     pub announced_by: Vec<String>,
+    /// When Nodes are in the input: the nodes that may announce its addresses, in preference
+    /// tiers (most preferred first; `spec.preferredNodes`), each tier sorted by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub announcers: Vec<Vec<String>>,
 }
 
 /// An assigned address.
@@ -336,6 +343,9 @@ fn add_object(
         ("v1", "Namespace") => into.namespaces.push(
             serde_json::from_value(v)
                 .with_context(|| format!("{at}: Namespace {name} is malformed"))?,
+        ),
+        ("v1", "Node") => into.nodes.push(
+            serde_json::from_value(v).with_context(|| format!("{at}: Node {name} is malformed"))?,
         ),
         (_, "List") => {
             let items = v
@@ -459,6 +469,8 @@ fn plan_cluster(
         }
     }
     let mut pool_ranges = Vec::new();
+    // What the agent knows of the pools (for policies limited to some pools).
+    let mut pool_index: BTreeMap<String, (PoolDef, BTreeMap<String, String>)> = BTreeMap::new();
     let mut seen = BTreeMap::new();
     for (i, p) in c.pools.iter().enumerate() {
         let (mut def, _) = PoolDef::from_crd(p);
@@ -484,8 +496,17 @@ fn plan_cluster(
             def.name.clone(),
             def.blocks.iter().map(|b| b.range).collect(),
         ));
+        pool_index.insert(
+            def.name.clone(),
+            (def.clone(), p.metadata.labels.clone().unwrap_or_default()),
+        );
         alloc.set_pool(def);
     }
+    let options = ferrolb::agent::eligibility::Options {
+        serve_cilium_class: class.cilium_class,
+        pools: ferrolb::agent::pools::PoolIndex::from_defs(pool_index.into_values().collect()),
+        ..Default::default()
+    };
 
     // Services of ours, deduplicated by key (the last document wins), in key order.
     let mut svcs: BTreeMap<ServiceKey, &Service> = BTreeMap::new();
@@ -527,32 +548,52 @@ fn plan_cluster(
 
     // Policies.
     let mut policies = Vec::new();
-    let mut policy_sel: Vec<(String, Option<Selector>, bool)> = Vec::new();
     let mut pol: Vec<&L2AnnouncementPolicy> = c.policies.iter().collect();
     pol.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for p in pol {
+    for p in &pol {
         let name = p.metadata.name.clone().unwrap_or_default();
         // The agent's own checks (selectors, interface regexes, preferredNodes), not a copy.
         let problems: Vec<String> = ferrolb::agent::eligibility::policy_problems(&[p])
             .iter()
             .map(ToString::to_string)
             .collect();
-        let sel = Selector::compile_opt(p.spec.service_selector.as_ref()).ok();
-        policy_sel.push((name.clone(), sel, p.spec.load_balancer_ips));
         policies.push(PolicyReport { name, problems });
     }
+    // Which policies announce a Service's addresses: the agent's own rule (selectors, classes,
+    // pools), on the Service as it would look with its planned addresses.
+    let covering = ferrolb::agent::eligibility::Policies::new(&pol);
 
     let mut services = Vec::new();
+    let mut planned_services: Vec<Service> = Vec::new();
     for (k, s) in &svcs {
         let Some(o) = alloc.outcome(k) else {
             continue;
         };
-        let labels = service_labels(s);
-        let announced_by: Vec<String> = policy_sel
-            .iter()
-            .filter(|(_, sel, lb)| *lb && sel.as_ref().is_some_and(|s| s.matches(&labels)))
-            .map(|(n, _, _)| n.clone())
-            .collect();
+        let mut planned = (*s).clone();
+        planned.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+            load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                ingress: Some(
+                    o.ips()
+                        .iter()
+                        .map(|ip| k8s_openapi::api::core::v1::LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        let mut announced_by: Vec<String> = Vec::new();
+        for names in covering.covering(&planned, &options).into_values() {
+            for n in names {
+                if !announced_by.contains(&n) {
+                    announced_by.push(n);
+                }
+            }
+        }
+        announced_by.sort();
+        planned_services.push(planned);
         if o.is_satisfied() && announced_by.is_empty() && !c.policies.is_empty() {
             notes.push(format!(
                 "Service {k}: no L2AnnouncementPolicy announces its addresses"
@@ -596,7 +637,18 @@ fn plan_cluster(
                 })
                 .collect(),
             announced_by,
+            announcers: Vec::new(),
         });
+    }
+    if !c.nodes.is_empty() {
+        announcer_tiers(c, &pol, &planned_services, &options, &mut services);
+        notes.push(
+            "announcers: from the Nodes' labels only; the agents also need each node's \
+             interface prefixes for subnetAware policies (read from live agents, so here every \
+             node the selectors allow stands) and ready local endpoints for \
+             externalTrafficPolicy: Local"
+                .to_string(),
+        );
     }
 
     let epoch = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
@@ -644,6 +696,57 @@ fn plan_cluster(
         },
         pool_ranges,
     )
+}
+
+/// The candidate nodes of each Service's addresses, in preference tiers, by the agents' own
+/// computation ([`ferrolb::agent::eligibility::compute`]) on the planned addresses.
+fn announcer_tiers(
+    c: &ClusterInput,
+    policies: &[&L2AnnouncementPolicy],
+    planned: &[Service],
+    options: &ferrolb::agent::eligibility::Options,
+    services: &mut [ServiceReport],
+) {
+    use ferrolb::agent::cache::{CachedNode, CachedService, Interner};
+    use ferrolb::agent::eligibility;
+    // Narrowed as the agent's caches narrow them, so plan reads what the agent reads.
+    let mut interner = Interner::default();
+    let svcs: Vec<CachedService> = planned
+        .iter()
+        .filter_map(|s| CachedService::new(s, &mut interner))
+        .collect();
+    let nodes: Vec<CachedNode> = c
+        .nodes
+        .iter()
+        .filter_map(|n| CachedNode::new(n, &mut interner))
+        .collect();
+    let svc_refs: Vec<&CachedService> = svcs.iter().collect();
+    let node_refs: Vec<&CachedNode> = nodes.iter().collect();
+    let desired = eligibility::compute(&eligibility::Inputs {
+        node_name: "",
+        policies,
+        services: &svc_refs,
+        nodes: &node_refs,
+        endpoint_slices: &[],
+        interfaces: &[],
+        options,
+    });
+    for g in &desired.groups {
+        let tiers: Vec<Vec<String>> = g
+            .candidates
+            .split(|n| n == ferrolb::lease::TIER_BREAK)
+            .map(<[String]>::to_vec)
+            .filter(|t| !t.is_empty())
+            .collect();
+        for sref in &g.services {
+            if let Some(r) = services
+                .iter_mut()
+                .find(|r| r.namespace == sref.namespace && r.name == sref.name)
+            {
+                r.announcers = tiers.clone();
+            }
+        }
+    }
 }
 
 fn ingress_ips(s: &Service) -> Vec<std::net::IpAddr> {
@@ -712,6 +815,10 @@ impl Report {
                 "STATUS".into(),
                 "ANNOUNCED BY".into(),
             ]];
+            let with_nodes = c.services.iter().any(|s| !s.announcers.is_empty());
+            if with_nodes {
+                rows[0].push("NODES (preferred first)".into());
+            }
             for s in &c.services {
                 let dash = |v: Vec<String>| {
                     if v.is_empty() {
@@ -722,13 +829,25 @@ impl Report {
                 };
                 let mut pools: Vec<String> = s.addresses.iter().map(|a| a.pool.clone()).collect();
                 pools.dedup();
-                rows.push(vec![
+                let mut row = vec![
                     format!("{}/{}", s.namespace, s.name),
                     dash(s.addresses.iter().map(|a| a.ip.clone()).collect()),
                     dash(pools),
                     s.reason.clone(),
                     dash(s.announced_by.clone()),
-                ]);
+                ];
+                if with_nodes {
+                    row.push(if s.announcers.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.announcers
+                            .iter()
+                            .map(|t| t.join(","))
+                            .collect::<Vec<_>>()
+                            .join(" > ")
+                    });
+                }
+                rows.push(row);
             }
             o.push_str(&table(&rows));
             for s in c.services.iter().filter(|s| !s.satisfied) {

@@ -574,6 +574,32 @@ async fn doctor_service_announced_by_nobody() {
     );
 }
 
+/// A policy limited to another pool does not count as selecting the Service (the agents'
+/// coverage rule, pools included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_service_whose_pool_no_policy_announces() {
+    let env = healthy().await;
+    let policies: Api<L2AnnouncementPolicy> = Api::all(env.client.clone());
+    policies
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pools": ["elsewhere"]}})),
+        )
+        .await
+        .unwrap();
+    env.leases()
+        .delete(&lease_name(WEB_IP), &DeleteParams::default())
+        .await
+        .unwrap();
+    let v = expect_findings(&env, &["service-unannounced"]).await;
+    let p = v["findings"][0]["problem"].as_str().unwrap();
+    assert!(
+        p.contains(WEB_IP) && p.contains("no L2AnnouncementPolicy selects"),
+        "{p}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_agent_missing_on_a_selected_node() {
     let env = healthy().await;

@@ -349,23 +349,26 @@ fn metallb_manifests_are_planned_directly() {
     assert_eq!(ips(db), ["203.0.113.10"]);
     assert_eq!(db["addresses"][0]["pool"], "manual");
     assert_eq!(ips(service(c, "team-b", "web")), ["192.0.2.0"]);
-    // What did not convert is listed in the notes, one line each.
+    // What did not convert is listed in the notes, one line each (only the BGPPeer).
     let notes: Vec<&str> = c["notes"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|n| n.as_str())
         .collect();
-    assert!(
-        notes
-            .iter()
-            .any(|n| n.contains("L2Advertisement/l2-manual")),
+    assert_eq!(
+        notes.iter().filter(|n| n.contains("unconvertible")).count(),
+        1,
         "{notes:?}"
     );
-    // The advertisements became policies: every Service is announced by them, and they pass
-    // the agent's own checks.
+    // The advertisements became policies, by the agent's own rule: l2 (every pool) announces
+    // every Service, l2-manual (ipAddressPools: [manual] → pools) only the manual pool's.
     assert_eq!(
         service(c, "team-b", "web")["announcedBy"],
+        serde_json::json!(["l2-1", "l2-2"])
+    );
+    assert_eq!(
+        db["announcedBy"],
         serde_json::json!(["l2-1", "l2-2", "l2-manual"])
     );
     let policies = c["policies"].as_array().unwrap();
@@ -379,4 +382,75 @@ fn metallb_manifests_are_planned_directly() {
     assert!(pools
         .iter()
         .any(|p| p["name"] == "team-a" && p["priority"] == 10));
+}
+
+/// With Nodes in the input, each Service's announcer candidates are shown in preference tiers
+/// (the agents' own computation), and a policy limited to another pool adds no node.
+#[test]
+fn nodes_in_the_input_show_announcers_in_preference_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &f,
+        r#"apiVersion: ferrolb.io/v1alpha1
+kind: LoadBalancerIPPool
+metadata: {name: web}
+spec: {blocks: [{cidr: 198.51.100.0/28}]}
+---
+apiVersion: ferrolb.io/v1alpha1
+kind: LoadBalancerIPPool
+metadata: {name: db, labels: {tier: db}}
+spec: {blocks: [{cidr: 198.51.100.16/28}], autoAssign: false}
+---
+apiVersion: ferrolb.io/v1alpha1
+kind: L2AnnouncementPolicy
+metadata: {name: edge}
+spec:
+  pools: [web]
+  nodeSelector: {matchLabels: {role: edge}}
+  preferredNodes: [{weight: 50, nodeSelector: {matchLabels: {zone: a}}}]
+---
+apiVersion: ferrolb.io/v1alpha1
+kind: L2AnnouncementPolicy
+metadata: {name: db-gw}
+spec:
+  poolSelector: {matchLabels: {tier: db}}
+  nodeSelector: {matchLabels: {role: db}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {role: edge, zone: b}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2, labels: {role: edge, zone: a}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3, labels: {role: edge, zone: b}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n4, labels: {role: db, zone: a}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+"#,
+    )
+    .unwrap();
+    let r = plan(&["-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    let c = &json(&r)["clusters"][0];
+    let web = service(c, "default", "web");
+    assert_eq!(ips(web), ["198.51.100.1"]);
+    assert_eq!(web["announcedBy"], serde_json::json!(["edge"]));
+    assert_eq!(
+        web["announcers"],
+        serde_json::json!([["n2"], ["n1", "n3"]]),
+        "preferred n2 first, the other edge nodes as fallbacks, never db-gw's n4"
+    );
+    let table = plan(&["-f", f.to_str().unwrap()]).stdout;
+    assert!(table.contains("n2 > n1,n3"), "{table}");
 }

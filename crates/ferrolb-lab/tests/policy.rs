@@ -228,3 +228,96 @@ fn a_node_without_the_vips_subnet_never_stands_for_it_while_another_node_does() 
         Ok(())
     })
 }
+
+#[test]
+fn policies_limited_to_pools_announce_each_services_address_only_from_their_nodes(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    // Pool a (198.51.100.0/28) is announced by policy pa from n1; pool b (198.51.100.16/28) by
+    // policy pb from n2 and n3. pb prefers its nodes more than pa prefers n1, so if the pool
+    // restriction were ignored (both policies covering both Services), n2 or n3 would take web-a:
+    // the test cannot pass by luck.
+    const VIP_A: &str = "198.51.100.5";
+    const VIP_B: &str = "198.51.100.20";
+    // In no pool: neither policy announces it.
+    const NO_POOL: &str = "203.0.113.30";
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "po3",
+        &[
+            ("n1", &[("group", "a")]),
+            ("n2", &[("group", "b")]),
+            ("n3", &[("group", "b")]),
+        ],
+    )?;
+    scenario(&mut c, |c| {
+        for (name, cidr, tier) in [
+            ("a", "198.51.100.0/28", "gold"),
+            ("b", "198.51.100.16/28", "silver"),
+        ] {
+            c.api().create(
+                "/apis/ferrolb.io/v1alpha1/loadbalancerippools",
+                &json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+                        "metadata": {"name": name, "labels": {"tier": tier}},
+                        "spec": {"blocks": [{"cidr": cidr}]}}),
+            )?;
+        }
+        c.policy(
+            "pa",
+            json!({"pools": ["a"], "interfaces": ["eth0"],
+                   "nodeSelector": {"matchLabels": {"group": "a"}},
+                   "preferredNodes": [{"weight": 10, "nodeSelector": {"matchLabels": {"group": "a"}}}]}),
+        )?;
+        c.policy(
+            "pb",
+            json!({"poolSelector": {"matchLabels": {"tier": "silver"}}, "interfaces": ["eth.*"],
+                   "nodeSelector": {"matchLabels": {"group": "b"}},
+                   "preferredNodes": [{"weight": 90, "nodeSelector": {"matchLabels": {"group": "b"}}}]}),
+        )?;
+        c.service("web-a", &[VIP_A])?;
+        c.service("web-b", &[VIP_B])?;
+        c.service("web-x", &[NO_POOL])?;
+        for n in ["n1", "n2", "n3"] {
+            c.start_agent(n, &[])?;
+        }
+        wait_only(c, VIP_A, "n1", Duration::from_secs(20))?;
+        let b_holder = wait_until(
+            "n2 or n3 to answer for web-b",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                let m = arping_macs(c.client(), "eth0", VIP_B, 1).ok()?;
+                let [mac] = m.into_iter().collect::<Vec<_>>().try_into().ok()?;
+                c.node_of_mac(&mac)
+            },
+        )?;
+        assert_ne!(b_holder, "n1", "n1's policy does not name pool b");
+        // Steady: still only its policy's nodes, and nobody for the address in no pool.
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP_A, 3)?,
+            BTreeSet::from([c.macs["n1"].clone()])
+        );
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIP_B, 2)?,
+            BTreeSet::from([c.macs[&b_holder].clone()])
+        );
+        assert!(
+            arping_macs(c.client(), "eth0", NO_POOL, 3)?.is_empty(),
+            "an address in no pool was announced by a policy limited to pools"
+        );
+        // n1 dies: web-a has no other node in its policy, so nobody answers — pb's nodes do
+        // not take pool a's address.
+        c.agents.get_mut("n1").context("agent")?.kill();
+        // An absence: wait past the lease duration (+ rank waits) a takeover would need.
+        std::thread::sleep(LEASE + Duration::from_secs(4));
+        assert!(
+            arping_macs(c.client(), "eth0", VIP_A, 3)?.is_empty(),
+            "a node of the other policy took pool a's address"
+        );
+        Ok(())
+    })
+}

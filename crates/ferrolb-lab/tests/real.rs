@@ -138,6 +138,8 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
                 ("watch", "", "nodes", "", "", ""),
                 ("list", "discovery.k8s.io", "endpointslices", "", "", ""),
                 ("watch", FL, "l2announcementpolicies", "", "", ""),
+                ("list", FL, "loadbalancerippools", "", "", ""),
+                ("watch", FL, "loadbalancerippools", "", "", ""),
                 ("update", FL, "l2announcementpolicies", "status", "", "p"),
                 ("patch", FL, "l2announcementpolicies", "status", "", "p"),
                 ("watch", FL, "l2announcements", "", "", ""),

@@ -245,6 +245,18 @@ pub struct L2AnnouncementPolicySpec {
     /// policy's `SubnetMatch` condition says so. `false`: prefixes are not looked at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_aware: Option<bool>,
+    /// Announce only addresses from these pools (`LoadBalancerIPPool` names). With
+    /// `poolSelector`, an address of a pool named here or selected by it is announced; both
+    /// unset = every address, whatever its pool. An address belongs to the oldest pool whose
+    /// blocks contain it (the controller's attribution; see the README): an address no pool
+    /// contains (a pool shrunk or deleted under it, an `externalIP`) is never announced by a
+    /// policy that names pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
+    /// Label selector over `LoadBalancerIPPool`s whose addresses this policy announces (see
+    /// `pools`; an empty selector selects every pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_selector: Option<LabelSelector>,
 }
 
 impl L2AnnouncementPolicySpec {

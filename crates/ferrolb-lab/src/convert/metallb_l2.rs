@@ -6,7 +6,8 @@
 //! | `serviceSelectors[]` (ORed) | `serviceSelector`; several → one policy per selector |
 //! | `interfaces[]` (interface names) | `interfaces[]` (anchored regexes: each name escaped) |
 //! | `preferredNodeSelectors[] = {weight, preference}` | `preferredNodes[] = {weight, nodeSelector}` (the same rule: weights of matching entries sum, higher first, the rest fall back) |
-//! | `ipAddressPools[]`, `ipAddressPoolSelectors[]` | none: a ferrolb policy selects Services, not pools. Selecting every pool of the input (or leaving both unset) converts exactly; otherwise the policy announces every selected Service's addresses and the pools it would wrongly cover are reported (exit 2) |
+//! | `ipAddressPools[]` | `pools[]` (same names: pools convert under their own names) |
+//! | `ipAddressPoolSelectors[]` (ORed, and ORed with `ipAddressPools`) | `poolSelector`; several on one label key merge into one `In`, otherwise one policy per selector |
 //!
 //! Always written: `loadBalancerIPs: true`, `externalIPs: false` (MetalLB announces only
 //! LoadBalancer addresses). Several policies selecting one Service give one lease whose
@@ -18,9 +19,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{check_selector, converted_metadata, Cx, Severity};
+use super::{check_selector, converted_metadata, merge_ored_selectors, Cx, Severity};
 use ferrolb::api;
-use ferrolb::ipam::selector::Selector;
 
 /// A MetalLB `IPAddressPool` of the input: name and labels (for `ipAddressPoolSelectors`).
 pub type PoolLabels = (String, BTreeMap<String, String>);
@@ -97,7 +97,7 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
             );
         }
     }
-    pool_selection(src, pools, cx);
+    let (pool_names, pool_sels) = pool_selection(src, pools, cx);
     let node_sels = selectors(src, "nodeSelectors", cx);
     let service_sels = selectors(src, "serviceSelectors", cx);
 
@@ -158,8 +158,9 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
         ),
     }
 
-    // One policy per (serviceSelector, nodeSelector) combination: ORed selectors become several
-    // policies, which ferrolb unions in the same way.
+    // One policy per (serviceSelector, nodeSelector, poolSelector) combination: ORed selectors
+    // become several policies, which ferrolb unions in the same way. The pool names go into
+    // every policy (a union of unions).
     let opt = |v: Vec<Value>| -> Vec<Option<Value>> {
         if v.is_empty() {
             vec![None]
@@ -167,12 +168,16 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
             v.into_iter().map(Some).collect()
         }
     };
-    let combos: Vec<(Option<Value>, Option<Value>)> = opt(service_sels)
+    let combos: Vec<(Option<Value>, Option<Value>, Option<Value>)> = opt(service_sels)
         .into_iter()
         .flat_map(|s| {
-            opt(node_sels.clone())
-                .into_iter()
-                .map(move |n| (s.clone(), n))
+            let pool_sels = pool_sels.clone();
+            opt(node_sels.clone()).into_iter().flat_map(move |n| {
+                let s = s.clone();
+                opt(pool_sels.clone())
+                    .into_iter()
+                    .map(move |p| (s.clone(), n.clone(), p))
+            })
         })
         .collect();
     let name = metadata["name"]
@@ -184,8 +189,8 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
             Severity::Warning,
             "spec",
             format!(
-                "several serviceSelectors/nodeSelectors (ORed in MetalLB) written as {} policies \
-                 {name}-1…{name}-{}, which ferrolb unions the same way",
+                "several serviceSelectors/nodeSelectors/ipAddressPoolSelectors (ORed in MetalLB) \
+                 written as {} policies {name}-1…{name}-{}, which ferrolb unions the same way",
                 combos.len(),
                 combos.len()
             ),
@@ -198,7 +203,7 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
     combos
         .into_iter()
         .enumerate()
-        .map(|(i, (svc, node))| {
+        .map(|(i, (svc, node, pool_sel))| {
             let mut meta = metadata.clone();
             if total > 1 {
                 meta["name"] = Value::String(format!("{name}-{}", i + 1));
@@ -218,6 +223,12 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
             if !preferred.is_empty() {
                 spec.insert("preferredNodes".into(), Value::Array(preferred.clone()));
             }
+            if !pool_names.is_empty() {
+                spec.insert("pools".into(), json!(pool_names));
+            }
+            if let Some(p) = pool_sel {
+                spec.insert("poolSelector".into(), p);
+            }
             json!({
                 "apiVersion": format!("{}/v1alpha1", api::GROUP),
                 "kind": "L2AnnouncementPolicy",
@@ -228,53 +239,43 @@ pub fn convert(obj: Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) -
         .collect()
 }
 
-/// Reports what the pool selection means for the converted policy (which cannot select pools).
-fn pool_selection(src: &Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_>) {
-    let names: Vec<String> = match src.get("ipAddressPools") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => {
-            cx.push(
-                Severity::Unconvertible,
-                "spec.ipAddressPools",
-                "not a list of pool names",
-            );
-            vec![]
+/// `ipAddressPools` → pool names, `ipAddressPoolSelectors` → the selectors to write (several on
+/// one label key merged into one `In`, one selecting everything makes `{}`; otherwise one per
+/// policy). Both empty = every pool, as in
+/// MetalLB (and as a policy without `pools`/`poolSelector`).
+fn pool_selection(
+    src: &Map<String, Value>,
+    pools: &[PoolLabels],
+    cx: &mut Cx<'_>,
+) -> (Vec<String>, Vec<Value>) {
+    let mut names: Vec<String> = Vec::new();
+    match src.get("ipAddressPools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str().map(str::trim) {
+                    Some(n) if !n.is_empty() => {
+                        if !names.iter().any(|x| x == n) {
+                            names.push(n.to_string());
+                        }
+                    }
+                    _ => cx.push(
+                        Severity::Unconvertible,
+                        &format!("spec.ipAddressPools[{i}]"),
+                        "expected a pool name; left out",
+                    ),
+                }
+            }
         }
-    };
-    let sels = selectors(src, "ipAddressPoolSelectors", cx);
-    if names.is_empty() && sels.is_empty() {
-        // Every pool, as in MetalLB: exact.
-        return;
+        Some(_) => cx.push(
+            Severity::Unconvertible,
+            "spec.ipAddressPools",
+            "not a list of pool names; left out",
+        ),
     }
-    let mut compiled = Vec::new();
-    for (i, s) in sels.iter().enumerate() {
-        match serde_json::from_value(s.clone())
-            .ok()
-            .and_then(|s| Selector::compile(&s).ok())
-        {
-            Some(sel) => compiled.push(sel),
-            None => cx.push(
-                Severity::Unconvertible,
-                &format!("spec.ipAddressPoolSelectors[{i}]"),
-                "not a valid label selector; cannot tell which pools it selects",
-            ),
-        }
-    }
-    let selected = |(name, labels): &PoolLabels| {
-        names.contains(name) || compiled.iter().any(|s| s.matches(labels))
-    };
-    let left_out: Vec<&str> = pools
-        .iter()
-        .filter(|p| !selected(p))
-        .map(|(n, _)| n.as_str())
-        .collect();
     let missing: Vec<&str> = names
         .iter()
-        .filter(|n| !pools.iter().any(|(p, _)| p == *n))
+        .filter(|n| !pools.is_empty() && !pools.iter().any(|(p, _)| p == *n))
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
@@ -282,34 +283,25 @@ fn pool_selection(src: &Map<String, Value>, pools: &[PoolLabels], cx: &mut Cx<'_
             Severity::Warning,
             "spec.ipAddressPools",
             format!(
-                "pool(s) {} not in the input: cannot check that this advertisement covers every pool",
+                "pool(s) {} not in the input: converted by name all the same",
                 missing.join(", ")
             ),
         );
     }
-    if pools.is_empty() && !sels.is_empty() {
-        cx.push(
-            Severity::Unconvertible,
-            "spec.ipAddressPoolSelectors",
-            "no IPAddressPool in the input to resolve the selectors against; ferrolb policies \
-             select Services, not pools: the converted policy announces every selected \
-             Service's addresses",
-        );
-    } else if !left_out.is_empty() {
-        cx.push(
-            Severity::Unconvertible,
-            if names.is_empty() {
-                "spec.ipAddressPoolSelectors"
-            } else {
-                "spec.ipAddressPools"
-            },
-            format!(
-                "ferrolb policies select Services, not pools: the converted policy also \
-                 announces addresses from pool(s) {} (MetalLB does not through this \
-                 advertisement); restrict it with a serviceSelector (e.g. on \
-                 io.kubernetes.service.namespace) if that matters",
-                left_out.join(", ")
-            ),
-        );
-    }
+    let sels = selectors(src, "ipAddressPoolSelectors", cx);
+    let sels = match sels.len() {
+        0 | 1 => sels,
+        n => match merge_ored_selectors(&sels) {
+            Some(merged) => {
+                cx.push(
+                    Severity::Warning,
+                    "spec.ipAddressPoolSelectors",
+                    format!("{n} selectors (ORed in MetalLB) merged into one poolSelector"),
+                );
+                vec![merged]
+            }
+            None => sels,
+        },
+    };
+    (names, sels)
 }

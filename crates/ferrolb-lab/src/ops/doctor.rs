@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use ferrolb::agent::eligibility::{self, LABEL_EXCLUDE_LB};
 use ferrolb::api::L2AnnouncementPolicy;
 use ferrolb::ipam::range::Addr;
-use ferrolb::ipam::selector::{service_labels, Selector};
+use ferrolb::ipam::selector::Selector;
 use ferrolb::ipam::Reason;
 use ferrolb::lease::{presence_name, LeaseConfig};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -350,18 +350,14 @@ fn pending_fix(reason: &str) -> &'static str {
 
 fn check_services(inp: &Inputs, now: jiff::Timestamp, r: &mut Report) {
     let anns = announcements_from_leases(&inp.snap.leases, now);
-    let compiled: Vec<(String, Option<Selector>, &L2AnnouncementPolicy)> = inp
-        .snap
-        .policies
-        .iter()
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap_or_default(),
-                Selector::compile_opt(p.spec.service_selector.as_ref()).ok(),
-                p,
-            )
-        })
-        .collect();
+    // The agents' own coverage rule (service selector, class, pools), not a copy.
+    let policy_refs: Vec<&L2AnnouncementPolicy> = inp.snap.policies.iter().collect();
+    let covering = eligibility::Policies::new(&policy_refs);
+    let pool_refs: Vec<&ferrolb::api::LoadBalancerIPPool> = inp.snap.pools.iter().collect();
+    let options = eligibility::Options {
+        pools: ferrolb::agent::pools::PoolIndex::new(&pool_refs),
+        ..Default::default()
+    };
     let mut svcs: Vec<&Service> = inp.snap.services.iter().filter(|s| considered(s)).collect();
     svcs.sort_by_key(|s| service_key(s));
     for svc in svcs {
@@ -391,14 +387,14 @@ fn check_services(inp: &Inputs, now: jiff::Timestamp, r: &mut Report) {
         if announced {
             continue;
         }
-        let labels = service_labels(svc);
-        let selecting: Vec<&str> = compiled
-            .iter()
-            .filter(|(_, sel, p)| {
-                p.spec.load_balancer_ips && sel.as_ref().is_some_and(|s| s.matches(&labels))
-            })
-            .map(|(n, _, _)| n.as_str())
+        let mut selecting: Vec<String> = covering
+            .covering(svc, &options)
+            .into_iter()
+            .filter(|(ip, _)| ips.contains(ip))
+            .flat_map(|(_, names)| names)
             .collect();
+        selecting.sort();
+        selecting.dedup();
         let list = ips
             .iter()
             .map(IpAddr::to_string)
@@ -408,7 +404,7 @@ fn check_services(inp: &Inputs, now: jiff::Timestamp, r: &mut Report) {
             r.add(
                 "service-unannounced",
                 format!("Service {key}"),
-                format!("{list}: announced by no node; no L2AnnouncementPolicy selects this Service (with loadBalancerIPs: true)"),
+                format!("{list}: announced by no node; no L2AnnouncementPolicy selects this Service (with loadBalancerIPs: true, and its pools or poolSelector matching the address's pool)"),
                 "create an L2AnnouncementPolicy whose serviceSelector selects it (e.g. examples/ or the chart's defaultPolicy)".into(),
             );
         } else {

@@ -11,6 +11,9 @@
 //!   (with the virtual labels `io.kubernetes.service.namespace` / `io.kubernetes.service.name`) and
 //!   the address is one of `status.loadBalancer.ingress[].ip` (policy `loadBalancerIPs`, Service
 //!   `type: LoadBalancer` only) or of `spec.externalIPs` (policy `externalIPs`, any type).
+//! - **Pools** (`spec.pools`, `spec.poolSelector`): a policy with either covers only addresses
+//!   whose pool ([`super::pools`]: the oldest pool whose blocks contain the address, from
+//!   [`Options::pools`]) it names or selects; an address in no pool is not covered by it.
 //! - **Classes.** Ingress addresses of a LoadBalancer Service are considered when the Service is
 //!   ours (no `loadBalancerClass`, or [`LB_CLASS`], or [`CILIUM_LB_CLASS`] when
 //!   [`Options::serve_cilium_class`]). A Service of a *foreign* class is announced only when a
@@ -68,7 +71,8 @@ use std::sync::Arc;
 use ipnetwork::IpNetwork;
 use regex::Regex;
 
-use super::cache::{CachedNode, CachedService, CachedSlice, Labels};
+use super::cache::{CachedNode, CachedService, CachedSlice, Interner, Labels};
+use super::pools::{PoolIndex, PoolSelection};
 use crate::ipam::selector::Selector;
 
 use crate::api::{L2AnnouncementPolicy, CILIUM_LB_CLASS, LB_CLASS};
@@ -87,6 +91,9 @@ pub struct Options {
     /// agents publish them ([`super::subnets`]), this node's own included. A node missing here
     /// has no known prefix. Read only for `spec.subnetAware` policies.
     pub node_prefixes: NodePrefixes,
+    /// The `LoadBalancerIPPool`s, for policies limited to some pools (`spec.pools`,
+    /// `spec.poolSelector`). Read only for those.
+    pub pools: PoolIndex,
 }
 
 /// Node → interface name → prefixes configured on it (`192.0.2.11/24`).
@@ -223,6 +230,8 @@ struct CompiledPolicy<'a> {
     /// `None` = no regexes given (all interfaces); `Some(list)` = the valid ones.
     regexes: Option<Vec<Regex>>,
     explicit_service_selector: bool,
+    /// `spec.pools` / `spec.poolSelector`; `None` = every address, in a pool or not.
+    pools: Option<PoolSelection>,
 }
 
 /// Compiles an interface regex, anchored, with a size limit (hostile input must not blow up).
@@ -279,6 +288,10 @@ fn compile_policies<'a>(
                 ),
             }
         }
+        let (pools, pool_problems) = PoolSelection::compile(&p.spec);
+        for (field, message) in pool_problems {
+            problem(&field, message);
+        }
         let regexes = if p.spec.interfaces.is_empty() {
             None
         } else {
@@ -298,6 +311,7 @@ fn compile_policies<'a>(
             node_sel,
             preferred,
             regexes,
+            pools,
         });
     }
     out
@@ -398,6 +412,83 @@ struct Pair {
 /// What decides a pair's candidate nodes: its covering policies and, for ETP Local, its Service.
 type Signature<'a> = (&'a [usize], Option<usize>);
 
+/// The addresses of `svc` that the `selecting` policies (those whose `serviceSelector` selects
+/// it, with their indices) announce, each with the indices of the policies covering it.
+fn coverage(
+    selecting: &[(usize, &CompiledPolicy<'_>)],
+    svc: &CachedService,
+    options: &Options,
+) -> BTreeMap<IpAddr, BTreeSet<usize>> {
+    let mut by_addr: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+    // The pool of an address, looked up only for policies limited to pools.
+    let covers = |p: &CompiledPolicy<'_>, ip: IpAddr| {
+        p.pools
+            .as_ref()
+            .is_none_or(|sel| sel.allows(options.pools.pool_of(ip)))
+    };
+    if svc.load_balancer {
+        let ours = class_is_ours(svc, options);
+        for (pi, p) in selecting {
+            if p.spec.load_balancer_ips && (ours || p.explicit_service_selector) {
+                for ip in svc.ingress.iter().filter(|ip| covers(p, **ip)) {
+                    by_addr.entry(*ip).or_default().insert(*pi);
+                }
+            }
+        }
+    }
+    for (pi, p) in selecting {
+        if p.spec.external_ips {
+            for ip in svc.external_ips.iter().filter(|ip| covers(p, **ip)) {
+                by_addr.entry(*ip).or_default().insert(*pi);
+            }
+        }
+    }
+    by_addr
+}
+
+/// Policies checked once, to ask which of them announce a Service's addresses by the rule
+/// [`compute`] uses — for offline tools such as `ferrolb plan`.
+pub struct Policies<'a> {
+    names: Vec<String>,
+    compiled: Vec<CompiledPolicy<'a>>,
+}
+
+impl<'a> Policies<'a> {
+    /// Checks `policies` (their problems are [`policy_problems`]).
+    pub fn new(policies: &'a [&'a L2AnnouncementPolicy]) -> Self {
+        Policies {
+            names: policies
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect(),
+            compiled: compile_policies(policies, &mut Vec::new()),
+        }
+    }
+
+    /// Each announced address of `svc` (from its status and `spec.externalIPs`) with the names
+    /// of the policies announcing it, in input order.
+    /// The Service is narrowed as the agent's cache narrows it, so both read the same fields.
+    pub fn covering(
+        &self,
+        svc: &k8s_openapi::api::core::v1::Service,
+        options: &Options,
+    ) -> BTreeMap<IpAddr, Vec<String>> {
+        let Some(svc) = CachedService::new(svc, &mut Interner::default()) else {
+            return BTreeMap::new();
+        };
+        let selecting: Vec<(usize, &CompiledPolicy<'_>)> = self
+            .compiled
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.selects_service(&svc))
+            .collect();
+        coverage(&selecting, &svc, options)
+            .into_iter()
+            .map(|(ip, ps)| (ip, ps.into_iter().map(|i| self.names[i].clone()).collect()))
+            .collect()
+    }
+}
+
 /// Computes the desired announcements. Pure and deterministic.
 pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let mut problems = Vec::new();
@@ -420,25 +511,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         if selecting.is_empty() {
             continue;
         }
-        let mut by_addr: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
-        if svc.load_balancer {
-            let ours = class_is_ours(svc, inputs.options);
-            for (pi, p) in &selecting {
-                if p.spec.load_balancer_ips && (ours || p.explicit_service_selector) {
-                    for ip in svc.ingress.iter() {
-                        by_addr.entry(*ip).or_default().insert(*pi);
-                    }
-                }
-            }
-        }
-        for (pi, p) in &selecting {
-            if p.spec.external_ips {
-                for ip in svc.external_ips.iter() {
-                    by_addr.entry(*ip).or_default().insert(*pi);
-                }
-            }
-        }
-        for (address, policies) in by_addr {
+        for (address, policies) in coverage(&selecting, svc, inputs.options) {
             pairs.push(Pair {
                 service: si,
                 address,
@@ -818,6 +891,48 @@ mod tests {
             self.0.spec.external_ips = on;
             self
         }
+        fn pools(mut self, names: &[&str]) -> Self {
+            self.0.spec.pools = names.iter().map(|s| (*s).into()).collect();
+            self
+        }
+        fn pool_selector(mut self, s: LabelSelector) -> Self {
+            self.0.spec.pool_selector = Some(s);
+            self
+        }
+    }
+
+    /// `LoadBalancerIPPool`s (name, CIDR, labels), aged in list order, as the agent indexes them.
+    /// (name, CIDR, labels) of a test pool.
+    type TestPool<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    fn pool_index(pools: &[TestPool<'_>]) -> PoolIndex {
+        let objs: Vec<crate::api::LoadBalancerIPPool> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, (name, cidr, labels))| {
+                let mut p = crate::api::LoadBalancerIPPool::new(
+                    name,
+                    crate::api::LoadBalancerIPPoolSpec {
+                        blocks: vec![crate::api::IpBlock {
+                            cidr: Some((*cidr).into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                );
+                p.metadata.labels = Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                );
+                p.metadata.creation_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::from_second(i as i64).unwrap(),
+                    ));
+                p
+            })
+            .collect();
+        PoolIndex::new(&objs.iter().collect::<Vec<_>>())
     }
 
     fn node(name: &str, labels: &[(&str, &str)]) -> Node {
@@ -1218,6 +1333,131 @@ mod tests {
             .collect();
         assert_eq!(d.subnet_fallbacks.len(), 1, "only the policy covering them");
         assert_eq!(d.subnet_fallbacks["p"], want);
+    }
+
+    #[test]
+    fn policies_limited_to_pools_announce_only_their_pools_addresses() {
+        let mut w = world("n1")
+            .interfaces(&["eth0", "eth1"])
+            .nodes(vec![
+                node("n1", &[("group", "a")]),
+                node("n2", &[("group", "a")]),
+                node("n3", &[("group", "b")]),
+            ])
+            .policy(
+                policy("pa")
+                    .pools(&["a"])
+                    .nodes("group", "a")
+                    .interfaces(&["eth0"]),
+            )
+            .policy(
+                policy("pb")
+                    .pool_selector(eq_selector("tier", "b"))
+                    .nodes("group", "b")
+                    .interfaces(&["eth1"]),
+            )
+            .service(svc("default", "web-a").lb(&["198.51.100.5"]))
+            .service(svc("default", "web-b").lb(&["198.51.100.20"]))
+            // In no pool: neither policy announces it.
+            .service(svc("default", "web-x").lb(&["203.0.113.5"]));
+        w.options.pools = pool_index(&[
+            ("a", "198.51.100.0/28", &[]),
+            ("b", "198.51.100.16/28", &[("tier", "b")]),
+        ]);
+        let d = w.compute();
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(keys(&d), ["198.51.100.20", "198.51.100.5"]);
+        let g = |k: &str| d.groups.iter().find(|g| g.key == k).unwrap().clone();
+        let (a, b) = (g("198.51.100.5"), g("198.51.100.20"));
+        assert_eq!(a.candidates.as_slice(), ["n1", "n2"]);
+        assert_eq!(*a.interfaces, set(&["eth0"]));
+        assert!(a.eligible_here);
+        assert_eq!(b.candidates.as_slice(), ["n3"]);
+        assert!(!b.eligible_here);
+
+        // Without pools known, a limited policy announces nothing; unlimited ones are unaffected.
+        w.options.pools = PoolIndex::default();
+        assert!(w.compute().groups.is_empty());
+        let d = world("n1")
+            .policy(policy("all"))
+            .service(svc("default", "web-x").lb(&["203.0.113.5"]))
+            .compute();
+        assert_eq!(keys(&d), ["203.0.113.5"]);
+    }
+
+    #[test]
+    fn a_service_with_addresses_from_two_pools_needs_a_node_both_policies_allow() {
+        let mut w = world("n2")
+            .nodes(vec![
+                node("n1", &[("v4", "1")]),
+                node("n2", &[("v4", "1"), ("v6", "1")]),
+                node("n3", &[("v6", "1")]),
+            ])
+            .policy(policy("p4").pools(&["v4"]).nodes("v4", "1"))
+            .policy(policy("p6").pools(&["v6"]).nodes("v6", "1"))
+            .service(svc("default", "web").lb(&["198.51.100.5", "2001:db8:100::5"]));
+        w.options.pools = pool_index(&[
+            ("v4", "198.51.100.0/28", &[]),
+            ("v6", "2001:db8:100::/120", &[]),
+        ]);
+        let d = w.compute();
+        assert_eq!(keys(&d), ["198.51.100.5,2001:db8:100::5"]);
+        // Each address is covered by one policy only: the holder must be allowed by both.
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
+    }
+
+    #[test]
+    fn bad_pool_selector_is_reported_and_selects_no_pool() {
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        let mut w = world("n1")
+            .policy(policy("p").pools(&["a"]).pool_selector(bad))
+            .service(svc("default", "in-a").lb(&["198.51.100.5"]))
+            .service(svc("default", "in-b").lb(&["198.51.100.20"]));
+        w.options.pools = pool_index(&[
+            ("a", "198.51.100.0/28", &[]),
+            ("b", "198.51.100.16/28", &[("tier", "b")]),
+        ]);
+        let d = w.compute();
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert_eq!(d.problems[0].field, "spec.poolSelector");
+        assert_eq!(policy_problems(&[&w.policies[0]]), d.problems);
+        // The named pool still counts; the broken selector adds nothing.
+        assert_eq!(keys(&d), ["198.51.100.5"]);
+    }
+
+    #[test]
+    fn offline_coverage_is_the_same_rule() {
+        let pols = [
+            policy("a").pools(&["a"]).0,
+            policy("all").0,
+            policy("ext")
+                .external_ips(true)
+                .lb_ips(false)
+                .pools(&["a"])
+                .0,
+        ];
+        let refs: Vec<&L2AnnouncementPolicy> = pols.iter().collect();
+        let options = Options {
+            pools: pool_index(&[("a", "198.51.100.0/28", &[])]),
+            ..Default::default()
+        };
+        let s = svc("default", "web")
+            .lb(&["198.51.100.5", "203.0.113.5"])
+            .external(&["198.51.100.6", "203.0.113.6"])
+            .0;
+        let cov = Policies::new(&refs).covering(&s, &options);
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        assert_eq!(cov[&ip("198.51.100.5")], ["a", "all"]);
+        assert_eq!(cov[&ip("203.0.113.5")], ["all"]);
+        assert_eq!(cov[&ip("198.51.100.6")], ["ext"]);
+        assert!(!cov.contains_key(&ip("203.0.113.6")));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals).
 //! - [`report`]: Events on Services, policy status conditions.
 //! - [`trim`]: what the caches keep of each watched object.
+//! - [`pools`]: pure — which pool an address belongs to, for policies limited to some pools.
 //! - [`l2status`] (pure) and [`l2writer`]: the `L2Announcement` of each Service this node
 //!   announces, written only when it changes.
 //!
@@ -27,6 +28,7 @@ pub mod holdings;
 pub mod l2status;
 pub mod l2writer;
 pub mod metrics;
+pub mod pools;
 pub mod report;
 pub mod run;
 pub mod subnets;

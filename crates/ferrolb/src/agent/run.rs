@@ -1,7 +1,8 @@
 //! The agent's wiring: watches → shared caches → eligibility → lease engine → announcer.
 //!
 //! - One watch per kind (kube-runtime reflectors): `L2AnnouncementPolicy`, Services, Nodes (all
-//!   of them: the rendezvous candidates), EndpointSlices; Leases are watched by the lease engine
+//!   of them: the rendezvous candidates), EndpointSlices, `LoadBalancerIPPool`s (for policies
+//!   limited to some pools, [`super::pools`]); Leases are watched by the lease engine
 //!   (one label-selected watch). Any change wakes the loop, which recomputes eligibility after a
 //!   short debounce, so a burst of events costs one recompute.
 //! - The desired groups go to the lease engine (lease name = `lease_name(group key)`, labels and
@@ -106,6 +107,7 @@ struct Caches {
     slices: cache::Store<CachedSlice>,
     /// Every node's published interface prefixes ([`super::subnets`]).
     prefixes: Store<k8s_openapi::api::coordination::v1::Lease>,
+    pools: Store<crate::api::LoadBalancerIPPool>,
 }
 
 impl Caches {
@@ -115,6 +117,7 @@ impl Caches {
         self.nodes.wait_until_ready().await;
         self.slices.wait_until_ready().await;
         self.prefixes.wait_until_ready().await?;
+        self.pools.wait_until_ready().await?;
         Ok(())
     }
 }
@@ -211,6 +214,9 @@ impl Agent {
             &self.args.node_name,
             self.subnets.local(),
         );
+        let pools = self.caches.pools.state();
+        self.options.pools =
+            super::pools::PoolIndex::new(&pools.iter().map(AsRef::as_ref).collect::<Vec<_>>());
         let desired = eligibility::compute(&eligibility::Inputs {
             node_name: &self.args.node_name,
             policies: &p,
@@ -610,13 +616,22 @@ pub async fn run(args: Args) -> crate::CmdResult {
         metrics.clone(),
         "leases_interfaces",
     );
-    let watch_tasks = [t1, t2, t3, t4, t5];
+    let (pools, t6) = reflect(
+        Api::<crate::api::LoadBalancerIPPool>::all(client.clone()),
+        watcher::Config::default(),
+        super::pools::trim,
+        notify.clone(),
+        metrics.clone(),
+        "loadbalancerippools",
+    );
+    let watch_tasks = [t1, t2, t3, t4, t5, t6];
     let caches = Caches {
         policies,
         services,
         nodes,
         slices,
         prefixes,
+        pools,
     };
 
     let (leases, mut lease_events) = LeaseSet::start(client.clone(), engine_options);
@@ -773,7 +788,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
 /// Stop answering, release every lease, exit 0.
 async fn shutdown(
     mut agent: Agent,
-    watch_tasks: [tokio::task::JoinHandle<()>; 5],
+    watch_tasks: [tokio::task::JoinHandle<()>; 6],
 ) -> crate::CmdResult {
     agent.holdings.clear();
     agent.announcer.set_held(BTreeMap::new());

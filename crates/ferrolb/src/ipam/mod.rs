@@ -372,13 +372,10 @@ impl Allocator {
         // An address no pool covers is kept too (an address never changes under a Service
         // unless the user asks); `ensure` reports it. It is attributed to a pool containing it
         // when there is one.
-        Ok(self.first_candidate_pool(a, &[req]).unwrap_or_else(|| {
-            self.pools
-                .values()
-                .filter(|p| p.def.usable_block(a).is_some())
-                .min_by(|x, y| x.def.age_key().cmp(&y.def.age_key()))
-                .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.name))
-        }))
+        Ok(self
+            .first_candidate_pool(a, &[req])
+            .or_else(|| self.containing_pool(a))
+            .unwrap_or_else(|| Arc::from("")))
     }
 
     /// Registers or updates a Service and allocates what it asks for. Addresses it already holds

@@ -192,6 +192,23 @@ impl PoolDef {
     }
 }
 
+/// The pool an address belongs to when only the pools' blocks decide: of the pools whose usable
+/// blocks contain `a`, the oldest ([`PoolDef::created`], then name). Two pools containing one
+/// address overlap and the younger one is in `Conflict`, so when pools do not overlap this is
+/// the pool the controller handed the address out from. THE rule for: the allocator's
+/// attribution of an address no pool selecting its Service covers, and the agent's
+/// `L2AnnouncementPolicy` `spec.pools` / `spec.poolSelector` (the agent knows pools, not the
+/// controller's bookkeeping).
+pub fn containing_pool<'p>(
+    pools: impl IntoIterator<Item = &'p PoolDef>,
+    a: Addr,
+) -> Option<&'p PoolDef> {
+    pools
+        .into_iter()
+        .filter(|p| p.usable_block(a).is_some())
+        .min_by(|x, y| x.age_key().cmp(&y.age_key()))
+}
+
 /// Validates `spec.blocks`.
 pub fn parse_blocks(blocks: &[IpBlock], allow_first_last: bool) -> (Vec<Block>, Vec<BlockError>) {
     let mut ok: Vec<Block> = Vec::new();

@@ -212,15 +212,14 @@ impl Allocator {
             // unless the only containing pool is another one (a pool was deleted, another
             // contains it): then it is attributed to that one.
             let target = self.first_candidate_pool(a, &reqs).or_else(|| {
-                let contains = |p: &PoolEntry| p.def.usable_block(a).is_some();
-                if self.pools.get(&*cur).is_some_and(contains) {
+                if self
+                    .pools
+                    .get(&*cur)
+                    .is_some_and(|p| p.def.usable_block(a).is_some())
+                {
                     return None;
                 }
-                self.pools
-                    .values()
-                    .filter(|p| contains(p))
-                    .min_by(|x, y| x.def.age_key().cmp(&y.def.age_key()))
-                    .map(|p| Arc::clone(&p.name))
+                self.containing_pool(a)
             });
             if let Some(t) = target {
                 if t != cur {
@@ -228,6 +227,13 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// The pool `a` belongs to by blocks alone ([`pool::containing_pool`]).
+    pub(super) fn containing_pool(&self, a: Addr) -> Option<Arc<str>> {
+        pool::containing_pool(self.pools.values().map(|p| &p.def), a)
+            .and_then(|d| self.pools.get(&d.name))
+            .map(|p| Arc::clone(&p.name))
     }
 
     /// The first of the pools whose usable blocks contain `a` and that select all of `reqs`:
