@@ -29,7 +29,10 @@
 //! takeover — and a sticky holder must yield to the latter, never to an answer to its own probe.
 //! Hence the classification in [`decide`]: an NA with the Solicited flag answers someone's NS;
 //! the only NS we send are these probes, and a takeover is always announced unsolicited
-//! (RFC 4861 §7.2.6), so a Solicited NA from another station is a `probe_answer` conflict.
+//! (RFC 4861 §7.2.6), so a Solicited NA from another station is a `probe_answer` conflict. So is
+//! an NS for an address from that same address: another announcer's probe like ours, or the
+//! neighbour-unreachability check a host with the address may make of the entry our probe left
+//! in its cache — neither announces a takeover.
 
 use std::net::Ipv6Addr;
 
@@ -381,6 +384,8 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
             let conflict =
                 (!own && sender_mac != our_mac && !f.ip_src.is_unspecified() && held(f.ip_src))
                     .then_some((f.ip_src, sender_mac));
+            // A probe (from the address, for the address; module docs), not an announcement.
+            let probe_answer = conflict.is_some() && f.ip_src == target;
             let is_held = held(target);
             let request_for = (!own && is_held).then_some(target);
             let reply = if own {
@@ -419,7 +424,7 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
                 request_for,
                 reply,
                 conflict,
-                probe_answer: false,
+                probe_answer,
             }
         }
     }
@@ -632,11 +637,18 @@ mod tests {
         assert_eq!(v.reply, Err(Ignored::OwnFrame));
         assert_eq!((v.conflict, v.probe_answer), (None, false));
         // Another announcer holding VIP answers it (a solicited NA to VIP at our MAC), and
-        // reports the prober as claiming VIP — an announcement, not a probe answer.
+        // reports the prober as claiming VIP — a probe, nothing to yield to.
         let v = decide(&p, THEM, held);
         let r = v.reply.expect("answered");
         assert_eq!((r.eth_dst, r.ip_dst), (US, VIP));
-        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, US)), false));
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, US)), true));
+        // The NUD check a host with VIP may make of the entry the probe left (unicast, from VIP,
+        // for VIP): a probe too.
+        let mut nud = probe(THEM, VIP);
+        nud.eth_dst = US;
+        nud.ip_dst = VIP;
+        let v = decide(&nud, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
         // That answer, back at the prober: a probe answer.
         let v = decide(&r, US, held);
         assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
@@ -666,7 +678,8 @@ mod tests {
         // frame): an announcement, never a probe answer.
         let v = decide(&unsolicited_na(THEM, VIP), US, held);
         assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), false));
-        // An NS from the address (the station resolving a neighbour with it as source).
+        // An NS from the address for another one (the station resolving a neighbour with the
+        // address as its source, i.e. using it): an announcement.
         let mut from_vip = ns(CLIENT);
         from_vip.ip_src = VIP;
         let v = decide(&from_vip, US, held);
