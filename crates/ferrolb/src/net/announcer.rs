@@ -81,9 +81,9 @@ pub struct Conflict {
     pub ip: IpAddr,
     pub iface: String,
     pub mac: MacAddr,
-    /// The frame answered one of our probes (an ARP reply to 0.0.0.0, a Solicited NA): the
-    /// station has the address configured, but it did not announce a takeover
-    /// ([`super::Verdict::probe_answer`]).
+    /// The frame answered one of our probes (an ARP reply to 0.0.0.0, a Solicited NA) or was a
+    /// probe itself (an NS for the address from the address): the station has the address,
+    /// but it did not announce a takeover ([`super::Verdict::probe_answer`]).
     pub probe_answer: bool,
 }
 
