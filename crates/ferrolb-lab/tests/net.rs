@@ -752,6 +752,14 @@ fn fuzz_seeds() -> Vec<Vec<u8>> {
         ndp::encode(&nud),
         ndp::encode(&dad),
         ndp::encode(&ndp::unsolicited_na(them, v6)),
+        // Probes (ours and another station's) and the answers to them.
+        arp::encode(&arp::reply_to(&arp::probe(us, v4), them)).to_vec(),
+        ndp::encode(&ndp::probe(them, v6)),
+        ndp::encode(
+            &ndp::decide(&ndp::probe(us, v6), them, |ip| ip == v6)
+                .reply
+                .expect("answered"),
+        ),
     ];
     // An NS with several options (nonce, unknown, source link-layer).
     let mut multi = ndp::encode(&ns);
@@ -845,6 +853,7 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
             arp_ok += 1;
             assert_eq!(arp::parse(&arp::encode(&a)), Ok(a), "ARP roundtrip");
             let v = arp::decide(&a, us, held4);
+            assert!(!v.probe_answer || v.conflict.is_some(), "{a:?}");
             if let Ok(r) = v.reply {
                 replies += 1;
                 assert!(held4(r.sender_ip), "replied for an address not held: {a:?}");
@@ -861,6 +870,7 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
             // Re-encoding keeps the fields we use (other options are dropped).
             assert_eq!(ndp::parse(&ndp::encode(&n)), Ok(n), "NDP roundtrip");
             let v = ndp::decide(&n, us, held6);
+            assert!(!v.probe_answer || v.conflict.is_some(), "{n:?}");
             if let Ok(r) = v.reply {
                 replies += 1;
                 assert!(held6(r.msg.target()), "answered an address not held: {n:?}");
