@@ -883,3 +883,167 @@ fn an_ipvs_node_without_strict_arp_is_reported_as_a_foreign_answerer() -> anyhow
         Ok(())
     })
 }
+
+/// Events in the default namespace with `reason`.
+fn events_with_reason(c: &Cluster, reason: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let l = c
+        .api()
+        .get("/apis/events.k8s.io/v1/namespaces/default/events")?;
+    Ok(l["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect())
+}
+
+/// IPv6: a host with the Service address configured on its NIC (a static address left behind;
+/// `nodad`, so usable at once) answers the NS probe that goes with each unsolicited NA of the
+/// holder (an NS from the address, `net::ndp::probe`). The holder posts one ForeignAnswerer
+/// Warning Event naming that host's MAC, counts it with `family="ipv6"`, and keeps its Lease.
+/// Then the holder is cut off from the API server and goes sticky: the host keeps answering its
+/// probes (periodic re-announcement every second here), and a sticky holder never yields to an
+/// answer to its own probe — it keeps announcing (the rule of `Holdings::on_probe_answer`, fed by
+/// `net::Verdict::probe_answer`).
+#[test]
+fn a_host_with_the_ipv6_address_is_a_foreign_answerer_and_a_sticky_holder_never_yields_to_its_probe_answers(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag11", &[("n1", &[]), ("host", &[])])?;
+    scenario(&mut c, |c| {
+        // The other host (no ferrolb agent): the address on its eth0.
+        c.node_ns("host").ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let host_mac = c.macs["host"].clone();
+        let n1_mac = c.macs["n1"].clone();
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web", &[VIP6])?;
+        c.start_agent("n1", &["--reannounce-interval", "1s"])?;
+
+        let events = wait_until(
+            "the ForeignAnswerer Event",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                events_with_reason(c, "ForeignAnswerer")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            },
+        )?;
+        let ev = &events[0];
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["regarding"]["name"], "web");
+        assert_eq!(ev["reportingInstance"], "ferrolb-agent-n1");
+        let note = ev["note"].as_str().unwrap_or_default();
+        for want in [host_mac.as_str(), "eth0", VIP6, "NDP"] {
+            assert!(note.contains(want), "{want} missing from: {note}");
+        }
+        let m = wait_until(
+            "several answers from the host",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                let seen = metric(
+                    &m,
+                    "ferrolb_agent_conflicts_total",
+                    &[("outcome", "ignored")],
+                )?;
+                (seen >= 3.0).then_some(m)
+            },
+        )?;
+        assert_eq!(
+            metric(
+                &m,
+                "ferrolb_agent_foreign_answerers_total",
+                &[("family", "ipv6")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "ferrolb_agent_foreign_answerers_total",
+                &[("family", "ipv4")]
+            )
+            .unwrap_or(0.0),
+            0.0
+        );
+        assert_eq!(
+            events_with_reason(c, "ForeignAnswerer")?.len(),
+            1,
+            "one Event"
+        );
+        let leases = lease_holders(c)?;
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].1, "n1");
+
+        // Sticky: the API server refuses n1; nobody else can take over.
+        c.api().create(
+            "/_ferrolb/faults",
+            &json!({"kind": "refuse", "client": "n1"}),
+        )?;
+        let sticky = wait_until(
+            "n1 to go sticky",
+            LEASE + Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                (metric(&m, "ferrolb_agent_leases_sticky", &[]) == Some(1.0)).then_some(m)
+            },
+        )?;
+        let ignored = |m: &str| {
+            metric(
+                m,
+                "ferrolb_agent_conflicts_total",
+                &[("outcome", "ignored")],
+            )
+            .unwrap_or(0.0)
+        };
+        let before = ignored(&sticky);
+        // The host answers the probes of the next re-announcements while n1 is sticky.
+        let later = wait_until(
+            "answers to n1's probes while sticky",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let m = c.agent_metrics("n1").ok()?;
+                (ignored(&m) >= before + 2.0).then_some(m)
+            },
+        )?;
+        assert_eq!(
+            metric(&later, "ferrolb_agent_leases_sticky", &[]),
+            Some(1.0),
+            "still sticky"
+        );
+        assert_eq!(
+            metric(
+                &later,
+                "ferrolb_agent_conflicts_total",
+                &[("outcome", "yielded")]
+            )
+            .unwrap_or(0.0),
+            0.0,
+            "a sticky holder yielded to the answer to its own probe"
+        );
+        assert_eq!(
+            metric(&later, "ferrolb_agent_addresses_announced", &[]),
+            Some(1.0)
+        );
+        // And it still answers the client (beside the host, which has the address).
+        let na = ndisc6_macs(c.client(), "eth0", VIP6, 3)?;
+        assert!(na.contains(&n1_mac), "{na:?}");
+        Ok(())
+    })
+}

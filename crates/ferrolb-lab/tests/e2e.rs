@@ -231,6 +231,30 @@ mod cluster {
         assert_eq!(node_of(&c, &macs[0]), g.to);
     }
 
+    /// Issue 11: the holder's `eth0` goes down (`ip link set eth0 down` in its namespace) while
+    /// its agent still reaches the API server over a management link: another node answers HTTP
+    /// through the VIP within 1 s (the lab's timed failover: from the link going down to the
+    /// first echo answer from another node; figure printed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn link_loss_another_node_answers_http_within_one_second() {
+        let _g = serial().await;
+        let Some(mut c) = start("ll", 3).await else {
+            return;
+        };
+        let ips = service(&c, "echo", &[0, 1, 2], false).await;
+        let vip = ips[0];
+        tokio::task::block_in_place(|| ferrolb_lab::lab::linkloss::management_links(&mut c))
+            .unwrap();
+        let f =
+            ferrolb_lab::lab::linkloss::link_loss(&mut c, vip, Duration::from_secs(30)).unwrap();
+        println!(
+            "link loss: {} answered HTTP through {vip} {} ms after {}'s eth0 went down",
+            f.to, f.millis, f.from
+        );
+        assert_ne!(f.from, f.to);
+        assert!(f.millis <= 1000, "link-loss failover {} ms > 1 s", f.millis);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_traffic_policy_follows_endpoints() {
         let _g = serial().await;

@@ -752,6 +752,14 @@ fn fuzz_seeds() -> Vec<Vec<u8>> {
         ndp::encode(&nud),
         ndp::encode(&dad),
         ndp::encode(&ndp::unsolicited_na(them, v6)),
+        // Probes (ours and another station's) and the answers to them.
+        arp::encode(&arp::reply_to(&arp::probe(us, v4), them)).to_vec(),
+        ndp::encode(&ndp::probe(them, v6)),
+        ndp::encode(
+            &ndp::decide(&ndp::probe(us, v6), them, |ip| ip == v6)
+                .reply
+                .expect("answered"),
+        ),
     ];
     // An NS with several options (nonce, unknown, source link-layer).
     let mut multi = ndp::encode(&ns);
@@ -845,6 +853,7 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
             arp_ok += 1;
             assert_eq!(arp::parse(&arp::encode(&a)), Ok(a), "ARP roundtrip");
             let v = arp::decide(&a, us, held4);
+            assert!(!v.probe_answer || v.conflict.is_some(), "{a:?}");
             if let Ok(r) = v.reply {
                 replies += 1;
                 assert!(held4(r.sender_ip), "replied for an address not held: {a:?}");
@@ -861,6 +870,7 @@ fn fuzz_parsers_and_decisions_with_mutated_frames() {
             // Re-encoding keeps the fields we use (other options are dropped).
             assert_eq!(ndp::parse(&ndp::encode(&n)), Ok(n), "NDP roundtrip");
             let v = ndp::decide(&n, us, held6);
+            assert!(!v.probe_answer || v.conflict.is_some(), "{n:?}");
             if let Ok(r) = v.reply {
                 replies += 1;
                 assert!(held6(r.msg.target()), "answered an address not held: {n:?}");
@@ -1341,4 +1351,150 @@ fn default_interface_selection_on_a_real_system() {
         line.contains(r#"interfaces={"br1", "eth0"}"#),
         "selected interfaces: {line}"
     );
+}
+
+/// Metric value without an `ip` label filter beyond `ip` (0 when absent).
+fn probes_sent(a: &Netns, port: u16, ip: &str) -> u64 {
+    metric(&metrics(a, port), "ferrolb_announce_probes_sent_total", ip)
+}
+
+/// A host with the address configured on its interface (a static address left behind; Linux
+/// answers NS only for addresses on the receiving interface) answers the NS probe that goes with
+/// each unsolicited NA: the announcer reports it as a conflict that is a probe answer (a
+/// Solicited NA to the probed address), naming that host's MAC. An address the other host does
+/// not have gets no such report.
+#[test]
+fn a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported() {
+    if !root_or_skip("a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported") {
+        return;
+    }
+    let seg = lab("n6");
+    let (a, b) = (&seg.members[0], &seg.members[1]);
+    let mac_b = mac_of(b);
+    // nodad: usable at once, and no DAD probe of b's own that a could mistake for anything.
+    b.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:100::10/128",
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .expect("address on b");
+    let mut pa = announce(
+        a,
+        &["2001:db8:100::10", "2001:db8:100::11"],
+        &[
+            "--gratuitous-count",
+            "3",
+            "--probe-after-ms",
+            "0",
+            "--metrics-addr",
+            "127.0.0.1:9755",
+        ],
+    );
+    let l = pa.wait_line("ip=2001:db8:100::10", Duration::from_secs(10));
+    assert!(
+        l.contains("conflict") && l.contains(&mac_b.to_string()) && l.contains("probe_answer=true"),
+        "{l}"
+    );
+    // Every announcement of the burst went with a probe, for both addresses.
+    let m = poll_until("the burst's probes", Duration::from_secs(15), || {
+        let m = metrics(a, 9755);
+        (metric(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::11") >= 3).then_some(m)
+    });
+    assert!(
+        metric(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::10") >= 3,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::11"),
+        0,
+        "nobody else has ::11\n{m}"
+    );
+    assert!(
+        !pa.seen
+            .iter()
+            .any(|l| l.contains("conflict") && l.contains("ip=2001:db8:100::11")),
+        "{}",
+        pa.seen.join("\n")
+    );
+}
+
+/// kube-proxy binding the address after the takeover burst is over: no periodic
+/// re-announcement, a burst of one, yet the follow-up probes (here 4 s and 8 s after the
+/// takeover) find the late answerer for IPv4 (ARP probe) and IPv6 (NS probe).
+#[test]
+fn a_late_answerer_is_found_by_the_follow_up_probes() {
+    if !root_or_skip("a_late_answerer_is_found_by_the_follow_up_probes") {
+        return;
+    }
+    let seg = lab("lt");
+    let (a, b) = (&seg.members[0], &seg.members[1]);
+    let mac_b = mac_of(b).to_string();
+    let (v4, v6) = ("198.51.100.10", "2001:db8:100::10");
+    let mut pa = announce(
+        a,
+        &[v4, v6],
+        &[
+            "--gratuitous-count",
+            "1",
+            "--probe-after-ms",
+            "4000,8000",
+            "--metrics-addr",
+            "127.0.0.1:9756",
+        ],
+    );
+    let t0 = Instant::now();
+    // The burst (one announcement, one probe each) is over when the announcer is ready.
+    for ip in [v4, v6] {
+        assert_eq!(probes_sent(a, 9756, ip), 1, "{ip}");
+    }
+    // Now the late binding on b.
+    b.ip(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"])
+        .expect("v4 on b");
+    b.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .expect("v6 on b");
+    let bound = t0.elapsed();
+    let m = metrics(a, 9756);
+    if bound < Duration::from_secs(3) {
+        // Nothing probes before the first follow-up, and b announces nothing by itself.
+        for ip in [v4, v6] {
+            assert_eq!(
+                metric(&m, "ferrolb_announce_conflicts_total", ip),
+                0,
+                "{ip}\n{m}"
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        let l = pa.wait_line("conflict", Duration::from_secs(20));
+        assert!(l.contains(&mac_b) && l.contains("probe_answer=true"), "{l}");
+        for ip in [v4, v6] {
+            if l.contains(&format!("ip={ip} ")) {
+                seen.insert(ip);
+            }
+        }
+    }
+    println!(
+        "late answerer bound {bound:?} after the takeover, found {:?} after it",
+        t0.elapsed()
+    );
+    for ip in [v4, v6] {
+        assert!(probes_sent(a, 9756, ip) >= 2, "{ip}");
+    }
 }

@@ -5,10 +5,15 @@
 //! (metallb#153, antrea#3785). A static address left on some host does the same.
 //!
 //! How they are seen: the announcer reports every frame from another MAC that claims one of our
-//! addresses as a conflict (at most once per second per address and MAC, `net::reader`); its
-//! gratuitous bursts carry an ARP probe (sender 0.0.0.0, RFC 5227) for each IPv4 address, which
-//! a kernel that has the address on any interface answers when `arp_ignore=0` and not with
-//! kube-proxy's `strictARP` settings (`arp_ignore=1`).
+//! addresses as a conflict (at most once per second per address and MAC, `net::reader`). Each
+//! announcement of its gratuitous bursts goes with a probe, and so do a few follow-ups after a
+//! takeover (`net::probes`: kube-proxy may bind the address later): for an IPv4 address an ARP
+//! probe (sender 0.0.0.0, RFC 5227), which a kernel that has the address on any interface
+//! answers when `arp_ignore=0` and not with kube-proxy's `strictARP` settings (`arp_ignore=1`);
+//! for an IPv6 address an NS from the address itself (`net::ndp::probe`), which a kernel that has
+//! the address on the receiving interface answers with a Solicited NA (Linux answers NS only for
+//! addresses on that interface, so IPVS's `kube-ipvs0` does not show up for IPv6; a static
+//! address left on a host's NIC does). The metric's `family` label says which.
 //!
 //! What this module decides (pure): whether a conflict that did not make this node yield deserves
 //! a Warning Event on the group's Services and a count in `ferrolb_agent_foreign_answerers_total`:
@@ -16,8 +21,9 @@
 //! Which conflicts make a node yield stays `holdings`' rule: on a group whose lease is valid,
 //! none (the lease decides; the node keeps announcing and keeps its Lease); a sticky group
 //! (announced without a valid lease during an API outage) yields to another station's
-//! gratuitous announcement, but never to an answer to our own probe
-//! (`Holdings::on_probe_answer`): a kernel with the address on `kube-ipvs0` announces no takeover.
+//! gratuitous announcement, but never to an answer to our own probe, ARP or NDP
+//! (`Holdings::on_probe_answer`, classified by the codecs: `net::Verdict::probe_answer`): a kernel
+//! with the address configured announces no takeover.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -156,8 +156,9 @@ impl Holdings {
         }
     }
 
-    /// Another station answered our ARP probe for `ip`: it has the address, but it announced no
-    /// takeover, so nothing yields, not even a sticky group (see `agent::conflicts`).
+    /// Another station answered our ARP/NDP probe for `ip` (`net::Verdict::probe_answer`): it
+    /// has the address, but it announced no takeover, so nothing yields, not even a sticky group
+    /// (see `agent::conflicts`).
     pub fn on_probe_answer(&self, ip: IpAddr) -> ConflictOutcome {
         let Some(key) = self.group_of(ip) else {
             return ConflictOutcome::NotOurs;

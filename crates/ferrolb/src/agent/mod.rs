@@ -87,6 +87,16 @@ pub struct Args {
     /// Periodic re-announcement of held addresses (0 = off).
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "0s")]
     pub reannounce_interval: Duration,
+    /// Probe again for other stations answering for an address this long after taking it over
+    /// (comma-separated; `0s` = no follow-up probes): catches kube-proxy binding the address
+    /// to `kube-ipvs0` after the takeover burst. One frame per address per instant.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = crate::lease::parse_duration,
+        default_value = "10s,30s,60s"
+    )]
+    pub probe_after: Vec<Duration>,
     /// Restrict this node's eligible interfaces to those matching these regexes (anchored,
     /// repeatable). Container/virtual interfaces (lo, veth*, cali*, ...) are always excluded.
     #[arg(long = "interfaces", value_name = "REGEX")]
@@ -143,6 +153,7 @@ impl Args {
             gratuitous_interval: self.gratuitous_interval,
             reannounce_interval: (!self.reannounce_interval.is_zero())
                 .then_some(self.reannounce_interval),
+            probe_after: self.probe_after.clone(),
             ..Default::default()
         }
     }
@@ -206,5 +217,33 @@ mod tests {
         ])
         .unwrap();
         assert!(bad.a.lease_config().is_err());
+    }
+
+    #[test]
+    fn follow_up_probes_default_and_override() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: Args,
+        }
+        let t = T::try_parse_from(["x", "--node-name", "n1"]).unwrap();
+        assert_eq!(
+            t.a.announcer_config().probe_after,
+            crate::net::probes::DEFAULT_AFTER.to_vec()
+        );
+        let t =
+            T::try_parse_from(["x", "--node-name", "n1", "--probe-after", "1s,5s,30s"]).unwrap();
+        assert_eq!(
+            t.a.announcer_config().probe_after,
+            [1, 5, 30].map(Duration::from_secs).to_vec()
+        );
+        let t = T::try_parse_from(["x", "--node-name", "n1", "--probe-after", "0s"]).unwrap();
+        assert!(
+            crate::net::probes::FollowUps::<u8>::new(&t.a.announcer_config().probe_after)
+                .next_due()
+                .is_none()
+        );
+        assert!(T::try_parse_from(["x", "--node-name", "n1", "--probe-after", "soon"]).is_err());
     }
 }

@@ -368,7 +368,7 @@ impl Agent {
     }
 
     fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str, probe_answer: bool) {
-        // An answer to our ARP probe is no takeover announcement: nothing yields to it.
+        // An answer to our ARP/NDP probe is no takeover announcement: nothing yields to it.
         let outcome = if probe_answer {
             self.holdings.on_probe_answer(ip)
         } else {

@@ -2,8 +2,8 @@
 //! sockets (one reader thread per interface), sends gratuitous ARP / unsolicited NA bursts when
 //! an address is taken on an interface or an interface comes up (or when asked, [`Announcer::reannounce`]),
 //! joins the solicited-node multicast group of each held IPv6 address, and reports other
-//! stations announcing our addresses as [`Conflict`]s (each gratuitous ARP goes with an ARP
-//! probe, [`arp::probe`], so that kernels answering for our IPv4 addresses show themselves).
+//! stations announcing our addresses as [`Conflict`]s (each announcement goes with a probe,
+//! [`arp::probe`] / [`ndp::probe`], so that kernels answering for our addresses show themselves).
 //!
 //! Threads, not tasks: the reply path is a blocking `poll`+`recvfrom` on a socket that a
 //! classic BPF filter restricts to ARP and ICMPv6 NS/NA, then one `sendto` — no executor hop,
@@ -39,6 +39,7 @@ use super::iface::Iface;
 use super::links::LinkWatch;
 use super::metrics::Metrics;
 use super::ndp;
+use super::probes::FollowUps;
 use super::reader::{open_channel, ReadLoop, Reader};
 
 /// Held addresses: which interfaces each address is announced on.
@@ -56,6 +57,9 @@ pub struct AnnouncerConfig {
     /// How often the self-check runs (see the module doc). Interface changes do not wait
     /// for it: the kernel reports them.
     pub self_check: Duration,
+    /// Follow-up probes for foreign answerers this long after each burst starts (a takeover),
+    /// see [`super::probes`]; empty = none.
+    pub probe_after: Vec<Duration>,
 }
 
 impl Default for AnnouncerConfig {
@@ -65,6 +69,7 @@ impl Default for AnnouncerConfig {
             gratuitous_interval: Duration::from_secs(1),
             reannounce_interval: None,
             self_check: Duration::from_secs(10),
+            probe_after: super::probes::DEFAULT_AFTER.to_vec(),
         }
     }
 }
@@ -76,8 +81,9 @@ pub struct Conflict {
     pub ip: IpAddr,
     pub iface: String,
     pub mac: MacAddr,
-    /// The frame answered one of our ARP probes (an ARP reply to 0.0.0.0): the station has the
-    /// address configured, but it did not announce a takeover.
+    /// The frame answered one of our probes (an ARP reply to 0.0.0.0, a Solicited NA) or was a
+    /// probe itself (an NS for the address from the address): the station has the address,
+    /// but it did not announce a takeover ([`super::Verdict::probe_answer`]).
     pub probe_answer: bool,
 }
 
@@ -170,8 +176,10 @@ impl Announcer {
             })
             .context("watching interfaces (rtnetlink)")?
         };
+        let followups = FollowUps::new(&cfg.probe_after);
         let mut mgr = Manager {
             cfg,
+            followups,
             shared: shared.clone(),
             readers: HashMap::new(),
             last: Held::new(),
@@ -319,6 +327,8 @@ struct Manager {
     /// `Shared::generation` of `last` (`u64::MAX`: nothing applied yet).
     last_generation: u64,
     bursts: BTreeMap<(IpAddr, String), Burst>,
+    /// Follow-up probes after takeovers (started with each burst, see [`super::probes`]).
+    followups: FollowUps<(IpAddr, String)>,
     /// An interface change was reported since the last sync.
     links_dirty: bool,
     next_check: Instant,
@@ -340,6 +350,9 @@ impl Manager {
             }
             if let Some(r) = self.next_reannounce {
                 due = due.min(r);
+            }
+            if let Some(p) = self.followups.next_due() {
+                due = due.min(p);
             }
             match rx.recv_timeout(due.saturating_duration_since(now)) {
                 Ok(c) => self.take(c, &mut pending_syncs),
@@ -453,6 +466,7 @@ impl Manager {
         if self.cfg.gratuitous_count == 0 {
             return;
         }
+        self.followups.start((ip, iface.to_string()), now);
         self.bursts.insert(
             (ip, iface.to_string()),
             Burst {
@@ -623,6 +637,7 @@ impl Manager {
         let old = pairs(&self.last);
         for (ip, n) in old.difference(&new) {
             self.bursts.remove(&(*ip, n.clone()));
+            self.followups.cancel(&(*ip, n.clone()));
             self.shared.metrics.forget(&ip.to_string(), n);
             info!(%ip, iface = %n, "released");
         }
@@ -722,14 +737,44 @@ impl Manager {
                         .inc();
                 }
             }
-            // With each announcement an ARP probe: a station that answers it is a foreign
-            // answerer (reported as a conflict by the reader). IPv6 has no equivalent need:
-            // Linux answers NS only for addresses on the receiving interface.
-            if let IpAddr::V4(v4) = ip {
-                r.send(&arp::encode(&arp::probe(r.mac, *v4)));
-            }
+            // With each announcement a probe: a station that answers it is a foreign answerer
+            // (reported as a conflict by the reader).
+            self.probe(*ip, name);
             debug!(%ip, iface = %name, "gratuitous announcement sent");
         }
+        // Follow-up probes after a takeover: kube-proxy may bind the address after the burst.
+        for (ip, name) in self.followups.take_due(now) {
+            if self.probe(ip, &name) {
+                debug!(%ip, iface = %name, "follow-up probe sent");
+            }
+        }
+    }
+
+    /// Sends one probe for foreign answerers of `ip` on `name` if it is up and `ip` held there.
+    fn probe(&self, ip: IpAddr, name: &str) -> bool {
+        let Some(r) = self.readers.get(name) else {
+            return false;
+        };
+        if !r.up || !self.shared.holds(name, ip) || !r.send(&probe_frame(ip, r.mac)) {
+            return false;
+        }
+        self.shared
+            .metrics
+            .probes
+            .with_label_values(&[ip.to_string().as_str(), name])
+            .inc();
+        true
+    }
+}
+
+/// The probe for foreign answerers of `ip` sent from `mac`: an ARP probe from 0.0.0.0
+/// ([`arp::probe`]; a kernel with the address on any interface answers it with `arp_ignore=0`)
+/// or an NS from the address itself ([`ndp::probe`]; a kernel with the address on the receiving
+/// interface answers it with a Solicited NA).
+pub fn probe_frame(ip: IpAddr, mac: MacAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => arp::encode(&arp::probe(mac, v4)).to_vec(),
+        IpAddr::V6(v6) => ndp::encode(&ndp::probe(mac, v6)),
     }
 }
 

@@ -224,6 +224,9 @@ pub fn decide(f: &ArpFrame, our_mac: MacAddr, held: impl Fn(Ipv4Addr) -> bool) -
     let own = f.eth_src == our_mac || f.sender_mac == our_mac;
     let conflict = (!own && !f.sender_ip.is_unspecified() && held(f.sender_ip))
         .then_some((f.sender_ip, f.sender_mac));
+    // Our probes come from 0.0.0.0, so their answers go to 0.0.0.0; a takeover announcement
+    // never does (its target is the address itself).
+    let probe_answer = conflict.is_some() && f.op == Op::Reply && f.target_ip.is_unspecified();
     let request_for = (f.op == Op::Request && !own && held(f.target_ip)).then_some(f.target_ip);
     let reply = if f.op != Op::Request {
         Err(Ignored::NotRequest)
@@ -244,6 +247,7 @@ pub fn decide(f: &ArpFrame, our_mac: MacAddr, held: impl Fn(Ipv4Addr) -> bool) -
         request_for,
         reply,
         conflict,
+        probe_answer,
     }
 }
 
@@ -369,6 +373,23 @@ mod tests {
         // Nor is another station's announcement of an address we do not hold.
         let v = decide(&gratuitous(Op::Reply, THEM, CLIENT), US, held);
         assert_eq!(v.conflict, None);
+    }
+
+    #[test]
+    fn an_answer_to_our_probe_is_a_probe_answer_a_gratuitous_reply_is_not() {
+        let answer = reply_to(&probe(US, VIP), THEM);
+        assert_eq!(answer.target_ip, Ipv4Addr::UNSPECIFIED);
+        let v = decide(&answer, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
+        for op in [Op::Request, Op::Reply] {
+            let v = decide(&gratuitous(op, THEM, VIP), US, held);
+            assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), false));
+        }
+        // No conflict (another address), no probe answer.
+        let mut other = answer;
+        other.sender_ip = CLIENT;
+        let v = decide(&other, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (None, false));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub gratuitous: IntCounterVec,
     /// Announcements of an address we hold by another MAC.
     pub conflicts: IntCounterVec,
+    /// Probes for foreign answerers sent (with each announcement, and the follow-ups after a
+    /// takeover, `net::probes`).
+    pub probes: IntCounterVec,
     /// Differences the self-check found and repaired (nothing had been reported, yet the
     /// readers, multicast groups or answered set did not match what is held).
     pub repairs: prometheus::IntCounter,
@@ -50,6 +53,10 @@ impl Metrics {
                 "ferrolb_announce_conflicts_total",
                 "Announcements of an address we hold seen from another MAC",
             )?,
+            probes: counter(
+                "ferrolb_announce_probes_sent_total",
+                "Probes for other stations answering for an announced address (ARP probes, neighbor solicitations from the address)",
+            )?,
             repairs: prometheus::IntCounter::new(
                 "ferrolb_announce_repairs_total",
                 "Differences between the held set and what is answered or joined, found and repaired by the self-check",
@@ -62,6 +69,7 @@ impl Metrics {
             &m.responses,
             &m.gratuitous,
             &m.conflicts,
+            &m.probes,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -76,6 +84,7 @@ impl Metrics {
             &self.responses,
             &self.gratuitous,
             &self.conflicts,
+            &self.probes,
         ] {
             let _ = c.remove_label_values(&[ip, iface]);
         }

@@ -3,7 +3,8 @@
 //! Layout follows MetalLB's internal/layer2: one file per protocol ([`arp`], [`ndp`]: pure
 //! codecs and answer decisions), [`iface`] (discovery and selection), [`links`] (interface
 //! changes from rtnetlink), [`announcer`] (raw-socket I/O, one reader thread per interface,
-//! gratuitous bursts, multicast membership, self-check) and [`metrics`].
+//! gratuitous bursts, multicast membership, self-check), [`probes`] (when the follow-up probes
+//! for foreign answerers after a takeover are due) and [`metrics`].
 
 pub mod announcer;
 pub mod arp;
@@ -11,6 +12,7 @@ pub mod iface;
 pub mod links;
 pub mod metrics;
 pub mod ndp;
+pub mod probes;
 mod reader;
 mod verdict;
 
@@ -45,6 +47,10 @@ pub struct AnnounceArgs {
     /// Also re-announce every held address every this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
     pub reannounce_interval_secs: u64,
+    /// Probe again for foreign answerers this many milliseconds after a takeover
+    /// (comma-separated; 0 = no follow-up probes). See `net::probes`.
+    #[arg(long, value_delimiter = ',', default_value = "10000,30000,60000")]
+    pub probe_after_ms: Vec<u64>,
     /// Seconds between two self-checks of what is answered and joined (see the announcer).
     #[arg(long, default_value_t = 10)]
     pub self_check_secs: u64,
@@ -106,6 +112,11 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         reannounce_interval: (args.reannounce_interval_secs > 0)
             .then(|| Duration::from_secs(args.reannounce_interval_secs)),
         self_check: Duration::from_secs(args.self_check_secs.max(1)),
+        probe_after: args
+            .probe_after_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect(),
     };
     let registry = prometheus::Registry::new();
     let announcer = Announcer::new(cfg, &registry)?;
@@ -154,7 +165,7 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { r?; break; }
             c = conflicts.recv(), if watching => match c {
-                Ok(c) => tracing::warn!(ip = %c.ip, iface = %c.iface, mac = %c.mac, "conflict: another station announces this address"),
+                Ok(c) => tracing::warn!(ip = %c.ip, iface = %c.iface, mac = %c.mac, probe_answer = c.probe_answer, "conflict: another station announces this address"),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "conflict reports dropped"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => watching = false,
             },

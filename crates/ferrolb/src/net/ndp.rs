@@ -19,6 +19,20 @@
 //!   Override, not Solicited (as the kernel defends its addresses).
 //! - Unsolicited NA on takeover: to `ff02::1`, Override, not Solicited, source = the announced
 //!   address, target link-layer option — the form the kernel sends (`ndisc_notify`).
+//!
+//! Probing for foreign answerers ([`probe`]): with each announcement the announcer sends an NS
+//! for the held address, *from that address*, to its solicited-node group, with our MAC as
+//! source link-layer option. A host that has the address on the receiving interface (a static
+//! address left on it; Linux answers NS only for addresses on the interface the NS arrives on)
+//! answers with a Solicited NA unicast to us. Not DAD-style from `::`: Linux answers a DAD probe
+//! with an unsolicited NA to all-nodes, which cannot be told from another node announcing a
+//! takeover — and a sticky holder must yield to the latter, never to an answer to its own probe.
+//! Hence the classification in [`decide`]: an NA with the Solicited flag answers someone's NS;
+//! the only NS we send are these probes, and a takeover is always announced unsolicited
+//! (RFC 4861 §7.2.6), so a Solicited NA from another station is a `probe_answer` conflict. So is
+//! an NS for an address from that same address: another announcer's probe like ours, or the
+//! neighbour-unreachability check a host with the address may make of the entry our probe left
+//! in its cache — neither announces a takeover.
 
 use std::net::Ipv6Addr;
 
@@ -312,6 +326,25 @@ pub fn unsolicited_na(mac: MacAddr, ip: Ipv6Addr) -> NdpFrame {
     }
 }
 
+/// A probe for `ip` from `mac`: an NS for `ip`, from `ip`, to its solicited-node group, with a
+/// source link-layer option (see the module docs). A host with `ip` on the receiving interface
+/// answers with a Solicited NA to `ip` at `mac`, which [`decide`] reports as a `probe_answer`
+/// conflict.
+pub fn probe(mac: MacAddr, ip: Ipv6Addr) -> NdpFrame {
+    let group = solicited_node(ip);
+    NdpFrame {
+        eth_dst: multicast_mac(group),
+        eth_src: mac,
+        ip_src: ip,
+        ip_dst: group,
+        hop_limit: 255,
+        msg: Message::Solicit {
+            target: ip,
+            source_ll: Some(mac),
+        },
+    }
+}
+
 /// Why an NS is not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignored {
@@ -331,7 +364,10 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
     let own = f.eth_src == our_mac;
     match f.msg {
         Message::Advert {
-            target, target_ll, ..
+            target,
+            target_ll,
+            solicited,
+            ..
         } => {
             let mac = target_ll.unwrap_or(f.eth_src);
             let conflict = (!own && mac != our_mac && held(target)).then_some((target, mac));
@@ -339,6 +375,8 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
                 request_for: None,
                 reply: Err(Ignored::NotSolicitation),
                 conflict,
+                // Solicited: the answer to an NS, i.e. to our probe (module docs).
+                probe_answer: conflict.is_some() && solicited,
             }
         }
         Message::Solicit { target, source_ll } => {
@@ -346,6 +384,8 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
             let conflict =
                 (!own && sender_mac != our_mac && !f.ip_src.is_unspecified() && held(f.ip_src))
                     .then_some((f.ip_src, sender_mac));
+            // A probe (from the address, for the address; module docs), not an announcement.
+            let probe_answer = conflict.is_some() && f.ip_src == target;
             let is_held = held(target);
             let request_for = (!own && is_held).then_some(target);
             let reply = if own {
@@ -384,6 +424,7 @@ pub fn decide(f: &NdpFrame, our_mac: MacAddr, held: impl Fn(Ipv6Addr) -> bool) -
                 request_for,
                 reply,
                 conflict,
+                probe_answer,
             }
         }
     }
@@ -555,6 +596,107 @@ mod tests {
         wrong.ip_dst = solicited_node(other);
         wrong.eth_dst = multicast_mac(wrong.ip_dst);
         assert_eq!(decide(&wrong, US, held).reply, Err(Ignored::NotForUs));
+    }
+
+    /// What a host with `VIP` on its interface sends back to our probe (as Linux's
+    /// `ndisc_recv_ns` builds it: Solicited, Override, target option, unicast to the prober).
+    fn answer_to_probe(from: MacAddr, to: MacAddr) -> NdpFrame {
+        NdpFrame {
+            eth_dst: to,
+            eth_src: from,
+            ip_src: VIP,
+            ip_dst: VIP,
+            hop_limit: 255,
+            msg: Message::Advert {
+                router: false,
+                solicited: true,
+                override_: true,
+                target: VIP,
+                target_ll: Some(from),
+            },
+        }
+    }
+
+    #[test]
+    fn the_probe_is_an_ns_from_the_address_to_its_group_with_our_mac() {
+        let p = probe(US, VIP);
+        assert_eq!(p.ip_src, VIP, "not DAD-style from ::");
+        assert_eq!(p.ip_dst, solicited_node(VIP));
+        assert_eq!(p.eth_dst, multicast_mac(solicited_node(VIP)));
+        assert_eq!(p.eth_src, US);
+        assert_eq!(
+            p.msg,
+            Message::Solicit {
+                target: VIP,
+                source_ll: Some(US)
+            }
+        );
+        assert_eq!(parse(&encode(&p)), Ok(p), "valid on the wire");
+        // Our own probe, seen by our reader: neither answered nor a conflict.
+        let v = decide(&p, US, held);
+        assert_eq!(v.reply, Err(Ignored::OwnFrame));
+        assert_eq!((v.conflict, v.probe_answer), (None, false));
+        // Another announcer holding VIP answers it (a solicited NA to VIP at our MAC), and
+        // reports the prober as claiming VIP — a probe, nothing to yield to.
+        let v = decide(&p, THEM, held);
+        let r = v.reply.expect("answered");
+        assert_eq!((r.eth_dst, r.ip_dst), (US, VIP));
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, US)), true));
+        // The NUD check a host with VIP may make of the entry the probe left (unicast, from VIP,
+        // for VIP): a probe too.
+        let mut nud = probe(THEM, VIP);
+        nud.eth_dst = US;
+        nud.ip_dst = VIP;
+        let v = decide(&nud, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
+        // That answer, back at the prober: a probe answer.
+        let v = decide(&r, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
+    }
+
+    #[test]
+    fn a_solicited_na_is_a_probe_answer_an_unsolicited_one_an_announcement() {
+        // The kernel's answer to our probe.
+        let a = answer_to_probe(THEM, US);
+        assert_eq!(parse(&encode(&a)), Ok(a));
+        let v = decide(&a, US, held);
+        assert_eq!(v.conflict, Some((VIP, THEM)));
+        assert!(v.probe_answer);
+        assert!(v.reply.is_err());
+        // Without the target option the Ethernet source names the station.
+        let mut bare = a;
+        bare.msg = Message::Advert {
+            router: false,
+            solicited: true,
+            override_: false,
+            target: VIP,
+            target_ll: None,
+        };
+        let v = decide(&bare, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), true));
+        // A takeover (unsolicited NA to all-nodes) and the answer to a DAD probe (the same
+        // frame): an announcement, never a probe answer.
+        let v = decide(&unsolicited_na(THEM, VIP), US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), false));
+        // An NS from the address for another one (the station resolving a neighbour with the
+        // address as its source, i.e. using it): an announcement.
+        let mut from_vip = ns(CLIENT);
+        from_vip.ip_src = VIP;
+        let v = decide(&from_vip, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (Some((VIP, THEM)), false));
+        // No conflict, no probe answer: our own MAC, or an address we do not hold.
+        let v = decide(&answer_to_probe(US, US), US, held);
+        assert_eq!((v.conflict, v.probe_answer), (None, false));
+        let mut other = answer_to_probe(THEM, US);
+        other.msg = Message::Advert {
+            router: false,
+            solicited: true,
+            override_: true,
+            target: CLIENT,
+            target_ll: Some(THEM),
+        };
+        let v = decide(&other, US, held);
+        assert_eq!((v.conflict, v.probe_answer), (None, false));
     }
 
     #[test]

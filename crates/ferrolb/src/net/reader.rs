@@ -171,8 +171,7 @@ impl ReadLoop {
             }
         }
         if let Some((ip, mac)) = v.conflict {
-            let probe_answer = f.op == arp::Op::Reply && f.target_ip.is_unspecified();
-            self.conflict(IpAddr::V4(ip), mac, probe_answer);
+            self.conflict(IpAddr::V4(ip), mac, v.probe_answer);
         }
     }
 
@@ -195,7 +194,7 @@ impl ReadLoop {
             }
         }
         if let Some((ip, mac)) = v.conflict {
-            self.conflict(IpAddr::V6(ip), mac, false);
+            self.conflict(IpAddr::V6(ip), mac, v.probe_answer);
         }
     }
 

@@ -12,4 +12,10 @@ pub struct Verdict<A, F, R> {
     pub reply: Result<F, R>,
     /// Another station (MAC) claims an address we hold.
     pub conflict: Option<(A, pnet_base::MacAddr)>,
+    /// With a `conflict`: the frame is a probe or answers one (an ARP reply to 0.0.0.0, a
+    /// solicited NA, an NS for the address from the address) rather than announcing a takeover
+    /// (a gratuitous ARP, an unsolicited NA, a request from the address for another one). The
+    /// station has the address, but nothing may yield to it (`agent::holdings`). Always false
+    /// without a conflict.
+    pub probe_answer: bool,
 }
