@@ -38,7 +38,13 @@ pub fn parse_query(q: Option<&str>) -> Query {
 
 /// Go's HTML-safe JSON encoding: `<`, `>`, `&` as \u003c, \u003e, \u0026.
 pub fn encode_json(v: &Value) -> Vec<u8> {
-    let s = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    let mut bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    // Most objects have nothing to escape (0xE2 leads U+2028/U+2029 and other characters)
+    if !bytes.iter().any(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2)) {
+        bytes.push(b'\n');
+        return bytes;
+    }
+    let s = String::from_utf8_lossy(&bytes);
     let mut out = String::with_capacity(s.len() + 1);
     for c in s.chars() {
         match c {

@@ -37,6 +37,9 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
     /// The object's JSON, encoded once for every watcher that needs it as stored.
     pub encoded: std::sync::OnceLock<Arc<str>>,
+    /// The whole watch line of this event as stored (`{"type":etype,"object":...}` and a
+    /// newline), built once and shared by every watcher that sends it as it is.
+    pub line: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Objects and history of one storage key.
@@ -262,15 +265,28 @@ fn random_suffix() -> String {
 
 /// Equality ignoring resourceVersion and managedFields (a no-op write keeps the RV).
 fn same_content(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
+    // Compared in place (no copies): maps compare as sets of entries, as `Value`'s `==` does.
+    fn eq_without(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+        let kept =
+            |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+        kept(a) == kept(b)
+            && a.iter()
+                .filter(|(k, _)| !skip.contains(&k.as_str()))
+                .all(|(k, v)| b.get(k) == Some(v))
+    }
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let (ma, mb) = (a.get("metadata"), b.get("metadata"));
+            let meta_eq = match (ma, mb) {
+                (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                    eq_without(x, y, &["resourceVersion", "managedFields"])
+                }
+                (x, y) => x == y,
+            };
+            meta_eq && eq_without(a, b, &["metadata"])
         }
-        v
-    };
-    strip(a) == strip(b)
+        _ => a == b,
+    }
 }
 
 fn spec_part(def: &ResourceDef, v: &Value) -> Value {
@@ -373,6 +389,7 @@ impl State {
             object: obj,
             prev,
             encoded: std::sync::OnceLock::new(),
+            line: std::sync::OnceLock::new(),
         }));
         while t.history.len() > limit {
             if let Some(e) = t.history.pop_front() {
