@@ -144,7 +144,7 @@ pub(crate) fn managed_hook(
     if ctx.operation == "Apply" || ctx.manager.is_empty() {
         return;
     }
-    if !(def.kind == "Service" && !def.custom) {
+    if def.kind != "Service" || def.custom {
         // Nothing to strip: the fields are computed on the object itself (no copies).
         managed::update_managed_fields(
             old,
