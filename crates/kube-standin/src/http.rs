@@ -710,6 +710,19 @@ mod tests {
     }
 
     #[test]
+    fn encoding_fast_path_and_line_separators() {
+        // nothing to escape: serde_json's bytes and a newline
+        let v = json!({"a": "plain é ü", "n": 1});
+        let mut want = serde_json::to_vec(&v).unwrap();
+        want.push(b'\n');
+        assert_eq!(encode_json(&v), want);
+        assert_eq!(
+            String::from_utf8(encode_json(&json!({"s": "a\u{2028}b\u{2029}c—"}))).unwrap(),
+            "{\"s\":\"a\\u2028b\\u2029c—\"}\n"
+        );
+    }
+
+    #[test]
     fn html_safe_encoding_like_go() {
         let b = encode_json(&json!({"x": "<pending> & more"}));
         assert_eq!(

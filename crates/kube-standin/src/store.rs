@@ -824,3 +824,33 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_ignores_only_resource_version_and_managed_fields() {
+        let a = json!({"kind": "Lease", "metadata": {"name": "l", "resourceVersion": "5",
+            "managedFields": [{"manager": "a"}], "labels": {"x": "1", "y": "2"}},
+            "spec": {"holderIdentity": "n1"}});
+        // other RV, no managedFields, keys in another order: the same content
+        let b = json!({"spec": {"holderIdentity": "n1"}, "metadata": {"labels": {"y": "2", "x": "1"},
+            "resourceVersion": "9", "name": "l"}, "kind": "Lease"});
+        assert!(same_content(&a, &b));
+        assert!(same_content(&b, &a));
+        let mut c = b.clone();
+        c["metadata"]["labels"]["x"] = json!("3");
+        assert!(!same_content(&a, &c));
+        let mut d = b.clone();
+        d["spec"]["leaseDurationSeconds"] = json!(5);
+        assert!(!same_content(&a, &d), "an added field is a change");
+        assert!(!same_content(&d, &a), "a removed field is a change");
+        let mut e = b.clone();
+        e["metadata"]["uid"] = json!("u");
+        assert!(!same_content(&a, &e), "other metadata counts");
+        let no_meta = json!({"kind": "Lease", "spec": {"holderIdentity": "n1"}});
+        assert!(!same_content(&a, &no_meta));
+        assert!(same_content(&no_meta, &no_meta.clone()));
+    }
+}
