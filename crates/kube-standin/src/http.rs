@@ -38,7 +38,13 @@ pub fn parse_query(q: Option<&str>) -> Query {
 
 /// Go's HTML-safe JSON encoding: `<`, `>`, `&` as \u003c, \u003e, \u0026.
 pub fn encode_json(v: &Value) -> Vec<u8> {
-    let s = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    let mut bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    // Most objects have nothing to escape (0xE2 leads U+2028/U+2029 and other characters)
+    if !bytes.iter().any(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2)) {
+        bytes.push(b'\n');
+        return bytes;
+    }
+    let s = String::from_utf8_lossy(&bytes);
     let mut out = String::with_capacity(s.len() + 1);
     for c in s.chars() {
         match c {
@@ -701,6 +707,19 @@ mod tests {
             (254, "web".to_string())
         );
         assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn encoding_fast_path_and_line_separators() {
+        // nothing to escape: serde_json's bytes and a newline
+        let v = json!({"a": "plain é ü", "n": 1});
+        let mut want = serde_json::to_vec(&v).unwrap();
+        want.push(b'\n');
+        assert_eq!(encode_json(&v), want);
+        assert_eq!(
+            String::from_utf8(encode_json(&json!({"s": "a\u{2028}b\u{2029}c—"}))).unwrap(),
+            "{\"s\":\"a\\u2028b\\u2029c—\"}\n"
+        );
     }
 
     #[test]

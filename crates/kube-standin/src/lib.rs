@@ -144,13 +144,24 @@ pub(crate) fn managed_hook(
     if ctx.operation == "Apply" || ctx.manager.is_empty() {
         return;
     }
+    if def.kind != "Service" || def.custom {
+        // Nothing to strip: the fields are computed on the object itself (no copies).
+        managed::update_managed_fields(
+            old,
+            new,
+            &ctx.manager,
+            &ctx.operation,
+            &def.api_version(),
+            sub,
+            &ctx.now,
+        );
+        return;
+    }
     let mut view = new.clone();
     let mut old_view = old.cloned();
-    if def.kind == "Service" && !def.custom {
-        strip_allocated(&mut view, user);
-        if let Some(o) = old_view.as_mut() {
-            strip_allocated(o, user);
-        }
+    strip_allocated(&mut view, user);
+    if let Some(o) = old_view.as_mut() {
+        strip_allocated(o, user);
     }
     managed::update_managed_fields(
         old_view.as_ref(),

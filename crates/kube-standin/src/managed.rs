@@ -1155,12 +1155,17 @@ fn whole_seconds(now: &str) -> String {
 }
 
 fn kind_schema(obj: &Value) -> (Schema, Value, bool) {
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    match schema_keys::lookup(av, kind) {
+    match kind_info(obj) {
         Some(i) => (i.schema.clone(), i.zero.clone(), i.strategic),
         None => (Schema::Any, json!({}), false),
     }
+}
+
+/// What [`schema_keys`] knows of the object's kind (shared, not copied: every write needs it).
+fn kind_info(obj: &Value) -> Option<std::sync::Arc<schema_keys::KindInfo>> {
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    schema_keys::lookup(av, kind)
 }
 
 /// Records in `new.metadata.managedFields` the fields `manager` changed from `old` to `new`
@@ -1191,15 +1196,27 @@ pub fn update_managed_fields(
     };
     let mut entries = from_new.or_else(|| decode(old)).unwrap_or_default();
 
-    let (schema, zero, builtin) = kind_schema(new);
+    let info = kind_info(new);
+    let any = Schema::Any;
+    let (schema, builtin) = info
+        .as_ref()
+        .map_or((&any, false), |i| (&i.schema, i.strategic));
     let ctx = Ctx { omitempty: builtin };
-    let old_obj = old.map(without_managed_fields).unwrap_or(zero);
-    let new_obj = without_managed_fields(new);
+    let zero;
+    let old_obj = match old {
+        Some(o) => o,
+        None => {
+            zero = info.as_ref().map_or_else(|| json!({}), |i| i.zero.clone());
+            &zero
+        }
+    };
+    // Compared with their managedFields (no copies of the objects): whatever differs below
+    // metadata.managedFields is removed by `filter` below, as it is never tracked.
     let mut c = Comparison::default();
     compare(
-        Some(&old_obj),
-        Some(&new_obj),
-        &schema,
+        Some(old_obj),
+        Some(&*new),
+        schema,
         &ctx,
         &mut Vec::new(),
         &mut c,

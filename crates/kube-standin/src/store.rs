@@ -37,6 +37,9 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
     /// The object's JSON, encoded once for every watcher that needs it as stored.
     pub encoded: std::sync::OnceLock<Arc<str>>,
+    /// The whole watch line of this event as stored (`{"type":etype,"object":...}` and a
+    /// newline), built once and shared by every watcher that sends it as it is.
+    pub line: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Objects and history of one storage key.
@@ -262,15 +265,28 @@ fn random_suffix() -> String {
 
 /// Equality ignoring resourceVersion and managedFields (a no-op write keeps the RV).
 fn same_content(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
+    // Compared in place (no copies): maps compare as sets of entries, as `Value`'s `==` does.
+    fn eq_without(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+        let kept =
+            |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+        kept(a) == kept(b)
+            && a.iter()
+                .filter(|(k, _)| !skip.contains(&k.as_str()))
+                .all(|(k, v)| b.get(k) == Some(v))
+    }
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let (ma, mb) = (a.get("metadata"), b.get("metadata"));
+            let meta_eq = match (ma, mb) {
+                (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                    eq_without(x, y, &["resourceVersion", "managedFields"])
+                }
+                (x, y) => x == y,
+            };
+            meta_eq && eq_without(a, b, &["metadata"])
         }
-        v
-    };
-    strip(a) == strip(b)
+        _ => a == b,
+    }
 }
 
 fn spec_part(def: &ResourceDef, v: &Value) -> Value {
@@ -373,6 +389,7 @@ impl State {
             object: obj,
             prev,
             encoded: std::sync::OnceLock::new(),
+            line: std::sync::OnceLock::new(),
         }));
         while t.history.len() > limit {
             if let Some(e) = t.history.pop_front() {
@@ -805,5 +822,35 @@ impl State {
                 .collect(),
             None => t.objects.values().cloned().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_ignores_only_resource_version_and_managed_fields() {
+        let a = json!({"kind": "Lease", "metadata": {"name": "l", "resourceVersion": "5",
+            "managedFields": [{"manager": "a"}], "labels": {"x": "1", "y": "2"}},
+            "spec": {"holderIdentity": "n1"}});
+        // other RV, no managedFields, keys in another order: the same content
+        let b = json!({"spec": {"holderIdentity": "n1"}, "metadata": {"labels": {"y": "2", "x": "1"},
+            "resourceVersion": "9", "name": "l"}, "kind": "Lease"});
+        assert!(same_content(&a, &b));
+        assert!(same_content(&b, &a));
+        let mut c = b.clone();
+        c["metadata"]["labels"]["x"] = json!("3");
+        assert!(!same_content(&a, &c));
+        let mut d = b.clone();
+        d["spec"]["leaseDurationSeconds"] = json!(5);
+        assert!(!same_content(&a, &d), "an added field is a change");
+        assert!(!same_content(&d, &a), "a removed field is a change");
+        let mut e = b.clone();
+        e["metadata"]["uid"] = json!("u");
+        assert!(!same_content(&a, &e), "other metadata counts");
+        let no_meta = json!({"kind": "Lease", "spec": {"holderIdentity": "n1"}});
+        assert!(!same_content(&a, &no_meta));
+        assert!(same_content(&no_meta, &no_meta.clone()));
     }
 }

@@ -5,7 +5,8 @@ use super::resources::ResourceDef;
 use serde_json::Value;
 
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Option<Value> {
-    serde_json::from_value::<T>(v.clone())
+    // decoded from the borrowed value: no copy of the request body
+    T::deserialize(v)
         .ok()
         .and_then(|t| serde_json::to_value(t).ok())
 }

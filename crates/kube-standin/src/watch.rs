@@ -5,7 +5,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::http::{as_version, encode_json, Query, Selectors, Target};
 use super::resources::ResourceDef;
-use super::store::{obj_key, EventType};
+use super::store::EventType;
 use super::{table, Inner};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
@@ -53,6 +53,11 @@ fn bookmark(def: &ResourceDef, rv: u64, initial_end: bool) -> Value {
     Value::Object(o)
 }
 
+/// One watch line: `{"type":etype,"object":obj}` and a newline (`obj` already encoded).
+fn watch_line(etype: &str, obj: &str) -> String {
+    format!("{{\"type\":\"{etype}\",\"object\":{obj}}}\n")
+}
+
 struct Sender {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     def: Arc<ResourceDef>,
@@ -74,8 +79,11 @@ impl Sender {
     }
     /// Sends an event whose object is already encoded (no trailing newline).
     async fn send_encoded(&mut self, etype: &str, obj: &str) -> bool {
-        let line = format!("{{\"type\":\"{etype}\",\"object\":{obj}}}\n");
-        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
+        self.send_line(Bytes::from(watch_line(etype, obj))).await
+    }
+    /// Sends a complete watch line.
+    async fn send_line(&mut self, line: Bytes) -> bool {
+        self.tx.send(Ok(line)).await.is_ok()
     }
 
     async fn abort(&self) {
@@ -172,7 +180,18 @@ pub fn start(
                 last_sent = last;
             }
         }
-        let in_ns = |o: &Value| ns_filter.as_deref().is_none_or(|n| obj_key(o).0 == n);
+        let in_ns = |o: &Value| {
+            ns_filter.as_deref().is_none_or(|n| {
+                o.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    == n
+            })
+        };
+        let api_version = def.api_version();
+        // Objects stored under the watched version are matched and sent as they are (no copy).
+        let stored_as_watched =
+            |o: &Value| o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
         let mut pre_done = pre_deadline.is_none();
         loop {
             // drain history after `last`
@@ -205,10 +224,7 @@ pub fn start(
                     if !in_ns(&e.object) {
                         continue;
                     }
-                    let api_version = def.api_version();
-                    let as_stored = !table
-                        && e.object.get("apiVersion").and_then(Value::as_str)
-                            == Some(api_version.as_str());
+                    let as_stored = !table && stored_as_watched(&e.object);
                     let converted;
                     let obj: &Value = if as_stored {
                         &e.object
@@ -217,10 +233,14 @@ pub fn start(
                         &converted
                     };
                     let cur = sel.matches(obj);
-                    let prev = e
-                        .prev
-                        .as_ref()
-                        .is_some_and(|p| sel.is_empty() || sel.matches(&as_version(&def, p)));
+                    let prev = e.prev.as_ref().is_some_and(|p| {
+                        sel.is_empty()
+                            || if stored_as_watched(p) {
+                                sel.matches(p)
+                            } else {
+                                sel.matches(&as_version(&def, p))
+                            }
+                    });
                     let etype = match e.etype {
                         EventType::Added if cur => "ADDED",
                         EventType::Modified if cur && prev => "MODIFIED",
@@ -230,12 +250,23 @@ pub fn start(
                         _ => continue,
                     };
                     let sent = if as_stored {
-                        let enc = e.encoded.get_or_init(|| {
-                            let mut b = encode_json(&e.object);
-                            b.pop(); // the newline
-                            Arc::from(String::from_utf8_lossy(&b).as_ref())
-                        });
-                        s.send_encoded(etype, enc).await
+                        let enc = || {
+                            e.encoded.get_or_init(|| {
+                                let mut b = encode_json(&e.object);
+                                b.pop(); // the newline
+                                Arc::from(String::from_utf8_lossy(&b).as_ref())
+                            })
+                        };
+                        if etype == e.etype.as_str() {
+                            // the usual case: one line for every watcher (no copy per watcher)
+                            let line = e
+                                .line
+                                .get_or_init(|| Bytes::from(watch_line(etype, enc())))
+                                .clone();
+                            s.send_line(line).await
+                        } else {
+                            s.send_encoded(etype, enc()).await
+                        }
                     } else {
                         s.send(etype, obj).await
                     };
