@@ -545,8 +545,9 @@ impl Engine {
         let Some((obs, desired, intent)) = self.write_preamble(name, wake, now) else {
             return;
         };
-        if self.presence_release_waits(name) {
-            self.set_wake(name, wake);
+        if self.presence_release_waits(name, now) {
+            let at = self.presence_release_latest();
+            self.set_wake(name, at.map(|t| wake.map_or(t, |w| w.min(t))).or(wake));
             return;
         }
         let action = decide(&me, Some(&obs), now, &cfg, intent);

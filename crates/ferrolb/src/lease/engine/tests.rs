@@ -639,3 +639,37 @@ fn an_address_seen_released_after_a_lost_race_is_taken_at_once() {
         "the release seen: taken at once with its resourceVersion: {w:?}"
     );
 }
+
+#[test]
+fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew_deadline() {
+    // More addresses than the API server releases in time: the presence goes out anyway,
+    // half the renew deadline into the stop, so the rest are free at once (not after a fence).
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addr = "ferrolb-00000000000000000001";
+    let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
+    let w = a.writes();
+    a.answer_all(w, t0);
+    let t1 = t0 + 50 * MS;
+    a.eng.start_shutdown(t1);
+    let w = a.writes();
+    assert!(w.iter().all(|r| r.name != pa), "{w:?}");
+    // The address release is never answered.
+    let half = cfg().renew_deadline / 2;
+    let mut t = t1;
+    while t < t1 + half {
+        a.eng.on_timers(t);
+        assert!(
+            a.writes().iter().all(|r| r.name != pa),
+            "presence before {t:?}"
+        );
+        t += 10 * MS;
+    }
+    a.eng.on_timers(t1 + half);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == pa && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+}
