@@ -27,6 +27,46 @@ pub struct Burst {
     pub answered: usize,
     pub first_ms: Option<u64>,
     pub last_ms: Option<u64>,
+    /// Every address Lease the node held names another holder (the API server's view, polled
+    /// every [`MOVED_POLL`]), this long after the signal.
+    pub all_moved_ms: Option<u64>,
+    /// The agents' writes (create/update/patch/delete, every resource: address Leases, the
+    /// fence, presence renewals, L2Announcements, Events) from the signal to the end of the
+    /// burst's window (`window_ms`); `None` when the counters could not be read.
+    pub agent_writes: Option<u64>,
+    pub window_ms: u64,
+}
+
+/// How often a burst lists the address Leases to see whether all of them moved.
+pub const MOVED_POLL: Duration = Duration::from_millis(250);
+
+/// The agents' writes between two readings of the API server's request counters (clients
+/// named `node…`; `*`: kube-apiserver's counters, which do not tell clients apart).
+pub fn agent_writes_between(
+    before: &[(String, String, String, f64)],
+    after: &[(String, String, String, f64)],
+) -> u64 {
+    let sum = |v: &[(String, String, String, f64)]| -> f64 {
+        v.iter()
+            .filter(|(verb, _, client, _)| {
+                matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
+                    && (client.starts_with("node") || client == "*")
+            })
+            .map(|r| r.3)
+            .sum()
+    };
+    (sum(after) - sum(before)).max(0.0).round() as u64
+}
+
+/// Whether every Lease in `names` names a holder other than `node` in `now` (name → holder).
+pub fn all_moved(
+    names: &std::collections::BTreeSet<String>,
+    node: &str,
+    now: &BTreeMap<String, String>,
+) -> bool {
+    names
+        .iter()
+        .all(|n| now.get(n).is_some_and(|h| !h.is_empty() && h != node))
 }
 
 /// Address Lease name → (resourceVersion, holder, addresses).
@@ -84,10 +124,12 @@ pub async fn burst(
     within: Duration,
 ) -> anyhow::Result<Burst> {
     let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    for (_, (_, holder, addrs)) in address_leases(c).await? {
+    let mut names_of: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for (name, (_, holder, addrs)) in address_leases(c).await? {
         if holder.is_empty() {
             continue;
         }
+        names_of.entry(holder.clone()).or_default().insert(name);
         by_node
             .entry(holder)
             .or_default()
@@ -97,6 +139,7 @@ pub async fn burst(
         .into_iter()
         .max_by_key(|(_, a)| a.len())
         .context("no node holds an IPv6 address")?;
+    let names = names_of.remove(&node).unwrap_or_default();
     let idx = c
         .topo
         .nodes
@@ -112,11 +155,28 @@ pub async fn burst(
         .collect();
     let step = (addrs.len() / sample.max(1)).max(1);
     let sampled: Vec<IpAddr> = addrs.iter().step_by(step).take(sample).copied().collect();
+    let before = c.api_requests().await.ok();
     let t0 = Instant::now();
     c.stop_agent(idx, sig)?;
-    let client = c.topo.client();
-    let times: Vec<Option<u64>> = tokio::task::block_in_place(|| {
+    let cl: &Cluster = c;
+    let client = cl.topo.client();
+    let rt = tokio::runtime::Handle::current();
+    let (times, all_moved_ms) = tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
+            // Meanwhile, from the API server: when every address Lease of the node has moved.
+            let moved = s.spawn(|| {
+                while t0.elapsed() < within {
+                    let now: Option<BTreeMap<String, String>> = rt
+                        .block_on(address_leases(cl))
+                        .ok()
+                        .map(|m| m.into_iter().map(|(n, (_, h, _))| (n, h)).collect());
+                    if now.is_some_and(|now| all_moved(&names, &node, &now)) {
+                        return Some(t0.elapsed().as_millis() as u64);
+                    }
+                    std::thread::sleep(MOVED_POLL);
+                }
+                None
+            });
             let handles: Vec<_> = sampled
                 .iter()
                 .map(|ip| {
@@ -138,12 +198,16 @@ pub async fn burst(
                     })
                 })
                 .collect();
-            handles
+            let times: Vec<Option<u64>> = handles
                 .into_iter()
                 .map(|h| h.join().ok().flatten())
-                .collect()
+                .collect();
+            (times, moved.join().ok().flatten())
         })
     });
+    let after = c.api_requests().await.ok();
+    let window_ms = t0.elapsed().as_millis() as u64;
+    let agent_writes = before.zip(after).map(|(b, a)| agent_writes_between(&b, &a));
     c.start_agent(idx)?;
     let got: Vec<u64> = times.iter().flatten().copied().collect();
     Ok(Burst {
@@ -158,5 +222,59 @@ pub async fn burst(
         answered: got.len(),
         first_ms: got.iter().min().copied(),
         last_ms: got.iter().max().copied(),
+        all_moved_ms,
+        agent_writes,
+        window_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_writes_count_writes_of_nodes_only() {
+        let row = |verb: &str, res: &str, client: &str, n: f64| {
+            (verb.to_string(), res.to_string(), client.to_string(), n)
+        };
+        let before = vec![
+            row("update", "leases", "node1", 100.0),
+            row("list", "leases", "node1", 3.0),
+            row("patch", "services", "controller-0", 5.0),
+        ];
+        let after = vec![
+            row("update", "leases", "node1", 160.0),
+            row("update", "leases", "node2", 40.0),
+            row("create", "events", "node2", 2.0),
+            row("list", "leases", "node1", 9.0),
+            row("patch", "services", "controller-0", 500.0),
+        ];
+        assert_eq!(agent_writes_between(&before, &after), 60 + 40 + 2);
+    }
+
+    #[test]
+    fn moved_means_every_lease_names_another_holder() {
+        let names: std::collections::BTreeSet<String> =
+            ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let m = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+            v.iter()
+                .map(|(n, h)| (n.to_string(), h.to_string()))
+                .collect()
+        };
+        assert!(all_moved(
+            &names,
+            "node1",
+            &m(&[("a", "node2"), ("b", "node3")])
+        ));
+        assert!(!all_moved(
+            &names,
+            "node1",
+            &m(&[("a", "node2"), ("b", "node1")])
+        ));
+        assert!(
+            !all_moved(&names, "node1", &m(&[("a", "node2"), ("b", "")])),
+            "released, not taken"
+        );
+        assert!(!all_moved(&names, "node1", &m(&[("a", "node2")])), "gone");
+    }
 }

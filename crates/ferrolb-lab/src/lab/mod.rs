@@ -3,11 +3,13 @@
 //! The same machinery is the end-to-end test suite (`tests/e2e.rs`) and the source of the
 //! figures in the README (`--measure`).
 
+pub mod baseline;
 pub mod burst;
 pub mod cluster;
 pub mod coldstart;
 pub mod echo;
 pub mod linkloss;
+pub mod prefer;
 pub mod probe;
 pub mod procs;
 pub mod scenario;
@@ -93,6 +95,15 @@ pub struct Args {
     /// Read manifests from this directory instead of the embedded examples/lab.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// A second policy prefers this node (`spec.preferredNodes`): it holds every address while
+    /// it runs, so `--measure`'s bursts stop a node holding all `--measure-services` addresses
+    /// (each burst waits until it holds 95 % of them again). See `lab::prefer`.
+    #[arg(long)]
+    pub prefer_node: Option<String>,
+    /// With --measure: last, the poll-every-retry baseline for the API-load ratio, with this
+    /// many Leases (client-go style: GET + PUT of each every retry period; `lab::baseline`).
+    #[arg(long, default_value_t = 0)]
+    pub baseline_leases: usize,
     /// The API server: `stand-in` (`ferrolb dev-apiserver`) or `kube` (kube-apiserver v1.36 +
     /// etcd from ../shared/kube, deploy/'s RBAC, ServiceAccount tokens).
     #[arg(long, value_enum, default_value = "stand-in")]
@@ -146,6 +157,8 @@ pub struct Measurements {
     pub steady_address_lease_writes: Option<usize>,
     /// A node holding many addresses killed / stopped: first and last sampled address back.
     pub bursts: Vec<burst::Burst>,
+    /// `--baseline-leases`: what the poll-every-retry baseline achieved.
+    pub baseline: Option<baseline::Baseline>,
 }
 
 /// Narration: to stderr with --json (stdout stays machine-readable), else stdout.
@@ -428,6 +441,12 @@ async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabRep
             .await
             .with_context(|| format!("applying {name}"))?;
         say.line(format!("      {name}"));
+    }
+    if let Some(node) = &args.prefer_node {
+        c.create_json(&prefer::prefer_policy(node)).await?;
+        say.line(format!(
+            "      policy lab-prefer-{node} (preferredNodes: {node})"
+        ));
     }
     let names: Vec<String> = (0..args.services)
         .map(|i| {
@@ -829,18 +848,84 @@ async fn measure(
         m.arp_ours_median_ms / m.arp_kernel_median_ms.max(1e-9)
     ));
     for sig in ["KILL", "TERM"] {
+        if let Some(node) = &args.prefer_node {
+            // Handed back one address per retry period per node after a restart: wait.
+            let wait = Duration::from_secs(120 + s as u64 / 2);
+            let (held, total) =
+                prefer::wait_concentrated(c, node, 0.95, wait, Duration::from_secs(2)).await?;
+            say.line(format!(
+                "      {node} holds {held} of {total} address Leases before the SIG{sig} burst"
+            ));
+        }
         match burst::burst(c, sig, 20, within).await {
             Ok(b) => {
                 say.line(format!(
                     "      burst {}: {} held {} addresses; {} of {} sampled answered again via another node, first after {:?} ms, last after {:?} ms",
                     b.kind, b.node, b.held, b.answered, b.sampled, b.first_ms, b.last_ms
                 ));
+                say.line(format!(
+                    "            all its address Leases moved after {:?} ms; agents' writes {:?} in {} ms ({})",
+                    b.all_moved_ms,
+                    b.agent_writes,
+                    b.window_ms,
+                    b.agent_writes.map_or("n/a".to_string(), |w| format!(
+                        "{:.0}/s",
+                        w as f64 * 1000.0 / b.window_ms.max(1) as f64
+                    ))
+                ));
                 m.bursts.push(b);
             }
             Err(e) => say.line(format!("      burst SIG{sig}: {e:#}")),
         }
     }
+    if args.baseline_leases > 0 {
+        m.baseline = Some(run_baseline(c, args, say, m.steady_api_requests_per_s).await?);
+    }
     Ok(m)
+}
+
+/// `--baseline-leases`: the poll-every-retry baseline, reported beside the agents' steady load.
+async fn run_baseline(
+    c: &Cluster,
+    args: &Args,
+    say: &Say,
+    agents_per_s: f64,
+) -> anyhow::Result<baseline::Baseline> {
+    let n = args.baseline_leases;
+    let retry = ferrolb::lease::parse_duration(&args.retry_period).map_err(anyhow::Error::msg)?;
+    let lease = ferrolb::lease::parse_duration(&args.lease_duration).map_err(anyhow::Error::msg)?;
+    say.line(format!(
+        "[measure] poll-every-retry baseline: {n} Leases, GET + PUT of each every {} (client-go style)",
+        args.retry_period
+    ));
+    c.create_json(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": baseline::NAMESPACE}}))
+        .await?;
+    let b = baseline::run(
+        c.client.clone(),
+        n,
+        args.nodes,
+        retry,
+        lease,
+        Duration::from_secs(20),
+    )
+    .await?;
+    say.line(format!(
+        "      wanted {:.0} requests/s; achieved reads {:.1}/s, writes {:.1}/s, errors {:.1}/s over {:.1} s",
+        b.wanted_per_s, b.reads_per_s, b.writes_per_s, b.errors_per_s, b.window_s
+    ));
+    say.line(format!(
+        "      longest gap between two renewals of one Lease {} ms; {} of {n} Leases went longer than the lease duration ({})",
+        b.max_gap_ms, b.leases_past_duration, args.lease_duration
+    ));
+    say.line(format!(
+        "      writes: baseline {:.1}/s vs the agents' steady {:.1}/s for {} addresses (ratio {:.1})",
+        b.writes_per_s,
+        agents_per_s,
+        args.measure_services,
+        b.writes_per_s / agents_per_s.max(1e-9)
+    ));
+    Ok(b)
 }
 
 /// The agents' (clients named `node…`; `*` = every client, on the real server) request rates

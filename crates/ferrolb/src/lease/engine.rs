@@ -387,6 +387,16 @@ impl Engine {
                 e.last_failure = None;
             }
         }
+        if e.conflict_rv.is_some()
+            && next.resource_version != e.conflict_rv
+            && !is_presence_name(name)
+        {
+            // Our write of an address Lease lost a race (409) and the watch now shows what won:
+            // decide on that at once rather than a retry period later (e.g. the release that
+            // beat our takeover). Presence Leases keep the retry period after a refusal.
+            e.conflict_rv = None;
+            e.retry_after = None;
+        }
         // The whole object is the base of our renewals: keep it only for leases this node holds.
         // An agent watches every address lease of the cluster and holds a share of them; copies
         // of the others cost ≈ 2.8 KiB each (19 MB per agent with 10k addresses on 3 nodes). A
@@ -535,6 +545,11 @@ impl Engine {
         let Some((obs, desired, intent)) = self.write_preamble(name, wake, now) else {
             return;
         };
+        if self.presence_release_waits(name, now) {
+            let at = self.presence_release_latest();
+            self.set_wake(name, at.map(|t| wake.map_or(t, |w| w.min(t))).or(wake));
+            return;
+        }
         let action = decide(&me, Some(&obs), now, &cfg, intent);
         self.act(name, action, &obs, desired, wake, now);
     }
@@ -803,12 +818,14 @@ impl Engine {
                 if let Some(n) = l.metadata.name.clone() {
                     self.observe(&n, Some(&l), now);
                     self.step(&n, now);
+                    self.after_shutdown_progress(&n, now);
                 }
             }
             watcher::Event::Delete(l) => {
                 if let Some(n) = l.metadata.name.clone() {
                     self.observe(&n, None, now);
                     self.step(&n, now);
+                    self.after_shutdown_progress(&n, now);
                 }
             }
         }

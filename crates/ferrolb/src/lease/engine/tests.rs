@@ -535,3 +535,141 @@ fn a_restarted_holder_releases_nothing_before_it_knows_what_it_wants() {
         "an unwanted held Lease is released once the agent says so: {w:?}"
     );
 }
+
+/// A Lease as the watch shows it after its holder released it (holder cleared).
+fn released(name: &str, rv: u64, attached: Option<&str>) -> Lease {
+    let mut l = lease(name, "", rv, 1, attached);
+    l.spec.as_mut().unwrap().holder_identity = None;
+    l.spec.as_mut().unwrap().lease_transitions = Some(1);
+    l
+}
+
+#[test]
+fn a_graceful_stop_releases_its_presence_only_after_its_addresses() {
+    // Released together, the presence release could reach the other nodes first: they would
+    // take the address Leases (still naming us) with a stale resourceVersion, lose with 409
+    // to our own address release, and wait a retry period (graceful p99 220 ms in the lab).
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", Vec::new(), &want, &["a"], t0);
+    let w = a.writes();
+    assert_eq!(w.len(), 3, "{w:?}");
+    a.answer_all(w, t0);
+    let t1 = t0 + 50 * MS;
+    a.eng.start_shutdown(t1);
+    let w = a.writes();
+    let releases: BTreeSet<&str> = w
+        .iter()
+        .filter(|r| r.op == Op::Update(OpKind::Release))
+        .map(|r| r.name.as_str())
+        .collect();
+    let expect: BTreeSet<&str> = addrs.iter().map(String::as_str).collect();
+    assert_eq!(releases, expect, "every address released at once: {w:?}");
+    assert!(
+        w.iter().all(|r| r.name != pa),
+        "presence released together with the addresses: {w:?}"
+    );
+    // Two of three answered: still not the presence.
+    let mut w = w;
+    let last = w.pop().unwrap();
+    a.answer_all(w, t1 + 5 * MS);
+    assert!(a.writes().iter().all(|r| r.name != pa));
+    // The last one answered: now the presence, released.
+    a.answer_all(vec![last], t1 + 10 * MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == pa && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+    a.answer_all(w, t1 + 15 * MS);
+    assert!(a.eng.shutdown_complete(t1 + 15 * MS));
+}
+
+#[test]
+fn an_address_seen_released_after_a_lost_race_is_taken_at_once() {
+    // "b" sees a's presence released first (an agent of an earlier build released it with
+    // its addresses), takes a's address with the resourceVersion that still names "a" and loses
+    // with 409 to a's own release. When the watch shows that release, b is the next-ranked live
+    // node: it takes the address at once, not a retry period later.
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addr = "ferrolb-00000000000000000001";
+    let existing = vec![
+        lease(&pa, "a", 10, 1, None),
+        lease(addr, "a", 11, ATTACHED_DURATION_SECONDS, Some(&pa)),
+    ];
+    let mut b = Core::start("b", existing, &[addr], &["a", "b"], t0);
+    assert!(b.writes().is_empty());
+    let t1 = t0 + 100 * MS;
+    b.eng
+        .on_watch(watcher::Event::Apply(released(&pa, 12, None)), t1);
+    let w = b.writes();
+    let take = w
+        .iter()
+        .find(|r| r.name == addr)
+        .expect("a's presence released: b takes the address")
+        .clone();
+    assert_eq!(take.used_rv.as_deref(), Some("11"));
+    b.eng.on_done(
+        Done {
+            name: addr.into(),
+            op: take.op,
+            sent_at: t1,
+            used_rv: take.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Conflict,
+                message: "409".into(),
+                code: Some(409),
+            }),
+        },
+        t1 + 5 * MS,
+    );
+    assert!(b.writes().iter().all(|r| r.name != addr));
+    let t2 = t1 + 10 * MS;
+    b.eng
+        .on_watch(watcher::Event::Apply(released(addr, 13, Some(&pa))), t2);
+    let w = b.writes();
+    let take = w.iter().find(|r| r.name == addr);
+    assert!(
+        take.is_some_and(|r| matches!(r.op, Op::Update(OpKind::Acquire(_)))
+            && r.used_rv.as_deref() == Some("13")),
+        "the release seen: taken at once with its resourceVersion: {w:?}"
+    );
+}
+
+#[test]
+fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew_deadline() {
+    // More addresses than the API server releases in time: the presence goes out anyway,
+    // half the renew deadline into the stop, so the rest are free at once (not after a fence).
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addr = "ferrolb-00000000000000000001";
+    let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
+    let w = a.writes();
+    a.answer_all(w, t0);
+    let t1 = t0 + 50 * MS;
+    a.eng.start_shutdown(t1);
+    let w = a.writes();
+    assert!(w.iter().all(|r| r.name != pa), "{w:?}");
+    // The address release is never answered.
+    let half = cfg().renew_deadline / 2;
+    let mut t = t1;
+    while t < t1 + half {
+        a.eng.on_timers(t);
+        assert!(
+            a.writes().iter().all(|r| r.name != pa),
+            "presence before {t:?}"
+        );
+        t += 10 * MS;
+    }
+    a.eng.on_timers(t1 + half);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == pa && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+}

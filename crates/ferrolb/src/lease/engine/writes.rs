@@ -126,8 +126,10 @@ impl Engine {
 
     pub(crate) fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let name = d.name.clone();
         self.on_result(d, now);
         self.drain_queue(now);
+        self.after_shutdown_progress(&name, now);
     }
 
     /// Fewer than `max_concurrent_writes` (at least one) writes are in flight.
