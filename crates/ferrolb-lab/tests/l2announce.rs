@@ -370,3 +370,100 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
         Ok(())
     })
 }
+
+fn deletes(c: &Cluster) -> anyhow::Result<f64> {
+    c.api_requests("delete", "l2announcements")
+}
+
+fn uid_of(o: &Value) -> Option<String> {
+    o["metadata"]["uid"].as_str().map(str::to_string)
+}
+
+/// Waits until the object of `svc` is gone.
+fn wait_gone(c: &Cluster, svc: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    wait_until(
+        &format!("the L2Announcement of {svc} to be deleted"),
+        timeout,
+        Duration::from_millis(20),
+        || l2a(c, svc).is_none().then_some(()),
+    )?;
+    Ok(t.elapsed())
+}
+
+#[test]
+fn an_object_nobody_announces_any_more_is_deleted_by_its_last_holder() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "l2a3",
+        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
+    )?;
+    const POLICY: &str = "/apis/ferrolb.io/v1alpha1/l2announcementpolicies/some";
+    let select = |apps: &[&str]| {
+        json!({"spec": {"serviceSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": apps}]}}})
+    };
+    scenario(&mut c, |c| {
+        c.policy("some", select(&["web", "other"])["spec"].clone())?;
+        c.service("web", &[VIP])?;
+        for n in ["n1", "n2", "n3"] {
+            c.start_agent(n, &[])?;
+        }
+        let web = wait_l2a(c, "web", None, Duration::from_secs(30))?;
+        let holder = node_of(&web).context("node")?;
+        let uid = uid_of(&web).context("uid")?;
+
+        // A hand-over is no release: the new holder rewrites the same object (same uid), and
+        // the old holder's grace period (the 2 s lease duration) passes without a deletion.
+        c.agents.get_mut(&holder).context("holder")?.kill();
+        let (new, web2, _) = follow(c, VIP, "web", &holder)?;
+        assert_eq!(uid_of(&web2), Some(uid.clone()), "rewritten, not recreated");
+        // SIGTERM of the new holder: it releases, the third node takes over; the released
+        // holder's deletion (if any) would come 2 s later: wait 4 s and look.
+        c.agents[&new].signal("TERM")?;
+        let (third, web3, _) = follow(c, VIP, "web", &new)?;
+        std::thread::sleep(Duration::from_secs(4));
+        let still = l2a(c, "web").context("the object after a graceful hand-over")?;
+        assert_eq!(node_of(&still).as_deref(), Some(third.as_str()));
+        assert_eq!(uid_of(&still), uid_of(&web3));
+        assert_eq!(uid_of(&web3), Some(uid), "rewritten, not recreated");
+        assert_eq!(deletes(c)?, 0.0, "nothing deleted on hand-overs");
+        // Start the two stopped agents again: three candidates.
+        for n in [&holder, &new] {
+            c.start_agent(n, &[])?;
+        }
+
+        // The policy no longer selects it: whoever announces releases, nobody takes over, the
+        // last holder deletes the object after its grace period.
+        let before = node_of(&l2a(c, "web").context("object")?).context("node")?;
+        c.api().merge_patch(POLICY, &select(&["other"]))?;
+        let took = wait_gone(c, "web", Duration::from_secs(20))?;
+        eprintln!("policy no longer selects web: L2Announcement deleted {took:?} later");
+        assert!(lease_holder(c, VIP).is_none(), "nobody announces it");
+        assert_eq!(deletes(c)?, 1.0, "one deletion");
+        assert!(
+            c.api_requests_of(&before, "delete", "l2announcements")? == 1.0,
+            "deleted by its last holder {before}"
+        );
+
+        // Selected again: a new object.
+        c.api().merge_patch(POLICY, &select(&["web"]))?;
+        let back = wait_l2a(c, "web", None, Duration::from_secs(30))?;
+        assert!(node_of(&back).is_some());
+
+        // No longer a LoadBalancer: deleted.
+        c.api().merge_patch(
+            "/api/v1/namespaces/default/services/web",
+            &json!({"spec": {"type": "ClusterIP"}}),
+        )?;
+        let took = wait_gone(c, "web", Duration::from_secs(20))?;
+        eprintln!("web no longer a LoadBalancer: L2Announcement deleted {took:?} later");
+        assert_eq!(deletes(c)?, 2.0);
+        Ok(())
+    })
+}
