@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
 const VIP: &str = "198.51.100.10";
 const SHARED: &str = "198.51.100.11";
+const DUAL: [&str; 2] = ["198.51.100.12", "2001:db8::12"];
 
 fn skip() -> bool {
     if !netns::is_root() {
@@ -143,6 +144,8 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
         // Two Services sharing one address: one lease, one object each.
         c.service("dns-tcp", &[SHARED])?;
         c.service("dns-udp", &[SHARED])?;
+        // Two addresses (one lease): the Addresses column lists both.
+        c.service("dual", &DUAL)?;
         for n in ["n1", "n2", "n3"] {
             c.start_agent(n, &[])?;
         }
@@ -177,23 +180,50 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
         );
         assert_eq!(tcp["status"]["addresses"], json!([SHARED]));
 
-        // kubectl (short name and plural): node and interface of every Service.
+        let dual = wait_l2a(c, "dual", None, Duration::from_secs(20))?;
+
+        // kubectl (short name and plural): node and interface of every Service, as plain text
+        // (the server's table of the printer columns, printed by the real kubectl).
         let table = kubectl_get(c, &kubectl, &["l2a", "-A"])?;
         eprintln!("{table}");
-        for (svc, node) in [
-            ("web", node_of(&web)),
-            ("dns-tcp", node_of(&tcp)),
-            ("dns-udp", node_of(&udp)),
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAMESPACE",
+                "NAME",
+                "ADDRESSES",
+                "NODE",
+                "INTERFACES",
+                "SINCE",
+                "TRANSITIONS",
+                "LAST",
+                "FAILOVER",
+                "FAILOVER",
+                "MS"
+            ],
+            "{table}"
+        );
+        for (svc, node, addresses) in [
+            ("web", node_of(&web), VIP.to_string()),
+            ("dns-tcp", node_of(&tcp), SHARED.to_string()),
+            ("dns-udp", node_of(&udp), SHARED.to_string()),
+            ("dual", node_of(&dual), DUAL.join(",")),
         ] {
             let r = row(&table, svc).with_context(|| format!("no row for {svc}:\n{table}"))?;
             let node = node.context("node")?;
-            assert!(r.split_whitespace().any(|f| f == node), "{r}");
-            assert!(r.contains("eth0"), "{r}");
+            let f: Vec<&str> = r.split_whitespace().collect();
+            assert_eq!(f[2..5], [addresses.as_str(), node.as_str(), "eth0"], "{r}");
+            assert!(
+                !r.contains('[') && !r.contains('"'),
+                "no JSON in the table: {r}"
+            );
         }
-        assert!(table
-            .lines()
-            .next()
-            .is_some_and(|h| h.contains("NODE") && h.contains("INTERFACES")));
         let long = kubectl_get(c, &kubectl, &["l2announcements", "-A"])?;
         assert_eq!(long.lines().count(), table.lines().count(), "{long}");
 
