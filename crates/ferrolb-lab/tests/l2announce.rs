@@ -273,11 +273,12 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
     })
 }
 
-/// Writes of `L2Announcement`s (create + status) and Events created, all clients.
+/// Writes of `L2Announcement`s (create, status, delete) and Events created, all clients.
 fn counts(c: &Cluster) -> anyhow::Result<(f64, f64)> {
     let l2 = c.api_requests("create", "l2announcements")?
         + c.api_requests("update", "l2announcements")?
-        + c.api_requests("patch", "l2announcements")?;
+        + c.api_requests("patch", "l2announcements")?
+        + c.api_requests("delete", "l2announcements")?;
     let ev = c.api_requests("create", "events")?;
     Ok((l2, ev))
 }
