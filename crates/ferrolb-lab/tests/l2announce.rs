@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
 const VIP: &str = "198.51.100.10";
 const SHARED: &str = "198.51.100.11";
+const DUAL: [&str; 2] = ["198.51.100.12", "2001:db8::12"];
 
 fn skip() -> bool {
     if !netns::is_root() {
@@ -143,6 +144,8 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
         // Two Services sharing one address: one lease, one object each.
         c.service("dns-tcp", &[SHARED])?;
         c.service("dns-udp", &[SHARED])?;
+        // Two addresses (one lease): the Addresses column lists both.
+        c.service("dual", &DUAL)?;
         for n in ["n1", "n2", "n3"] {
             c.start_agent(n, &[])?;
         }
@@ -177,23 +180,50 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
         );
         assert_eq!(tcp["status"]["addresses"], json!([SHARED]));
 
-        // kubectl (short name and plural): node and interface of every Service.
+        let dual = wait_l2a(c, "dual", None, Duration::from_secs(20))?;
+
+        // kubectl (short name and plural): node and interface of every Service, as plain text
+        // (the server's table of the printer columns, printed by the real kubectl).
         let table = kubectl_get(c, &kubectl, &["l2a", "-A"])?;
         eprintln!("{table}");
-        for (svc, node) in [
-            ("web", node_of(&web)),
-            ("dns-tcp", node_of(&tcp)),
-            ("dns-udp", node_of(&udp)),
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAMESPACE",
+                "NAME",
+                "ADDRESSES",
+                "NODE",
+                "INTERFACES",
+                "SINCE",
+                "TRANSITIONS",
+                "LAST",
+                "FAILOVER",
+                "FAILOVER",
+                "MS"
+            ],
+            "{table}"
+        );
+        for (svc, node, addresses) in [
+            ("web", node_of(&web), VIP.to_string()),
+            ("dns-tcp", node_of(&tcp), SHARED.to_string()),
+            ("dns-udp", node_of(&udp), SHARED.to_string()),
+            ("dual", node_of(&dual), DUAL.join(",")),
         ] {
             let r = row(&table, svc).with_context(|| format!("no row for {svc}:\n{table}"))?;
             let node = node.context("node")?;
-            assert!(r.split_whitespace().any(|f| f == node), "{r}");
-            assert!(r.contains("eth0"), "{r}");
+            let f: Vec<&str> = r.split_whitespace().collect();
+            assert_eq!(f[2..5], [addresses.as_str(), node.as_str(), "eth0"], "{r}");
+            assert!(
+                !r.contains('[') && !r.contains('"'),
+                "no JSON in the table: {r}"
+            );
         }
-        assert!(table
-            .lines()
-            .next()
-            .is_some_and(|h| h.contains("NODE") && h.contains("INTERFACES")));
         let long = kubectl_get(c, &kubectl, &["l2announcements", "-A"])?;
         assert_eq!(long.lines().count(), table.lines().count(), "{long}");
 
@@ -243,11 +273,12 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
     })
 }
 
-/// Writes of `L2Announcement`s (create + status) and Events created, all clients.
+/// Writes of `L2Announcement`s (create, status, delete) and Events created, all clients.
 fn counts(c: &Cluster) -> anyhow::Result<(f64, f64)> {
     let l2 = c.api_requests("create", "l2announcements")?
         + c.api_requests("update", "l2announcements")?
-        + c.api_requests("patch", "l2announcements")?;
+        + c.api_requests("patch", "l2announcements")?
+        + c.api_requests("delete", "l2announcements")?;
     let ev = c.api_requests("create", "events")?;
     Ok((l2, ev))
 }
@@ -367,6 +398,103 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
         );
         anyhow::ensure!(l2_1 == l2_0, "L2Announcement writes in a steady run");
         anyhow::ensure!(ev_1 == ev_0, "Events in a steady run");
+        Ok(())
+    })
+}
+
+fn deletes(c: &Cluster) -> anyhow::Result<f64> {
+    c.api_requests("delete", "l2announcements")
+}
+
+fn uid_of(o: &Value) -> Option<String> {
+    o["metadata"]["uid"].as_str().map(str::to_string)
+}
+
+/// Waits until the object of `svc` is gone.
+fn wait_gone(c: &Cluster, svc: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    wait_until(
+        &format!("the L2Announcement of {svc} to be deleted"),
+        timeout,
+        Duration::from_millis(20),
+        || l2a(c, svc).is_none().then_some(()),
+    )?;
+    Ok(t.elapsed())
+}
+
+#[test]
+fn an_object_nobody_announces_any_more_is_deleted_by_its_last_holder() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = Cluster::new(
+        Path::new(BIN),
+        dir.path(),
+        "l2a3",
+        &[("n1", &[]), ("n2", &[]), ("n3", &[])],
+    )?;
+    const POLICY: &str = "/apis/ferrolb.io/v1alpha1/l2announcementpolicies/some";
+    let select = |apps: &[&str]| {
+        json!({"spec": {"serviceSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": apps}]}}})
+    };
+    scenario(&mut c, |c| {
+        c.policy("some", select(&["web", "other"])["spec"].clone())?;
+        c.service("web", &[VIP])?;
+        for n in ["n1", "n2", "n3"] {
+            c.start_agent(n, &[])?;
+        }
+        let web = wait_l2a(c, "web", None, Duration::from_secs(30))?;
+        let holder = node_of(&web).context("node")?;
+        let uid = uid_of(&web).context("uid")?;
+
+        // A hand-over is no release: the new holder rewrites the same object (same uid), and
+        // the old holder's grace period (the 2 s lease duration) passes without a deletion.
+        c.agents.get_mut(&holder).context("holder")?.kill();
+        let (new, web2, _) = follow(c, VIP, "web", &holder)?;
+        assert_eq!(uid_of(&web2), Some(uid.clone()), "rewritten, not recreated");
+        // SIGTERM of the new holder: it releases, the third node takes over; the released
+        // holder's deletion (if any) would come 2 s later: wait 4 s and look.
+        c.agents[&new].signal("TERM")?;
+        let (third, web3, _) = follow(c, VIP, "web", &new)?;
+        std::thread::sleep(Duration::from_secs(4));
+        let still = l2a(c, "web").context("the object after a graceful hand-over")?;
+        assert_eq!(node_of(&still).as_deref(), Some(third.as_str()));
+        assert_eq!(uid_of(&still), uid_of(&web3));
+        assert_eq!(uid_of(&web3), Some(uid), "rewritten, not recreated");
+        assert_eq!(deletes(c)?, 0.0, "nothing deleted on hand-overs");
+        // Start the two stopped agents again: three candidates.
+        for n in [&holder, &new] {
+            c.start_agent(n, &[])?;
+        }
+
+        // The policy no longer selects it: whoever announces releases, nobody takes over, the
+        // last holder deletes the object after its grace period.
+        let before = node_of(&l2a(c, "web").context("object")?).context("node")?;
+        c.api().merge_patch(POLICY, &select(&["other"]))?;
+        let took = wait_gone(c, "web", Duration::from_secs(20))?;
+        eprintln!("policy no longer selects web: L2Announcement deleted {took:?} later");
+        assert!(lease_holder(c, VIP).is_none(), "nobody announces it");
+        assert_eq!(deletes(c)?, 1.0, "one deletion");
+        assert!(
+            c.api_requests_of(&before, "delete", "l2announcements")? == 1.0,
+            "deleted by its last holder {before}"
+        );
+
+        // Selected again: a new object.
+        c.api().merge_patch(POLICY, &select(&["web"]))?;
+        let back = wait_l2a(c, "web", None, Duration::from_secs(30))?;
+        assert!(node_of(&back).is_some());
+
+        // No longer a LoadBalancer: deleted.
+        c.api().merge_patch(
+            "/api/v1/namespaces/default/services/web",
+            &json!({"spec": {"type": "ClusterIP"}}),
+        )?;
+        let took = wait_gone(c, "web", Duration::from_secs(20))?;
+        eprintln!("web no longer a LoadBalancer: L2Announcement deleted {took:?} later");
+        assert_eq!(deletes(c)?, 2.0);
         Ok(())
     })
 }

@@ -125,7 +125,7 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
 
     let mut wrong = Vec::new();
     // The agent: reads what decides announcements, writes policy status, Events, the
-    // L2Announcements (create + status) and its own Leases in ferrolb-leases; nothing else.
+    // L2Announcements (create, status, delete) and its own Leases in ferrolb-leases; nothing else.
     wrong.extend(
         expect_all(
             "agent",
@@ -145,6 +145,7 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
                 ("watch", FL, "l2announcements", "", "", ""),
                 ("create", FL, "l2announcements", "", "default", ""),
                 ("update", FL, "l2announcements", "status", "default", "s"),
+                ("delete", FL, "l2announcements", "", "default", "s"),
                 ("create", "events.k8s.io", "events", "", "default", ""),
                 ("create", COORD, "leases", "", LEASES, ""),
                 ("update", COORD, "leases", "", LEASES, "x"),
@@ -176,7 +177,6 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
                 ("delete", FL, "l2announcementpolicies", "", "", "p"),
                 ("update", FL, "l2announcements", "", "default", "s"),
                 ("patch", FL, "l2announcements", "", "default", "s"),
-                ("delete", FL, "l2announcements", "", "default", "s"),
                 ("create", "", "nodes", "", "", ""),
                 ("update", "", "nodes", "", "", "node1"),
                 ("patch", "", "nodes", "", "", "node1"),

@@ -343,11 +343,12 @@ fn check_install(objs: &[Value], ns: &str) {
             );
         }
         if (g.as_str(), r.as_str()) == ("ferrolb.io", "l2announcements") {
-            // Created once per announced Service; everything else goes through /status.
+            // Created once per announced Service, deleted by its last holder when nobody
+            // announces it; everything else goes through /status.
             assert_eq!(
                 writes,
-                vec!["create"],
-                "agent may only create L2Announcements"
+                vec!["create", "delete"],
+                "agent may only create and delete L2Announcements"
             );
         }
         assert!(

@@ -308,9 +308,9 @@ pub struct L2AnnouncementPolicyStatus {
     namespaced,
     status = "L2AnnouncementStatus",
     doc = "L2Announcement says which node announces a Service's addresses over ARP/NDP, on which interfaces and since when; written by that node.",
-    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".status.addresses"}"#,
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".status.addressesText"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
-    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".status.interfaces"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".status.interfacesText"}"#,
     printcolumn = r#"{"name":"Since","type":"date","jsonPath":".status.since"}"#,
     printcolumn = r#"{"name":"Transitions","type":"integer","jsonPath":".status.leaseTransitions"}"#,
     printcolumn = r#"{"name":"Last Failover","type":"string","jsonPath":".status.lastFailover.kind"}"#,
@@ -334,6 +334,13 @@ pub struct L2AnnouncementStatus {
     /// The interfaces it answers on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
+    /// `addresses`, comma-separated (for the printer column: a column's jsonPath on a list
+    /// prints it as JSON, and `[*]` prints only its first item).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses_text: Option<String>,
+    /// `interfaces`, comma-separated (for the printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces_text: Option<String>,
     /// When this node took the Lease (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,

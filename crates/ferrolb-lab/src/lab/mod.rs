@@ -108,6 +108,10 @@ pub struct Args {
     /// etcd from ../shared/kube, deploy/'s RBAC, ServiceAccount tokens).
     #[arg(long, value_enum, default_value = "stand-in")]
     pub api: cluster::ApiKind,
+    /// Run the agents with `--no-l2-announcements` (no `L2Announcement` objects), e.g. to
+    /// compare `--measure` bursts with and without them.
+    #[arg(long)]
+    pub no_l2_announcements: bool,
 }
 
 /// Machine-readable result of a lab run (`--json`).
@@ -269,6 +273,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
         retry_period: args.retry_period.clone(),
     };
     cfg.controller_timings = controller_timings(&args);
+    cfg.agent_args.extend(agent_args(&args));
     // Ctrl-C / SIGTERM end the run; dropping the cluster cleans up.
     let work = main_job(args.clone(), cfg, say);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -647,6 +652,15 @@ fn say_failover(say: &Say, f: &Failover) {
 
 /// The controllers' timings when any `--controller-*` flag is given (the rest from the agents'
 /// flags); `None`: the same as the agents'.
+/// Agent flags that follow from the lab's flags.
+fn agent_args(args: &Args) -> Vec<String> {
+    let mut v = vec![];
+    if args.no_l2_announcements {
+        v.push("--no-l2-announcements".to_string());
+    }
+    v
+}
+
 fn controller_timings(args: &Args) -> Option<Timings> {
     let given = [
         &args.controller_lease_duration,
@@ -1023,6 +1037,15 @@ mod tests {
             ),
             ("15s", "600ms", "2s"),
             "the renew deadline not given falls back to the agents' (default 600ms)"
+        );
+    }
+
+    #[test]
+    fn no_l2_announcements_reaches_the_agents() {
+        assert!(agent_args(&parse(&[])).is_empty());
+        assert_eq!(
+            agent_args(&parse(&["--no-l2-announcements"])),
+            vec!["--no-l2-announcements".to_string()]
         );
     }
 

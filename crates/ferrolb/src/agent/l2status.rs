@@ -144,13 +144,22 @@ pub fn plan(
 ) -> Option<Write> {
     let cur = current.and_then(|c| c.status.clone()).unwrap_or_default();
     let same_node = cur.node.as_deref() == Some(node);
-    if same_node && cur.addresses == want.addresses && cur.interfaces == want.interfaces {
+    let addresses_text = Some(want.addresses.join(","));
+    let interfaces_text = Some(want.interfaces.join(","));
+    if same_node
+        && cur.addresses == want.addresses
+        && cur.interfaces == want.interfaces
+        && cur.addresses_text == addresses_text
+        && cur.interfaces_text == interfaces_text
+    {
         return None;
     }
     let status = if same_node {
         L2AnnouncementStatus {
             addresses: want.addresses.clone(),
             interfaces: want.interfaces.clone(),
+            addresses_text,
+            interfaces_text,
             lease: Some(want.lease.clone()),
             ..cur
         }
@@ -169,6 +178,8 @@ pub fn plan(
             addresses: want.addresses.clone(),
             node: Some(node.to_string()),
             interfaces: want.interfaces.clone(),
+            addresses_text,
+            interfaces_text,
             since: acquired.as_ref().map(|a| a.at.clone()),
             lease: Some(want.lease.clone()),
             lease_transitions: acquired
@@ -207,22 +218,68 @@ pub fn plan(
     }
 }
 
-/// The writer's queue: one entry per Service, the newest want wins, first queued first out.
+/// The object of a Service this node stopped announcing, if it still names this node: its
+/// resourceVersion, the precondition of its deletion (`None`: nothing to do — no object, or
+/// another node's, which that node keeps up to date).
+///
+/// Why deleted, not rewritten to say "nobody": an object exists exactly while a node announces
+/// the Service (as MetalLB's ServiceL2Status, which its speakers delete when they stop
+/// announcing), so `kubectl get l2a -A` lists what is answered on the LAN and nothing else, and no
+/// reader has to tell a stale node name from a live one. Why a Service is not announced is
+/// `ferrolb status`'s and `ferrolb doctor`'s answer (pending reasons, policies, Leases).
+pub fn plan_release(node: &str, current: Option<&L2Announcement>) -> Option<String> {
+    let c = current?;
+    let names_us = c.status.as_ref().and_then(|s| s.node.as_deref()) == Some(node);
+    if !names_us {
+        return None;
+    }
+    c.metadata.resource_version.clone()
+}
+
+/// A job of the writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Make the Service's object say this.
+    Write(Want),
+    /// The Service is no longer announced here (since the release numbered `.1`): delete its
+    /// object if it still names this node ([`plan_release`]).
+    Release(ServiceRef, u64),
+}
+
+impl Job {
+    pub fn service(&self) -> &ServiceRef {
+        match self {
+            Job::Write(w) => &w.service,
+            Job::Release(s, _) => s,
+        }
+    }
+}
+
+/// The writer's queue: one job per Service, the newest wins, first queued first out.
 /// It also remembers the newest want of every Service still announced here, so a retry of an
-/// older or cancelled want is dropped.
+/// older or cancelled want is dropped, and the last release of every Service no longer
+/// announced here, so a release is carried out only if nothing was announced since.
 #[derive(Debug, Default)]
 pub struct Queue {
     order: VecDeque<ServiceRef>,
-    pending: HashMap<ServiceRef, Want>,
+    pending: HashMap<ServiceRef, Job>,
     latest: HashMap<ServiceRef, Want>,
+    released: HashMap<ServiceRef, u64>,
+    releases: u64,
 }
 
 impl Queue {
-    /// Queues `w`, replacing a queued want of the same Service (which keeps its place).
+    /// Queues `w`, replacing a queued job of the same Service (which keeps its place).
     pub fn push(&mut self, w: Want) {
         self.latest.insert(w.service.clone(), w.clone());
-        if self.pending.insert(w.service.clone(), w.clone()).is_none() {
-            self.order.push_back(w.service);
+        self.released.remove(&w.service);
+        self.put(Job::Write(w));
+    }
+
+    fn put(&mut self, j: Job) {
+        let s = j.service().clone();
+        if self.pending.insert(s.clone(), j).is_none() {
+            self.order.push_back(s);
         }
     }
 
@@ -238,22 +295,44 @@ impl Queue {
         self.latest.get(&w.service) == Some(w)
     }
 
-    /// Drops what is queued for `s`, and forgets it.
-    pub fn cancel(&mut self, s: &ServiceRef) {
-        self.pending.remove(s);
+    /// `s` is no longer announced here: drops what is queued for it and forgets its want.
+    /// Returns the number of this release, for [`Queue::release_due`] (after a grace period in
+    /// which another node may take over and rewrite the object).
+    pub fn cancel(&mut self, s: &ServiceRef) -> u64 {
+        if matches!(self.pending.get(s), Some(Job::Write(_))) {
+            self.pending.remove(s);
+        }
         self.latest.remove(s);
+        self.releases += 1;
+        self.released.insert(s.clone(), self.releases);
+        self.releases
     }
 
-    pub fn pop(&mut self) -> Option<Want> {
+    /// The grace period of release `n` of `s` is over (or its deletion must be decided again):
+    /// queues the release, unless `s` was announced here since or released again later.
+    pub fn release_due(&mut self, s: &ServiceRef, n: u64) {
+        if self.released.get(s) == Some(&n) && !self.pending.contains_key(s) {
+            self.put(Job::Release(s.clone(), n));
+        }
+    }
+
+    /// Release `n` of `s` is carried out (deleted, or nothing to delete).
+    pub fn release_done(&mut self, s: &ServiceRef, n: u64) {
+        if self.released.get(s) == Some(&n) {
+            self.released.remove(s);
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<Job> {
         while let Some(s) = self.order.pop_front() {
-            if let Some(w) = self.pending.remove(&s) {
-                return Some(w);
+            if let Some(j) = self.pending.remove(&s) {
+                return Some(j);
             }
         }
         None
     }
 
-    /// Wants queued.
+    /// Jobs queued.
     pub fn len(&self) -> usize {
         self.pending.len()
     }
@@ -450,14 +529,18 @@ mod tests {
         assert_eq!(q.len(), 2);
         // A retry of an older want does not overwrite the newer one.
         q.retry(want("a", &["eth0"], None));
-        assert_eq!(q.pop(), Some(a2.clone()), "the newest want, at a's place");
+        assert_eq!(
+            q.pop(),
+            Some(Job::Write(a2.clone())),
+            "the newest want, at a's place"
+        );
         let b = want("b", &["eth0"], None);
         q.cancel(&b.service);
         assert_eq!(q.pop(), None);
         assert!(q.is_empty());
         // A retry after a failed write: only while it is still the newest want.
         q.retry(a2.clone());
-        assert_eq!(q.pop(), Some(a2.clone()));
+        assert_eq!(q.pop(), Some(Job::Write(a2.clone())));
         q.retry(b.clone());
         assert!(
             q.is_empty(),
@@ -465,5 +548,84 @@ mod tests {
         );
         assert!(!q.is_current(&want("a", &["eth0"], None)));
         assert!(q.is_current(&a2));
+    }
+
+    #[test]
+    fn printer_column_text_follows_the_lists_and_old_objects_get_it() {
+        let mut w = want("web", &["eth0", "eth1"], Some(taken("Created", None, 3, 0)));
+        w.addresses = vec!["198.51.100.10".into(), "2001:db8::10".into()];
+        let obj = stored(plan("n1", None, &w, Some("u")).unwrap());
+        let s = obj.status.clone().unwrap();
+        assert_eq!(
+            s.addresses_text.as_deref(),
+            Some("198.51.100.10,2001:db8::10")
+        );
+        assert_eq!(s.interfaces_text.as_deref(), Some("eth0,eth1"));
+        assert_eq!(plan("n1", Some(&obj), &w, Some("u")), None);
+        // An object written before the text fields existed: rewritten once, nothing else moves.
+        let mut old = obj.clone();
+        let st = old.status.as_mut().unwrap();
+        st.addresses_text = None;
+        st.interfaces_text = None;
+        let Some(Write::Status(o)) = plan("n1", Some(&old), &w, Some("u")) else {
+            panic!("expected a status write");
+        };
+        assert_eq!(o.status, obj.status);
+    }
+
+    #[test]
+    fn a_release_deletes_only_an_object_that_still_names_this_node() {
+        let w = want("web", &["eth0"], Some(taken("Created", None, 3, 0)));
+        let ours = stored(plan("n1", None, &w, Some("u")).unwrap());
+        assert_eq!(plan_release("n1", Some(&ours)), Some("7".to_string()));
+        // Another node took over meanwhile (its object): not ours to delete.
+        assert_eq!(plan_release("n2", Some(&ours)), None);
+        assert_eq!(plan_release("n1", None), None);
+        let mut empty = ours.clone();
+        empty.status = None;
+        assert_eq!(plan_release("n1", Some(&empty)), None);
+    }
+
+    #[test]
+    fn a_release_is_queued_only_if_nothing_was_announced_since() {
+        let mut q = Queue::default();
+        let a = want("a", &["eth0"], None);
+        q.push(a.clone());
+        let n = q.cancel(&a.service);
+        assert!(q.is_empty(), "the queued write is dropped");
+        q.release_due(&a.service, n);
+        assert_eq!(q.pop(), Some(Job::Release(a.service.clone(), n)));
+        // Retried after a conflict, then done: a later due of the same release does nothing.
+        q.release_due(&a.service, n);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop(), Some(Job::Release(a.service.clone(), n)));
+        q.release_done(&a.service, n);
+        q.release_due(&a.service, n);
+        assert!(q.is_empty());
+
+        // Announced again within the grace period: the release is void.
+        let n = q.cancel(&a.service);
+        q.push(a.clone());
+        q.release_due(&a.service, n);
+        assert_eq!(q.pop(), Some(Job::Write(a.clone())));
+        assert_eq!(q.pop(), None);
+
+        // Released twice: only the last release's grace period counts.
+        let first = q.cancel(&a.service);
+        q.push(a.clone());
+        let second = q.cancel(&a.service);
+        q.release_due(&a.service, first);
+        assert!(q.is_empty(), "{q:?}");
+        q.release_due(&a.service, second);
+        assert_eq!(q.pop(), Some(Job::Release(a.service.clone(), second)));
+
+        // A want pushed while a release is queued replaces it (at its place).
+        let b = want("b", &["eth0"], None);
+        let n = q.cancel(&a.service);
+        q.release_due(&a.service, n);
+        q.push(b.clone());
+        q.push(a.clone());
+        assert_eq!(q.pop(), Some(Job::Write(a.clone())));
+        assert_eq!(q.pop(), Some(Job::Write(b)));
     }
 }

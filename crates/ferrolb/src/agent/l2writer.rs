@@ -7,12 +7,18 @@
 //! announcing is dropped. What to write is decided against a watch cache of the objects
 //! ([`plan`]), so a restart or a relist writes nothing. Status writes carry the cached
 //! resourceVersion; a 409 or 404 waits for the watch and decides again.
+//!
+//! A Service this node stops announcing (released, lost, no longer eligible) gets a grace
+//! period (the lease duration: a node that takes over writes the object meanwhile); then, if
+//! nothing was announced here since and the cached object still names this node
+//! ([`plan_release`]), the object is deleted with its resourceVersion as precondition, so a
+//! takeover written meanwhile is never deleted (409: decide again).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -23,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::cache::{CachedService, Store};
 use super::eligibility::ServiceRef;
-use super::l2status::{plan, Queue, Want, Write};
+use super::l2status::{plan, plan_release, Job, Queue, Want, Write};
 use crate::api::L2Announcement;
 
 /// Quiet period after the last lease event before writing.
@@ -40,6 +46,8 @@ struct Shared {
     notify: Notify,
     /// The last lease activity the agent reported.
     activity: Mutex<Instant>,
+    /// How long a Service no longer announced here waits before its object is deleted.
+    release_grace: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,17 +62,20 @@ pub struct L2Writer {
 
 impl L2Writer {
     /// Starts the object watch and the writer. `services` is the agent's Service cache (for the
-    /// owner reference's uid; a Service gone from it gets no object).
+    /// owner reference's uid; a Service gone from it gets no object). `release_grace`: how long
+    /// the object of a Service no longer announced here is left for another node to take over
+    /// before it is deleted (the lease duration).
     pub fn start(
         client: Client,
         node: String,
         services: Store<CachedService>,
         registry: &Registry,
+        release_grace: Duration,
     ) -> anyhow::Result<(L2Writer, tokio::task::JoinHandle<()>)> {
         let writes = IntCounterVec::new(
             Opts::new(
                 "ferrolb_agent_l2announcement_writes_total",
-                "L2Announcement writes by this node, by result (created, status, conflict, error).",
+                "L2Announcement writes by this node, by result (created, status, deleted, conflict, error).",
             ),
             &["result"],
         )?;
@@ -73,6 +84,7 @@ impl L2Writer {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             activity: Mutex::new(Instant::now()),
+            release_grace,
         });
         let task = tokio::spawn(run(client, node, services, shared.clone(), writes));
         Ok((L2Writer { shared }, task))
@@ -84,9 +96,11 @@ impl L2Writer {
         self.shared.notify.notify_one();
     }
 
-    /// Drops what is queued for a Service this node no longer announces.
+    /// Drops what is queued for a Service this node no longer announces; after the grace
+    /// period its object is deleted if it still names this node.
     pub fn cancel(&self, s: &ServiceRef) {
-        lock(&self.shared.queue).cancel(s);
+        let n = lock(&self.shared.queue).cancel(s);
+        release_after(&self.shared, s.clone(), n, self.shared.release_grace);
     }
 
     /// The agent saw lease events now: writes wait until they settle.
@@ -136,8 +150,14 @@ async fn run(
             }
             tokio::time::sleep_until(quiet_at.min(started + MAX_HOLD)).await;
         }
-        let Some(want) = lock(&shared.queue).pop() else {
-            continue;
+        let job = lock(&shared.queue).pop();
+        let want = match job {
+            None => continue,
+            Some(Job::Write(w)) => w,
+            Some(Job::Release(s, n)) => {
+                release(&client, &node, &store, &shared, &writes, s, n).await;
+                continue;
+            }
         };
         let sref = &want.service;
         let svc = services.get(&sref.namespace, &sref.name);
@@ -186,6 +206,61 @@ async fn run(
             }
         }
     }
+}
+
+/// Deletes the object of `s` (released here as release `n`) if it still names `node`.
+async fn release(
+    client: &Client,
+    node: &str,
+    store: &reflector::Store<L2Announcement>,
+    shared: &Arc<Shared>,
+    writes: &IntCounterVec,
+    s: ServiceRef,
+    n: u64,
+) {
+    let current = store.get(&ObjectRef::new(&s.name).within(&s.namespace));
+    let Some(rv) = plan_release(node, current.as_deref()) else {
+        lock(&shared.queue).release_done(&s, n);
+        return;
+    };
+    let api: Api<L2Announcement> = Api::namespaced(client.clone(), &s.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: Some(rv),
+            uid: current.and_then(|c| c.metadata.uid.clone()),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&s.name, &dp).await {
+        Ok(_) => {
+            writes.with_label_values(&["deleted"]).inc();
+            debug!(service = %s, "no longer announced by anyone: L2Announcement deleted");
+            lock(&shared.queue).release_done(&s, n);
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            lock(&shared.queue).release_done(&s, n);
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // Written meanwhile (a takeover?): decide again on the newer object.
+            writes.with_label_values(&["conflict"]).inc();
+            release_after(shared, s, n, CONFLICT_WAIT);
+        }
+        Err(e) => {
+            writes.with_label_values(&["error"]).inc();
+            warn!(service = %s, error = %e, "deleting L2Announcement failed (retrying)");
+            release_after(shared, s, n, ERROR_WAIT);
+        }
+    }
+}
+
+/// Queues release `n` of `s` after `wait` (void if `s` was announced here since).
+fn release_after(shared: &Arc<Shared>, s: ServiceRef, n: u64, wait: Duration) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        lock(&shared.queue).release_due(&s, n);
+        shared.notify.notify_one();
+    });
 }
 
 /// Queues `want` again after `wait`, unless a newer one for its Service arrived by then.

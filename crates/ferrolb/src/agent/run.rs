@@ -643,6 +643,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 args.node_name.clone(),
                 caches.services.clone(),
                 &registry,
+                args.lease_duration,
             )?
             .0,
         ),

@@ -12,6 +12,7 @@
 //! | `ferrolb_controller_reconcile_errors_total` | counter | `kind` | failed reconcile steps |
 //! | `ferrolb_controller_is_leader` | gauge | | 1 while this replica holds the controller Lease |
 //! | `ferrolb_controller_ready` | gauge | | 1 once both initial lists were received |
+//! | `ferrolb_controller_events_dropped_total` | counter | | Events not published by the spam filter (`events::SpamFilter`: 25 per object, then 1 per 5 min) |
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -27,6 +28,7 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub is_leader: IntGauge,
     pub ready: IntGauge,
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -78,6 +80,10 @@ impl Metrics {
                 "ferrolb_controller_ready",
                 "1 once the initial lists of Services and pools were received",
             )?,
+            events_dropped: IntCounter::new(
+                "ferrolb_controller_events_dropped_total",
+                "Events not published by the spam filter (per object: a burst of 25, then 1 per 5 minutes)",
+            )?,
         };
         registry.register(Box::new(m.allocations.clone()))?;
         registry.register(Box::new(m.releases.clone()))?;
@@ -88,6 +94,7 @@ impl Metrics {
         registry.register(Box::new(m.reconcile_errors.clone()))?;
         registry.register(Box::new(m.is_leader.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.events_dropped.clone()))?;
         Ok(m)
     }
 

@@ -2,7 +2,11 @@
 //! the next status write starts at once; a task of its own publishes them
 //! [`EVENT_CONCURRENCY`] at a time, each with the time its write landed as `eventTime`.
 //!
-//! Nothing is dropped: the queue is unbounded (it holds one entry per Event a landed write
+//! Rate limit: every Event passes [`SpamFilter`] first (client-go's defaults: per object a
+//! burst of 25, then one per 5 minutes; the first Event about an object always passes); those
+//! it holds back are counted in `ferrolb_controller_events_dropped_total`, never queued.
+//!
+//! Nothing else is dropped: the queue is unbounded (it holds one entry per Event a landed write
 //! asked for, never more than the writes themselves), Events already queued are still
 //! published after leadership is lost (they describe writes that happened), and shutdown waits
 //! (bounded) until the queue is empty. A failed publish is counted and logged, as before.
@@ -16,7 +20,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::events::{EventSpec, Recorder};
+use super::events::{EventSpec, Recorder, SpamFilter};
 use super::Metrics;
 
 /// Event creates in flight at once.
@@ -33,11 +37,14 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Item>,
     task: JoinHandle<()>,
     queued: Arc<AtomicUsize>,
+    spam: std::sync::Mutex<SpamFilter>,
+    dropped: prometheus::IntCounter,
 }
 
 impl Outbox {
     /// Starts the publishing task.
     pub fn start(recorder: Recorder, metrics: Metrics) -> Self {
+        let dropped = metrics.events_dropped.clone();
         let (tx, rx) = mpsc::unbounded_channel::<Item>();
         let queued = Arc::new(AtomicUsize::new(0));
         let left = Arc::clone(&queued);
@@ -68,7 +75,13 @@ impl Outbox {
                 left.fetch_sub(1, Ordering::Relaxed);
             }
         }));
-        Outbox { tx, task, queued }
+        Outbox {
+            tx,
+            task,
+            queued,
+            spam: Default::default(),
+            dropped,
+        }
     }
 
     /// Queues the Events of one landed write (their `eventTime` is now).
@@ -77,8 +90,20 @@ impl Outbox {
             return;
         }
         let at = jiff::Timestamp::now();
+        let now = std::time::Instant::now();
+        let key = SpamFilter::key(regarding);
         let regarding = Arc::new(regarding.clone());
         for spec in events {
+            let allowed = self
+                .spam
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allow(&key, now);
+            if !allowed {
+                self.dropped.inc();
+                tracing::debug!(key, reason = spec.reason, "Event rate-limited");
+                continue;
+            }
             self.queued.fetch_add(1, Ordering::Relaxed);
             let item = Item {
                 regarding: Arc::clone(&regarding),
@@ -104,7 +129,9 @@ impl Outbox {
 
     /// Publishes what is queued (waiting at most `within`), then stops the task.
     pub async fn close(self, within: Duration) {
-        let Outbox { tx, task, queued } = self;
+        let Outbox {
+            tx, task, queued, ..
+        } = self;
         drop(tx);
         let mut task = task;
         if tokio::time::timeout(within, &mut task).await.is_err() {
