@@ -226,22 +226,63 @@ pub async fn end(c: &mut Cluster, p: &Planned, undo: Undo) -> anyhow::Result<()>
                 .bridge
                 .exec("tc", &["qdisc", "del", "dev", &port(node(p)?), "root"])?;
         }
-        Kind::PoolEdit => {
-            let ar = ApiResource::from_gvk_with_plural(
-                &kube::api::GroupVersionKind::gvk("ferrolb.io", "v1alpha1", "LoadBalancerIPPool"),
-                "loadbalancerippools",
-            );
-            let api: Api<DynamicObject> = Api::all_with(c.client.clone(), &ar);
-            match api.delete("chaos-extra", &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Kind::PolicyEdit => policy_interfaces(c, &["^eth0$"]).await?,
+        // The revert may fall into an API fault that started meanwhile: retried for a while.
+        Kind::PoolEdit => retry(|| delete_extra_pool(c)).await?,
+        Kind::PolicyEdit => retry(|| policy_interfaces(c, &["^eth0$"])).await?,
         _ => {}
     }
     Ok(())
+}
+
+/// Retries `f` every 500 ms for up to 30 s.
+async fn retry<F, Fut>(mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn delete_extra_pool(c: &Cluster) -> anyhow::Result<()> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("ferrolb.io", "v1alpha1", "LoadBalancerIPPool"),
+        "loadbalancerippools",
+    );
+    let api: Api<DynamicObject> = Api::all_with(c.client.clone(), &ar);
+    match api.delete("chaos-extra", &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether this kernel has `tc netem` (a Firecracker guest kernel may not): tried once on the
+/// API server's bridge port.
+pub fn netem_available(c: &Cluster) -> bool {
+    let ok = c
+        .topo
+        .seg
+        .bridge
+        .exec(
+            "tc",
+            &["qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"],
+        )
+        .is_ok();
+    if ok {
+        let _ = c
+            .topo
+            .seg
+            .bridge
+            .exec("tc", &["qdisc", "del", "dev", "p0", "root"]);
+    }
+    ok
 }
 
 fn controllers(c: &Cluster, p: &Planned) -> Vec<usize> {

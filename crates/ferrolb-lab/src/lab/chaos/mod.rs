@@ -110,6 +110,9 @@ impl<T: Send + 'static> Collector<T> {
     }
 }
 
+/// arping processes per address (see `run_on`).
+const ARPINGS: usize = 4;
+
 fn url(vip: IpAddr) -> String {
     match vip {
         IpAddr::V4(a) => format!("http://{a}/"),
@@ -240,9 +243,18 @@ pub async fn run_on(
     let mut arpings = Vec::new();
     let mut probers = Vec::new();
     for vip in &vips {
-        let mut cmd = c.topo.client().cmd("arping");
-        cmd.args(["-b", "-i", "0.2", "-I", "eth0", &vip.to_string()]);
-        arpings.push(Stream::spawn(cmd)?);
+        // iputils arping asks once a second at most: 4 of them, 250 ms apart, ask every 250 ms.
+        for k in 0..ARPINGS {
+            let mut cmd = c.topo.client().cmd("sh");
+            cmd.args([
+                "-c",
+                &format!(
+                    "sleep {:.2}; exec arping -b -i 1 -I eth0 {vip}",
+                    k as f64 / ARPINGS as f64
+                ),
+            ]);
+            arpings.push(Stream::spawn(cmd)?);
+        }
         let p = probe::prober(c.topo.client(), &c.cfg.exe, &url(*vip), 100)?;
         probers.push((
             *vip,
@@ -265,12 +277,22 @@ pub async fn run_on(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let mut notes = Vec::new();
+    let mut kinds = if o.kinds.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        o.kinds.clone()
+    };
+    if kinds.contains(&Kind::Netem) && !tokio::task::block_in_place(|| faults::netem_available(c)) {
+        kinds.retain(|k| *k != Kind::Netem);
+        notes.push("netem left out: this kernel has no sch_netem (tc: unknown qdisc)".into());
+    }
     let plan = schedule::generate(&Plan {
         seed: o.seed,
         duration_ms: o.duration.as_millis() as u64,
         nodes,
         controllers: c.cfg.controllers,
-        kinds: o.kinds.clone(),
+        kinds,
         max_concurrent: o.max_concurrent,
     });
     say(format!(
@@ -413,6 +435,7 @@ pub async fn run_on(
         ),
         faults: injected,
         injection_errors: errors,
+        notes,
         ..Default::default()
     };
     r.observed.snapshots = snapshots;

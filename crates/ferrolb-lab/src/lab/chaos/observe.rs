@@ -88,17 +88,23 @@ pub enum ArpEv {
 }
 
 /// Parses a `tcpdump -l -n -e -tt arp` line into (epoch ms, address, event); requests only
-/// from `client` (the prober's and arping's).
+/// from `client` (the prober's and arping's), replies only unicast (answers to a request; a
+/// broadcast reply is a gratuitous announcement, not an answer).
 pub fn parse_arp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
     let ts: f64 = line.split_whitespace().next()?.parse().ok()?;
     let at = (ts * 1000.0) as u64;
+    let dst = line.split(" > ").nth(1)?.split(',').next()?.trim();
     let arp = line.split(": ").nth(1)?;
-    let w: Vec<&str> = arp.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    // arping names the target MAC it asks: `who-has X (ff:ff:ff:ff:ff:ff) tell Y`.
+    let w: Vec<&str> = arp
+        .split([' ', ','])
+        .filter(|s| !s.is_empty() && !s.starts_with('('))
+        .collect();
     match w.as_slice() {
         ["Request", "who-has", a, "tell", b, ..] if b.parse::<IpAddr>().ok()? == client => {
             Some((at, a.parse().ok()?, ArpEv::Request))
         }
-        ["Reply", a, "is-at", mac, ..] => Some((
+        ["Reply", a, "is-at", mac, ..] if !dst.eq_ignore_ascii_case("ff:ff:ff:ff:ff:ff") => Some((
             at,
             a.parse().ok()?,
             ArpEv::Reply(super::super::probe::norm_mac(mac)),
@@ -124,6 +130,9 @@ impl Double {
         self.end_ms.saturating_sub(self.start_ms)
     }
 }
+
+/// Replies later than this after a request belong to no round.
+pub const MAX_ANSWER_MS: u64 = 1_000;
 
 /// The two-answerer intervals of one address: a round is the time from one client request to
 /// the next; a round answered by two MACs is "double"; consecutive double rounds make one
@@ -164,9 +173,12 @@ pub fn doubles(address: IpAddr, evs: &[(u64, ArpEv)]) -> Vec<Double> {
                 round = Some((*at, BTreeSet::new(), *at));
             }
             ArpEv::Reply(mac) => {
-                if let Some((_, macs, last)) = round.as_mut() {
-                    macs.insert(mac.clone());
-                    *last = *at;
+                if let Some((start, macs, last)) = round.as_mut() {
+                    // An answer this late is to no request we saw (the capture missed it).
+                    if *at <= *start + MAX_ANSWER_MS {
+                        macs.insert(mac.clone());
+                        *last = *at;
+                    }
                 }
             }
         }
@@ -497,6 +509,11 @@ mod tests {
             parse_arp(req, client),
             Some((1_700_000_000_100, ip(), ArpEv::Request))
         );
+        let arping = req.replace("10 tell", "10 (ff:ff:ff:ff:ff:ff) tell");
+        assert_eq!(
+            parse_arp(&arping, client),
+            Some((1_700_000_000_100, ip(), ArpEv::Request))
+        );
         let other = req.replace("tell 192.0.2.100", "tell 192.0.2.11");
         assert_eq!(parse_arp(&other, client), None, "not the client's request");
         let rep = "1700000000.101 8a:ed:1e:c5:83:11 > aa:aa:aa:aa:aa:aa, ethertype ARP (0x0806), length 42: Reply 198.51.100.10 is-at 8A:ED:1E:C5:83:11, length 28";
@@ -507,6 +524,12 @@ mod tests {
                 ip(),
                 ArpEv::Reply("8a:ed:1e:c5:83:11".into())
             ))
+        );
+        let garp = rep.replace("> aa:aa:aa:aa:aa:aa", "> ff:ff:ff:ff:ff:ff");
+        assert_eq!(
+            parse_arp(&garp, client),
+            None,
+            "a gratuitous reply is no answer"
         );
     }
 

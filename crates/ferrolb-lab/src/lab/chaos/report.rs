@@ -24,6 +24,8 @@ pub struct ChaosReport {
     pub faults: BTreeMap<String, usize>,
     /// Faults that could not be injected (and why).
     pub injection_errors: Vec<String>,
+    /// What this run could not do (e.g. a kernel without netem).
+    pub notes: Vec<String>,
     pub observed: Observed,
     /// Every two-answerer interval seen (violation or not).
     pub two_answerers: Vec<DoubleRow>,
@@ -142,11 +144,11 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
     for (k, n) in &r.faults {
         out.push(format!("  {k:<24} {n:>8}"));
     }
-    if !r.injection_errors.is_empty() {
-        out.push(format!(
-            "  ({} could not be injected; see the JSON)",
-            r.injection_errors.len()
-        ));
+    for e in &r.injection_errors {
+        out.push(format!("  not injected: {e}"));
+    }
+    for n in &r.notes {
+        out.push(format!("  note: {n}"));
     }
     out.push(String::new());
     out.push(format!(

@@ -297,9 +297,15 @@ fn fits(plan: &Plan, planned: &[Planned], p: &Planned) -> bool {
     let busy = |q: &&Planned| q.at_ms <= p.at_ms && q.end_ms() + REST_MS > p.at_ms;
     let active: Vec<&Planned> = planned.iter().filter(busy).collect();
     if p.kind.is_churn() {
-        // One pool edit and one policy edit at a time (each reverts its own change).
-        return !matches!(p.kind, Kind::PoolEdit | Kind::PolicyEdit)
-            || !active.iter().any(|q| q.kind == p.kind);
+        // Nobody edits objects while the API server refuses or fails every request (the lab's
+        // own client is refused too); one pool edit and one policy edit at a time (each
+        // reverts its own change).
+        let api_down = active
+            .iter()
+            .any(|q| matches!(q.kind, Kind::ApiOutage | Kind::Api5xx));
+        return !api_down
+            && (!matches!(p.kind, Kind::PoolEdit | Kind::PolicyEdit)
+                || !active.iter().any(|q| q.kind == p.kind));
     }
     let faults: Vec<&&Planned> = active.iter().filter(|q| !q.kind.is_churn()).collect();
     if faults.len() >= plan.max_concurrent {
@@ -380,6 +386,12 @@ mod tests {
                     .filter(|q| !q.kind.is_churn() && q.end_ms() > f.at_ms)
                     .collect();
                 if f.kind.is_churn() {
+                    assert!(
+                        !active
+                            .iter()
+                            .any(|q| matches!(q.kind, Kind::ApiOutage | Kind::Api5xx)),
+                        "no churn while the API server refuses: {f:?}"
+                    );
                     continue;
                 }
                 assert!(active.len() < p.max_concurrent, "seed {seed}: {f:?}");
