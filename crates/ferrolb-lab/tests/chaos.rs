@@ -36,8 +36,16 @@ async fn chaos_two_fixed_seeds_no_violations() {
         // The observers worked: HTTP probes on both addresses (10/s each), the client's ARP
         // requests (4/s per address) captured on the bridge, with answers, API snapshots.
         assert!(r.observed.probes > 600, "seed {seed}: {:?}", r.observed);
-        assert!(r.observed.arp_requests > 200, "seed {seed}: {:?}", r.observed);
-        assert!(r.observed.arp_replies > 100, "seed {seed}: {:?}", r.observed);
+        assert!(
+            r.observed.arp_requests > 200,
+            "seed {seed}: {:?}",
+            r.observed
+        );
+        assert!(
+            r.observed.arp_replies > 100,
+            "seed {seed}: {:?}",
+            r.observed
+        );
         assert!(r.observed.snapshots > 5, "seed {seed}: {:?}", r.observed);
         let injected: usize = r.faults.values().sum();
         assert!(injected >= 10, "seed {seed}: only {injected} faults");

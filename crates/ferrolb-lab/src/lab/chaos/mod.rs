@@ -421,7 +421,7 @@ pub async fn run_on(
     windows.sort_by_key(|w| w.start_ms);
     drop(arpings);
     let arp = capture.finish();
-    let probes: Vec<(IpAddr, Vec<(u64, Option<String>)>)> =
+    let probes: Vec<(IpAddr, observe::Probes)> =
         probers.into_iter().map(|(v, p)| (v, p.finish())).collect();
     // Judge.
     let mut r = ChaosReport {

@@ -441,6 +441,9 @@ fn self_seen(seen: &mut BTreeSet<(String, String)>, kind: &str, subject: &str) -
 // ---------------------------------------------------------------------------------------------
 // Resources (/proc)
 
+/// An HTTP probe series: (epoch ms, answering node or None).
+pub type Probes = Vec<(u64, Option<String>)>;
+
 /// One process's samples: (epoch ms, RSS KiB, open fds).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcSamples {
@@ -590,7 +593,7 @@ mod tests {
         assert_eq!(double_bound(&d, &nodes, &[kill], &b).0, 0, "no excuse");
         let sticky = w(Kind::ApiOutageNode, Some("node2"), 25_000, 29_000);
         assert_eq!(
-            double_bound(&d, &nodes, &[sticky.clone()], &b).0,
+            double_bound(&d, &nodes, std::slice::from_ref(&sticky), &b).0,
             b.sticky_yield_ms + b.slack_ms
         );
         let elsewhere = w(Kind::ApiOutageNode, Some("node3"), 25_000, 29_000);
@@ -621,7 +624,7 @@ mod tests {
         assert_eq!((none, k.len()), (b.slack_ms, 0));
         let kill = w(Kind::AgentKill, Some("node1"), 150, 5_000);
         assert_eq!(
-            gap_bound(&g[0], &[kill.clone()], &b),
+            gap_bound(&g[0], std::slice::from_ref(&kill), &b),
             (b.takeover_ms() + b.slack_ms, vec![Kind::AgentKill])
         );
         let other = w(Kind::AgentKill, Some("node3"), 150, 5_000);
@@ -634,7 +637,7 @@ mod tests {
         );
         let outage = w(Kind::ApiOutage, None, 50, 4_000);
         assert_eq!(
-            gap_bound(&g[0], &[outage.clone()], &b).0,
+            gap_bound(&g[0], std::slice::from_ref(&outage), &b).0,
             b.slack_ms,
             "an API outage alone: none"
         );
