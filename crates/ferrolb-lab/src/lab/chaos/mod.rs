@@ -162,6 +162,14 @@ async fn snapshot(c: &Cluster) -> anyhow::Result<(Vec<SvcView>, Vec<ferrolb::ipa
             ),
             labels: ferrolb::ipam::selector::service_labels(s),
             ips: ingress_ips(s),
+            not_covered: s
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == ferrolb::api::COND_NOT_COVERED && c.status == "True")
+                }),
         })
         .collect();
     let defs = p

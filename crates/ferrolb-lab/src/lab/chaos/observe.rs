@@ -343,6 +343,10 @@ pub struct SvcView {
     pub key: String,
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
+    /// The Service carries `ferrolb.io/AddressNotCovered=True`: pool edits never move an
+    /// address (README, "Pool edits never move an address"); a kept address outside every pool
+    /// is reported this way, and is no violation then.
+    pub not_covered: bool,
 }
 
 /// State carried between snapshots.
@@ -407,7 +411,7 @@ impl Stability {
                         && p.block_containing(a).is_some()
                         && p.selector.as_ref().is_ok_and(|sel| sel.matches(&s.labels))
                 });
-                if !inside {
+                if !inside && !s.not_covered {
                     let k = (s.key.clone(), *ip);
                     let since = *self.outside_since.entry(k.clone()).or_insert(at_ms);
                     outside_now.insert(k);
@@ -666,6 +670,7 @@ mod tests {
             key: k.into(),
             labels: Default::default(),
             ips: vec![ip.parse().unwrap()],
+            not_covered: false,
         };
         let stable = vec!["default/echo".to_string()];
         let mut s = Stability::default();
@@ -696,6 +701,22 @@ mod tests {
         let v = s.check(10 + OUTSIDE_POOL_GRACE_MS, &stable, &out, &pools);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].kind, "outside-pool");
+        let mut s = Stability::default();
+        let mut kept = out[0].clone();
+        kept.key = "default/kept".into();
+        kept.not_covered = true;
+        assert!(
+            s.check(10, &stable, std::slice::from_ref(&kept), &pools)
+                .is_empty()
+                && s.check(
+                    10 + 2 * OUTSIDE_POOL_GRACE_MS,
+                    &stable,
+                    std::slice::from_ref(&kept),
+                    &pools
+                )
+                .is_empty(),
+            "a kept address the Service's condition reports is documented behaviour"
+        );
     }
 
     #[test]
