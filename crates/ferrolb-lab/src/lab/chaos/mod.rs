@@ -180,6 +180,26 @@ async fn snapshot(c: &Cluster) -> anyhow::Result<(Vec<SvcView>, Vec<ferrolb::ipa
     Ok((views, defs))
 }
 
+/// The agents' own `ForeignAnswerer` Events (name → "Service: note"): an agent saw another
+/// station answer ARP/NDP for an address it announces.
+async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::all(c.client.clone());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(ferrolb::agent::conflicts::REASON_FOREIGN_ANSWERER))
+        .map(|e| {
+            let svc = e.regarding.and_then(|r| r.name).unwrap_or_default();
+            (
+                e.metadata.name.unwrap_or_default(),
+                format!("{svc}: {}", e.note.unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
 /// Samples RSS and fds of every running agent and controller.
 fn sample(c: &Cluster, procs: &mut BTreeMap<u32, ProcSamples>) {
     let at = now_ms();
@@ -286,6 +306,7 @@ pub async fn run_on(
         }
     }
     let mut notes = Vec::new();
+    let foreign_before = foreign_answerers(c).await.unwrap_or_default();
     let mut kinds = if o.kinds.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -540,6 +561,16 @@ pub async fn run_on(
                 fds_last: l.2,
             });
         }
+    }
+    match foreign_answerers(c).await {
+        Ok(now) => {
+            r.foreign_answerer_events = now
+                .into_iter()
+                .filter(|(name, _)| !foreign_before.contains_key(name))
+                .map(|(_, note)| note.split(" clients may").next().unwrap_or("").to_string())
+                .collect()
+        }
+        Err(e) => r.notes.push(format!("listing the agents' Events: {e:#}")),
     }
     violations.sort_by_key(|v| v.at_ms);
     r.violations = violations;

@@ -26,6 +26,10 @@ pub struct ChaosReport {
     pub injection_errors: Vec<String>,
     /// What this run could not do (e.g. a kernel without netem).
     pub notes: Vec<String>,
+    /// `ForeignAnswerer` Events the agents wrote during the run (another station answered for
+    /// an address they announce) — on any Service, the churn ones included, which the
+    /// two-answerer capture does not ask for. Reported, not yet judged (see README).
+    pub foreign_answerer_events: Vec<String>,
     pub observed: Observed,
     /// Every two-answerer interval seen (violation or not).
     pub two_answerers: Vec<DoubleRow>,
@@ -189,6 +193,15 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
                     d.faults.join(", ")
                 }
             ));
+        }
+    }
+    if !r.foreign_answerer_events.is_empty() {
+        out.push(format!(
+            "  agents' ForeignAnswerer Events during the run: {}",
+            r.foreign_answerer_events.len()
+        ));
+        for e in r.foreign_answerer_events.iter().take(10) {
+            out.push(format!("    {e}"));
         }
     }
     out.push(String::new());
