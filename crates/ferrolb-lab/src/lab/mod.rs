@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod burst;
+pub mod chaos;
 pub mod cluster;
 pub mod coldstart;
 pub mod echo;
@@ -112,6 +113,18 @@ pub struct Args {
     /// compare `--measure` bursts with and without them.
     #[arg(long)]
     pub no_l2_announcements: bool,
+    /// Seeded random faults with the invariants checked from the outside (`lab::chaos`).
+    #[arg(long)]
+    pub chaos: bool,
+    /// With --chaos: how long (e.g. 10m, 90s).
+    #[arg(long, default_value = "10m")]
+    pub duration: String,
+    /// With --chaos: the schedule's seed (printed; the same seed replays the same schedule).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// With --chaos: only these fault kinds (comma-separated, e.g. agent-kill,api-outage).
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<String>,
 }
 
 /// Machine-readable result of a lab run (`--json`).
@@ -274,6 +287,9 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     };
     cfg.controller_timings = controller_timings(&args);
     cfg.agent_args.extend(agent_args(&args));
+    if args.chaos {
+        return chaos::run(args, cfg, say).await;
+    }
     // Ctrl-C / SIGTERM end the run; dropping the cluster cleans up.
     let work = main_job(args.clone(), cfg, say);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,649 @@
+//! `ferrolb lab --chaos` (issue 15): minutes of seeded random faults on the lab's segment with
+//! the invariants checked from the outside.
+//!
+//! - [`schedule`]: the faults, a pure function of the seed (same seed → same schedule);
+//! - [`faults`]: the injectors (signals, the stand-in's fault rules, bridge ports, `tc netem`,
+//!   Service/pool/policy churn), inside the lab's namespaces only;
+//! - [`observe`]: the checkers — two answerers (ARP capture on the bridge), unavailability (the
+//!   client's HTTP probes) against the bound the active faults allow, stability (the API
+//!   objects), resources (/proc);
+//! - [`report`]: the table and the JSON.
+//!
+//! The runner here is the thin loop: start the observers, play the schedule, poll the API and
+//! /proc between faults, then judge what was recorded.
+
+pub mod faults;
+pub mod observe;
+pub mod report;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kube::api::Api;
+
+use super::cluster::{ingress_ips, Cluster, LabConfig};
+use super::probe::{self, now_ms, parse_probe, Stream};
+use observe::{Bounds, ProcSamples, Stability, SvcView, Violation, Window};
+use report::{ChaosReport, DoubleRow, ResourceRow};
+use schedule::{Kind, Plan, Planned};
+
+/// What one chaos run does.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub seed: u64,
+    pub duration: Duration,
+    /// Services watched throughout (`steady-1` …).
+    pub services: usize,
+    /// Kinds that may be drawn (empty: all).
+    pub kinds: Vec<Kind>,
+    pub max_concurrent: usize,
+    /// The agents' `--rank-step` (their default, 100 ms, unless the lab passes another).
+    pub rank_step_ms: u64,
+}
+
+impl Opts {
+    pub fn new(seed: u64, duration: Duration) -> Self {
+        Opts {
+            seed,
+            duration,
+            services: 2,
+            kinds: vec![],
+            max_concurrent: 3,
+            rank_step_ms: 100,
+        }
+    }
+}
+
+/// Parses `agent-kill,api-outage` into kinds.
+pub fn parse_kinds(s: &[String]) -> anyhow::Result<Vec<Kind>> {
+    s.iter()
+        .flat_map(|x| x.split(','))
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == x.trim())
+                .with_context(|| {
+                    format!(
+                        "unknown fault kind {x:?}; kinds: {}",
+                        Kind::ALL.map(|k| k.name()).join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Lines from a child process parsed into records by a thread, until stopped.
+struct Collector<T> {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+    data: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T: Send + 'static> Collector<T> {
+    fn spawn(s: Stream, parse: impl Fn(&str) -> Option<T> + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let (st, d) = (stop.clone(), data.clone());
+        let handle = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                if let Some(line) = s.next(Duration::from_millis(200)) {
+                    if let Some(v) = parse(&line) {
+                        d.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                    }
+                }
+            }
+            // Dropping `s` kills the child.
+        });
+        Collector { stop, handle, data }
+    }
+
+    fn finish(self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+        std::mem::take(&mut *self.data.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// arping processes per address (see `run_on`).
+const ARPINGS: usize = 4;
+
+fn url(vip: IpAddr) -> String {
+    match vip {
+        IpAddr::V4(a) => format!("http://{a}/"),
+        IpAddr::V6(a) => format!("http://[{a}]/"),
+    }
+}
+
+/// tcpdump of every ARP frame on the bridge (`br0` in the bridge namespace sees every port's
+/// frames), once it captures.
+fn bridge_capture(c: &Cluster) -> anyhow::Result<Stream> {
+    let mut cmd = c.topo.seg.bridge.cmd("sh");
+    cmd.args([
+        "-c",
+        "exec tcpdump -i br0 -l -n -e -tt --immediate-mode arp 2>&1",
+    ]);
+    let s = Stream::spawn(cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(l) = s.next(Duration::from_millis(500)) {
+            if l.contains("listening on") {
+                return Ok(s);
+            }
+        }
+    }
+    bail!("tcpdump did not start on the bridge")
+}
+
+/// One snapshot of the LoadBalancer Services and the pools.
+async fn snapshot(c: &Cluster) -> anyhow::Result<(Vec<SvcView>, Vec<ferrolb::ipam::PoolDef>)> {
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::all(c.client.clone());
+    let pools: Api<ferrolb::api::LoadBalancerIPPool> = Api::all(c.client.clone());
+    let list = Default::default();
+    let (s, p) = tokio::time::timeout(Duration::from_secs(3), async {
+        futures::try_join!(svcs.list(&list), pools.list(&list))
+    })
+    .await
+    .context("API snapshot timed out")??;
+    let views = s
+        .items
+        .iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+        .map(|s| SvcView {
+            key: format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or("")
+            ),
+            labels: ferrolb::ipam::selector::service_labels(s),
+            ips: ingress_ips(s),
+            not_covered: s
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == ferrolb::api::COND_NOT_COVERED && c.status == "True")
+                }),
+        })
+        .collect();
+    let defs = p
+        .items
+        .iter()
+        .map(|p| ferrolb::ipam::PoolDef::from_crd(p).0)
+        .collect();
+    Ok((views, defs))
+}
+
+/// The agents' own `ForeignAnswerer` Events (name → "Service: note"): an agent saw another
+/// station answer ARP/NDP for an address it announces.
+async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::all(c.client.clone());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(ferrolb::agent::conflicts::REASON_FOREIGN_ANSWERER))
+        .map(|e| {
+            let svc = e.regarding.and_then(|r| r.name).unwrap_or_default();
+            (
+                e.metadata.name.unwrap_or_default(),
+                format!("{svc}: {}", e.note.unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
+/// Samples RSS and fds of every running agent and controller.
+fn sample(c: &Cluster, procs: &mut BTreeMap<u32, ProcSamples>) {
+    let at = now_ms();
+    let all = c.agents.iter().chain(c.controllers.iter()).flatten();
+    for p in all {
+        let pid = p.pid();
+        let (Some(rss), Some(fds)) = (p.rss_kib(), observe::fd_count(pid)) else {
+            continue;
+        };
+        procs
+            .entry(pid)
+            .or_insert_with(|| ProcSamples {
+                name: p.name.clone(),
+                pid,
+                samples: vec![],
+            })
+            .samples
+            .push((at, rss, fds));
+    }
+}
+
+fn ms(s: &str) -> anyhow::Result<u64> {
+    Ok(ferrolb::lease::parse_duration(s)
+        .map_err(anyhow::Error::msg)?
+        .as_millis() as u64)
+}
+
+/// Runs one chaos schedule on a running lab (pools and policy applied). Returns the report and
+/// the wall-clock start (epoch ms) the report's times are relative to.
+pub async fn run_on(
+    c: &mut Cluster,
+    o: &Opts,
+    say: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<(ChaosReport, u64)> {
+    let nodes = c.topo.nodes.len();
+    let bounds = Bounds::new(
+        ms(&c.cfg.timings.lease_duration)?,
+        ms(&c.cfg.timings.retry_period)?,
+        nodes,
+        o.rank_step_ms,
+    );
+    let node_names: Vec<String> = c.topo.nodes.iter().map(|n| n.name.clone()).collect();
+    // The watched Services.
+    let all: Vec<usize> = (0..nodes).collect();
+    let mut services = Vec::new();
+    let mut vips = Vec::new();
+    for i in 0..o.services {
+        let name = format!("steady-{}", i + 1);
+        c.create_json(&super::echo_service(&name, false)).await?;
+        c.create_endpoints("default", &name, &all).await?;
+        let ips = c
+            .wait_ingress("default", &name, Duration::from_secs(60))
+            .await?;
+        for ip in &ips {
+            c.topo.add_vip_on_nodes(*ip)?;
+        }
+        vips.extend(ips.iter().copied());
+        services.push((name, ips));
+    }
+    let stable: Vec<String> = services
+        .iter()
+        .map(|(n, _)| format!("default/{n}"))
+        .collect();
+    // Observers.
+    let client_ip = IpAddr::V4(c.topo.client_ipv4);
+    let capture = Collector::spawn(bridge_capture(c)?, move |l| {
+        observe::parse_arp(l, client_ip)
+    });
+    let mut arpings = Vec::new();
+    let mut probers = Vec::new();
+    for vip in &vips {
+        // iputils arping asks once a second at most: 4 of them, 250 ms apart, ask every 250 ms.
+        for k in 0..ARPINGS {
+            let mut cmd = c.topo.client().cmd("sh");
+            cmd.args([
+                "-c",
+                &format!(
+                    "sleep {:.2}; exec arping -b -i 1 -I eth0 {vip}",
+                    k as f64 / ARPINGS as f64
+                ),
+            ]);
+            arpings.push(Stream::spawn(cmd)?);
+        }
+        let p = probe::prober(c.topo.client(), &c.cfg.exe, &url(*vip), 100)?;
+        probers.push((
+            *vip,
+            Collector::spawn(p, |l| parse_probe(l).map(|p| (p.at_ms, p.node))),
+        ));
+    }
+    // Every address answers before the first fault.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (vip, p) in &probers {
+        while !p
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|x| x.1.is_some())
+        {
+            if Instant::now() > deadline {
+                bail!("{vip} did not answer HTTP within 60 s before the chaos started");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut notes = Vec::new();
+    let foreign_before = foreign_answerers(c).await.unwrap_or_default();
+    let mut kinds = if o.kinds.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        o.kinds.clone()
+    };
+    if kinds.contains(&Kind::Netem) && !tokio::task::block_in_place(|| faults::netem_available(c)) {
+        kinds.retain(|k| *k != Kind::Netem);
+        notes.push("netem left out: this kernel has no sch_netem (tc: unknown qdisc)".into());
+    }
+    let plan = schedule::generate(&Plan {
+        seed: o.seed,
+        duration_ms: o.duration.as_millis() as u64,
+        nodes,
+        controllers: c.cfg.controllers,
+        kinds,
+        max_concurrent: o.max_concurrent,
+    });
+    say(format!(
+        "chaos: seed {}, {} faults planned over {:?} (replay: --seed {})",
+        o.seed,
+        plan.len(),
+        o.duration,
+        o.seed
+    ));
+    // Events: (offset, 0 = end / 1 = start, index); ends first at the same offset.
+    let mut events: Vec<(u64, u8, usize)> = Vec::new();
+    for (i, p) in plan.iter().enumerate() {
+        events.push((p.at_ms, 1, i));
+        if p.lasts_ms > 0 {
+            events.push((p.end_ms(), 0, i));
+        }
+    }
+    events.sort_unstable();
+    let t0 = Instant::now();
+    let start_ms = now_ms();
+    let duration_ms = o.duration.as_millis() as u64;
+    let mut active: BTreeMap<usize, (Window, faults::Undo)> = BTreeMap::new();
+    let mut windows: Vec<Window> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut injected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stability = Stability::default();
+    let mut violations: Vec<Violation> = Vec::new();
+    let mut procs: BTreeMap<u32, ProcSamples> = BTreeMap::new();
+    let (mut snapshots, mut snapshot_errors) = (0, 0);
+    let (mut next_poll, mut next_sample) = (0u64, 0u64);
+    let mut ei = 0;
+    let window_of = |p: &Planned| Window {
+        label: p.label(&node_names),
+        kind: p.kind,
+        node: p
+            .target
+            .filter(|_| p.kind.on_node())
+            .and_then(|i| node_names.get(i).cloned()),
+        start_ms: now_ms(),
+        end_ms: 0,
+    };
+    loop {
+        let now = t0.elapsed().as_millis() as u64;
+        if let Some(&(at, what, i)) = events.get(ei) {
+            if at <= now {
+                ei += 1;
+                let p = &plan[i];
+                if what == 1 {
+                    let mut w = window_of(p);
+                    say(format!(
+                        "  {:>7.1}s  {} for {:.1}s",
+                        now as f64 / 1000.0,
+                        w.label,
+                        p.lasts_ms as f64 / 1000.0
+                    ));
+                    match faults::start(c, p).await {
+                        Ok(undo) => {
+                            *injected.entry(p.kind.name().into()).or_default() += 1;
+                            if p.lasts_ms == 0 {
+                                if let Err(e) = faults::end(c, p, undo).await {
+                                    errors.push(format!("ending {}: {e:#}", w.label));
+                                }
+                                w.end_ms = now_ms();
+                                windows.push(w);
+                            } else {
+                                active.insert(i, (w, undo));
+                            }
+                        }
+                        Err(e) => errors.push(format!("starting {}: {e:#}", w.label)),
+                    }
+                } else if let Some((mut w, undo)) = active.remove(&i) {
+                    if let Err(e) = faults::end(c, p, undo).await {
+                        errors.push(format!("ending {}: {e:#}", w.label));
+                    }
+                    w.end_ms = now_ms();
+                    windows.push(w);
+                }
+                continue;
+            }
+        }
+        if now >= next_poll {
+            next_poll = now + 2_000;
+            match snapshot(c).await {
+                Ok((svcs, pools)) => {
+                    snapshots += 1;
+                    let at = now_ms();
+                    for mut v in stability.check(at, &stable, &svcs, &pools) {
+                        v.active = active.values().map(|(w, _)| w.label.clone()).collect();
+                        say(format!(
+                            "  VIOLATION {} {}: {}",
+                            v.kind, v.subject, v.detail
+                        ));
+                        violations.push(v);
+                    }
+                }
+                Err(_) => snapshot_errors += 1,
+            }
+        }
+        if now >= next_sample {
+            next_sample = now + 5_000;
+            sample(c, &mut procs);
+        }
+        if now >= duration_ms && ei >= events.len() {
+            break;
+        }
+        let next = [
+            events.get(ei).map_or(u64::MAX, |e| e.0),
+            next_poll,
+            next_sample,
+            duration_ms,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(duration_ms);
+        let now = t0.elapsed().as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+    }
+    // Anything still active (none by the schedule's rules) ends now.
+    for (i, (mut w, undo)) in std::mem::take(&mut active) {
+        if let Err(e) = faults::end(c, &plan[i], undo).await {
+            errors.push(format!("ending {}: {e:#}", w.label));
+        }
+        w.end_ms = now_ms();
+        windows.push(w);
+    }
+    windows.sort_by_key(|w| w.start_ms);
+    drop(arpings);
+    let arp = capture.finish();
+    let probes: Vec<(IpAddr, observe::Probes)> =
+        probers.into_iter().map(|(v, p)| (v, p.finish())).collect();
+    // Judge.
+    let mut r = ChaosReport {
+        seed: o.seed,
+        duration_s: o.duration.as_secs_f64(),
+        nodes,
+        services,
+        timings: format!(
+            "{}/{}/{}",
+            c.cfg.timings.lease_duration, c.cfg.timings.renew_deadline, c.cfg.timings.retry_period
+        ),
+        faults: injected,
+        injection_errors: errors,
+        notes,
+        ..Default::default()
+    };
+    r.observed.snapshots = snapshots;
+    r.observed.snapshot_errors = snapshot_errors;
+    r.observed.arp_requests = arp
+        .iter()
+        .filter(|a| vips.contains(&a.1) && a.2 == observe::ArpEv::Request)
+        .count();
+    r.observed.arp_replies = arp
+        .iter()
+        .filter(|a| vips.contains(&a.1) && a.2 != observe::ArpEv::Request)
+        .count();
+    let node_of = |mac: &str| {
+        c.topo
+            .node_by_mac(mac)
+            .map_or(mac.to_string(), |i| node_names[i].clone())
+    };
+    for vip in &vips {
+        let evs: Vec<(u64, observe::ArpEv)> = arp
+            .iter()
+            .filter(|a| a.1 == *vip)
+            .map(|a| (a.0, a.2.clone()))
+            .collect();
+        for d in observe::doubles(*vip, &evs) {
+            let names: Vec<String> = d.macs.iter().map(|m| node_of(m)).collect();
+            let (bound, why) = observe::double_bound(&d, &names, &windows, &bounds);
+            if bound == 0 || d.length_ms() > bound {
+                violations.push(Violation {
+                    at_ms: d.start_ms,
+                    kind: "two-answerers".into(),
+                    subject: vip.to_string(),
+                    detail: format!(
+                        "{} and {} answered for {} ms over {} round(s) (bound {} ms)",
+                        names.first().cloned().unwrap_or_default(),
+                        names[1..].join(", "),
+                        d.length_ms(),
+                        d.rounds,
+                        bound
+                    ),
+                    active: observe::active_at(&windows, d.start_ms, d.end_ms),
+                });
+            }
+            r.two_answerers.push(DoubleRow {
+                address: *vip,
+                start_ms: d.start_ms,
+                length_ms: d.length_ms(),
+                rounds: d.rounds,
+                nodes: names,
+                bound_ms: bound,
+                faults: why,
+            });
+        }
+    }
+    let mut gap_rows = Vec::new();
+    for (vip, series) in &probes {
+        r.observed.probes += series.len();
+        r.observed.probe_failures += series.iter().filter(|p| p.1.is_none()).count();
+        for g in observe::gaps(*vip, series) {
+            let (bound, kinds) = observe::gap_bound(&g, &windows, &bounds);
+            if g.open || g.length_ms() > bound {
+                violations.push(Violation {
+                    at_ms: g.start_ms,
+                    kind: "unavailability".into(),
+                    subject: vip.to_string(),
+                    detail: format!(
+                        "{} ms without an HTTP answer after {} ({} failed probes{}; bound {} ms)",
+                        g.length_ms(),
+                        g.holder.as_deref().unwrap_or("?"),
+                        g.failures,
+                        if g.open {
+                            ", still failing at the end"
+                        } else {
+                            ""
+                        },
+                        bound
+                    ),
+                    active: observe::active_at(&windows, g.start_ms, g.end_ms),
+                });
+            }
+            gap_rows.push((g, kinds));
+        }
+    }
+    r.unavailability = report::unavailability(&gap_rows);
+    for p in procs.values() {
+        violations.extend(observe::growth(p));
+        if let (Some(f), Some(l)) = (p.samples.first(), p.samples.last()) {
+            r.resources.push(ResourceRow {
+                process: p.name.clone(),
+                pid: p.pid,
+                lived_s: (l.0 - f.0) / 1000,
+                rss_first_kib: f.1,
+                rss_last_kib: l.1,
+                fds_first: f.2,
+                fds_last: l.2,
+            });
+        }
+    }
+    match foreign_answerers(c).await {
+        Ok(now) => {
+            r.foreign_answerer_events = now
+                .into_iter()
+                .filter(|(name, _)| !foreign_before.contains_key(name))
+                .map(|(_, note)| note.split(" clients may").next().unwrap_or("").to_string())
+                .collect()
+        }
+        Err(e) => r.notes.push(format!("listing the agents' Events: {e:#}")),
+    }
+    violations.sort_by_key(|v| v.at_ms);
+    r.violations = violations;
+    r.bounds = Some(bounds);
+    Ok((r, start_ms))
+}
+
+/// `ferrolb lab --chaos`: a lab with the pools and policy, one chaos run, the table (and JSON).
+pub(super) async fn run(args: super::Args, cfg: LabConfig, say: super::Say) -> ferrolb::CmdResult {
+    let duration = ferrolb::lease::parse_duration(&args.duration)
+        .map_err(anyhow::Error::msg)
+        .context("--duration")?;
+    let seed = args
+        .seed
+        .unwrap_or_else(|| now_ms() ^ u64::from(std::process::id()));
+    let mut o = Opts::new(seed, duration);
+    o.services = args.services.max(1);
+    o.kinds = parse_kinds(&args.faults)?;
+    let lab_dir = cfg.dir.clone();
+    say.line(format!(
+        "ferrolb lab --chaos: seed {seed}, {duration:?}, {} nodes, {} watched Service(s), lease {}/{}/{}",
+        args.nodes, o.services, args.lease_duration, args.renew_deadline, args.retry_period
+    ));
+    let work = async {
+        let mut c = Cluster::start_all(cfg).await?;
+        for (name, text) in super::manifests(&args)? {
+            if !name.ends_with("echo.yaml") {
+                c.apply_yaml(&text)
+                    .await
+                    .with_context(|| format!("applying {name}"))?;
+            }
+        }
+        let line = |s: String| say.line(s);
+        let (r, start) = run_on(&mut c, &o, &line).await?;
+        anyhow::Ok((r, start))
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (seed {seed}); cleaned up")),
+        _ = sigterm.recv() => Err(anyhow::anyhow!("terminated (seed {seed}); cleaned up")),
+    };
+    let (r, start) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("logs of every process: {}", lab_dir.display());
+            return Err(e);
+        }
+    };
+    for l in report::table(&r, start) {
+        say.line(l);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    if r.violations.is_empty() {
+        let _ = std::fs::remove_dir_all(&lab_dir);
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        say.line(format!("logs of every process: {}", lab_dir.display()));
+        Ok(std::process::ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_kinds_by_name() {
+        let k = parse_kinds(&["agent-kill,api-outage".into(), "node-cut".into()]).unwrap();
+        assert_eq!(k, vec![Kind::AgentKill, Kind::ApiOutage, Kind::NodeCut]);
+        assert!(parse_kinds(&["agent-explode".into()]).is_err());
+        assert!(parse_kinds(&[]).unwrap().is_empty());
+    }
+}

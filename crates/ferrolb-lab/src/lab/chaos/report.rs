@@ -1,0 +1,281 @@
+//! The chaos report: what was injected, what the observers saw, the violations — as a table
+//! and as JSON (`--json`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::observe::{Bounds, Gap, Violation};
+use super::schedule::Kind;
+use crate::lab::scenario::percentile;
+
+#[derive(Debug, Serialize, Default)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub duration_s: f64,
+    pub nodes: usize,
+    /// The Services watched throughout (name, addresses).
+    pub services: Vec<(String, Vec<IpAddr>)>,
+    /// lease duration / renew deadline / retry period handed to the agents.
+    pub timings: String,
+    pub bounds: Option<Bounds>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, usize>,
+    /// Faults that could not be injected (and why).
+    pub injection_errors: Vec<String>,
+    /// What this run could not do (e.g. a kernel without netem).
+    pub notes: Vec<String>,
+    /// `ForeignAnswerer` Events the agents wrote during the run (another station answered for
+    /// an address they announce) — on any Service, the churn ones included, which the
+    /// two-answerer capture does not ask for. Reported, not yet judged (see README).
+    pub foreign_answerer_events: Vec<String>,
+    pub observed: Observed,
+    /// Every two-answerer interval seen (violation or not).
+    pub two_answerers: Vec<DoubleRow>,
+    /// Unavailability by the fault kinds that explain it (`none`: no fault did).
+    pub unavailability: Vec<UnavailRow>,
+    pub violations: Vec<Violation>,
+    /// Per agent/controller process: RSS and fds first and last.
+    pub resources: Vec<ResourceRow>,
+}
+
+/// How much the observers saw (a run that saw nothing proves nothing).
+#[derive(Debug, Serialize, Default)]
+pub struct Observed {
+    pub probes: usize,
+    pub probe_failures: usize,
+    pub arp_requests: usize,
+    pub arp_replies: usize,
+    pub snapshots: usize,
+    pub snapshot_errors: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DoubleRow {
+    pub address: IpAddr,
+    pub start_ms: u64,
+    pub length_ms: u64,
+    pub rounds: usize,
+    pub nodes: Vec<String>,
+    pub bound_ms: u64,
+    pub faults: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct UnavailRow {
+    pub kind: String,
+    pub n: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceRow {
+    pub process: String,
+    pub pid: u32,
+    pub lived_s: u64,
+    pub rss_first_kib: u64,
+    pub rss_last_kib: u64,
+    pub fds_first: u64,
+    pub fds_last: u64,
+}
+
+/// Unavailability rows: each gap counted under every kind that explains it, or `none`.
+pub fn unavailability(gaps: &[(Gap, Vec<Kind>)]) -> Vec<UnavailRow> {
+    let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (g, kinds) in gaps {
+        if kinds.is_empty() {
+            by.entry("none".into()).or_default().push(g.length_ms());
+        }
+        for k in kinds {
+            by.entry(k.name().into()).or_default().push(g.length_ms());
+        }
+    }
+    by.into_iter()
+        .map(|(kind, mut v)| {
+            v.sort_unstable();
+            UnavailRow {
+                kind,
+                n: v.len(),
+                p50_ms: percentile(&v, 50.0).unwrap_or(0),
+                p99_ms: percentile(&v, 99.0).unwrap_or(0),
+                max_ms: v.last().copied().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+fn secs(start: u64, at: u64) -> String {
+    format!("+{:.1}s", at.saturating_sub(start) as f64 / 1000.0)
+}
+
+/// The report as text lines (the table).
+pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        format!(
+            "chaos: seed {}, {:.0} s, {} nodes, timings {}; Services {}",
+            r.seed,
+            r.duration_s,
+            r.nodes,
+            r.timings,
+            r.services
+                .iter()
+                .map(|(n, ips)| format!(
+                    "{n} {}",
+                    ips.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        format!(
+            "observed: {} HTTP probes ({} failed), {} ARP requests / {} replies on the bridge, {} API snapshots ({} failed)",
+            r.observed.probes,
+            r.observed.probe_failures,
+            r.observed.arp_requests,
+            r.observed.arp_replies,
+            r.observed.snapshots,
+            r.observed.snapshot_errors
+        ),
+        String::new(),
+        format!("  {:<24} {:>8}", "fault", "injected"),
+    ];
+    for (k, n) in &r.faults {
+        out.push(format!("  {k:<24} {n:>8}"));
+    }
+    for e in &r.injection_errors {
+        out.push(format!("  not injected: {e}"));
+    }
+    for n in &r.notes {
+        out.push(format!("  note: {n}"));
+    }
+    out.push(String::new());
+    out.push(format!(
+        "  {:<24} {:>5} {:>9} {:>9} {:>9}",
+        "unavailability by fault", "n", "p50 ms", "p99 ms", "max ms"
+    ));
+    for u in &r.unavailability {
+        out.push(format!(
+            "  {:<24} {:>5} {:>9} {:>9} {:>9}",
+            u.kind, u.n, u.p50_ms, u.p99_ms, u.max_ms
+        ));
+    }
+    out.push(String::new());
+    if r.two_answerers.is_empty() {
+        out.push("  two answerers: none seen".into());
+    } else {
+        out.push(format!(
+            "  two answerers: {} interval(s), longest {} ms",
+            r.two_answerers.len(),
+            r.two_answerers
+                .iter()
+                .map(|d| d.length_ms)
+                .max()
+                .unwrap_or(0)
+        ));
+        for d in &r.two_answerers {
+            out.push(format!(
+                "    {} {} {} ms over {} round(s), {} (bound {} ms; {})",
+                secs(start_ms, d.start_ms),
+                d.address,
+                d.length_ms,
+                d.rounds,
+                d.nodes.join("+"),
+                d.bound_ms,
+                if d.faults.is_empty() {
+                    "no fault excuses it".to_string()
+                } else {
+                    d.faults.join(", ")
+                }
+            ));
+        }
+    }
+    if !r.foreign_answerer_events.is_empty() {
+        out.push(format!(
+            "  agents' ForeignAnswerer Events during the run: {}",
+            r.foreign_answerer_events.len()
+        ));
+        for e in r.foreign_answerer_events.iter().take(10) {
+            out.push(format!("    {e}"));
+        }
+    }
+    out.push(String::new());
+    if r.violations.is_empty() {
+        out.push("  violations: none".into());
+    } else {
+        out.push(format!("  violations: {}", r.violations.len()));
+        for v in &r.violations {
+            out.push(format!(
+                "    {} {} {}: {} [active: {}]",
+                secs(start_ms, v.at_ms),
+                v.kind,
+                v.subject,
+                v.detail,
+                if v.active.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.active.join(", ")
+                }
+            ));
+        }
+    }
+    out.push(format!(
+        "  replay: ferrolb lab --chaos --seed {} --duration {}s --nodes {}",
+        r.seed, r.duration_s as u64, r.nodes
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailability_rows_by_kind_with_none() {
+        let ip: IpAddr = "198.51.100.10".parse().unwrap();
+        let gap = |len: u64| Gap {
+            address: ip,
+            start_ms: 1_000,
+            end_ms: 1_000 + len,
+            holder: None,
+            failures: 1,
+            open: false,
+        };
+        let rows = unavailability(&[
+            (gap(100), vec![]),
+            (gap(900), vec![Kind::AgentKill]),
+            (gap(1_100), vec![Kind::AgentKill, Kind::ApiOutage]),
+        ]);
+        assert_eq!(
+            rows,
+            vec![
+                UnavailRow {
+                    kind: "agent-kill".into(),
+                    n: 2,
+                    p50_ms: 900,
+                    p99_ms: 1_100,
+                    max_ms: 1_100
+                },
+                UnavailRow {
+                    kind: "api-outage".into(),
+                    n: 1,
+                    p50_ms: 1_100,
+                    p99_ms: 1_100,
+                    max_ms: 1_100
+                },
+                UnavailRow {
+                    kind: "none".into(),
+                    n: 1,
+                    p50_ms: 100,
+                    p99_ms: 100,
+                    max_ms: 100
+                },
+            ]
+        );
+    }
+}
