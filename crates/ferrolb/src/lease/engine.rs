@@ -439,13 +439,27 @@ impl Engine {
                 (TakeoverKind::Released, last)
             }
         };
+        // An attached address Lease is never renewed: its record was last written when its
+        // holder took it (maybe hours ago). It stopped being served when the holder's presence
+        // Lease stopped being renewed: the last renewal of anything by that holder we saw.
+        let attached = self
+            .entries
+            .get(name)
+            .is_some_and(|e| e.attached_to.is_some());
+        let free_since = match (kind, from.as_deref()) {
+            (TakeoverKind::Expired, Some(h)) if attached => self
+                .last_seen
+                .get(h)
+                .map_or(obs.observed_at, |t| (*t).max(obs.observed_at)),
+            _ => obs.observed_at,
+        };
         let from = from.filter(|h| h != me);
         self.stats.takeovers.note(
             name,
             Takeover {
                 kind,
                 from,
-                free_since: obs.observed_at,
+                free_since,
                 transitions,
             },
         );

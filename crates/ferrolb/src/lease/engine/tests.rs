@@ -267,6 +267,15 @@ fn a_dead_holders_presence_is_fenced_once_then_its_addresses_are_taken() {
         .count();
     assert_eq!(acquired, addrs.len());
     assert_eq!(EngineStats::get(&a.eng.stats.fences), 1);
+    // The takeover as the L2Announcement reports it: b stopped serving its addresses at its
+    // last presence renewal we saw (t0 + 400 ms), not when its address Leases were last
+    // written (listed at t0: attached Leases are never renewed).
+    for n in &addrs {
+        let t = a.eng.stats.takeovers.take(n).expect("takeover noted");
+        assert_eq!(t.kind, TakeoverKind::Expired);
+        assert_eq!(t.from.as_deref(), Some("b"));
+        assert_eq!(t.free_since, seen, "{n}");
+    }
     // Steady state afterwards: 10 s of timers write our presence only, 5 times a second.
     let w = a.run(at, at + 10_000 * MS, 10 * MS);
     assert!(
