@@ -255,6 +255,106 @@ mod cluster {
         assert!(f.millis <= 1000, "link-loss failover {} ms > 1 s", f.millis);
     }
 
+    /// Issue 11: a switch reboot. Every bridge port (the client's and every node's) loses
+    /// carrier for 5 s, then comes back; the agents still reach the API server over their
+    /// management links. No node can take over while all are down, so the holder keeps its
+    /// Lease (`agent::linkhold`), and when carrier returns its gratuitous ARP refreshes the
+    /// client's neighbour entry within 2 s; no address Lease changes holder or transitions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn switch_reboot_the_client_hears_every_held_address_again_without_a_lease_change() {
+        let _g = serial().await;
+        let Some(mut c) = start("sr", 3).await else {
+            return;
+        };
+        // The management links first (they restart the agents): the Service's Lease is then
+        // created once, with nothing moving it before the outage.
+        tokio::task::block_in_place(|| ferrolb_lab::lab::linkloss::management_links(&mut c))
+            .unwrap();
+        let ips = service(&c, "echo", &[0, 1, 2], false).await;
+        let vip = ips[0];
+        // The client learns from gratuitous ARP without having asked (as routers and L3
+        // switches commonly do), so its neighbour table shows what it heard.
+        let client = c.topo.client();
+        client.sysctl("net.ipv4.conf.eth0.arp_accept", "1").unwrap();
+        let macs = answering_macs(&c, vip, Duration::from_secs(30));
+        assert_eq!(macs.len(), 1, "{macs:?}");
+        let holder_mac = macs[0].clone();
+        // Every address Lease held, and who holds it, before the outage.
+        let held = |ls: &[Lease]| -> Vec<(String, Option<String>, Option<i32>)> {
+            let mut v: Vec<_> = ls
+                .iter()
+                .map(|l| {
+                    let spec = l.spec.clone().unwrap_or_default();
+                    (
+                        l.metadata.name.clone().unwrap_or_default(),
+                        spec.holder_identity,
+                        spec.lease_transitions,
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = held(&leases(&c).await);
+        assert!(
+            before.iter().any(|(_, h, _)| h.is_some()),
+            "no held address Lease: {before:?}"
+        );
+        let neigh = |c: &Cluster| -> Option<String> {
+            let out = c
+                .topo
+                .client()
+                .ip(&["neigh", "show", &vip.to_string(), "dev", "eth0"])
+                .ok()?;
+            let mut w = out.split_whitespace();
+            w.find(|t| *t == "lladdr")?;
+            w.next().map(str::to_string)
+        };
+        let ports: Vec<String> = (1..=c.topo.nodes.len() + 1)
+            .map(|i| format!("p{i}"))
+            .collect();
+        for p in &ports {
+            c.topo.seg.bridge.ip(&["link", "set", p, "down"]).unwrap();
+        }
+        let _ = c
+            .topo
+            .client()
+            .ip(&["neigh", "del", &vip.to_string(), "dev", "eth0"]);
+        // The outage itself, not a synchronisation.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for p in &ports {
+            c.topo.seg.bridge.ip(&["link", "set", p, "up"]).unwrap();
+        }
+        let back = Instant::now();
+        let heard = loop {
+            if neigh(&c).is_some_and(|m| m.eq_ignore_ascii_case(&holder_mac)) {
+                break back.elapsed();
+            }
+            if back.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "the client never heard {vip} again from {} ({holder_mac}); neighbours: {:?}; \
+                     address Leases before {before:?}, now {:?}",
+                    node_of(&c, &holder_mac),
+                    c.topo.client().ip(&["neigh"]),
+                    held(&leases(&c).await)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!("switch reboot: the client heard {vip} from its holder {heard:?} after carrier returned");
+        assert!(
+            heard < Duration::from_secs(2),
+            "heard again after {heard:?}"
+        );
+        let after = held(&leases(&c).await);
+        assert_eq!(
+            before, after,
+            "address Leases changed over the switch reboot"
+        );
+        let macs = answering_macs(&c, vip, Duration::from_secs(5));
+        assert_eq!(macs, vec![holder_mac]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_traffic_policy_follows_endpoints() {
         let _g = serial().await;
