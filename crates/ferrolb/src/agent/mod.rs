@@ -8,8 +8,6 @@
 //! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals).
 //! - [`report`]: Events on Services, policy status conditions.
 //! - [`trim`]: what the caches keep of each watched object.
-//! - [`linkhold`]: pure — which interfaces count for candidacy when every link lost carrier
-//!   (a lone loss hands over; a segment-wide loss, e.g. a switch reboot, keeps every Lease).
 //! - [`pools`]: pure — which pool an address belongs to, for policies limited to some pools.
 //! - [`l2status`] (pure) and [`l2writer`]: the `L2Announcement` of each Service this node
 //!   announces, written only when it changes.
@@ -29,7 +27,6 @@ pub mod eligibility;
 pub mod holdings;
 pub mod l2status;
 pub mod l2writer;
-pub mod linkhold;
 pub mod metrics;
 pub mod pools;
 pub mod report;
@@ -112,11 +109,6 @@ pub struct Args {
     /// so a stream of events cannot keep a core busy.
     #[arg(long, value_parser = crate::lease::parse_duration, default_value = "50ms")]
     pub debounce: Duration,
-    /// When every eligible interface loses carrier, keep standing this long before believing
-    /// the other nodes' carrier reports: then hand over if another candidate has carrier, keep
-    /// every Lease if none has (a switch reboot). See `agent::linkhold`.
-    #[arg(long, value_parser = crate::lease::parse_duration, default_value = "300ms")]
-    pub link_loss_settle: Duration,
     /// Do not write `L2Announcement` objects (who announces each Service; written only on
     /// takeovers and interface changes).
     #[arg(long)]

@@ -153,11 +153,7 @@ struct Agent {
     caches: Caches,
     options: Options,
     node_regexes: Vec<regex::Regex>,
-    /// This node's eligible interfaces with carrier (live).
     interfaces: Vec<String>,
-    /// The interfaces candidacy uses: the live ones, or the lost ones kept a while
-    /// (`super::linkhold`).
-    link_hold: super::linkhold::LinkHold,
     /// This node's interface prefixes, published for subnet-aware candidacy.
     subnets: super::subnets::Publisher,
     holdings: Holdings,
@@ -197,41 +193,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const MAX_EVENTS_PER_SECOND: u32 = 20;
 
 impl Agent {
-    /// Feeds the live interfaces and the other candidates' carrier reports to the link hold,
-    /// and publishes this node's interfaces when they (or, with `reread`, their prefixes or
-    /// carrier) changed. True when something candidacy reads changed.
-    fn sync_links(&mut self, reread: bool) -> bool {
-        let peers = super::subnets::peers_up(&self.caches.prefixes.state(), &self.args.node_name);
-        let candidates: std::collections::BTreeSet<&str> = self
-            .last
-            .local()
-            .flat_map(|g| g.candidates.iter().map(String::as_str))
-            .collect();
-        let mine = self.subnets.local();
-        let heard = |iface: &str| {
-            let nets = mine.get(iface).map(Vec::as_slice).unwrap_or_default();
-            super::subnets::heard_on_segment(&peers, &candidates, iface, nets)
-        };
-        let now = tokio::time::Instant::now();
-        let changed = self.link_hold.update(&self.interfaces, heard, now);
-        if changed {
-            info!(
-                interfaces = ?self.link_hold.effective(),
-                live = ?self.interfaces,
-                "interfaces standing for addresses changed"
-            );
-        }
-        let published = (changed || reread)
-            && self
-                .subnets
-                .refresh(self.link_hold.effective(), &self.link_hold.down());
-        changed || published
-    }
-
     /// Recomputes eligibility from the caches and pushes the result to the engine.
     fn recompute(&mut self) {
         self.metrics.recomputes.inc();
-        self.sync_links(false);
         let policies = self.caches.policies.state();
         let services = self.caches.services.snapshot();
         let nodes = self.caches.nodes.snapshot();
@@ -259,7 +223,7 @@ impl Agent {
             services: &s,
             nodes: &n,
             endpoint_slices: &e,
-            interfaces: self.link_hold.effective(),
+            interfaces: &self.interfaces,
             options: &self.options,
         });
         if desired.problems != self.last.problems {
@@ -691,7 +655,6 @@ pub async fn run(args: Args) -> crate::CmdResult {
         .context("installing the SIGINT handler")?;
 
     let interfaces = eligible_interface_names(&node_regexes);
-    let link_hold = super::linkhold::LinkHold::new(args.link_loss_settle, &interfaces);
     let mut agent = Agent {
         options: Options {
             serve_cilium_class: args.serve_cilium_class,
@@ -704,7 +667,6 @@ pub async fn run(args: Args) -> crate::CmdResult {
             &interfaces,
         ),
         interfaces,
-        link_hold,
         node_regexes,
         holdings: Holdings::new(args.sticky()),
         names: BTreeMap::new(),
@@ -808,18 +770,14 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     continue;
                 }
                 let ifaces = eligible_interface_names(&agent.node_regexes);
-                let live_changed = ifaces != agent.interfaces;
-                if live_changed {
-                    info!(interfaces = ?ifaces, "eligible interfaces with carrier changed");
+                let prefixes_changed = agent.subnets.refresh(&ifaces);
+                if ifaces != agent.interfaces {
+                    info!(interfaces = ?ifaces, "eligible interfaces changed");
                     agent.interfaces = ifaces;
-                }
-                if agent.sync_links(true) || live_changed {
+                    agent.recompute();
+                } else if prefixes_changed {
                     agent.recompute();
                 }
-            }
-            _ = crate::sleep_until_opt(agent.link_hold.recheck_at()) => {
-                // The settle wait of a total link loss is over: the others' reports decide.
-                agent.recompute();
             }
             _ = sigterm.recv() => { info!("SIGTERM"); break; }
             _ = sigint.recv() => { info!("SIGINT"); break; }

@@ -42,10 +42,6 @@ pub const ROLE_INTERFACES: &str = "interfaces";
 pub const SELECTOR: &str = "ferrolb.io/role=interfaces";
 /// Annotation: interface name → prefixes, JSON.
 pub const ANN_PREFIXES: &str = "ferrolb.io/prefixes";
-/// Annotation: the published interfaces that have no carrier (comma-separated; absent: all
-/// up). A node keeps standing on them for a while after losing every link ([`super::linkhold`]);
-/// the others read them to tell a lone link loss from a segment-wide one.
-pub const ANN_DOWN: &str = "ferrolb.io/down";
 
 /// One node's interfaces and their prefixes.
 pub type Prefixes = BTreeMap<String, Vec<IpNetwork>>;
@@ -83,16 +79,12 @@ pub fn local_prefixes(eligible: &[String]) -> Prefixes {
 }
 
 /// The object publishing `prefixes` for `node`.
-pub fn object(namespace: &str, node: &str, prefixes: &Prefixes, down: &[String]) -> Lease {
+pub fn object(namespace: &str, node: &str, prefixes: &Prefixes) -> Lease {
     let mut l = Lease::default();
     l.metadata.name = Some(object_name(node));
     l.metadata.namespace = Some(namespace.to_string());
     l.metadata.labels = Some([(LABEL_ROLE.to_string(), ROLE_INTERFACES.to_string())].into());
-    let mut ann = annotations(node, prefixes);
-    if !down.is_empty() {
-        ann.insert(ANN_DOWN.to_string(), down.join(","));
-    }
-    l.metadata.annotations = Some(ann);
+    l.metadata.annotations = Some(annotations(node, prefixes));
     l
 }
 
@@ -132,63 +124,6 @@ pub fn node_prefixes(objects: &[Arc<Lease>], me: &str, mine: &Prefixes) -> NodeP
     out
 }
 
-/// Every other node's interfaces with carrier (its published interfaces minus those it
-/// reports down), for judging a link loss of this node ([`super::linkhold`]).
-pub fn peers_up(objects: &[Arc<Lease>], me: &str) -> NodePrefixes {
-    objects
-        .iter()
-        .filter_map(|l| {
-            let (node, mut prefixes) = parse(l)?;
-            if node == me {
-                return None;
-            }
-            if let Some(down) = l
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANN_DOWN))
-            {
-                for i in down.split(',') {
-                    prefixes.remove(i.trim());
-                }
-            }
-            Some((node, prefixes))
-        })
-        .collect()
-}
-
-/// Whether some node of `candidates` has carrier on the segment of this node's interface
-/// `iface` with prefixes `mine`: an up interface with a prefix overlapping one of `mine`, or —
-/// when `iface` has no prefix — an up interface of the same name.
-pub fn heard_on_segment(
-    peers: &NodePrefixes,
-    candidates: &std::collections::BTreeSet<&str>,
-    iface: &str,
-    mine: &[IpNetwork],
-) -> bool {
-    // Link-local prefixes (fe80::/64 on every IPv6 interface, 169.254.0.0/16) say nothing
-    // about which segment an interface is on.
-    let routable = |n: &&IpNetwork| match n.ip() {
-        std::net::IpAddr::V4(a) => !a.is_link_local(),
-        std::net::IpAddr::V6(a) => (a.segments()[0] & 0xffc0) != 0xfe80,
-    };
-    let mine: Vec<&IpNetwork> = mine.iter().filter(routable).collect();
-    let overlap = |a: &IpNetwork, b: &IpNetwork| a.contains(b.network()) || b.contains(a.network());
-    peers
-        .iter()
-        .filter(|(n, _)| candidates.contains(n.as_str()))
-        .flat_map(|(_, ifaces)| ifaces.iter())
-        .any(|(name, nets)| {
-            if mine.is_empty() {
-                name == iface
-            } else {
-                nets.iter()
-                    .filter(routable)
-                    .any(|n| mine.iter().any(|m| overlap(n, m)))
-            }
-        })
-}
-
 /// Keeps only what [`parse`] reads (for the watch cache).
 pub fn trim(l: &mut Lease) {
     l.metadata.managed_fields = None;
@@ -201,7 +136,6 @@ pub struct Publisher {
     namespace: String,
     node: String,
     local: Prefixes,
-    down: Vec<String>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -213,7 +147,6 @@ impl Publisher {
             namespace: namespace.to_string(),
             node: node.to_string(),
             local: local_prefixes(eligible),
-            down: Vec::new(),
             task: None,
         };
         p.publish();
@@ -225,16 +158,14 @@ impl Publisher {
         &self.local
     }
 
-    /// Re-reads the prefixes of the interfaces candidacy uses (`eligible`; `down`: those of
-    /// them without carrier); when they changed, publishes them and returns true.
-    pub fn refresh(&mut self, eligible: &[String], down: &[String]) -> bool {
+    /// Re-reads the prefixes; when they changed, publishes them and returns true.
+    pub fn refresh(&mut self, eligible: &[String]) -> bool {
         let now = local_prefixes(eligible);
-        if now == self.local && down == self.down.as_slice() {
+        if now == self.local {
             return false;
         }
-        debug!(prefixes = ?now, ?down, "interface prefixes or carrier changed");
+        debug!(prefixes = ?now, "interface prefixes changed");
         self.local = now;
-        self.down = down.to_vec();
         self.publish();
         true
     }
@@ -246,7 +177,7 @@ impl Publisher {
             t.abort();
         }
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        let obj = object(&self.namespace, &self.node, &self.local, &self.down);
+        let obj = object(&self.namespace, &self.node, &self.local);
         let name = object_name(&self.node);
         self.task = Some(tokio::spawn(async move {
             loop {
@@ -300,7 +231,7 @@ mod tests {
             ("eth1".to_string(), vec![]),
         ]
         .into();
-        let o = object("ferrolb-leases", "n2", &theirs, &[]);
+        let o = object("ferrolb-leases", "n2", &theirs);
         assert_eq!(o.metadata.name.as_deref(), Some(object_name("n2").as_str()));
         assert!(object_name("n2").starts_with("ferrolb-ifaces-"));
         assert_ne!(object_name("n1"), object_name("n2"));
@@ -312,12 +243,12 @@ mod tests {
             .unwrap()
             .contains_key(crate::lease::MANAGED_BY_LABEL));
         assert_eq!(parse(&o), Some(("n2".to_string(), theirs.clone())));
-        let stale = object("ferrolb-leases", "n1", &Prefixes::new(), &[]);
+        let stale = object("ferrolb-leases", "n1", &Prefixes::new());
         let all = node_prefixes(&[Arc::new(o), Arc::new(stale)], "n1", &mine);
         assert_eq!(all["n2"], theirs);
         assert_eq!(all["n1"], mine);
         // Garbage is skipped, not a panic.
-        let mut bad = object("ferrolb-leases", "n3", &theirs, &[]);
+        let mut bad = object("ferrolb-leases", "n3", &theirs);
         bad.metadata
             .annotations
             .as_mut()
@@ -325,50 +256,5 @@ mod tests {
             .insert(ANN_PREFIXES.into(), "{not json".into());
         assert_eq!(parse(&bad), None);
         assert_eq!(parse(&Lease::default()), None);
-    }
-
-    #[test]
-    fn nodes_up_are_those_reporting_an_interface_with_carrier() {
-        let nets: Prefixes = [
-            ("eth0".to_string(), vec!["192.0.2.12/24".parse().unwrap()]),
-            ("eth1".to_string(), vec![]),
-            ("mgmt0".to_string(), vec!["fe80::2/64".parse().unwrap()]),
-        ]
-        .into();
-        let up = object("ns", "n2", &nets, &["eth1".to_string()]);
-        let down = object(
-            "ns",
-            "n3",
-            &nets,
-            &["eth0".to_string(), "eth1".to_string(), "mgmt0".to_string()],
-        );
-        let nothing = object("ns", "n4", &Prefixes::new(), &[]);
-        let me = object("ns", "n1", &nets, &[]);
-        assert_eq!(
-            down.metadata.annotations.as_ref().unwrap()[ANN_DOWN],
-            "eth0,eth1,mgmt0"
-        );
-        // The prefixes themselves still parse (candidacy by subnet does not flap with carrier).
-        assert_eq!(parse(&down), Some(("n3".to_string(), nets.clone())));
-        let objs: Vec<Arc<Lease>> = [up, down, nothing, me].into_iter().map(Arc::new).collect();
-        let peers = peers_up(&objs, "n1");
-        assert_eq!(peers.keys().collect::<Vec<_>>(), ["n2", "n3", "n4"]);
-        assert_eq!(peers["n2"].keys().collect::<Vec<_>>(), ["eth0", "mgmt0"]);
-        assert!(peers["n3"].is_empty());
-        let all: std::collections::BTreeSet<&str> = ["n2", "n3", "n4"].into();
-        let only_n3: std::collections::BTreeSet<&str> = ["n3"].into();
-        let lan: Vec<IpNetwork> = vec![
-            "192.0.2.11/24".parse().unwrap(),
-            "fe80::1/64".parse().unwrap(),
-        ];
-        let other: Vec<IpNetwork> = vec!["203.0.113.1/24".parse().unwrap()];
-        // n2 has carrier on 192.0.2.0/24 (and a link-local address on mgmt0, which says
-        // nothing about segments); nobody on 203.0.113.0/24; n3 (all down) nowhere.
-        assert!(heard_on_segment(&peers, &all, "eth0", &lan));
-        assert!(!heard_on_segment(&peers, &all, "mgmt0", &other));
-        assert!(!heard_on_segment(&peers, &only_n3, "eth0", &lan));
-        // Without a prefix: by name (n2's eth1 is down, its eth0 is up).
-        assert!(heard_on_segment(&peers, &all, "eth0", &[]));
-        assert!(!heard_on_segment(&peers, &all, "eth1", &[]));
     }
 }
