@@ -555,3 +555,6 @@ fn lease_desired(g: &eligibility::Group) -> lease::Desired {
         candidates: g.candidates.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;
