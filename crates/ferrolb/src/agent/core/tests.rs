@@ -587,7 +587,11 @@ fn engine(c: &mut Core, fx: &[Effect], now: Instant) {
         held.difference(&wishes)
             .map(|name| LeaseInput::plain(LeaseEvent::Released { name: name.clone() })),
     );
-    c.handle(Input::Leases(events), now);
+    // Like the real engine, no event when nothing changed: a change the engine does not see
+    // (other interfaces for a held group) must reach the announcer on its own.
+    if !events.is_empty() {
+        c.handle(Input::Leases(events), now);
+    }
 }
 
 /// What must not depend on the order.
