@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - The announced set (address → interfaces) exists once, here ([`Core::announced`]); it is
-//!   diffed against [`Holdings::announced`] in one place ([`Core::apply`]), which alone emits
+//!   diffed against [`Holdings::announced`] in one place (`Core::apply`), which alone emits
 //!   [`Effect::Announce`].
 //! - The lease engine gets the desired groups ([`Effect::Leases`]) only when they changed.
 //! - Which groups are held, sticky or yielded is [`Holdings`]' rule; which groups this node

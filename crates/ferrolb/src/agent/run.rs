@@ -1,4 +1,7 @@
-//! The agent's wiring: watches → shared caches → eligibility → lease engine → announcer.
+//! The agent's wiring: watches → shared caches → [`Core`] → lease engine, announcer, API.
+//! This is the thin tokio loop: it feeds the core its inputs (a cache snapshot after the
+//! debounce, lease events, link changes, conflicts, the API server's return, shutdown) and
+//! carries out the effects the core returns; every decision is the core's.
 //!
 //! - One watch per kind (kube-runtime reflectors): `L2AnnouncementPolicy`, Services, Nodes (all
 //!   of them: the rendezvous candidates), EndpointSlices, `LoadBalancerIPPool`s (for policies
@@ -6,7 +9,7 @@
 //!   (one label-selected watch). Any change wakes the loop, which recomputes eligibility after a
 //!   short debounce, so a burst of events costs one recompute.
 //! - The desired groups go to the lease engine (lease name = `lease_name(group key)`, labels and
-//!   annotations naming the Services); the engine's per-lease events drive [`Holdings`], whose
+//!   annotations naming the Services); the engine's per-lease events go back to the core, whose
 //!   announced set is handed to the announcer (`set_held`). Only acquired (or sticky) groups are
 //!   announced.
 //! - The announcer's conflicts (another station's gratuitous ARP / NA for an address we
