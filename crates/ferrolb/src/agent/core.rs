@@ -7,7 +7,7 @@
 //! Invariants:
 //! - The announced set (address → interfaces) exists once, here ([`Core::announced`]); it is
 //!   diffed against [`Holdings::announced`] in one place (`Core::apply`), which alone emits
-//!   [`Effect::Announce`].
+//!   [`Effect::Announce`] (besides [`Input::Shutdown`]'s empty set).
 //! - The lease engine gets the desired groups ([`Effect::Leases`]) only when they changed.
 //! - Which groups are held, sticky or yielded is [`Holdings`]' rule; which groups this node
 //!   contends for is [`eligibility::compute`]'s.
