@@ -112,6 +112,27 @@ impl Metrics {
         })
     }
 
+    /// Records one of the agent core's metric updates.
+    pub fn record(&self, m: super::core::Metric) {
+        use super::core::Metric as M;
+        match m {
+            M::Recompute => self.recomputes.inc(),
+            M::PolicyProblems(n) => self.policy_problems.set(n),
+            M::GroupsDesired(n) => self.groups_desired.set(n),
+            M::LeaseTransition(l) => self.lease_transitions.with_label_values(&[l]).inc(),
+            M::Conflict(l) => self.conflicts.with_label_values(&[l]).inc(),
+            M::LeasesHeld(n) => self.leases_held.set(n),
+            M::LeasesSticky(n) => self.leases_sticky.set(n),
+            M::AddressesAnnounced(n) => self.addresses_announced.set(n),
+            M::Announcements(n) => self.announcements.inc_by(n),
+            M::ForeignAnswerer(f) => self.foreign_answerers.with_label_values(&[f]).inc(),
+            M::EventRateLimited => self
+                .api_errors
+                .with_label_values(&["event_rate_limited"])
+                .inc(),
+        }
+    }
+
     /// Carries the lease engine's counters over (call periodically; counts only what is new).
     pub fn sync_engine(&self, stats: &EngineStats, last: &mut [u64; 8]) {
         let now = [

@@ -5,7 +5,11 @@
 //!   and which nodes are the candidates of each group's lease.
 //! - [`holdings`]: pure — lease transitions and conflicts → what is announced right now
 //!   (fencing, sticky mode during API outages).
-//! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals).
+//! - [`core`](mod@core): pure — the agent's decisions as a state machine: caches, lease events,
+//!   link changes, conflicts in; the announced set, lease wishes, Events, `L2Announcement` wants,
+//!   metrics out.
+//! - [`run`](mod@run): the wiring (watches, lease engine, announcer, signals) feeding the core
+//!   and carrying out its effects.
 //! - [`report`]: Events on Services, policy status conditions.
 //! - [`trim`]: what the caches keep of each watched object.
 //! - [`pools`]: pure — which pool an address belongs to, for policies limited to some pools.
@@ -23,6 +27,7 @@
 
 pub mod cache;
 pub mod conflicts;
+pub mod core;
 pub mod eligibility;
 pub mod holdings;
 pub mod l2status;

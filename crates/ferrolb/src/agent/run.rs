@@ -1,4 +1,7 @@
-//! The agent's wiring: watches → shared caches → eligibility → lease engine → announcer.
+//! The agent's wiring: watches → shared caches → [`Core`] → lease engine, announcer, API.
+//! This is the thin tokio loop: it feeds the core its inputs (a cache snapshot after the
+//! debounce, lease events, link changes, conflicts, the API server's return, shutdown) and
+//! carries out the effects the core returns; every decision is the core's.
 //!
 //! - One watch per kind (kube-runtime reflectors): `L2AnnouncementPolicy`, Services, Nodes (all
 //!   of them: the rendezvous candidates), EndpointSlices, `LoadBalancerIPPool`s (for policies
@@ -6,7 +9,7 @@
 //!   (one label-selected watch). Any change wakes the loop, which recomputes eligibility after a
 //!   short debounce, so a burst of events costs one recompute.
 //! - The desired groups go to the lease engine (lease name = `lease_name(group key)`, labels and
-//!   annotations naming the Services); the engine's per-lease events drive [`Holdings`], whose
+//!   annotations naming the Services); the engine's per-lease events go back to the core, whose
 //!   announced set is handed to the announcer (`set_held`). Only acquired (or sticky) groups are
 //!   announced.
 //! - The announcer's conflicts (another station's gratuitous ARP / NA for an address we
@@ -14,8 +17,7 @@
 //! - SIGTERM/SIGINT: stop answering first, then release every held lease (so another node takes
 //!   over at once), then exit 0.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +30,10 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::cache::{self, CachedNode, CachedService, CachedSlice};
-use super::conflicts::{self, ForeignAnswerers};
-use super::eligibility::{self, Desired, Options};
-use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
+use super::conflicts;
+use super::core::{Core, Effect, Input, LeaseInput, Snapshot};
+use super::eligibility::{self, Options};
+use super::l2status::Acquired;
 use super::metrics::Metrics;
 use super::report;
 use super::trim;
@@ -133,53 +136,26 @@ fn eligible_interface_names(node_regexes: &[regex::Regex]) -> Vec<String> {
     v
 }
 
-/// What the lease engine should know about a group: labels/annotations naming its Services and
-/// addresses (`lease::describe`), and the rendezvous candidates.
-fn lease_desired(g: &eligibility::Group) -> lease::Desired {
-    let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
-    let (labels, annotations) = lease::describe(&g.key, &services);
-    lease::Desired {
-        labels,
-        annotations,
-        candidates: g.candidates.clone(),
-    }
-}
-
-/// The running agent's state owned by the main loop.
+/// The running agent: the decisions ([`Core`]) and the I/O that carries out its effects.
 struct Agent {
     args: Args,
     client: Client,
     metrics: Metrics,
     caches: Caches,
-    options: Options,
     node_regexes: Vec<regex::Regex>,
-    interfaces: Vec<String>,
     /// This node's interface prefixes, published for subnet-aware candidacy.
     subnets: super::subnets::Publisher,
-    holdings: Holdings,
-    /// lease name → group key, for the groups given to the engine.
-    names: BTreeMap<String, String>,
+    core: Core,
     leases: LeaseSet,
     announcer: crate::net::Announcer,
-    announced: BTreeMap<IpAddr, BTreeSet<String>>,
-    last: Desired,
-    warned_no_node: bool,
-    /// The engine and holdings have been given a desired set at least once.
-    synced: bool,
     /// How long the last recompute took (paces the next one).
     last_recompute: Duration,
-    /// Event rate limit: start of the current one-second window and Events posted in it.
-    event_window: (tokio::time::Instant, u32),
-    /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
-    foreign: ForeignAnswerers,
     /// Policy name → the resourceVersion a status write of ours was based on. Until the watch
     /// brings a newer object, recomputes see the old one and must not write it again (the second
     /// write could only end in a 409). Cleared on a failed write so the next recompute retries.
     status_written: Arc<std::sync::Mutex<HashMap<String, String>>>,
-    /// `L2Announcement`s (see `l2writer`).
-    l2: super::l2writer::L2Status,
-    /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
-    reconfirmed: BTreeSet<String>,
+    /// The `L2Announcement` writer (`None` with `--no-l2-announcements`).
+    l2: Option<super::l2writer::L2Writer>,
 }
 
 /// Locks a mutex, taking over a poisoned one (the map it guards stays consistent: one insert or
@@ -188,14 +164,16 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// At most this many Events per second (a node taking over thousands of addresses at once must
-/// not flood the API server; the announcements themselves are logged and counted regardless).
-const MAX_EVENTS_PER_SECOND: u32 = 20;
-
 impl Agent {
-    /// Recomputes eligibility from the caches and pushes the result to the engine.
+    /// Feeds one input to the core and carries out its effects.
+    fn feed(&mut self, input: Input<'_>) {
+        let effects = self.core.handle(input, std::time::Instant::now());
+        self.carry_out(effects);
+    }
+
+    /// Recomputes eligibility from the caches (the core hands a changed result to the engine)
+    /// and writes the policies' status conditions.
     fn recompute(&mut self) {
-        self.metrics.recomputes.inc();
         let policies = self.caches.policies.state();
         let services = self.caches.services.snapshot();
         let nodes = self.caches.nodes.snapshot();
@@ -204,76 +182,113 @@ impl Agent {
         let s: Vec<&CachedService> = services.iter().map(AsRef::as_ref).collect();
         let n: Vec<&CachedNode> = nodes.iter().map(AsRef::as_ref).collect();
         let e: Vec<&CachedSlice> = slices.iter().map(AsRef::as_ref).collect();
-        let own_node_known = n.iter().any(|node| *node.name == *self.args.node_name);
-        if !own_node_known && !self.warned_no_node {
-            warn!(node = %self.args.node_name, "no Node object with this name: announcing nothing");
-        }
-        self.warned_no_node = !own_node_known;
-        self.options.node_prefixes = super::subnets::node_prefixes(
-            &self.caches.prefixes.state(),
-            &self.args.node_name,
-            self.subnets.local(),
-        );
         let pools = self.caches.pools.state();
-        self.options.pools =
-            super::pools::PoolIndex::new(&pools.iter().map(AsRef::as_ref).collect::<Vec<_>>());
-        let desired = eligibility::compute(&eligibility::Inputs {
-            node_name: &self.args.node_name,
+        let snapshot = Snapshot {
             policies: &p,
             services: &s,
             nodes: &n,
-            endpoint_slices: &e,
-            interfaces: &self.interfaces,
-            options: &self.options,
-        });
-        if desired.problems != self.last.problems {
-            for pr in &desired.problems {
-                warn!(policy = %pr.policy, field = %pr.field, "policy problem: {}", pr.message);
+            slices: &e,
+            node_prefixes: super::subnets::node_prefixes(
+                &self.caches.prefixes.state(),
+                &self.args.node_name,
+                self.subnets.local(),
+            ),
+            pools: super::pools::PoolIndex::new(
+                &pools.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            ),
+        };
+        let effects = self
+            .core
+            .handle(Input::Caches(snapshot), std::time::Instant::now());
+        self.write_policy_statuses(&p, &n);
+        self.carry_out(effects);
+    }
+
+    /// Carries out the core's effects, in order.
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Leases(desired) => self.leases.set_desired(desired),
+                Effect::Announce(set) => self.announcer.set_held(set),
+                Effect::Reannounce(set) => self.announcer.reannounce(set),
+                Effect::AnnounceEvent {
+                    service,
+                    addresses,
+                    interfaces,
+                } => {
+                    let Some(svc) = self.caches.services.get(&service.namespace, &service.name)
+                    else {
+                        continue;
+                    };
+                    let now = jiff::Timestamp::now();
+                    let node = &self.args.node_name;
+                    if let Some(ev) =
+                        report::announce_event(&*svc, node, &addresses, &interfaces, now)
+                    {
+                        self.spawn_event(service, ev);
+                    }
+                }
+                Effect::ForeignEvent {
+                    service,
+                    ip,
+                    iface,
+                    mac,
+                } => {
+                    let Some(svc) = self.caches.services.get(&service.namespace, &service.name)
+                    else {
+                        continue;
+                    };
+                    let now = jiff::Timestamp::now();
+                    let node = &self.args.node_name;
+                    if let Some(ev) = conflicts::foreign_event(&*svc, node, ip, &iface, &mac, now) {
+                        self.spawn_event(service, ev);
+                    }
+                }
+                Effect::L2Want(w) => {
+                    if let Some(l2) = &self.l2 {
+                        l2.push(w);
+                    }
+                }
+                Effect::L2Cancel(s) => {
+                    if let Some(l2) = &self.l2 {
+                        l2.cancel(&s);
+                    }
+                }
+                Effect::L2LeaseActivity => {
+                    if let Some(l2) = &self.l2 {
+                        l2.lease_activity();
+                    }
+                }
+                Effect::Recompute => self.recompute(),
+                Effect::Metric(m) => self.metrics.record(m),
             }
         }
-        self.metrics
-            .policy_problems
-            .set(desired.problems.len() as i64);
-        self.write_policy_statuses(&p, &n, &desired);
+    }
 
-        if self.synced && desired == self.last {
-            // Nothing changed for the engine or the announcer (a Service's unrelated fields, a
-            // status write of ours): skip the O(groups) hand-over below.
-            return;
-        }
-        self.synced = true;
-        let gone = self.holdings.set_desired(desired.local());
-        for k in &gone {
-            info!(group = %k, "no longer eligible: stopped announcing");
-        }
-        self.names = desired
-            .local()
-            .map(|g| (lease::lease_name(&g.key), g.key.clone()))
-            .collect();
-        let to_engine: BTreeMap<String, lease::Desired> = desired
-            .local()
-            .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
-            .collect();
-        self.metrics.groups_desired.set(to_engine.len() as i64);
-        if desired != self.last {
-            debug!(
-                groups = desired.groups.len(),
-                local = to_engine.len(),
-                "eligibility recomputed"
-            );
-        }
-        self.leases.set_desired(to_engine);
-        self.last = desired;
-        self.apply();
+    /// One lease event for the core, with the takeover the engine noted for an acquisition.
+    fn lease_input(&self, event: LeaseEvent) -> LeaseInput {
+        let stats = self.leases.stats();
+        let acquired = match &event {
+            LeaseEvent::Acquired { name } => {
+                let takeover = stats.takeovers.take(name);
+                let ms = takeover
+                    .as_ref()
+                    .map(|t| t.free_since.elapsed().as_millis() as i64)
+                    .unwrap_or(0);
+                Some(Acquired::new(jiff::Timestamp::now(), takeover.as_ref(), ms))
+            }
+            LeaseEvent::Lost { name, .. } | LeaseEvent::Released { name } => {
+                stats.takeovers.forget(name);
+                None
+            }
+            LeaseEvent::Unreachable { .. } => None,
+        };
+        LeaseInput { event, acquired }
     }
 
     /// Writes the `Valid` condition of the policies this node is the designated writer for.
-    fn write_policy_statuses(
-        &self,
-        policies: &[&L2AnnouncementPolicy],
-        nodes: &[&CachedNode],
-        desired: &Desired,
-    ) {
+    fn write_policy_statuses(&self, policies: &[&L2AnnouncementPolicy], nodes: &[&CachedNode]) {
+        let desired = self.core.desired();
         let writers = report::status_writers(nodes);
         if writers.is_empty() {
             return;
@@ -331,199 +346,6 @@ impl Agent {
                 }
             });
         }
-    }
-
-    fn on_lease_event(&mut self, ev: LeaseEvent) {
-        let (t, label) = match &ev {
-            LeaseEvent::Acquired { .. } => (Transition::Acquired, "acquired"),
-            LeaseEvent::Lost { .. } => (Transition::Lost, "lost"),
-            LeaseEvent::Unreachable { .. } => (Transition::ExpiredUnreachable, "unreachable"),
-            LeaseEvent::Released { .. } => (Transition::Released, "released"),
-        };
-        self.metrics
-            .lease_transitions
-            .with_label_values(&[label])
-            .inc();
-        let Some(key) = self.names.get(ev.name()).cloned() else {
-            debug!(lease = %ev.name(), event = label, "event for a lease no longer desired");
-            return;
-        };
-        match &ev {
-            LeaseEvent::Lost { holder, .. } => {
-                info!(group = %key, holder = ?holder, "lease lost: stopped announcing")
-            }
-            LeaseEvent::Unreachable { .. } if self.args.sticky() => warn!(
-                group = %key,
-                "API server unreachable and the lease may have expired: sticky, still announcing"
-            ),
-            LeaseEvent::Unreachable { .. } => {
-                warn!(group = %key, "API server unreachable and the lease may have expired: stopped")
-            }
-            _ => debug!(group = %key, event = label, "lease event"),
-        }
-        if self.l2.on_lease(&key, &ev, &self.leases.stats()) {
-            self.reconfirmed.insert(key.clone());
-        }
-        self.holdings.on_lease(&key, t);
-    }
-
-    fn on_conflict(&mut self, ip: IpAddr, iface: &str, mac: &str, probe_answer: bool) {
-        // An answer to our ARP/NDP probe is no takeover announcement: nothing yields to it.
-        let outcome = if probe_answer {
-            self.holdings.on_probe_answer(ip)
-        } else {
-            self.holdings.on_conflict(ip)
-        };
-        let label = match &outcome {
-            ConflictOutcome::Yielded(key) => {
-                warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
-                "yielded"
-            }
-            ConflictOutcome::Ignored(key) => {
-                info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
-                self.on_foreign_answerer(ip, iface, mac, key);
-                "ignored"
-            }
-            ConflictOutcome::NotOurs => "not_ours",
-        };
-        self.metrics.conflicts.with_label_values(&[label]).inc();
-        self.apply();
-    }
-
-    /// Another station answers for an address whose lease we hold (we keep it and keep
-    /// announcing): a Warning Event on its Services and a count, rate-limited per address+MAC.
-    fn on_foreign_answerer(&mut self, ip: IpAddr, iface: &str, mac: &str, key: &str) {
-        if !self.foreign.due(ip, mac, std::time::Instant::now()) {
-            return;
-        }
-        self.metrics
-            .foreign_answerers
-            .with_label_values(&[conflicts::family(ip)])
-            .inc();
-        warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
-        let now = jiff::Timestamp::now();
-        for sref in conflicts::services_of(self.holdings.group(key)) {
-            if !self.event_allowed(&sref) {
-                continue;
-            }
-            let Some(svc) = self.caches.services.get(&sref.namespace, &sref.name) else {
-                continue;
-            };
-            let node = &self.args.node_name;
-            if let Some(ev) = conflicts::foreign_event(&*svc, node, ip, iface, mac, now) {
-                self.spawn_event(sref, ev);
-            }
-        }
-    }
-
-    /// The API server is reachable again after an outage: a gratuitous burst for every address
-    /// whose lease is valid (sticky ones follow when renewed, see `holdings`).
-    fn on_api_reconnected(&mut self) {
-        let held = self.holdings.confirmed();
-        info!(
-            addresses = held.len(),
-            "API server reachable again: re-announcing held addresses"
-        );
-        self.announcer.reannounce(held);
-    }
-
-    /// Hands the announced set to the announcer when it changed; Events for new announcements.
-    fn apply(&mut self) {
-        self.l2.update(&self.holdings);
-        let reconfirmed = std::mem::take(&mut self.reconfirmed);
-        let now = self.holdings.announced();
-        self.metrics
-            .leases_held
-            .set(self.holdings.held_count() as i64);
-        self.metrics
-            .leases_sticky
-            .set(self.holdings.sticky_count() as i64);
-        let again = self.holdings.take_reconfirmed();
-        if !again.is_empty() {
-            info!(
-                addresses = again.len(),
-                "leases renewed after the API outage: re-announcing"
-            );
-            self.announcer.reannounce(again);
-        }
-        if now == self.announced {
-            return;
-        }
-        let mut new = newly_announced(&self.announced, &now);
-        // Events only for changes: not for addresses re-confirmed after a restart.
-        for key in reconfirmed {
-            if let Some(g) = self.holdings.group(&key) {
-                new.retain(|(ip, _)| !g.addresses.contains(ip));
-            }
-        }
-        self.announcer.set_held(now.clone());
-        self.metrics.addresses_announced.set(now.len() as i64);
-        self.metrics.announcements.inc_by(new.len() as u64);
-        for (ip, iface) in &new {
-            info!(%ip, iface = %iface, node = %self.args.node_name, "announcing");
-        }
-        self.post_events(&new);
-        self.announced = now;
-    }
-
-    /// One Event per Service whose addresses started being announced.
-    fn post_events(&mut self, new: &[(IpAddr, String)]) {
-        if new.is_empty() {
-            return;
-        }
-        let mut per_service: BTreeMap<
-            eligibility::ServiceRef,
-            (BTreeSet<IpAddr>, BTreeSet<String>),
-        > = BTreeMap::new();
-        let mut ifaces_of: BTreeMap<IpAddr, Vec<&String>> = BTreeMap::new();
-        for (ip, iface) in new {
-            ifaces_of.entry(*ip).or_default().push(iface);
-        }
-        for g in self.last.local() {
-            for ip in &g.addresses {
-                let Some(ifaces) = ifaces_of.get(ip) else {
-                    continue;
-                };
-                for s in &g.services {
-                    let e = per_service.entry(s.clone()).or_default();
-                    e.0.insert(*ip);
-                    e.1.extend(ifaces.iter().map(|i| (*i).clone()));
-                }
-            }
-        }
-        let now = jiff::Timestamp::now();
-        for (sref, (ips, ifaces)) in per_service {
-            if !self.event_allowed(&sref) {
-                continue;
-            }
-            let Some(svc) = self.caches.services.get(&sref.namespace, &sref.name) else {
-                continue;
-            };
-            let Some(ev) = report::announce_event(&*svc, &self.args.node_name, &ips, &ifaces, now)
-            else {
-                continue;
-            };
-            self.spawn_event(sref, ev);
-        }
-    }
-
-    /// The agent's Event rate limit ([`MAX_EVENTS_PER_SECOND`]): true when one more may be
-    /// posted now (counted), false when the limit is reached (counted as rate limited).
-    fn event_allowed(&mut self, sref: &eligibility::ServiceRef) -> bool {
-        let t = tokio::time::Instant::now();
-        if t.duration_since(self.event_window.0) >= Duration::from_secs(1) {
-            self.event_window = (t, 0);
-        }
-        if self.event_window.1 >= MAX_EVENTS_PER_SECOND {
-            self.metrics
-                .api_errors
-                .with_label_values(&["event_rate_limited"])
-                .inc();
-            debug!(service = %sref, "Event rate limit reached: not posting");
-            return false;
-        }
-        self.event_window.1 += 1;
-        true
     }
 
     /// Posts `ev` in the background (best effort; failures are counted and logged).
@@ -656,30 +478,26 @@ pub async fn run(args: Args) -> crate::CmdResult {
 
     let interfaces = eligible_interface_names(&node_regexes);
     let mut agent = Agent {
-        options: Options {
-            serve_cilium_class: args.serve_cilium_class,
-            ..Default::default()
-        },
         subnets: super::subnets::Publisher::start(
             client.clone(),
             &args.lease_namespace,
             &args.node_name,
             &interfaces,
         ),
-        interfaces,
+        core: Core::new(
+            &args.node_name,
+            args.sticky(),
+            l2_writer.is_some(),
+            Options {
+                serve_cilium_class: args.serve_cilium_class,
+                ..Default::default()
+            },
+            interfaces,
+        ),
         node_regexes,
-        holdings: Holdings::new(args.sticky()),
-        names: BTreeMap::new(),
-        announced: BTreeMap::new(),
-        last: Desired::default(),
-        warned_no_node: false,
-        synced: false,
         status_written: Arc::default(),
         last_recompute: Duration::ZERO,
-        event_window: (tokio::time::Instant::now(), 0),
-        foreign: ForeignAnswerers::default(),
-        l2: super::l2writer::L2Status::new(l2_writer),
-        reconfirmed: BTreeSet::new(),
+        l2: l2_writer,
         client,
         metrics,
         caches,
@@ -690,7 +508,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     info!(
         node = %agent.args.node_name,
         namespace = %agent.args.lease_namespace,
-        interfaces = ?agent.interfaces,
+        interfaces = ?agent.core.interfaces(),
         sticky = agent.args.sticky(),
         "agent starting"
     );
@@ -738,12 +556,11 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 Some(ev) => {
                     // Take every event already waiting, then update the announcer once: a node
                     // acquiring thousands of leases must not rebuild its announced set per lease.
-                    agent.on_lease_event(ev);
+                    let mut batch = vec![agent.lease_input(ev)];
                     while let Ok(ev) = lease_events.try_recv() {
-                        agent.on_lease_event(ev);
+                        batch.push(agent.lease_input(ev));
                     }
-                    agent.l2.lease_activity();
-                    agent.apply();
+                    agent.feed(Input::Leases(batch));
                 }
                 None => {
                     warn!("lease engine stopped");
@@ -752,7 +569,12 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 }
             },
             c = conflicts.recv() => match c {
-                Ok(c) => agent.on_conflict(c.ip, &c.iface, &c.mac.to_string(), c.probe_answer),
+                Ok(c) => agent.feed(Input::Conflict {
+                    ip: c.ip,
+                    iface: c.iface.to_string(),
+                    mac: c.mac.to_string(),
+                    probe_answer: c.probe_answer,
+                }),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "conflict reports lagged");
                 }
@@ -760,7 +582,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     conflicts = agent.announcer.conflicts();
                 }
             },
-            _ = engine_stats.reconnected.notified() => agent.on_api_reconnected(),
+            _ = engine_stats.reconnected.notified() => agent.feed(Input::ApiReconnected),
             _ = stats_tick.tick() => {
                 agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
             }
@@ -769,15 +591,9 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     links_open = false; // the announcer is gone; shutdown follows
                     continue;
                 }
-                let ifaces = eligible_interface_names(&agent.node_regexes);
-                let prefixes_changed = agent.subnets.refresh(&ifaces);
-                if ifaces != agent.interfaces {
-                    info!(interfaces = ?ifaces, "eligible interfaces changed");
-                    agent.interfaces = ifaces;
-                    agent.recompute();
-                } else if prefixes_changed {
-                    agent.recompute();
-                }
+                let interfaces = eligible_interface_names(&agent.node_regexes);
+                let prefixes_changed = agent.subnets.refresh(&interfaces);
+                agent.feed(Input::Links { interfaces, prefixes_changed });
             }
             _ = sigterm.recv() => { info!("SIGTERM"); break; }
             _ = sigint.recv() => { info!("SIGINT"); break; }
@@ -791,8 +607,7 @@ async fn shutdown(
     mut agent: Agent,
     watch_tasks: [tokio::task::JoinHandle<()>; 6],
 ) -> crate::CmdResult {
-    agent.holdings.clear();
-    agent.announcer.set_held(BTreeMap::new());
+    agent.feed(Input::Shutdown);
     for t in &watch_tasks {
         t.abort();
     }

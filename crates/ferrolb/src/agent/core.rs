@@ -1,0 +1,560 @@
+//! The agent's decisions as a synchronous state machine (like the controller's `State`): inputs
+//! in ([`Input`]: the caches, lease events, link changes, conflicts, the API server back after an
+//! outage, shutdown), effects out ([`Effect`]: lease wishes, the announced set, gratuitous
+//! bursts, Events, `L2Announcement` wants, metrics). No I/O, no clock of its own (the caller
+//! passes `now`), no runtime: `run` is the tokio loop that feeds it and carries out the effects.
+//!
+//! Invariants:
+//! - The announced set (address → interfaces) exists once, here ([`Core::announced`]); it is
+//!   diffed against [`Holdings::announced`] in one place (`Core::apply`), which alone emits
+//!   [`Effect::Announce`] (besides [`Input::Shutdown`]'s empty set).
+//! - The lease engine gets the desired groups ([`Effect::Leases`]) only when they changed.
+//! - Which groups are held, sticky or yielded is [`Holdings`]' rule; which groups this node
+//!   contends for is [`eligibility::compute`]'s.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::cache::{CachedNode, CachedService, CachedSlice};
+use super::conflicts::{self, ForeignAnswerers};
+use super::eligibility::{self, Desired, NodePrefixes, Options, ServiceRef};
+use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
+use super::l2status::{self, Acquired, Tracker, Want};
+use super::pools::PoolIndex;
+use crate::api::L2AnnouncementPolicy;
+use crate::lease::{self, LeaseEvent};
+
+/// Address → interfaces announced on.
+pub type Announced = BTreeMap<IpAddr, BTreeSet<String>>;
+
+/// At most this many Events per second (a node taking over thousands of addresses at once must
+/// not flood the API server; the announcements themselves are logged and counted regardless).
+pub const MAX_EVENTS_PER_SECOND: u32 = 20;
+
+/// What the caches hold right now (read by the caller from its watch caches).
+pub struct Snapshot<'a> {
+    pub policies: &'a [&'a L2AnnouncementPolicy],
+    pub services: &'a [&'a CachedService],
+    pub nodes: &'a [&'a CachedNode],
+    pub slices: &'a [&'a CachedSlice],
+    /// Every node's published interface prefixes (`subnets::node_prefixes`).
+    pub node_prefixes: NodePrefixes,
+    /// The `LoadBalancerIPPool`s, indexed.
+    pub pools: PoolIndex,
+}
+
+/// One lease event as the engine reported it, with what the caller read beside it.
+#[derive(Clone, Debug)]
+pub struct LeaseInput {
+    pub event: LeaseEvent,
+    /// For `Acquired`: how the acquisition came about (`Acquired::failover` is `None` when we
+    /// re-confirmed a record that already named us, e.g. after a restart).
+    pub acquired: Option<Acquired>,
+}
+
+impl LeaseInput {
+    /// An event without acquisition details (an `Acquired` counts as a re-confirmation).
+    pub fn plain(event: LeaseEvent) -> Self {
+        LeaseInput {
+            event,
+            acquired: None,
+        }
+    }
+}
+
+/// What the core is fed.
+pub enum Input<'a> {
+    /// The caches changed (after the caller's debounce): recompute eligibility.
+    Caches(Snapshot<'a>),
+    /// This node's eligible interface names after a link change; `prefixes_changed` when the
+    /// prefixes it publishes changed.
+    Links {
+        interfaces: Vec<String>,
+        prefixes_changed: bool,
+    },
+    /// Lease events, every one waiting (one announcer update for the batch).
+    Leases(Vec<LeaseInput>),
+    /// Another station claims `ip` (`probe_answer`: it answered our probe, no takeover).
+    Conflict {
+        ip: IpAddr,
+        iface: String,
+        mac: String,
+        probe_answer: bool,
+    },
+    /// The API server is reachable again after an outage.
+    ApiReconnected,
+    /// SIGTERM/SIGINT: stop answering.
+    Shutdown,
+}
+
+/// A metric update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Metric {
+    Recompute,
+    PolicyProblems(i64),
+    GroupsDesired(i64),
+    LeaseTransition(&'static str),
+    Conflict(&'static str),
+    LeasesHeld(i64),
+    LeasesSticky(i64),
+    AddressesAnnounced(i64),
+    Announcements(u64),
+    ForeignAnswerer(&'static str),
+    EventRateLimited,
+}
+
+/// What the caller is to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// The groups to contend for, by lease name (`LeaseSet::set_desired`).
+    Leases(BTreeMap<String, lease::Desired>),
+    /// Answer for exactly these addresses (`Announcer::set_held`).
+    Announce(Announced),
+    /// A gratuitous burst for these (`Announcer::reannounce`).
+    Reannounce(Announced),
+    /// Post an Event: this node started announcing these addresses of the Service.
+    AnnounceEvent {
+        service: ServiceRef,
+        addresses: BTreeSet<IpAddr>,
+        interfaces: BTreeSet<String>,
+    },
+    /// Post a Warning Event: another station answers for an address of the Service we hold.
+    ForeignEvent {
+        service: ServiceRef,
+        ip: IpAddr,
+        iface: String,
+        mac: String,
+    },
+    /// Queue the newest `L2Announcement` state of a Service.
+    L2Want(Want),
+    /// This node no longer announces the Service: drop its queued state.
+    L2Cancel(ServiceRef),
+    /// Lease events were seen now (`L2Announcement` writes wait until they settle).
+    L2LeaseActivity,
+    /// Recompute eligibility now (feed [`Input::Caches`]).
+    Recompute,
+    Metric(Metric),
+}
+
+/// The agent's state.
+pub struct Core {
+    node: String,
+    sticky: bool,
+    /// Whether `L2Announcement` wants are produced (`--no-l2-announcements` turns them off).
+    l2: bool,
+    options: Options,
+    interfaces: Vec<String>,
+    holdings: Holdings,
+    /// lease name → group key, for the groups given to the engine.
+    names: BTreeMap<String, String>,
+    /// The one announced set: what the announcer was last told.
+    announced: Announced,
+    last: Desired,
+    warned_no_node: bool,
+    /// The engine and holdings have been given a desired set at least once.
+    synced: bool,
+    /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
+    reconfirmed: BTreeSet<String>,
+    /// How each held group was acquired (for `L2Announcement`s).
+    acquired: HashMap<String, Acquired>,
+    tracker: Tracker,
+    /// Event rate limit: start of the current one-second window and Events posted in it.
+    event_window: Option<(Instant, u32)>,
+    /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
+    foreign: ForeignAnswerers,
+}
+
+impl Core {
+    /// `interfaces`: this node's eligible interface names at start; `l2`: produce
+    /// `L2Announcement` wants.
+    pub fn new(
+        node: &str,
+        sticky: bool,
+        l2: bool,
+        options: Options,
+        interfaces: Vec<String>,
+    ) -> Self {
+        Core {
+            node: node.to_string(),
+            sticky,
+            l2,
+            options,
+            interfaces,
+            holdings: Holdings::new(sticky),
+            names: BTreeMap::new(),
+            announced: Announced::new(),
+            last: Desired::default(),
+            warned_no_node: false,
+            synced: false,
+            reconfirmed: BTreeSet::new(),
+            acquired: HashMap::new(),
+            tracker: Tracker::default(),
+            event_window: None,
+            foreign: ForeignAnswerers::default(),
+        }
+    }
+
+    /// Feeds one input; returns what to do, in order.
+    pub fn handle(&mut self, input: Input<'_>, now: Instant) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Caches(s) => self.recompute(s, now, &mut out),
+            Input::Links {
+                interfaces,
+                prefixes_changed,
+            } => {
+                if interfaces != self.interfaces {
+                    info!(interfaces = ?interfaces, "eligible interfaces changed");
+                    self.interfaces = interfaces;
+                    out.push(Effect::Recompute);
+                } else if prefixes_changed {
+                    out.push(Effect::Recompute);
+                }
+            }
+            Input::Leases(events) => {
+                for ev in events {
+                    self.on_lease(ev, &mut out);
+                }
+                out.push(Effect::L2LeaseActivity);
+                self.apply(now, &mut out);
+            }
+            Input::Conflict {
+                ip,
+                iface,
+                mac,
+                probe_answer,
+            } => self.on_conflict(ip, &iface, &mac, probe_answer, now, &mut out),
+            Input::ApiReconnected => {
+                let held = self.holdings.confirmed();
+                info!(
+                    addresses = held.len(),
+                    "API server reachable again: re-announcing held addresses"
+                );
+                out.push(Effect::Reannounce(held));
+            }
+            Input::Shutdown => {
+                self.holdings.clear();
+                self.announced.clear();
+                out.push(Effect::Announce(Announced::new()));
+            }
+        }
+        out
+    }
+
+    /// The last eligibility result.
+    pub fn desired(&self) -> &Desired {
+        &self.last
+    }
+
+    /// What the announcer was last told to answer for.
+    pub fn announced(&self) -> &Announced {
+        &self.announced
+    }
+
+    /// The groups' lease states.
+    pub fn holdings(&self) -> &Holdings {
+        &self.holdings
+    }
+
+    /// This node's eligible interface names as last reported.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
+    /// Recomputes eligibility from the caches and hands a changed result to the engine.
+    fn recompute(&mut self, s: Snapshot<'_>, now: Instant, out: &mut Vec<Effect>) {
+        out.push(Effect::Metric(Metric::Recompute));
+        let own_node_known = s.nodes.iter().any(|node| *node.name == *self.node);
+        if !own_node_known && !self.warned_no_node {
+            warn!(node = %self.node, "no Node object with this name: announcing nothing");
+        }
+        self.warned_no_node = !own_node_known;
+        self.options.node_prefixes = s.node_prefixes;
+        self.options.pools = s.pools;
+        let desired = eligibility::compute(&eligibility::Inputs {
+            node_name: &self.node,
+            policies: s.policies,
+            services: s.services,
+            nodes: s.nodes,
+            endpoint_slices: s.slices,
+            interfaces: &self.interfaces,
+            options: &self.options,
+        });
+        self.on_desired(desired, now, out);
+    }
+
+    /// A new eligibility result.
+    fn on_desired(&mut self, desired: Desired, now: Instant, out: &mut Vec<Effect>) {
+        if desired.problems != self.last.problems {
+            for pr in &desired.problems {
+                warn!(policy = %pr.policy, field = %pr.field, "policy problem: {}", pr.message);
+            }
+        }
+        out.push(Effect::Metric(Metric::PolicyProblems(
+            desired.problems.len() as i64,
+        )));
+        if self.synced && desired == self.last {
+            // Nothing changed for the engine or the announcer (a Service's unrelated fields, a
+            // status write of ours): skip the O(groups) hand-over below.
+            return;
+        }
+        self.synced = true;
+        let gone = self.holdings.set_desired(desired.local());
+        for k in &gone {
+            info!(group = %k, "no longer eligible: stopped announcing");
+        }
+        self.names = desired
+            .local()
+            .map(|g| (lease::lease_name(&g.key), g.key.clone()))
+            .collect();
+        let to_engine: BTreeMap<String, lease::Desired> = desired
+            .local()
+            .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
+            .collect();
+        out.push(Effect::Metric(
+            Metric::GroupsDesired(to_engine.len() as i64),
+        ));
+        if desired != self.last {
+            debug!(
+                groups = desired.groups.len(),
+                local = to_engine.len(),
+                "eligibility recomputed"
+            );
+        }
+        out.push(Effect::Leases(to_engine));
+        self.last = desired;
+        self.apply(now, out);
+    }
+
+    fn on_lease(&mut self, ev: LeaseInput, out: &mut Vec<Effect>) {
+        let LeaseInput {
+            event: ev,
+            acquired,
+        } = ev;
+        let (t, label) = match &ev {
+            LeaseEvent::Acquired { .. } => (Transition::Acquired, "acquired"),
+            LeaseEvent::Lost { .. } => (Transition::Lost, "lost"),
+            LeaseEvent::Unreachable { .. } => (Transition::ExpiredUnreachable, "unreachable"),
+            LeaseEvent::Released { .. } => (Transition::Released, "released"),
+        };
+        out.push(Effect::Metric(Metric::LeaseTransition(label)));
+        let Some(key) = self.names.get(ev.name()).cloned() else {
+            debug!(lease = %ev.name(), event = label, "event for a lease no longer desired");
+            return;
+        };
+        match &ev {
+            LeaseEvent::Lost { holder, .. } => {
+                info!(group = %key, holder = ?holder, "lease lost: stopped announcing")
+            }
+            LeaseEvent::Unreachable { .. } if self.sticky => warn!(
+                group = %key,
+                "API server unreachable and the lease may have expired: sticky, still announcing"
+            ),
+            LeaseEvent::Unreachable { .. } => {
+                warn!(group = %key, "API server unreachable and the lease may have expired: stopped")
+            }
+            _ => debug!(group = %key, event = label, "lease event"),
+        }
+        match t {
+            Transition::Acquired => {
+                let acq =
+                    acquired.unwrap_or_else(|| Acquired::new(jiff::Timestamp::UNIX_EPOCH, None, 0));
+                let reconfirmed = acq.failover.is_none();
+                // A renewal after a sticky period keeps the acquisition it continues.
+                if !(reconfirmed && self.acquired.contains_key(&key)) {
+                    self.acquired.insert(key.clone(), acq);
+                }
+                if reconfirmed {
+                    self.reconfirmed.insert(key.clone());
+                }
+            }
+            Transition::Lost | Transition::Released => {
+                self.acquired.remove(&key);
+            }
+            Transition::ExpiredUnreachable => {}
+        }
+        self.holdings.on_lease(&key, t);
+    }
+
+    fn on_conflict(
+        &mut self,
+        ip: IpAddr,
+        iface: &str,
+        mac: &str,
+        probe_answer: bool,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        // An answer to our ARP/NDP probe is no takeover announcement: nothing yields to it.
+        let outcome = if probe_answer {
+            self.holdings.on_probe_answer(ip)
+        } else {
+            self.holdings.on_conflict(ip)
+        };
+        let label = match &outcome {
+            ConflictOutcome::Yielded(key) => {
+                warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
+                "yielded"
+            }
+            ConflictOutcome::Ignored(key) => {
+                info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
+                self.on_foreign_answerer(ip, iface, mac, key, now, out);
+                "ignored"
+            }
+            ConflictOutcome::NotOurs => "not_ours",
+        };
+        out.push(Effect::Metric(Metric::Conflict(label)));
+        self.apply(now, out);
+    }
+
+    /// Another station answers for an address whose lease we hold (we keep it and keep
+    /// announcing): a Warning Event on its Services and a count, rate-limited per address+MAC.
+    fn on_foreign_answerer(
+        &mut self,
+        ip: IpAddr,
+        iface: &str,
+        mac: &str,
+        key: &str,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.foreign.due(ip, mac, now) {
+            return;
+        }
+        out.push(Effect::Metric(Metric::ForeignAnswerer(conflicts::family(
+            ip,
+        ))));
+        warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
+        for sref in conflicts::services_of(self.holdings.group(key)) {
+            if !self.event_allowed(&sref, now, out) {
+                continue;
+            }
+            out.push(Effect::ForeignEvent {
+                service: sref,
+                ip,
+                iface: iface.to_string(),
+                mac: mac.to_string(),
+            });
+        }
+    }
+
+    /// Diffs the announced set (the one place): hands a changed set to the announcer, Events
+    /// for new announcements; `L2Announcement` wants; bursts for groups renewed after an outage.
+    fn apply(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if self.l2 {
+            let changes = self
+                .tracker
+                .update(l2status::wants(&self.holdings, &self.acquired));
+            out.extend(changes.gone.into_iter().map(Effect::L2Cancel));
+            out.extend(changes.changed.into_iter().map(Effect::L2Want));
+        }
+        let reconfirmed = std::mem::take(&mut self.reconfirmed);
+        let current = self.holdings.announced();
+        out.push(Effect::Metric(Metric::LeasesHeld(
+            self.holdings.held_count() as i64,
+        )));
+        out.push(Effect::Metric(Metric::LeasesSticky(
+            self.holdings.sticky_count() as i64,
+        )));
+        let again = self.holdings.take_reconfirmed();
+        if !again.is_empty() {
+            info!(
+                addresses = again.len(),
+                "leases renewed after the API outage: re-announcing"
+            );
+            out.push(Effect::Reannounce(again));
+        }
+        if current == self.announced {
+            return;
+        }
+        let mut new = newly_announced(&self.announced, &current);
+        // Events only for changes: not for addresses re-confirmed after a restart.
+        for key in reconfirmed {
+            if let Some(g) = self.holdings.group(&key) {
+                new.retain(|(ip, _)| !g.addresses.contains(ip));
+            }
+        }
+        out.push(Effect::Announce(current.clone()));
+        out.push(Effect::Metric(Metric::AddressesAnnounced(
+            current.len() as i64
+        )));
+        out.push(Effect::Metric(Metric::Announcements(new.len() as u64)));
+        for (ip, iface) in &new {
+            info!(%ip, iface = %iface, node = %self.node, "announcing");
+        }
+        self.announce_events(&new, now, out);
+        self.announced = current;
+    }
+
+    /// One Event per Service whose addresses started being announced.
+    fn announce_events(&mut self, new: &[(IpAddr, String)], now: Instant, out: &mut Vec<Effect>) {
+        if new.is_empty() {
+            return;
+        }
+        let mut per_service: BTreeMap<ServiceRef, (BTreeSet<IpAddr>, BTreeSet<String>)> =
+            BTreeMap::new();
+        let mut ifaces_of: BTreeMap<IpAddr, Vec<&String>> = BTreeMap::new();
+        for (ip, iface) in new {
+            ifaces_of.entry(*ip).or_default().push(iface);
+        }
+        for g in self.last.local() {
+            for ip in &g.addresses {
+                let Some(ifaces) = ifaces_of.get(ip) else {
+                    continue;
+                };
+                for s in &g.services {
+                    let e = per_service.entry(s.clone()).or_default();
+                    e.0.insert(*ip);
+                    e.1.extend(ifaces.iter().map(|i| (*i).clone()));
+                }
+            }
+        }
+        for (sref, (addresses, interfaces)) in per_service {
+            if !self.event_allowed(&sref, now, out) {
+                continue;
+            }
+            out.push(Effect::AnnounceEvent {
+                service: sref,
+                addresses,
+                interfaces,
+            });
+        }
+    }
+
+    /// The agent's Event rate limit ([`MAX_EVENTS_PER_SECOND`]): true when one more may be
+    /// posted now (counted), false when the limit is reached (counted as rate limited).
+    fn event_allowed(&mut self, sref: &ServiceRef, now: Instant, out: &mut Vec<Effect>) -> bool {
+        let window = match self.event_window {
+            Some((start, n)) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                (start, n)
+            }
+            _ => (now, 0),
+        };
+        if window.1 >= MAX_EVENTS_PER_SECOND {
+            self.event_window = Some(window);
+            out.push(Effect::Metric(Metric::EventRateLimited));
+            debug!(service = %sref, "Event rate limit reached: not posting");
+            return false;
+        }
+        self.event_window = Some((window.0, window.1 + 1));
+        true
+    }
+}
+
+/// What the lease engine should know about a group: labels/annotations naming its Services and
+/// addresses (`lease::describe`), and the rendezvous candidates.
+fn lease_desired(g: &eligibility::Group) -> lease::Desired {
+    let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
+    let (labels, annotations) = lease::describe(&g.key, &services);
+    lease::Desired {
+        labels,
+        annotations,
+        candidates: g.candidates.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
