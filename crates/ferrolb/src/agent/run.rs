@@ -122,17 +122,6 @@ impl Caches {
     }
 }
 
-/// Interface names the node may announce on, filtered by `--interfaces` when given.
-fn eligible_interface_names(node_regexes: &[regex::Regex]) -> Vec<String> {
-    let mut v: Vec<String> = crate::net::eligible_interfaces(node_regexes)
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 /// What the lease engine should know about a group: labels/annotations naming its Services and
 /// addresses (`lease::describe`), and the rendezvous candidates.
 fn lease_desired(g: &eligibility::Group) -> lease::Desired {
@@ -180,6 +169,9 @@ struct Agent {
     l2: super::l2writer::L2Status,
     /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
     reconfirmed: BTreeSet<String>,
+    /// Carrier loss on a holder: hand over or keep ([`super::linkhold`]); when to look again.
+    link_hold: super::linkhold::LinkHold,
+    link_hold_at: Option<tokio::time::Instant>,
 }
 
 /// Locks a mutex, taking over a poisoned one (the map it guards stays consistent: one insert or
@@ -214,10 +206,16 @@ impl Agent {
             &self.args.node_name,
             self.subnets.local(),
         );
+        self.options.dark_interfaces = self.subnets.dark().iter().cloned().collect();
+        self.options.no_carrier = super::subnets::node_no_carrier(
+            &self.caches.prefixes.state(),
+            &self.args.node_name,
+            self.subnets.dark(),
+        );
         let pools = self.caches.pools.state();
         self.options.pools =
             super::pools::PoolIndex::new(&pools.iter().map(AsRef::as_ref).collect::<Vec<_>>());
-        let desired = eligibility::compute(&eligibility::Inputs {
+        let mut desired = eligibility::compute(&eligibility::Inputs {
             node_name: &self.args.node_name,
             policies: &p,
             services: &s,
@@ -226,6 +224,15 @@ impl Agent {
             interfaces: &self.interfaces,
             options: &self.options,
         });
+        let holdings = &self.holdings;
+        self.link_hold_at = self
+            .link_hold
+            .apply(
+                &mut desired,
+                |k| holdings.hold(k),
+                std::time::Instant::now(),
+            )
+            .map(tokio::time::Instant::from_std);
         if desired.problems != self.last.problems {
             for pr in &desired.problems {
                 warn!(policy = %pr.policy, field = %pr.field, "policy problem: {}", pr.message);
@@ -654,7 +661,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
 
-    let interfaces = eligible_interface_names(&node_regexes);
+    let (interfaces, dark) = super::subnets::interface_names(&node_regexes);
     let mut agent = Agent {
         options: Options {
             serve_cilium_class: args.serve_cilium_class,
@@ -665,6 +672,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
             &args.lease_namespace,
             &args.node_name,
             &interfaces,
+            &dark,
         ),
         interfaces,
         node_regexes,
@@ -680,6 +688,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
         foreign: ForeignAnswerers::default(),
         l2: super::l2writer::L2Status::new(l2_writer),
         reconfirmed: BTreeSet::new(),
+        link_hold: Default::default(),
+        link_hold_at: None,
         client,
         metrics,
         caches,
@@ -715,6 +725,10 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut stats_tick = tokio::time::interval(Duration::from_secs(2));
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if let Some(at) = agent.link_hold_at.take() {
+            // A holder without carrier waiting for the other nodes' reports (`linkhold`).
+            recompute_at = Some(recompute_at.map_or(at, |r| r.min(at)));
+        }
         tokio::select! {
             _ = notify.notified(), if recompute_at.is_none() => {
                 // Debounce (a burst of watch events settles into one recompute) and pace: a
@@ -769,8 +783,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     links_open = false; // the announcer is gone; shutdown follows
                     continue;
                 }
-                let ifaces = eligible_interface_names(&agent.node_regexes);
-                let prefixes_changed = agent.subnets.refresh(&ifaces);
+                let (ifaces, dark) = super::subnets::interface_names(&agent.node_regexes);
+                let prefixes_changed = agent.subnets.refresh(&ifaces, &dark);
                 if ifaces != agent.interfaces {
                     info!(interfaces = ?ifaces, "eligible interfaces changed");
                     agent.interfaces = ifaces;
