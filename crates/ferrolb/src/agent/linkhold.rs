@@ -16,7 +16,9 @@
 //!   only candidate): the node keeps the Lease — no other node could answer either, and there
 //!   is nothing to answer while the segment is down — and the announcer re-announces every held
 //!   address at once when carrier returns. Should another candidate report carrier later while
-//!   this node still has none (its own port stayed down), it releases then (the wait is over).
+//!   this node still has none, it waits [`RECOVER`] from that report for its own carrier (a
+//!   switch brings its ports back one by one, link negotiation taking a second or more and not
+//!   the same on every port), and releases only if its own port is still dark then.
 //! - **Sticky** (the API server unreachable and the Lease possibly expired): kept. The reports
 //!   it would judge by are as old as the outage and a release could not be written anyway; the
 //!   sticky rules (keep answering until another station announces the address) decide, as
@@ -84,11 +86,29 @@ pub fn verdict(
     }
 }
 
+/// How long a holder that went dark in a segment-wide outage waits for its own carrier once
+/// another candidate reports carrier again. Ports come back from a switch reboot one by one
+/// (link negotiation takes a second or more, and not the same on every port): a holder whose
+/// port is a little slower than another node's must not lose the Lease for it.
+pub const RECOVER: Duration = Duration::from_secs(3);
+
+/// One dark spell of a group on this node.
+#[derive(Debug, Clone, Copy)]
+struct Spell {
+    /// When the group went dark here.
+    since: Instant,
+    /// No other candidate reported carrier at some point of the spell (a segment-wide outage).
+    outage: bool,
+    /// When another candidate last started reporting carrier during an outage spell.
+    live_since: Option<Instant>,
+}
+
 /// When each dark group went dark, and the last verdicts (for logging changes only).
 #[derive(Debug, Clone)]
 pub struct LinkHold {
     settle: Duration,
-    since: BTreeMap<String, Instant>,
+    recover: Duration,
+    spells: BTreeMap<String, Spell>,
     last: BTreeMap<String, Verdict>,
 }
 
@@ -102,7 +122,8 @@ impl LinkHold {
     pub fn new(settle: Duration) -> Self {
         LinkHold {
             settle,
-            since: BTreeMap::new(),
+            recover: RECOVER.max(settle),
+            spells: BTreeMap::new(),
             last: BTreeMap::new(),
         }
     }
@@ -116,22 +137,38 @@ impl LinkHold {
         hold: impl Fn(&str) -> Option<Hold>,
         now: Instant,
     ) -> Option<Instant> {
-        self.since.retain(|k, _| desired.dark.contains_key(k));
+        self.spells.retain(|k, _| desired.dark.contains_key(k));
         self.last.retain(|k, _| desired.dark.contains_key(k));
         let mut next: Option<Instant> = None;
         for g in desired.groups.iter_mut() {
             let Some(&others_live) = desired.dark.get(&g.key) else {
                 continue;
             };
-            let since = *self.since.entry(g.key.clone()).or_insert(now);
+            let spell = self.spells.entry(g.key.clone()).or_insert(Spell {
+                since: now,
+                outage: false,
+                live_since: None,
+            });
+            // The wait runs from the start of the spell; after a segment-wide outage, from the
+            // moment another candidate reported carrier again, and longer (`recover`).
+            if !others_live {
+                spell.outage = true;
+                spell.live_since = None;
+            } else if spell.outage && spell.live_since.is_none() {
+                spell.live_since = Some(now);
+            }
+            let (from, wait) = match spell.live_since {
+                Some(t) => (t, self.recover),
+                None => (spell.since, self.settle),
+            };
             let v = verdict(
                 hold(&g.key),
                 others_live,
-                now.saturating_duration_since(since),
-                self.settle,
+                now.saturating_duration_since(from),
+                wait,
             );
             if v == Verdict::Settling {
-                let at = since + self.settle;
+                let at = from + wait;
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             if self.last.insert(g.key.clone(), v) != Some(v) && v != Verdict::Stand {
@@ -238,24 +275,72 @@ mod tests {
             assert_eq!(lh.apply(&mut d, held, t0 + t), None);
             assert_eq!(d.local().count(), 1, "kept {t:?} after carrier went");
         }
+        // Another node's port comes back first: this one waits RECOVER for its own.
+        let t_live = t0 + SETTLE * 21;
         let mut d = with(true);
-        lh.apply(&mut d, held, t0 + SETTLE * 21);
+        assert_eq!(lh.apply(&mut d, held, t_live), Some(t_live + RECOVER));
         assert_eq!(
             d.local().count(),
-            0,
-            "another node has carrier again: released"
+            1,
+            "kept while its own port may still come back"
         );
+        let mut d = with(true);
+        assert_eq!(
+            lh.apply(&mut d, held, t_live + RECOVER / 2),
+            Some(t_live + RECOVER)
+        );
+        assert_eq!(d.local().count(), 1);
         // Carrier back here: the group is not dark, the next loss starts a new wait.
         let mut d = Desired {
             groups: vec![group("198.51.100.10")],
             ..Default::default()
         };
-        assert_eq!(lh.apply(&mut d, held, t0 + SETTLE * 22), None);
+        assert_eq!(lh.apply(&mut d, held, t_live + RECOVER * 2 / 3), None);
         assert_eq!(d.local().count(), 1);
         let mut d = with(true);
-        let t1 = t0 + SETTLE * 23;
+        let t1 = t_live + RECOVER;
         assert_eq!(lh.apply(&mut d, held, t1), Some(t1 + SETTLE));
         assert_eq!(d.local().count(), 1);
+    }
+
+    /// After a segment-wide outage, a holder whose own port stays dark while another
+    /// candidate's is back hands over once RECOVER has passed since that report (and the wait
+    /// restarts if the other node loses carrier again meanwhile).
+    #[test]
+    fn after_an_outage_a_holder_still_dark_hands_over_after_the_recovery_wait() {
+        let t0 = Instant::now();
+        let mut lh = LinkHold::default();
+        let with = |others_live: bool| Desired {
+            groups: vec![group("198.51.100.10")],
+            dark: [("198.51.100.10".to_string(), others_live)].into(),
+            ..Default::default()
+        };
+        let held = |_: &str| Some(Hold::Held);
+        let mut d = with(false);
+        assert_eq!(lh.apply(&mut d, held, t0), None);
+        let t1 = t0 + Duration::from_secs(5);
+        let mut d = with(true);
+        assert_eq!(lh.apply(&mut d, held, t1), Some(t1 + RECOVER));
+        // The other node's port flaps: the outage is back, then its carrier again.
+        let mut d = with(false);
+        assert_eq!(lh.apply(&mut d, held, t1 + RECOVER / 2), None);
+        let t2 = t1 + RECOVER * 3 / 4;
+        let mut d = with(true);
+        assert_eq!(lh.apply(&mut d, held, t2), Some(t2 + RECOVER));
+        let mut d = with(true);
+        lh.apply(&mut d, held, t1 + RECOVER);
+        assert_eq!(
+            d.local().count(),
+            1,
+            "the wait restarted at the second report"
+        );
+        let mut d = with(true);
+        assert_eq!(lh.apply(&mut d, held, t2 + RECOVER), None);
+        assert_eq!(
+            d.local().count(),
+            0,
+            "still dark after the recovery wait: released"
+        );
     }
 
     /// Cut off from the API server (sticky): kept whatever the stale reports say.
