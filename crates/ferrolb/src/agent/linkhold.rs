@@ -19,6 +19,13 @@
 //!   this node still has none, it waits [`RECOVER`] from that report for its own carrier (a
 //!   switch brings its ports back one by one, link negotiation taking a second or more and not
 //!   the same on every port), and releases only if its own port is still dark then.
+//! - **Held, another candidate reports carrier, but this node's own report has not come back
+//!   through the watch** ([`super::subnets::own_report_seen`]): kept, whatever the wait. The
+//!   others' reports are only as fresh as the API round trip, and a node whose only way to the
+//!   API server is the link that went dark (one NIC: the common case) hears nothing new — in a
+//!   switch reboot it would still see every other node with carrier and release. Its own
+//!   report coming back proves the round trip works; until then, if its link really died
+//!   alone, the others take over when its presence Lease expires, as after a crash.
 //! - **Sticky** (the API server unreachable and the Lease possibly expired): kept. The reports
 //!   it would judge by are as old as the outage and a release could not be written anyway; the
 //!   sticky rules (keep answering until another station announces the address) decide, as
@@ -53,6 +60,10 @@ pub enum Verdict {
     Settling,
     /// Held, no other candidate reports carrier: keep.
     Keep,
+    /// Held, another candidate reports carrier, but this node's own report has not come back
+    /// through the watch: the others' reports may be stale (the API server may be reachable
+    /// only over the link that went dark), keep until it does.
+    Unheard,
     /// Held while the API server is unreachable: keep (sticky rules apply).
     KeepSticky,
     /// Held, another candidate reports carrier after the wait: release.
@@ -64,7 +75,7 @@ impl Verdict {
     pub fn keeps(self) -> bool {
         matches!(
             self,
-            Verdict::Settling | Verdict::Keep | Verdict::KeepSticky
+            Verdict::Settling | Verdict::Keep | Verdict::KeepSticky | Verdict::Unheard
         )
     }
 }
@@ -74,6 +85,7 @@ impl Verdict {
 pub fn verdict(
     hold: Option<Hold>,
     others_live: bool,
+    own_report_seen: bool,
     dark_for: Duration,
     settle: Duration,
 ) -> Verdict {
@@ -81,6 +93,7 @@ pub fn verdict(
         None | Some(Hold::Yielded) => Verdict::Stand,
         Some(Hold::Sticky) => Verdict::KeepSticky,
         Some(Hold::Held) if !others_live => Verdict::Keep,
+        Some(Hold::Held) if !own_report_seen => Verdict::Unheard,
         Some(Hold::Held) if dark_for < settle => Verdict::Settling,
         Some(Hold::Held) => Verdict::Release,
     }
@@ -130,11 +143,14 @@ impl LinkHold {
 
     /// Applies the rule to `desired` (from [`super::eligibility::compute`]): dark groups this
     /// node does not keep stop being `eligible_here`. `hold` is this node's hold of a group
-    /// (by key). Returns when to recompute (the end of a wait), if any.
+    /// (by key); `own_report_seen`: this node's own carrier report has come back through the
+    /// watch ([`super::subnets::own_report_seen`]). Returns when to recompute (the end of a
+    /// wait), if any; the echo of this node's report wakes the agent by itself.
     pub fn apply(
         &mut self,
         desired: &mut Desired,
         hold: impl Fn(&str) -> Option<Hold>,
+        own_report_seen: bool,
         now: Instant,
     ) -> Option<Instant> {
         self.spells.retain(|k, _| desired.dark.contains_key(k));
@@ -164,6 +180,7 @@ impl LinkHold {
             let v = verdict(
                 hold(&g.key),
                 others_live,
+                own_report_seen,
                 now.saturating_duration_since(from),
                 wait,
             );
@@ -203,18 +220,32 @@ mod tests {
     fn verdicts() {
         let s = SETTLE;
         let short = s / 3;
-        assert_eq!(verdict(None, true, s * 9, s), Verdict::Stand);
+        assert_eq!(verdict(None, true, true, s * 9, s), Verdict::Stand);
         assert_eq!(
-            verdict(Some(Hold::Yielded), false, short, s),
+            verdict(Some(Hold::Yielded), false, true, short, s),
             Verdict::Stand
         );
         assert_eq!(
-            verdict(Some(Hold::Sticky), true, s * 9, s),
+            verdict(Some(Hold::Sticky), true, true, s * 9, s),
             Verdict::KeepSticky
         );
-        assert_eq!(verdict(Some(Hold::Held), false, s * 9, s), Verdict::Keep);
-        assert_eq!(verdict(Some(Hold::Held), true, short, s), Verdict::Settling);
-        assert_eq!(verdict(Some(Hold::Held), true, s, s), Verdict::Release);
+        assert_eq!(
+            verdict(Some(Hold::Held), false, true, s * 9, s),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(Some(Hold::Held), true, true, short, s),
+            Verdict::Settling
+        );
+        assert_eq!(
+            verdict(Some(Hold::Held), true, true, s, s),
+            Verdict::Release
+        );
+        assert_eq!(
+            verdict(Some(Hold::Held), true, false, s * 9, s),
+            Verdict::Unheard
+        );
+        assert!(Verdict::Unheard.keeps());
         assert!(!Verdict::Stand.keeps() && !Verdict::Release.keeps());
         assert!(Verdict::Keep.keeps() && Verdict::Settling.keeps() && Verdict::KeepSticky.keeps());
     }
@@ -240,16 +271,19 @@ mod tests {
         };
         let hold = |k: &str| (k != "198.51.100.11").then_some(Hold::Held);
         let mut d = desired.clone();
-        let next = lh.apply(&mut d, hold, t0);
+        let next = lh.apply(&mut d, hold, true, t0);
         assert_eq!(next, Some(t0 + SETTLE));
         let here: Vec<&str> = d.local().map(|g| g.key.as_str()).collect();
         assert_eq!(here, ["198.51.100.10", "198.51.100.12"]);
         // A recompute during the wait does not restart it.
         let mut d = desired.clone();
-        assert_eq!(lh.apply(&mut d, hold, t0 + SETTLE / 2), Some(t0 + SETTLE));
+        assert_eq!(
+            lh.apply(&mut d, hold, true, t0 + SETTLE / 2),
+            Some(t0 + SETTLE)
+        );
         assert_eq!(d.local().count(), 2);
         let mut d = desired.clone();
-        assert_eq!(lh.apply(&mut d, hold, t0 + SETTLE), None);
+        assert_eq!(lh.apply(&mut d, hold, true, t0 + SETTLE), None);
         let here: Vec<&str> = d.local().map(|g| g.key.as_str()).collect();
         assert_eq!(here, ["198.51.100.12"]);
     }
@@ -268,17 +302,17 @@ mod tests {
         };
         let held = |_: &str| Some(Hold::Held);
         let mut d = with(true);
-        assert!(lh.apply(&mut d, held, t0).is_some());
+        assert!(lh.apply(&mut d, held, true, t0).is_some());
         assert_eq!(d.local().count(), 1);
         for t in [SETTLE / 2, SETTLE, SETTLE * 20] {
             let mut d = with(false);
-            assert_eq!(lh.apply(&mut d, held, t0 + t), None);
+            assert_eq!(lh.apply(&mut d, held, true, t0 + t), None);
             assert_eq!(d.local().count(), 1, "kept {t:?} after carrier went");
         }
         // Another node's port comes back first: this one waits RECOVER for its own.
         let t_live = t0 + SETTLE * 21;
         let mut d = with(true);
-        assert_eq!(lh.apply(&mut d, held, t_live), Some(t_live + RECOVER));
+        assert_eq!(lh.apply(&mut d, held, true, t_live), Some(t_live + RECOVER));
         assert_eq!(
             d.local().count(),
             1,
@@ -286,7 +320,7 @@ mod tests {
         );
         let mut d = with(true);
         assert_eq!(
-            lh.apply(&mut d, held, t_live + RECOVER / 2),
+            lh.apply(&mut d, held, true, t_live + RECOVER / 2),
             Some(t_live + RECOVER)
         );
         assert_eq!(d.local().count(), 1);
@@ -295,11 +329,11 @@ mod tests {
             groups: vec![group("198.51.100.10")],
             ..Default::default()
         };
-        assert_eq!(lh.apply(&mut d, held, t_live + RECOVER * 2 / 3), None);
+        assert_eq!(lh.apply(&mut d, held, true, t_live + RECOVER * 2 / 3), None);
         assert_eq!(d.local().count(), 1);
         let mut d = with(true);
         let t1 = t_live + RECOVER;
-        assert_eq!(lh.apply(&mut d, held, t1), Some(t1 + SETTLE));
+        assert_eq!(lh.apply(&mut d, held, true, t1), Some(t1 + SETTLE));
         assert_eq!(d.local().count(), 1);
     }
 
@@ -317,30 +351,68 @@ mod tests {
         };
         let held = |_: &str| Some(Hold::Held);
         let mut d = with(false);
-        assert_eq!(lh.apply(&mut d, held, t0), None);
+        assert_eq!(lh.apply(&mut d, held, true, t0), None);
         let t1 = t0 + Duration::from_secs(5);
         let mut d = with(true);
-        assert_eq!(lh.apply(&mut d, held, t1), Some(t1 + RECOVER));
+        assert_eq!(lh.apply(&mut d, held, true, t1), Some(t1 + RECOVER));
         // The other node's port flaps: the outage is back, then its carrier again.
         let mut d = with(false);
-        assert_eq!(lh.apply(&mut d, held, t1 + RECOVER / 2), None);
+        assert_eq!(lh.apply(&mut d, held, true, t1 + RECOVER / 2), None);
         let t2 = t1 + RECOVER * 3 / 4;
         let mut d = with(true);
-        assert_eq!(lh.apply(&mut d, held, t2), Some(t2 + RECOVER));
+        assert_eq!(lh.apply(&mut d, held, true, t2), Some(t2 + RECOVER));
         let mut d = with(true);
-        lh.apply(&mut d, held, t1 + RECOVER);
+        lh.apply(&mut d, held, true, t1 + RECOVER);
         assert_eq!(
             d.local().count(),
             1,
             "the wait restarted at the second report"
         );
         let mut d = with(true);
-        assert_eq!(lh.apply(&mut d, held, t2 + RECOVER), None);
+        assert_eq!(lh.apply(&mut d, held, true, t2 + RECOVER), None);
         assert_eq!(
             d.local().count(),
             0,
             "still dark after the recovery wait: released"
         );
+    }
+
+    /// A holder whose only way to the API server is the link that went dark: its own report
+    /// never comes back, so the others' reports (from before the outage, showing carrier) are
+    /// not trusted — kept, without a timer (no busy wake-ups); once its report is seen (the
+    /// API reachable over another link) the usual wait applies, from the carrier loss.
+    #[test]
+    fn a_holder_that_cannot_hear_its_own_report_keeps_the_lease() {
+        let t0 = Instant::now();
+        let mut lh = LinkHold::default();
+        let with = || Desired {
+            groups: vec![group("198.51.100.10")],
+            dark: [("198.51.100.10".to_string(), true)].into(),
+            ..Default::default()
+        };
+        let held = |_: &str| Some(Hold::Held);
+        for t in [Duration::ZERO, SETTLE, SETTLE * 30] {
+            let mut d = with();
+            assert_eq!(lh.apply(&mut d, held, false, t0 + t), None, "{t:?}");
+            assert_eq!(d.local().count(), 1, "kept {t:?} after carrier went");
+        }
+        let mut d = with();
+        assert_eq!(lh.apply(&mut d, held, true, t0 + SETTLE * 31), None);
+        assert_eq!(
+            d.local().count(),
+            0,
+            "its report seen, the others live: released"
+        );
+        // Seen early: the wait still runs from the carrier loss.
+        let mut lh = LinkHold::default();
+        let mut d = with();
+        lh.apply(&mut d, held, false, t0);
+        let mut d = with();
+        assert_eq!(
+            lh.apply(&mut d, held, true, t0 + SETTLE / 3),
+            Some(t0 + SETTLE)
+        );
+        assert_eq!(d.local().count(), 1);
     }
 
     /// Cut off from the API server (sticky): kept whatever the stale reports say.
@@ -353,10 +425,10 @@ mod tests {
             dark: [("198.51.100.10".to_string(), true)].into(),
             ..Default::default()
         };
-        lh.apply(&mut d, |_| Some(Hold::Sticky), t0);
+        lh.apply(&mut d, |_| Some(Hold::Sticky), true, t0);
         let mut d2 = d.clone();
         assert_eq!(
-            lh.apply(&mut d2, |_| Some(Hold::Sticky), t0 + SETTLE * 10),
+            lh.apply(&mut d2, |_| Some(Hold::Sticky), true, t0 + SETTLE * 10),
             None
         );
         assert_eq!(d2.local().count(), 1);

@@ -225,11 +225,17 @@ impl Agent {
             options: &self.options,
         });
         let holdings = &self.holdings;
+        let own_report_seen = super::subnets::own_report_seen(
+            &self.caches.prefixes.state(),
+            &self.args.node_name,
+            self.subnets.dark(),
+        );
         self.link_hold_at = self
             .link_hold
             .apply(
                 &mut desired,
                 |k| holdings.hold(k),
+                own_report_seen,
                 std::time::Instant::now(),
             )
             .map(tokio::time::Instant::from_std);

@@ -185,6 +185,17 @@ pub fn node_no_carrier(
     out
 }
 
+/// Has this node's own carrier report come back through the watch? True when its published
+/// object (among `objects`) names every interface of `mine` (its live interfaces without
+/// carrier) as without carrier. Until then the API round trip is not known to work: the
+/// others' reports may be as stale as ours is unpublished (a node whose only link is the one
+/// that went dark cannot hear of anything), see [`super::linkhold`].
+pub fn own_report_seen(objects: &[Arc<Lease>], me: &str, mine: &BTreeSet<String>) -> bool {
+    objects.iter().any(|l| {
+        parse(l).is_some_and(|(node, _)| node == me) && parse_no_carrier(l).is_superset(mine)
+    })
+}
+
 /// Reads one published object: (node, prefixes). Unparsable prefixes are skipped; an object
 /// without the annotations is `None`.
 pub fn parse(l: &Lease) -> Option<(String, Prefixes)> {
@@ -368,6 +379,38 @@ mod tests {
             .insert(ANN_PREFIXES.into(), "{not json".into());
         assert_eq!(parse(&bad), None);
         assert_eq!(parse(&Lease::default()), None);
+    }
+
+    #[test]
+    fn own_report_seen_only_when_the_watch_shows_it() {
+        let p: Prefixes = [("eth0".to_string(), vec![]), ("eth1".to_string(), vec![])].into();
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>()
+        };
+        let dark = set(&["eth0"]);
+        let mine_before = Arc::new(object("ns", "n1", &p, &set(&[])));
+        let mine_after = Arc::new(object("ns", "n1", &p, &set(&["eth0"])));
+        let theirs = Arc::new(object("ns", "n2", &p, &set(&["eth0", "eth1"])));
+        assert!(!own_report_seen(&[], "n1", &dark));
+        assert!(!own_report_seen(
+            &[mine_before.clone(), theirs.clone()],
+            "n1",
+            &dark
+        ));
+        assert!(own_report_seen(
+            &[mine_after.clone(), theirs.clone()],
+            "n1",
+            &dark
+        ));
+        assert!(!own_report_seen(
+            &[mine_after],
+            "n1",
+            &set(&["eth0", "eth1"])
+        ));
+        // Another node's object says nothing about ours.
+        assert!(!own_report_seen(&[theirs], "n1", &dark));
     }
 
     #[test]
