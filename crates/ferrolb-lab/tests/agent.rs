@@ -899,6 +899,106 @@ fn a_switch_reboot_with_the_holders_port_back_last_moves_no_lease() -> anyhow::R
     })
 }
 
+/// Issue 11, a switch reboot in the common topology: one NIC per node, the API server reached
+/// over the same switch. Every node's port and the client's down 5 s (the API stand-in's
+/// stays up), then up. No node can publish or hear a carrier report during the outage, so the
+/// holder sees only the reports from before it — every other node with carrier — and must not
+/// trust them: its own report never came back (`agent::linkhold`, `Unheard`), so it keeps the
+/// Lease. Asserted: every holder logs `Unheard` and never `Release` (without the rule it
+/// released 300 ms into the outage), and the client hears every held address again within 2 s
+/// of carrier returning. Not asserted: that no Lease moves — when the API comes back, the
+/// lease engine of the node that reconnects first may fence another holder's presence Lease
+/// before that holder's own renewal gets through (4 of 7 runs moved one or both Leases that
+/// way; the test prints it): a lease-engine question, not this rule's.
+#[test]
+fn a_switch_reboot_cutting_the_api_too_makes_no_holder_release() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIPS: [&str; 2] = ["198.51.100.45", "198.51.100.46"];
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag16", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        for (i, v) in VIPS.iter().enumerate() {
+            c.service(&format!("web-{i}"), &[v])?;
+        }
+        start_agents(c, &NODES)?;
+        let holders: Vec<(String, String)> = VIPS
+            .iter()
+            .map(|v| sole_holder(c, v))
+            .collect::<anyhow::Result<_>>()?;
+        let before = lease_holders(c)?;
+        assert_eq!(before.len(), VIPS.len(), "{before:?}");
+        wait_until(
+            "every node's interface object, with carrier",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| !nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        // Ports: p0 the API stand-in (stays up), p1 the client, p2.. the nodes.
+        let all: Vec<usize> = (1..c.topo.seg.members.len()).collect();
+        let down = Instant::now();
+        ports(c, &all, "down")?;
+        for v in VIPS {
+            let _ = c.client().ip(&["neigh", "del", v, "dev", "eth0"]);
+        }
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())); // the outage
+        ports(c, &all, "up")?;
+        let back = Instant::now();
+        wait_until(
+            "the client to hear every held address again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                VIPS.iter()
+                    .zip(&holders)
+                    .all(|(v, (_, mac))| c.client_neighbour(v).as_deref() == Some(mac))
+                    .then_some(())
+            },
+        )?;
+        let took = back.elapsed();
+        eprintln!("switch reboot with the API cut too: every held address heard again {took:?} after carrier returned");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // Let the agents reconnect and write whatever they would (a release, a takeover).
+        wait_until(
+            "every node to report carrier again",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| !nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        std::thread::sleep(Duration::from_secs(2)); // a wrong write has had time to land
+        for (n, _) in &holders {
+            let log = c.agents[n].log_text();
+            assert!(
+                log.contains("\"Unheard\"") && !log.contains("\"Release\""),
+                "{n} did not keep its Lease while its report could not be heard:\n{}",
+                ferrolb_lab::harness::tail(&log, 40)
+            );
+        }
+        let after = lease_holders(c)?;
+        if after != before {
+            let fenced = NODES.iter().any(|n| {
+                c.agents[*n]
+                    .log_text()
+                    .contains("fencing the presence Lease of a node seen unrenewed")
+            });
+            eprintln!(
+                "NOTE: a Lease moved after the API came back (presence fenced by the lease engine: {fenced}): {before:?} -> {after:?}"
+            );
+        }
+        Ok(())
+    })
+}
+
 /// The published interface objects: (node, interfaces without carrier).
 fn interface_objects(c: &Cluster) -> anyhow::Result<Vec<(String, String)>> {
     let l = c
