@@ -908,7 +908,7 @@ fn a_switch_reboot_with_the_holders_port_back_last_moves_no_lease() -> anyhow::R
 /// released 300 ms into the outage), and the client hears every held address again within 2 s
 /// of carrier returning. Not asserted: that no Lease moves — when the API comes back, the
 /// lease engine of the node that reconnects first may fence another holder's presence Lease
-/// before that holder's own renewal gets through (4 of 7 runs moved one or both Leases that
+/// before that holder's own renewal gets through (5 of 8 runs moved one or both Leases that
 /// way; the test prints it): a lease-engine question, not this rule's.
 #[test]
 fn a_switch_reboot_cutting_the_api_too_makes_no_holder_release() -> anyhow::Result<()> {
