@@ -561,6 +561,474 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
     })
 }
 
+/// Each node also reaches the API over a management link of its own (203.0.113.0/30s), so
+/// that its agent keeps the API server while its `eth0` is down.
+fn management_links(c: &Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+    for (i, n) in nodes.iter().enumerate() {
+        let (ns, api) = (c.node_ns(n), c.topo.api());
+        let port = format!("m{i}");
+        netns::veth(ns, "mgmt0", api, &port)?;
+        let (api_ip, node_ip) = (4 * i + 1, 4 * i + 2);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("203.0.113.{node_ip}/30"),
+            "dev",
+            "mgmt0",
+        ])?;
+        api.ip(&[
+            "addr",
+            "add",
+            &format!("203.0.113.{api_ip}/30"),
+            "dev",
+            &port,
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "192.0.2.254/32",
+            "via",
+            &format!("203.0.113.{api_ip}"),
+        ])?;
+    }
+    Ok(())
+}
+
+/// The bridge ports of the segment's members (p0 the API stand-in, p1 the client, p2.. the
+/// nodes) set `state` in the bridge's namespace.
+fn ports(c: &Cluster, which: &[usize], state: &str) -> anyhow::Result<()> {
+    for p in which {
+        c.topo
+            .seg
+            .bridge
+            .ip(&["link", "set", &format!("p{p}"), state])?;
+    }
+    Ok(())
+}
+
+/// Issue 11, a switch reboot: every node's bridge port and the client's down 5 s, then up, while the agents keep the API server over management links. Every node
+/// loses carrier together; the holders keep their Leases (no other candidate reports carrier,
+/// `agent::linkhold`), and when carrier returns they re-announce at once: the client (which
+/// learns from gratuitous ARP only, `arp_accept=1`, and never asks) hears every held address
+/// again within 2 s, and no Lease changed holder or `leaseTransitions`.
+#[test]
+fn a_switch_reboot_changes_no_lease_and_every_address_is_heard_again_within_two_seconds(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIPS: [&str; 3] = ["198.51.100.40", "198.51.100.41", "198.51.100.42"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag13", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        management_links(c, &["n1", "n2", "n3"])?;
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        for (i, v) in VIPS.iter().enumerate() {
+            c.service(&format!("web-{i}"), &[v])?;
+        }
+        start_agents(c, &["n1", "n2", "n3"])?;
+        let holders: Vec<(String, String)> = VIPS
+            .iter()
+            .map(|v| sole_holder(c, v))
+            .collect::<anyhow::Result<_>>()?;
+        let before = lease_holders(c)?;
+        assert_eq!(before.len(), VIPS.len(), "{before:?}");
+        // Every agent has published its interfaces, with carrier.
+        wait_until(
+            "every node's interface object",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || (interface_objects(c).ok()?.len() == 3).then_some(()),
+        )?;
+
+        // The switch goes down: every node's port and the client's lose carrier (the API
+        // stand-in's port too would change nothing: the agents reach it over their management
+        // links).
+        let all: Vec<usize> = (1..c.topo.seg.members.len()).collect();
+        let down = Instant::now();
+        ports(c, &all, "down")?;
+        // The client's kernel flushes its entries on carrier loss; make sure of it.
+        for v in VIPS {
+            let _ = c.client().ip(&["neigh", "del", v, "dev", "eth0"]);
+            assert_eq!(c.client_neighbour(v), None, "{v}");
+        }
+        // Every agent reports eth0 without carrier (through the management link).
+        wait_until(
+            "every node to report eth0 without carrier",
+            Duration::from_secs(4),
+            Duration::from_millis(50),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        // The outage itself (5 s from the ports going down), not a synchronisation.
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(down.elapsed()));
+        // The holders kept their Leases through it (the rule's verdict is logged).
+        for (n, _) in &holders {
+            let log = c.agents[n].log_text();
+            assert!(
+                log.contains("announcing interfaces without carrier") && log.contains("\"Keep\""),
+                "{n} did not keep its Lease without carrier:\n{}",
+                ferrolb_lab::harness::tail(&log, 30)
+            );
+        }
+        assert_eq!(lease_holders(c)?, before, "a Lease moved during the outage");
+
+        ports(c, &all, "up")?;
+        let back = Instant::now();
+        wait_until(
+            "the client to hear every held address again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                VIPS.iter()
+                    .zip(&holders)
+                    .all(|(v, (_, mac))| c.client_neighbour(v).as_deref() == Some(mac))
+                    .then_some(())
+            },
+        )?;
+        let took = back.elapsed();
+        eprintln!(
+            "switch reboot (every port down 5 s): every held address heard again {took:?} after carrier returned"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "re-announcement took {took:?}"
+        );
+        // No Lease changed holder or leaseTransitions, and no agent released or lost one.
+        assert_eq!(lease_holders(c)?, before);
+        for n in ["n1", "n2", "n3"] {
+            let m = c.agent_metrics(n)?;
+            for t in ["lost", "released"] {
+                assert_eq!(
+                    metric(
+                        &m,
+                        "ferrolb_agent_lease_transitions_total",
+                        &[("transition", t)]
+                    )
+                    .unwrap_or(0.0),
+                    0.0,
+                    "{n} {t}"
+                );
+            }
+        }
+        assert_eq!(
+            arping_macs(c.client(), "eth0", VIPS[0], 2)?,
+            BTreeSet::from([holders[0].1.clone()])
+        );
+        Ok(())
+    })
+}
+
+/// Issue 11, the client's own bridge port flapped (down 5 s, up) while the nodes keep carrier:
+/// no node can see that, so nothing is re-announced; what refreshes the client's entries is
+/// its own resolution on the next packet, answered at once. Measured and asserted here: the
+/// client's kernel flushed the entries when its carrier went, no entry came back by itself
+/// within 2 s of carrier returning (no gratuitous frame was sent), and the first packet's ARP
+/// resolution gets the holder's MAC within 1 s. No Lease moved.
+#[test]
+fn a_client_port_flap_is_healed_by_the_clients_own_resolution() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIP: &str = "198.51.100.43";
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag14", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web", &[VIP])?;
+        start_agents(c, &["n1", "n2"])?;
+        let (_, mac) = sole_holder(c, VIP)?;
+        c.client_resolve(VIP);
+        assert_eq!(c.client_neighbour(VIP), Some(mac.clone()));
+        let before = lease_holders(c)?;
+
+        ports(c, &[1], "down")?;
+        wait_until(
+            "the client's kernel to flush its entry on carrier loss",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || c.client_neighbour(VIP).is_none().then_some(()),
+        )?;
+        std::thread::sleep(Duration::from_secs(5)); // the flap itself, not a synchronisation
+        ports(c, &[1], "up")?;
+        let back = Instant::now();
+        // Nothing is sent by itself: nobody but the client saw the flap.
+        while back.elapsed() < Duration::from_secs(2) {
+            assert_eq!(c.client_neighbour(VIP), None, "an entry came back unasked");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The next packet resolves it (the ping itself gets no answer: timed from its start to
+        // the entry, not to its end).
+        let t0 = Instant::now();
+        let mut ping = c
+            .client()
+            .cmd("ping")
+            .args(["-c", "1", "-W", "2", VIP])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let got = wait_until(
+            "the client's resolution to get the holder's MAC",
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            || {
+                c.client_neighbour(VIP)
+                    .filter(|m| *m == mac)
+                    .map(|_| t0.elapsed())
+            },
+        );
+        let _ = ping.wait();
+        let took = got?;
+        eprintln!("client port flap: entry resolved again {took:?} after the first packet");
+        assert!(took < Duration::from_secs(1), "resolution took {took:?}");
+        assert_eq!(lease_holders(c)?, before);
+        Ok(())
+    })
+}
+
+/// Issue 11, a switch reboot whose ports come back one by one: every port down 5 s, then the
+/// client's and the other nodes' ports up, and the holder's 1 s after the other nodes report
+/// carrier again (link negotiation does not take the same time on every port). The holder,
+/// still dark while others have carrier, waits `agent::linkhold::RECOVER` (3 s) for its own
+/// port instead of handing over: no Lease changes holder or `leaseTransitions`, and the client
+/// hears the address from the holder within 2 s of the holder's carrier returning.
+#[test]
+fn a_switch_reboot_with_the_holders_port_back_last_moves_no_lease() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIP: &str = "198.51.100.44";
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag15", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        management_links(c, &NODES)?;
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        c.service("web", &[VIP])?;
+        start_agents(c, &NODES)?;
+        let (holder, mac) = sole_holder(c, VIP)?;
+        let before = lease_holders(c)?;
+        wait_until(
+            "every node's interface object",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || (interface_objects(c).ok()?.len() == 3).then_some(()),
+        )?;
+        // Ports: p1 the client, p2.. the nodes in order.
+        let holder_port = 2 + NODES.iter().position(|n| *n == holder).context("holder")?;
+        let all: Vec<usize> = (1..c.topo.seg.members.len()).collect();
+        let first: Vec<usize> = all.iter().copied().filter(|p| *p != holder_port).collect();
+        let down = Instant::now();
+        ports(c, &all, "down")?;
+        let _ = c.client().ip(&["neigh", "del", VIP, "dev", "eth0"]);
+        wait_until(
+            "every node to report eth0 without carrier",
+            Duration::from_secs(4),
+            Duration::from_millis(50),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())); // the outage
+        ports(c, &first, "up")?;
+        wait_until(
+            "the other nodes to report carrier again",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let objs = interface_objects(c).ok()?;
+                objs.iter()
+                    .filter(|(n, _)| *n != holder)
+                    .all(|(_, nc)| !nc.contains("eth0"))
+                    .then_some(())
+            },
+        )?;
+        // The holder's port is slower to come back (part of the scenario, not a
+        // synchronisation): long enough for the old rule to have handed over at once.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            lease_holders(c)?,
+            before,
+            "the Lease moved while the holder's port was still coming back"
+        );
+        ports(c, &[holder_port], "up")?;
+        let back = Instant::now();
+        wait_until(
+            "the client to hear the holder again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || (c.client_neighbour(VIP).as_deref() == Some(mac.as_str())).then_some(()),
+        )?;
+        let took = back.elapsed();
+        eprintln!(
+            "staggered switch reboot: heard again {took:?} after the holder's carrier returned"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // Give a wrong verdict time to show (a full recovery wait), then check nothing moved.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(lease_holders(c)?, before);
+        // The holder went through the recovery wait: kept (nobody had carrier), then waiting
+        // while the others reported carrier again — where the rule without it released.
+        let log = c.agents[&holder].log_text();
+        let kept = log.find("\"Keep\"");
+        let waited = log.rfind("\"Settling\"");
+        assert!(
+            matches!((kept, waited), (Some(k), Some(w)) if w > k) && !log.contains("\"Release\""),
+            "{holder}'s verdicts:\n{}",
+            ferrolb_lab::harness::tail(&log, 30)
+        );
+        let m = c.agent_metrics(&holder)?;
+        for t in ["lost", "released"] {
+            assert_eq!(
+                metric(
+                    &m,
+                    "ferrolb_agent_lease_transitions_total",
+                    &[("transition", t)]
+                )
+                .unwrap_or(0.0),
+                0.0,
+                "{holder} {t}"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Issue 11, a switch reboot in the common topology: one NIC per node, the API server reached
+/// over the same switch. Every node's port and the client's down 5 s (the API stand-in's
+/// stays up), then up. No node can publish or hear a carrier report during the outage, so the
+/// holder sees only the reports from before it — every other node with carrier — and must not
+/// trust them: its own report never came back (`agent::linkhold`, `Unheard`), so it keeps the
+/// Lease. Asserted: every holder logs `Unheard` and never `Release` (without the rule it
+/// released 300 ms into the outage), and the client hears every held address again within 2 s
+/// of carrier returning. Not asserted: that no Lease moves — when the API comes back, the
+/// lease engine of the node that reconnects first may fence another holder's presence Lease
+/// before that holder's own renewal gets through (5 of 8 runs moved one or both Leases that
+/// way; the test prints it): a lease-engine question, not this rule's.
+#[test]
+fn a_switch_reboot_cutting_the_api_too_makes_no_holder_release() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const VIPS: [&str; 2] = ["198.51.100.45", "198.51.100.46"];
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag16", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
+    scenario(&mut c, |c| {
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({"interfaces": ["eth0"]}))?;
+        for (i, v) in VIPS.iter().enumerate() {
+            c.service(&format!("web-{i}"), &[v])?;
+        }
+        start_agents(c, &NODES)?;
+        let holders: Vec<(String, String)> = VIPS
+            .iter()
+            .map(|v| sole_holder(c, v))
+            .collect::<anyhow::Result<_>>()?;
+        let before = lease_holders(c)?;
+        assert_eq!(before.len(), VIPS.len(), "{before:?}");
+        wait_until(
+            "every node's interface object, with carrier",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| !nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        // Ports: p0 the API stand-in (stays up), p1 the client, p2.. the nodes.
+        let all: Vec<usize> = (1..c.topo.seg.members.len()).collect();
+        let down = Instant::now();
+        ports(c, &all, "down")?;
+        for v in VIPS {
+            let _ = c.client().ip(&["neigh", "del", v, "dev", "eth0"]);
+        }
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())); // the outage
+        ports(c, &all, "up")?;
+        let back = Instant::now();
+        wait_until(
+            "the client to hear every held address again",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                VIPS.iter()
+                    .zip(&holders)
+                    .all(|(v, (_, mac))| c.client_neighbour(v).as_deref() == Some(mac))
+                    .then_some(())
+            },
+        )?;
+        let took = back.elapsed();
+        eprintln!("switch reboot with the API cut too: every held address heard again {took:?} after carrier returned");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // Let the agents reconnect and write whatever they would (a release, a takeover).
+        wait_until(
+            "every node to report carrier again",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let objs = interface_objects(c).ok()?;
+                (objs.len() == 3 && objs.iter().all(|(_, nc)| !nc.contains("eth0"))).then_some(())
+            },
+        )?;
+        std::thread::sleep(Duration::from_secs(2)); // a wrong write has had time to land
+        for (n, _) in &holders {
+            let log = c.agents[n].log_text();
+            assert!(
+                log.contains("\"Unheard\"") && !log.contains("\"Release\""),
+                "{n} did not keep its Lease while its report could not be heard:\n{}",
+                ferrolb_lab::harness::tail(&log, 40)
+            );
+        }
+        let after = lease_holders(c)?;
+        if after != before {
+            let fenced = NODES.iter().any(|n| {
+                c.agents[*n]
+                    .log_text()
+                    .contains("fencing the presence Lease of a node seen unrenewed")
+            });
+            eprintln!(
+                "NOTE: a Lease moved after the API came back (presence fenced by the lease engine: {fenced}): {before:?} -> {after:?}"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The published interface objects: (node, interfaces without carrier).
+fn interface_objects(c: &Cluster) -> anyhow::Result<Vec<(String, String)>> {
+    let l = c
+        .api()
+        .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
+    Ok(l["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|l| {
+            l["metadata"]["labels"][ferrolb::lease::LABEL_ROLE]
+                == ferrolb::agent::subnets::ROLE_INTERFACES
+        })
+        .map(|l| {
+            let a = &l["metadata"]["annotations"];
+            (
+                a[ferrolb::lease::ANN_NODE]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                a[ferrolb::agent::subnets::ANN_NO_CARRIER]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect())
+}
+
 /// A holder whose announcing link dies hands over at once, while it still reaches the API over
 /// a second link: the kernel tells the agent (rtnetlink, no polling), the interface leaves the
 /// node's eligible set, the node releases the Lease, and the next node takes over.
@@ -572,34 +1040,7 @@ fn a_holder_whose_link_dies_hands_over_within_one_second() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let mut c = cluster(&dir, "ag8", &[("n1", &[]), ("n2", &[]), ("n3", &[])])?;
     scenario(&mut c, |c| {
-        // Each node also reaches the API over a management link of its own (203.0.113.0/30s).
-        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
-            let (ns, api) = (c.node_ns(n), c.topo.api());
-            let port = format!("m{i}");
-            netns::veth(ns, "mgmt0", api, &port)?;
-            let (api_ip, node_ip) = (4 * i + 1, 4 * i + 2);
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("203.0.113.{node_ip}/30"),
-                "dev",
-                "mgmt0",
-            ])?;
-            api.ip(&[
-                "addr",
-                "add",
-                &format!("203.0.113.{api_ip}/30"),
-                "dev",
-                &port,
-            ])?;
-            ns.ip(&[
-                "route",
-                "add",
-                "192.0.2.254/32",
-                "via",
-                &format!("203.0.113.{api_ip}"),
-            ])?;
-        }
+        management_links(c, &["n1", "n2", "n3"])?;
         c.policy("all", json!({"interfaces": ["eth0"]}))?;
         c.service("web", &[VIP4])?;
         start_agents(c, &["n1", "n2", "n3"])?;

@@ -1085,6 +1085,124 @@ fn switch_reboot_carrier_back_reannounces_every_held_address_at_once() {
     p.wait_line("interface came up; announcing", Duration::from_secs(5));
 }
 
+/// Issue 11's other switch case: only the CLIENT's bridge port flaps (down 5 s, up). The
+/// holder's carrier never changes, so nothing tells it to re-announce; the client's kernel
+/// flushes its neighbour entries on carrier loss (printed, not asserted: kernel behaviour) and
+/// resolves each address again with its first packet, which our responder answers. Asserted:
+/// every address (IPv4 and IPv6) points at the holder again within 2 s of the client's carrier
+/// returning, the refresh is the client's own request answered (the holder's request and
+/// response counters moved, its gratuitous counter did not: no unsolicited frame explains it).
+#[test]
+fn client_port_flap_the_first_packet_resolves_every_address_again() {
+    if !root_or_skip("client_port_flap_the_first_packet_resolves_every_address_again") {
+        return;
+    }
+    let seg = lab("cf");
+    let (a, c) = (&seg.members[0], &seg.members[2]);
+    let mac_a = mac_of(a);
+    let ips = ["198.51.100.10", "198.51.100.11", "2001:db8:100::10"];
+    // One gratuitous announcement at start, no periodic ones, a long self-check.
+    let mut p = announce(
+        a,
+        &ips,
+        &[
+            "--gratuitous-count",
+            "1",
+            "--self-check-secs",
+            "600",
+            "--metrics-addr",
+            "127.0.0.1:9757",
+        ],
+    );
+    // The client's first packet to an address: the kernel resolves it (the packet itself goes
+    // unanswered: A has no address, only our responder answers ARP/NDP for it).
+    // Started, not waited for (each ping waits for a reply that never comes).
+    let poke = |ip: &str| {
+        let v6 = ip.contains(':');
+        c.cmd("ping")
+            .args([if v6 { "-6" } else { "-4" }, "-c", "1", "-W", "1", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ping")
+    };
+    let reap = |pings: Vec<Child>| {
+        for mut p in pings {
+            let _ = p.wait();
+        }
+    };
+    for ip in ips {
+        let ping = poke(ip);
+        wait_neigh_mac(c, ip, mac_a, "C to resolve the address before the flap");
+        reap(vec![ping]);
+    }
+    let counters = || {
+        let m = metrics(a, 9757);
+        let sum = |name: &str| ips.iter().map(|ip| metric(&m, name, ip)).sum::<u64>();
+        (
+            sum("ferrolb_gratuitous_sent_total"),
+            sum("ferrolb_arp_requests_received_total") + sum("ferrolb_ndp_requests_received_total"),
+            sum("ferrolb_responses_sent_total"),
+        )
+    };
+    // The start burst (one frame per address) is over once it is counted.
+    let before = poll_until("the start burst counted", Duration::from_secs(15), || {
+        let k = counters();
+        (k.0 >= ips.len() as u64).then_some(k)
+    });
+    let carrier = || {
+        c.ip(&["link", "show", "eth0"])
+            .map(|s| !s.contains("NO-CARRIER") && s.contains("LOWER_UP"))
+            .unwrap_or(false)
+    };
+    seg.bridge
+        .ip(&["link", "set", "p2", "down"])
+        .expect("port down");
+    poll_until("C's carrier to go", Duration::from_secs(10), || {
+        (!carrier()).then_some(())
+    });
+    let flushed: Vec<_> = ips.iter().map(|ip| (ip, neigh(c, ip))).collect();
+    println!("client port down: C's neighbour entries: {flushed:?}");
+    std::thread::sleep(Duration::from_secs(5)); // the outage itself, not a synchronisation
+    seg.bridge
+        .ip(&["link", "set", "p2", "up"])
+        .expect("port up");
+    poll_until("C's carrier to return", Duration::from_secs(10), || {
+        carrier().then_some(())
+    });
+    let back = Instant::now();
+    let unsolicited: Vec<_> = ips.iter().map(|ip| (ip, neigh(c, ip))).collect();
+    println!("carrier back, before C sent anything: {unsolicited:?}");
+    let pings: Vec<Child> = ips.iter().map(|ip| poke(ip)).collect();
+    let deadline = back + Duration::from_secs(10);
+    while !ips
+        .iter()
+        .all(|ip| neigh(c, ip).and_then(|n| n.0) == Some(mac_a))
+    {
+        if Instant::now() > deadline {
+            let _ = p.terminate();
+            panic!(
+                "C never resolved every address again; neighbours: {:?}",
+                c.ip(&["neigh"])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = back.elapsed();
+    reap(pings);
+    println!("client port flap: every address resolved again {took:?} after C's carrier returned");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let after = counters();
+    assert_eq!(
+        after.0, before.0,
+        "the holder sent gratuitous frames although its own carrier never changed"
+    );
+    assert!(
+        after.1 > before.1 && after.2 > before.2,
+        "the refresh was not C's request answered by A: before {before:?} after {after:?}"
+    );
+}
+
 /// The self-check notices a reader thread that died behind the manager's back, restarts it and
 /// counts the repair; requests are answered again.
 #[test]

@@ -23,6 +23,7 @@ use super::conflicts::{self, ForeignAnswerers};
 use super::eligibility::{self, Desired, NodePrefixes, Options, ServiceRef};
 use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
 use super::l2status::{self, Acquired, Tracker, Want};
+use super::linkhold::LinkHold;
 use super::pools::PoolIndex;
 use crate::api::L2AnnouncementPolicy;
 use crate::lease::{self, LeaseEvent};
@@ -44,6 +45,13 @@ pub struct Snapshot<'a> {
     pub node_prefixes: NodePrefixes,
     /// The `LoadBalancerIPPool`s, indexed.
     pub pools: PoolIndex,
+    /// This node's selected interfaces without carrier (`subnets::Publisher::dark`).
+    pub dark_interfaces: Vec<String>,
+    /// Every other node's interfaces without carrier, as reported (`subnets::node_no_carrier`).
+    pub no_carrier: BTreeMap<String, BTreeSet<String>>,
+    /// This node's own carrier report has come back through the watch
+    /// (`subnets::own_report_seen`).
+    pub own_report_seen: bool,
 }
 
 /// One lease event as the engine reported it, with what the caller read beside it.
@@ -121,6 +129,8 @@ pub enum Effect {
         addresses: BTreeSet<IpAddr>,
         interfaces: BTreeSet<String>,
     },
+    /// Recompute at this instant at the latest (the end of a `linkhold` wait).
+    RecomputeAt(Instant),
     /// Post a Warning Event: another station answers for an address of the Service we hold.
     ForeignEvent {
         service: ServiceRef,
@@ -165,6 +175,8 @@ pub struct Core {
     event_window: Option<(Instant, u32)>,
     /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
     foreign: ForeignAnswerers,
+    /// Carrier loss on a holder: hand over or keep ([`super::linkhold`]).
+    link_hold: LinkHold,
 }
 
 impl Core {
@@ -194,6 +206,7 @@ impl Core {
             tracker: Tracker::default(),
             event_window: None,
             foreign: ForeignAnswerers::default(),
+            link_hold: LinkHold::default(),
         }
     }
 
@@ -274,7 +287,9 @@ impl Core {
         self.warned_no_node = !own_node_known;
         self.options.node_prefixes = s.node_prefixes;
         self.options.pools = s.pools;
-        let desired = eligibility::compute(&eligibility::Inputs {
+        self.options.dark_interfaces = s.dark_interfaces;
+        self.options.no_carrier = s.no_carrier;
+        let mut desired = eligibility::compute(&eligibility::Inputs {
             node_name: &self.node,
             policies: s.policies,
             services: s.services,
@@ -283,6 +298,15 @@ impl Core {
             interfaces: &self.interfaces,
             options: &self.options,
         });
+        // Groups this node could announce only on interfaces without carrier: kept or handed
+        // over (`linkhold`).
+        let holdings = &self.holdings;
+        if let Some(at) =
+            self.link_hold
+                .apply(&mut desired, |k| holdings.hold(k), s.own_report_seen, now)
+        {
+            out.push(Effect::RecomputeAt(at));
+        }
         self.on_desired(desired, now, out);
     }
 

@@ -94,6 +94,14 @@ pub struct Options {
     /// The `LoadBalancerIPPool`s, for policies limited to some pools (`spec.pools`,
     /// `spec.poolSelector`). Read only for those.
     pub pools: PoolIndex,
+    /// This node's interfaces that would be eligible but are down or without carrier (the
+    /// agent's live view; empty outside the agent). A group this node could announce only on
+    /// such interfaces is listed in [`Desired::dark`], see [`super::linkhold`].
+    pub dark_interfaces: Vec<String>,
+    /// Node → its published interfaces without carrier ([`super::subnets`]); a node with a
+    /// published object reports carrier on every other interface it lists, a node missing
+    /// from [`Options::node_prefixes`] reports nothing.
+    pub no_carrier: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Node → interface name → prefixes configured on it (`192.0.2.11/24`).
@@ -185,6 +193,11 @@ pub struct Desired {
     /// eligible node has a selected interface with a prefix containing them (the fallback: every
     /// eligible node stands, as without the rule). For the policy's `SubnetMatch` condition.
     pub subnet_fallbacks: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Groups this node is a candidate for but could announce only on interfaces without
+    /// carrier ([`Options::dark_interfaces`]): group key → whether another candidate reports
+    /// carrier on an interface that would announce it. They are `eligible_here` with those
+    /// interfaces; [`super::linkhold`] decides whether this node keeps them.
+    pub dark: BTreeMap<String, bool>,
 }
 
 impl Desired {
@@ -615,6 +628,41 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         !p.spec.is_subnet_aware() || p.subnet_interfaces(node_ifaces[ni], addr).next().is_some()
     };
     let mut subnet_fallbacks: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    // This node's interfaces without carrier, per policy (as `my_ifaces`).
+    let my_dark_ifaces: Vec<BTreeSet<String>> = if inputs.options.dark_interfaces.is_empty() {
+        Vec::new()
+    } else {
+        policies
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| match me {
+                Some(m) if selects[pi][m] => p
+                    .interfaces(&inputs.options.dark_interfaces)
+                    .cloned()
+                    .collect(),
+                _ => BTreeSet::new(),
+            })
+            .collect()
+    };
+    // Does node `ni` report carrier on an interface policy `pi` selects (with a prefix
+    // containing `addr`, when given)? Only a published report counts.
+    let no_carrier_none = BTreeSet::new();
+    let reports_carrier = |pi: usize, ni: usize, addr: Option<IpAddr>| {
+        let Some(ifaces) = node_ifaces[ni] else {
+            return false;
+        };
+        let down = inputs
+            .options
+            .no_carrier
+            .get(nodes[ni].0)
+            .unwrap_or(&no_carrier_none);
+        ifaces.iter().any(|(name, nets)| {
+            !down.contains(name)
+                && policies[pi].selects_interface(name)
+                && addr.is_none_or(|a| nets.iter().any(|n| n.contains(a)))
+        })
+    };
+    let mut dark: BTreeMap<String, bool> = BTreeMap::new();
     // Same (policies, ETP Local Service) signature and same nodes passing: same candidate list.
     type CandidateKey<'s> = (Vec<Signature<'s>>, Vec<bool>);
     let mut candidate_cache: BTreeMap<CandidateKey<'_>, Arc<Vec<String>>> = BTreeMap::new();
@@ -713,8 +761,9 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             })
             .clone();
         let here = me.is_some_and(node_ok);
-        let mut interfaces = BTreeSet::new();
-        if here {
+        // The interfaces of `mine` (per policy) this node would announce the group on.
+        let announce_on = |mine: &[BTreeSet<String>]| {
+            let mut interfaces = BTreeSet::new();
             for pair in members {
                 for &pi in &pair.policies {
                     let Some(m) = me.filter(|&m| selects[pi][m]) else {
@@ -725,13 +774,43 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
                         interfaces.extend(
                             policies[pi]
                                 .subnet_interfaces(node_ifaces[m], pair.address)
-                                .filter(|i| my_ifaces[pi].contains(*i))
+                                .filter(|i| mine[pi].contains(*i))
                                 .cloned(),
                         );
                     } else {
-                        interfaces.extend(my_ifaces[pi].iter().cloned());
+                        interfaces.extend(mine[pi].iter().cloned());
                     }
                 }
+            }
+            interfaces
+        };
+        let mut interfaces = if here {
+            announce_on(&my_ifaces)
+        } else {
+            BTreeSet::new()
+        };
+        if here && interfaces.is_empty() && !my_dark_ifaces.is_empty() {
+            // Only through interfaces without carrier (issue 11's switch reboot): kept or
+            // released by `linkhold`, which needs to know whether another candidate could
+            // answer instead.
+            interfaces = announce_on(&my_dark_ifaces);
+            if !interfaces.is_empty() {
+                let others_live = (0..nodes.len()).any(|ni| {
+                    Some(ni) != me
+                        && ok[ni]
+                        && members.iter().any(|pair| {
+                            pair.policies.iter().any(|&pi| {
+                                selects[pi][ni]
+                                    && reports_carrier(
+                                        pi,
+                                        ni,
+                                        (policies[pi].spec.is_subnet_aware() && !fallback)
+                                            .then_some(pair.address),
+                                    )
+                            })
+                        })
+                });
+                dark.insert(group_key(&addresses), others_live);
             }
         }
         let eligible_here = here && !interfaces.is_empty();
@@ -755,6 +834,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         groups,
         problems,
         subnet_fallbacks,
+        dark,
     }
 }
 
@@ -1333,6 +1413,73 @@ mod tests {
             .collect();
         assert_eq!(d.subnet_fallbacks.len(), 1, "only the policy covering them");
         assert_eq!(d.subnet_fallbacks["p"], want);
+    }
+
+    /// Issue 11's switch reboot: this node's eth0 without carrier. The group stays
+    /// eligible here on eth0 and is listed as dark, with whether another candidate reports
+    /// carrier on an interface that would announce it (only published reports count).
+    #[test]
+    fn interfaces_without_carrier_make_a_group_dark_with_the_others_reports() {
+        let mut w = world("n1")
+            .interfaces(&[])
+            .policy(policy("p").interfaces(&["eth0"]))
+            .service(svc("default", "web").lb(&["198.51.100.10"]));
+        // Not subnet-aware here (every node a candidate whatever it publishes).
+        w.policies[0].spec.subnet_aware = Some(false);
+        w.options.dark_interfaces = vec!["eth0".into()];
+        w.options.node_prefixes = prefixes(&[
+            ("n1", "eth0", &["198.51.100.11/24"]),
+            ("n2", "eth0", &["198.51.100.12/24"]),
+            ("n2", "eth1", &["198.51.100.22/24"]),
+            ("n3", "eth0", &["198.51.100.13/24"]),
+        ]);
+        let dark_of = |w: &World| {
+            let d = w.compute();
+            assert_eq!(d.groups.len(), 1);
+            assert!(d.groups[0].eligible_here);
+            assert_eq!(*d.groups[0].interfaces, set(&["eth0"]));
+            assert_eq!(
+                d.groups[0].candidates.as_slice(),
+                ["n1", "n2", "n3"],
+                "carrier never moves candidates"
+            );
+            d.dark.get("198.51.100.10").copied()
+        };
+        // n2 and n3 published no carrier loss: they have carrier.
+        assert_eq!(dark_of(&w), Some(true));
+        // A switch reboot: everyone reports eth0 without carrier (n2's eth1 is not selected).
+        for n in ["n1", "n2", "n3"] {
+            w.options
+                .no_carrier
+                .insert(n.into(), BTreeSet::from(["eth0".to_string()]));
+        }
+        assert_eq!(dark_of(&w), Some(false));
+        // n3 back: it could answer.
+        w.options.no_carrier.remove("n3");
+        assert_eq!(dark_of(&w), Some(true));
+        // A node that publishes nothing reports nothing.
+        w.options.node_prefixes.remove("n3");
+        assert_eq!(dark_of(&w), Some(false));
+        // Subnet-aware: a live interface without a containing prefix does not count.
+        let mut w = world("n1")
+            .interfaces(&[])
+            .policy(policy("p"))
+            .service(svc("default", "web").lb(&["198.51.100.10"]));
+        w.options.dark_interfaces = vec!["eth0".into()];
+        w.options.node_prefixes = prefixes(&[
+            ("n1", "eth0", &["198.51.100.11/24"]),
+            ("n2", "eth0", &["198.51.100.12/24"]),
+            ("n3", "eth1", &["192.0.2.13/24"]),
+        ]);
+        w.options.no_carrier = [("n2".to_string(), BTreeSet::from(["eth0".to_string()]))].into();
+        let d = w.compute();
+        assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
+        assert_eq!(d.dark.get("198.51.100.10"), Some(&false));
+        // Carrier back here: not dark.
+        w.options.dark_interfaces.clear();
+        w.interfaces = vec!["eth0".into()];
+        let d = w.compute();
+        assert!(d.dark.is_empty() && d.groups[0].eligible_here);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod eligibility;
 pub mod holdings;
 pub mod l2status;
 pub mod l2writer;
+pub mod linkhold;
 pub mod metrics;
 pub mod pools;
 pub mod report;

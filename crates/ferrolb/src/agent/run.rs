@@ -125,17 +125,6 @@ impl Caches {
     }
 }
 
-/// Interface names the node may announce on, filtered by `--interfaces` when given.
-fn eligible_interface_names(node_regexes: &[regex::Regex]) -> Vec<String> {
-    let mut v: Vec<String> = crate::net::eligible_interfaces(node_regexes)
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 /// The running agent: the decisions ([`Core`]) and the I/O that carries out its effects.
 struct Agent {
     args: Args,
@@ -156,6 +145,8 @@ struct Agent {
     status_written: Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// The `L2Announcement` writer (`None` with `--no-l2-announcements`).
     l2: Option<super::l2writer::L2Writer>,
+    /// Recompute by then at the latest (the core's `Effect::RecomputeAt`: a `linkhold` wait).
+    recompute_by: Option<tokio::time::Instant>,
 }
 
 /// Locks a mutex, taking over a poisoned one (the map it guards stays consistent: one insert or
@@ -195,6 +186,17 @@ impl Agent {
             ),
             pools: super::pools::PoolIndex::new(
                 &pools.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            ),
+            dark_interfaces: self.subnets.dark().iter().cloned().collect(),
+            no_carrier: super::subnets::node_no_carrier(
+                &self.caches.prefixes.state(),
+                &self.args.node_name,
+                self.subnets.dark(),
+            ),
+            own_report_seen: super::subnets::own_report_seen(
+                &self.caches.prefixes.state(),
+                &self.args.node_name,
+                self.subnets.dark(),
             ),
         };
         let effects = self
@@ -260,6 +262,10 @@ impl Agent {
                     }
                 }
                 Effect::Recompute => self.recompute(),
+                Effect::RecomputeAt(at) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    self.recompute_by = Some(self.recompute_by.map_or(at, |r| r.min(at)));
+                }
                 Effect::Metric(m) => self.metrics.record(m),
             }
         }
@@ -476,13 +482,14 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
 
-    let interfaces = eligible_interface_names(&node_regexes);
+    let (interfaces, dark) = super::subnets::interface_names(&node_regexes);
     let mut agent = Agent {
         subnets: super::subnets::Publisher::start(
             client.clone(),
             &args.lease_namespace,
             &args.node_name,
             &interfaces,
+            &dark,
         ),
         core: Core::new(
             &args.node_name,
@@ -498,6 +505,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         status_written: Arc::default(),
         last_recompute: Duration::ZERO,
         l2: l2_writer,
+        recompute_by: None,
         client,
         metrics,
         caches,
@@ -533,6 +541,10 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut stats_tick = tokio::time::interval(Duration::from_secs(2));
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if let Some(at) = agent.recompute_by.take() {
+            // A holder without carrier waiting for the other nodes' reports (`linkhold`).
+            recompute_at = Some(recompute_at.map_or(at, |r| r.min(at)));
+        }
         tokio::select! {
             _ = notify.notified(), if recompute_at.is_none() => {
                 // Debounce (a burst of watch events settles into one recompute) and pace: a
@@ -591,8 +603,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     links_open = false; // the announcer is gone; shutdown follows
                     continue;
                 }
-                let interfaces = eligible_interface_names(&agent.node_regexes);
-                let prefixes_changed = agent.subnets.refresh(&interfaces);
+                let (interfaces, dark) = super::subnets::interface_names(&agent.node_regexes);
+                let prefixes_changed = agent.subnets.refresh(&interfaces, &dark);
                 agent.feed(Input::Links { interfaces, prefixes_changed });
             }
             _ = sigterm.recv() => { info!("SIGTERM"); break; }

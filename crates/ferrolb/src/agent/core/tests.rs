@@ -108,6 +108,9 @@ impl World {
             slices: &[],
             node_prefixes: Default::default(),
             pools: Default::default(),
+            dark_interfaces: Vec::new(),
+            no_carrier: Default::default(),
+            own_report_seen: true,
         };
         core.handle(Input::Caches(snapshot), now)
     }
