@@ -62,6 +62,7 @@ use serde::Serialize;
 use ferrolb::api::{L2AnnouncementPolicy, LoadBalancerIPPool};
 use ferrolb::ipam::range::Range;
 use ferrolb::ipam::{is_ours, Allocator, ClassOptions, PoolDef, ServiceKey, ServiceReq};
+use ferrolb::k8s::service::ingress_ips;
 
 /// Command-line flags of `ferrolb plan`.
 #[derive(clap::Args, Debug, Clone)]
@@ -747,15 +748,6 @@ fn announcer_tiers(
             }
         }
     }
-}
-
-fn ingress_ips(s: &Service) -> Vec<std::net::IpAddr> {
-    s.status
-        .iter()
-        .flat_map(|st| st.load_balancer.iter())
-        .flat_map(|lb| lb.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 // ----- output ----------------------------------------------------------------------------------

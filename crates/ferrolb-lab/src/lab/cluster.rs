@@ -621,7 +621,7 @@ pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String,
 }
 
 /// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
-pub use ferrolb::controller::status::ingress_ips;
+pub use ferrolb::k8s::service::ingress_ips;
 
 fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();

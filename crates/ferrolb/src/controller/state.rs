@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 pub use super::cache::CachedService;
 use super::events::{action, reason, EventSpec, EventType};
-use super::status::{merge_conditions, now_time, status_patch, CondWant, ServiceTarget};
+use super::status::{now_time, status_patch, ServiceTarget};
 use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
@@ -30,6 +30,7 @@ use crate::ipam::{
     Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
     COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
 };
+use crate::k8s::conditions::{merge_conditions, CondWant};
 
 pub use crate::ipam::ServiceKey;
 

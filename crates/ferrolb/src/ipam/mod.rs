@@ -112,7 +112,7 @@ use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use smallvec::SmallVec;
 
 pub use pool::{BlockError, PoolDef};
