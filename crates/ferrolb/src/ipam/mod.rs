@@ -99,10 +99,12 @@ pub mod service;
 
 mod allocate;
 mod outcome;
+mod rebuild;
 mod reconfigure;
 mod table;
 
 pub use outcome::*;
+pub use rebuild::RebuildService;
 use table::*;
 
 use std::borrow::Cow;
