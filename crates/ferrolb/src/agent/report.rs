@@ -162,13 +162,11 @@ pub fn policy_condition(
                 .join("; "),
         )
     };
-    let mut want = CondWant::new(COND_VALID, status == "True", reason, message);
-    want.observed_generation = policy.metadata.generation;
-    let existing = policy
-        .status
-        .as_ref()
-        .map_or(&[][..], |s| &s.conditions[..]);
-    want.to_condition_in(existing, &Time(now))
+    policy_cond(
+        policy,
+        CondWant::new(COND_VALID, status == "True", reason, message),
+        now,
+    )
 }
 
 /// Condition type on `L2AnnouncementPolicy` status: subnet-aware candidacy held for every
@@ -215,7 +213,20 @@ pub fn subnet_condition(
             )
         }
     };
-    let mut want = CondWant::new(COND_SUBNET_MATCH, status == "True", reason, message);
+    policy_cond(
+        policy,
+        CondWant::new(COND_SUBNET_MATCH, status == "True", reason, message),
+        now,
+    )
+}
+
+/// `want` as written on `policy` (its generation observed; lastTransitionTime kept unless the
+/// status flips).
+fn policy_cond(
+    policy: &L2AnnouncementPolicy,
+    mut want: CondWant,
+    now: jiff::Timestamp,
+) -> Condition {
     want.observed_generation = policy.metadata.generation;
     let existing = policy
         .status
