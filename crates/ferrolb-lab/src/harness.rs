@@ -9,7 +9,7 @@
 //!   (curl runs in that namespace).
 //! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`]: what the kernel's own tools see.
 //! - [`metric`]: a value out of Prometheus text.
-//! - [`Cluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
+//! - [`TestCluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
 //!   [`API_ADDR`]) with the ferrolb CRDs, Node objects, node namespaces running agents and a
 //!   client namespace — with helpers to create Services/policies and to look from the client.
 
@@ -334,13 +334,13 @@ impl AgentSpec {
     }
 }
 
-/// Where [`Cluster`] runs the API stand-in (its own namespace on the segment).
+/// Where [`TestCluster`] runs the API stand-in (its own namespace on the segment).
 pub const API_ADDR: &str = "192.0.2.254:6443";
 /// URL of the API stand-in, as the nodes reach it.
 pub const API_URL: &str = "http://192.0.2.254:6443";
 
 /// One L2 segment: the API stand-in, node namespaces running agents, a client.
-pub struct Cluster {
+pub struct TestCluster {
     // Field order = drop order: processes first, then namespaces, then the log directory.
     pub agents: BTreeMap<String, Proc>,
     pub api_proc: Proc,
@@ -357,7 +357,7 @@ pub struct Cluster {
     pub dir: PathBuf,
 }
 
-impl Cluster {
+impl TestCluster {
     /// `nodes`: (name, labels), on the lab's [`Topology`]: node i gets 192.0.2.(11+i)/24 and
     /// 2001:db8:1::(11+i)/64 (with the lab's arp_ignore/arp_announce settings).
     pub fn new(
@@ -365,7 +365,7 @@ impl Cluster {
         dir: &Path,
         tag: &str,
         nodes: &[(&str, &[(&str, &str)])],
-    ) -> anyhow::Result<Cluster> {
+    ) -> anyhow::Result<TestCluster> {
         crate::netns::cleanup_stale();
         let dir = dir.to_path_buf();
         let topo = Topology::build(tag, nodes.len())?;
@@ -392,7 +392,7 @@ impl Cluster {
             &[],
             &dir.join("apiserver.log"),
         )?;
-        let c = Cluster {
+        let c = TestCluster {
             agents: BTreeMap::new(),
             api_proc,
             topo,
@@ -637,8 +637,8 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Runs a scenario and prints the processes' logs when it fails.
 pub fn scenario(
-    c: &mut Cluster,
-    f: impl FnOnce(&mut Cluster) -> anyhow::Result<()>,
+    c: &mut TestCluster,
+    f: impl FnOnce(&mut TestCluster) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let r = f(c);
     if r.is_err() {

@@ -8,9 +8,9 @@
 //! `*.json` in it, `-` means stdin — holding `LoadBalancerIPPool`s, `L2AnnouncementPolicy`s and
 //! `Service`s (also inside `kind: List`), `Namespace`s and `Node`s (the announcer candidates in
 //! preference tiers). Other kinds are ignored with a note. It runs the same
-//! allocator as the controller, in the controller's order: pools first, then every Service's
-//! existing `status.loadBalancer.ingress` is adopted, then every Service is ensured (in
-//! namespace/name order). Pools without `creationTimestamp` are aged by their position in the
+//! allocator as the controller, through the controller's own rebuild (`Allocator::rebuild`):
+//! pools first, then every Service's existing `status.loadBalancer.ingress` is adopted, then
+//! every Service is ensured, oldest first (`creationTimestamp`, then namespace/name). Pools without `creationTimestamp` are aged by their position in the
 //! input (earlier = older), which decides which of two overlapping pools is the conflicting one.
 //!
 //! `--cluster NAME=FILE` (repeatable; repeat a NAME to give it several files) plans several
@@ -61,7 +61,10 @@ use serde::Serialize;
 
 use ferrolb::api::{L2AnnouncementPolicy, LoadBalancerIPPool};
 use ferrolb::ipam::range::Range;
-use ferrolb::ipam::{is_ours, Allocator, ClassOptions, PoolDef, ServiceKey, ServiceReq};
+use ferrolb::ipam::{
+    is_ours, Allocator, ClassOptions, PoolDef, RebuildService, ServiceKey, ServiceReq,
+};
+use ferrolb::k8s::service::ingress_ips;
 
 /// Command-line flags of `ferrolb plan`.
 #[derive(clap::Args, Debug, Clone)]
@@ -472,6 +475,7 @@ fn plan_cluster(
     // What the agent knows of the pools (for policies limited to some pools).
     let mut pool_index: BTreeMap<String, (PoolDef, BTreeMap<String, String>)> = BTreeMap::new();
     let mut seen = BTreeMap::new();
+    let mut defs = Vec::new();
     for (i, p) in c.pools.iter().enumerate() {
         let (mut def, _) = PoolDef::from_crd(p);
         if def.name.is_empty() {
@@ -500,7 +504,7 @@ fn plan_cluster(
             def.name.clone(),
             (def.clone(), p.metadata.labels.clone().unwrap_or_default()),
         );
-        alloc.set_pool(def);
+        defs.push(def);
     }
     let options = ferrolb::agent::eligibility::Options {
         serve_cilium_class: class.cilium_class,
@@ -534,17 +538,15 @@ fn plan_cluster(
         .map(|(k, s)| (k.clone(), ServiceReq::from_service_with(s, class)))
         .collect();
 
-    // Adopt first, like the controller after a restart.
-    let mut adoption: BTreeMap<ServiceKey, ferrolb::ipam::AdoptReport> = BTreeMap::new();
-    for (k, s) in &svcs {
-        let ips = ingress_ips(s);
-        if !ips.is_empty() {
-            adoption.insert(k.clone(), alloc.adopt(&reqs[k], &ips));
-        }
-    }
-    for r in reqs.values() {
-        alloc.ensure(r);
-    }
+    // The controller's rebuild (pools → adopt → ensure, oldest Service first).
+    let adoption = alloc.rebuild(
+        defs,
+        svcs.iter().map(|(k, s)| RebuildService {
+            req: &reqs[k],
+            created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            ingress: ingress_ips(s),
+        }),
+    );
 
     // Policies.
     let mut policies = Vec::new();
@@ -747,15 +749,6 @@ fn announcer_tiers(
             }
         }
     }
-}
-
-fn ingress_ips(s: &Service) -> Vec<std::net::IpAddr> {
-    s.status
-        .iter()
-        .flat_map(|st| st.load_balancer.iter())
-        .flat_map(|lb| lb.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 // ----- output ----------------------------------------------------------------------------------
@@ -976,4 +969,88 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     } else {
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod rebuild_order_tests {
+    use super::*;
+    use ferrolb::controller::state::{Options, State};
+
+    fn manifest<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("manifest")
+    }
+
+    /// Three Services, two addresses, one held: whoever is ensured first gets the other. Name order
+    /// (a, b, c) and creation order (c, b, a) disagree; "b" holds 198.51.100.3 in its status.
+    fn input() -> ClusterInput {
+        let pool = manifest(serde_json::json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
+            "metadata": {"name": "small", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"blocks": [{"start": "198.51.100.2", "stop": "198.51.100.3"}]}
+        }));
+        let svc = |name: &str, created: &str, ingress: &[&str]| -> Service {
+            manifest(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+                "status": {"loadBalancer": {"ingress":
+                    ingress.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()}}
+            }))
+        };
+        ClusterInput {
+            name: "c".into(),
+            pools: vec![pool],
+            services: vec![
+                svc("a", "2026-03-01T00:00:00Z", &[]),
+                svc("b", "2026-02-01T00:00:00Z", &["198.51.100.3"]),
+                svc("c", "2026-01-15T00:00:00Z", &[]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plan_and_controller_assign_the_same_addresses_oldest_service_first() {
+        let c = input();
+        let class = ClassOptions::default();
+        let (report, _) = plan_cluster(&c, &class);
+        let planned: BTreeMap<String, Vec<String>> = report
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.addresses.iter().map(|a| a.ip.clone()).collect(),
+                )
+            })
+            .collect();
+
+        let opts = Options {
+            default_class: true,
+            serve_cilium_class: false,
+            metallb_annotations: false,
+        };
+        let mut state = State::new(opts);
+        state.replace_pools(c.pools.clone());
+        state.replace_services(c.services.iter().map(|s| opts.cache(s.clone())).collect());
+        assert_eq!(state.activate(), 3);
+        let controller: BTreeMap<String, Vec<String>> = ["a", "b", "c"]
+            .into_iter()
+            .map(|n| {
+                let o = state
+                    .outcome(&ServiceKey::new("default", n))
+                    .expect("outcome");
+                (
+                    n.to_string(),
+                    o.addresses.iter().map(|a| a.ip.to_string()).collect(),
+                )
+            })
+            .collect();
+
+        assert_eq!(planned, controller);
+        // The pinned order: b keeps its address, c (older) gets the free one, a gets none.
+        assert_eq!(planned["b"], ["198.51.100.3"]);
+        assert_eq!(planned["c"].len(), 1);
+        assert!(planned["a"].is_empty(), "{planned:?}");
+    }
 }

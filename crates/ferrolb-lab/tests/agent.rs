@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferrolb_lab::harness::{arping_macs, metric, ndisc6_macs, scenario, wait_until, Cluster};
+use ferrolb_lab::harness::{arping_macs, metric, ndisc6_macs, scenario, wait_until, TestCluster};
 use ferrolb_lab::netns;
 use serde_json::json;
 
@@ -31,12 +31,12 @@ const L2: &[(&str, &str)] = &[("ferrolb.io/l2", "yes")];
 type Nodes<'a> = &'a [(&'a str, &'a [(&'a str, &'a str)])];
 
 /// A test segment with `nodes` (name, labels); logs and kubeconfigs in `dir`.
-fn cluster(dir: &tempfile::TempDir, tag: &str, nodes: Nodes) -> anyhow::Result<Cluster> {
-    Cluster::new(Path::new(BIN), dir.path(), tag, nodes)
+fn cluster(dir: &tempfile::TempDir, tag: &str, nodes: Nodes) -> anyhow::Result<TestCluster> {
+    TestCluster::new(Path::new(BIN), dir.path(), tag, nodes)
 }
 
 /// Starts the agents of `nodes` (no extra flags), each waited for until ready.
-fn start_agents(c: &mut Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+fn start_agents(c: &mut TestCluster, nodes: &[&str]) -> anyhow::Result<()> {
     for n in nodes {
         c.start_agent(n, &[])?;
     }
@@ -44,7 +44,7 @@ fn start_agents(c: &mut Cluster, nodes: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Waits for an ARP answer for `vip` and asserts a single station gave it: (node, MAC).
-fn sole_holder(c: &Cluster, vip: &str) -> anyhow::Result<(String, String)> {
+fn sole_holder(c: &TestCluster, vip: &str) -> anyhow::Result<(String, String)> {
     let macs = c.wait_arp_answer(vip, Duration::from_secs(20))?;
     assert_eq!(macs.len(), 1, "{macs:?}");
     let mac = macs.into_iter().next().context("mac")?;
@@ -54,7 +54,7 @@ fn sole_holder(c: &Cluster, vip: &str) -> anyhow::Result<(String, String)> {
 
 /// Polls until the client's neighbour entry for `ip` is `mac`.
 fn wait_client_neighbour(
-    c: &Cluster,
+    c: &TestCluster,
     what: &str,
     ip: &str,
     mac: &str,
@@ -1173,7 +1173,7 @@ fn the_api_back_after_an_outage_reannounces_every_held_address_without_a_lease_c
 }
 
 /// (lease name, holder, leaseTransitions) of every address lease, sorted.
-fn lease_holders(c: &Cluster) -> anyhow::Result<Vec<(String, String, i64)>> {
+fn lease_holders(c: &TestCluster) -> anyhow::Result<Vec<(String, String, i64)>> {
     let mut v: Vec<(String, String, i64)> = c
         .leases()?
         .iter()
@@ -1326,7 +1326,7 @@ fn an_ipvs_node_without_strict_arp_is_reported_as_a_foreign_answerer() -> anyhow
 }
 
 /// Events in the default namespace with `reason`.
-fn events_with_reason(c: &Cluster, reason: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+fn events_with_reason(c: &TestCluster, reason: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let l = c
         .api()
         .get("/apis/events.k8s.io/v1/namespaces/default/events")?;

@@ -13,8 +13,8 @@ use ferrolb::api::{
     IpBlock, IpMode, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_REALLOCATE,
     ANN_SHARING_KEY, COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
 };
-use ferrolb::controller::status::ingress_ips as ingress;
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
+use ferrolb::k8s::service::ingress_ips as ingress;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::events::v1::Event;

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use ferrolb_lab::harness::{arping_macs, scenario, AgentSpec, Cluster, Proc};
+use ferrolb_lab::harness::{arping_macs, scenario, AgentSpec, Proc, TestCluster};
 use ferrolb_lab::netns;
 use serde::Deserialize as _;
 use serde_json::{json, Value};
@@ -822,7 +822,7 @@ fn agent_from_the_image_with_the_daemonsets_security_context_answers_arp() -> an
     let sc = security_context("agent.yaml")?;
     assert_eq!(sc.uid, 0, "{sc:?}");
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(Path::new(BIN), dir.path(), "img", &[("n1", &[])])?;
+    let mut c = TestCluster::new(Path::new(BIN), dir.path(), "img", &[("n1", &[])])?;
     let id = container_id("agent");
     let _ctr = Container(id.clone());
     scenario(&mut c, |c| {

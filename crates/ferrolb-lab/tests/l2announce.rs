@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferrolb_lab::harness::{scenario, wait_until, AgentSpec, Cluster};
+use ferrolb_lab::harness::{scenario, wait_until, AgentSpec, TestCluster};
 use ferrolb_lab::netns;
 use serde_json::{json, Value};
 
@@ -34,7 +34,7 @@ fn kubectl() -> Option<PathBuf> {
     })
 }
 
-fn l2a(c: &Cluster, svc: &str) -> Option<Value> {
+fn l2a(c: &TestCluster, svc: &str) -> Option<Value> {
     c.api()
         .get(&format!(
             "/apis/ferrolb.io/v1alpha1/namespaces/default/l2announcements/{svc}"
@@ -48,7 +48,12 @@ fn node_of(o: &Value) -> Option<String> {
 }
 
 /// Waits until the object of `svc` names a node (other than `not`); returns it.
-fn wait_l2a(c: &Cluster, svc: &str, not: Option<&str>, timeout: Duration) -> anyhow::Result<Value> {
+fn wait_l2a(
+    c: &TestCluster,
+    svc: &str,
+    not: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     wait_until(
         &format!("the L2Announcement of {svc}"),
         timeout,
@@ -58,7 +63,7 @@ fn wait_l2a(c: &Cluster, svc: &str, not: Option<&str>, timeout: Duration) -> any
 }
 
 /// `kubectl get ARGS` from the client namespace with an admin kubeconfig.
-fn kubectl_get(c: &Cluster, kubectl: &Path, args: &[&str]) -> anyhow::Result<String> {
+fn kubectl_get(c: &TestCluster, kubectl: &Path, args: &[&str]) -> anyhow::Result<String> {
     let kc = c.kubeconfig("admin")?;
     let out = c
         .client()
@@ -84,7 +89,7 @@ fn row<'a>(table: &'a str, svc: &str) -> Option<&'a str> {
     })
 }
 
-fn lease_holder(c: &Cluster, ip: &str) -> Option<String> {
+fn lease_holder(c: &TestCluster, ip: &str) -> Option<String> {
     let name = ferrolb::lease::lease_name(ip);
     let l = c
         .api()
@@ -101,7 +106,7 @@ fn lease_holder(c: &Cluster, ip: &str) -> Option<String> {
 /// Waits for the lease of `ip` to name a holder other than `old`; then for the L2Announcement of
 /// `svc` to name the same node. Returns (new holder, object, time from the first to the second).
 fn follow(
-    c: &Cluster,
+    c: &TestCluster,
     ip: &str,
     svc: &str,
     old: &str,
@@ -132,7 +137,7 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
+    let mut c = TestCluster::new(
         Path::new(BIN),
         dir.path(),
         "l2a1",
@@ -276,7 +281,7 @@ fn kubectl_shows_who_announces_every_service_and_follows_failovers() -> anyhow::
 }
 
 /// Writes of `L2Announcement`s (create, status, delete) and Events created, all clients.
-fn counts(c: &Cluster) -> anyhow::Result<(f64, f64)> {
+fn counts(c: &TestCluster) -> anyhow::Result<(f64, f64)> {
     let l2 = c.api_requests("create", "l2announcements")?
         + c.api_requests("update", "l2announcements")?
         + c.api_requests("patch", "l2announcements")?
@@ -286,7 +291,7 @@ fn counts(c: &Cluster) -> anyhow::Result<(f64, f64)> {
 }
 
 /// Cuts every watch: the stand-in drops all requests for `d`.
-fn drop_all(c: &Cluster, d: Duration) -> anyhow::Result<()> {
+fn drop_all(c: &TestCluster, d: Duration) -> anyhow::Result<()> {
     c.api().create(
         "/_ferrolb/faults",
         &json!({"kind": "drop", "seconds": d.as_secs_f64()}),
@@ -300,14 +305,14 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
+    let mut c = TestCluster::new(
         Path::new(BIN),
         dir.path(),
         "l2a2",
         &[("n1", &[]), ("n2", &[]), ("n3", &[])],
     )?;
     // Long leases and no rebalancing hand-overs (those are changes).
-    let spec = |c: &Cluster, n: &str| -> anyhow::Result<AgentSpec> {
+    let spec = |c: &TestCluster, n: &str| -> anyhow::Result<AgentSpec> {
         let mut s = AgentSpec::new(n, &c.kubeconfig(n)?, &format!("{}:9464", c.node_addr(n)));
         s.lease_duration = "15s".into();
         s.renew_deadline = "10s".into();
@@ -315,7 +320,7 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
         s.extra = vec!["--rebalance-after".into(), "0s".into()];
         Ok(s)
     };
-    let start = |c: &mut Cluster, n: &str| -> anyhow::Result<()> {
+    let start = |c: &mut TestCluster, n: &str| -> anyhow::Result<()> {
         let s = spec(c, n)?;
         let mut p = s.spawn(c.node_ns(n), &c.bin, &c.dir)?;
         p.wait_log("agent ready", Duration::from_secs(30))?;
@@ -404,7 +409,7 @@ fn a_steady_segment_posts_no_events_and_writes_no_l2announcements() -> anyhow::R
     })
 }
 
-fn deletes(c: &Cluster) -> anyhow::Result<f64> {
+fn deletes(c: &TestCluster) -> anyhow::Result<f64> {
     c.api_requests("delete", "l2announcements")
 }
 
@@ -413,7 +418,7 @@ fn uid_of(o: &Value) -> Option<String> {
 }
 
 /// Waits until the object of `svc` is gone.
-fn wait_gone(c: &Cluster, svc: &str, timeout: Duration) -> anyhow::Result<Duration> {
+fn wait_gone(c: &TestCluster, svc: &str, timeout: Duration) -> anyhow::Result<Duration> {
     let t = Instant::now();
     wait_until(
         &format!("the L2Announcement of {svc} to be deleted"),
@@ -430,7 +435,7 @@ fn an_object_nobody_announces_any_more_is_deleted_by_its_last_holder() -> anyhow
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
+    let mut c = TestCluster::new(
         Path::new(BIN),
         dir.path(),
         "l2a3",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb::net::arp::{self, MacAddr};
 use ferrolb::net::ndp;
+use ferrolb_lab::harness::wait_until;
 use ferrolb_lab::netns::{self, Netns, Segment};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
@@ -138,17 +139,9 @@ fn announce(ns: &Netns, ips: &[&str], extra: &[&str]) -> Proc {
     p
 }
 
-fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The harness's [`wait_until`] every 50 ms; a timeout fails the test.
+fn poll_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, timeout, Duration::from_millis(50), f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn mac_of(ns: &Netns) -> MacAddr {

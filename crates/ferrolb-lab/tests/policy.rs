@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferrolb_lab::harness::{arping_macs, scenario, wait_until, Cluster};
+use ferrolb_lab::harness::{arping_macs, scenario, wait_until, TestCluster};
 use ferrolb_lab::netns;
 use serde_json::json;
 
@@ -30,7 +30,7 @@ fn skip() -> bool {
 }
 
 /// Polls arping from the client until exactly `node` answers for `ip`.
-fn wait_only(c: &Cluster, ip: &str, node: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_only(c: &TestCluster, ip: &str, node: &str, timeout: Duration) -> anyhow::Result<()> {
     let mac = c.macs[node].clone();
     wait_until(
         &format!("{node} alone to answer for {ip}"),
@@ -65,7 +65,7 @@ fn a_preferred_node_announces_while_alive_a_fallback_when_it_dies_and_it_gets_it
         .map(|n| (*n, if *n == preferred { PREFERRED } else { &[] }))
         .collect();
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(Path::new(BIN), dir.path(), "po1", &nodes)?;
+    let mut c = TestCluster::new(Path::new(BIN), dir.path(), "po1", &nodes)?;
     let rebalance = format!("{}s", REBALANCE.as_secs());
     let flags = ["--rebalance-after", rebalance.as_str()];
     scenario(&mut c, |c| {
@@ -149,7 +149,7 @@ fn a_node_without_the_vips_subnet_never_stands_for_it_while_another_node_does() 
     const ELSEWHERE: &str = "203.0.113.50";
     const PREFERRED: &[(&str, &str)] = &[("ferrolb.io/preferred", "yes")];
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
+    let mut c = TestCluster::new(
         Path::new(BIN),
         dir.path(),
         "po2",
@@ -247,7 +247,7 @@ fn policies_limited_to_pools_announce_each_services_address_only_from_their_node
     // In no pool: neither policy announces it.
     const NO_POOL: &str = "203.0.113.30";
     let dir = tempfile::tempdir()?;
-    let mut c = Cluster::new(
+    let mut c = TestCluster::new(
         Path::new(BIN),
         dir.path(),
         "po3",

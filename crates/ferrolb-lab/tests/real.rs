@@ -370,7 +370,7 @@ async fn wait_address(
     loop {
         // Errors are expected right after a restart (429, 504...): retried until the deadline.
         if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), api.get(name)).await {
-            let ips = ferrolb::controller::status::ingress_ips(&s);
+            let ips = ferrolb::k8s::service::ingress_ips(&s);
             if !ips.is_empty() {
                 return ips;
             }

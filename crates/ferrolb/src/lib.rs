@@ -9,6 +9,7 @@ pub mod api;
 pub mod controller;
 pub mod crds;
 pub mod ipam;
+pub mod k8s;
 pub mod lease;
 pub mod net;
 pub mod telemetry;

@@ -158,7 +158,7 @@ pub struct Faults(Arc<FaultsInner>);
 
 /// What the request path should do for a given client right now.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Verdict {
+pub struct ClientFaults {
     pub refuse: bool,
     pub drop: bool,
     pub error: Option<u16>,
@@ -248,9 +248,9 @@ impl Faults {
             .min()
     }
     /// What applies to `client` now.
-    pub fn verdict(&self, client: &str) -> Verdict {
+    pub fn for_client(&self, client: &str) -> ClientFaults {
         let now = Instant::now();
-        let mut v = Verdict::default();
+        let mut v = ClientFaults::default();
         let mut g = self.0.rules.lock().unwrap_or_else(|e| e.into_inner());
         g.1.retain(|r| r.until.is_none_or(|u| u > now));
         for r in &g.1 {
@@ -311,12 +311,12 @@ mod tests {
     fn per_client_and_expiry() {
         let f = Faults::default();
         let id = f.add(FaultSpec::error(500).for_client("a"));
-        assert_eq!(f.verdict("a").error, Some(500));
-        assert_eq!(f.verdict("b").error, None);
+        assert_eq!(f.for_client("a").error, Some(500));
+        assert_eq!(f.for_client("b").error, None);
         f.add(FaultSpec::refuse().for_duration(Duration::from_millis(0)));
-        assert!(!f.verdict("b").refuse, "expired at once");
+        assert!(!f.for_client("b").refuse, "expired at once");
         assert!(f.remove(id));
-        assert_eq!(f.verdict("a"), Verdict::default());
+        assert_eq!(f.for_client("a"), ClientFaults::default());
     }
 
     #[test]
@@ -328,7 +328,7 @@ mod tests {
         );
         let f = Faults::default();
         f.add(FaultSpec::restart(Duration::from_secs(60)));
-        let v = f.verdict("x");
+        let v = f.for_client("x");
         assert!(v.refuse && !v.expire_watches, "{v:?}");
         assert!(f.refuse_all());
         let s: FaultSpec = serde_json::from_str(r#"{"kind":"restart"}"#).unwrap();

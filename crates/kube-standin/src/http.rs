@@ -576,7 +576,7 @@ pub async fn route(
         }
         (&Method::PATCH, Some(name)) => {
             acct.verb = "patch".into();
-            super::patching::patch(inner, &req, &def, &ns, name, is_status, &q).await
+            super::patch_request::patch(inner, &req, &def, &ns, name, is_status, &q).await
         }
         (&Method::DELETE, Some(name)) => {
             acct.verb = "delete".into();

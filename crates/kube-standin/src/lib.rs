@@ -11,7 +11,7 @@
 //! beyond it they get 410), Status error bodies, Service defaulting and ClusterIP/nodePort
 //! allocation (ClusterIPs from 203.0.113.0/24 and 2001:db8:fff::/108), Lease MicroTime and
 //! Event validation, CRDs that register their resources (schema defaults, pruning, validation),
-//! patch types and server-side apply (engines in `patch.rs`/`managed.rs`), discovery (legacy
+//! patch types and server-side apply (engines in `patch_engines.rs`/`managed.rs`), discovery (legacy
 //! and aggregated), OpenAPI v3 (and a minimal v2 protobuf document for old kubectl) and Table
 //! output for kubectl.
 //!
@@ -49,8 +49,8 @@ pub mod events;
 pub mod faults;
 pub mod http;
 pub mod managed;
-pub mod patch;
-pub mod patching;
+pub mod patch_engines;
+pub mod patch_request;
 pub mod resources;
 pub mod schema_keys;
 pub mod selectors;
@@ -73,7 +73,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use self::faults::{FaultKind, Verdict};
+pub use self::faults::{ClientFaults, FaultKind};
 
 /// Default number of events kept per resource for watches.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -466,7 +466,7 @@ pub async fn handle(
             metrics_text(inner),
         ));
     }
-    let v = inner.faults.verdict(client);
+    let v = inner.faults.for_client(client);
     if v.refuse {
         return Err(Hangup("refuse"));
     }

@@ -614,7 +614,7 @@ fn compare(
         match (l, r) {
             (None, Some(_)) => c.added.insert(path),
             (Some(_), None) => c.removed.insert(path),
-            (Some(a), Some(b)) if !crate::patch::json_eq(a, b) => c.modified.insert(path),
+            (Some(a), Some(b)) if !crate::patch_engines::json_eq(a, b) => c.modified.insert(path),
             _ => {}
         }
         return;
@@ -706,7 +706,7 @@ fn compare_item(
     if walkable {
         compare_children(l, r, schema, ctx, path, c, depth);
     } else if let (Some(a), Some(b)) = (l, r) {
-        if !crate::patch::json_eq(a, b) {
+        if !crate::patch_engines::json_eq(a, b) {
             c.modified.insert(path);
         }
     }
@@ -1366,7 +1366,7 @@ pub fn server_side_apply(
         e.set.difference(&changed);
         e.set.difference(&c.removed);
     }
-    let object_changed = !crate::patch::json_eq(&live_obj, &merged);
+    let object_changed = !crate::patch_engines::json_eq(&live_obj, &merged);
     let time = if object_changed || previous_time.is_none() {
         Some(now.clone())
     } else {
@@ -1414,7 +1414,7 @@ fn order_like(v: Value, like: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::patch::{json_eq, json_patch, merge_patch, strategic_merge_patch};
+    use crate::patch_engines::{json_eq, json_patch, merge_patch, strategic_merge_patch};
 
     // Request and response bodies of the golden transcripts (/work/shared/kube-golden), compact.
     const RESP_13: &str = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"demo","uid":"8c1f23b2-b280-46a2-9960-8ce03a6a88b7","resourceVersion":"240","creationTimestamp":"2026-11-22T07:51:07Z","labels":{"app":"web","env":"a"},"annotations":{"ferrolb.io/pool":"pool-a"},"managedFields":[{"manager":"curl","operation":"Update","apiVersion":"v1","time":"2026-11-22T07:51:07Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:annotations":{".":{},"f:ferrolb.io/pool":{}},"f:labels":{".":{},"f:app":{},"f:env":{}}},"f:spec":{"f:allocateLoadBalancerNodePorts":{},"f:externalTrafficPolicy":{},"f:internalTrafficPolicy":{},"f:loadBalancerClass":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:type":{}}}}]},"spec":{"ports":[{"name":"http","protocol":"TCP","port":80,"targetPort":8080,"nodePort":32419}],"selector":{"app":"web"},"clusterIP":"10.96.154.179","clusterIPs":["10.96.154.179"],"type":"LoadBalancer","sessionAffinity":"None","externalTrafficPolicy":"Cluster","ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","allocateLoadBalancerNodePorts":true,"loadBalancerClass":"ferrolb.io/l2","internalTrafficPolicy":"Cluster"},"status":{"loadBalancer":{}}}"#;

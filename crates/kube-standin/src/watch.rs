@@ -297,7 +297,7 @@ pub fn start(
                 }
                 r = faults_rx.changed() => {
                     if r.is_err() { return; }
-                    let v = faults.verdict(&client);
+                    let v = faults.for_client(&client);
                     if v.refuse || v.drop { s.abort().await; return; }
                 }
                 _ = async { match fault_expiry { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}

@@ -35,6 +35,20 @@ fn timing_args(t: &Timings) -> [String; 6] {
     ]
 }
 
+impl Timings {
+    /// The agents' and controllers' own check ([`ferrolb::lease::validate_timings`]), made
+    /// before anything is started so a bad combination is one clear error, not a crash loop.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let d = |s: &String| ferrolb::lease::parse_duration(s).map_err(anyhow::Error::msg);
+        ferrolb::lease::validate_timings(
+            d(&self.lease_duration)?,
+            d(&self.renew_deadline)?,
+            d(&self.retry_period)?,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
 impl Default for Timings {
     fn default() -> Self {
         Timings {
@@ -607,7 +621,7 @@ pub fn parse_apiserver_request_total(text: &str) -> Vec<(String, String, String,
 }
 
 /// `status.loadBalancer.ingress[].ip` of a Service (the controller's own reader).
-pub use ferrolb::controller::status::ingress_ips;
+pub use ferrolb::k8s::service::ingress_ips;
 
 fn api_resource(obj: &serde_json::Value) -> anyhow::Result<(ApiResource, bool)> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
@@ -639,6 +653,22 @@ pub fn parse_request_counters(text: &str) -> Vec<(String, String, String, f64)> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lab_refuses_the_timings_agents_and_controllers_refuse() {
+        let t = |l: &str, r: &str, p: &str| super::Timings {
+            lease_duration: l.into(),
+            renew_deadline: r.into(),
+            retry_period: p.into(),
+        };
+        assert!(super::Timings::default().validate().is_ok());
+        let e = t("1s", "220ms", "200ms")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1.2 × the retry period"), "{e}");
+        assert!(t("1s", "soon", "200ms").validate().is_err());
+    }
+
     #[test]
     fn apiserver_request_total_lines() {
         let text = "# HELP apiserver_request_total x\n\

@@ -286,6 +286,10 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
         retry_period: args.retry_period.clone(),
     };
     cfg.controller_timings = controller_timings(&args);
+    cfg.timings.validate().context("agent lease timings")?;
+    if let Some(t) = &cfg.controller_timings {
+        t.validate().context("controller lease timings")?;
+    }
     cfg.agent_args.extend(agent_args(&args));
     if args.chaos {
         return chaos::run(args, cfg, say).await;

@@ -46,9 +46,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    announcements_from_leases, considered, ingress_ips, ipam_condition, lease_live, pool_defs,
-    presence_by_node, service_key, KubeArgs, Output, Scope, Snapshot,
+    announcements_from_leases, considered, ipam_condition, lease_live, pool_defs, presence_by_node,
+    service_key, KubeArgs, Output, Scope, Snapshot,
 };
+use ferrolb::k8s::service::ingress_ips;
 
 /// Flags of `ferrolb doctor`.
 #[derive(clap::Args, Debug, Clone)]

@@ -35,7 +35,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Serialize;
 
 /// How to reach the cluster: the flags kubectl users expect.
@@ -130,21 +129,9 @@ pub async fn run(cmd: OpsCmd) -> ferrolb::CmdResult {
 
 /// A client from the user's kubeconfig, and the namespace of its context (`default` if none).
 pub async fn connect(args: &KubeArgs) -> anyhow::Result<(kube::Client, String)> {
-    let opts = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = if let Some(path) = &args.kubeconfig {
-        let kc = Kubeconfig::read_from(path)
-            .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display()))?;
-        kube::Config::from_custom_kubeconfig(kc, &opts).await?
-    } else if args.context.is_some() {
-        kube::Config::from_kubeconfig(&opts).await?
-    } else {
-        kube::Config::infer().await?
-    };
+    let config = ferrolb::k8s::config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let ns = config.default_namespace.clone();
-    Ok((kube::Client::try_from(config)?, ns))
+    Ok((ferrolb::k8s::client_from(config)?, ns))
 }
 
 /// Which Services a command looks at.
@@ -444,21 +431,6 @@ pub fn ipam_condition(svc: &Service) -> Option<&Condition> {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == COND_IPAM_SATISFIED))
-}
-
-/// The addresses in `status.loadBalancer.ingress`.
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|i| i.ip.as_deref())
-                .filter_map(|ip| ip.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The pools as the allocator sees them, in name order.

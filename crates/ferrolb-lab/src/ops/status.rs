@@ -19,9 +19,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde::Serialize;
 
 use super::{
-    announcements_from_leases, considered, ingress_ips, ipam_condition, pool_defs, pool_of,
-    service_key, Announcement, KubeArgs, Output, Scope, Snapshot,
+    announcements_from_leases, considered, ipam_condition, pool_defs, pool_of, service_key,
+    Announcement, KubeArgs, Output, Scope, Snapshot,
 };
+use ferrolb::k8s::service::ingress_ips;
 
 /// Flags of `ferrolb status`.
 #[derive(clap::Args, Debug, Clone)]

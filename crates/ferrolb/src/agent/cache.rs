@@ -40,6 +40,7 @@ use tracing::warn;
 use super::eligibility::LABEL_SERVICE_NAME_SLICE;
 use super::metrics::Metrics;
 use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
+use crate::k8s;
 
 /// One `Arc<str>` per distinct string. Values no object refers to any more are dropped when the
 /// set has doubled since the last sweep ([`Interner::prune`]), so it stays proportional to what
@@ -131,13 +132,6 @@ impl Labels {
     }
 }
 
-/// Parses addresses, skipping what does not parse (surrounding blanks allowed).
-fn parse_ips<'a>(v: impl IntoIterator<Item = &'a str>) -> Box<[IpAddr]> {
-    v.into_iter()
-        .filter_map(|ip| ip.trim().parse().ok())
-        .collect()
-}
-
 /// What the agent keeps of a Service (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedService {
@@ -164,13 +158,7 @@ impl CachedService {
         let namespace = interner.intern(m.namespace.as_deref()?);
         let name = Arc::from(m.name.as_deref()?);
         let spec = svc.spec.as_ref();
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|ing| parse_ips(ing.iter().filter_map(|i| i.ip.as_deref())))
-            .unwrap_or_default();
+        let ingress = k8s::service::ingress_ips(svc).into();
         Some(CachedService {
             namespace,
             name,
@@ -181,10 +169,7 @@ impl CachedService {
                 .and_then(|s| s.load_balancer_class.as_deref())
                 .map(|c| interner.intern(c)),
             etp_local: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
-            external_ips: spec
-                .and_then(|s| s.external_ips.as_ref())
-                .map(|v| parse_ips(v.iter().map(String::as_str)))
-                .unwrap_or_default(),
+            external_ips: k8s::service::external_ips(svc).into(),
             ingress,
         })
     }

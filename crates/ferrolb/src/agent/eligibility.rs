@@ -15,7 +15,7 @@
 //!   whose pool ([`super::pools`]: the oldest pool whose blocks contain the address, from
 //!   [`Options::pools`]) it names or selects; an address in no pool is not covered by it.
 //! - **Classes.** Ingress addresses of a LoadBalancer Service are considered when the Service is
-//!   ours (no `loadBalancerClass`, or [`LB_CLASS`], or [`CILIUM_LB_CLASS`] when
+//!   ours (no `loadBalancerClass`, or [`LB_CLASS`](crate::api::LB_CLASS), or [`CILIUM_LB_CLASS`](crate::api::CILIUM_LB_CLASS) when
 //!   [`Options::serve_cilium_class`]). A Service of a *foreign* class is announced only when a
 //!   policy selects it *explicitly*, i.e. with a `serviceSelector` that has at least one
 //!   requirement: a catch-all policy must never make us answer for another implementation's
@@ -75,7 +75,7 @@ use super::cache::{CachedNode, CachedService, CachedSlice, Interner, Labels};
 use super::pools::{PoolIndex, PoolSelection};
 use crate::ipam::selector::Selector;
 
-use crate::api::{L2AnnouncementPolicy, CILIUM_LB_CLASS, LB_CLASS};
+use crate::api::L2AnnouncementPolicy;
 
 /// Node label that keeps a node out of every candidate list (as MetalLB and kube-proxy honour it).
 pub const LABEL_EXCLUDE_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -381,12 +381,8 @@ impl CompiledPolicy<'_> {
 
 /// Whether a LoadBalancer Service's class is one we serve.
 pub fn class_is_ours(svc: &CachedService, options: &Options) -> bool {
-    match svc.class.as_deref() {
-        None => true,
-        Some(c) if c == LB_CLASS => true,
-        Some(c) if c == CILIUM_LB_CLASS => options.serve_cilium_class,
-        Some(_) => false,
-    }
+    // The agent has no --no-default-class: an unset class is always served.
+    crate::k8s::service::class_served(svc.class.as_deref(), true, options.serve_cilium_class)
 }
 
 /// Nodes with a ready local endpoint, per Service (only computed for ETP Local Services).
@@ -842,7 +838,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
 mod tests {
     use super::*;
     use crate::agent::cache::Interner;
-    use crate::api::L2AnnouncementPolicySpec;
+    use crate::api::{L2AnnouncementPolicySpec, CILIUM_LB_CLASS, LB_CLASS};
     use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeSpec, NodeStatus, Service,

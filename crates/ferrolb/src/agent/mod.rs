@@ -226,6 +226,53 @@ mod tests {
     }
 
     #[test]
+    fn agent_and_controller_refuse_the_same_timings_with_the_same_message() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: Args,
+        }
+        // 220ms > 200ms, but not > 1.2 × 200ms: the agent used to accept what the controller refused.
+        let flags = [
+            "--lease-duration",
+            "1s",
+            "--renew-deadline",
+            "220ms",
+            "--retry-period",
+            "200ms",
+        ];
+        let agent = T::try_parse_from(["x", "--node-name", "n1"].into_iter().chain(flags)).unwrap();
+        let err = agent.a.lease_config().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "renew deadline (220ms) must be longer than 1.2 × the retry period (200ms)"
+        );
+        #[derive(clap::Parser)]
+        struct C {
+            #[command(flatten)]
+            a: crate::controller::Args,
+        }
+        let ctl = C::try_parse_from(["x"].into_iter().chain(flags)).unwrap();
+        assert_eq!(ctl.a.lease_timings().unwrap_err(), err);
+        let ok = [
+            "--lease-duration",
+            "1s",
+            "--renew-deadline",
+            "241ms",
+            "--retry-period",
+            "200ms",
+        ];
+        let agent = T::try_parse_from(["x", "--node-name", "n1"].into_iter().chain(ok)).unwrap();
+        assert!(agent.a.lease_config().is_ok());
+        assert!(C::try_parse_from(["x"].into_iter().chain(ok))
+            .unwrap()
+            .a
+            .lease_timings()
+            .is_ok());
+    }
+
+    #[test]
     fn follow_up_probes_default_and_override() {
         use clap::Parser;
         #[derive(clap::Parser)]

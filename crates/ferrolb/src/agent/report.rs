@@ -16,11 +16,13 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::cache::{CachedNode, CachedService};
 use super::eligibility::{PolicyProblem, LABEL_EXCLUDE_LB};
 use crate::api::{L2AnnouncementPolicy, L2AnnouncementPolicyStatus, AGENT_NAME};
+use crate::k8s;
+use crate::k8s::conditions::CondWant;
 
 /// Condition type on `L2AnnouncementPolicy` status.
 pub const COND_VALID: &str = "Valid";
@@ -113,39 +115,28 @@ pub fn service_event(
 ) -> Option<Event> {
     let ns = svc.namespace()?.to_string();
     let name = svc.name()?.to_string();
-    Some(Event {
-        metadata: ObjectMeta {
-            // client-go's scheme: <object>.<unix nanos in hex>.
-            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(now)),
-        reporting_controller: Some(AGENT_NAME.to_string()),
-        reporting_instance: Some(reporting_instance(node)),
-        action: Some(kind.action.to_string()),
-        reason: Some(kind.reason.to_string()),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(ns),
-            name: Some(name),
-            uid: svc.uid().map(str::to_string),
-            resource_version: None,
-            field_path: None,
-        }),
-        note: Some(note),
-        type_: Some(kind.type_.into()),
-        ..Default::default()
-    })
-}
-
-/// Posts an Event (errors are returned for the caller to log; Events are best effort).
-pub async fn post_event(client: &kube::Client, ev: &Event) -> kube::Result<()> {
-    let ns = ev.metadata.namespace.as_deref().unwrap_or("default");
-    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), ns);
-    api.create(&kube::api::PostParams::default(), ev).await?;
-    Ok(())
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(ns),
+        name: Some(name),
+        uid: svc.uid().map(str::to_string),
+        resource_version: None,
+        field_path: None,
+    };
+    let text = k8s::events::EventText {
+        type_: kind.type_,
+        reason: kind.reason,
+        action: kind.action,
+        note: &note,
+    };
+    let by = k8s::events::Reporter {
+        controller: AGENT_NAME,
+        instance: &reporting_instance(node),
+    };
+    // Unique per node: the instant in nanoseconds.
+    let unique = u64::try_from(now.as_nanosecond()).unwrap_or_default();
+    Some(k8s::events::build(&regarding, text, by, now, unique))
 }
 
 /// The `Valid` condition a policy should carry given its problems.
@@ -171,23 +162,11 @@ pub fn policy_condition(
                 .join("; "),
         )
     };
-    let previous = policy
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == COND_VALID));
-    // lastTransitionTime changes only when the status does.
-    let last_transition_time = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    Condition {
-        type_: COND_VALID.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: policy.metadata.generation,
-        last_transition_time,
-    }
+    policy_cond(
+        policy,
+        CondWant::new(COND_VALID, status == "True", reason, message),
+        now,
+    )
 }
 
 /// Condition type on `L2AnnouncementPolicy` status: subnet-aware candidacy held for every
@@ -234,22 +213,26 @@ pub fn subnet_condition(
             )
         }
     };
-    let previous = policy
+    policy_cond(
+        policy,
+        CondWant::new(COND_SUBNET_MATCH, status == "True", reason, message),
+        now,
+    )
+}
+
+/// `want` as written on `policy` (its generation observed; lastTransitionTime kept unless the
+/// status flips).
+fn policy_cond(
+    policy: &L2AnnouncementPolicy,
+    mut want: CondWant,
+    now: jiff::Timestamp,
+) -> Condition {
+    want.observed_generation = policy.metadata.generation;
+    let existing = policy
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == COND_SUBNET_MATCH));
-    let last_transition_time = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    Condition {
-        type_: COND_SUBNET_MATCH.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: policy.metadata.generation,
-        last_transition_time,
-    }
+        .map_or(&[][..], |s| &s.conditions[..]);
+    want.to_condition_in(existing, &Time(now))
 }
 
 /// Whether the policy's status already says `cond` (ignoring lastTransitionTime).
@@ -305,6 +288,7 @@ pub async fn write_policy_status(
 mod tests {
     use super::*;
     use crate::api::L2AnnouncementPolicySpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ts(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()

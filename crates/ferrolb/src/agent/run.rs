@@ -41,24 +41,6 @@ use super::Args;
 use crate::api::L2AnnouncementPolicy;
 use crate::lease::{self, LeaseEvent, LeaseSet};
 
-/// Builds the kube client: `--kubeconfig` if given, else the usual inference (in-cluster,
-/// `$KUBECONFIG`, `~/.kube/config`).
-pub async fn make_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig: pass --kubeconfig or run in a cluster")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
-}
-
 /// Starts a reflector for `api`, waking `notify` on every event. Objects are trimmed to what the
 /// agent reads ([`trim`]) before they are cached. Watch errors are counted and retried with
 /// kube-runtime's default backoff.
@@ -359,7 +341,7 @@ impl Agent {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = report::post_event(&client, &ev).await {
+            if let Err(e) = crate::k8s::events::post(&client, &ev).await {
                 metrics.api_errors.with_label_values(&["event"]).inc();
                 warn!(service = %sref, error = %e, "posting Event failed");
             }
@@ -379,7 +361,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
         .map(|r| eligibility::compile_interface_regex(r).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()
         .context("--interfaces")?;
-    let client = make_client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;

@@ -22,8 +22,9 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::state::Options;
-use super::status::{carries_our_condition, ips_of, StatusView};
+use super::status::{carries_our_condition, StatusView};
 use crate::ipam::{is_ours, ServiceKey, ServiceReq};
+use crate::k8s::service::ips_of;
 
 /// The controller's copy of one Service. See the module docs.
 #[derive(Clone, Debug, PartialEq)]
@@ -190,7 +191,7 @@ mod tests {
         // Status as found: the hostname entry and the condition are kept whole.
         assert_eq!(c.ingress.len(), 2);
         assert!(c.has_our_condition());
-        assert_eq!(c.ingress_ips(), super::super::status::ingress_ips(&whole));
+        assert_eq!(c.ingress_ips(), crate::k8s::service::ingress_ips(&whole));
         let v = c.status_view();
         let w = StatusView::of(&whole);
         assert_eq!(v.resource_version, w.resource_version);

@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
 
 use super::Result;
+use crate::k8s;
 
 /// Event reasons used by the controller.
 pub mod reason {
@@ -65,11 +64,6 @@ pub struct EventSpec {
     pub note: String,
 }
 
-/// Longest `note` the API server accepts (1 kB).
-const MAX_NOTE: usize = 1024;
-/// Longest object name (DNS subdomain).
-const MAX_NAME: usize = 253;
-
 /// Builds the `events.k8s.io/v1` Event object for `spec` about `regarding`.
 /// `now` is taken as a parameter so tests can check the exact shape.
 pub fn build_event(
@@ -79,55 +73,21 @@ pub fn build_event(
     now: jiff::Timestamp,
     unique: u64,
 ) -> Event {
-    let ns = regarding
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_string());
-    let base = regarding.name.clone().unwrap_or_else(|| "object".into());
-    let suffix = format!(".{:016x}", unique);
-    let mut name_base: String = base;
-    if name_base.len() + suffix.len() > MAX_NAME {
-        let mut cut = MAX_NAME - suffix.len();
-        while !name_base.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name_base.truncate(cut);
-    }
-    let mut note = spec.note.clone();
-    if note.len() > MAX_NOTE {
-        let mut cut = MAX_NOTE - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    // reportingInstance is limited to 128 characters by the API server.
-    let mut instance = reporting_instance.to_string();
-    if instance.len() > 128 {
-        let mut cut = 128;
-        while !instance.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        instance.truncate(cut);
-    }
-    Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{name_base}{suffix}")),
-            namespace: Some(ns),
-            ..Default::default()
+    k8s::events::build(
+        regarding,
+        k8s::events::EventText {
+            type_: spec.type_.as_str(),
+            reason: spec.reason,
+            action: spec.action,
+            note: &spec.note,
         },
-        event_time: Some(MicroTime(now)),
-        reporting_controller: Some(crate::api::CONTROLLER_NAME.to_string()),
-        reporting_instance: Some(instance),
-        action: Some(spec.action.to_string()),
-        reason: Some(spec.reason.to_string()),
-        regarding: Some(regarding.clone()),
-        note: Some(note),
-        type_: Some(spec.type_.as_str().to_string()),
-        ..Default::default()
-    }
+        k8s::events::Reporter {
+            controller: crate::api::CONTROLLER_NAME,
+            instance: reporting_instance,
+        },
+        now,
+        unique,
+    )
 }
 
 /// Publishes Events through the API. Failures are returned to the caller, which logs and
@@ -166,9 +126,7 @@ impl Recorder {
     ) -> Result<()> {
         let unique = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ev = build_event(regarding, spec, &self.instance, at, unique);
-        let ns = ev.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        api.create(&PostParams::default(), &ev).await?;
+        k8s::events::post(&self.client, &ev).await?;
         Ok(())
     }
 }

@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let timings = args
         .lease_timings()
         .map_err(|e| anyhow::anyhow!("invalid lease timings: {e}"))?;
-    let client = build_client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let config = ControllerConfig {
         identity,
@@ -222,23 +222,6 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// A client from `--kubeconfig`, else `kube::Config::infer()`.
-pub async fn build_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| anyhow::anyhow!("no usable kubeconfig or in-cluster config: {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("building the client: {e}"))
 }
 
 #[cfg(test)]

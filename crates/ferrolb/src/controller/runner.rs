@@ -44,24 +44,9 @@ impl Default for LeaseTimings {
 }
 
 impl LeaseTimings {
-    /// client-go's rules: duration > renew deadline > 1.2 × retry period, all non-zero.
+    /// [`crate::lease::validate_timings`], the rule the agent follows too.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.retry_period.is_zero() {
-            return Err("retry period must be > 0".into());
-        }
-        if self.lease_duration <= self.renew_deadline {
-            return Err(format!(
-                "lease duration ({:?}) must be longer than the renew deadline ({:?})",
-                self.lease_duration, self.renew_deadline
-            ));
-        }
-        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
-            return Err(format!(
-                "renew deadline ({:?}) must be longer than 1.2 × retry period ({:?})",
-                self.renew_deadline, self.retry_period
-            ));
-        }
-        Ok(())
+        crate::lease::validate_timings(self.lease_duration, self.renew_deadline, self.retry_period)
     }
 }
 

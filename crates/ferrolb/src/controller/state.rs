@@ -22,14 +22,15 @@ use serde_json::{json, Value};
 
 pub use super::cache::CachedService;
 use super::events::{action, reason, EventSpec, EventType};
-use super::status::{merge_conditions, now_time, status_patch, CondWant, ServiceTarget};
+use super::status::{now_time, status_patch, ServiceTarget};
 use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
 use crate::ipam::{
-    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, ServiceReq, COND_CONFLICT,
-    COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
+    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, RebuildService, ServiceReq,
+    COND_CONFLICT, COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
 };
+use crate::k8s::conditions::{merge_conditions, CondWant};
 
 pub use crate::ipam::ServiceKey;
 
@@ -200,32 +201,31 @@ impl State {
         for (name, labels) in &self.namespaces {
             act.alloc.set_namespace(name, labels.clone());
         }
+        let mut defs = Vec::with_capacity(self.pools.len());
         for (name, p) in &self.pools {
             let (def, _errors) = PoolDef::from_crd(p);
             act.defs.insert(name.clone(), def.clone());
             act.pool_inputs.insert(name.clone(), pool_inputs(p));
-            act.alloc.set_pool(def);
+            defs.push(def);
         }
-        let mut ours: Vec<(&CachedService, &Arc<ServiceReq>)> = self
-            .services
-            .values()
-            .filter_map(|s| s.req.as_ref().map(|r| (s, r)))
-            .collect();
-        ours.sort_by_key(|(s, _)| s.creation_order());
-        // 1. Adopt everything first: no new allocation may take an address a Service holds.
-        for (s, req) in &ours {
-            let ips = s.ingress_ips();
-            if !ips.is_empty() {
-                let report = act.alloc.adopt(req, &ips);
-                for (ip, why) in &report.dropped {
-                    tracing::warn!(service = %req.key, %ip, why = %why, "existing address not adopted");
-                }
+        // Pools, then adopt every existing address, then ensure, oldest Service first.
+        let ours = self.services.values().filter_map(|s| {
+            s.req.as_ref().map(|req| RebuildService {
+                req,
+                created: s.created,
+                ingress: s.ingress_ips(),
+            })
+        });
+        let reports = act.alloc.rebuild(defs, ours);
+        for (key, report) in &reports {
+            for (ip, why) in &report.dropped {
+                tracing::warn!(service = %key, %ip, why = %why, "existing address not adopted");
             }
         }
-        // 2. Then ensure (allocate what is missing), oldest Service first.
-        for (_, req) in &ours {
-            act.alloc.ensure(req);
-            act.reqs.insert(req.key.clone(), Arc::clone(req));
+        for s in self.services.values() {
+            if let Some(req) = &s.req {
+                act.reqs.insert(req.key.clone(), Arc::clone(req));
+            }
         }
         let _ = act.alloc.take_changed();
         act.unsatisfied = act
@@ -248,7 +248,7 @@ impl State {
                 act.to_clear.insert(s.key.clone(), ips);
             }
         }
-        let n = ours.len();
+        let n = act.reqs.len();
         self.active = Some(act);
         self.dirty_services = self.services.keys().cloned().collect();
         self.dirty_pools = self.pools.keys().cloned().collect();

@@ -12,128 +12,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
 use crate::api::{COND_IPAM_SATISFIED, COND_NOT_COVERED};
-
-/// A condition the controller wants an object to carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CondWant {
-    pub type_: String,
-    pub status: bool,
-    pub reason: String,
-    pub message: String,
-    pub observed_generation: Option<i64>,
-}
-
-impl CondWant {
-    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
-        CondWant {
-            type_: type_.to_string(),
-            status,
-            reason: reason.to_string(),
-            message: message.into(),
-            observed_generation: None,
-        }
-    }
-
-    fn status_str(&self) -> &'static str {
-        if self.status {
-            "True"
-        } else {
-            "False"
-        }
-    }
-}
+use crate::k8s::conditions::{merge_conditions, CondWant};
+use crate::k8s::service::{ips_of, parse_ip, service_ingress};
 
 /// Current time as a `metav1.Time` (whole seconds, like the real server writes).
 pub fn now_time() -> Time {
     let now = jiff::Timestamp::now();
     Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
-}
-
-/// Merges `wants` into `existing`: conditions whose type is in `owned` but not in `wants` are
-/// removed; others are kept in place. Returns the new list and whether anything but
-/// `lastTransitionTime` bookkeeping changed.
-pub fn merge_conditions(
-    existing: &[Condition],
-    wants: &[CondWant],
-    owned: &[&str],
-    now: &Time,
-) -> (Vec<Condition>, bool) {
-    let mut out = Vec::with_capacity(existing.len() + wants.len());
-    let mut changed = false;
-    let mut placed: BTreeSet<&str> = BTreeSet::new();
-    for c in existing {
-        if let Some(w) = wants.iter().find(|w| w.type_ == c.type_) {
-            if placed.contains(w.type_.as_str()) {
-                changed = true; // duplicate entry of our type: drop it
-                continue;
-            }
-            placed.insert(w.type_.as_str());
-            let same_status = c.status == w.status_str();
-            let nc = Condition {
-                type_: w.type_.clone(),
-                status: w.status_str().to_string(),
-                reason: w.reason.clone(),
-                message: w.message.clone(),
-                observed_generation: w.observed_generation,
-                last_transition_time: if same_status {
-                    c.last_transition_time.clone()
-                } else {
-                    now.clone()
-                },
-            };
-            if !same_status
-                || c.reason != nc.reason
-                || c.message != nc.message
-                || c.observed_generation != nc.observed_generation
-            {
-                changed = true;
-            }
-            out.push(nc);
-        } else if owned.contains(&c.type_.as_str()) {
-            changed = true;
-        } else {
-            out.push(c.clone());
-        }
-    }
-    for w in wants {
-        if placed.contains(w.type_.as_str()) {
-            continue;
-        }
-        changed = true;
-        out.push(Condition {
-            type_: w.type_.clone(),
-            status: w.status_str().to_string(),
-            reason: w.reason.clone(),
-            message: w.message.clone(),
-            observed_generation: w.observed_generation,
-            last_transition_time: now.clone(),
-        });
-    }
-    (out, changed)
-}
-
-/// The addresses in a Service's `status.loadBalancer.ingress[].ip`, in order (unparsable
-/// entries and hostname entries are skipped).
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    ips_of(service_ingress(svc))
-}
-
-/// The addresses of ingress entries, in order (unparsable and hostname entries skipped).
-pub fn ips_of(ingress: &[LoadBalancerIngress]) -> Vec<IpAddr> {
-    ingress
-        .iter()
-        .filter_map(|i| i.ip.as_deref())
-        .filter_map(|ip| ip.parse::<IpAddr>().ok())
-        .collect()
-}
-
-/// A Service's `status.loadBalancer.ingress`.
-pub fn service_ingress(svc: &Service) -> &[LoadBalancerIngress] {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_deref())
-        .unwrap_or(&[])
 }
 
 /// What a status write is computed from: the resourceVersion (the precondition), the ingress
@@ -279,7 +164,7 @@ pub fn status_patch(
                 .filter(|v| {
                     v.get("ip")
                         .and_then(|ip| ip.as_str())
-                        .and_then(|ip| ip.parse::<IpAddr>().ok())
+                        .and_then(parse_ip)
                         .map(|ip| !ips.contains(&ip))
                         .unwrap_or(true)
                 })
@@ -306,7 +191,7 @@ pub fn status_patch(
                     let ip = v
                         .get("ip")
                         .and_then(|ip| ip.as_str())
-                        .and_then(|ip| ip.parse::<IpAddr>().ok());
+                        .and_then(parse_ip);
                     let have = v.get("ipMode").and_then(|m| m.as_str()).unwrap_or("VIP");
                     ip.is_some_and(|ip| have != ip_mode(&ip, proxy))
                 })

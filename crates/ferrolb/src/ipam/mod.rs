@@ -99,10 +99,12 @@ pub mod service;
 
 mod allocate;
 mod outcome;
+mod rebuild;
 mod reconfigure;
 mod table;
 
 pub use outcome::*;
+pub use rebuild::RebuildService;
 use table::*;
 
 use std::borrow::Cow;
@@ -112,7 +114,7 @@ use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use smallvec::SmallVec;
 
 pub use pool::{BlockError, PoolDef};

@@ -1,6 +1,7 @@
 //! What the allocator answers: a Service's outcome and reason, adoption reports, pool states.
 
 use super::*;
+use crate::k8s::conditions::CondWant;
 
 /// Why a Service has (or has not) its addresses. `as_str` is the condition reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -303,20 +304,9 @@ impl PoolState {
             .conditions()
             .into_iter()
             .map(|(ty, status, reason, message)| {
-                let status = if status { "True" } else { "False" }.to_string();
-                let ltt = prev
-                    .and_then(|p| p.conditions.iter().find(|c| c.type_ == ty))
-                    .filter(|c| c.status == status)
-                    .map(|c| c.last_transition_time.clone())
-                    .unwrap_or_else(|| now.clone());
-                Condition {
-                    type_: ty.to_string(),
-                    status,
-                    reason,
-                    message,
-                    last_transition_time: ltt,
-                    observed_generation: self.generation,
-                }
+                let mut want = CondWant::new(ty, status, &reason, message);
+                want.observed_generation = self.generation;
+                want.to_condition_in(prev.map_or(&[][..], |p| &p.conditions[..]), &now)
             })
             .collect();
         LoadBalancerIPPoolStatus {

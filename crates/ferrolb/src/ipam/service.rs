@@ -24,8 +24,8 @@ use super::range::Family;
 use super::selector::service_labels;
 use crate::api::{
     ANN_IPS, ANN_POOLS, ANN_REALLOCATE, ANN_SHARING_CROSS_NS, ANN_SHARING_KEY, CILIUM_ANN_IPS,
-    CILIUM_ANN_SHARING_CROSS_NS, CILIUM_ANN_SHARING_KEY, CILIUM_LB_CLASS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_NAMESPACE, LB_CLASS, METALLB_ANN_IPS, METALLB_ANN_POOL, METALLB_ANN_SHARING_KEY,
+    CILIUM_ANN_SHARING_CROSS_NS, CILIUM_ANN_SHARING_KEY, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_NAMESPACE, METALLB_ANN_IPS, METALLB_ANN_POOL, METALLB_ANN_SHARING_KEY,
 };
 
 /// `namespace/name` of a Service.
@@ -121,12 +121,11 @@ pub fn is_ours(svc: &Service, opts: &ClassOptions) -> bool {
     if spec.type_.as_deref() != Some("LoadBalancer") {
         return false;
     }
-    match spec.load_balancer_class.as_deref() {
-        None => opts.default_class,
-        Some(LB_CLASS) => true,
-        Some(CILIUM_LB_CLASS) => opts.cilium_class,
-        Some(_) => false,
-    }
+    crate::k8s::service::class_served(
+        spec.load_balancer_class.as_deref(),
+        opts.default_class,
+        opts.cilium_class,
+    )
 }
 
 /// Namespaces allowed to share an address with a Service.
@@ -594,6 +593,7 @@ fn annotation<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{CILIUM_LB_CLASS, LB_CLASS};
 
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).unwrap()

@@ -63,7 +63,7 @@ pub const REFRESH: Duration = Duration::from_secs(43_200);
 
 /// How another node sees an address Lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum LeaseView {
     /// Held and valid. Look again at this instant (the holder's presence, or for an unmarked
     /// Lease the Lease itself, could have expired by then), unless something changes first.
     Held { recheck_at: Instant },
@@ -85,33 +85,33 @@ pub fn judge(
     presence: Option<&Observed>,
     now: Instant,
     cfg: &LeaseConfig,
-) -> Verdict {
+) -> LeaseView {
     let Some(holder) = addr.holder() else {
-        return Verdict::FreeSince(addr.observed_at);
+        return LeaseView::FreeSince(addr.observed_at);
     };
     if attached_to.is_none() {
         // Previous format: renewed by its holder, valid for its duration after a change.
         return if addr.is_valid(now, cfg) {
-            Verdict::Held {
+            LeaseView::Held {
                 recheck_at: addr.expires_at(cfg),
             }
         } else {
-            Verdict::FreeSince(addr.expires_at(cfg))
+            LeaseView::FreeSince(addr.expires_at(cfg))
         };
     }
     let Some(p) = presence else {
-        return Verdict::FreeSince(addr.observed_at);
+        return LeaseView::FreeSince(addr.observed_at);
     };
     if p.holder() != Some(holder) {
         // Absent, released (fenced, shut down) or naming another node: the holder is gone.
-        return Verdict::FreeSince(addr.observed_at.max(p.observed_at));
+        return LeaseView::FreeSince(addr.observed_at.max(p.observed_at));
     }
     if p.is_valid(now, cfg) {
-        Verdict::Held {
+        LeaseView::Held {
             recheck_at: p.expires_at(cfg),
         }
     } else {
-        Verdict::FenceHolder
+        LeaseView::FenceHolder
     }
 }
 
@@ -121,7 +121,7 @@ pub enum Step {
     /// A write of the address Lease, or waiting ([`Action`] as for the previous format; `Renew`
     /// here means "confirm" or the 12-hourly refresh, never a periodic renewal).
     Act(Action),
-    /// Fence the holder's presence Lease first (see [`Verdict::FenceHolder`]).
+    /// Fence the holder's presence Lease first (see [`LeaseView::FenceHolder`]).
     Fence,
 }
 
@@ -178,9 +178,9 @@ pub fn decide_attached(
         });
     };
     match judge(obs, attached_to, presence, now, cfg) {
-        Verdict::Held { recheck_at } => Step::Act(Action::WaitUntil(recheck_at + delay)),
+        LeaseView::Held { recheck_at } => Step::Act(Action::WaitUntil(recheck_at + delay)),
         // The fence waits the rank delay too: the preferred node fences and takes over first.
-        Verdict::FenceHolder => {
+        LeaseView::FenceHolder => {
             let since = presence.map_or(now, |p| p.expires_at(cfg));
             if now >= since + delay {
                 if live {
@@ -192,7 +192,7 @@ pub fn decide_attached(
                 Step::Act(Action::WaitUntil(since + delay))
             }
         }
-        Verdict::FreeSince(t) => {
+        LeaseView::FreeSince(t) => {
             let at = t + delay;
             if now < at {
                 Step::Act(Action::WaitUntil(at))

@@ -47,28 +47,41 @@ impl Default for LeaseConfig {
     }
 }
 
+/// The one lease-timing rule, used by the agent, the controller, `doctor` and the lab
+/// (client-go's, with its jitter factor 1.2): retry period > 0,
+/// renew deadline > 1.2 × retry period, lease duration > renew deadline.
+///
+/// The 1.2 leaves a holder room for one jittered retry before its deadline; with only
+/// `renew deadline > retry period` a single late renewal makes the holder give up.
+pub fn validate_timings(
+    lease_duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+) -> Result<(), String> {
+    if retry_period.is_zero() {
+        return Err("retry period must be positive".into());
+    }
+    // renew > 1.2 × retry, in integers (no float rounding, no overflow).
+    if renew_deadline.as_nanos() * 5 <= retry_period.as_nanos() * 6 {
+        return Err(format!(
+            "renew deadline ({renew_deadline:?}) must be longer than 1.2 × the retry period ({retry_period:?})"
+        ));
+    }
+    if lease_duration <= renew_deadline {
+        return Err(format!(
+            "lease duration ({lease_duration:?}) must be longer than the renew deadline ({renew_deadline:?})"
+        ));
+    }
+    if lease_duration > Duration::from_secs(i32::MAX as u64) {
+        return Err("lease duration too long".into());
+    }
+    Ok(())
+}
+
 impl LeaseConfig {
-    /// Check the invariants client-go also enforces (duration > deadline > retry > 0).
+    /// [`validate_timings`] on these timings.
     pub fn validate(&self) -> Result<(), String> {
-        if self.retry_period.is_zero() {
-            return Err("retry period must be positive".into());
-        }
-        if self.renew_deadline <= self.retry_period {
-            return Err(format!(
-                "renew deadline ({:?}) must be longer than the retry period ({:?})",
-                self.renew_deadline, self.retry_period
-            ));
-        }
-        if self.lease_duration <= self.renew_deadline {
-            return Err(format!(
-                "lease duration ({:?}) must be longer than the renew deadline ({:?})",
-                self.lease_duration, self.renew_deadline
-            ));
-        }
-        if self.lease_duration > Duration::from_secs(i32::MAX as u64) {
-            return Err("lease duration too long".into());
-        }
-        Ok(())
+        validate_timings(self.lease_duration, self.renew_deadline, self.retry_period)
     }
 
     /// `leaseDurationSeconds` as written on the wire (rounded up, at least 1).
@@ -787,6 +800,31 @@ mod tests {
         bad = cfg();
         bad.retry_period = Duration::from_secs(3);
         assert!(bad.validate().is_err());
+        // The pinned rule: renew deadline > 1.2 × retry period (client-go's), not just > retry.
+        let ok = |l, r, t| {
+            validate_timings(
+                Duration::from_millis(l),
+                Duration::from_millis(r),
+                Duration::from_millis(t),
+            )
+        };
+        assert_eq!(ok(1000, 600, 200), Ok(()));
+        assert_eq!(ok(1000, 241, 200), Ok(()));
+        assert_eq!(
+            ok(1000, 240, 200),
+            Err("renew deadline (240ms) must be longer than 1.2 × the retry period (200ms)".into())
+        );
+        assert!(ok(1000, 220, 200).is_err(), "> retry but not > 1.2 × retry");
+        assert_eq!(
+            ok(600, 600, 200),
+            Err("lease duration (600ms) must be longer than the renew deadline (600ms)".into())
+        );
+        assert!(ok(1000, 600, 0).is_err());
+        let huge = Duration::from_secs(u64::MAX);
+        assert!(
+            validate_timings(huge, huge / 2, huge / 4).is_err(),
+            "no overflow"
+        );
         let mut c = cfg();
         c.lease_duration = Duration::from_millis(1500);
         assert_eq!(c.duration_seconds(), 2);

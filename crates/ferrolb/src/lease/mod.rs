@@ -99,8 +99,8 @@ pub mod engine;
 
 pub use client::{classify, micro_now, LeaseWriter, WriteError};
 pub use decide::{
-    decide, spec_for, standing, Action, Intent, LeaseConfig, Observed, Record, Standing,
-    WriteFailure,
+    decide, spec_for, standing, validate_timings, Action, Intent, LeaseConfig, Observed, Record,
+    Standing, WriteFailure,
 };
 pub use elector::LeaderElector;
 pub use engine::{

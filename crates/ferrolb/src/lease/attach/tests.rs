@@ -48,20 +48,20 @@ fn attached_lease_lives_and_dies_with_the_holders_presence() {
     // Presence renewed 500 ms after the address was written: valid until 500 ms + 1 s.
     assert_eq!(
         judge(&addr, at, Some(&pb), t0 + 1400 * MS, &c),
-        Verdict::Held {
+        LeaseView::Held {
             recheck_at: t0 + 1500 * MS
         }
     );
     // The address Lease's own one-day duration does not matter...
     assert_eq!(
         judge(&addr, at, Some(&pb), t0 + 1500 * MS, &c),
-        Verdict::FenceHolder
+        LeaseView::FenceHolder
     );
     // ...nor does its age while the presence is renewed.
     let fresh = obs("b", 1, t0 + 9_000 * MS, false);
     assert!(matches!(
         judge(&addr, at, Some(&fresh), t0 + 9_500 * MS, &c),
-        Verdict::Held { .. }
+        LeaseView::Held { .. }
     ));
     // Presence released (fenced or shut down), absent, or another node's: free from then.
     let mut released = pb.clone();
@@ -69,21 +69,21 @@ fn attached_lease_lives_and_dies_with_the_holders_presence() {
     released.observed_at = t0 + 1600 * MS;
     assert_eq!(
         judge(&addr, at, Some(&released), t0 + 1600 * MS, &c),
-        Verdict::FreeSince(t0 + 1600 * MS)
+        LeaseView::FreeSince(t0 + 1600 * MS)
     );
     let absent = Observed::absent(t0 + 200 * MS);
     assert_eq!(
         judge(&addr, at, Some(&absent), t0 + 300 * MS, &c),
-        Verdict::FreeSince(t0 + 200 * MS)
+        LeaseView::FreeSince(t0 + 200 * MS)
     );
     assert_eq!(
         judge(&addr, at, None, t0 + 300 * MS, &c),
-        Verdict::FreeSince(t0)
+        LeaseView::FreeSince(t0)
     );
     // Released address Lease: free since it was seen released.
     let mut rel = addr.clone();
     rel.record.as_mut().unwrap().holder = Some(String::new());
-    assert_eq!(judge(&rel, at, Some(&pb), t0, &c), Verdict::FreeSince(t0));
+    assert_eq!(judge(&rel, at, Some(&pb), t0, &c), LeaseView::FreeSince(t0));
 }
 
 #[test]
@@ -94,13 +94,13 @@ fn unmarked_leases_keep_the_previous_rules() {
     let old = obs("b", 5, t0, false);
     assert_eq!(
         judge(&old, None, None, t0 + 4 * 1000 * MS, &c),
-        Verdict::Held {
+        LeaseView::Held {
             recheck_at: t0 + 5000 * MS
         }
     );
     assert_eq!(
         judge(&old, None, None, t0 + 5000 * MS, &c),
-        Verdict::FreeSince(t0 + 5000 * MS)
+        LeaseView::FreeSince(t0 + 5000 * MS)
     );
     // And the previous format's own rule keeps an attached Lease (one-day duration) for a day.
     let attached = obs("b", ATTACHED_DURATION_SECONDS, t0, false);

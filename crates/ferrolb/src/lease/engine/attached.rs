@@ -18,7 +18,7 @@
 //!   with one preconditioned write before it is answered.
 
 use super::*;
-use crate::lease::attach::{self, decide_attached, judge, Step, Verdict};
+use crate::lease::attach::{self, decide_attached, judge, LeaseView, Step};
 use crate::lease::presence_name;
 
 impl Engine {
@@ -191,7 +191,7 @@ impl Engine {
                 if attached_to.is_some()
                     && matches!(
                         judge(&obs, attached_to.as_deref(), p_obs.as_ref(), now, &cfg),
-                        Verdict::Held { .. }
+                        LeaseView::Held { .. }
                     ) =>
             {
                 // Held by a live node: its presence Lease's expiry timer stands for this one.

@@ -1,13 +1,13 @@
 //! PATCH: content-type dispatch to the patch engines, preconditions, status isolation, apply.
 //!
 //! The engines (JSON merge patch, JSON patch, strategic merge patch, server-side apply with
-//! managedFields) live in `patch.rs`/`managed.rs`; this file decodes the request, checks
+//! managedFields) live in `patch_engines.rs`/`managed.rs`; this file decodes the request, checks
 //! preconditions and hands the result to the store (status isolation, defaulting, RV).
 
 use super::body::Body;
 use super::error::ApiError;
 use super::http::{content_type, json_response, Query};
-use super::patch::{self, PatchError};
+use super::patch_engines::{self, PatchError};
 use super::resources::ResourceDef;
 use super::store::{now_time, WriteCtx};
 use super::{managed, Inner};
@@ -181,11 +181,11 @@ pub async fn patch(
     }
     let res = match kind {
         "merge" => {
-            patch::merge_patch(&mut target, &patch);
+            patch_engines::merge_patch(&mut target, &patch);
             Ok(())
         }
-        "strategic" => patch::strategic_merge_patch(&mut target, &patch, &def.kind),
-        _ => patch::json_patch(&mut target, &patch),
+        "strategic" => patch_engines::strategic_merge_patch(&mut target, &patch, &def.kind),
+        _ => patch_engines::json_patch(&mut target, &patch),
     };
     res.map_err(|e| patch_error(def, name, &e))?;
     // a resourceVersion inside the patch is a precondition
