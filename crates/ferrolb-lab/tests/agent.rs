@@ -563,7 +563,7 @@ fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result
 
 /// Each node also reaches the API over a management link of its own (203.0.113.0/30s), so
 /// that its agent keeps the API server while its `eth0` is down.
-fn management_links(c: &Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+fn management_links(c: &TestCluster, nodes: &[&str]) -> anyhow::Result<()> {
     for (i, n) in nodes.iter().enumerate() {
         let (ns, api) = (c.node_ns(n), c.topo.api());
         let port = format!("m{i}");
@@ -596,7 +596,7 @@ fn management_links(c: &Cluster, nodes: &[&str]) -> anyhow::Result<()> {
 
 /// The bridge ports of the segment's members (p0 the API stand-in, p1 the client, p2.. the
 /// nodes) set `state` in the bridge's namespace.
-fn ports(c: &Cluster, which: &[usize], state: &str) -> anyhow::Result<()> {
+fn ports(c: &TestCluster, which: &[usize], state: &str) -> anyhow::Result<()> {
     for p in which {
         c.topo
             .seg
@@ -1000,7 +1000,7 @@ fn a_switch_reboot_cutting_the_api_too_makes_no_holder_release() -> anyhow::Resu
 }
 
 /// The published interface objects: (node, interfaces without carrier).
-fn interface_objects(c: &Cluster) -> anyhow::Result<Vec<(String, String)>> {
+fn interface_objects(c: &TestCluster) -> anyhow::Result<Vec<(String, String)>> {
     let l = c
         .api()
         .get("/apis/coordination.k8s.io/v1/namespaces/ferrolb-system/leases")?;
