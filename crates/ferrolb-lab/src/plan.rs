@@ -537,12 +537,21 @@ fn plan_cluster(
         .iter()
         .map(|(k, s)| (k.clone(), ServiceReq::from_service_with(s, class)))
         .collect();
+    let stored: BTreeMap<&ServiceKey, std::sync::Arc<ferrolb::ipam::StoredReq>> = reqs
+        .iter()
+        .map(|(k, r)| {
+            (
+                k,
+                std::sync::Arc::new(ferrolb::ipam::StoredReq::from_req(r)),
+            )
+        })
+        .collect();
 
     // The controller's rebuild (pools → adopt → ensure, oldest Service first).
     let adoption = alloc.rebuild(
         defs,
         svcs.iter().map(|(k, s)| RebuildService {
-            req: &reqs[k],
+            req: &stored[k],
             created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
             ingress: ingress_ips(s),
         }),

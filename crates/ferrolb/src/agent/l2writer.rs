@@ -5,7 +5,10 @@
 //! [`MAX_HOLD`] under constant churn), then sends one write at a time. Its queue is coalesced per
 //! Service ([`Queue`]): a newer state replaces a queued one, a Service this node stopped
 //! announcing is dropped. What to write is decided against a watch cache of the objects
-//! ([`plan`]), so a restart or a relist writes nothing. Status writes carry the cached
+//! ([`plan`]), so a restart or a relist writes nothing. That cache is narrow ([`L2Cache`]): per
+//! object only what a write needs (uid and resourceVersion, the preconditions) and the status it
+//! compares; every agent caches every `L2Announcement`, so whole objects (owner references,
+//! timestamps, the reflector's keys) would cost every node memory per Service. Status writes carry the cached
 //! resourceVersion; a 409 or 404 waits for the watch and decides again.
 //!
 //! A Service this node stops announcing (released, lost, no longer eligible) gets a grace
@@ -14,12 +17,13 @@
 //! ([`plan_release`]), the object is deleted with its resourceVersion as precondition, so a
 //! takeover written meanwhile is never deleted (409: decide again).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -30,7 +34,7 @@ use tracing::{debug, warn};
 use super::cache::{CachedService, Store};
 use super::eligibility::ServiceRef;
 use super::l2status::{plan, plan_release, Job, Queue, Want, Write};
-use crate::api::L2Announcement;
+use crate::api::{L2Announcement, L2AnnouncementSpec, L2AnnouncementStatus};
 
 /// Quiet period after the last lease event before writing.
 pub const SETTLE: Duration = Duration::from_millis(50);
@@ -117,23 +121,27 @@ async fn run(
     writes: IntCounterVec,
 ) {
     let all: Api<L2Announcement> = Api::all(client.clone());
-    let (store, writer) = reflector::store();
-    // Without managedFields (a write drops them anyway, see `plan`): with every agent writing
-    // status they are most of each object, and every agent caches every L2Announcement.
-    let stream = watcher(all, watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut L2Announcement| o.metadata.managed_fields = None)
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                warn!(error = %e, "L2Announcement watch error (retrying)");
+    let store = Arc::new(Mutex::new(L2Cache::default()));
+    let ready = Arc::new(Notify::new());
+    let stream = watcher(all, watcher::Config::default()).default_backoff();
+    {
+        let (store, ready) = (store.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if lock(&store).on_watch(ev) {
+                            ready.notify_one();
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "L2Announcement watch error (retrying)"),
+                }
             }
-        }
-    });
-    if store.wait_until_ready().await.is_err() {
-        return;
+        });
+    }
+    while !lock(&store).is_ready() {
+        ready.notified().await;
     }
     loop {
         if lock(&shared.queue).is_empty() {
@@ -165,8 +173,8 @@ async fn run(
             debug!(service = %sref, "Service gone: no L2Announcement");
             continue;
         };
-        let current = store.get(&ObjectRef::new(&sref.name).within(&sref.namespace));
-        let Some(write) = plan(&node, current.as_deref(), &want, svc.uid.as_deref()) else {
+        let current = lock(&store).get(sref);
+        let Some(write) = plan(&node, current.as_ref(), &want, svc.uid.as_deref()) else {
             continue;
         };
         let api: Api<L2Announcement> = Api::namespaced(client.clone(), &sref.namespace);
@@ -212,14 +220,14 @@ async fn run(
 async fn release(
     client: &Client,
     node: &str,
-    store: &reflector::Store<L2Announcement>,
+    store: &Mutex<L2Cache>,
     shared: &Arc<Shared>,
     writes: &IntCounterVec,
     s: ServiceRef,
     n: u64,
 ) {
-    let current = store.get(&ObjectRef::new(&s.name).within(&s.namespace));
-    let Some(rv) = plan_release(node, current.as_deref()) else {
+    let current = lock(store).get(&s);
+    let Some(rv) = plan_release(node, current.as_ref()) else {
         lock(&shared.queue).release_done(&s, n);
         return;
     };
@@ -227,7 +235,7 @@ async fn release(
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             resource_version: Some(rv),
-            uid: current.and_then(|c| c.metadata.uid.clone()),
+            uid: current.and_then(|c| c.metadata.uid),
         }),
         ..Default::default()
     };
@@ -253,6 +261,103 @@ async fn release(
     }
 }
 
+/// What the writer keeps of one `L2Announcement`: its write preconditions and its status.
+#[derive(Clone, Debug, PartialEq)]
+struct Narrow {
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    status: Option<L2AnnouncementStatus>,
+}
+
+impl Narrow {
+    fn of(o: L2Announcement) -> (ServiceRef, Narrow) {
+        let L2Announcement {
+            metadata, status, ..
+        } = o;
+        let key = ServiceRef {
+            namespace: metadata.namespace.unwrap_or_default(),
+            name: metadata.name.unwrap_or_default(),
+        };
+        let n = Narrow {
+            uid: metadata.uid.map(String::into_boxed_str),
+            resource_version: metadata.resource_version.map(String::into_boxed_str),
+            status,
+        };
+        (key, n)
+    }
+}
+
+/// The writer's watch cache of `L2Announcement`s (see the module docs), fed by the watch's
+/// events; a relist replaces it whole when it completes.
+#[derive(Debug, Default)]
+pub struct L2Cache {
+    objects: HashMap<ServiceRef, Narrow>,
+    /// The relist under way.
+    relist: Option<HashMap<ServiceRef, Narrow>>,
+    ready: bool,
+}
+
+impl L2Cache {
+    /// Applies one watch event; `true` when this made the cache ready (first list complete).
+    pub fn on_watch(&mut self, ev: watcher::Event<L2Announcement>) -> bool {
+        match ev {
+            watcher::Event::Apply(o) => {
+                let (k, n) = Narrow::of(o);
+                self.objects.insert(k, n);
+            }
+            watcher::Event::Delete(o) => {
+                let (k, _) = Narrow::of(o);
+                self.objects.remove(&k);
+            }
+            watcher::Event::Init => self.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                let (k, n) = Narrow::of(o);
+                self.relist.get_or_insert_with(HashMap::new).insert(k, n);
+            }
+            watcher::Event::InitDone => {
+                self.objects = self.relist.take().unwrap_or_default();
+                self.objects.shrink_to_fit();
+                let first = !self.ready;
+                self.ready = true;
+                return first;
+            }
+        }
+        false
+    }
+
+    /// Whether the first list has completed.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The cached object of Service `s`, as much of it as a write needs: namespace, name, uid,
+    /// resourceVersion and status (a status write changes nothing else, and the writer never
+    /// sends anything else).
+    pub fn get(&self, s: &ServiceRef) -> Option<L2Announcement> {
+        let n = self.objects.get(s)?;
+        let mut o = L2Announcement::new(&s.name, L2AnnouncementSpec {});
+        o.metadata = ObjectMeta {
+            name: Some(s.name.clone()),
+            namespace: Some(s.namespace.clone()),
+            uid: n.uid.as_deref().map(String::from),
+            resource_version: n.resource_version.as_deref().map(String::from),
+            ..Default::default()
+        };
+        o.status = n.status.clone();
+        Some(o)
+    }
+
+    /// How many objects are cached.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether no object is cached.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
 /// Queues release `n` of `s` after `wait` (void if `s` was announced here since).
 fn release_after(shared: &Arc<Shared>, s: ServiceRef, n: u64, wait: Duration) {
     let shared = shared.clone();
@@ -271,4 +376,100 @@ fn requeue_after(shared: &Arc<Shared>, want: Want, wait: Duration) {
         lock(&shared.queue).retry(want);
         shared.notify.notify_one();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
+
+    fn obj(ns: &str, name: &str, rv: &str, node: &str) -> L2Announcement {
+        let mut o = L2Announcement::new(name, L2AnnouncementSpec {});
+        o.metadata = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some(rv.into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name: name.into(),
+                uid: "svc-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some("ferrolb-agent".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        o.status = Some(L2AnnouncementStatus {
+            addresses: vec!["198.51.100.7".into()],
+            node: Some(node.into()),
+            interfaces: vec!["eth0".into()],
+            addresses_text: Some("198.51.100.7".into()),
+            interfaces_text: Some("eth0".into()),
+            lease: Some(format!("ferrolb-{name}")),
+            ..Default::default()
+        });
+        o
+    }
+
+    #[test]
+    fn keeps_what_a_write_needs_and_plans_as_with_the_whole_object() {
+        let mut c = L2Cache::default();
+        assert!(!c.is_ready());
+        assert!(!c.on_watch(watcher::Event::Init));
+        assert!(!c.on_watch(watcher::Event::InitApply(obj("demo", "web", "5", "n1"))));
+        assert!(!c.is_ready(), "not ready before the list completes");
+        assert!(c.on_watch(watcher::Event::InitDone));
+        assert!(c.is_ready());
+        let s = ServiceRef::new("demo", "web");
+        let got = c.get(&s).expect("cached");
+        let whole = obj("demo", "web", "5", "n1");
+        assert_eq!(got.metadata.name, whole.metadata.name);
+        assert_eq!(got.metadata.namespace, whole.metadata.namespace);
+        assert_eq!(got.metadata.uid, whole.metadata.uid);
+        assert_eq!(
+            got.metadata.resource_version,
+            whole.metadata.resource_version
+        );
+        assert_eq!(got.status, whole.status);
+        assert!(got.metadata.owner_references.is_none());
+        assert!(got.metadata.managed_fields.is_none());
+        // Same decisions as on the whole object.
+        assert_eq!(plan_release("n1", Some(&got)), Some("5".to_string()));
+        assert_eq!(plan_release("n2", Some(&got)), None);
+        // Updates and deletes.
+        c.on_watch(watcher::Event::Apply(obj("demo", "web", "9", "n2")));
+        let got = c.get(&s).expect("cached");
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(plan_release("n1", Some(&got)), None);
+        c.on_watch(watcher::Event::Delete(obj("demo", "web", "9", "n2")));
+        assert!(c.get(&s).is_none());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_cache_when_it_completes() {
+        let mut c = L2Cache::default();
+        c.on_watch(watcher::Event::Init);
+        c.on_watch(watcher::Event::InitApply(obj("demo", "a", "1", "n1")));
+        c.on_watch(watcher::Event::InitApply(obj("demo", "b", "2", "n1")));
+        c.on_watch(watcher::Event::InitDone);
+        assert_eq!(c.len(), 2);
+        // A relist after a watch error: the old objects answer until it completes.
+        c.on_watch(watcher::Event::Init);
+        c.on_watch(watcher::Event::InitApply(obj("demo", "b", "3", "n2")));
+        assert_eq!(c.len(), 2);
+        assert!(!c.on_watch(watcher::Event::InitDone), "ready already");
+        assert_eq!(c.len(), 1);
+        assert!(c.get(&ServiceRef::new("demo", "a")).is_none());
+        assert_eq!(
+            c.get(&ServiceRef::new("demo", "b"))
+                .and_then(|o| o.metadata.resource_version),
+            Some("3".to_string())
+        );
+    }
 }

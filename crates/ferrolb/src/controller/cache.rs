@@ -6,8 +6,9 @@
 //!   (allocation order);
 //! - whether the Service is ours (type and class under the controller's [`Options`]) and, only
 //!   then, its allocation request ([`ServiceReq`], built by the allocator's one reader of
-//!   Services, [`ServiceReq::from_service_with`]; shared with the active state through an `Arc`,
-//!   so one copy serves the cache and the allocator's inputs);
+//!   Services, [`ServiceReq::from_service_with`], kept in the allocator's compact form
+//!   [`StoredReq`]; shared with the active state and the allocator itself through an `Arc`, so
+//!   one copy serves the cache, the state machine and the allocator);
 //! - `status.loadBalancer.ingress` and `status.conditions` as found: a write keeps other
 //!   writers' entries and conditions, so those are kept whole (one entry and one condition
 //!   each, normally).
@@ -23,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::state::Options;
 use super::status::{carries_our_condition, StatusView};
-use crate::ipam::{is_ours, ServiceKey, ServiceReq};
+use crate::ipam::{is_ours, ServiceKey, ServiceReq, StoredReq};
 use crate::k8s::service::ips_of;
 
 /// The controller's copy of one Service. See the module docs.
@@ -34,7 +35,7 @@ pub struct CachedService {
     pub resource_version: Option<Box<str>>,
     pub created: Option<jiff::Timestamp>,
     /// The allocation request when the Service is ours; `None` when it is not.
-    pub req: Option<Arc<ServiceReq>>,
+    pub req: Option<Arc<StoredReq>>,
     /// `status.loadBalancer.ingress`, whole.
     pub ingress: Vec<LoadBalancerIngress>,
     /// `status.conditions`, whole.
@@ -45,8 +46,11 @@ impl CachedService {
     /// What the controller keeps of `svc` under `opts` (the whole object is dropped here).
     pub fn new(svc: Service, opts: &Options) -> Self {
         let class = opts.class();
-        let req =
-            is_ours(&svc, &class).then(|| Arc::new(ServiceReq::from_service_with(&svc, &class)));
+        let req = is_ours(&svc, &class).then(|| {
+            Arc::new(StoredReq::from_req(&ServiceReq::from_service_with(
+                &svc, &class,
+            )))
+        });
         let key = ServiceKey::of(&svc);
         let Service {
             metadata, status, ..
@@ -180,7 +184,7 @@ mod tests {
         let want = ServiceReq::from_service_with(&whole, &opts().class());
         let c = CachedService::new(whole.clone(), &opts());
         assert!(c.is_ours());
-        assert_eq!(c.req.as_deref(), Some(&want));
+        assert!(c.req.as_deref().is_some_and(|r| r.same_as(&want)));
         assert_eq!(c.key, ServiceKey::new("demo", "web"));
         assert_eq!(c.uid.as_deref(), Some("u1"));
         assert_eq!(c.resource_version.as_deref(), Some("7"));

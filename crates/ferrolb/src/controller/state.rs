@@ -27,7 +27,7 @@ use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
 use crate::ipam::{
-    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, RebuildService, ServiceReq,
+    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, RebuildService, StoredReq,
     COND_CONFLICT, COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
 };
 use crate::k8s::conditions::{merge_conditions, CondWant};
@@ -101,7 +101,7 @@ struct Active {
     /// Inputs each pool definition was built from (spec, creation, generation).
     pool_inputs: BTreeMap<String, Value>,
     /// The request each of our Services was last ensured with (shared with the cache).
-    reqs: BTreeMap<ServiceKey, Arc<ServiceReq>>,
+    reqs: BTreeMap<ServiceKey, Arc<StoredReq>>,
     /// Addresses we put on Services that left our class, until the clearing write lands.
     to_clear: BTreeMap<ServiceKey, BTreeSet<IpAddr>>,
     /// Our Services whose request is not satisfied: built once on activation, then kept up to
@@ -363,11 +363,12 @@ impl State {
     }
 
     /// A Service was added or modified (or re-read after a conflict or a write).
-    pub fn apply_service(&mut self, svc: CachedService) {
+    pub fn apply_service(&mut self, mut svc: CachedService) {
         let key = svc.key.clone();
         if key.name.is_empty() {
             return;
         }
+        share_unchanged_req(&mut svc, self.active.as_ref(), self.services.get(&key));
         let had_condition = svc.has_our_condition();
         let ingress = svc.ingress_ips();
         let mut changed: Vec<ServiceKey> = Vec::new();
@@ -378,9 +379,9 @@ impl State {
                     if !act.reqs.contains_key(&key) && !ingress.is_empty() {
                         // New to us but already carrying addresses (e.g. moved into our class,
                         // or restored): keep them if they are valid and free.
-                        let _ = act.alloc.adopt(&req, &ingress);
+                        let _ = act.alloc.adopt_shared(&req, &ingress);
                     }
-                    act.alloc.ensure(&req);
+                    act.alloc.ensure_shared(&req);
                     act.reqs.insert(key.clone(), req);
                     // A changed Service may unblock others (ports, sharing, selectors): retry
                     // the unsatisfied ones, as Cilium does on every Service change.
@@ -697,6 +698,22 @@ impl State {
 }
 
 /// Re-ensures every unsatisfied Service of ours except `skip` (key order, deterministic).
+/// An unchanged request (most updates are our own status writes) keeps the copy the cache, the
+/// state and the allocator already share, instead of each update leaving a second one behind.
+fn share_unchanged_req(svc: &mut CachedService, act: Option<&Active>, old: Option<&CachedService>) {
+    let Some(new) = svc.req.as_ref() else {
+        return;
+    };
+    let kept = act
+        .and_then(|a| a.reqs.get(&svc.key))
+        .or_else(|| old.and_then(|o| o.req.as_ref()));
+    if let Some(kept) = kept {
+        if !Arc::ptr_eq(kept, new) && **kept == **new {
+            svc.req = Some(Arc::clone(kept));
+        }
+    }
+}
+
 fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
     let waiting: Vec<ServiceKey> = act
         .unsatisfied
@@ -707,7 +724,7 @@ fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
         .collect();
     for k in waiting {
         if let Some(req) = act.reqs.get(&k) {
-            act.alloc.ensure(req);
+            act.alloc.ensure_shared(req);
         }
     }
 }

@@ -119,8 +119,7 @@ use smallvec::SmallVec;
 
 pub use pool::{BlockError, PoolDef};
 pub use range::{Addr, Family};
-use service::StoredReq;
-pub use service::{is_ours, ClassOptions, FamilyPolicy, ServiceKey, ServiceReq};
+pub use service::{is_ours, ClassOptions, FamilyPolicy, ServiceKey, ServiceReq, StoredReq};
 
 use crate::api::LoadBalancerIPPoolStatus;
 
@@ -297,22 +296,27 @@ impl Allocator {
     /// Restart recovery: re-claims `ips` (from `status.loadBalancer.ingress`) for `req` without
     /// allocating anything new. Call for every Service before the first [`Allocator::ensure`].
     pub fn adopt(&mut self, req: &ServiceReq, ips: &[IpAddr]) -> AdoptReport {
+        self.adopt_shared(&Arc::new(StoredReq::from_req(req)), ips)
+    }
+
+    /// [`Allocator::adopt`] for a request already in its compact form, kept by reference (the
+    /// controller's cache and the allocator share one copy).
+    pub fn adopt_shared(&mut self, stored: &Arc<StoredReq>, ips: &[IpAddr]) -> AdoptReport {
         let mut report = AdoptReport::default();
-        let stored = Arc::new(StoredReq::from_req(req));
-        let id = match self.lookup(&req.key) {
+        let id = match self.lookup(&stored.key) {
             Some(id) => {
                 if let Some(s) = self.entry_mut(id) {
-                    s.req = Arc::clone(&stored);
+                    s.req = Arc::clone(stored);
                 }
                 id
             }
             None => self.intern(
-                Arc::clone(&stored),
+                Arc::clone(stored),
                 Verdict::Failed(Reason::NoPool, NOT_YET.into()),
                 false,
             ),
         };
-        let req = &*stored;
+        let req = &**stored;
         for ip in ips {
             let a = Addr::from_ip(*ip);
             if self.entry(id).is_some_and(|s| s.addrs.contains(&a)) {
@@ -384,21 +388,49 @@ impl Allocator {
     /// are kept while they still fit the request. Returns its outcome; other Services affected
     /// (e.g. waiting ones that got a freed address) show up in [`Allocator::take_changed`].
     pub fn ensure(&mut self, req: &ServiceReq) -> Ensured {
-        let id = match self.lookup(&req.key) {
+        self.ensure_with(
+            &req.key,
+            req.sharing.as_ref(),
+            |s| s.same_as(req),
+            || Arc::new(StoredReq::from_req(req)),
+        )
+    }
+
+    /// [`Allocator::ensure`] for a request already in its compact form, kept by reference (the
+    /// controller's cache and the allocator share one copy instead of each keeping its own).
+    pub fn ensure_shared(&mut self, req: &Arc<StoredReq>) -> Ensured {
+        self.ensure_with(
+            &req.key,
+            req.sharing.as_ref(),
+            |s| std::ptr::eq(s, &**req) || *s == **req,
+            || Arc::clone(req),
+        )
+    }
+
+    /// The one body of [`Allocator::ensure`] and [`Allocator::ensure_shared`]: `same` tells
+    /// whether the stored request equals the new one, `make` gives the new one to store.
+    fn ensure_with(
+        &mut self,
+        key: &ServiceKey,
+        sharing: Option<&service::Sharing>,
+        same: impl Fn(&StoredReq) -> bool,
+        make: impl FnOnce() -> Arc<StoredReq>,
+    ) -> Ensured {
+        let id = match self.lookup(key) {
             Some(id) => {
                 let Some(s) = self.slots.get_mut(id) else {
                     return Ensured::new(Verdict::Failed(Reason::NoPool, NOT_YET.into()));
                 };
-                let changed_req = !s.req.same_as(req);
+                let changed_req = !same(&s.req);
                 if s.ensured && !changed_req && complete(s) {
                     return Ensured::with(s.verdict.clone(), s.uncovered.clone());
                 }
                 // A changed request of a sharing Service may make it compatible with waiters.
                 if changed_req {
-                    for sh in [&s.req.sharing, &req.sharing].into_iter().flatten() {
+                    for sh in [s.req.sharing.as_ref(), sharing].into_iter().flatten() {
                         self.sharing_dirty.insert(sh.key.clone());
                     }
-                    s.req = Arc::new(StoredReq::from_req(req));
+                    s.req = make();
                 }
                 s.ensured = true;
                 if changed_req {
@@ -410,11 +442,7 @@ impl Allocator {
             }
             // Never equal to a computed verdict (those carry a message), so the first
             // computation always reports the new Service as changed.
-            None => self.intern(
-                Arc::new(StoredReq::from_req(req)),
-                Verdict::Failed(Reason::NoPool, "".into()),
-                true,
-            ),
+            None => self.intern(make(), Verdict::Failed(Reason::NoPool, "".into()), true),
         };
         self.ensure_id(id);
         self.settle();

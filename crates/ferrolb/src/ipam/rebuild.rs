@@ -11,13 +11,15 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use super::{AdoptReport, Allocator, PoolDef, ServiceKey, ServiceReq};
+use super::{AdoptReport, Allocator, PoolDef, ServiceKey, StoredReq};
 
 /// One Service as the rebuild sees it.
 #[derive(Clone, Debug)]
 pub struct RebuildService<'a> {
-    pub req: &'a ServiceReq,
+    /// The request, shared with the caller's cache (kept by reference, not copied).
+    pub req: &'a Arc<StoredReq>,
     /// `metadata.creationTimestamp`.
     pub created: Option<jiff::Timestamp>,
     /// The addresses in its `status.loadBalancer.ingress`, in order.
@@ -47,11 +49,11 @@ impl Allocator {
         let mut reports = BTreeMap::new();
         for s in &services {
             if !s.ingress.is_empty() {
-                reports.insert(s.req.key.clone(), self.adopt(s.req, &s.ingress));
+                reports.insert(s.req.key.clone(), self.adopt_shared(s.req, &s.ingress));
             }
         }
         for s in &services {
-            self.ensure(s.req);
+            self.ensure_shared(s.req);
         }
         reports
     }

@@ -466,8 +466,8 @@ fn share_check(me: &ShareView<'_>, other: &ShareView<'_>) -> Result<(), String> 
 /// (when they equal it, which [`ServiceReq::new`] and [`ServiceReq::from_service`] guarantee),
 /// and the families live inline. A typical Service costs three heap blocks (the `Arc` and the two
 /// key strings) instead of nine.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredReq {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReq {
     pub key: ServiceKey,
     /// Labels without the virtual ones that `virt_ns` / `virt_name` stand for.
     labels: BTreeMap<String, String>,

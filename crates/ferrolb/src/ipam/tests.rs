@@ -287,6 +287,41 @@ fn stored_request_answers_virtual_labels_from_the_key() {
 }
 
 #[test]
+fn shared_request_is_kept_by_reference_not_copied() {
+    use std::sync::Arc;
+    let mut a = Allocator::new();
+    a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).def());
+    let shared = Arc::new(StoredReq::from_req(&S::new("ns", "web").req()));
+    let ip: IpAddr = "198.51.100.7".parse().expect("ip");
+    a.adopt_shared(&shared, &[ip]);
+    let o = a.ensure_shared(&shared);
+    assert!(o.is_satisfied());
+    assert_eq!(ips(&o), ["198.51.100.7"]);
+    // The allocator holds the caller's copy: one more reference, no second request.
+    assert_eq!(Arc::strong_count(&shared), 2);
+    let held = a
+        .lookup(&shared.key)
+        .and_then(|id| a.entry(id))
+        .expect("entry");
+    assert!(Arc::ptr_eq(&held.req, &shared));
+    // An equal request in another Arc changes nothing; a changed one replaces the shared copy.
+    let equal = Arc::new(StoredReq::from_req(&S::new("ns", "web").req()));
+    assert!(a.ensure_shared(&equal).is_satisfied());
+    assert_eq!(Arc::strong_count(&equal), 1);
+    let changed = Arc::new(StoredReq::from_req(
+        &S::new("ns", "web").label("app", "web").req(),
+    ));
+    assert!(a.ensure_shared(&changed).is_satisfied());
+    assert_eq!(Arc::strong_count(&changed), 2);
+    assert_eq!(Arc::strong_count(&shared), 1);
+    // The plain entry point still answers the same.
+    assert_eq!(
+        ips(&a.ensure(&S::new("ns", "web").label("app", "web").req())),
+        ["198.51.100.7"]
+    );
+}
+
+#[test]
 fn changed_labels_are_reevaluated_against_the_selector() {
     let mut a = Allocator::new();
     a.set_pool(

@@ -196,9 +196,7 @@ impl Engine {
                 if !newer_known {
                     e.observed = Some(Observed::written(&lease, d.sent_at));
                     e.attached_to = super::attached_to_of(&lease);
-                    let mut lease = lease;
-                    lease.metadata.managed_fields = None;
-                    e.object = Some(lease);
+                    e.object = Some(super::base::Base::of(&lease));
                     self.reindex(&d.name);
                 }
                 let new_epoch = matches!(d.op, Op::Create | Op::Update(OpKind::Acquire(_)));
