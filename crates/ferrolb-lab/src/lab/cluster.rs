@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 
-use super::procs::Proc;
+use super::procs::{numbered_log, Proc};
 use super::topo::Topology;
 use super::uds;
 
@@ -423,7 +423,7 @@ impl Cluster {
             .as_ref()
             .unwrap_or(&self.cfg.timings);
         args.extend(timing_args(t));
-        let log = self.cfg.dir.join(format!("{id}.log"));
+        let log = numbered_log(&self.cfg.dir, &id);
         let p = Proc::spawn(&id, Some(self.topo.api()), &self.cfg.exe, &args, &[], &log)?;
         if self.controllers.len() <= i {
             self.controllers.resize_with(i + 1, || None);
@@ -449,8 +449,7 @@ impl Cluster {
         ];
         args.extend(timing_args(&self.cfg.timings));
         args.extend(self.cfg.agent_args.iter().cloned());
-        let n = self.agents.iter().filter(|a| a.is_some()).count();
-        let log = self.cfg.dir.join(format!("agent-{}-{n}.log", node.name));
+        let log = numbered_log(&self.cfg.dir, &format!("agent-{}", node.name));
         let p = Proc::spawn(
             &format!("agent {}", node.name),
             Some(self.topo.node_ns(i)),

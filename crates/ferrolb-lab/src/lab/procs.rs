@@ -11,6 +11,20 @@ use anyhow::{bail, Context};
 
 use crate::netns::Netns;
 
+/// A log file for a new incarnation of `stem` in `dir` that overwrites no earlier one:
+/// `stem.log`, then `stem.1.log`, `stem.2.log`, ... (a restarted process keeps its
+/// predecessor's log, which is what a chaos run is debugged from).
+pub fn numbered_log(dir: &Path, stem: &str) -> PathBuf {
+    let first = dir.join(format!("{stem}.log"));
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| dir.join(format!("{stem}.{n}.log")))
+        .find(|p| !p.exists())
+        .expect("an unbounded range has a free name")
+}
+
 /// A running child process; SIGKILLed on drop unless it already exited.
 #[derive(Debug)]
 pub struct Proc {
@@ -156,5 +170,26 @@ pub fn rss_field(pid: u32, field: &str) -> Option<u64> {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_log;
+
+    #[test]
+    fn numbered_log_never_reuses_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = numbered_log(dir.path(), "agent-n1");
+        assert_eq!(a, dir.path().join("agent-n1.log"));
+        std::fs::write(&a, "first").unwrap();
+        let b = numbered_log(dir.path(), "agent-n1");
+        assert_eq!(b, dir.path().join("agent-n1.1.log"));
+        std::fs::write(&b, "second").unwrap();
+        assert_eq!(
+            numbered_log(dir.path(), "agent-n1"),
+            dir.path().join("agent-n1.2.log")
+        );
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first");
     }
 }

@@ -456,35 +456,58 @@ pub struct ProcSamples {
     pub samples: Vec<(u64, u64, u64)>,
 }
 
-/// Growth allowed after warm-up: RSS by half and 16 MiB, fds by 32.
+/// Samples of a process's first `WARMUP_MS` are start-up, not growth.
 pub const WARMUP_MS: u64 = 20_000;
 
-/// Growth of RSS or fds of a process that lived past its warm-up, judged from the first
-/// sample after the warm-up to the last (a process restarted meanwhile is a new one).
+/// Growth of RSS or fds of one process incarnation (samples are per pid: a restarted process
+/// is a new one and starts afresh). The samples after the warm-up are split in thirds; growth
+/// is when even the lowest value of the last third exceeds the highest of the first third by
+/// the allowance (RSS by half and 16 MiB, fds by 32). A leak raises the floor for good; a
+/// burst (a Service churn wave, a reconnect) does not. Fewer than three samples after the
+/// warm-up judge nothing.
 pub fn growth(p: &ProcSamples) -> Vec<Violation> {
     let Some(first_at) = p.samples.first().map(|s| s.0) else {
         return vec![];
     };
-    let Some(base) = p.samples.iter().find(|s| s.0 >= first_at + WARMUP_MS) else {
+    let after: Vec<&(u64, u64, u64)> = p
+        .samples
+        .iter()
+        .filter(|s| s.0 >= first_at + WARMUP_MS)
+        .collect();
+    if after.len() < 3 {
         return vec![];
+    }
+    let third = after.len() / 3;
+    let (early, late) = (&after[..third], &after[after.len() - third..]);
+    let max = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
+        xs.iter().map(|s| f(s)).max().unwrap_or(0)
     };
-    let last = p.samples.last().expect("non-empty");
+    let min = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
+        xs.iter().map(|s| f(s)).min().unwrap_or(0)
+    };
+    let at = after.last().map(|s| s.0).unwrap_or(first_at);
     let mut out = Vec::new();
-    if last.1 > base.1 + base.1 / 2 + 16 * 1024 {
+    let (rss0, rss1) = (max(early, |s| s.1), min(late, |s| s.1));
+    if rss1 > rss0 + rss0 / 2 + 16 * 1024 {
         out.push(Violation {
-            at_ms: last.0,
+            at_ms: at,
             kind: "rss-growth".into(),
             subject: format!("{} (pid {})", p.name, p.pid),
-            detail: format!("{} KiB -> {} KiB", base.1, last.1),
+            detail: format!(
+                "{rss0} KiB (highest of the first third) -> {rss1} KiB (lowest of the last third)"
+            ),
             active: vec![],
         });
     }
-    if last.2 > base.2 + 32 {
+    let (fd0, fd1) = (max(early, |s| s.2), min(late, |s| s.2));
+    if fd1 > fd0 + 32 {
         out.push(Violation {
-            at_ms: last.0,
+            at_ms: at,
             kind: "fd-growth".into(),
             subject: format!("{} (pid {})", p.name, p.pid),
-            detail: format!("{} -> {} open fds", base.2, last.2),
+            detail: format!(
+                "{fd0} open fds (highest of the first third) -> {fd1} (lowest of the last third)"
+            ),
             active: vec![],
         });
     }
@@ -720,18 +743,32 @@ mod tests {
     }
 
     #[test]
-    fn growth_after_warmup_only() {
+    fn growth_compares_the_first_and_last_third_after_warmup() {
         let mut p = ProcSamples {
             name: "agent node1".into(),
             pid: 1,
-            samples: vec![(0, 1_000, 5), (WARMUP_MS, 20_000, 10)],
+            samples: vec![(0, 1_000, 5), (WARMUP_MS / 2, 200_000, 300)],
         };
+        for i in 0..3 {
+            p.samples.push((WARMUP_MS + i * 1_000, 20_000, 10));
+        }
         assert!(growth(&p).is_empty(), "start-up growth is warm-up");
-        p.samples.push((WARMUP_MS + 60_000, 25_000, 20));
-        assert!(growth(&p).is_empty(), "within the allowance");
-        p.samples.push((WARMUP_MS + 120_000, 60_000, 80));
+        // A burst in the middle and one high sample at the end: the floor did not rise.
+        p.samples.push((WARMUP_MS + 3_000, 90_000, 90));
+        p.samples.push((WARMUP_MS + 4_000, 21_000, 11));
+        p.samples.push((WARMUP_MS + 5_000, 90_000, 90));
+        assert!(
+            growth(&p).is_empty(),
+            "bursts are not growth: {:?}",
+            growth(&p)
+        );
+        // The floor of the last third rises past the allowance: a leak.
+        for i in 6..11 {
+            p.samples.push((WARMUP_MS + i * 1_000, 60_000, 80));
+        }
         let v = growth(&p);
         let kinds: Vec<&str> = v.iter().map(|v| v.kind.as_str()).collect();
         assert_eq!(kinds, vec!["rss-growth", "fd-growth"]);
+        assert!(v[0].detail.starts_with("20000 KiB"), "{}", v[0].detail);
     }
 }
