@@ -490,6 +490,103 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
     })
 }
 
+/// The chaos run's seed 15 (`node-cut`): the holder loses its link and, with it, the API server.
+/// It goes sticky; the other node fences it and takes over with a gratuitous burst the old
+/// holder cannot hear. When its link comes back (the API server still unreachable from it) it
+/// announces the address again. The new holder defends with a burst of its own
+/// (`Core::defend`), the old one yields to it, and the client ends on the new holder.
+#[test]
+fn a_sticky_holder_whose_link_was_down_during_the_takeover_yields_to_the_new_holders_defence(
+) -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const NODES: [&str; 2] = ["n1", "n2"];
+    let dir = tempfile::tempdir()?;
+    let mut c = cluster(&dir, "ag17", &[("n1", &[]), ("n2", &[])])?;
+    scenario(&mut c, |c| {
+        // The client learns from gratuitous ARP (as the lab's client and most hosts' caches do
+        // for an existing entry).
+        c.client().sysctl("net.ipv4.conf.eth0.arp_accept", "1")?;
+        c.policy("all", json!({}))?;
+        c.service("web", &[VIP4])?;
+        start_agents(c, &NODES)?;
+        let (old, old_mac) = sole_holder(c, VIP4)?;
+        let other = if old == "n1" { "n2" } else { "n1" };
+        let new_mac = c.macs[other].clone();
+        c.client_resolve(VIP4);
+        assert_eq!(c.client_neighbour(VIP4), Some(old_mac.clone()));
+
+        // The holder is cut off: from the API server for the rest of the test, and from the
+        // segment (its bridge port; ports: p1 the client, p2.. the nodes in order).
+        c.api().create(
+            "/_ferrolb/faults",
+            &json!({"kind": "refuse", "client": old}),
+        )?;
+        let port = 2 + NODES.iter().position(|n| *n == old).context("old")?;
+        ports(c, &[port], "down")?;
+        wait_client_neighbour(
+            c,
+            "the other node to take over (the client's entry moves to it)",
+            VIP4,
+            &new_mac,
+            LEASE * 3 + Duration::from_secs(8),
+            Duration::from_millis(20),
+        )?;
+        let sticky = c.agent_metrics(&old)?;
+        assert_eq!(
+            metric(&sticky, "ferrolb_agent_leases_sticky", &[]),
+            Some(1.0),
+            "the old holder rides the outage out sticky"
+        );
+
+        // Its link comes back: it announces the address again; the new holder defends it and
+        // the old one yields.
+        ports(c, &[port], "up")?;
+        let back = Instant::now();
+        let yielded = wait_until(
+            "the old holder to yield",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let m = c.agent_metrics(&old).ok()?;
+                let y = metric(
+                    &m,
+                    "ferrolb_agent_conflicts_total",
+                    &[("outcome", "yielded")],
+                )?;
+                (y >= 1.0).then_some(m)
+            },
+        )?;
+        eprintln!(
+            "the old holder yielded {:?} after its link came back",
+            back.elapsed()
+        );
+        assert_eq!(
+            metric(&yielded, "ferrolb_agent_addresses_announced", &[]),
+            Some(0.0)
+        );
+        let defender = c.agent_metrics(other)?;
+        assert!(
+            metric(&defender, "ferrolb_agent_defences_total", &[]).unwrap_or(0.0) >= 1.0,
+            "the new holder defended"
+        );
+        // The client's entry, pointed at the old holder by its announcement, is back on the new
+        // holder (the defence burst), and only the new holder answers.
+        wait_client_neighbour(
+            c,
+            "the client's entry to end on the new holder",
+            VIP4,
+            &new_mac,
+            Duration::from_secs(3),
+            Duration::from_millis(20),
+        )?;
+        let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
+        assert_eq!(macs, BTreeSet::from([new_mac]));
+        Ok(())
+    })
+}
+
 #[test]
 fn etp_local_only_a_node_with_a_ready_local_endpoint_answers() -> anyhow::Result<()> {
     if skip() {

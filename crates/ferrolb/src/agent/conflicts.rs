@@ -36,6 +36,13 @@ use super::report::{self, EventKind};
 /// One Event and one count per (address, MAC) at most this often.
 pub const FOREIGN_REPORT_EVERY: Duration = Duration::from_secs(600);
 
+/// A held address is defended against another station's announcement (a gratuitous burst of
+/// our own) at most this often per address and MAC. RFC 5227 §2.4 says 10 s for a host's own
+/// address; one second here, because the defence is what makes a stale holder yield and puts the
+/// clients back on us, and a burst per second per address is bounded traffic even against a
+/// station that never stops.
+pub const DEFEND_EVERY: Duration = Duration::from_secs(1);
+
 /// Event reason for another station answering for a held address.
 pub const REASON_FOREIGN_ANSWERER: &str = "ForeignAnswerer";
 /// Event action.
@@ -45,7 +52,7 @@ pub const ACTION_DETECT: &str = "DetectForeignAnswerer";
 /// MACs must not grow memory; the Event rate limit of the agent bounds what it writes).
 const MAX_REMEMBERED: usize = 4096;
 
-/// When each foreign answerer was last reported.
+/// When each (address, MAC) was last reported (foreign answerers) or defended against.
 #[derive(Debug)]
 pub struct ForeignAnswerers {
     every: Duration,

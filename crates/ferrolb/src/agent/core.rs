@@ -111,6 +111,8 @@ pub enum Metric {
     AddressesAnnounced(i64),
     Announcements(u64),
     ForeignAnswerer(&'static str),
+    /// A gratuitous burst defending a held address against another station's announcement.
+    Defence,
     EventRateLimited,
 }
 
@@ -175,6 +177,8 @@ pub struct Core {
     event_window: Option<(Instant, u32)>,
     /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
     foreign: ForeignAnswerers,
+    /// Addresses defended against another station's announcement (rate limit per address+MAC).
+    defences: ForeignAnswerers,
     /// Carrier loss on a holder: hand over or keep ([`super::linkhold`]).
     link_hold: LinkHold,
 }
@@ -206,6 +210,7 @@ impl Core {
             tracker: Tracker::default(),
             event_window: None,
             foreign: ForeignAnswerers::default(),
+            defences: ForeignAnswerers::new(conflicts::DEFEND_EVERY),
             link_hold: LinkHold::default(),
         }
     }
@@ -425,6 +430,9 @@ impl Core {
             }
             ConflictOutcome::Ignored(key) => {
                 info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
+                if !probe_answer {
+                    self.defend(ip, mac, now, out);
+                }
                 self.on_foreign_answerer(ip, iface, mac, key, now, out);
                 "ignored"
             }
@@ -432,6 +440,24 @@ impl Core {
         };
         out.push(Effect::Metric(Metric::Conflict(label)));
         self.apply(now, out);
+    }
+
+    /// Another station announced (not: answered our probe) an address whose lease we hold: we
+    /// defend it with a gratuitous burst of our own (RFC 5227 §2.4 (b)), at most once per
+    /// address and MAC per [`conflicts::DEFEND_EVERY`]. The announcer was a stale holder coming
+    /// back — sticky through an outage that also took its link, so it never heard our takeover
+    /// burst — and our burst is the takeover announcement it yields to; it also puts the
+    /// clients' caches, which its announcement just pointed at it, back on us.
+    fn defend(&mut self, ip: IpAddr, mac: &str, now: Instant, out: &mut Vec<Effect>) {
+        let Some(ifaces) = self.announced.get(&ip) else {
+            return;
+        };
+        if !self.defences.due(ip, mac, now) {
+            return;
+        }
+        info!(%ip, mac, "defending an address whose lease we hold: gratuitous burst");
+        out.push(Effect::Reannounce(Announced::from([(ip, ifaces.clone())])));
+        out.push(Effect::Metric(Metric::Defence));
     }
 
     /// Another station answers for an address whose lease we hold (we keep it and keep

@@ -12,7 +12,10 @@
 //!   announcer reports as a conflict, and we yield at once ([`Hold::Yielded`]) for the whole group.
 //!   Without sticky mode the group stops like a lost lease.
 //! - A conflict on a group we hold with a valid lease is not a reason to yield (the other station
-//!   is the stale one: our own burst on acquiring made it yield); it is only counted.
+//!   is the stale one: our own burst on acquiring made it yield). When it was an announcement,
+//!   the agent core answers it with a burst of its own (`Core::defend`): a sticky holder whose
+//!   link was down while we took over never heard our burst, and comes back announcing; it
+//!   yields to our defence.
 //! - A group that leaves the desired set (Service deleted, policy changed, node no longer
 //!   eligible) stops at once, whatever its lease state.
 //!

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Other stations answering for an address whose lease this node holds, by address family
     /// (once per address, MAC and `agent::conflicts::FOREIGN_REPORT_EVERY`).
     pub foreign_answerers: IntCounterVec,
+    /// Gratuitous bursts defending a held address against another station's announcement.
+    pub defences: IntCounter,
     /// Eligibility recomputations.
     pub recomputes: IntCounter,
     /// Problems found in L2AnnouncementPolicies.
@@ -91,6 +93,10 @@ impl Metrics {
                 "Other stations (MACs) answering ARP/NDP for an address whose lease this node holds, by family; once per address and MAC per 10 minutes (kube-proxy IPVS without strictARP?).",
                 &["family"],
             )?,
+            defences: c(
+                "ferrolb_agent_defences_total",
+                "Gratuitous bursts defending an address whose lease this node holds against another station's announcement of it (at most once per address and MAC per second).",
+            )?,
             recomputes: c(
                 "ferrolb_agent_recomputes_total",
                 "Eligibility recomputations.",
@@ -126,6 +132,7 @@ impl Metrics {
             M::AddressesAnnounced(n) => self.addresses_announced.set(n),
             M::Announcements(n) => self.announcements.inc_by(n),
             M::ForeignAnswerer(f) => self.foreign_answerers.with_label_values(&[f]).inc(),
+            M::Defence => self.defences.inc(),
             M::EventRateLimited => self
                 .api_errors
                 .with_label_values(&["event_rate_limited"])

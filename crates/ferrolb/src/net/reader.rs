@@ -109,9 +109,12 @@ pub(super) struct ReadLoop {
     pub(super) shared: Arc<Shared>,
     pub(super) tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     pub(super) stop: Arc<AtomicBool>,
-    /// When each (address, MAC) conflict was last reported: reports are limited to one per
-    /// [`CONFLICT_REPORT_EVERY`] so a flood of hostile frames cannot flood the agent or logs.
-    pub(super) reported: HashMap<(IpAddr, MacAddr), Instant>,
+    /// When each (address, MAC, kind) conflict was last reported: reports are limited to one
+    /// per [`CONFLICT_REPORT_EVERY`] so a flood of hostile frames cannot flood the agent or logs.
+    /// The kind (answer to our probe, or announcement) is part of the key: a station's takeover
+    /// announcement must not be hidden behind its answer to our probe a moment earlier (a sticky
+    /// holder yields to the one, never to the other).
+    pub(super) reported: HashMap<(IpAddr, MacAddr, bool), Instant>,
 }
 
 /// Minimum interval between two reports of the same conflict (address, MAC).
@@ -209,7 +212,7 @@ impl ReadLoop {
         }
         self.count(&self.shared.metrics.conflicts, ip);
         let now = Instant::now();
-        if let Some(last) = self.reported.get(&(ip, mac)) {
+        if let Some(last) = self.reported.get(&(ip, mac, probe_answer)) {
             if now.duration_since(*last) < CONFLICT_REPORT_EVERY {
                 return;
             }
@@ -222,7 +225,7 @@ impl ReadLoop {
                 self.reported.clear();
             }
         }
-        self.reported.insert((ip, mac), now);
+        self.reported.insert((ip, mac, probe_answer), now);
         debug!(%ip, iface = %self.name, %mac, "another station announces an address we hold");
         let _ = self.shared.conflicts.send(Conflict {
             ip,

@@ -49,7 +49,9 @@ pub struct Bounds {
     /// the probes; a probe times out after 200 ms).
     pub slack_ms: u64,
     /// Sticky mode, a holder cut off from the API alone: it answers until the new holder's
-    /// gratuitous ARP reaches it (a few ms on the lab's bridge) — plus `slack_ms`.
+    /// gratuitous ARP reaches it (a few ms on the lab's bridge) — plus `slack_ms`. The same for a
+    /// holder cut from the segment (node cut, link flap) that comes back sticky: it announces,
+    /// the new holder defends with a burst, it yields.
     pub sticky_yield_ms: u64,
     /// A paused (SIGSTOP) agent resumed: it answers until its next renewal fails or its watch
     /// shows the new holder (one retry period and a round trip) — plus `slack_ms`.
@@ -210,7 +212,10 @@ pub fn double_bound(
             continue;
         }
         let k = match w.kind {
-            Kind::ApiOutageNode => b.sticky_yield_ms + b.slack_ms,
+            // A node cut off from the API alone rides it out sticky; a node cut from the segment
+            // (its API path in the lab goes with it) comes back sticky and announces until the
+            // new holder's defence (`agent::core`, a burst answering its announcement) reaches it.
+            Kind::ApiOutageNode | Kind::NodeCut | Kind::LinkFlap => b.sticky_yield_ms + b.slack_ms,
             Kind::AgentStop => b.resume_ms + b.slack_ms,
             _ => continue,
         };
@@ -622,6 +627,12 @@ mod tests {
         assert_eq!(
             double_bound(&d, &nodes, std::slice::from_ref(&sticky), &b).0,
             b.sticky_yield_ms + b.slack_ms
+        );
+        let cut = w(Kind::NodeCut, Some("node1"), 27_000, 29_500);
+        assert_eq!(
+            double_bound(&d, &nodes, std::slice::from_ref(&cut), &b).0,
+            b.sticky_yield_ms + b.slack_ms,
+            "a cut node comes back sticky"
         );
         let elsewhere = w(Kind::ApiOutageNode, Some("node3"), 25_000, 29_000);
         assert_eq!(double_bound(&d, &nodes, &[elsewhere], &b).0, 0);

@@ -398,6 +398,52 @@ fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_
     assert!(has_metric(&fx, Metric::Conflict("not_ours")));
 }
 
+/// A stale holder comes back announcing (sticky through an outage that took its link too, it
+/// never heard our takeover burst): we defend with a burst of our own, which it yields to; once
+/// per address and MAC per second, and never for an answer to our own probe.
+#[test]
+fn another_stations_announcement_of_a_held_address_is_defended_once_per_second() {
+    let (mut c, _name, now) = holding();
+    let conflict = |mac: &str, probe_answer: bool| Input::Conflict {
+        ip: ip("198.51.100.10"),
+        iface: "eth0".into(),
+        mac: mac.into(),
+        probe_answer,
+    };
+    let ours = set(&[("198.51.100.10", &["eth0"])]);
+    let defences = |fx: &[Effect]| {
+        fx.iter()
+            .filter(|e| matches!(e, Effect::Reannounce(_)))
+            .count()
+    };
+    // An answer to our probe announces no takeover: nothing to defend against.
+    let fx = c.handle(conflict("02:00:00:00:00:02", true), now);
+    assert_eq!(defences(&fx), 0, "{fx:?}");
+    assert!(!has_metric(&fx, Metric::Defence));
+    // An announcement: one burst for that address on its interfaces.
+    let fx = c.handle(conflict("02:00:00:00:00:02", false), now);
+    assert!(fx.contains(&Effect::Reannounce(ours.clone())), "{fx:?}");
+    assert!(has_metric(&fx, Metric::Defence));
+    assert_eq!(announce(&fx), None, "we keep answering");
+    // Again within the second: not again; another MAC: defended; after the second: again.
+    let soon = now + Duration::from_millis(500);
+    assert_eq!(
+        defences(&c.handle(conflict("02:00:00:00:00:02", false), soon)),
+        0
+    );
+    let fx = c.handle(conflict("02:00:00:00:00:03", false), soon);
+    assert!(fx.contains(&Effect::Reannounce(ours.clone())), "{fx:?}");
+    let later = now + Duration::from_millis(1_100);
+    let fx = c.handle(conflict("02:00:00:00:00:02", false), later);
+    assert!(fx.contains(&Effect::Reannounce(ours)), "{fx:?}");
+    // A sticky group yields instead of defending.
+    let (mut c, name, now) = holding();
+    c.handle(ev(LeaseEvent::Unreachable { name }), now);
+    let fx = c.handle(conflict("02:00:00:00:00:02", false), now);
+    assert_eq!(defences(&fx), 0, "{fx:?}");
+    assert!(has_metric(&fx, Metric::Conflict("yielded")));
+}
+
 #[test]
 fn link_down_stops_standing_and_link_up_stands_again() {
     let (mut c, name, now) = holding();
