@@ -90,19 +90,7 @@ pub(super) async fn run(
                 }
             }
             ev = stream.next() => match ev {
-                Some(Ok(ev)) => {
-                    let now = Instant::now();
-                    eng.note_reachable(now);
-                    // Restart the clocks before applying what the watch brings.
-                    let resync = eng.watch_down.is_some();
-                    if resync {
-                        eng.restart_clocks(now);
-                    }
-                    eng.on_watch(ev, now);
-                    if resync {
-                        eng.on_watch_resync(now);
-                    }
-                }
+                Some(Ok(ev)) => eng.on_watch_delivery(ev, Instant::now()),
                 Some(Err(err)) => eng.on_watch_error(Instant::now(), &err.to_string()),
                 None => {
                     tracing::warn!("lease watch ended");

@@ -1,5 +1,15 @@
 //! API outages as the engine sees them: logged once when they start and once when they end, and
-//! never taken for expiries (clocks restart when the watch fails and again when it resyncs).
+//! never taken for expiries (issue 10 §5):
+//! - clocks restart when the watch fails and again when it resyncs;
+//! - when this node's own requests have failed (an outage seen through its writes: its watch
+//!   may be silently stale, a dead link does not break a TCP stream) and get through again,
+//!   every other node's Lease is given a full lease duration plus the renew deadline from then
+//!   (the longest a renewal stuck behind the outage takes before its holder sends a fresh one).
+//!   During the outage this node fences nothing anyway: its own presence stops counting as live
+//!   after the renew deadline, before any other presence it saw renewed can run out, and only a
+//!   live node fences. So a one-NIC switch reboot, which cuts every node from the API server at
+//!   once, moves no Lease: the first node back no longer fences the others before their
+//!   renewals get through.
 
 use super::*;
 
@@ -27,17 +37,47 @@ impl Engine {
         }
     }
 
-    /// A write succeeded or the watch delivered: an outage in progress ends (logged once, and
-    /// [`EngineStats::reconnected`] woken).
-    pub(super) fn note_reachable(&mut self, now: Instant) {
-        if let Some(o) = self.outage.take() {
-            tracing::info!(
-                lasted_ms = (now - o.since).as_millis() as u64,
-                failed_writes = o.failed_writes,
-                watch_errors = o.watch_errors,
-                "API server reachable again"
-            );
-            self.stats.reconnected.notify_one();
+    /// A write got an answer or the watch delivered: an outage in progress ends (logged once,
+    /// and [`EngineStats::reconnected`] woken), and the other nodes' clocks restart with the
+    /// grace the module doc gives. Returns whether an outage ended (the caller then looks at
+    /// every lease again: a fence held back during the outage may be owed).
+    pub(super) fn note_reachable(&mut self, now: Instant) -> bool {
+        let Some(o) = self.outage.take() else {
+            return false;
+        };
+        tracing::info!(
+            lasted_ms = (now - o.since).as_millis() as u64,
+            failed_writes = o.failed_writes,
+            watch_errors = o.watch_errors,
+            "API server reachable again"
+        );
+        self.stats.reconnected.notify_one();
+        self.restart_clocks(now + self.opts.config.renew_deadline);
+        true
+    }
+
+    /// What the Lease watch delivered: the outage (if any) ends, clocks restart before the
+    /// event is applied when the watch was down, and every lease is looked at again after a
+    /// resync or the end of an outage.
+    pub(crate) fn on_watch_delivery(&mut self, ev: watcher::Event<Lease>, now: Instant) {
+        let ended = self.note_reachable(now);
+        let resync = self.watch_down.is_some();
+        if resync {
+            self.restart_clocks(now);
+        }
+        self.on_watch(ev, now);
+        if resync {
+            self.on_watch_resync(now);
+        } else if ended {
+            self.step_all(now);
+        }
+    }
+
+    /// Looks at every lease again.
+    pub(super) fn step_all(&mut self, now: Instant) {
+        let all: Vec<String> = self.entries.keys().cloned().collect();
+        for n in all {
+            self.step(&n, now);
         }
     }
 
@@ -58,16 +98,14 @@ impl Engine {
             return;
         }
         self.restart_clocks(now);
-        let all: Vec<String> = self.entries.keys().cloned().collect();
-        for n in all {
-            self.step(&n, now);
-        }
+        self.step_all(now);
     }
 
     /// Outages are not expiries: every lease that is not ours is treated as if it had just been
-    /// seen to change (`observed_at = now`), so nobody's lease runs out because of an outage this
-    /// node saw itself. Our own held leases keep their clock: it is the instant our last
-    /// successful write was sent, and moving it would extend our own claim.
+    /// seen to change (`observed_at = now`; later than the present at an outage's end, for the
+    /// grace), so nobody's lease runs out because of an outage this node saw itself. Our own held
+    /// leases keep their clock: it is the instant our last successful write was sent, and moving
+    /// it would extend our own claim.
     pub(super) fn restart_clocks(&mut self, now: Instant) {
         let me = self.opts.identity.as_str();
         for e in self.entries.values_mut() {

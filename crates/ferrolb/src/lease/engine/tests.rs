@@ -6,6 +6,7 @@ use crate::lease::attach::{ANN_ATTACHED_TO, ATTACHED_DURATION_SECONDS};
 use crate::lease::decide::Record;
 use crate::lease::presence_name;
 use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -681,4 +682,122 @@ fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew
             .any(|r| r.name == pa && r.op == Op::Update(OpKind::Release)),
         "{w:?}"
     );
+}
+
+/// A write of `w` answered "unreachable" (connection refused, timeout, 5xx) at `at`.
+fn unreachable(a: &mut Core, w: &WriteReq, at: Instant) {
+    a.eng.on_done(
+        Done {
+            name: w.name.clone(),
+            op: w.op,
+            sent_at: at,
+            used_rv: w.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Unreachable,
+                message: "no answer within 600ms".into(),
+                code: None,
+            }),
+        },
+        at,
+    );
+}
+
+/// Issue 10 §5, the one-NIC switch reboot: every node is cut from the API server at once, so
+/// our watch goes quiet without an error while b's renewals stop too. We send no fence while
+/// our own writes fail (our presence is not live then), and after our outage ends b gets a full
+/// lease duration plus the renew deadline to renew (fenced at once before the grace existed);
+/// only then is it fenced, once.
+#[test]
+fn no_fence_during_our_own_outage_and_a_grace_after_it() {
+    let t0 = Instant::now();
+    let pb = presence_name("b");
+    let addr = "ferrolb-00000000000000000001";
+    let existing = vec![
+        lease(&pb, "b", 10, 1, None),
+        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
+    ];
+    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    // The cut, at t0 + 100 ms: every write of ours fails from now on; b renews no more.
+    let cut = t0 + 100 * MS;
+    let back = t0 + 3_000 * MS;
+    let mut t = cut;
+    while t < back {
+        a.eng.on_timers(t);
+        for w in a.writes() {
+            assert_ne!(
+                w.name,
+                pb,
+                "a fence sent during our own outage, at {:?}",
+                t - t0
+            );
+            unreachable(&mut a, &w, t);
+        }
+        t += 10 * MS;
+    }
+    // Our link is back: our next write gets through and ends the outage.
+    let mut fenced_at = None;
+    let mut t = back;
+    while t < back + 3_000 * MS && fenced_at.is_none() {
+        a.eng.on_timers(t);
+        let w = a.writes();
+        if w.iter()
+            .any(|r| r.name == pb && r.op == Op::Update(OpKind::Fence))
+        {
+            fenced_at = Some(t);
+        }
+        a.answer_all(w.into_iter().filter(|r| r.name != pb).collect(), t);
+        t += 10 * MS;
+    }
+    let fenced_at = fenced_at.expect("b fenced in the end");
+    let grace = cfg().lease_duration + cfg().renew_deadline;
+    assert!(
+        fenced_at >= back + grace,
+        "fenced {:?} after our outage ended; b had {grace:?} to renew",
+        fenced_at - back
+    );
+    assert!(fenced_at <= back + grace + cfg().retry_period + 20 * MS);
+    assert_eq!(EngineStats::get(&a.eng.stats.fences), 1);
+}
+
+/// The grace is for b's renewal: one that arrives within it keeps b's Leases where they are.
+#[test]
+fn a_renewal_within_the_grace_after_our_outage_keeps_the_holder() {
+    let t0 = Instant::now();
+    let pb = presence_name("b");
+    let addr = "ferrolb-00000000000000000001";
+    let existing = vec![
+        lease(&pb, "b", 10, 1, None),
+        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
+    ];
+    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    let back = t0 + 3_000 * MS;
+    let mut t = t0 + 100 * MS;
+    while t < back {
+        a.eng.on_timers(t);
+        for w in a.writes() {
+            unreachable(&mut a, &w, t);
+        }
+        t += 10 * MS;
+    }
+    // Back; b's first renewal, stuck behind its own dead connection, arrives 1.4 s later (past
+    // one lease duration, within the grace); then b renews every retry period again.
+    let renewed = back + 1_400 * MS;
+    let mut t = back;
+    let mut sent = Vec::new();
+    let mut rv = 50;
+    while t < back + 4_000 * MS {
+        if t >= renewed && (t - renewed).as_millis().is_multiple_of(200) {
+            rv += 1;
+            let mut l = lease(&pb, "b", rv, 1, None);
+            let renew = jiff::Timestamp::from_second(1_800_000_000 + rv as i64).unwrap();
+            l.spec.as_mut().unwrap().renew_time = Some(MicroTime(renew));
+            a.eng.on_watch_delivery(watcher::Event::Apply(l), t);
+        }
+        a.eng.on_timers(t);
+        let w = a.writes();
+        sent.extend(w.iter().map(|r| (r.name.clone(), r.op)));
+        a.answer_all(w, t);
+        t += 10 * MS;
+    }
+    assert!(sent.iter().all(|(n, _)| *n != pb && n != addr), "{sent:?}");
 }

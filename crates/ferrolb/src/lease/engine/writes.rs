@@ -157,14 +157,18 @@ impl Engine {
 
     pub(super) fn on_result(&mut self, d: Done, now: Instant) {
         let cfg = self.opts.config.clone();
-        match &d.result {
+        let outage_ended = match &d.result {
             Err(err) if err.kind == WriteFailure::Unreachable => {
-                self.note_unreachable(now, false, &err.message)
+                self.note_unreachable(now, false, &err.message);
+                false
             }
             // Any answer (also a 409 or a refusal) means the API server is reachable.
             _ => self.note_reachable(now),
-        }
+        };
         let Some(e) = self.entries.get_mut(&d.name) else {
+            if outage_ended {
+                self.step_all(now);
+            }
             return;
         };
         e.in_flight = false;
@@ -247,6 +251,10 @@ impl Engine {
             }
         }
         self.reindex(&d.name);
-        self.step(&d.name, now);
+        if outage_ended {
+            self.step_all(now);
+        } else {
+            self.step(&d.name, now);
+        }
     }
 }
