@@ -199,35 +199,17 @@ impl Agent {
                     service,
                     addresses,
                     interfaces,
-                } => {
-                    let Some(svc) = self.caches.services.get(&service.namespace, &service.name)
-                    else {
-                        continue;
-                    };
-                    let now = jiff::Timestamp::now();
-                    let node = &self.args.node_name;
-                    if let Some(ev) =
-                        report::announce_event(&*svc, node, &addresses, &interfaces, now)
-                    {
-                        self.spawn_event(service, ev);
-                    }
-                }
+                } => self.post_event(service, |svc, node, now| {
+                    report::announce_event(svc, node, &addresses, &interfaces, now)
+                }),
                 Effect::ForeignEvent {
                     service,
                     ip,
                     iface,
                     mac,
-                } => {
-                    let Some(svc) = self.caches.services.get(&service.namespace, &service.name)
-                    else {
-                        continue;
-                    };
-                    let now = jiff::Timestamp::now();
-                    let node = &self.args.node_name;
-                    if let Some(ev) = conflicts::foreign_event(&*svc, node, ip, &iface, &mac, now) {
-                        self.spawn_event(service, ev);
-                    }
-                }
+                } => self.post_event(service, |svc, node, now| {
+                    conflicts::foreign_event(svc, node, ip, &iface, &mac, now)
+                }),
                 Effect::L2Want(w) => {
                     if let Some(l2) = &self.l2 {
                         l2.push(w);
@@ -337,6 +319,25 @@ impl Agent {
     }
 
     /// Posts `ev` in the background (best effort; failures are counted and logged).
+    /// Builds an Event on `service` (as it is in the cache now; none when it is gone) and posts
+    /// it in the background.
+    fn post_event(
+        &self,
+        service: eligibility::ServiceRef,
+        build: impl FnOnce(
+            &CachedService,
+            &str,
+            jiff::Timestamp,
+        ) -> Option<k8s_openapi::api::events::v1::Event>,
+    ) {
+        let Some(svc) = self.caches.services.get(&service.namespace, &service.name) else {
+            return;
+        };
+        if let Some(ev) = build(&svc, &self.args.node_name, jiff::Timestamp::now()) {
+            self.spawn_event(service, ev);
+        }
+    }
+
     fn spawn_event(&self, sref: eligibility::ServiceRef, ev: k8s_openapi::api::events::v1::Event) {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
