@@ -19,7 +19,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::cache::{CachedNode, CachedService};
-use super::eligibility::{PolicyProblem, LABEL_EXCLUDE_LB};
+use super::eligibility::{Desired, PolicyProblem, LABEL_EXCLUDE_LB};
 use crate::api::{L2AnnouncementPolicy, L2AnnouncementPolicyStatus, AGENT_NAME};
 use crate::k8s;
 use crate::k8s::conditions::CondWant;
@@ -272,6 +272,46 @@ pub fn status_writers(nodes: &[&CachedNode]) -> Vec<String> {
     out
 }
 
+/// The policy statuses this node is to write now: for each policy whose designated writer it is
+/// (rank 0 of `policy/<name>` among the [`status_writers`]), the object with its `Valid` and
+/// `SubnetMatch` conditions as `desired` says they should be — only where the status does not
+/// say so already. One writer per policy, so the nodes never fight over a status.
+pub fn policy_status_updates(
+    policies: &[&L2AnnouncementPolicy],
+    nodes: &[&CachedNode],
+    me: &str,
+    desired: &Desired,
+    now: jiff::Timestamp,
+) -> Vec<L2AnnouncementPolicy> {
+    let writers = status_writers(nodes);
+    if !writers.iter().any(|w| w == me) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in policies {
+        let Some(name) = p.metadata.name.as_deref() else {
+            continue;
+        };
+        if crate::lease::rendezvous_rank(&format!("policy/{name}"), me, &writers) != 0 {
+            continue;
+        }
+        let problems: Vec<_> = desired.problems_of(name).collect();
+        let conds = [
+            policy_condition(p, &problems, now),
+            subnet_condition(p, desired.subnet_fallbacks.get(name), now),
+        ];
+        if conds.iter().all(|c| condition_current(p, c)) {
+            continue;
+        }
+        out.push(
+            conds
+                .into_iter()
+                .fold((*p).clone(), |u, c| with_condition(&u, c)),
+        );
+    }
+    out
+}
+
 /// Writes the policy's status with its resourceVersion as precondition.
 pub async fn write_policy_status(
     client: &kube::Client,
@@ -377,5 +417,89 @@ mod tests {
         assert_eq!(c3.status, "True");
         assert_eq!(c3.last_transition_time, Time(ts("2026-11-22T09:00:00Z")));
         assert!(!condition_current(&p2, &c3));
+    }
+
+    fn node(name: &str) -> CachedNode {
+        use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+        let n = Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..NodeCondition::default()
+                }]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        };
+        CachedNode::new(&n, &mut crate::agent::cache::Interner::default()).unwrap()
+    }
+
+    /// One designated writer per policy (the same on every node), and only a status that differs
+    /// from what the policy should say is written.
+    #[test]
+    fn one_writer_per_policy_and_only_a_status_that_differs() {
+        let now = ts("2026-11-22T08:00:00Z");
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let policies: Vec<L2AnnouncementPolicy> = names
+            .iter()
+            .map(|n| L2AnnouncementPolicy::new(n, L2AnnouncementPolicySpec::default()))
+            .collect();
+        let refs: Vec<&L2AnnouncementPolicy> = policies.iter().collect();
+        let nodes = [node("n1"), node("n2"), node("n3")];
+        let node_refs: Vec<&CachedNode> = nodes.iter().collect();
+        let mut desired = Desired::default();
+        desired.problems.push(PolicyProblem {
+            policy: "a".into(),
+            field: "spec.interfaces[0]".into(),
+            message: "invalid interface regex \"(\"".into(),
+        });
+        let by_node: Vec<Vec<L2AnnouncementPolicy>> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|me| policy_status_updates(&refs, &node_refs, me, &desired, now))
+            .collect();
+        // Every policy exactly once across the nodes.
+        let mut written: Vec<String> = by_node
+            .iter()
+            .flatten()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        written.sort();
+        assert_eq!(written, names.map(String::from).to_vec());
+        assert!(
+            by_node.iter().filter(|w| !w.is_empty()).count() >= 2,
+            "spread: {written:?}"
+        );
+        // What is written says what the policy should: `a` invalid, the others valid.
+        let a = by_node
+            .iter()
+            .flatten()
+            .find(|p| p.metadata.name.as_deref() == Some("a"))
+            .unwrap();
+        let valid = a
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == COND_VALID)
+            .unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        // Once the watch brings the written objects back, nothing more to write.
+        let after: Vec<L2AnnouncementPolicy> = by_node.into_iter().flatten().collect();
+        let after_refs: Vec<&L2AnnouncementPolicy> = after.iter().collect();
+        for me in ["n1", "n2", "n3"] {
+            let later = ts("2026-11-22T09:00:00Z");
+            assert!(policy_status_updates(&after_refs, &node_refs, me, &desired, later).is_empty());
+        }
+        // A node that is no writer (excluded, not Ready, or unknown) writes nothing.
+        assert!(policy_status_updates(&refs, &node_refs, "n9", &desired, now).is_empty());
     }
 }

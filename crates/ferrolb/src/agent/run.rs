@@ -39,7 +39,7 @@ use super::report;
 use super::trim;
 use super::Args;
 use crate::api::L2AnnouncementPolicy;
-use crate::lease::{self, LeaseEvent, LeaseSet};
+use crate::lease::{LeaseEvent, LeaseSet};
 
 /// Starts a reflector for `api`, waking `notify` on every event. Objects are trimmed to what the
 /// agent reads ([`trim`]) before they are cached. Watch errors are counted and retried with
@@ -256,49 +256,35 @@ impl Agent {
         LeaseInput { event, acquired }
     }
 
-    /// Writes the `Valid` condition of the policies this node is the designated writer for.
+    /// Writes the policy statuses this node is the designated writer for
+    /// ([`report::policy_status_updates`] decides), once per resourceVersion.
     fn write_policy_statuses(&self, policies: &[&L2AnnouncementPolicy], nodes: &[&CachedNode]) {
-        let desired = self.core.desired();
-        let writers = report::status_writers(nodes);
-        if writers.is_empty() {
-            return;
-        }
-        let now = jiff::Timestamp::now();
-        for p in policies {
-            let Some(name) = p.metadata.name.as_deref() else {
-                continue;
-            };
-            let key = format!("policy/{name}");
-            if lease::rendezvous_rank(&key, &self.args.node_name, &writers) != 0
-                || !writers.contains(&self.args.node_name)
-            {
-                continue;
-            }
-            let problems: Vec<_> = desired.problems_of(name).collect();
-            let conds = [
-                report::policy_condition(p, &problems, now),
-                report::subnet_condition(p, desired.subnet_fallbacks.get(name), now),
-            ];
-            if conds.iter().all(|c| report::condition_current(p, c)) {
-                continue;
-            }
-            let rv = p.metadata.resource_version.clone().unwrap_or_default();
+        let updates = report::policy_status_updates(
+            policies,
+            nodes,
+            &self.args.node_name,
+            self.core.desired(),
+            jiff::Timestamp::now(),
+        );
+        for updated in updates {
+            let name = updated.metadata.name.clone().unwrap_or_default();
+            let rv = updated
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default();
             {
                 let mut written = lock(&self.status_written);
-                if written.get(name) == Some(&rv) {
+                if written.get(&name) == Some(&rv) {
                     // Our write based on this very object is in flight or done: wait for the
                     // watch to bring its result.
                     continue;
                 }
-                written.insert(name.to_string(), rv);
+                written.insert(name.clone(), rv);
             }
-            let updated = conds
-                .into_iter()
-                .fold((*p).clone(), |u, c| report::with_condition(&u, c));
             let client = self.client.clone();
             let metrics = self.metrics.clone();
             let written = self.status_written.clone();
-            let name = name.to_string();
             tokio::spawn(async move {
                 match report::write_policy_status(&client, &updated).await {
                     Ok(()) => info!(policy = %name, "policy status written"),
@@ -318,7 +304,6 @@ impl Agent {
         }
     }
 
-    /// Posts `ev` in the background (best effort; failures are counted and logged).
     /// Builds an Event on `service` (as it is in the cache now; none when it is gone) and posts
     /// it in the background.
     fn post_event(
@@ -338,6 +323,7 @@ impl Agent {
         }
     }
 
+    /// Posts `ev` in the background (best effort; failures are counted and logged).
     fn spawn_event(&self, sref: eligibility::ServiceRef, ev: k8s_openapi::api::events::v1::Event) {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
