@@ -43,6 +43,31 @@ fn start_agents(c: &mut TestCluster, nodes: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (up to 5 s) until sticky `node` has yielded to another station's announcement, and
+/// asserts it then answers for nothing.
+fn wait_yielded(c: &TestCluster, node: &str) -> anyhow::Result<()> {
+    let m = wait_until(
+        &format!("{node} to yield"),
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let m = c.agent_metrics(node).ok()?;
+            let y = metric(
+                &m,
+                "ferrolb_agent_conflicts_total",
+                &[("outcome", "yielded")],
+            )?;
+            (y >= 1.0).then_some(m)
+        },
+    )?;
+    assert_eq!(
+        metric(&m, "ferrolb_agent_addresses_announced", &[]),
+        Some(0.0),
+        "{node} yielded but still answers"
+    );
+    Ok(())
+}
+
 /// Waits for an ARP answer for `vip` and asserts a single station gave it: (node, MAC).
 fn sole_holder(c: &TestCluster, vip: &str) -> anyhow::Result<(String, String)> {
     let macs = c.wait_arp_answer(vip, Duration::from_secs(20))?;
@@ -466,24 +491,7 @@ fn a_sticky_holder_cut_off_from_the_api_yields_to_the_new_holders_gratuitous_arp
             t0.elapsed()
         );
         // The old holder saw the new holder's announcement and yielded: one station answers.
-        let yielded = wait_until(
-            "the old holder to yield",
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-            || {
-                let m = c.agent_metrics(&old).ok()?;
-                let y = metric(
-                    &m,
-                    "ferrolb_agent_conflicts_total",
-                    &[("outcome", "yielded")],
-                )?;
-                (y >= 1.0).then_some(m)
-            },
-        )?;
-        assert_eq!(
-            metric(&yielded, "ferrolb_agent_addresses_announced", &[]),
-            Some(0.0)
-        );
+        wait_yielded(c, &old)?;
         let macs = arping_macs(c.client(), "eth0", VIP4, 3)?;
         assert_eq!(macs, BTreeSet::from([new_mac]));
         Ok(())
@@ -544,27 +552,10 @@ fn a_sticky_holder_whose_link_was_down_during_the_takeover_yields_to_the_new_hol
         // the old one yields.
         ports(c, &[port], "up")?;
         let back = Instant::now();
-        let yielded = wait_until(
-            "the old holder to yield",
-            Duration::from_secs(5),
-            Duration::from_millis(20),
-            || {
-                let m = c.agent_metrics(&old).ok()?;
-                let y = metric(
-                    &m,
-                    "ferrolb_agent_conflicts_total",
-                    &[("outcome", "yielded")],
-                )?;
-                (y >= 1.0).then_some(m)
-            },
-        )?;
+        wait_yielded(c, &old)?;
         eprintln!(
             "the old holder yielded {:?} after its link came back",
             back.elapsed()
-        );
-        assert_eq!(
-            metric(&yielded, "ferrolb_agent_addresses_announced", &[]),
-            Some(0.0)
         );
         let defender = c.agent_metrics(other)?;
         assert!(

@@ -702,14 +702,10 @@ fn unreachable(a: &mut Core, w: &WriteReq, at: Instant) {
     );
 }
 
-/// Issue 10 §5, the one-NIC switch reboot: every node is cut from the API server at once, so
-/// our watch goes quiet without an error while b's renewals stop too. We send no fence while
-/// our own writes fail (our presence is not live then), and after our outage ends b gets a full
-/// lease duration plus the renew deadline to renew (fenced at once before the grace existed);
-/// only then is it fenced, once.
-#[test]
-fn no_fence_during_our_own_outage_and_a_grace_after_it() {
-    let t0 = Instant::now();
+/// `a` wanting the one address `b` holds (b's presence seen at `t0`), cut from the API server
+/// from `t0` + 100 ms until `back`: every write of a's fails as unreachable, and `b` renews no
+/// more. Returns a, b's presence name and the address.
+fn cut_off_until(t0: Instant, back: Instant) -> (Core, String, &'static str) {
     let pb = presence_name("b");
     let addr = "ferrolb-00000000000000000001";
     let existing = vec![
@@ -717,10 +713,7 @@ fn no_fence_during_our_own_outage_and_a_grace_after_it() {
         lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
     ];
     let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
-    // The cut, at t0 + 100 ms: every write of ours fails from now on; b renews no more.
-    let cut = t0 + 100 * MS;
-    let back = t0 + 3_000 * MS;
-    let mut t = cut;
+    let mut t = t0 + 100 * MS;
     while t < back {
         a.eng.on_timers(t);
         for w in a.writes() {
@@ -734,6 +727,19 @@ fn no_fence_during_our_own_outage_and_a_grace_after_it() {
         }
         t += 10 * MS;
     }
+    (a, pb, addr)
+}
+
+/// Issue 10 §5, the one-NIC switch reboot: every node is cut from the API server at once, so
+/// our watch goes quiet without an error while b's renewals stop too. We send no fence while
+/// our own writes fail (our presence is not live then), and after our outage ends b gets a full
+/// lease duration plus the renew deadline to renew (fenced at once before the grace existed);
+/// only then is it fenced, once.
+#[test]
+fn no_fence_during_our_own_outage_and_a_grace_after_it() {
+    let t0 = Instant::now();
+    let back = t0 + 3_000 * MS;
+    let (mut a, pb, _) = cut_off_until(t0, back);
     // Our link is back: our next write gets through and ends the outage.
     let mut fenced_at = None;
     let mut t = back;
@@ -763,22 +769,8 @@ fn no_fence_during_our_own_outage_and_a_grace_after_it() {
 #[test]
 fn a_renewal_within_the_grace_after_our_outage_keeps_the_holder() {
     let t0 = Instant::now();
-    let pb = presence_name("b");
-    let addr = "ferrolb-00000000000000000001";
-    let existing = vec![
-        lease(&pb, "b", 10, 1, None),
-        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
-    ];
-    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
     let back = t0 + 3_000 * MS;
-    let mut t = t0 + 100 * MS;
-    while t < back {
-        a.eng.on_timers(t);
-        for w in a.writes() {
-            unreachable(&mut a, &w, t);
-        }
-        t += 10 * MS;
-    }
+    let (mut a, pb, addr) = cut_off_until(t0, back);
     // Back; b's first renewal, stuck behind its own dead connection, arrives 1.4 s later (past
     // one lease duration, within the grace); then b renews every retry period again.
     let renewed = back + 1_400 * MS;
