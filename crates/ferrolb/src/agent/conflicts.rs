@@ -45,6 +45,10 @@ pub const DEFEND_EVERY: Duration = Duration::from_secs(1);
 
 /// Event reason for another station answering for a held address.
 pub const REASON_FOREIGN_ANSWERER: &str = "ForeignAnswerer";
+/// Event reason for another station announcing a held address, which this node defended.
+pub const REASON_ADDRESS_DEFENDED: &str = "AddressDefended";
+/// Its action.
+pub const ACTION_DEFEND: &str = "DefendAddress";
 /// Event action.
 pub const ACTION_DETECT: &str = "DetectForeignAnswerer";
 
@@ -126,24 +130,55 @@ pub fn note(ip: IpAddr, iface: &str, mac: &str, node: &str) -> String {
     )
 }
 
-/// The Warning Event on `svc` for a foreign answerer of `ip`.
+/// What the Event says when another station announced `ip` (a gratuitous frame, not an answer
+/// to our probe) and this node defended it.
+pub fn defended_note(ip: IpAddr, iface: &str, mac: &str, node: &str) -> String {
+    let proto = if ip.is_ipv4() {
+        "gratuitous ARP"
+    } else {
+        "unsolicited NA"
+    };
+    format!(
+        "another station (MAC {mac}, seen on {node}'s {iface}) announced {ip} ({proto}), which {node} \
+         holds: {node} defended it with a burst of its own. A node that held {ip} before and was cut \
+         off (link and API server) does this once when it comes back, then yields; if it repeats, \
+         look for a host with {ip} configured"
+    )
+}
+
+/// The Warning Event on `svc` for another station on `ip`: a foreign answerer, or (`announced`)
+/// an announcement this node defended against.
 pub fn foreign_event(
     svc: &impl report::Regarding,
     node: &str,
     ip: IpAddr,
     iface: &str,
     mac: &str,
+    announced: bool,
     now: jiff::Timestamp,
 ) -> Option<Event> {
+    let (reason, action, note) = if announced {
+        (
+            REASON_ADDRESS_DEFENDED,
+            ACTION_DEFEND,
+            defended_note(ip, iface, mac, node),
+        )
+    } else {
+        (
+            REASON_FOREIGN_ANSWERER,
+            ACTION_DETECT,
+            note(ip, iface, mac, node),
+        )
+    };
     report::service_event(
         svc,
         node,
         EventKind {
             type_: "Warning",
-            reason: REASON_FOREIGN_ANSWERER,
-            action: ACTION_DETECT,
+            reason,
+            action,
         },
-        note(ip, iface, mac, node),
+        note,
         now,
     )
 }
@@ -227,7 +262,7 @@ mod tests {
             ..Default::default()
         };
         let now: jiff::Timestamp = "2026-12-05T08:00:00.5Z".parse().unwrap();
-        let ev = foreign_event(&svc, "n1", ip("198.51.100.10"), "eth0", MAC, now).unwrap();
+        let ev = foreign_event(&svc, "n1", ip("198.51.100.10"), "eth0", MAC, false, now).unwrap();
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "Warning");
         assert_eq!(v["reason"], "ForeignAnswerer");
@@ -257,9 +292,29 @@ mod tests {
             ip("2001:db8::1"),
             "eth0",
             MAC,
+            false,
             now
         )
         .is_none());
         assert_eq!(family(ip("2001:db8::1")), "ipv6");
+        // An announcement we defended: another reason, a note that does not blame kube-proxy.
+        let ev = foreign_event(&svc, "n1", ip("2001:db8::1"), "eth0", MAC, true, now).unwrap();
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "Warning");
+        assert_eq!(v["reason"], "AddressDefended");
+        assert_eq!(v["action"], "DefendAddress");
+        let note = v["note"].as_str().unwrap();
+        for want in [
+            MAC,
+            "eth0",
+            "2001:db8::1",
+            "unsolicited NA",
+            "defended",
+            "cut off",
+        ] {
+            assert!(note.contains(want), "{want} missing from {note}");
+        }
+        assert!(!note.contains("strictARP"), "{note}");
+        assert!(note.len() < 1024, "{}", note.len());
     }
 }

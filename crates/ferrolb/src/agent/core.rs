@@ -133,12 +133,14 @@ pub enum Effect {
     },
     /// Recompute at this instant at the latest (the end of a `linkhold` wait).
     RecomputeAt(Instant),
-    /// Post a Warning Event: another station answers for an address of the Service we hold.
+    /// Post a Warning Event: another station answers for (or, `announced`, announced) an address
+    /// of the Service we hold.
     ForeignEvent {
         service: ServiceRef,
         ip: IpAddr,
         iface: String,
         mac: String,
+        announced: bool,
     },
     /// Queue the newest `L2Announcement` state of a Service.
     L2Want(Want),
@@ -433,7 +435,7 @@ impl Core {
                 if !probe_answer {
                     self.defend(ip, mac, now, out);
                 }
-                self.on_foreign_answerer(ip, iface, mac, key, now, out);
+                self.on_foreign_answerer(ip, iface, mac, key, !probe_answer, now, out);
                 "ignored"
             }
             ConflictOutcome::NotOurs => "not_ours",
@@ -461,23 +463,33 @@ impl Core {
     }
 
     /// Another station answers for an address whose lease we hold (we keep it and keep
-    /// announcing): a Warning Event on its Services and a count, rate-limited per address+MAC.
+    /// announcing): a Warning Event on its Services, rate-limited per address+MAC. Two kinds,
+    /// two Events (`conflicts::foreign_event`): an answer to our probe is a foreign answerer
+    /// (kube-proxy IPVS without strictARP, a host with the address; counted in
+    /// `ferrolb_agent_foreign_answerers_total`); an `announced` takeover is most often a stale
+    /// holder coming back, which we defended against ([`Core::defend`]).
+    #[allow(clippy::too_many_arguments)]
     fn on_foreign_answerer(
         &mut self,
         ip: IpAddr,
         iface: &str,
         mac: &str,
         key: &str,
+        announced: bool,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
         if !self.foreign.due(ip, mac, now) {
             return;
         }
-        out.push(Effect::Metric(Metric::ForeignAnswerer(conflicts::family(
-            ip,
-        ))));
-        warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
+        if announced {
+            warn!(%ip, iface, mac, "another station announced an address whose lease this node holds (a stale holder coming back?): defended");
+        } else {
+            out.push(Effect::Metric(Metric::ForeignAnswerer(conflicts::family(
+                ip,
+            ))));
+            warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
+        }
         for sref in conflicts::services_of(self.holdings.group(key)) {
             if !self.event_allowed(&sref, now, out) {
                 continue;
@@ -487,6 +499,7 @@ impl Core {
                 ip,
                 iface: iface.to_string(),
                 mac: mac.to_string(),
+                announced,
             });
         }
     }

@@ -207,8 +207,9 @@ impl Agent {
                     ip,
                     iface,
                     mac,
+                    announced,
                 } => self.post_event(service, |svc, node, now| {
-                    conflicts::foreign_event(svc, node, ip, &iface, &mac, now)
+                    conflicts::foreign_event(svc, node, ip, &iface, &mac, announced, now)
                 }),
                 Effect::L2Want(w) => {
                     if let Some(l2) = &self.l2 {

@@ -180,22 +180,28 @@ async fn snapshot(c: &Cluster) -> anyhow::Result<(Vec<SvcView>, Vec<ferrolb::ipa
     Ok((views, defs))
 }
 
-/// The agents' own `ForeignAnswerer` Events (name → "Service: note"): an agent saw another
-/// station answer ARP/NDP for an address it announces.
-async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
+/// The agents' own `ForeignAnswerer` and `AddressDefended` Events (name → (defended,
+/// "Service: note")): an agent saw another station answer ARP/NDP for an address it announces,
+/// or announce one, and defended it.
+async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, (bool, String)>> {
+    use ferrolb::agent::conflicts::{REASON_ADDRESS_DEFENDED, REASON_FOREIGN_ANSWERER};
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::all(c.client.clone());
     Ok(api
         .list(&Default::default())
         .await?
         .items
         .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(ferrolb::agent::conflicts::REASON_FOREIGN_ANSWERER))
-        .map(|e| {
+        .filter_map(|e| {
+            let defended = match e.reason.as_deref() {
+                Some(REASON_FOREIGN_ANSWERER) => false,
+                Some(REASON_ADDRESS_DEFENDED) => true,
+                _ => return None,
+            };
             let svc = e.regarding.and_then(|r| r.name).unwrap_or_default();
-            (
+            Some((
                 e.metadata.name.unwrap_or_default(),
-                format!("{svc}: {}", e.note.unwrap_or_default()),
-            )
+                (defended, format!("{svc}: {}", e.note.unwrap_or_default())),
+            ))
         })
         .collect())
 }
@@ -564,9 +570,15 @@ pub async fn run_on(
     }
     match foreign_answerers(c).await {
         Ok(now) => {
-            r.foreign_answerer_events = now
+            let new: Vec<(bool, String)> = now
                 .into_iter()
                 .filter(|(name, _)| !foreign_before.contains_key(name))
+                .map(|(_, v)| v)
+                .collect();
+            r.address_defended_events = new.iter().filter(|(d, _)| *d).count();
+            r.foreign_answerer_events = new
+                .into_iter()
+                .filter(|(d, _)| !d)
                 .map(|(_, note)| note.split(" clients may").next().unwrap_or("").to_string())
                 .collect()
         }

@@ -30,6 +30,9 @@ pub struct ChaosReport {
     /// an address they announce) — on any Service, the churn ones included, which the
     /// two-answerer capture does not ask for. Reported, not yet judged (see README).
     pub foreign_answerer_events: Vec<String>,
+    /// `AddressDefended` Events the agents wrote during the run: another station announced an
+    /// address they hold (most often a holder cut off and back, sticky) and they defended it.
+    pub address_defended_events: usize,
     pub observed: Observed,
     /// Every two-answerer interval seen (violation or not).
     pub two_answerers: Vec<DoubleRow>,
@@ -194,6 +197,12 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
                 }
             ));
         }
+    }
+    if r.address_defended_events > 0 {
+        out.push(format!(
+            "  agents' AddressDefended Events during the run: {}",
+            r.address_defended_events
+        ));
     }
     if !r.foreign_answerer_events.is_empty() {
         out.push(format!(

@@ -359,6 +359,8 @@ fn no_sticky_stops_when_the_lease_could_have_expired() {
     assert_eq!(announce(&fx), Some(&Announced::new()));
 }
 
+/// Another station answering our probe for a held address (kube-proxy IPVS without strictARP,
+/// a host with the address): we keep answering, and report it once per address and MAC.
 #[test]
 fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_once() {
     let (mut c, _name, now) = holding();
@@ -366,7 +368,7 @@ fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_
         ip: ip("198.51.100.10"),
         iface: "eth0".into(),
         mac: "02:00:00:00:00:02".into(),
-        probe_answer: false,
+        probe_answer: true,
     };
     let fx = c.handle(conflict(), now);
     assert_eq!(announce(&fx), None, "the lease decides: we keep answering");
@@ -420,21 +422,33 @@ fn another_stations_announcement_of_a_held_address_is_defended_once_per_second()
     let fx = c.handle(conflict("02:00:00:00:00:02", true), now);
     assert_eq!(defences(&fx), 0, "{fx:?}");
     assert!(!has_metric(&fx, Metric::Defence));
-    // An announcement: one burst for that address on its interfaces.
-    let fx = c.handle(conflict("02:00:00:00:00:02", false), now);
+    // An announcement: one burst for that address on its interfaces, and an Event saying so
+    // (not a foreign answerer: a stale holder announces, kube-proxy's kernel answers).
+    let fx = c.handle(conflict("02:00:00:00:00:09", false), now);
     assert!(fx.contains(&Effect::Reannounce(ours.clone())), "{fx:?}");
     assert!(has_metric(&fx, Metric::Defence));
+    assert!(!has_metric(&fx, Metric::ForeignAnswerer("ipv4")), "{fx:?}");
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::ForeignEvent {
+                announced: true,
+                ..
+            }
+        )),
+        "{fx:?}"
+    );
     assert_eq!(announce(&fx), None, "we keep answering");
     // Again within the second: not again; another MAC: defended; after the second: again.
     let soon = now + Duration::from_millis(500);
     assert_eq!(
-        defences(&c.handle(conflict("02:00:00:00:00:02", false), soon)),
+        defences(&c.handle(conflict("02:00:00:00:00:09", false), soon)),
         0
     );
     let fx = c.handle(conflict("02:00:00:00:00:03", false), soon);
     assert!(fx.contains(&Effect::Reannounce(ours.clone())), "{fx:?}");
     let later = now + Duration::from_millis(1_100);
-    let fx = c.handle(conflict("02:00:00:00:00:02", false), later);
+    let fx = c.handle(conflict("02:00:00:00:00:09", false), later);
     assert!(fx.contains(&Effect::Reannounce(ours)), "{fx:?}");
     // A sticky group yields instead of defending.
     let (mut c, name, now) = holding();
