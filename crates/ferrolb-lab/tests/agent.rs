@@ -576,28 +576,20 @@ fn a_sticky_holder_whose_link_was_down_during_the_takeover_yields_to_the_new_hol
         assert_eq!(macs, BTreeSet::from([new_mac]));
         // The Service says so: an AddressDefended Warning naming the stale holder's MAC, and no
         // ForeignAnswerer (that one is for stations answering our probes, such as kube-proxy).
-        let events_of = |reason: &str| -> anyhow::Result<Vec<serde_json::Value>> {
-            let l = c
-                .api()
-                .get("/apis/events.k8s.io/v1/namespaces/default/events")?;
-            Ok(l["items"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| e["reason"] == reason)
-                .collect())
-        };
         let defended = wait_until(
             "the AddressDefended Event",
             Duration::from_secs(10),
             Duration::from_millis(50),
-            || events_of("AddressDefended").ok().filter(|v| !v.is_empty()),
+            || {
+                events_with_reason(c, "AddressDefended")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            },
         )?;
         let note = defended[0]["note"].as_str().unwrap_or_default();
         assert!(note.contains(&old_mac) && note.contains(VIP4), "{note}");
         assert_eq!(defended[0]["regarding"]["name"], "web");
-        assert!(events_of("ForeignAnswerer")?.is_empty());
+        assert!(events_with_reason(c, "ForeignAnswerer")?.is_empty());
         Ok(())
     })
 }
@@ -1365,18 +1357,7 @@ fn an_ipvs_node_without_strict_arp_is_reported_as_a_foreign_answerer() -> anyhow
         )?;
         assert_eq!(both, BTreeSet::from([n1_mac.clone(), ipvs_mac.clone()]));
 
-        let foreign_events = || -> anyhow::Result<Vec<serde_json::Value>> {
-            let l = c
-                .api()
-                .get("/apis/events.k8s.io/v1/namespaces/default/events")?;
-            Ok(l["items"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| e["reason"] == "ForeignAnswerer")
-                .collect())
-        };
+        let foreign_events = || events_with_reason(c, "ForeignAnswerer");
         let events = wait_until(
             "the ForeignAnswerer Event",
             Duration::from_secs(15),

@@ -186,6 +186,37 @@ impl Core {
     }
 }
 
+/// A write of `w` answered "unreachable" (connection refused, timeout, 5xx) at `at`.
+fn unreachable(a: &mut Core, w: &WriteReq, at: Instant) {
+    a.eng.on_done(
+        Done {
+            name: w.name.clone(),
+            op: w.op,
+            sent_at: at,
+            used_rv: w.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Unreachable,
+                message: "no answer within 600ms".into(),
+                code: None,
+            }),
+        },
+        at,
+    );
+}
+
+/// `a` (candidates a, b) wanting the one address `b` holds, b's presence seen at `t0`.
+/// Returns a, b's presence name and the address.
+fn beside_b_holding_one(t0: Instant) -> (Core, String, &'static str) {
+    let pb = presence_name("b");
+    let addr = "ferrolb-00000000000000000001";
+    let existing = vec![
+        lease(&pb, "b", 10, 1, None),
+        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
+    ];
+    let a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    (a, pb, addr)
+}
+
 #[test]
 fn a_dead_holders_presence_is_fenced_once_then_its_addresses_are_taken() {
     let t0 = Instant::now();
@@ -294,13 +325,7 @@ fn a_dead_holders_presence_is_fenced_once_then_its_addresses_are_taken() {
 #[test]
 fn a_fence_refused_with_409_takes_nothing() {
     let t0 = Instant::now();
-    let pb = presence_name("b");
-    let addr = "ferrolb-00000000000000000001";
-    let existing = vec![
-        lease(&pb, "b", 10, 1, None),
-        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
-    ];
-    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    let (mut a, pb, addr) = beside_b_holding_one(t0);
     let _ = a.run(t0, t0 + 990 * MS, 10 * MS);
     a.eng.on_timers(t0 + 1000 * MS);
     let w = a.writes();
@@ -425,20 +450,7 @@ fn an_unreachable_api_server_makes_addresses_sticky_not_lost() {
         t += 10 * MS;
         a.eng.on_timers(t);
         for w in a.writes() {
-            a.eng.on_done(
-                Done {
-                    name: w.name.clone(),
-                    op: w.op,
-                    sent_at: t,
-                    used_rv: w.used_rv.clone(),
-                    result: Err(WriteError {
-                        kind: WriteFailure::Unreachable,
-                        message: "503".into(),
-                        code: Some(503),
-                    }),
-                },
-                t,
-            );
+            unreachable(&mut a, &w, t);
         }
     }
     // Past the renew deadline (600 ms): Unreachable (sticky mode may ride it out), not Lost.
@@ -684,35 +696,10 @@ fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew
     );
 }
 
-/// A write of `w` answered "unreachable" (connection refused, timeout, 5xx) at `at`.
-fn unreachable(a: &mut Core, w: &WriteReq, at: Instant) {
-    a.eng.on_done(
-        Done {
-            name: w.name.clone(),
-            op: w.op,
-            sent_at: at,
-            used_rv: w.used_rv.clone(),
-            result: Err(WriteError {
-                kind: WriteFailure::Unreachable,
-                message: "no answer within 600ms".into(),
-                code: None,
-            }),
-        },
-        at,
-    );
-}
-
-/// `a` wanting the one address `b` holds (b's presence seen at `t0`), cut from the API server
-/// from `t0` + 100 ms until `back`: every write of a's fails as unreachable, and `b` renews no
-/// more. Returns a, b's presence name and the address.
+/// [`beside_b_holding_one`], then `a` cut from the API server from `t0` + 100 ms until `back`:
+/// every write of a's fails as unreachable, and `b` renews no more.
 fn cut_off_until(t0: Instant, back: Instant) -> (Core, String, &'static str) {
-    let pb = presence_name("b");
-    let addr = "ferrolb-00000000000000000001";
-    let existing = vec![
-        lease(&pb, "b", 10, 1, None),
-        lease(addr, "b", 11, ATTACHED_DURATION_SECONDS, Some(&pb)),
-    ];
-    let mut a = Core::start("a", existing, &[addr], &["a", "b"], t0);
+    let (mut a, pb, addr) = beside_b_holding_one(t0);
     let mut t = t0 + 100 * MS;
     while t < back {
         a.eng.on_timers(t);
