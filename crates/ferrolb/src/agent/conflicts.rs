@@ -56,30 +56,32 @@ pub const ACTION_DETECT: &str = "DetectForeignAnswerer";
 /// MACs must not grow memory; the Event rate limit of the agent bounds what it writes).
 const MAX_REMEMBERED: usize = 4096;
 
-/// When each (address, MAC) was last reported (foreign answerers) or defended against.
+/// At most once per interval per (address, MAC), with bounded memory: the agent core keeps one
+/// for its foreign-answerer reports ([`FOREIGN_REPORT_EVERY`], the default) and one for its
+/// defences ([`DEFEND_EVERY`]).
 #[derive(Debug)]
-pub struct ForeignAnswerers {
+pub struct PairLimit {
     every: Duration,
     last: HashMap<(IpAddr, String), Instant>,
 }
 
-impl Default for ForeignAnswerers {
+impl Default for PairLimit {
     fn default() -> Self {
         Self::new(FOREIGN_REPORT_EVERY)
     }
 }
 
-impl ForeignAnswerers {
+impl PairLimit {
     pub fn new(every: Duration) -> Self {
-        ForeignAnswerers {
+        PairLimit {
             every,
             last: HashMap::new(),
         }
     }
 
-    /// Another station (`mac`) answered for `ip`, whose lease this node holds: true when this
-    /// is to be reported now (an Event, a count), false when the same pair was reported less
-    /// than the report interval ago.
+    /// Another station (`mac`) showed up for `ip`, whose lease this node holds: true when this
+    /// is to be acted on now (reported, defended; the pair is marked), false when the same pair
+    /// was acted on less than the interval ago.
     pub fn due(&mut self, ip: IpAddr, mac: &str, now: Instant) -> bool {
         let key = (ip, mac.to_ascii_lowercase());
         if let Some(t) = self.last.get(&key) {
@@ -206,7 +208,7 @@ mod tests {
 
     #[test]
     fn one_report_per_address_and_mac_per_interval_never_per_frame() {
-        let mut f = ForeignAnswerers::new(Duration::from_secs(600));
+        let mut f = PairLimit::new(Duration::from_secs(600));
         let t0 = Instant::now();
         let vip = ip("198.51.100.10");
         assert!(f.due(vip, MAC, t0));
@@ -226,7 +228,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_under_a_flood_of_made_up_macs() {
-        let mut f = ForeignAnswerers::new(Duration::from_secs(600));
+        let mut f = PairLimit::new(Duration::from_secs(600));
         let t0 = Instant::now();
         let vip = ip("198.51.100.10");
         for i in 0..(MAX_REMEMBERED as u32 + 500) {

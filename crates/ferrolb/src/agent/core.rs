@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::cache::{CachedNode, CachedService, CachedSlice};
-use super::conflicts::{self, ForeignAnswerers};
+use super::conflicts::{self, PairLimit};
 use super::eligibility::{self, Desired, NodePrefixes, Options, ServiceRef};
 use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
 use super::l2status::{self, Acquired, Tracker, Want};
@@ -178,9 +178,9 @@ pub struct Core {
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: Option<(Instant, u32)>,
     /// Foreign answerers already reported (Events and metric rate-limited per address+MAC).
-    foreign: ForeignAnswerers,
+    foreign: PairLimit,
     /// Addresses defended against another station's announcement (rate limit per address+MAC).
-    defences: ForeignAnswerers,
+    defences: PairLimit,
     /// Carrier loss on a holder: hand over or keep ([`super::linkhold`]).
     link_hold: LinkHold,
 }
@@ -211,8 +211,8 @@ impl Core {
             acquired: HashMap::new(),
             tracker: Tracker::default(),
             event_window: None,
-            foreign: ForeignAnswerers::default(),
-            defences: ForeignAnswerers::new(conflicts::DEFEND_EVERY),
+            foreign: PairLimit::default(),
+            defences: PairLimit::new(conflicts::DEFEND_EVERY),
             link_hold: LinkHold::default(),
         }
     }

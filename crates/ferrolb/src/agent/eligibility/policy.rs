@@ -15,7 +15,8 @@ use crate::agent::pools::PoolSelection;
 use crate::api::L2AnnouncementPolicy;
 use crate::ipam::selector::Selector;
 
-/// Every problem of these policies (what [`compute`] reports in [`Desired::problems`], without
+/// Every problem of these policies (what [`super::compute`] reports in
+/// [`super::Desired::problems`], without
 /// needing Services or nodes), sorted. For offline tools such as `ferrolb plan`.
 pub fn policy_problems(policies: &[&L2AnnouncementPolicy]) -> Vec<PolicyProblem> {
     let mut problems = Vec::new();
@@ -211,7 +212,7 @@ pub(super) fn coverage(
 }
 
 /// Policies checked once, to ask which of them announce a Service's addresses by the rule
-/// [`compute`] uses — for offline tools such as `ferrolb plan`.
+/// [`super::compute`] uses — for offline tools such as `ferrolb plan`.
 pub struct Policies<'a> {
     names: Vec<String>,
     compiled: Vec<CompiledPolicy<'a>>,
