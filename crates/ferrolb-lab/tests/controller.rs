@@ -1573,8 +1573,16 @@ async fn pool_shrunk_disabled_deleted_and_recreated_never_moves_an_address() {
     let fresh = h.wait_satisfied_after_create("fresh").await;
     assert!(in_cidr(fresh[0], "198.51.100.128/25"), "{fresh:?}");
 
-    // Disabled: nothing moves.
+    // Disabled: nothing moves. The probe Service is created only once the controller has seen
+    // the edit (the pool's observedGeneration): Kubernetes orders nothing across two watches,
+    // and a loaded controller handled a Service created right after the edit before the pool
+    // event (it got an address of the still-enabled pool; failed once beside two CPU hogs).
     edit_pool(&h, "p", |s| s.disabled = true).await;
+    h.wait_pool("p", "the disabling observed", |p| {
+        p.metadata.generation.is_some()
+            && p.status.as_ref().and_then(|st| st.observed_generation) == p.metadata.generation
+    })
+    .await;
     h.barrier_unsatisfied("probe-disabled").await;
     assert_eq!(ingress(&h.svcs().get("web").await.expect("get")), web);
     assert_eq!(ingress(&h.svcs().get("api").await.expect("get")), api);
