@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ferrolb::lease::{
-    lease_name, Action, Desired, EngineOptions, EngineStats, LeaderElector, LeaseConfig,
-    LeaseEvent, LeaseSet, LeaseWriter, WriteFailure,
+    lease_name, Action, EngineOptions, EngineStats, LeaderElector, LeaseConfig, LeaseEvent,
+    LeaseSet, LeaseWant, LeaseWriter, WriteFailure,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -456,13 +456,13 @@ async fn scenario_clock_skew(api: Backend) {
     c2.abort();
 }
 
-fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, Desired> {
+fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, LeaseWant> {
     (0..count)
         .map(|i| {
             let key = format!("198.51.100.{i}");
             (
                 lease_name(&key),
-                Desired {
+                LeaseWant {
                     labels: vec![("ferrolb.io/address".into(), key.replace(':', "-"))],
                     annotations: Vec::new(),
                     candidates: std::sync::Arc::new(nodes.to_vec()),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb::lease::attach::{ANN_ATTACHED_TO, ATTACHED_DURATION_SECONDS};
 use ferrolb::lease::{
-    lease_name, presence_name, Desired, EngineOptions, LeaseConfig, LeaseSet, MANAGED_BY_LABEL,
+    lease_name, presence_name, EngineOptions, LeaseConfig, LeaseSet, LeaseWant, MANAGED_BY_LABEL,
 };
 use ferrolb_lab::lab::cluster::{Cluster, LabConfig, SYSTEM_NS};
 use ferrolb_lab::lab::{echo_service, probe};
@@ -60,9 +60,9 @@ fn old_format_agent(client: kube::Client, identity: &str, name: &str, cands: &[&
     let candidates = Arc::new(cands.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     set.set_desired(BTreeMap::from([(
         name.to_string(),
-        Desired {
+        LeaseWant {
             candidates,
-            ..Desired::default()
+            ..LeaseWant::default()
         },
     )]));
     set

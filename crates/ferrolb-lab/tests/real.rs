@@ -291,13 +291,13 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
 fn desired(
     count: usize,
     nodes: &[String],
-) -> std::collections::BTreeMap<String, ferrolb::lease::Desired> {
+) -> std::collections::BTreeMap<String, ferrolb::lease::LeaseWant> {
     (0..count)
         .map(|i| {
             let key = format!("198.51.100.{i}");
             (
                 ferrolb::lease::lease_name(&key),
-                ferrolb::lease::Desired {
+                ferrolb::lease::LeaseWant {
                     labels: vec![("ferrolb.io/address".into(), key)],
                     annotations: Vec::new(),
                     candidates: std::sync::Arc::new(nodes.to_vec()),

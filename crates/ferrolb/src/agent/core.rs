@@ -120,7 +120,7 @@ pub enum Metric {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// The groups to contend for, by lease name (`LeaseSet::set_desired`).
-    Leases(BTreeMap<String, lease::Desired>),
+    Leases(BTreeMap<String, lease::LeaseWant>),
     /// Answer for exactly these addresses (`Announcer::set_held`).
     Announce(Announced),
     /// A gratuitous burst for these (`Announcer::reannounce`).
@@ -341,7 +341,7 @@ impl Core {
             .local()
             .map(|g| (lease::lease_name(&g.key), g.key.clone()))
             .collect();
-        let to_engine: BTreeMap<String, lease::Desired> = desired
+        let to_engine: BTreeMap<String, lease::LeaseWant> = desired
             .local()
             .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
             .collect();
@@ -609,10 +609,10 @@ impl Core {
 
 /// What the lease engine should know about a group: labels/annotations naming its Services and
 /// addresses (`lease::describe`), and the rendezvous candidates.
-fn lease_desired(g: &eligibility::Group) -> lease::Desired {
+fn lease_desired(g: &eligibility::Group) -> lease::LeaseWant {
     let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
     let (labels, annotations) = lease::describe(&g.key, &services);
-    lease::Desired {
+    lease::LeaseWant {
         labels,
         annotations,
         candidates: g.candidates.clone(),

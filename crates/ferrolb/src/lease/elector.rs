@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::LeaseConfig;
-use super::engine::{Desired, EngineOptions, EngineStats, LeaseEvent, LeaseSet, ShutdownReport};
+use super::engine::{EngineOptions, EngineStats, LeaseEvent, LeaseSet, LeaseWant, ShutdownReport};
 
 /// Leader election on one Lease.
 pub struct LeaderElector {
@@ -59,9 +59,9 @@ impl LeaderElector {
         let (set, events) = LeaseSet::start(client, opts);
         set.set_desired(BTreeMap::from([(
             name.to_string(),
-            Desired {
+            LeaseWant {
                 labels: labels.into_iter().collect(),
-                ..Desired::default()
+                ..LeaseWant::default()
             },
         )]));
         let (tx, rx) = watch::channel(false);

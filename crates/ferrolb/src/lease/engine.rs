@@ -1,6 +1,6 @@
 //! The election engine: one task, one Lease watch, many leases.
 //!
-//! The task owns a map lease name → what we want ([`Desired`]), what we observed
+//! The task owns a map lease name → what we want ([`LeaseWant`]), what we observed
 //! ([`Observed`]) and the last object seen (for PUTs). It wakes on watch events, write results,
 //! commands and timers (renewal due, lease expiry + rank wait, renew deadline) and runs the pure
 //! [`decide`]/[`standing`] rules for the lease concerned. Writes run as separate tasks (bounded
@@ -41,7 +41,7 @@ use super::decide::{
 use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
 enum Cmd {
-    SetDesired(BTreeMap<String, Desired>),
+    SetWants(BTreeMap<String, LeaseWant>),
     Shutdown(oneshot::Sender<ShutdownReport>),
 }
 
@@ -122,7 +122,7 @@ pub(crate) struct Done {
 }
 
 struct Entry {
-    desired: Option<Desired>,
+    desired: Option<LeaseWant>,
     observed: Option<Observed>,
     /// The base of our next write while we hold it (compact: [`base::Base`]).
     object: Option<base::Base>,
@@ -478,7 +478,7 @@ impl Engine {
         );
     }
 
-    fn rank_delay(&mut self, name: &str, desired: &Desired, obs: &Observed) -> Duration {
+    fn rank_delay(&mut self, name: &str, desired: &LeaseWant, obs: &Observed) -> Duration {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
         }
@@ -648,7 +648,7 @@ impl Engine {
         name: &str,
         wake: Option<Instant>,
         now: Instant,
-    ) -> Option<(Observed, Option<Desired>, Intent)> {
+    ) -> Option<(Observed, Option<LeaseWant>, Intent)> {
         let cfg = self.opts.config.clone();
         let shutting_down = self.shutting_down.is_some();
         let e = self.entries.get_mut(name)?;
@@ -703,7 +703,7 @@ impl Engine {
         name: &str,
         mut action: Action,
         obs: &Observed,
-        desired: Option<Desired>,
+        desired: Option<LeaseWant>,
         wake: Option<Instant>,
         now: Instant,
     ) {
@@ -735,7 +735,7 @@ impl Engine {
                     // Not while the watch is down (the resync looks again).
                     Some(_) if self.watch_down.is_some() => self.set_wake(name, wake),
                     Some((t, op)) if now >= t => {
-                        self.spawn(name, op, obs.resource_version.clone(), Desired::default())
+                        self.spawn(name, op, obs.resource_version.clone(), LeaseWant::default())
                     }
                     Some((t, _)) => self.set_wake(name, min(wake, t)),
                     None => {
@@ -858,7 +858,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_desired(&mut self, desired: BTreeMap<String, Desired>, now: Instant) {
+    pub(crate) fn on_desired(&mut self, desired: BTreeMap<String, LeaseWant>, now: Instant) {
         // The first word from the caller: Leases left alone until now are looked at again.
         let first = !self.desired_known;
         self.desired_known = true;
@@ -873,7 +873,7 @@ impl Engine {
         if let Some(p) = &self.presence {
             desired.insert(
                 p.clone(),
-                Desired {
+                LeaseWant {
                     labels: vec![(
                         super::LABEL_ROLE.to_string(),
                         super::ROLE_PRESENCE.to_string(),
@@ -1016,8 +1016,8 @@ impl LeaseSet {
 
     /// Replace the set of leases this node wants (name → what). Leases no longer in the set
     /// are released if held.
-    pub fn set_desired(&self, desired: BTreeMap<String, Desired>) {
-        let _ = self.cmds.send(Cmd::SetDesired(desired));
+    pub fn set_desired(&self, desired: BTreeMap<String, LeaseWant>) {
+        let _ = self.cmds.send(Cmd::SetWants(desired));
     }
 
     /// Names of the leases currently held (including sticky ones), as a watch channel.

@@ -104,7 +104,7 @@ pub use decide::{
 };
 pub use elector::LeaderElector;
 pub use engine::{
-    Desired, EngineOptions, EngineStats, LeaseEvent, LeaseSet, ShutdownReport, WatchScope,
+    EngineOptions, EngineStats, LeaseEvent, LeaseSet, LeaseWant, ShutdownReport, WatchScope,
 };
 
 use sha2::{Digest, Sha256};
@@ -299,7 +299,7 @@ pub type Pairs = Vec<(String, String)>;
 
 /// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
 /// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
-/// into annotations. Returned as `(key, value)` pairs (see [`Desired`]).
+/// into annotations. Returned as `(key, value)` pairs (see [`LeaseWant`]).
 pub fn describe(key: &str, services: &[String]) -> (Pairs, Pairs) {
     let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
     svcs.sort_unstable();

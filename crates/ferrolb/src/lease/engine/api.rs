@@ -5,10 +5,10 @@ use super::*;
 
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct LeaseWant {
     /// Labels to put on the Lease (e.g. which Services it serves; values ≤ 63 chars). Merged over
     /// the object's labels on create and on every write by the holder. Pairs, not a map: an
-    /// agent keeps one `Desired` per address, and a map's node costs ~0.5 KiB even for 3 keys.
+    /// agent keeps one `LeaseWant` per address, and a map's node costs ~0.5 KiB even for 3 keys.
     /// A key given twice: the last one wins.
     pub labels: crate::lease::Pairs,
     /// Annotations (long lists, e.g. every Service namespace/name the address serves).

@@ -231,7 +231,7 @@ impl Engine {
             p,
             Op::Update(OpKind::Fence),
             obs.resource_version.clone(),
-            Desired::default(),
+            LeaseWant::default(),
         );
     }
 

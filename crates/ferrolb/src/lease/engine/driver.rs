@@ -78,7 +78,7 @@ pub(super) async fn run(
             cmd = cmds.recv(), if cmds_open => {
                 let now = Instant::now();
                 match cmd {
-                    Some(Cmd::SetDesired(d)) => eng.on_desired(d, now),
+                    Some(Cmd::SetWants(d)) => eng.on_desired(d, now),
                     Some(Cmd::Shutdown(tx)) => {
                         waiters.push(tx);
                         eng.start_shutdown(now);

@@ -101,9 +101,9 @@ impl Core {
             .map(|n| {
                 (
                     n.to_string(),
-                    Desired {
+                    LeaseWant {
                         candidates: cands.clone(),
-                        ..Desired::default()
+                        ..LeaseWant::default()
                     },
                 )
             })
@@ -477,9 +477,9 @@ fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
         .map(|n| {
             (
                 n.to_string(),
-                Desired {
+                LeaseWant {
                     candidates: cands.clone(),
-                    ..Desired::default()
+                    ..LeaseWant::default()
                 },
             )
         })
@@ -534,9 +534,9 @@ fn a_restarted_holder_releases_nothing_before_it_knows_what_it_wants() {
     let cands = Arc::new(vec!["a".to_string(), "b".to_string()]);
     let want = BTreeMap::from([(
         addr.to_string(),
-        Desired {
+        LeaseWant {
             candidates: cands,
-            ..Desired::default()
+            ..LeaseWant::default()
         },
     )]);
     core.eng.on_desired(want, t1);

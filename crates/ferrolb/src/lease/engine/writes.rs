@@ -10,7 +10,7 @@ impl Engine {
         name: &str,
         kind: OpKind,
         obs: &Observed,
-        desired: Option<Desired>,
+        desired: Option<LeaseWant>,
     ) {
         self.spawn(
             name,
@@ -20,7 +20,13 @@ impl Engine {
         );
     }
 
-    pub(super) fn spawn(&mut self, name: &str, op: Op, used_rv: Option<String>, desired: Desired) {
+    pub(super) fn spawn(
+        &mut self,
+        name: &str,
+        op: Op,
+        used_rv: Option<String>,
+        desired: LeaseWant,
+    ) {
         // Our presence renewals and fences never wait behind a burst of address writes: a
         // presence renewal stuck in the queue past the renew deadline would stop every address
         // this node answers, and one fence unlocks all of a dead node's addresses.
