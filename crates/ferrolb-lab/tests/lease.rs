@@ -118,6 +118,11 @@ async fn until_leader(rx: &mut watch::Receiver<bool>, within: Duration) -> bool 
         .is_ok_and(|r| r.is_ok())
 }
 
+/// The tag these tests give a lease: its own name (the engine echoes it in every event).
+fn tag(name: &str) -> Option<std::sync::Arc<str>> {
+    Some(std::sync::Arc::from(name))
+}
+
 async fn next_event(
     rx: &mut mpsc::UnboundedReceiver<LeaseEvent>,
     within: Duration,
@@ -463,6 +468,7 @@ fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, LeaseWant> {
             (
                 lease_name(&key),
                 LeaseWant {
+                    tag: tag(&lease_name(&key)),
                     labels: vec![("ferrolb.io/address".into(), key.replace(':', "-"))],
                     annotations: Vec::new(),
                     candidates: std::sync::Arc::new(nodes.to_vec()),
@@ -643,7 +649,13 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
     let t0 = Instant::now();
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
-    assert_eq!(ev, Some(LeaseEvent::Unreachable { name: name.clone() }));
+    assert_eq!(
+        ev,
+        Some(LeaseEvent::Unreachable {
+            name: name.clone(),
+            tag: tag(&name)
+        })
+    );
     assert!(
         t0.elapsed() + cfg.retry_period >= cfg.renew_deadline,
         "too early"
@@ -651,7 +663,13 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     // The API comes back: the next renewal succeeds and the lease is ours again.
     api.faults().remove(fault);
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
-    assert_eq!(ev, Some(LeaseEvent::Acquired { name: name.clone() }));
+    assert_eq!(
+        ev,
+        Some(LeaseEvent::Acquired {
+            name: name.clone(),
+            tag: tag(&name)
+        })
+    );
 
     // Now only node-a is cut off while node-b, also a candidate, reaches the API: b takes
     // over after expiry; when a gets through again, its renewal is refused (409) → Lost.
@@ -662,7 +680,13 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     b.set_desired(want2);
     let fault = api.faults().add(FaultSpec::error(503).for_client("node-a"));
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
-    assert_eq!(ev, Some(LeaseEvent::Unreachable { name: name.clone() }));
+    assert_eq!(
+        ev,
+        Some(LeaseEvent::Unreachable {
+            name: name.clone(),
+            tag: tag(&name)
+        })
+    );
     assert!(
         next_event(&mut b_ev, Duration::from_secs(6), |e| matches!(
             e,
@@ -676,7 +700,7 @@ async fn api_outage_is_signalled_sticky_and_a_409_afterwards_is_lost() {
     // Lost (not Acquired): its renewal is refused with 409, or its watch shows node-b first.
     let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
     assert!(
-        matches!(&ev, Some(LeaseEvent::Lost { name: n, holder }) if *n == name
+        matches!(&ev, Some(LeaseEvent::Lost { name: n, holder, .. }) if *n == name
             && holder.as_deref().is_none_or(|h| h == "node-b")),
         "{ev:?}"
     );
@@ -742,7 +766,8 @@ async fn scenario_gc_and_shutdown_release(api: Backend) {
     assert_eq!(
         got,
         Some(LeaseEvent::Released {
-            name: dropped.clone()
+            name: dropped.clone(),
+            tag: tag(&dropped)
         })
     );
     let mut gone = false;
@@ -835,14 +860,20 @@ async fn refused_dropped_and_hanging_requests_count_as_an_outage_not_a_loss() {
         let ev = next_event(&mut a_ev, Duration::from_secs(5), |_| true).await;
         assert_eq!(
             ev,
-            Some(LeaseEvent::Unreachable { name: name.clone() }),
+            Some(LeaseEvent::Unreachable {
+                name: name.clone(),
+                tag: tag(&name)
+            }),
             "{what}"
         );
         api.faults().remove(fault);
         let ev = next_event(&mut a_ev, Duration::from_secs(8), |_| true).await;
         assert_eq!(
             ev,
-            Some(LeaseEvent::Acquired { name: name.clone() }),
+            Some(LeaseEvent::Acquired {
+                name: name.clone(),
+                tag: tag(&name)
+            }),
             "{what}"
         );
     }

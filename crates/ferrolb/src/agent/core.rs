@@ -162,8 +162,6 @@ pub struct Core {
     options: Options,
     interfaces: Vec<String>,
     holdings: Holdings,
-    /// lease name → group key, for the groups given to the engine.
-    names: BTreeMap<String, String>,
     /// The one announced set: what the announcer was last told.
     announced: Announced,
     last: Desired,
@@ -202,7 +200,6 @@ impl Core {
             options,
             interfaces,
             holdings: Holdings::new(sticky),
-            names: BTreeMap::new(),
             announced: Announced::new(),
             last: Desired::default(),
             warned_no_node: false,
@@ -337,10 +334,6 @@ impl Core {
         for k in &gone {
             info!(group = %k, "no longer eligible: stopped announcing");
         }
-        self.names = desired
-            .local()
-            .map(|g| (lease::lease_name(&g.key), g.key.clone()))
-            .collect();
         let to_engine: BTreeMap<String, lease::LeaseWant> = desired
             .local()
             .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
@@ -372,10 +365,12 @@ impl Core {
             LeaseEvent::Released { .. } => (Transition::Released, "released"),
         };
         out.push(Effect::Metric(Metric::LeaseTransition(label)));
-        let Some(key) = self.names.get(ev.name()).cloned() else {
+        // The engine echoes the group key we gave it (`LeaseWant::tag`).
+        let Some(key) = ev.tag().filter(|k| self.holdings.group(k).is_some()) else {
             debug!(lease = %ev.name(), event = label, "event for a lease no longer desired");
             return;
         };
+        let key = key.to_string();
         match &ev {
             LeaseEvent::Lost { holder, .. } => {
                 info!(group = %key, holder = ?holder, "lease lost: stopped announcing")
@@ -616,6 +611,7 @@ fn lease_desired(g: &eligibility::Group) -> lease::LeaseWant {
         labels,
         annotations,
         candidates: g.candidates.clone(),
+        tag: Some(std::sync::Arc::from(g.key.as_str())),
     }
 }
 

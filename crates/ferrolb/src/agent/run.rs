@@ -240,7 +240,7 @@ impl Agent {
     fn lease_input(&self, event: LeaseEvent) -> LeaseInput {
         let stats = self.leases.stats();
         let acquired = match &event {
-            LeaseEvent::Acquired { name } => {
+            LeaseEvent::Acquired { name, .. } => {
                 let takeover = stats.takeovers.take(name);
                 let ms = takeover
                     .as_ref()
@@ -248,7 +248,7 @@ impl Agent {
                     .unwrap_or(0);
                 Some(Acquired::new(jiff::Timestamp::now(), takeover.as_ref(), ms))
             }
-            LeaseEvent::Lost { name, .. } | LeaseEvent::Released { name } => {
+            LeaseEvent::Lost { name, .. } | LeaseEvent::Released { name, .. } => {
                 stats.takeovers.forget(name);
                 None
             }

@@ -123,6 +123,8 @@ pub(crate) struct Done {
 
 struct Entry {
     desired: Option<LeaseWant>,
+    /// The caller's tag from the last [`LeaseWant`] (kept after it stops being wanted).
+    tag: Option<Arc<str>>,
     observed: Option<Observed>,
     /// The base of our next write while we hold it (compact: [`base::Base`]).
     object: Option<base::Base>,
@@ -178,6 +180,7 @@ impl Entry {
             no_handover_until: None,
             queued: false,
             attached_to: None,
+            tag: None,
             index_key: None,
             presence_state: None,
             rewrite: false,
@@ -616,15 +619,18 @@ impl Engine {
             .filter(|h| *h != me)
             .map(str::to_string);
         let released_by_us = e.released_by_us;
+        let tag = e.tag.clone();
+        let owned = name.to_string();
         let ev = match (old_rep, new_rep) {
             (a, b) if a == b => None,
-            (_, Reported::Held) => Some(LeaseEvent::Acquired { name: name.into() }),
-            (_, Reported::Sticky) => Some(LeaseEvent::Unreachable { name: name.into() }),
+            (_, Reported::Held) => Some(LeaseEvent::Acquired { name: owned, tag }),
+            (_, Reported::Sticky) => Some(LeaseEvent::Unreachable { name: owned, tag }),
             (_, Reported::NotHeld) if released_by_us => {
-                Some(LeaseEvent::Released { name: name.into() })
+                Some(LeaseEvent::Released { name: owned, tag })
             }
             (_, Reported::NotHeld) => Some(LeaseEvent::Lost {
-                name: name.into(),
+                name: owned,
+                tag,
                 holder: holder_now,
             }),
         };
@@ -880,6 +886,7 @@ impl Engine {
                     )],
                     annotations: vec![(super::ANN_NODE.to_string(), self.opts.identity.clone())],
                     candidates: Arc::default(),
+                    tag: None,
                 },
             );
         }
@@ -905,6 +912,7 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|old| old.labels != d.labels || old.annotations != d.annotations);
                 e.takeover_rank = None;
+                e.tag.clone_from(&d.tag);
                 e.desired = Some(d);
                 touched.push(n);
             }
@@ -954,11 +962,14 @@ impl Engine {
             .collect();
         still.sort();
         for n in &still {
+            let mut tag = None;
             if let Some(e) = self.entries.get_mut(n) {
                 e.reported = Reported::NotHeld;
+                tag = e.tag.clone();
             }
             self.emit(LeaseEvent::Lost {
                 name: n.clone(),
+                tag,
                 holder: None,
             });
             self.publish_held(n, false);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -124,9 +125,39 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn lease_of(ips: &[&str]) -> String {
+/// The group key of the addresses (the tag the core gives the engine with their lease).
+fn key_of(ips: &[&str]) -> String {
     let set: BTreeSet<IpAddr> = ips.iter().map(|s| ip(s)).collect();
-    lease::lease_name(&group_key(&set))
+    group_key(&set)
+}
+
+/// What the engine reports for the lease of group `key`: its name and the core's tag.
+fn tagged(key: &str) -> (String, Option<Arc<str>>) {
+    (lease::lease_name(key), Some(Arc::from(key)))
+}
+
+fn reconfirmed(key: &str) -> LeaseEvent {
+    let (name, tag) = tagged(key);
+    LeaseEvent::Acquired { name, tag }
+}
+
+fn unreachable(key: &str) -> LeaseEvent {
+    let (name, tag) = tagged(key);
+    LeaseEvent::Unreachable { name, tag }
+}
+
+fn released(key: &str) -> LeaseEvent {
+    let (name, tag) = tagged(key);
+    LeaseEvent::Released { name, tag }
+}
+
+fn lost(key: &str, holder: &str) -> LeaseEvent {
+    let (name, tag) = tagged(key);
+    LeaseEvent::Lost {
+        name,
+        tag,
+        holder: Some(holder.into()),
+    }
 }
 
 fn takeover() -> Takeover {
@@ -138,13 +169,11 @@ fn takeover() -> Takeover {
     }
 }
 
-/// The engine's `Acquired` for `name` after a takeover.
-fn acquired(name: &str) -> LeaseInput {
+/// The engine's `Acquired` for group `key`'s lease after a takeover.
+fn acquired(key: &str) -> LeaseInput {
     let t = takeover();
     LeaseInput {
-        event: LeaseEvent::Acquired {
-            name: name.to_string(),
-        },
+        event: reconfirmed(key),
         acquired: Some(Acquired::new(jiff::Timestamp::UNIX_EPOCH, Some(&t), 800)),
     }
 }
@@ -160,10 +189,22 @@ fn set(entries: &[(&str, &[&str])]) -> Announced {
         .collect()
 }
 
-/// The lease names of the last `Effect::Leases`, if any.
+/// The groups (by the tags the engine echoes) of the last `Effect::Leases`, if any; every
+/// lease is named after its group.
 fn wished(fx: &[Effect]) -> Option<BTreeSet<String>> {
     fx.iter().rev().find_map(|e| match e {
-        Effect::Leases(w) => Some(w.keys().cloned().collect()),
+        Effect::Leases(w) => Some(
+            w.iter()
+                .map(|(name, want)| {
+                    let key = want
+                        .tag
+                        .as_deref()
+                        .expect("every lease is tagged with its group");
+                    assert_eq!(*name, lease::lease_name(key));
+                    key.to_string()
+                })
+                .collect(),
+        ),
         _ => None,
     })
 }
@@ -193,10 +234,10 @@ fn holding() -> (Core, String, Instant) {
     let now = Instant::now();
     let mut c = core();
     cluster().feed(&mut c, now);
-    let name = lease_of(&["198.51.100.10"]);
-    c.handle(Input::Leases(vec![acquired(&name)]), now);
+    let key = key_of(&["198.51.100.10"]);
+    c.handle(Input::Leases(vec![acquired(&key)]), now);
     assert_eq!(c.announced(), &set(&[("198.51.100.10", &["eth0"])]));
-    (c, name, now)
+    (c, key, now)
 }
 
 #[test]
@@ -204,15 +245,15 @@ fn acquisition_announces_only_after_the_lease_is_ours_with_one_event() {
     let now = Instant::now();
     let mut c = core();
     let fx = cluster().feed(&mut c, now);
-    let name = lease_of(&["198.51.100.10"]);
-    assert_eq!(wished(&fx), Some(BTreeSet::from([name.clone()])));
+    let key = key_of(&["198.51.100.10"]);
+    assert_eq!(wished(&fx), Some(BTreeSet::from([key.clone()])));
     assert!(
         announce(&fx).is_none(),
         "nothing is announced before the lease"
     );
     assert!(c.announced().is_empty());
 
-    let fx = c.handle(Input::Leases(vec![acquired(&name)]), now);
+    let fx = c.handle(Input::Leases(vec![acquired(&key)]), now);
     assert_eq!(
         announce(&fx),
         Some(&set(&[("198.51.100.10", &["eth0"])])),
@@ -228,7 +269,7 @@ fn acquisition_announces_only_after_the_lease_is_ours_with_one_event() {
         _ => None,
     });
     let want = want.expect("an L2Announcement want");
-    assert_eq!(want.lease, name);
+    assert_eq!(want.lease, lease::lease_name(&key));
     assert_eq!(want.addresses, vec!["198.51.100.10".to_string()]);
     assert!(want.acquired.as_ref().is_some_and(|a| a.failover.is_some()));
     assert!(has_metric(&fx, Metric::LeasesHeld(1)));
@@ -245,32 +286,18 @@ fn a_restart_reconfirming_our_own_record_announces_without_an_event() {
     let now = Instant::now();
     let mut c = core();
     cluster().feed(&mut c, now);
-    let name = lease_of(&["198.51.100.10"]);
-    let fx = c.handle(ev(LeaseEvent::Acquired { name }), now);
+    let key = key_of(&["198.51.100.10"]);
+    let fx = c.handle(ev(reconfirmed(&key)), now);
     assert_eq!(announce(&fx), Some(&set(&[("198.51.100.10", &["eth0"])])));
     assert!(announce_events(&fx).is_empty(), "{fx:?}");
 }
 
 #[test]
 fn loss_and_release_stop_at_once() {
-    for lost in [
-        LeaseEvent::Lost {
-            name: String::new(),
-            holder: Some("n2".into()),
-        },
-        LeaseEvent::Released {
-            name: String::new(),
-        },
-    ] {
-        let (mut c, name, now) = holding();
-        let lost = match lost {
-            LeaseEvent::Lost { holder, .. } => LeaseEvent::Lost {
-                name: name.clone(),
-                holder,
-            },
-            _ => LeaseEvent::Released { name: name.clone() },
-        };
-        let fx = c.handle(ev(lost), now);
+    let gone: [fn(&str) -> LeaseEvent; 2] = [|k| lost(k, "n2"), released];
+    for gone in gone {
+        let (mut c, key, now) = holding();
+        let fx = c.handle(ev(gone(&key)), now);
         assert_eq!(announce(&fx), Some(&Announced::new()), "{fx:?}");
         assert!(fx.contains(&Effect::L2Cancel(ServiceRef::new("default", "web"))));
         assert!(c.announced().is_empty());
@@ -283,7 +310,7 @@ fn a_lease_event_for_a_lease_not_desired_changes_nothing() {
     let now = Instant::now();
     let mut c = core();
     cluster().feed(&mut c, now);
-    let other = lease_of(&["198.51.100.99"]);
+    let other = key_of(&["198.51.100.99"]);
     let fx = c.handle(Input::Leases(vec![acquired(&other)]), now);
     assert_eq!(announce(&fx), None);
     assert!(c.announced().is_empty());
@@ -291,8 +318,8 @@ fn a_lease_event_for_a_lease_not_desired_changes_nothing() {
 
 #[test]
 fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitous_arp() {
-    let (mut c, name, now) = holding();
-    let fx = c.handle(ev(LeaseEvent::Unreachable { name: name.clone() }), now);
+    let (mut c, key, now) = holding();
+    let fx = c.handle(ev(unreachable(&key)), now);
     assert_eq!(announce(&fx), None, "still announcing");
     assert_eq!(
         c.holdings().hold(&c.desired().groups[0].key),
@@ -324,16 +351,16 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
     assert!(has_metric(&fx, Metric::Conflict("yielded")));
     assert!(fx.contains(&Effect::L2Cancel(ServiceRef::new("default", "web"))));
     // Re-acquired (a takeover back): announced again with an Event.
-    let fx = c.handle(Input::Leases(vec![acquired(&name)]), now);
+    let fx = c.handle(Input::Leases(vec![acquired(&key)]), now);
     assert_eq!(announce(&fx), Some(&set(&[("198.51.100.10", &["eth0"])])));
     assert_eq!(announce_events(&fx).len(), 1);
 }
 
 #[test]
 fn a_sticky_lease_renewed_after_the_outage_gets_a_burst_and_no_event() {
-    let (mut c, name, now) = holding();
-    c.handle(ev(LeaseEvent::Unreachable { name: name.clone() }), now);
-    let fx = c.handle(ev(LeaseEvent::Acquired { name }), now);
+    let (mut c, key, now) = holding();
+    c.handle(ev(unreachable(&key)), now);
+    let fx = c.handle(ev(reconfirmed(&key)), now);
     assert!(
         fx.contains(&Effect::Reannounce(set(&[("198.51.100.10", &["eth0"])]))),
         "{fx:?}"
@@ -353,9 +380,9 @@ fn no_sticky_stops_when_the_lease_could_have_expired() {
     let now = Instant::now();
     let mut c = Core::new(ME, false, true, Options::default(), vec!["eth0".into()]);
     cluster().feed(&mut c, now);
-    let name = lease_of(&["198.51.100.10"]);
-    c.handle(Input::Leases(vec![acquired(&name)]), now);
-    let fx = c.handle(ev(LeaseEvent::Unreachable { name }), now);
+    let key = key_of(&["198.51.100.10"]);
+    c.handle(Input::Leases(vec![acquired(&key)]), now);
+    let fx = c.handle(ev(unreachable(&key)), now);
     assert_eq!(announce(&fx), Some(&Announced::new()));
 }
 
@@ -451,8 +478,8 @@ fn another_stations_announcement_of_a_held_address_is_defended_once_per_second()
     let fx = c.handle(conflict("02:00:00:00:00:09", false), later);
     assert!(fx.contains(&Effect::Reannounce(ours)), "{fx:?}");
     // A sticky group yields instead of defending.
-    let (mut c, name, now) = holding();
-    c.handle(ev(LeaseEvent::Unreachable { name }), now);
+    let (mut c, key, now) = holding();
+    c.handle(ev(unreachable(&key)), now);
     let fx = c.handle(conflict("02:00:00:00:00:02", false), now);
     assert_eq!(defences(&fx), 0, "{fx:?}");
     assert!(has_metric(&fx, Metric::Conflict("yielded")));
@@ -460,7 +487,7 @@ fn another_stations_announcement_of_a_held_address_is_defended_once_per_second()
 
 #[test]
 fn link_down_stops_standing_and_link_up_stands_again() {
-    let (mut c, name, now) = holding();
+    let (mut c, key, now) = holding();
     let world = cluster();
     // eth0 goes down: no eligible interface left.
     let fx = c.handle(
@@ -475,7 +502,7 @@ fn link_down_stops_standing_and_link_up_stands_again() {
     assert_eq!(wished(&fx), Some(BTreeSet::new()), "no longer contending");
     assert_eq!(announce(&fx), Some(&Announced::new()), "stopped answering");
     // The engine releases the lease it no longer wants: nothing changes any more.
-    let fx = c.handle(ev(LeaseEvent::Released { name: name.clone() }), now);
+    let fx = c.handle(ev(released(&key)), now);
     assert_eq!(announce(&fx), None);
     // Same interfaces again: nothing to recompute.
     let fx = c.handle(
@@ -496,9 +523,9 @@ fn link_down_stops_standing_and_link_up_stands_again() {
     );
     assert_eq!(fx, vec![Effect::Recompute]);
     let fx = world.feed(&mut c, now);
-    assert_eq!(wished(&fx), Some(BTreeSet::from([name.clone()])));
+    assert_eq!(wished(&fx), Some(BTreeSet::from([key.clone()])));
     assert_eq!(announce(&fx), None);
-    let fx = c.handle(Input::Leases(vec![acquired(&name)]), now);
+    let fx = c.handle(Input::Leases(vec![acquired(&key)]), now);
     assert_eq!(
         announce(&fx),
         Some(&set(&[("198.51.100.10", &["eth0", "eth1"])]))
@@ -640,15 +667,12 @@ fn engine(c: &mut Core, fx: &[Effect], now: Instant) {
         .holdings()
         .desired_keys()
         .filter(|k| c.holdings().hold(k).is_some())
-        .map(|k| lease::lease_name(k))
+        .cloned()
         .collect();
-    let mut events: Vec<LeaseInput> = wishes
-        .difference(&held)
-        .map(|name| acquired(name))
-        .collect();
+    let mut events: Vec<LeaseInput> = wishes.difference(&held).map(|key| acquired(key)).collect();
     events.extend(
         held.difference(&wishes)
-            .map(|name| LeaseInput::plain(LeaseEvent::Released { name: name.clone() })),
+            .map(|key| LeaseInput::plain(released(key))),
     );
     // Like the real engine, no event when nothing changed: a change the engine does not see
     // (other interfaces for a held group) must reach the announcer on its own.

@@ -17,17 +17,24 @@ pub struct LeaseWant {
     /// node waits `min(rank, MAX_RANK_WAIT) × rank_step` before taking a free lease).
     /// Empty: no wait. Shared: many addresses have the same list.
     pub candidates: Arc<Vec<String>>,
+    /// The caller's own name for what this lease stands for (the agent: its group key),
+    /// echoed in every [`LeaseEvent`] of this lease, so the caller needs no map back from lease
+    /// names. The last one given is kept after the lease stops being wanted.
+    pub tag: Option<Arc<str>>,
 }
 
-/// A change of this node's standing on one lease.
+/// A change of this node's standing on one lease. `tag` is the caller's [`LeaseWant::tag`]
+/// (`None` for a lease it never named, e.g. one found held after a restart before it said what
+/// it wants).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseEvent {
     /// We hold the lease (after a successful create/acquire/renew): announce.
-    Acquired { name: String },
+    Acquired { name: String, tag: Option<Arc<str>> },
     /// We no longer hold it: another holder was seen, a write was refused (409/403...), or the
     /// renew deadline passed without an API outage to explain it. Stop announcing at once.
     Lost {
         name: String,
+        tag: Option<Arc<str>>,
         /// The holder now recorded, when known.
         holder: Option<String>,
     },
@@ -35,18 +42,28 @@ pub enum LeaseEvent {
     /// deadline has passed: the lease may have expired for others. Sticky mode keeps
     /// announcing until another node's gratuitous ARP/NA is seen; strict mode stops now.
     /// Followed by `Acquired` (renewal got through again) or `Lost`.
-    Unreachable { name: String },
+    Unreachable { name: String, tag: Option<Arc<str>> },
     /// We released it (no longer wanted, or shutdown). Stop announcing.
-    Released { name: String },
+    Released { name: String, tag: Option<Arc<str>> },
 }
 
 impl LeaseEvent {
     pub fn name(&self) -> &str {
         match self {
-            LeaseEvent::Acquired { name }
+            LeaseEvent::Acquired { name, .. }
             | LeaseEvent::Lost { name, .. }
-            | LeaseEvent::Unreachable { name }
-            | LeaseEvent::Released { name } => name,
+            | LeaseEvent::Unreachable { name, .. }
+            | LeaseEvent::Released { name, .. } => name,
+        }
+    }
+
+    /// The caller's tag of the lease ([`LeaseWant::tag`]).
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            LeaseEvent::Acquired { tag, .. }
+            | LeaseEvent::Lost { tag, .. }
+            | LeaseEvent::Unreachable { tag, .. }
+            | LeaseEvent::Released { tag, .. } => tag.as_deref(),
         }
     }
 }

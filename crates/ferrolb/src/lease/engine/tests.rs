@@ -103,6 +103,7 @@ impl Core {
                     n.to_string(),
                     LeaseWant {
                         candidates: cands.clone(),
+                        tag: Some(Arc::from(format!("group-{n}"))),
                         ..LeaseWant::default()
                     },
                 )
@@ -443,7 +444,15 @@ fn an_unreachable_api_server_makes_addresses_sticky_not_lost() {
     let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
     let w = a.writes();
     a.answer_all(w, t0);
-    assert_eq!(a.events(), vec![LeaseEvent::Acquired { name: addr.into() }]);
+    // Every event carries the caller's tag back (the agent's group key).
+    let tag = Some(Arc::from(format!("group-{addr}")));
+    assert_eq!(
+        a.events(),
+        vec![LeaseEvent::Acquired {
+            name: addr.into(),
+            tag: tag.clone()
+        }]
+    );
     // Every presence renewal fails as unreachable from now on.
     let mut t = t0;
     while t < t0 + 700 * MS {
@@ -456,7 +465,10 @@ fn an_unreachable_api_server_makes_addresses_sticky_not_lost() {
     // Past the renew deadline (600 ms): Unreachable (sticky mode may ride it out), not Lost.
     assert_eq!(
         a.events(),
-        vec![LeaseEvent::Unreachable { name: addr.into() }]
+        vec![LeaseEvent::Unreachable {
+            name: addr.into(),
+            tag
+        }]
     );
 }
 
