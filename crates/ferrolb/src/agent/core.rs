@@ -73,6 +73,27 @@ impl LeaseInput {
     }
 }
 
+/// Another station seen claiming `ip` on `iface` (the announcer's [`crate::net::Conflict`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub ip: IpAddr,
+    pub iface: String,
+    pub mac: String,
+    /// It answered our probe (no takeover announcement): nothing yields to it.
+    pub probe_answer: bool,
+}
+
+impl From<&crate::net::Conflict> for Sighting {
+    fn from(c: &crate::net::Conflict) -> Self {
+        Sighting {
+            ip: c.ip,
+            iface: c.iface.clone(),
+            mac: c.mac.to_string(),
+            probe_answer: c.probe_answer,
+        }
+    }
+}
+
 /// What the core is fed.
 pub enum Input<'a> {
     /// The caches changed (after the caller's debounce): recompute eligibility.
@@ -85,13 +106,8 @@ pub enum Input<'a> {
     },
     /// Lease events, every one waiting (one announcer update for the batch).
     Leases(Vec<LeaseInput>),
-    /// Another station claims `ip` (`probe_answer`: it answered our probe, no takeover).
-    Conflict {
-        ip: IpAddr,
-        iface: String,
-        mac: String,
-        probe_answer: bool,
-    },
+    /// Another station claims an address.
+    Conflict(Sighting),
     /// The API server is reachable again after an outage.
     ApiReconnected,
     /// SIGTERM/SIGINT: stop answering.
@@ -238,12 +254,7 @@ impl Core {
                 out.push(Effect::L2LeaseActivity);
                 self.apply(now, &mut out);
             }
-            Input::Conflict {
-                ip,
-                iface,
-                mac,
-                probe_answer,
-            } => self.on_conflict(ip, &iface, &mac, probe_answer, now, &mut out),
+            Input::Conflict(seen) => self.on_conflict(&seen, now, &mut out),
             Input::ApiReconnected => {
                 let held = self.holdings.confirmed();
                 info!(
@@ -405,15 +416,13 @@ impl Core {
         self.holdings.on_lease(&key, t);
     }
 
-    fn on_conflict(
-        &mut self,
-        ip: IpAddr,
-        iface: &str,
-        mac: &str,
-        probe_answer: bool,
-        now: Instant,
-        out: &mut Vec<Effect>,
-    ) {
+    fn on_conflict(&mut self, seen: &Sighting, now: Instant, out: &mut Vec<Effect>) {
+        let Sighting {
+            ip,
+            ref iface,
+            ref mac,
+            probe_answer,
+        } = *seen;
         // An answer to our ARP/NDP probe is no takeover announcement: nothing yields to it.
         let outcome = if probe_answer {
             self.holdings.on_probe_answer(ip)
@@ -428,9 +437,9 @@ impl Core {
             ConflictOutcome::Ignored(key) => {
                 info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
                 if !probe_answer {
-                    self.defend(ip, mac, now, out);
+                    self.defend(seen, now, out);
                 }
-                self.on_foreign_answerer(ip, iface, mac, key, !probe_answer, now, out);
+                self.on_foreign_answerer(seen, key, now, out);
                 "ignored"
             }
             ConflictOutcome::NotOurs => "not_ours",
@@ -445,45 +454,50 @@ impl Core {
     /// back — sticky through an outage that also took its link, so it never heard our takeover
     /// burst — and our burst is the takeover announcement it yields to; it also puts the
     /// clients' caches, which its announcement just pointed at it, back on us.
-    fn defend(&mut self, ip: IpAddr, mac: &str, now: Instant, out: &mut Vec<Effect>) {
-        let Some(ifaces) = self.announced.get(&ip) else {
+    fn defend(&mut self, seen: &Sighting, now: Instant, out: &mut Vec<Effect>) {
+        let Some(ifaces) = self.announced.get(&seen.ip) else {
             return;
         };
-        if !self.defences.due(ip, mac, now) {
+        if !self.defences.due(seen.ip, &seen.mac, now) {
             return;
         }
-        info!(%ip, mac, "defending an address whose lease we hold: gratuitous burst");
-        out.push(Effect::Reannounce(Announced::from([(ip, ifaces.clone())])));
+        info!(ip = %seen.ip, mac = %seen.mac, "defending an address whose lease we hold: gratuitous burst");
+        out.push(Effect::Reannounce(Announced::from([(
+            seen.ip,
+            ifaces.clone(),
+        )])));
         out.push(Effect::Metric(Metric::Defence));
     }
 
-    /// Another station answers for an address whose lease we hold (we keep it and keep
-    /// announcing): a Warning Event on its Services, rate-limited per address+MAC. Two kinds,
-    /// two Events (`conflicts::foreign_event`): an answer to our probe is a foreign answerer
-    /// (kube-proxy IPVS without strictARP, a host with the address; counted in
-    /// `ferrolb_agent_foreign_answerers_total`); an `announced` takeover is most often a stale
+    /// Another station answers for an address whose lease (group `key`) we hold (we keep it
+    /// and keep announcing): a Warning Event on its Services, rate-limited per address+MAC. Two
+    /// kinds, two Events (`conflicts::foreign_event`): an answer to our probe is a foreign
+    /// answerer (kube-proxy IPVS without strictARP, a host with the address; counted in
+    /// `ferrolb_agent_foreign_answerers_total`); an announced takeover is most often a stale
     /// holder coming back, which we defended against ([`Core::defend`]).
-    #[allow(clippy::too_many_arguments)]
     fn on_foreign_answerer(
         &mut self,
-        ip: IpAddr,
-        iface: &str,
-        mac: &str,
+        seen: &Sighting,
         key: &str,
-        announced: bool,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let Sighting {
+            ip,
+            ref iface,
+            ref mac,
+            probe_answer,
+        } = *seen;
         if !self.foreign.due(ip, mac, now) {
             return;
         }
-        if announced {
-            warn!(%ip, iface, mac, "another station announced an address whose lease this node holds (a stale holder coming back?): defended");
-        } else {
+        if probe_answer {
             out.push(Effect::Metric(Metric::ForeignAnswerer(conflicts::family(
                 ip,
             ))));
             warn!(%ip, iface, mac, "another station answers for an address whose lease this node holds (kube-proxy IPVS without strictARP?)");
+        } else {
+            warn!(%ip, iface, mac, "another station announced an address whose lease this node holds (a stale holder coming back?): defended");
         }
         for sref in conflicts::services_of(self.holdings.group(key)) {
             if !self.event_allowed(&sref, now, out) {
@@ -492,9 +506,9 @@ impl Core {
             out.push(Effect::ForeignEvent {
                 service: sref,
                 ip,
-                iface: iface.to_string(),
-                mac: mac.to_string(),
-                announced,
+                iface: iface.clone(),
+                mac: mac.clone(),
+                announced: !probe_answer,
             });
         }
     }

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::cache::{self, CachedNode, CachedService, CachedSlice};
 use super::conflicts;
-use super::core::{Core, Effect, Input, LeaseInput, Snapshot};
+use super::core::{Core, Effect, Input, LeaseInput, Sighting, Snapshot};
 use super::eligibility::{self, Options};
 use super::l2status::Acquired;
 use super::metrics::Metrics;
@@ -551,12 +551,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 }
             },
             c = conflicts.recv() => match c {
-                Ok(c) => agent.feed(Input::Conflict {
-                    ip: c.ip,
-                    iface: c.iface.to_string(),
-                    mac: c.mac.to_string(),
-                    probe_answer: c.probe_answer,
-                }),
+                Ok(c) => agent.feed(Input::Conflict(Sighting::from(&c))),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "conflict reports lagged");
                 }

@@ -178,6 +178,16 @@ fn acquired(key: &str) -> LeaseInput {
     }
 }
 
+/// Another station seen on eth0 claiming `addr` from `mac` (`probe_answer`: answering ours).
+fn seen(addr: &str, mac: &str, probe_answer: bool) -> Input<'static> {
+    Input::Conflict(Sighting {
+        ip: ip(addr),
+        iface: "eth0".into(),
+        mac: mac.into(),
+        probe_answer,
+    })
+}
+
 fn ev(event: LeaseEvent) -> Input<'static> {
     Input::Leases(vec![LeaseInput::plain(event)])
 }
@@ -330,22 +340,12 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
     let fx = c.handle(Input::ApiReconnected, now);
     assert_eq!(fx, vec![Effect::Reannounce(Announced::new())]);
     // Another station answers our probe: no takeover, nothing yields.
-    let probe = Input::Conflict {
-        ip: ip("198.51.100.10"),
-        iface: "eth0".into(),
-        mac: "02:00:00:00:00:02".into(),
-        probe_answer: true,
-    };
+    let probe = seen("198.51.100.10", "02:00:00:00:00:02", true);
     let fx = c.handle(probe, now);
     assert_eq!(announce(&fx), None);
     assert_eq!(c.announced().len(), 1);
     // Another station's gratuitous ARP: the sticky group yields at once.
-    let garp = Input::Conflict {
-        ip: ip("198.51.100.10"),
-        iface: "eth0".into(),
-        mac: "02:00:00:00:00:02".into(),
-        probe_answer: false,
-    };
+    let garp = seen("198.51.100.10", "02:00:00:00:00:02", false);
     let fx = c.handle(garp, now);
     assert_eq!(announce(&fx), Some(&Announced::new()), "{fx:?}");
     assert!(has_metric(&fx, Metric::Conflict("yielded")));
@@ -391,12 +391,7 @@ fn no_sticky_stops_when_the_lease_could_have_expired() {
 #[test]
 fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_once() {
     let (mut c, _name, now) = holding();
-    let conflict = || Input::Conflict {
-        ip: ip("198.51.100.10"),
-        iface: "eth0".into(),
-        mac: "02:00:00:00:00:02".into(),
-        probe_answer: true,
-    };
+    let conflict = || seen("198.51.100.10", "02:00:00:00:00:02", true);
     let fx = c.handle(conflict(), now);
     assert_eq!(announce(&fx), None, "the lease decides: we keep answering");
     assert!(has_metric(&fx, Metric::Conflict("ignored")));
@@ -415,15 +410,7 @@ fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_
     );
     assert_eq!(c.announced().len(), 1);
     // An address that is not ours.
-    let fx = c.handle(
-        Input::Conflict {
-            ip: ip("198.51.100.77"),
-            iface: "eth0".into(),
-            mac: "02:00:00:00:00:02".into(),
-            probe_answer: false,
-        },
-        now,
-    );
+    let fx = c.handle(seen("198.51.100.77", "02:00:00:00:00:02", false), now);
     assert!(has_metric(&fx, Metric::Conflict("not_ours")));
 }
 
@@ -433,12 +420,7 @@ fn a_conflict_on_a_valid_lease_keeps_answering_and_reports_the_foreign_answerer_
 #[test]
 fn another_stations_announcement_of_a_held_address_is_defended_once_per_second() {
     let (mut c, _name, now) = holding();
-    let conflict = |mac: &str, probe_answer: bool| Input::Conflict {
-        ip: ip("198.51.100.10"),
-        iface: "eth0".into(),
-        mac: mac.into(),
-        probe_answer,
-    };
+    let conflict = |mac: &str, probe_answer: bool| seen("198.51.100.10", mac, probe_answer);
     let ours = set(&[("198.51.100.10", &["eth0"])]);
     let defences = |fx: &[Effect]| {
         fx.iter()
