@@ -161,8 +161,9 @@ impl Engine {
         }
     }
 
+    /// A write's result: the outage bookkeeping, the lease's entry, then the next step — of
+    /// every lease when the result ended an outage, else of this one.
     pub(super) fn on_result(&mut self, d: Done, now: Instant) {
-        let cfg = self.opts.config.clone();
         let outage_ended = match &d.result {
             Err(err) if err.kind == WriteFailure::Unreachable => {
                 self.note_unreachable(now, false, &err.message);
@@ -171,11 +172,20 @@ impl Engine {
             // Any answer (also a 409 or a refusal) means the API server is reachable.
             _ => self.note_reachable(now),
         };
+        let name = d.name.clone();
+        let known = self.record_result(d, now);
+        if outage_ended {
+            self.step_all(now);
+        } else if known {
+            self.step(&name, now);
+        }
+    }
+
+    /// Records a write's result in its lease's entry; false when the lease has no entry.
+    fn record_result(&mut self, d: Done, now: Instant) -> bool {
+        let cfg = self.opts.config.clone();
         let Some(e) = self.entries.get_mut(&d.name) else {
-            if outage_ended {
-                self.step_all(now);
-            }
-            return;
+            return false;
         };
         e.in_flight = false;
         match d.result {
@@ -257,10 +267,6 @@ impl Engine {
             }
         }
         self.reindex(&d.name);
-        if outage_ended {
-            self.step_all(now);
-        } else {
-            self.step(&d.name, now);
-        }
+        true
     }
 }
