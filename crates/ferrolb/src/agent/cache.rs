@@ -482,23 +482,36 @@ pub fn watch<T: Narrow>(
 ) -> tokio::task::JoinHandle<()> {
     let stream = watcher::watcher(api, cfg).default_backoff();
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    store.apply(ev);
-                    notify.notify_one();
-                }
-                Err(e) => {
-                    metrics
-                        .api_errors
-                        .with_label_values(&[&format!("watch_{kind}")])
-                        .inc();
-                    warn!(kind, error = %e, "watch error (retrying)");
-                }
+        drive(stream, &metrics, kind, |ev| {
+            store.apply(ev);
+            notify.notify_one();
+        })
+        .await
+    })
+}
+
+/// Runs a watch stream (kube-runtime retries with backoff) to its end: `on_event` for every
+/// event; errors are counted (`api_errors{kind="watch_<kind>"}`) and logged. Every watch of
+/// the agent goes through here.
+pub(super) async fn drive<E>(
+    stream: impl futures::Stream<Item = Result<E, watcher::Error>>,
+    metrics: &Metrics,
+    kind: &str,
+    mut on_event: impl FnMut(E),
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => on_event(ev),
+            Err(e) => {
+                metrics
+                    .api_errors
+                    .with_label_values(&[&format!("watch_{kind}")])
+                    .inc();
+                warn!(kind, error = %e, "watch error (retrying)");
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -66,21 +65,8 @@ where
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => {
-                    metrics
-                        .api_errors
-                        .with_label_values(&[&format!("watch_{kind}")])
-                        .inc();
-                    warn!(kind, error = %e, "watch error (retrying)");
-                }
-            }
-        }
-    });
+    let wake = move |_| notify.notify_one();
+    let task = tokio::spawn(async move { cache::drive(stream, &metrics, kind, wake).await });
     (store, task)
 }
 
