@@ -788,6 +788,31 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_queue_fires_due_keys_once_and_counts_only_failures() {
+        let mut q: RetryQueue<String> = RetryQueue::default();
+        let mut pools: Tracked<LoadBalancerIPPool> = Tracked::default();
+        q.schedule("a".into());
+        q.schedule("a".into());
+        assert_eq!(q.due["a"].1, 1, "the second failure is attempt 1");
+        let now = Instant::now();
+        q.schedule_at("b".into(), now);
+        assert_eq!(q.next_due(), Some(now));
+        q.fire(&mut pools);
+        assert_eq!(pools.take_dirty(), ["b"], "only the due key is marked");
+        q.fire(&mut pools);
+        assert!(
+            !pools.has_dirty(),
+            "a fired retry waits for the next failure"
+        );
+        q.schedule_at("a".into(), now);
+        assert_eq!(q.due["a"].1, 1, "waiting for the watch is no failure");
+        q.done(&"a".to_string());
+        assert!(!q.due.contains_key("a"));
+        q.clear();
+        assert_eq!(q.next_due(), None);
+    }
+
+    #[test]
     fn retry_backoff_grows_and_is_capped() {
         assert_eq!(Retries::backoff(0), Duration::from_millis(200));
         assert_eq!(Retries::backoff(1), Duration::from_millis(400));

@@ -289,8 +289,8 @@ impl State {
         }
         let n = act.reqs.len();
         self.active = Some(act);
-        self.services.mark_every_dirty();
-        self.pools.mark_every_dirty();
+        self.services.mark_all_dirty();
+        self.pools.mark_all_dirty();
         n
     }
 
@@ -360,7 +360,7 @@ impl State {
                     retry_unsatisfied(act, &key);
                     changed = act.alloc.take_changed();
                     act.note_outcomes(&changed);
-                    self.pools.mark_every_dirty();
+                    self.pools.mark_all_dirty();
                 }
             } else {
                 // Cleared already (neither our condition nor our addresses left): from now on
@@ -380,7 +380,7 @@ impl State {
                     changed = act.alloc.take_changed();
                     act.note_outcomes(&changed);
                     act.to_clear.insert(key.clone(), held);
-                    self.pools.mark_every_dirty();
+                    self.pools.mark_all_dirty();
                 } else if had_condition && !act.to_clear.contains_key(&key) {
                     let ips: BTreeSet<IpAddr> = ingress
                         .iter()
@@ -395,7 +395,7 @@ impl State {
             }
         }
         self.services.store(key, svc);
-        self.services.mark_dirty_all(changed);
+        self.services.extend_dirty(changed);
     }
 
     /// Forgets a Service by key and releases its addresses.
@@ -409,8 +409,8 @@ impl State {
                 act.note_outcomes(&changed);
                 act.unsatisfied.remove(key);
                 self.services
-                    .mark_dirty_all(changed.into_iter().filter(|k| k != key));
-                self.pools.mark_every_dirty();
+                    .extend_dirty(changed.into_iter().filter(|k| k != key));
+                self.pools.mark_all_dirty();
             }
         }
     }
@@ -439,15 +439,15 @@ impl State {
                         })
                         .cloned()
                         .collect();
-                    self.services.mark_dirty_all(users);
+                    self.services.extend_dirty(users);
                 }
                 act.defs.insert(name.clone(), def.clone());
                 act.pool_inputs.insert(name.clone(), inputs);
                 let changed = act.alloc.set_pool(def);
                 act.note_outcomes(&changed);
-                self.services.mark_dirty_all(changed);
+                self.services.extend_dirty(changed);
                 // Conflicts and counts of other pools may change too.
-                self.pools.mark_every_dirty();
+                self.pools.mark_all_dirty();
             }
         }
         self.pools.store(name, pool);
@@ -462,8 +462,8 @@ impl State {
             act.pool_inputs.remove(name);
             let changed = act.alloc.remove_pool(name);
             act.note_outcomes(&changed);
-            self.services.mark_dirty_all(changed);
-            self.pools.mark_every_dirty();
+            self.services.extend_dirty(changed);
+            self.pools.mark_all_dirty();
         }
     }
 
@@ -494,8 +494,8 @@ impl State {
             let changed = act.alloc.set_namespace(&name, labels);
             act.note_outcomes(&changed);
             if !changed.is_empty() {
-                self.services.mark_dirty_all(changed);
-                self.pools.mark_every_dirty();
+                self.services.extend_dirty(changed);
+                self.pools.mark_all_dirty();
             }
         }
     }
@@ -509,8 +509,8 @@ impl State {
             let changed = act.alloc.remove_namespace(name);
             act.note_outcomes(&changed);
             if !changed.is_empty() {
-                self.services.mark_dirty_all(changed);
-                self.pools.mark_every_dirty();
+                self.services.extend_dirty(changed);
+                self.pools.mark_all_dirty();
             }
         }
     }

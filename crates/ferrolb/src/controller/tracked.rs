@@ -56,6 +56,8 @@ impl Object for LoadBalancerIPPool {
 }
 
 /// Cached objects of one kind, their pending versions and their dirty marks. See the module docs.
+/// Objects enter and leave only through the [`State`](super::state::State) (which keeps the
+/// allocator in step); the runner notes versions and takes and sets dirty marks.
 #[derive(Debug)]
 pub struct Tracked<V: Object> {
     objects: BTreeMap<V::Key, V>,
@@ -119,13 +121,13 @@ impl<V: Object> Tracked<V> {
     }
 
     /// Caches `obj` under `key` and marks it dirty.
-    pub fn store(&mut self, key: V::Key, obj: V) {
+    pub(super) fn store(&mut self, key: V::Key, obj: V) {
         self.objects.insert(key.clone(), obj);
         self.dirty.insert(key);
     }
 
     /// Forgets `key`: its object, its wait and its dirty mark.
-    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    pub(super) fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
     where
         V::Key: Borrow<Q>,
     {
@@ -147,7 +149,7 @@ impl<V: Object> Tracked<V> {
 
     /// A (re)list arrived: every wait ends. Returns the cached keys `list` does not hold (to be
     /// deleted).
-    pub fn relist(&mut self, list: &[V]) -> Vec<V::Key> {
+    pub(super) fn relist(&mut self, list: &[V]) -> Vec<V::Key> {
         self.pending.clear();
         let present: BTreeSet<V::Key> = list.iter().map(Object::key).collect();
         missing_keys(&self.objects, &present)
@@ -155,7 +157,7 @@ impl<V: Object> Tracked<V> {
 
     /// A watch event delivered `obj`: the wait for its key ends when it shows the version we
     /// know.
-    pub fn observe(&mut self, obj: &V) {
+    pub(super) fn observe(&mut self, obj: &V) {
         let key = obj.key();
         if let Some((rv, _)) = self.pending.get(&key) {
             if obj.resource_version() == Some(rv.as_str()) {
@@ -197,12 +199,12 @@ impl<V: Object> Tracked<V> {
         self.dirty.insert(key);
     }
 
-    pub fn mark_dirty_all(&mut self, keys: impl IntoIterator<Item = V::Key>) {
+    pub fn extend_dirty(&mut self, keys: impl IntoIterator<Item = V::Key>) {
         self.dirty.extend(keys);
     }
 
     /// Marks every cached object dirty.
-    pub fn mark_every_dirty(&mut self) {
+    pub fn mark_all_dirty(&mut self) {
         self.dirty.extend(self.objects.keys().cloned());
     }
 
@@ -273,10 +275,10 @@ mod tests {
         assert!(!t.has_dirty());
         assert_eq!(t.take_dirty(), Vec::<String>::new());
         assert_eq!(t.len(), 2, "taking the marks keeps the objects");
-        t.mark_every_dirty();
+        t.mark_all_dirty();
         t.forget_dirty(&"a".to_string());
         assert_eq!(t.take_dirty(), ["b"]);
-        t.mark_dirty_all(["x".to_string()]);
+        t.extend_dirty(["x".to_string()]);
         t.clear_dirty();
         assert!(!t.has_dirty());
     }
