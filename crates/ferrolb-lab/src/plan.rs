@@ -1040,8 +1040,8 @@ mod rebuild_order_tests {
             metallb_annotations: false,
         };
         let mut state = State::new(opts);
-        state.replace_pools(c.pools.clone());
-        state.replace_services(c.services.iter().map(|s| opts.cache(s.clone())).collect());
+        state.replace(c.pools.clone());
+        state.replace(c.services.iter().map(|s| opts.cache(s.clone())).collect());
         assert_eq!(state.activate(), 3);
         let controller: BTreeMap<String, Vec<String>> = ["a", "b", "c"]
             .into_iter()

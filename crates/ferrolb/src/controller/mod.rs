@@ -7,6 +7,8 @@
 //!   It is tested by feeding objects in, without I/O.
 //! - [`runner`]: the async part. Watches, leader election (`crate::lease`), writes with
 //!   resourceVersion preconditions, Events, metrics, readiness.
+//! - [`tracked`]: the bookkeeping of each kind of object the controller writes (cache, versions
+//!   waiting for the watch, dirty marks), written once for Services and pools.
 //! - [`error`], [`metrics`], [`events`]: the crate-local error type, Prometheus metrics and the
 //!   `events.k8s.io/v1` recorder.
 //!
@@ -30,7 +32,7 @@
 //! - After a write (or a re-read after a 409) the controller knows a newer version than its
 //!   watch. Until the watch delivers that version, further writes for the object wait (they
 //!   would be based on an older version and only earn a 409). A relist ends every wait; a lost
-//!   event ends it after [`state::PENDING_TIMEOUT`]. In steady state the controller sends no
+//!   event ends it after [`tracked::PENDING_TIMEOUT`]. In steady state the controller sends no
 //!   GET at all (tested: one status patch and one Event per allocation, nothing while idle).
 //! - Pool status writes are coalesced (200 ms) since counts change with every allocation.
 //! - Takeover relists Services and pools (one LIST each) instead of trusting a standby's cache
@@ -58,6 +60,7 @@ pub mod outbox;
 pub mod runner;
 pub mod state;
 pub mod status;
+pub mod tracked;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,17 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::Client;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::events::EventSpec;
 use super::events::Recorder;
 use super::outbox::Outbox;
-use super::state::{CachedService, Options, PoolWrite, ServiceKey, ServiceWrite, State};
+use super::state::{
+    CachedService, Object, Options, PoolWrite, ServiceKey, ServiceWrite, State, Tracked, Watched,
+};
 use super::{Error, Metrics, Result};
 use crate::api::LoadBalancerIPPool;
 use crate::telemetry::Health;
@@ -210,11 +214,12 @@ impl Feeds {
     }
 }
 
-/// Retry bookkeeping for writes that failed for reasons other than a conflict (API down, 5xx).
+/// Retry bookkeeping for writes that failed for reasons other than a conflict (API down, 5xx),
+/// one queue per kind.
 #[derive(Default)]
 struct Retries {
-    services: BTreeMap<ServiceKey, (Instant, u32)>,
-    pools: BTreeMap<String, (Instant, u32)>,
+    services: RetryQueue<ServiceKey>,
+    pools: RetryQueue<String>,
 }
 
 impl Retries {
@@ -223,56 +228,74 @@ impl Retries {
         Duration::from_millis(ms.min(30_000))
     }
 
-    fn schedule_service(&mut self, key: ServiceKey) {
-        let attempt = self.services.get(&key).map(|(_, a)| *a + 1).unwrap_or(0);
-        self.services
-            .insert(key, (Instant::now() + Self::backoff(attempt), attempt));
-    }
-
-    fn schedule_pool(&mut self, name: String) {
-        let attempt = self.pools.get(&name).map(|(_, a)| *a + 1).unwrap_or(0);
-        self.pools
-            .insert(name, (Instant::now() + Self::backoff(attempt), attempt));
-    }
-
-    fn schedule_service_at(&mut self, key: ServiceKey, at: Instant) {
-        let attempt = self.services.get(&key).map(|(_, a)| *a).unwrap_or(0);
-        self.services.insert(key, (at, attempt));
-    }
-
-    fn schedule_pool_at(&mut self, name: String, at: Instant) {
-        let attempt = self.pools.get(&name).map(|(_, a)| *a).unwrap_or(0);
-        self.pools.insert(name, (at, attempt));
-    }
-
     fn next_due(&self) -> Option<Instant> {
         self.services
-            .values()
-            .chain(self.pools.values())
-            .map(|(t, _)| *t)
+            .next_due()
+            .into_iter()
+            .chain(self.pools.next_due())
             .min()
     }
 
     /// Marks every due retry dirty in `state` (the attempt count is kept until a write succeeds).
     fn fire(&mut self, state: &mut State) {
-        let now = Instant::now();
-        for (k, (t, _)) in self.services.iter_mut() {
-            if *t <= now {
-                state.mark_service_dirty(k.clone());
-                *t = now + Duration::from_secs(3600);
-            }
+        self.services.fire(state.tracked_mut::<CachedService>());
+        self.pools.fire(state.tracked_mut::<LoadBalancerIPPool>());
+    }
+
+    fn clear(&mut self) {
+        self.services.clear();
+        self.pools.clear();
+    }
+}
+
+/// When each key of one kind is due for another write attempt, and how many it has had.
+struct RetryQueue<K> {
+    due: BTreeMap<K, (Instant, u32)>,
+}
+
+impl<K> Default for RetryQueue<K> {
+    fn default() -> Self {
+        RetryQueue {
+            due: BTreeMap::new(),
         }
-        for (k, (t, _)) in self.pools.iter_mut() {
+    }
+}
+
+impl<K: Ord + Clone> RetryQueue<K> {
+    /// The next attempt after a failure, with a growing backoff.
+    fn schedule(&mut self, key: K) {
+        let attempt = self.due.get(&key).map(|(_, a)| *a + 1).unwrap_or(0);
+        self.due
+            .insert(key, (Instant::now() + Retries::backoff(attempt), attempt));
+    }
+
+    /// An attempt at `at` that is no failure (the write waits for the watch).
+    fn schedule_at(&mut self, key: K, at: Instant) {
+        let attempt = self.due.get(&key).map(|(_, a)| *a).unwrap_or(0);
+        self.due.insert(key, (at, attempt));
+    }
+
+    /// Nothing (more) to retry for `key`.
+    fn done(&mut self, key: &K) {
+        self.due.remove(key);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().map(|(t, _)| *t).min()
+    }
+
+    fn fire<V: Object<Key = K>>(&mut self, tracked: &mut Tracked<V>) {
+        let now = Instant::now();
+        for (k, (t, _)) in self.due.iter_mut() {
             if *t <= now {
-                state.mark_pool_dirty(k.clone());
+                tracked.mark_dirty(k.clone());
                 *t = now + Duration::from_secs(3600);
             }
         }
     }
 
     fn clear(&mut self) {
-        self.services.clear();
-        self.pools.clear();
+        self.due.clear();
     }
 }
 
@@ -327,12 +350,19 @@ impl Controller {
                 tracing::info!(services = n, "state rebuilt: existing allocations adopted");
             }
             if leading && state.is_active() {
-                flush_services(&ctx, &mut state, &outbox, &election, &mut retries).await;
-                if state.has_dirty_pools() {
+                flush::<CachedService>(&ctx, &mut state, &outbox, &election, &mut retries).await;
+                if state.tracked::<LoadBalancerIPPool>().has_dirty() {
                     let due = *pool_due.get_or_insert_with(|| Instant::now() + POOL_DEBOUNCE);
                     if due <= Instant::now() {
                         pool_due = None;
-                        flush_pools(&ctx, &mut state, &outbox, &election, &mut retries).await;
+                        flush::<LoadBalancerIPPool>(
+                            &ctx,
+                            &mut state,
+                            &outbox,
+                            &election,
+                            &mut retries,
+                        )
+                        .await;
                     }
                 }
             } else {
@@ -342,7 +372,8 @@ impl Controller {
 
             let next_retry = retries.next_due();
             // Writes left over (conflict rounds exhausted, leadership flapped): come back soon.
-            let wake_soon = leading && state.is_active() && state.has_dirty_services();
+            let wake_soon =
+                leading && state.is_active() && state.tracked::<CachedService>().has_dirty();
             if ctx.shutdown.is_cancelled() {
                 break;
             }
@@ -366,7 +397,7 @@ impl Controller {
                     }
                 }
                 ev = feeds.pools.next() => match ev {
-                    Some(Ok(ev)) => on_pool_event(&mut state, &mut feeds, ev),
+                    Some(Ok(ev)) => on_event(&mut state, &mut feeds.pool_init, ev),
                     Some(Err(e)) => {
                         count_error(&ctx, "watch_pools");
                         tracing::warn!(error = %e, "watching LoadBalancerIPPools failed (is the CRD installed?); retrying with backoff");
@@ -410,7 +441,7 @@ fn on_services_item(
 ) -> Result<bool> {
     match item {
         Some(Ok(ev)) => {
-            on_service_event(state, feeds, ev);
+            on_event(state, &mut feeds.svc_init, ev);
             Ok(true)
         }
         Some(Err(e)) => {
@@ -422,20 +453,12 @@ fn on_services_item(
     }
 }
 
-fn on_service_event(state: &mut State, feeds: &mut Feeds, ev: Event<CachedService>) {
-    match feeds.svc_init.take(ev) {
-        Some(Change::Replace(list)) => state.replace_services(list),
-        Some(Change::Apply(s)) => state.service_event(s),
-        Some(Change::Delete(s)) => state.delete_service(&s),
-        None => {}
-    }
-}
-
-fn on_pool_event(state: &mut State, feeds: &mut Feeds, ev: Event<LoadBalancerIPPool>) {
-    match feeds.pool_init.take(ev) {
-        Some(Change::Replace(list)) => state.replace_pools(list),
-        Some(Change::Apply(p)) => state.pool_event(p),
-        Some(Change::Delete(p)) => state.delete_pool(&p),
+/// One event of the Services or pools watch.
+fn on_event<O: Watched>(state: &mut State, init: &mut InitialList<O>, ev: Event<O>) {
+    match init.take(ev) {
+        Some(Change::Replace(list)) => state.replace(list),
+        Some(Change::Apply(o)) => state.event(o),
+        Some(Change::Delete(o)) => state.delete(&o),
         None => {}
     }
 }
@@ -478,11 +501,108 @@ const MAX_EVENTS_PER_ROUND: usize = 1000;
 /// time, a busy API server's round trip capped a restart at a few dozen Services per second.
 const SERVICE_WRITE_CONCURRENCY: usize = 16;
 
-/// Performs every Service write the state machine asks for, while (and only while) leading.
-/// Writes run [`SERVICE_WRITE_CONCURRENCY`] at a time; their results are applied to the state
-/// one by one, in completion order, and the Events of each write that landed go to the
-/// [`Outbox`] (published by a task of their own, off this path).
-async fn flush_services(
+/// A kind of object whose status the controller writes (Services, pools): how it is read and
+/// patched on the server, and what one of its writes carries.
+trait Written: Watched<Key: std::fmt::Display + Send + Sync> + Send {
+    /// The object as the server sends it.
+    type Server: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send;
+    type Write: Send;
+    /// The `resource` label of `ferrolb_controller_writes_total`.
+    const RESOURCE: &'static str;
+    /// How logs name the kind.
+    const NOUN: &'static str;
+    /// How many writes of a round are computed before they run, and how many run at once.
+    /// Pool writes are computed one at a time, each after the one before landed (a pool re-read
+    /// after a 409 may change the others' status); a round's Service writes are computed first
+    /// and run [`SERVICE_WRITE_CONCURRENCY`] at a time.
+    const AHEAD: usize;
+    const CONCURRENCY: usize;
+    /// The write the state machine asks for (see [`State::service_write`]).
+    fn write(state: &State, key: &Self::Key) -> Option<Self::Write>;
+    fn api(client: &Client, key: &Self::Key) -> Api<Self::Server>;
+    fn name(key: &Self::Key) -> &str;
+    /// What the state keeps of a server object.
+    fn narrow(state: &State, obj: Self::Server) -> Self;
+    fn patch(w: &Self::Write) -> &serde_json::Value;
+    /// The object the write's Events are about, and the Events.
+    fn events(w: &Self::Write) -> (&ObjectReference, &[EventSpec]);
+    fn retries(r: &mut Retries) -> &mut RetryQueue<Self::Key>;
+    /// Metrics of a write that landed, beyond its count.
+    fn count_landed(_metrics: &Metrics, _w: &Self::Write) {}
+}
+
+impl Written for CachedService {
+    type Server = Service;
+    type Write = ServiceWrite;
+    const RESOURCE: &'static str = "services";
+    const NOUN: &'static str = "Service";
+    const AHEAD: usize = usize::MAX;
+    const CONCURRENCY: usize = SERVICE_WRITE_CONCURRENCY;
+    fn write(state: &State, key: &ServiceKey) -> Option<ServiceWrite> {
+        state.service_write(key)
+    }
+    fn api(client: &Client, key: &ServiceKey) -> Api<Service> {
+        Api::namespaced(client.clone(), &key.namespace)
+    }
+    fn name(key: &ServiceKey) -> &str {
+        &key.name
+    }
+    fn narrow(state: &State, obj: Service) -> Self {
+        state.options().cache(obj)
+    }
+    fn patch(w: &ServiceWrite) -> &serde_json::Value {
+        &w.patch
+    }
+    fn events(w: &ServiceWrite) -> (&ObjectReference, &[EventSpec]) {
+        (&w.regarding, &w.events)
+    }
+    fn retries(r: &mut Retries) -> &mut RetryQueue<ServiceKey> {
+        &mut r.services
+    }
+    fn count_landed(metrics: &Metrics, w: &ServiceWrite) {
+        metrics.allocations.inc_by(w.added.len() as u64);
+        metrics.releases.inc_by(w.removed.len() as u64);
+        if let Some(r) = &w.failed_reason {
+            metrics.allocation_failures.with_label_values(&[r]).inc();
+        }
+    }
+}
+
+impl Written for LoadBalancerIPPool {
+    type Server = LoadBalancerIPPool;
+    type Write = PoolWrite;
+    const RESOURCE: &'static str = "loadbalancerippools";
+    const NOUN: &'static str = "pool";
+    const AHEAD: usize = 1;
+    const CONCURRENCY: usize = 1;
+    fn write(state: &State, name: &String) -> Option<PoolWrite> {
+        state.pool_write(name)
+    }
+    fn api(client: &Client, _name: &String) -> Api<LoadBalancerIPPool> {
+        Api::all(client.clone())
+    }
+    fn name(name: &String) -> &str {
+        name
+    }
+    fn narrow(_state: &State, obj: LoadBalancerIPPool) -> Self {
+        obj
+    }
+    fn patch(w: &PoolWrite) -> &serde_json::Value {
+        &w.patch
+    }
+    fn events(w: &PoolWrite) -> (&ObjectReference, &[EventSpec]) {
+        (&w.regarding, &w.events)
+    }
+    fn retries(r: &mut Retries) -> &mut RetryQueue<String> {
+        &mut r.pools
+    }
+}
+
+/// Performs every Service or pool status write the state machine asks for, while (and only
+/// while) leading, [`Written::CONCURRENCY`] at a time. Results are applied to the state one by
+/// one, in completion order, and the Events of each write that landed go to the [`Outbox`]
+/// (published by a task of their own, off this path).
+async fn flush<K: Written>(
     ctx: &Context,
     state: &mut State,
     outbox: &Outbox,
@@ -490,145 +610,102 @@ async fn flush_services(
     retries: &mut Retries,
 ) {
     for _round in 0..MAX_CONFLICT_ROUNDS {
-        let svcs = state.take_dirty_services();
-        if svcs.is_empty() {
+        let keys = state.tracked_mut::<K>().take_dirty();
+        if keys.is_empty() {
             return;
         }
-        let mut batch = Vec::with_capacity(svcs.len());
-        for key in svcs {
-            if !election.is_leader() || ctx.shutdown.is_cancelled() {
-                state.mark_service_dirty(key);
-                continue;
-            }
-            if let Some(until) = state.service_pending_until(&key) {
-                // The watch has not shown our last write yet: what we would compute now is
-                // based on an older version. Its event re-marks the Service; the retry is a
-                // safety net in case that event never comes.
-                retries.schedule_service_at(key, until.into());
-                continue;
-            }
-            let Some(w) = state.service_write(&key) else {
-                retries.services.remove(&key);
-                continue;
-            };
-            let based_on = state.service_rv(&key);
-            batch.push((key, w, based_on));
-        }
-        let mut writes =
-            futures::stream::iter(batch.into_iter().map(|(key, w, based_on)| async move {
-                // Stop launching writes once leadership is gone (those in flight carry their
-                // resourceVersion precondition).
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            let mut batch = Vec::new();
+            for key in keys.by_ref().take(K::AHEAD) {
                 if !election.is_leader() || ctx.shutdown.is_cancelled() {
-                    return (key, w, based_on, None);
+                    state.tracked_mut::<K>().mark_dirty(key);
+                    continue;
                 }
-                let result = write_service(ctx, &w).await;
-                (key, w, based_on, Some(result))
-            }))
-            .buffer_unordered(SERVICE_WRITE_CONCURRENCY);
-        while let Some((key, w, based_on, result)) = writes.next().await {
-            let Some(result) = result else {
-                state.mark_service_dirty(key);
-                continue;
-            };
-            match result {
-                Ok(updated) => {
-                    outbox.push(&w.regarding, &w.events);
-                    retries.services.remove(&key);
-                    ctx.metrics.write("services", "ok");
-                    ctx.metrics.allocations.inc_by(w.added.len() as u64);
-                    ctx.metrics.releases.inc_by(w.removed.len() as u64);
-                    if let Some(r) = &w.failed_reason {
-                        ctx.metrics
-                            .allocation_failures
-                            .with_label_values(&[r])
-                            .inc();
+                if let Some(until) = state.tracked::<K>().pending_until(&key) {
+                    // The watch has not shown our last write yet: what we would compute now is
+                    // based on an older version. Its event re-marks the object; the retry is a
+                    // safety net in case that event never comes.
+                    K::retries(retries).schedule_at(key, until.into());
+                    continue;
+                }
+                let Some(w) = K::write(state, &key) else {
+                    K::retries(retries).done(&key);
+                    continue;
+                };
+                let based_on = state.tracked::<K>().rv(&key);
+                batch.push((key, w, based_on));
+            }
+            let mut writes =
+                futures::stream::iter(batch.into_iter().map(|(key, w, based_on)| async move {
+                    // Stop launching writes once leadership is gone (those in flight carry
+                    // their resourceVersion precondition).
+                    if !election.is_leader() || ctx.shutdown.is_cancelled() {
+                        return (key, w, based_on, None);
                     }
-                    state.note_service_version(
-                        &key,
-                        based_on.as_deref(),
-                        updated.metadata.resource_version.as_deref(),
-                    );
-                    let updated = state.options().cache(updated);
-                    state.apply_service(updated);
-                    // The server's answer must show what we wrote; if it does not (a field the
-                    // server drops or rewrites), don't write again and again: say so instead.
-                    if state.service_write(&key).is_some() {
-                        state.forget_dirty_service(&key);
-                        count_error(ctx, "status_not_converging");
-                        tracing::error!(service = %key, "Service status still differs right after a successful write; not retrying until the Service changes");
-                    }
-                }
-                Err(e) if e.is_conflict() || e.is_not_found() => {
-                    ctx.metrics.write("services", "conflict");
-                    tracing::debug!(service = %key, error = %e, "Service changed or vanished under the write: re-reading");
-                    refetch_service(ctx, state, &key, retries).await;
-                }
-                Err(e) => {
-                    ctx.metrics.write("services", "error");
-                    count_error(ctx, e.metric_label());
-                    tracing::warn!(error = %e, service = %key, "Service status write failed; will retry");
-                    retries.schedule_service(key);
-                }
+                    let result = patch_status::<K>(ctx, &key, &w).await;
+                    (key, w, based_on, Some(result))
+                }))
+                .buffer_unordered(K::CONCURRENCY);
+            while let Some((key, w, based_on, result)) = writes.next().await {
+                let Some(result) = result else {
+                    state.tracked_mut::<K>().mark_dirty(key);
+                    continue;
+                };
+                landed::<K>(ctx, state, outbox, retries, key, w, based_on, result).await;
             }
         }
     }
 }
 
-/// Performs every pool status write the state machine asks for, while leading.
-async fn flush_pools(
+/// The result of one status write: on success the Events go out and the server's answer is
+/// applied; a conflict (or a vanished object) re-reads; other errors retry with backoff.
+#[allow(clippy::too_many_arguments)]
+async fn landed<K: Written>(
     ctx: &Context,
     state: &mut State,
     outbox: &Outbox,
-    election: &super::leadership::Leadership,
     retries: &mut Retries,
+    key: K::Key,
+    w: K::Write,
+    based_on: Option<String>,
+    result: Result<K::Server>,
 ) {
-    for _round in 0..MAX_CONFLICT_ROUNDS {
-        let pools = state.take_dirty_pools();
-        if pools.is_empty() {
-            return;
+    match result {
+        Ok(updated) => {
+            let (regarding, events) = K::events(&w);
+            outbox.push(regarding, events);
+            K::retries(retries).done(&key);
+            ctx.metrics.write(K::RESOURCE, "ok");
+            K::count_landed(&ctx.metrics, &w);
+            state.tracked_mut::<K>().note_version(
+                &key,
+                based_on.as_deref(),
+                updated.meta().resource_version.as_deref(),
+            );
+            K::narrow(state, updated).apply(state);
+            // The server's answer must show what we wrote; if it does not (a field the server
+            // drops or rewrites), don't write again and again: say so instead.
+            if K::write(state, &key).is_some() {
+                state.tracked_mut::<K>().forget_dirty(&key);
+                count_error(ctx, "status_not_converging");
+                tracing::error!(
+                    object = %key,
+                    "{noun} status still differs right after a successful write; not retrying until the {noun} changes",
+                    noun = K::NOUN
+                );
+            }
         }
-        for name in pools {
-            if !election.is_leader() || ctx.shutdown.is_cancelled() {
-                state.mark_pool_dirty(name);
-                continue;
-            }
-            if let Some(until) = state.pool_pending_until(&name) {
-                retries.schedule_pool_at(name, until.into());
-                continue;
-            }
-            let Some(w) = state.pool_write(&name) else {
-                retries.pools.remove(&name);
-                continue;
-            };
-            let based_on = state.pool_rv(&name);
-            match write_pool(ctx, &w).await {
-                Ok(updated) => {
-                    retries.pools.remove(&name);
-                    ctx.metrics.write("loadbalancerippools", "ok");
-                    state.note_pool_version(
-                        &name,
-                        based_on.as_deref(),
-                        updated.metadata.resource_version.as_deref(),
-                    );
-                    state.apply_pool(updated);
-                    if state.pool_write(&name).is_some() {
-                        state.forget_dirty_pool(&name);
-                        count_error(ctx, "status_not_converging");
-                        tracing::error!(pool = %name, "pool status still differs right after a successful write; not retrying until the pool changes");
-                    }
-                    outbox.push(&w.regarding, &w.events);
-                }
-                Err(e) if e.is_conflict() || e.is_not_found() => {
-                    ctx.metrics.write("loadbalancerippools", "conflict");
-                    refetch_pool(ctx, state, &name, retries).await;
-                }
-                Err(e) => {
-                    ctx.metrics.write("loadbalancerippools", "error");
-                    count_error(ctx, e.metric_label());
-                    tracing::warn!(error = %e, pool = %name, "pool status write failed; will retry");
-                    retries.schedule_pool(name);
-                }
-            }
+        Err(e) if e.is_conflict() || e.is_not_found() => {
+            ctx.metrics.write(K::RESOURCE, "conflict");
+            tracing::debug!(object = %key, error = %e, "{} changed or vanished under the write: re-reading", K::NOUN);
+            refetch::<K>(ctx, state, &key, retries).await;
+        }
+        Err(e) => {
+            ctx.metrics.write(K::RESOURCE, "error");
+            count_error(ctx, e.metric_label());
+            tracing::warn!(error = %e, object = %key, "{} status write failed; will retry", K::NOUN);
+            K::retries(retries).schedule(key);
         }
     }
 }
@@ -649,69 +726,37 @@ fn status_patch_params() -> PatchParams {
     }
 }
 
-async fn write_service(ctx: &Context, w: &ServiceWrite) -> Result<Service> {
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &w.key.namespace);
+/// A JSON merge patch on the object's `/status`.
+async fn patch_status<K: Written>(ctx: &Context, key: &K::Key, w: &K::Write) -> Result<K::Server> {
     let pp = status_patch_params();
-    Ok(api
-        .patch_status(&w.key.name, &pp, &Patch::Merge(&w.patch))
-        .await?)
-}
-
-async fn write_pool(ctx: &Context, w: &PoolWrite) -> Result<LoadBalancerIPPool> {
-    let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
-    let pp = status_patch_params();
-    Ok(api
-        .patch_status(&w.name, &pp, &Patch::Merge(&w.patch))
+    Ok(K::api(&ctx.client, key)
+        .patch_status(K::name(key), &pp, &Patch::Merge(K::patch(w)))
         .await?)
 }
 
 /// After a 409: read the current object and let the state machine re-evaluate it.
-async fn refetch_service(
+async fn refetch<K: Written>(
     ctx: &Context,
     state: &mut State,
-    key: &ServiceKey,
+    key: &K::Key,
     retries: &mut Retries,
 ) {
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    match api.get_opt(&key.name).await {
-        Ok(Some(svc)) => {
-            let cached = state.service_rv(key);
-            state.note_service_version(
+    match K::api(&ctx.client, key).get_opt(K::name(key)).await {
+        Ok(Some(obj)) => {
+            let cached = state.tracked::<K>().rv(key);
+            state.tracked_mut::<K>().note_version(
                 key,
                 cached.as_deref(),
-                svc.metadata.resource_version.as_deref(),
+                obj.meta().resource_version.as_deref(),
             );
-            let svc = state.options().cache(svc);
-            state.apply_service(svc);
-            state.mark_service_dirty(key.clone());
+            K::narrow(state, obj).apply(state);
+            state.tracked_mut::<K>().mark_dirty(key.clone());
         }
-        Ok(None) => state.delete_service_key(key),
+        Ok(None) => K::forget(state, key),
         Err(e) => {
             count_error(ctx, "refetch");
-            tracing::warn!(error = %e, service = %key, "refetch after conflict failed; will retry");
-            retries.schedule_service(key.clone());
-        }
-    }
-}
-
-async fn refetch_pool(ctx: &Context, state: &mut State, name: &str, retries: &mut Retries) {
-    let api: Api<LoadBalancerIPPool> = Api::all(ctx.client.clone());
-    match api.get_opt(name).await {
-        Ok(Some(p)) => {
-            let cached = state.pool_rv(name);
-            state.note_pool_version(
-                name,
-                cached.as_deref(),
-                p.metadata.resource_version.as_deref(),
-            );
-            state.apply_pool(p);
-            state.mark_pool_dirty(name.to_string());
-        }
-        Ok(None) => state.delete_pool_name(name),
-        Err(e) => {
-            count_error(ctx, "refetch");
-            tracing::warn!(error = %e, pool = %name, "refetch after conflict failed; will retry");
-            retries.schedule_pool(name.to_string());
+            tracing::warn!(error = %e, object = %key, "refetch of a {} after a conflict failed; will retry", K::NOUN);
+            K::retries(retries).schedule(key.clone());
         }
     }
 }
@@ -740,6 +785,31 @@ mod tests {
             ..LeaseTimings::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_retry_queue_fires_due_keys_once_and_counts_only_failures() {
+        let mut q: RetryQueue<String> = RetryQueue::default();
+        let mut pools: Tracked<LoadBalancerIPPool> = Tracked::default();
+        q.schedule("a".into());
+        q.schedule("a".into());
+        assert_eq!(q.due["a"].1, 1, "the second failure is attempt 1");
+        let now = Instant::now();
+        q.schedule_at("b".into(), now);
+        assert_eq!(q.next_due(), Some(now));
+        q.fire(&mut pools);
+        assert_eq!(pools.take_dirty(), ["b"], "only the due key is marked");
+        q.fire(&mut pools);
+        assert!(
+            !pools.has_dirty(),
+            "a fired retry waits for the next failure"
+        );
+        q.schedule_at("a".into(), now);
+        assert_eq!(q.due["a"].1, 1, "waiting for the watch is no failure");
+        q.done(&"a".to_string());
+        assert!(!q.due.contains_key("a"));
+        q.clear();
+        assert_eq!(q.next_due(), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! It answers, without I/O, which writes are needed: [`State::take_dirty`] lists the objects to
 //! look at and [`State::service_write`] / [`State::pool_write`] compute the minimal merge patch
 //! (with the resourceVersion precondition), the Events and the metric deltas, or `None` when the
-//! object already shows the desired state.
+//! object already shows the desired state. The bookkeeping of both kinds (cache, versions
+//! waiting for the watch, dirty marks) is one [`Tracked`] set each, fed through the generic
+//! [`State::replace`] / [`State::event`] / [`State::delete`].
 //!
 //! Activation ([`State::activate`]) is the restart/takeover path: all pools are loaded, then
 //! **every** Service of ours re-adopts the addresses in its `status.loadBalancer.ingress`, and only
@@ -23,6 +25,8 @@ use serde_json::{json, Value};
 pub use super::cache::CachedService;
 use super::events::{action, reason, EventSpec, EventType};
 use super::status::{now_time, status_patch, ServiceTarget};
+use super::tracked::missing_keys;
+pub use super::tracked::{Object, Tracked};
 use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
@@ -127,24 +131,62 @@ impl Active {
 /// The state machine. See the module docs.
 pub struct State {
     opts: Options,
-    services: BTreeMap<ServiceKey, CachedService>,
-    pools: BTreeMap<String, LoadBalancerIPPool>,
+    /// Services and pools: cached objects, the versions our writes produced that the watch has
+    /// not delivered yet (writes for them wait: they would only meet a 409), dirty marks.
+    services: Tracked<CachedService>,
+    pools: Tracked<LoadBalancerIPPool>,
     /// Labels of every Namespace (for pools' `spec.namespaceSelector`).
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     active: Option<Active>,
-    dirty_services: BTreeSet<ServiceKey>,
-    dirty_pools: BTreeSet<String>,
     removed_pools: Vec<String>,
-    /// Objects we wrote (or re-read after a 409) at a resourceVersion the watch has not
-    /// delivered yet. Until it does, events for them are older than what we know, so writes
-    /// for them are held back (they would only meet a 409). See [`State::service_event`].
-    pending_services: BTreeMap<ServiceKey, (String, std::time::Instant)>,
-    pending_pools: BTreeMap<String, (String, std::time::Instant)>,
 }
 
-/// How long a write waits for the watch to deliver the resourceVersion it produced before the
-/// controller stops waiting (a lost event must not block an object forever).
-pub const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A kind of object the watches deliver and the state tracks ([`CachedService`]s, pools): where
+/// its [`Tracked`] set is and what applying or forgetting one does to the allocator.
+pub trait Watched: Object + Sized {
+    fn tracked(st: &State) -> &Tracked<Self>;
+    fn tracked_mut(st: &mut State) -> &mut Tracked<Self>;
+    /// Added or modified (or re-read after a conflict or a write).
+    fn apply(self, st: &mut State);
+    /// Deleted, or gone from a relist: forgotten, and what it held released.
+    fn forget(st: &mut State, key: &Self::Key);
+    /// The order the objects of a relist are applied in (default: as listed).
+    fn relist_order(_list: &mut [Self]) {}
+}
+
+impl Watched for CachedService {
+    fn tracked(st: &State) -> &Tracked<Self> {
+        &st.services
+    }
+    fn tracked_mut(st: &mut State) -> &mut Tracked<Self> {
+        &mut st.services
+    }
+    fn apply(self, st: &mut State) {
+        st.apply_service(self)
+    }
+    fn forget(st: &mut State, key: &ServiceKey) {
+        st.delete_service_key(key)
+    }
+    /// Oldest first, as the controller ensures them.
+    fn relist_order(list: &mut [Self]) {
+        list.sort_by_key(CachedService::creation_order);
+    }
+}
+
+impl Watched for LoadBalancerIPPool {
+    fn tracked(st: &State) -> &Tracked<Self> {
+        &st.pools
+    }
+    fn tracked_mut(st: &mut State) -> &mut Tracked<Self> {
+        &mut st.pools
+    }
+    fn apply(self, st: &mut State) {
+        st.apply_pool(self)
+    }
+    fn forget(st: &mut State, name: &String) {
+        st.delete_pool_name(name)
+    }
+}
 
 fn pool_inputs(p: &LoadBalancerIPPool) -> Value {
     json!({
@@ -159,15 +201,11 @@ impl State {
     pub fn new(opts: Options) -> Self {
         State {
             opts,
-            services: BTreeMap::new(),
-            pools: BTreeMap::new(),
+            services: Tracked::default(),
+            pools: Tracked::default(),
             namespaces: BTreeMap::new(),
             active: None,
-            dirty_services: BTreeSet::new(),
-            dirty_pools: BTreeSet::new(),
             removed_pools: Vec::new(),
-            pending_services: BTreeMap::new(),
-            pending_pools: BTreeMap::new(),
         }
     }
 
@@ -178,8 +216,8 @@ impl State {
     /// Drops the allocator state (lost leadership, or about to relist). Caches are kept.
     pub fn deactivate(&mut self) {
         self.active = None;
-        self.dirty_services.clear();
-        self.dirty_pools.clear();
+        self.services.clear_dirty();
+        self.pools.clear_dirty();
     }
 
     /// The options the cache entries are built with.
@@ -202,7 +240,8 @@ impl State {
             act.alloc.set_namespace(name, labels.clone());
         }
         let mut defs = Vec::with_capacity(self.pools.len());
-        for (name, p) in &self.pools {
+        for p in self.pools.values() {
+            let name = p.name_any();
             let (def, _errors) = PoolDef::from_crd(p);
             act.defs.insert(name.clone(), def.clone());
             act.pool_inputs.insert(name.clone(), pool_inputs(p));
@@ -250,116 +289,49 @@ impl State {
         }
         let n = act.reqs.len();
         self.active = Some(act);
-        self.dirty_services = self.services.keys().cloned().collect();
-        self.dirty_pools = self.pools.keys().cloned().collect();
+        self.services.mark_all_dirty();
+        self.pools.mark_all_dirty();
         n
     }
 
     // ----- feeding ---------------------------------------------------------------------------
 
-    /// A (re)list of Services: everything not in `list` is deleted.
-    pub fn replace_services(&mut self, list: Vec<CachedService>) {
-        // A list is a consistent, current view: nothing is pending any more.
-        self.pending_services.clear();
-        let new_keys: BTreeSet<&ServiceKey> = list.iter().map(|s| &s.key).collect();
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !new_keys.contains(*k))
-            .cloned()
-            .collect();
-        drop(new_keys);
-        for k in gone {
-            self.delete_service_key(&k);
+    /// A (re)list of Services or pools: everything not in `list` is deleted, then the listed
+    /// objects are applied (Services oldest first). A list is a consistent, current view: no
+    /// write waits for the watch any more.
+    pub fn replace<O: Watched>(&mut self, mut list: Vec<O>) {
+        for key in O::tracked_mut(self).relist(&list) {
+            O::forget(self, &key);
         }
-        let mut list = list;
-        list.sort_by_key(CachedService::creation_order);
-        for s in list {
-            self.apply_service(s);
+        O::relist_order(&mut list);
+        for obj in list {
+            obj.apply(self);
         }
     }
 
-    /// A Service event from the watch. Clears the pending mark when the watch caught up with
-    /// our last write / re-read of it.
-    pub fn service_event(&mut self, svc: CachedService) {
-        if let Some((rv, _)) = self.pending_services.get(&svc.key) {
-            if svc.resource_version.as_deref() == Some(rv.as_str()) {
-                self.pending_services.remove(&svc.key);
-            }
-        }
-        self.apply_service(svc);
+    /// A Service or pool event from the watch. Ends the wait for the watch when it shows our
+    /// last write / re-read of the object.
+    pub fn event<O: Watched>(&mut self, obj: O) {
+        O::tracked_mut(self).observe(&obj);
+        obj.apply(self);
     }
 
-    /// A pool event from the watch (see [`State::service_event`]).
-    pub fn pool_event(&mut self, pool: LoadBalancerIPPool) {
-        let name = pool.name_any();
-        if let Some((rv, _)) = self.pending_pools.get(&name) {
-            if pool.metadata.resource_version.as_deref() == Some(rv.as_str()) {
-                self.pending_pools.remove(&name);
-            }
-        }
-        self.apply_pool(pool);
-    }
-
-    /// Records that we know `key` at `rv` before the watch does (a write produced it, or a
-    /// re-read after a 409 returned it). `previous` is the version the write was based on: a
-    /// write that changed nothing keeps the version and produces no event, so nothing is pending.
-    pub fn note_service_version(
-        &mut self,
-        key: &ServiceKey,
-        previous: Option<&str>,
-        rv: Option<&str>,
-    ) {
-        if let Some(rv) = rv {
-            if previous != Some(rv) {
-                self.pending_services
-                    .insert(key.clone(), (rv.to_string(), std::time::Instant::now()));
-            }
+    /// A Service or pool was deleted. Ignored when the cached object has another uid
+    /// (re-created).
+    pub fn delete<O: Watched>(&mut self, obj: &O) {
+        if !O::tracked(self).is_stale_delete(obj) {
+            O::forget(self, &obj.key());
         }
     }
 
-    /// Like [`State::note_service_version`] for pools.
-    pub fn note_pool_version(&mut self, name: &str, previous: Option<&str>, rv: Option<&str>) {
-        if let Some(rv) = rv {
-            if previous != Some(rv) {
-                self.pending_pools.insert(
-                    name.to_string(),
-                    (rv.to_string(), std::time::Instant::now()),
-                );
-            }
-        }
+    /// The Services or pools: cached objects, pending versions, dirty marks.
+    pub fn tracked<O: Watched>(&self) -> &Tracked<O> {
+        O::tracked(self)
     }
 
-    /// When a write for `key` waits for the watch: until this instant (None = not waiting).
-    pub fn service_pending_until(&self, key: &ServiceKey) -> Option<std::time::Instant> {
-        self.pending_services
-            .get(key)
-            .map(|(_, at)| *at + PENDING_TIMEOUT)
-            .filter(|until| *until > std::time::Instant::now())
-    }
-
-    /// Like [`State::service_pending_until`] for pools.
-    pub fn pool_pending_until(&self, name: &str) -> Option<std::time::Instant> {
-        self.pending_pools
-            .get(name)
-            .map(|(_, at)| *at + PENDING_TIMEOUT)
-            .filter(|until| *until > std::time::Instant::now())
-    }
-
-    /// The cached resourceVersion of a Service.
-    pub fn service_rv(&self, key: &ServiceKey) -> Option<String> {
-        Some(
-            self.services
-                .get(key)?
-                .resource_version
-                .as_deref()?
-                .to_string(),
-        )
-    }
-
-    /// The cached resourceVersion of a pool.
-    pub fn pool_rv(&self, name: &str) -> Option<String> {
-        self.pools.get(name)?.metadata.resource_version.clone()
+    /// Like [`State::tracked`], to note versions and mark or take dirty keys.
+    pub fn tracked_mut<O: Watched>(&mut self) -> &mut Tracked<O> {
+        O::tracked_mut(self)
     }
 
     /// A Service was added or modified (or re-read after a conflict or a write).
@@ -388,7 +360,7 @@ impl State {
                     retry_unsatisfied(act, &key);
                     changed = act.alloc.take_changed();
                     act.note_outcomes(&changed);
-                    self.dirty_pools.extend(self.pools.keys().cloned());
+                    self.pools.mark_all_dirty();
                 }
             } else {
                 // Cleared already (neither our condition nor our addresses left): from now on
@@ -408,7 +380,7 @@ impl State {
                     changed = act.alloc.take_changed();
                     act.note_outcomes(&changed);
                     act.to_clear.insert(key.clone(), held);
-                    self.dirty_pools.extend(self.pools.keys().cloned());
+                    self.pools.mark_all_dirty();
                 } else if had_condition && !act.to_clear.contains_key(&key) {
                     let ips: BTreeSet<IpAddr> = ingress
                         .iter()
@@ -422,26 +394,13 @@ impl State {
                 }
             }
         }
-        self.services.insert(key.clone(), svc);
-        self.dirty_services.insert(key);
-        self.dirty_services.extend(changed);
-    }
-
-    /// A Service was deleted. Ignored when the cached object has another uid (re-created).
-    pub fn delete_service(&mut self, svc: &CachedService) {
-        if let (Some(cur), Some(uid)) = (self.services.get(&svc.key), svc.uid.as_ref()) {
-            if cur.uid.as_ref().is_some_and(|u| u != uid) {
-                return;
-            }
-        }
-        self.delete_service_key(&svc.key);
+        self.services.store(key, svc);
+        self.services.extend_dirty(changed);
     }
 
     /// Forgets a Service by key and releases its addresses.
     pub fn delete_service_key(&mut self, key: &ServiceKey) {
         self.services.remove(key);
-        self.pending_services.remove(key);
-        self.dirty_services.remove(key);
         if let Some(act) = self.active.as_mut() {
             act.to_clear.remove(key);
             if act.reqs.remove(key).is_some() {
@@ -449,28 +408,10 @@ impl State {
                 let changed = act.alloc.take_changed();
                 act.note_outcomes(&changed);
                 act.unsatisfied.remove(key);
-                self.dirty_services
-                    .extend(changed.into_iter().filter(|k| k != key));
-                self.dirty_pools.extend(self.pools.keys().cloned());
+                self.services
+                    .extend_dirty(changed.into_iter().filter(|k| k != key));
+                self.pools.mark_all_dirty();
             }
-        }
-    }
-
-    /// A (re)list of pools.
-    pub fn replace_pools(&mut self, list: Vec<LoadBalancerIPPool>) {
-        self.pending_pools.clear();
-        let names: BTreeSet<String> = list.iter().map(|p| p.name_any()).collect();
-        let gone: Vec<String> = self
-            .pools
-            .keys()
-            .filter(|n| !names.contains(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.delete_pool_name(&n);
-        }
-        for p in list {
-            self.apply_pool(p);
         }
     }
 
@@ -498,57 +439,38 @@ impl State {
                         })
                         .cloned()
                         .collect();
-                    self.dirty_services.extend(users);
+                    self.services.extend_dirty(users);
                 }
                 act.defs.insert(name.clone(), def.clone());
                 act.pool_inputs.insert(name.clone(), inputs);
                 let changed = act.alloc.set_pool(def);
                 act.note_outcomes(&changed);
-                self.dirty_services.extend(changed);
+                self.services.extend_dirty(changed);
                 // Conflicts and counts of other pools may change too.
-                self.dirty_pools.extend(self.pools.keys().cloned());
+                self.pools.mark_all_dirty();
             }
         }
-        self.pools.insert(name.clone(), pool);
-        self.dirty_pools.insert(name);
+        self.pools.store(name, pool);
     }
 
-    /// A pool was deleted.
-    pub fn delete_pool(&mut self, pool: &LoadBalancerIPPool) {
-        let name = pool.name_any();
-        if let (Some(cur), Some(uid)) = (self.pools.get(&name), pool.metadata.uid.as_ref()) {
-            if cur.metadata.uid.as_ref().is_some_and(|u| u != uid) {
-                return;
-            }
-        }
-        self.delete_pool_name(&name);
-    }
-
+    /// Forgets a pool by name and releases it in the allocator.
     pub fn delete_pool_name(&mut self, name: &str) {
         self.pools.remove(name);
-        self.pending_pools.remove(name);
-        self.dirty_pools.remove(name);
         self.removed_pools.push(name.to_string());
         if let Some(act) = self.active.as_mut() {
             act.defs.remove(name);
             act.pool_inputs.remove(name);
             let changed = act.alloc.remove_pool(name);
             act.note_outcomes(&changed);
-            self.dirty_services.extend(changed);
-            self.dirty_pools.extend(self.pools.keys().cloned());
+            self.services.extend_dirty(changed);
+            self.pools.mark_all_dirty();
         }
     }
 
     /// A (re)list of Namespaces.
     pub fn replace_namespaces(&mut self, list: Vec<Namespace>) {
         let names: BTreeSet<String> = list.iter().map(|n| n.name_any()).collect();
-        let gone: Vec<String> = self
-            .namespaces
-            .keys()
-            .filter(|n| !names.contains(*n))
-            .cloned()
-            .collect();
-        for n in gone {
+        for n in missing_keys(&self.namespaces, &names) {
             self.delete_namespace_name(&n);
         }
         for n in list {
@@ -572,8 +494,8 @@ impl State {
             let changed = act.alloc.set_namespace(&name, labels);
             act.note_outcomes(&changed);
             if !changed.is_empty() {
-                self.dirty_services.extend(changed);
-                self.dirty_pools.extend(self.pools.keys().cloned());
+                self.services.extend_dirty(changed);
+                self.pools.mark_all_dirty();
             }
         }
     }
@@ -587,64 +509,22 @@ impl State {
             let changed = act.alloc.remove_namespace(name);
             act.note_outcomes(&changed);
             if !changed.is_empty() {
-                self.dirty_services.extend(changed);
-                self.dirty_pools.extend(self.pools.keys().cloned());
+                self.services.extend_dirty(changed);
+                self.pools.mark_all_dirty();
             }
         }
     }
 
     // ----- writes ----------------------------------------------------------------------------
 
-    pub fn mark_service_dirty(&mut self, key: ServiceKey) {
-        self.dirty_services.insert(key);
-    }
-
-    pub fn mark_pool_dirty(&mut self, name: String) {
-        self.dirty_pools.insert(name);
-    }
-
-    /// Drops `key` from the dirty set (used when a write does not converge).
-    pub fn forget_dirty_service(&mut self, key: &ServiceKey) {
-        self.dirty_services.remove(key);
-    }
-
-    /// Drops `name` from the dirty set (used when a write does not converge).
-    pub fn forget_dirty_pool(&mut self, name: &str) {
-        self.dirty_pools.remove(name);
-    }
-
+    /// Whether any Service or pool is marked dirty.
     pub fn has_dirty(&self) -> bool {
-        !self.dirty_services.is_empty() || !self.dirty_pools.is_empty()
-    }
-
-    pub fn has_dirty_services(&self) -> bool {
-        !self.dirty_services.is_empty()
-    }
-
-    pub fn has_dirty_pools(&self) -> bool {
-        !self.dirty_pools.is_empty()
-    }
-
-    /// The Services to look at (and forgets them; re-mark on failure).
-    pub fn take_dirty_services(&mut self) -> Vec<ServiceKey> {
-        std::mem::take(&mut self.dirty_services)
-            .into_iter()
-            .collect()
-    }
-
-    /// The pools to look at (and forgets them; re-mark on failure).
-    pub fn take_dirty_pools(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.dirty_pools).into_iter().collect()
+        self.services.has_dirty() || self.pools.has_dirty()
     }
 
     /// The objects to look at (and forgets them; re-mark on failure).
     pub fn take_dirty(&mut self) -> (Vec<ServiceKey>, Vec<String>) {
-        (
-            std::mem::take(&mut self.dirty_services)
-                .into_iter()
-                .collect(),
-            std::mem::take(&mut self.dirty_pools).into_iter().collect(),
-        )
+        (self.services.take_dirty(), self.pools.take_dirty())
     }
 
     /// The outcome the allocator holds for a Service of ours.
@@ -882,17 +762,17 @@ mod tests {
         }
         fn service_event(&mut self, svc: Service) {
             let c = self.cache(svc);
-            self.st.service_event(c);
+            self.st.event(c);
         }
         fn replace_services(&mut self, list: Vec<Service>) {
             self.objs.clear();
             let list = list.into_iter().map(|s| self.cache(s)).collect();
-            self.st.replace_services(list);
+            self.st.replace(list);
         }
         fn delete_service(&mut self, svc: &Service) {
             let key = ServiceKey::of(svc);
             let c = self.st.options().cache(svc.clone());
-            self.st.delete_service(&c);
+            self.st.delete(&c);
             if self.st.service(&key).is_none() {
                 self.objs.remove(&key);
             }
@@ -923,7 +803,7 @@ mod tests {
 
     fn started(services: Vec<Service>, pools: Vec<LoadBalancerIPPool>) -> T {
         let mut st = T::new(opts());
-        st.replace_pools(pools);
+        st.replace(pools);
         st.replace_services(services);
         st.activate();
         st
@@ -995,7 +875,7 @@ mod tests {
     #[test]
     fn inactive_state_never_writes() {
         let mut st = T::new(opts());
-        st.replace_pools(vec![pool("p", "198.51.100.0/24", 0)]);
+        st.replace(vec![pool("p", "198.51.100.0/24", 0)]);
         st.apply_service(Svc::lb("demo", "web", 0).build());
         assert!(st.service_write(&key("demo", "web")).is_none());
         assert!(st.pool_write("p").is_none());
@@ -1149,26 +1029,36 @@ mod tests {
         let k = key("demo", "web");
         st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
         // A no-op write keeps the version: nothing to wait for.
-        st.note_service_version(&k, Some("5"), Some("5"));
-        assert!(st.service_pending_until(&k).is_none());
+        st.tracked_mut::<CachedService>()
+            .note_version(&k, Some("5"), Some("5"));
+        assert!(st.tracked::<CachedService>().pending_until(&k).is_none());
         // Our write produced version 6; an older event (5) does not end the wait, 6 does.
-        st.note_service_version(&k, Some("5"), Some("6"));
-        assert!(st.service_pending_until(&k).is_some());
+        st.tracked_mut::<CachedService>()
+            .note_version(&k, Some("5"), Some("6"));
+        assert!(st.tracked::<CachedService>().pending_until(&k).is_some());
         st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
-        assert!(st.service_pending_until(&k).is_some());
+        assert!(st.tracked::<CachedService>().pending_until(&k).is_some());
         st.service_event(Svc::lb("demo", "web", 0).rv("6").build());
-        assert!(st.service_pending_until(&k).is_none());
+        assert!(st.tracked::<CachedService>().pending_until(&k).is_none());
         // A relist is current by definition.
-        st.note_service_version(&k, Some("6"), Some("9"));
+        st.tracked_mut::<CachedService>()
+            .note_version(&k, Some("6"), Some("9"));
         st.replace_services(vec![Svc::lb("demo", "web", 0).rv("9").build()]);
-        assert!(st.service_pending_until(&k).is_none());
+        assert!(st.tracked::<CachedService>().pending_until(&k).is_none());
         // Pools alike.
-        st.note_pool_version("p", Some("1"), Some("2"));
-        assert!(st.pool_pending_until("p").is_some());
+        st.tracked_mut::<LoadBalancerIPPool>()
+            .note_version("p", Some("1"), Some("2"));
+        assert!(st
+            .tracked::<LoadBalancerIPPool>()
+            .pending_until("p")
+            .is_some());
         let mut p2 = pool("p", "198.51.100.0/24", 0);
         p2.metadata.resource_version = Some("2".into());
-        st.pool_event(p2);
-        assert!(st.pool_pending_until("p").is_none());
+        st.event(p2);
+        assert!(st
+            .tracked::<LoadBalancerIPPool>()
+            .pending_until("p")
+            .is_none());
     }
 
     #[test]

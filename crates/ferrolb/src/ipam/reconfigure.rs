@@ -60,9 +60,15 @@ impl Allocator {
     }
 
     pub(super) fn namespace_changed(&mut self, name: &str) -> Vec<ServiceKey> {
+        self.reensure(|s| s.req.key.namespace == name)
+    }
+
+    /// Ensures again every ensured Service that `which` picks (in the allocator's Service
+    /// order), settles, and returns [`Allocator::take_changed`].
+    fn reensure(&mut self, which: impl Fn(&SvcEntry) -> bool) -> Vec<ServiceKey> {
         let mut ids: Vec<Sid> = self
             .live()
-            .filter(|(_, s)| s.ensured && s.req.key.namespace == name)
+            .filter(|(_, s)| s.ensured && which(s))
             .map(|(id, _)| id)
             .collect();
         self.sort_by_key(&mut ids);
@@ -138,17 +144,7 @@ impl Allocator {
         self.recompute_conflicts();
         self.revalidate_addresses();
         // Every Service's outcome may change (conflicts, selectors): refresh held ones too.
-        let mut ids: Vec<Sid> = self
-            .live()
-            .filter(|(_, s)| s.ensured)
-            .map(|(id, _)| id)
-            .collect();
-        self.sort_by_key(&mut ids);
-        for id in ids {
-            self.ensure_id(id);
-        }
-        self.settle();
-        self.take_changed()
+        self.reensure(|_| true)
     }
 
     pub(super) fn recompute_conflicts(&mut self) {

@@ -399,16 +399,6 @@ impl ServiceReq {
     pub fn can_share_with(&self, other: &ServiceReq) -> Result<(), String> {
         share_check(&self.share_view(), &other.share_view())
     }
-
-    fn share_view(&self) -> ShareView<'_> {
-        ShareView {
-            key: &self.key,
-            sharing: self.sharing.as_ref(),
-            ports: &self.ports,
-            etp_local: self.etp_local,
-            pod_selector: &self.pod_selector,
-        }
-    }
 }
 
 /// The parts of a request the sharing rules look at (shared by [`ServiceReq`] and the
@@ -420,6 +410,25 @@ struct ShareView<'a> {
     etp_local: bool,
     pod_selector: &'a BTreeMap<String, String>,
 }
+
+/// `share_view()` of both request forms, which keep these fields under the same names.
+macro_rules! impl_share_view {
+    ($($req:ty),*) => {$(
+        impl $req {
+            fn share_view(&self) -> ShareView<'_> {
+                ShareView {
+                    key: &self.key,
+                    sharing: self.sharing.as_ref(),
+                    ports: &self.ports,
+                    etp_local: self.etp_local,
+                    pod_selector: &self.pod_selector,
+                }
+            }
+        }
+    )*};
+}
+
+impl_share_view!(ServiceReq, StoredReq);
 
 /// [`ServiceReq::can_share_with`] on views.
 fn share_check(me: &ShareView<'_>, other: &ShareView<'_>) -> Result<(), String> {
@@ -556,16 +565,6 @@ impl StoredReq {
     /// [`ServiceReq::can_share_with`] between stored requests.
     pub fn can_share_with(&self, other: &StoredReq) -> Result<(), String> {
         share_check(&self.share_view(), &other.share_view())
-    }
-
-    fn share_view(&self) -> ShareView<'_> {
-        ShareView {
-            key: &self.key,
-            sharing: self.sharing.as_ref(),
-            ports: &self.ports,
-            etp_local: self.etp_local,
-            pod_selector: &self.pod_selector,
-        }
     }
 }
 
