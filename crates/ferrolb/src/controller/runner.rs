@@ -641,36 +641,51 @@ async fn flush<K: Written>(
                     // Stop launching writes once leadership is gone (those in flight carry
                     // their resourceVersion precondition).
                     if !election.is_leader() || ctx.shutdown.is_cancelled() {
-                        return (key, w, based_on, None);
+                        return Err(key);
                     }
                     let result = patch_status::<K>(ctx, &key, &w).await;
-                    (key, w, based_on, Some(result))
+                    Ok(Sent {
+                        key,
+                        write: w,
+                        based_on,
+                        result,
+                    })
                 }))
                 .buffer_unordered(K::CONCURRENCY);
-            while let Some((key, w, based_on, result)) = writes.next().await {
-                let Some(result) = result else {
-                    state.tracked_mut::<K>().mark_dirty(key);
-                    continue;
-                };
-                landed::<K>(ctx, state, outbox, retries, key, w, based_on, result).await;
+            while let Some(sent) = writes.next().await {
+                match sent {
+                    Ok(sent) => landed::<K>(ctx, state, outbox, retries, sent).await,
+                    Err(unsent) => state.tracked_mut::<K>().mark_dirty(unsent),
+                }
             }
         }
     }
 }
 
+/// One status write that was sent: what it wrote, on which resourceVersion of ours, and the
+/// server's answer.
+struct Sent<K: Written> {
+    key: K::Key,
+    write: K::Write,
+    based_on: Option<String>,
+    result: Result<K::Server>,
+}
+
 /// The result of one status write: on success the Events go out and the server's answer is
 /// applied; a conflict (or a vanished object) re-reads; other errors retry with backoff.
-#[allow(clippy::too_many_arguments)]
 async fn landed<K: Written>(
     ctx: &Context,
     state: &mut State,
     outbox: &Outbox,
     retries: &mut Retries,
-    key: K::Key,
-    w: K::Write,
-    based_on: Option<String>,
-    result: Result<K::Server>,
+    sent: Sent<K>,
 ) {
+    let Sent {
+        key,
+        write: w,
+        based_on,
+        result,
+    } = sent;
     match result {
         Ok(updated) => {
             let (regarding, events) = K::events(&w);
