@@ -125,19 +125,32 @@ pub enum Step {
     Fence,
 }
 
+/// What this node has seen of one attached-format address Lease.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AddressSeen<'a> {
+    /// The address Lease (`None`: not seen yet).
+    pub lease: Option<&'a Observed>,
+    /// Its `ferrolb.io/attached-to` marker.
+    pub attached_to: Option<&'a str>,
+    /// Its holder's presence Lease, when the holder is another node.
+    pub holder_presence: Option<&'a Observed>,
+}
+
 /// Decide the next step for one attached-format address Lease (what this node writes). Writes
 /// that make us the holder are only taken while our own presence standing is `Holder`.
-#[allow(clippy::too_many_arguments)]
 pub fn decide_attached(
     me: &str,
-    addr: Option<&Observed>,
-    attached_to: Option<&str>,
-    presence: Option<&Observed>,
+    seen: AddressSeen<'_>,
     my_presence: Standing,
     now: Instant,
     cfg: &LeaseConfig,
     intent: Intent,
 ) -> Step {
+    let AddressSeen {
+        lease: addr,
+        attached_to,
+        holder_presence: presence,
+    } = seen;
     let Some(obs) = addr else {
         return Step::Act(Action::Idle);
     };

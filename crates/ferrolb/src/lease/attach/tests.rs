@@ -20,6 +20,18 @@ fn cfg() -> LeaseConfig {
 
 const MS: Duration = Duration::from_millis(1);
 
+fn seen<'a>(
+    lease: Option<&'a Observed>,
+    attached_to: Option<&'a str>,
+    holder_presence: Option<&'a Observed>,
+) -> AddressSeen<'a> {
+    AddressSeen {
+        lease,
+        attached_to,
+        holder_presence,
+    }
+}
+
 fn obs(holder: &str, duration: i32, at: Instant, confirmed: bool) -> Observed {
     Observed {
         record: Some(Record {
@@ -119,7 +131,7 @@ fn steps_for_an_attached_lease() {
     let at = Some("ferrolb-node-b");
     let pb = obs("b", 1, t0, false);
     let step = |addr: &Observed, p: Option<&Observed>, mine: Standing, now: Instant, i: Intent| {
-        decide_attached("a", Some(addr), at, p, mine, now, &c, i)
+        decide_attached("a", seen(Some(addr), at, p), mine, now, &c, i)
     };
     let theirs = obs("b", ATTACHED_DURATION_SECONDS, t0, false);
     let d = |ms: u64| Intent::Acquire {
@@ -167,7 +179,7 @@ fn steps_for_an_attached_lease() {
     let mine = obs("a", ATTACHED_DURATION_SECONDS, t0, true);
     let mine_at = Some("ferrolb-node-a");
     let ours = |o: &Observed, s: Standing, now: Instant| {
-        decide_attached("a", Some(o), mine_at, None, s, now, &c, ACQ)
+        decide_attached("a", seen(Some(o), mine_at, None), s, now, &c, ACQ)
     };
     assert_eq!(
         ours(&mine, Standing::Holder, t0 + Duration::from_secs(3600)),
@@ -214,9 +226,7 @@ fn steps_for_an_attached_lease() {
     assert_eq!(
         decide_attached(
             "a",
-            Some(&mine),
-            mine_at,
-            None,
+            seen(Some(&mine), mine_at, None),
             Standing::Holder,
             t0,
             &c,
@@ -481,7 +491,7 @@ impl Sim {
                 let at = n.attached.get(&addr).cloned().flatten();
                 let holder_p = o.and_then(|o| o.holder()).map(presence_name);
                 let p = holder_p.as_ref().and_then(|p| n.obs.get(p));
-                decide_attached(&me, o, at.as_deref(), p, mine, now, &self.cfg, intent)
+                decide_attached(&me, seen(o, at.as_deref(), p), mine, now, &self.cfg, intent)
             };
             let old = self.nodes[i].old;
             match step {

@@ -18,7 +18,7 @@
 //!   with one preconditioned write before it is answered.
 
 use super::*;
-use crate::lease::attach::{self, decide_attached, judge, LeaseView, Step};
+use crate::lease::attach::{self, decide_attached, judge, AddressSeen, LeaseView, Step};
 use crate::lease::presence_name;
 
 impl Engine {
@@ -165,16 +165,12 @@ impl Engine {
             .as_ref()
             .and_then(|p| self.entries.get(p))
             .and_then(|e| e.observed.clone());
-        let mut step = decide_attached(
-            &me,
-            Some(&obs),
-            attached_to.as_deref(),
-            p_obs.as_ref(),
-            mine,
-            now,
-            &cfg,
-            intent,
-        );
+        let seen = AddressSeen {
+            lease: Some(&obs),
+            attached_to: attached_to.as_deref(),
+            holder_presence: p_obs.as_ref(),
+        };
+        let mut step = decide_attached(&me, seen, mine, now, &cfg, intent);
         let rewrite = self.entries.get(name).is_some_and(|e| e.rewrite);
         if rewrite && mine == Standing::Holder && matches!(step, Step::Act(Action::Hold { .. })) {
             // What the Lease says changed (its Services): one write, as the holder.
