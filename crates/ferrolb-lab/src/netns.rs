@@ -141,6 +141,17 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Creates bridge `name` in `ns` with the fixed MAC `mac`, up. A bridge whose MAC the kernel
+/// chose takes the lowest MAC of its ports and changes it whenever a port with a lower one
+/// joins; a host that resolved an address on the bridge before then keeps the old MAC for up to
+/// ~45 s (neighbour REACHABLE time), and its frames to it are dropped — a TCP connect then hangs
+/// until the entry is re-resolved. An address set by hand never changes.
+pub fn bridge(ns: &Netns, name: &str, mac: &str) -> anyhow::Result<()> {
+    ns.ip(&["link", "add", name, "address", mac, "type", "bridge"])?;
+    ns.ip(&["link", "set", name, "up"])?;
+    Ok(())
+}
+
 /// A bridge namespace with member namespaces, each attached by a veth (`eth0` on the member's
 /// side): the L2 segment every network test and the lab use.
 #[derive(Debug)]

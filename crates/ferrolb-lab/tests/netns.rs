@@ -1,7 +1,7 @@
 //! The namespace utility every network test and the lab stand on: namespaces appear, a segment
 //! passes traffic between members, and dropping removes namespaces and kills what ran inside.
 
-use ferrolb_lab::netns::{is_root, Netns, Segment};
+use ferrolb_lab::netns::{self, is_root, Netns, Segment};
 
 fn ns_exists(name: &str) -> bool {
     let out = std::process::Command::new("ip")
@@ -62,4 +62,37 @@ fn separate_namespaces_are_isolated() {
     let links = a.ip(&["-o", "link", "show"]).unwrap();
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(links.contains("lo:"));
+}
+
+#[test]
+fn a_bridge_made_by_the_helper_keeps_its_mac_when_a_port_with_a_lower_one_joins() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let a = Netns::create("brmac").unwrap();
+    netns::bridge(&a, "brx", "02:fe:00:00:00:fe").unwrap();
+    for (port, mac) in [("pa", "02:80:00:00:00:01"), ("pb", "02:00:00:00:00:01")] {
+        a.ip(&[
+            "link",
+            "add",
+            port,
+            "address",
+            mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{port}x"),
+        ])
+        .unwrap();
+        a.ip(&["link", "set", port, "master", "brx"]).unwrap();
+        a.ip(&["link", "set", port, "up"]).unwrap();
+        // A bridge with a kernel-chosen MAC would now have its lowest port's.
+        assert_eq!(
+            a.mac("brx").unwrap(),
+            "02:fe:00:00:00:fe",
+            "after {port} joined"
+        );
+    }
 }

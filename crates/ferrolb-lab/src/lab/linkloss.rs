@@ -19,6 +19,7 @@ use crate::netns;
 /// node i at 203.0.113.(i+1) (so up to 253 nodes; the lab allows 200).
 const MGMT_BRIDGE: &str = "brm";
 const MGMT_API: &str = "203.0.113.254";
+const MGMT_MAC: &str = "02:fe:00:00:00:fe";
 
 /// Gives every node a management link to the API server's namespace and routes the API server's
 /// address over it, then restarts the agents so that their connections use it. Each node keeps
@@ -26,9 +27,10 @@ const MGMT_API: &str = "203.0.113.254";
 /// with static addressing.
 pub fn management_links(c: &mut Cluster) -> anyhow::Result<()> {
     let api = c.topo.api();
-    api.ip(&["link", "add", MGMT_BRIDGE, "type", "bridge"])
-        .context("management bridge")?;
-    api.ip(&["link", "set", MGMT_BRIDGE, "up"])?;
+    // A fixed MAC: the nodes' links join one by one, and a bridge MAC that moved to a lower
+    // port MAC left earlier nodes sending to the old one — an agent restarted below then waited
+    // 30 s for its first API connection (the uneven split of `--measure` runs).
+    netns::bridge(api, MGMT_BRIDGE, MGMT_MAC).context("management bridge")?;
     api.ip(&["addr", "add", &format!("{MGMT_API}/24"), "dev", MGMT_BRIDGE])?;
     for i in 0..c.topo.nodes.len() {
         let (ns, api) = (c.topo.node_ns(i), c.topo.api());
