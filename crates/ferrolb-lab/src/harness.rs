@@ -7,7 +7,8 @@
 //! - [`wait_until`]: poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
-//! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`]: what the kernel's own tools see.
+//! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`] (over the lab's [`run_arping`],
+//!   [`run_ndisc6`] and parsers): what the kernel's own tools see.
 //! - [`metric`]: a value out of Prometheus text.
 //! - [`TestCluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
 //!   [`API_ADDR`]) with the ferrolb CRDs, Node objects, node namespaces running agents and a
@@ -44,8 +45,9 @@ pub fn wait_until<T>(
     }
 }
 
-/// A process running inside a namespace, killed on drop: the lab's [`crate::lab::procs::Proc`].
-pub use crate::lab::procs::Proc;
+/// A process running inside a namespace, killed on drop (the lab's [`crate::lab::procs::Proc`]), and
+/// the log name a new one gets.
+pub use crate::lab::procs::{numbered_log, Proc};
 
 /// Runs `curl` inside `ns`: returns (HTTP status, body).
 pub fn curl(
@@ -181,14 +183,20 @@ impl ApiHttp<'_> {
     }
 }
 
-pub use crate::lab::probe::{norm_mac, parse_neighbour};
+pub use crate::lab::probe::{
+    neighbour, norm_mac, parse_neighbour, run_arping, run_ndisc6, ArpReply,
+};
 
 /// Parses iputils `arping` output: the MACs of the replies (unicast and broadcast ones).
 pub fn parse_arping(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(crate::lab::probe::arping_reply_mac)
+    crate::lab::probe::parse_arping(out)
+        .into_iter()
+        .map(|r| r.mac)
         .collect()
 }
+
+/// Every reply in iputils `arping` output, in order (the lab's parser).
+pub use crate::lab::probe::parse_arping as arping_replies;
 
 /// `arping -b -c COUNT -w DEADLINE -I IFACE IP` in `ns` (always broadcast, so every station that
 /// answers is seen on every probe): the MACs that replied.
@@ -198,27 +206,14 @@ pub fn arping_macs(
     ip: &str,
     count: u32,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let out = ns
-        .cmd("arping")
-        .args([
-            "-b",
-            "-c",
-            &count.to_string(),
-            "-w",
-            &(count + 1).to_string(),
-            "-I",
-            iface,
-            ip,
-        ])
-        .output()
-        .context("running arping")?;
-    // arping exits 1 when nobody answered: not an error here.
-    Ok(parse_arping(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Parses `ndisc6` output: the target link-layer addresses advertised.
-pub fn parse_ndisc6(out: &str) -> BTreeSet<String> {
-    crate::lab::probe::parse_ndisc6(out).into_iter().collect()
+    Ok(parse_arping(&run_arping(
+        ns,
+        iface,
+        ip,
+        count,
+        count + 1,
+        true,
+    )?))
 }
 
 /// `ndisc6 -m -n -r ATTEMPTS -w 1000 IP IFACE` in `ns`: MACs in the Neighbor Advertisements.
@@ -228,27 +223,9 @@ pub fn ndisc6_macs(
     ip: &str,
     attempts: u32,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let out = ns
-        .cmd("ndisc6")
-        .args([
-            "-m",
-            "-n",
-            "-r",
-            &attempts.to_string(),
-            "-w",
-            "1000",
-            ip,
-            iface,
-        ])
-        .output()
-        .context("running ndisc6")?;
-    Ok(parse_ndisc6(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// The neighbour entry for `ip` on `iface` in `ns`: (MAC, state), if there is one with a MAC.
-pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
-    let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
-    parse_neighbour(&out)
+    Ok(run_ndisc6(ns, iface, ip, attempts, 1000)?
+        .into_iter()
+        .collect())
 }
 
 /// The value of the sample `name{labels...}` in Prometheus text, where every `label="value"` in
@@ -665,26 +642,6 @@ mod tests {
             ])
         );
         assert!(parse_arping("Sent 3 probes\nReceived 0 response(s)\n").is_empty());
-    }
-
-    #[test]
-    fn ndisc6_output() {
-        let out = "Soliciting 2001:db8:100::10 (2001:db8:100::10) on eth0...\n\
-                   Target link-layer address: 3A:1B:2C:4D:5E:6F\n from fe80::1\n";
-        assert_eq!(
-            parse_ndisc6(out),
-            BTreeSet::from(["3a:1b:2c:4d:5e:6f".to_string()])
-        );
-    }
-
-    #[test]
-    fn neighbour_output() {
-        assert_eq!(
-            parse_neighbour("198.51.100.10 lladdr 3a:1b:2c:4d:5e:6f STALE\n"),
-            Some(("3a:1b:2c:4d:5e:6f".into(), "STALE".into()))
-        );
-        assert_eq!(parse_neighbour("198.51.100.10  FAILED\n"), None);
-        assert_eq!(parse_neighbour(""), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Child processes of the lab and the end-to-end tests: started inside a namespace, tied to our
-//! life (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
-//! files, killed on drop.
+//! Child processes of the lab and the root tests: started inside a namespace, tied to our life
+//! (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
+//! files, killed on drop. A process started with [`Proc::spawn_interactive`] also takes lines on
+//! its stdin ([`Proc::say`]); [`Proc::next_line`] reads its log line by line.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -31,11 +33,13 @@ pub struct Proc {
     pub name: String,
     pub log: PathBuf,
     child: Child,
+    /// Bytes of the log that [`Proc::next_line`] has read past.
+    read: usize,
 }
 
 impl Proc {
     /// Starts `program args` inside `ns` (or in the current namespace when `None`), with stdout
-    /// and stderr appended to `log`.
+    /// and stderr written to `log` and no stdin.
     pub fn spawn(
         name: &str,
         ns: Option<&Netns>,
@@ -43,6 +47,30 @@ impl Proc {
         args: &[String],
         env: &[(&str, &str)],
         log: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start(name, ns, program, args, env, log, Stdio::null())
+    }
+
+    /// Same as [`Proc::spawn`], with a pipe on stdin for [`Proc::say`].
+    pub fn spawn_interactive(
+        name: &str,
+        ns: Option<&Netns>,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start(name, ns, program, args, env, log, Stdio::piped())
+    }
+
+    fn start(
+        name: &str,
+        ns: Option<&Netns>,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+        stdin: Stdio,
     ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -56,7 +84,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.stdin(stdin).stdout(out).stderr(err);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -64,7 +92,22 @@ impl Proc {
             name: name.to_string(),
             log: log.to_path_buf(),
             child,
+            read: 0,
         })
+    }
+
+    /// Writes one line to the process's stdin (started with [`Proc::spawn_interactive`]).
+    pub fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        let name = &self.name;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{name} was started without a stdin pipe"))?;
+        writeln!(stdin, "{line}").with_context(|| format!("writing to {name}'s stdin"))?;
+        stdin
+            .flush()
+            .with_context(|| format!("flushing {name}'s stdin"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -98,6 +141,13 @@ impl Proc {
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits for exit up to `timeout`; returns the exit code (None = killed by a
+    /// signal).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.signal("TERM")?;
+        self.wait_exit(timeout)
     }
 
     /// Waits for exit up to `timeout`; returns the exit code (None = killed by a signal).
@@ -144,6 +194,41 @@ impl Proc {
         }
     }
 
+    /// Waits for the next complete log line (after the last one this returned) that contains
+    /// `needle`, and returns it; fails when `timeout` passes or the process exits first.
+    pub fn next_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Read after looking at the status: once it has exited, the log is complete (and
+            // its last line counts even without a newline).
+            let exited = self.try_status();
+            let text = self.log_text();
+            let unread = text.get(self.read..).unwrap_or_default();
+            for line in unread.split_inclusive('\n') {
+                if !line.ends_with('\n') && exited.is_none() {
+                    break; // still being written
+                }
+                self.read += line.len();
+                if line.contains(needle) {
+                    return Ok(line.trim_end().to_string());
+                }
+            }
+            if let Some(s) = exited {
+                bail!(
+                    "{} exited ({s}) before logging a line with {needle:?}; log:\n{text}",
+                    self.name
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} logged no line with {needle:?} within {timeout:?}; log:\n{text}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Peak resident set size in KiB (VmHWM), while the process runs.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         // `setpriv` execs the program, so the child's PID is the program's PID.
@@ -175,7 +260,56 @@ impl Drop for Proc {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered_log;
+    use super::{numbered_log, Proc};
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[test]
+    fn next_line_reads_each_matching_line_once_and_say_reaches_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        // Echoes each stdin line twice, then exits at EOF.
+        let script = "while read l; do echo \"got $l\"; echo \"again $l\"; done; echo bye";
+        let mut p = Proc::spawn_interactive(
+            "sh",
+            None,
+            Path::new("sh"),
+            &["-c".to_string(), script.to_string()],
+            &[],
+            &dir.path().join("sh.log"),
+        )
+        .unwrap();
+        p.say("one").unwrap();
+        p.say("two").unwrap();
+        let t = Duration::from_secs(10);
+        assert_eq!(p.next_line("got", t).unwrap(), "got one");
+        assert_eq!(p.next_line("got", t).unwrap(), "got two");
+        assert_eq!(p.next_line("again", t).unwrap(), "again two");
+        assert!(p.next_line("got", Duration::from_millis(100)).is_err());
+        drop(p.child.stdin.take());
+        assert_eq!(p.next_line("bye", t).unwrap(), "bye");
+        assert_eq!(p.wait_exit(t).unwrap(), Some(0));
+        assert!(p
+            .next_line("got", t)
+            .unwrap_err()
+            .to_string()
+            .contains("exited"));
+    }
+
+    #[test]
+    fn say_without_a_stdin_pipe_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Proc::spawn(
+            "sleep",
+            None,
+            Path::new("sleep"),
+            &["30".to_string()],
+            &[],
+            &dir.path().join("sleep.log"),
+        )
+        .unwrap();
+        assert!(p.say("x").is_err());
+        assert_eq!(p.terminate(Duration::from_secs(10)).unwrap(), None);
+    }
 
     #[test]
     fn numbered_log_never_reuses_a_name() {
