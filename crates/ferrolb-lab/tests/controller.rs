@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use ferrolb::api::{
     IpBlock, IpMode, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_REALLOCATE,
-    ANN_SHARING_KEY, COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
+    COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
 };
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
+use ferrolb::fixtures::ServiceBuilder;
 use ferrolb::k8s::service::ingress_ips as ingress;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -29,82 +30,9 @@ const NS: &str = "demo";
 
 // ----- builders ------------------------------------------------------------------------------
 
-struct SvcB(Service);
-
-fn svc(name: &str) -> SvcB {
-    SvcB(Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
-            ports: Some(vec![ServicePort {
-                name: Some("p80".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    })
-}
-
-impl SvcB {
-    fn spec(&mut self) -> &mut ServiceSpec {
-        self.0.spec.get_or_insert_with(Default::default)
-    }
-    fn class(mut self, c: &str) -> Self {
-        self.spec().load_balancer_class = Some(c.into());
-        self
-    }
-    fn annotation(mut self, k: &str, v: &str) -> Self {
-        self.0
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    fn label(mut self, k: &str, v: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    fn ips(self, ips: &str) -> Self {
-        self.annotation(ANN_IPS, ips)
-    }
-    fn sharing(self, key: &str) -> Self {
-        self.annotation(ANN_SHARING_KEY, key)
-    }
-    fn ports(mut self, ports: &[(i32, &str)]) -> Self {
-        self.spec().ports = Some(
-            ports
-                .iter()
-                .map(|(p, proto)| ServicePort {
-                    name: Some(format!("{}-{p}", proto.to_lowercase())),
-                    port: *p,
-                    protocol: Some(proto.to_string()),
-                    ..Default::default()
-                })
-                .collect(),
-        );
-        self
-    }
-    fn families(mut self, fams: &[&str], policy: &str) -> Self {
-        self.spec().ip_families = Some(fams.iter().map(|f| f.to_string()).collect());
-        self.spec().ip_family_policy = Some(policy.into());
-        self
-    }
-    fn build(self) -> Service {
-        self.0
-    }
+/// The usual test Service `demo/<name>` (the one builder: [`ServiceBuilder`]).
+fn svc(name: &str) -> ServiceBuilder {
+    ServiceBuilder::load_balancer(NS, name)
 }
 
 struct PoolB(LoadBalancerIPPool);
@@ -391,7 +319,7 @@ impl Harness {
             .expect("create pool")
     }
 
-    async fn create_svc(&self, s: SvcB) -> Service {
+    async fn create_svc(&self, s: ServiceBuilder) -> Service {
         self.svcs()
             .create(&PostParams::default(), &s.build())
             .await

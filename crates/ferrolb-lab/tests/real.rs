@@ -3,6 +3,7 @@
 //! `skipped: no kube-apiserver (../shared/kube absent)` and passes when the binaries are absent,
 //! and skips when not root (the server runs in a network namespace).
 
+use ferrolb::fixtures::ServiceBuilder;
 use ferrolb_lab::realapi::{self, RealApi, SKIP};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -244,11 +245,10 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
     );
 
     // Real requests, not only reviews: the server refuses and accepts them as reviewed.
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "rbac-probe"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}
-    }))
-    .unwrap();
+    let svc = ServiceBuilder::named("default", "rbac-probe")
+        .type_("LoadBalancer")
+        .port("", 80, "")
+        .build();
     let e = Api::<Service>::namespaced(agent.clone(), "default")
         .create(&PostParams::default(), &svc)
         .await
@@ -347,15 +347,6 @@ async fn presence_renewals(
             (l.metadata.name.unwrap_or_default(), t)
         })
         .collect()
-}
-
-/// A LoadBalancer Service `name` in `ns`.
-fn lb_service(ns: &str, name: &str) -> Service {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]}
-    }))
-    .unwrap()
 }
 
 /// Waits (polling, up to `within`) until Service `ns/name` has an address; returns them.
@@ -462,9 +453,12 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     let svcs = Api::<Service>::namespaced(admin.clone(), ns);
     let mut addresses = std::collections::BTreeMap::new();
     for name in ["s1", "s2", "s3"] {
-        svcs.create(&PostParams::default(), &lb_service(ns, name))
-            .await
-            .expect("create Service");
+        svcs.create(
+            &PostParams::default(),
+            &ServiceBuilder::load_balancer(ns, name).build(),
+        )
+        .await
+        .expect("create Service");
     }
     for name in ["s1", "s2", "s3"] {
         addresses.insert(
@@ -587,9 +581,12 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
         s.abort();
     }
     // The controller kept every address and serves a Service created after the restart.
-    svcs.create(&PostParams::default(), &lb_service(ns, "s4"))
-        .await
-        .expect("create Service after the restart");
+    svcs.create(
+        &PostParams::default(),
+        &ServiceBuilder::load_balancer(ns, "s4").build(),
+    )
+    .await
+    .expect("create Service after the restart");
     let s4 = wait_address(&admin, ns, "s4", Duration::from_secs(60)).await;
     for (name, before) in &addresses {
         let now = wait_address(&admin, ns, name, Duration::from_secs(10)).await;
