@@ -4,7 +4,8 @@
 //! - [`Proc`] (the lab's): a child process (`ip netns exec NS setpriv --pdeathsig KILL ferrolb
 //!   ...`) with its log in a file, killed (SIGKILL) and reaped on drop, so a failing test leaves
 //!   nothing running.
-//! - [`wait_until`]: poll-with-deadline for conditions that have no event to await.
+//! - [`wait_until`] (and [`try_wait_until`], [`wait_until_async`], from [`crate::wait`]):
+//!   poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
 //! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`] (over the lab's [`run_arping`],
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -26,24 +27,8 @@ use crate::lab::topo::Topology;
 use crate::netns::Netns;
 use serde_json::json;
 
-/// Polls `f` every `every` until it returns `Some` or `timeout` passes.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(every);
-    }
-}
+/// The one poll-with-deadline (sync, fallible, async).
+pub use crate::wait::{try_wait_until, wait_until, wait_until_async};
 
 /// A process running inside a namespace, killed on drop (the lab's [`crate::lab::procs::Proc`]), and
 /// the log name a new one gets.
@@ -669,30 +654,5 @@ mod tests {
         );
         assert_eq!(metric(text, "ferrolb_agent_leases_held", &[]), Some(2.0));
         assert_eq!(metric(text, "ferrolb_agent_leases", &[]), None);
-    }
-
-    #[test]
-    fn wait_until_times_out_and_succeeds() {
-        let mut n = 0;
-        assert_eq!(
-            wait_until(
-                "n",
-                Duration::from_secs(5),
-                Duration::from_millis(1),
-                || {
-                    n += 1;
-                    (n == 3).then_some(n)
-                }
-            )
-            .unwrap(),
-            3
-        );
-        assert!(wait_until::<()>(
-            "never",
-            Duration::from_millis(10),
-            Duration::from_millis(1),
-            || None
-        )
-        .is_err());
     }
 }

@@ -7,11 +7,15 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use crate::netns::Netns;
+use crate::wait::try_wait_until;
+
+/// How often a wait on a process looks again.
+const POLL: Duration = Duration::from_millis(20);
 
 /// A log file for a new incarnation of `stem` in `dir` that overwrites no earlier one:
 /// `stem.log`, then `stem.1.log`, `stem.2.log`, ... (a restarted process keeps its
@@ -152,16 +156,10 @@ impl Proc {
 
     /// Waits for exit up to `timeout`; returns the exit code (None = killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st.code());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not exit within {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} to exit", self.name);
+        try_wait_until(&what, timeout, POLL, || {
+            Ok(self.child.try_wait()?.map(|st| st.code()))
+        })
     }
 
     /// The log so far.
@@ -171,34 +169,24 @@ impl Proc {
 
     /// Waits until the log contains `needle`; fails early if the process exits.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{} to log {needle:?}", self.name);
+        try_wait_until(&what, timeout, POLL, || {
             if self.log_text().contains(needle) {
-                return Ok(());
+                return Ok(Some(()));
             }
             if let Some(s) = self.try_status() {
-                bail!(
-                    "{} exited ({s}) before logging {needle:?}; log:\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                bail!("{} exited ({s}) before logging {needle:?}", self.name);
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not log {needle:?} within {timeout:?}; log:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Ok(None)
+        })
+        .map_err(|e| anyhow!("{e}; log:\n{}", self.log_text()))
     }
 
     /// Waits for the next complete log line (after the last one this returned) that contains
     /// `needle`, and returns it; fails when `timeout` passes or the process exits first.
     pub fn next_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{} to log a line with {needle:?}", self.name);
+        try_wait_until(&what, timeout, POLL, || {
             // Read after looking at the status: once it has exited, the log is complete (and
             // its last line counts even without a newline).
             let exited = self.try_status();
@@ -210,23 +198,18 @@ impl Proc {
                 }
                 self.read += line.len();
                 if line.contains(needle) {
-                    return Ok(line.trim_end().to_string());
+                    return Ok(Some(line.trim_end().to_string()));
                 }
             }
             if let Some(s) = exited {
                 bail!(
-                    "{} exited ({s}) before logging a line with {needle:?}; log:\n{text}",
+                    "{} exited ({s}) before logging a line with {needle:?}",
                     self.name
                 );
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} logged no line with {needle:?} within {timeout:?}; log:\n{text}",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Ok(None)
+        })
+        .map_err(|e| anyhow!("{e}; log:\n{}", self.log_text()))
     }
 
     /// Peak resident set size in KiB (VmHWM), while the process runs.
