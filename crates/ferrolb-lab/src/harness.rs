@@ -169,7 +169,7 @@ impl ApiHttp<'_> {
 }
 
 pub use crate::lab::probe::{
-    neighbour, norm_mac, parse_neighbour, run_arping, run_ndisc6, ArpReply,
+    answering_macs, neighbour, norm_mac, parse_neighbour, run_arping, run_ndisc6, ArpReply,
 };
 
 /// Parses iputils `arping` output: the MACs of the replies (unicast and broadcast ones).
@@ -199,6 +199,21 @@ pub fn arping_macs(
         count + 1,
         true,
     )?))
+}
+
+/// The distinct MACs answering `ip` from the client's eth0 ([`answering_macs`], 3 requests a
+/// look), once any answers: looks again at once until then, up to `within` (then empty).
+pub fn wait_answering_macs(client: &Netns, ip: std::net::IpAddr, within: Duration) -> Vec<String> {
+    wait_until(
+        &format!("an answer for {ip}"),
+        within,
+        Duration::ZERO,
+        || {
+            let macs = answering_macs(client, ip, 3);
+            (!macs.is_empty()).then_some(macs)
+        },
+    )
+    .unwrap_or_default()
 }
 
 /// `ndisc6 -m -n -r ATTEMPTS -w 1000 IP IFACE` in `ns`: MACs in the Neighbor Advertisements.

@@ -187,6 +187,21 @@ pub fn ndisc6(client: &Netns, ip: IpAddr, tries: u32) -> Vec<String> {
     run_ndisc6(client, "eth0", &ip.to_string(), tries, 1000).unwrap_or_default()
 }
 
+/// The distinct MACs (sorted) answering `ip` from the client's eth0: ARP replies to `count`
+/// requests for IPv4, Neighbor Advertisements to `count` solicitations for IPv6.
+pub fn answering_macs(client: &Netns, ip: IpAddr, count: u32) -> Vec<String> {
+    let mut macs: Vec<String> = match ip {
+        IpAddr::V4(_) => arping(client, ip, count)
+            .into_iter()
+            .map(|r| r.mac)
+            .collect(),
+        IpAddr::V6(_) => ndisc6(client, ip, count),
+    };
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
 /// The neighbour entry for `ip` on `iface` in `ns`: (MAC, state), if there is one with a MAC.
 pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
     let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
