@@ -32,11 +32,11 @@ fn root_or_skip(test: &str) -> bool {
     }
 }
 
-/// Starts `ferrolb ARGS` in `ns` (stdin a pipe for `--control-stdin`), logging to a new file in
-/// `logs`.
+/// Starts `ferrolb ARGS` in `ns` (its stdin a pipe, for `--control-stdin`), logging to a new
+/// file in `logs`.
 fn spawn(ns: &Netns, logs: &Path, args: &[&str]) -> Proc {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    Proc::spawn_interactive(
+    Proc::spawn(
         ns.name(),
         Some(ns),
         Path::new(BIN),

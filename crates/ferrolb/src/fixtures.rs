@@ -178,22 +178,21 @@ impl ServiceBuilder {
 
     /// One more `status.loadBalancer.ingress` entry per address (the list exists even when
     /// `ips` is empty).
-    pub fn ingress(mut self, ips: &[&str]) -> Self {
-        let list = self.ingress_list();
-        list.extend(ips.iter().map(|ip| LoadBalancerIngress {
-            ip: Some(ip.to_string()),
-            ..Default::default()
-        }));
-        self
+    pub fn ingress(self, ips: &[&str]) -> Self {
+        self.ingress_with_mode(ips, None)
     }
 
     /// Same as [`ServiceBuilder::ingress`], each entry with `ipMode: VIP` (as the controller
     /// writes them).
-    pub fn ingress_vip(mut self, ips: &[&str]) -> Self {
+    pub fn ingress_vip(self, ips: &[&str]) -> Self {
+        self.ingress_with_mode(ips, Some("VIP"))
+    }
+
+    fn ingress_with_mode(mut self, ips: &[&str], mode: Option<&str>) -> Self {
         let list = self.ingress_list();
         list.extend(ips.iter().map(|ip| LoadBalancerIngress {
             ip: Some(ip.to_string()),
-            ip_mode: Some("VIP".into()),
+            ip_mode: mode.map(String::from),
             ..Default::default()
         }));
         self

@@ -1,7 +1,7 @@
 //! Child processes of the lab and the root tests: started inside a namespace, tied to our life
 //! (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
-//! files, killed on drop. A process started with [`Proc::spawn_interactive`] also takes lines on
-//! its stdin ([`Proc::say`]); [`Proc::next_line`] reads its log line by line.
+//! files, killed on drop. A process also takes lines on its stdin ([`Proc::say`]);
+//! [`Proc::next_line`] reads its log line by line.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -43,7 +43,8 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args` inside `ns` (or in the current namespace when `None`), with stdout
-    /// and stderr written to `log` and no stdin.
+    /// and stderr written to `log` and stdin a pipe for [`Proc::say`] (a program that never
+    /// reads its stdin does not notice it).
     pub fn spawn(
         name: &str,
         ns: Option<&Netns>,
@@ -51,30 +52,6 @@ impl Proc {
         args: &[String],
         env: &[(&str, &str)],
         log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::start(name, ns, program, args, env, log, Stdio::null())
-    }
-
-    /// Same as [`Proc::spawn`], with a pipe on stdin for [`Proc::say`].
-    pub fn spawn_interactive(
-        name: &str,
-        ns: Option<&Netns>,
-        program: &Path,
-        args: &[String],
-        env: &[(&str, &str)],
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::start(name, ns, program, args, env, log, Stdio::piped())
-    }
-
-    fn start(
-        name: &str,
-        ns: Option<&Netns>,
-        program: &Path,
-        args: &[String],
-        env: &[(&str, &str)],
-        log: &Path,
-        stdin: Stdio,
     ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -88,7 +65,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(stdin).stdout(out).stderr(err);
+        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -100,14 +77,14 @@ impl Proc {
         })
     }
 
-    /// Writes one line to the process's stdin (started with [`Proc::spawn_interactive`]).
+    /// Writes one line to the process's stdin.
     pub fn say(&mut self, line: &str) -> anyhow::Result<()> {
         let name = &self.name;
         let stdin = self
             .child
             .stdin
             .as_mut()
-            .with_context(|| format!("{name} was started without a stdin pipe"))?;
+            .with_context(|| format!("{name}'s stdin is closed"))?;
         writeln!(stdin, "{line}").with_context(|| format!("writing to {name}'s stdin"))?;
         stdin
             .flush()
@@ -252,7 +229,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Echoes each stdin line twice, then exits at EOF.
         let script = "while read l; do echo \"got $l\"; echo \"again $l\"; done; echo bye";
-        let mut p = Proc::spawn_interactive(
+        let mut p = Proc::spawn(
             "sh",
             None,
             Path::new("sh"),
@@ -279,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn say_without_a_stdin_pipe_is_an_error() {
+    fn say_after_closing_stdin_is_an_error_and_terminate_ends_the_process() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Proc::spawn(
             "sleep",
@@ -290,6 +267,8 @@ mod tests {
             &dir.path().join("sleep.log"),
         )
         .unwrap();
+        p.say("ignored").unwrap();
+        drop(p.child.stdin.take());
         assert!(p.say("x").is_err());
         assert_eq!(p.terminate(Duration::from_secs(10)).unwrap(), None);
     }
