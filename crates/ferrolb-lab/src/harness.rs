@@ -1,15 +1,16 @@
-//! Helpers to run real ferrolb processes in network namespaces and look at them from outside:
-//! used by `tests/agent.rs` and the lab. Nothing here is `cfg(test)`.
+//! The one test harness: helpers to run real ferrolb processes in network namespaces and look
+//! at them from outside, used by every root test and by the lab. Nothing here is `cfg(test)`.
 //!
 //! - [`Proc`] (the lab's): a child process (`ip netns exec NS setpriv --pdeathsig KILL ferrolb
-//!   ...`) with its log in a file, killed (SIGKILL) and reaped on drop, so a failing test leaves
-//!   nothing running.
+//!   ...`) with its log in a file (read whole or line by line), lines for its stdin, killed
+//!   (SIGKILL) and reaped on drop, so a failing test leaves nothing running.
 //! - [`wait_until`] (and [`try_wait_until`], [`wait_until_async`], from [`crate::wait`]):
 //!   poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
-//! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`] (over the lab's [`run_arping`],
-//!   [`run_ndisc6`] and parsers): what the kernel's own tools see.
+//! - [`arping_macs`], [`ndisc6_macs`], [`answering_macs`], [`wait_answering_macs`],
+//!   [`neighbour`] (over the lab's [`run_arping`], [`run_ndisc6`] and parsers): what the
+//!   kernel's own tools see.
 //! - [`metric`]: a value out of Prometheus text.
 //! - [`TestCluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
 //!   [`API_ADDR`]) with the ferrolb CRDs, Node objects, node namespaces running agents and a
@@ -30,8 +31,8 @@ use serde_json::json;
 /// The one poll-with-deadline (sync, fallible, async).
 pub use crate::wait::{try_wait_until, wait_until, wait_until_async};
 
-/// A process running inside a namespace, killed on drop (the lab's [`crate::lab::procs::Proc`]), and
-/// the log name a new one gets.
+/// A process running inside a namespace, killed on drop (the lab's [`crate::lab::procs::Proc`]),
+/// and the log name a new one gets.
 pub use crate::lab::procs::{numbered_log, Proc};
 
 /// Runs `curl` inside `ns`: returns (HTTP status, body).
