@@ -1,13 +1,16 @@
-//! Helpers to run real ferrolb processes in network namespaces and look at them from outside:
-//! used by `tests/agent.rs` and the lab. Nothing here is `cfg(test)`.
+//! The one test harness: helpers to run real ferrolb processes in network namespaces and look
+//! at them from outside, used by every root test and by the lab. Nothing here is `cfg(test)`.
 //!
 //! - [`Proc`] (the lab's): a child process (`ip netns exec NS setpriv --pdeathsig KILL ferrolb
-//!   ...`) with its log in a file, killed (SIGKILL) and reaped on drop, so a failing test leaves
-//!   nothing running.
-//! - [`wait_until`]: poll-with-deadline for conditions that have no event to await.
+//!   ...`) with its log in a file (read whole or line by line), lines for its stdin, killed
+//!   (SIGKILL) and reaped on drop, so a failing test leaves nothing running.
+//! - [`wait_until`] (and [`try_wait_until`], [`wait_until_async`], from [`crate::wait`]):
+//!   poll-with-deadline for conditions that have no event to await.
 //! - [`ApiHttp`]: plain REST calls to an API server reachable only from inside a namespace
 //!   (curl runs in that namespace).
-//! - [`arping_macs`], [`ndisc6_macs`], [`neighbour`]: what the kernel's own tools see.
+//! - [`arping_macs`], [`ndisc6_macs`], [`answering_macs`], [`wait_answering_macs`],
+//!   [`neighbour`] (over the lab's [`run_arping`], [`run_ndisc6`] and parsers): what the
+//!   kernel's own tools see.
 //! - [`metric`]: a value out of Prometheus text.
 //! - [`TestCluster`]: a whole test segment — the API stand-in (`ferrolb dev-apiserver` at
 //!   [`API_ADDR`]) with the ferrolb CRDs, Node objects, node namespaces running agents and a
@@ -17,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -25,27 +28,12 @@ use crate::lab::topo::Topology;
 use crate::netns::Netns;
 use serde_json::json;
 
-/// Polls `f` every `every` until it returns `Some` or `timeout` passes.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(every);
-    }
-}
+/// The one poll-with-deadline (sync, fallible, async).
+pub use crate::wait::{try_wait_until, wait_until, wait_until_async};
 
-/// A process running inside a namespace, killed on drop: the lab's [`crate::lab::procs::Proc`].
-pub use crate::lab::procs::Proc;
+/// A process running inside a namespace, killed on drop (the lab's [`crate::lab::procs::Proc`]),
+/// and the log name a new one gets.
+pub use crate::lab::procs::{numbered_log, Proc};
 
 /// Runs `curl` inside `ns`: returns (HTTP status, body).
 pub fn curl(
@@ -181,14 +169,20 @@ impl ApiHttp<'_> {
     }
 }
 
-pub use crate::lab::probe::{norm_mac, parse_neighbour};
+pub use crate::lab::probe::{
+    answering_macs, neighbour, norm_mac, parse_neighbour, run_arping, run_ndisc6, ArpReply,
+};
 
 /// Parses iputils `arping` output: the MACs of the replies (unicast and broadcast ones).
 pub fn parse_arping(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(crate::lab::probe::arping_reply_mac)
+    crate::lab::probe::parse_arping(out)
+        .into_iter()
+        .map(|r| r.mac)
         .collect()
 }
+
+/// Every reply in iputils `arping` output, in order (the lab's parser).
+pub use crate::lab::probe::parse_arping as arping_replies;
 
 /// `arping -b -c COUNT -w DEADLINE -I IFACE IP` in `ns` (always broadcast, so every station that
 /// answers is seen on every probe): the MACs that replied.
@@ -198,27 +192,29 @@ pub fn arping_macs(
     ip: &str,
     count: u32,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let out = ns
-        .cmd("arping")
-        .args([
-            "-b",
-            "-c",
-            &count.to_string(),
-            "-w",
-            &(count + 1).to_string(),
-            "-I",
-            iface,
-            ip,
-        ])
-        .output()
-        .context("running arping")?;
-    // arping exits 1 when nobody answered: not an error here.
-    Ok(parse_arping(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_arping(&run_arping(
+        ns,
+        iface,
+        ip,
+        count,
+        count + 1,
+        true,
+    )?))
 }
 
-/// Parses `ndisc6` output: the target link-layer addresses advertised.
-pub fn parse_ndisc6(out: &str) -> BTreeSet<String> {
-    crate::lab::probe::parse_ndisc6(out).into_iter().collect()
+/// The distinct MACs answering `ip` from the client's eth0 ([`answering_macs`], 3 requests a
+/// look), once any answers: looks again at once until then, up to `within` (then empty).
+pub fn wait_answering_macs(client: &Netns, ip: std::net::IpAddr, within: Duration) -> Vec<String> {
+    wait_until(
+        &format!("an answer for {ip}"),
+        within,
+        Duration::ZERO,
+        || {
+            let macs = answering_macs(client, ip, 3);
+            (!macs.is_empty()).then_some(macs)
+        },
+    )
+    .unwrap_or_default()
 }
 
 /// `ndisc6 -m -n -r ATTEMPTS -w 1000 IP IFACE` in `ns`: MACs in the Neighbor Advertisements.
@@ -228,27 +224,9 @@ pub fn ndisc6_macs(
     ip: &str,
     attempts: u32,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let out = ns
-        .cmd("ndisc6")
-        .args([
-            "-m",
-            "-n",
-            "-r",
-            &attempts.to_string(),
-            "-w",
-            "1000",
-            ip,
-            iface,
-        ])
-        .output()
-        .context("running ndisc6")?;
-    Ok(parse_ndisc6(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// The neighbour entry for `ip` on `iface` in `ns`: (MAC, state), if there is one with a MAC.
-pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
-    let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
-    parse_neighbour(&out)
+    Ok(run_ndisc6(ns, iface, ip, attempts, 1000)?
+        .into_iter()
+        .collect())
 }
 
 /// The value of the sample `name{labels...}` in Prometheus text, where every `label="value"` in
@@ -668,26 +646,6 @@ mod tests {
     }
 
     #[test]
-    fn ndisc6_output() {
-        let out = "Soliciting 2001:db8:100::10 (2001:db8:100::10) on eth0...\n\
-                   Target link-layer address: 3A:1B:2C:4D:5E:6F\n from fe80::1\n";
-        assert_eq!(
-            parse_ndisc6(out),
-            BTreeSet::from(["3a:1b:2c:4d:5e:6f".to_string()])
-        );
-    }
-
-    #[test]
-    fn neighbour_output() {
-        assert_eq!(
-            parse_neighbour("198.51.100.10 lladdr 3a:1b:2c:4d:5e:6f STALE\n"),
-            Some(("3a:1b:2c:4d:5e:6f".into(), "STALE".into()))
-        );
-        assert_eq!(parse_neighbour("198.51.100.10  FAILED\n"), None);
-        assert_eq!(parse_neighbour(""), None);
-    }
-
-    #[test]
     fn metric_values() {
         let text = "# HELP x y\n# TYPE x counter\n\
                     ferrolb_apiserver_requests_total{client=\"n1\",code=\"200\",resource=\"leases\",verb=\"update\"} 7\n\
@@ -712,30 +670,5 @@ mod tests {
         );
         assert_eq!(metric(text, "ferrolb_agent_leases_held", &[]), Some(2.0));
         assert_eq!(metric(text, "ferrolb_agent_leases", &[]), None);
-    }
-
-    #[test]
-    fn wait_until_times_out_and_succeeds() {
-        let mut n = 0;
-        assert_eq!(
-            wait_until(
-                "n",
-                Duration::from_secs(5),
-                Duration::from_millis(1),
-                || {
-                    n += 1;
-                    (n == 3).then_some(n)
-                }
-            )
-            .unwrap(),
-            3
-        );
-        assert!(wait_until::<()>(
-            "never",
-            Duration::from_millis(10),
-            Duration::from_millis(1),
-            || None
-        )
-        .is_err());
     }
 }

@@ -12,3 +12,4 @@ pub mod netns;
 pub mod ops;
 pub mod plan;
 pub mod realapi;
+pub mod wait;

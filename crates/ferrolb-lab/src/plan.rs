@@ -984,6 +984,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
 mod rebuild_order_tests {
     use super::*;
     use ferrolb::controller::state::{Options, State};
+    use ferrolb::fixtures::ServiceBuilder;
 
     fn manifest<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).expect("manifest")
@@ -998,13 +999,12 @@ mod rebuild_order_tests {
             "spec": {"blocks": [{"start": "198.51.100.2", "stop": "198.51.100.3"}]}
         }));
         let svc = |name: &str, created: &str, ingress: &[&str]| -> Service {
-            manifest(serde_json::json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
-                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
-                "status": {"loadBalancer": {"ingress":
-                    ingress.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()}}
-            }))
+            ServiceBuilder::named("default", name)
+                .created(created.parse().expect("timestamp"))
+                .type_("LoadBalancer")
+                .port("", 80, "")
+                .ingress(ingress)
+                .build()
         };
         ClusterInput {
             name: "c".into(),

@@ -454,39 +454,29 @@ impl RealApi {
 
     /// Polls `GET /readyz` (admin token, from inside the namespace) until it answers `ok`.
     pub fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
         let url = format!("{}/readyz", self.url());
         let auth = format!("Authorization: Bearer {}", self.admin_token);
-        loop {
+        let every = Duration::from_millis(250);
+        crate::wait::try_wait_until("kube-apiserver to be ready", within, every, || {
             let out = Command::new("ip")
                 .args(["netns", "exec", self.place.name(), "curl", "-sk"])
                 .args(["--max-time", "5", "-H", &auth, &url])
                 .output()?;
             if String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return Ok(());
+                return Ok(Some(()));
             }
-            {
-                let mut g = self.apiserver.lock().unwrap_or_else(|e| e.into_inner());
-                match g.as_mut() {
-                    None => bail!("kube-apiserver is not running"),
-                    Some(p) => {
-                        if let Some(st) = p.try_status() {
-                            bail!(
-                                "kube-apiserver exited ({st}):\n{}",
-                                crate::harness::tail(&p.log_text(), 40)
-                            );
-                        }
+            let mut g = self.apiserver.lock().unwrap_or_else(|e| e.into_inner());
+            match g.as_mut() {
+                None => bail!("kube-apiserver is not running"),
+                Some(p) => {
+                    if let Some(st) = p.try_status() {
+                        bail!("kube-apiserver exited ({st})");
                     }
                 }
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "kube-apiserver not ready within {within:?}:\n{}",
-                    crate::harness::tail(&self.apiserver_log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+            Ok(None)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}:\n{}", crate::harness::tail(&self.apiserver_log(), 40)))
     }
 
     /// The current kube-apiserver's log.

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use ferrolb::api::{
     IpBlock, IpMode, LoadBalancerIPPool, LoadBalancerIPPoolSpec, ANN_IPS, ANN_REALLOCATE,
-    ANN_SHARING_KEY, COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
+    COND_IPAM_SATISFIED, COND_NOT_COVERED, LB_CLASS,
 };
 use ferrolb::controller::{Context, Controller, ControllerConfig, LeaseTimings, Metrics};
+use ferrolb::fixtures::ServiceBuilder;
 use ferrolb::k8s::service::ingress_ips as ingress;
+use ferrolb_lab::harness::wait_until_async;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -27,84 +29,26 @@ use kube_standin::ApiServer;
 const DEADLINE: Duration = Duration::from_secs(30);
 const NS: &str = "demo";
 
-// ----- builders ------------------------------------------------------------------------------
-
-struct SvcB(Service);
-
-fn svc(name: &str) -> SvcB {
-    SvcB(Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
-            ports: Some(vec![ServicePort {
-                name: Some("p80".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    })
+/// Polls the sync condition `f` every `every` (the harness's [`wait_until_async`], so the
+/// runtime keeps running the controllers meanwhile) until it gives a value; after [`DEADLINE`]
+/// the test fails naming `what` and what `state` says now.
+async fn poll<T>(
+    what: &str,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    state: impl FnOnce() -> String,
+) -> T {
+    match wait_until_async(what, DEADLINE, every, || std::future::ready(Ok(f()))).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e:#}; {}", state()),
+    }
 }
 
-impl SvcB {
-    fn spec(&mut self) -> &mut ServiceSpec {
-        self.0.spec.get_or_insert_with(Default::default)
-    }
-    fn class(mut self, c: &str) -> Self {
-        self.spec().load_balancer_class = Some(c.into());
-        self
-    }
-    fn annotation(mut self, k: &str, v: &str) -> Self {
-        self.0
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    fn label(mut self, k: &str, v: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    fn ips(self, ips: &str) -> Self {
-        self.annotation(ANN_IPS, ips)
-    }
-    fn sharing(self, key: &str) -> Self {
-        self.annotation(ANN_SHARING_KEY, key)
-    }
-    fn ports(mut self, ports: &[(i32, &str)]) -> Self {
-        self.spec().ports = Some(
-            ports
-                .iter()
-                .map(|(p, proto)| ServicePort {
-                    name: Some(format!("{}-{p}", proto.to_lowercase())),
-                    port: *p,
-                    protocol: Some(proto.to_string()),
-                    ..Default::default()
-                })
-                .collect(),
-        );
-        self
-    }
-    fn families(mut self, fams: &[&str], policy: &str) -> Self {
-        self.spec().ip_families = Some(fams.iter().map(|f| f.to_string()).collect());
-        self.spec().ip_family_policy = Some(policy.into());
-        self
-    }
-    fn build(self) -> Service {
-        self.0
-    }
+// ----- builders ------------------------------------------------------------------------------
+
+/// The usual test Service `demo/<name>` (the one builder: [`ServiceBuilder`]).
+fn svc(name: &str) -> ServiceBuilder {
+    ServiceBuilder::load_balancer(NS, name)
 }
 
 struct PoolB(LoadBalancerIPPool);
@@ -200,18 +144,14 @@ impl Replica {
 
     /// Waits until the metrics text contains every line of `lines`.
     async fn wait_metrics(&self, lines: &[&str]) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let text = self.metrics_text();
-            if lines.iter().all(|l| text.lines().any(|x| x == *l)) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "metrics never showed {lines:?}:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let shows = |text: String| lines.iter().all(|l| text.lines().any(|x| x == *l));
+        poll(
+            &format!("the metrics to show {lines:?}"),
+            Duration::from_millis(50),
+            || shows(self.metrics_text()).then_some(()),
+            || format!("metrics now:\n{}", self.metrics_text()),
+        )
+        .await
     }
 
     fn is_leader(&self) -> bool {
@@ -308,14 +248,15 @@ impl Harness {
         }
         // The CRDs are served once Established: until then pools answer 404.
         let pools: Api<LoadBalancerIPPool> = Api::all(client.clone());
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while pools.list(&ListParams::default()).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pool CRD not served"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let pools = &pools;
+        wait_until_async(
+            "the pool CRD to be served",
+            DEADLINE,
+            Duration::from_millis(100),
+            move || async move { Ok(pools.list(&ListParams::default()).await.ok()) },
+        )
+        .await
+        .expect("pool CRD served");
         let dp = DeleteParams::default();
         let lp = ListParams::default();
         let _ = pools
@@ -391,7 +332,7 @@ impl Harness {
             .expect("create pool")
     }
 
-    async fn create_svc(&self, s: SvcB) -> Service {
+    async fn create_svc(&self, s: ServiceBuilder) -> Service {
         self.svcs()
             .create(&PostParams::default(), &s.build())
             .await
@@ -459,20 +400,17 @@ impl Harness {
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
             })
         };
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            // Events have no event to await for their own creation without a watch per test;
-            // poll with a deadline.
-            let list = api.list(&ListParams::default()).await.expect("list events");
-            if let Some(e) = find(list.items) {
-                return e;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {reason} Event about {name} within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Events have no event to await for their own creation without a watch per test;
+        // poll with a deadline.
+        let (api, find) = (&api, &find);
+        wait_until_async(
+            &format!("a {reason} Event about {name}"),
+            DEADLINE,
+            Duration::from_millis(100),
+            move || async move { Ok(find(api.list(&ListParams::default()).await?.items)) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Barrier: create a fresh Service of ours and wait until it is served. The controller
@@ -489,8 +427,7 @@ impl Harness {
 
     /// Waits until one of the replicas leads and returns its index.
     async fn wait_leader(&self, replicas: &[&Replica]) -> usize {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        let leader = || {
             let leaders: Vec<usize> = replicas
                 .iter()
                 .enumerate()
@@ -498,15 +435,12 @@ impl Harness {
                 .map(|(i, _)| i)
                 .collect();
             assert!(leaders.len() <= 1, "two replicas lead at once: {leaders:?}");
-            if let [i] = leaders[..] {
-                return i;
+            match leaders[..] {
+                [i] => Some(i),
+                _ => None,
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no leader within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        poll("a leader", Duration::from_millis(50), leader, String::new).await
     }
 
     /// Write requests (create/update/patch/delete) a client identity made on `resource`.
@@ -841,9 +775,13 @@ async fn newer_overlapping_pool_is_marked_conflict() {
         .as_ref()
         .map(|t| t.0.as_second())
         .expect("creationTimestamp");
-    while jiff::Timestamp::now().as_second() <= older_sec {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        "the second after the older pool's",
+        Duration::from_millis(50),
+        || (jiff::Timestamp::now().as_second() > older_sec).then_some(()),
+        String::new,
+    )
+    .await;
     let newer = h
         .create_pool(pool("aa-newer").cidr("198.51.100.64/26"))
         .await;
@@ -1013,14 +951,13 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
     );
     assert!(h.writes_by(&lead_id, "services") >= 3);
     // Counters move when the server has answered; the watch may show the object a bit earlier.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while h.writes_by(&lead_id, "loadbalancerippools") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leader never wrote a pool status"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        "the leader to write a pool status",
+        Duration::from_millis(20),
+        || (h.writes_by(&lead_id, "loadbalancerippools") > 0).then_some(()),
+        String::new,
+    )
+    .await;
     assert_eq!(
         h.writes_by(&standby_id, "services"),
         0,
@@ -1055,14 +992,13 @@ async fn only_the_lease_holder_writes_and_failover_keeps_every_address() {
         before.values().all(|v| v != &x4),
         "x4 got an address in use"
     );
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while h.writes_by(&standby_id, "services") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new leader never wrote a Service"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        "the new leader to write a Service",
+        Duration::from_millis(20),
+        || (h.writes_by(&standby_id, "services") > 0).then_some(()),
+        String::new,
+    )
+    .await;
     standby.stop().await;
 }
 
@@ -1086,21 +1022,33 @@ async fn conflicting_writes_are_refetched_never_overwritten() {
             .with_label_values(&["services", "conflict"])
             .get()
     };
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Until one conflicted, each poll updates the Service behind the controller's back.
     let mut n = 0u32;
-    while conflicts() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no write of the controller ever conflicted"
-        );
-        n += 1;
-        let p = serde_json::json!({"metadata": {"labels": {"touched": n.to_string()}}});
-        h.svcs()
-            .patch("busy", &PatchParams::default(), &Patch::Merge(&p))
-            .await
-            .expect("concurrent update");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (touched, harness, conflicts) = (&mut n, &h, &conflicts);
+    wait_until_async(
+        "a write of the controller to conflict",
+        DEADLINE,
+        Duration::from_millis(50),
+        move || {
+            let conflicted = conflicts() > 0;
+            if !conflicted {
+                *touched += 1;
+            }
+            let p = serde_json::json!({"metadata": {"labels": {"touched": touched.to_string()}}});
+            async move {
+                if conflicted {
+                    return Ok(Some(()));
+                }
+                harness
+                    .svcs()
+                    .patch("busy", &PatchParams::default(), &Patch::Merge(&p))
+                    .await?;
+                Ok(None)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     h.stand_in().faults().remove(slow);
     let ips = h.wait_satisfied("busy").await;
     assert_eq!(ips, vec![ip("198.51.100.1")]);
@@ -1240,35 +1188,34 @@ async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm
     h.create_svc(svc("web")).await;
     assert_eq!(h.wait_satisfied("web").await, vec![ip("198.51.100.1")]);
     // /readyz and /metrics over HTTP.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match http_get(metrics_addr, "/readyz").await {
-            Ok((200, _)) => break,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz never 200: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    wait_until_async("/readyz to answer 200", DEADLINE, every, || async {
+        Ok(matches!(http_get(metrics_addr, "/readyz").await, Ok((200, _))).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // The counters move right after the write's response; the test may see the status first.
     let want = [
         "ferrolb_controller_is_leader 1",
         "ferrolb_controller_allocations_total 1",
     ];
-    loop {
+    let shows = |body: &str| want.iter().all(|w| body.lines().any(|l| l == *w));
+    let metrics = || async {
         let (code, body) = http_get(metrics_addr, "/metrics")
             .await
             .expect("GET /metrics");
         assert_eq!(code, 200);
-        if want.iter().all(|w| body.lines().any(|l| l == *w)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/metrics never showed {want:?}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        body
+    };
+    let shown = wait_until_async(
+        "/metrics to show the leader's first allocation",
+        DEADLINE,
+        every,
+        || async { Ok(shows(&metrics().await).then_some(())) },
+    )
+    .await;
+    if let Err(e) = shown {
+        panic!("{e:#}; /metrics now:\n{}", metrics().await);
     }
     // SIGTERM: clean exit, Lease released so a standby could take over at once.
     let pid = child.id().expect("pid").to_string();
@@ -1311,16 +1258,13 @@ async fn a_leader_cut_off_from_the_api_stops_writing_and_the_standby_takes_over(
         .stand_in()
         .faults()
         .add(kube_standin::faults::FaultSpec::error(503).for_client("ctrl-a"));
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while a.is_leader() || !b.is_leader() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no handover: a leads {}, b leads {}",
-            a.is_leader(),
-            b.is_leader()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        "the handover from a to b",
+        Duration::from_millis(50),
+        || (!a.is_leader() && b.is_leader()).then_some(()),
+        || format!("a leads {}, b leads {}", a.is_leader(), b.is_leader()),
+    )
+    .await;
     // ctrl-a can reach the API again, but must not write: it is no longer the holder.
     h.stand_in().faults().remove(cut);
     let a_writes = |h: &Harness| {
@@ -1375,15 +1319,13 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
             .sum::<u64>()
     };
     // Events are published right after each status write; wait until all are counted.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while count("create", "events") < N as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} Events",
-            count("create", "events")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        &format!("{N} Events"),
+        Duration::from_millis(20),
+        || (count("create", "events") >= N as u64).then_some(()),
+        || format!("only {} Events", count("create", "events")),
+    )
+    .await;
     let snapshot = |h: &Harness| {
         let mut v: Vec<(String, String, u64)> = h
             .stand_in()
@@ -1398,14 +1340,13 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
     // The server counts a request when it has answered it, which can be just after the watch
     // showed its effect: let one lease renewal pass before taking the snapshot.
     let renewals = count("update", "leases");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while count("update", "leases") < renewals + 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease is not renewed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        "a lease renewal",
+        Duration::from_millis(50),
+        || (count("update", "leases") > renewals).then_some(()),
+        String::new,
+    )
+    .await;
     let busy = snapshot(&h);
     eprintln!("controller requests for {N} Services (excluding its Lease): {busy:?}");
     assert_eq!(
@@ -1426,14 +1367,13 @@ async fn api_load_is_one_status_write_and_one_event_per_allocation_and_nothing_w
     assert!(count("list", "loadbalancerippools") <= 2);
     // Idle: while the Lease is renewed three more times, nothing else is requested.
     let renewals = count("update", "leases");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while count("update", "leases") < renewals + 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease is not renewed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        "three lease renewals",
+        Duration::from_millis(50),
+        || (count("update", "leases") >= renewals + 3).then_some(()),
+        String::new,
+    )
+    .await;
     assert_eq!(snapshot(&h), busy, "requests while idle");
     ctl.stop().await;
 }
@@ -1791,17 +1731,14 @@ async fn measure_convergence_and_api_load() {
         h.create_svc(b).await;
     }
     let created = start.elapsed();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let done = ctl.ctx.metrics.allocations.get() as usize;
-        if done >= n {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {done} of {n} allocated"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let done = || ctl.ctx.metrics.allocations.get() as usize;
+    let every = Duration::from_millis(20);
+    let all = wait_until_async("every allocation", Duration::from_secs(600), every, || {
+        std::future::ready(Ok((done() >= n).then_some(())))
+    })
+    .await;
+    if let Err(e) = all {
+        panic!("{e:#}; only {} of {n} allocated", done());
     }
     let converged = start.elapsed();
     h.wait_pool("v4", "v4 counts", |p| {

@@ -72,6 +72,7 @@ mod cluster {
     use std::net::IpAddr;
     use std::time::{Duration, Instant};
 
+    use ferrolb_lab::harness::{wait_answering_macs, wait_until, wait_until_async};
     use ferrolb_lab::lab::cluster::{ingress_ips, Cluster, LabConfig};
     use ferrolb_lab::lab::{echo_service, probe, scenario};
     use k8s_openapi::api::coordination::v1::Lease;
@@ -108,40 +109,28 @@ mod cluster {
         c.create_json(&echo_service(name, ipv6)).await.unwrap();
         c.create_endpoints("default", name, nodes).await.unwrap();
         let want = if ipv6 { 2 } else { 1 };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ips = c
-                .wait_ingress("default", name, Duration::from_secs(60))
-                .await
-                .unwrap();
-            if ips.len() >= want {
-                for ip in &ips {
-                    c.topo.add_vip_on_nodes(*ip).unwrap();
-                }
-                return ips;
-            }
-            assert!(Instant::now() < deadline, "{name} got {ips:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let ips = wait_until_async(
+            &format!("{name} to get {want} addresses"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                let ips = c
+                    .wait_ingress("default", name, Duration::from_secs(60))
+                    .await?;
+                Ok((ips.len() >= want).then_some(ips))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        for ip in &ips {
+            c.topo.add_vip_on_nodes(*ip).unwrap();
         }
+        ips
     }
 
-    /// Distinct MACs answering ARP for `ip`, once some node answers (waits up to `within`).
+    /// Distinct MACs answering `ip`, once some node answers (waits up to `within`).
     fn answering_macs(c: &Cluster, ip: IpAddr, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut macs: Vec<String> = match ip {
-                IpAddr::V4(_) => probe::arping(c.topo.client(), ip, 3)
-                    .into_iter()
-                    .map(|r| r.mac)
-                    .collect(),
-                IpAddr::V6(_) => probe::ndisc6(c.topo.client(), ip, 2),
-            };
-            macs.sort();
-            macs.dedup();
-            if !macs.is_empty() || Instant::now() > deadline {
-                return macs;
-            }
-        }
+        wait_answering_macs(c.topo.client(), ip, within)
     }
 
     fn node_of(c: &Cluster, mac: &str) -> String {
@@ -284,17 +273,18 @@ mod cluster {
             .patch("local-lab", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let answering = || {
             let macs = answering_macs(&c, vip, Duration::from_secs(2));
-            let nodes: Vec<String> = macs.iter().map(|m| node_of(&c, m)).collect();
-            if nodes == ["node1"] {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "announcement did not follow the endpoint: {nodes:?}"
-            );
+            macs.iter().map(|m| node_of(&c, m)).collect::<Vec<String>>()
+        };
+        let followed = wait_until(
+            "the announcement to follow the endpoint",
+            Duration::from_secs(20),
+            Duration::ZERO,
+            || (answering() == ["node1"]).then_some(()),
+        );
+        if let Err(e) = followed {
+            panic!("{e:#}: {:?}", answering());
         }
     }
 
@@ -339,17 +329,23 @@ mod cluster {
         assert_eq!(leases(&c).await.len(), 1, "one lease for one address");
         let svcs: Api<Service> = Api::namespaced(c.client.clone(), "default");
         svcs.delete("echo", &DeleteParams::default()).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let state = || async {
             let macs = answering_macs(&c, vip, Duration::from_millis(1));
-            let n = leases(&c).await.len();
-            if macs.is_empty() && n == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still answered by {macs:?} / {n} leases left"
-            );
+            (macs, leases(&c).await.len())
+        };
+        let gone = wait_until_async(
+            "no answer and no lease",
+            Duration::from_secs(20),
+            Duration::ZERO,
+            || async {
+                let (macs, n) = state().await;
+                Ok((macs.is_empty() && n == 0).then_some(()))
+            },
+        )
+        .await;
+        if let Err(e) = gone {
+            let (macs, n) = state().await;
+            panic!("{e:#}: still answered by {macs:?} / {n} leases left");
         }
     }
 
@@ -405,18 +401,21 @@ mod cluster {
         ))
         .await
         .unwrap();
-        let deadline = Instant::now() + lease_duration(&c) * 4 + Duration::from_secs(5);
-        let new = loop {
+        let answering = || {
             let macs = answering_macs(&c, vip, Duration::from_millis(1));
-            let nodes: Vec<String> = macs.iter().map(|m| node_of(&c, m)).collect();
-            if nodes.len() == 1 && nodes[0] != holder {
-                break nodes[0].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no clean takeover from {holder}: {nodes:?}"
-            );
+            macs.iter().map(|m| node_of(&c, m)).collect::<Vec<String>>()
         };
+        let within = lease_duration(&c) * 4 + Duration::from_secs(5);
+        let taken = wait_until(
+            &format!("a clean takeover from {holder}"),
+            within,
+            Duration::ZERO,
+            || match &answering()[..] {
+                [one] if *one != holder => Some(one.clone()),
+                _ => None,
+            },
+        );
+        let new = taken.unwrap_or_else(|e| panic!("{e:#}: {:?}", answering()));
         // The cut-off node saw the newcomer's gratuitous ARP and yielded: only one MAC answers.
         for _ in 0..3 {
             let macs = answering_macs(&c, vip, Duration::from_secs(2));
@@ -482,28 +481,31 @@ mod cluster {
                 .await
                 .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let counts = loop {
+        let held = || async {
             let ls = leases(&c).await;
-            let held: Vec<String> = ls
-                .iter()
+            ls.iter()
                 .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
                 .filter(|h| !h.is_empty())
-                .collect();
-            if held.len() == n {
-                let mut counts = std::collections::BTreeMap::new();
-                for h in held {
-                    *counts.entry(h).or_insert(0usize) += 1;
-                }
-                break counts;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} leases held",
-                held.len()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
+                .collect::<Vec<String>>()
         };
+        let all_held = wait_until_async(
+            &format!("all {n} leases to be held"),
+            Duration::from_secs(120),
+            Duration::from_millis(250),
+            || async {
+                let held = held().await;
+                Ok((held.len() == n).then_some(held))
+            },
+        )
+        .await;
+        let held = match all_held {
+            Ok(held) => held,
+            Err(e) => panic!("{e:#}: only {} of {n} leases held", held().await.len()),
+        };
+        let mut counts = std::collections::BTreeMap::new();
+        for h in held {
+            *counts.entry(h).or_insert(0usize) += 1;
+        }
         let max = *counts.values().max().unwrap() as f64;
         let mean = n as f64 / 3.0;
         assert_eq!(counts.len(), 3, "every node holds some: {counts:?}");

@@ -14,6 +14,7 @@ use ferrolb::lease::{
     lease_name, Action, EngineOptions, EngineStats, LeaderElector, LeaseConfig, LeaseEvent,
     LeaseSet, LeaseWant, LeaseWriter, WriteFailure,
 };
+use ferrolb_lab::harness::wait_until_async;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::PostParams;
@@ -138,15 +139,12 @@ async fn next_event(
     }
 }
 
+/// Whether `cond` comes true within `within` (the harness's [`wait_until_async`], every 20 ms).
 async fn eventually<F: FnMut() -> bool>(within: Duration, mut cond: F) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
+    let poll = || std::future::ready(Ok(cond().then_some(())));
+    wait_until_async("the condition", within, Duration::from_millis(20), poll)
+        .await
+        .is_ok()
 }
 
 async fn get_lease(api: &Backend, name: &str) -> Option<Lease> {
@@ -257,14 +255,10 @@ async fn scenario_racing_electors(api: Backend) {
         .map(|id| LeaderElector::start(api.client_as(id), api.ns(), "ctrl", id, fast()))
         .collect();
     // Wait for someone to lead.
-    let mut any = false;
-    for _ in 0..100 {
-        if electors.iter().any(|e| e.is_leader()) {
-            any = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let any = eventually(Duration::from_secs(5), || {
+        electors.iter().any(|e| e.is_leader())
+    })
+    .await;
     assert!(any, "nobody acquired an expired lease");
     // Let renewals run for a few retry periods: leadership must stay put.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -738,22 +732,27 @@ async fn scenario_gc_and_shutdown_release(api: Backend) {
         d.annotations = vec![("ferrolb.io/services".into(), "a/x,b/y".into())];
     }
     a.set_desired(changed);
-    let mut relabelled_ok = false;
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end && !relabelled_ok {
+    let relabelled_ok = || async {
         let l = get_lease(&api, &relabelled).await.expect("lease");
         let labels = l.metadata.labels.unwrap_or_default();
         let ann = l.metadata.annotations.unwrap_or_default();
-        relabelled_ok = labels.get("ferrolb.io/service-count").map(String::as_str) == Some("2")
+        let ok = labels.get("ferrolb.io/service-count").map(String::as_str) == Some("2")
             && !labels.contains_key("ferrolb.io/address")
             && labels
                 .get("app.kubernetes.io/managed-by")
                 .map(String::as_str)
                 == Some("ferrolb")
             && ann.get("ferrolb.io/services").map(String::as_str) == Some("a/x,b/y");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(relabelled_ok, "labels not rewritten by the holder");
+        Ok(ok.then_some(()))
+    };
+    wait_until_async(
+        "the holder to rewrite the labels",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        relabelled_ok,
+    )
+    .await
+    .expect("labels rewritten by the holder");
     // Drop one: released (holder cleared), then deleted after gc_after.
     let dropped = want.keys().next().unwrap().clone();
     let mut fewer = want.clone();
@@ -770,16 +769,15 @@ async fn scenario_gc_and_shutdown_release(api: Backend) {
             tag: tag(&dropped)
         })
     );
-    let mut gone = false;
-    let end = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < end {
-        if get_lease(&api, &dropped).await.is_none() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "abandoned lease not deleted");
+    let gone = || async { Ok(get_lease(&api, &dropped).await.is_none().then_some(())) };
+    wait_until_async(
+        "the abandoned lease to be deleted",
+        Duration::from_secs(6),
+        Duration::from_millis(100),
+        gone,
+    )
+    .await
+    .expect("abandoned lease deleted");
     // Shutdown releases the other two.
     let report = a.shutdown().await;
     assert_eq!(report.released.len(), 2, "{report:?}");
@@ -1069,32 +1067,32 @@ async fn an_expired_holders_unwanted_lease_is_cleared_before_it_is_deleted() {
     c.set_desired(BTreeMap::new());
     a.abort();
     let stats = c.stats();
-    let mut saw_cleared = false;
-    let mut last_holder = "node-a".to_string();
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut gone = false;
-    while Instant::now() < end {
-        match get_lease(&api, &name).await {
-            None => {
-                gone = true;
-                break;
-            }
-            Some(l) => {
-                let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-                last_holder = holder.clone();
-                if holder.is_empty() {
-                    saw_cleared = true;
-                }
-                // A clear (by another node) keeps the label the agents' watch selects on.
-                assert_eq!(
-                    l.metadata.labels.unwrap_or_default()["app.kubernetes.io/managed-by"],
-                    "ferrolb"
-                );
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "not deleted");
+    // What each poll saw: whether the holder was ever cleared, and the last holder.
+    let seen = &std::cell::RefCell::new((false, "node-a".to_string()));
+    let (api, lease) = (&api, &name);
+    let gone = wait_until_async(
+        "the lease to be deleted",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        move || async move {
+            let Some(l) = get_lease(api, lease).await else {
+                return Ok(Some(()));
+            };
+            let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            let mut seen = seen.borrow_mut();
+            seen.0 |= holder.is_empty();
+            seen.1 = holder;
+            // A clear (by another node) keeps the label the agents' watch selects on.
+            assert_eq!(
+                l.metadata.labels.unwrap_or_default()["app.kubernetes.io/managed-by"],
+                "ferrolb"
+            );
+            Ok(None)
+        },
+    )
+    .await;
+    assert!(gone.is_ok(), "not deleted");
+    let (saw_cleared, last_holder) = seen.take();
     // Named a holder when last seen, yet gone: node-c must have cleared it before deleting it.
     // (Seen empty already: released by node-a's engine as it stopped, which an in-process abort
     // can still do on another worker; then no clear is owed.)

@@ -29,6 +29,7 @@ use ferrolb::lease::attach::{ANN_ATTACHED_TO, ATTACHED_DURATION_SECONDS};
 use ferrolb::lease::{
     lease_name, presence_name, EngineOptions, LeaseConfig, LeaseSet, LeaseWant, MANAGED_BY_LABEL,
 };
+use ferrolb_lab::harness::{wait_until, wait_until_async};
 use ferrolb_lab::lab::cluster::{Cluster, LabConfig, SYSTEM_NS};
 use ferrolb_lab::lab::{echo_service, probe};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -100,13 +101,7 @@ async fn look(api: &Api<Lease>, name: &str) -> Option<Seen> {
 
 /// MACs answering one ARP probe from the client.
 fn arp_macs(c: &Cluster, ip: IpAddr) -> Vec<String> {
-    let mut m: Vec<String> = tokio::task::block_in_place(|| probe::arping(c.topo.client(), ip, 1))
-        .into_iter()
-        .map(|r| r.mac)
-        .collect();
-    m.sort();
-    m.dedup();
-    m
+    tokio::task::block_in_place(|| probe::answering_macs(c.topo.client(), ip, 1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,22 +203,23 @@ async fn an_old_format_agent_and_an_attached_agent_never_both_hold_one_address()
 
     // Phase 2: the old-format agent dies without releasing. The new agent takes the Lease once
     // it has seen it unrenewed for its duration, attaches it, and answers.
-    let mut last_renew = look(&leases, &name).await.and_then(|s| s.renew);
+    let last_renew = &std::cell::Cell::new(look(&leases, &name).await.and_then(|s| s.renew));
     old.abort();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let taken = loop {
-        let s = look(&leases, &name).await.expect("the Lease exists");
-        if s.holder == n2 {
-            last_renew = last_renew.max(s.renew);
-        } else if !s.holder.is_empty() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new agent never took the expired old-format Lease: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let taken = wait_until_async(
+        "the new agent to take the expired old-format Lease",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let s = look(&leases, &name).await.expect("the Lease exists");
+            if s.holder == n2 {
+                last_renew.set(last_renew.get().max(s.renew));
+            }
+            Ok((s.holder != n2 && !s.holder.is_empty()).then_some(s))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let last_renew = last_renew.get();
     assert_eq!(taken.holder, n1, "{taken:?}");
     assert_eq!(taken.marker, Some(presence_name(&n1)), "{taken:?}");
     assert_eq!(taken.duration, ATTACHED_DURATION_SECONDS, "{taken:?}");
@@ -234,15 +230,14 @@ async fn an_old_format_agent_and_an_attached_agent_never_both_hold_one_address()
         gap >= lease_duration,
         "taken {gap:?} after the last renewal seen: before the old Lease expired"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let macs = arp_macs(&c, vip);
-        if !macs.is_empty() {
-            assert_eq!(macs, vec![n1_mac.clone()], "only the new holder answers");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new holder never answered");
-    }
+    let macs = wait_until(
+        "the new holder to answer",
+        Duration::from_secs(20),
+        Duration::ZERO,
+        || Some(arp_macs(&c, vip)).filter(|m| !m.is_empty()),
+    )
+    .expect("the new holder answers");
+    assert_eq!(macs, vec![n1_mac.clone()], "only the new holder answers");
 
     // Phase 3: a fresh old-format agent for node2 wants the address: it judges the attached
     // Lease held (one-day leaseDurationSeconds) and never takes it.

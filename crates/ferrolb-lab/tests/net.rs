@@ -6,17 +6,19 @@
 //! Root-only tests print "skipped: needs root" and return when not root.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ferrolb::net::arp::{self, MacAddr};
 use ferrolb::net::ndp;
-use ferrolb_lab::harness::wait_until;
+use ferrolb_lab::harness::{
+    arping_replies, metric, ndisc6_macs, neighbour, numbered_log, run_arping, wait_until, ApiHttp,
+    Proc,
+};
 use ferrolb_lab::netns::{self, Netns, Segment};
+use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolb");
 
@@ -30,112 +32,31 @@ fn root_or_skip(test: &str) -> bool {
     }
 }
 
-/// A child process killed (SIGTERM, then SIGKILL) on drop, with its stderr lines on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.env("NO_COLOR", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line containing {needle:?} within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Sends one line to the child's stdin.
-    fn say(&mut self, line: &str) {
-        use std::io::Write;
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write stdin");
-        stdin.flush().expect("flush");
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    /// SIGTERM and wait (bounded) for exit; returns the exit status.
-    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal("-TERM");
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts `ferrolb ARGS` in `ns` (its stdin a pipe, for `--control-stdin`), logging to a new
+/// file in `logs`.
+fn spawn(ns: &Netns, logs: &Path, args: &[&str]) -> Proc {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    Proc::spawn(
+        ns.name(),
+        Some(ns),
+        Path::new(BIN),
+        &args,
+        &[("NO_COLOR", "1")],
+        &numbered_log(logs, ns.name()),
+    )
+    .expect("spawn")
 }
 
 /// Starts `ferrolb announce` in `ns` and waits until it says it is ready.
-fn announce(ns: &Netns, ips: &[&str], extra: &[&str]) -> Proc {
-    let mut cmd = ns.cmd(BIN);
-    cmd.args(["announce", "--interface", "eth0"]);
+fn announce(ns: &Netns, logs: &Path, ips: &[&str], extra: &[&str]) -> Proc {
+    let mut args = vec!["announce", "--interface", "eth0"];
     for ip in ips {
-        cmd.args(["--ip", ip]);
+        args.extend(["--ip", ip]);
     }
-    cmd.args(extra);
-    let mut p = Proc::spawn(cmd);
-    p.wait_line("announcer ready", Duration::from_secs(20));
+    args.extend(extra);
+    let mut p = spawn(ns, logs, &args);
+    p.next_line("announcer ready", Duration::from_secs(20))
+        .unwrap();
     p
 }
 
@@ -148,68 +69,26 @@ fn mac_of(ns: &Netns) -> MacAddr {
     ns.mac("eth0").expect("mac").parse().expect("parse mac")
 }
 
-/// MACs in `arping` output lines "Unicast reply from IP [MAC]  ...".
-fn arping_reply_macs(out: &str, ip: &str) -> Vec<MacAddr> {
-    out.lines()
-        .filter(|l| l.contains(&format!("reply from {ip} ")))
-        .filter_map(|l| {
-            let s = l.split('[').nth(1)?.split(']').next()?;
-            s.parse().ok()
-        })
-        .collect()
-}
-
-/// `arping -c count -w secs` from `ns`; returns its stdout (exit status ignored: no reply = 1).
-fn arping(ns: &Netns, ip: &str, count: u32, secs: u32) -> String {
-    let out = ns
-        .cmd("arping")
-        .args([
-            "-c",
-            &count.to_string(),
-            "-w",
-            &secs.to_string(),
-            "-I",
-            "eth0",
-            ip,
-        ])
-        .output()
-        .expect("arping");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ndisc6` from `ns`; returns the target link-layer addresses it reports.
-fn ndisc6(ns: &Netns, ip: &str) -> Vec<MacAddr> {
-    let out = ns
-        .cmd("ndisc6")
-        .args(["-r", "3", "-w", "1000", ip, "eth0"])
-        .output()
-        .expect("ndisc6");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("Target link-layer address"))
-        .filter_map(|l| {
-            l.split(':')
-                .skip(1)
-                .collect::<Vec<_>>()
-                .join(":")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// `ip neigh show IP dev eth0` in `ns`: (lladdr, state) if there is an entry.
-fn neigh(ns: &Netns, ip: &str) -> Option<(Option<MacAddr>, String)> {
-    let out = ns.ip(&["neigh", "show", ip, "dev", "eth0"]).ok()?;
-    let line = out.lines().next()?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mac = words
+/// The MACs of every reply in `arping` output, in order.
+fn replied(out: &str) -> Vec<MacAddr> {
+    arping_replies(out)
         .iter()
-        .position(|w| *w == "lladdr")
-        .and_then(|i| words.get(i + 1))
-        .and_then(|m| m.parse().ok());
-    Some((mac, words.last()?.to_string()))
+        .map(|r| r.mac.parse().expect("arping prints MACs"))
+        .collect()
+}
+
+/// `arping -c count -w secs -I eth0 ip` from `ns` (unicast once answered): its output.
+fn arping(ns: &Netns, ip: &str, count: u32, secs: u32) -> String {
+    run_arping(ns, "eth0", ip, count, secs, false).expect("arping")
+}
+
+/// `ndisc6` (3 tries) from `ns`: the MACs that advertised `ip`.
+fn ndisc6(ns: &Netns, ip: &str) -> Vec<MacAddr> {
+    ndisc6_macs(ns, "eth0", ip, 3)
+        .expect("ndisc6")
+        .iter()
+        .map(|m| m.parse().expect("ndisc6 prints MACs"))
+        .collect()
 }
 
 /// `ip FAMILY neigh replace IP lladdr MAC dev eth0 nud stale` in `ns`: an entry as if learnt
@@ -221,31 +100,47 @@ fn stale_neigh(ns: &Netns, family: &str, ip: &str, mac: &str) {
     .expect("setting a STALE neighbour entry");
 }
 
+/// The MAC of `ns`'s neighbour entry for `ip` on eth0, if it has one.
+fn neigh_mac(ns: &Netns, ip: &str) -> Option<MacAddr> {
+    neighbour(ns, "eth0", ip)?.0.parse().ok()
+}
+
+/// The state of `ns`'s neighbour entry for `ip` on eth0 (entries with a MAC only).
+fn neigh_state(ns: &Netns, ip: &str) -> Option<String> {
+    neighbour(ns, "eth0", ip).map(|(_, state)| state)
+}
+
 /// Polls (up to 15 s) until `ns`'s neighbour entry for `ip` has the lladdr `mac`.
 fn wait_neigh_mac(ns: &Netns, ip: &str, mac: MacAddr, what: &str) {
     poll_until(what, Duration::from_secs(15), || {
-        (neigh(ns, ip)?.0? == mac).then_some(())
+        (neigh_mac(ns, ip)? == mac).then_some(())
     });
 }
 
+/// The announcer's metrics (its `--metrics-addr` is 127.0.0.1:`port` inside `ns`).
 fn metrics(ns: &Netns, port: u16) -> String {
-    ns.exec(
-        "curl",
-        &["-sf", &format!("http://127.0.0.1:{port}/metrics")],
-    )
+    ApiHttp {
+        ns,
+        base: &format!("http://127.0.0.1:{port}"),
+    }
+    .text("/metrics")
     .unwrap_or_default()
 }
 
-fn metric(text: &str, name: &str, ip: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(&format!("ip=\"{ip}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// The harness's [`metric`] `name{ip="IP"}`, 0 when absent.
+fn ip_count(text: &str, name: &str, ip: &str) -> u64 {
+    metric(text, name, &[("ip", ip)]).unwrap_or(0.0) as u64
+}
+
+/// The raw `ip neigh show dev eth0` of `ns`, for messages.
+fn neighbours(ns: &Netns) -> String {
+    ns.ip(&["neigh", "show", "dev", "eth0"])
+        .unwrap_or_else(|e| e.to_string())
 }
 
 /// A segment with node namespaces `a`, `b` (no addresses at all on eth0) and client `c`
-/// (192.0.2.3/24, 2001:db8:1::3/64, on-link routes to the VIP ranges).
-fn lab(tag: &str) -> Segment {
+/// (192.0.2.3/24, 2001:db8:1::3/64, on-link routes to the VIP ranges), and a directory for logs.
+fn lab(tag: &str) -> (Segment, TempDir) {
     let mut seg = Segment::create(tag).expect("segment");
     seg.add_member(tag, "a", &[]).expect("a");
     seg.add_member(tag, "b", &[]).expect("b");
@@ -256,7 +151,7 @@ fn lab(tag: &str) -> Segment {
         .expect("v4 route");
     c.ip(&["-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])
         .expect("v6 route");
-    seg
+    (seg, tempfile::tempdir().expect("tempdir"))
 }
 
 #[test]
@@ -264,13 +159,14 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
     if !root_or_skip("arping_and_ndisc6_get_answers_from_exactly_the_holder") {
         return;
     }
-    let seg = lab("ab");
+    let (seg, logs) = lab("ab");
     let (a, b, c) = (&seg.members[0], &seg.members[1], &seg.members[2]);
     let (mac_a, mac_b) = (mac_of(a), mac_of(b));
     // One announcement each, sent before "ready": no gratuitous reply can be mistaken by
     // arping for an answer (which would also make it stop early).
     let _pa = announce(
         a,
+        logs.path(),
         &["198.51.100.10", "2001:db8:100::10"],
         &[
             "--gratuitous-count",
@@ -281,12 +177,13 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
     );
     let _pb = announce(
         b,
+        logs.path(),
         &["198.51.100.11", "2001:db8:100::11"],
         &["--gratuitous-count", "1"],
     );
 
     let out = arping(c, "198.51.100.10", 3, 10);
-    let macs = arping_reply_macs(&out, "198.51.100.10");
+    let macs = replied(&out);
     assert_eq!(macs, vec![mac_a; 3], "arping output:\n{out}");
     let sent: u64 = out
         .lines()
@@ -300,12 +197,12 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
         .expect("arping summary");
 
     let out = arping(c, "198.51.100.11", 3, 10);
-    let macs = arping_reply_macs(&out, "198.51.100.11");
+    let macs = replied(&out);
     assert_eq!(macs, vec![mac_b; 3], "arping output:\n{out}");
 
     // Nobody holds .12: no reply at all.
     let out = arping(c, "198.51.100.12", 2, 2);
-    assert!(arping_reply_macs(&out, "198.51.100.12").is_empty(), "{out}");
+    assert!(replied(&out).is_empty(), "{out}");
 
     assert_eq!(ndisc6(c, "2001:db8:100::10"), vec![mac_a]);
     assert_eq!(ndisc6(c, "2001:db8:100::11"), vec![mac_b]);
@@ -325,23 +222,23 @@ fn arping_and_ndisc6_get_answers_from_exactly_the_holder() {
 
     let m = metrics(a, 9750);
     assert_eq!(
-        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.10"),
+        ip_count(&m, "ferrolb_arp_requests_received_total", "198.51.100.10"),
         sent,
         "{m}"
     );
-    assert!(metric(&m, "ferrolb_responses_sent_total", "198.51.100.10") >= 3);
+    assert!(ip_count(&m, "ferrolb_responses_sent_total", "198.51.100.10") >= 3);
     assert!(
-        metric(
+        ip_count(
             &m,
             "ferrolb_ndp_requests_received_total",
             "2001:db8:100::10"
         ) >= 1
     );
-    assert!(metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 2);
-    assert!(metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 1);
+    assert!(ip_count(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 2);
+    assert!(ip_count(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 1);
     // Requests for B's address are never counted (nor answered) by A.
     assert_eq!(
-        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.11"),
+        ip_count(&m, "ferrolb_arp_requests_received_total", "198.51.100.11"),
         0
     );
 }
@@ -351,19 +248,16 @@ fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
     if !root_or_skip("gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly") {
         return;
     }
-    let seg = lab("ga");
+    let (seg, logs) = lab("ga");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     let wrong = "02:00:00:00:00:99";
     for (v, ip) in [("-4", "198.51.100.10"), ("-6", "2001:db8:100::10")] {
         stale_neigh(c, v, ip, wrong);
-        assert_eq!(
-            neigh(c, ip).and_then(|(m, _)| m),
-            Some(wrong.parse().expect("mac"))
-        );
+        assert_eq!(neigh_mac(c, ip), Some(wrong.parse().expect("mac")));
     }
     // No traffic from C to the VIPs: only the announcer's gratuitous frames can fix the entries.
-    let mut p = announce(a, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    let mut p = announce(a, logs.path(), &["198.51.100.10", "2001:db8:100::10"], &[]);
     for ip in ["198.51.100.10", "2001:db8:100::10"] {
         wait_neigh_mac(
             c,
@@ -372,9 +266,12 @@ fn gratuitous_burst_corrects_stale_neighbours_and_sigterm_exits_cleanly() {
             &format!("C's neighbour entry for {ip} to point at A"),
         );
     }
-    let st = p.terminate().expect("exits within 10 s of SIGTERM");
-    assert!(st.success(), "exit status {st}");
-    p.wait_line("shutting down", Duration::from_secs(5));
+    let code = p
+        .terminate(Duration::from_secs(10))
+        .expect("exits within 10 s of SIGTERM");
+    assert_eq!(code, Some(0), "exit code");
+    p.next_line("shutting down", Duration::from_secs(5))
+        .unwrap();
 }
 
 #[test]
@@ -382,7 +279,7 @@ fn unicast_nud_probes_are_answered() {
     if !root_or_skip("unicast_nud_probes_are_answered") {
         return;
     }
-    let seg = lab("nu");
+    let (seg, logs) = lab("nu");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a).to_string();
     c.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", "1")
@@ -393,6 +290,7 @@ fn unicast_nud_probes_are_answered() {
     // unicast probes the kernel sends from the PROBE state (mcast_resolicit is 0).
     let _p = announce(
         a,
+        logs.path(),
         &["198.51.100.10", "2001:db8:100::10"],
         &[
             "--gratuitous-count",
@@ -409,16 +307,16 @@ fn unicast_nud_probes_are_answered() {
         poll_until(
             &format!("C's entry for {ip} to be confirmed REACHABLE"),
             Duration::from_secs(15),
-            || (neigh(c, ip)?.1 == "REACHABLE").then_some(()),
+            || (neigh_state(c, ip)? == "REACHABLE").then_some(()),
         );
     }
     let m = metrics(a, 9751);
     assert!(
-        metric(&m, "ferrolb_arp_requests_received_total", "198.51.100.10") >= 1,
+        ip_count(&m, "ferrolb_arp_requests_received_total", "198.51.100.10") >= 1,
         "{m}"
     );
     assert!(
-        metric(
+        ip_count(
             &m,
             "ferrolb_ndp_requests_received_total",
             "2001:db8:100::10"
@@ -426,7 +324,7 @@ fn unicast_nud_probes_are_answered() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10"),
+        ip_count(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10"),
         0,
         "{m}"
     );
@@ -504,16 +402,30 @@ fn codecs_match_kernel_frames_byte_for_byte() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pcap = dir.path().join("kernel.pcap");
-    let mut cap = c.cmd("tcpdump");
-    cap.args(["-i", "eth0", "-U", "-n", "-Z", "root", "-w"])
-        .arg(&pcap)
-        .arg("arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))");
-    let mut tcpdump = Proc::spawn(cap);
-    tcpdump.wait_line("listening on", Duration::from_secs(10));
+    let cap: Vec<String> = ["-i", "eth0", "-U", "-n", "-Z", "root", "-w"]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            pcap.to_string_lossy().into_owned(),
+            "arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))".to_string(),
+        ])
+        .collect();
+    let mut tcpdump = Proc::spawn(
+        "tcpdump",
+        Some(c),
+        Path::new("tcpdump"),
+        &cap,
+        &[],
+        &dir.path().join("tcpdump.log"),
+    )
+    .expect("tcpdump");
+    tcpdump
+        .next_line("listening on", Duration::from_secs(10))
+        .unwrap();
 
     // 1. ARP request (arping) and the kernel's reply; 2. an ARP probe (sender 0.0.0.0).
     let out = arping(c, "192.0.2.1", 1, 5);
-    assert_eq!(arping_reply_macs(&out, "192.0.2.1"), vec![mac_k], "{out}");
+    assert_eq!(replied(&out), vec![mac_k], "{out}");
     let _ = c
         .cmd("arping")
         .args(["-D", "-c", "1", "-w", "3", "-I", "eth0", "192.0.2.1"])
@@ -524,7 +436,7 @@ fn codecs_match_kernel_frames_byte_for_byte() {
     stale_neigh(c, "-6", "2001:db8:1::1", &mac_k.to_string());
     let _ = c.exec("ping", &["-c", "1", "-W", "1", "2001:db8:1::1"]);
     poll_until("C's NUD to confirm K", Duration::from_secs(15), || {
-        (neigh(c, "2001:db8:1::1")?.1 == "REACHABLE").then_some(())
+        (neigh_state(c, "2001:db8:1::1")? == "REACHABLE").then_some(())
     });
     // 5. The kernel's own gratuitous ARP and unsolicited NA (arp_notify / ndisc_notify on a
     //    MAC change).
@@ -563,7 +475,7 @@ fn codecs_match_kernel_frames_byte_for_byte() {
             (garp && una).then_some(frames)
         },
     );
-    tcpdump.signal("-INT");
+    let _ = tcpdump.signal("INT");
 
     let held4 = |ip: Ipv4Addr| ip == v4;
     let held6 = |ip: Ipv6Addr| ip == v6;
@@ -888,27 +800,25 @@ fn release_stops_answers_at_once_and_conflicts_are_reported() {
     if !root_or_skip("release_stops_answers_at_once_and_conflicts_are_reported") {
         return;
     }
-    let seg = lab("rc");
+    let (seg, logs) = lab("rc");
     let (a, b, c) = (&seg.members[0], &seg.members[1], &seg.members[2]);
     let (mac_a, mac_b) = (mac_of(a), mac_of(b));
     let both = "198.51.100.10@eth0 2001:db8:100::10@eth0";
     let mut pa = announce(
         a,
+        logs.path(),
         &["198.51.100.10", "2001:db8:100::10"],
         &["--control-stdin", "--metrics-addr", "127.0.0.1:9752"],
     );
     let out = arping(c, "198.51.100.10", 1, 5);
-    assert_eq!(
-        arping_reply_macs(&out, "198.51.100.10"),
-        vec![mac_a],
-        "{out}"
-    );
+    assert_eq!(replied(&out), vec![mac_a], "{out}");
 
     // Release everything: no more answers, and the solicited-node group is left.
-    pa.say("");
-    pa.wait_line("applied held set", Duration::from_secs(10));
+    pa.say("").unwrap();
+    pa.next_line("applied held set", Duration::from_secs(10))
+        .unwrap();
     let out = arping(c, "198.51.100.10", 2, 2);
-    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+    assert!(replied(&out).is_empty(), "{out}");
     assert!(ndisc6(c, "2001:db8:100::10").is_empty());
     let maddr = a
         .ip(&["-6", "maddr", "show", "dev", "eth0"])
@@ -916,14 +826,11 @@ fn release_stops_answers_at_once_and_conflicts_are_reported() {
     assert!(!maddr.contains("ff02::1:ff00:10"), "{maddr}");
 
     // Hold again: answered again, group joined again.
-    pa.say(both);
-    pa.wait_line("applied held set", Duration::from_secs(10));
+    pa.say(both).unwrap();
+    pa.next_line("applied held set", Duration::from_secs(10))
+        .unwrap();
     let out = arping(c, "198.51.100.10", 1, 5);
-    assert_eq!(
-        arping_reply_macs(&out, "198.51.100.10"),
-        vec![mac_a],
-        "{out}"
-    );
+    assert_eq!(replied(&out), vec![mac_a], "{out}");
     assert_eq!(ndisc6(c, "2001:db8:100::10"), vec![mac_a]);
     let maddr = a
         .ip(&["-6", "maddr", "show", "dev", "eth0"])
@@ -931,19 +838,23 @@ fn release_stops_answers_at_once_and_conflicts_are_reported() {
     assert!(maddr.contains("ff02::1:ff00:10"), "{maddr}");
 
     // B starts announcing the same addresses: A sees B's gratuitous ARP and unsolicited NA.
-    let _pb = announce(b, &["198.51.100.10", "2001:db8:100::10"], &[]);
+    let _pb = announce(b, logs.path(), &["198.51.100.10", "2001:db8:100::10"], &[]);
     let want = mac_b.to_string();
-    let l4 = pa.wait_line("ip=198.51.100.10", Duration::from_secs(10));
+    let l4 = pa
+        .next_line("ip=198.51.100.10", Duration::from_secs(10))
+        .unwrap();
     assert!(l4.contains("conflict") && l4.contains(&want), "{l4}");
-    let l6 = pa.wait_line("ip=2001:db8:100::10", Duration::from_secs(10));
+    let l6 = pa
+        .next_line("ip=2001:db8:100::10", Duration::from_secs(10))
+        .unwrap();
     assert!(l6.contains("conflict") && l6.contains(&want), "{l6}");
     let m = metrics(a, 9752);
     assert!(
-        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10") >= 1,
+        ip_count(&m, "ferrolb_announce_conflicts_total", "198.51.100.10") >= 1,
         "{m}"
     );
     assert!(
-        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
+        ip_count(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
         "{m}"
     );
 }
@@ -953,25 +864,28 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     if !root_or_skip("interface_coming_up_or_appearing_gets_a_burst") {
         return;
     }
-    let seg = lab("up");
+    let (seg, logs) = lab("up");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     a.ip(&["link", "set", "eth0", "down"]).expect("down");
     stale_neigh(c, "-4", "198.51.100.10", "02:00:00:00:00:99");
-    let mut cmd = a.cmd(BIN);
-    cmd.args([
-        "announce",
-        "-i",
-        "eth0",
-        "-i",
-        "eth1",
-        "--ip",
-        "198.51.100.10",
-        "--metrics-addr",
-        "127.0.0.1:9753",
-    ]);
-    let mut p = Proc::spawn(cmd);
-    p.wait_line("announcer ready", Duration::from_secs(20));
+    let mut p = spawn(
+        a,
+        logs.path(),
+        &[
+            "announce",
+            "-i",
+            "eth0",
+            "-i",
+            "eth1",
+            "--ip",
+            "198.51.100.10",
+            "--metrics-addr",
+            "127.0.0.1:9753",
+        ],
+    );
+    p.next_line("announcer ready", Duration::from_secs(20))
+        .unwrap();
     // eth0 comes up: the announcer notices within its poll period and sends a burst.
     a.ip(&["link", "set", "eth0", "up"]).expect("up");
     wait_neigh_mac(c, "198.51.100.10", mac_a, "C's entry to point at A's eth0");
@@ -981,15 +895,13 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
         .ip(&["link", "set", "p9", "master", "br0"])
         .expect("enslave");
     let mac_a1: MacAddr = a.mac("eth1").expect("mac").parse().expect("mac");
-    p.wait_line("listening", Duration::from_secs(10));
+    p.next_line("listening", Duration::from_secs(10)).unwrap();
     let macs: BTreeSet<MacAddr> = poll_until(
         "replies from both interfaces",
         Duration::from_secs(15),
         || {
             let out = arping(c, "198.51.100.10", 2, 3);
-            let macs: BTreeSet<MacAddr> = arping_reply_macs(&out, "198.51.100.10")
-                .into_iter()
-                .collect();
+            let macs: BTreeSet<MacAddr> = replied(&out).into_iter().collect();
             (macs.len() == 2).then_some(macs)
         },
     );
@@ -997,12 +909,12 @@ fn interface_coming_up_or_appearing_gets_a_burst() {
     // Each interface hears the other's gratuitous frames: our own MACs are never a conflict.
     let m = metrics(a, 9753);
     assert!(
-        metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 4,
+        ip_count(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 4,
         "{m}\n{}",
-        p.seen.join("\n")
+        p.log_text()
     );
     assert_eq!(
-        metric(&m, "ferrolb_announce_conflicts_total", "198.51.100.10"),
+        ip_count(&m, "ferrolb_announce_conflicts_total", "198.51.100.10"),
         0,
         "{m}"
     );
@@ -1016,7 +928,7 @@ fn switch_reboot_carrier_back_reannounces_every_held_address_at_once() {
     if !root_or_skip("switch_reboot_carrier_back_reannounces_every_held_address_at_once") {
         return;
     }
-    let seg = lab("sw");
+    let (seg, logs) = lab("sw");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     // The client learns from gratuitous ARP without having asked (as routers and L3 switches
@@ -1027,6 +939,7 @@ fn switch_reboot_carrier_back_reannounces_every_held_address_at_once() {
     // announcement after the outage (the first burst, 5 × 1 s, is over by then).
     let mut p = announce(
         a,
+        logs.path(),
         &["198.51.100.10", "198.51.100.11"],
         &["--self-check-secs", "600"],
     );
@@ -1052,30 +965,25 @@ fn switch_reboot_carrier_back_reannounces_every_held_address_at_once() {
             .expect("port up");
     }
     let back = Instant::now();
-    let deadline = back + Duration::from_secs(10);
-    let heard = |ip: &str| neigh(c, ip).and_then(|n| n.0) == Some(mac_a);
-    while !(heard("198.51.100.10") && heard("198.51.100.11")) {
-        if Instant::now() > deadline {
-            let _ = p.terminate();
-            while let Ok(l) = p.lines.recv_timeout(Duration::from_millis(200)) {
-                p.seen.push(l);
-            }
-            panic!(
-                "C never heard both addresses again; neighbours: {:?}\n{}",
-                c.ip(&["neigh"]),
-                p.seen.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let heard = |ip: &str| neigh_mac(c, ip) == Some(mac_a);
+    if let Err(e) = wait_until(
+        "C to hear both addresses again",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (heard("198.51.100.10") && heard("198.51.100.11")).then_some(()),
+    ) {
+        let _ = p.terminate(Duration::from_secs(10));
+        panic!("{e:#}; neighbours:\n{}\n{}", neighbours(c), p.log_text());
     }
     let took = back.elapsed();
     println!("switch reboot: every held address heard again {took:?} after carrier returned");
     assert!(
         took < Duration::from_secs(2),
         "re-announcement took {took:?}\n{}",
-        p.seen.join("\n")
+        p.log_text()
     );
-    p.wait_line("interface came up; announcing", Duration::from_secs(5));
+    p.next_line("interface came up; announcing", Duration::from_secs(5))
+        .unwrap();
 }
 
 /// Issue 11's other switch case: only the CLIENT's bridge port flaps (down 5 s, up). The
@@ -1090,13 +998,14 @@ fn client_port_flap_the_first_packet_resolves_every_address_again() {
     if !root_or_skip("client_port_flap_the_first_packet_resolves_every_address_again") {
         return;
     }
-    let seg = lab("cf");
+    let (seg, logs) = lab("cf");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     let ips = ["198.51.100.10", "198.51.100.11", "2001:db8:100::10"];
     // One gratuitous announcement at start, no periodic ones, a long self-check.
     let mut p = announce(
         a,
+        logs.path(),
         &ips,
         &[
             "--gratuitous-count",
@@ -1131,7 +1040,7 @@ fn client_port_flap_the_first_packet_resolves_every_address_again() {
     }
     let counters = || {
         let m = metrics(a, 9757);
-        let sum = |name: &str| ips.iter().map(|ip| metric(&m, name, ip)).sum::<u64>();
+        let sum = |name: &str| ips.iter().map(|ip| ip_count(&m, name, ip)).sum::<u64>();
         (
             sum("ferrolb_gratuitous_sent_total"),
             sum("ferrolb_arp_requests_received_total") + sum("ferrolb_ndp_requests_received_total"),
@@ -1154,8 +1063,10 @@ fn client_port_flap_the_first_packet_resolves_every_address_again() {
     poll_until("C's carrier to go", Duration::from_secs(10), || {
         (!carrier()).then_some(())
     });
-    let flushed: Vec<_> = ips.iter().map(|ip| (ip, neigh(c, ip))).collect();
-    println!("client port down: C's neighbour entries: {flushed:?}");
+    println!(
+        "client port down: C's neighbour entries:\n{}",
+        neighbours(c)
+    );
     std::thread::sleep(Duration::from_secs(5)); // the outage itself, not a synchronisation
     seg.bridge
         .ip(&["link", "set", "p2", "up"])
@@ -1164,22 +1075,20 @@ fn client_port_flap_the_first_packet_resolves_every_address_again() {
         carrier().then_some(())
     });
     let back = Instant::now();
-    let unsolicited: Vec<_> = ips.iter().map(|ip| (ip, neigh(c, ip))).collect();
-    println!("carrier back, before C sent anything: {unsolicited:?}");
+    println!("carrier back, before C sent anything:\n{}", neighbours(c));
     let pings: Vec<Child> = ips.iter().map(|ip| poke(ip)).collect();
-    let deadline = back + Duration::from_secs(10);
-    while !ips
-        .iter()
-        .all(|ip| neigh(c, ip).and_then(|n| n.0) == Some(mac_a))
-    {
-        if Instant::now() > deadline {
-            let _ = p.terminate();
-            panic!(
-                "C never resolved every address again; neighbours: {:?}",
-                c.ip(&["neigh"])
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if let Err(e) = wait_until(
+        "C to resolve every address again",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            ips.iter()
+                .all(|ip| neigh_mac(c, ip) == Some(mac_a))
+                .then_some(())
+        },
+    ) {
+        let _ = p.terminate(Duration::from_secs(10));
+        panic!("{e:#}; neighbours:\n{}", neighbours(c));
     }
     let took = back.elapsed();
     reap(pings);
@@ -1203,11 +1112,12 @@ fn self_check_repairs_a_dead_reader_and_counts_it() {
     if !root_or_skip("self_check_repairs_a_dead_reader_and_counts_it") {
         return;
     }
-    let seg = lab("sc");
+    let (seg, logs) = lab("sc");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     let mut p = announce(
         a,
+        logs.path(),
         &["198.51.100.10"],
         &[
             "--control-stdin",
@@ -1217,29 +1127,21 @@ fn self_check_repairs_a_dead_reader_and_counts_it() {
             "127.0.0.1:9754",
         ],
     );
-    p.say("198.51.100.10@eth0");
-    p.wait_line("applied held set", Duration::from_secs(10));
-    assert_eq!(
-        arping_reply_macs(&arping(c, "198.51.100.10", 1, 2), "198.51.100.10"),
-        vec![mac_a]
-    );
-    p.say("!break eth0");
-    p.wait_line("self-check repaired", Duration::from_secs(10));
+    p.say("198.51.100.10@eth0").unwrap();
+    p.next_line("applied held set", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(replied(&arping(c, "198.51.100.10", 1, 2)), vec![mac_a]);
+    p.say("!break eth0").unwrap();
+    p.next_line("self-check repaired", Duration::from_secs(10))
+        .unwrap();
     let macs = poll_until("answers again", Duration::from_secs(10), || {
-        let m = arping_reply_macs(&arping(c, "198.51.100.10", 1, 2), "198.51.100.10");
+        let m = replied(&arping(c, "198.51.100.10", 1, 2));
         (!m.is_empty()).then_some(m)
     });
     assert_eq!(macs, vec![mac_a]);
     let m = metrics(a, 9754);
-    let repairs: u64 = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("ferrolb_announce_repairs_total ")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    assert!(repairs >= 1, "{m}");
+    let repairs = metric(&m, "ferrolb_announce_repairs_total", &[]).unwrap_or(0.0);
+    assert!(repairs >= 1.0, "{m}");
 }
 
 #[test]
@@ -1247,12 +1149,13 @@ fn periodic_reannounce_repeats_announcements_after_the_burst() {
     if !root_or_skip("periodic_reannounce_repeats_announcements_after_the_burst") {
         return;
     }
-    let seg = lab("re");
+    let (seg, logs) = lab("re");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     let mac_a = mac_of(a);
     // A burst of one announcement, then one every second.
     let _p = announce(
         a,
+        logs.path(),
         &["198.51.100.10", "2001:db8:100::10"],
         &[
             "--gratuitous-count",
@@ -1268,8 +1171,8 @@ fn periodic_reannounce_repeats_announcements_after_the_burst() {
         Duration::from_secs(15),
         || {
             let m = metrics(a, 9754);
-            (metric(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 6
-                && metric(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 3)
+            (ip_count(&m, "ferrolb_gratuitous_sent_total", "198.51.100.10") >= 6
+                && ip_count(&m, "ferrolb_gratuitous_sent_total", "2001:db8:100::10") >= 3)
                 .then_some(())
         },
     );
@@ -1282,43 +1185,17 @@ fn periodic_reannounce_repeats_announcements_after_the_burst() {
 /// (iputils arping sends at most one request a second; concurrent ones see each other's
 /// replies, so keep `par` at 1 for latency figures).
 fn arping_rtts(ns: &Netns, ip: &str, par: usize, count: u32, broadcast: bool) -> Vec<f64> {
-    let n = count.to_string();
-    let w = (count + 5).to_string();
-    let mut args = vec!["-c", n.as_str(), "-w", w.as_str(), "-I", "eth0"];
-    if broadcast {
-        args.push("-b");
-    }
-    args.push(ip);
-    let children: Vec<Child> = (0..par)
-        .map(|_| {
-            ns.cmd("arping")
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("arping")
-        })
-        .collect();
-    let mut rtts = Vec::new();
-    for ch in children {
-        let out = ch.wait_with_output().expect("arping");
-        if !out.status.success() {
-            println!("arping {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        rtts.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains(&format!("reply from {ip} ")))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .last()?
-                        .strip_suffix("ms")?
-                        .parse::<f64>()
-                        .ok()
-                }),
-        );
-    }
-    rtts
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..par)
+            .map(|_| s.spawn(|| run_arping(ns, "eth0", ip, count, count + 5, broadcast)))
+            .collect();
+        runs.into_iter()
+            .flat_map(|run| {
+                let out = run.join().expect("arping thread").expect("arping");
+                arping_replies(&out).into_iter().map(|r| r.rtt_ms)
+            })
+            .collect()
+    })
 }
 
 /// Measurement, not a check of speed: ARP reply latency of the announcer vs the kernel on the
@@ -1329,10 +1206,15 @@ fn measure_arp_reply_latency_vs_kernel() {
     if !root_or_skip("measure_arp_reply_latency_vs_kernel") {
         return;
     }
-    let mut seg = lab("ms");
+    let (mut seg, logs) = lab("ms");
     seg.add_member("ms", "k", &["192.0.2.1/24"]).expect("k");
     let (a, c) = (&seg.members[0], &seg.members[2]);
-    let _p = announce(a, &["198.51.100.10"], &["--gratuitous-count", "1"]);
+    let _p = announce(
+        a,
+        logs.path(),
+        &["198.51.100.10"],
+        &["--gratuitous-count", "1"],
+    );
     let (par, count) = (1, 20);
     let pct = |mut v: Vec<f64>, p: f64| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -1389,7 +1271,7 @@ fn vlan_interfaces_are_answered() {
         return;
     }
     // Cilium fails on VLAN interfaces (#37959); a VLAN device is just another interface here.
-    let seg = lab("vl");
+    let (seg, logs) = lab("vl");
     let (a, c) = (&seg.members[0], &seg.members[2]);
     for ns in [a, c] {
         let vlan = [
@@ -1407,24 +1289,18 @@ fn vlan_interfaces_are_answered() {
     c.ip(&["route", "replace", "198.51.100.0/24", "dev", "eth0.100"])
         .expect("route");
     let mac_vlan: MacAddr = a.mac("eth0.100").expect("mac").parse().expect("mac");
-    let mut cmd = a.cmd(BIN);
-    cmd.args(["announce", "-i", "eth0.100", "--ip", "198.51.100.10"]);
-    let mut p = Proc::spawn(cmd);
-    p.wait_line("announcer ready", Duration::from_secs(20));
-    let out = c
-        .cmd("arping")
-        .args(["-c", "2", "-w", "5", "-I", "eth0.100", "198.51.100.10"])
-        .output()
-        .expect("arping");
-    let out = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        arping_reply_macs(&out, "198.51.100.10"),
-        vec![mac_vlan; 2],
-        "{out}"
+    let mut p = spawn(
+        a,
+        logs.path(),
+        &["announce", "-i", "eth0.100", "--ip", "198.51.100.10"],
     );
+    p.next_line("announcer ready", Duration::from_secs(20))
+        .unwrap();
+    let out = run_arping(c, "eth0.100", "198.51.100.10", 2, 5, false).expect("arping");
+    assert_eq!(replied(&out), vec![mac_vlan; 2], "{out}");
     // Untagged requests on the parent are not answered: the address is held on the VLAN only.
     let out = arping(c, "198.51.100.10", 2, 2);
-    assert!(arping_reply_macs(&out, "198.51.100.10").is_empty(), "{out}");
+    assert!(replied(&out).is_empty(), "{out}");
 }
 
 #[test]
@@ -1432,7 +1308,7 @@ fn default_interface_selection_on_a_real_system() {
     if !root_or_skip("default_interface_selection_on_a_real_system") {
         return;
     }
-    let seg = lab("se");
+    let (seg, logs) = lab("se");
     let a = &seg.members[0];
     // eth5/veth5: a veth pair; eth5 is then enslaved to bridge br1 (a member: excluded; the
     // bridge is eligible); veth5 is excluded by name; eth6 (peer veth6) has ARP off (NOARP);
@@ -1454,19 +1330,19 @@ fn default_interface_selection_on_a_real_system() {
         let l = a.ip(&["-o", "link", "show", "br1"]).ok()?;
         l.contains("LOWER_UP").then_some(())
     });
-    let mut cmd = a.cmd(BIN);
-    cmd.args(["announce", "--ip", "198.51.100.10"]);
-    let mut p = Proc::spawn(cmd);
-    let line = p.wait_line("announcer ready", Duration::from_secs(20));
+    let mut p = spawn(a, logs.path(), &["announce", "--ip", "198.51.100.10"]);
+    let line = p
+        .next_line("announcer ready", Duration::from_secs(20))
+        .unwrap();
     assert!(
         line.contains(r#"interfaces={"br1", "eth0"}"#),
         "selected interfaces: {line}"
     );
 }
 
-/// Metric value without an `ip` label filter beyond `ip` (0 when absent).
+/// Probes the announcer sent for `ip` (0 when absent).
 fn probes_sent(a: &Netns, port: u16, ip: &str) -> u64 {
-    metric(&metrics(a, port), "ferrolb_announce_probes_sent_total", ip)
+    ip_count(&metrics(a, port), "ferrolb_announce_probes_sent_total", ip)
 }
 
 /// A host with the address configured on its interface (a static address left behind; Linux
@@ -1479,7 +1355,7 @@ fn a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported() {
     if !root_or_skip("a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported") {
         return;
     }
-    let seg = lab("n6");
+    let (seg, logs) = lab("n6");
     let (a, b) = (&seg.members[0], &seg.members[1]);
     let mac_b = mac_of(b);
     // nodad: usable at once, and no DAD probe of b's own that a could mistake for anything.
@@ -1495,6 +1371,7 @@ fn a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported() {
     .expect("address on b");
     let mut pa = announce(
         a,
+        logs.path(),
         &["2001:db8:100::10", "2001:db8:100::11"],
         &[
             "--gratuitous-count",
@@ -1505,7 +1382,9 @@ fn a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported() {
             "127.0.0.1:9755",
         ],
     );
-    let l = pa.wait_line("ip=2001:db8:100::10", Duration::from_secs(10));
+    let l = pa
+        .next_line("ip=2001:db8:100::10", Duration::from_secs(10))
+        .unwrap();
     assert!(
         l.contains("conflict") && l.contains(&mac_b.to_string()) && l.contains("probe_answer=true"),
         "{l}"
@@ -1513,27 +1392,26 @@ fn a_host_with_the_ipv6_address_answers_our_ns_probe_and_is_reported() {
     // Every announcement of the burst went with a probe, for both addresses.
     let m = poll_until("the burst's probes", Duration::from_secs(15), || {
         let m = metrics(a, 9755);
-        (metric(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::11") >= 3).then_some(m)
+        (ip_count(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::11") >= 3).then_some(m)
     });
     assert!(
-        metric(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::10") >= 3,
+        ip_count(&m, "ferrolb_announce_probes_sent_total", "2001:db8:100::10") >= 3,
         "{m}"
     );
     assert!(
-        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
+        ip_count(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::10") >= 1,
         "{m}"
     );
     assert_eq!(
-        metric(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::11"),
+        ip_count(&m, "ferrolb_announce_conflicts_total", "2001:db8:100::11"),
         0,
         "nobody else has ::11\n{m}"
     );
+    let log = pa.log_text();
     assert!(
-        !pa.seen
-            .iter()
+        !log.lines()
             .any(|l| l.contains("conflict") && l.contains("ip=2001:db8:100::11")),
-        "{}",
-        pa.seen.join("\n")
+        "{log}"
     );
 }
 
@@ -1545,12 +1423,13 @@ fn a_late_answerer_is_found_by_the_follow_up_probes() {
     if !root_or_skip("a_late_answerer_is_found_by_the_follow_up_probes") {
         return;
     }
-    let seg = lab("lt");
+    let (seg, logs) = lab("lt");
     let (a, b) = (&seg.members[0], &seg.members[1]);
     let mac_b = mac_of(b).to_string();
     let (v4, v6) = ("198.51.100.10", "2001:db8:100::10");
     let mut pa = announce(
         a,
+        logs.path(),
         &[v4, v6],
         &[
             "--gratuitous-count",
@@ -1585,7 +1464,7 @@ fn a_late_answerer_is_found_by_the_follow_up_probes() {
         // Nothing probes before the first follow-up, and b announces nothing by itself.
         for ip in [v4, v6] {
             assert_eq!(
-                metric(&m, "ferrolb_announce_conflicts_total", ip),
+                ip_count(&m, "ferrolb_announce_conflicts_total", ip),
                 0,
                 "{ip}\n{m}"
             );
@@ -1593,7 +1472,7 @@ fn a_late_answerer_is_found_by_the_follow_up_probes() {
     }
     let mut seen = BTreeSet::new();
     while seen.len() < 2 {
-        let l = pa.wait_line("conflict", Duration::from_secs(20));
+        let l = pa.next_line("conflict", Duration::from_secs(20)).unwrap();
         assert!(l.contains(&mac_b) && l.contains("probe_answer=true"), "{l}");
         for ip in [v4, v6] {
             if l.contains(&format!("ip={ip} ")) {

@@ -17,6 +17,7 @@ use ferrolb::api::{
     IpBlock, L2AnnouncementPolicy, L2AnnouncementPolicySpec, LoadBalancerIPPool,
     LoadBalancerIPPoolSpec, COND_IPAM_SATISFIED,
 };
+use ferrolb::fixtures::ServiceBuilder;
 use ferrolb::lease::{
     describe, lease_name, presence_name, ANN_NODE, LABEL_ROLE, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     ROLE_PRESENCE,
@@ -25,7 +26,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Node, NodeAddress, NodeStatus, PodSpec, PodTemplateSpec,
-    Service, ServicePort, ServiceSpec,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -197,19 +198,10 @@ impl Env {
     /// A LoadBalancer Service in `demo` with the status the controller would write.
     async fn create_service(&self, name: &str, ip: Option<&str>, cond: Option<(&str, &str)>) {
         let svcs: Api<Service> = Api::namespaced(self.client.clone(), "demo");
-        let svc = Service {
-            metadata: meta(name),
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: None,
-        };
+        let svc = ServiceBuilder::named("demo", name)
+            .type_("LoadBalancer")
+            .port("", 80, "TCP")
+            .build();
         svcs.create(&PostParams::default(), &svc).await.unwrap();
         let ingress: Vec<Value> = ip.iter().map(|ip| json!({ "ip": ip })).collect();
         let conditions: Vec<Value> = cond

@@ -3,6 +3,9 @@
 //! `skipped: no kube-apiserver (../shared/kube absent)` and passes when the binaries are absent,
 //! and skips when not root (the server runs in a network namespace).
 
+use ferrolb::fixtures::ServiceBuilder;
+use ferrolb::k8s::service::ingress_ips;
+use ferrolb_lab::harness::wait_until_async;
 use ferrolb_lab::realapi::{self, RealApi, SKIP};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -101,6 +104,8 @@ const SYS: &str = "ferrolb-system";
 const LEASES: &str = "ferrolb-leases";
 const FL: &str = "ferrolb.io";
 const COORD: &str = "coordination.k8s.io";
+/// How long the restart test waits for the cluster to settle.
+const SECS_30: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_holds_against_the_real_authorizer() {
@@ -244,11 +249,10 @@ async fn deploy_rbac_holds_against_the_real_authorizer() {
     );
 
     // Real requests, not only reviews: the server refuses and accepts them as reviewed.
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "rbac-probe"},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}
-    }))
-    .unwrap();
+    let svc = ServiceBuilder::named("default", "rbac-probe")
+        .type_("LoadBalancer")
+        .port("", 80, "")
+        .build();
     let e = Api::<Service>::namespaced(agent.clone(), "default")
         .create(&PostParams::default(), &svc)
         .await
@@ -350,15 +354,6 @@ async fn presence_renewals(
         .collect()
 }
 
-/// A LoadBalancer Service `name` in `ns`.
-fn lb_service(ns: &str, name: &str) -> Service {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]}
-    }))
-    .unwrap()
-}
-
 /// Waits (polling, up to `within`) until Service `ns/name` has an address; returns them.
 async fn wait_address(
     client: &kube::Client,
@@ -366,22 +361,21 @@ async fn wait_address(
     name: &str,
     within: Duration,
 ) -> Vec<std::net::IpAddr> {
-    let api = Api::<Service>::namespaced(client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        // Errors are expected right after a restart (429, 504...): retried until the deadline.
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), api.get(name)).await {
-            let ips = ferrolb::k8s::service::ingress_ips(&s);
-            if !ips.is_empty() {
-                return ips;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{ns}/{name} got no address within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let api = &Api::<Service>::namespaced(client.clone(), ns);
+    let every = Duration::from_millis(200);
+    wait_until_async(
+        &format!("{ns}/{name} to get an address"),
+        within,
+        every,
+        || async {
+            // Errors are expected right after a restart (429, 504...): retried until the deadline.
+            let got = tokio::time::timeout(Duration::from_secs(10), api.get(name)).await;
+            let ips = got.ok().and_then(Result::ok).map(|s| ingress_ips(&s));
+            Ok(ips.filter(|ips| !ips.is_empty()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The API outage users see: kube-apiserver restarts (SIGKILL, then a new process over the same
@@ -427,15 +421,13 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
             .await
             .expect("create CRD");
     }
-    let pools: Api<ferrolb::api::LoadBalancerIPPool> = Api::all(admin.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pools.list(&Default::default()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pool CRD not served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pools: &Api<ferrolb::api::LoadBalancerIPPool> = &Api::all(admin.clone());
+    let every = Duration::from_millis(100);
+    wait_until_async("the pool CRD to be served", SECS_30, every, || async {
+        Ok(pools.list(&Default::default()).await.ok())
+    })
+    .await
+    .expect("pool CRD served");
     let pool: ferrolb::api::LoadBalancerIPPool = serde_json::from_value(serde_json::json!({
         "apiVersion": "ferrolb.io/v1alpha1", "kind": "LoadBalancerIPPool",
         "metadata": {"name": "main"},
@@ -463,9 +455,12 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     let svcs = Api::<Service>::namespaced(admin.clone(), ns);
     let mut addresses = std::collections::BTreeMap::new();
     for name in ["s1", "s2", "s3"] {
-        svcs.create(&PostParams::default(), &lb_service(ns, name))
-            .await
-            .expect("create Service");
+        svcs.create(
+            &PostParams::default(),
+            &ServiceBuilder::load_balancer(ns, name).build(),
+        )
+        .await
+        .expect("create Service");
     }
     for name in ["s1", "s2", "s3"] {
         addresses.insert(
@@ -492,14 +487,13 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
         events.push(ev);
     }
     let helds: Vec<_> = sets.iter().map(|s| s.held()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while helds.iter().map(|h| h.borrow().len()).sum::<usize>() != 6 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "leases not all held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all_held = || helds.iter().map(|h| h.borrow().len()).sum::<usize>() == 6;
+    let every = Duration::from_millis(50);
+    wait_until_async("every lease to be held", SECS_30, every, || {
+        std::future::ready(Ok(all_held().then_some(())))
+    })
+    .await
+    .expect("leases all held");
     let before = holders(&admin, ns).await;
     assert_eq!(before.len(), 6, "{before:?}");
     // Address Leases are attached to the presence Leases (issue 10): only those are renewed.
@@ -520,16 +514,13 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
 
     // Renewals resume: every presence Lease gets a renewTime newer than before; every address
     // Lease keeps its holder.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let admin = api.admin();
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "renewals did not resume within 60 s"
-        );
+    let (before, presence_before) = (&before, &presence_before);
+    let every = Duration::from_millis(200);
+    let renewed = || async {
         let Ok(now) = tokio::time::timeout(Duration::from_secs(10), holders(&admin, ns)).await
         else {
-            continue;
+            return Ok(None);
         };
         assert_eq!(
             now.keys().collect::<Vec<_>>(),
@@ -545,16 +536,21 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
         let Ok(p) =
             tokio::time::timeout(Duration::from_secs(10), presence_renewals(&admin, ns)).await
         else {
-            continue;
+            return Ok(None);
         };
-        if p.len() == presence_before.len()
+        Ok((p.len() == presence_before.len()
             && p.iter()
-                .all(|(name, t)| presence_before.get(name) != Some(t))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+                .all(|(name, t)| presence_before.get(name) != Some(t)))
+        .then_some(()))
+    };
+    wait_until_async(
+        "renewals to resume",
+        Duration::from_secs(60),
+        every,
+        renewed,
+    )
+    .await
+    .expect("renewals resumed");
     // Nobody reported a loss (Unreachable during the outage is fine).
     for (node, ev) in nodes.iter().zip(events.iter_mut()) {
         while let Ok(e) = ev.try_recv() {
@@ -573,13 +569,17 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     let report = a.shutdown().await;
     assert_eq!(report.released.len(), a_held.len(), "{report:?}");
     let b_held = &helds[1];
-    while !a_held.iter().all(|n| b_held.borrow().contains(n)) {
-        assert!(
-            t1.elapsed() < Duration::from_secs(20),
-            "node-b did not take node-a's released leases: its watch did not resume"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let took_over = || a_held.iter().all(|n| b_held.borrow().contains(n));
+    let every = Duration::from_millis(50);
+    let left = Duration::from_secs(20).saturating_sub(t1.elapsed());
+    wait_until_async(
+        "node-b to take node-a's released leases",
+        left,
+        every,
+        || std::future::ready(Ok(took_over().then_some(()))),
+    )
+    .await
+    .expect("node-b's watch resumed");
     eprintln!(
         "after the restart, node-b took node-a's released leases in {:.1?}",
         t1.elapsed()
@@ -588,9 +588,12 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
         s.abort();
     }
     // The controller kept every address and serves a Service created after the restart.
-    svcs.create(&PostParams::default(), &lb_service(ns, "s4"))
-        .await
-        .expect("create Service after the restart");
+    svcs.create(
+        &PostParams::default(),
+        &ServiceBuilder::load_balancer(ns, "s4").build(),
+    )
+    .await
+    .expect("create Service after the restart");
     let s4 = wait_address(&admin, ns, "s4", Duration::from_secs(60)).await;
     for (name, before) in &addresses {
         let now = wait_address(&admin, ns, name, Duration::from_secs(10)).await;

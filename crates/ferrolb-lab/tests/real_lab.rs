@@ -4,29 +4,19 @@
 //! `skipped: no kube-apiserver (../shared/kube absent)` and passes without the binaries.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ferrolb_lab::harness::wait_answering_macs;
 use ferrolb_lab::lab::cluster::{ApiKind, Cluster, LabConfig};
-use ferrolb_lab::lab::{echo_service, probe, scenario};
+use ferrolb_lab::lab::{echo_service, scenario};
 
 fn exe() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferrolb"))
 }
 
-/// Distinct MACs answering ARP for `ip` once someone answers (up to `within`).
+/// Distinct MACs answering `ip` once someone answers (up to `within`).
 fn answering_macs(c: &Cluster, ip: IpAddr, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut macs: Vec<String> = probe::arping(c.topo.client(), ip, 3)
-            .into_iter()
-            .map(|r| r.mac)
-            .collect();
-        macs.sort();
-        macs.dedup();
-        if !macs.is_empty() || Instant::now() > deadline {
-            return macs;
-        }
-    }
+    wait_answering_macs(c.topo.client(), ip, within)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

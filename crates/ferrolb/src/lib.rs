@@ -8,6 +8,8 @@ pub mod agent;
 pub mod api;
 pub mod controller;
 pub mod crds;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod ipam;
 pub mod k8s;
 pub mod lease;

@@ -183,12 +183,7 @@ pub async fn burst(
                     let others = &others;
                     s.spawn(move || {
                         while t0.elapsed() < within {
-                            let out = client
-                                .cmd("ndisc6")
-                                .args(["-m", "-r", "1", "-w", "50", &ip.to_string(), "eth0"])
-                                .output();
-                            let macs = out
-                                .map(|o| probe::parse_ndisc6(&String::from_utf8_lossy(&o.stdout)))
+                            let macs = probe::run_ndisc6(client, "eth0", &ip.to_string(), 1, 50)
                                 .unwrap_or_default();
                             if macs.iter().any(|m| others.contains(m)) {
                                 return Some(t0.elapsed().as_millis() as u64);

@@ -13,6 +13,7 @@ use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use super::procs::{numbered_log, Proc};
 use super::topo::Topology;
 use super::uds;
+use crate::wait::wait_until_async;
 
 /// Lease timings handed to every agent (and the controllers).
 #[derive(Debug, Clone)]
@@ -258,14 +259,15 @@ impl Cluster {
             c.tokens.insert(sa.to_string(), token);
         }
         // The CRDs are served once Established.
-        let deadline = Instant::now() + Duration::from_secs(30);
         let pools: Api<ferrolb::api::LoadBalancerIPPool> = Api::all(c.client.clone());
-        while pools.list(&Default::default()).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("the ferrolb CRDs were not served within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let pools = &pools;
+        wait_until_async(
+            "the ferrolb CRDs to be served",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            move || async move { Ok(pools.list(&Default::default()).await.ok()) },
+        )
+        .await?;
         Ok(c)
     }
 
@@ -524,19 +526,17 @@ impl Cluster {
         within: Duration,
     ) -> anyhow::Result<Vec<IpAddr>> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(svc) = api.get_opt(name).await? {
-                let ips = ingress_ips(&svc);
-                if !ips.is_empty() {
-                    return Ok(ips);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("Service {ns}/{name} got no address within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let api = &api;
+        wait_until_async(
+            &format!("Service {ns}/{name} to get an address"),
+            within,
+            Duration::from_millis(100),
+            move || async move {
+                let svc = api.get_opt(name).await?;
+                Ok(svc.map(|s| ingress_ips(&s)).filter(|ips| !ips.is_empty()))
+            },
+        )
+        .await
     }
 
     /// The stand-in's request counters (`/metrics` over the Unix socket), as

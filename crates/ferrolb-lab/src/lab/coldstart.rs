@@ -188,35 +188,23 @@ pub fn summary(f: &Figures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use ferrolb::fixtures::{condition, ServiceBuilder};
 
     fn svc(ip: Option<&str>, cond: Option<&str>) -> Service {
-        Service {
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: ip.map(|ip| {
-                        vec![LoadBalancerIngress {
-                            ip: Some(ip.into()),
-                            ..Default::default()
-                        }]
-                    }),
-                }),
-                conditions: cond.map(|st| {
-                    vec![Condition {
-                        type_: ferrolb::api::COND_IPAM_SATISFIED.into(),
-                        status: st.into(),
-                        reason: "Satisfied".into(),
-                        message: String::new(),
-                        observed_generation: None,
-                        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                            jiff::Timestamp::UNIX_EPOCH,
-                        ),
-                    }]
-                }),
-            }),
-            ..Default::default()
+        let mut b = ServiceBuilder::default();
+        if let Some(ip) = ip {
+            b = b.ingress(&[ip]);
         }
+        if let Some(status) = cond {
+            b = b.condition(condition(
+                ferrolb::api::COND_IPAM_SATISFIED,
+                status,
+                "Satisfied",
+                "",
+                jiff::Timestamp::UNIX_EPOCH,
+            ));
+        }
+        b.build()
     }
 
     #[test]

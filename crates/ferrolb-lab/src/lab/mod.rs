@@ -412,18 +412,19 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
     let start = Instant::now();
-    loop {
-        if let Some(v) = f().await? {
-            say.clear();
-            return Ok(v);
+    let r = crate::wait::wait_until_async(what, within, Duration::from_millis(100), || {
+        let poll = f();
+        async move {
+            let v = poll.await?;
+            if v.is_none() {
+                say.progress(what, start);
+            }
+            Ok(v)
         }
-        if start.elapsed() > within {
-            say.clear();
-            bail!("{what}: nothing within {within:?}");
-        }
-        say.progress(what, start);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    say.clear();
+    r
 }
 
 async fn main_job(args: Args, cfg: LabConfig, say: Say) -> anyhow::Result<LabReport> {

@@ -7,13 +7,18 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
+
 use crate::netns::Netns;
 
-/// One ARP reply seen by arping: the answering MAC and the round trip.
+/// One ARP reply seen by arping: the answering MAC, the round trip, and whether it came to the
+/// broadcast address (`Broadcast reply`: a gratuitous reply that happened to match) rather than
+/// to us (`Unicast reply`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArpReply {
     pub mac: String,
     pub rtt_ms: f64,
+    pub broadcast: bool,
 }
 
 /// The samples of metric `name` in Prometheus text exposition (`name{k="v",...} value`): each
@@ -79,46 +84,68 @@ pub fn norm_mac(s: &str) -> String {
     s.trim().to_ascii_lowercase()
 }
 
-/// The MAC of one iputils-arping reply line (`Unicast reply from IP [MAC] ...` or
-/// `Broadcast reply from ...`), normalised; `None` for any other line.
-pub fn arping_reply_mac(line: &str) -> Option<String> {
-    if !line.contains("reply from") {
-        return None;
-    }
-    let start = line.find('[')?;
-    let end = line[start..].find(']')? + start;
-    Some(norm_mac(&line[start + 1..end]))
+/// One iputils-arping reply line (`Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms`
+/// or `Broadcast reply from ...`), MAC normalised; `None` for any other line.
+pub fn arping_reply(line: &str) -> Option<ArpReply> {
+    let line = line.trim();
+    let (broadcast, rest) = if let Some(r) = line.strip_prefix("Unicast reply from ") {
+        (false, r)
+    } else {
+        (true, line.strip_prefix("Broadcast reply from ")?)
+    };
+    let (_, rest) = rest.split_once('[')?;
+    let (mac, rest) = rest.split_once(']')?;
+    let rtt_ms = rest.trim().strip_suffix("ms")?.trim().parse().ok()?;
+    Some(ArpReply {
+        mac: norm_mac(mac),
+        rtt_ms,
+        broadcast,
+    })
 }
 
-/// Parses iputils-arping output: `Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms`.
+/// Every reply in iputils-arping output, in order.
 pub fn parse_arping(out: &str) -> Vec<ArpReply> {
-    out.lines()
-        .filter_map(|l| {
-            let rest = l.trim().strip_prefix("Unicast reply from ")?;
-            let mac = arping_reply_mac(l)?;
-            let t = rest.split(']').nth(1)?.trim();
-            let rtt_ms = t.strip_suffix("ms")?.trim().parse().ok()?;
-            Some(ArpReply { mac, rtt_ms })
-        })
-        .collect()
+    out.lines().filter_map(arping_reply).collect()
 }
 
-/// `arping -c count` from the client's eth0; every reply (no reply is an empty list).
-pub fn arping(client: &Netns, ip: IpAddr, count: u32) -> Vec<ArpReply> {
-    let out = client
-        .cmd("arping")
+/// `arping [-b] -c COUNT -w DEADLINE_S -I IFACE IP` in `ns`: its stdout. arping exits 1 when
+/// nobody answered, which is not an error here; failing to run it is. `broadcast` keeps every
+/// request broadcast (without it, arping unicasts to the first MAC that answered).
+pub fn run_arping(
+    ns: &Netns,
+    iface: &str,
+    ip: &str,
+    count: u32,
+    deadline_s: u32,
+    broadcast: bool,
+) -> anyhow::Result<String> {
+    let mut cmd = ns.cmd("arping");
+    if broadcast {
+        cmd.arg("-b");
+    }
+    let out = cmd
         .args([
             "-c",
             &count.to_string(),
             "-w",
-            &(count + 2).to_string(),
+            &deadline_s.to_string(),
             "-I",
-            "eth0",
-            &ip.to_string(),
+            iface,
+            ip,
         ])
-        .output();
-    out.map(|o| parse_arping(&String::from_utf8_lossy(&o.stdout)))
+        .output()
+        .context("running arping")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `arping -c count` from the client's eth0: the replies sent to us (no reply is an empty list).
+pub fn arping(client: &Netns, ip: IpAddr, count: u32) -> Vec<ArpReply> {
+    run_arping(client, "eth0", &ip.to_string(), count, count + 2, false)
+        .map(|out| parse_arping(&out))
         .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.broadcast)
+        .collect()
 }
 
 /// Parses ndisc6's `Target link-layer address: 8A:ED:...` lines.
@@ -129,29 +156,55 @@ pub fn parse_ndisc6(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// Neighbor Solicitation from the client; the MACs of the advertisements received.
-pub fn ndisc6(client: &Netns, ip: IpAddr, tries: u32) -> Vec<String> {
-    let out = client
+/// `ndisc6 -m -n -r TRIES -w WAIT_MS IP IFACE` in `ns` (every advertisement of an attempt, not
+/// only the first): the MACs advertised.
+pub fn run_ndisc6(
+    ns: &Netns,
+    iface: &str,
+    ip: &str,
+    tries: u32,
+    wait_ms: u32,
+) -> anyhow::Result<Vec<String>> {
+    let out = ns
         .cmd("ndisc6")
         .args([
             "-m",
+            "-n",
             "-r",
             &tries.to_string(),
             "-w",
-            "1000",
-            &ip.to_string(),
-            "eth0",
+            &wait_ms.to_string(),
+            ip,
+            iface,
         ])
-        .output();
-    out.map(|o| parse_ndisc6(&String::from_utf8_lossy(&o.stdout)))
-        .unwrap_or_default()
+        .output()
+        .context("running ndisc6")?;
+    Ok(parse_ndisc6(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The client's neighbour entry for `ip`: (MAC, state), if any.
-pub fn neighbour(client: &Netns, ip: IpAddr) -> Option<(String, String)> {
-    let out = client
-        .ip(&["neigh", "show", &ip.to_string(), "dev", "eth0"])
-        .ok()?;
+/// Neighbor Solicitation from the client; the MACs of the advertisements received.
+pub fn ndisc6(client: &Netns, ip: IpAddr, tries: u32) -> Vec<String> {
+    run_ndisc6(client, "eth0", &ip.to_string(), tries, 1000).unwrap_or_default()
+}
+
+/// The distinct MACs (sorted) answering `ip` from the client's eth0: ARP replies to `count`
+/// requests for IPv4, Neighbor Advertisements to `count` solicitations for IPv6.
+pub fn answering_macs(client: &Netns, ip: IpAddr, count: u32) -> Vec<String> {
+    let mut macs: Vec<String> = match ip {
+        IpAddr::V4(_) => arping(client, ip, count)
+            .into_iter()
+            .map(|r| r.mac)
+            .collect(),
+        IpAddr::V6(_) => ndisc6(client, ip, count),
+    };
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
+/// The neighbour entry for `ip` on `iface` in `ns`: (MAC, state), if there is one with a MAC.
+pub fn neighbour(ns: &Netns, iface: &str, ip: &str) -> Option<(String, String)> {
+    let out = ns.ip(&["neigh", "show", ip, "dev", iface]).ok()?;
     parse_neighbour(&out)
 }
 
@@ -316,15 +369,45 @@ mod tests {
 
     #[test]
     fn arping_lines() {
-        let out = "ARPING 192.0.2.11 from 192.0.2.100 eth0\nUnicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms\nSent 2 probes\n";
+        let out = "ARPING 192.0.2.11 from 192.0.2.100 eth0\n\
+                   Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.593ms\n\
+                   Broadcast reply from 192.0.2.11 [8a:ed:1e:c5:83:12]  1.5ms\n\
+                   Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]  0.6ms\n\
+                   Sent 3 probes (1 broadcast(s))\nReceived 3 response(s)\n";
+        let reply = |mac: &str, rtt_ms, broadcast| ArpReply {
+            mac: mac.into(),
+            rtt_ms,
+            broadcast,
+        };
         assert_eq!(
             parse_arping(out),
-            vec![ArpReply {
-                mac: "8a:ed:1e:c5:83:11".into(),
-                rtt_ms: 0.593
-            }]
+            vec![
+                reply("8a:ed:1e:c5:83:11", 0.593, false),
+                reply("8a:ed:1e:c5:83:12", 1.5, true),
+                reply("8a:ed:1e:c5:83:11", 0.6, false),
+            ]
         );
         assert!(parse_arping("Received 0 response(s)").is_empty());
+        // Not a reply, or a reply line cut short: nothing.
+        assert_eq!(
+            arping_reply("ARPING 192.0.2.11 from 192.0.2.100 eth0"),
+            None
+        );
+        assert_eq!(arping_reply("Unicast reply from 192.0.2.11 [8A:ED"), None);
+        assert_eq!(
+            arping_reply("Unicast reply from 192.0.2.11 [8A:ED:1E:C5:83:11]"),
+            None
+        );
+    }
+
+    #[test]
+    fn neighbour_lines() {
+        assert_eq!(
+            parse_neighbour("198.51.100.10 lladdr 3A:1B:2C:4D:5E:6F STALE\n"),
+            Some(("3a:1b:2c:4d:5e:6f".into(), "STALE".into()))
+        );
+        assert_eq!(parse_neighbour("198.51.100.10  FAILED\n"), None);
+        assert_eq!(parse_neighbour(""), None);
     }
 
     #[test]

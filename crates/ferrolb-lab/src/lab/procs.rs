@@ -1,15 +1,21 @@
-//! Child processes of the lab and the end-to-end tests: started inside a namespace, tied to our
-//! life (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
-//! files, killed on drop.
+//! Child processes of the lab and the root tests: started inside a namespace, tied to our life
+//! (`setpriv --pdeathsig KILL`, so a crashed lab leaves no agents behind), logs captured to
+//! files, killed on drop. A process also takes lines on its stdin ([`Proc::say`]);
+//! [`Proc::next_line`] reads its log line by line.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use crate::netns::Netns;
+use crate::wait::try_wait_until;
+
+/// How often a wait on a process looks again.
+const POLL: Duration = Duration::from_millis(20);
 
 /// A log file for a new incarnation of `stem` in `dir` that overwrites no earlier one:
 /// `stem.log`, then `stem.1.log`, `stem.2.log`, ... (a restarted process keeps its
@@ -31,11 +37,14 @@ pub struct Proc {
     pub name: String,
     pub log: PathBuf,
     child: Child,
+    /// Bytes of the log that [`Proc::next_line`] has read past.
+    read: usize,
 }
 
 impl Proc {
     /// Starts `program args` inside `ns` (or in the current namespace when `None`), with stdout
-    /// and stderr appended to `log`.
+    /// and stderr written to `log` and stdin a pipe for [`Proc::say`] (a program that never
+    /// reads its stdin does not notice it).
     pub fn spawn(
         name: &str,
         ns: Option<&Netns>,
@@ -56,7 +65,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -64,7 +73,22 @@ impl Proc {
             name: name.to_string(),
             log: log.to_path_buf(),
             child,
+            read: 0,
         })
+    }
+
+    /// Writes one line to the process's stdin.
+    pub fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        let name = &self.name;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{name}'s stdin is closed"))?;
+        writeln!(stdin, "{line}").with_context(|| format!("writing to {name}'s stdin"))?;
+        stdin
+            .flush()
+            .with_context(|| format!("flushing {name}'s stdin"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -100,18 +124,19 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGTERM, then waits for exit up to `timeout`; returns the exit code (None = killed by a
+    /// signal).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.signal("TERM")?;
+        self.wait_exit(timeout)
+    }
+
     /// Waits for exit up to `timeout`; returns the exit code (None = killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st.code());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not exit within {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} to exit", self.name);
+        try_wait_until(&what, timeout, POLL, || {
+            Ok(self.child.try_wait()?.map(|st| st.code()))
+        })
     }
 
     /// The log so far.
@@ -121,27 +146,47 @@ impl Proc {
 
     /// Waits until the log contains `needle`; fails early if the process exits.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{} to log {needle:?}", self.name);
+        try_wait_until(&what, timeout, POLL, || {
             if self.log_text().contains(needle) {
-                return Ok(());
+                return Ok(Some(()));
             }
             if let Some(s) = self.try_status() {
+                bail!("{} exited ({s}) before logging {needle:?}", self.name);
+            }
+            Ok(None)
+        })
+        .map_err(|e| anyhow!("{e}; log:\n{}", self.log_text()))
+    }
+
+    /// Waits for the next complete log line (after the last one this returned) that contains
+    /// `needle`, and returns it; fails when `timeout` passes or the process exits first.
+    pub fn next_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let what = format!("{} to log a line with {needle:?}", self.name);
+        try_wait_until(&what, timeout, POLL, || {
+            // Read after looking at the status: once it has exited, the log is complete (and
+            // its last line counts even without a newline).
+            let exited = self.try_status();
+            let text = self.log_text();
+            let unread = text.get(self.read..).unwrap_or_default();
+            for line in unread.split_inclusive('\n') {
+                if !line.ends_with('\n') && exited.is_none() {
+                    break; // still being written
+                }
+                self.read += line.len();
+                if line.contains(needle) {
+                    return Ok(Some(line.trim_end().to_string()));
+                }
+            }
+            if let Some(s) = exited {
                 bail!(
-                    "{} exited ({s}) before logging {needle:?}; log:\n{}",
-                    self.name,
-                    self.log_text()
+                    "{} exited ({s}) before logging a line with {needle:?}",
+                    self.name
                 );
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not log {needle:?} within {timeout:?}; log:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Ok(None)
+        })
+        .map_err(|e| anyhow!("{e}; log:\n{}", self.log_text()))
     }
 
     /// Peak resident set size in KiB (VmHWM), while the process runs.
@@ -175,7 +220,58 @@ impl Drop for Proc {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered_log;
+    use super::{numbered_log, Proc};
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[test]
+    fn next_line_reads_each_matching_line_once_and_say_reaches_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        // Echoes each stdin line twice, then exits at EOF.
+        let script = "while read l; do echo \"got $l\"; echo \"again $l\"; done; echo bye";
+        let mut p = Proc::spawn(
+            "sh",
+            None,
+            Path::new("sh"),
+            &["-c".to_string(), script.to_string()],
+            &[],
+            &dir.path().join("sh.log"),
+        )
+        .unwrap();
+        p.say("one").unwrap();
+        p.say("two").unwrap();
+        let t = Duration::from_secs(10);
+        assert_eq!(p.next_line("got", t).unwrap(), "got one");
+        assert_eq!(p.next_line("got", t).unwrap(), "got two");
+        assert_eq!(p.next_line("again", t).unwrap(), "again two");
+        assert!(p.next_line("got", Duration::from_millis(100)).is_err());
+        drop(p.child.stdin.take());
+        assert_eq!(p.next_line("bye", t).unwrap(), "bye");
+        assert_eq!(p.wait_exit(t).unwrap(), Some(0));
+        assert!(p
+            .next_line("got", t)
+            .unwrap_err()
+            .to_string()
+            .contains("exited"));
+    }
+
+    #[test]
+    fn say_after_closing_stdin_is_an_error_and_terminate_ends_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Proc::spawn(
+            "sleep",
+            None,
+            Path::new("sleep"),
+            &["30".to_string()],
+            &[],
+            &dir.path().join("sleep.log"),
+        )
+        .unwrap();
+        p.say("ignored").unwrap();
+        drop(p.child.stdin.take());
+        assert!(p.say("x").is_err());
+        assert_eq!(p.terminate(Duration::from_secs(10)).unwrap(), None);
+    }
 
     #[test]
     fn numbered_log_never_reuses_a_name() {

@@ -553,27 +553,17 @@ mod tests {
     #[test]
     fn considered_services_follow_the_class_and_our_condition() {
         use ferrolb::api::{CILIUM_LB_CLASS, LB_CLASS};
-        use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
-        let svc = |class: Option<&str>, cond: bool| Service {
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                load_balancer_class: class.map(str::to_string),
-                ..Default::default()
-            }),
-            status: cond.then(|| ServiceStatus {
-                conditions: Some(vec![Condition {
-                    type_: COND_IPAM_SATISFIED.into(),
-                    status: "True".into(),
-                    reason: "Satisfied".into(),
-                    message: String::new(),
-                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
-                        "2026-12-04T10:00:00Z",
-                    )),
-                    observed_generation: None,
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
+        use ferrolb::fixtures::{condition, ServiceBuilder};
+        let svc = |class: Option<&str>, cond: bool| {
+            let mut b = ServiceBuilder::default().type_("LoadBalancer");
+            if let Some(c) = class {
+                b = b.class(c);
+            }
+            if cond {
+                let at = ts("2026-12-04T10:00:00Z");
+                b = b.condition(condition(COND_IPAM_SATISFIED, "True", "Satisfied", "", at));
+            }
+            b.build()
         };
         assert!(considered(&svc(None, false)));
         assert!(considered(&svc(Some(LB_CLASS), false)));

@@ -493,51 +493,30 @@ async fn watch(client: kube::Client, args: &Args, scope: &Scope) -> ferrolb::Cmd
 mod tests {
     use super::*;
     use ferrolb::api::{IpBlock, LoadBalancerIPPoolSpec, COND_IPAM_SATISFIED};
+    use ferrolb::fixtures::{condition, ServiceBuilder};
     use ferrolb::lease::{ANN_ADDRESSES, ANN_SERVICES, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
     use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
-    };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
     fn ts(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()
     }
 
     fn svc(name: &str, ips: &[&str], cond: Option<(&str, &str)>) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("demo".into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                ..Default::default()
-            }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some(ip.to_string()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
-                conditions: cond.map(|(status, reason)| {
-                    vec![Condition {
-                        type_: COND_IPAM_SATISFIED.into(),
-                        status: status.into(),
-                        reason: reason.into(),
-                        message: format!("because {reason}"),
-                        last_transition_time: Time(ts("2026-12-04T10:00:00Z")),
-                        observed_generation: None,
-                    }]
-                }),
-            }),
+        let b = ServiceBuilder::named("demo", name)
+            .type_("LoadBalancer")
+            .ingress(ips);
+        match cond {
+            Some((status, reason)) => b.condition(condition(
+                COND_IPAM_SATISFIED,
+                status,
+                reason,
+                &format!("because {reason}"),
+                ts("2026-12-04T10:00:00Z"),
+            )),
+            None => b,
         }
+        .build()
     }
 
     #[test]

@@ -197,8 +197,8 @@ pub fn services_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::ServiceBuilder;
     use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     const MAC: &str = "02:00:00:00:00:0c";
 
@@ -254,15 +254,7 @@ mod tests {
 
     #[test]
     fn the_event_is_a_warning_naming_the_mac_the_interface_and_the_fix() {
-        let svc = Service {
-            metadata: ObjectMeta {
-                namespace: Some("demo".into()),
-                name: Some("web".into()),
-                uid: Some("u-1".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let svc = ServiceBuilder::named("demo", "web").uid("u-1").build();
         let now: jiff::Timestamp = "2026-12-05T08:00:00.5Z".parse().unwrap();
         let ev = foreign_event(&svc, "n1", ip("198.51.100.10"), "eth0", MAC, false, now).unwrap();
         let v = serde_json::to_value(&ev).unwrap();

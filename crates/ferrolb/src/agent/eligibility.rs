@@ -608,10 +608,8 @@ mod tests {
     use crate::agent::cache::Interner;
     use crate::api::{L2AnnouncementPolicySpec, CILIUM_LB_CLASS, LB_CLASS};
     use crate::api::{LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE};
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeSpec, NodeStatus, Service,
-        ServiceSpec, ServiceStatus,
-    };
+    use crate::fixtures::ServiceBuilder;
+    use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus, Service};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -619,65 +617,9 @@ mod tests {
 
     // ---- builders -------------------------------------------------------------------------
 
-    struct Svc(Service);
-    fn svc(ns: &str, name: &str) -> Svc {
-        Svc(Service {
-            metadata: ObjectMeta {
-                namespace: Some(ns.into()),
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                ..Default::default()
-            }),
-            status: None,
-        })
-    }
-    impl Svc {
-        fn spec(&mut self) -> &mut ServiceSpec {
-            self.0.spec.get_or_insert_with(Default::default)
-        }
-        fn lb(mut self, ips: &[&str]) -> Self {
-            self.0.status = Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some((*ip).into()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
-                ..Default::default()
-            });
-            self
-        }
-        fn external(mut self, ips: &[&str]) -> Self {
-            self.spec().external_ips = Some(ips.iter().map(|s| (*s).into()).collect());
-            self
-        }
-        fn label(mut self, k: &str, v: &str) -> Self {
-            self.0
-                .metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert(k.into(), v.into());
-            self
-        }
-        fn local(mut self) -> Self {
-            self.spec().external_traffic_policy = Some("Local".into());
-            self
-        }
-        fn class(mut self, c: &str) -> Self {
-            self.spec().load_balancer_class = Some(c.into());
-            self
-        }
-        fn type_(mut self, t: &str) -> Self {
-            self.spec().type_ = Some(t.into());
-            self
-        }
+    /// `ns/name` of type LoadBalancer (the one builder: [`ServiceBuilder`]).
+    fn svc(ns: &str, name: &str) -> ServiceBuilder {
+        ServiceBuilder::named(ns, name).type_("LoadBalancer")
     }
 
     struct Pol(L2AnnouncementPolicy);
@@ -860,8 +802,8 @@ mod tests {
             self.policies.push(p.0);
             self
         }
-        fn service(mut self, s: Svc) -> Self {
-            self.services.push(s.0);
+        fn service(mut self, s: ServiceBuilder) -> Self {
+            self.services.push(s.build());
             self
         }
         fn nodes(mut self, nodes: Vec<Node>) -> Self {
@@ -933,8 +875,8 @@ mod tests {
     fn policy_selects_service_by_virtual_name_label() {
         let d = world("n1")
             .policy(policy("p").services(LABEL_SERVICE_NAME, "web"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
-            .service(svc("default", "other").lb(&["198.51.100.11"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
+            .service(svc("default", "other").ingress(&["198.51.100.11"]))
             .compute();
         assert_eq!(keys(&d), ["198.51.100.10"]);
         let g = &d.groups[0];
@@ -949,8 +891,8 @@ mod tests {
     fn virtual_namespace_label_selects_across_names() {
         let d = world("n1")
             .policy(policy("p").services(LABEL_SERVICE_NAMESPACE, "prod"))
-            .service(svc("prod", "a").lb(&["198.51.100.1"]))
-            .service(svc("dev", "b").lb(&["198.51.100.2"]))
+            .service(svc("prod", "a").ingress(&["198.51.100.1"]))
+            .service(svc("dev", "b").ingress(&["198.51.100.2"]))
             .compute();
         assert_eq!(keys(&d), ["198.51.100.1"]);
     }
@@ -958,7 +900,7 @@ mod tests {
     #[test]
     fn no_policy_means_nothing_announced() {
         let d = world("n1")
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert!(d.groups.is_empty());
     }
@@ -972,7 +914,7 @@ mod tests {
                 node("n3", &[("l2", "yes")]),
             ])
             .policy(policy("p").nodes("l2", "yes"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10"]));
         let d = w.compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
         assert!(!d.groups[0].eligible_here);
@@ -1009,7 +951,7 @@ mod tests {
                     .prefer(10, "rack", "a")
                     .prefer(50, "ssd", "yes"),
             )
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         let g = &d.groups[0];
         // n2: 60; n4: 50; n3: 10; n1: 0 (fallback); n5 is not selected by the policy at all.
@@ -1041,7 +983,7 @@ mod tests {
             .policy(policy("a").nodes("zone", "a").prefer(100, "fast", "yes"))
             // Policy b lets zone b announce and prefers n2.
             .policy(policy("b").nodes("zone", "b").prefer(5, HOSTNAME, "n2"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(
             d.groups[0].candidates.as_slice(),
@@ -1054,7 +996,7 @@ mod tests {
     fn without_preferred_nodes_the_candidates_are_one_tier() {
         let d = world("n1")
             .policy(policy("p").prefer(10, "nobody", "matches"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
     }
@@ -1077,7 +1019,7 @@ mod tests {
                     .prefer(0, "zone", "a")
                     .prefer(7, "zone", "a"),
             )
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         let fields: Vec<&str> = d.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
@@ -1112,7 +1054,7 @@ mod tests {
         let mut w = world("n3")
             .interfaces(&["eth0"])
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10"]));
         w.options.node_prefixes = prefixes(&[
             ("n1", "eth0", &["198.51.100.11/24", "2001:db8:1::11/64"]),
             ("n2", "eth0", &["198.51.100.12/24"]),
@@ -1139,7 +1081,7 @@ mod tests {
         let mut w = world("n1")
             .interfaces(&["eth0", "eth1", "eth2"])
             .policy(policy("p").interfaces(&["eth[01]"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10"]));
         w.options.node_prefixes = prefixes(&[
             ("n1", "eth0", &["192.0.2.11/24"]),
             ("n1", "eth1", &["198.51.100.11/24"]),
@@ -1157,8 +1099,8 @@ mod tests {
             .interfaces(&["eth0"])
             .policy(policy("p"))
             .policy(policy("off").services("app", "other"))
-            .service(svc("default", "web").lb(&["198.51.100.10", "2001:db8:100::10"]))
-            .service(svc("default", "db").lb(&["198.51.100.20"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10", "2001:db8:100::10"]))
+            .service(svc("default", "db").ingress(&["198.51.100.20"]));
         w.options.node_prefixes = prefixes(&[
             ("n1", "eth0", &["192.0.2.11/24", "2001:db8:100::11/64"]),
             ("n2", "eth0", &["192.0.2.12/24"]),
@@ -1187,7 +1129,7 @@ mod tests {
         let mut w = world("n1")
             .interfaces(&[])
             .policy(policy("p").interfaces(&["eth0"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10"]));
         // Not subnet-aware here (every node a candidate whatever it publishes).
         w.policies[0].spec.subnet_aware = Some(false);
         w.options.dark_interfaces = vec!["eth0".into()];
@@ -1228,7 +1170,7 @@ mod tests {
         let mut w = world("n1")
             .interfaces(&[])
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]));
+            .service(svc("default", "web").ingress(&["198.51.100.10"]));
         w.options.dark_interfaces = vec!["eth0".into()];
         w.options.node_prefixes = prefixes(&[
             ("n1", "eth0", &["198.51.100.11/24"]),
@@ -1267,10 +1209,10 @@ mod tests {
                     .nodes("group", "b")
                     .interfaces(&["eth1"]),
             )
-            .service(svc("default", "web-a").lb(&["198.51.100.5"]))
-            .service(svc("default", "web-b").lb(&["198.51.100.20"]))
+            .service(svc("default", "web-a").ingress(&["198.51.100.5"]))
+            .service(svc("default", "web-b").ingress(&["198.51.100.20"]))
             // In no pool: neither policy announces it.
-            .service(svc("default", "web-x").lb(&["203.0.113.5"]));
+            .service(svc("default", "web-x").ingress(&["203.0.113.5"]));
         w.options.pools = pool_index(&[
             ("a", "198.51.100.0/28", &[]),
             ("b", "198.51.100.16/28", &[("tier", "b")]),
@@ -1291,7 +1233,7 @@ mod tests {
         assert!(w.compute().groups.is_empty());
         let d = world("n1")
             .policy(policy("all"))
-            .service(svc("default", "web-x").lb(&["203.0.113.5"]))
+            .service(svc("default", "web-x").ingress(&["203.0.113.5"]))
             .compute();
         assert_eq!(keys(&d), ["203.0.113.5"]);
     }
@@ -1306,7 +1248,7 @@ mod tests {
             ])
             .policy(policy("p4").pools(&["v4"]).nodes("v4", "1"))
             .policy(policy("p6").pools(&["v6"]).nodes("v6", "1"))
-            .service(svc("default", "web").lb(&["198.51.100.5", "2001:db8:100::5"]));
+            .service(svc("default", "web").ingress(&["198.51.100.5", "2001:db8:100::5"]));
         w.options.pools = pool_index(&[
             ("v4", "198.51.100.0/28", &[]),
             ("v6", "2001:db8:100::/120", &[]),
@@ -1329,8 +1271,8 @@ mod tests {
         };
         let mut w = world("n1")
             .policy(policy("p").pools(&["a"]).pool_selector(bad))
-            .service(svc("default", "in-a").lb(&["198.51.100.5"]))
-            .service(svc("default", "in-b").lb(&["198.51.100.20"]));
+            .service(svc("default", "in-a").ingress(&["198.51.100.5"]))
+            .service(svc("default", "in-b").ingress(&["198.51.100.20"]));
         w.options.pools = pool_index(&[
             ("a", "198.51.100.0/28", &[]),
             ("b", "198.51.100.16/28", &[("tier", "b")]),
@@ -1360,9 +1302,9 @@ mod tests {
             ..Default::default()
         };
         let s = svc("default", "web")
-            .lb(&["198.51.100.5", "203.0.113.5"])
-            .external(&["198.51.100.6", "203.0.113.6"])
-            .0;
+            .ingress(&["198.51.100.5", "203.0.113.5"])
+            .external_ips(&["198.51.100.6", "203.0.113.6"])
+            .build();
         let cov = Policies::new(&refs).covering(&s, &options);
         let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
         assert_eq!(cov[&ip("198.51.100.5")], ["a", "all"]);
@@ -1388,7 +1330,7 @@ mod tests {
                 node("n3", &[("zone", "b")]),
             ])
             .policy(policy("p").node_selector(sel))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n3"]);
     }
@@ -1398,7 +1340,7 @@ mod tests {
         let d = world("n1")
             .nodes(vec![node("n1", &[(LABEL_EXCLUDE_LB, "")]), node("n2", &[])])
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n2"]);
         assert!(!d.groups[0].eligible_here);
@@ -1408,8 +1350,8 @@ mod tests {
     fn lb_ips_versus_external_ips() {
         let s = || {
             svc("default", "web")
-                .lb(&["198.51.100.10"])
-                .external(&["198.51.100.20"])
+                .ingress(&["198.51.100.10"])
+                .external_ips(&["198.51.100.20"])
         };
         let lb_only = world("n1").policy(policy("p")).service(s()).compute();
         assert_eq!(keys(&lb_only), ["198.51.100.10"]);
@@ -1441,8 +1383,8 @@ mod tests {
             .service(
                 svc("default", "web")
                     .type_("ClusterIP")
-                    .lb(&["198.51.100.10"])
-                    .external(&["198.51.100.20"]),
+                    .ingress(&["198.51.100.10"])
+                    .external_ips(&["198.51.100.20"]),
             )
             .compute();
         assert_eq!(keys(&d), ["198.51.100.20"]);
@@ -1452,7 +1394,7 @@ mod tests {
     fn dual_stack_service_is_one_group_ipv4_first() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["2001:db8:100::10", "198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["2001:db8:100::10", "198.51.100.10"]))
             .compute();
         assert_eq!(keys(&d), ["198.51.100.10,2001:db8:100::10"]);
     }
@@ -1462,7 +1404,7 @@ mod tests {
         let d = world("n1")
             .interfaces(&["eth0", "eth1", "ens3", "xeth0"])
             .policy(policy("p").interfaces(&["eth[0-9]+", "ens"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(*d.groups[0].interfaces, set(&["eth0", "eth1"]));
     }
@@ -1472,7 +1414,7 @@ mod tests {
         let d = world("n1")
             .interfaces(&["eth0", "ens3"])
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(*d.groups[0].interfaces, set(&["ens3", "eth0"]));
     }
@@ -1482,7 +1424,7 @@ mod tests {
         let d = world("n1")
             .interfaces(&["ens3"])
             .policy(policy("p").interfaces(&["eth0"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         let g = &d.groups[0];
         assert!(g.candidates.contains(&"n1".to_string()));
@@ -1495,7 +1437,7 @@ mod tests {
             .interfaces(&["eth0", "eth1", "eth2"])
             .policy(policy("a").interfaces(&["eth0"]))
             .policy(policy("b").interfaces(&["eth2"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups.len(), 1);
         assert_eq!(*d.groups[0].interfaces, set(&["eth0", "eth2"]));
@@ -1508,7 +1450,7 @@ mod tests {
             .nodes(vec![node("n1", &[("a", "1")]), node("n2", &[("b", "1")])])
             .policy(policy("a").nodes("a", "1").interfaces(&["eth0"]))
             .policy(policy("b").nodes("b", "1").interfaces(&["eth1"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2"]);
         assert_eq!(*d.groups[0].interfaces, set(&["eth0"]));
@@ -1518,9 +1460,9 @@ mod tests {
     fn services_sharing_an_address_share_one_group() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "dns-tcp").lb(&["198.51.100.53"]))
-            .service(svc("default", "dns-udp").lb(&["198.51.100.53", "2001:db8:100::53"]))
-            .service(svc("default", "web").lb(&["198.51.100.80"]))
+            .service(svc("default", "dns-tcp").ingress(&["198.51.100.53"]))
+            .service(svc("default", "dns-udp").ingress(&["198.51.100.53", "2001:db8:100::53"]))
+            .service(svc("default", "web").ingress(&["198.51.100.80"]))
             .compute();
         assert_eq!(
             keys(&d),
@@ -1548,9 +1490,9 @@ mod tests {
     fn sharing_is_transitive() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "a").lb(&["198.51.100.1"]))
-            .service(svc("default", "c").lb(&["198.51.100.2"]))
-            .service(svc("default", "b").lb(&["198.51.100.1", "198.51.100.2"]))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("default", "c").ingress(&["198.51.100.2"]))
+            .service(svc("default", "b").ingress(&["198.51.100.1", "198.51.100.2"]))
             .compute();
         assert_eq!(keys(&d), ["198.51.100.1,198.51.100.2"]);
         assert_eq!(d.groups[0].services.len(), 3);
@@ -1560,7 +1502,11 @@ mod tests {
     fn etp_local_needs_a_ready_local_endpoint() {
         let w = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            .service(
+                svc("default", "web")
+                    .ingress(&["198.51.100.10"])
+                    .external_traffic_policy("Local"),
+            )
             .slice(slice(
                 "default",
                 "web",
@@ -1579,7 +1525,11 @@ mod tests {
     fn etp_local_without_endpoints_has_no_candidates() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            .service(
+                svc("default", "web")
+                    .ingress(&["198.51.100.10"])
+                    .external_traffic_policy("Local"),
+            )
             // A slice of a same-named Service in another namespace must not count.
             .slice(slice(
                 "other",
@@ -1596,7 +1546,7 @@ mod tests {
     fn etp_cluster_ignores_endpoints() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.groups[0].candidates.as_slice(), ["n1", "n2", "n3"]);
     }
@@ -1610,7 +1560,11 @@ mod tests {
                 node_with_net("n3", "10.244.3.0/24", "192.0.2.13"),
             ])
             .policy(policy("p"))
-            .service(svc("default", "web").lb(&["198.51.100.10"]).local())
+            .service(
+                svc("default", "web")
+                    .ingress(&["198.51.100.10"])
+                    .external_traffic_policy("Local"),
+            )
             .slice(slice(
                 "default",
                 "web",
@@ -1629,8 +1583,12 @@ mod tests {
     fn etp_local_in_a_shared_group_requires_every_service() {
         let d = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "a").lb(&["198.51.100.10"]).local())
-            .service(svc("default", "b").lb(&["198.51.100.10"]))
+            .service(
+                svc("default", "a")
+                    .ingress(&["198.51.100.10"])
+                    .external_traffic_policy("Local"),
+            )
+            .service(svc("default", "b").ingress(&["198.51.100.10"]))
             .slice(slice(
                 "default",
                 "a",
@@ -1646,7 +1604,7 @@ mod tests {
         let d = world("n1")
             .interfaces(&["eth0", "eth1"])
             .policy(policy("p").interfaces(&["eth(", "eth1"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.problems.len(), 1);
         assert_eq!(d.problems[0].policy, "p");
@@ -1657,7 +1615,7 @@ mod tests {
 
         let all_bad = world("n1")
             .policy(policy("p").interfaces(&["[", "(?P<"]))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(all_bad.problems_of("p").count(), 2);
         // No fallback to "every interface".
@@ -1683,7 +1641,7 @@ mod tests {
         };
         let d = world("n1")
             .policy(policy("bad").node_selector(bad))
-            .service(svc("default", "web").lb(&["198.51.100.10"]))
+            .service(svc("default", "web").ingress(&["198.51.100.10"]))
             .compute();
         assert_eq!(d.problems.len(), 1);
         assert_eq!(d.problems[0].field, "spec.nodeSelector");
@@ -1695,7 +1653,7 @@ mod tests {
         let s = || {
             svc("default", "web")
                 .class("example.com/other")
-                .lb(&["198.51.100.10"])
+                .ingress(&["198.51.100.10"])
         };
         let catch_all = world("n1").policy(policy("p")).service(s()).compute();
         assert!(catch_all.groups.is_empty());
@@ -1706,7 +1664,11 @@ mod tests {
         assert_eq!(keys(&explicit), ["198.51.100.10"]);
         let ours = world("n1")
             .policy(policy("p"))
-            .service(svc("default", "web").class(LB_CLASS).lb(&["198.51.100.10"]))
+            .service(
+                svc("default", "web")
+                    .class(LB_CLASS)
+                    .ingress(&["198.51.100.10"]),
+            )
             .compute();
         assert_eq!(keys(&ours), ["198.51.100.10"]);
     }
@@ -1716,7 +1678,7 @@ mod tests {
         let mut w = world("n1").policy(policy("p")).service(
             svc("default", "web")
                 .class(CILIUM_LB_CLASS)
-                .lb(&["198.51.100.10"]),
+                .ingress(&["198.51.100.10"]),
         );
         assert!(w.compute().groups.is_empty());
         w.options.serve_cilium_class = true;
@@ -1729,8 +1691,8 @@ mod tests {
             .policy(policy("p").external_ips(true))
             .service(
                 svc("default", "web")
-                    .lb(&["not-an-ip", "198.51.100.10"])
-                    .external(&["999.1.1.1"]),
+                    .ingress(&["not-an-ip", "198.51.100.10"])
+                    .external_ips(&["999.1.1.1"]),
             )
             .compute();
         assert_eq!(keys(&d), ["198.51.100.10"]);
@@ -1741,9 +1703,9 @@ mod tests {
         let mut w = world("n1")
             .policy(policy("a").nodes("x", "1"))
             .policy(policy("b"))
-            .service(svc("default", "s1").lb(&["198.51.100.1"]))
-            .service(svc("default", "s2").lb(&["198.51.100.2", "198.51.100.1"]))
-            .service(svc("kube-system", "s3").lb(&["2001:db8:100::3"]));
+            .service(svc("default", "s1").ingress(&["198.51.100.1"]))
+            .service(svc("default", "s2").ingress(&["198.51.100.2", "198.51.100.1"]))
+            .service(svc("kube-system", "s3").ingress(&["2001:db8:100::3"]));
         let d1 = w.compute();
         w.policies.reverse();
         w.services.reverse();

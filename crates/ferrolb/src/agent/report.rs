@@ -328,6 +328,7 @@ pub async fn write_policy_status(
 mod tests {
     use super::*;
     use crate::api::L2AnnouncementPolicySpec;
+    use crate::fixtures::ServiceBuilder;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ts(s: &str) -> jiff::Timestamp {
@@ -336,15 +337,7 @@ mod tests {
 
     #[test]
     fn announce_event_has_every_required_field() {
-        let svc = Service {
-            metadata: ObjectMeta {
-                namespace: Some("demo".into()),
-                name: Some("web".into()),
-                uid: Some("u-1".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let svc = ServiceBuilder::named("demo", "web").uid("u-1").build();
         let ips: BTreeSet<IpAddr> = ["198.51.100.10".parse().unwrap()].into();
         let ifaces: BTreeSet<String> = ["eth0".to_string()].into();
         let ev = announce_event(&svc, "n1", &ips, &ifaces, ts("2026-11-22T07:57:47.246813Z"))
@@ -366,14 +359,7 @@ mod tests {
 
     #[test]
     fn event_time_keeps_six_digits_on_whole_seconds() {
-        let svc = Service {
-            metadata: ObjectMeta {
-                namespace: Some("demo".into()),
-                name: Some("web".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let svc = ServiceBuilder::named("demo", "web").build();
         let ev = announce_event(
             &svc,
             "n1",

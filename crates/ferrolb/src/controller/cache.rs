@@ -108,9 +108,8 @@ impl CachedService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
-    use std::collections::BTreeMap;
+    use crate::fixtures::{condition, ServiceBuilder};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     fn opts() -> Options {
         Options {
@@ -121,61 +120,35 @@ mod tests {
     }
 
     fn svc(type_: &str, class: Option<&str>) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("demo".into()),
-                uid: Some("u1".into()),
-                resource_version: Some("7".into()),
-                creation_timestamp: Some(Time(
-                    jiff::Timestamp::from_second(1_700_000_000).expect("ts"),
-                )),
-                labels: Some(BTreeMap::from([("app".into(), "web".into())])),
-                annotations: Some(BTreeMap::from([
-                    (crate::api::ANN_IPS.into(), "198.51.100.9".into()),
-                    ("unrelated.example.com/x".into(), "y".repeat(100)),
-                ])),
-                managed_fields: Some(vec![ManagedFieldsEntry {
-                    manager: Some("kubectl".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some(type_.into()),
-                load_balancer_class: class.map(String::from),
-                ports: Some(vec![ServicePort {
-                    port: 53,
-                    protocol: Some("UDP".into()),
-                    ..Default::default()
-                }]),
-                selector: Some(BTreeMap::from([("app".into(), "web".into())])),
-                ..Default::default()
-            }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![
-                        LoadBalancerIngress {
-                            ip: Some("198.51.100.9".into()),
-                            ip_mode: Some("VIP".into()),
-                            ..Default::default()
-                        },
-                        LoadBalancerIngress {
-                            hostname: Some("lb.example.com".into()),
-                            ..Default::default()
-                        },
-                    ]),
-                }),
-                conditions: Some(vec![Condition {
-                    type_: crate::api::COND_IPAM_SATISFIED.into(),
-                    status: "True".into(),
-                    reason: "Satisfied".into(),
-                    message: "allocated".into(),
-                    observed_generation: None,
-                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
-                }]),
-            }),
+        let b = ServiceBuilder::named("demo", "web")
+            .uid("u1")
+            .resource_version("7")
+            .created(jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
+            .label("app", "web")
+            .ips("198.51.100.9")
+            .annotation("unrelated.example.com/x", &"y".repeat(100))
+            .type_(type_)
+            .port("", 53, "UDP")
+            .selector("app", "web")
+            .ingress_vip(&["198.51.100.9"])
+            .ingress_hostname("lb.example.com")
+            .condition(condition(
+                crate::api::COND_IPAM_SATISFIED,
+                "True",
+                "Satisfied",
+                "allocated",
+                jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let mut s = match class {
+            Some(c) => b.class(c),
+            None => b,
         }
+        .build();
+        s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        s
     }
 
     #[test]

@@ -613,60 +613,23 @@ fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
 mod tests {
     use super::*;
     use crate::api::{IpBlock, LoadBalancerIPPoolSpec};
-    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
+    use crate::fixtures::ServiceBuilder;
+    use k8s_openapi::api::core::v1::{Service, ServicePort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn ts(sec: i64) -> Time {
         Time(jiff::Timestamp::from_second(1_700_000_000 + sec).expect("ts"))
     }
 
-    struct Svc(Service);
-
-    impl Svc {
-        fn lb(ns: &str, name: &str, created: i64) -> Self {
-            Svc(Service {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(ns.into()),
-                    uid: Some(format!("uid-{ns}-{name}")),
-                    resource_version: Some("1".into()),
-                    creation_timestamp: Some(ts(created)),
-                    ..Default::default()
-                },
-                spec: Some(ServiceSpec {
-                    type_: Some("LoadBalancer".into()),
-                    ports: Some(vec![ServicePort {
-                        port: 80,
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
-                    ip_families: Some(vec!["IPv4".into()]),
-                    ip_family_policy: Some("SingleStack".into()),
-                    ..Default::default()
-                }),
-                status: None,
-            })
-        }
-        fn class(mut self, c: &str) -> Self {
-            if let Some(s) = self.0.spec.as_mut() {
-                s.load_balancer_class = Some(c.into());
-            }
-            self
-        }
-        fn ingress(mut self, ips: &[&str]) -> Self {
-            self.0.status = Some(ServiceStatus {
-                load_balancer: Some(crate::controller::status::tests::lb_status(ips)),
-                conditions: None,
-            });
-            self
-        }
-        fn rv(mut self, rv: &str) -> Self {
-            self.0.metadata.resource_version = Some(rv.into());
-            self
-        }
-        fn build(self) -> Service {
-            self.0
-        }
+    /// `ns/name`, created `created` seconds into these tests, IPv4 single-stack, port 80/TCP.
+    fn lb(ns: &str, name: &str, created: i64) -> ServiceBuilder {
+        ServiceBuilder::named(ns, name)
+            .uid(&format!("uid-{ns}-{name}"))
+            .resource_version("1")
+            .created(ts(created).0)
+            .type_("LoadBalancer")
+            .port("", 80, "TCP")
+            .families(&["IPv4"], "SingleStack")
     }
 
     fn pool(name: &str, cidr: &str, created: i64) -> LoadBalancerIPPool {
@@ -821,9 +784,9 @@ mod tests {
         // `newer` already holds .1 (lowest address); `older` has nothing yet. Without adopt-first
         // the older Service would be ensured first and take .1.
         let st_services = vec![
-            Svc::lb("demo", "older", 0).build(),
-            Svc::lb("demo", "newer", 10)
-                .ingress(&["198.51.100.1"])
+            lb("demo", "older", 0).build(),
+            lb("demo", "newer", 10)
+                .ingress_vip(&["198.51.100.1"])
                 .build(),
         ];
         let mut st = started(st_services, vec![pool("p", "198.51.100.0/24", 0)]);
@@ -852,7 +815,7 @@ mod tests {
     #[test]
     fn new_service_gets_address_condition_and_event() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
-        st.apply_service(Svc::lb("demo", "web", 0).rv("7").build());
+        st.apply_service(lb("demo", "web", 0).resource_version("7").build());
         let ws = writes(&mut st);
         let w = ws.get(&key("demo", "web")).expect("write");
         assert_eq!(w.patch["metadata"]["resourceVersion"], "7");
@@ -876,7 +839,7 @@ mod tests {
     fn inactive_state_never_writes() {
         let mut st = T::new(opts());
         st.replace(vec![pool("p", "198.51.100.0/24", 0)]);
-        st.apply_service(Svc::lb("demo", "web", 0).build());
+        st.apply_service(lb("demo", "web", 0).build());
         assert!(st.service_write(&key("demo", "web")).is_none());
         assert!(st.pool_write("p").is_none());
         st.activate();
@@ -888,16 +851,16 @@ mod tests {
     #[test]
     fn foreign_class_is_never_touched() {
         let mut st = started(
-            vec![Svc::lb("demo", "other", 0)
+            vec![lb("demo", "other", 0)
                 .class("example.com/other")
-                .ingress(&["198.51.100.7"])
+                .ingress_vip(&["198.51.100.7"])
                 .build()],
             vec![pool("p", "198.51.100.0/24", 0)],
         );
         assert!(writes(&mut st).is_empty());
         // Its address is not adopted either: a Service of ours may get .1 and .7 is not blocked
         // by a foreign Service (we don't own it).
-        st.apply_service(Svc::lb("demo", "web", 1).build());
+        st.apply_service(lb("demo", "web", 1).build());
         let ws = writes(&mut st);
         assert_eq!(ws.len(), 1);
         assert!(ws.contains_key(&key("demo", "web")));
@@ -906,7 +869,7 @@ mod tests {
     #[test]
     fn leaving_class_clears_our_address_and_condition() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
-        st.apply_service(Svc::lb("demo", "web", 0).build());
+        st.apply_service(lb("demo", "web", 0).build());
         let ws = writes(&mut st);
         apply_patch(&mut st, &ws[&key("demo", "web")]);
         let cur = st.service(&key("demo", "web")).expect("svc").clone();
@@ -932,8 +895,8 @@ mod tests {
         assert!(writes(&mut st).is_empty(), "cleared once, then left alone");
         // Its new controller may even hand out the same address later: not ours to touch.
         let mut foreign = st.service(&key("demo", "web")).expect("svc").clone();
-        foreign.status = Svc::lb("demo", "web", 0)
-            .ingress(&["198.51.100.1"])
+        foreign.status = lb("demo", "web", 0)
+            .ingress_vip(&["198.51.100.1"])
             .build()
             .status;
         st.apply_service(foreign);
@@ -942,7 +905,7 @@ mod tests {
             "a foreign class's status was touched"
         );
         // The freed address goes to the next Service.
-        st.apply_service(Svc::lb("demo", "next", 5).build());
+        st.apply_service(lb("demo", "next", 5).build());
         let ws = writes(&mut st);
         assert_eq!(
             ws[&key("demo", "next")].added,
@@ -953,7 +916,7 @@ mod tests {
     #[test]
     fn type_change_clears_too() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
-        st.apply_service(Svc::lb("demo", "web", 0).build());
+        st.apply_service(lb("demo", "web", 0).build());
         let ws = writes(&mut st);
         apply_patch(&mut st, &ws[&key("demo", "web")]);
         let mut cur = st.service(&key("demo", "web")).expect("svc").clone();
@@ -968,8 +931,8 @@ mod tests {
     #[test]
     fn delete_frees_address_for_waiting_service() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.5/32", 0)]);
-        st.apply_service(Svc::lb("demo", "a", 0).build());
-        st.apply_service(Svc::lb("demo", "b", 1).build());
+        st.apply_service(lb("demo", "a", 0).build());
+        st.apply_service(lb("demo", "b", 1).build());
         let ws = writes(&mut st);
         assert_eq!(ws[&key("demo", "a")].added.len(), 1);
         let b = &ws[&key("demo", "b")];
@@ -990,13 +953,13 @@ mod tests {
     #[test]
     fn a_change_of_one_service_retries_the_unsatisfied_ones() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
-        let mut a = Svc::lb("demo", "a", 0).build();
+        let mut a = lb("demo", "a", 0).build();
         let ann = BTreeMap::from([
             (crate::api::ANN_IPS.to_string(), "198.51.100.9".to_string()),
             (crate::api::ANN_SHARING_KEY.to_string(), "k".to_string()),
         ]);
         a.metadata.annotations = Some(ann.clone());
-        let mut b = Svc::lb("demo", "b", 1).build();
+        let mut b = lb("demo", "b", 1).build();
         b.metadata.annotations = Some(ann);
         st.apply_service(a.clone());
         st.apply_service(b);
@@ -1027,7 +990,7 @@ mod tests {
     fn writes_wait_until_the_watch_shows_our_last_write() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
         let k = key("demo", "web");
-        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        st.service_event(lb("demo", "web", 0).resource_version("5").build());
         // A no-op write keeps the version: nothing to wait for.
         st.tracked_mut::<CachedService>()
             .note_version(&k, Some("5"), Some("5"));
@@ -1036,14 +999,14 @@ mod tests {
         st.tracked_mut::<CachedService>()
             .note_version(&k, Some("5"), Some("6"));
         assert!(st.tracked::<CachedService>().pending_until(&k).is_some());
-        st.service_event(Svc::lb("demo", "web", 0).rv("5").build());
+        st.service_event(lb("demo", "web", 0).resource_version("5").build());
         assert!(st.tracked::<CachedService>().pending_until(&k).is_some());
-        st.service_event(Svc::lb("demo", "web", 0).rv("6").build());
+        st.service_event(lb("demo", "web", 0).resource_version("6").build());
         assert!(st.tracked::<CachedService>().pending_until(&k).is_none());
         // A relist is current by definition.
         st.tracked_mut::<CachedService>()
             .note_version(&k, Some("6"), Some("9"));
-        st.replace_services(vec![Svc::lb("demo", "web", 0).rv("9").build()]);
+        st.replace_services(vec![lb("demo", "web", 0).resource_version("9").build()]);
         assert!(st.tracked::<CachedService>().pending_until(&k).is_none());
         // Pools alike.
         st.tracked_mut::<LoadBalancerIPPool>()
@@ -1064,8 +1027,8 @@ mod tests {
     #[test]
     fn stale_delete_of_recreated_service_is_ignored() {
         let mut st = started(vec![], vec![pool("p", "198.51.100.0/24", 0)]);
-        let old = Svc::lb("demo", "web", 0).build();
-        let mut recreated = Svc::lb("demo", "web", 5).build();
+        let old = lb("demo", "web", 0).build();
+        let mut recreated = lb("demo", "web", 5).build();
         recreated.metadata.uid = Some("uid-new".into());
         st.apply_service(recreated);
         st.delete_service(&old);
@@ -1089,15 +1052,12 @@ mod tests {
     fn unsatisfied_services_are_tracked_through_every_kind_of_change() {
         // Two addresses for five Services: three wait.
         let mut st = started(
-            vec![
-                Svc::lb("demo", "a", 0).build(),
-                Svc::lb("demo", "b", 1).build(),
-            ],
+            vec![lb("demo", "a", 0).build(), lb("demo", "b", 1).build()],
             vec![pool("p", "198.51.100.4/31", 0)],
         );
         assert_unsatisfied_tracked(&st);
         for (i, n) in ["c", "d", "e"].iter().enumerate() {
-            st.apply_service(Svc::lb("demo", n, 2 + i as i64).build());
+            st.apply_service(lb("demo", n, 2 + i as i64).build());
             assert_unsatisfied_tracked(&st);
         }
         assert_eq!(st.unsatisfied_count(), 3);

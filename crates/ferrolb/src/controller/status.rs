@@ -243,45 +243,20 @@ pub fn status_patch(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use crate::fixtures::ServiceBuilder;
 
     fn t(s: &str) -> Time {
         Time(s.parse().expect("time"))
     }
 
-    /// `status.loadBalancer` with one `ipMode: VIP` ingress entry per address (shared with the
-    /// state machine's tests).
-    pub(crate) fn lb_status(ips: &[&str]) -> LoadBalancerStatus {
-        LoadBalancerStatus {
-            ingress: Some(
-                ips.iter()
-                    .map(|ip| LoadBalancerIngress {
-                        ip: Some(ip.to_string()),
-                        ip_mode: Some("VIP".into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-        }
-    }
-
     fn svc(ips: &[&str], conds: Vec<Condition>) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("demo".into()),
-                resource_version: Some("42".into()),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(ServiceStatus {
-                load_balancer: Some(lb_status(ips)),
-                conditions: Some(conds),
-            }),
-        }
+        ServiceBuilder::named("demo", "web")
+            .resource_version("42")
+            .ingress_vip(ips)
+            .conditions(conds)
+            .build()
     }
 
     fn cond(type_: &str, status: &str, reason: &str, msg: &str, ltt: &str) -> Condition {

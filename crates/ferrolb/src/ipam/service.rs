@@ -593,19 +593,22 @@ fn annotation<'a>(
 mod tests {
     use super::*;
     use crate::api::{CILIUM_LB_CLASS, LB_CLASS};
+    use crate::fixtures::ServiceBuilder;
 
-    fn svc(v: serde_json::Value) -> Service {
-        serde_json::from_value(v).unwrap()
+    /// `demo/a` of type LoadBalancer.
+    fn lb() -> ServiceBuilder {
+        ServiceBuilder::named("demo", "a").type_("LoadBalancer")
     }
 
     #[test]
     fn class_filtering() {
         let with = |class: Option<&str>, ty: &str| {
-            let mut spec = serde_json::json!({ "type": ty });
-            if let Some(c) = class {
-                spec["loadBalancerClass"] = c.into();
+            let b = ServiceBuilder::named("demo", "a").type_(ty);
+            match class {
+                Some(c) => b.class(c),
+                None => b,
             }
-            svc(serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }))
+            .build()
         };
         let def = ClassOptions::default();
         let no_default = ClassOptions {
@@ -636,25 +639,21 @@ mod tests {
 
     #[test]
     fn from_service_reads_everything() {
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": {
-                "name": "dns", "namespace": "kube-system", "labels": { "app": "dns" },
-                "annotations": {
-                    "ferrolb.io/ips": "198.51.100.53, 2001:db8:100::53",
-                    "ferrolb.io/sharing-key": "dns",
-                    "ferrolb.io/sharing-cross-namespace": "a, b",
-                }
-            },
-            "spec": {
-                "type": "LoadBalancer",
-                "loadBalancerIP": "198.51.100.53",
-                "ipFamilyPolicy": "PreferDualStack",
-                "ipFamilies": ["IPv6", "IPv4"],
-                "externalTrafficPolicy": "Local",
-                "selector": { "k8s-app": "dns" },
-                "ports": [ { "port": 53, "protocol": "UDP" }, { "port": 53 } ],
-            }
-        })));
+        let r = ServiceReq::from_service(
+            &ServiceBuilder::named("kube-system", "dns")
+                .label("app", "dns")
+                .ips("198.51.100.53, 2001:db8:100::53")
+                .sharing("dns")
+                .annotation("ferrolb.io/sharing-cross-namespace", "a, b")
+                .type_("LoadBalancer")
+                .load_balancer_ip("198.51.100.53")
+                .families(&["IPv6", "IPv4"], "PreferDualStack")
+                .external_traffic_policy("Local")
+                .selector("k8s-app", "dns")
+                .port("", 53, "UDP")
+                .port("", 53, "")
+                .build(),
+        );
         assert_eq!(r.key, ServiceKey::new("kube-system", "dns"));
         assert_eq!(r.labels["app"], "dns");
         assert_eq!(r.labels[crate::api::LABEL_SERVICE_NAME], "dns");
@@ -682,14 +681,13 @@ mod tests {
 
     #[test]
     fn cilium_aliases_are_honoured_and_ours_win() {
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": { "name": "a", "annotations": {
-                "io.cilium/lb-ipam-ips": "198.51.100.7",
-                "lbipam.cilium.io/sharing-key": "k",
-                "lbipam.cilium.io/sharing-cross-namespace": "*",
-            }},
-            "spec": { "type": "LoadBalancer" }
-        })));
+        let r = ServiceReq::from_service(
+            &lb()
+                .annotation("io.cilium/lb-ipam-ips", "198.51.100.7")
+                .annotation("lbipam.cilium.io/sharing-key", "k")
+                .annotation("lbipam.cilium.io/sharing-cross-namespace", "*")
+                .build(),
+        );
         assert_eq!(r.requested, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             r.families,
@@ -697,26 +695,23 @@ mod tests {
             "derived from the requested address"
         );
         assert_eq!(r.sharing.unwrap().cross, CrossNamespace::Any);
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": { "name": "a", "annotations": {
-                "ferrolb.io/ips": "198.51.100.8",
-                "lbipam.cilium.io/ips": "198.51.100.7",
-            }},
-            "spec": { "type": "LoadBalancer" }
-        })));
+        let r = ServiceReq::from_service(
+            &lb()
+                .ips("198.51.100.8")
+                .annotation("lbipam.cilium.io/ips", "198.51.100.7")
+                .build(),
+        );
         assert_eq!(r.requested, ["198.51.100.8".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
     fn metallb_aliases_only_when_asked_and_ours_win() {
-        let s = svc(serde_json::json!({
-            "metadata": { "name": "a", "namespace": "shop", "annotations": {
-                "metallb.universe.tf/loadBalancerIPs": "198.51.100.7",
-                "metallb.io/allow-shared-ip": "dns",
-                "metallb.io/address-pool": "public",
-            }},
-            "spec": { "type": "LoadBalancer" }
-        }));
+        let s = ServiceBuilder::named("shop", "a")
+            .type_("LoadBalancer")
+            .annotation("metallb.universe.tf/loadBalancerIPs", "198.51.100.7")
+            .annotation("metallb.io/allow-shared-ip", "dns")
+            .annotation("metallb.io/address-pool", "public")
+            .build();
         let off = ServiceReq::from_service(&s);
         assert!(off.requested.is_empty() && off.sharing.is_none() && off.pools.is_empty());
         let on = ClassOptions {
@@ -744,32 +739,31 @@ mod tests {
 
     #[test]
     fn bad_pools_and_reallocate_annotations_are_invalid_requests() {
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": { "name": "a", "annotations": {
-                "ferrolb.io/pools": "Bad_Name, ok",
-                "ferrolb.io/reallocate": "yes please",
-            }},
-            "spec": { "type": "LoadBalancer" }
-        })));
+        let r = ServiceReq::from_service(
+            &lb()
+                .annotation("ferrolb.io/pools", "Bad_Name, ok")
+                .annotation("ferrolb.io/reallocate", "yes please")
+                .build(),
+        );
         let m = r.invalid.unwrap();
         assert!(
             m.contains("annotation ferrolb.io/pools: \"Bad_Name\""),
             "{m}"
         );
         assert!(m.contains("annotation ferrolb.io/reallocate"), "{m}");
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": { "name": "a", "annotations": { "ferrolb.io/pools": " , " }},
-            "spec": { "type": "LoadBalancer" }
-        })));
+        let r = ServiceReq::from_service(&lb().annotation("ferrolb.io/pools", " , ").build());
         assert!(r.invalid.unwrap().contains("names no pool"));
     }
 
     #[test]
     fn malformed_requests_name_the_source() {
-        let r = ServiceReq::from_service(&svc(serde_json::json!({
-            "metadata": { "name": "a", "annotations": { "lbipam.cilium.io/ips": "198.51.100.7,banana" }},
-            "spec": { "type": "LoadBalancer", "loadBalancerIP": "300.1.1.1", "ipFamilyPolicy": "Sometimes" }
-        })));
+        let r = ServiceReq::from_service(
+            &lb()
+                .annotation("lbipam.cilium.io/ips", "198.51.100.7,banana")
+                .load_balancer_ip("300.1.1.1")
+                .family_policy("Sometimes")
+                .build(),
+        );
         let m = r.invalid.unwrap();
         assert!(
             m.contains("annotation lbipam.cilium.io/ips: \"banana\""),
@@ -782,13 +776,14 @@ mod tests {
     #[test]
     fn family_defaults_without_ip_families() {
         let r = |policy: Option<&str>| {
-            let mut spec = serde_json::json!({ "type": "LoadBalancer" });
-            if let Some(p) = policy {
-                spec["ipFamilyPolicy"] = p.into();
-            }
-            ServiceReq::from_service(&svc(
-                serde_json::json!({ "metadata": { "name": "a" }, "spec": spec }),
-            ))
+            let b = lb();
+            ServiceReq::from_service(
+                &match policy {
+                    Some(p) => b.family_policy(p),
+                    None => b,
+                }
+                .build(),
+            )
         };
         assert_eq!(r(None).families, [Family::V4]);
         assert_eq!(

@@ -63,34 +63,14 @@ pub fn class_served(class: Option<&str>, default_class: bool, cilium_class: bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceSpec, ServiceStatus};
+    use crate::fixtures::ServiceBuilder;
 
     fn svc(ingress: &[&str], external: &[&str]) -> Service {
-        Service {
-            spec: Some(ServiceSpec {
-                external_ips: Some(external.iter().map(|s| s.to_string()).collect()),
-                ..Default::default()
-            }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ingress
-                            .iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some(ip.to_string()),
-                                ..Default::default()
-                            })
-                            .chain([LoadBalancerIngress {
-                                hostname: Some("lb.example".into()),
-                                ..Default::default()
-                            }])
-                            .collect(),
-                    ),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        ServiceBuilder::default()
+            .external_ips(external)
+            .ingress(ingress)
+            .ingress_hostname("lb.example")
+            .build()
     }
 
     #[test]

@@ -6,9 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, Service, ServiceSpec, ServiceStatus,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
@@ -16,6 +14,7 @@ use crate::agent::cache::Interner;
 use crate::agent::eligibility::group_key;
 use crate::agent::holdings::Hold;
 use crate::api::L2AnnouncementPolicySpec;
+use crate::fixtures::ServiceBuilder;
 use crate::lease::engine::{Takeover, TakeoverKind};
 
 const ME: &str = "n1";
@@ -39,31 +38,11 @@ fn node(name: &str) -> Node {
 }
 
 fn service(name: &str, ips: &[&str]) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some(name.into()),
-            uid: Some(format!("uid-{name}")),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ..Default::default()
-        }),
-        status: Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(
-                    ips.iter()
-                        .map(|ip| LoadBalancerIngress {
-                            ip: Some((*ip).into()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }),
-            ..Default::default()
-        }),
-    }
+    ServiceBuilder::named("default", name)
+        .uid(&format!("uid-{name}"))
+        .type_("LoadBalancer")
+        .ingress(ips)
+        .build()
 }
 
 fn policy(name: &str) -> L2AnnouncementPolicy {
