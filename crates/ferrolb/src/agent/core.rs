@@ -417,12 +417,7 @@ impl Core {
     }
 
     fn on_conflict(&mut self, seen: &Sighting, now: Instant, out: &mut Vec<Effect>) {
-        let Sighting {
-            ip,
-            ref iface,
-            ref mac,
-            probe_answer,
-        } = *seen;
+        let (ip, probe_answer) = (seen.ip, seen.probe_answer);
         // An answer to our ARP/NDP probe is no takeover announcement: nothing yields to it.
         let outcome = if probe_answer {
             self.holdings.on_probe_answer(ip)
@@ -431,11 +426,11 @@ impl Core {
         };
         let label = match &outcome {
             ConflictOutcome::Yielded(key) => {
-                warn!(%ip, iface, mac, group = %key, "another station announces this address: sticky group yields");
+                warn!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, "another station announces this address: sticky group yields");
                 "yielded"
             }
             ConflictOutcome::Ignored(key) => {
-                info!(%ip, iface, mac, group = %key, "another station announces an address whose lease we hold");
+                info!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, "another station announces an address whose lease we hold");
                 if !probe_answer {
                     self.defend(seen, now, out);
                 }
