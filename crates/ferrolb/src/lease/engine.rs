@@ -134,6 +134,9 @@ struct Entry {
     conflict_rv: Option<String>,
     /// Our last successful write was a release.
     released_by_us: bool,
+    /// A release of ours is on its way: reported `Released` before it was sent, and reported
+    /// held again if it does not land ([`Engine::released_before_the_write`]).
+    releasing: bool,
     reported: Reported,
     wake: Option<Instant>,
     /// Cached rank for taking over from (holder): rank among candidates without it.
@@ -171,6 +174,7 @@ impl Entry {
             retry_after: None,
             conflict_rv: None,
             released_by_us: false,
+            releasing: false,
             reported: Reported::NotHeld,
             wake: None,
             takeover_rank: None,
@@ -592,6 +596,8 @@ impl Engine {
             return;
         };
         let new_rep = match st {
+            // We said it is released; the write's answer decides what comes next.
+            _ if e.releasing => Reported::NotHeld,
             Standing::Holder => Reported::Held,
             Standing::Unreachable if e.reported != Reported::NotHeld => Reported::Sticky,
             _ => Reported::NotHeld,
@@ -642,6 +648,53 @@ impl Engine {
         if let Some(ev) = ev {
             self.emit(ev);
             self.publish_held(name, new_rep != Reported::NotHeld);
+        }
+    }
+
+    /// A release of an address Lease we hold is being sent (a hand-over, a lease no longer
+    /// wanted): the caller hears `Released` now and stops answering before the write, so that
+    /// no node can take the address while we still answer it — at most one answerer, also
+    /// while our write's answer is on its way. A release that does not land is reported held
+    /// again ([`Engine::release_did_not_land`]). Not for our presence Lease, and not at
+    /// shutdown (the agent stops answering everything first, and the shutdown report counts
+    /// releases by their answers).
+    pub(super) fn released_before_the_write(&mut self, name: &str) {
+        if self.shutting_down.is_some() || self.presence.as_deref() == Some(name) {
+            return;
+        }
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        if e.reported != Reported::Held {
+            return;
+        }
+        e.releasing = true;
+        e.reported = Reported::NotHeld;
+        e.held_since = None;
+        let ev = LeaseEvent::Released {
+            name: name.to_string(),
+            tag: e.tag.clone(),
+        };
+        self.emit(ev);
+        self.publish_held(name, false);
+    }
+
+    /// The answer to a release sent after [`Engine::released_before_the_write`] was no
+    /// success: by our record we still hold the Lease, so it is reported held again (the
+    /// caller answers again; the next look judges our standing: sticky through an outage,
+    /// lost if another holder shows).
+    pub(super) fn release_did_not_land(&mut self, name: &str, now: Instant) {
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        e.releasing = false;
+        let held = e
+            .observed
+            .as_ref()
+            .and_then(|o| o.holder())
+            .is_some_and(|h| h == self.opts.identity);
+        if held {
+            self.report_standing(name, Standing::Holder, now);
         }
     }
 

@@ -792,3 +792,52 @@ fn a_renewal_within_the_grace_after_our_outage_keeps_the_holder() {
     }
     assert!(sent.iter().all(|(n, _)| *n != pb && n != addr), "{sent:?}");
 }
+
+/// `a` holding one address Lease alone (candidates: a), answered and reported `Acquired`.
+fn a_holding_one(t0: Instant) -> (Core, &'static str) {
+    let addr = "ferrolb-00000000000000000001";
+    let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
+    let w = a.writes();
+    a.answer_all(w, t0);
+    assert!(matches!(a.events()[..], [LeaseEvent::Acquired { .. }]));
+    (a, addr)
+}
+
+#[test]
+fn a_release_is_reported_before_it_is_sent_so_nobody_takes_an_address_we_still_answer() {
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    // No longer wanted here (or handed over): the release goes out...
+    a.eng.on_desired(BTreeMap::new(), t0 + MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+    // ...and the caller was told before its answer came back: another node may take the
+    // address the moment the watch shows the release, which can come before our answer.
+    assert!(
+        matches!(&a.events()[..], [LeaseEvent::Released { name, .. }] if name == addr),
+        "Released before the write is answered"
+    );
+    // The answer adds nothing.
+    a.answer_all(w, t0 + 2 * MS);
+    assert_eq!(a.events(), Vec::new());
+}
+
+#[test]
+fn a_release_that_does_not_land_is_reported_held_again() {
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    a.eng.on_desired(BTreeMap::new(), t0 + MS);
+    let w: Vec<WriteReq> = a.writes().into_iter().filter(|r| r.name == addr).collect();
+    assert!(matches!(&a.events()[..], [LeaseEvent::Released { .. }]));
+    // The API server is gone: by our record we still hold it, so we answer again (and ride
+    // the outage out as any holder would) rather than leave the address dark.
+    unreachable(&mut a, &w[0], t0 + 2 * MS);
+    assert!(
+        matches!(&a.events()[..], [LeaseEvent::Acquired { name, .. }] if name == addr),
+        "held again"
+    );
+}

@@ -69,11 +69,15 @@ impl Engine {
             return;
         };
         e.in_flight = true;
-        if op == Op::Update(OpKind::Release) {
+        let release = op == Op::Update(OpKind::Release);
+        if release {
             // Set before the write: the watch may show the release before its answer arrives.
             e.released_by_us = true;
         }
         self.in_flight += 1;
+        if release {
+            self.released_before_the_write(name);
+        }
         // An address Lease this node takes or confirms is attached to our presence Lease.
         let attached = self.attached_mode()
             && !is_presence_name(name)
@@ -173,7 +177,15 @@ impl Engine {
             _ => self.note_reachable(now),
         };
         let name = d.name.clone();
+        let unreleased = d.op == Op::Update(OpKind::Release) && d.result.is_err();
         let known = self.record_result(d, now);
+        if self.entries.get(&name).is_some_and(|e| e.releasing) {
+            if unreleased {
+                self.release_did_not_land(&name, now);
+            } else if let Some(e) = self.entries.get_mut(&name) {
+                e.releasing = false;
+            }
+        }
         if outage_ended {
             self.step_all(now);
         } else if known {
