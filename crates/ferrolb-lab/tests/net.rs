@@ -1488,3 +1488,40 @@ fn a_late_answerer_is_found_by_the_follow_up_probes() {
         assert!(probes_sent(a, 9756, ip) >= 2, "{ip}");
     }
 }
+
+/// One socket holds ≈ 2,300 IPv6 memberships (its option memory, `net.core.optmem_max`); a
+/// node holding more IPv6 addresses must still have joined every solicited-node group, or a
+/// real NIC and an MLD-snooping switch would not deliver the NS for the rest.
+#[test]
+fn thousands_of_ipv6_addresses_have_every_solicited_node_group_joined() {
+    if !root_or_skip("thousands_of_ipv6_addresses_have_every_solicited_node_group_joined") {
+        return;
+    }
+    let (seg, logs) = lab("mc");
+    let a = &seg.members[0];
+    const N: u32 = 3000;
+    let ips: Vec<String> = (1..=N)
+        .map(|i| format!("2001:db8:100::{:x}:{:x}", i >> 8, i & 0xff))
+        .collect();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let _p = announce(a, logs.path(), &refs, &["--gratuitous-count", "1"]);
+    let want: BTreeSet<String> = ips
+        .iter()
+        .map(|ip| ndp::solicited_node(ip.parse().unwrap()).to_string())
+        .collect();
+    let missing = poll_until(
+        "every solicited-node group joined",
+        Duration::from_secs(20),
+        || {
+            let maddr = a.ip(&["-6", "maddr", "show", "dev", "eth0"]).ok()?;
+            let joined: BTreeSet<String> = maddr
+                .split_whitespace()
+                .filter(|w| w.starts_with("ff02::1:ff"))
+                .map(str::to_string)
+                .collect();
+            let missing = want.difference(&joined).count();
+            (missing == 0).then_some(missing)
+        },
+    );
+    assert_eq!(missing, 0);
+}

@@ -31,7 +31,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::arp::{self, MacAddr};
@@ -622,8 +621,7 @@ impl Manager {
             stop,
             tx,
             thread: Some(thread),
-            mcast: None,
-            groups: BTreeSet::new(),
+            mcast: super::mcast::Memberships::new(ni.index),
         })
     }
 
@@ -663,43 +661,15 @@ impl Manager {
                     IpAddr::V4(_) => None,
                 })
                 .collect();
-            if want == r.groups {
+            if r.mcast.is(&want) {
                 continue;
             }
-            if r.mcast.is_none() {
-                match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
-                    Ok(s) => r.mcast = Some(s),
-                    Err(e) => {
-                        warn!(iface = %name, error = %e, "cannot open a multicast socket");
-                        continue;
-                    }
-                }
+            let synced = r.mcast.sync(&want);
+            if let Some(e) = &synced.error {
+                // One line per interface and round, not one per group.
+                warn!(iface = %name, groups = synced.failed, error = %e, "cannot join solicited-node groups");
             }
-            let Some(sock) = r.mcast.as_ref() else {
-                continue;
-            };
-            for g in r.groups.difference(&want) {
-                if let Err(e) = sock.leave_multicast_v6(g, r.index) {
-                    debug!(iface = %name, group = %g, error = %e, "leave failed");
-                }
-            }
-            let mut joined = BTreeSet::new();
-            for g in &want {
-                if r.groups.contains(g) {
-                    joined.insert(*g);
-                    continue;
-                }
-                match sock.join_multicast_v6(g, r.index) {
-                    Ok(()) => {
-                        joined.insert(*g);
-                    }
-                    Err(e) => {
-                        warn!(iface = %name, group = %g, error = %e, "cannot join solicited-node group")
-                    }
-                }
-            }
-            actions += r.groups.symmetric_difference(&joined).count();
-            r.groups = joined;
+            actions += synced.changed;
         }
         actions
     }

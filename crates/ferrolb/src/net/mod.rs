@@ -3,13 +3,14 @@
 //! Layout follows MetalLB's internal/layer2: one file per protocol ([`arp`], [`ndp`]: pure
 //! codecs and answer decisions), [`iface`] (discovery and selection), [`links`] (interface
 //! changes from rtnetlink), [`announcer`] (raw-socket I/O, one reader thread per interface,
-//! gratuitous bursts, multicast membership, self-check), [`probes`] (when the follow-up probes
+//! gratuitous bursts, self-check), [`mcast`] (solicited-node memberships over as many sockets as they need), [`probes`] (when the follow-up probes
 //! for foreign answerers after a takeover are due) and [`metrics`].
 
 pub mod announcer;
 pub mod arp;
 pub mod iface;
 pub mod links;
+mod mcast;
 pub mod metrics;
 pub mod ndp;
 pub mod probes;

@@ -3,8 +3,8 @@
 //! reports other stations announcing them (rate-limited [`super::Conflict`]s). Owned by the
 //! announcer's manager ([`super::announcer`]).
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,9 +28,8 @@ pub(super) struct Reader {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     pub(super) thread: Option<JoinHandle<()>>,
-    /// UDP socket holding the solicited-node memberships, made on first need.
-    pub(super) mcast: Option<Socket>,
-    pub(super) groups: BTreeSet<Ipv6Addr>,
+    /// The solicited-node groups joined on this interface.
+    pub(super) mcast: super::mcast::Memberships,
 }
 
 impl Reader {
