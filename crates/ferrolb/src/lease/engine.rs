@@ -228,6 +228,8 @@ pub(crate) struct Engine {
     /// The watch failed and has not shown an event since: no expiry-based decisions (takeover,
     /// clearing, deletion) until it does, or until this instant passes without another error.
     pub(crate) watch_down: Option<Instant>,
+    /// When the Lease watch last delivered an event (see [`Engine::note_reachable`]).
+    watch_heard: Option<Instant>,
     /// The API outage in progress (logged once when it starts and once when it ends).
     outage: Option<Outage>,
     /// Address Leases attached to a presence Lease (agents): presence name → address Leases
@@ -266,6 +268,7 @@ impl Engine {
             presence,
             next_handover: now,
             watch_down: None,
+            watch_heard: None,
             outage: None,
             by_presence: HashMap::new(),
             my_standing: Standing::NotHolder,

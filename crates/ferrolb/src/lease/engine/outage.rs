@@ -4,7 +4,12 @@
 //! - when this node's own requests have failed (an outage seen through its writes: its watch
 //!   may be silently stale, a dead link does not break a TCP stream) and get through again,
 //!   every other node's Lease is given a full lease duration plus the renew deadline from then
-//!   (the longest a renewal stuck behind the outage takes before its holder sends a fresh one).
+//!   (the longest a renewal stuck behind the outage takes before its holder sends a fresh one)
+//!   — unless the watch kept delivering (no gap over two retry periods, in which a live node
+//!   renews twice): then we saw the others' renewals (our writes timed out on a busy server,
+//!   theirs got through) and a node that renewed nothing is as dead as it looks. Without that
+//!   exception, write timeouts every second on a saturated server held back the fence of a
+//!   crashed node for 26 s at 10k addresses.
 //!   During the outage this node fences nothing anyway: its own presence stops counting as live
 //!   after the renew deadline, before any other presence it saw renewed can run out, and only a
 //!   live node fences. So a one-NIC switch reboot, which cuts every node from the API server at
@@ -52,7 +57,13 @@ impl Engine {
             "API server reachable again"
         );
         self.stats.reconnected.notify_one();
-        self.restart_clocks(now + self.opts.config.renew_deadline);
+        let gap = 2 * self.opts.config.retry_period;
+        let watch_alive = self
+            .watch_heard
+            .is_some_and(|t| now.saturating_duration_since(t) <= gap);
+        if !watch_alive {
+            self.restart_clocks(now + self.opts.config.renew_deadline);
+        }
         true
     }
 
@@ -61,6 +72,8 @@ impl Engine {
     /// resync or the end of an outage.
     pub(crate) fn on_watch_delivery(&mut self, ev: watcher::Event<Lease>, now: Instant) {
         let ended = self.note_reachable(now);
+        // After note_reachable: an outage ending now is judged by the deliveries before this one.
+        self.watch_heard = Some(now);
         let resync = self.watch_down.is_some();
         if resync {
             self.restart_clocks(now);

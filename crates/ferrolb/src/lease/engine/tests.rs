@@ -841,3 +841,48 @@ fn a_release_that_does_not_land_is_reported_held_again() {
         "held again"
     );
 }
+
+#[test]
+fn a_crashed_holder_is_fenced_on_time_when_our_writes_time_out_but_the_watch_shows_the_others() {
+    // A saturated API server: our writes time out for a while, yet the watch keeps showing c's
+    // presence renewals. b crashed at t0 and renews nothing: that is no outage of ours hiding
+    // b's renewals, so b gets no grace and is fenced once its presence runs out.
+    let t0 = Instant::now();
+    let (mut a, pb, _) = beside_b_holding_one(t0);
+    let pc = presence_name("c");
+    let busy_until = t0 + 500 * MS;
+    let mut fenced_at = None;
+    let mut rv = 100;
+    let mut t = t0 + 100 * MS;
+    while t < t0 + 3_000 * MS && fenced_at.is_none() {
+        if (t - t0).as_millis().is_multiple_of(200) {
+            rv += 1;
+            let mut l = lease(&pc, "c", rv, 1, None);
+            let renew = jiff::Timestamp::from_second(1_800_000_000 + rv as i64).unwrap();
+            l.spec.as_mut().unwrap().renew_time = Some(MicroTime(renew));
+            a.eng.on_watch_delivery(watcher::Event::Apply(l), t);
+        }
+        a.eng.on_timers(t);
+        let w = a.writes();
+        if w.iter()
+            .any(|r| r.name == pb && r.op == Op::Update(OpKind::Fence))
+        {
+            fenced_at = Some(t);
+        }
+        if t < busy_until {
+            for r in &w {
+                unreachable(&mut a, r, t);
+            }
+        } else {
+            a.answer_all(w, t);
+        }
+        t += 10 * MS;
+    }
+    let fenced_at = fenced_at.expect("b fenced");
+    assert!(
+        fenced_at < t0 + cfg().lease_duration + 2 * cfg().retry_period,
+        "fenced {:?} after b's last renewal (its lease: {:?})",
+        fenced_at - t0,
+        cfg().lease_duration
+    );
+}
