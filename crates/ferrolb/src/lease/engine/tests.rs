@@ -708,6 +708,15 @@ fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew
     );
 }
 
+/// `node`'s presence Lease `name` as the watch shows it after a renewal (resourceVersion `rv`,
+/// a renewTime of its own).
+fn renewal(name: &str, node: &str, rv: u64) -> Lease {
+    let mut l = lease(name, node, rv, 1, None);
+    let renew = jiff::Timestamp::from_second(1_800_000_000 + rv as i64).unwrap();
+    l.spec.as_mut().unwrap().renew_time = Some(MicroTime(renew));
+    l
+}
+
 /// [`beside_b_holding_one`], then `a` cut from the API server from `t0` + 100 ms until `back`:
 /// every write of a's fails as unreachable, and `b` renews no more.
 fn cut_off_until(t0: Instant, back: Instant) -> (Core, String, &'static str) {
@@ -779,10 +788,8 @@ fn a_renewal_within_the_grace_after_our_outage_keeps_the_holder() {
     while t < back + 4_000 * MS {
         if t >= renewed && (t - renewed).as_millis().is_multiple_of(200) {
             rv += 1;
-            let mut l = lease(&pb, "b", rv, 1, None);
-            let renew = jiff::Timestamp::from_second(1_800_000_000 + rv as i64).unwrap();
-            l.spec.as_mut().unwrap().renew_time = Some(MicroTime(renew));
-            a.eng.on_watch_delivery(watcher::Event::Apply(l), t);
+            a.eng
+                .on_watch_delivery(watcher::Event::Apply(renewal(&pb, "b", rv)), t);
         }
         a.eng.on_timers(t);
         let w = a.writes();
@@ -857,10 +864,8 @@ fn a_crashed_holder_is_fenced_on_time_when_our_writes_time_out_but_the_watch_sho
     while t < t0 + 3_000 * MS && fenced_at.is_none() {
         if (t - t0).as_millis().is_multiple_of(200) {
             rv += 1;
-            let mut l = lease(&pc, "c", rv, 1, None);
-            let renew = jiff::Timestamp::from_second(1_800_000_000 + rv as i64).unwrap();
-            l.spec.as_mut().unwrap().renew_time = Some(MicroTime(renew));
-            a.eng.on_watch_delivery(watcher::Event::Apply(l), t);
+            a.eng
+                .on_watch_delivery(watcher::Event::Apply(renewal(&pc, "c", rv)), t);
         }
         a.eng.on_timers(t);
         let w = a.writes();
