@@ -53,7 +53,7 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// What happens to one dark group on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum DarkHold {
     /// Not held here: do not contend while dark.
     Stand,
     /// Held, another candidate reports carrier: keep until the wait ends.
@@ -70,12 +70,12 @@ pub enum Verdict {
     Release,
 }
 
-impl Verdict {
+impl DarkHold {
     /// Whether this node keeps contending for (holding) the group.
     pub fn keeps(self) -> bool {
         matches!(
             self,
-            Verdict::Settling | Verdict::Keep | Verdict::KeepSticky | Verdict::Unheard
+            DarkHold::Settling | DarkHold::Keep | DarkHold::KeepSticky | DarkHold::Unheard
         )
     }
 }
@@ -88,14 +88,14 @@ pub fn verdict(
     own_report_seen: bool,
     dark_for: Duration,
     settle: Duration,
-) -> Verdict {
+) -> DarkHold {
     match hold {
-        None | Some(Hold::Yielded) => Verdict::Stand,
-        Some(Hold::Sticky) => Verdict::KeepSticky,
-        Some(Hold::Held) if !others_live => Verdict::Keep,
-        Some(Hold::Held) if !own_report_seen => Verdict::Unheard,
-        Some(Hold::Held) if dark_for < settle => Verdict::Settling,
-        Some(Hold::Held) => Verdict::Release,
+        None | Some(Hold::Yielded) => DarkHold::Stand,
+        Some(Hold::Sticky) => DarkHold::KeepSticky,
+        Some(Hold::Held) if !others_live => DarkHold::Keep,
+        Some(Hold::Held) if !own_report_seen => DarkHold::Unheard,
+        Some(Hold::Held) if dark_for < settle => DarkHold::Settling,
+        Some(Hold::Held) => DarkHold::Release,
     }
 }
 
@@ -122,7 +122,7 @@ pub struct LinkHold {
     settle: Duration,
     recover: Duration,
     spells: BTreeMap<String, Spell>,
-    last: BTreeMap<String, Verdict>,
+    last: BTreeMap<String, DarkHold>,
 }
 
 impl Default for LinkHold {
@@ -184,11 +184,11 @@ impl LinkHold {
                 now.saturating_duration_since(from),
                 wait,
             );
-            if v == Verdict::Settling {
+            if v == DarkHold::Settling {
                 let at = from + wait;
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
-            if self.last.insert(g.key.clone(), v) != Some(v) && v != Verdict::Stand {
+            if self.last.insert(g.key.clone(), v) != Some(v) && v != DarkHold::Stand {
                 info!(group = %g.key, verdict = ?v, others_live, "announcing interfaces without carrier");
             }
             if !v.keeps() && g.eligible_here {
@@ -220,34 +220,36 @@ mod tests {
     fn verdicts() {
         let s = SETTLE;
         let short = s / 3;
-        assert_eq!(verdict(None, true, true, s * 9, s), Verdict::Stand);
+        assert_eq!(verdict(None, true, true, s * 9, s), DarkHold::Stand);
         assert_eq!(
             verdict(Some(Hold::Yielded), false, true, short, s),
-            Verdict::Stand
+            DarkHold::Stand
         );
         assert_eq!(
             verdict(Some(Hold::Sticky), true, true, s * 9, s),
-            Verdict::KeepSticky
+            DarkHold::KeepSticky
         );
         assert_eq!(
             verdict(Some(Hold::Held), false, true, s * 9, s),
-            Verdict::Keep
+            DarkHold::Keep
         );
         assert_eq!(
             verdict(Some(Hold::Held), true, true, short, s),
-            Verdict::Settling
+            DarkHold::Settling
         );
         assert_eq!(
             verdict(Some(Hold::Held), true, true, s, s),
-            Verdict::Release
+            DarkHold::Release
         );
         assert_eq!(
             verdict(Some(Hold::Held), true, false, s * 9, s),
-            Verdict::Unheard
+            DarkHold::Unheard
         );
-        assert!(Verdict::Unheard.keeps());
-        assert!(!Verdict::Stand.keeps() && !Verdict::Release.keeps());
-        assert!(Verdict::Keep.keeps() && Verdict::Settling.keeps() && Verdict::KeepSticky.keeps());
+        assert!(DarkHold::Unheard.keeps());
+        assert!(!DarkHold::Stand.keeps() && !DarkHold::Release.keeps());
+        assert!(
+            DarkHold::Keep.keeps() && DarkHold::Settling.keeps() && DarkHold::KeepSticky.keeps()
+        );
     }
 
     /// A single link dying: held, the others report carrier → kept through the wait, released
