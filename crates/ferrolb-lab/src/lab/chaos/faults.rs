@@ -31,8 +31,8 @@ fn node(p: &Planned) -> anyhow::Result<usize> {
     p.target.context("a node fault without a node")
 }
 
-/// Starts `p`.
-pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
+/// Starts `p` (`dual_stack`: churn Services are created dual-stack, `--ipv6`).
+pub async fn start(c: &mut Cluster, p: &Planned, dual_stack: bool) -> anyhow::Result<Undo> {
     let mut undo = Undo::default();
     match p.kind {
         Kind::AgentKill | Kind::AgentTerm | Kind::AgentRestart => {
@@ -130,7 +130,7 @@ pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
         }
         Kind::ChurnCreate => {
             let name = churn_name(p);
-            let mut svc = echo_service(&name, false);
+            let mut svc = echo_service(&name, dual_stack);
             // Odd churn Services are selected by the pool of `PoolEdit` while it exists.
             if p.target.unwrap_or(0) % 2 == 1 {
                 svc["metadata"]["labels"]["chaos-pool"] = "yes".into();

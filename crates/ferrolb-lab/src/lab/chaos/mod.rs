@@ -42,6 +42,8 @@ pub struct Opts {
     /// Also watch an `externalTrafficPolicy: Local` Service ([`faults::LOCAL_SERVICE`]) with
     /// one ready endpoint, which [`Kind::EndpointMove`] moves between nodes.
     pub local: bool,
+    /// Dual-stack Services (watched and churn), NDP asked and captured besides ARP (`--ipv6`).
+    pub ipv6: bool,
     /// Kinds that may be drawn (empty: all).
     pub kinds: Vec<Kind>,
     pub max_concurrent: usize,
@@ -56,6 +58,7 @@ impl Opts {
             duration,
             services: 2,
             local: true,
+            ipv6: false,
             kinds: vec![],
             max_concurrent: 3,
             rank_step_ms: 100,
@@ -114,6 +117,12 @@ impl<T: Send + 'static> Collector<T> {
     }
 }
 
+/// The client's HTTP probes through one address: (epoch ms, the answering node or None).
+type ProbeCollector = Collector<(u64, Option<String>)>;
+
+/// The lab client's IPv6 address (`topo::Topology::build`), the source of its NDP requests.
+const CLIENT_IPV6: &str = "2001:db8:1::64";
+
 /// arping processes per address (see `run_on`).
 const ARPINGS: usize = 4;
 
@@ -125,12 +134,17 @@ fn url(vip: IpAddr) -> String {
 }
 
 /// tcpdump of every ARP frame on the bridge (`br0` in the bridge namespace sees every port's
-/// frames), once it captures.
-fn bridge_capture(c: &Cluster) -> anyhow::Result<Stream> {
+/// frames) — and with `ndp` every Neighbor Solicitation and Advertisement — once it captures.
+fn bridge_capture(c: &Cluster, ndp: bool) -> anyhow::Result<Stream> {
+    let filter = if ndp {
+        "'arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))'"
+    } else {
+        "arp"
+    };
     let mut cmd = c.topo.seg.bridge.cmd("sh");
     cmd.args([
         "-c",
-        "exec tcpdump -i br0 -l -n -e -tt --immediate-mode arp 2>&1",
+        &format!("exec tcpdump -i br0 -l -n -e -tt --immediate-mode {filter} 2>&1"),
     ]);
     let s = Stream::spawn(cmd)?;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -231,7 +245,7 @@ async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, Answe
 /// The node that answered the client's last HTTP probe through `vip` within the last second
 /// (the echo backend names its node): the holder as clients see it — found without the API
 /// server, which a fault may have taken away at that moment.
-fn holder_of(probes: &[(IpAddr, Collector<(u64, Option<String>)>)], vip: usize) -> Option<String> {
+fn holder_of(probes: &[(IpAddr, ProbeCollector)], vip: usize) -> Option<String> {
     let (_, p) = probes.get(vip)?;
     let data = p.data.lock().unwrap_or_else(|e| e.into_inner());
     let (at, node) = data.iter().rev().find(|x| x.1.is_some())?;
@@ -309,7 +323,7 @@ pub async fn run_on(
     let mut vips = Vec::new();
     for i in 0..o.services {
         let name = format!("steady-{}", i + 1);
-        c.create_json(&super::echo_service(&name, false)).await?;
+        c.create_json(&super::echo_service(&name, o.ipv6)).await?;
         c.create_endpoints("default", &name, &all).await?;
         let ips = c
             .wait_ingress("default", &name, Duration::from_secs(60))
@@ -324,7 +338,7 @@ pub async fn run_on(
     if o.local {
         // One ready endpoint (node1's), moved by `endpoint-move`.
         let name = faults::LOCAL_SERVICE;
-        let mut svc = super::echo_service(name, false);
+        let mut svc = super::echo_service(name, o.ipv6);
         svc["spec"]["externalTrafficPolicy"] = "Local".into();
         c.create_json(&svc).await?;
         c.create_endpoints("default", name, &[0]).await?;
@@ -348,14 +362,27 @@ pub async fn run_on(
         .collect();
     // Observers.
     let client_ip = IpAddr::V4(c.topo.client_ipv4);
-    let capture = Collector::spawn(bridge_capture(c)?, move |l| {
-        observe::parse_arp(l, client_ip)
+    let client_ip6: IpAddr = CLIENT_IPV6.parse().expect("a literal");
+    let capture = Collector::spawn(bridge_capture(c, o.ipv6)?, move |l| {
+        observe::parse_arp(l, client_ip).or_else(|| observe::parse_ndp(l, client_ip6))
     });
     let mut arpings = Vec::new();
     let mut probers = Vec::new();
     for vip in &vips {
+        if vip.is_ipv6() {
+            // ndisc6 asks once and returns with the first answer (or after 150 ms): a loop asks
+            // about every 250 ms, like the 4 arpings below.
+            let mut cmd = c.topo.client().cmd("sh");
+            cmd.args([
+                "-c",
+                &format!(
+                    "while :; do ndisc6 -q -r 1 -w 150 {vip} eth0 >/dev/null 2>&1; sleep 0.2; done"
+                ),
+            ]);
+            arpings.push(Stream::spawn(cmd)?);
+        }
         // iputils arping asks once a second at most: 4 of them, 250 ms apart, ask every 250 ms.
-        for k in 0..ARPINGS {
+        for k in (0..ARPINGS).filter(|_| vip.is_ipv4()) {
             let mut cmd = c.topo.client().cmd("sh");
             cmd.args([
                 "-c",
@@ -499,7 +526,7 @@ pub async fn run_on(
                         w.label,
                         p.lasts_ms as f64 / 1000.0
                     ));
-                    match faults::start(c, p).await {
+                    match faults::start(c, p, o.ipv6).await {
                         Ok(undo) => {
                             *injected.entry(p.kind.name().into()).or_default() += 1;
                             if p.lasts_ms == 0 {
@@ -755,6 +782,7 @@ pub(super) async fn run(args: super::Args, cfg: LabConfig, say: super::Say) -> f
     let mut o = Opts::new(seed, duration);
     o.services = args.services.max(1);
     o.kinds = parse_kinds(&args.faults)?;
+    o.ipv6 = args.ipv6;
     let lab_dir = cfg.dir.clone();
     say.line(format!(
         "ferrolb lab --chaos: seed {seed}, {duration:?}, {} nodes, {} watched Service(s), lease {}/{}/{}",

@@ -115,6 +115,41 @@ pub fn parse_arp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
     }
 }
 
+/// Parses a `tcpdump -l -n -e -tt` line of an NDP frame into (epoch ms, address, event), the
+/// IPv6 twin of [`parse_arp`]: a Neighbor Solicitation from `client` asks (a round starts); a
+/// Neighbor Advertisement sent to a unicast MAC answers, from the frame's source MAC (an
+/// unsolicited NA goes to the all-nodes group, `33:33:…`: an announcement, not an answer).
+pub fn parse_ndp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
+    let mut words = line.split_whitespace();
+    let ts: f64 = words.next()?.parse().ok()?;
+    let at = (ts * 1000.0) as u64;
+    let src_mac = words.next()?;
+    let dst_mac = line.split(" > ").nth(1)?.split(',').next()?.trim();
+    let (_, ip) = line
+        .split_once("length ")
+        .and_then(|(_, r)| r.split_once(": "))?;
+    let src_ip: IpAddr = ip.split_whitespace().next()?.parse().ok()?;
+    let target = |marker: &str| -> Option<IpAddr> {
+        ip.split(marker)
+            .nth(1)?
+            .split([',', ' '])
+            .find(|s| !s.is_empty())?
+            .parse()
+            .ok()
+    };
+    if ip.contains("neighbor solicitation") && src_ip == client {
+        return Some((at, target("who has ")?, ArpEv::Request));
+    }
+    if ip.contains("neighbor advertisement") && !dst_mac.to_ascii_lowercase().starts_with("33:33") {
+        return Some((
+            at,
+            target("tgt is ")?,
+            ArpEv::Reply(super::super::probe::norm_mac(src_mac)),
+        ));
+    }
+    None
+}
+
 /// An interval in which two or more MACs answered the client's requests for one address.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Double {
@@ -698,6 +733,37 @@ mod tests {
     }
 
     #[test]
+    fn ndp_lines() {
+        let client: IpAddr = "2001:db8:1::64".parse().unwrap();
+        let vip: IpAddr = "2001:db8:100::10".parse().unwrap();
+        let ns = "1700000000.100000 aa:aa:aa:aa:aa:aa > 33:33:ff:00:00:10, ethertype IPv6 (0x86dd), length 86: 2001:db8:1::64 > ff02::1:ff00:10: ICMP6, neighbor solicitation, who has 2001:db8:100::10, length 32";
+        assert_eq!(
+            parse_ndp(ns, client),
+            Some((1_700_000_000_100, vip, ArpEv::Request))
+        );
+        let probe = ns.replace("2001:db8:1::64 >", "2001:db8:100::10 >");
+        assert_eq!(
+            parse_ndp(&probe, client),
+            None,
+            "a node's probe, not the client's"
+        );
+        let na = "1700000000.101000 8a:ed:1e:c5:83:11 > aa:aa:aa:aa:aa:aa, ethertype IPv6 (0x86dd), length 86: 2001:db8:100::10 > 2001:db8:1::64: ICMP6, neighbor advertisement, tgt is 2001:db8:100::10, length 32";
+        assert_eq!(
+            parse_ndp(na, client),
+            Some((
+                1_700_000_000_101,
+                vip,
+                ArpEv::Reply("8a:ed:1e:c5:83:11".into())
+            ))
+        );
+        let unsolicited = na.replace("> aa:aa:aa:aa:aa:aa", "> 33:33:00:00:00:01");
+        assert_eq!(parse_ndp(&unsolicited, client), None, "an announcement");
+        assert_eq!(parse_ndp("garbage", client), None);
+        let arp = "1700000000.100000 aa:aa:aa:aa:aa:aa > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.51.100.10 tell 192.0.2.100, length 28";
+        assert_eq!(parse_ndp(arp, client), None);
+    }
+
+    #[test]
     fn a_handover_is_not_two_answerers_but_an_overlap_is() {
         let evs = vec![
             (0, ArpEv::Request),
@@ -998,7 +1064,7 @@ mod tests {
         let reach = 19_000 + b.lease_ms + b.api_recovery_ms + b.slack_ms;
         let late = event(reach + 1, "node2", "node1");
         assert!(
-            event_excuse(&late, &[cut.clone()], &b).is_empty(),
+            event_excuse(&late, std::slice::from_ref(&cut), &b).is_empty(),
             "too long after"
         );
         let early = event(14_999, "node2", "node1");

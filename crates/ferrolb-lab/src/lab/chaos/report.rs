@@ -248,6 +248,7 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
             ));
         }
     }
+    out.push(String::new());
     if r.answerer_events.is_empty() {
         out.push("  agents' ForeignAnswerer / AddressDefended Events: none".into());
     } else {
