@@ -120,9 +120,6 @@ impl<T: Send + 'static> Collector<T> {
 /// The client's HTTP probes through one address: (epoch ms, the answering node or None).
 type ProbeCollector = Collector<(u64, Option<String>)>;
 
-/// The lab client's IPv6 address (`topo::Topology::build`), the source of its NDP requests.
-const CLIENT_IPV6: &str = "2001:db8:1::64";
-
 /// arping processes per address (see `run_on`).
 const ARPINGS: usize = 4;
 
@@ -362,9 +359,9 @@ pub async fn run_on(
         .collect();
     // Observers.
     let client_ip = IpAddr::V4(c.topo.client_ipv4);
-    let client_ip6: IpAddr = CLIENT_IPV6.parse().expect("a literal");
+    let client_mac = c.topo.client().mac("eth0")?;
     let capture = Collector::spawn(bridge_capture(c, o.ipv6)?, move |l| {
-        observe::parse_arp(l, client_ip).or_else(|| observe::parse_ndp(l, client_ip6))
+        observe::parse_arp(l, client_ip).or_else(|| observe::parse_ndp(l, &client_mac))
     });
     let mut arpings = Vec::new();
     let mut probers = Vec::new();

@@ -116,10 +116,12 @@ pub fn parse_arp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
 }
 
 /// Parses a `tcpdump -l -n -e -tt` line of an NDP frame into (epoch ms, address, event), the
-/// IPv6 twin of [`parse_arp`]: a Neighbor Solicitation from `client` asks (a round starts); a
+/// IPv6 twin of [`parse_arp`]: a Neighbor Solicitation from the client's MAC `client` asks (a
+/// round starts; ndisc6 sends it from the client's link-local address, so the MAC names the
+/// client, not the IP); a
 /// Neighbor Advertisement sent to a unicast MAC answers, from the frame's source MAC (an
 /// unsolicited NA goes to the all-nodes group, `33:33:…`: an announcement, not an answer).
-pub fn parse_ndp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
+pub fn parse_ndp(line: &str, client: &str) -> Option<(u64, IpAddr, ArpEv)> {
     let mut words = line.split_whitespace();
     let ts: f64 = words.next()?.parse().ok()?;
     let at = (ts * 1000.0) as u64;
@@ -128,7 +130,6 @@ pub fn parse_ndp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
     let (_, ip) = line
         .split_once("length ")
         .and_then(|(_, r)| r.split_once(": "))?;
-    let src_ip: IpAddr = ip.split_whitespace().next()?.parse().ok()?;
     let target = |marker: &str| -> Option<IpAddr> {
         ip.split(marker)
             .nth(1)?
@@ -137,7 +138,7 @@ pub fn parse_ndp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
             .parse()
             .ok()
     };
-    if ip.contains("neighbor solicitation") && src_ip == client {
+    if ip.contains("neighbor solicitation") && src_mac.eq_ignore_ascii_case(client) {
         return Some((at, target("who has ")?, ArpEv::Request));
     }
     if ip.contains("neighbor advertisement") && !dst_mac.to_ascii_lowercase().starts_with("33:33") {
@@ -734,14 +735,14 @@ mod tests {
 
     #[test]
     fn ndp_lines() {
-        let client: IpAddr = "2001:db8:1::64".parse().unwrap();
+        let client = "AA:AA:AA:AA:AA:AA";
         let vip: IpAddr = "2001:db8:100::10".parse().unwrap();
-        let ns = "1700000000.100000 aa:aa:aa:aa:aa:aa > 33:33:ff:00:00:10, ethertype IPv6 (0x86dd), length 86: 2001:db8:1::64 > ff02::1:ff00:10: ICMP6, neighbor solicitation, who has 2001:db8:100::10, length 32";
+        let ns = "1700000000.100000 aa:aa:aa:aa:aa:aa > 33:33:ff:00:00:10, ethertype IPv6 (0x86dd), length 86: fe80::a8aa:aaff:feaa:aaaa > ff02::1:ff00:10: ICMP6, neighbor solicitation, who has 2001:db8:100::10, length 32";
         assert_eq!(
             parse_ndp(ns, client),
             Some((1_700_000_000_100, vip, ArpEv::Request))
         );
-        let probe = ns.replace("2001:db8:1::64 >", "2001:db8:100::10 >");
+        let probe = ns.replace("aa:aa:aa:aa:aa:aa >", "8a:ed:1e:c5:83:11 >");
         assert_eq!(
             parse_ndp(&probe, client),
             None,
@@ -884,23 +885,8 @@ mod tests {
 
     #[test]
     fn stability_moves_shares_and_pools() {
-        let pool = |name: &str, start: &str, stop: &str| {
-            ferrolb::ipam::PoolDef::new(
-                name,
-                &[ferrolb::api::IpBlock {
-                    cidr: None,
-                    start: Some(start.into()),
-                    stop: Some(stop.into()),
-                }],
-            )
-        };
         let pools = vec![pool("p", "198.51.100.10", "198.51.100.20")];
-        let svc = |k: &str, ip: &str| SvcView {
-            key: k.into(),
-            labels: Default::default(),
-            ips: vec![ip.parse().unwrap()],
-            not_covered: false,
-        };
+        let svc = view;
         let stable = vec!["default/echo".to_string()];
         let mut s = Stability::default();
         assert!(s
@@ -948,22 +934,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_user_asked_change_is_no_move_and_a_later_move_still_is() {
-        let pools = vec![ferrolb::ipam::PoolDef::new(
-            "p",
+    /// A pool of one range.
+    fn pool(name: &str, start: &str, stop: &str) -> ferrolb::ipam::PoolDef {
+        ferrolb::ipam::PoolDef::new(
+            name,
             &[ferrolb::api::IpBlock {
-                cidr: Some("198.51.100.0/24".into()),
-                start: None,
-                stop: None,
+                cidr: None,
+                start: Some(start.into()),
+                stop: Some(stop.into()),
             }],
-        )];
-        let svc = |ip: &str| SvcView {
-            key: "default/chaos-1".into(),
+        )
+    }
+
+    /// A LoadBalancer Service `key` with `ip`, no labels.
+    fn view(key: &str, ip: &str) -> SvcView {
+        SvcView {
+            key: key.into(),
             labels: Default::default(),
             ips: vec![ip.parse().unwrap()],
             not_covered: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_user_asked_change_is_no_move_and_a_later_move_still_is() {
+        let pools = vec![pool("p", "198.51.100.1", "198.51.100.254")];
+        let svc = |ip: &str| view("default/chaos-1", ip);
         let stable = vec!["default/chaos-1".to_string()];
         let mut s = Stability::default();
         assert!(s

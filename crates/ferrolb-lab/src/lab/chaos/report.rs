@@ -187,7 +187,7 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
                 .join("; ")
         ),
         format!(
-            "observed: {} HTTP probes ({} failed), {} ARP requests / {} replies on the bridge, {} API snapshots ({} failed)",
+            "observed: {} HTTP probes ({} failed), {} ARP/NDP requests / {} replies on the bridge, {} API snapshots ({} failed)",
             r.observed.probes,
             r.observed.probe_failures,
             r.observed.arp_requests,
