@@ -427,6 +427,14 @@ pub fn gap_bound_for(g: &Gap, windows: &[Window], b: &Bounds, local: bool) -> (u
     let relevant = |w: &&Window| w.start_ms <= g.end_ms && w.end_ms + b.slack_ms >= g.start_ms;
     let mut base = 0u64;
     let mut kinds = Vec::new();
+    // A node fault on the last answerer hands the address over (a one-node API outage too: the
+    // others take the Lease over, and it yields to their announcement), and the probes cannot
+    // see the new holder when it never answered: a node fault on another node during the gap
+    // may have hit it, so it counts as one on the holder.
+    let handed_over = windows
+        .iter()
+        .filter(relevant)
+        .any(|w| w.kind.on_node() && w.node.is_some() && w.node == g.holder);
     for w in windows.iter().filter(relevant) {
         if local && w.kind == Kind::EndpointMove {
             base = base.max(b.takeover_ms());
@@ -439,7 +447,8 @@ pub fn gap_bound_for(g: &Gap, windows: &[Window], b: &Bounds, local: bool) -> (u
             kinds.push(w.kind);
             continue;
         }
-        if w.node.is_none() || w.node != g.holder || w.kind == Kind::ApiOutageNode {
+        let on_holder = w.node.is_some() && w.node == g.holder;
+        if w.node.is_none() || w.kind == Kind::ApiOutageNode || !(on_holder || handed_over) {
             continue;
         }
         let t = match w.kind {
@@ -986,6 +995,39 @@ mod tests {
             s.check(5, &stable, &[svc("198.51.100.17")], &pools).len(),
             1
         );
+    }
+
+    /// The 30-minute run of seed 3015 (+931 s): node2 answered 198.51.100.10 and lost the API
+    /// alone; node1 took the Lease over and node2 yielded to its announcement; 8 ms later node1
+    /// was cut off the segment, and 503s for everyone kept node3 from taking over until the API
+    /// answered again: 5.9 s without an answer, judged against the slack alone (node1 never
+    /// answered a probe, so the checker saw no fault on "the holder").
+    #[test]
+    fn a_fault_on_the_node_that_took_over_during_the_gap_counts() {
+        let b = bounds();
+        let g = Gap {
+            address: ip(),
+            start_ms: 931_100,
+            end_ms: 937_033,
+            holder: Some("node2".into()),
+            failures: 29,
+            open: false,
+        };
+        let sticky = w(Kind::ApiOutageNode, Some("node2"), 930_300, 937_900);
+        let cut = w(Kind::NodeCut, Some("node1"), 931_200, 936_900);
+        let errors = w(Kind::Api5xx, None, 931_900, 934_900);
+        let (bound, kinds) = gap_bound(&g, &[sticky.clone(), cut.clone(), errors], &b);
+        assert_eq!(
+            bound,
+            (934_900 - 931_100) + b.api_recovery_ms + b.takeover_ms() + b.slack_ms
+        );
+        assert!(bound > g.length_ms());
+        assert_eq!(kinds, vec![Kind::Api5xx, Kind::NodeCut]);
+        // Without the fault on the last answerer there was no handover: a cut elsewhere
+        // excuses nothing.
+        assert_eq!(gap_bound(&g, std::slice::from_ref(&cut), &b).0, b.slack_ms);
+        // The sticky holder alone still keeps answering: nothing excused.
+        assert_eq!(gap_bound(&g, &[sticky], &b).0, b.slack_ms);
     }
 
     #[test]

@@ -228,6 +228,13 @@ impl Planned {
                 .cloned()
                 .unwrap_or_else(|| format!("node#{i}")),
             (Some(i), k) if k.on_controller() => format!("controller-{i}"),
+            (Some(i), Kind::EndpointMove) => format!(
+                "local-1 to {}",
+                node_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("node#{i}"))
+            ),
             (Some(i), _) => format!("chaos-{}", i + 1),
             (None, _) => String::new(),
         };
