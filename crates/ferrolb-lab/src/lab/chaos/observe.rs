@@ -997,6 +997,18 @@ mod tests {
         );
     }
 
+    /// A gap through [`ip`] after `holder` answered, closed by an answer at `end`.
+    fn closed_gap(start: u64, end: u64, holder: &str) -> Gap {
+        Gap {
+            address: ip(),
+            start_ms: start,
+            end_ms: end,
+            holder: Some(holder.into()),
+            failures: 5,
+            open: false,
+        }
+    }
+
     /// The 30-minute run of seed 3015 (+931 s): node2 answered 198.51.100.10 and lost the API
     /// alone; node1 took the Lease over and node2 yielded to its announcement; 8 ms later node1
     /// was cut off the segment, and 503s for everyone kept node3 from taking over until the API
@@ -1005,14 +1017,7 @@ mod tests {
     #[test]
     fn a_fault_on_the_node_that_took_over_during_the_gap_counts() {
         let b = bounds();
-        let g = Gap {
-            address: ip(),
-            start_ms: 931_100,
-            end_ms: 937_033,
-            holder: Some("node2".into()),
-            failures: 29,
-            open: false,
-        };
+        let g = closed_gap(931_100, 937_033, "node2");
         let sticky = w(Kind::ApiOutageNode, Some("node2"), 930_300, 937_900);
         let cut = w(Kind::NodeCut, Some("node1"), 931_200, 936_900);
         let errors = w(Kind::Api5xx, None, 931_900, 934_900);
@@ -1033,14 +1038,7 @@ mod tests {
     #[test]
     fn local_addresses_wait_for_the_one_candidate() {
         let b = bounds();
-        let g = Gap {
-            address: ip(),
-            start_ms: 10_000,
-            end_ms: 11_000,
-            holder: Some("node1".into()),
-            failures: 5,
-            open: false,
-        };
+        let g = closed_gap(10_000, 11_000, "node1");
         let moved = w(Kind::EndpointMove, None, 10_050, 10_050);
         assert_eq!(
             gap_bound_for(&g, std::slice::from_ref(&moved), &b, true),
