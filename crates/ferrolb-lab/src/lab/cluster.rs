@@ -380,19 +380,40 @@ impl Cluster {
     }
 
     /// An EndpointSlice with one ready endpoint on each of `nodes` for Service `ns/name`.
+    /// The ready endpoints of an EndpointSlice on `nodes` (each node's own address).
+    pub fn endpoint_list(&self, nodes: &[usize]) -> Vec<serde_json::Value> {
+        nodes
+            .iter()
+            .filter_map(|&i| self.topo.nodes.get(i))
+            .map(|n| {
+                serde_json::json!({"addresses": [n.ipv4.to_string()], "conditions": {"ready": true}, "nodeName": n.name})
+            })
+            .collect()
+    }
+
+    /// Rewrites the endpoints of the slice [`Cluster::create_endpoints`] made: ready on `nodes`
+    /// only (an endpoint moving to another node).
+    pub async fn set_endpoints(&self, ns: &str, name: &str, nodes: &[usize]) -> anyhow::Result<()> {
+        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(self.client.clone(), ns);
+        let patch = serde_json::json!({"endpoints": self.endpoint_list(nodes)});
+        api.patch(
+            &format!("{name}-lab"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("moving the endpoints of {ns}/{name}"))?;
+        Ok(())
+    }
+
     pub async fn create_endpoints(
         &self,
         ns: &str,
         name: &str,
         nodes: &[usize],
     ) -> anyhow::Result<()> {
-        let endpoints: Vec<_> = nodes
-            .iter()
-            .map(|&i| {
-                let n = &self.topo.nodes[i];
-                serde_json::json!({"addresses": [n.ipv4.to_string()], "conditions": {"ready": true}, "nodeName": n.name})
-            })
-            .collect();
+        let endpoints = self.endpoint_list(nodes);
         let slice = serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-lab"), "namespace": ns,

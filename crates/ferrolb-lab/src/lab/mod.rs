@@ -78,7 +78,9 @@ pub struct Args {
     /// The controllers' retry period, if not `--retry-period`.
     #[arg(long)]
     pub controller_retry_period: Option<String>,
-    /// Leave everything running and print how to explore it (Ctrl-C removes it).
+    /// Leave everything running and print how to explore it (Ctrl-C removes it). With --chaos:
+    /// keep every process's logs after a run without violations too (a run with violations
+    /// always keeps them).
     #[arg(long)]
     pub keep: bool,
     /// Print the results as JSON on stdout (narration goes to stderr).

@@ -31,8 +31,8 @@ fn node(p: &Planned) -> anyhow::Result<usize> {
     p.target.context("a node fault without a node")
 }
 
-/// Starts `p`.
-pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
+/// Starts `p` (`dual_stack`: churn Services are created dual-stack, `--ipv6`).
+pub async fn start(c: &mut Cluster, p: &Planned, dual_stack: bool) -> anyhow::Result<Undo> {
     let mut undo = Undo::default();
     match p.kind {
         Kind::AgentKill | Kind::AgentTerm | Kind::AgentRestart => {
@@ -130,7 +130,7 @@ pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
         }
         Kind::ChurnCreate => {
             let name = churn_name(p);
-            let mut svc = echo_service(&name, false);
+            let mut svc = echo_service(&name, dual_stack);
             // Odd churn Services are selected by the pool of `PoolEdit` while it exists.
             if p.target.unwrap_or(0) % 2 == 1 {
                 svc["metadata"]["labels"]["chaos-pool"] = "yes".into();
@@ -157,8 +157,7 @@ pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
             };
             let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
             let patch = if is_lb {
-                serde_json::json!({"spec": {"type": "ClusterIP",
-                    "ports": [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}]}})
+                cluster_ip_patch()
             } else {
                 serde_json::json!({"spec": {"type": "LoadBalancer"}})
             };
@@ -176,6 +175,13 @@ pub async fn start(c: &mut Cluster, p: &Planned) -> anyhow::Result<Undo> {
         }
         Kind::PolicyEdit => {
             policy_interfaces(c, &["^eth0$", "^mgmt0$"]).await?;
+        }
+        Kind::EndpointMove => {
+            c.set_endpoints("default", LOCAL_SERVICE, &[node(p)?])
+                .await?;
+        }
+        Kind::ChurnReclass => {
+            set_class(c, &churn_name(p), Some(FOREIGN_CLASS)).await?;
         }
     }
     Ok(undo)
@@ -229,8 +235,48 @@ pub async fn end(c: &mut Cluster, p: &Planned, undo: Undo) -> anyhow::Result<()>
         // The revert may fall into an API fault that started meanwhile: retried for a while.
         Kind::PoolEdit => retry(|| delete_extra_pool(c)).await?,
         Kind::PolicyEdit => retry(|| policy_interfaces(c, &["^eth0$"])).await?,
+        Kind::ChurnReclass => {
+            let name = churn_name(p);
+            retry(|| set_class(c, &name, None)).await?
+        }
         _ => {}
     }
+    Ok(())
+}
+
+/// The watched `externalTrafficPolicy: Local` Service whose endpoint [`Kind::EndpointMove`]
+/// moves.
+pub const LOCAL_SERVICE: &str = "local-1";
+
+/// A `loadBalancerClass` no ferrolb controller or agent serves.
+pub const FOREIGN_CLASS: &str = "example.com/other-lb";
+
+/// The ClusterIP form of a churn Service (no node ports, no class).
+fn cluster_ip_patch() -> serde_json::Value {
+    serde_json::json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null,
+        "ports": [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}]}})
+}
+
+/// Moves LoadBalancer Service `name` to `class` (None: unset, ours), the way kube-apiserver
+/// allows it: the class of a LoadBalancer Service is immutable, so through `ClusterIP`. A
+/// Service that is gone, not a LoadBalancer, or in `class` already is left alone (churn
+/// deleted or re-typed it meanwhile).
+async fn set_class(c: &Cluster, name: &str, class: Option<&str>) -> anyhow::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(c.client.clone(), "default");
+    let Some(svc) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let spec = svc.spec.unwrap_or_default();
+    if spec.type_.as_deref() != Some("LoadBalancer") || spec.load_balancer_class.as_deref() == class
+    {
+        return Ok(());
+    }
+    let pp = PatchParams::default();
+    api.patch(name, &pp, &Patch::Merge(&cluster_ip_patch()))
+        .await?;
+    let back = serde_json::json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": class}});
+    api.patch(name, &pp, &Patch::Merge(&back)).await?;
     Ok(())
 }
 

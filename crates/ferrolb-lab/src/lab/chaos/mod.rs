@@ -28,8 +28,8 @@ use kube::api::Api;
 
 use super::cluster::{ingress_ips, Cluster, LabConfig};
 use super::probe::{self, now_ms, parse_probe, Stream};
-use observe::{Bounds, ProcSamples, Stability, SvcView, Violation, Window};
-use report::{ChaosReport, DoubleRow, ResourceRow};
+use observe::{AnswererEvent, Bounds, ProcSamples, Stability, SvcView, Violation, Window};
+use report::{ChaosReport, DoubleRow, EventRow, ResourceRow};
 use schedule::{Kind, Plan, Planned};
 
 /// What one chaos run does.
@@ -39,6 +39,11 @@ pub struct Opts {
     pub duration: Duration,
     /// Services watched throughout (`steady-1` …).
     pub services: usize,
+    /// Also watch an `externalTrafficPolicy: Local` Service ([`faults::LOCAL_SERVICE`]) with
+    /// one ready endpoint, which [`Kind::EndpointMove`] moves between nodes.
+    pub local: bool,
+    /// Dual-stack Services (watched and churn), NDP asked and captured besides ARP (`--ipv6`).
+    pub ipv6: bool,
     /// Kinds that may be drawn (empty: all).
     pub kinds: Vec<Kind>,
     pub max_concurrent: usize,
@@ -52,6 +57,8 @@ impl Opts {
             seed,
             duration,
             services: 2,
+            local: true,
+            ipv6: false,
             kinds: vec![],
             max_concurrent: 3,
             rank_step_ms: 100,
@@ -110,6 +117,9 @@ impl<T: Send + 'static> Collector<T> {
     }
 }
 
+/// The client's HTTP probes through one address: (epoch ms, the answering node or None).
+type ProbeCollector = Collector<(u64, Option<String>)>;
+
 /// arping processes per address (see `run_on`).
 const ARPINGS: usize = 4;
 
@@ -121,12 +131,17 @@ fn url(vip: IpAddr) -> String {
 }
 
 /// tcpdump of every ARP frame on the bridge (`br0` in the bridge namespace sees every port's
-/// frames), once it captures.
-fn bridge_capture(c: &Cluster) -> anyhow::Result<Stream> {
+/// frames) — and with `ndp` every Neighbor Solicitation and Advertisement — once it captures.
+fn bridge_capture(c: &Cluster, ndp: bool) -> anyhow::Result<Stream> {
+    let filter = if ndp {
+        "'arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))'"
+    } else {
+        "arp"
+    };
     let mut cmd = c.topo.seg.bridge.cmd("sh");
     cmd.args([
         "-c",
-        "exec tcpdump -i br0 -l -n -e -tt --immediate-mode arp 2>&1",
+        &format!("exec tcpdump -i br0 -l -n -e -tt --immediate-mode {filter} 2>&1"),
     ]);
     let s = Stream::spawn(cmd)?;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -180,10 +195,10 @@ async fn snapshot(c: &Cluster) -> anyhow::Result<(Vec<SvcView>, Vec<ferrolb::ipa
     Ok((views, defs))
 }
 
-/// The agents' own `ForeignAnswerer` and `AddressDefended` Events (name → (defended,
-/// "Service: note")): an agent saw another station answer ARP/NDP for an address it announces,
-/// or announce one, and defended it.
-async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, (bool, String)>> {
+/// The agents' own `ForeignAnswerer` and `AddressDefended` Events (name → Event): an agent saw
+/// another station answer ARP/NDP for an address it announces, or announce one, and defended
+/// it.
+async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, AnswererEvent>> {
     use ferrolb::agent::conflicts::{REASON_ADDRESS_DEFENDED, REASON_FOREIGN_ANSWERER};
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::all(c.client.clone());
     Ok(api
@@ -197,13 +212,64 @@ async fn foreign_answerers(c: &Cluster) -> anyhow::Result<BTreeMap<String, (bool
                 Some(REASON_ADDRESS_DEFENDED) => true,
                 _ => return None,
             };
-            let svc = e.regarding.and_then(|r| r.name).unwrap_or_default();
+            let at = e
+                .event_time
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| e.series.as_ref().map(|s| s.last_observed_time.0))
+                .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+            let (mac, reporter, address) = observe::parse_event_note(e.note.as_deref()?)?;
+            let other = c
+                .topo
+                .node_by_mac(&mac)
+                .and_then(|i| c.topo.nodes.get(i))
+                .map_or(mac, |n| n.name.clone());
             Some((
                 e.metadata.name.unwrap_or_default(),
-                (defended, format!("{svc}: {}", e.note.unwrap_or_default())),
+                AnswererEvent {
+                    at_ms: u64::try_from(at.as_millisecond()).unwrap_or(0),
+                    defended,
+                    service: e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                    address,
+                    reporter,
+                    other,
+                },
             ))
         })
         .collect())
+}
+
+/// The node that answered the client's last HTTP probe through `vip` within the last second
+/// (the echo backend names its node): the holder as clients see it — found without the API
+/// server, which a fault may have taken away at that moment.
+fn holder_of(probes: &[(IpAddr, ProbeCollector)], vip: usize) -> Option<String> {
+    let (_, p) = probes.get(vip)?;
+    let data = p.data.lock().unwrap_or_else(|e| e.into_inner());
+    let (at, node) = data.iter().rev().find(|x| x.1.is_some())?;
+    (now_ms().saturating_sub(*at) <= 1_000)
+        .then(|| node.clone())
+        .flatten()
+}
+
+/// The node a node fault hits: the holder of a watched address for a holder-targeted fault
+/// (when it carries no other fault), else the planned node, else — when that one carries a
+/// fault (a holder-targeted fault went there) — the lowest free node. The schedule keeps at
+/// most nodes − 1 node faults at once, so one is free; None if not (the fault is skipped).
+fn resolve_node(
+    planned: usize,
+    holder: Option<usize>,
+    busy: &BTreeMap<usize, usize>,
+    nodes: usize,
+) -> Option<(usize, bool)> {
+    if let Some(h) = holder.filter(|h| !busy.contains_key(h)) {
+        return Some((h, true));
+    }
+    if !busy.contains_key(&planned) && planned < nodes {
+        return Some((planned, false));
+    }
+    (0..nodes)
+        .find(|i| !busy.contains_key(i))
+        .map(|i| (i, false))
 }
 
 /// Samples RSS and fds of every running agent and controller.
@@ -254,7 +320,7 @@ pub async fn run_on(
     let mut vips = Vec::new();
     for i in 0..o.services {
         let name = format!("steady-{}", i + 1);
-        c.create_json(&super::echo_service(&name, false)).await?;
+        c.create_json(&super::echo_service(&name, o.ipv6)).await?;
         c.create_endpoints("default", &name, &all).await?;
         let ips = c
             .wait_ingress("default", &name, Duration::from_secs(60))
@@ -265,20 +331,55 @@ pub async fn run_on(
         vips.extend(ips.iter().copied());
         services.push((name, ips));
     }
+    let mut local_vips = Vec::new();
+    if o.local {
+        // One ready endpoint (node1's), moved by `endpoint-move`.
+        let name = faults::LOCAL_SERVICE;
+        let mut svc = super::echo_service(name, o.ipv6);
+        svc["spec"]["externalTrafficPolicy"] = "Local".into();
+        c.create_json(&svc).await?;
+        c.create_endpoints("default", name, &[0]).await?;
+        let ips = c
+            .wait_ingress("default", name, Duration::from_secs(60))
+            .await?;
+        for ip in &ips {
+            c.topo.add_vip_on_nodes(*ip)?;
+        }
+        vips.extend(ips.iter().copied());
+        local_vips.extend(ips.iter().copied());
+        services.push((name.to_string(), ips));
+    }
+    // Every LoadBalancer Service keeps its address unless the user changes it: the watched
+    // ones throughout, the churn ones between the changes the schedule asks for (see
+    // `Stability::forget` below).
     let stable: Vec<String> = services
         .iter()
         .map(|(n, _)| format!("default/{n}"))
+        .chain((1..=schedule::CHURN_SERVICES).map(|i| format!("default/chaos-{i}")))
         .collect();
     // Observers.
     let client_ip = IpAddr::V4(c.topo.client_ipv4);
-    let capture = Collector::spawn(bridge_capture(c)?, move |l| {
-        observe::parse_arp(l, client_ip)
+    let client_mac = c.topo.client().mac("eth0")?;
+    let capture = Collector::spawn(bridge_capture(c, o.ipv6)?, move |l| {
+        observe::parse_arp(l, client_ip).or_else(|| observe::parse_ndp(l, &client_mac))
     });
     let mut arpings = Vec::new();
     let mut probers = Vec::new();
     for vip in &vips {
+        if vip.is_ipv6() {
+            // ndisc6 asks once and returns with the first answer (or after 150 ms): a loop asks
+            // about every 250 ms, like the 4 arpings below.
+            let mut cmd = c.topo.client().cmd("sh");
+            cmd.args([
+                "-c",
+                &format!(
+                    "while :; do ndisc6 -q -r 1 -w 150 {vip} eth0 >/dev/null 2>&1; sleep 0.2; done"
+                ),
+            ]);
+            arpings.push(Stream::spawn(cmd)?);
+        }
         // iputils arping asks once a second at most: 4 of them, 250 ms apart, ask every 250 ms.
-        for k in 0..ARPINGS {
+        for k in (0..ARPINGS).filter(|_| vip.is_ipv4()) {
             let mut cmd = c.topo.client().cmd("sh");
             cmd.args([
                 "-c",
@@ -349,7 +450,10 @@ pub async fn run_on(
     let t0 = Instant::now();
     let start_ms = now_ms();
     let duration_ms = o.duration.as_millis() as u64;
-    let mut active: BTreeMap<usize, (Window, faults::Undo)> = BTreeMap::new();
+    let mut active: BTreeMap<usize, (Window, faults::Undo, Planned)> = BTreeMap::new();
+    // Node → the plan index of the fault it carries (node faults as resolved).
+    let mut busy: BTreeMap<usize, usize> = BTreeMap::new();
+    let (mut at_holder, mut holder_fallback) = (0usize, 0usize);
     let mut windows: Vec<Window> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let mut injected: BTreeMap<String, usize> = BTreeMap::new();
@@ -374,8 +478,44 @@ pub async fn run_on(
         if let Some(&(at, what, i)) = events.get(ei) {
             if at <= now {
                 ei += 1;
-                let p = &plan[i];
                 if what == 1 {
+                    let mut p = plan[i].clone();
+                    if p.kind.on_node() {
+                        let holder = if p.on_holder && !vips.is_empty() {
+                            holder_of(&probers, (p.at_ms as usize) % vips.len())
+                                .and_then(|n| node_names.iter().position(|x| *x == n))
+                        } else {
+                            None
+                        };
+                        let Some((node, hit)) =
+                            resolve_node(p.target.unwrap_or(0), holder, &busy, nodes)
+                        else {
+                            errors.push(format!("no free node for {}", p.label(&node_names)));
+                            continue;
+                        };
+                        if p.on_holder {
+                            if hit {
+                                at_holder += 1;
+                            } else {
+                                holder_fallback += 1;
+                            }
+                        }
+                        p.on_holder = hit;
+                        p.target = Some(node);
+                        if p.lasts_ms > 0 {
+                            busy.insert(node, i);
+                        }
+                    }
+                    if matches!(
+                        p.kind,
+                        Kind::ChurnCreate
+                            | Kind::ChurnDelete
+                            | Kind::ChurnRetype
+                            | Kind::ChurnReclass
+                    ) {
+                        stability.forget(&format!("default/chaos-{}", p.target.unwrap_or(0) + 1));
+                    }
+                    let p = &p;
                     let mut w = window_of(p);
                     say(format!(
                         "  {:>7.1}s  {} for {:.1}s",
@@ -383,7 +523,7 @@ pub async fn run_on(
                         w.label,
                         p.lasts_ms as f64 / 1000.0
                     ));
-                    match faults::start(c, p).await {
+                    match faults::start(c, p, o.ipv6).await {
                         Ok(undo) => {
                             *injected.entry(p.kind.name().into()).or_default() += 1;
                             if p.lasts_ms == 0 {
@@ -393,15 +533,22 @@ pub async fn run_on(
                                 w.end_ms = now_ms();
                                 windows.push(w);
                             } else {
-                                active.insert(i, (w, undo));
+                                active.insert(i, (w, undo, p.clone()));
                             }
                         }
-                        Err(e) => errors.push(format!("starting {}: {e:#}", w.label)),
+                        Err(e) => {
+                            busy.retain(|_, j| *j != i);
+                            errors.push(format!("starting {}: {e:#}", w.label))
+                        }
                     }
-                } else if let Some((mut w, undo)) = active.remove(&i) {
-                    if let Err(e) = faults::end(c, p, undo).await {
+                } else if let Some((mut w, undo, p)) = active.remove(&i) {
+                    if p.kind == Kind::ChurnReclass {
+                        stability.forget(&format!("default/chaos-{}", p.target.unwrap_or(0) + 1));
+                    }
+                    if let Err(e) = faults::end(c, &p, undo).await {
                         errors.push(format!("ending {}: {e:#}", w.label));
                     }
+                    busy.retain(|_, j| *j != i);
                     w.end_ms = now_ms();
                     windows.push(w);
                 }
@@ -415,7 +562,7 @@ pub async fn run_on(
                     snapshots += 1;
                     let at = now_ms();
                     for mut v in stability.check(at, &stable, &svcs, &pools) {
-                        v.active = active.values().map(|(w, _)| w.label.clone()).collect();
+                        v.active = active.values().map(|(w, _, _)| w.label.clone()).collect();
                         say(format!(
                             "  VIOLATION {} {}: {}",
                             v.kind, v.subject, v.detail
@@ -446,8 +593,8 @@ pub async fn run_on(
         tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
     }
     // Anything still active (none by the schedule's rules) ends now.
-    for (i, (mut w, undo)) in std::mem::take(&mut active) {
-        if let Err(e) = faults::end(c, &plan[i], undo).await {
+    for (_, (mut w, undo, p)) in std::mem::take(&mut active) {
+        if let Err(e) = faults::end(c, &p, undo).await {
             errors.push(format!("ending {}: {e:#}", w.label));
         }
         w.end_ms = now_ms();
@@ -528,8 +675,9 @@ pub async fn run_on(
     for (vip, series) in &probes {
         r.observed.probes += series.len();
         r.observed.probe_failures += series.iter().filter(|p| p.1.is_none()).count();
+        let local = local_vips.contains(vip);
         for g in observe::gaps(*vip, series) {
-            let (bound, kinds) = observe::gap_bound(&g, &windows, &bounds);
+            let (bound, kinds) = observe::gap_bound_for(&g, &windows, &bounds, local);
             if g.open || g.length_ms() > bound {
                 violations.push(Violation {
                     at_ms: g.start_ms,
@@ -565,22 +713,52 @@ pub async fn run_on(
                 rss_last_kib: l.1,
                 fds_first: f.2,
                 fds_last: l.2,
+                compared: observe::compared(p),
             });
         }
     }
+    if at_holder + holder_fallback > 0 {
+        r.notes.push(format!(
+            "holder-targeted node faults: {at_holder} hit the node that answered for the address, \
+             {holder_fallback} the planned node (no answer in the last second, or the holder \
+             carried another fault)"
+        ));
+    }
     match foreign_answerers(c).await {
         Ok(now) => {
-            let new: Vec<(bool, String)> = now
+            for (_, e) in now
                 .into_iter()
                 .filter(|(name, _)| !foreign_before.contains_key(name))
-                .map(|(_, v)| v)
-                .collect();
-            r.address_defended_events = new.iter().filter(|(d, _)| *d).count();
-            r.foreign_answerer_events = new
-                .into_iter()
-                .filter(|(d, _)| !d)
-                .map(|(_, note)| note.split(" clients may").next().unwrap_or("").to_string())
-                .collect()
+            {
+                let excuse = observe::event_excuse(&e, &windows, &bounds);
+                if excuse.is_empty() {
+                    violations.push(Violation {
+                        at_ms: e.at_ms,
+                        kind: "foreign-answerer-event".into(),
+                        subject: e
+                            .address
+                            .map_or_else(|| e.service.clone(), |a| a.to_string()),
+                        detail: format!(
+                            "{} wrote {} on {} about {} with no fault that allows a second \
+                             answerer on either node",
+                            e.reporter,
+                            if e.defended {
+                                "AddressDefended"
+                            } else {
+                                "ForeignAnswerer"
+                            },
+                            e.service,
+                            e.other
+                        ),
+                        active: observe::active_at(&windows, e.at_ms, e.at_ms),
+                    });
+                }
+                r.answerer_events.push(EventRow {
+                    event: e,
+                    faults: excuse.into_iter().map(|x| x.0).collect(),
+                });
+            }
+            r.answerer_events.sort_by_key(|e| e.event.at_ms);
         }
         Err(e) => r.notes.push(format!("listing the agents' Events: {e:#}")),
     }
@@ -601,6 +779,7 @@ pub(super) async fn run(args: super::Args, cfg: LabConfig, say: super::Say) -> f
     let mut o = Opts::new(seed, duration);
     o.services = args.services.max(1);
     o.kinds = parse_kinds(&args.faults)?;
+    o.ipv6 = args.ipv6;
     let lab_dir = cfg.dir.clone();
     say.line(format!(
         "ferrolb lab --chaos: seed {seed}, {duration:?}, {} nodes, {} watched Service(s), lease {}/{}/{}",
@@ -639,7 +818,14 @@ pub(super) async fn run(args: super::Args, cfg: LabConfig, say: super::Say) -> f
         println!("{}", serde_json::to_string_pretty(&r)?);
     }
     if r.violations.is_empty() {
-        let _ = std::fs::remove_dir_all(&lab_dir);
+        if args.keep {
+            say.line(format!(
+                "logs of every process (--keep): {}",
+                lab_dir.display()
+            ));
+        } else {
+            let _ = std::fs::remove_dir_all(&lab_dir);
+        }
         Ok(std::process::ExitCode::SUCCESS)
     } else {
         say.line(format!("logs of every process: {}", lab_dir.display()));
@@ -657,5 +843,28 @@ mod tests {
         assert_eq!(k, vec![Kind::AgentKill, Kind::ApiOutage, Kind::NodeCut]);
         assert!(parse_kinds(&["agent-explode".into()]).is_err());
         assert!(parse_kinds(&[]).unwrap().is_empty());
+        let k = parse_kinds(&["endpoint-move,churn-reclass".into()]).unwrap();
+        assert_eq!(k, vec![Kind::EndpointMove, Kind::ChurnReclass]);
+    }
+
+    #[test]
+    fn node_faults_go_to_the_holder_when_it_is_free() {
+        let mut busy = BTreeMap::new();
+        assert_eq!(resolve_node(0, Some(2), &busy, 3), Some((2, true)));
+        assert_eq!(resolve_node(0, None, &busy, 3), Some((0, false)));
+        busy.insert(2, 7);
+        assert_eq!(
+            resolve_node(0, Some(2), &busy, 3),
+            Some((0, false)),
+            "the holder carries a fault: the planned node"
+        );
+        assert_eq!(
+            resolve_node(2, None, &busy, 3),
+            Some((0, false)),
+            "a holder-targeted fault took the planned node: the lowest free one"
+        );
+        busy.insert(0, 8);
+        busy.insert(1, 9);
+        assert_eq!(resolve_node(0, Some(1), &busy, 3), None, "no node free");
     }
 }

@@ -115,6 +115,42 @@ pub fn parse_arp(line: &str, client: IpAddr) -> Option<(u64, IpAddr, ArpEv)> {
     }
 }
 
+/// Parses a `tcpdump -l -n -e -tt` line of an NDP frame into (epoch ms, address, event), the
+/// IPv6 twin of [`parse_arp`]: a Neighbor Solicitation from the client's MAC `client` asks (a
+/// round starts; ndisc6 sends it from the client's link-local address, so the MAC names the
+/// client, not the IP); a
+/// Neighbor Advertisement sent to a unicast MAC answers, from the frame's source MAC (an
+/// unsolicited NA goes to the all-nodes group, `33:33:…`: an announcement, not an answer).
+pub fn parse_ndp(line: &str, client: &str) -> Option<(u64, IpAddr, ArpEv)> {
+    let mut words = line.split_whitespace();
+    let ts: f64 = words.next()?.parse().ok()?;
+    let at = (ts * 1000.0) as u64;
+    let src_mac = words.next()?;
+    let dst_mac = line.split(" > ").nth(1)?.split(',').next()?.trim();
+    let (_, ip) = line
+        .split_once("length ")
+        .and_then(|(_, r)| r.split_once(": "))?;
+    let target = |marker: &str| -> Option<IpAddr> {
+        ip.split(marker)
+            .nth(1)?
+            .split([',', ' '])
+            .find(|s| !s.is_empty())?
+            .parse()
+            .ok()
+    };
+    if ip.contains("neighbor solicitation") && src_mac.eq_ignore_ascii_case(client) {
+        return Some((at, target("who has ")?, ArpEv::Request));
+    }
+    if ip.contains("neighbor advertisement") && !dst_mac.to_ascii_lowercase().starts_with("33:33") {
+        return Some((
+            at,
+            target("tgt is ")?,
+            ArpEv::Reply(super::super::probe::norm_mac(src_mac)),
+        ));
+    }
+    None
+}
+
 /// An interval in which two or more MACs answered the client's requests for one address.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Double {
@@ -228,6 +264,77 @@ pub fn double_bound(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The agents' own `ForeignAnswerer` / `AddressDefended` Events
+
+/// One `ForeignAnswerer` or `AddressDefended` Event an agent wrote during the run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AnswererEvent {
+    /// Its `eventTime` (epoch ms; the agents share the machine's clock).
+    pub at_ms: u64,
+    /// `AddressDefended` (another station announced the address; the agent defended it) rather
+    /// than `ForeignAnswerer` (another station answered the agent's probe).
+    pub defended: bool,
+    /// The Service it is on.
+    pub service: String,
+    pub address: Option<IpAddr>,
+    /// The node that wrote it (the holder).
+    pub reporter: String,
+    /// The other station: its node's name when it is a lab node, else its MAC.
+    pub other: String,
+}
+
+/// The other station's MAC, the reporting node and the address, from an Event's note
+/// (`agent::conflicts::note` / `defended_note`: "another station (MAC m, seen on N's eth0)
+/// answers ARP for A, which …").
+pub fn parse_event_note(note: &str) -> Option<(String, String, Option<IpAddr>)> {
+    let mac = note.split("(MAC ").nth(1)?.split(',').next()?.trim();
+    let rest = note.split("seen on ").nth(1)?;
+    let (reporter, after) = rest.split_once("'s ")?;
+    let address = after
+        .split_once(')')
+        .map_or(after, |x| x.1)
+        .split([' ', ',', '(', ')'])
+        .find_map(|t| t.parse::<IpAddr>().ok());
+    Some((
+        super::super::probe::norm_mac(mac),
+        reporter.to_string(),
+        address,
+    ))
+}
+
+/// The faults that allow a second station to answer or announce an address, so an agent's
+/// Event about it is expected: a node cut off from the segment or flapping (it comes back
+/// sticky and announces), a lossy link, a paused agent (it resumes answering), a node cut off
+/// from the API alone (sticky) — on the reporting node or on the other one, active at the
+/// Event or ended at most lease + API recovery + slack before it (the same reach as
+/// [`double_bound`]'s). Returns the excusing faults (labels, kinds); none: a violation.
+pub fn event_excuse(e: &AnswererEvent, windows: &[Window], b: &Bounds) -> Vec<(String, Kind)> {
+    windows
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.kind,
+                Kind::NodeCut
+                    | Kind::LinkFlap
+                    | Kind::Netem
+                    | Kind::AgentStop
+                    | Kind::ApiOutageNode
+            )
+        })
+        .filter(|w| {
+            w.node
+                .as_ref()
+                .is_some_and(|n| *n == e.reporter || *n == e.other)
+        })
+        .filter(|w| {
+            w.start_ms <= e.at_ms
+                && e.at_ms <= w.end_ms + b.lease_ms + b.api_recovery_ms + b.slack_ms
+        })
+        .map(|w| (w.label.clone(), w.kind))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Unavailability (the client's HTTP probes)
 
 /// An interval without an HTTP answer through one address.
@@ -304,11 +411,44 @@ pub fn gaps(address: IpAddr, probes: &[(u64, Option<String>)]) -> Vec<Gap> {
 ///   answers: its end + the API recovery + a takeover;
 /// - an API fault alone, a node cut off from the API alone (sticky), controllers, churn: none.
 pub fn gap_bound(g: &Gap, windows: &[Window], b: &Bounds) -> (u64, Vec<Kind>) {
+    gap_bound_for(g, windows, b, false)
+}
+
+/// [`gap_bound`] for an address of an `externalTrafficPolicy: Local` Service (`local`: its one
+/// ready endpoint makes one node the only candidate), where two more rules apply:
+/// - its endpoint moved ([`Kind::EndpointMove`]): the old holder is no longer a candidate, stops
+///   answering and releases the Lease, the new node acquires it — a takeover at most (the
+///   release usually makes it much shorter);
+/// - a fault on *any* node (the endpoint's node may be the faulted one, or the endpoint moved to
+///   it meanwhile): no other node may take over, so the address comes back only when that node
+///   does — the fault's end + the API recovery (the agent's start-up, caches, presence Lease)
+///   + a takeover.
+pub fn gap_bound_for(g: &Gap, windows: &[Window], b: &Bounds, local: bool) -> (u64, Vec<Kind>) {
     let relevant = |w: &&Window| w.start_ms <= g.end_ms && w.end_ms + b.slack_ms >= g.start_ms;
     let mut base = 0u64;
     let mut kinds = Vec::new();
+    // A node fault on the last answerer hands the address over (a one-node API outage too: the
+    // others take the Lease over, and it yields to their announcement), and the probes cannot
+    // see the new holder when it never answered: a node fault on another node during the gap
+    // may have hit it, so it counts as one on the holder.
+    let handed_over = windows
+        .iter()
+        .filter(relevant)
+        .any(|w| w.kind.on_node() && w.node.is_some() && w.node == g.holder);
     for w in windows.iter().filter(relevant) {
-        if w.node.is_none() || w.node != g.holder || w.kind == Kind::ApiOutageNode {
+        if local && w.kind == Kind::EndpointMove {
+            base = base.max(b.takeover_ms());
+            kinds.push(w.kind);
+            continue;
+        }
+        if local && w.kind.on_node() {
+            let t = w.end_ms.saturating_sub(g.start_ms) + b.api_recovery_ms + b.takeover_ms();
+            base = base.max(t);
+            kinds.push(w.kind);
+            continue;
+        }
+        let on_holder = w.node.is_some() && w.node == g.holder;
+        if w.node.is_none() || w.kind == Kind::ApiOutageNode || !(on_holder || handed_over) {
             continue;
         }
         let t = match w.kind {
@@ -371,6 +511,14 @@ pub struct Stability {
 pub const OUTSIDE_POOL_GRACE_MS: u64 = 30_000;
 
 impl Stability {
+    /// The user changed Service `key` in a way that takes or may change its address (deleted,
+    /// re-typed, re-classed): its next address is a new first one, not a move.
+    pub fn forget(&mut self, key: &str) {
+        self.first.remove(key);
+        self.seen
+            .remove(&("address-moved".to_string(), key.to_string()));
+    }
+
     /// Checks one snapshot. `stable`: Services whose address must never change; `pools`: the
     /// pools as the controller reads them.
     pub fn check(
@@ -471,28 +619,12 @@ pub const WARMUP_MS: u64 = 20_000;
 /// burst (a Service churn wave, a reconnect) does not. Fewer than three samples after the
 /// warm-up judge nothing.
 pub fn growth(p: &ProcSamples) -> Vec<Violation> {
-    let Some(first_at) = p.samples.first().map(|s| s.0) else {
+    let Some(c) = compared(p) else {
         return vec![];
     };
-    let after: Vec<&(u64, u64, u64)> = p
-        .samples
-        .iter()
-        .filter(|s| s.0 >= first_at + WARMUP_MS)
-        .collect();
-    if after.len() < 3 {
-        return vec![];
-    }
-    let third = after.len() / 3;
-    let (early, late) = (&after[..third], &after[after.len() - third..]);
-    let max = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
-        xs.iter().map(|s| f(s)).max().unwrap_or(0)
-    };
-    let min = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
-        xs.iter().map(|s| f(s)).min().unwrap_or(0)
-    };
-    let at = after.last().map(|s| s.0).unwrap_or(first_at);
+    let at = c.at_ms;
     let mut out = Vec::new();
-    let (rss0, rss1) = (max(early, |s| s.1), min(late, |s| s.1));
+    let (rss0, rss1) = (c.rss_early_max_kib, c.rss_late_min_kib);
     if rss1 > rss0 + rss0 / 2 + 16 * 1024 {
         out.push(Violation {
             at_ms: at,
@@ -504,7 +636,7 @@ pub fn growth(p: &ProcSamples) -> Vec<Violation> {
             active: vec![],
         });
     }
-    let (fd0, fd1) = (max(early, |s| s.2), min(late, |s| s.2));
+    let (fd0, fd1) = (c.fds_early_max, c.fds_late_min);
     if fd1 > fd0 + 32 {
         out.push(Violation {
             at_ms: at,
@@ -517,6 +649,48 @@ pub fn growth(p: &ProcSamples) -> Vec<Violation> {
         });
     }
     out
+}
+
+/// What [`growth`] compares for one process incarnation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Compared {
+    /// The last sample's time.
+    #[serde(skip)]
+    pub at_ms: u64,
+    /// The highest RSS of the first third of the samples after the warm-up.
+    pub rss_early_max_kib: u64,
+    /// The lowest RSS of the last third.
+    pub rss_late_min_kib: u64,
+    pub fds_early_max: u64,
+    pub fds_late_min: u64,
+}
+
+/// The values [`growth`] compares; None with fewer than three samples after the warm-up.
+pub fn compared(p: &ProcSamples) -> Option<Compared> {
+    let first_at = p.samples.first()?.0;
+    let after: Vec<&(u64, u64, u64)> = p
+        .samples
+        .iter()
+        .filter(|s| s.0 >= first_at + WARMUP_MS)
+        .collect();
+    if after.len() < 3 {
+        return None;
+    }
+    let third = after.len() / 3;
+    let (early, late) = (&after[..third], &after[after.len() - third..]);
+    let max = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
+        xs.iter().map(|s| f(s)).max().unwrap_or(0)
+    };
+    let min = |xs: &[&(u64, u64, u64)], f: fn(&(u64, u64, u64)) -> u64| {
+        xs.iter().map(|s| f(s)).min().unwrap_or(0)
+    };
+    Some(Compared {
+        at_ms: after.last().map_or(first_at, |s| s.0),
+        rss_early_max_kib: max(early, |s| s.1),
+        rss_late_min_kib: min(late, |s| s.1),
+        fds_early_max: max(early, |s| s.2),
+        fds_late_min: min(late, |s| s.2),
+    })
 }
 
 /// Open file descriptors of `pid`.
@@ -566,6 +740,37 @@ mod tests {
             None,
             "a gratuitous reply is no answer"
         );
+    }
+
+    #[test]
+    fn ndp_lines() {
+        let client = "AA:AA:AA:AA:AA:AA";
+        let vip: IpAddr = "2001:db8:100::10".parse().unwrap();
+        let ns = "1700000000.100000 aa:aa:aa:aa:aa:aa > 33:33:ff:00:00:10, ethertype IPv6 (0x86dd), length 86: fe80::a8aa:aaff:feaa:aaaa > ff02::1:ff00:10: ICMP6, neighbor solicitation, who has 2001:db8:100::10, length 32";
+        assert_eq!(
+            parse_ndp(ns, client),
+            Some((1_700_000_000_100, vip, ArpEv::Request))
+        );
+        let probe = ns.replace("aa:aa:aa:aa:aa:aa >", "8a:ed:1e:c5:83:11 >");
+        assert_eq!(
+            parse_ndp(&probe, client),
+            None,
+            "a node's probe, not the client's"
+        );
+        let na = "1700000000.101000 8a:ed:1e:c5:83:11 > aa:aa:aa:aa:aa:aa, ethertype IPv6 (0x86dd), length 86: 2001:db8:100::10 > 2001:db8:1::64: ICMP6, neighbor advertisement, tgt is 2001:db8:100::10, length 32";
+        assert_eq!(
+            parse_ndp(na, client),
+            Some((
+                1_700_000_000_101,
+                vip,
+                ArpEv::Reply("8a:ed:1e:c5:83:11".into())
+            ))
+        );
+        let unsolicited = na.replace("> aa:aa:aa:aa:aa:aa", "> 33:33:00:00:00:01");
+        assert_eq!(parse_ndp(&unsolicited, client), None, "an announcement");
+        assert_eq!(parse_ndp("garbage", client), None);
+        let arp = "1700000000.100000 aa:aa:aa:aa:aa:aa > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.51.100.10 tell 192.0.2.100, length 28";
+        assert_eq!(parse_ndp(arp, client), None);
     }
 
     #[test]
@@ -689,23 +894,8 @@ mod tests {
 
     #[test]
     fn stability_moves_shares_and_pools() {
-        let pool = |name: &str, start: &str, stop: &str| {
-            ferrolb::ipam::PoolDef::new(
-                name,
-                &[ferrolb::api::IpBlock {
-                    cidr: None,
-                    start: Some(start.into()),
-                    stop: Some(stop.into()),
-                }],
-            )
-        };
         let pools = vec![pool("p", "198.51.100.10", "198.51.100.20")];
-        let svc = |k: &str, ip: &str| SvcView {
-            key: k.into(),
-            labels: Default::default(),
-            ips: vec![ip.parse().unwrap()],
-            not_covered: false,
-        };
+        let svc = view;
         let stable = vec!["default/echo".to_string()];
         let mut s = Stability::default();
         assert!(s
@@ -751,6 +941,201 @@ mod tests {
                 .is_empty(),
             "a kept address the Service's condition reports is documented behaviour"
         );
+    }
+
+    /// A pool of one range.
+    fn pool(name: &str, start: &str, stop: &str) -> ferrolb::ipam::PoolDef {
+        ferrolb::ipam::PoolDef::new(
+            name,
+            &[ferrolb::api::IpBlock {
+                cidr: None,
+                start: Some(start.into()),
+                stop: Some(stop.into()),
+            }],
+        )
+    }
+
+    /// A LoadBalancer Service `key` with `ip`, no labels.
+    fn view(key: &str, ip: &str) -> SvcView {
+        SvcView {
+            key: key.into(),
+            labels: Default::default(),
+            ips: vec![ip.parse().unwrap()],
+            not_covered: false,
+        }
+    }
+
+    #[test]
+    fn a_user_asked_change_is_no_move_and_a_later_move_still_is() {
+        let pools = vec![pool("p", "198.51.100.1", "198.51.100.254")];
+        let svc = |ip: &str| view("default/chaos-1", ip);
+        let stable = vec!["default/chaos-1".to_string()];
+        let mut s = Stability::default();
+        assert!(s
+            .check(0, &stable, &[svc("198.51.100.13")], &pools)
+            .is_empty());
+        // Re-classed away and back: the controller cleared the address, then gave another.
+        s.forget("default/chaos-1");
+        assert!(s.check(1, &stable, &[], &pools).is_empty());
+        s.forget("default/chaos-1");
+        assert!(
+            s.check(2, &stable, &[svc("198.51.100.14")], &pools)
+                .is_empty(),
+            "a new address after a user-asked change is no move"
+        );
+        let v = s.check(3, &stable, &[svc("198.51.100.15")], &pools);
+        assert_eq!(v.len(), 1, "any other change still is: {v:?}");
+        assert_eq!(v[0].kind, "address-moved");
+        // Forgotten after a report, a second unasked move is reported again.
+        s.forget("default/chaos-1");
+        assert!(s
+            .check(4, &stable, &[svc("198.51.100.16")], &pools)
+            .is_empty());
+        assert_eq!(
+            s.check(5, &stable, &[svc("198.51.100.17")], &pools).len(),
+            1
+        );
+    }
+
+    /// A gap through [`ip`] after `holder` answered, closed by an answer at `end`.
+    fn closed_gap(start: u64, end: u64, holder: &str) -> Gap {
+        Gap {
+            address: ip(),
+            start_ms: start,
+            end_ms: end,
+            holder: Some(holder.into()),
+            failures: 5,
+            open: false,
+        }
+    }
+
+    /// The 30-minute run of seed 3015 (+931 s): node2 answered 198.51.100.10 and lost the API
+    /// alone; node1 took the Lease over and node2 yielded to its announcement; 8 ms later node1
+    /// was cut off the segment, and 503s for everyone kept node3 from taking over until the API
+    /// answered again: 5.9 s without an answer, judged against the slack alone (node1 never
+    /// answered a probe, so the checker saw no fault on "the holder").
+    #[test]
+    fn a_fault_on_the_node_that_took_over_during_the_gap_counts() {
+        let b = bounds();
+        let g = closed_gap(931_100, 937_033, "node2");
+        let sticky = w(Kind::ApiOutageNode, Some("node2"), 930_300, 937_900);
+        let cut = w(Kind::NodeCut, Some("node1"), 931_200, 936_900);
+        let errors = w(Kind::Api5xx, None, 931_900, 934_900);
+        let (bound, kinds) = gap_bound(&g, &[sticky.clone(), cut.clone(), errors], &b);
+        assert_eq!(
+            bound,
+            (934_900 - 931_100) + b.api_recovery_ms + b.takeover_ms() + b.slack_ms
+        );
+        assert!(bound > g.length_ms());
+        assert_eq!(kinds, vec![Kind::Api5xx, Kind::NodeCut]);
+        // Without the fault on the last answerer there was no handover: a cut elsewhere
+        // excuses nothing.
+        assert_eq!(gap_bound(&g, std::slice::from_ref(&cut), &b).0, b.slack_ms);
+        // The sticky holder alone still keeps answering: nothing excused.
+        assert_eq!(gap_bound(&g, &[sticky], &b).0, b.slack_ms);
+    }
+
+    #[test]
+    fn local_addresses_wait_for_the_one_candidate() {
+        let b = bounds();
+        let g = closed_gap(10_000, 11_000, "node1");
+        let moved = w(Kind::EndpointMove, None, 10_050, 10_050);
+        assert_eq!(
+            gap_bound_for(&g, std::slice::from_ref(&moved), &b, true),
+            (b.takeover_ms() + b.slack_ms, vec![Kind::EndpointMove])
+        );
+        assert_eq!(
+            gap_bound_for(&g, std::slice::from_ref(&moved), &b, false).0,
+            b.slack_ms,
+            "an endpoint move excuses nothing on a Cluster-policy address"
+        );
+        // The endpoint's node (not the last answerer) killed until 15 s: nobody else may answer.
+        let kill = w(Kind::AgentKill, Some("node2"), 9_000, 15_000);
+        assert_eq!(
+            gap_bound_for(&g, std::slice::from_ref(&kill), &b, true),
+            (
+                5_000 + b.api_recovery_ms + b.takeover_ms() + b.slack_ms,
+                vec![Kind::AgentKill]
+            )
+        );
+        assert_eq!(gap_bound_for(&g, &[kill], &b, false).0, b.slack_ms);
+    }
+
+    fn event(at: u64, reporter: &str, other: &str) -> AnswererEvent {
+        AnswererEvent {
+            at_ms: at,
+            defended: true,
+            service: "steady-1".into(),
+            address: Some(ip()),
+            reporter: reporter.into(),
+            other: other.into(),
+        }
+    }
+
+    #[test]
+    fn answerer_events_need_a_fault_that_allows_a_second_answerer() {
+        let b = bounds();
+        let e = event(20_000, "node2", "node1");
+        assert!(
+            event_excuse(&e, &[], &b).is_empty(),
+            "no fault: a violation"
+        );
+        let churn = w(Kind::ChurnCreate, None, 19_000, 19_000);
+        let kill = w(Kind::AgentKill, Some("node1"), 15_000, 19_000);
+        let outage = w(Kind::ApiOutage, None, 15_000, 19_000);
+        assert!(
+            event_excuse(&e, &[churn, kill, outage], &b).is_empty(),
+            "churn, a dead agent, a global outage allow no second answerer"
+        );
+        let cut = w(Kind::NodeCut, Some("node1"), 15_000, 19_000);
+        assert_eq!(
+            event_excuse(&e, std::slice::from_ref(&cut), &b),
+            vec![("node-cut".to_string(), Kind::NodeCut)],
+            "the stale holder came back from a cut"
+        );
+        let on_reporter = w(Kind::AgentStop, Some("node2"), 15_000, 19_000);
+        assert_eq!(event_excuse(&e, &[on_reporter], &b).len(), 1);
+        let elsewhere = w(Kind::ApiOutageNode, Some("node3"), 15_000, 19_000);
+        assert!(event_excuse(&e, &[elsewhere], &b).is_empty());
+        let reach = 19_000 + b.lease_ms + b.api_recovery_ms + b.slack_ms;
+        let late = event(reach + 1, "node2", "node1");
+        assert!(
+            event_excuse(&late, std::slice::from_ref(&cut), &b).is_empty(),
+            "too long after"
+        );
+        let early = event(14_999, "node2", "node1");
+        assert!(event_excuse(&early, &[cut], &b).is_empty(), "before it");
+    }
+
+    #[test]
+    fn event_notes_name_the_mac_the_reporter_and_the_address() {
+        let ip6: IpAddr = "2001:db8::10".parse().unwrap();
+        for (note, address) in [
+            (
+                ferrolb::agent::conflicts::note(ip(), "eth0", "EA:BA:33:86:87:42", "node2"),
+                ip(),
+            ),
+            (
+                ferrolb::agent::conflicts::defended_note(
+                    ip(),
+                    "eth0",
+                    "ea:ba:33:86:87:42",
+                    "node2",
+                ),
+                ip(),
+            ),
+            (
+                ferrolb::agent::conflicts::note(ip6, "eth0", "ea:ba:33:86:87:42", "node2"),
+                ip6,
+            ),
+        ] {
+            assert_eq!(
+                parse_event_note(&note),
+                Some(("ea:ba:33:86:87:42".into(), "node2".into(), Some(address))),
+                "{note}"
+            );
+        }
+        assert_eq!(parse_event_note("something else"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::observe::{Bounds, Gap, Violation};
+use super::observe::{AnswererEvent, Bounds, Compared, Gap, Violation};
 use super::schedule::Kind;
 use crate::lab::scenario::percentile;
 
@@ -26,13 +26,13 @@ pub struct ChaosReport {
     pub injection_errors: Vec<String>,
     /// What this run could not do (e.g. a kernel without netem).
     pub notes: Vec<String>,
-    /// `ForeignAnswerer` Events the agents wrote during the run (another station answered for
-    /// an address they announce) — on any Service, the churn ones included, which the
-    /// two-answerer capture does not ask for. Reported, not yet judged (see README).
-    pub foreign_answerer_events: Vec<String>,
-    /// `AddressDefended` Events the agents wrote during the run: another station announced an
-    /// address they hold (most often a holder cut off and back, sticky) and they defended it.
-    pub address_defended_events: usize,
+    /// The `ForeignAnswerer` Events (another station answered an agent's probe for an address
+    /// it announces) and `AddressDefended` Events (another station announced an address an
+    /// agent holds; it defended it) the agents wrote during the run — on any Service, the churn
+    /// ones included, which the two-answerer capture does not ask for — each with the faults
+    /// that allow a second answerer around it (`observe::event_excuse`); one without any is a
+    /// `foreign-answerer-event` violation.
+    pub answerer_events: Vec<EventRow>,
     pub observed: Observed,
     /// Every two-answerer interval seen (violation or not).
     pub two_answerers: Vec<DoubleRow>,
@@ -74,6 +74,54 @@ pub struct UnavailRow {
     pub max_ms: u64,
 }
 
+/// One agent Event about another station, and the faults that excuse it (empty: none did).
+#[derive(Debug, Serialize)]
+pub struct EventRow {
+    #[serde(flatten)]
+    pub event: AnswererEvent,
+    pub faults: Vec<String>,
+}
+
+impl EventRow {
+    pub fn reason(&self) -> &'static str {
+        if self.event.defended {
+            "AddressDefended"
+        } else {
+            "ForeignAnswerer"
+        }
+    }
+}
+
+/// Events by the fault kind that excuses them (`none`: a violation): (kind, ForeignAnswerer,
+/// AddressDefended); an Event counts under every kind around it.
+pub fn events_by_kind(rows: &[EventRow]) -> Vec<(String, usize, usize)> {
+    let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in rows {
+        let mut kinds: Vec<&str> = r
+            .faults
+            .iter()
+            .map(|l| l.split(' ').next().unwrap_or(l))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        if kinds.is_empty() {
+            kinds.push("none");
+        }
+        for k in kinds {
+            let e = by.entry(k.to_string()).or_default();
+            if r.event.defended {
+                e.1 += 1;
+            } else {
+                e.0 += 1;
+            }
+        }
+    }
+    by.into_iter().map(|(k, (f, d))| (k, f, d)).collect()
+}
+
+/// One agent or controller incarnation: its first and last samples, and what the growth rule
+/// compares (`observe::growth`: the highest of the first third after the warm-up with the
+/// lowest of the last third; absent when it lived too short to be judged).
 #[derive(Debug, Serialize)]
 pub struct ResourceRow {
     pub process: String,
@@ -83,6 +131,8 @@ pub struct ResourceRow {
     pub rss_last_kib: u64,
     pub fds_first: u64,
     pub fds_last: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared: Option<Compared>,
 }
 
 /// Unavailability rows: each gap counted under every kind that explains it, or `none`.
@@ -137,7 +187,7 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
                 .join("; ")
         ),
         format!(
-            "observed: {} HTTP probes ({} failed), {} ARP requests / {} replies on the bridge, {} API snapshots ({} failed)",
+            "observed: {} HTTP probes ({} failed), {} ARP/NDP requests / {} replies on the bridge, {} API snapshots ({} failed)",
             r.observed.probes,
             r.observed.probe_failures,
             r.observed.arp_requests,
@@ -198,20 +248,74 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
             ));
         }
     }
-    if r.address_defended_events > 0 {
+    out.push(String::new());
+    if r.answerer_events.is_empty() {
+        out.push("  agents' ForeignAnswerer / AddressDefended Events: none".into());
+    } else {
         out.push(format!(
-            "  agents' AddressDefended Events during the run: {}",
-            r.address_defended_events
+            "  {:<24} {:>16} {:>16}",
+            "agents' Events by fault", "ForeignAnswerer", "AddressDefended"
         ));
-    }
-    if !r.foreign_answerer_events.is_empty() {
-        out.push(format!(
-            "  agents' ForeignAnswerer Events during the run: {}",
-            r.foreign_answerer_events.len()
-        ));
-        for e in r.foreign_answerer_events.iter().take(10) {
-            out.push(format!("    {e}"));
+        for (k, f, d) in events_by_kind(&r.answerer_events) {
+            out.push(format!("  {k:<24} {f:>16} {d:>16}"));
         }
+        for e in r.answerer_events.iter().take(40) {
+            out.push(format!(
+                "    {} {} {} {}: {} about {} ({})",
+                secs(start_ms, e.event.at_ms),
+                e.reason(),
+                e.event.service,
+                e.event
+                    .address
+                    .map_or_else(|| "?".to_string(), |a| a.to_string()),
+                e.event.reporter,
+                e.event.other,
+                if e.faults.is_empty() {
+                    "no fault allows it".to_string()
+                } else {
+                    e.faults.join(", ")
+                }
+            ));
+        }
+    }
+    let mut judged: Vec<&ResourceRow> = r
+        .resources
+        .iter()
+        .filter(|x| x.compared.is_some())
+        .collect();
+    judged.sort_by_key(|x| std::cmp::Reverse(x.lived_s));
+    out.push(String::new());
+    out.push(format!(
+        "  resources: {} incarnation(s) sampled, {} lived long enough to be judged; the longest-lived \
+         (the rule compares the highest of the first third after the 20 s warm-up with the lowest of \
+         the last third):",
+        r.resources.len(),
+        judged.len()
+    ));
+    out.push(format!(
+        "  {:<20} {:>6} {:>10} {:>10} {:>14} {:>14} {:>7} {:>7}",
+        "process (pid)",
+        "lived",
+        "RSS first",
+        "RSS last",
+        "RSS max 1st/3",
+        "RSS min 3rd/3",
+        "fd max",
+        "fd min"
+    ));
+    for x in judged.iter().take(8) {
+        let c = x.compared.as_ref().expect("judged");
+        out.push(format!(
+            "  {:<20} {:>5}s {:>7} KiB {:>6} KiB {:>10} KiB {:>10} KiB {:>7} {:>7}",
+            format!("{} ({})", x.process, x.pid),
+            x.lived_s,
+            x.rss_first_kib,
+            x.rss_last_kib,
+            c.rss_early_max_kib,
+            c.rss_late_min_kib,
+            c.fds_early_max,
+            c.fds_late_min
+        ));
     }
     out.push(String::new());
     if r.violations.is_empty() {
@@ -243,6 +347,34 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_counted_under_every_excusing_kind_or_none() {
+        let row = |defended: bool, faults: &[&str]| EventRow {
+            event: AnswererEvent {
+                at_ms: 0,
+                defended,
+                service: "s".into(),
+                address: None,
+                reporter: "node1".into(),
+                other: "node2".into(),
+            },
+            faults: faults.iter().map(|s| s.to_string()).collect(),
+        };
+        let rows = [
+            row(true, &["node-cut node2", "node-cut holder node2"]),
+            row(false, &["node-cut node2", "agent-stop node1"]),
+            row(false, &[]),
+        ];
+        assert_eq!(
+            events_by_kind(&rows),
+            vec![
+                ("agent-stop".to_string(), 1, 0),
+                ("node-cut".to_string(), 1, 1),
+                ("none".to_string(), 1, 0),
+            ]
+        );
+    }
 
     #[test]
     fn unavailability_rows_by_kind_with_none() {

@@ -48,10 +48,17 @@ pub enum Kind {
     PoolEdit,
     /// The lab's policy also names an `^mgmt0$` interface while the fault lasts.
     PolicyEdit,
+    /// The ready endpoint of the watched `externalTrafficPolicy: Local` Service (`local-1`)
+    /// moves to node `target` (its EndpointSlice rewritten): the announcer must follow.
+    EndpointMove,
+    /// Churn Service `chaos-<target>` leaves our `loadBalancerClass` for a foreign one while the
+    /// fault lasts, and comes back (each way through `ClusterIP`, as kube-apiserver requires:
+    /// the class of a LoadBalancer Service is immutable).
+    ChurnReclass,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 20] = [
         Kind::AgentKill,
         Kind::AgentTerm,
         Kind::AgentStop,
@@ -70,6 +77,8 @@ impl Kind {
         Kind::ChurnRetype,
         Kind::PoolEdit,
         Kind::PolicyEdit,
+        Kind::EndpointMove,
+        Kind::ChurnReclass,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +101,8 @@ impl Kind {
             Kind::ChurnRetype => "churn-retype",
             Kind::PoolEdit => "pool-edit",
             Kind::PolicyEdit => "policy-edit",
+            Kind::EndpointMove => "endpoint-move",
+            Kind::ChurnReclass => "churn-reclass",
         }
     }
 
@@ -119,15 +130,26 @@ impl Kind {
         matches!(self, Kind::ControllerKill | Kind::ControllersKillBoth)
     }
 
-    /// Service/pool/policy churn (not counted against the concurrency limit).
+    /// Service/pool/policy/endpoint churn (not counted against the concurrency limit).
     pub fn is_churn(self) -> bool {
         matches!(
             self,
             Kind::ChurnCreate
                 | Kind::ChurnDelete
                 | Kind::ChurnRetype
+                | Kind::ChurnReclass
                 | Kind::PoolEdit
                 | Kind::PolicyEdit
+                | Kind::EndpointMove
+        )
+    }
+
+    /// May be aimed at the node holding a watched address (drawn half of the time; the node
+    /// is found when the fault starts, see [`Planned::on_holder`]).
+    pub fn holder_targetable(self) -> bool {
+        matches!(
+            self,
+            Kind::AgentKill | Kind::AgentTerm | Kind::AgentStop | Kind::NodeCut | Kind::LinkFlap
         )
     }
 
@@ -138,7 +160,12 @@ impl Kind {
             Kind::ApiOutageNode | Kind::ChurnCreate | Kind::ChurnDelete => 5,
             Kind::AgentTerm | Kind::AgentRestart | Kind::ChurnRetype => 4,
             Kind::ControllerKill | Kind::LinkFlap | Kind::Netem | Kind::Api5xx => 3,
-            Kind::ControllersKillBoth | Kind::ApiSlow | Kind::PoolEdit | Kind::PolicyEdit => 2,
+            Kind::EndpointMove => 4,
+            Kind::ControllersKillBoth
+            | Kind::ApiSlow
+            | Kind::PoolEdit
+            | Kind::PolicyEdit
+            | Kind::ChurnReclass => 2,
         }
     }
 
@@ -147,9 +174,12 @@ impl Kind {
         match self {
             Kind::AgentKill | Kind::AgentTerm => (1_000, 8_000),
             Kind::AgentStop => (300, 6_000),
-            Kind::AgentRestart | Kind::ChurnCreate | Kind::ChurnDelete | Kind::ChurnRetype => {
-                (0, 0)
-            }
+            Kind::AgentRestart
+            | Kind::ChurnCreate
+            | Kind::ChurnDelete
+            | Kind::ChurnRetype
+            | Kind::EndpointMove => (0, 0),
+            Kind::ChurnReclass => (1_000, 8_000),
             Kind::ControllerKill | Kind::ControllersKillBoth => (1_000, 10_000),
             Kind::ApiOutage | Kind::NodeCut => (1_000, 8_000),
             Kind::ApiOutageNode => (1_000, 10_000),
@@ -178,6 +208,11 @@ pub struct Planned {
     /// Kind-specific: latency ms (`ApiSlow`), loss % (`Netem`), flap period ms (`LinkFlap`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<u64>,
+    /// Aimed at the node that holds watched address number `at_ms % addresses` when it starts
+    /// (the runner finds it; `target` is the fallback when no node answers for it then, or
+    /// when that node carries another fault).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_holder: bool,
 }
 
 impl Planned {
@@ -193,10 +228,20 @@ impl Planned {
                 .cloned()
                 .unwrap_or_else(|| format!("node#{i}")),
             (Some(i), k) if k.on_controller() => format!("controller-{i}"),
+            (Some(i), Kind::EndpointMove) => format!(
+                "local-1 to {}",
+                node_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("node#{i}"))
+            ),
             (Some(i), _) => format!("chaos-{}", i + 1),
             (None, _) => String::new(),
         };
         let mut s = self.kind.name().to_string();
+        if self.on_holder {
+            s.push_str(" holder");
+        }
         if !target.is_empty() {
             s.push(' ');
             s.push_str(&target);
@@ -265,9 +310,10 @@ pub fn generate(plan: &Plan) -> Vec<Planned> {
             let target = match kind {
                 k if k.on_node() => Some(rng.random_range(0..plan.nodes.max(1))),
                 Kind::ControllerKill => Some(rng.random_range(0..plan.controllers.max(1))),
-                Kind::ChurnCreate | Kind::ChurnDelete | Kind::ChurnRetype => {
+                Kind::ChurnCreate | Kind::ChurnDelete | Kind::ChurnRetype | Kind::ChurnReclass => {
                     Some(rng.random_range(0..CHURN_SERVICES))
                 }
+                Kind::EndpointMove => Some(rng.random_range(0..plan.nodes.max(1))),
                 _ => None,
             };
             let param = match kind {
@@ -276,12 +322,14 @@ pub fn generate(plan: &Plan) -> Vec<Planned> {
                 Kind::LinkFlap => Some(rng.random_range(200..=800u64)),
                 _ => None,
             };
+            let on_holder = kind.holder_targetable() && rng.random_bool(0.5);
             let p = Planned {
                 at_ms: t,
                 kind,
                 target,
                 lasts_ms: lasts,
                 param,
+                on_holder,
             };
             if fits(plan, &out, &p) {
                 out.push(p);
@@ -299,13 +347,17 @@ fn fits(plan: &Plan, planned: &[Planned], p: &Planned) -> bool {
     if p.kind.is_churn() {
         // Nobody edits objects while the API server refuses or fails every request (the lab's
         // own client is refused too); one pool edit and one policy edit at a time (each
-        // reverts its own change).
+        // reverts its own change); one class change per churn Service at a time.
         let api_down = active
             .iter()
             .any(|q| matches!(q.kind, Kind::ApiOutage | Kind::Api5xx));
         return !api_down
             && (!matches!(p.kind, Kind::PoolEdit | Kind::PolicyEdit)
-                || !active.iter().any(|q| q.kind == p.kind));
+                || !active.iter().any(|q| q.kind == p.kind))
+            && (p.kind != Kind::ChurnReclass
+                || !active
+                    .iter()
+                    .any(|q| q.kind == p.kind && q.target == p.target));
     }
     let faults: Vec<&&Planned> = active.iter().filter(|q| !q.kind.is_churn()).collect();
     if faults.len() >= plan.max_concurrent {
@@ -414,6 +466,39 @@ mod tests {
             // Sorted by start.
             assert!(s.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
         }
+    }
+
+    #[test]
+    fn holder_targets_only_for_node_faults_and_class_changes_one_at_a_time() {
+        for seed in 0..10 {
+            let s = generate(&plan(seed));
+            assert!(s.iter().all(|f| !f.on_holder || f.kind.holder_targetable()));
+            for (i, f) in s.iter().enumerate() {
+                if f.kind == Kind::ChurnReclass {
+                    assert!(f.lasts_ms > 0 && f.target.is_some(), "{f:?}");
+                    assert!(
+                        !s[..i].iter().any(|q| q.kind == f.kind
+                            && q.target == f.target
+                            && q.end_ms() + REST_MS > f.at_ms),
+                        "seed {seed}: {f:?}"
+                    );
+                }
+                if f.kind == Kind::EndpointMove {
+                    assert!(f.target.is_some_and(|t| t < 3) && f.lasts_ms == 0);
+                }
+            }
+        }
+        let s = generate(&plan(7));
+        let holder = s.iter().filter(|f| f.on_holder).count();
+        let targetable = s.iter().filter(|f| f.kind.holder_targetable()).count();
+        assert!(
+            holder > targetable / 4 && holder < targetable * 3 / 4,
+            "about half: {holder} of {targetable}"
+        );
+        let f = s.iter().find(|f| f.on_holder).unwrap();
+        assert!(f
+            .label(&["a".into(), "b".into(), "c".into()])
+            .contains(" holder "));
     }
 
     #[test]
