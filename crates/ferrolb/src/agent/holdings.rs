@@ -63,6 +63,10 @@ pub enum ConflictOutcome {
     Yielded(String),
     /// We hold a valid lease for it; the other station is stale.
     Ignored(String),
+    /// We ride an API outage out sticky and another station answered our probe: our lease may
+    /// have moved, so this is most likely its new holder, not a foreign answerer. Nothing
+    /// yields to a probe answer (it may be a kube-proxy IPVS node), and nothing is reported.
+    StickyAnswered(String),
     /// The address is not ours.
     NotOurs,
 }
@@ -167,7 +171,8 @@ impl Holdings {
             return ConflictOutcome::NotOurs;
         };
         match self.state.get(&key) {
-            Some(Hold::Held | Hold::Sticky) => ConflictOutcome::Ignored(key),
+            Some(Hold::Held) => ConflictOutcome::Ignored(key),
+            Some(Hold::Sticky) => ConflictOutcome::StickyAnswered(key),
             _ => ConflictOutcome::NotOurs,
         }
     }
@@ -431,7 +436,7 @@ mod tests {
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
         assert_eq!(
             h.on_probe_answer(ip("198.51.100.1")),
-            ConflictOutcome::Ignored(g.key.clone())
+            ConflictOutcome::StickyAnswered(g.key.clone())
         );
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky), "still announcing");
         assert_eq!(h.announced().len(), 1);

@@ -21,7 +21,8 @@ pub struct Metrics {
     pub announcements: IntCounter,
     /// Groups this node contends for.
     pub groups_desired: IntGauge,
-    /// Conflicts reported by the announcer, by outcome (yielded, ignored, not_ours).
+    /// Conflicts reported by the announcer, by outcome (yielded, ignored, sticky_answered,
+    /// not_ours).
     pub conflicts: IntCounterVec,
     /// Other stations answering for an address whose lease this node holds, by address family
     /// (once per address, MAC and `agent::conflicts::FOREIGN_REPORT_EVERY`).

@@ -318,11 +318,23 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
     // The API server is back: a sticky group gets no burst yet (its lease may have moved).
     let fx = c.handle(Input::ApiReconnected, now);
     assert_eq!(fx, vec![Effect::Reannounce(Announced::new())]);
-    // Another station answers our probe: no takeover, nothing yields.
+    // Another station answers our probe: no takeover, nothing yields, and nothing is reported
+    // (our lease may have moved: it is most likely the new holder, not a foreign answerer).
     let probe = seen("198.51.100.10", "02:00:00:00:00:02", true);
     let fx = c.handle(probe, now);
     assert_eq!(announce(&fx), None);
     assert_eq!(c.announced().len(), 1);
+    assert!(
+        has_metric(&fx, Metric::Conflict("sticky_answered")),
+        "{fx:?}"
+    );
+    assert!(
+        !fx.iter().any(|e| matches!(
+            e,
+            Effect::ForeignEvent { .. } | Effect::Metric(Metric::ForeignAnswerer(_))
+        )),
+        "{fx:?}"
+    );
     // Another station's gratuitous ARP: the sticky group yields at once.
     let garp = seen("198.51.100.10", "02:00:00:00:00:02", false);
     let fx = c.handle(garp, now);
