@@ -433,14 +433,11 @@ impl Core {
                 info!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, "another station answered our probe for an address we hold sticky (its lease may have moved): still announcing until a takeover is announced");
                 "sticky_answered"
             }
-            ConflictOutcome::Ignored(key) if probe_answer => {
-                info!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, "another station answered our probe for an address whose lease we hold");
-                self.on_foreign_answerer(seen, key, now, out);
-                "ignored"
-            }
             ConflictOutcome::Ignored(key) => {
-                info!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, "another station announces an address whose lease we hold");
-                self.defend(seen, now, out);
+                info!(%ip, iface = %seen.iface, mac = %seen.mac, group = %key, probe_answer, "another station claims an address whose lease we hold");
+                if !probe_answer {
+                    self.defend(seen, now, out);
+                }
                 self.on_foreign_answerer(seen, key, now, out);
                 "ignored"
             }
