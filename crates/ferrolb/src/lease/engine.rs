@@ -687,10 +687,9 @@ impl Engine {
     /// caller answers again; the next look judges our standing: sticky through an outage,
     /// lost if another holder shows).
     pub(super) fn release_did_not_land(&mut self, name: &str, now: Instant) {
-        let Some(e) = self.entries.get_mut(name) else {
+        let Some(e) = self.entries.get(name) else {
             return;
         };
-        e.releasing = false;
         let held = e
             .observed
             .as_ref()

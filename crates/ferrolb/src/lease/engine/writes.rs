@@ -177,14 +177,15 @@ impl Engine {
             _ => self.note_reachable(now),
         };
         let name = d.name.clone();
-        let unreleased = d.op == Op::Update(OpKind::Release) && d.result.is_err();
+        let failed = d.result.is_err();
         let known = self.record_result(d, now);
-        if self.entries.get(&name).is_some_and(|e| e.releasing) {
-            if unreleased {
-                self.release_did_not_land(&name, now);
-            } else if let Some(e) = self.entries.get_mut(&name) {
-                e.releasing = false;
-            }
+        // Only a release is written while `releasing` is set (one write per lease at a time).
+        let released_early = self
+            .entries
+            .get_mut(&name)
+            .is_some_and(|e| std::mem::take(&mut e.releasing));
+        if released_early && failed {
+            self.release_did_not_land(&name, now);
         }
         if outage_ended {
             self.step_all(now);
