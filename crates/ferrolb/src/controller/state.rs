@@ -517,11 +517,6 @@ impl State {
 
     // ----- writes ----------------------------------------------------------------------------
 
-    /// Whether any Service or pool is marked dirty.
-    pub fn has_dirty(&self) -> bool {
-        self.services.has_dirty() || self.pools.has_dirty()
-    }
-
     /// The objects to look at (and forgets them; re-mark on failure).
     pub fn take_dirty(&mut self) -> (Vec<ServiceKey>, Vec<String>) {
         (self.services.take_dirty(), self.pools.take_dirty())
