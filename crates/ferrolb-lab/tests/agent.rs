@@ -576,16 +576,7 @@ fn a_sticky_holder_whose_link_was_down_during_the_takeover_yields_to_the_new_hol
         assert_eq!(macs, BTreeSet::from([new_mac]));
         // The Service says so: an AddressDefended Warning naming the stale holder's MAC, and no
         // ForeignAnswerer (that one is for stations answering our probes, such as kube-proxy).
-        let defended = wait_until(
-            "the AddressDefended Event",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || {
-                events_with_reason(c, "AddressDefended")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            },
-        )?;
+        let defended = wait_for_events(c, "AddressDefended", Duration::from_secs(10))?;
         let note = defended[0]["note"].as_str().unwrap_or_default();
         assert!(note.contains(&old_mac) && note.contains(VIP4), "{note}");
         assert_eq!(defended[0]["regarding"]["name"], "web");
@@ -1434,6 +1425,20 @@ fn events_with_reason(c: &TestCluster, reason: &str) -> anyhow::Result<Vec<serde
         .collect())
 }
 
+/// Waits (polling every 50 ms) until the default namespace has Events with `reason`; returns them.
+fn wait_for_events(
+    c: &TestCluster,
+    reason: &str,
+    within: Duration,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    wait_until(
+        &format!("the {reason} Event"),
+        within,
+        Duration::from_millis(50),
+        || events_with_reason(c, reason).ok().filter(|v| !v.is_empty()),
+    )
+}
+
 /// IPv6: a host with the Service address configured on its NIC (a static address left behind;
 /// `nodad`, so usable at once) answers the NS probe that goes with each unsolicited NA of the
 /// holder (an NS from the address, `net::ndp::probe`). The holder posts one ForeignAnswerer
@@ -1467,16 +1472,7 @@ fn a_host_with_the_ipv6_address_is_a_foreign_answerer_and_a_sticky_holder_never_
         c.service("web", &[VIP6])?;
         c.start_agent("n1", &["--reannounce-interval", "1s"])?;
 
-        let events = wait_until(
-            "the ForeignAnswerer Event",
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            || {
-                events_with_reason(c, "ForeignAnswerer")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            },
-        )?;
+        let events = wait_for_events(c, "ForeignAnswerer", Duration::from_secs(20))?;
         let ev = &events[0];
         assert_eq!(ev["type"], "Warning");
         assert_eq!(ev["regarding"]["name"], "web");
