@@ -13,3 +13,4 @@ pub mod ops;
 pub mod plan;
 pub mod realapi;
 pub mod wait;
+pub mod wire;

@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context};
 
+use crate::wire::{Impairment, Wire};
+
 /// Prefix of every namespace this crate creates.
 pub const PREFIX: &str = "flt";
 
@@ -160,6 +162,9 @@ pub struct Segment {
     pub members: Vec<Netns>,
     /// The namespace holding bridge `br0`.
     pub bridge: Netns,
+    /// Wires put between members' ports and the bridge ([`Segment::wire_member`]), by member
+    /// index. Stopped before the namespaces go.
+    pub wires: std::collections::BTreeMap<usize, Wire>,
 }
 
 impl Segment {
@@ -191,6 +196,7 @@ impl Segment {
         Ok(Segment {
             members: Vec::new(),
             bridge,
+            wires: Default::default(),
         })
     }
 
@@ -211,10 +217,47 @@ impl Segment {
         self.members.push(ns);
         Ok(self.members.last().expect("just pushed"))
     }
+
+    /// Puts a [`Wire`] between member `i`'s port `p<i>` and the bridge: `p<i>` leaves the
+    /// bridge, a veth pair `w<i>`/`x<i>` joins it by `x<i>`, and the wire carries every frame
+    /// between `p<i>` and `w<i>`. The member keeps its link (cutting `p<i>` still takes its
+    /// carrier away); [`Segment::impair`] then sets loss and delay on it. Idempotent.
+    pub fn wire_member(&mut self, i: usize, seed: u64) -> anyhow::Result<&Wire> {
+        if !self.wires.contains_key(&i) {
+            let (p, w, x) = (format!("p{i}"), format!("w{i}"), format!("x{i}"));
+            self.bridge
+                .ip(&["link", "add", &w, "type", "veth", "peer", "name", &x])?;
+            self.bridge.ip(&["link", "set", &x, "master", "br0"])?;
+            for dev in [&w, &x] {
+                self.bridge.ip(&["link", "set", dev, "up"])?;
+            }
+            // A packet socket reads a TCP sender's offloaded super-segment (up to 64 KiB) as
+            // one frame, and no interface sends a frame above its MTU: every member's stack
+            // segments for itself (one MSS per packet, the `ethtool -K tso off` of the lab).
+            for m in &self.members {
+                m.ip(&["link", "set", "dev", "eth0", "gso_max_segs", "1"])?;
+            }
+            self.bridge.ip(&["link", "set", &p, "nomaster"])?;
+            let wire = Wire::start(self.bridge.name(), &p, &w, seed)
+                .with_context(|| format!("starting the wire of {p}"))?;
+            self.wires.insert(i, wire);
+        }
+        Ok(&self.wires[&i])
+    }
+
+    /// Sets what member `i`'s wire does (see [`Segment::wire_member`]).
+    pub fn impair(&self, i: usize, imp: Impairment) -> anyhow::Result<()> {
+        self.wires
+            .get(&i)
+            .with_context(|| format!("member {i} has no wire"))?
+            .set(imp);
+        Ok(())
+    }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        self.wires.clear();
         self.members.clear();
     }
 }

@@ -1,6 +1,6 @@
 //! The injectors: each planned fault started and ended on the running lab, inside its own
 //! namespaces only (signals to the lab's processes, the stand-in's fault rules, the bridge's
-//! ports, `tc netem` on them, the lab's API objects).
+//! ports, the wires' loss and delay on them, the lab's API objects).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParam
 use super::schedule::{Kind, Planned};
 use crate::lab::cluster::Cluster;
 use crate::lab::{echo_service, uds};
+use crate::wire::Impairment;
 
 /// What must be undone when a fault ends.
 #[derive(Debug, Default)]
@@ -24,7 +25,12 @@ pub struct Undo {
 
 /// The bridge port of node `i` (`Segment::add_member` names ports in order: api, client, nodes).
 fn port(i: usize) -> String {
-    format!("p{}", 2 + i)
+    format!("p{}", wired(i))
+}
+
+/// The segment member (and port, wire) index of node `i`: after the API server and the client.
+pub fn wired(i: usize) -> usize {
+    2 + i
 }
 
 fn node(p: &Planned) -> anyhow::Result<usize> {
@@ -109,25 +115,14 @@ pub async fn start(c: &mut Cluster, p: &Planned, dual_stack: bool) -> anyhow::Re
             });
             undo.flap = Some((stop, h));
         }
-        Kind::Netem => {
-            let loss = format!("{}%", p.param.unwrap_or(10));
-            c.topo.seg.bridge.exec(
-                "tc",
-                &[
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    &port(node(p)?),
-                    "root",
-                    "netem",
-                    "loss",
-                    &loss,
-                    "delay",
-                    "20ms",
-                    "10ms",
-                ],
-            )?;
-        }
+        Kind::LossDelay => c.topo.seg.impair(
+            wired(node(p)?),
+            Impairment {
+                loss_pct: p.param.unwrap_or(10) as f64,
+                delay: Duration::from_millis(20),
+                jitter: Duration::from_millis(10),
+            },
+        )?,
         Kind::ChurnCreate => {
             let name = churn_name(p);
             let mut svc = echo_service(&name, dual_stack);
@@ -226,12 +221,7 @@ pub async fn end(c: &mut Cluster, p: &Planned, undo: Undo) -> anyhow::Result<()>
                 .bridge
                 .ip(&["link", "set", &port(node(p)?), "up"])?;
         }
-        Kind::Netem => {
-            c.topo
-                .seg
-                .bridge
-                .exec("tc", &["qdisc", "del", "dev", &port(node(p)?), "root"])?;
-        }
+        Kind::LossDelay => c.topo.seg.impair(wired(node(p)?), Impairment::default())?,
         // The revert may fall into an API fault that started meanwhile: retried for a while.
         Kind::PoolEdit => retry(|| delete_extra_pool(c)).await?,
         Kind::PolicyEdit => retry(|| policy_interfaces(c, &["^eth0$"])).await?,
@@ -307,28 +297,6 @@ async fn delete_extra_pool(c: &Cluster) -> anyhow::Result<()> {
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Whether this kernel has `tc netem` (a Firecracker guest kernel may not): tried once on the
-/// API server's bridge port.
-pub fn netem_available(c: &Cluster) -> bool {
-    let ok = c
-        .topo
-        .seg
-        .bridge
-        .exec(
-            "tc",
-            &["qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"],
-        )
-        .is_ok();
-    if ok {
-        let _ = c
-            .topo
-            .seg
-            .bridge
-            .exec("tc", &["qdisc", "del", "dev", "p0", "root"]);
-    }
-    ok
 }
 
 fn controllers(c: &Cluster, p: &Planned) -> Vec<usize> {

@@ -2,7 +2,7 @@
 //! the invariants checked from the outside.
 //!
 //! - [`schedule`]: the faults, a pure function of the seed (same seed → same schedule);
-//! - [`faults`]: the injectors (signals, the stand-in's fault rules, bridge ports, `tc netem`,
+//! - [`faults`]: the injectors (signals, the stand-in's fault rules, bridge ports, the wires' loss and delay,
 //!   Service/pool/policy churn), inside the lab's namespaces only;
 //! - [`observe`]: the checkers — two answerers (ARP capture on the bridge), unavailability (the
 //!   client's HTTP probes) against the bound the active faults allow, stability (the API
@@ -299,6 +299,18 @@ fn ms(s: &str) -> anyhow::Result<u64> {
         .as_millis() as u64)
 }
 
+/// The frame counts of every wire of the segment, summed.
+fn wire_totals(c: &Cluster) -> crate::wire::WireStats {
+    let mut t = crate::wire::WireStats::default();
+    for w in c.topo.seg.wires.values() {
+        let s = w.stats();
+        t.forwarded += s.forwarded;
+        t.dropped += s.dropped;
+        t.send_errors += s.send_errors;
+    }
+    t
+}
+
 /// Runs one chaos schedule on a running lab (pools and policy applied). Returns the report and
 /// the wall-clock start (epoch ms) the report's times are relative to.
 pub async fn run_on(
@@ -396,6 +408,16 @@ pub async fn run_on(
             Collector::spawn(p, |l| parse_probe(l).map(|p| (p.at_ms, p.node))),
         ));
     }
+    if o.kinds.is_empty() || o.kinds.contains(&Kind::LossDelay) {
+        // Every node's link gets its wire now, idle until a loss-delay fault: moving a port
+        // while faults run would be a fault of its own.
+        for i in 0..nodes {
+            c.topo
+                .seg
+                .wire_member(faults::wired(i), o.seed.wrapping_add(i as u64))?;
+        }
+    }
+    let wires_before = wire_totals(c);
     // Every address answers before the first fault.
     let deadline = Instant::now() + Duration::from_secs(60);
     for (vip, p) in &probers {
@@ -412,17 +434,13 @@ pub async fn run_on(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let mut notes = Vec::new();
+    let notes = Vec::new();
     let foreign_before = foreign_answerers(c).await.unwrap_or_default();
-    let mut kinds = if o.kinds.is_empty() {
+    let kinds = if o.kinds.is_empty() {
         Kind::ALL.to_vec()
     } else {
         o.kinds.clone()
     };
-    if kinds.contains(&Kind::Netem) && !tokio::task::block_in_place(|| faults::netem_available(c)) {
-        kinds.retain(|k| *k != Kind::Netem);
-        notes.push("netem left out: this kernel has no sch_netem (tc: unknown qdisc)".into());
-    }
     let plan = schedule::generate(&Plan {
         seed: o.seed,
         duration_ms: o.duration.as_millis() as u64,
@@ -620,6 +638,9 @@ pub async fn run_on(
         notes,
         ..Default::default()
     };
+    let wires = wire_totals(c);
+    r.observed.wire_frames = wires.forwarded - wires_before.forwarded;
+    r.observed.wire_dropped = wires.dropped - wires_before.dropped;
     r.observed.snapshots = snapshots;
     r.observed.snapshot_errors = snapshot_errors;
     r.observed.arp_requests = arp

@@ -316,7 +316,7 @@ pub fn event_excuse(e: &AnswererEvent, windows: &[Window], b: &Bounds) -> Vec<(S
                 w.kind,
                 Kind::NodeCut
                     | Kind::LinkFlap
-                    | Kind::Netem
+                    | Kind::LossDelay
                     | Kind::AgentStop
                     | Kind::ApiOutageNode
             )
@@ -452,7 +452,9 @@ pub fn gap_bound_for(g: &Gap, windows: &[Window], b: &Bounds, local: bool) -> (u
             continue;
         }
         let t = match w.kind {
-            Kind::LinkFlap | Kind::Netem => w.end_ms.saturating_sub(g.start_ms) + b.takeover_ms(),
+            Kind::LinkFlap | Kind::LossDelay => {
+                w.end_ms.saturating_sub(g.start_ms) + b.takeover_ms()
+            }
             _ => b.takeover_ms(),
         };
         base = base.max(t);

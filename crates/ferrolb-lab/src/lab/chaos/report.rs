@@ -24,7 +24,7 @@ pub struct ChaosReport {
     pub faults: BTreeMap<String, usize>,
     /// Faults that could not be injected (and why).
     pub injection_errors: Vec<String>,
-    /// What this run could not do (e.g. a kernel without netem).
+    /// What this run could not do .
     pub notes: Vec<String>,
     /// The `ForeignAnswerer` Events (another station answered an agent's probe for an address
     /// it announces) and `AddressDefended` Events (another station announced an address an
@@ -52,6 +52,9 @@ pub struct Observed {
     pub arp_replies: usize,
     pub snapshots: usize,
     pub snapshot_errors: usize,
+    /// Frames the nodes' wires carried and dropped during the run (`loss-delay`).
+    pub wire_frames: u64,
+    pub wire_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,13 +190,15 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
                 .join("; ")
         ),
         format!(
-            "observed: {} HTTP probes ({} failed), {} ARP/NDP requests / {} replies on the bridge, {} API snapshots ({} failed)",
+            "observed: {} HTTP probes ({} failed), {} ARP/NDP requests / {} replies on the bridge, {} API snapshots ({} failed), {} frames through the wires ({} dropped)",
             r.observed.probes,
             r.observed.probe_failures,
             r.observed.arp_requests,
             r.observed.arp_replies,
             r.observed.snapshots,
-            r.observed.snapshot_errors
+            r.observed.snapshot_errors,
+            r.observed.wire_frames + r.observed.wire_dropped,
+            r.observed.wire_dropped
         ),
         String::new(),
         format!("  {:<24} {:>8}", "fault", "injected"),

@@ -36,8 +36,9 @@ pub enum Kind {
     NodeCut,
     /// A node's port flapping: down/up every `param` ms.
     LinkFlap,
-    /// `tc netem` on a node's bridge port: `param` % loss and 20 ms ± 10 ms delay.
-    Netem,
+    /// A lossy, slow link: the node's [`crate::wire::Wire`] drops `param` % of the frames
+    /// (both ways, ARP and NDP too) and delays the rest by 20 ms ± 10 ms.
+    LossDelay,
     /// Create churn Service `chaos-<target>` (with endpoints on every node).
     ChurnCreate,
     /// Delete churn Service `chaos-<target>`.
@@ -71,7 +72,7 @@ impl Kind {
         Kind::Api5xx,
         Kind::NodeCut,
         Kind::LinkFlap,
-        Kind::Netem,
+        Kind::LossDelay,
         Kind::ChurnCreate,
         Kind::ChurnDelete,
         Kind::ChurnRetype,
@@ -95,7 +96,7 @@ impl Kind {
             Kind::Api5xx => "api-5xx",
             Kind::NodeCut => "node-cut",
             Kind::LinkFlap => "link-flap",
-            Kind::Netem => "netem",
+            Kind::LossDelay => "loss-delay",
             Kind::ChurnCreate => "churn-create",
             Kind::ChurnDelete => "churn-delete",
             Kind::ChurnRetype => "churn-retype",
@@ -117,7 +118,7 @@ impl Kind {
                 | Kind::ApiOutageNode
                 | Kind::NodeCut
                 | Kind::LinkFlap
-                | Kind::Netem
+                | Kind::LossDelay
         )
     }
 
@@ -159,7 +160,7 @@ impl Kind {
             Kind::AgentKill | Kind::AgentStop | Kind::ApiOutage | Kind::NodeCut => 6,
             Kind::ApiOutageNode | Kind::ChurnCreate | Kind::ChurnDelete => 5,
             Kind::AgentTerm | Kind::AgentRestart | Kind::ChurnRetype => 4,
-            Kind::ControllerKill | Kind::LinkFlap | Kind::Netem | Kind::Api5xx => 3,
+            Kind::ControllerKill | Kind::LinkFlap | Kind::LossDelay | Kind::Api5xx => 3,
             Kind::EndpointMove => 4,
             Kind::ControllersKillBoth
             | Kind::ApiSlow
@@ -186,7 +187,7 @@ impl Kind {
             Kind::ApiSlow => (2_000, 10_000),
             Kind::Api5xx => (1_000, 6_000),
             Kind::LinkFlap => (2_000, 6_000),
-            Kind::Netem | Kind::PoolEdit | Kind::PolicyEdit => (2_000, 10_000),
+            Kind::LossDelay | Kind::PoolEdit | Kind::PolicyEdit => (2_000, 10_000),
         }
     }
 }
@@ -205,7 +206,7 @@ pub struct Planned {
     pub target: Option<usize>,
     /// How long it lasts (0: instantaneous).
     pub lasts_ms: u64,
-    /// Kind-specific: latency ms (`ApiSlow`), loss % (`Netem`), flap period ms (`LinkFlap`).
+    /// Kind-specific: latency ms (`ApiSlow`), loss % (`LossDelay`), flap period ms (`LinkFlap`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<u64>,
     /// Aimed at the node that holds watched address number `at_ms % addresses` when it starts
@@ -318,7 +319,7 @@ pub fn generate(plan: &Plan) -> Vec<Planned> {
             };
             let param = match kind {
                 Kind::ApiSlow => Some(rng.random_range(100..=600u64)),
-                Kind::Netem => Some(rng.random_range(5..=30u64)),
+                Kind::LossDelay => Some(rng.random_range(5..=30u64)),
                 Kind::LinkFlap => Some(rng.random_range(200..=800u64)),
                 _ => None,
             };
