@@ -18,6 +18,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
+use litemap::LiteMap;
 use smallvec::SmallVec;
 
 use super::range::Family;
@@ -159,6 +160,48 @@ pub struct Sharing {
     pub cross: CrossNamespace,
 }
 
+/// A small string map kept as one sorted vector (labels, pod selectors): a `BTreeMap`'s first
+/// node costs ≈ 0.5 KiB even for the one or two entries a Service usually has.
+pub type StrMap = LiteMap<Box<str>, Box<str>>;
+
+fn boxed((k, v): (String, String)) -> (Box<str>, Box<str>) {
+    (k.into_boxed_str(), v.into_boxed_str())
+}
+
+/// A Service's `(port, protocol)` pairs, sorted and without repeats, in one exact-size slice
+/// (a `BTreeSet`'s first node costs ≈ 0.4 KiB for the one port a Service usually has).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ports(Box<[(i32, Box<str>)]>);
+
+impl Ports {
+    pub fn iter(&self) -> impl Iterator<Item = (i32, &str)> {
+        self.0.iter().map(|(p, proto)| (*p, &**proto))
+    }
+
+    pub fn contains(&self, (port, proto): &(i32, &str)) -> bool {
+        self.0
+            .binary_search_by(|(p, pr)| (*p, &**pr).cmp(&(*port, *proto)))
+            .is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<S: Into<Box<str>>> FromIterator<(i32, S)> for Ports {
+    fn from_iter<I: IntoIterator<Item = (i32, S)>>(iter: I) -> Self {
+        let mut v: Vec<(i32, Box<str>)> = iter.into_iter().map(|(p, s)| (p, s.into())).collect();
+        v.sort_unstable();
+        v.dedup();
+        Ports(v.into_boxed_slice())
+    }
+}
+
 /// Everything the allocator needs to know about one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceReq {
@@ -180,11 +223,11 @@ pub struct ServiceReq {
     /// Sharing settings (`None` = never shares).
     pub sharing: Option<Sharing>,
     /// `(port, protocol)` pairs; protocol defaults to TCP.
-    pub ports: BTreeSet<(i32, String)>,
+    pub ports: Ports,
     /// `spec.externalTrafficPolicy == Local`.
     pub etp_local: bool,
     /// `spec.selector` (pod selector).
-    pub pod_selector: BTreeMap<String, String>,
+    pub pod_selector: StrMap,
     /// Pools asked for by name (`ferrolb.io/pools`); empty = any pool with `autoAssign`.
     pub pools: Vec<String>,
     /// `ferrolb.io/reallocate: "true"`: give up addresses no pool covers any more.
@@ -210,9 +253,9 @@ impl ServiceReq {
             requested: Vec::new(),
             invalid: None,
             sharing: None,
-            ports: BTreeSet::new(),
+            ports: Ports::default(),
             etp_local: false,
-            pod_selector: BTreeMap::new(),
+            pod_selector: StrMap::new(),
             pools: Vec::new(),
             reallocate: false,
         }
@@ -388,7 +431,12 @@ impl ServiceReq {
             sharing,
             ports,
             etp_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            pod_selector: spec.selector.unwrap_or_default(),
+            pod_selector: spec
+                .selector
+                .unwrap_or_default()
+                .into_iter()
+                .map(boxed)
+                .collect(),
         }
     }
 
@@ -406,9 +454,9 @@ impl ServiceReq {
 struct ShareView<'a> {
     key: &'a ServiceKey,
     sharing: Option<&'a Sharing>,
-    ports: &'a BTreeSet<(i32, String)>,
+    ports: &'a Ports,
     etp_local: bool,
-    pod_selector: &'a BTreeMap<String, String>,
+    pod_selector: &'a StrMap,
 }
 
 /// `share_view()` of both request forms, which keep these fields under the same names.
@@ -452,7 +500,7 @@ fn share_check(me: &ShareView<'_>, other: &ShareView<'_>) -> Result<(), String> 
             other.key
         ));
     }
-    if let Some((port, proto)) = me.ports.intersection(other.ports).next() {
+    if let Some((port, proto)) = me.ports.iter().find(|p| other.ports.contains(p)) {
         return Err(format!("{} also uses port {port}/{proto}", other.key));
     }
     if me.etp_local != other.etp_local {
@@ -479,7 +527,7 @@ fn share_check(me: &ShareView<'_>, other: &ShareView<'_>) -> Result<(), String> 
 pub struct StoredReq {
     pub key: ServiceKey,
     /// Labels without the virtual ones that `virt_ns` / `virt_name` stand for.
-    labels: BTreeMap<String, String>,
+    labels: StrMap,
     /// `labels[LABEL_SERVICE_NAMESPACE] == key.namespace` in the original request.
     virt_ns: bool,
     /// `labels[LABEL_SERVICE_NAME] == key.name` in the original request.
@@ -490,9 +538,9 @@ pub struct StoredReq {
     pub requested: Vec<IpAddr>,
     pub invalid: Option<String>,
     pub sharing: Option<Sharing>,
-    pub ports: BTreeSet<(i32, String)>,
+    pub ports: Ports,
     pub etp_local: bool,
-    pub pod_selector: BTreeMap<String, String>,
+    pub pod_selector: StrMap,
     pub pools: Vec<String>,
     pub reallocate: bool,
 }
@@ -509,7 +557,7 @@ impl StoredReq {
                 !(virt_ns && k.as_str() == LABEL_SERVICE_NAMESPACE
                     || virt_name && k.as_str() == LABEL_SERVICE_NAME)
             })
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
             .collect();
         StoredReq {
             key: r.key.clone(),
@@ -538,7 +586,7 @@ impl StoredReq {
         if self.virt_name && k == LABEL_SERVICE_NAME {
             return Some(&self.key.name);
         }
-        self.labels.get(k).map(String::as_str)
+        self.labels.get(k).map(|v| &**v)
     }
 
     /// Whether this is a copy of a request equal to `r`.
@@ -594,6 +642,22 @@ mod tests {
     use super::*;
     use crate::api::{CILIUM_LB_CLASS, LB_CLASS};
     use crate::fixtures::ServiceBuilder;
+
+    #[test]
+    fn ports_are_sorted_without_repeats_and_found_by_pair() {
+        let p: Ports = [(80, "TCP"), (53, "UDP"), (80, "TCP"), (53, "TCP")]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            p.iter().collect::<Vec<_>>(),
+            [(53, "TCP"), (53, "UDP"), (80, "TCP")]
+        );
+        assert!(p.contains(&(53, "UDP")));
+        assert!(!p.contains(&(80, "UDP")));
+        assert!(!p.contains(&(443, "TCP")));
+        assert_eq!(p.len(), 3);
+        assert!(Ports::default().is_empty());
+    }
 
     /// `demo/a` of type LoadBalancer.
     fn lb() -> ServiceBuilder {
@@ -674,9 +738,9 @@ mod tests {
             sh.cross,
             CrossNamespace::List(["a".to_string(), "b".to_string()].into())
         );
-        assert!(r.ports.contains(&(53, "TCP".into())) && r.ports.contains(&(53, "UDP".into())));
+        assert!(r.ports.contains(&(53, "TCP")) && r.ports.contains(&(53, "UDP")));
         assert!(r.etp_local);
-        assert_eq!(r.pod_selector["k8s-app"], "dns");
+        assert_eq!(r.pod_selector.get("k8s-app").map(|v| &**v), Some("dns"));
     }
 
     #[test]

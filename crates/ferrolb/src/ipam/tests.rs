@@ -131,14 +131,14 @@ impl S {
         self
     }
     fn port(mut self, port: i32, proto: &str) -> Self {
-        self.0.ports.insert((port, proto.into()));
+        self.0.ports = self.0.ports.iter().chain([(port, proto)]).collect();
         self
     }
     fn local(mut self, pods: &[(&str, &str)]) -> Self {
         self.0.etp_local = true;
         self.0.pod_selector = pods
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Box::from(*k), Box::from(*v)))
             .collect();
         self
     }
