@@ -56,18 +56,29 @@ pub struct Bounds {
     /// A paused (SIGSTOP) agent resumed: it answers until its next renewal fails or its watch
     /// shows the new holder (one retry period and a round trip) — plus `slack_ms`.
     pub resume_ms: u64,
+    /// A holder on a lossy, slow link (`loss-delay`): its renewals time out and it rides that
+    /// out sticky, so it answers until one of the new holder's takeover announcements gets
+    /// through its link (the announcer's burst: the last leaves (count − 1) × interval after the
+    /// first; at 30 % loss each way an IPv4 announcement, two frames, is lost with probability
+    /// 0.09, an IPv6 one, one NA, 0.3) or its own API traffic over the same link shows it the
+    /// new holder — plus `slack_ms`.
+    pub lossy_yield_ms: u64,
 }
 
 impl Bounds {
     pub fn new(lease_ms: u64, retry_ms: u64, nodes: usize, rank_step_ms: u64) -> Self {
+        let sticky_yield_ms = 250;
+        let a = ferrolb::net::announcer::AnnouncerConfig::default();
+        let burst = a.gratuitous_interval * a.gratuitous_count.saturating_sub(1);
         Bounds {
             lease_ms,
             retry_ms,
             rank_max_ms: (nodes.saturating_sub(1).min(8) as u64) * rank_step_ms,
             api_recovery_ms: 6_000,
             slack_ms: 2_000,
-            sticky_yield_ms: 250,
+            sticky_yield_ms,
             resume_ms: retry_ms + 500,
+            lossy_yield_ms: burst.as_millis() as u64 + sticky_yield_ms,
         }
     }
 
@@ -253,6 +264,7 @@ pub fn double_bound(
             // new holder's defence (`agent::core`, a burst answering its announcement) reaches it.
             Kind::ApiOutageNode | Kind::NodeCut | Kind::LinkFlap => b.sticky_yield_ms + b.slack_ms,
             Kind::AgentStop => b.resume_ms + b.slack_ms,
+            Kind::LossDelay => b.lossy_yield_ms + b.slack_ms,
             _ => continue,
         };
         if k > bound {
@@ -840,6 +852,12 @@ mod tests {
             double_bound(&d, &nodes, std::slice::from_ref(&cut), &b).0,
             b.sticky_yield_ms + b.slack_ms,
             "a cut node comes back sticky"
+        );
+        let lossy = w(Kind::LossDelay, Some("node2"), 26_000, 29_000);
+        assert_eq!(
+            double_bound(&d, &nodes, std::slice::from_ref(&lossy), &b).0,
+            4_250 + b.slack_ms,
+            "a lossy holder answers until one of the takeover burst's 5 announcements gets through"
         );
         let elsewhere = w(Kind::ApiOutageNode, Some("node3"), 25_000, 29_000);
         assert_eq!(double_bound(&d, &nodes, &[elsewhere], &b).0, 0);
