@@ -108,8 +108,8 @@ pub enum Input<'a> {
     Leases(Vec<LeaseInput>),
     /// Another station claims an address.
     Conflict(Sighting),
-    /// The API server is reachable again after an outage.
-    ApiReconnected,
+    /// The API server is reachable again after an outage that lasted this long.
+    ApiReconnected { lasted: Duration },
     /// SIGTERM/SIGINT: stop answering.
     Shutdown,
 }
@@ -169,6 +169,39 @@ pub enum Effect {
     Metric(Metric),
 }
 
+/// One batch of lease events as logged: a line per kind, not per group (a node holding
+/// thousands of addresses loses or rides out all of them at once).
+#[derive(Default)]
+struct LeaseTally {
+    lost: Vec<String>,
+    unreachable: Vec<String>,
+}
+
+impl LeaseTally {
+    fn log(&self, sticky: bool) {
+        if let Some(first) = self.lost.first() {
+            info!(groups = self.lost.len(), first = %first, "leases lost: stopped announcing");
+        }
+        let Some(first) = self.unreachable.first() else {
+            return;
+        };
+        let n = self.unreachable.len();
+        if sticky {
+            warn!(
+                groups = n,
+                first = %first,
+                "API server unreachable and the leases may have expired: sticky, still announcing"
+            );
+        } else {
+            warn!(
+                groups = n,
+                first = %first,
+                "API server unreachable and the leases may have expired: stopped"
+            );
+        }
+    }
+}
+
 /// The agent's state.
 pub struct Core {
     node: String,
@@ -197,17 +230,22 @@ pub struct Core {
     defences: PairLimit,
     /// Carrier loss on a holder: hand over or keep ([`super::linkhold`]).
     link_hold: LinkHold,
+    /// An API outage shorter than this (the lease duration) ends without re-announcing
+    /// anything (see [`super::holdings`]).
+    quiet_outage: Duration,
 }
 
 impl Core {
     /// `interfaces`: this node's eligible interface names at start; `l2`: produce
-    /// `L2Announcement` wants.
+    /// `L2Announcement` wants; `quiet_outage`: the lease duration (an API outage or sticky
+    /// period shorter than this re-announces nothing).
     pub fn new(
         node: &str,
         sticky: bool,
         l2: bool,
         options: Options,
         interfaces: Vec<String>,
+        quiet_outage: Duration,
     ) -> Self {
         Core {
             node: node.to_string(),
@@ -215,7 +253,7 @@ impl Core {
             l2,
             options,
             interfaces,
-            holdings: Holdings::new(sticky),
+            holdings: Holdings::new(sticky, quiet_outage),
             announced: Announced::new(),
             last: Desired::default(),
             warned_no_node: false,
@@ -227,6 +265,7 @@ impl Core {
             foreign: PairLimit::default(),
             defences: PairLimit::new(conflicts::DEFEND_EVERY),
             link_hold: LinkHold::default(),
+            quiet_outage,
         }
     }
 
@@ -248,17 +287,26 @@ impl Core {
                 }
             }
             Input::Leases(events) => {
+                let mut tally = LeaseTally::default();
                 for ev in events {
-                    self.on_lease(ev, &mut out);
+                    self.on_lease(ev, now, &mut tally, &mut out);
                 }
+                tally.log(self.sticky);
                 out.push(Effect::L2LeaseActivity);
                 self.apply(now, &mut out);
             }
             Input::Conflict(seen) => self.on_conflict(&seen, now, &mut out),
-            Input::ApiReconnected => {
+            Input::ApiReconnected { lasted } if lasted < self.quiet_outage => {
+                debug!(
+                    lasted_ms = lasted.as_millis() as u64,
+                    "API server reachable again after a short outage: nothing to re-announce"
+                );
+            }
+            Input::ApiReconnected { lasted } => {
                 let held = self.holdings.confirmed();
                 info!(
                     addresses = held.len(),
+                    lasted_ms = lasted.as_millis() as u64,
                     "API server reachable again: re-announcing held addresses"
                 );
                 out.push(Effect::Reannounce(held));
@@ -364,7 +412,13 @@ impl Core {
         self.apply(now, out);
     }
 
-    fn on_lease(&mut self, ev: LeaseInput, out: &mut Vec<Effect>) {
+    fn on_lease(
+        &mut self,
+        ev: LeaseInput,
+        now: Instant,
+        tally: &mut LeaseTally,
+        out: &mut Vec<Effect>,
+    ) {
         let LeaseInput {
             event: ev,
             acquired,
@@ -384,14 +438,12 @@ impl Core {
         let key = key.to_string();
         match &ev {
             LeaseEvent::Lost { holder, .. } => {
-                info!(group = %key, holder = ?holder, "lease lost: stopped announcing")
+                debug!(group = %key, holder = ?holder, "lease lost: stopped announcing");
+                tally.lost.push(key.clone());
             }
-            LeaseEvent::Unreachable { .. } if self.sticky => warn!(
-                group = %key,
-                "API server unreachable and the lease may have expired: sticky, still announcing"
-            ),
             LeaseEvent::Unreachable { .. } => {
-                warn!(group = %key, "API server unreachable and the lease may have expired: stopped")
+                debug!(group = %key, sticky = self.sticky, "lease may have expired, API unreachable");
+                tally.unreachable.push(key.clone());
             }
             _ => debug!(group = %key, event = label, "lease event"),
         }
@@ -413,7 +465,7 @@ impl Core {
             }
             Transition::ExpiredUnreachable => {}
         }
-        self.holdings.on_lease(&key, t);
+        self.holdings.on_lease(&key, t, now);
     }
 
     fn on_conflict(&mut self, seen: &Sighting, now: Instant, out: &mut Vec<Effect>) {

@@ -25,10 +25,18 @@
 //! may have flushed clients' and switches' caches too. A sticky group is not re-announced on the
 //! reconnect itself (its lease may have moved meanwhile) but when its renewal gets through
 //! (sticky → held, [`Holdings::take_reconfirmed`]); one that turns out lost stops instead.
+//! Neither happens after a *short* outage (shorter than the lease duration, `quiet`; the core
+//! judges the reconnect, this module a sticky period): a renewal that missed the renew deadline
+//! on a busy API server is no reason to send thousands of gratuitous frames, nobody can have
+//! taken over meanwhile (a renewal that gets through was not fenced), and what flushes caches
+//! (a switch or link restarting) takes longer; a link that flaps is re-announced on its own
+//! carrier events (`agent::linkhold`). Under load such hiccups came every few seconds and each
+//! re-announced every held address (README, "Lab measurements", run F).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::eligibility::Group;
 
@@ -77,17 +85,25 @@ pub struct Holdings {
     sticky: bool,
     desired: BTreeMap<String, Arc<Group>>,
     state: BTreeMap<String, Hold>,
-    /// Groups held again after a sticky period, not yet taken by [`Holdings::take_reconfirmed`].
+    /// Groups held again after a sticky period of at least `quiet`, not yet taken by
+    /// [`Holdings::take_reconfirmed`].
     reconfirmed: BTreeSet<String>,
+    /// When each sticky group went sticky.
+    sticky_since: HashMap<String, Instant>,
+    /// A sticky period shorter than this ends without a re-announcement (the lease duration).
+    quiet: Duration,
 }
 
 impl Holdings {
-    pub fn new(sticky: bool) -> Self {
+    /// `quiet`: a group held again after being sticky for less than this is not re-announced.
+    pub fn new(sticky: bool, quiet: Duration) -> Self {
         Holdings {
             sticky,
             desired: BTreeMap::new(),
             state: BTreeMap::new(),
             reconfirmed: BTreeSet::new(),
+            sticky_since: HashMap::new(),
+            quiet,
         }
     }
 
@@ -109,33 +125,38 @@ impl Holdings {
             .cloned()
             .collect();
         for k in &gone {
-            self.state.remove(k);
-            self.reconfirmed.remove(k);
+            self.forget(k);
         }
         gone
     }
 
-    /// Applies a lease transition for `key`.
-    pub fn on_lease(&mut self, key: &str, t: Transition) {
+    fn forget(&mut self, key: &str) {
+        self.state.remove(key);
+        self.reconfirmed.remove(key);
+        self.sticky_since.remove(key);
+    }
+
+    /// Applies a lease transition for `key`, reported at `now`.
+    pub fn on_lease(&mut self, key: &str, t: Transition, now: Instant) {
         match t {
             Transition::Acquired if self.desired.contains_key(key) => {
-                if self.state.insert(key.to_string(), Hold::Held) == Some(Hold::Sticky) {
+                let was = self.state.insert(key.to_string(), Hold::Held);
+                let since = self.sticky_since.remove(key);
+                if was == Some(Hold::Sticky)
+                    && since.is_none_or(|t| now.saturating_duration_since(t) >= self.quiet)
+                {
                     self.reconfirmed.insert(key.to_string());
                 }
             }
             Transition::Acquired => {}
-            Transition::Lost | Transition::Released => {
-                self.state.remove(key);
-                self.reconfirmed.remove(key);
-            }
+            Transition::Lost | Transition::Released => self.forget(key),
             Transition::ExpiredUnreachable => match self.state.get(key) {
-                Some(Hold::Held) | Some(Hold::Sticky) if self.sticky => {
+                Some(Hold::Held) if self.sticky => {
                     self.state.insert(key.to_string(), Hold::Sticky);
+                    self.sticky_since.insert(key.to_string(), now);
                 }
-                Some(Hold::Yielded) => {}
-                _ => {
-                    self.state.remove(key);
-                }
+                Some(Hold::Sticky) | Some(Hold::Yielded) => {}
+                _ => self.forget(key),
             },
         }
     }
@@ -156,6 +177,7 @@ impl Holdings {
         match self.state.get(&key) {
             Some(Hold::Sticky) => {
                 self.state.insert(key.clone(), Hold::Yielded);
+                self.sticky_since.remove(&key);
                 ConflictOutcome::Yielded(key)
             }
             Some(Hold::Held) => ConflictOutcome::Ignored(key),
@@ -245,6 +267,7 @@ impl Holdings {
     pub fn clear(&mut self) {
         self.state.clear();
         self.reconfirmed.clear();
+        self.sticky_since.clear();
     }
 }
 
@@ -292,10 +315,10 @@ mod tests {
             &["eth0", "eth1"],
             true,
         );
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g1, &g2]);
         assert!(h.announced().is_empty());
-        h.on_lease(&g2.key, Transition::Acquired);
+        h.on_lease(&g2.key, Transition::Acquired, Instant::now());
         let a = h.announced();
         assert_eq!(a.len(), 2);
         assert_eq!(a[&ip("2001:db8:100::2")].len(), 2);
@@ -306,9 +329,9 @@ mod tests {
     #[test]
     fn acquired_for_an_undesired_group_is_ignored() {
         let g = group(&["198.51.100.1"], &["eth0"], false);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
         assert!(h.announced().is_empty());
     }
 
@@ -316,11 +339,11 @@ mod tests {
     fn lost_and_released_stop_at_once() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
         for t in [Transition::Lost, Transition::Released] {
-            let mut h = Holdings::new(true);
+            let mut h = Holdings::new(true, Duration::ZERO);
             h.set_desired([&g]);
-            h.on_lease(&g.key, Transition::Acquired);
+            h.on_lease(&g.key, Transition::Acquired, Instant::now());
             assert_eq!(h.announced().len(), 1);
-            h.on_lease(&g.key, t);
+            h.on_lease(&g.key, t, Instant::now());
             assert!(h.announced().is_empty(), "{t:?}");
         }
     }
@@ -328,10 +351,10 @@ mod tests {
     #[test]
     fn sticky_keeps_announcing_until_a_conflict() {
         let g = group(&["198.51.100.1", "198.51.100.2"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
-        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
+        h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
         assert_eq!(h.announced().len(), 2);
         assert_eq!(
@@ -341,9 +364,9 @@ mod tests {
         // The whole group (one lease) yields.
         assert!(h.announced().is_empty());
         // A later expiry report keeps it silent; re-acquiring announces again.
-        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         assert!(h.announced().is_empty());
-        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
         assert_eq!(h.announced().len(), 2);
     }
 
@@ -352,17 +375,17 @@ mod tests {
         let held = group(&["198.51.100.1"], &["eth0"], true);
         let sticky = group(&["198.51.100.2"], &["eth1"], true);
         let lost = group(&["198.51.100.3"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&held, &sticky, &lost]);
         for g in [&held, &sticky, &lost] {
-            h.on_lease(&g.key, Transition::Acquired);
+            h.on_lease(&g.key, Transition::Acquired, Instant::now());
         }
         assert!(
             h.take_reconfirmed().is_empty(),
             "first acquisitions are new, not reconfirmed"
         );
         for g in [&sticky, &lost] {
-            h.on_lease(&g.key, Transition::ExpiredUnreachable);
+            h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         }
         // The API is back: only the valid lease is re-announced at once…
         let at_once = h.confirmed();
@@ -371,30 +394,30 @@ mod tests {
             BTreeMap::from([(ip("198.51.100.1"), BTreeSet::from(["eth0".to_string()]))])
         );
         // …the sticky groups when their renewal gets through; a lost one never.
-        h.on_lease(&sticky.key, Transition::Acquired);
-        h.on_lease(&lost.key, Transition::Lost);
+        h.on_lease(&sticky.key, Transition::Acquired, Instant::now());
+        h.on_lease(&lost.key, Transition::Lost, Instant::now());
         assert_eq!(
             h.take_reconfirmed(),
             BTreeMap::from([(ip("198.51.100.2"), BTreeSet::from(["eth1".to_string()]))])
         );
         assert!(h.take_reconfirmed().is_empty(), "taken once");
         // Renewed while held: nothing to re-announce.
-        h.on_lease(&held.key, Transition::Acquired);
+        h.on_lease(&held.key, Transition::Acquired, Instant::now());
         assert!(h.take_reconfirmed().is_empty());
         // Sticky, then the group leaves the desired set before the renewal: forgotten.
-        h.on_lease(&sticky.key, Transition::ExpiredUnreachable);
+        h.on_lease(&sticky.key, Transition::ExpiredUnreachable, Instant::now());
         h.set_desired([&held]);
-        h.on_lease(&sticky.key, Transition::Acquired);
+        h.on_lease(&sticky.key, Transition::Acquired, Instant::now());
         assert!(h.take_reconfirmed().is_empty());
     }
 
     #[test]
     fn no_sticky_stops_when_the_lease_could_have_expired() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(false);
+        let mut h = Holdings::new(false, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
-        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
+        h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         assert!(h.announced().is_empty());
         assert_eq!(h.hold(&g.key), None);
     }
@@ -402,18 +425,18 @@ mod tests {
     #[test]
     fn expiry_of_a_lease_we_never_held_announces_nothing() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         assert!(h.announced().is_empty());
     }
 
     #[test]
     fn conflict_on_a_valid_lease_is_ignored() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
         assert_eq!(
             h.on_conflict(ip("198.51.100.1")),
             ConflictOutcome::Ignored(g.key.clone())
@@ -425,14 +448,14 @@ mod tests {
     #[test]
     fn an_answer_to_our_probe_never_makes_a_group_yield() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
         assert_eq!(
             h.on_probe_answer(ip("198.51.100.1")),
             ConflictOutcome::NotOurs
         );
-        h.on_lease(&g.key, Transition::Acquired);
-        h.on_lease(&g.key, Transition::ExpiredUnreachable);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
+        h.on_lease(&g.key, Transition::ExpiredUnreachable, Instant::now());
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
         assert_eq!(
             h.on_probe_answer(ip("198.51.100.1")),
@@ -449,9 +472,9 @@ mod tests {
     #[test]
     fn undesired_groups_stop_at_once() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
         let gone = h.set_desired([]);
         assert_eq!(gone, vec![g.key.clone()]);
         assert!(h.announced().is_empty());
@@ -460,9 +483,9 @@ mod tests {
     #[test]
     fn interface_change_of_a_held_group_is_followed() {
         let g = group(&["198.51.100.1"], &["eth0"], true);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, Duration::ZERO);
         h.set_desired([&g]);
-        h.on_lease(&g.key, Transition::Acquired);
+        h.on_lease(&g.key, Transition::Acquired, Instant::now());
         let g2 = group(&["198.51.100.1"], &["eth1"], true);
         assert!(h.set_desired([&g2]).is_empty());
         let a = h.announced();

@@ -402,10 +402,10 @@ mod tests {
             &["eth0"],
         );
         let other = group(&["198.51.100.11"], &[("demo", "web")], &["eth0", "eth1"]);
-        let mut h = Holdings::new(true);
+        let mut h = Holdings::new(true, std::time::Duration::ZERO);
         h.set_desired([&shared, &other]);
         assert!(wants(&h, &HashMap::new()).is_empty(), "nothing held yet");
-        h.on_lease(&shared.key, Transition::Acquired);
+        h.on_lease(&shared.key, Transition::Acquired, std::time::Instant::now());
         let acq = HashMap::from([(shared.key.clone(), taken("Expired", Some("n2"), 1900, 4))]);
         let w = wants(&h, &acq);
         assert_eq!(

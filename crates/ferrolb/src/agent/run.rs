@@ -456,6 +456,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 ..Default::default()
             },
             interfaces,
+            args.lease_duration,
         ),
         node_regexes,
         status_written: Arc::default(),
@@ -545,7 +546,10 @@ pub async fn run(args: Args) -> crate::CmdResult {
                     conflicts = agent.announcer.conflicts();
                 }
             },
-            _ = engine_stats.reconnected.notified() => agent.feed(Input::ApiReconnected),
+            _ = engine_stats.reconnected.notified() => {
+                let ms = engine_stats.last_outage_ms.load(std::sync::atomic::Ordering::Relaxed);
+                agent.feed(Input::ApiReconnected { lasted: Duration::from_millis(ms) });
+            }
             _ = stats_tick.tick() => {
                 agent.metrics.sync_engine(&agent.leases.stats(), &mut engine_seen);
             }

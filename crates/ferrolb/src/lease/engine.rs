@@ -223,7 +223,8 @@ pub(crate) struct Engine {
     last_seen: HashMap<String, Instant>,
     /// Name of our presence lease (if `opts.presence`).
     presence: Option<String>,
-    /// Earliest next hand-over.
+    /// Earliest next hand-over: one per retry period, and none until a lease duration after the
+    /// last disturbance ([`Engine::unsettled`]).
     next_handover: Instant,
     /// The watch failed and has not shown an event since: no expiry-based decisions (takeover,
     /// clearing, deletion) until it does, or until this instant passes without another error.
@@ -783,6 +784,10 @@ impl Engine {
                 }
             }
             Action::Acquire { transitions } => {
+                if obs.holder().is_some_and(|h| h != self.me()) {
+                    // Taken from an expired holder: a failover is under way.
+                    self.unsettled(now);
+                }
                 self.note_takeover(name, &obs, transitions);
                 self.spawn_update(name, OpKind::Acquire(transitions), &obs, desired)
             }
@@ -819,11 +824,25 @@ impl Engine {
     }
 
     /// Rebalancing: should we release this held lease so its preferred node takes it?
+    /// Something disturbed the cluster now (an API outage ended, a dead node was fenced, a lease
+    /// was taken from an expired holder): no hand-over for a lease duration, so rebalancing does
+    /// not add writes to a burst of takeovers or renewals catching up.
+    pub(super) fn unsettled(&mut self, now: Instant) {
+        let calm = now + self.opts.config.lease_duration;
+        self.next_handover = self.next_handover.max(calm);
+    }
+
     fn should_hand_over(&self, name: &str, now: Instant) -> bool {
         let Some(after) = self.opts.rebalance_after else {
             return false;
         };
         if now < self.next_handover || self.presence.as_deref() == Some(name) {
+            return false;
+        }
+        // Rebalancing waits for calm: not during an API outage nor while writes wait for a slot
+        // (a takeover burst), whose own writes come first and which a hand-over would only
+        // lengthen (a release and an acquisition more per address, on a server already behind).
+        if self.outage.is_some() || !self.queue_urgent.is_empty() || !self.queue_rest.is_empty() {
             return false;
         }
         let Some(e) = self.entries.get(name) else {

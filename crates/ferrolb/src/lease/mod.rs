@@ -68,7 +68,9 @@
 //! at once) only if the load-bounded assignment prefers another node AND that node shows signs of
 //! life. Each agent keeps a *presence lease* (`ferrolb-node-…`, label `ferrolb.io/role=presence`,
 //! one write per retry period) so a node that holds nothing — one that just joined or restarted
-//! during a rolling update — is seen as alive. At most one hand-over per node per retry period;
+//! during a rolling update — is seen as alive. At most one hand-over per node per retry period,
+//! and none while things are unsettled (an API outage, writes queued for a slot, a lease duration
+//! after an outage ended, a fence or a takeover from an expired holder);
 //! a hand-over the preferred node does not take is not retried for 10 × the hold time. Without
 //! this, the node that starts first (or restarts last) would keep an unfair share forever, which
 //! is how first-come elections (kube-vip #877) end up with most VIPs on one node. A hand-over costs

@@ -96,8 +96,19 @@ impl World {
     }
 }
 
+/// The agent's default lease duration: an API outage or sticky period shorter than this
+/// re-announces nothing.
+const LEASE: Duration = Duration::from_secs(1);
+
 fn core() -> Core {
-    Core::new(ME, true, true, Options::default(), vec!["eth0".into()])
+    Core::new(
+        ME,
+        true,
+        true,
+        Options::default(),
+        vec!["eth0".into()],
+        LEASE,
+    )
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -316,7 +327,7 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
     );
     assert!(has_metric(&fx, Metric::LeasesSticky(1)));
     // The API server is back: a sticky group gets no burst yet (its lease may have moved).
-    let fx = c.handle(Input::ApiReconnected, now);
+    let fx = c.handle(Input::ApiReconnected { lasted: 2 * LEASE }, now);
     assert_eq!(fx, vec![Effect::Reannounce(Announced::new())]);
     // Another station answers our probe: no takeover, nothing yields, and nothing is reported
     // (our lease may have moved: it is most likely the new holder, not a foreign answerer).
@@ -351,7 +362,7 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
 fn a_sticky_lease_renewed_after_the_outage_gets_a_burst_and_no_event() {
     let (mut c, key, now) = holding();
     c.handle(ev(unreachable(&key)), now);
-    let fx = c.handle(ev(reconfirmed(&key)), now);
+    let fx = c.handle(ev(reconfirmed(&key)), now + LEASE);
     assert!(
         fx.contains(&Effect::Reannounce(set(&[("198.51.100.10", &["eth0"])]))),
         "{fx:?}"
@@ -359,7 +370,7 @@ fn a_sticky_lease_renewed_after_the_outage_gets_a_burst_and_no_event() {
     assert_eq!(announce(&fx), None, "the set did not change");
     assert!(announce_events(&fx).is_empty());
     // Once held again, a reconnect bursts it at once.
-    let fx = c.handle(Input::ApiReconnected, now);
+    let fx = c.handle(Input::ApiReconnected { lasted: LEASE }, now + LEASE);
     assert_eq!(
         fx,
         vec![Effect::Reannounce(set(&[("198.51.100.10", &["eth0"])]))]
@@ -367,9 +378,44 @@ fn a_sticky_lease_renewed_after_the_outage_gets_a_burst_and_no_event() {
 }
 
 #[test]
+fn a_short_outage_or_sticky_period_re_announces_nothing() {
+    // A renewal that missed the renew deadline on a busy API server and got through within the
+    // lease duration: nobody can have taken over, no cache was flushed.
+    let (mut c, key, now) = holding();
+    c.handle(ev(unreachable(&key)), now);
+    let back = now + LEASE - Duration::from_millis(1);
+    let fx = c.handle(ev(reconfirmed(&key)), back);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Reannounce(_))),
+        "{fx:?}"
+    );
+    assert_eq!(announce(&fx), None, "still announced");
+    assert_eq!(c.announced().len(), 1);
+    let short = LEASE - Duration::from_millis(1);
+    assert!(c
+        .handle(Input::ApiReconnected { lasted: short }, back)
+        .is_empty());
+    // The next sticky period is judged afresh: a long one is re-announced.
+    let later = back + 10 * LEASE;
+    c.handle(ev(unreachable(&key)), later);
+    let fx = c.handle(ev(reconfirmed(&key)), later + 2 * LEASE);
+    assert!(
+        fx.contains(&Effect::Reannounce(set(&[("198.51.100.10", &["eth0"])]))),
+        "{fx:?}"
+    );
+}
+
+#[test]
 fn no_sticky_stops_when_the_lease_could_have_expired() {
     let now = Instant::now();
-    let mut c = Core::new(ME, false, true, Options::default(), vec!["eth0".into()]);
+    let mut c = Core::new(
+        ME,
+        false,
+        true,
+        Options::default(),
+        vec!["eth0".into()],
+        LEASE,
+    );
     cluster().feed(&mut c, now);
     let key = key_of(&["198.51.100.10"]);
     c.handle(Input::Leases(vec![acquired(&key)]), now);
@@ -664,7 +710,14 @@ struct End {
 
 fn run_order(order: &[Change]) -> End {
     let now = Instant::now();
-    let mut c = Core::new(ME, true, true, Options::default(), vec!["eth0".into()]);
+    let mut c = Core::new(
+        ME,
+        true,
+        true,
+        Options::default(),
+        vec!["eth0".into()],
+        LEASE,
+    );
     let mut world = World {
         nodes: vec![node("n2")],
         ..Default::default()

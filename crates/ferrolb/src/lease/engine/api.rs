@@ -161,8 +161,12 @@ pub struct EngineStats {
     /// API outages seen (a write or the watch failing as unreachable after a success).
     pub outages: AtomicU64,
     /// Woken (one stored permit) each time an API outage ends: a write or the watch got
-    /// through again. The agent re-announces the addresses whose leases it holds.
+    /// through again. The agent re-announces the addresses whose leases it holds, unless the
+    /// outage was short ([`EngineStats::last_outage_ms`]).
     pub reconnected: tokio::sync::Notify,
+    /// How long the last API outage that ended lasted, in milliseconds (set before
+    /// `reconnected` is woken).
+    pub last_outage_ms: AtomicU64,
     /// How each lease we are creating or taking was taken over (read on `Acquired`).
     pub takeovers: Takeovers,
     /// Presence Leases of dead nodes fenced (one preconditioned release each) before their

@@ -223,6 +223,7 @@ impl Engine {
             holder = obs.holder(),
             "fencing the presence Lease of a node seen unrenewed for its duration"
         );
+        self.unsettled(now);
         self.spawn(
             p,
             Op::Update(OpKind::Fence),

@@ -50,13 +50,18 @@ impl Engine {
         let Some(o) = self.outage.take() else {
             return false;
         };
+        let lasted_ms = now.saturating_duration_since(o.since).as_millis() as u64;
+        self.stats
+            .last_outage_ms
+            .store(lasted_ms, Ordering::Relaxed);
         tracing::info!(
-            lasted_ms = (now - o.since).as_millis() as u64,
+            lasted_ms,
             failed_writes = o.failed_writes,
             watch_errors = o.watch_errors,
             "API server reachable again"
         );
         self.stats.reconnected.notify_one();
+        self.unsettled(now);
         let gap = 2 * self.opts.config.retry_period;
         let watch_alive = self
             .watch_heard

@@ -891,3 +891,112 @@ fn a_crashed_holder_is_fenced_on_time_when_our_writes_time_out_but_the_watch_sho
         cfg().lease_duration
     );
 }
+
+/// `a` holding one address whose preferred node is `b` (alive), acquired at `t0`; b's presence
+/// renewals are fed through the watch by [`run_beside_live_b`].
+fn a_holding_one_preferred_by_b(t0: Instant) -> (Core, String) {
+    let pb = presence_name("b");
+    let addr = (0..64)
+        .map(|i| format!("ferrolb-{i:020x}"))
+        .find(|n| {
+            let a = Core::start(
+                "a",
+                vec![lease(&pb, "b", 10, 1, None)],
+                &[n],
+                &["a", "b"],
+                t0,
+            );
+            a.eng
+                .ranks
+                .get(n)
+                .is_some_and(|(_, p)| p.as_deref() == Some("b"))
+        })
+        .expect("some name prefers b");
+    let mut a = Core::start(
+        "a",
+        vec![lease(&pb, "b", 10, 1, None)],
+        &[&addr],
+        &["a", "b"],
+        t0,
+    );
+    // b's rank wait passes without b taking it: a creates it.
+    let w = a.run(t0, t0 + 500 * MS, 10 * MS);
+    assert!(
+        w.iter().any(|r| r.name == addr && r.op == Op::Create),
+        "{w:?}"
+    );
+    (a, addr)
+}
+
+/// Runs `a`'s timers from `from` to `until` (10 ms ticks) while b renews its presence every
+/// 200 ms; `a`'s own writes fail as unreachable inside `outage`, else succeed. Returns when `a`
+/// first sent a release of `addr` (a hand-over), if it did.
+fn run_beside_live_b(
+    a: &mut Core,
+    addr: &str,
+    from: Instant,
+    until: Instant,
+    outage: std::ops::Range<Instant>,
+) -> Option<Instant> {
+    let pb = presence_name("b");
+    let mut t = from;
+    let mut rv = 5_000;
+    while t <= until {
+        if (t - from).as_millis().is_multiple_of(200) {
+            rv += 1;
+            let mut l = lease(&pb, "b", rv, 1, None);
+            l.spec.as_mut().unwrap().renew_time = Some(crate::lease::micro_now());
+            a.eng.on_watch(watcher::Event::Apply(l), t);
+        }
+        a.eng.on_timers(t);
+        for w in a.writes() {
+            if w.name == addr && w.op == Op::Update(OpKind::Release) {
+                return Some(t);
+            }
+            if outage.contains(&t) {
+                unreachable(a, &w, t);
+            } else {
+                a.answer_all(vec![w], t);
+            }
+        }
+        t += 10 * MS;
+    }
+    None
+}
+
+#[test]
+fn a_lease_is_handed_to_its_preferred_node_after_rebalance_after_but_not_right_after_an_outage() {
+    let t0 = Instant::now();
+    let after = EngineOptions::agent("ns", "a", cfg())
+        .rebalance_after
+        .unwrap();
+    // Calm: handed over once it has been held for `rebalance_after`.
+    let (mut a, addr) = a_holding_one_preferred_by_b(t0);
+    let none = t0..t0;
+    let at = run_beside_live_b(&mut a, &addr, t0 + 510 * MS, t0 + after + 2_000 * MS, none)
+        .expect("handed over");
+    assert!(
+        at >= t0 + after && at <= t0 + after + 700 * MS,
+        "{:?}",
+        at - t0
+    );
+    // A short outage of our own writes (shorter than the renew deadline: nothing goes sticky)
+    // just before the hand-over is due: none while it lasts, none for a lease duration after
+    // it ended, then the hand-over.
+    let (mut a, addr) = a_holding_one_preferred_by_b(t0);
+    let (o0, o1) = (t0 + after - 200 * MS, t0 + after + 300 * MS);
+    let at = run_beside_live_b(
+        &mut a,
+        &addr,
+        t0 + 510 * MS,
+        t0 + after + 3_000 * MS,
+        o0..o1,
+    )
+    .expect("handed over after the outage");
+    let calm = o1 + cfg().lease_duration;
+    assert!(
+        at >= calm && at <= calm + 300 * MS,
+        "handed over {:?} after the outage ended",
+        at - o1
+    );
+}
