@@ -78,7 +78,7 @@ pub struct UnavailRow {
 }
 
 /// One agent Event about another station, and the faults that excuse it (empty: none did).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EventRow {
     #[serde(flatten)]
     pub event: AnswererEvent,
@@ -264,6 +264,23 @@ pub fn table(r: &ChaosReport, start_ms: u64) -> Vec<String> {
         for (k, f, d) in events_by_kind(&r.answerer_events) {
             out.push(format!("  {k:<24} {f:>16} {d:>16}"));
         }
+        // The rows count an Event under every fault around it; the total counts it once.
+        let defended = r
+            .answerer_events
+            .iter()
+            .filter(|e| e.event.defended)
+            .count();
+        out.push(format!(
+            "  {:<24} {:>16} {:>16}{}",
+            "total (each Event once)",
+            r.answerer_events.len() - defended,
+            defended,
+            if r.answerer_events.len() > 40 {
+                " (the first 40 below)"
+            } else {
+                ""
+            }
+        ));
         for e in r.answerer_events.iter().take(40) {
             out.push(format!(
                 "    {} {} {} {}: {} about {} ({})",
@@ -379,6 +396,18 @@ mod tests {
                 ("none".to_string(), 1, 0),
             ]
         );
+        // The table's total counts each Event once (the rows above sum to 3 / 1).
+        let r = ChaosReport {
+            answerer_events: rows.to_vec(),
+            ..ChaosReport::default()
+        };
+        let t = table(&r, 0);
+        let total = t
+            .iter()
+            .find(|l| l.contains("total (each Event once)"))
+            .expect("a total line");
+        let n: Vec<&str> = total.split_whitespace().rev().take(2).collect();
+        assert_eq!(n, ["1", "2"], "{total}");
     }
 
     #[test]
