@@ -34,28 +34,54 @@ pub struct Burst {
     /// fence, presence renewals, L2Announcements, Events) from the signal to the end of the
     /// burst's window (`window_ms`); `None` when the counters could not be read.
     pub agent_writes: Option<u64>,
+    /// The same writes by (verb, resource), most first.
+    pub agent_writes_by_kind: Vec<(String, String, u64)>,
     pub window_ms: u64,
+}
+
+impl Burst {
+    /// "update leases 1200, create events 20, …" (empty when the counters were not read).
+    pub fn writes_by_kind(&self) -> String {
+        self.agent_writes_by_kind
+            .iter()
+            .map(|(verb, res, n)| format!("{verb} {res} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// How often a burst lists the address Leases to see whether all of them moved.
 pub const MOVED_POLL: Duration = Duration::from_millis(250);
 
 /// The agents' writes between two readings of the API server's request counters (clients
-/// named `node…`; `*`: kube-apiserver's counters, which do not tell clients apart).
+/// named `node…`; `*`: kube-apiserver's counters, which do not tell clients apart), by (verb,
+/// resource), most first; kinds with none left out.
 pub fn agent_writes_between(
     before: &[(String, String, String, f64)],
     after: &[(String, String, String, f64)],
-) -> u64 {
-    let sum = |v: &[(String, String, String, f64)]| -> f64 {
-        v.iter()
-            .filter(|(verb, _, client, _)| {
-                matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
-                    && (client.starts_with("node") || client == "*")
-            })
-            .map(|r| r.3)
-            .sum()
+) -> Vec<(String, String, u64)> {
+    let by_kind = |v: &[(String, String, String, f64)]| -> BTreeMap<(String, String), f64> {
+        let mut m = BTreeMap::new();
+        for (verb, res, client, n) in v {
+            if matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
+                && (client.starts_with("node") || client == "*")
+            {
+                *m.entry((verb.clone(), res.clone())).or_insert(0.0) += n;
+            }
+        }
+        m
     };
-    (sum(after) - sum(before)).max(0.0).round() as u64
+    let b = by_kind(before);
+    let mut out: Vec<(String, String, u64)> = by_kind(after)
+        .into_iter()
+        .map(|(k, a)| {
+            let n = (a - b.get(&k).copied().unwrap_or(0.0)).max(0.0).round() as u64;
+            (k.0, k.1, n)
+        })
+        .filter(|k| k.2 > 0)
+        .collect();
+    out.sort_by(|x, y| y.2.cmp(&x.2).then_with(|| (&x.0, &x.1).cmp(&(&y.0, &y.1))));
+    out
 }
 
 /// Whether every Lease in `names` names a holder other than `node` in `now` (name → holder).
@@ -202,7 +228,8 @@ pub async fn burst(
     });
     let after = c.api_requests().await.ok();
     let window_ms = t0.elapsed().as_millis() as u64;
-    let agent_writes = before.zip(after).map(|(b, a)| agent_writes_between(&b, &a));
+    let by_kind = before.zip(after).map(|(b, a)| agent_writes_between(&b, &a));
+    let agent_writes = by_kind.as_ref().map(|k| k.iter().map(|x| x.2).sum());
     c.start_agent(idx)?;
     let got: Vec<u64> = times.iter().flatten().copied().collect();
     Ok(Burst {
@@ -219,6 +246,7 @@ pub async fn burst(
         last_ms: got.iter().max().copied(),
         all_moved_ms,
         agent_writes,
+        agent_writes_by_kind: by_kind.unwrap_or_default(),
         window_ms,
     })
 }
@@ -244,7 +272,13 @@ mod tests {
             row("list", "leases", "node1", 9.0),
             row("patch", "services", "controller-0", 500.0),
         ];
-        assert_eq!(agent_writes_between(&before, &after), 60 + 40 + 2);
+        assert_eq!(
+            agent_writes_between(&before, &after),
+            vec![
+                ("update".to_string(), "leases".to_string(), 100),
+                ("create".to_string(), "events".to_string(), 2),
+            ]
+        );
     }
 
     #[test]

@@ -910,6 +910,9 @@ async fn measure(
                         w as f64 * 1000.0 / b.window_ms.max(1) as f64
                     ))
                 ));
+                if !b.agent_writes_by_kind.is_empty() {
+                    say.line(format!("            by kind: {}", b.writes_by_kind()));
+                }
                 m.bursts.push(b);
             }
             Err(e) => say.line(format!("      burst SIG{sig}: {e:#}")),
