@@ -308,6 +308,13 @@ impl Queue {
         self.releases
     }
 
+    /// Another node took `s` over: nothing of ours is queued or released for it any more.
+    pub fn forget(&mut self, s: &ServiceRef) {
+        self.pending.remove(s);
+        self.latest.remove(s);
+        self.released.remove(s);
+    }
+
     /// The grace period of release `n` of `s` is over (or its deletion must be decided again):
     /// queues the release, unless `s` was announced here since or released again later.
     pub fn release_due(&mut self, s: &ServiceRef, n: u64) {

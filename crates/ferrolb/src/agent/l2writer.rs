@@ -11,7 +11,9 @@
 //! timestamps, the reflector's keys) would cost every node memory per Service. Status writes carry the cached
 //! resourceVersion; a 409 or 404 waits for the watch and decides again.
 //!
-//! A Service this node stops announcing (released, lost, no longer eligible) gets a grace
+//! A Service whose address another node took over is only dropped from the queue: the new
+//! holder rewrites its object. A Service this node stops announcing otherwise (released, no
+//! longer eligible) gets a grace
 //! period (the lease duration: a node that takes over writes the object meanwhile); then, if
 //! nothing was announced here since and the cached object still names this node
 //! ([`plan_release`]), the object is deleted with its resourceVersion as precondition, so a
@@ -105,6 +107,12 @@ impl L2Writer {
     pub fn cancel(&self, s: &ServiceRef) {
         let n = lock(&self.shared.queue).cancel(s);
         release_after(&self.shared, s.clone(), n, self.shared.release_grace);
+    }
+
+    /// Drops what is queued for a Service another node took over; its object is left to the
+    /// new holder (no deletion).
+    pub fn drop_queued(&self, s: &ServiceRef) {
+        lock(&self.shared.queue).forget(s);
     }
 
     /// The agent saw lease events now: writes wait until they settle.

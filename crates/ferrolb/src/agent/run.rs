@@ -207,6 +207,11 @@ impl Agent {
                         l2.cancel(&s);
                     }
                 }
+                Effect::L2Drop(s) => {
+                    if let Some(l2) = &self.l2 {
+                        l2.drop_queued(&s);
+                    }
+                }
                 Effect::L2LeaseActivity => {
                     if let Some(l2) = &self.l2 {
                         l2.lease_activity();

@@ -294,15 +294,34 @@ fn a_restart_reconfirming_our_own_record_announces_without_an_event() {
 
 #[test]
 fn loss_and_release_stop_at_once() {
-    let gone: [fn(&str) -> LeaseEvent; 2] = [|k| lost(k, "n2"), released];
-    for gone in gone {
+    let web = ServiceRef::new("default", "web");
+    // Lost to n2: n2 rewrites the L2Announcement, we delete nothing (L2Drop); released (or
+    // lost with no holder named): deleted after the grace if it still names us (L2Cancel).
+    type Gone = fn(&str) -> LeaseEvent;
+    let gone: [(Gone, Effect); 2] = [
+        (|k| lost(k, "n2"), Effect::L2Drop(web.clone())),
+        (released, Effect::L2Cancel(web.clone())),
+    ];
+    for (gone, l2) in gone {
         let (mut c, key, now) = holding();
         let fx = c.handle(ev(gone(&key)), now);
         assert_eq!(announce(&fx), Some(&Announced::new()), "{fx:?}");
-        assert!(fx.contains(&Effect::L2Cancel(ServiceRef::new("default", "web"))));
+        assert!(fx.contains(&l2), "{fx:?}");
+        let other = match l2 {
+            Effect::L2Drop(s) => Effect::L2Cancel(s),
+            Effect::L2Cancel(s) => Effect::L2Drop(s),
+            e => e,
+        };
+        assert!(!fx.contains(&other), "{fx:?}");
         assert!(c.announced().is_empty());
         assert!(has_metric(&fx, Metric::LeasesHeld(0)));
     }
+    // A later loss of another kind is judged afresh (the mark lasts one batch).
+    let (mut c, key, now) = holding();
+    c.handle(ev(lost(&key, "n2")), now);
+    c.handle(ev(reconfirmed(&key)), now);
+    let fx = c.handle(ev(released(&key)), now);
+    assert!(fx.contains(&Effect::L2Cancel(web)), "{fx:?}");
 }
 
 #[test]
@@ -351,7 +370,8 @@ fn sticky_keeps_answering_through_an_api_outage_until_another_stations_gratuitou
     let fx = c.handle(garp, now);
     assert_eq!(announce(&fx), Some(&Announced::new()), "{fx:?}");
     assert!(has_metric(&fx, Metric::Conflict("yielded")));
-    assert!(fx.contains(&Effect::L2Cancel(ServiceRef::new("default", "web"))));
+    // The announcer took it over: it rewrites the L2Announcement, we delete nothing.
+    assert!(fx.contains(&Effect::L2Drop(ServiceRef::new("default", "web"))));
     // Re-acquired (a takeover back): announced again with an Event.
     let fx = c.handle(Input::Leases(vec![acquired(&key)]), now);
     assert_eq!(announce(&fx), Some(&set(&[("198.51.100.10", &["eth0"])])));
