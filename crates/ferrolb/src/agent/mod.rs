@@ -34,6 +34,7 @@ pub mod l2status;
 pub mod l2writer;
 pub mod linkhold;
 pub mod metrics;
+pub mod pace;
 pub mod pools;
 pub mod report;
 pub mod run;

@@ -495,6 +495,10 @@ pub async fn run(args: Args) -> crate::CmdResult {
 
     let mut engine_seen = [0u64; 8];
     let mut recompute_at: Option<tokio::time::Instant> = None;
+    // Lease events not applied yet, and when they will be (`agent::pace`).
+    let mut lease_batch: Vec<LeaseInput> = Vec::new();
+    let mut lease_apply_at: Option<tokio::time::Instant> = None;
+    let mut lease_pace = super::pace::Pace::new();
     // Interface changes come from the kernel through the announcer (rtnetlink), not a poll; the
     // engine's counters are copied into the metrics every 2 s.
     let mut links = agent.announcer.link_changes();
@@ -526,15 +530,25 @@ pub async fn run(args: Args) -> crate::CmdResult {
                 agent.recompute();
                 agent.last_recompute = t.elapsed();
             }
+            _ = crate::sleep_until_opt(lease_apply_at), if !lease_batch.is_empty() => {
+                lease_apply_at = None;
+                let t = tokio::time::Instant::now();
+                agent.feed(Input::Leases(std::mem::take(&mut lease_batch)));
+                let end = tokio::time::Instant::now();
+                lease_pace.applied(end, end - t);
+            }
             ev = lease_events.recv() => match ev {
                 Some(ev) => {
-                    // Take every event already waiting, then update the announcer once: a node
-                    // acquiring thousands of leases must not rebuild its announced set per lease.
-                    let mut batch = vec![agent.lease_input(ev)];
+                    // Take every event already waiting and apply them together, acquisitions
+                    // paced by what applying costs (`agent::pace`): a node acquiring thousands
+                    // of leases must not rebuild its announced set per lease.
+                    lease_batch.push(agent.lease_input(ev));
                     while let Ok(ev) = lease_events.try_recv() {
-                        batch.push(agent.lease_input(ev));
+                        lease_batch.push(agent.lease_input(ev));
                     }
-                    agent.feed(Input::Leases(batch));
+                    let now = tokio::time::Instant::now();
+                    lease_apply_at =
+                        Some(lease_pace.apply_at(lease_batch.iter().map(|l| &l.event), now));
                 }
                 None => {
                     warn!("lease engine stopped");
