@@ -233,6 +233,9 @@ pub(crate) struct Engine {
     watch_heard: Option<Instant>,
     /// The API outage in progress (logged once when it starts and once when it ends).
     outage: Option<Outage>,
+    /// When a write of ours or the watch last failed as unreachable (see
+    /// [`Engine::server_keeps_up`]).
+    last_unreachable: Option<Instant>,
     /// Address Leases attached to a presence Lease (agents): presence name → address Leases
     /// whose record names that presence's node as holder. A presence change looks at these
     /// only; no address Lease held by a live node has a timer of its own.
@@ -271,6 +274,7 @@ impl Engine {
             watch_down: None,
             watch_heard: None,
             outage: None,
+            last_unreachable: None,
             by_presence: HashMap::new(),
             my_standing: Standing::NotHolder,
             desired_known: false,

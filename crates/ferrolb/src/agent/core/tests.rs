@@ -730,14 +730,7 @@ struct End {
 
 fn run_order(order: &[Change]) -> End {
     let now = Instant::now();
-    let mut c = Core::new(
-        ME,
-        true,
-        true,
-        Options::default(),
-        vec!["eth0".into()],
-        LEASE,
-    );
+    let mut c = core();
     let mut world = World {
         nodes: vec![node("n2")],
         ..Default::default()

@@ -142,6 +142,11 @@ impl Engine {
                 self.step_address(&n, now);
             }
         }
+        if owed && !self.server_keeps_up(holder.as_deref(), now) {
+            // A fence held back while the server may be what keeps its renewals away
+            // ([`Engine::server_keeps_up`]): look again in a retry period.
+            return Some(now + cfg.retry_period);
+        }
         expiry
     }
 
@@ -216,6 +221,10 @@ impl Engine {
         if obs.holder().is_none()
             || (e.conflict_rv.is_some() && e.conflict_rv == obs.resource_version)
         {
+            return;
+        }
+        if !self.server_keeps_up(obs.holder(), now) {
+            // Held back: its presence's step looks again in a retry period.
             return;
         }
         tracing::info!(

@@ -22,6 +22,7 @@ impl Engine {
     /// A write failed as unreachable, or the watch failed: an outage starts (logged once) or
     /// goes on (counted).
     pub(super) fn note_unreachable(&mut self, now: Instant, watch: bool, error: &str) {
+        self.last_unreachable = Some(now);
         let o = self.outage.get_or_insert_with(|| {
             self.stats.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -89,6 +90,27 @@ impl Engine {
         } else if ended {
             self.step_all(now);
         }
+    }
+
+    /// Whether the API server is seen serving renewals, so that a presence Lease seen unrenewed
+    /// for its duration (held by `other`) means a dead node, not a slow server: our own writes
+    /// have not failed as unreachable for a lease duration, or a third node's renewal (anyone
+    /// but us and `other`) was seen within two retry periods. A saturated server makes every
+    /// node's renewals late, ours too; without this rule the survivors of a 10k crash burst,
+    /// each seeing the other unrenewed while their watches still delivered, fenced each other
+    /// and turned one burst into a cascade (README, "10,000 addresses after calm rebalancing…",
+    /// run I). With a third node renewing, a crashed holder is still fenced on time while our
+    /// own writes time out (`a_crashed_holder_is_fenced_on_time_when_our_writes_time_out_but_the_watch_shows_the_others`).
+    pub(super) fn server_keeps_up(&self, other: Option<&str>, now: Instant) -> bool {
+        let cfg = &self.opts.config;
+        let calm = self
+            .last_unreachable
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.lease_duration);
+        calm || self.last_seen.iter().any(|(h, t)| {
+            Some(h.as_str()) != other
+                && h != self.me()
+                && now.saturating_duration_since(*t) <= 2 * cfg.retry_period
+        })
     }
 
     /// Looks at every lease again.

@@ -1000,3 +1000,64 @@ fn a_lease_is_handed_to_its_preferred_node_after_rebalance_after_but_not_right_a
         at - o1
     );
 }
+
+/// A saturated API server (issue 10, the 10k crash burst): our writes time out every other
+/// moment (our presence stays live), the watch keeps delivering (no grace for the others), b is
+/// dead and c alive, but nothing of either shows for 2.5 s. That is no proof that either died:
+/// no fence until c's renewals show again, then b's alone.
+#[test]
+fn survivors_of_a_saturated_server_do_not_fence_each_other() {
+    let t0 = Instant::now();
+    let (mut a, pb, _) = beside_b_holding_one(t0);
+    let pc = presence_name("c");
+    let mut rv = 100;
+    a.eng
+        .on_watch_delivery(watcher::Event::Apply(renewal(&pc, "c", rv)), t0 + 10 * MS);
+    let back = t0 + 2_500 * MS;
+    let mut fenced: Vec<(String, Instant)> = Vec::new();
+    let mut t = t0 + 100 * MS;
+    while t < back + 2_000 * MS {
+        if t >= back && (t - back).as_millis().is_multiple_of(200) {
+            rv += 1;
+            a.eng
+                .on_watch_delivery(watcher::Event::Apply(renewal(&pc, "c", rv)), t);
+        }
+        if (t - t0).as_millis().is_multiple_of(100) {
+            // The watch is alive: a free Lease nobody holds changes (no sign of b's or c's life).
+            rv += 1;
+            let free = lease("ferrolb-ffffffffffffffffffff", "", rv, 1, None);
+            a.eng.on_watch_delivery(watcher::Event::Apply(free), t);
+        }
+        a.eng.on_timers(t);
+        let w = a.writes();
+        for r in &w {
+            if r.op == Op::Update(OpKind::Fence) {
+                fenced.push((r.name.clone(), t));
+            }
+        }
+        // Our writes time out in every other 200 ms: answered late enough to miss, never long
+        // enough for our own presence to lapse.
+        if (t - t0).as_millis() % 400 < 200 {
+            for r in &w {
+                unreachable(&mut a, r, t);
+            }
+        } else {
+            a.answer_all(w, t);
+        }
+        t += 10 * MS;
+    }
+    assert!(
+        fenced.iter().all(|(n, at)| *n == pb && *at >= back),
+        "{:?}",
+        fenced
+            .iter()
+            .map(|(n, at)| (n.as_str(), *at - t0))
+            .collect::<Vec<_>>()
+    );
+    let (_, at) = fenced.first().expect("b fenced once c was seen renewing");
+    assert!(
+        *at <= back + 2 * cfg().retry_period,
+        "b fenced {:?} after c showed again",
+        *at - back
+    );
+}
