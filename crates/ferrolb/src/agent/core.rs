@@ -239,9 +239,6 @@ pub struct Core {
     /// Groups another node took over since the last `apply` (lost to a named holder, or
     /// yielded to its announcement): their Services get [`Effect::L2Drop`], not `L2Cancel`.
     taken_over: BTreeSet<String>,
-    /// An API outage shorter than this (the lease duration) ends without re-announcing
-    /// anything (see [`super::holdings`]).
-    quiet_outage: Duration,
 }
 
 impl Core {
@@ -275,7 +272,6 @@ impl Core {
             defences: PairLimit::new(conflicts::DEFEND_EVERY),
             link_hold: LinkHold::default(),
             taken_over: BTreeSet::new(),
-            quiet_outage,
         }
     }
 
@@ -306,20 +302,21 @@ impl Core {
                 self.apply(now, &mut out);
             }
             Input::Conflict(seen) => self.on_conflict(&seen, now, &mut out),
-            Input::ApiReconnected { lasted } if lasted < self.quiet_outage => {
-                debug!(
-                    lasted_ms = lasted.as_millis() as u64,
-                    "API server reachable again after a short outage: nothing to re-announce"
-                );
-            }
             Input::ApiReconnected { lasted } => {
-                let held = self.holdings.confirmed();
-                info!(
-                    addresses = held.len(),
-                    lasted_ms = lasted.as_millis() as u64,
-                    "API server reachable again: re-announcing held addresses"
-                );
-                out.push(Effect::Reannounce(held));
+                let lasted_ms = lasted.as_millis() as u64;
+                match self.holdings.reannounce_after_outage(lasted) {
+                    None => debug!(
+                        lasted_ms,
+                        "API server reachable again after a short outage: nothing to re-announce"
+                    ),
+                    Some(held) => {
+                        info!(
+                            addresses = held.len(),
+                            lasted_ms, "API server reachable again: re-announcing held addresses"
+                        );
+                        out.push(Effect::Reannounce(held));
+                    }
+                }
             }
             Input::Shutdown => {
                 self.holdings.clear();

@@ -25,8 +25,8 @@
 //! may have flushed clients' and switches' caches too. A sticky group is not re-announced on the
 //! reconnect itself (its lease may have moved meanwhile) but when its renewal gets through
 //! (sticky → held, [`Holdings::take_reconfirmed`]); one that turns out lost stops instead.
-//! Neither happens after a *short* outage (shorter than the lease duration, `quiet`; the core
-//! judges the reconnect, this module a sticky period): a renewal that missed the renew deadline
+//! Neither happens after a *short* outage or sticky period (shorter than the lease duration,
+//! `quiet`; [`Holdings::reannounce_after_outage`], [`Holdings::on_lease`]): a renewal that missed the renew deadline
 //! on a busy API server is no reason to send thousands of gratuitous frames, nobody can have
 //! taken over meanwhile (a renewal that gets through was not fenced), and what flushes caches
 //! (a switch or link restarting) takes longer; a link that flaps is re-announced on its own
@@ -233,6 +233,16 @@ impl Holdings {
     /// gratuitous burst when the API server is reachable again after an outage.
     pub fn confirmed(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
         self.addresses_of(|_, hold| hold == Hold::Held)
+    }
+
+    /// What to re-announce now that the API server answers again after an outage that lasted
+    /// `lasted`: the [`Holdings::confirmed`] addresses, or nothing after an outage shorter than
+    /// `quiet` (see the module doc).
+    pub fn reannounce_after_outage(
+        &self,
+        lasted: Duration,
+    ) -> Option<BTreeMap<IpAddr, BTreeSet<String>>> {
+        (lasted >= self.quiet).then(|| self.confirmed())
     }
 
     /// Address → interfaces of the groups held again after a sticky period since the last call
