@@ -23,21 +23,14 @@ pub const FACTOR: u32 = 4;
 /// The longest an acquisition waits to be applied.
 pub const MAX_PAUSE: Duration = Duration::from_millis(100);
 
-/// The last application: when it ended and what it cost.
-#[derive(Clone, Copy, Debug)]
+/// The last application: when it ended and what it cost (`default()`: none yet).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Pace {
     pub ended: Option<Instant>,
     pub cost: Duration,
 }
 
 impl Pace {
-    pub fn new() -> Self {
-        Pace {
-            ended: None,
-            cost: Duration::ZERO,
-        }
-    }
-
     /// When the `pending` events (not empty) are to be applied, seen at `now`.
     pub fn apply_at<'a>(
         &self,
@@ -60,12 +53,6 @@ impl Pace {
     }
 }
 
-impl Default for Pace {
-    fn default() -> Self {
-        Pace::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,7 +68,7 @@ mod tests {
     fn acquisitions_wait_in_proportion_to_the_last_cost_losses_never() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut p = Pace::new();
+        let mut p = Pace::default();
         // Nothing applied yet: at once.
         assert_eq!(p.apply_at(&[acquired()], t0), t0);
         p.applied(t0, ms(10));

@@ -498,7 +498,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     // Lease events not applied yet, and when they will be (`agent::pace`).
     let mut lease_batch: Vec<LeaseInput> = Vec::new();
     let mut lease_apply_at: Option<tokio::time::Instant> = None;
-    let mut lease_pace = super::pace::Pace::new();
+    let mut lease_pace = super::pace::Pace::default();
     // Interface changes come from the kernel through the announcer (rtnetlink), not a poll; the
     // engine's counters are copied into the metrics every 2 s.
     let mut links = agent.announcer.link_changes();
