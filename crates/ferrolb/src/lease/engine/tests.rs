@@ -929,8 +929,9 @@ fn a_holding_one_preferred_by_b(t0: Instant) -> (Core, String) {
 }
 
 /// Runs `a`'s timers from `from` to `until` (10 ms ticks) while b renews its presence every
-/// 200 ms; `a`'s own writes fail as unreachable inside `outage`, else succeed. Returns when `a`
-/// first sent a release of `addr` (a hand-over), if it did.
+/// 200 ms (fed with `on_watch`: a watch delivery would end our outage); `a`'s own writes fail as
+/// unreachable inside `outage`, else succeed. Returns when `a` first sent a release of `addr`
+/// (a hand-over), if it did.
 fn run_beside_live_b(
     a: &mut Core,
     addr: &str,
@@ -944,9 +945,8 @@ fn run_beside_live_b(
     while t <= until {
         if (t - from).as_millis().is_multiple_of(200) {
             rv += 1;
-            let mut l = lease(&pb, "b", rv, 1, None);
-            l.spec.as_mut().unwrap().renew_time = Some(crate::lease::micro_now());
-            a.eng.on_watch(watcher::Event::Apply(l), t);
+            a.eng
+                .on_watch(watcher::Event::Apply(renewal(&pb, "b", rv)), t);
         }
         a.eng.on_timers(t);
         for w in a.writes() {
