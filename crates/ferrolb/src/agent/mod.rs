@@ -150,6 +150,8 @@ impl Args {
         if let Some(d) = self.rebalance_after {
             opts.rebalance_after = (!d.is_zero()).then_some(d);
         }
+        // The run loop acknowledges every `Released` it applied (the announcer stopped).
+        opts.stop_before_release = true;
         Ok(opts)
     }
 

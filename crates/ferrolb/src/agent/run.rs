@@ -499,6 +499,8 @@ pub async fn run(args: Args) -> crate::CmdResult {
     let mut lease_batch: Vec<LeaseInput> = Vec::new();
     let mut lease_apply_at: Option<tokio::time::Instant> = None;
     let mut lease_pace = super::pace::Pace::default();
+    // `Released` events applied so far (acknowledged to the engine).
+    let mut released_applied: u64 = 0;
     // Interface changes come from the kernel through the announcer (rtnetlink), not a poll; the
     // engine's counters are copied into the metrics every 2 s.
     let mut links = agent.announcer.link_changes();
@@ -533,7 +535,17 @@ pub async fn run(args: Args) -> crate::CmdResult {
             _ = crate::sleep_until_opt(lease_apply_at), if !lease_batch.is_empty() => {
                 lease_apply_at = None;
                 let t = tokio::time::Instant::now();
+                let released = lease_batch
+                    .iter()
+                    .filter(|l| matches!(l.event, LeaseEvent::Released { .. }))
+                    .count() as u64;
                 agent.feed(Input::Leases(std::mem::take(&mut lease_batch)));
+                if released > 0 {
+                    // The announcer stopped answering them (`set_held` returned): the engine
+                    // may now write the releases (`EngineOptions::stop_before_release`).
+                    released_applied += released;
+                    agent.leases.released_applied(released_applied);
+                }
                 let end = tokio::time::Instant::now();
                 lease_pace.applied(end, end - t);
             }

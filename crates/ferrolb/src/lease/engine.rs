@@ -42,6 +42,8 @@ use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAI
 
 enum Cmd {
     SetWants(BTreeMap<String, LeaseWant>),
+    /// The caller stopped answering for the first N `Released` events it received.
+    ReleasedApplied(u64),
     Shutdown(oneshot::Sender<ShutdownReport>),
 }
 
@@ -137,6 +139,9 @@ struct Entry {
     /// A release of ours is on its way: reported `Released` before it was sent, and reported
     /// held again if it does not land ([`Engine::released_before_the_write`]).
     releasing: bool,
+    /// Reported `Released` (the number of that event) and the release not written yet: it
+    /// waits until the caller has applied it ([`EngineOptions::stop_before_release`]).
+    awaiting_stop: Option<u64>,
     reported: Reported,
     wake: Option<Instant>,
     /// Cached rank for taking over from (holder): rank among candidates without it.
@@ -175,6 +180,7 @@ impl Entry {
             conflict_rv: None,
             released_by_us: false,
             releasing: false,
+            awaiting_stop: None,
             reported: Reported::NotHeld,
             wake: None,
             takeover_rank: None,
@@ -246,6 +252,11 @@ pub(crate) struct Engine {
     /// then a Lease we hold is not "unwanted": a restarted agent whose caches are still syncing
     /// must not release (or collect) what it held before the restart.
     desired_known: bool,
+    /// `Released` events emitted so far.
+    released_emitted: u64,
+    /// Releases waiting for the caller to stop answering: (number of their `Released` event,
+    /// lease), in order ([`Engine::on_released_applied`]).
+    awaiting_stop: VecDeque<(u64, String)>,
 }
 
 impl Engine {
@@ -278,6 +289,8 @@ impl Engine {
             by_presence: HashMap::new(),
             my_standing: Standing::NotHolder,
             desired_known: false,
+            released_emitted: 0,
+            awaiting_stop: VecDeque::new(),
         };
         if eng.presence.is_some() {
             eng.on_desired(BTreeMap::new(), now);
@@ -351,6 +364,9 @@ impl Engine {
             return;
         }
         tracing::debug!(lease = ev.name(), event = ?ev, "lease state change");
+        if matches!(ev, LeaseEvent::Released { .. }) {
+            self.released_emitted += 1;
+        }
         self.effects.push(Effect::Event(ev));
     }
 
@@ -666,15 +682,16 @@ impl Engine {
     /// again ([`Engine::release_did_not_land`]). Not for our presence Lease, and not at
     /// shutdown (the agent stops answering everything first, and the shutdown report counts
     /// releases by their answers).
-    pub(super) fn released_before_the_write(&mut self, name: &str) {
+    /// Returns whether it reported one now.
+    pub(super) fn released_before_the_write(&mut self, name: &str) -> bool {
         if self.shutting_down.is_some() || self.presence.as_deref() == Some(name) {
-            return;
+            return false;
         }
         let Some(e) = self.entries.get_mut(name) else {
-            return;
+            return false;
         };
         if e.reported != Reported::Held {
-            return;
+            return false;
         }
         e.releasing = true;
         e.reported = Reported::NotHeld;
@@ -685,6 +702,56 @@ impl Engine {
         };
         self.emit(ev);
         self.publish_held(name, false);
+        true
+    }
+
+    /// Whether a release of `name` waits for the caller to stop answering
+    /// ([`EngineOptions::stop_before_release`]): reported `Released` now, or earlier and not yet
+    /// acknowledged. Never at shutdown.
+    pub(super) fn release_waits_for_stop(&mut self, name: &str) -> bool {
+        if !self.opts.stop_before_release || self.shutting_down.is_some() {
+            return false;
+        }
+        if self
+            .entries
+            .get(name)
+            .is_some_and(|e| e.awaiting_stop.is_some())
+        {
+            return true;
+        }
+        if !self.released_before_the_write(name) {
+            return false;
+        }
+        let n = self.released_emitted;
+        if let Some(e) = self.entries.get_mut(name) {
+            e.awaiting_stop = Some(n);
+        }
+        self.awaiting_stop.push_back((n, name.to_string()));
+        true
+    }
+
+    /// The caller has applied the first `applied` `Released` events (it no longer answers
+    /// for them): their releases go out.
+    pub(crate) fn on_released_applied(&mut self, applied: u64, now: Instant) {
+        while self
+            .awaiting_stop
+            .front()
+            .is_some_and(|(n, _)| *n <= applied)
+        {
+            let Some((n, name)) = self.awaiting_stop.pop_front() else {
+                break;
+            };
+            // A later `Released` of the same lease waits for its own acknowledgement.
+            let due = self
+                .entries
+                .get_mut(&name)
+                .filter(|e| e.awaiting_stop == Some(n))
+                .map(|e| e.awaiting_stop = None)
+                .is_some();
+            if due {
+                self.step(&name, now);
+            }
+        }
     }
 
     /// The answer to a release sent after [`Engine::released_before_the_write`] was no
@@ -740,12 +807,16 @@ impl Engine {
             return None;
         }
         let desired = e.desired.clone();
+        // Reported released, the write waiting for the caller to stop answering (or queued):
+        // it is carried out whatever is wanted now; wanted again, it is taken again after.
+        let committed = e.releasing;
         if desired.is_none() && !shutting_down && !self.desired_known {
             // Not told yet what is wanted: no release, clear or deletion on a guess.
             self.set_wake(name, wake);
             return None;
         }
         let mut intent = match (&desired, shutting_down) {
+            _ if committed => Intent::Release,
             (Some(d), false) => Intent::Acquire {
                 delay: self.rank_delay(name, d, &obs),
             },
@@ -1107,6 +1178,13 @@ impl LeaseSet {
     /// are released if held.
     pub fn set_desired(&self, desired: BTreeMap<String, LeaseWant>) {
         let _ = self.cmds.send(Cmd::SetWants(desired));
+    }
+
+    /// The caller stopped answering for the first `applied` [`LeaseEvent::Released`] events it
+    /// received (a count over the engine's life): with [`EngineOptions::stop_before_release`]
+    /// their release writes go out now.
+    pub fn released_applied(&self, applied: u64) {
+        let _ = self.cmds.send(Cmd::ReleasedApplied(applied));
     }
 
     /// Names of the leases currently held (including sticky ones), as a watch channel.

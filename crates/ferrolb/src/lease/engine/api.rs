@@ -100,6 +100,15 @@ pub struct EngineOptions {
     /// At most one hand-over per retry period per node; a hand-over the preferred node does
     /// not take is not retried for ten times this period.
     pub rebalance_after: Option<Duration>,
+    /// A release we decide on while running (a hand-over, a lease no longer wanted) is written
+    /// only once the caller said it stopped answering for it ([`LeaseSet::released_applied`]):
+    /// `Released` is emitted first, the write waits. Telling the caller before the write is not
+    /// enough: the new holder can see the release and announce within one watch round trip,
+    /// less than the caller may need to get to the event (measured in the lab: a hand-over's
+    /// new holder probed 6 ms after the release and was answered by the old holder). Not at
+    /// shutdown (the caller stops answering everything first). The agent sets it; a caller
+    /// that never acknowledges must not.
+    pub stop_before_release: bool,
 }
 
 impl EngineOptions {
@@ -120,6 +129,7 @@ impl EngineOptions {
             max_concurrent_writes: 64,
             presence: true,
             rebalance_after: Some((config.lease_duration * 6).max(Duration::from_secs(30))),
+            stop_before_release: false,
             config,
         }
     }
@@ -135,6 +145,7 @@ impl EngineOptions {
             max_concurrent_writes: 4,
             presence: false,
             rebalance_after: None,
+            stop_before_release: false,
             config,
         }
     }

@@ -79,6 +79,7 @@ pub(super) async fn run(
                 let now = Instant::now();
                 match cmd {
                     Some(Cmd::SetWants(d)) => eng.on_desired(d, now),
+                    Some(Cmd::ReleasedApplied(n)) => eng.on_released_applied(n, now),
                     Some(Cmd::Shutdown(tx)) => {
                         waiters.push(tx);
                         eng.start_shutdown(now);

@@ -1061,3 +1061,103 @@ fn survivors_of_a_saturated_server_do_not_fence_each_other() {
         *at - back
     );
 }
+
+/// The agent's engine (`EngineOptions::stop_before_release`): a hand-over is reported
+/// `Released` and its write waits until the caller says it stopped answering. Reported before
+/// the write was not enough: in the lab the new holder's probe, sent 6 ms after the release,
+/// was answered by the old holder, whose run loop had not got to the event yet.
+#[test]
+fn a_hand_over_is_written_only_after_the_caller_stopped_answering() {
+    let t0 = Instant::now();
+    let after = EngineOptions::agent("ns", "a", cfg())
+        .rebalance_after
+        .unwrap();
+    let (mut a, addr) = a_holding_one_preferred_by_b(t0);
+    a.eng.opts.stop_before_release = true;
+    let none = t0..t0;
+    let end = t0 + after + 2_000 * MS;
+    assert_eq!(
+        run_beside_live_b(&mut a, &addr, t0 + 510 * MS, end, none),
+        None,
+        "a release written before the caller stopped answering"
+    );
+    let released = a
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, LeaseEvent::Released { name, .. } if *name == addr))
+        .count();
+    assert_eq!(released, 1, "the hand-over is reported once");
+    assert_eq!(a.eng.stats.handovers.load(Ordering::Relaxed), 1);
+    // An acknowledgement that does not reach its event releases nothing.
+    a.eng.on_released_applied(0, end);
+    assert!(a.writes().iter().all(|w| w.name != addr));
+    a.eng.on_released_applied(1, end);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+    // Its answer adds nothing: the caller heard `Released` already.
+    a.answer_all(w, end + MS);
+    assert_eq!(a.events(), Vec::new());
+}
+
+/// A lease released, wanted again and released again: the first acknowledgement must not let
+/// the second release out before the caller applied that one too.
+#[test]
+fn each_release_waits_for_its_own_acknowledgement() {
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    a.eng.opts.stop_before_release = true;
+    let want = |a: &mut Core, t: Instant| {
+        let cands = Arc::new(vec!["a".to_string()]);
+        a.eng.on_desired(
+            BTreeMap::from([(
+                addr.to_string(),
+                LeaseWant {
+                    candidates: cands,
+                    ..LeaseWant::default()
+                },
+            )]),
+            t,
+        );
+    };
+    a.eng.on_desired(BTreeMap::new(), t0 + MS);
+    assert!(matches!(&a.events()[..], [LeaseEvent::Released { .. }]));
+    assert!(a.writes().iter().all(|w| w.name != addr));
+    // Wanted again before the release went out: the reported release is carried out once
+    // the caller applied it, then the lease is taken again (and answered again).
+    want(&mut a, t0 + 2 * MS);
+    assert!(a.writes().iter().all(|w| w.name != addr));
+    a.eng.on_released_applied(1, t0 + 3 * MS);
+    let w = a.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)),
+        "{w:?}"
+    );
+    a.answer_all(w, t0 + 3 * MS);
+    let w = a.run(t0 + 4 * MS, t0 + 100 * MS, 10 * MS);
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && matches!(r.op, Op::Update(OpKind::Acquire(_)))),
+        "{w:?}"
+    );
+    assert!(
+        a.events()
+            .iter()
+            .any(|e| matches!(e, LeaseEvent::Acquired { name, .. } if name == addr)),
+        "held again"
+    );
+    // Released again: event number 2. The stale acknowledgement (1) lets nothing out.
+    a.eng.on_desired(BTreeMap::new(), t0 + 200 * MS);
+    assert!(matches!(&a.events()[..], [LeaseEvent::Released { .. }]));
+    a.eng.on_released_applied(1, t0 + 201 * MS);
+    assert!(a.writes().iter().all(|w| w.name != addr));
+    a.eng.on_released_applied(2, t0 + 202 * MS);
+    assert!(a
+        .writes()
+        .iter()
+        .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)));
+}

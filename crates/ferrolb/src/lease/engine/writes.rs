@@ -30,6 +30,9 @@ impl Engine {
         // Our presence renewals and fences never wait behind a burst of address writes: a
         // presence renewal stuck in the queue past the renew deadline would stop every address
         // this node answers, and one fence unlocks all of a dead node's addresses.
+        if op == Op::Update(OpKind::Release) && self.release_waits_for_stop(name) {
+            return;
+        }
         let jumps_queue = self.presence.as_deref() == Some(name) || op == Op::Update(OpKind::Fence);
         let slot_free = jumps_queue || self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
@@ -76,7 +79,7 @@ impl Engine {
         }
         self.in_flight += 1;
         if release {
-            self.released_before_the_write(name);
+            let _ = self.released_before_the_write(name);
         }
         // An address Lease this node takes or confirms is attached to our presence Lease.
         let attached = self.attached_mode()
