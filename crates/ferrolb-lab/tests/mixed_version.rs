@@ -277,4 +277,28 @@ async fn an_old_format_agent_and_an_attached_agent_never_both_hold_one_address()
     ever.abort();
     let report = old2.shutdown().await;
     assert!(report.released.is_empty(), "{report:?}");
+
+    // Phase 4: the new agent stops gracefully beside an old-format agent that wants the
+    // address. Its presence Lease release alone would not free the address for that agent (it
+    // judges the attached Lease by its day-long duration), so the address Lease itself is
+    // released and the old-format agent takes it at once.
+    let old3 = old_format_agent(c.client.clone(), &n2, &name, &cands);
+    let mut held3 = old3.held();
+    let stopped = Instant::now();
+    c.stop_agent(0, "TERM").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        held3.wait_for(|h| h.contains(&name)),
+    )
+    .await
+    .expect("the old-format agent takes the address released at the graceful stop")
+    .unwrap();
+    let took = stopped.elapsed();
+    let s = look(&leases, &name).await.expect("the Lease exists");
+    assert_eq!(s.holder, n2, "{s:?}");
+    assert!(
+        took < lease_duration * 3,
+        "taken {took:?} after the stop: not released by the stopping agent?"
+    );
+    old3.shutdown().await;
 }

@@ -53,6 +53,14 @@ use super::decide::{Action, Intent, LeaseConfig, Observed, Standing, WriteFailur
 /// Annotation on an attached address Lease: the name of the holder's presence Lease.
 pub const ANN_ATTACHED_TO: &str = "ferrolb.io/attached-to";
 
+/// Annotation (value `"true"`) on the presence Lease of an agent that reads attached address
+/// Leases: it takes over an address attached to a presence Lease that was released. A node
+/// stopping gracefully releases only its presence Lease — one write frees all its addresses —
+/// when every other candidate of an address carries it; otherwise (a previous-format agent, which
+/// would wait out the day-long duration, or a candidate not seen alive) it releases the address
+/// Lease itself first.
+pub const ANN_READS_ATTACHED: &str = "ferrolb.io/reads-attached";
+
 /// `leaseDurationSeconds` of an attached address Lease: one day, so that agents of the previous
 /// format (which judge validity by it, clamped to one day) never take one over while it is held.
 pub const ATTACHED_DURATION_SECONDS: i32 = 86_400;

@@ -158,6 +158,8 @@ struct Entry {
     queued: bool,
     /// The observed record's `ferrolb.io/attached-to` annotation (attached address Leases).
     attached_to: Option<String>,
+    /// The observed record carries [`super::attach::ANN_READS_ATTACHED`] (presence Leases).
+    reads_attached: bool,
     /// The presence Lease under which this address Lease is indexed in `Engine::by_presence`.
     index_key: Option<String>,
     /// Another node's presence Lease: (holder, expired) as last judged; its attached address
@@ -190,6 +192,7 @@ impl Entry {
             no_handover_until: None,
             queued: false,
             attached_to: None,
+            reads_attached: false,
             tag: None,
             index_key: None,
             presence_state: None,
@@ -252,6 +255,9 @@ pub(crate) struct Engine {
     /// then a Lease we hold is not "unwanted": a restarted agent whose caches are still syncing
     /// must not release (or collect) what it held before the restart.
     desired_known: bool,
+    /// Address Leases a graceful stop leaves to the release of our presence Lease
+    /// ([`Engine::leave_to_presence`]): not written.
+    left_to_presence: std::collections::HashSet<String>,
     /// `Released` events emitted so far.
     released_emitted: u64,
     /// Releases waiting for the caller to stop answering: (number of their `Released` event,
@@ -289,6 +295,7 @@ impl Engine {
             by_presence: HashMap::new(),
             my_standing: Standing::NotHolder,
             desired_known: false,
+            left_to_presence: Default::default(),
             released_emitted: 0,
             awaiting_stop: VecDeque::new(),
         };
@@ -444,6 +451,7 @@ impl Engine {
             None
         };
         e.attached_to = lease.and_then(attached_to_of);
+        e.reads_attached = lease.is_some_and(reads_attached);
         self.reindex(name);
     }
 
@@ -616,12 +624,15 @@ impl Engine {
     fn report_standing(&mut self, name: &str, st: Standing, now: Instant) {
         let me = self.opts.identity.clone();
         let shutting_down = self.shutting_down.is_some();
+        let left = self.left_to_presence.contains(name);
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
         let new_rep = match st {
             // We said it is released; the write's answer decides what comes next.
             _ if e.releasing => Reported::NotHeld,
+            // Left to our presence release at a graceful stop.
+            _ if left => Reported::NotHeld,
             Standing::Holder => Reported::Held,
             Standing::Unreachable if e.reported != Reported::NotHeld => Reported::Sticky,
             _ => Reported::NotHeld,
@@ -1033,7 +1044,10 @@ impl Engine {
                         super::LABEL_ROLE.to_string(),
                         super::ROLE_PRESENCE.to_string(),
                     )],
-                    annotations: vec![(super::ANN_NODE.to_string(), self.opts.identity.clone())],
+                    annotations: vec![
+                        (super::ANN_NODE.to_string(), self.opts.identity.clone()),
+                        (super::attach::ANN_READS_ATTACHED.to_string(), "true".into()),
+                    ],
                     candidates: Arc::default(),
                     tag: None,
                 },
@@ -1079,10 +1093,12 @@ impl Engine {
         if now >= *deadline {
             return true;
         }
+        // A Lease left to our presence release is done when that is (the presence entry).
         self.in_flight == 0
-            && self.entries.values().all(|e| {
+            && self.entries.iter().all(|(n, e)| {
                 e.reported == Reported::NotHeld
-                    && e.observed.as_ref().is_none_or(|o| o.holder() != Some(me))
+                    && (self.left_to_presence.contains(n)
+                        || e.observed.as_ref().is_none_or(|o| o.holder() != Some(me)))
             })
     }
 }
@@ -1092,6 +1108,7 @@ impl Engine {
     pub(crate) fn start_shutdown(&mut self, now: Instant) {
         if self.shutting_down.is_none() {
             self.shutting_down = Some(now + self.opts.config.renew_deadline);
+            self.leave_to_presence(now);
             let names: Vec<String> = self.entries.keys().cloned().collect();
             for n in names {
                 self.step(&n, now);
@@ -1110,6 +1127,20 @@ impl Engine {
             .map(|(n, _)| n.clone())
             .collect();
         still.sort();
+        // Left to our presence release: released if that landed.
+        let me = self.opts.identity.clone();
+        let presence_released = presence
+            .as_ref()
+            .and_then(|p| self.entries.get(p))
+            .and_then(|e| e.observed.as_ref())
+            .is_none_or(|o| o.holder() != Some(me.as_str()));
+        let mut left: Vec<String> = self.left_to_presence.iter().cloned().collect();
+        left.sort();
+        if presence_released {
+            self.report.released.extend(left);
+        } else {
+            still.extend(left);
+        }
         for n in &still {
             let mut tag = None;
             if let Some(e) = self.entries.get_mut(n) {
@@ -1132,6 +1163,16 @@ impl Engine {
 /// digits, so they never start like this.
 pub(crate) fn is_presence_name(name: &str) -> bool {
     name.starts_with("ferrolb-node-")
+}
+
+/// A presence Lease says its agent reads attached address Leases
+/// ([`super::attach::ANN_READS_ATTACHED`]).
+fn reads_attached(l: &Lease) -> bool {
+    l.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::attach::ANN_READS_ATTACHED))
+        .is_some_and(|v| v == "true")
 }
 
 /// The [`super::attach::ANN_ATTACHED_TO`] annotation of a Lease.

@@ -578,20 +578,44 @@ fn released(name: &str, rv: u64, attached: Option<&str>) -> Lease {
     l
 }
 
+/// `a` holding three address Leases whose other candidate is `b`, b's presence Lease seen
+/// live (marked as reading attached Leases or not); returns a and the addresses.
+fn a_holding_three_beside_b(t0: Instant, b_reads_attached: bool) -> (Core, Vec<String>) {
+    let pb = presence_name("b");
+    let mut b = lease(&pb, "b", 10, 1, None);
+    if b_reads_attached {
+        b.metadata.annotations = Some(BTreeMap::from([(
+            crate::lease::attach::ANN_READS_ATTACHED.into(),
+            "true".into(),
+        )]));
+    }
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", vec![b], &want, &["a", "b"], t0);
+    // Past every rank wait (b never takes any): a creates all three.
+    let w = a.run(t0, t0 + 400 * MS, 10 * MS);
+    let created = w.iter().filter(|r| r.op == Op::Create).count();
+    assert_eq!(created, 3, "{w:?}");
+    let held = a
+        .events()
+        .iter()
+        .filter(|e| matches!(e, LeaseEvent::Acquired { .. }))
+        .count();
+    assert_eq!(held, 3);
+    (a, addrs)
+}
+
 #[test]
-fn a_graceful_stop_releases_its_presence_only_after_its_addresses() {
-    // Released together, the presence release could reach the other nodes first: they would
+fn a_graceful_stop_beside_a_previous_format_node_releases_its_presence_only_after_its_addresses() {
+    // b's presence does not say it reads attached Leases (an agent of the previous format):
+    // it could not take an address attached to a released presence, so each is released. And
+    // released together, the presence release could reach the other nodes first: they would
     // take the address Leases (still naming us) with a stale resourceVersion, lose with 409
     // to our own address release, and wait a retry period (graceful p99 220 ms in the lab).
     let t0 = Instant::now();
     let pa = presence_name("a");
-    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
-    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let mut a = Core::start("a", Vec::new(), &want, &["a"], t0);
-    let w = a.writes();
-    assert_eq!(w.len(), 3, "{w:?}");
-    a.answer_all(w, t0);
-    let t1 = t0 + 50 * MS;
+    let (mut a, addrs) = a_holding_three_beside_b(t0, false);
+    let t1 = t0 + 450 * MS;
     a.eng.start_shutdown(t1);
     let w = a.writes();
     let releases: BTreeSet<&str> = w
@@ -620,6 +644,100 @@ fn a_graceful_stop_releases_its_presence_only_after_its_addresses() {
     );
     a.answer_all(w, t1 + 15 * MS);
     assert!(a.eng.shutdown_complete(t1 + 15 * MS));
+}
+
+#[test]
+fn a_graceful_stop_beside_nodes_that_read_attached_leases_releases_only_its_presence() {
+    // One write frees all: b takes each address attached to a's released presence.
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let (mut a, addrs) = a_holding_three_beside_b(t0, true);
+    let t1 = t0 + 450 * MS;
+    a.eng.start_shutdown(t1);
+    let released: BTreeSet<String> = a
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Released { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        released,
+        addrs.iter().cloned().collect(),
+        "reported released"
+    );
+    let w = a.writes();
+    assert!(
+        matches!(&w[..], [r] if r.name == pa && r.op == Op::Update(OpKind::Release)),
+        "only the presence released: {w:?}"
+    );
+    assert!(!a.eng.shutdown_complete(t1 + MS), "before its answer");
+    a.answer_all(w, t1 + 5 * MS);
+    assert!(a.writes().is_empty());
+    assert!(a.eng.shutdown_complete(t1 + 5 * MS));
+    let report = a.eng.finish();
+    let in_report: BTreeSet<String> = report.released.iter().cloned().collect();
+    assert_eq!(in_report, addrs.iter().cloned().collect(), "{report:?}");
+    assert!(report.not_released.is_empty(), "{report:?}");
+    assert_eq!(a.events(), Vec::new(), "nothing reported held again");
+}
+
+#[test]
+fn a_graceful_stop_whose_presence_release_fails_reports_the_addresses_not_released() {
+    let t0 = Instant::now();
+    let (mut a, addrs) = a_holding_three_beside_b(t0, true);
+    let t1 = t0 + 450 * MS;
+    a.eng.start_shutdown(t1);
+    let w = a.writes();
+    assert_eq!(w.len(), 1, "{w:?}");
+    unreachable(&mut a, &w[0], t1 + 5 * MS);
+    let report = a.eng.finish();
+    let not: BTreeSet<String> = report.not_released.iter().cloned().collect();
+    assert!(
+        addrs.iter().all(|n| not.contains(n)),
+        "still attached to our live presence: {report:?}"
+    );
+}
+
+/// The other side: b sees a's presence released while a's address Leases still name a (a
+/// graceful stop that left them to it) and takes each at once (b is the only other candidate).
+#[test]
+fn addresses_attached_to_a_released_presence_are_taken_at_once() {
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let mut existing = vec![lease(&pa, "a", 10, 1, None)];
+    for (i, n) in addrs.iter().enumerate() {
+        existing.push(lease(
+            n,
+            "a",
+            11 + i as u64,
+            ATTACHED_DURATION_SECONDS,
+            Some(&pa),
+        ));
+    }
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
+    assert!(b.writes().is_empty(), "a is alive");
+    let t1 = t0 + 300 * MS;
+    b.eng
+        .on_watch(watcher::Event::Apply(released(&pa, 20, None)), t1);
+    let w = b.writes();
+    let taken: BTreeSet<&str> = w
+        .iter()
+        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        taken,
+        addrs.iter().map(String::as_str).collect(),
+        "every address taken at once: {w:?}"
+    );
+    assert!(
+        w.iter().all(|r| r.name != pa),
+        "no fence of a released presence: {w:?}"
+    );
 }
 
 #[test]
@@ -678,17 +796,16 @@ fn an_address_seen_released_after_a_lost_race_is_taken_at_once() {
 fn a_stop_with_releases_still_unanswered_releases_its_presence_at_half_the_renew_deadline() {
     // More addresses than the API server releases in time: the presence goes out anyway,
     // half the renew deadline into the stop, so the rest are free at once (not after a fence).
+    // (Beside a previous-format node: the addresses are released one by one.)
     let t0 = Instant::now();
     let pa = presence_name("a");
-    let addr = "ferrolb-00000000000000000001";
-    let mut a = Core::start("a", Vec::new(), &[addr], &["a"], t0);
-    let w = a.writes();
-    a.answer_all(w, t0);
-    let t1 = t0 + 50 * MS;
+    let (mut a, _) = a_holding_three_beside_b(t0, false);
+    let t1 = t0 + 450 * MS;
     a.eng.start_shutdown(t1);
     let w = a.writes();
+    assert_eq!(w.len(), 3, "{w:?}");
     assert!(w.iter().all(|r| r.name != pa), "{w:?}");
-    // The address release is never answered.
+    // The address releases are never answered.
     let half = cfg().renew_deadline / 2;
     let mut t = t1;
     while t < t1 + half {

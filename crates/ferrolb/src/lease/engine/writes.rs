@@ -33,6 +33,9 @@ impl Engine {
         if op == Op::Update(OpKind::Release) && self.release_waits_for_stop(name) {
             return;
         }
+        if self.shutting_down.is_some() && self.left_to_presence.contains(name) {
+            return;
+        }
         let jumps_queue = self.presence.as_deref() == Some(name) || op == Op::Update(OpKind::Fence);
         let slot_free = jumps_queue || self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
