@@ -50,6 +50,10 @@ impl Burst {
     }
 }
 
+/// How often a burst's probes solicit a sampled address (Neighbor Solicitation from the
+/// client) until another node answers.
+pub const PROBE_EVERY: Duration = Duration::from_millis(25);
+
 /// How often a burst lists the address Leases to see whether all of them moved.
 pub const MOVED_POLL: Duration = Duration::from_millis(250);
 
@@ -183,7 +187,10 @@ pub async fn burst(
     let sampled: Vec<IpAddr> = addrs.iter().step_by(step).take(sample).copied().collect();
     let before = c.api_requests().await.ok();
     let t0 = Instant::now();
-    c.stop_agent(idx, sig)?;
+    // Probed from the signal on, not from the process's exit: a graceful stop frees addresses
+    // before it exits (up to a renew deadline later), and a burst measured from the exit
+    // would count that time twice.
+    let stopping = c.signal_agent(idx, sig)?;
     let cl: &Cluster = c;
     let client = cl.topo.client();
     let rt = tokio::runtime::Handle::current();
@@ -209,8 +216,18 @@ pub async fn burst(
                     let others = &others;
                     s.spawn(move || {
                         while t0.elapsed() < within {
-                            let macs = probe::run_ndisc6(client, "eth0", &ip.to_string(), 1, 50)
-                                .unwrap_or_default();
+                            // One ndisc6 soliciting every PROBE_EVERY until the first answer:
+                            // a process per solicitation cost more than the time resolved.
+                            let left = within.saturating_sub(t0.elapsed());
+                            let tries = (left.as_millis() / PROBE_EVERY.as_millis()).max(1);
+                            let macs = probe::run_ndisc6(
+                                client,
+                                "eth0",
+                                &ip.to_string(),
+                                tries as u32,
+                                PROBE_EVERY.as_millis() as u32,
+                            )
+                            .unwrap_or_default();
                             if macs.iter().any(|m| others.contains(m)) {
                                 return Some(t0.elapsed().as_millis() as u64);
                             }
@@ -228,6 +245,9 @@ pub async fn burst(
     });
     let after = c.api_requests().await.ok();
     let window_ms = t0.elapsed().as_millis() as u64;
+    if let Some(mut p) = stopping {
+        p.wait_exit(Duration::from_secs(15))?;
+    }
     let by_kind = before.zip(after).map(|(b, a)| agent_writes_between(&b, &a));
     let agent_writes = by_kind.as_ref().map(|k| k.iter().map(|x| x.2).sum());
     c.start_agent(idx)?;

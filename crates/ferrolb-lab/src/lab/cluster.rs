@@ -532,11 +532,20 @@ impl Cluster {
 
     /// Stops agent `i` with a signal (`KILL` or `TERM`); returns when the process is gone.
     pub fn stop_agent(&mut self, i: usize, sig: &str) -> anyhow::Result<()> {
-        if let Some(mut p) = self.agents.get_mut(i).and_then(Option::take) {
-            p.signal(sig)?;
+        if let Some(mut p) = self.signal_agent(i, sig)? {
             p.wait_exit(Duration::from_secs(15))?;
         }
         Ok(())
+    }
+
+    /// Sends agent `i` a signal and hands its process over without waiting for it to exit (a
+    /// graceful stop takes up to the renew deadline; what it frees meanwhile is measured).
+    pub fn signal_agent(&mut self, i: usize, sig: &str) -> anyhow::Result<Option<Proc>> {
+        let Some(p) = self.agents.get_mut(i).and_then(Option::take) else {
+            return Ok(None);
+        };
+        p.signal(sig)?;
+        Ok(Some(p))
     }
 
     /// Waits until Service `ns/name` has load-balancer addresses; returns them.
