@@ -107,6 +107,69 @@ const COORD: &str = "coordination.k8s.io";
 /// How long the restart test waits for the cluster to settle.
 const SECS_30: Duration = Duration::from_secs(30);
 
+/// The priority level a request of `client` to `path` was given (API Priority and
+/// Fairness: the `X-Kubernetes-PF-FlowSchema-UID` response header names the FlowSchema).
+async fn flow_schema_uid(client: &kube::Client, path: &str) -> anyhow::Result<Option<String>> {
+    let req = http::Request::get(path).body(kube::client::Body::from(Vec::new()))?;
+    let resp = client.send(req).await?;
+    Ok(resp
+        .headers()
+        .get("x-kubernetes-pf-flowschema-uid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
+}
+
+/// deploy/flowcontrol.yaml on a real server: the agent's Lease requests in the lease namespace
+/// are classified by our FlowSchema (its own priority level); its other requests and other
+/// clients' Lease requests are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_lease_requests_get_a_priority_level_of_their_own() {
+    let Some(api) = real().await else { return };
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+    api.kubectl(&["apply", "-k", deploy])
+        .expect("kubectl apply -k deploy/ on the real server");
+    let ours = api
+        .kubectl(&[
+            "get",
+            "flowschema",
+            "ferrolb-agent-leases",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect("our FlowSchema");
+    let ours = ours.trim().to_string();
+    assert!(!ours.is_empty());
+    let admin = api.admin();
+    let agent = api
+        .client_with_token(&sa_token(&admin, SYS, "ferrolb-agent").await)
+        .unwrap();
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASES}/leases");
+    // The server's APF configuration controller picks the new objects up asynchronously.
+    wait_until_async(
+        "the agent's Lease requests to be classified by ferrolb-agent-leases",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let uid = flow_schema_uid(&agent, &leases).await?;
+            Ok((uid.as_deref() == Some(ours.as_str())).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for (who, client, path) in [
+        ("the agent", &agent, "/api/v1/services".to_string()),
+        ("the admin", &admin, leases.clone()),
+    ] {
+        let uid = flow_schema_uid(client, &path).await.unwrap();
+        assert!(uid.is_some(), "APF headers on {path}");
+        assert_ne!(
+            uid.as_deref(),
+            Some(ours.as_str()),
+            "{who}'s request to {path} matched ferrolb-agent-leases"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_holds_against_the_real_authorizer() {
     let Some(api) = real().await else { return };

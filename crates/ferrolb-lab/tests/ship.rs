@@ -414,6 +414,33 @@ fn check_install(objs: &[Value], ns: &str) {
         "ferrolb-controller-lease".into()
     )));
 
+    // API Priority and Fairness: the agent's Lease requests in the lease namespace, and
+    // nothing else, go to a priority level of their own whose seats are not lent out.
+    let fs = find(objs, "FlowSchema", "ferrolb-agent-leases");
+    let plc_name = fs["spec"]["priorityLevelConfiguration"]["name"]
+        .as_str()
+        .expect("a priority level");
+    let plc = find(objs, "PriorityLevelConfiguration", plc_name);
+    assert_eq!(plc["spec"]["type"], "Limited");
+    assert_eq!(plc["spec"]["limited"]["lendablePercent"], 0);
+    let prec = fs["spec"]["matchingPrecedence"].as_i64().unwrap();
+    assert!(
+        prec > 900 && prec < 9000,
+        "after the control plane's own schemas, before service-accounts: {prec}"
+    );
+    let rules = fs["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0]["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount",
+            "serviceAccount": {"name": "ferrolb-agent", "namespace": ns}}])
+    );
+    assert_eq!(
+        rules[0]["resourceRules"],
+        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["*"], "namespaces": [lease_ns]}])
+    );
+
     // Metrics Services select the pods and target the metrics ports.
     for (svc, comp) in [
         ("ferrolb-controller-metrics", "controller"),
@@ -559,6 +586,7 @@ fn kubectl_apply_k_dry_run_client() {
         "/apis/rbac.authorization.k8s.io/v1",
         "/apis/coordination.k8s.io/v1",
         "/apis/apiextensions.k8s.io/v1",
+        "/apis/flowcontrol.apiserver.k8s.io/v1",
     ] {
         let out = run(Command::new("kubectl")
             .env("KUBECONFIG", &api.kubeconfig)

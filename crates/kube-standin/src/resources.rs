@@ -297,8 +297,31 @@ pub fn builtins() -> Vec<ResourceDef> {
         &[],
         false,
     );
+    // API Priority and Fairness (deploy/flowcontrol.yaml): stored, not enforced.
+    let fc = "flowcontrol.apiserver.k8s.io";
+    let fs = builtin(
+        fc,
+        "v1",
+        "flowschemas",
+        "flowschema",
+        "FlowSchema",
+        false,
+        &[],
+        true,
+    );
+    let plc = builtin(
+        fc,
+        "v1",
+        "prioritylevelconfigurations",
+        "prioritylevelconfiguration",
+        "PriorityLevelConfiguration",
+        false,
+        &[],
+        true,
+    );
     vec![
-        ns, svc, node, ep, cev, eev, eps, lease, crd, deploy, ds, sa, cm, role, rb, cr, crb,
+        ns, svc, node, ep, cev, eev, eps, lease, crd, deploy, ds, sa, cm, role, rb, cr, crb, fs,
+        plc,
     ]
 }
 
