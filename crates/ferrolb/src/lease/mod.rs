@@ -24,6 +24,11 @@
 //!   once).
 //! - **Release** on shutdown clears the holder and sets `leaseDurationSeconds: 1` (client-go's
 //!   ReleaseOnCancel), so candidates take over as soon as their watch shows it.
+//! - **Stop answering, then release**: a release decided while running (a hand-over, a lease no
+//!   longer wanted) is reported [`LeaseEvent::Released`] first and written only once the agent
+//!   said it stopped answering ([`EngineOptions::stop_before_release`],
+//!   [`LeaseSet::released_applied`]); at shutdown the agent stops answering everything before
+//!   the engine releases anything.
 //!
 //! **Attached address Leases** ([`attach`], issue 10): the agent's engine writes an address
 //! Lease only when it changes hands (acquisition, hand-over, release; plus a refresh every 12 h
@@ -33,7 +38,10 @@
 //! it has seen unrenewed for its duration after one preconditioned *fence* (release) of that
 //! presence Lease. The rules have unit tests and a property-based simulation (watch delays,
 //! 409s, partitions, crashes, pauses, clock drift, a previous-format agent in the mix); the
-//! engine's pure core is unit-tested with them (`engine/tests.rs`). The controller's
+//! engine's pure core is unit-tested with them (`engine/tests.rs`). A graceful stop releases only
+//! the presence Lease — one write frees every attached address — when every other candidate's
+//! presence Lease says its agent reads attached Leases ([`attach::ANN_READS_ATTACHED`]);
+//! otherwise each address Lease is released first. The controller's
 //! [`LeaderElector`] keeps the client-go rules above (one renewed Lease).
 //!
 //! Two drivers share one engine ([`engine`]):

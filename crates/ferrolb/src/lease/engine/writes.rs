@@ -27,15 +27,16 @@ impl Engine {
         used_rv: Option<String>,
         desired: LeaseWant,
     ) {
-        // Our presence renewals and fences never wait behind a burst of address writes: a
-        // presence renewal stuck in the queue past the renew deadline would stop every address
-        // this node answers, and one fence unlocks all of a dead node's addresses.
         if op == Op::Update(OpKind::Release) && self.release_waits_for_stop(name) {
             return;
         }
         if self.shutting_down.is_some() && self.left_to_presence.contains(name) {
+            // Freed by the release of our presence Lease (`Engine::leave_to_presence`).
             return;
         }
+        // Our presence renewals and fences never wait behind a burst of address writes: a
+        // presence renewal stuck in the queue past the renew deadline would stop every address
+        // this node answers, and one fence unlocks all of a dead node's addresses.
         let jumps_queue = self.presence.as_deref() == Some(name) || op == Op::Update(OpKind::Fence);
         let slot_free = jumps_queue || self.write_slot_free();
         let Some(e) = self.entries.get_mut(name) else {
