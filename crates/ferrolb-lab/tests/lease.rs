@@ -778,13 +778,24 @@ async fn scenario_gc_and_shutdown_release(api: Backend) {
     )
     .await
     .expect("abandoned lease deleted");
-    // Shutdown releases the other two.
+    // Shutdown releases the other two: node-a is their only candidate, so by releasing its
+    // presence Lease alone (one write; the address Leases stay attached to it, and an attached
+    // Lease is free once its presence Lease no longer names its holder).
     let report = a.shutdown().await;
     assert_eq!(report.released.len(), 2, "{report:?}");
+    let presence = ferrolb::lease::presence_name("node-a");
+    let p = get_lease(&api, &presence).await.unwrap().spec.unwrap();
+    assert_eq!(p.holder_identity.as_deref(), Some(""), "{presence}");
+    assert_eq!(p.lease_duration_seconds, Some(1));
     for name in want.keys().filter(|n| **n != dropped) {
-        let spec = get_lease(&api, name).await.unwrap().spec.unwrap();
-        assert_eq!(spec.holder_identity.as_deref(), Some(""), "{name}");
-        assert_eq!(spec.lease_duration_seconds, Some(1));
+        let l = get_lease(&api, name).await.unwrap();
+        let attached = l
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(ferrolb::lease::attach::ANN_ATTACHED_TO)
+            .cloned();
+        assert_eq!(attached.as_deref(), Some(presence.as_str()), "{name}");
     }
 }
 
