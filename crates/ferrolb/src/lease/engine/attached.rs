@@ -155,6 +155,14 @@ impl Engine {
         let cfg = self.opts.config.clone();
         let me = self.opts.identity.clone();
         let mine = self.my_presence_standing(now);
+        if mine != self.my_standing {
+            // Our presence standing changed with the clock and this address is looked at
+            // first: every address follows it, this one included. Judged alone, it would go
+            // sticky (or lost) without the others, and nothing would look at it again when the
+            // standing comes back (a 10k lab run left half of each agent's addresses sticky).
+            self.after_my_presence(now);
+            return;
+        }
         let Some(e) = self.entries.get(name) else {
             return;
         };

@@ -1278,3 +1278,62 @@ fn each_release_waits_for_its_own_acknowledgement() {
         .iter()
         .any(|r| r.name == addr && r.op == Op::Update(OpKind::Release)));
 }
+
+/// Our presence renewal is slow (in flight past the renew deadline) and an address Lease is
+/// looked at before the presence Lease's own timer: it goes sticky on its own. When the
+/// renewal lands, every address is held again — also the one that went sticky alone (a 10k lab
+/// run left ~half of each agent's addresses reported sticky for good this way).
+#[test]
+fn an_address_that_went_sticky_alone_is_held_again_when_our_presence_renewal_lands() {
+    let t0 = Instant::now();
+    let addrs: Vec<String> = (0..2).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", Vec::new(), &want, &["a"], t0);
+    let w = a.writes();
+    a.answer_all(w, t0);
+    assert_eq!(a.events().len(), 2);
+    let pa = presence_name("a");
+    // The next presence renewal goes out at the retry period and is not answered yet.
+    let mut t = t0;
+    let renewal = loop {
+        t += 10 * MS;
+        a.eng.on_timers(t);
+        let w = a.writes();
+        if let Some(r) = w.iter().find(|r| r.name == pa) {
+            break r.clone();
+        }
+        assert!(t < t0 + 1_000 * MS, "no presence renewal");
+    };
+    // Past the renew deadline, the watch shows one address Lease again (its own record,
+    // unchanged) before any timer runs: that address is looked at with our renewal in flight.
+    let late = t0 + 650 * MS;
+    let rv: u64 = a.rv;
+    a.eng.on_watch(
+        watcher::Event::Apply(lease(
+            &addrs[0],
+            "a",
+            rv + 100,
+            ATTACHED_DURATION_SECONDS,
+            Some(&pa),
+        )),
+        late,
+    );
+    let ev = a.events();
+    // (Whether it went sticky here or not, it must end up held.)
+    // The renewal lands.
+    a.answer_all(vec![renewal], late + 10 * MS);
+    let mut ev = ev;
+    ev.extend(a.events());
+    let _ = a.run(late + 20 * MS, late + 300 * MS, 10 * MS);
+    ev.extend(a.events());
+    let last: BTreeMap<String, LeaseEvent> =
+        ev.into_iter().map(|e| (e.name().to_string(), e)).collect();
+    for n in &addrs {
+        assert!(
+            last.get(n)
+                .is_none_or(|e| matches!(e, LeaseEvent::Acquired { .. })),
+            "{n} left as {:?}",
+            last.get(n)
+        );
+    }
+}
