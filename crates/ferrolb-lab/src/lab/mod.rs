@@ -174,6 +174,10 @@ pub struct Measurements {
     pub controller: coldstart::Figures,
     /// Address Leases written in the steady window (lower bound; see `burst.rs`).
     pub steady_address_lease_writes: Option<usize>,
+    /// Seconds from the first create until no address Lease changed for [`SETTLE_QUIET`] after
+    /// the rebalancing could start (None: not within [`SETTLE_MAX`]; the window then starts
+    /// anyway).
+    pub settled_after_s: Option<f64>,
     /// A node holding many addresses killed / stopped: first and last sampled address back.
     pub bursts: Vec<burst::Burst>,
     /// `--baseline-leases`: what the poll-every-retry baseline achieved.
@@ -701,6 +705,49 @@ fn controller_timings(args: &Args) -> Option<Timings> {
     })
 }
 
+/// A steady window needs this long without an address Lease write.
+pub const SETTLE_QUIET: Duration = Duration::from_secs(5);
+/// The longest the steady window waits for rebalancing to end.
+pub const SETTLE_MAX: Duration = Duration::from_secs(600);
+
+/// Waits until rebalancing has ended: no hand-over can start before every lease has been held
+/// for the agents' `rebalance_after` (`EngineOptions::agent`'s), then until
+/// no address Lease changes for [`SETTLE_QUIET`]. Returns when (seconds after `started`).
+async fn settle(c: &Cluster, args: &Args, started: Instant, say: &Say) -> Option<f64> {
+    let lease = ferrolb::lease::parse_duration(&args.lease_duration).unwrap_or_default();
+    let cfg = ferrolb::lease::LeaseConfig {
+        lease_duration: lease,
+        ..Default::default()
+    };
+    let rebalance = ferrolb::lease::EngineOptions::agent("", "", cfg)
+        .rebalance_after
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    say.line(format!(
+        "      waiting for rebalancing to end (hand-overs start {rebalance:?} after the last acquisition)"
+    ));
+    tokio::time::sleep(rebalance + lease).await;
+    let mut before = burst::address_lease_versions(c).await.ok()?;
+    while t0.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let now = burst::address_lease_versions(c).await.ok()?;
+        let moved = burst::address_writes_between(&before, &now);
+        if moved == 0 {
+            let at = started.elapsed().as_secs_f64();
+            say.line(format!(
+                "      settled: no address Lease written for {SETTLE_QUIET:?}, {at:.1} s after the first create ({:?} per agent)",
+                agents_held(c)
+            ));
+            return Some(at);
+        }
+        before = now;
+    }
+    say.line(format!(
+        "      not settled within {SETTLE_MAX:?}: address Leases still change hands; the window starts anyway"
+    ));
+    None
+}
+
 async fn measure(
     c: &mut Cluster,
     args: &Args,
@@ -809,8 +856,10 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    // Let every lease be renewed at least once more, then count over a window.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The window is the steady state: after the rebalancing hand-overs (`rebalance_after`
+    // from the last acquisition on, one per node per retry period) have moved the first-come
+    // split to the load-bounded one.
+    m.settled_after_s = settle(c, args, started, say).await;
     let versions = burst::address_lease_versions(c).await.ok();
     let before = c.api_requests().await?;
     let window = Duration::from_secs(20);
