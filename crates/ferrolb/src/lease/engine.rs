@@ -40,6 +40,9 @@ use super::decide::{
 };
 use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
 
+/// The write limit never goes below this ([`Engine::adapt_write_limit`]).
+pub const MIN_WRITE_LIMIT: usize = 4;
+
 enum Cmd {
     SetWants(BTreeMap<String, LeaseWant>),
     /// The caller stopped answering for the first N `Released` events it received.
@@ -222,6 +225,10 @@ pub(crate) struct Engine {
     queue_urgent: VecDeque<String>,
     queue_rest: VecDeque<String>,
     in_flight: usize,
+    /// Writes allowed in flight now ([`Engine::adapt_write_limit`]).
+    pub(crate) write_limit: usize,
+    /// When the write limit was last halved.
+    limit_cut_at: Option<Instant>,
     /// Deadline of a shutdown in progress.
     pub(crate) shutting_down: Option<Instant>,
     pub(crate) report: ShutdownReport,
@@ -271,6 +278,7 @@ impl Engine {
         let presence = opts
             .presence
             .then(|| crate::lease::presence_name(&opts.identity));
+        let write_limit = opts.max_concurrent_writes.max(1);
         let mut eng = Engine {
             opts,
             entries: HashMap::new(),
@@ -281,6 +289,8 @@ impl Engine {
             queue_urgent: VecDeque::new(),
             queue_rest: VecDeque::new(),
             in_flight: 0,
+            write_limit,
+            limit_cut_at: None,
             shutting_down: None,
             report: ShutdownReport::default(),
             stats,

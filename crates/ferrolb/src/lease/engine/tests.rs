@@ -483,6 +483,7 @@ fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
         max_concurrent_writes: 1,
         ..opts
     };
+    a.eng.write_limit = 1;
     let cands = Arc::new(vec!["a".to_string()]);
     let desired = want
         .iter()
@@ -1336,4 +1337,69 @@ fn an_address_that_went_sticky_alone_is_held_again_when_our_presence_renewal_lan
             last.get(n)
         );
     }
+}
+
+/// A saturated API server answers late: the writes in flight halve (once per retry period),
+/// and grow back one per fast answer.
+#[test]
+fn late_answers_halve_the_writes_in_flight_and_fast_ones_raise_them_again() {
+    let t0 = Instant::now();
+    let addrs: Vec<String> = (0..100).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut a = Core::start("a", Vec::new(), &[], &["a"], t0);
+    let cands = Arc::new(vec!["a".to_string()]);
+    let desired = want
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                LeaseWant {
+                    candidates: cands.clone(),
+                    ..LeaseWant::default()
+                },
+            )
+        })
+        .collect();
+    a.eng.on_desired(desired, t0);
+    let max = EngineOptions::agent("ns", "a", cfg()).max_concurrent_writes;
+    let w = a.writes();
+    assert_eq!(w.len(), max, "{} creates sent at once", w.len());
+    // Every one answered 300 ms later: past the retry period (our presence Lease, renewed at
+    // t0, is still within its renew deadline).
+    let late = t0 + 300 * MS;
+    let done = |a: &mut Core, w: &WriteReq, sent: Instant, at: Instant| {
+        a.rv += 1;
+        let l = answer(w, "a", a.rv);
+        a.eng.on_done(
+            Done {
+                name: w.name.clone(),
+                op: w.op,
+                sent_at: sent,
+                used_rv: w.used_rv.clone(),
+                result: Ok(Some(l)),
+            },
+            at,
+        );
+    };
+    for r in &w {
+        done(&mut a, r, t0, late);
+    }
+    assert_eq!(a.eng.write_limit, max / 2, "halved once, not per answer");
+    let w2: Vec<WriteReq> = a
+        .writes()
+        .into_iter()
+        .filter(|r| r.op == Op::Create)
+        .collect();
+    // 36 queued creates, at most 32 of them in flight at once.
+    assert_eq!(
+        w2.len(),
+        max / 2,
+        "the queued creates go out at the new limit"
+    );
+    assert_eq!(a.eng.in_flight, max / 2);
+    // Answered within a quarter of the retry period: one more slot per answer.
+    for r in &w2 {
+        done(&mut a, r, late, late + 10 * MS);
+    }
+    assert_eq!(a.eng.write_limit, max, "back to the maximum");
 }

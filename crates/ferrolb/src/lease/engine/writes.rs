@@ -143,15 +143,41 @@ impl Engine {
 
     pub(crate) fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.adapt_write_limit(&d, now);
         let name = d.name.clone();
         self.on_result(d, now);
         self.drain_queue(now);
         self.after_shutdown_progress(&name, now);
     }
 
-    /// Fewer than `max_concurrent_writes` (at least one) writes are in flight.
+    /// Fewer than the current write limit (`max_concurrent_writes` at most, see
+    /// [`Engine::adapt_write_limit`]) are in flight.
     pub(super) fn write_slot_free(&self) -> bool {
-        self.in_flight < self.opts.max_concurrent_writes.max(1)
+        self.in_flight < self.write_limit
+    }
+
+    /// The writes in flight follow the API server's answers, additive increase and
+    /// multiplicative decrease as in TCP: a write answered after more than a retry period (or
+    /// not at all) halves the limit, at most once per retry period and not below
+    /// [`MIN_WRITE_LIMIT`]; one answered within a quarter of it raises the limit by one, up to
+    /// `max_concurrent_writes`. Our presence renewals jump our own queue, but not the API
+    /// server's: with 64 address writes of each node in flight on a saturated server (a 10k
+    /// burst in the lab: every write answered after 600 ms or not at all) they missed the renew
+    /// deadline, the addresses went sticky and were re-announced after each short outage, and
+    /// the survivors fenced each other.
+    fn adapt_write_limit(&mut self, d: &Done, now: Instant) {
+        let max = self.opts.max_concurrent_writes.max(1);
+        let retry = self.opts.config.retry_period;
+        let took = now.saturating_duration_since(d.sent_at);
+        let unanswered = matches!(&d.result, Err(e) if e.kind == WriteFailure::Unreachable);
+        if unanswered || took > retry {
+            if self.limit_cut_at.is_none_or(|t| now >= t + retry) {
+                self.write_limit = (self.write_limit / 2).max(MIN_WRITE_LIMIT.min(max));
+                self.limit_cut_at = Some(now);
+            }
+        } else if took < retry / 4 {
+            self.write_limit = (self.write_limit + 1).min(max);
+        }
     }
 
     /// Gives free write slots to queued leases, renewals and releases first.
