@@ -28,7 +28,7 @@ pub struct Burst {
     pub first_ms: Option<u64>,
     pub last_ms: Option<u64>,
     /// Every address Lease the node held names another holder (the API server's view, polled
-    /// every [`MOVED_POLL`]), this long after the signal.
+    /// every [`moved_poll`]), this long after the signal.
     pub all_moved_ms: Option<u64>,
     /// The agents' writes (create/update/patch/delete, every resource: address Leases, the
     /// fence, presence renewals, L2Announcements, Events) from the signal to the end of the
@@ -54,8 +54,15 @@ impl Burst {
 /// client) until another node answers.
 pub const PROBE_EVERY: Duration = Duration::from_millis(25);
 
-/// How often a burst lists the address Leases to see whether all of them moved.
+/// How often a burst lists the address Leases to see whether all of them moved, per 1,000
+/// address Leases in the cluster (at least once): a LIST of 10k Leases every 250 ms is load
+/// the burst itself has to compete with on the API server.
 pub const MOVED_POLL: Duration = Duration::from_millis(250);
+
+/// [`MOVED_POLL`] for `leases` address Leases.
+pub fn moved_poll(leases: usize) -> Duration {
+    MOVED_POLL * (leases / 1000).max(1) as u32
+}
 
 /// The agents' writes between two readings of the API server's request counters (clients
 /// named `node…`; `*`: kube-apiserver's counters, which do not tell clients apart), by (verb,
@@ -155,7 +162,9 @@ pub async fn burst(
 ) -> anyhow::Result<Burst> {
     let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     let mut names_of: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for (name, (_, holder, addrs)) in address_leases(c).await? {
+    let leases = address_leases(c).await?;
+    let poll = moved_poll(leases.len());
+    for (name, (_, holder, addrs)) in leases {
         if holder.is_empty() {
             continue;
         }
@@ -206,7 +215,7 @@ pub async fn burst(
                     if now.is_some_and(|now| all_moved(&names, &node, &now)) {
                         return Some(t0.elapsed().as_millis() as u64);
                     }
-                    std::thread::sleep(MOVED_POLL);
+                    std::thread::sleep(poll);
                 }
                 None
             });
