@@ -84,6 +84,42 @@ fn synced(me: &str, existing: Vec<Lease>, t0: Instant) -> Engine {
     eng
 }
 
+/// What an agent wants: each of `names` (tagged `group-<name>`), candidates `cands`.
+fn wants(names: &[&str], cands: &[&str]) -> BTreeMap<String, LeaseWant> {
+    let cands = Arc::new(cands.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                LeaseWant {
+                    candidates: cands.clone(),
+                    tag: Some(Arc::from(format!("group-{n}"))),
+                    ..LeaseWant::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// `holder`'s presence Lease (rv 10) and `n` address Leases attached to it (rvs from `rv`);
+/// returns the address names and every Lease.
+fn held_by(holder: &str, n: usize, rv: u64) -> (Vec<String>, Vec<Lease>) {
+    let p = presence_name(holder);
+    let addrs: Vec<String> = (0..n).map(|i| format!("ferrolb-{i:020x}")).collect();
+    let mut existing = vec![lease(&p, holder, 10, 1, None)];
+    for (i, a) in addrs.iter().enumerate() {
+        existing.push(lease(
+            a,
+            holder,
+            rv + i as u64,
+            ATTACHED_DURATION_SECONDS,
+            Some(&p),
+        ));
+    }
+    (addrs, existing)
+}
+
 struct Core {
     eng: Engine,
     me: String,
@@ -95,21 +131,7 @@ impl Core {
     /// `cands`); its own presence Lease created (answer fed back) at `t0`.
     fn start(me: &str, existing: Vec<Lease>, want: &[&str], cands: &[&str], t0: Instant) -> Core {
         let mut eng = synced(me, existing, t0);
-        let cands = Arc::new(cands.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let desired = want
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    LeaseWant {
-                        candidates: cands.clone(),
-                        tag: Some(Arc::from(format!("group-{n}"))),
-                        ..LeaseWant::default()
-                    },
-                )
-            })
-            .collect();
-        eng.on_desired(desired, t0);
+        eng.on_desired(wants(want, cands), t0);
         let mut core = Core {
             eng,
             me: me.into(),
@@ -222,17 +244,7 @@ fn beside_b_holding_one(t0: Instant) -> (Core, String, &'static str) {
 fn a_dead_holders_presence_is_fenced_once_then_its_addresses_are_taken() {
     let t0 = Instant::now();
     let pb = presence_name("b");
-    let addrs: Vec<String> = (0..20).map(|i| format!("ferrolb-{i:020x}")).collect();
-    let mut existing = vec![lease(&pb, "b", 10, 1, None)];
-    for (i, a) in addrs.iter().enumerate() {
-        existing.push(lease(
-            a,
-            "b",
-            20 + i as u64,
-            ATTACHED_DURATION_SECONDS,
-            Some(&pb),
-        ));
-    }
+    let (addrs, existing) = held_by("b", 20, 20);
     let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let mut a = Core::start("a", existing, &want, &["a", "b"], t0);
     // b is alive (its presence was just seen): nothing to do, and no timer per address.
@@ -484,20 +496,7 @@ fn presence_renewals_never_wait_behind_a_burst_of_address_writes() {
         ..opts
     };
     a.eng.write_limit = 1;
-    let cands = Arc::new(vec!["a".to_string()]);
-    let desired = want
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                LeaseWant {
-                    candidates: cands.clone(),
-                    ..LeaseWant::default()
-                },
-            )
-        })
-        .collect();
-    a.eng.on_desired(desired, t0);
+    a.eng.on_desired(wants(&want, &["a"]), t0);
     // One create in flight (never answered: a slow API server), the others queued.
     let w = a.writes();
     assert_eq!(w.len(), 1, "{w:?}");
@@ -707,17 +706,7 @@ fn a_graceful_stop_whose_presence_release_fails_reports_the_addresses_not_releas
 fn addresses_attached_to_a_released_presence_are_taken_at_once() {
     let t0 = Instant::now();
     let pa = presence_name("a");
-    let addrs: Vec<String> = (0..3).map(|i| format!("ferrolb-{i:020x}")).collect();
-    let mut existing = vec![lease(&pa, "a", 10, 1, None)];
-    for (i, n) in addrs.iter().enumerate() {
-        existing.push(lease(
-            n,
-            "a",
-            11 + i as u64,
-            ATTACHED_DURATION_SECONDS,
-            Some(&pa),
-        ));
-    }
+    let (addrs, existing) = held_by("a", 3, 11);
     let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
     assert!(b.writes().is_empty(), "a is alive");
@@ -1347,20 +1336,7 @@ fn late_answers_halve_the_writes_in_flight_and_fast_ones_raise_them_again() {
     let addrs: Vec<String> = (0..100).map(|i| format!("ferrolb-{i:020x}")).collect();
     let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let mut a = Core::start("a", Vec::new(), &[], &["a"], t0);
-    let cands = Arc::new(vec!["a".to_string()]);
-    let desired = want
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                LeaseWant {
-                    candidates: cands.clone(),
-                    ..LeaseWant::default()
-                },
-            )
-        })
-        .collect();
-    a.eng.on_desired(desired, t0);
+    a.eng.on_desired(wants(&want, &["a"]), t0);
     let max = EngineOptions::agent("ns", "a", cfg()).max_concurrent_writes;
     let w = a.writes();
     assert_eq!(w.len(), max, "{} creates sent at once", w.len());
