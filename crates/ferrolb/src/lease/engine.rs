@@ -715,6 +715,16 @@ impl Engine {
             return false;
         }
         e.releasing = true;
+        self.report_released(name);
+        true
+    }
+
+    /// Reports `name` released before any answer says so (the write is on its way, or our
+    /// presence release frees it): `Released` to the caller, out of the held set.
+    pub(super) fn report_released(&mut self, name: &str) {
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
         e.reported = Reported::NotHeld;
         e.held_since = None;
         let ev = LeaseEvent::Released {
@@ -723,7 +733,6 @@ impl Engine {
         };
         self.emit(ev);
         self.publish_held(name, false);
-        true
     }
 
     /// Whether a release of `name` waits for the caller to stop answering

@@ -365,17 +365,12 @@ impl Engine {
             .map(|(n, _)| n.clone())
             .collect();
         for n in left {
-            if let Some(e) = self.entries.get_mut(&n) {
-                let was = std::mem::replace(&mut e.reported, Reported::NotHeld);
-                e.held_since = None;
-                let tag = e.tag.clone();
-                if was != Reported::NotHeld {
-                    self.emit(LeaseEvent::Released {
-                        name: n.clone(),
-                        tag,
-                    });
-                    self.publish_held(&n, false);
-                }
+            if self
+                .entries
+                .get(&n)
+                .is_some_and(|e| e.reported != Reported::NotHeld)
+            {
+                self.report_released(&n);
             }
             self.left_to_presence.insert(n);
         }
