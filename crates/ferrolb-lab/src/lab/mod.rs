@@ -174,9 +174,9 @@ pub struct Measurements {
     pub controller: coldstart::Figures,
     /// Address Leases written in the steady window (lower bound; see `burst.rs`).
     pub steady_address_lease_writes: Option<usize>,
-    /// Seconds from the first create until no address Lease changed for [`SETTLE_QUIET`] after
-    /// the rebalancing could start (None: not within [`SETTLE_MAX`]; the window then starts
-    /// anyway).
+    /// Seconds from the first create until the agents wrote no address Lease for
+    /// [`SETTLE_QUIET`] after the rebalancing could start (`lab::settle`; None: not within
+    /// [`SETTLE_MAX`], the window then starts anyway).
     pub settled_after_s: Option<f64>,
     /// A node holding many addresses killed / stopped: first and last sampled address back.
     pub bursts: Vec<burst::Burst>,
@@ -1053,38 +1053,41 @@ fn failover_wait(args: &Args) -> Duration {
     (lease * 2 + Duration::from_secs(10)).max(Duration::from_secs(30))
 }
 
-/// `ferrolb_agent_leases_held` of every running agent (0 when its metrics cannot be read).
-fn agents_held(c: &Cluster) -> Vec<u64> {
+/// `read` applied to the metrics text of every running agent (empty when it cannot be read).
+fn each_agent_metrics<T>(c: &Cluster, read: impl Fn(&str) -> T) -> Vec<T> {
     (0..c.agents.len())
         .filter(|i| c.agents[*i].is_some())
-        .map(|i| {
-            tokio::task::block_in_place(|| c.agent_metrics(i))
-                .ok()
-                .and_then(|t| gauge(&t, "ferrolb_agent_leases_held"))
-                .unwrap_or(0.0) as u64
-        })
+        .map(|i| read(&tokio::task::block_in_place(|| c.agent_metrics(i)).unwrap_or_default()))
         .collect()
+}
+
+/// `ferrolb_agent_leases_held` of every running agent (0 when its metrics cannot be read).
+fn agents_held(c: &Cluster) -> Vec<u64> {
+    each_agent_metrics(c, |t| {
+        gauge(t, "ferrolb_agent_leases_held").unwrap_or(0.0) as u64
+    })
 }
 
 /// The agents' address Lease writes so far (`ferrolb_agent_lease_writes_total`, every outcome
 /// but presence renewals): a hand-over, a takeover or a lost race moves it.
 fn agents_lease_changes(c: &Cluster) -> u64 {
-    (0..c.agents.len())
-        .filter(|i| c.agents[*i].is_some())
-        .map(|i| {
-            let text = tokio::task::block_in_place(|| c.agent_metrics(i)).unwrap_or_default();
-            ["create", "acquire", "release", "delete", "conflict"]
-                .iter()
-                .filter_map(|op| {
-                    let name = format!("ferrolb_agent_lease_writes_total{{op=\"{op}\"}}");
-                    gauge(&text, &name)
-                })
-                .sum::<f64>() as u64
-        })
-        .sum()
+    each_agent_metrics(c, |t| {
+        ["create", "acquire", "release", "delete", "conflict"]
+            .iter()
+            .filter_map(|op| {
+                gauge(
+                    t,
+                    &format!("ferrolb_agent_lease_writes_total{{op=\"{op}\"}}"),
+                )
+            })
+            .sum::<f64>() as u64
+    })
+    .into_iter()
+    .sum()
 }
 
-/// The value of an unlabelled gauge in Prometheus text.
+/// The value of the sample named exactly `name` in Prometheus text: an unlabelled metric, or
+/// one labelled sample as printed (`metric{label="value"}`).
 fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -1171,6 +1174,15 @@ mod tests {
                 ("create".to_string(), "events".to_string(), 2.0),
             ]
         );
+    }
+
+    #[test]
+    fn gauge_reads_one_labelled_sample() {
+        let text = "ferrolb_agent_lease_writes_total{op=\"acquire\"} 602\n\
+                    ferrolb_agent_lease_writes_total{op=\"renew\"} 7149\n";
+        let name = |op: &str| format!("ferrolb_agent_lease_writes_total{{op=\"{op}\"}}");
+        assert_eq!(gauge(text, &name("acquire")), Some(602.0));
+        assert_eq!(gauge(text, &name("release")), None);
     }
 
     #[test]
