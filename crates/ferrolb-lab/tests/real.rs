@@ -635,14 +635,19 @@ async fn apiserver_restart_keeps_holders_and_watches_resume() {
     let took_over = || a_held.iter().all(|n| b_held.borrow().contains(n));
     let every = Duration::from_millis(50);
     let left = Duration::from_secs(20).saturating_sub(t1.elapsed());
-    wait_until_async(
+    let took = wait_until_async(
         "node-b to take node-a's released leases",
         left,
         every,
         || std::future::ready(Ok(took_over().then_some(()))),
     )
-    .await
-    .expect("node-b's watch resumed");
+    .await;
+    if let Err(e) = took {
+        // What the API server shows then: node-a's presence released? the Leases moved?
+        let now = holders(&admin, ns).await;
+        let b_now = b_held.borrow().clone();
+        panic!("node-b's watch resumed: {e:#}\nLeases now: {now:?}\nnode-b holds: {b_now:?}");
+    }
     eprintln!(
         "after the restart, node-b took node-a's released leases in {:.1?}",
         t1.elapsed()
