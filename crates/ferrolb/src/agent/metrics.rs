@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Lease writes by the lease engine, by outcome (create, acquire, renew, release, delete,
     /// conflict, failure): the agent's API load.
     pub lease_writes: IntCounterVec,
+    /// Takeovers that waited, past their rank wait, for the node ranked first while it was
+    /// taking other addresses (a burst it worked through).
+    pub takeovers_deferred: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +119,10 @@ impl Metrics {
                 "Lease writes of this node by outcome (create, acquire, renew, release, delete, conflict, failure).",
                 &["op"],
             )?,
+            takeovers_deferred: c(
+                "ferrolb_agent_takeovers_deferred_total",
+                "Takeovers that waited, past their rank wait, for the node ranked first while it took other addresses.",
+            )?,
         })
     }
 
@@ -142,7 +149,7 @@ impl Metrics {
     }
 
     /// Carries the lease engine's counters over (call periodically; counts only what is new).
-    pub fn sync_engine(&self, stats: &EngineStats, last: &mut [u64; 8]) {
+    pub fn sync_engine(&self, stats: &EngineStats, last: &mut [u64; 9]) {
         let now = [
             EngineStats::get(&stats.creates),
             EngineStats::get(&stats.acquires),
@@ -152,6 +159,7 @@ impl Metrics {
             EngineStats::get(&stats.conflicts),
             EngineStats::get(&stats.failures),
             EngineStats::get(&stats.watch_errors),
+            EngineStats::get(&stats.deferred),
         ];
         const OPS: [&str; 7] = [
             "create", "acquire", "renew", "release", "delete", "conflict", "failure",
@@ -165,6 +173,8 @@ impl Metrics {
         // Election errors: failed writes (not conflicts: those are lost races) and watch errors.
         let errors = now[6].saturating_sub(last[6]) + now[7].saturating_sub(last[7]);
         self.election_errors.inc_by(errors);
+        self.takeovers_deferred
+            .inc_by(now[8].saturating_sub(last[8]));
         *last = now;
     }
 }
@@ -179,15 +189,17 @@ mod tests {
         let reg = Registry::new();
         let m = Metrics::new(&reg).unwrap();
         let stats = EngineStats::default();
-        let mut last = [0u64; 8];
+        let mut last = [0u64; 9];
         stats.renews.store(5, Ordering::Relaxed);
         stats.conflicts.store(2, Ordering::Relaxed);
         stats.failures.store(1, Ordering::Relaxed);
+        stats.deferred.store(4, Ordering::Relaxed);
         m.sync_engine(&stats, &mut last);
         m.sync_engine(&stats, &mut last); // nothing new: no double counting
         assert_eq!(m.lease_writes.with_label_values(&["renew"]).get(), 5);
         assert_eq!(m.lease_writes.with_label_values(&["conflict"]).get(), 2);
         assert_eq!(m.election_errors.get(), 1);
+        assert_eq!(m.takeovers_deferred.get(), 4);
         stats.renews.store(7, Ordering::Relaxed);
         stats.watch_errors.store(3, Ordering::Relaxed);
         m.sync_engine(&stats, &mut last);

@@ -493,7 +493,7 @@ pub async fn run(args: Args) -> crate::CmdResult {
     health.set_ready(true);
     info!("caches synced, agent ready");
 
-    let mut engine_seen = [0u64; 8];
+    let mut engine_seen = [0u64; 9];
     let mut recompute_at: Option<tokio::time::Instant> = None;
     // Lease events not applied yet, and when they will be (`agent::pace`).
     let mut lease_batch: Vec<LeaseInput> = Vec::new();

@@ -38,7 +38,9 @@ use super::client::WriteError;
 use super::decide::{
     decide, standing, Action, Intent, LeaseConfig, Observed, Standing, WriteFailure,
 };
-use super::{balanced_assignment, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT};
+use super::{
+    balanced_assignment, rendezvous_first, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT,
+};
 
 /// The write limit never goes below this ([`Engine::adapt_write_limit`]).
 pub const MIN_WRITE_LIMIT: usize = 4;
@@ -108,6 +110,11 @@ pub(crate) struct WriteReq {
 /// How long after the last watch error the watch counts as healthy again if no event arrived
 /// (the watch backoff tops out at 2 s; a resumed watch on a quiet set shows nothing).
 const WATCH_QUIET: Duration = Duration::from_secs(4);
+/// A node seen taking an address Lease within this many retry periods is working through a
+/// burst: lower-ranked takeovers wait for it ([`Engine::defer_behind_first`]).
+const DEFER_BUSY: u32 = 2;
+/// Such a wait lasts at most this many lease durations.
+const DEFER_MAX: u32 = 3;
 
 /// An API outage in progress, as this engine saw it.
 struct Outage {
@@ -147,8 +154,12 @@ struct Entry {
     awaiting_stop: Option<u64>,
     reported: Reported,
     wake: Option<Instant>,
-    /// Cached rank for taking over from (holder): rank among candidates without it.
-    takeover_rank: Option<(String, usize)>,
+    /// Cached rank for taking over from (holder): rank among candidates without it, and the
+    /// node ranked first among them when it is not us.
+    takeover_rank: Option<(String, usize, Option<String>)>,
+    /// Since when our takeover waits for the node ranked first ([`Engine::defer_behind_first`]);
+    /// cleared when the record changes.
+    deferred_since: Option<Instant>,
     /// Since when we hold it (reported Held).
     held_since: Option<Instant>,
     /// The last holder seen (kept when the lease is released).
@@ -189,6 +200,7 @@ impl Entry {
             reported: Reported::NotHeld,
             wake: None,
             takeover_rank: None,
+            deferred_since: None,
             held_since: None,
             last_holder: None,
             handover_pending: false,
@@ -237,6 +249,9 @@ pub(crate) struct Engine {
     ranks: HashMap<String, (usize, Option<String>)>,
     /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
     last_seen: HashMap<String, Instant>,
+    /// Last local instant each other node was seen taking an address Lease (its holder changed
+    /// to it): a node working through a burst ([`Engine::defer_behind_first`]).
+    last_took: HashMap<String, Instant>,
     /// Name of our presence lease (if `opts.presence`).
     presence: Option<String>,
     /// Earliest next hand-over: one per retry period, and none until a lease duration after the
@@ -296,6 +311,7 @@ impl Engine {
             stats,
             ranks: HashMap::new(),
             last_seen: HashMap::new(),
+            last_took: HashMap::new(),
             presence,
             next_handover: now,
             watch_down: None,
@@ -415,6 +431,16 @@ impl Engine {
             }
         }
         let next = Observed::next(e.observed.as_ref(), lease, now);
+        let prev_holder = e.observed.as_ref().and_then(|o| o.holder());
+        let took = next
+            .holder()
+            .filter(|h| *h != me && prev_holder != Some(*h));
+        if took.is_some() || next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
+            e.deferred_since = None;
+        }
+        if let Some(h) = took.filter(|_| !is_presence_name(name)) {
+            self.last_took.insert(h.to_string(), now);
+        }
         if next.observed_at == now {
             if let Some(h) = next.holder() {
                 if h != me {
@@ -531,50 +557,100 @@ impl Engine {
         if desired.candidates.is_empty() {
             return Duration::ZERO;
         }
-        let step = self.opts.config.rank_step;
+        let (rank, _) = self.rank_and_first(name, desired, obs);
+        self.opts.config.rank_step * rank.min(MAX_RANK_WAIT) as u32
+    }
+
+    /// Our rank for taking `name` and the node ranked first when it is not us (rank 0: `None`).
+    /// Absent or released: the load-bounded assignment decides who goes first — unless the
+    /// preferred node is the one that just released it (it is shutting down or no longer
+    /// eligible): then the others go in rendezvous order without it. Held by another (expired)
+    /// node: rank among the others (it is presumably dead), cached per holder (this runs on
+    /// every renewal we observe).
+    fn rank_and_first(
+        &mut self,
+        name: &str,
+        desired: &LeaseWant,
+        obs: &Observed,
+    ) -> (usize, Option<String>) {
         let me = self.opts.identity.clone();
+        let without = |skip: &str| -> Vec<String> {
+            desired
+                .candidates
+                .iter()
+                .filter(|n| n.as_str() != skip)
+                .cloned()
+                .collect()
+        };
+        let ranked = |nodes: &[String]| -> (usize, Option<String>) {
+            let r = rendezvous_rank(name, &me, nodes);
+            let first = rendezvous_first(name, nodes).filter(|f| *f != me);
+            (r, first.map(str::to_string))
+        };
         let holder = obs.holder().filter(|h| *h != me);
         let Some(holder) = holder else {
-            // Absent or released: the load-bounded assignment decides who goes first — unless
-            // the preferred node is the one that just released it (it is shutting down or no
-            // longer eligible): then the others go in rendezvous order without it.
             let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
-            let r = match self.ranks.get(name) {
+            return match self.ranks.get(name) {
                 Some((_, Some(pref))) if obs.record.is_some() && last.as_ref() == Some(pref) => {
-                    let others: Vec<String> = desired
-                        .candidates
-                        .iter()
-                        .filter(|n| *n != pref)
-                        .cloned()
-                        .collect();
-                    rendezvous_rank(name, &me, &others)
+                    ranked(&without(pref))
                 }
-                Some((r, _)) => *r,
-                None => rendezvous_rank(name, &me, &desired.candidates),
+                Some((r, pref)) => (*r, pref.clone().filter(|p| *p != me)),
+                None => ranked(&desired.candidates),
             };
-            return step * r.min(MAX_RANK_WAIT) as u32;
         };
-        // Taking over from an expired holder: rank among the others (it is presumably dead).
-        // Cached per holder: this runs on every renewal we observe.
         if let Some(e) = self.entries.get(name) {
-            if let Some((h, r)) = &e.takeover_rank {
+            if let Some((h, r, first)) = &e.takeover_rank {
                 if h == holder {
-                    return step * (*r).min(MAX_RANK_WAIT) as u32;
+                    return (*r, first.clone());
                 }
             }
         }
-        let nodes: Vec<String> = desired
-            .candidates
-            .iter()
-            .filter(|n| n.as_str() != holder)
-            .cloned()
-            .collect();
-        let rank = rendezvous_rank(name, &me, &nodes);
+        let (rank, first) = ranked(&without(holder));
         let holder = holder.to_string();
         if let Some(e) = self.entries.get_mut(name) {
-            e.takeover_rank = Some((holder, rank));
+            e.takeover_rank = Some((holder, rank, first.clone()));
         }
-        step * rank.min(MAX_RANK_WAIT) as u32
+        (rank, first)
+    }
+
+    /// A takeover by a node not ranked first waits, past its rank wait, while the node ranked
+    /// first is seen taking other addresses ([`Engine::last_took`]): that node is working
+    /// through a burst (a node's addresses freed at once, a cluster's Services created at once)
+    /// and takes this one when its queue gets there. Rank waits alone (100 ms apart) are far
+    /// shorter than such a queue: at 10,000 addresses most takeovers of the second-ranked node
+    /// raced the first-ranked one's (a 409 for one of them), and most first acquisitions went
+    /// to a node the assignment did not prefer (then moved by hand-overs, minutes at 10k).
+    /// Waits until the first node has taken nothing for [`DEFER_BUSY`] retry periods, and at
+    /// most [`DEFER_MAX`] lease durations from the first wait (a first node that keeps busy
+    /// but does not take this one, e.g. it sees other candidates for a moment, delays it by
+    /// that much at most). `None`: go now.
+    fn defer_behind_first(
+        &mut self,
+        name: &str,
+        desired: &LeaseWant,
+        obs: &Observed,
+        now: Instant,
+    ) -> Option<Instant> {
+        if desired.candidates.is_empty() {
+            return None;
+        }
+        let (rank, first) = self.rank_and_first(name, desired, obs);
+        let first = first.filter(|_| rank > 0)?;
+        let busy_until = *self.last_took.get(&first)? + self.opts.config.retry_period * DEFER_BUSY;
+        let cap = self.opts.config.lease_duration * DEFER_MAX;
+        let e = self.entries.get_mut(name)?;
+        if now >= busy_until {
+            return None;
+        }
+        let first_wait = e.deferred_since.is_none();
+        let until = (*e.deferred_since.get_or_insert(now) + cap).min(busy_until);
+        if now >= until {
+            return None;
+        }
+        if first_wait {
+            self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(until)
     }
 
     pub(crate) fn step(&mut self, name: &str, now: Instant) {

@@ -62,6 +62,14 @@
 //! taking over from an expired holder, that holder is left out of the ranking (it is presumably
 //! dead), so the next node in its rendezvous order goes first.
 //!
+//! A rank wait is 100 ms; a burst (a node's thousands of addresses freed at once, a cluster's
+//! Services created at once) keeps the first-ranked node's write queue busy for seconds. So a
+//! lower-ranked node's takeover also waits while the node ranked first ([`rendezvous_first`]
+//! of the same order) is seen taking other address Leases — within the last two retry periods —
+//! and at most three lease durations past its rank wait (the first node may be busy and still
+//! not take this one, e.g. while its view of the candidates differs). Only an address the first
+//! node leaves is taken by the next; no write races the first node's (a 409 for one of the two).
+//!
 //! ## Events for the agent
 //! [`LeaseEvent::Acquired`] (announce), [`LeaseEvent::Lost`] (another holder / 409 / refusal:
 //! stop at once), [`LeaseEvent::Unreachable`] (renewals failed because the API server is
@@ -220,6 +228,14 @@ pub fn rendezvous_rank(key: &str, me: &str, nodes: &[String]) -> usize {
         .iter()
         .filter(|(t, n)| *n != me && order_key(key, *t, n) < my)
         .count()
+}
+
+/// The node of `nodes` ranked first for `key` (rank 0 by [`rendezvous_rank`]'s rule).
+pub fn rendezvous_first<'a>(key: &str, nodes: &'a [String]) -> Option<&'a str> {
+    candidate_tiers(nodes)
+        .into_iter()
+        .min_by_key(|(t, n)| order_key(key, *t, n))
+        .map(|(_, n)| n)
 }
 
 /// Parse a duration flag: `15s`, `500ms`, `1.5s`, `2m`, `1h`, compounds such as `1m30s`, the
@@ -460,6 +476,20 @@ mod tests {
         assert_eq!(rendezvous_rank("a", "stranger", &nodes), 7);
         let dup = vec!["x".to_string(), "x".to_string(), "y".to_string()];
         assert!(rendezvous_rank("k", "y", &dup) <= 1);
+    }
+
+    #[test]
+    fn the_first_is_the_node_of_rank_zero() {
+        let mut nodes: Vec<String> = (0..5).map(|i| format!("node-{i}")).collect();
+        for key in ["a", "b", "198.51.100.7", "2001:db8::9"] {
+            let first = rendezvous_first(key, &nodes).unwrap().to_string();
+            assert_eq!(rendezvous_rank(key, &first, &nodes), 0, "{key}");
+        }
+        // A more preferred tier goes first whatever the scores say.
+        nodes.insert(0, "z".into());
+        nodes.insert(1, TIER_BREAK.into());
+        assert_eq!(rendezvous_first("a", &nodes), Some("z"));
+        assert_eq!(rendezvous_first("a", &[]), None);
     }
 
     #[test]

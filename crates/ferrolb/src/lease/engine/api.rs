@@ -167,6 +167,9 @@ pub struct EngineStats {
     pub watch_errors: AtomicU64,
     /// Held leases released to hand them over to their preferred node (rebalancing).
     pub handovers: AtomicU64,
+    /// Takeovers that waited for the node ranked first while it took other addresses
+    /// (`Engine::defer_behind_first`), counted once per wait.
+    pub deferred: AtomicU64,
     /// Unwanted leases whose holder expired, cleared (holder removed) so they can be deleted.
     pub clears: AtomicU64,
     /// API outages seen (a write or the watch failing as unreachable after a success).

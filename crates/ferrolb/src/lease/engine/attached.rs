@@ -184,6 +184,11 @@ impl Engine {
             holder_presence: p_obs.as_ref(),
         };
         let mut step = decide_attached(&me, seen, mine, now, &cfg, intent);
+        if let (Step::Act(Action::Create | Action::Acquire { .. }), Some(d)) = (&step, &desired) {
+            if let Some(t) = self.defer_behind_first(name, d, &obs, now) {
+                step = Step::Act(Action::WaitUntil(t));
+            }
+        }
         let rewrite = self.entries.get(name).is_some_and(|e| e.rewrite);
         if rewrite && mine == Standing::Holder && matches!(step, Step::Act(Action::Hold { .. })) {
             // What the Lease says changed (its Services): one write, as the holder.

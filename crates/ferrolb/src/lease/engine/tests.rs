@@ -1379,3 +1379,194 @@ fn late_answers_halve_the_writes_in_flight_and_fast_ones_raise_them_again() {
     }
     assert_eq!(a.eng.write_limit, max, "back to the maximum");
 }
+
+/// `b` beside live `c` (candidates a, b, c), `a` holding `n` addresses; a's presence seen
+/// released at `t1` (a graceful stop that left them to it). Returns b, the addresses b ranks
+/// first for among {b, c}, and those c does.
+fn b_beside_c_after_a_stopped(
+    n: usize,
+    t0: Instant,
+    t1: Instant,
+) -> (Core, Vec<String>, Vec<String>) {
+    let (addrs, mut existing) = held_by("a", n, 20);
+    existing.push(lease(&presence_name("c"), "c", 15, 1, None));
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut b = Core::start("b", existing, &want, &["a", "b", "c"], t0);
+    assert!(b.writes().is_empty(), "a is alive");
+    b.eng.on_watch(
+        watcher::Event::Apply(released(&presence_name("a"), 900, None)),
+        t1,
+    );
+    let bc = ["b".to_string(), "c".to_string()];
+    let (mine, cs): (Vec<String>, Vec<String>) = addrs
+        .into_iter()
+        .partition(|a| crate::lease::rendezvous_first(a, &bc) == Some("b"));
+    assert!(mine.len() >= 3 && cs.len() >= 3, "{mine:?} {cs:?}");
+    (b, mine, cs)
+}
+
+/// Runs `b`'s timers from `from` to `until` (10 ms ticks) with c's presence renewed every
+/// 200 ms and `takes` (instant, address) shown as taken by c; answers b's writes. Returns b's
+/// address writes with their instants.
+fn run_beside_c(
+    b: &mut Core,
+    from: Instant,
+    until: Instant,
+    takes: &[(Instant, String)],
+) -> Vec<(Instant, WriteReq)> {
+    let pc = presence_name("c");
+    let mut out = Vec::new();
+    let mut t = from;
+    let mut rv = 5_000;
+    while t <= until {
+        if (t - from).as_millis().is_multiple_of(200) {
+            rv += 1;
+            b.eng
+                .on_watch(watcher::Event::Apply(renewal(&pc, "c", rv)), t);
+        }
+        for (_, addr) in takes.iter().filter(|(at, _)| *at == t) {
+            rv += 1;
+            b.eng.on_watch(
+                watcher::Event::Apply(lease(addr, "c", rv, ATTACHED_DURATION_SECONDS, Some(&pc))),
+                t,
+            );
+        }
+        b.eng.on_timers(t);
+        let w = b.writes();
+        out.extend(
+            w.iter()
+                .filter(|r| !is_presence_name(&r.name))
+                .map(|r| (t, r.clone())),
+        );
+        b.answer_all(w, t);
+        t += 10 * MS;
+    }
+    out
+}
+
+#[test]
+fn a_lower_ranked_survivor_waits_while_the_first_ranked_one_works_through_a_burst() {
+    // a stops, leaving its addresses to its presence release. b takes the ones it ranks first
+    // for at once; for c's it waits its rank wait (100 ms) and then as long as c is seen taking
+    // addresses (c works through its queue), and takes what c left once c has taken nothing
+    // for two retry periods. Without the wait, b raced c for every one of c's addresses that
+    // c's queue had not reached within 100 ms (a 409 for one of the two each time).
+    let t0 = Instant::now();
+    let t1 = t0 + 300 * MS;
+    let (mut b, mine, cs) = b_beside_c_after_a_stopped(24, t0, t1);
+    let first = b.writes();
+    let taken: BTreeSet<&str> = first
+        .iter()
+        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        taken,
+        mine.iter().map(String::as_str).collect(),
+        "b's own at once"
+    );
+    b.answer_all(first, t1);
+    // c takes one of its addresses 50 ms and another 300 ms after the release, then stalls.
+    let takes = vec![
+        (t1 + 50 * MS, cs[0].clone()),
+        (t1 + 300 * MS, cs[1].clone()),
+    ];
+    let w = run_beside_c(&mut b, t1, t1 + 690 * MS, &takes);
+    assert!(
+        w.is_empty(),
+        "c was seen taking addresses within 400 ms: b waits for it: {w:?}"
+    );
+    assert_eq!(
+        EngineStats::get(&b.eng.stats.deferred),
+        cs.len() as u64 - 1,
+        "every address of c's not taken by its rank wait's end waited"
+    );
+    // c's last take at t1 + 300 ms: b goes at t1 + 700 ms, for every address c left.
+    let w = run_beside_c(&mut b, t1 + 700 * MS, t1 + 800 * MS, &[]);
+    let late: BTreeSet<&str> = w
+        .iter()
+        .filter(|(at, r)| *at == t1 + 700 * MS && matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    assert_eq!(
+        late,
+        cs[2..].iter().map(String::as_str).collect(),
+        "the rest taken once c stalled: {w:?}"
+    );
+}
+
+#[test]
+fn a_first_ranked_node_that_stays_busy_without_taking_ours_holds_us_back_three_lease_durations_at_most(
+) {
+    // c keeps taking addresses b does not want (another pool's, say) but none of a's: b waits
+    // for it at most three lease durations past its rank wait, then takes c's share too.
+    let t0 = Instant::now();
+    let t1 = t0 + 300 * MS;
+    let (mut b, _mine, cs) = b_beside_c_after_a_stopped(24, t0, t1);
+    let first = b.writes();
+    b.answer_all(first, t1);
+    let others: Vec<(Instant, String)> = (0..40)
+        .map(|i| {
+            (
+                t1 + (50 + 100 * i) * MS,
+                format!("ferrolb-{:020x}", 0xc000 + i),
+            )
+        })
+        .collect();
+    let w = run_beside_c(&mut b, t1, t1 + 3_090 * MS, &others);
+    assert!(w.is_empty(), "{w:?}");
+    let w = run_beside_c(&mut b, t1 + 3_100 * MS, t1 + 3_200 * MS, &[]);
+    let late: BTreeSet<&str> = w
+        .iter()
+        .filter(|(at, r)| *at == t1 + 3_100 * MS && matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    assert_eq!(
+        late,
+        cs.iter().map(String::as_str).collect(),
+        "taken 3 lease durations after the first wait (rank wait end, t1 + 100 ms): {w:?}"
+    );
+}
+
+#[test]
+fn a_new_address_whose_preferred_node_is_busy_creating_others_is_left_to_it() {
+    // A cluster's Services created at once: c, preferred for the new address, is seen creating
+    // other address Leases; b (second) does not create it when its rank wait ends but leaves
+    // it to c — which creates it. Before, most first acquisitions at 10,000 Services went to
+    // a node the assignment did not prefer and were moved by hand-overs for minutes.
+    let t0 = Instant::now();
+    let bc = ["b".to_string(), "c".to_string()];
+    let addr = (0..)
+        .map(|i| format!("ferrolb-{i:020x}"))
+        .find(|a| crate::lease::rendezvous_first(a, &bc) == Some("c"))
+        .unwrap();
+    let existing = vec![lease(&presence_name("c"), "c", 15, 1, None)];
+    let mut b = Core::start("b", existing, &[addr.as_str()], &["b", "c"], t0);
+    let busy: Vec<(Instant, String)> = (0..3)
+        .map(|i| {
+            (
+                t0 + (20 + 150 * i) * MS,
+                format!("ferrolb-{:020x}", 0xc000 + i),
+            )
+        })
+        .collect();
+    let mut takes = busy.clone();
+    takes.push((t0 + 500 * MS, addr.clone()));
+    let w = run_beside_c(&mut b, t0, t0 + 1_500 * MS, &takes);
+    assert!(w.is_empty(), "left to c, which created it: {w:?}");
+    assert_eq!(EngineStats::get(&b.eng.stats.deferred), 1);
+    // Without c's activity b creates it after its rank wait.
+    let mut b = Core::start(
+        "b",
+        vec![lease(&presence_name("c"), "c", 15, 1, None)],
+        &[addr.as_str()],
+        &["b", "c"],
+        t0,
+    );
+    let w = run_beside_c(&mut b, t0, t0 + 200 * MS, &[]);
+    assert!(
+        w.iter()
+            .any(|(at, r)| r.name == addr && r.op == Op::Create && *at == t0 + 100 * MS),
+        "{w:?}"
+    );
+}
