@@ -132,6 +132,11 @@ pub const SYSTEM_NS: &str = "ferrolb-system";
 /// Namespace of the agents' Leases on the real server (deploy/'s RBAC keeps them apart).
 pub const AGENT_LEASE_NS: &str = "ferrolb-leases";
 
+/// Names the node whose agent runs under heaptrack's preload library (`FERROLB_LAB_HEAPTRACK=node2`).
+pub const HEAPTRACK_ENV: &str = "FERROLB_LAB_HEAPTRACK";
+/// Where Debian's `heaptrack` package puts its preload library.
+const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+
 impl Cluster {
     /// The agents' address Leases (ferrolb's Leases without presence Leases and the
     /// controllers' leader Lease), as the API server lists them now.
@@ -473,10 +478,28 @@ impl Cluster {
         args.extend(timing_args(&self.cfg.timings));
         args.extend(self.cfg.agent_args.iter().cloned());
         let log = numbered_log(&self.cfg.dir, &format!("agent-{}", node.name));
+        // A heap profile of one node's agent from its first allocation (a developer's knob,
+        // README "A heap profile of an agent"): heaptrack's preload library writes its raw trace
+        // beside the log; `heaptrack_interpret` turns it into a profile afterwards. Set by
+        // `env`, the last program before the agent: the library unsets LD_PRELOAD in the first
+        // process it loads into (`ip` would take it).
+        let profiled = std::env::var(HEAPTRACK_ENV).is_ok_and(|n| n == node.name);
+        let (program, args) = if profiled {
+            let raw = log.with_extension("heaptrack.raw");
+            let mut a = vec![
+                format!("LD_PRELOAD={HEAPTRACK_PRELOAD}"),
+                format!("DUMP_HEAPTRACK_OUTPUT={}", raw.display()),
+                self.cfg.exe.display().to_string(),
+            ];
+            a.extend(args);
+            (std::path::PathBuf::from("env"), a)
+        } else {
+            (self.cfg.exe.clone(), args)
+        };
         let p = Proc::spawn(
             &format!("agent {}", node.name),
             Some(self.topo.node_ns(i)),
-            &self.cfg.exe,
+            &program,
             &args,
             &[],
             &log,
