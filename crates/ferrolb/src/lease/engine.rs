@@ -267,6 +267,10 @@ pub(crate) struct Engine {
     /// When a write of ours or the watch last failed as unreachable (see
     /// [`Engine::server_keeps_up`]).
     last_unreachable: Option<Instant>,
+    /// When the oldest write of our presence Lease not answered with success since the last
+    /// one that was went out: one that timed out at the client may still land, and seen in the
+    /// watch, it counts from then (when it was sent at the latest).
+    presence_unanswered_since: Option<Instant>,
     /// Address Leases attached to a presence Lease (agents): presence name → address Leases
     /// whose record names that presence's node as holder. A presence change looks at these
     /// only; no address Lease held by a live node has a timer of its own.
@@ -312,6 +316,7 @@ impl Engine {
             ranks: HashMap::new(),
             last_seen: HashMap::new(),
             last_took: HashMap::new(),
+            presence_unanswered_since: None,
             presence,
             next_handover: now,
             watch_down: None,
@@ -416,6 +421,7 @@ impl Engine {
     /// Record an observation of `name` (None: absent), unless it is older than what we know.
     fn observe(&mut self, name: &str, lease: Option<&Lease>, now: Instant) {
         let me = self.opts.identity.clone();
+        let own_presence = self.presence.as_deref() == Some(name);
         let e = self
             .entries
             .entry(name.to_string())
@@ -430,7 +436,14 @@ impl Engine {
                 }
             }
         }
-        let next = Observed::next(e.observed.as_ref(), lease, now);
+        let mut next = Observed::next(e.observed.as_ref(), lease, now);
+        if own_presence && next.observed_at == now && next.holder() == Some(me.as_str()) {
+            // A renewal of ours that we saw fail (timed out at the client) landed after all:
+            // it counts from when it was sent at the latest, not from when the watch shows it.
+            if let Some(sent) = self.presence_unanswered_since {
+                next.observed_at = next.observed_at.min(sent);
+            }
+        }
         let prev_holder = e.observed.as_ref().and_then(|o| o.holder());
         let took = next
             .holder()

@@ -381,7 +381,9 @@ fn losing_our_presence_stops_every_address_and_each_is_confirmed_before_answerin
     assert!(w.iter().all(|r| r.op == Op::Create && r.attached));
     a.answer_all(w, t0);
     assert_eq!(a.events().len(), 3);
-    // Our presence renewal is refused (409: someone fenced it): every address stops at once.
+    // Our presence renewal is refused (409). Within our renew deadline that cannot be a fence
+    // (a node fences only a presence it saw unrenewed for a lease duration): most likely our
+    // own earlier write, landed late. Nothing stops until the watch shows who won.
     let _ = a.run(t0, t0 + 150 * MS, 10 * MS);
     a.eng.on_timers(t0 + 200 * MS);
     let w = a.writes();
@@ -404,6 +406,14 @@ fn losing_our_presence_stops_every_address_and_each_is_confirmed_before_answerin
         },
         t0 + 210 * MS,
     );
+    assert_eq!(a.events(), Vec::new());
+    // The watch shows our presence released (fenced): every address stops at once; we take
+    // the presence back (a new epoch), then confirm each address with one preconditioned write
+    // before answering it again.
+    a.rv += 1;
+    let mut fenced = lease(&presence_name("a"), "", a.rv, 1, None);
+    fenced.spec.as_mut().unwrap().lease_transitions = Some(0);
+    a.eng.on_watch(watcher::Event::Apply(fenced), t0 + 300 * MS);
     let ev = a.events();
     assert_eq!(
         ev.iter()
@@ -412,12 +422,6 @@ fn losing_our_presence_stops_every_address_and_each_is_confirmed_before_answerin
         3,
         "{ev:?}"
     );
-    // The watch shows our presence released (fenced): we take it back (a new epoch), then
-    // confirm each address with one preconditioned write before answering it again.
-    a.rv += 1;
-    let mut fenced = lease(&presence_name("a"), "", a.rv, 1, None);
-    fenced.spec.as_mut().unwrap().lease_transitions = Some(0);
-    a.eng.on_watch(watcher::Event::Apply(fenced), t0 + 300 * MS);
     // (After the retry period that follows a refused write.)
     assert!(a.writes().is_empty());
     a.eng.on_timers(t0 + 410 * MS);
@@ -1568,5 +1572,91 @@ fn a_new_address_whose_preferred_node_is_busy_creating_others_is_left_to_it() {
         w.iter()
             .any(|(at, r)| r.name == addr && r.op == Op::Create && *at == t0 + 100 * MS),
         "{w:?}"
+    );
+}
+
+#[test]
+fn our_own_presence_renewal_landing_after_its_timeout_is_not_a_lost_presence() {
+    // A saturated API server (a 10k graceful burst in the lab): our presence renewal times out
+    // at the client ("no answer within 600ms") but lands later. The next renewal, sent with the
+    // resourceVersion we last saw, gets 409 — against our own write. That is no sign another
+    // node took our presence: until the watch shows who won, the addresses ride it out as in an
+    // outage, and when it shows our own record, we go on holding them. Before, the 409 made our
+    // presence NotHolder at once: every address was reported lost (both survivors stopped
+    // answering thousands of addresses) and confirmed again with one write each.
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    let p = presence_name("a");
+    let renewal_due = |a: &mut Core, t: Instant| -> Option<WriteReq> {
+        a.eng.on_timers(t);
+        a.writes().into_iter().find(|r| r.name == p)
+    };
+    let mut t = t0;
+    let w1 = loop {
+        t += 10 * MS;
+        if let Some(w) = renewal_due(&mut a, t) {
+            break w;
+        }
+    };
+    // It lands at the server (the answer we will never get), then the client gives up.
+    a.rv += 1;
+    let landed = answer(&w1, "a", a.rv);
+    unreachable(&mut a, &w1, t + 600 * MS);
+    t += 600 * MS;
+    let w2 = loop {
+        t += 10 * MS;
+        if let Some(w) = renewal_due(&mut a, t) {
+            break w;
+        }
+    };
+    assert_eq!(
+        w2.used_rv, w1.used_rv,
+        "the watch has not shown the landed write yet"
+    );
+    a.eng.on_done(
+        Done {
+            name: p.clone(),
+            op: w2.op,
+            sent_at: t,
+            used_rv: w2.used_rv.clone(),
+            result: Err(WriteError {
+                kind: WriteFailure::Conflict,
+                message: "409".into(),
+                code: Some(409),
+            }),
+        },
+        t + 5 * MS,
+    );
+    let ev = a.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, LeaseEvent::Lost { .. })),
+        "a 409 against our own landed renewal loses nothing: {ev:?}"
+    );
+    // The watch shows our landed renewal: we hold on, no address is confirmed again, and the
+    // next renewal goes out with the new resourceVersion.
+    t += 20 * MS;
+    a.eng.on_watch(watcher::Event::Apply(landed.clone()), t);
+    let mut sent = Vec::new();
+    let until = t + 1_000 * MS;
+    while t < until {
+        t += 10 * MS;
+        a.eng.on_timers(t);
+        let w = a.writes();
+        sent.extend(w.iter().cloned());
+        a.answer_all(w, t);
+    }
+    assert!(
+        sent.iter().all(|r| r.name != addr),
+        "no address confirmed again: {sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|r| r.name == p && r.used_rv == landed.metadata.resource_version),
+        "{sent:?}"
+    );
+    let ev = a.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, LeaseEvent::Lost { .. })),
+        "{ev:?}"
     );
 }

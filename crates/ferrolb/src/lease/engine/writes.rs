@@ -143,6 +143,15 @@ impl Engine {
 
     pub(crate) fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if self.presence.as_deref() == Some(d.name.as_str()) {
+            self.presence_unanswered_since = match &d.result {
+                Ok(_) => None,
+                Err(_) => Some(
+                    self.presence_unanswered_since
+                        .map_or(d.sent_at, |t| t.min(d.sent_at)),
+                ),
+            };
+        }
         self.adapt_write_limit(&d, now);
         let name = d.name.clone();
         self.on_result(d, now);
@@ -230,6 +239,8 @@ impl Engine {
     /// Records a write's result in its lease's entry; false when the lease has no entry.
     fn record_result(&mut self, d: Done, now: Instant) -> bool {
         let cfg = self.opts.config.clone();
+        let own_presence = self.presence.as_deref() == Some(d.name.as_str());
+        let me = self.opts.identity.as_str();
         let Some(e) = self.entries.get_mut(&d.name) else {
             return false;
         };
@@ -300,6 +311,21 @@ impl Engine {
                         // Exists but our watch has not shown it (yet): wait for it, then retry
                         // after a lease duration at the latest.
                         e.retry_after = Some(now + cfg.lease_duration);
+                    }
+                    (WriteFailure::Conflict, Op::Update(OpKind::Renew))
+                        if own_presence
+                            && e.observed.as_ref().and_then(|o| o.holder()) == Some(me) =>
+                    {
+                        // Our presence, by the record we saw, refused with 409: most likely
+                        // against a renewal of ours that timed out at the client and landed
+                        // (a saturated API server). Not a loss until the watch shows another
+                        // holder: meanwhile the write counts as unanswered (held until the
+                        // renew deadline, then sticky as in an outage). A node that fenced us
+                        // saw our last renewal at least a lease duration before, so our renew
+                        // deadline had passed by then anyway.
+                        e.last_failure = Some(WriteFailure::Unreachable);
+                        e.conflict_rv = d.used_rv.clone();
+                        e.retry_after = Some(now + cfg.retry_period);
                     }
                     (WriteFailure::Conflict, _) => {
                         e.conflict_rv = d.used_rv.clone();
