@@ -22,6 +22,7 @@ mod writes;
 
 pub use api::*;
 use driver::run;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 pub use takeover::{Takeover, TakeoverKind, Takeovers};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -115,6 +116,8 @@ const WATCH_QUIET: Duration = Duration::from_secs(4);
 const DEFER_BUSY: u32 = 2;
 /// Such a wait lasts at most this many lease durations.
 const DEFER_MAX: u32 = 3;
+/// Unanswered presence renewals remembered (`Engine::presence_unanswered`).
+const UNANSWERED_KEPT: usize = 32;
 
 /// An API outage in progress, as this engine saw it.
 struct Outage {
@@ -129,6 +132,9 @@ pub(crate) struct Done {
     pub op: Op,
     /// Local instant the write was sent.
     pub sent_at: Instant,
+    /// Wall clock just before the write was built (its `renewTime` is this or a little later):
+    /// tells which of our unanswered presence renewals a record seen in the watch came from.
+    pub wall_sent: Option<MicroTime>,
     pub used_rv: Option<String>,
     pub result: Result<Option<Lease>, WriteError>,
 }
@@ -216,6 +222,26 @@ impl Entry {
     }
 }
 
+/// When the unanswered presence renewal that wrote `renew_time` was sent: the last one
+/// built before that time (our renewals go out one at a time), else — a clock step, or no
+/// time in the record — the oldest unanswered one, which is never later. `None` when none
+/// is unanswered.
+fn landed_renewal_sent(
+    unanswered: &[(Option<MicroTime>, Instant)],
+    renew_time: Option<&MicroTime>,
+) -> Option<Instant> {
+    let oldest = unanswered.first().map(|(_, t)| *t);
+    let Some(r) = renew_time else {
+        return oldest;
+    };
+    unanswered
+        .iter()
+        .filter(|(w, _)| w.as_ref().is_some_and(|w| w.0 <= r.0))
+        .max_by_key(|(w, _)| w.as_ref().map(|w| w.0))
+        .map(|(_, t)| *t)
+        .or(oldest)
+}
+
 fn rv_num(rv: Option<&str>) -> Option<u64> {
     rv.and_then(|s| s.parse().ok())
 }
@@ -267,10 +293,11 @@ pub(crate) struct Engine {
     /// When a write of ours or the watch last failed as unreachable (see
     /// [`Engine::server_keeps_up`]).
     last_unreachable: Option<Instant>,
-    /// When the oldest write of our presence Lease not answered with success since the last
-    /// one that was went out: one that timed out at the client may still land, and seen in the
-    /// watch, it counts from then (when it was sent at the latest).
-    presence_unanswered_since: Option<Instant>,
+    /// Writes of our presence Lease not answered with success since the last one that was
+    /// (wall clock before it was built, local instant it was sent), oldest first, at most
+    /// [`UNANSWERED_KEPT`]: one that timed out at the client may still land, and seen in the
+    /// watch, it counts from when it was sent ([`landed_renewal_sent`]).
+    presence_unanswered: Vec<(Option<MicroTime>, Instant)>,
     /// Address Leases attached to a presence Lease (agents): presence name → address Leases
     /// whose record names that presence's node as holder. A presence change looks at these
     /// only; no address Lease held by a live node has a timer of its own.
@@ -316,7 +343,7 @@ impl Engine {
             ranks: HashMap::new(),
             last_seen: HashMap::new(),
             last_took: HashMap::new(),
-            presence_unanswered_since: None,
+            presence_unanswered: Vec::new(),
             presence,
             next_handover: now,
             watch_down: None,
@@ -439,8 +466,9 @@ impl Engine {
         let mut next = Observed::next(e.observed.as_ref(), lease, now);
         if own_presence && next.observed_at == now && next.holder() == Some(me.as_str()) {
             // A renewal of ours that we saw fail (timed out at the client) landed after all:
-            // it counts from when it was sent at the latest, not from when the watch shows it.
-            if let Some(sent) = self.presence_unanswered_since {
+            // it counts from when it was sent, not from when the watch shows it.
+            let renewed = next.record.as_ref().and_then(|r| r.renew_time.as_ref());
+            if let Some(sent) = landed_renewal_sent(&self.presence_unanswered, renewed) {
                 next.observed_at = next.observed_at.min(sent);
             }
         }

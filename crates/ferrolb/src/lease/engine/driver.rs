@@ -160,6 +160,7 @@ impl Io {
                 annotations,
                 ..
             } = *req;
+            let wall_sent = Some(crate::lease::micro_now());
             let sent_at = Instant::now();
             let result = match op {
                 Op::Create => writer
@@ -206,6 +207,7 @@ impl Io {
                 name,
                 op,
                 sent_at,
+                wall_sent,
                 used_rv,
                 result,
             });

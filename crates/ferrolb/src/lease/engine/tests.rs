@@ -181,6 +181,7 @@ impl Core {
                     name: w.name.clone(),
                     op: w.op,
                     sent_at: at,
+                    wall_sent: None,
                     used_rv: w.used_rv.clone(),
                     result: Ok(Some(l)),
                 },
@@ -216,6 +217,7 @@ fn unreachable(a: &mut Core, w: &WriteReq, at: Instant) {
             name: w.name.clone(),
             op: w.op,
             sent_at: at,
+            wall_sent: None,
             used_rv: w.used_rv.clone(),
             result: Err(WriteError {
                 kind: WriteFailure::Unreachable,
@@ -349,6 +351,7 @@ fn a_fence_refused_with_409_takes_nothing() {
             name: pb.clone(),
             op: fence.op,
             sent_at: t0 + 1000 * MS,
+            wall_sent: None,
             used_rv: fence.used_rv.clone(),
             result: Err(WriteError {
                 kind: WriteFailure::Conflict,
@@ -397,6 +400,7 @@ fn losing_our_presence_stops_every_address_and_each_is_confirmed_before_answerin
             name: renewal.name.clone(),
             op: renewal.op,
             sent_at: t0 + 200 * MS,
+            wall_sent: None,
             used_rv: renewal.used_rv.clone(),
             result: Err(WriteError {
                 kind: WriteFailure::Conflict,
@@ -764,6 +768,7 @@ fn an_address_seen_released_after_a_lost_race_is_taken_at_once() {
             name: addr.into(),
             op: take.op,
             sent_at: t1,
+            wall_sent: None,
             used_rv: take.used_rv.clone(),
             result: Err(WriteError {
                 kind: WriteFailure::Conflict,
@@ -1355,6 +1360,7 @@ fn late_answers_halve_the_writes_in_flight_and_fast_ones_raise_them_again() {
                 name: w.name.clone(),
                 op: w.op,
                 sent_at: sent,
+                wall_sent: None,
                 used_rv: w.used_rv.clone(),
                 result: Ok(Some(l)),
             },
@@ -1618,6 +1624,7 @@ fn our_own_presence_renewal_landing_after_its_timeout_is_not_a_lost_presence() {
             name: p.clone(),
             op: w2.op,
             sent_at: t,
+            wall_sent: None,
             used_rv: w2.used_rv.clone(),
             result: Err(WriteError {
                 kind: WriteFailure::Conflict,
@@ -1658,5 +1665,84 @@ fn our_own_presence_renewal_landing_after_its_timeout_is_not_a_lost_presence() {
     assert!(
         !ev.iter().any(|e| matches!(e, LeaseEvent::Lost { .. })),
         "{ev:?}"
+    );
+}
+
+#[test]
+fn a_landed_renewal_counts_from_when_that_renewal_was_sent() {
+    // Two renewals in a row time out at the client and land. Seen in the watch, each counts
+    // from when it was sent (its renewTime says which it was), not from the first: the second
+    // brings the presence back within its renew deadline, so the address is held again, not
+    // left sticky until an answer gets through.
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    let p = presence_name("a");
+    let wall0 = crate::lease::micro_now().0;
+    let at = |ms: i64| {
+        MicroTime(
+            wall0
+                .checked_add(jiff::SignedDuration::from_millis(ms))
+                .unwrap(),
+        )
+    };
+    let mut t = t0;
+    let send = |a: &mut Core, t: &mut Instant| -> (WriteReq, Instant) {
+        loop {
+            *t += 10 * MS;
+            a.eng.on_timers(*t);
+            if let Some(w) = a.writes().into_iter().find(|r| r.name == p) {
+                return (w, *t);
+            }
+        }
+    };
+    let timed_out = |a: &mut Core, w: &WriteReq, sent: Instant, wall: MicroTime| {
+        a.eng.on_done(
+            Done {
+                name: w.name.clone(),
+                op: w.op,
+                sent_at: sent,
+                wall_sent: Some(wall),
+                used_rv: w.used_rv.clone(),
+                result: Err(WriteError {
+                    kind: WriteFailure::Unreachable,
+                    message: "no answer within 600ms".into(),
+                    code: None,
+                }),
+            },
+            sent + 600 * MS,
+        );
+    };
+    let (w1, s1) = send(&mut a, &mut t);
+    let wall1 = at((s1 - t0).as_millis() as i64);
+    t = s1 + 600 * MS;
+    timed_out(&mut a, &w1, s1, wall1.clone());
+    let (w2, s2) = send(&mut a, &mut t);
+    let wall2 = at((s2 - t0).as_millis() as i64);
+    timed_out(&mut a, &w2, s2, wall2.clone());
+    assert!(
+        a.events()
+            .iter()
+            .any(|e| matches!(e, LeaseEvent::Unreachable { .. })),
+        "past the renew deadline: sticky"
+    );
+    // Both landed; the watch shows the second (renewTime a few µs after it was built).
+    a.rv += 1;
+    let mut landed = answer(&w2, "a", a.rv);
+    let r = MicroTime(
+        wall2
+            .0
+            .checked_add(jiff::SignedDuration::from_micros(3))
+            .unwrap(),
+    );
+    landed.spec.as_mut().unwrap().renew_time = Some(r);
+    let seen = s2 + 100 * MS;
+    assert!(seen < s2 + cfg().renew_deadline);
+    a.eng.on_watch(watcher::Event::Apply(landed), seen);
+    let ev = a.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LeaseEvent::Acquired { name, .. } if name == addr)),
+        "held again: the second renewal was sent {:?} ago: {ev:?}",
+        seen - s2
     );
 }

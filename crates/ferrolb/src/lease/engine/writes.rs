@@ -144,13 +144,14 @@ impl Engine {
     pub(crate) fn on_done(&mut self, d: Done, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.presence.as_deref() == Some(d.name.as_str()) {
-            self.presence_unanswered_since = match &d.result {
-                Ok(_) => None,
-                Err(_) => Some(
-                    self.presence_unanswered_since
-                        .map_or(d.sent_at, |t| t.min(d.sent_at)),
-                ),
-            };
+            match &d.result {
+                Ok(_) => self.presence_unanswered.clear(),
+                Err(_) if self.presence_unanswered.len() < UNANSWERED_KEPT => self
+                    .presence_unanswered
+                    .push((d.wall_sent.clone(), d.sent_at)),
+                // Full: the oldest kept stand for the rest (never later than theirs).
+                Err(_) => {}
+            }
         }
         self.adapt_write_limit(&d, now);
         let name = d.name.clone();
