@@ -35,13 +35,27 @@ impl Engine {
         } else {
             None
         });
-        standing(
+        let st = standing(
             self.me(),
             e.observed.as_ref(),
             now,
             &self.opts.config,
             failure,
-        )
+        );
+        let ours = e
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.confirmed && o.holder() == Some(self.me()));
+        if st == Standing::NotHolder && ours && failure.is_none() && self.shutting_down.is_none() {
+            // Our own confirmed record, nothing refused, nothing in flight, and still past the
+            // renew deadline: the last renewal was answered (or its timer ran) later than that
+            // — a saturated API server or a starved process. Like an outage: sticky, not lost.
+            // Lost would stop every address at once and confirm each again with one write (a
+            // 10k graceful burst in the lab: a survivor whose renewal was answered 600 ms late
+            // dropped 1,000 addresses and wrote 1,000 confirmations into the saturation).
+            return Standing::Unreachable;
+        }
+        st
     }
 
     /// Keeps `by_presence` in step with the observed record of address Lease `name`.

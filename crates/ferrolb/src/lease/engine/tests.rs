@@ -1746,3 +1746,67 @@ fn a_landed_renewal_counts_from_when_that_renewal_was_sent() {
         seen - s2
     );
 }
+
+#[test]
+fn a_renewal_answered_after_the_renew_deadline_leaves_the_addresses_sticky_not_lost() {
+    // A saturated API server: our presence renewal succeeds, but its answer is handled after
+    // the renew deadline (the answer came late, or the process was starved). The record is ours
+    // and confirmed; nothing was refused. Sticky until the next renewal lands in time — not
+    // lost (which stopped every address and confirmed each again with one write).
+    let t0 = Instant::now();
+    let (mut a, addr) = a_holding_one(t0);
+    let p = presence_name("a");
+    let mut t = t0;
+    let (w, sent) = loop {
+        t += 10 * MS;
+        a.eng.on_timers(t);
+        if let Some(w) = a.writes().into_iter().find(|r| r.name == p) {
+            break (w, t);
+        }
+    };
+    // Answered, but handled 700 ms after it was sent.
+    a.rv += 1;
+    let l = answer(&w, "a", a.rv);
+    let late = sent + 700 * MS;
+    a.eng.on_timers(late);
+    a.eng.on_done(
+        Done {
+            name: p.clone(),
+            op: w.op,
+            sent_at: sent,
+            wall_sent: None,
+            used_rv: w.used_rv.clone(),
+            result: Ok(Some(l)),
+        },
+        late,
+    );
+    let ev = a.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, LeaseEvent::Lost { .. })),
+        "{ev:?}"
+    );
+    // The next renewal goes out at once and lands in time: held again, no confirmation write.
+    let mut sent_after = Vec::new();
+    let mut t = late;
+    while t < late + 500 * MS {
+        a.eng.on_timers(t);
+        let w = a.writes();
+        sent_after.extend(w.iter().cloned());
+        a.answer_all(w, t);
+        t += 10 * MS;
+    }
+    assert!(sent_after.iter().any(|r| r.name == p), "{sent_after:?}");
+    assert!(
+        sent_after.iter().all(|r| r.name != addr),
+        "no address confirmed again: {sent_after:?}"
+    );
+    let ev = a.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, LeaseEvent::Lost { .. })),
+        "{ev:?}"
+    );
+    assert!(
+        matches!(ev.last(), Some(LeaseEvent::Acquired { name, .. }) if name == addr),
+        "held again: {ev:?}"
+    );
+}
