@@ -205,6 +205,19 @@ impl Core {
         all
     }
 
+    /// Runs the timers from `*t` in 10 ms steps until our presence renewal goes out; returns
+    /// it, `*t` left at the instant it was sent. Other writes are dropped unanswered.
+    fn next_presence_write(&mut self, t: &mut Instant) -> WriteReq {
+        let p = presence_name(&self.me);
+        loop {
+            *t += 10 * MS;
+            self.eng.on_timers(*t);
+            if let Some(w) = self.writes().into_iter().find(|r| r.name == p) {
+                return w;
+            }
+        }
+    }
+
     fn timers_for(&self, name: &str) -> usize {
         self.eng.timers.iter().filter(|(_, n)| n == name).count()
     }
@@ -1593,28 +1606,14 @@ fn our_own_presence_renewal_landing_after_its_timeout_is_not_a_lost_presence() {
     let t0 = Instant::now();
     let (mut a, addr) = a_holding_one(t0);
     let p = presence_name("a");
-    let renewal_due = |a: &mut Core, t: Instant| -> Option<WriteReq> {
-        a.eng.on_timers(t);
-        a.writes().into_iter().find(|r| r.name == p)
-    };
     let mut t = t0;
-    let w1 = loop {
-        t += 10 * MS;
-        if let Some(w) = renewal_due(&mut a, t) {
-            break w;
-        }
-    };
+    let w1 = a.next_presence_write(&mut t);
     // It lands at the server (the answer we will never get), then the client gives up.
     a.rv += 1;
     let landed = answer(&w1, "a", a.rv);
     unreachable(&mut a, &w1, t + 600 * MS);
     t += 600 * MS;
-    let w2 = loop {
-        t += 10 * MS;
-        if let Some(w) = renewal_due(&mut a, t) {
-            break w;
-        }
-    };
+    let w2 = a.next_presence_write(&mut t);
     assert_eq!(
         w2.used_rv, w1.used_rv,
         "the watch has not shown the landed write yet"
@@ -1676,7 +1675,6 @@ fn a_landed_renewal_counts_from_when_that_renewal_was_sent() {
     // left sticky until an answer gets through.
     let t0 = Instant::now();
     let (mut a, addr) = a_holding_one(t0);
-    let p = presence_name("a");
     let wall0 = crate::lease::micro_now().0;
     let at = |ms: i64| {
         MicroTime(
@@ -1687,13 +1685,8 @@ fn a_landed_renewal_counts_from_when_that_renewal_was_sent() {
     };
     let mut t = t0;
     let send = |a: &mut Core, t: &mut Instant| -> (WriteReq, Instant) {
-        loop {
-            *t += 10 * MS;
-            a.eng.on_timers(*t);
-            if let Some(w) = a.writes().into_iter().find(|r| r.name == p) {
-                return (w, *t);
-            }
-        }
+        let w = a.next_presence_write(t);
+        (w, *t)
     };
     let timed_out = |a: &mut Core, w: &WriteReq, sent: Instant, wall: MicroTime| {
         a.eng.on_done(
@@ -1757,13 +1750,8 @@ fn a_renewal_answered_after_the_renew_deadline_leaves_the_addresses_sticky_not_l
     let (mut a, addr) = a_holding_one(t0);
     let p = presence_name("a");
     let mut t = t0;
-    let (w, sent) = loop {
-        t += 10 * MS;
-        a.eng.on_timers(t);
-        if let Some(w) = a.writes().into_iter().find(|r| r.name == p) {
-            break (w, t);
-        }
-    };
+    let w = a.next_presence_write(&mut t);
+    let sent = t;
     // Answered, but handled 700 ms after it was sent.
     a.rv += 1;
     let l = answer(&w, "a", a.rv);
