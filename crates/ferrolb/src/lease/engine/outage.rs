@@ -146,9 +146,17 @@ impl Engine {
     /// grace), so nobody's lease runs out because of an outage this node saw itself. Our own held
     /// leases keep their clock: it is the instant our last successful write was sent, and moving
     /// it would extend our own claim.
+    /// An address Lease attached to a presence Lease has no expiry of its own (its presence's
+    /// clock, restarted here, stands for it): its clock is left alone, so a release seen after
+    /// the outage (its presence released, the node shut down) frees it at once rather than a
+    /// renew deadline later (a test against a real kube-apiserver restart, 40 s renew deadline:
+    /// a graceful release not taken within 20 s).
     pub(super) fn restart_clocks(&mut self, now: Instant) {
         let me = self.opts.identity.as_str();
         for e in self.entries.values_mut() {
+            if e.attached_to.is_some() {
+                continue;
+            }
             if let Some(o) = e.observed.as_mut() {
                 let ours = o.confirmed && o.holder() == Some(me);
                 if !ours && o.observed_at < now {
