@@ -500,6 +500,14 @@ impl Engine {
         }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
+            if e.last_failure == Some(WriteFailure::Conflict) && !is_presence_name(name) {
+                // Our create of an address Lease lost a race (409) and waits "for the watch to
+                // show it, a lease duration at the latest": here it is. Without this, a node
+                // that lost the first create race could not take the Lease for a lease
+                // duration, even once its holder released it (a flaky test against a real
+                // kube-apiserver: 60 s leases, a graceful release not taken within 20 s).
+                e.retry_after = None;
+            }
             if next.holder() != Some(me.as_str()) {
                 e.last_failure = None;
             }

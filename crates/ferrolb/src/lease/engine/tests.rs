@@ -1798,3 +1798,82 @@ fn a_renewal_answered_after_the_renew_deadline_leaves_the_addresses_sticky_not_l
         "held again: {ev:?}"
     );
 }
+
+#[test]
+fn a_lost_create_race_does_not_hold_back_a_takeover_once_the_watch_showed_the_winner() {
+    // b and a create the same address Lease at once; a wins, b's create gets 409 ("wait for
+    // the watch to show it, a lease duration at the latest"). The watch shows a's Lease; later
+    // a stops and its presence is released: b takes the address at once, not a lease duration
+    // after its lost create.
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let addr = "ferrolb-00000000000000000001";
+    let mut b = Core::start("b", vec![lease(&pa, "a", 10, 1, None)], &[addr], &["b"], t0);
+    let w = b.writes();
+    let create = w
+        .iter()
+        .find(|r| r.name == addr)
+        .expect("b creates it")
+        .clone();
+    b.eng.on_done(
+        Done {
+            name: addr.into(),
+            op: create.op,
+            sent_at: t0,
+            wall_sent: None,
+            used_rv: None,
+            result: Err(WriteError {
+                kind: WriteFailure::Conflict,
+                message: "409 AlreadyExists".into(),
+                code: Some(409),
+            }),
+        },
+        t0 + 5 * MS,
+    );
+    b.eng.on_watch(
+        watcher::Event::Apply(lease(addr, "a", 11, ATTACHED_DURATION_SECONDS, Some(&pa))),
+        t0 + 10 * MS,
+    );
+    assert!(
+        b.writes().iter().all(|r| r.name != addr),
+        "held by a, alive"
+    );
+    let t1 = t0 + 300 * MS;
+    b.eng
+        .on_watch(watcher::Event::Apply(released(&pa, 20, None)), t1);
+    let w = b.writes();
+    assert!(
+        w.iter()
+            .any(|r| r.name == addr && matches!(r.op, Op::Update(OpKind::Acquire(_)))),
+        "a's presence released: b takes the address at once: {w:?}"
+    );
+}
+
+#[test]
+fn a_release_seen_after_an_outage_is_taken_at_once() {
+    // An outage ends without a live watch: other nodes' clocks restart with the grace (a renew
+    // deadline ahead), so nobody's Lease runs out because of an outage we saw ourselves. That
+    // grace is about expiry. a's presence then shows up released (a graceful stop): its
+    // addresses are free at once, not a renew deadline later.
+    let t0 = Instant::now();
+    let pa = presence_name("a");
+    let (addrs, existing) = held_by("a", 3, 11);
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
+    assert!(b.writes().is_empty(), "a is alive");
+    let t1 = t0 + 100 * MS;
+    b.eng.on_watch_error(t1, "connection refused");
+    let mut t = t1 + 500 * MS;
+    let w = b.next_presence_write(&mut t);
+    b.answer_all(vec![w], t);
+    let seen = t + 10 * MS;
+    b.eng
+        .on_watch_delivery(watcher::Event::Apply(released(&pa, 50, None)), seen);
+    let taken: BTreeSet<String> = b
+        .writes()
+        .into_iter()
+        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(taken, addrs.iter().cloned().collect(), "taken at once");
+}
