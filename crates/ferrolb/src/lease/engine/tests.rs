@@ -120,6 +120,25 @@ fn held_by(holder: &str, n: usize, rv: u64) -> (Vec<String>, Vec<Lease>) {
     (addrs, existing)
 }
 
+/// The address Leases `writes` take over (acquisitions), by name.
+fn taken(writes: &[WriteReq]) -> BTreeSet<&str> {
+    writes
+        .iter()
+        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
+        .map(|r| r.name.as_str())
+        .collect()
+}
+
+/// `b` (candidates a, b) wanting three address Leases that live `a` holds, attached to a's
+/// presence; returns b and the addresses.
+fn b_beside_a_holding_three(t0: Instant) -> (Core, Vec<String>) {
+    let (addrs, existing) = held_by("a", 3, 11);
+    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
+    assert!(b.writes().is_empty(), "a is alive");
+    (b, addrs)
+}
+
 struct Core {
     eng: Engine,
     me: String,
@@ -727,21 +746,13 @@ fn a_graceful_stop_whose_presence_release_fails_reports_the_addresses_not_releas
 fn addresses_attached_to_a_released_presence_are_taken_at_once() {
     let t0 = Instant::now();
     let pa = presence_name("a");
-    let (addrs, existing) = held_by("a", 3, 11);
-    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
-    assert!(b.writes().is_empty(), "a is alive");
+    let (mut b, addrs) = b_beside_a_holding_three(t0);
     let t1 = t0 + 300 * MS;
     b.eng
         .on_watch(watcher::Event::Apply(released(&pa, 20, None)), t1);
     let w = b.writes();
-    let taken: BTreeSet<&str> = w
-        .iter()
-        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
-        .map(|r| r.name.as_str())
-        .collect();
     assert_eq!(
-        taken,
+        taken(&w),
         addrs.iter().map(String::as_str).collect(),
         "every address taken at once: {w:?}"
     );
@@ -1478,13 +1489,8 @@ fn a_lower_ranked_survivor_waits_while_the_first_ranked_one_works_through_a_burs
     let t1 = t0 + 300 * MS;
     let (mut b, mine, cs) = b_beside_c_after_a_stopped(24, t0, t1);
     let first = b.writes();
-    let taken: BTreeSet<&str> = first
-        .iter()
-        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
-        .map(|r| r.name.as_str())
-        .collect();
     assert_eq!(
-        taken,
+        taken(&first),
         mine.iter().map(String::as_str).collect(),
         "b's own at once"
     );
@@ -1857,10 +1863,7 @@ fn a_release_seen_after_an_outage_is_taken_at_once() {
     // addresses are free at once, not a renew deadline later.
     let t0 = Instant::now();
     let pa = presence_name("a");
-    let (addrs, existing) = held_by("a", 3, 11);
-    let want: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let mut b = Core::start("b", existing, &want, &["a", "b"], t0);
-    assert!(b.writes().is_empty(), "a is alive");
+    let (mut b, addrs) = b_beside_a_holding_three(t0);
     let t1 = t0 + 100 * MS;
     b.eng.on_watch_error(t1, "connection refused");
     let mut t = t1 + 500 * MS;
@@ -1869,11 +1872,10 @@ fn a_release_seen_after_an_outage_is_taken_at_once() {
     let seen = t + 10 * MS;
     b.eng
         .on_watch_delivery(watcher::Event::Apply(released(&pa, 50, None)), seen);
-    let taken: BTreeSet<String> = b
-        .writes()
-        .into_iter()
-        .filter(|r| matches!(r.op, Op::Update(OpKind::Acquire(_))))
-        .map(|r| r.name)
-        .collect();
-    assert_eq!(taken, addrs.iter().cloned().collect(), "taken at once");
+    let w = b.writes();
+    assert_eq!(
+        taken(&w),
+        addrs.iter().map(String::as_str).collect(),
+        "taken at once: {w:?}"
+    );
 }
