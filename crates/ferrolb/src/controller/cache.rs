@@ -36,10 +36,10 @@ pub struct CachedService {
     pub created: Option<jiff::Timestamp>,
     /// The allocation request when the Service is ours; `None` when it is not.
     pub req: Option<Arc<StoredReq>>,
-    /// `status.loadBalancer.ingress`, whole.
-    pub ingress: Vec<LoadBalancerIngress>,
-    /// `status.conditions`, whole.
-    pub conditions: Vec<Condition>,
+    /// `status.loadBalancer.ingress`, whole (exact size: a decoded list keeps room for four).
+    pub ingress: Box<[LoadBalancerIngress]>,
+    /// `status.conditions`, whole (exact size).
+    pub conditions: Box<[Condition]>,
 }
 
 impl CachedService {
@@ -64,6 +64,7 @@ impl CachedService {
             ),
             None => (Vec::new(), Vec::new()),
         };
+        let (ingress, conditions) = (ingress.into_boxed_slice(), conditions.into_boxed_slice());
         CachedService {
             key,
             uid: metadata.uid.map(String::into_boxed_str),
