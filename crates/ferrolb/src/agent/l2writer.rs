@@ -269,12 +269,13 @@ async fn release(
     }
 }
 
-/// What the writer keeps of one `L2Announcement`: its write preconditions and its status.
+/// What the writer keeps of one `L2Announcement`: its write preconditions and its status
+/// (boxed and with exact-size lists: the map holds one per Service, mostly not ours).
 #[derive(Clone, Debug, PartialEq)]
 struct Narrow {
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
-    status: Option<L2AnnouncementStatus>,
+    status: Option<Box<L2AnnouncementStatus>>,
 }
 
 impl Narrow {
@@ -289,7 +290,11 @@ impl Narrow {
         let n = Narrow {
             uid: metadata.uid.map(String::into_boxed_str),
             resource_version: metadata.resource_version.map(String::into_boxed_str),
-            status,
+            status: status.map(|mut st| {
+                st.addresses.shrink_to_fit();
+                st.interfaces.shrink_to_fit();
+                Box::new(st)
+            }),
         };
         (key, n)
     }
@@ -351,7 +356,7 @@ impl L2Cache {
             resource_version: n.resource_version.as_deref().map(String::from),
             ..Default::default()
         };
-        o.status = n.status.clone();
+        o.status = n.status.as_deref().cloned();
         Some(o)
     }
 
