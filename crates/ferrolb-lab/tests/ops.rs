@@ -233,13 +233,13 @@ impl Env {
             ips,
             &services.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         );
-        let mut lbl: BTreeMap<String, String> = l.into_iter().collect();
+        let mut lbl = ferrolb::lease::pairs_map(l);
         lbl.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(lease_name(ips)),
                 labels: Some(lbl),
-                annotations: Some(a.into_iter().collect()),
+                annotations: Some(ferrolb::lease::pairs_map(a)),
                 ..Default::default()
             },
             spec: Some(held_by(holder, 120)),

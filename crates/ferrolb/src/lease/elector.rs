@@ -60,7 +60,7 @@ impl LeaderElector {
         set.set_desired(BTreeMap::from([(
             name.to_string(),
             LeaseWant {
-                labels: labels.into_iter().collect(),
+                labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
                 ..LeaseWant::default()
             },
         )]));

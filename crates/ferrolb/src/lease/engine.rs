@@ -1184,13 +1184,10 @@ impl Engine {
             desired.insert(
                 p.clone(),
                 LeaseWant {
-                    labels: vec![(
-                        super::LABEL_ROLE.to_string(),
-                        super::ROLE_PRESENCE.to_string(),
-                    )],
+                    labels: vec![(super::LABEL_ROLE.into(), super::ROLE_PRESENCE.to_string())],
                     annotations: vec![
-                        (super::ANN_NODE.to_string(), self.opts.identity.clone()),
-                        (super::attach::ANN_READS_ATTACHED.to_string(), "true".into()),
+                        (super::ANN_NODE.into(), self.opts.identity.clone()),
+                        (super::attach::ANN_READS_ATTACHED.into(), "true".into()),
                     ],
                     candidates: Arc::default(),
                     tag: None,

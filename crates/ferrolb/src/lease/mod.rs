@@ -320,8 +320,17 @@ pub const ANN_SERVICES: &str = "ferrolb.io/services";
 /// Annotation: the addresses a lease stands for (the lease key), as given.
 pub const ANN_ADDRESSES: &str = "ferrolb.io/addresses";
 
-/// Labels or annotations as `(key, value)` pairs.
-pub type Pairs = Vec<(String, String)>;
+/// Labels or annotations as `(key, value)` pairs. Keys are nearly always our own constants:
+/// borrowed, so an agent does not keep five copies of them per address.
+pub type Pairs = Vec<(std::borrow::Cow<'static, str>, String)>;
+
+/// `pairs` as a map (as an object's labels or annotations; a key given twice: the last wins).
+pub fn pairs_map(pairs: Pairs) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v))
+        .collect()
+}
 
 /// Labels and annotations describing what a lease serves: `services` as `namespace/name`,
 /// `key` = the canonical address set. Label values stay valid (≤ 63 chars); the full lists go
@@ -330,19 +339,19 @@ pub fn describe(key: &str, services: &[String]) -> (Pairs, Pairs) {
     let mut svcs: Vec<&str> = services.iter().map(String::as_str).collect();
     svcs.sort_unstable();
     svcs.dedup();
-    let mut labels = vec![(LABEL_SERVICE_COUNT.to_string(), svcs.len().to_string())];
+    let mut labels: Pairs = vec![(LABEL_SERVICE_COUNT.into(), svcs.len().to_string())];
     if let [one] = svcs.as_slice() {
         if let Some((ns, name)) = one.split_once('/') {
             // Namespace and Service names are DNS labels (≤ 63): valid label values as they are.
             if is_label_value(ns) && is_label_value(name) {
-                labels.push((LABEL_SERVICE_NAMESPACE.to_string(), ns.to_string()));
-                labels.push((LABEL_SERVICE_NAME.to_string(), name.to_string()));
+                labels.push((LABEL_SERVICE_NAMESPACE.into(), ns.to_string()));
+                labels.push((LABEL_SERVICE_NAME.into(), name.to_string()));
             }
         }
     }
     let annotations = vec![
-        (ANN_SERVICES.to_string(), svcs.join(",")),
-        (ANN_ADDRESSES.to_string(), key.to_string()),
+        (ANN_SERVICES.into(), svcs.join(",")),
+        (ANN_ADDRESSES.into(), key.to_string()),
     ];
     (labels, annotations)
 }
@@ -674,9 +683,9 @@ mod tests {
 
     #[test]
     fn describe_keeps_labels_valid() {
-        let map = |v: Vec<(String, String)>| -> std::collections::BTreeMap<String, String> {
+        let map = |v: Pairs| -> std::collections::BTreeMap<String, String> {
             let n = v.len();
-            let m: std::collections::BTreeMap<_, _> = v.into_iter().collect();
+            let m = pairs_map(v);
             assert_eq!(m.len(), n, "a key given twice");
             m
         };

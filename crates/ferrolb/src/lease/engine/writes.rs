@@ -93,8 +93,8 @@ impl Engine {
                 Op::Create | Op::Update(OpKind::Acquire(_) | OpKind::Renew)
             );
         let mut labels = self.opts.base_labels.clone();
-        labels.extend(desired.labels);
-        let mut annotations: BTreeMap<String, String> = desired.annotations.into_iter().collect();
+        labels.extend(crate::lease::pairs_map(desired.labels));
+        let mut annotations = crate::lease::pairs_map(desired.annotations);
         if matches!(op, Op::Update(OpKind::Clear | OpKind::Fence)) && is_presence_name(name) {
             // A write by another node starts from a base rebuilt from the watched record, without
             // the metadata: say again what the Lease is, or it would drop out of every agent's
