@@ -251,7 +251,8 @@ fn rv_num(rv: Option<&str>) -> Option<u64> {
 /// its own: every rule is unit-tested by feeding values in (`engine/tests.rs`).
 pub(crate) struct Engine {
     opts: EngineOptions,
-    entries: HashMap<String, Entry>,
+    /// Boxed: an entry is large and the table keeps up to twice as many slots as entries.
+    entries: HashMap<String, Box<Entry>>,
     pub(crate) timers: BTreeSet<(Instant, String)>,
     initialized: bool,
     init_buf: Option<HashMap<String, Lease>>,
@@ -452,7 +453,7 @@ impl Engine {
         let e = self
             .entries
             .entry(name.to_string())
-            .or_insert_with(Entry::new);
+            .or_insert_with(|| Box::new(Entry::new()));
         if let (Some(l), Some(prev)) = (lease, e.observed.as_ref()) {
             if let (Some(new), Some(old)) = (
                 rv_num(l.metadata.resource_version.as_deref()),
@@ -1205,7 +1206,10 @@ impl Engine {
         }
         for (n, d) in desired {
             let initialized = self.initialized;
-            let e = self.entries.entry(n.clone()).or_insert_with(Entry::new);
+            let e = self
+                .entries
+                .entry(n.clone())
+                .or_insert_with(|| Box::new(Entry::new()));
             if e.observed.is_none() && initialized {
                 // The watch is synced and has not shown it: it does not exist.
                 e.observed = Some(Observed::absent(now));
