@@ -154,7 +154,8 @@ impl fmt::Display for ServiceRef {
 pub struct Group {
     /// Canonical address set: the addresses sorted (IPv4 before IPv6), comma-separated.
     pub key: String,
-    pub addresses: BTreeSet<IpAddr>,
+    /// The addresses, sorted and distinct (a slice: a set's node would cost ≈ 0.2 KiB per group).
+    pub addresses: Box<[IpAddr]>,
     /// The Services served, sorted, without duplicates (a list: usually one, and an agent keeps
     /// a group per address of the cluster — a set's node would cost ≈ 0.5 KiB each).
     pub services: Vec<ServiceRef>,
@@ -215,8 +216,16 @@ impl Desired {
     }
 }
 
+/// A [`Group::addresses`]: `ips` sorted (IPv4 before IPv6), each once.
+pub fn address_set(ips: impl IntoIterator<Item = IpAddr>) -> Box<[IpAddr]> {
+    let mut v: Vec<IpAddr> = ips.into_iter().collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into_boxed_slice()
+}
+
 /// The canonical key of an address set (sorted, comma-separated).
-pub fn group_key(addresses: &BTreeSet<IpAddr>) -> String {
+pub fn group_key(addresses: &[IpAddr]) -> String {
     addresses
         .iter()
         .map(IpAddr::to_string)
@@ -433,7 +442,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let mut interface_cache: BTreeMap<BTreeSet<String>, Arc<BTreeSet<String>>> = BTreeMap::new();
     let mut groups = Vec::with_capacity(grouped.len());
     for members in grouped.values() {
-        let addresses: BTreeSet<IpAddr> = members.iter().map(|p| p.address).collect();
+        let addresses = address_set(members.iter().map(|p| p.address));
         let mut service_refs: Vec<ServiceRef> = members
             .iter()
             .map(|p| services[p.service].1.clone())

@@ -303,7 +303,8 @@ mod tests {
     use super::*;
 
     fn group(ips: &[&str], ifaces: &[&str], here: bool) -> Arc<Group> {
-        let addresses: BTreeSet<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+        let addresses =
+            super::super::eligibility::address_set(ips.iter().map(|s| s.parse().unwrap()));
         Arc::new(Group {
             key: group_key(&addresses),
             addresses,

@@ -357,7 +357,8 @@ mod tests {
     use std::sync::Arc;
 
     fn group(key_ips: &[&str], services: &[(&str, &str)], ifaces: &[&str]) -> Arc<Group> {
-        let addresses = key_ips.iter().map(|s| s.parse().unwrap()).collect();
+        let addresses =
+            crate::agent::eligibility::address_set(key_ips.iter().map(|s| s.parse().unwrap()));
         Arc::new(Group {
             key: crate::agent::eligibility::group_key(&addresses),
             addresses,

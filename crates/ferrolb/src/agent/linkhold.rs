@@ -208,7 +208,7 @@ mod tests {
     fn group(key: &str) -> Arc<Group> {
         Arc::new(Group {
             key: key.into(),
-            addresses: BTreeSet::from([key.parse().unwrap()]),
+            addresses: [key.parse().unwrap()].into(),
             services: vec![],
             candidates: Arc::new(vec!["n1".into(), "n2".into()]),
             interfaces: Arc::new(BTreeSet::from(["eth0".to_string()])),

@@ -117,8 +117,9 @@ fn ip(s: &str) -> IpAddr {
 
 /// The group key of the addresses (the tag the core gives the engine with their lease).
 fn key_of(ips: &[&str]) -> String {
-    let set: BTreeSet<IpAddr> = ips.iter().map(|s| ip(s)).collect();
-    group_key(&set)
+    group_key(&crate::agent::eligibility::address_set(
+        ips.iter().map(|s| ip(s)),
+    ))
 }
 
 /// What the engine reports for the lease of group `key`: its name and the core's tag.
