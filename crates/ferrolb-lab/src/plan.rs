@@ -612,8 +612,8 @@ fn plan_cluster(
         }
         let rep = adoption.get(k);
         services.push(ServiceReport {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
+            namespace: k.namespace.to_string(),
+            name: k.name.to_string(),
             satisfied: o.is_satisfied(),
             reason: o.reason.as_str().to_string(),
             message: o.message.clone(),

@@ -51,7 +51,10 @@ impl CachedService {
                 &svc, &class,
             )))
         });
-        let key = ServiceKey::of(&svc);
+        // One key shared by the request, the cache and the maps that index them.
+        let key = req
+            .as_ref()
+            .map_or_else(|| ServiceKey::of(&svc), |r| r.key.clone());
         let Service {
             metadata, status, ..
         } = svc;

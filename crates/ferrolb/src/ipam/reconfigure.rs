@@ -60,7 +60,7 @@ impl Allocator {
     }
 
     pub(super) fn namespace_changed(&mut self, name: &str) -> Vec<ServiceKey> {
-        self.reensure(|s| s.req.key.namespace == name)
+        self.reensure(|s| &*s.req.key.namespace == name)
     }
 
     /// Ensures again every ensured Service that `which` picks (in the allocator's Service

@@ -33,9 +33,9 @@ use crate::api::{
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ServiceKey {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: std::sync::Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
 }
 
 impl ServiceKey {
@@ -53,9 +53,10 @@ impl ServiceKey {
             namespace: svc
                 .metadata
                 .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: svc.metadata.name.clone().unwrap_or_default(),
+                .as_deref()
+                .unwrap_or("default")
+                .into(),
+            name: svc.metadata.name.as_deref().unwrap_or_default().into(),
         }
     }
 }
@@ -548,8 +549,9 @@ pub struct StoredReq {
 impl StoredReq {
     /// The compact copy of `r`.
     pub fn from_req(r: &ServiceReq) -> Self {
-        let virt_ns = r.labels.get(LABEL_SERVICE_NAMESPACE) == Some(&r.key.namespace);
-        let virt_name = r.labels.get(LABEL_SERVICE_NAME) == Some(&r.key.name);
+        let virt_ns =
+            r.labels.get(LABEL_SERVICE_NAMESPACE).map(String::as_str) == Some(&*r.key.namespace);
+        let virt_name = r.labels.get(LABEL_SERVICE_NAME).map(String::as_str) == Some(&*r.key.name);
         let labels = r
             .labels
             .iter()

@@ -1526,7 +1526,7 @@ mod prop {
                         reqs.insert(r.key.clone(), r);
                     }
                     Op::Release(id) => {
-                        let gone: Vec<ServiceKey> = reqs.keys().filter(|k| k.name == format!("s{id}")).cloned().collect();
+                        let gone: Vec<ServiceKey> = reqs.keys().filter(|k| *k.name == format!("s{id}")).cloned().collect();
                         for k in gone {
                             reqs.remove(&k);
                             a.release(&k);

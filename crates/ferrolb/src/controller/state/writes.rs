@@ -129,8 +129,8 @@ impl State {
             regarding: ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Service".into()),
-                namespace: Some(key.namespace.clone()),
-                name: Some(key.name.clone()),
+                namespace: Some(key.namespace.to_string()),
+                name: Some(key.name.to_string()),
                 uid: svc.uid.as_deref().map(String::from),
                 resource_version: None,
                 ..Default::default()
