@@ -10,6 +10,7 @@ pub mod controller;
 pub mod crds;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod intern;
 pub mod ipam;
 pub mod k8s;
 pub mod lease;

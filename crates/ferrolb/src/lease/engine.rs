@@ -42,6 +42,7 @@ use super::decide::{
 use super::{
     balanced_assignment, rendezvous_first, rendezvous_rank, rendezvous_score, MAX_RANK_WAIT,
 };
+use crate::intern::Interner;
 
 /// The write limit never goes below this ([`Engine::adapt_write_limit`]).
 pub const MIN_WRITE_LIMIT: usize = 4;
@@ -162,14 +163,14 @@ struct Entry {
     wake: Option<Instant>,
     /// Cached rank for taking over from (holder): rank among candidates without it, and the
     /// node ranked first among them when it is not us.
-    takeover_rank: Option<(String, usize, Option<String>)>,
+    takeover_rank: Option<(Arc<str>, usize, Option<Arc<str>>)>,
     /// Since when our takeover waits for the node ranked first ([`Engine::defer_behind_first`]);
     /// cleared when the record changes.
     deferred_since: Option<Instant>,
     /// Since when we hold it (reported Held).
     held_since: Option<Instant>,
     /// The last holder seen (kept when the lease is released).
-    last_holder: Option<String>,
+    last_holder: Option<Arc<str>>,
     /// We released it to hand it over to its preferred node.
     handover_pending: bool,
     /// No hand-over before this (a previous one was not taken).
@@ -177,11 +178,11 @@ struct Entry {
     /// Waiting in one of the engine's write queues.
     queued: bool,
     /// The observed record's `ferrolb.io/attached-to` annotation (attached address Leases).
-    attached_to: Option<String>,
+    attached_to: Option<Arc<str>>,
     /// The observed record carries [`super::attach::ANN_READS_ATTACHED`] (presence Leases).
     reads_attached: bool,
     /// The presence Lease under which this address Lease is indexed in `Engine::by_presence`.
-    index_key: Option<String>,
+    index_key: Option<Arc<str>>,
     /// Another node's presence Lease: (holder, expired) as last judged; its attached address
     /// Leases are looked at again when this changes.
     presence_state: Option<(Option<String>, bool)>,
@@ -253,6 +254,9 @@ pub(crate) struct Engine {
     opts: EngineOptions,
     /// Boxed: an entry is large and the table keeps up to twice as many slots as entries.
     entries: HashMap<String, Box<Entry>>,
+    /// One copy of each node and presence Lease name the entries refer to (holders, ranks,
+    /// attachments): an agent keeps an entry per address of the cluster, naming a few nodes.
+    names: Interner,
     pub(crate) timers: BTreeSet<(Instant, String)>,
     initialized: bool,
     init_buf: Option<HashMap<String, Lease>>,
@@ -302,7 +306,7 @@ pub(crate) struct Engine {
     /// Address Leases attached to a presence Lease (agents): presence name → address Leases
     /// whose record names that presence's node as holder. A presence change looks at these
     /// only; no address Lease held by a live node has a timer of its own.
-    by_presence: HashMap<String, BTreeSet<String>>,
+    by_presence: HashMap<Arc<str>, BTreeSet<String>>,
     /// Our presence standing as last computed (attached mode).
     my_standing: Standing,
     /// The caller has said what it wants at least once ([`LeaseSet::set_desired`]). Until
@@ -329,6 +333,7 @@ impl Engine {
         let mut eng = Engine {
             opts,
             entries: HashMap::new(),
+            names: Interner::default(),
             timers: BTreeSet::new(),
             initialized: false,
             init_buf: None,
@@ -497,7 +502,7 @@ impl Engine {
             e.handover_pending = false;
         }
         if let Some(h) = next.holder() {
-            e.last_holder = Some(h.to_string());
+            e.last_holder = Some(self.names.intern(h));
         }
         if next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
             // The record moved on: a failure of an older write says nothing about it.
@@ -536,7 +541,7 @@ impl Engine {
         } else {
             None
         };
-        e.attached_to = lease.and_then(attached_to_of);
+        e.attached_to = lease.and_then(|l| attached_to_of(&mut self.names, l));
         e.reads_attached = lease.is_some_and(reads_attached);
         self.reindex(name);
     }
@@ -574,7 +579,7 @@ impl Engine {
             (Some(_), Some(h)) => (TakeoverKind::Expired, Some(h.to_string())),
             (Some(_), None) => {
                 let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
-                (TakeoverKind::Released, last)
+                (TakeoverKind::Released, last.as_deref().map(String::from))
             }
         };
         // An attached address Lease is never renewed: its record was last written when its
@@ -641,7 +646,7 @@ impl Engine {
         let Some(holder) = holder else {
             let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
             return match self.ranks.get(name) {
-                Some((_, Some(pref))) if obs.record.is_some() && last.as_ref() == Some(pref) => {
+                Some((_, Some(pref))) if obs.record.is_some() && last.as_deref() == Some(pref) => {
                     ranked(&without(pref))
                 }
                 Some((r, pref)) => (*r, pref.clone().filter(|p| *p != me)),
@@ -650,15 +655,19 @@ impl Engine {
         };
         if let Some(e) = self.entries.get(name) {
             if let Some((h, r, first)) = &e.takeover_rank {
-                if h == holder {
-                    return (*r, first.clone());
+                if **h == *holder {
+                    return (*r, first.as_deref().map(String::from));
                 }
             }
         }
         let (rank, first) = ranked(&without(holder));
-        let holder = holder.to_string();
+        let cached = (
+            self.names.intern(holder),
+            rank,
+            first.as_deref().map(|f| self.names.intern(f)),
+        );
         if let Some(e) = self.entries.get_mut(name) {
-            e.takeover_rank = Some((holder, rank, first.clone()));
+            e.takeover_rank = Some(cached);
         }
         (rank, first)
     }
@@ -1321,12 +1330,13 @@ fn reads_attached(l: &Lease) -> bool {
 }
 
 /// The [`super::attach::ANN_ATTACHED_TO`] annotation of a Lease.
-fn attached_to_of(l: &Lease) -> Option<String> {
-    l.metadata
+fn attached_to_of(names: &mut Interner, l: &Lease) -> Option<Arc<str>> {
+    let p = l
+        .metadata
         .annotations
         .as_ref()?
-        .get(super::attach::ANN_ATTACHED_TO)
-        .cloned()
+        .get(super::attach::ANN_ATTACHED_TO)?;
+    Some(names.intern(p))
 }
 
 /// The agent's multi-lease engine. See the [module documentation](super) for semantics.

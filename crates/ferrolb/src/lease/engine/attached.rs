@@ -67,7 +67,7 @@ impl Engine {
             return;
         };
         let key = match (&e.attached_to, e.observed.as_ref().and_then(|o| o.holder())) {
-            (Some(_), Some(h)) => Some(presence_name(h)),
+            (Some(_), Some(h)) => Some(self.names.intern(&presence_name(h))),
             _ => None,
         };
         if key == e.index_key {

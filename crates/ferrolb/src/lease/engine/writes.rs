@@ -273,7 +273,7 @@ impl Engine {
                 }
                 if !newer_known {
                     e.observed = Some(Observed::written(&lease, d.sent_at));
-                    e.attached_to = super::attached_to_of(&lease);
+                    e.attached_to = super::attached_to_of(&mut self.names, &lease);
                     e.object = Some(super::base::Base::of(&lease));
                     self.reindex(&d.name);
                 }
