@@ -129,7 +129,7 @@ async fn run(
     writes: IntCounterVec,
 ) {
     let all: Api<L2Announcement> = Api::all(client.clone());
-    let store = Arc::new(Mutex::new(L2Cache::default()));
+    let store = Arc::new(Mutex::new(L2Cache::new(&node)));
     let ready = Arc::new(Notify::new());
     let stream = watcher(all, watcher::Config::default()).default_backoff();
     {
@@ -269,17 +269,61 @@ async fn release(
     }
 }
 
-/// What the writer keeps of one `L2Announcement`: its write preconditions and its status
-/// (boxed and with exact-size lists: the map holds one per Service, mostly not ours).
+/// What the writer keeps of one `L2Announcement`: its write preconditions and its status.
 #[derive(Clone, Debug, PartialEq)]
 struct Narrow {
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
-    status: Option<Box<L2AnnouncementStatus>>,
+    status: Option<Kept>,
+}
+
+/// The status of a cached object. The map holds one per Service of the cluster, mostly naming
+/// another node, and of those [`plan`] reads only who announces, `leaseTransitions` and
+/// `lastFailover` (a takeover's write starts afresh from what this node wants): that is all
+/// that is kept of them. An object naming this node is kept whole (a rewrite keeps the rest).
+#[derive(Clone, Debug, PartialEq)]
+enum Kept {
+    Ours(Box<L2AnnouncementStatus>),
+    Other {
+        node: Option<Box<str>>,
+        lease_transitions: Option<i32>,
+        last_failover: Option<Box<crate::api::L2Failover>>,
+    },
+}
+
+impl Kept {
+    fn of(node: &str, mut st: L2AnnouncementStatus) -> Kept {
+        if st.node.as_deref() == Some(node) {
+            st.addresses.shrink_to_fit();
+            st.interfaces.shrink_to_fit();
+            return Kept::Ours(Box::new(st));
+        }
+        Kept::Other {
+            node: st.node.map(String::into_boxed_str),
+            lease_transitions: st.lease_transitions,
+            last_failover: st.last_failover.map(Box::new),
+        }
+    }
+
+    fn status(&self) -> L2AnnouncementStatus {
+        match self {
+            Kept::Ours(st) => (**st).clone(),
+            Kept::Other {
+                node,
+                lease_transitions,
+                last_failover,
+            } => L2AnnouncementStatus {
+                node: node.as_deref().map(String::from),
+                lease_transitions: *lease_transitions,
+                last_failover: last_failover.as_deref().cloned(),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 impl Narrow {
-    fn of(o: L2Announcement) -> (ServiceRef, Narrow) {
+    fn of(node: &str, o: L2Announcement) -> (ServiceRef, Narrow) {
         let L2Announcement {
             metadata, status, ..
         } = o;
@@ -290,11 +334,7 @@ impl Narrow {
         let n = Narrow {
             uid: metadata.uid.map(String::into_boxed_str),
             resource_version: metadata.resource_version.map(String::into_boxed_str),
-            status: status.map(|mut st| {
-                st.addresses.shrink_to_fit();
-                st.interfaces.shrink_to_fit();
-                Box::new(st)
-            }),
+            status: status.map(|st| Kept::of(node, st)),
         };
         (key, n)
     }
@@ -302,8 +342,10 @@ impl Narrow {
 
 /// The writer's watch cache of `L2Announcement`s (see the module docs), fed by the watch's
 /// events; a relist replaces it whole when it completes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct L2Cache {
+    /// This node (whose objects are kept whole).
+    node: String,
     objects: HashMap<ServiceRef, Narrow>,
     /// The relist under way.
     relist: Option<HashMap<ServiceRef, Narrow>>,
@@ -311,20 +353,30 @@ pub struct L2Cache {
 }
 
 impl L2Cache {
+    /// An empty cache for the writer of `node`.
+    pub fn new(node: &str) -> Self {
+        L2Cache {
+            node: node.to_string(),
+            objects: HashMap::new(),
+            relist: None,
+            ready: false,
+        }
+    }
+
     /// Applies one watch event; `true` when this made the cache ready (first list complete).
     pub fn on_watch(&mut self, ev: watcher::Event<L2Announcement>) -> bool {
         match ev {
             watcher::Event::Apply(o) => {
-                let (k, n) = Narrow::of(o);
+                let (k, n) = Narrow::of(&self.node, o);
                 self.objects.insert(k, n);
             }
             watcher::Event::Delete(o) => {
-                let (k, _) = Narrow::of(o);
+                let (k, _) = Narrow::of(&self.node, o);
                 self.objects.remove(&k);
             }
             watcher::Event::Init => self.relist = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
-                let (k, n) = Narrow::of(o);
+                let (k, n) = Narrow::of(&self.node, o);
                 self.relist.get_or_insert_with(HashMap::new).insert(k, n);
             }
             watcher::Event::InitDone => {
@@ -356,7 +408,7 @@ impl L2Cache {
             resource_version: n.resource_version.as_deref().map(String::from),
             ..Default::default()
         };
-        o.status = n.status.as_deref().cloned();
+        o.status = n.status.as_ref().map(Kept::status);
         Some(o)
     }
 
@@ -431,7 +483,7 @@ mod tests {
 
     #[test]
     fn keeps_what_a_write_needs_and_plans_as_with_the_whole_object() {
-        let mut c = L2Cache::default();
+        let mut c = L2Cache::new("n1");
         assert!(!c.is_ready());
         assert!(!c.on_watch(watcher::Event::Init));
         assert!(!c.on_watch(watcher::Event::InitApply(obj("demo", "web", "5", "n1"))));
@@ -464,9 +516,66 @@ mod tests {
         assert!(c.is_empty());
     }
 
+    /// Of another node's object only what a takeover's write reads is kept: the write planned
+    /// from the cache is the one planned from the whole object, with and without a takeover
+    /// record of our own.
+    #[test]
+    fn another_nodes_object_is_kept_small_and_plans_the_same_writes() {
+        use crate::agent::l2status::{Acquired, Want};
+        use crate::api::L2Failover;
+        let mut whole = obj("demo", "web", "7", "n2");
+        if let Some(st) = whole.status.as_mut() {
+            st.since = Some("2026-12-07T05:00:00Z".into());
+            st.lease_transitions = Some(4);
+            st.last_failover = Some(L2Failover {
+                kind: "Expired".into(),
+                from: Some("n3".into()),
+                duration_milliseconds: Some(812),
+            });
+        }
+        let mut c = L2Cache::new("n1");
+        c.on_watch(watcher::Event::Init);
+        c.on_watch(watcher::Event::InitApply(whole.clone()));
+        c.on_watch(watcher::Event::InitDone);
+        let got = c.get(&ServiceRef::new("demo", "web")).expect("cached");
+        let st = got.status.as_ref().expect("a status");
+        assert_eq!(st.node.as_deref(), Some("n2"));
+        assert!(st.addresses.is_empty() && st.lease.is_none() && st.since.is_none());
+        let status_of = |w: Option<Write>| match w {
+            Some(Write::Status(o) | Write::Create(o)) => o.status,
+            None => None,
+        };
+        let takeover = Acquired {
+            at: "2026-12-07T05:01:00Z".into(),
+            failover: Some(L2Failover {
+                kind: "Expired".into(),
+                from: None,
+                duration_milliseconds: Some(640),
+            }),
+            transitions: Some(5),
+        };
+        for acquired in [None, Some(takeover)] {
+            let want = Want {
+                service: ServiceRef::new("demo", "web"),
+                addresses: vec!["198.51.100.7".into()],
+                interfaces: vec!["eth1".into()],
+                lease: "ferrolb-web".into(),
+                acquired,
+            };
+            let from_cache = status_of(plan("n1", Some(&got), &want, Some("svc-uid")));
+            let from_whole = status_of(plan("n1", Some(&whole), &want, Some("svc-uid")));
+            assert!(from_cache.is_some());
+            assert_eq!(from_cache, from_whole);
+        }
+        // The same object naming this node is kept whole.
+        c.on_watch(watcher::Event::Apply(obj("demo", "web", "8", "n1")));
+        let got = c.get(&ServiceRef::new("demo", "web")).expect("cached");
+        assert_eq!(got.status, obj("demo", "web", "8", "n1").status);
+    }
+
     #[test]
     fn a_relist_replaces_the_cache_when_it_completes() {
-        let mut c = L2Cache::default();
+        let mut c = L2Cache::new("n1");
         c.on_watch(watcher::Event::Init);
         c.on_watch(watcher::Event::InitApply(obj("demo", "a", "1", "n1")));
         c.on_watch(watcher::Event::InitApply(obj("demo", "b", "2", "n1")));
