@@ -752,7 +752,7 @@ fn announcer_tiers(
         for sref in &g.services {
             if let Some(r) = services
                 .iter_mut()
-                .find(|r| r.namespace == sref.namespace && r.name == sref.name)
+                .find(|r| *r.namespace == *sref.namespace && *r.name == *sref.name)
             {
                 r.announcers = tiers.clone();
             }

@@ -127,18 +127,27 @@ pub struct Inputs<'a> {
     pub options: &'a Options,
 }
 
-/// A Service, by namespace and name.
+/// A Service, by namespace and name (shared strings: an agent names every Service of the
+/// cluster in its groups, queues and caches, and the cached Service already holds both).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceRef {
     pub fn new(namespace: &str, name: &str) -> Self {
         ServiceRef {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The reference of a cached Service, sharing its strings.
+    pub fn of(svc: &CachedService) -> Self {
+        ServiceRef {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
         }
     }
 }
@@ -283,7 +292,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     let services: Vec<(&CachedService, ServiceRef)> = inputs
         .services
         .iter()
-        .map(|&s| (s, ServiceRef::new(&s.namespace, &s.name)))
+        .map(|&s| (s, ServiceRef::of(s)))
         .collect();
 
     // (Service, address) pairs and their covering policies.
@@ -380,7 +389,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         }
         let sref = &services[pair.service].1;
         let slices = slices_by_service
-            .get(&(sref.namespace.as_str(), sref.name.as_str()))
+            .get(&(&*sref.namespace, &*sref.name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let names = local_endpoint_nodes(sref, slices, inputs.nodes);

@@ -200,15 +200,15 @@ pub fn plan(
             let owner = uid.map(|uid| OwnerReference {
                 api_version: "v1".into(),
                 kind: "Service".into(),
-                name: want.service.name.clone(),
+                name: want.service.name.to_string(),
                 uid: uid.to_string(),
                 controller: Some(true),
                 block_owner_deletion: None,
             });
             let mut o = L2Announcement::new(&want.service.name, L2AnnouncementSpec {});
             o.metadata = ObjectMeta {
-                name: Some(want.service.name.clone()),
-                namespace: Some(want.service.namespace.clone()),
+                name: Some(want.service.name.to_string()),
+                namespace: Some(want.service.namespace.to_string()),
                 owner_references: owner.map(|o| vec![o]),
                 ..Default::default()
             };

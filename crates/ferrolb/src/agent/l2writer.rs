@@ -327,10 +327,10 @@ impl Narrow {
         let L2Announcement {
             metadata, status, ..
         } = o;
-        let key = ServiceRef {
-            namespace: metadata.namespace.unwrap_or_default(),
-            name: metadata.name.unwrap_or_default(),
-        };
+        let key = ServiceRef::new(
+            metadata.namespace.as_deref().unwrap_or_default(),
+            metadata.name.as_deref().unwrap_or_default(),
+        );
         let n = Narrow {
             uid: metadata.uid.map(String::into_boxed_str),
             resource_version: metadata.resource_version.map(String::into_boxed_str),
@@ -402,8 +402,8 @@ impl L2Cache {
         let n = self.objects.get(s)?;
         let mut o = L2Announcement::new(&s.name, L2AnnouncementSpec {});
         o.metadata = ObjectMeta {
-            name: Some(s.name.clone()),
-            namespace: Some(s.namespace.clone()),
+            name: Some(s.name.to_string()),
+            namespace: Some(s.namespace.to_string()),
             uid: n.uid.as_deref().map(String::from),
             resource_version: n.resource_version.as_deref().map(String::from),
             ..Default::default()
