@@ -31,7 +31,7 @@ use crate::api::{
     IpMode, LoadBalancerIPPool, LoadBalancerIPPoolStatus, COND_IPAM_SATISFIED, COND_NOT_COVERED,
 };
 use crate::ipam::{
-    Addr, Allocator, ClassOptions, Outcome, PoolDef, PoolState, RebuildService, StoredReq,
+    Addr, Allocator, ClassOptions, Ensured, PoolDef, PoolState, RebuildService, StoredReq,
     COND_CONFLICT, COND_EXHAUSTED, COND_INVALID_BLOCKS, COND_INVALID_SELECTOR,
 };
 use crate::k8s::conditions::{merge_conditions, CondWant};
@@ -523,7 +523,7 @@ impl State {
     }
 
     /// The outcome the allocator holds for a Service of ours.
-    pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
+    pub fn outcome(&self, key: &ServiceKey) -> Option<Ensured> {
         self.active.as_ref()?.alloc.outcome(key)
     }
 

@@ -106,7 +106,6 @@ impl Allocator {
             return;
         }
         s.uncovered = list;
-        s.shown = OnceLock::new();
         if s.uncovered.is_empty() {
             self.flagged.remove(&id);
         } else {

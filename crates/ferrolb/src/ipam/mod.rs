@@ -272,7 +272,6 @@ impl Allocator {
             req,
             addrs: SmallVec::new(),
             verdict,
-            shown: OnceLock::new(),
             ensured,
             uncovered: Vec::new(),
             same_hash: self.index.get(&h).copied(),
@@ -474,13 +473,12 @@ impl Allocator {
         self.settle();
     }
 
-    /// The current outcome of a Service.
-    pub fn outcome(&self, key: &ServiceKey) -> Option<&Outcome> {
+    /// The current outcome of a Service, built when read (like [`Allocator::ensure`]'s): the
+    /// allocator keeps no formatted copy per Service, and [`Ensured::is_satisfied`] answers
+    /// without building one.
+    pub fn outcome(&self, key: &ServiceKey) -> Option<Ensured> {
         let s = self.entry(self.lookup(key)?)?;
-        Some(
-            s.shown
-                .get_or_init(|| Box::new(s.verdict.outcome_with(&s.uncovered))),
-        )
+        Some(Ensured::with(s.verdict.clone(), s.uncovered.clone()))
     }
 
     /// Known Services, sorted.

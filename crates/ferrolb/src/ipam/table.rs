@@ -297,9 +297,6 @@ pub(super) struct SvcEntry {
     /// Held addresses, sorted.
     pub(super) addrs: SmallVec<[Addr; 2]>,
     pub(super) verdict: Verdict,
-    /// `verdict` as an [`Outcome`], built on the first [`Allocator::outcome`] call (boxed: most
-    /// entries never build one, and the entry stays small).
-    pub(super) shown: OnceLock<Box<Outcome>>,
     /// `ensure` ran at least once (adopted-only Services are not retried automatically).
     pub(super) ensured: bool,
     /// Held addresses that no pool covers any more, with why (kept: pool edits never move an
@@ -312,7 +309,6 @@ pub(super) struct SvcEntry {
 impl SvcEntry {
     pub(super) fn set_verdict(&mut self, v: Verdict) {
         self.verdict = v;
-        self.shown = OnceLock::new();
     }
 }
 
