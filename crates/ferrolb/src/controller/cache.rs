@@ -10,8 +10,9 @@
 //!   [`StoredReq`]; shared with the active state and the allocator itself through an `Arc`, so
 //!   one copy serves the cache, the state machine and the allocator);
 //! - `status.loadBalancer.ingress` and `status.conditions` as found: a write keeps other
-//!   writers' entries and conditions, so those are kept whole (one entry and one condition
-//!   each, normally).
+//!   writers' entries and conditions, so those are kept whole, as one compact JSON string
+//!   decoded only when a write is computed; the ingress addresses and whether our condition is
+//!   there, which every event reads, are kept decoded beside it.
 //!
 //! A Service that is not ours costs its key, uid, resourceVersion and status; its spec,
 //! labels and annotations are dropped at once.
@@ -36,10 +37,24 @@ pub struct CachedService {
     pub created: Option<jiff::Timestamp>,
     /// The allocation request when the Service is ours; `None` when it is not.
     pub req: Option<Arc<StoredReq>>,
-    /// `status.loadBalancer.ingress`, whole (exact size: a decoded list keeps room for four).
-    pub ingress: Box<[LoadBalancerIngress]>,
-    /// `status.conditions`, whole (exact size).
-    pub conditions: Box<[Condition]>,
+    /// The addresses in `status.loadBalancer.ingress`, in order (what adoption and clearing
+    /// read on every event).
+    ips: Box<[IpAddr]>,
+    /// Whether `status.conditions` holds our `ferrolb.io/IPAMRequestSatisfied` condition.
+    our_condition: bool,
+    /// `status.loadBalancer.ingress` and `status.conditions` whole, as compact JSON (`None`
+    /// when both are empty), decoded only when a write is computed: one allocation instead of
+    /// a dozen strings per Service.
+    status: Option<Box<str>>,
+}
+
+/// What [`CachedService::status`] keeps of a Service's status, and how it is stored.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct KeptStatus {
+    #[serde(default, rename = "i", skip_serializing_if = "Vec::is_empty")]
+    ingress: Vec<LoadBalancerIngress>,
+    #[serde(default, rename = "c", skip_serializing_if = "Vec::is_empty")]
+    conditions: Vec<Condition>,
 }
 
 impl CachedService {
@@ -67,15 +82,27 @@ impl CachedService {
             ),
             None => (Vec::new(), Vec::new()),
         };
-        let (ingress, conditions) = (ingress.into_boxed_slice(), conditions.into_boxed_slice());
+        let kept = KeptStatus {
+            ingress,
+            conditions,
+        };
+        let status = if kept.ingress.is_empty() && kept.conditions.is_empty() {
+            None
+        } else {
+            // Serializing decoded API types into a string cannot fail.
+            serde_json::to_string(&kept)
+                .ok()
+                .map(String::into_boxed_str)
+        };
         CachedService {
             key,
             uid: metadata.uid.map(String::into_boxed_str),
             resource_version: metadata.resource_version.map(String::into_boxed_str),
             created: metadata.creation_timestamp.map(|t| t.0),
             req,
-            ingress,
-            conditions,
+            ips: ips_of(&kept.ingress).into_boxed_slice(),
+            our_condition: carries_our_condition(&kept.conditions),
+            status,
         }
     }
 
@@ -86,21 +113,31 @@ impl CachedService {
 
     /// The addresses in its ingress, in order.
     pub fn ingress_ips(&self) -> Vec<IpAddr> {
-        ips_of(&self.ingress)
+        self.ips.to_vec()
     }
 
     /// Whether it carries our `ferrolb.io/IPAMRequestSatisfied` condition.
     pub fn has_our_condition(&self) -> bool {
-        carries_our_condition(&self.conditions)
+        self.our_condition
     }
 
-    /// What its status writes are computed from.
-    pub fn status_view(&self) -> StatusView<'_> {
-        StatusView {
+    /// `f` of what its status writes are computed from (the kept status, decoded for the call).
+    pub fn with_status_view<R>(&self, f: impl FnOnce(StatusView<'_>) -> R) -> R {
+        let kept = self
+            .status
+            .as_deref()
+            .map_or_else(KeptStatus::default, |json| {
+                // Written by `new` from the same types; a failure would be a bug, never input.
+                serde_json::from_str(json).unwrap_or_else(|e| {
+                    tracing::error!(service = %self.key, error = %e, "cached status unreadable");
+                    KeptStatus::default()
+                })
+            });
+        f(StatusView {
             resource_version: self.resource_version.as_deref(),
-            ingress: &self.ingress,
-            conditions: &self.conditions,
-        }
+            ingress: &kept.ingress,
+            conditions: &kept.conditions,
+        })
     }
 
     /// Allocation order: oldest first, then by key.
@@ -157,7 +194,33 @@ mod tests {
 
     #[test]
     fn ours_keeps_the_same_request_the_allocator_reads_from_the_whole_service() {
-        let whole = svc("LoadBalancer", None);
+        let mut whole = svc("LoadBalancer", None);
+        // Another writer's entry and condition, with every field set: kept exactly.
+        let st = whole.status.get_or_insert_with(Default::default);
+        st.load_balancer
+            .get_or_insert_with(Default::default)
+            .ingress
+            .get_or_insert_with(Vec::new)
+            .push(LoadBalancerIngress {
+                ip: Some("2001:db8::7".into()),
+                ip_mode: Some("Proxy".into()),
+                ports: Some(vec![k8s_openapi::api::core::v1::PortStatus {
+                    port: 443,
+                    protocol: "TCP".into(),
+                    error: Some("example".into()),
+                }]),
+                ..Default::default()
+            });
+        st.conditions.get_or_insert_with(Vec::new).push(Condition {
+            type_: "example.com/Other".into(),
+            status: "False".into(),
+            reason: "Elsewhere".into(),
+            message: "another writer's".into(),
+            observed_generation: Some(3),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1_700_000_123).expect("ts"),
+            ),
+        });
         let want = ServiceReq::from_service_with(&whole, &opts().class());
         let c = CachedService::new(whole.clone(), &opts());
         assert!(c.is_ours());
@@ -170,14 +233,29 @@ mod tests {
             whole.metadata.creation_timestamp.as_ref().map(|t| t.0)
         );
         // Status as found: the hostname entry and the condition are kept whole.
-        assert_eq!(c.ingress.len(), 2);
         assert!(c.has_our_condition());
         assert_eq!(c.ingress_ips(), crate::k8s::service::ingress_ips(&whole));
-        let v = c.status_view();
         let w = StatusView::of(&whole);
-        assert_eq!(v.resource_version, w.resource_version);
-        assert_eq!(v.ingress, w.ingress);
-        assert_eq!(v.conditions, w.conditions);
+        c.with_status_view(|v| {
+            assert_eq!(v.ingress.len(), 3);
+            assert_eq!(v.conditions.len(), 2);
+            assert_eq!(v.resource_version, w.resource_version);
+            assert_eq!(v.ingress, w.ingress);
+            assert_eq!(v.conditions, w.conditions);
+        });
+    }
+
+    #[test]
+    fn a_service_without_status_keeps_none() {
+        let mut whole = svc("LoadBalancer", None);
+        whole.status = None;
+        let c = CachedService::new(whole, &opts());
+        assert!(c.status.is_none());
+        assert!(c.ingress_ips().is_empty() && !c.has_our_condition());
+        c.with_status_view(|v| {
+            assert!(v.ingress.is_empty() && v.conditions.is_empty());
+            assert_eq!(v.resource_version, Some("7"));
+        });
     }
 
     #[test]

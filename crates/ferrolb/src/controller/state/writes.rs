@@ -58,7 +58,7 @@ impl State {
         } else {
             return None;
         };
-        let p = status_patch(svc.status_view(), &target, &now)?;
+        let p = svc.with_status_view(|v| status_patch(v, &target, &now))?;
         let mut events = Vec::new();
         let outcome = act.alloc.outcome(key);
         if !p.added.is_empty() {
