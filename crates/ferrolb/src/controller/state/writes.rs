@@ -10,8 +10,10 @@ impl State {
         let act = self.active.as_ref()?;
         let svc = self.services.get(key)?;
         let now = now_time();
+        // Read once: the target and the Events below share one built outcome.
+        let outcome = act.alloc.outcome(key);
         let target = if act.reqs.contains_key(key) {
-            let o = act.alloc.outcome(key)?;
+            let o = outcome.as_ref()?;
             let not_covered = (!o.not_covered.is_empty()).then(|| {
                 CondWant::new(
                     COND_NOT_COVERED,
@@ -60,9 +62,9 @@ impl State {
         };
         let p = svc.with_status_view(|v| status_patch(v, &target, &now))?;
         let mut events = Vec::new();
-        let outcome = act.alloc.outcome(key);
         if !p.added.is_empty() {
             let detail = outcome
+                .as_ref()
                 .map(|o| {
                     o.addresses
                         .iter()
