@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ferrolb::lease::{
     lease_name, Action, EngineOptions, EngineStats, LeaderElector, LeaseConfig, LeaseEvent,
-    LeaseSet, LeaseWant, LeaseWriter, WriteFailure,
+    LeaseMeta, LeaseSet, LeaseWant, LeaseWriter, WriteFailure,
 };
 use ferrolb_lab::harness::wait_until_async;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -463,8 +463,10 @@ fn desired_set(count: usize, nodes: &[String]) -> BTreeMap<String, LeaseWant> {
                 lease_name(&key),
                 LeaseWant {
                     tag: tag(&lease_name(&key)),
-                    labels: vec![("ferrolb.io/address".into(), key.replace(':', "-"))],
-                    annotations: Vec::new(),
+                    meta: LeaseMeta::Pairs {
+                        labels: vec![("ferrolb.io/address".into(), key.replace(':', "-"))],
+                        annotations: Vec::new(),
+                    },
                     candidates: std::sync::Arc::new(nodes.to_vec()),
                 },
             )
@@ -724,12 +726,14 @@ async fn scenario_gc_and_shutdown_release(api: Backend) {
         .expect("3 held")
         .unwrap();
     // What a lease serves changes: the holder rewrites its labels/annotations on the next
-    // renewal, dropping our stale keys.
+    // renewal, dropping our stale keys (described from the Services only when written).
     let relabelled = want.keys().nth(1).unwrap().clone();
     let mut changed = want.clone();
     if let Some(d) = changed.get_mut(&relabelled) {
-        d.labels = vec![("ferrolb.io/service-count".into(), "2".into())];
-        d.annotations = vec![("ferrolb.io/services".into(), "a/x,b/y".into())];
+        d.meta = LeaseMeta::Serves {
+            key: "198.51.100.1".into(),
+            services: Box::new([("b".into(), "y".into()), ("a".into(), "x".into())]),
+        };
     }
     a.set_desired(changed);
     let relabelled_ok = || async {

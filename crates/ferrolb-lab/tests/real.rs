@@ -366,8 +366,10 @@ fn desired(
                 ferrolb::lease::lease_name(&key),
                 ferrolb::lease::LeaseWant {
                     tag: Some(std::sync::Arc::from(key.as_str())),
-                    labels: vec![("ferrolb.io/address".into(), key)],
-                    annotations: Vec::new(),
+                    meta: ferrolb::lease::LeaseMeta::Pairs {
+                        labels: vec![("ferrolb.io/address".into(), key)],
+                        annotations: Vec::new(),
+                    },
                     candidates: std::sync::Arc::new(nodes.to_vec()),
                 },
             )

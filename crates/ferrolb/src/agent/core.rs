@@ -694,16 +694,22 @@ impl Core {
     }
 }
 
-/// What the lease engine should know about a group: labels/annotations naming its Services and
-/// addresses (`lease::describe`), and the rendezvous candidates.
+/// What the lease engine should know about a group: its Services and addresses (described as
+/// labels and annotations only when the Lease is written: `lease::LeaseMeta::Serves`), and the
+/// rendezvous candidates.
 fn lease_desired(g: &eligibility::Group) -> lease::LeaseWant {
-    let services: Vec<String> = g.services.iter().map(|s| s.to_string()).collect();
-    let (labels, annotations) = lease::describe(&g.key, &services);
+    let key: std::sync::Arc<str> = std::sync::Arc::from(g.key.as_str());
     lease::LeaseWant {
-        labels,
-        annotations,
+        meta: lease::LeaseMeta::Serves {
+            key: key.clone(),
+            services: g
+                .services
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect(),
+        },
         candidates: g.candidates.clone(),
-        tag: Some(std::sync::Arc::from(g.key.as_str())),
+        tag: Some(key),
     }
 }
 

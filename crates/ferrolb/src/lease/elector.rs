@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::LeaseConfig;
-use super::engine::{EngineOptions, EngineStats, LeaseEvent, LeaseSet, LeaseWant, ShutdownReport};
+use super::engine::{
+    EngineOptions, EngineStats, LeaseEvent, LeaseMeta, LeaseSet, LeaseWant, ShutdownReport,
+};
 
 /// Leader election on one Lease.
 pub struct LeaderElector {
@@ -60,7 +62,10 @@ impl LeaderElector {
         set.set_desired(BTreeMap::from([(
             name.to_string(),
             LeaseWant {
-                labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                meta: LeaseMeta::Pairs {
+                    labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                    annotations: Vec::new(),
+                },
                 ..LeaseWant::default()
             },
         )]));

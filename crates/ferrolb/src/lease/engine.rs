@@ -1194,11 +1194,13 @@ impl Engine {
             desired.insert(
                 p.clone(),
                 LeaseWant {
-                    labels: vec![(super::LABEL_ROLE.into(), super::ROLE_PRESENCE.to_string())],
-                    annotations: vec![
-                        (super::ANN_NODE.into(), self.opts.identity.clone()),
-                        (super::attach::ANN_READS_ATTACHED.into(), "true".into()),
-                    ],
+                    meta: LeaseMeta::Pairs {
+                        labels: vec![(super::LABEL_ROLE.into(), super::ROLE_PRESENCE.to_string())],
+                        annotations: vec![
+                            (super::ANN_NODE.into(), self.opts.identity.clone()),
+                            (super::attach::ANN_READS_ATTACHED.into(), "true".into()),
+                        ],
+                    },
                     candidates: Arc::default(),
                     tag: None,
                 },
@@ -1224,10 +1226,7 @@ impl Engine {
                 e.observed = Some(Observed::absent(now));
             }
             if e.desired.as_ref() != Some(&d) {
-                e.rewrite = e
-                    .desired
-                    .as_ref()
-                    .is_some_and(|old| old.labels != d.labels || old.annotations != d.annotations);
+                e.rewrite = e.desired.as_ref().is_some_and(|old| old.meta != d.meta);
                 e.takeover_rank = None;
                 e.tag.clone_from(&d.tag);
                 e.desired = Some(d);

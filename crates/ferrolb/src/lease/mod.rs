@@ -122,7 +122,8 @@ pub use decide::{
 };
 pub use elector::LeaderElector;
 pub use engine::{
-    EngineOptions, EngineStats, LeaseEvent, LeaseSet, LeaseWant, ShutdownReport, WatchScope,
+    EngineOptions, EngineStats, LeaseEvent, LeaseMeta, LeaseSet, LeaseWant, ShutdownReport,
+    WatchScope,
 };
 
 use sha2::{Digest, Sha256};
@@ -454,6 +455,7 @@ pub fn balanced_assignment<C: AsRef<Vec<String>>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn lease_names_are_hashed_and_distinct() {
@@ -705,6 +707,35 @@ mod tests {
         assert!(!is_label_value(&"x".repeat(64)));
         assert!(!is_label_value("a/b"));
         assert!(is_label_value("a.b-c_d"));
+    }
+
+    #[test]
+    fn a_serves_meta_writes_what_describe_says() {
+        // Tuples sort differently from "ns/name" strings ('-' < '/'): the written order is the
+        // strings', as `describe` gives it.
+        let services: [(&str, &str); 3] = [("a", "x"), ("a-b", "x"), ("a", "x")];
+        let meta = LeaseMeta::Serves {
+            key: "198.51.100.7,2001:db8::7".into(),
+            services: services
+                .iter()
+                .map(|(ns, n)| (Arc::from(*ns), Arc::from(*n)))
+                .collect(),
+        };
+        let strings: Vec<String> = services.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+        let (labels, annotations) = meta.pairs();
+        assert_eq!(
+            (labels, annotations.clone()),
+            describe("198.51.100.7,2001:db8::7", &strings)
+        );
+        assert_eq!(pairs_map(annotations)[ANN_SERVICES], "a-b/x,a/x");
+        let given = LeaseMeta::Pairs {
+            labels: vec![(LABEL_ROLE.into(), ROLE_PRESENCE.into())],
+            annotations: Vec::new(),
+        };
+        assert_eq!(
+            given.pairs(),
+            (vec![(LABEL_ROLE.into(), ROLE_PRESENCE.into())], Vec::new())
+        );
     }
 
     #[test]

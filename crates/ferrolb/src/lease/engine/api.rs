@@ -6,13 +6,10 @@ use super::*;
 /// What the caller wants for one lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseWant {
-    /// Labels to put on the Lease (e.g. which Services it serves; values ≤ 63 chars). Merged over
-    /// the object's labels on create and on every write by the holder. Pairs, not a map: an
-    /// agent keeps one `LeaseWant` per address, and a map's node costs ~0.5 KiB even for 3 keys.
-    /// A key given twice: the last one wins.
-    pub labels: crate::lease::Pairs,
-    /// Annotations (long lists, e.g. every Service namespace/name the address serves).
-    pub annotations: crate::lease::Pairs,
+    /// What the Lease says about itself (labels and annotations), built only when the Lease is
+    /// written: an agent keeps one `LeaseWant` per address of the cluster, and most are never
+    /// written by it.
+    pub meta: LeaseMeta,
     /// Nodes eligible for this lease, including this one. Used for the rendezvous rank (this
     /// node waits `min(rank, MAX_RANK_WAIT) × rank_step` before taking a free lease).
     /// Empty: no wait. Shared: many addresses have the same list.
@@ -21,6 +18,52 @@ pub struct LeaseWant {
     /// echoed in every [`LeaseEvent`] of this lease, so the caller needs no map back from lease
     /// names. The last one given is kept after the lease stops being wanted.
     pub tag: Option<Arc<str>>,
+}
+
+/// A Lease's labels and annotations, as wanted. Merged over the object's own on create and on
+/// every write by the holder; a key given twice: the last one wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseMeta {
+    /// Given as they are (a presence Lease, the controllers' leader Lease).
+    Pairs {
+        labels: crate::lease::Pairs,
+        annotations: crate::lease::Pairs,
+    },
+    /// An address Lease: [`crate::lease::describe`]d from its address set (the canonical key)
+    /// and the Services it serves, `(namespace, name)`, when it is written. Shared strings: the
+    /// agent's groups hold the same ones.
+    Serves {
+        key: Arc<str>,
+        services: Box<[(Arc<str>, Arc<str>)]>,
+    },
+}
+
+impl Default for LeaseMeta {
+    fn default() -> Self {
+        LeaseMeta::Pairs {
+            labels: Vec::new(),
+            annotations: Vec::new(),
+        }
+    }
+}
+
+impl LeaseMeta {
+    /// Labels and annotations to write.
+    pub fn pairs(&self) -> (crate::lease::Pairs, crate::lease::Pairs) {
+        match self {
+            LeaseMeta::Pairs {
+                labels,
+                annotations,
+            } => (labels.clone(), annotations.clone()),
+            LeaseMeta::Serves { key, services } => {
+                let services: Vec<String> = services
+                    .iter()
+                    .map(|(ns, name)| format!("{ns}/{name}"))
+                    .collect();
+                crate::lease::describe(key, &services)
+            }
+        }
+    }
 }
 
 /// A change of this node's standing on one lease. `tag` is the caller's [`LeaseWant::tag`]

@@ -93,8 +93,9 @@ impl Engine {
                 Op::Create | Op::Update(OpKind::Acquire(_) | OpKind::Renew)
             );
         let mut labels = self.opts.base_labels.clone();
-        labels.extend(crate::lease::pairs_map(desired.labels));
-        let mut annotations = crate::lease::pairs_map(desired.annotations);
+        let (want_labels, want_annotations) = desired.meta.pairs();
+        labels.extend(crate::lease::pairs_map(want_labels));
+        let mut annotations = crate::lease::pairs_map(want_annotations);
         if matches!(op, Op::Update(OpKind::Clear | OpKind::Fence)) && is_presence_name(name) {
             // A write by another node starts from a base rebuilt from the watched record, without
             // the metadata: say again what the Lease is, or it would drop out of every agent's
