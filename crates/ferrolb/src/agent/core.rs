@@ -226,7 +226,7 @@ pub struct Core {
     /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
     reconfirmed: BTreeSet<String>,
     /// How each held group was acquired (for `L2Announcement`s).
-    acquired: HashMap<String, Acquired>,
+    acquired: HashMap<String, std::sync::Arc<Acquired>>,
     tracker: Tracker,
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: Option<(Instant, u32)>,
@@ -377,6 +377,7 @@ impl Core {
         {
             out.push(Effect::RecomputeAt(at));
         }
+        desired.keep_unchanged(&self.last);
         self.on_desired(desired, now, out);
     }
 
@@ -467,7 +468,7 @@ impl Core {
                 let reconfirmed = acq.failover.is_none();
                 // A renewal after a sticky period keeps the acquisition it continues.
                 if !(reconfirmed && self.acquired.contains_key(&key)) {
-                    self.acquired.insert(key.clone(), acq);
+                    self.acquired.insert(key.clone(), std::sync::Arc::new(acq));
                 }
                 if reconfirmed {
                     self.reconfirmed.insert(key.clone());

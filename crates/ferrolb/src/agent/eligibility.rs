@@ -223,6 +223,22 @@ impl Desired {
     pub fn problems_of<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = &'a PolicyProblem> {
         self.problems.iter().filter(move |p| p.policy == policy)
     }
+
+    /// Replaces each group equal to one of `prev`'s by `prev`'s (both sorted by key), so a
+    /// recompute keeps the groups that did not change and the fresh copies are dropped at
+    /// once: what the agent keeps per address is allocated once, not again on every recompute
+    /// (the churn that grew its heap far beyond what was live).
+    pub fn keep_unchanged(&mut self, prev: &Desired) {
+        let mut old = prev.groups.iter().peekable();
+        for g in self.groups.iter_mut() {
+            while old.next_if(|p| p.key < g.key).is_some() {}
+            if let Some(p) = old.next_if(|p| p.key == g.key) {
+                if Arc::ptr_eq(p, g) || **p == **g {
+                    *g = p.clone();
+                }
+            }
+        }
+    }
 }
 
 /// A [`Group::addresses`]: `ips` sorted (IPv4 before IPv6), each once.
@@ -903,6 +919,42 @@ mod tests {
         assert_eq!(*g.interfaces, set(&["eth0"]));
         assert!(g.eligible_here);
         assert!(d.problems.is_empty());
+    }
+
+    #[test]
+    fn a_recompute_keeps_the_unchanged_groups_and_only_those() {
+        let w = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("default", "b").ingress(&["198.51.100.2"]))
+            .service(svc("default", "c").ingress(&["198.51.100.3"]));
+        let prev = w.compute();
+        // b's address changes, c goes, d comes: a is unchanged.
+        let w = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("default", "b").ingress(&["198.51.100.4"]))
+            .service(svc("default", "d").ingress(&["198.51.100.0"]));
+        let fresh = w.compute();
+        let mut next = fresh.clone();
+        next.keep_unchanged(&prev);
+        assert_eq!(next, fresh, "the same decisions");
+        let kept: Vec<&str> = next
+            .groups
+            .iter()
+            .filter(|g| prev.groups.iter().any(|p| Arc::ptr_eq(p, g)))
+            .map(|g| g.key.as_str())
+            .collect();
+        assert_eq!(kept, ["198.51.100.1"]);
+        // Same key, different contents (another Service joins the address): not kept.
+        let w = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("other", "a").ingress(&["198.51.100.1"]));
+        let mut joined = w.compute();
+        joined.keep_unchanged(&prev);
+        assert!(!Arc::ptr_eq(&joined.groups[0], &prev.groups[0]));
+        assert_eq!(joined.groups[0].services.len(), 2);
     }
 
     #[test]

@@ -113,11 +113,23 @@ impl Holdings {
         &mut self,
         groups: impl IntoIterator<Item = &'a Arc<Group>>,
     ) -> Vec<String> {
-        self.desired = groups
+        // Updated in place: the entries of unchanged groups stay where they are (a map rebuilt
+        // on every recompute would allocate every key again).
+        let wanted: BTreeMap<&str, &Arc<Group>> = groups
             .into_iter()
             .filter(|g| g.eligible_here)
-            .map(|g| (g.key.clone(), g.clone()))
+            .map(|g| (g.key.as_str(), g))
             .collect();
+        self.desired.retain(|k, _| wanted.contains_key(k.as_str()));
+        for (k, g) in wanted {
+            match self.desired.get_mut(k) {
+                Some(kept) if Arc::ptr_eq(kept, g) => {}
+                Some(kept) => *kept = g.clone(),
+                None => {
+                    self.desired.insert(k.to_string(), g.clone());
+                }
+            }
+        }
         let gone: Vec<String> = self
             .state
             .keys()
@@ -207,6 +219,11 @@ impl Holdings {
     /// The desired group for `key`.
     pub fn group(&self, key: &str) -> Option<&Group> {
         self.desired.get(key).map(Arc::as_ref)
+    }
+
+    /// The groups this node contends for, by key (shared: callers may keep them).
+    pub fn desired_groups(&self) -> impl Iterator<Item = (&String, &Arc<Group>)> {
+        self.desired.iter()
     }
 
     /// Keys of the groups this node contends for.

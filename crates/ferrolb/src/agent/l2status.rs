@@ -13,10 +13,11 @@
 //!   place, a cancelled one is dropped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::eligibility::ServiceRef;
+use super::eligibility::{Group, ServiceRef};
 use super::holdings::{Hold, Holdings};
 use crate::api::{L2Announcement, L2AnnouncementSpec, L2AnnouncementStatus, L2Failover};
 use crate::lease::engine::Takeover;
@@ -49,40 +50,69 @@ impl Acquired {
     }
 }
 
-/// What one Service's object should say, as far as this node is concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What one Service's object should say, as far as this node is concerned: the group it is
+/// announced in (addresses, interfaces, lease — shared with the holdings, so a want costs no
+/// allocation of its own: the agent keeps one per Service it announces, twice while queued) and
+/// how that group's lease was acquired.
+#[derive(Clone, Debug)]
 pub struct Want {
     pub service: ServiceRef,
-    pub addresses: Vec<String>,
-    pub interfaces: Vec<String>,
-    pub lease: String,
-    pub acquired: Option<Acquired>,
+    pub group: Arc<Group>,
+    pub acquired: Option<Arc<Acquired>>,
 }
 
-/// One want per Service of every group this node announces (held or sticky).
+impl Want {
+    /// The addresses, as the object lists them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.group
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// The interfaces, as the object lists them.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.group.interfaces.iter().cloned().collect()
+    }
+
+    /// The group's lease.
+    pub fn lease(&self) -> String {
+        crate::lease::lease_name(&self.group.key)
+    }
+}
+
+/// Two wants are the same when the object would say the same: not when the group differs
+/// elsewhere (its candidates, the other Services sharing its address).
+impl PartialEq for Want {
+    fn eq(&self, other: &Self) -> bool {
+        self.service == other.service
+            && self.acquired == other.acquired
+            && (Arc::ptr_eq(&self.group, &other.group)
+                || (self.group.key == other.group.key
+                    && self.group.addresses == other.group.addresses
+                    && self.group.interfaces == other.group.interfaces))
+    }
+}
+
+impl Eq for Want {}
+
+/// One [`Want`] per Service of every group this node holds (or keeps sticky).
 pub fn wants(
     holdings: &Holdings,
-    acquired: &HashMap<String, Acquired>,
+    acquired: &HashMap<String, Arc<Acquired>>,
 ) -> BTreeMap<ServiceRef, Want> {
     let mut out = BTreeMap::new();
-    for key in holdings.desired_keys() {
+    for (key, g) in holdings.desired_groups() {
         if !matches!(holdings.hold(key), Some(Hold::Held | Hold::Sticky)) {
             continue;
         }
-        let Some(g) = holdings.group(key) else {
-            continue;
-        };
-        let addresses: Vec<String> = g.addresses.iter().map(ToString::to_string).collect();
-        let interfaces: Vec<String> = g.interfaces.iter().cloned().collect();
-        let lease = crate::lease::lease_name(key);
         for s in &g.services {
             out.insert(
                 s.clone(),
                 Want {
                     service: s.clone(),
-                    addresses: addresses.clone(),
-                    interfaces: interfaces.clone(),
-                    lease: lease.clone(),
+                    group: g.clone(),
                     acquired: acquired.get(key).cloned(),
                 },
             );
@@ -144,11 +174,12 @@ pub fn plan(
 ) -> Option<Write> {
     let cur = current.and_then(|c| c.status.clone()).unwrap_or_default();
     let same_node = cur.node.as_deref() == Some(node);
-    let addresses_text = Some(want.addresses.join(","));
-    let interfaces_text = Some(want.interfaces.join(","));
+    let (addresses, interfaces) = (want.addresses(), want.interfaces());
+    let addresses_text = Some(addresses.join(","));
+    let interfaces_text = Some(interfaces.join(","));
     if same_node
-        && cur.addresses == want.addresses
-        && cur.interfaces == want.interfaces
+        && cur.addresses == addresses
+        && cur.interfaces == interfaces
         && cur.addresses_text == addresses_text
         && cur.interfaces_text == interfaces_text
     {
@@ -156,34 +187,30 @@ pub fn plan(
     }
     let status = if same_node {
         L2AnnouncementStatus {
-            addresses: want.addresses.clone(),
-            interfaces: want.interfaces.clone(),
+            addresses,
+            interfaces,
             addresses_text,
             interfaces_text,
-            lease: Some(want.lease.clone()),
+            lease: Some(want.lease()),
             ..cur
         }
     } else {
-        let acquired = want.acquired.clone();
-        let failover = acquired
-            .as_ref()
-            .and_then(|a| a.failover.clone())
-            .map(|mut f| {
-                if f.from.is_none() {
-                    f.from = cur.node.clone();
-                }
-                f
-            });
+        let acquired = want.acquired.as_deref();
+        let failover = acquired.and_then(|a| a.failover.clone()).map(|mut f| {
+            if f.from.is_none() {
+                f.from = cur.node.clone();
+            }
+            f
+        });
         L2AnnouncementStatus {
-            addresses: want.addresses.clone(),
+            addresses,
             node: Some(node.to_string()),
-            interfaces: want.interfaces.clone(),
+            interfaces,
             addresses_text,
             interfaces_text,
-            since: acquired.as_ref().map(|a| a.at.clone()),
-            lease: Some(want.lease.clone()),
+            since: acquired.map(|a| a.at.clone()),
+            lease: Some(want.lease()),
             lease_transitions: acquired
-                .as_ref()
                 .and_then(|a| a.transitions)
                 .or(cur.lease_transitions),
             last_failover: failover.or(cur.last_failover),
@@ -373,12 +400,14 @@ mod tests {
     }
 
     fn want(svc: &str, ifaces: &[&str], acquired: Option<Acquired>) -> Want {
+        want_on(&["198.51.100.10"], svc, ifaces, acquired)
+    }
+
+    fn want_on(ips: &[&str], svc: &str, ifaces: &[&str], acquired: Option<Acquired>) -> Want {
         Want {
             service: ServiceRef::new("demo", svc),
-            addresses: vec!["198.51.100.10".into()],
-            interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
-            lease: "ferrolb-0123".into(),
-            acquired,
+            group: group(ips, &[("demo", svc)], ifaces),
+            acquired: acquired.map(Arc::new),
         }
     }
 
@@ -414,7 +443,10 @@ mod tests {
         h.set_desired([&shared, &other]);
         assert!(wants(&h, &HashMap::new()).is_empty(), "nothing held yet");
         h.on_lease(&shared.key, Transition::Acquired, std::time::Instant::now());
-        let acq = HashMap::from([(shared.key.clone(), taken("Expired", Some("n2"), 1900, 4))]);
+        let acq = HashMap::from([(
+            shared.key.clone(),
+            Arc::new(taken("Expired", Some("n2"), 1900, 4)),
+        )]);
         let w = wants(&h, &acq);
         assert_eq!(
             w.len(),
@@ -422,11 +454,44 @@ mod tests {
             "one object per Service sharing the address: {w:?}"
         );
         let tcp = &w[&ServiceRef::new("demo", "dns-tcp")];
-        assert_eq!(tcp.addresses, vec!["198.51.100.10".to_string()]);
-        assert_eq!(tcp.interfaces, vec!["eth0".to_string()]);
-        assert_eq!(tcp.lease, crate::lease::lease_name(&shared.key));
+        assert_eq!(tcp.addresses(), vec!["198.51.100.10".to_string()]);
+        assert_eq!(tcp.interfaces(), vec!["eth0".to_string()]);
+        assert_eq!(tcp.lease(), crate::lease::lease_name(&shared.key));
         assert_eq!(tcp.acquired, acq.get(&shared.key).cloned());
+        assert!(
+            Arc::ptr_eq(&tcp.group, &shared),
+            "the holdings' group, not a copy"
+        );
         assert!(!w.contains_key(&ServiceRef::new("demo", "web")));
+    }
+
+    #[test]
+    fn a_want_changes_with_what_the_object_says_only() {
+        let a = want("a", &["eth0"], None);
+        // Another Service joins the address, the candidates change: the object says the same.
+        let mut joined = (*group(
+            &["198.51.100.10"],
+            &[("demo", "a"), ("demo", "b")],
+            &["eth0"],
+        ))
+        .clone();
+        joined.candidates = Arc::new(vec!["n3".into()]);
+        let same = Want {
+            group: Arc::new(joined),
+            ..a.clone()
+        };
+        assert_eq!(same, a);
+        assert_ne!(want("a", &["eth1"], None), a, "interfaces");
+        assert_ne!(
+            want_on(&["198.51.100.11"], "a", &["eth0"], None),
+            a,
+            "addresses"
+        );
+        assert_ne!(
+            want("a", &["eth0"], Some(taken("Created", None, 3, 0))),
+            a,
+            "acquisition"
+        );
     }
 
     #[test]
@@ -492,7 +557,7 @@ mod tests {
         let w1 = want("web", &["eth0"], Some(taken("Created", None, 3, 0)));
         let obj = stored(plan("n1", None, &w1, Some("u")).unwrap());
         let mut w2 = want("web", &["eth0"], Some(taken("Expired", None, 1960, 1)));
-        w2.acquired.as_mut().unwrap().at = "2026-12-05T07:05:00Z".into();
+        Arc::make_mut(w2.acquired.as_mut().unwrap()).at = "2026-12-05T07:05:00Z".into();
         let Some(Write::Status(o)) = plan("n2", Some(&obj), &w2, Some("u")) else {
             panic!("expected a status write");
         };
@@ -560,8 +625,12 @@ mod tests {
 
     #[test]
     fn printer_column_text_follows_the_lists_and_old_objects_get_it() {
-        let mut w = want("web", &["eth0", "eth1"], Some(taken("Created", None, 3, 0)));
-        w.addresses = vec!["198.51.100.10".into(), "2001:db8::10".into()];
+        let w = want_on(
+            &["198.51.100.10", "2001:db8::10"],
+            "web",
+            &["eth0", "eth1"],
+            Some(taken("Created", None, 3, 0)),
+        );
         let obj = stored(plan("n1", None, &w, Some("u")).unwrap());
         let s = obj.status.clone().unwrap();
         assert_eq!(

@@ -555,12 +555,18 @@ mod tests {
             transitions: Some(5),
         };
         for acquired in [None, Some(takeover)] {
+            let addresses: Box<[std::net::IpAddr]> = Box::new(["198.51.100.7".parse().unwrap()]);
             let want = Want {
                 service: ServiceRef::new("demo", "web"),
-                addresses: vec!["198.51.100.7".into()],
-                interfaces: vec!["eth1".into()],
-                lease: "ferrolb-web".into(),
-                acquired,
+                group: Arc::new(crate::agent::eligibility::Group {
+                    key: crate::agent::eligibility::group_key(&addresses),
+                    addresses,
+                    services: vec![ServiceRef::new("demo", "web")],
+                    candidates: Arc::default(),
+                    interfaces: Arc::new(["eth1".to_string()].into()),
+                    eligible_here: true,
+                }),
+                acquired: acquired.map(Arc::new),
             };
             let from_cache = status_of(plan("n1", Some(&got), &want, Some("svc-uid")));
             let from_whole = status_of(plan("n1", Some(&whole), &want, Some("svc-uid")));

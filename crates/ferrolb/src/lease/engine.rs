@@ -1186,9 +1186,14 @@ impl Engine {
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
             .collect();
-        self.ranks = balanced_assignment(&self.opts.identity, &cands)
-            .into_iter()
-            .collect();
+        let ranks: HashMap<String, (usize, Option<String>)> =
+            balanced_assignment(&self.opts.identity, &cands)
+                .into_iter()
+                .collect();
+        // Kept when unchanged: a map replaced on every call would allocate every name again.
+        if ranks != self.ranks {
+            self.ranks = ranks;
+        }
         let mut desired = desired;
         if let Some(p) = &self.presence {
             desired.insert(

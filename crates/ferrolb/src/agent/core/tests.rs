@@ -270,8 +270,8 @@ fn acquisition_announces_only_after_the_lease_is_ours_with_one_event() {
         _ => None,
     });
     let want = want.expect("an L2Announcement want");
-    assert_eq!(want.lease, lease::lease_name(&key));
-    assert_eq!(want.addresses, vec!["198.51.100.10".to_string()]);
+    assert_eq!(want.lease(), lease::lease_name(&key));
+    assert_eq!(want.addresses(), vec!["198.51.100.10".to_string()]);
     assert!(want.acquired.as_ref().is_some_and(|a| a.failover.is_some()));
     assert!(has_metric(&fx, Metric::LeasesHeld(1)));
     assert!(has_metric(&fx, Metric::Announcements(1)));
