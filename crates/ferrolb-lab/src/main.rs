@@ -56,10 +56,13 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     ferrolb::telemetry::init_logging(&cli.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if matches!(cli.cmd, Cmd::Controller(_) | Cmd::Agent(_)) {
+        // Whatever `TOKIO_WORKER_THREADS` or the node's core count say.
+        runtime.worker_threads(ferrolb::daemon_worker_threads());
+    }
+    let rt = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1182,11 +1182,22 @@ async fn binary_serves_over_http_reports_ready_and_releases_the_lease_on_sigterm
             "500ms",
         ])
         .args(["--metrics-addr", &metrics_addr.to_string()])
+        // As tokio's default on a 16-core node: a daemon runs no more than its own cap.
+        .env("TOKIO_WORKER_THREADS", "16")
         .kill_on_drop(true)
         .spawn()
         .expect("start ferrolb controller");
     h.create_svc(svc("web")).await;
     assert_eq!(h.wait_satisfied("web").await, vec![ip("198.51.100.1")]);
+    let workers = std::fs::read_dir(format!("/proc/{}/task", child.id().expect("pid")))
+        .expect("the controller's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "tokio-rt-worker")
+        .count();
+    assert!(
+        (1..=ferrolb::DAEMON_WORKER_THREADS).contains(&workers),
+        "{workers} async worker threads"
+    );
     // /readyz and /metrics over HTTP.
     let every = Duration::from_millis(100);
     wait_until_async("/readyz to answer 200", DEADLINE, every, || async {
