@@ -6,7 +6,16 @@
 set -euo pipefail
 BIN=$(readlink -f "$1"); N=${2:-10000}; HT=${3:-}
 D=$(mktemp -d /tmp/ctlmem.XXXX); PORT=$((20000 + RANDOM % 20000))
-cleanup() { kill $CTL $API 2>/dev/null || true; wait 2>/dev/null || true; [ -n "$HT" ] || rm -rf "$D"; }
+# The controller stops first (under heaptrack $CTL is the wrapper and the controller its child,
+# found once it runs), while the stand-in still answers its lease release; then the rest.
+CPID=
+cleanup() {
+  [ -n "$CPID" ] || CPID=$(pgrep -P "${CTL:-0}" -f controller | head -1 || true)
+  kill $CPID $CTL 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 ${CPID:-$CTL} 2>/dev/null || break; sleep 0.1; done
+  kill -9 $CPID $CTL 2>/dev/null || true
+  kill $API 2>/dev/null || true; wait 2>/dev/null || true; [ -n "$HT" ] || rm -rf "$D"
+}
 trap cleanup EXIT
 "$BIN" dev-apiserver --listen 127.0.0.1:$PORT --kubeconfig-out $D/kc --crds "$(dirname "$0")/../deploy/crds" --log-level warn >$D/api.log 2>&1 & API=$!
 for i in $(seq 100); do [ -s $D/kc ] && kubectl --kubeconfig $D/kc get --raw /version >/dev/null 2>&1 && break; sleep 0.1; done
@@ -59,6 +68,6 @@ done
 T2=$(date +%s.%N)
 echo "all $N addressed $(echo "$T2 - $T0" | bc) s after the first create"
 sleep 5
-PID=$CTL; [ -n "$HT" ] && PID=$(pgrep -P $CTL -f "controller" | head -1 || echo $CTL)
+PID=$CTL; [ -n "$HT" ] && PID=$(pgrep -P $CTL -f "controller" | head -1 || echo $CTL); CPID=$PID
 grep -E "VmHWM|VmRSS" /proc/$PID/status
 [ -n "$HT" ] && echo "heaptrack profile in: $D"; true
