@@ -20,8 +20,8 @@ pub mod telemetry;
 /// The most async worker threads a long-running daemon (agent, controller) runs, however many
 /// cores its node has. Each worker thread that allocates gets a malloc arena of its own that
 /// keeps its high-water mark: with 16 workers (`TOKIO_WORKER_THREADS=16`, as tokio's default
-/// gives a 16-core node) the lab's agents at 10,000 addresses peaked at 102–114 MiB against
-/// 86–95 MiB with two (README, "Lab measurements"). Two are enough: the packet path has
+/// gives a 16-core node) the lab's agents at 10,000 addresses peaked at 100–111 MiB against
+/// 84–100 MiB with two (README, "Lab measurements"). Two are enough: the packet path has
 /// threads of its own, and the controller's cold start uses the second one.
 pub const DAEMON_WORKER_THREADS: usize = 2;
 
