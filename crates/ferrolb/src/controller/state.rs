@@ -119,7 +119,7 @@ impl Active {
     /// released).
     fn note_outcomes(&mut self, keys: &[ServiceKey]) {
         for k in keys {
-            if self.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()) {
+            if self.alloc.is_unsatisfied(k) {
                 self.unsatisfied.insert(k.clone());
             } else {
                 self.unsatisfied.remove(k);
@@ -270,7 +270,7 @@ impl State {
         act.unsatisfied = act
             .reqs
             .keys()
-            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .filter(|k| act.alloc.is_unsatisfied(k))
             .cloned()
             .collect();
         // Services that left our class while no replica was active: clear what we put there.
@@ -536,7 +536,7 @@ impl State {
         };
         act.unsatisfied
             .iter()
-            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .filter(|k| act.alloc.is_unsatisfied(k))
             .count()
     }
 
@@ -594,7 +594,7 @@ fn retry_unsatisfied(act: &mut Active, skip: &ServiceKey) {
         .unsatisfied
         .iter()
         .filter(|k| *k != skip)
-        .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+        .filter(|k| act.alloc.is_unsatisfied(k))
         .cloned()
         .collect();
     for k in waiting {
@@ -1037,7 +1037,7 @@ mod tests {
         let scan: BTreeSet<ServiceKey> = act
             .reqs
             .keys()
-            .filter(|k| act.alloc.outcome(k).is_some_and(|o| !o.is_satisfied()))
+            .filter(|k| act.alloc.is_unsatisfied(k))
             .cloned()
             .collect();
         assert_eq!(act.unsatisfied, scan);

@@ -481,6 +481,14 @@ impl Allocator {
         Some(Ensured::with(s.verdict.clone(), s.uncovered.clone()))
     }
 
+    /// Whether a known Service did not get what it asked for (`false` for an unknown one). Reads
+    /// the verdict: builds no [`Ensured`].
+    pub fn is_unsatisfied(&self, key: &ServiceKey) -> bool {
+        self.lookup(key)
+            .and_then(|id| self.entry(id))
+            .is_some_and(|s| !s.verdict.is_satisfied())
+    }
+
     /// Known Services, sorted.
     pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
         let mut keys: Vec<&ServiceKey> = self.live().map(|(_, s)| &s.req.key).collect();

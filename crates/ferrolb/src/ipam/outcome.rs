@@ -129,7 +129,7 @@ impl Ensured {
 
     /// Whether the Service got what it asked for.
     pub fn is_satisfied(&self) -> bool {
-        matches!(self.verdict, Verdict::Satisfied(_))
+        self.verdict.is_satisfied()
     }
 
     /// The addresses to write into `status.loadBalancer.ingress`.

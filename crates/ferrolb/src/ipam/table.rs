@@ -249,6 +249,11 @@ pub(super) enum Verdict {
 }
 
 impl Verdict {
+    /// Whether the Service got what it asked for.
+    pub(super) fn is_satisfied(&self) -> bool {
+        matches!(self, Verdict::Satisfied(_))
+    }
+
     /// The public outcome, with the held addresses no pool covers any more.
     pub(super) fn outcome_with(&self, uncovered: &[(Addr, String)]) -> Outcome {
         let mut o = self.outcome();

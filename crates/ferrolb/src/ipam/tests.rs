@@ -731,6 +731,10 @@ fn disabled_pool_keeps_existing_allocations_only() {
     a.set_pool(P::new("p", &[cidr("198.51.100.0/24")]).disabled().def());
     assert_eq!(ips(&a.outcome(&key("ns", "a")).unwrap()), ["198.51.100.1"]);
     assert_eq!(a.ensure(&S::new("ns", "b").req()).reason, Reason::NoPool);
+    // The verdict read without building an outcome says the same.
+    assert!(!a.is_unsatisfied(&key("ns", "a")));
+    assert!(a.is_unsatisfied(&key("ns", "b")));
+    assert!(!a.is_unsatisfied(&key("ns", "unknown")));
     let o = a.ensure(&S::new("ns", "c").request(&["198.51.100.9"]).req());
     assert_eq!(o.reason, Reason::NoPool);
     assert!(o.message.contains("disabled"));
