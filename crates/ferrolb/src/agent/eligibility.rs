@@ -233,7 +233,7 @@ impl Desired {
         for g in self.groups.iter_mut() {
             while old.next_if(|p| p.key < g.key).is_some() {}
             if let Some(p) = old.next_if(|p| p.key == g.key) {
-                if Arc::ptr_eq(p, g) || **p == **g {
+                if p == g {
                     *g = p.clone();
                 }
             }

@@ -226,11 +226,6 @@ impl Holdings {
         self.desired.iter()
     }
 
-    /// Keys of the groups this node contends for.
-    pub fn desired_keys(&self) -> impl Iterator<Item = &String> {
-        self.desired.keys()
-    }
-
     /// Number of groups whose lease we hold (not counting sticky ones).
     pub fn held_count(&self) -> usize {
         self.state.values().filter(|h| **h == Hold::Held).count()

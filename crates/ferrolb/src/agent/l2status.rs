@@ -83,14 +83,14 @@ impl Want {
 }
 
 /// Two wants are the same when the object would say the same: not when the group differs
-/// elsewhere (its candidates, the other Services sharing its address).
+/// elsewhere (its candidates, the other Services sharing its address). The group key, and so
+/// the lease name, is derived from the addresses.
 impl PartialEq for Want {
     fn eq(&self, other: &Self) -> bool {
         self.service == other.service
             && self.acquired == other.acquired
             && (Arc::ptr_eq(&self.group, &other.group)
-                || (self.group.key == other.group.key
-                    && self.group.addresses == other.group.addresses
+                || (self.group.addresses == other.group.addresses
                     && self.group.interfaces == other.group.interfaces))
     }
 }

@@ -1186,14 +1186,9 @@ impl Engine {
             .iter()
             .map(|(n, d)| (n.clone(), d.candidates.clone()))
             .collect();
-        let ranks: HashMap<String, (usize, Option<String>)> =
-            balanced_assignment(&self.opts.identity, &cands)
-                .into_iter()
-                .collect();
-        // Kept when unchanged: a map replaced on every call would allocate every name again.
-        if ranks != self.ranks {
-            self.ranks = ranks;
-        }
+        self.ranks = balanced_assignment(&self.opts.identity, &cands)
+            .into_iter()
+            .collect();
         let mut desired = desired;
         if let Some(p) = &self.presence {
             desired.insert(

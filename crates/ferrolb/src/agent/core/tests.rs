@@ -705,7 +705,8 @@ fn engine(c: &mut Core, fx: &[Effect], now: Instant) {
     };
     let held: BTreeSet<String> = c
         .holdings()
-        .desired_keys()
+        .desired_groups()
+        .map(|(k, _)| k)
         .filter(|k| c.holdings().hold(k).is_some())
         .cloned()
         .collect();
@@ -745,8 +746,8 @@ fn run_order(order: &[Change]) -> End {
         desired: c.desired().clone(),
         held: c
             .holdings()
-            .desired_keys()
-            .map(|k| (k.clone(), c.holdings().hold(k)))
+            .desired_groups()
+            .map(|(k, _)| (k.clone(), c.holdings().hold(k)))
             .collect(),
     }
 }
