@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -21,15 +22,16 @@ use tracing::{debug, info, warn};
 use super::cache::{CachedNode, CachedService, CachedSlice};
 use super::conflicts::{self, PairLimit};
 use super::eligibility::{self, Desired, NodePrefixes, Options, ServiceRef};
-use super::holdings::{newly_announced, ConflictOutcome, Holdings, Transition};
+use super::holdings::{ConflictOutcome, Holdings, Transition};
 use super::l2status::{self, Acquired, Tracker, Want};
 use super::linkhold::LinkHold;
 use super::pools::PoolIndex;
 use crate::api::L2AnnouncementPolicy;
 use crate::lease::{self, LeaseEvent};
 
-/// Address → interfaces announced on.
-pub type Announced = BTreeMap<IpAddr, BTreeSet<String>>;
+/// Address → interfaces announced on (each group's interface set shared, see
+/// [`crate::net::announcer::Ifaces`]).
+pub type Announced = crate::net::announcer::Held;
 
 /// At most this many Events per second (a node taking over thousands of addresses at once must
 /// not flood the API server; the announcements themselves are logged and counted regardless).
@@ -138,7 +140,7 @@ pub enum Effect {
     /// The groups to contend for, by lease name (`LeaseSet::set_desired`).
     Leases(BTreeMap<String, lease::LeaseWant>),
     /// Answer for exactly these addresses (`Announcer::set_held`).
-    Announce(Announced),
+    Announce(Arc<Announced>),
     /// A gratuitous burst for these (`Announcer::reannounce`).
     Reannounce(Announced),
     /// Post an Event: this node started announcing these addresses of the Service.
@@ -218,7 +220,7 @@ pub struct Core {
     interfaces: Vec<String>,
     holdings: Holdings,
     /// The one announced set: what the announcer was last told.
-    announced: Announced,
+    announced: Arc<Announced>,
     last: Desired,
     warned_no_node: bool,
     /// The engine and holdings have been given a desired set at least once.
@@ -260,7 +262,7 @@ impl Core {
             options,
             interfaces,
             holdings: Holdings::new(sticky, quiet_outage),
-            announced: Announced::new(),
+            announced: Arc::default(),
             last: Desired::default(),
             warned_no_node: false,
             synced: false,
@@ -320,8 +322,8 @@ impl Core {
             }
             Input::Shutdown => {
                 self.holdings.clear();
-                self.announced.clear();
-                out.push(Effect::Announce(Announced::new()));
+                self.announced = Arc::default();
+                out.push(Effect::Announce(Arc::default()));
             }
         }
         out
@@ -618,16 +620,17 @@ impl Core {
             );
             out.push(Effect::Reannounce(again));
         }
-        if current == self.announced {
+        if current == *self.announced {
             return;
         }
-        let mut new = newly_announced(&self.announced, &current);
+        let mut new = crate::net::announcer::pairs_not_in(&current, &self.announced);
         // Events only for changes: not for addresses re-confirmed after a restart.
         for key in reconfirmed {
             if let Some(g) = self.holdings.group(&key) {
                 new.retain(|(ip, _)| !g.addresses.contains(ip));
             }
         }
+        let current = Arc::new(current);
         out.push(Effect::Announce(current.clone()));
         out.push(Effect::Metric(Metric::AddressesAnnounced(
             current.len() as i64

@@ -33,12 +33,13 @@
 //! carrier events (`agent::linkhold`). Under load such hiccups came every few seconds and each
 //! re-announced every held address (README, "Lab measurements", run F).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::eligibility::Group;
+use crate::net::announcer::Held;
 
 /// What the lease engine reports for one lease (mapped from `crate::lease`'s events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,38 +238,32 @@ impl Holdings {
     }
 
     /// The announcer's desired state: address → interfaces, for held and sticky groups.
-    pub fn announced(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn announced(&self) -> Held {
         self.addresses_of(|_, hold| matches!(hold, Hold::Held | Hold::Sticky))
     }
 
     /// Address → interfaces of the groups whose lease is valid (held, not sticky): what gets a
     /// gratuitous burst when the API server is reachable again after an outage.
-    pub fn confirmed(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn confirmed(&self) -> Held {
         self.addresses_of(|_, hold| hold == Hold::Held)
     }
 
     /// What to re-announce now that the API server answers again after an outage that lasted
     /// `lasted`: the [`Holdings::confirmed`] addresses, or nothing after an outage shorter than
     /// `quiet` (see the module doc).
-    pub fn reannounce_after_outage(
-        &self,
-        lasted: Duration,
-    ) -> Option<BTreeMap<IpAddr, BTreeSet<String>>> {
+    pub fn reannounce_after_outage(&self, lasted: Duration) -> Option<Held> {
         (lasted >= self.quiet).then(|| self.confirmed())
     }
 
     /// Address → interfaces of the groups held again after a sticky period since the last call
     /// (their renewal got through after an outage): they get a gratuitous burst too.
-    pub fn take_reconfirmed(&mut self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn take_reconfirmed(&mut self) -> Held {
         let keys = std::mem::take(&mut self.reconfirmed);
         self.addresses_of(|key, hold| hold == Hold::Held && keys.contains(key))
     }
 
-    fn addresses_of(
-        &self,
-        pick: impl Fn(&str, Hold) -> bool,
-    ) -> BTreeMap<IpAddr, BTreeSet<String>> {
-        let mut out: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    fn addresses_of(&self, pick: impl Fn(&str, Hold) -> bool) -> Held {
+        let mut out = Held::new();
         for (key, hold) in &self.state {
             if !pick(key, *hold) {
                 continue;
@@ -277,9 +272,18 @@ impl Holdings {
                 continue;
             };
             for ip in &g.addresses {
-                out.entry(*ip)
-                    .or_default()
-                    .extend(g.interfaces.iter().cloned());
+                // The group's one interface set, shared; merged into a new set only for an
+                // address that two groups announce on different interfaces.
+                match out.entry(*ip) {
+                    btree_map::Entry::Vacant(v) => {
+                        v.insert(g.interfaces.clone());
+                    }
+                    btree_map::Entry::Occupied(mut o) => {
+                        if !Arc::ptr_eq(o.get(), &g.interfaces) {
+                            Arc::make_mut(o.get_mut()).extend(g.interfaces.iter().cloned());
+                        }
+                    }
+                }
             }
         }
         out
@@ -291,22 +295,6 @@ impl Holdings {
         self.reconfirmed.clear();
         self.sticky_since.clear();
     }
-}
-
-/// (address, interface) pairs announced in `after` but not in `before` (for Events and logs).
-pub fn newly_announced(
-    before: &BTreeMap<IpAddr, BTreeSet<String>>,
-    after: &BTreeMap<IpAddr, BTreeSet<String>>,
-) -> Vec<(IpAddr, String)> {
-    let mut out = Vec::new();
-    for (ip, ifaces) in after {
-        for i in ifaces {
-            if !before.get(ip).is_some_and(|b| b.contains(i)) {
-                out.push((*ip, i.clone()));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -325,6 +313,9 @@ mod tests {
             interfaces: Arc::new(ifaces.iter().map(|s| (*s).to_string()).collect()),
             eligible_here: here,
         })
+    }
+    fn ifaces(names: &[&str]) -> crate::net::announcer::Ifaces {
+        Arc::new(names.iter().map(|s| (*s).to_string()).collect())
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -414,14 +405,14 @@ mod tests {
         let at_once = h.confirmed();
         assert_eq!(
             at_once,
-            BTreeMap::from([(ip("198.51.100.1"), BTreeSet::from(["eth0".to_string()]))])
+            Held::from([(ip("198.51.100.1"), ifaces(&["eth0"]))])
         );
         // …the sticky groups when their renewal gets through; a lost one never.
         h.on_lease(&sticky.key, Transition::Acquired, Instant::now());
         h.on_lease(&lost.key, Transition::Lost, Instant::now());
         assert_eq!(
             h.take_reconfirmed(),
-            BTreeMap::from([(ip("198.51.100.2"), BTreeSet::from(["eth1".to_string()]))])
+            Held::from([(ip("198.51.100.2"), ifaces(&["eth1"]))])
         );
         assert!(h.take_reconfirmed().is_empty(), "taken once");
         // Renewed while held: nothing to re-announce.
@@ -512,26 +503,6 @@ mod tests {
         let g2 = group(&["198.51.100.1"], &["eth1"], true);
         assert!(h.set_desired([&g2]).is_empty());
         let a = h.announced();
-        assert_eq!(a[&ip("198.51.100.1")], BTreeSet::from(["eth1".to_string()]));
-    }
-
-    #[test]
-    fn newly_announced_pairs() {
-        let before = BTreeMap::from([(ip("198.51.100.1"), BTreeSet::from(["eth0".to_string()]))]);
-        let after = BTreeMap::from([
-            (
-                ip("198.51.100.1"),
-                BTreeSet::from(["eth0".to_string(), "eth1".to_string()]),
-            ),
-            (ip("198.51.100.2"), BTreeSet::from(["eth0".to_string()])),
-        ]);
-        assert_eq!(
-            newly_announced(&before, &after),
-            vec![
-                (ip("198.51.100.1"), "eth1".to_string()),
-                (ip("198.51.100.2"), "eth0".to_string())
-            ]
-        );
-        assert!(newly_announced(&after, &before).is_empty());
+        assert_eq!(a[&ip("198.51.100.1")], ifaces(&["eth1"]));
     }
 }

@@ -41,8 +41,14 @@ use super::ndp;
 use super::probes::FollowUps;
 use super::reader::{open_channel, ReadLoop, Reader};
 
+/// The interfaces one address is announced on. Shared: every address of a group points at the
+/// group's one set (`eligibility::Group::interfaces`), so a held address costs one map entry,
+/// not a set of strings, in each copy of the held map (issue 16: ≈ 2 KB per held address went to
+/// these sets before).
+pub type Ifaces = Arc<BTreeSet<String>>;
+
 /// Held addresses: which interfaces each address is announced on.
-pub type Held = BTreeMap<IpAddr, BTreeSet<String>>;
+pub type Held = BTreeMap<IpAddr, Ifaces>;
 
 /// Timings of the announcer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +113,9 @@ struct Inner {
 pub(super) struct Shared {
     /// Held addresses per interface.
     pub(super) by_iface: RwLock<HashMap<String, HashSet<IpAddr>>>,
-    /// Held addresses as given to `set_held` (the manager diffs it).
-    pub(super) held: RwLock<Held>,
+    /// Held addresses as given to `set_held` (the manager diffs it; shared with the caller's
+    /// map and the manager's last applied state, never copied).
+    pub(super) held: RwLock<Arc<Held>>,
     /// Bumped by every `set_held`: the manager looks at `held` only when it moved.
     pub(super) generation: AtomicU64,
     /// MACs of every interface of this host (namespace): frames from them are ours, never a
@@ -157,7 +164,7 @@ impl Announcer {
         let (conflicts, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
             by_iface: RwLock::new(HashMap::new()),
-            held: RwLock::new(Held::new()),
+            held: RwLock::new(Arc::default()),
             generation: AtomicU64::new(0),
             own_macs: RwLock::new(HashSet::new()),
             metrics,
@@ -181,7 +188,7 @@ impl Announcer {
             followups,
             shared: shared.clone(),
             readers: HashMap::new(),
-            last: Held::new(),
+            last: Arc::default(),
             last_generation: u64::MAX,
             bursts: BTreeMap::new(),
             links_dirty: true,
@@ -206,21 +213,22 @@ impl Announcer {
     /// Sets the desired state: which addresses are held on which interfaces. Addresses that
     /// cannot be announced (unspecified, loopback, multicast, broadcast) are dropped with a
     /// warning. Removed (address, interface) pairs stop being answered before this returns;
-    /// new pairs get a gratuitous burst (sent by the manager thread right after).
-    pub fn set_held(&self, held: BTreeMap<IpAddr, BTreeSet<String>>) {
-        let mut clean = Held::new();
-        for (ip, ifaces) in held {
-            if !announceable(ip) {
+    /// new pairs get a gratuitous burst (sent by the manager thread right after). The map is
+    /// kept as given (not copied) unless something had to be dropped.
+    pub fn set_held(&self, held: impl Into<Arc<Held>>) {
+        let mut clean: Arc<Held> = held.into();
+        if clean
+            .iter()
+            .any(|(ip, ifaces)| !announceable(*ip) || ifaces.is_empty())
+        {
+            for ip in clean.keys().filter(|ip| !announceable(**ip)) {
                 warn!(%ip, "not announcing an address that is not unicast");
-                continue;
             }
-            if !ifaces.is_empty() {
-                clean.insert(ip, ifaces);
-            }
+            Arc::make_mut(&mut clean).retain(|ip, ifaces| announceable(*ip) && !ifaces.is_empty());
         }
         let mut by_iface: HashMap<String, HashSet<IpAddr>> = HashMap::new();
-        for (ip, ifaces) in &clean {
-            for i in ifaces {
+        for (ip, ifaces) in clean.iter() {
+            for i in ifaces.iter() {
                 by_iface.entry(i.clone()).or_default().insert(*ip);
             }
         }
@@ -248,7 +256,7 @@ impl Announcer {
             .shared
             .held
             .read()
-            .map(|h| h.clone())
+            .map(|h| Held::clone(&h))
             .unwrap_or_default()
     }
 
@@ -286,7 +294,7 @@ impl Announcer {
     pub async fn shutdown(&self) {
         let sh = &self.inner.shared;
         if let (Ok(mut h), Ok(mut b)) = (sh.held.write(), sh.by_iface.write()) {
-            h.clear();
+            *h = Arc::default();
             b.clear();
         }
         if let Ok(mut c) = self.inner.cmd.lock() {
@@ -321,8 +329,8 @@ struct Manager {
     cfg: AnnouncerConfig,
     shared: Arc<Shared>,
     readers: HashMap<String, Reader>,
-    /// Held state applied last time.
-    last: Held,
+    /// Held state applied last time (shared with `Shared::held` until the next `set_held`).
+    last: Arc<Held>,
     /// `Shared::generation` of `last` (`u64::MAX`: nothing applied yet).
     last_generation: u64,
     bursts: BTreeMap<(IpAddr, String), Burst>,
@@ -381,9 +389,9 @@ impl Manager {
             Cmd::Reannounce(pairs) => {
                 let now = Instant::now();
                 for (ip, ifaces) in pairs {
-                    for i in ifaces {
-                        if self.shared.holds(&i, ip) {
-                            self.schedule(ip, &i, now);
+                    for i in ifaces.iter() {
+                        if self.shared.holds(i, ip) {
+                            self.schedule(ip, i, now);
                         }
                     }
                 }
@@ -418,7 +426,7 @@ impl Manager {
                 .shared
                 .held
                 .read()
-                .map(|h| h.clone())
+                .map(|h| Arc::clone(&h))
                 .unwrap_or_default();
             let moved = generation != self.last_generation || self.links_dirty;
             self.last_generation = generation;
@@ -447,8 +455,8 @@ impl Manager {
         if let Some(every) = self.cfg.reannounce_interval {
             let due = *self.next_reannounce.get_or_insert(now + every);
             if now >= due {
-                for (ip, ifaces) in &self.last {
-                    for i in ifaces {
+                for (ip, ifaces) in self.last.iter() {
+                    for i in ifaces.iter() {
                         self.bursts.entry((*ip, i.clone())).or_insert(Burst {
                             next: now,
                             remaining: 1,
@@ -480,7 +488,7 @@ impl Manager {
     /// Returns how many readers it restarted because their thread had died (repairs).
     fn sync_interfaces(&mut self, held: &Held, now: Instant) -> usize {
         let mut repairs = 0;
-        let wanted: BTreeSet<&String> = held.values().flatten().collect();
+        let wanted: BTreeSet<&String> = held.values().flat_map(|i| i.iter()).collect();
         let stale: Vec<String> = self
             .readers
             .keys()
@@ -571,7 +579,7 @@ impl Manager {
         };
         let mut want: HashMap<String, HashSet<IpAddr>> = HashMap::new();
         for (ip, ifaces) in held.iter() {
-            for i in ifaces {
+            for i in ifaces.iter() {
                 want.entry(i.clone()).or_default().insert(*ip);
             }
         }
@@ -626,23 +634,16 @@ impl Manager {
     }
 
     fn apply_diff(&mut self, held: &Held, now: Instant) {
-        let pairs = |h: &Held| -> BTreeSet<(IpAddr, String)> {
-            h.iter()
-                .flat_map(|(ip, i)| i.iter().map(move |n| (*ip, n.clone())))
-                .collect()
-        };
-        let new = pairs(held);
-        let old = pairs(&self.last);
-        for (ip, n) in old.difference(&new) {
-            self.bursts.remove(&(*ip, n.clone()));
-            self.followups.cancel(&(*ip, n.clone()));
-            self.shared.metrics.forget(&ip.to_string(), n);
+        for (ip, n) in pairs_not_in(&self.last, held) {
+            self.bursts.remove(&(ip, n.clone()));
+            self.followups.cancel(&(ip, n.clone()));
+            self.shared.metrics.forget(&ip.to_string(), &n);
             info!(%ip, iface = %n, "released");
         }
-        for (ip, n) in new.difference(&old) {
+        for (ip, n) in pairs_not_in(held, &self.last) {
             info!(%ip, iface = %n, "holding");
-            if self.readers.get(n).is_some_and(|r| r.up) {
-                self.schedule(*ip, n, now);
+            if self.readers.get(&n).is_some_and(|r| r.up) {
+                self.schedule(ip, &n, now);
             }
         }
     }
@@ -737,6 +738,31 @@ impl Manager {
     }
 }
 
+/// One address announced on one interface.
+pub type Pair = (IpAddr, String);
+
+/// The (address, interface) pairs of `of` that `but` does not have, in address order (what a
+/// change of the held map releases, or newly announces, with the arguments swapped). Walks `of`
+/// once and allocates only for the difference; an address whose interface set is the same
+/// `Arc` in both is skipped without looking inside, so a change of one address among 10k held
+/// ones costs no copy of all pairs.
+pub fn pairs_not_in(of: &Held, but: &Held) -> Vec<Pair> {
+    let mut out = Vec::new();
+    for (ip, ifaces) in of {
+        let other = but.get(ip);
+        if other.is_some_and(|o| Arc::ptr_eq(o, ifaces)) {
+            continue;
+        }
+        out.extend(
+            ifaces
+                .iter()
+                .filter(|n| !other.is_some_and(|o| o.contains(*n)))
+                .map(|n| (*ip, n.clone())),
+        );
+    }
+    out
+}
+
 /// The probe for foreign answerers of `ip` sent from `mac`: an ARP probe from 0.0.0.0
 /// ([`arp::probe`]; a kernel with the address on any interface answers it with `arp_ignore=0`)
 /// or an NS from the address itself ([`ndp::probe`]; a kernel with the address on the receiving
@@ -757,5 +783,61 @@ pub fn gratuitous_frames(ip: IpAddr, mac: MacAddr) -> Vec<Vec<u8>> {
             .map(|op| arp::encode(&arp::gratuitous(op, mac, v4)).to_vec())
             .collect(),
         IpAddr::V6(v6) => vec![ndp::encode(&ndp::unsolicited_na(mac, v6))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(entries: &[(&str, &[&str])]) -> Held {
+        entries
+            .iter()
+            .map(|(ip, ifs)| {
+                let set: BTreeSet<String> = ifs.iter().map(|s| s.to_string()).collect();
+                (ip.parse().unwrap(), Arc::new(set))
+            })
+            .collect()
+    }
+
+    fn pair(ip: &str, iface: &str) -> Pair {
+        (ip.parse().unwrap(), iface.to_string())
+    }
+
+    #[test]
+    fn pairs_not_in_is_the_pairwise_difference() {
+        let before = held(&[("198.51.100.1", &["eth0"]), ("198.51.100.3", &["eth0"])]);
+        let after = held(&[
+            ("198.51.100.1", &["eth0", "eth1"]),
+            ("198.51.100.2", &["eth0"]),
+            ("198.51.100.3", &["eth0"]),
+        ]);
+        assert_eq!(
+            pairs_not_in(&after, &before),
+            vec![pair("198.51.100.1", "eth1"), pair("198.51.100.2", "eth0")]
+        );
+        assert!(pairs_not_in(&before, &after).is_empty());
+        // Moved from one interface to another: released on one, announced on the other.
+        let moved = held(&[("198.51.100.1", &["eth1"]), ("198.51.100.3", &["eth0"])]);
+        assert_eq!(
+            pairs_not_in(&before, &moved),
+            vec![pair("198.51.100.1", "eth0")]
+        );
+        assert_eq!(
+            pairs_not_in(&moved, &before),
+            vec![pair("198.51.100.1", "eth1")]
+        );
+    }
+
+    #[test]
+    fn pairs_not_in_skips_a_shared_set_and_still_reads_an_equal_copy() {
+        let shared = Arc::new(BTreeSet::from(["eth0".to_string()]));
+        let a: Held = [("198.51.100.1".parse().unwrap(), shared.clone())].into();
+        let b: Held = [("198.51.100.1".parse().unwrap(), shared)].into();
+        assert!(pairs_not_in(&a, &b).is_empty());
+        // An equal set that is not the same `Arc` compares by content.
+        let c = held(&[("198.51.100.1", &["eth0"])]);
+        assert!(pairs_not_in(&a, &c).is_empty());
+        assert!(pairs_not_in(&c, &a).is_empty());
     }
 }

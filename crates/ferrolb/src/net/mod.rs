@@ -75,14 +75,14 @@ pub fn parse_held_line(line: &str) -> anyhow::Result<announcer::Held> {
         if ifname.is_empty() {
             anyhow::bail!("{item:?}: empty interface name");
         }
-        held.entry(ip).or_default().insert(ifname.to_string());
+        std::sync::Arc::make_mut(held.entry(ip).or_default()).insert(ifname.to_string());
     }
     Ok(held)
 }
 
 /// Runs `ferrolb announce`: answers for fixed addresses until SIGTERM/SIGINT.
 pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     for ip in &args.ips {
@@ -134,8 +134,12 @@ pub async fn run_announce(args: AnnounceArgs) -> crate::CmdResult {
         None => None,
     };
     let mut conflicts = announcer.conflicts();
-    let held: BTreeMap<std::net::IpAddr, BTreeSet<String>> =
-        args.ips.iter().map(|ip| (*ip, ifaces.clone())).collect();
+    let shared_ifaces = std::sync::Arc::new(ifaces.clone());
+    let held: announcer::Held = args
+        .ips
+        .iter()
+        .map(|ip| (*ip, shared_ifaces.clone()))
+        .collect();
     announcer.set_held(held);
     announcer.settled().await;
     health.set_ready(true);

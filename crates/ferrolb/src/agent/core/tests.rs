@@ -186,7 +186,10 @@ fn ev(event: LeaseEvent) -> Input<'static> {
 fn set(entries: &[(&str, &[&str])]) -> Announced {
     entries
         .iter()
-        .map(|(a, ifs)| (ip(a), ifs.iter().map(|s| s.to_string()).collect()))
+        .map(|(a, ifs)| {
+            let ifs: BTreeSet<String> = ifs.iter().map(|s| s.to_string()).collect();
+            (ip(a), Arc::new(ifs))
+        })
         .collect()
 }
 
@@ -212,7 +215,7 @@ fn wished(fx: &[Effect]) -> Option<BTreeSet<String>> {
 
 fn announce(fx: &[Effect]) -> Option<&Announced> {
     fx.iter().rev().find_map(|e| match e {
-        Effect::Announce(a) => Some(a),
+        Effect::Announce(a) => Some(&**a),
         _ => None,
     })
 }
@@ -644,7 +647,7 @@ fn events_are_rate_limited_per_second() {
 fn shutdown_stops_answering() {
     let (mut c, _name, now) = holding();
     let fx = c.handle(Input::Shutdown, now);
-    assert_eq!(fx, vec![Effect::Announce(Announced::new())]);
+    assert_eq!(fx, vec![Effect::Announce(Arc::default())]);
     assert!(c.announced().is_empty());
 }
 
