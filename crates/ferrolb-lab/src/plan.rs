@@ -741,6 +741,7 @@ fn announcer_tiers(
         endpoint_slices: &[],
         interfaces: &[],
         options,
+        prev: &[],
     });
     for g in &desired.groups {
         let tiers: Vec<Vec<String>> = g

@@ -330,6 +330,7 @@ pub fn policy_problems(p: &L2AnnouncementPolicy) -> Vec<eligibility::PolicyProbl
         endpoint_slices: &[],
         interfaces: &[],
         options: &eligibility::Options::default(),
+        prev: &[],
     };
     eligibility::compute(&inputs).problems
 }

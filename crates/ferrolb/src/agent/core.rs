@@ -369,6 +369,7 @@ impl Core {
             endpoint_slices: s.slices,
             interfaces: &self.interfaces,
             options: &self.options,
+            prev: &self.last.groups,
         });
         // Groups this node could announce only on interfaces without carrier: kept or handed
         // over (`linkhold`).
@@ -379,7 +380,6 @@ impl Core {
         {
             out.push(Effect::RecomputeAt(at));
         }
-        desired.keep_unchanged(&self.last);
         self.on_desired(desired, now, out);
     }
 

@@ -125,6 +125,12 @@ pub struct Inputs<'a> {
     /// virtual; see `crate::net`).
     pub interfaces: &'a [String],
     pub options: &'a Options,
+    /// The groups of the previous computation (a [`Desired::groups`], sorted by key): a group
+    /// equal to one of them is returned as that `Arc`, and the fresh copy dropped at once. What
+    /// the agent keeps per address is then allocated once, not again on every recompute, and a
+    /// recompute's peak holds one copy of the unchanged groups, not two (issue 16). Empty: no
+    /// reuse.
+    pub prev: &'a [Arc<Group>],
 }
 
 /// A Service, by namespace and name (shared strings: an agent names every Service of the
@@ -222,22 +228,6 @@ impl Desired {
     /// Problems of one policy.
     pub fn problems_of<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = &'a PolicyProblem> {
         self.problems.iter().filter(move |p| p.policy == policy)
-    }
-
-    /// Replaces each group equal to one of `prev`'s by `prev`'s (both sorted by key), so a
-    /// recompute keeps the groups that did not change and the fresh copies are dropped at
-    /// once: what the agent keeps per address is allocated once, not again on every recompute
-    /// (the churn that grew its heap far beyond what was live).
-    pub fn keep_unchanged(&mut self, prev: &Desired) {
-        let mut old = prev.groups.iter().peekable();
-        for g in self.groups.iter_mut() {
-            while old.next_if(|p| p.key < g.key).is_some() {}
-            if let Some(p) = old.next_if(|p| p.key == g.key) {
-                if p == g {
-                    *g = p.clone();
-                }
-            }
-        }
     }
 }
 
@@ -354,11 +344,12 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             }
         }
     }
-    let mut grouped: BTreeMap<usize, Vec<&Pair>> = BTreeMap::new();
-    for pair in &pairs {
-        let root = find(&mut parent, pair.service);
-        grouped.entry(root).or_default().push(pair);
-    }
+    // Pairs by group (root Service), in their order within a group: a sorted list of indices,
+    // not a map of lists (10k small vectors at 10k addresses, all alive until the end).
+    let mut grouped: Vec<(usize, usize)> = (0..pairs.len())
+        .map(|i| (find(&mut parent, pairs[i].service), i))
+        .collect();
+    grouped.sort_unstable();
 
     // Per-node facts, computed once.
     let nodes: Vec<(&str, &Labels)> = inputs
@@ -367,13 +358,20 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
         .map(|n| (&*n.name, &n.labels))
         .filter(|(_, labels)| !labels.contains_key(LABEL_EXCLUDE_LB))
         .collect();
+    // The EndpointSlices of the ETP Local Services (the only ones whose endpoints matter).
     let slices_by_service: BTreeMap<(&str, &str), Vec<&CachedSlice>> = {
-        let mut m: BTreeMap<(&str, &str), Vec<&CachedSlice>> = BTreeMap::new();
+        let mut m: BTreeMap<(&str, &str), Vec<&CachedSlice>> = services
+            .iter()
+            .filter(|(svc, _)| svc.etp_local)
+            .map(|(_, r)| ((&*r.namespace, &*r.name), Vec::new()))
+            .collect();
         for &s in inputs.endpoint_slices {
             let Some(svc) = s.service.as_deref() else {
                 continue;
             };
-            m.entry((&s.namespace, svc)).or_default().push(s);
+            if let Some(v) = m.get_mut(&(&*s.namespace, svc)) {
+                v.push(s);
+            }
         }
         m
     };
@@ -465,8 +463,10 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     type CandidateKey<'s> = (Vec<Signature<'s>>, Vec<bool>);
     let mut candidate_cache: BTreeMap<CandidateKey<'_>, Arc<Vec<String>>> = BTreeMap::new();
     let mut interface_cache: BTreeMap<BTreeSet<String>, Arc<BTreeSet<String>>> = BTreeMap::new();
-    let mut groups = Vec::with_capacity(grouped.len());
-    for members in grouped.values() {
+    let mut groups = Vec::new();
+    for run in grouped.chunk_by(|a, b| a.0 == b.0) {
+        let members: Vec<&Pair> = run.iter().map(|&(_, i)| &pairs[i]).collect();
+        let members = &members;
         let addresses = address_set(members.iter().map(|p| p.address));
         let mut service_refs: Vec<ServiceRef> = members
             .iter()
@@ -616,14 +616,23 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             .entry(interfaces)
             .or_insert_with_key(|set| Arc::new(set.clone()))
             .clone();
-        groups.push(Arc::new(Group {
+        let group = Group {
             key: group_key(&addresses),
             addresses,
             services: service_refs,
             candidates,
             eligible_here,
             interfaces,
-        }));
+        };
+        groups.push(
+            match inputs
+                .prev
+                .binary_search_by(|p| p.key.as_str().cmp(&group.key))
+            {
+                Ok(i) if *inputs.prev[i] == group => inputs.prev[i].clone(),
+                _ => Arc::new(group),
+            },
+        );
     }
     groups.sort_by(|a, b| a.key.cmp(&b.key));
     problems.sort();
@@ -855,6 +864,11 @@ mod tests {
         /// Every scenario is written with whole objects and decided on what the agent caches
         /// of them (`super::super::cache`), as the agent does.
         fn compute(&self) -> Desired {
+            self.compute_after(&[])
+        }
+
+        /// [`compute`] with the groups of a previous computation to keep where unchanged.
+        fn compute_after(&self, prev: &[Arc<Group>]) -> Desired {
             let mut i = Interner::default();
             let services: Vec<CachedService> = self
                 .services
@@ -881,6 +895,7 @@ mod tests {
                 endpoint_slices: &slices.iter().collect::<Vec<_>>(),
                 interfaces: &self.interfaces,
                 options: &self.options,
+                prev,
             });
             let whole = compute(&Inputs {
                 node_name: &self.me,
@@ -890,6 +905,7 @@ mod tests {
                 endpoint_slices: &slices.iter().collect::<Vec<_>>(),
                 interfaces: &self.interfaces,
                 options: &self.options,
+                prev,
             });
             assert_eq!(trimmed, whole, "trimmed policies decide differently");
             whole
@@ -936,8 +952,7 @@ mod tests {
             .service(svc("default", "b").ingress(&["198.51.100.4"]))
             .service(svc("default", "d").ingress(&["198.51.100.0"]));
         let fresh = w.compute();
-        let mut next = fresh.clone();
-        next.keep_unchanged(&prev);
+        let next = w.compute_after(&prev.groups);
         assert_eq!(next, fresh, "the same decisions");
         let kept: Vec<&str> = next
             .groups
@@ -951,8 +966,7 @@ mod tests {
             .policy(policy("p"))
             .service(svc("default", "a").ingress(&["198.51.100.1"]))
             .service(svc("other", "a").ingress(&["198.51.100.1"]));
-        let mut joined = w.compute();
-        joined.keep_unchanged(&prev);
+        let joined = w.compute_after(&prev.groups);
         assert!(!Arc::ptr_eq(&joined.groups[0], &prev.groups[0]));
         assert_eq!(joined.groups[0].services.len(), 2);
     }
