@@ -277,7 +277,7 @@ pub(crate) struct Engine {
     pub(crate) report: ShutdownReport,
     stats: Arc<EngineStats>,
     /// Our load-bounded rank and the preferred node per desired lease.
-    ranks: HashMap<String, (usize, Option<String>)>,
+    ranks: HashMap<String, (usize, Option<Arc<str>>)>,
     /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
     last_seen: HashMap<String, Instant>,
     /// Last local instant each other node was seen taking an address Lease (its holder changed
@@ -646,10 +646,12 @@ impl Engine {
         let Some(holder) = holder else {
             let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
             return match self.ranks.get(name) {
-                Some((_, Some(pref))) if obs.record.is_some() && last.as_deref() == Some(pref) => {
+                Some((_, Some(pref)))
+                    if obs.record.is_some() && last.as_deref() == Some(&**pref) =>
+                {
                     ranked(&without(pref))
                 }
-                Some((r, pref)) => (*r, pref.clone().filter(|p| *p != me)),
+                Some((r, pref)) => (*r, pref.as_deref().filter(|p| *p != me).map(String::from)),
                 None => ranked(&desired.candidates),
             };
         };
@@ -1100,13 +1102,13 @@ impl Engine {
         let Some((rank, Some(preferred))) = self.ranks.get(name) else {
             return false;
         };
-        if *rank == 0 || preferred == self.me() {
+        if *rank == 0 || &**preferred == self.me() {
             return false;
         }
         // Only to a node that shows signs of life (it renewed something, e.g. its presence
         // lease, within one lease duration).
         self.last_seen
-            .get(preferred)
+            .get(&**preferred)
             .is_some_and(|t| now < *t + self.opts.config.lease_duration)
     }
 
@@ -1182,12 +1184,22 @@ impl Engine {
         // The first word from the caller: Leases left alone until now are looked at again.
         let first = !self.desired_known;
         self.desired_known = true;
-        let cands: BTreeMap<String, Arc<Vec<String>>> = desired
-            .iter()
-            .map(|(n, d)| (n.clone(), d.candidates.clone()))
-            .collect();
-        self.ranks = balanced_assignment(&self.opts.identity, &cands)
-            .into_iter()
+        let assigned = balanced_assignment(
+            &self.opts.identity,
+            desired
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.candidates.as_slice())),
+        );
+        // The preferred nodes are a few names shared by all leases.
+        let mut nodes: HashMap<&str, Arc<str>> = HashMap::new();
+        self.ranks = desired
+            .keys()
+            .zip(assigned)
+            .map(|(n, (rank, preferred))| {
+                let preferred =
+                    preferred.map(|p| nodes.entry(p).or_insert_with(|| p.into()).clone());
+                (n.clone(), (rank, preferred))
+            })
             .collect();
         let mut desired = desired;
         if let Some(p) = &self.presence {

@@ -385,25 +385,37 @@ pub fn balanced_ranks<C: AsRef<Vec<String>>>(
     me: &str,
     leases: &std::collections::BTreeMap<String, C>,
 ) -> std::collections::BTreeMap<String, usize> {
-    balanced_assignment(me, leases)
-        .into_iter()
-        .map(|(k, (rank, _))| (k, rank))
+    let assigned = balanced_assignment(
+        me,
+        leases
+            .iter()
+            .map(|(k, c)| (k.as_str(), c.as_ref().as_slice())),
+    );
+    leases
+        .keys()
+        .cloned()
+        .zip(assigned.into_iter().map(|(rank, _)| rank))
         .collect()
 }
 
-/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates.
-pub fn balanced_assignment<C: AsRef<Vec<String>>>(
+/// [`balanced_ranks`] plus the preferred node (rank 0) of every lease with candidates: one
+/// `(rank, preferred)` per lease of `leases`, in their order, which must be name order (the
+/// order in which every node goes through them, so all agree). Two passes over `leases`
+/// instead of a kept copy of every lease's candidate order: an agent with 10k leases runs this
+/// on every change of its desired set, and its copies were the largest part of its peak.
+pub fn balanced_assignment<'a>(
     me: &str,
-    leases: &std::collections::BTreeMap<String, C>,
-) -> std::collections::BTreeMap<String, (usize, Option<String>)> {
-    use std::collections::{BTreeMap, HashMap};
+    leases: impl Iterator<Item = (&'a str, &'a [String])> + Clone,
+) -> Vec<(usize, Option<&'a str>)> {
+    use std::collections::HashMap;
+    // The top tier of a lease's candidates (the only nodes the balance chooses from).
+    fn top_tier(tiers: &[(usize, &str)]) -> Option<usize> {
+        tiers.iter().map(|(t, _)| *t).min()
+    }
     let mut share: HashMap<&str, f64> = HashMap::new();
-    // Per lease: every candidate in order, and how many of them are in the most preferred tier
-    // (the only ones the balance chooses from).
-    let mut orders: BTreeMap<&str, (Vec<&str>, usize)> = BTreeMap::new();
-    for (name, cands) in leases {
-        let tiers = candidate_tiers(cands.as_ref());
-        let Some(top) = tiers.iter().map(|(t, _)| *t).min() else {
+    for (_, cands) in leases.clone() {
+        let tiers = candidate_tiers(cands);
+        let Some(top) = top_tier(&tiers) else {
             continue;
         };
         let first = tiers.iter().filter(|(t, _)| *t == top).count();
@@ -411,43 +423,41 @@ pub fn balanced_assignment<C: AsRef<Vec<String>>>(
         for (_, n) in tiers.iter().filter(|(t, _)| *t == top) {
             *share.entry(n).or_default() += w;
         }
-        let mut order = tiers;
-        order.sort_by_cached_key(|(t, n)| order_key(name, *t, n));
-        orders.insert(
-            name.as_str(),
-            (order.into_iter().map(|(_, n)| n).collect(), first),
-        );
     }
     let cap: HashMap<&str, usize> = share
         .iter()
         .map(|(n, s)| (*n, (s - 1e-9).ceil().max(1.0) as usize))
         .collect();
     let mut load: HashMap<&str, usize> = HashMap::new();
-    let mut out = BTreeMap::new();
-    for name in leases.keys() {
-        let Some((order, first)) = orders.get(name.as_str()) else {
-            out.insert(name.clone(), (0, None));
+    let mut out = Vec::new();
+    for (name, cands) in leases {
+        // Every candidate in order, and how many of them are in the most preferred tier.
+        let mut order = candidate_tiers(cands);
+        let Some(top) = top_tier(&order) else {
+            out.push((0, None));
             continue;
         };
-        let chosen = order[..*first]
+        let first = order.iter().filter(|(t, _)| *t == top).count();
+        order.sort_by_cached_key(|(t, n)| order_key(name, *t, n));
+        let chosen = order[..first]
             .iter()
-            .copied()
+            .map(|(_, n)| *n)
             .find(|n| load.get(n).copied().unwrap_or(0) < cap.get(n).copied().unwrap_or(1))
-            .unwrap_or(order[0]);
+            .unwrap_or(order[0].1);
         *load.entry(chosen).or_default() += 1;
         let rank = if chosen == me {
             0
         } else {
             match order
                 .iter()
-                .filter(|n| **n != chosen)
-                .position(|n| *n == me)
+                .filter(|(_, n)| *n != chosen)
+                .position(|(_, n)| *n == me)
             {
                 Some(p) => p + 1,
                 None => order.len(),
             }
         };
-        out.insert(name.clone(), (rank, Some(chosen.to_string())));
+        out.push((rank, Some(chosen)));
     }
     out
 }
@@ -669,11 +679,13 @@ mod tests {
         }
         assert_eq!(load, BTreeMap::from([("a", 45), ("b", 45), ("c", 0)]));
         // Every node computes the same preferred node.
-        let a = balanced_assignment("a", &leases);
-        let c = balanced_assignment("c", &leases);
-        for (k, (_, pref)) in &a {
-            assert_eq!(&c[k].1, pref);
-            assert_ne!(pref.as_deref(), Some("c"));
+        let all = || leases.iter().map(|(k, c)| (k.as_str(), c.as_slice()));
+        let a = balanced_assignment("a", all());
+        let c = balanced_assignment("c", all());
+        assert_eq!(a.len(), leases.len());
+        for ((_, pref), (_, pref_c)) in a.iter().zip(&c) {
+            assert_eq!(pref_c, pref);
+            assert!(matches!(pref, Some("a" | "b")), "{pref:?}");
         }
         // Without a (it died: the engine filters it out), b is preferred and c follows.
         let no_a: Vec<String> = list.iter().filter(|n| *n != "a").cloned().collect();
