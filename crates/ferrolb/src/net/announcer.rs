@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use super::arp::{self, MacAddr};
 use super::iface::Iface;
 use super::links::LinkWatch;
-use super::metrics::Metrics;
+use super::metrics::{Kind, Metrics};
 use super::ndp;
 use super::probes::FollowUps;
 use super::reader::{open_channel, ReadLoop, Reader};
@@ -637,7 +637,7 @@ impl Manager {
         for (ip, n) in pairs_not_in(&self.last, held) {
             self.bursts.remove(&(ip, n.clone()));
             self.followups.cancel(&(ip, n.clone()));
-            self.shared.metrics.forget(&ip.to_string(), &n);
+            self.shared.metrics.forget(ip, &n);
             info!(%ip, iface = %n, "released");
         }
         for (ip, n) in pairs_not_in(held, &self.last) {
@@ -701,11 +701,7 @@ impl Manager {
             }
             for f in gratuitous_frames(*ip, r.mac) {
                 if r.send(&f) {
-                    self.shared
-                        .metrics
-                        .gratuitous
-                        .with_label_values(&[ip.to_string().as_str(), name.as_str()])
-                        .inc();
+                    self.shared.metrics.inc(Kind::Gratuitous, *ip, name);
                 }
             }
             // With each announcement a probe: a station that answers it is a foreign answerer
@@ -729,11 +725,7 @@ impl Manager {
         if !r.up || !self.shared.holds(name, ip) || !r.send(&probe_frame(ip, r.mac)) {
             return false;
         }
-        self.shared
-            .metrics
-            .probes
-            .with_label_values(&[ip.to_string().as_str(), name])
-            .inc();
+        self.shared.metrics.inc(Kind::Probes, ip, name);
         true
     }
 }

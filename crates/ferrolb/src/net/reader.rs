@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::announcer::{Conflict, Shared};
 use super::arp::{self, MacAddr};
+use super::metrics::Kind;
 use super::ndp;
 
 /// A reader thread and the sending half of its socket, for one interface.
@@ -165,11 +166,11 @@ impl ReadLoop {
             self.shared.holds(&self.name, IpAddr::V4(ip))
         });
         if let Some(ip) = v.request_for {
-            self.count(&self.shared.metrics.arp_requests, IpAddr::V4(ip));
+            self.count(Kind::ArpRequests, IpAddr::V4(ip));
         }
         if let Ok(reply) = v.reply {
             if self.send(&arp::encode(&reply)) {
-                self.count(&self.shared.metrics.responses, IpAddr::V4(reply.sender_ip));
+                self.count(Kind::Responses, IpAddr::V4(reply.sender_ip));
             }
         }
         if let Some((ip, mac)) = v.conflict {
@@ -185,14 +186,11 @@ impl ReadLoop {
             self.shared.holds(&self.name, IpAddr::V6(ip))
         });
         if let Some(ip) = v.request_for {
-            self.count(&self.shared.metrics.ndp_requests, IpAddr::V6(ip));
+            self.count(Kind::NdpRequests, IpAddr::V6(ip));
         }
         if let Ok(reply) = v.reply {
             if self.send(&ndp::encode(&reply)) {
-                self.count(
-                    &self.shared.metrics.responses,
-                    IpAddr::V6(reply.msg.target()),
-                );
+                self.count(Kind::Responses, IpAddr::V6(reply.msg.target()));
             }
         }
         if let Some((ip, mac)) = v.conflict {
@@ -200,16 +198,15 @@ impl ReadLoop {
         }
     }
 
-    fn count(&self, c: &prometheus::IntCounterVec, ip: IpAddr) {
-        c.with_label_values(&[ip.to_string().as_str(), self.name.as_str()])
-            .inc();
+    fn count(&self, kind: Kind, ip: IpAddr) {
+        self.shared.metrics.inc(kind, ip, &self.name);
     }
 
     fn conflict(&mut self, ip: IpAddr, mac: MacAddr, probe_answer: bool) {
         if self.shared.own_macs.read().is_ok_and(|m| m.contains(&mac)) {
             return;
         }
-        self.count(&self.shared.metrics.conflicts, ip);
+        self.count(Kind::Conflicts, ip);
         let now = Instant::now();
         if let Some(last) = self.reported.get(&(ip, mac, probe_answer)) {
             if now.duration_since(*last) < CONFLICT_REPORT_EVERY {
