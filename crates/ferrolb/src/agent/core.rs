@@ -380,6 +380,7 @@ impl Core {
         {
             out.push(Effect::RecomputeAt(at));
         }
+        desired.reuse_dark(&self.last.groups);
         self.on_desired(desired, now, out);
     }
 

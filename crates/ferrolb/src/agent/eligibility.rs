@@ -225,10 +225,33 @@ impl Desired {
         self.groups.iter().filter(|g| g.eligible_here)
     }
 
+    /// Replaces each group that [`super::linkhold`] changed (the [`Desired::dark`] ones) by an
+    /// equal group of `prev`, as [`compute`] does for the others: a group it made ineligible
+    /// here differs from the fresh copy `compute` compared, but often equals the previous one.
+    pub fn reuse_dark(&mut self, prev: &[Arc<Group>]) {
+        if self.dark.is_empty() {
+            return;
+        }
+        for g in self.groups.iter_mut() {
+            if self.dark.contains_key(&g.key) {
+                if let Some(p) = previous(prev, g) {
+                    *g = p.clone();
+                }
+            }
+        }
+    }
+
     /// Problems of one policy.
     pub fn problems_of<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = &'a PolicyProblem> {
         self.problems.iter().filter(move |p| p.policy == policy)
     }
+}
+
+/// The group of `prev` (sorted by key) equal to `g`, if any: the one rule by which a
+/// recompute keeps a previous group ([`Inputs::prev`]).
+fn previous<'a>(prev: &'a [Arc<Group>], g: &Group) -> Option<&'a Arc<Group>> {
+    let i = prev.binary_search_by(|p| p.key.as_str().cmp(&g.key)).ok()?;
+    (*prev[i] == *g).then(|| &prev[i])
 }
 
 /// A [`Group::addresses`]: `ips` sorted (IPv4 before IPv6), each once.
@@ -463,6 +486,16 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
     type CandidateKey<'s> = (Vec<Signature<'s>>, Vec<bool>);
     let mut candidate_cache: BTreeMap<CandidateKey<'_>, Arc<Vec<String>>> = BTreeMap::new();
     let mut interface_cache: BTreeMap<BTreeSet<String>, Arc<BTreeSet<String>>> = BTreeMap::new();
+    // Seeded with the previous groups' sets (each distinct `Arc` once), so a changed group
+    // shares the set its unchanged neighbours keep.
+    let mut seen_sets = std::collections::HashSet::new();
+    for g in inputs.prev {
+        if seen_sets.insert(Arc::as_ptr(&g.interfaces)) {
+            interface_cache
+                .entry(BTreeSet::clone(&g.interfaces))
+                .or_insert_with(|| g.interfaces.clone());
+        }
+    }
     let mut groups = Vec::new();
     for run in grouped.chunk_by(|a, b| a.0 == b.0) {
         let members: Vec<&Pair> = run.iter().map(|&(_, i)| &pairs[i]).collect();
@@ -624,15 +657,10 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             eligible_here,
             interfaces,
         };
-        groups.push(
-            match inputs
-                .prev
-                .binary_search_by(|p| p.key.as_str().cmp(&group.key))
-            {
-                Ok(i) if *inputs.prev[i] == group => inputs.prev[i].clone(),
-                _ => Arc::new(group),
-            },
-        );
+        groups.push(match previous(inputs.prev, &group) {
+            Some(p) => p.clone(),
+            None => Arc::new(group),
+        });
     }
     groups.sort_by(|a, b| a.key.cmp(&b.key));
     problems.sort();
@@ -969,6 +997,44 @@ mod tests {
         let joined = w.compute_after(&prev.groups);
         assert!(!Arc::ptr_eq(&joined.groups[0], &prev.groups[0]));
         assert_eq!(joined.groups[0].services.len(), 2);
+    }
+
+    #[test]
+    fn a_recompute_shares_the_previous_interface_sets_and_keeps_dark_groups() {
+        let w = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("default", "b").ingress(&["198.51.100.2"]));
+        let prev = w.compute();
+        // b's address changes: its new group gets the set a keeps, not an equal copy.
+        let w2 = world("n1")
+            .policy(policy("p"))
+            .service(svc("default", "a").ingress(&["198.51.100.1"]))
+            .service(svc("default", "b").ingress(&["198.51.100.3"]));
+        let next = w2.compute_after(&prev.groups);
+        assert!(Arc::ptr_eq(&next.groups[0], &prev.groups[0]));
+        assert!(!Arc::ptr_eq(&next.groups[1], &prev.groups[1]));
+        assert!(Arc::ptr_eq(
+            &next.groups[1].interfaces,
+            &prev.groups[0].interfaces
+        ));
+
+        // A group `linkhold` made ineligible here (a dark one) differs from the fresh copy
+        // `compute` compares, but equals the previous one once `linkhold` has run again.
+        let mut prev = w.compute();
+        Arc::make_mut(&mut prev.groups[0]).eligible_here = false;
+        let mut next = w.compute_after(&prev.groups);
+        assert!(!Arc::ptr_eq(&next.groups[0], &prev.groups[0]));
+        Arc::make_mut(&mut next.groups[0]).eligible_here = false;
+        next.reuse_dark(&prev.groups);
+        assert!(
+            !Arc::ptr_eq(&next.groups[0], &prev.groups[0]),
+            "not a dark group: left alone"
+        );
+        next.dark.insert(next.groups[0].key.clone(), false);
+        next.reuse_dark(&prev.groups);
+        assert!(Arc::ptr_eq(&next.groups[0], &prev.groups[0]));
+        assert!(Arc::ptr_eq(&next.groups[1], &prev.groups[1]));
     }
 
     #[test]

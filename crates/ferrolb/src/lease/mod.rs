@@ -413,6 +413,13 @@ pub fn balanced_assignment<'a>(
         tiers.iter().map(|(t, _)| *t).min()
     }
     let mut share: HashMap<&str, f64> = HashMap::new();
+    debug_assert!(
+        leases
+            .clone()
+            .zip(leases.clone().skip(1))
+            .all(|((a, _), (b, _))| a < b),
+        "balanced_assignment needs the leases in name order"
+    );
     for (_, cands) in leases.clone() {
         let tiers = candidate_tiers(cands);
         let Some(top) = top_tier(&tiers) else {

@@ -822,7 +822,7 @@ mod tests {
     }
 
     #[test]
-    fn pairs_not_in_skips_a_shared_set_and_still_reads_an_equal_copy() {
+    fn pairs_not_in_finds_nothing_for_a_shared_set_or_an_equal_copy() {
         let shared = Arc::new(BTreeSet::from(["eth0".to_string()]));
         let a: Held = [("198.51.100.1".parse().unwrap(), shared.clone())].into();
         let b: Held = [("198.51.100.1".parse().unwrap(), shared)].into();

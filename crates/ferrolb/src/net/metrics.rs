@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -69,6 +69,15 @@ const KINDS: [(Kind, &str, &str); 6] = [
     ),
 ];
 
+// `Kind as usize` indexes the counters and `KINDS` names them: the two orders must agree.
+const _: () = {
+    let mut i = 0;
+    while i < KINDS.len() {
+        assert!(KINDS[i].0 as usize == i, "KINDS out of Kind's order");
+        i += 1;
+    }
+};
+
 /// The counters of one (address, interface).
 #[derive(Default)]
 struct Counts([AtomicU64; KINDS.len()]);
@@ -103,13 +112,15 @@ impl Metrics {
     /// Counts one `kind` for `ip` on `iface`.
     pub fn inc(&self, kind: Kind, ip: IpAddr, iface: &str) {
         let i = kind as usize;
-        if let Ok(s) = self.series.read() {
+        {
+            let s = self.series.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = find(&s, ip, iface) {
                 c.0[i].fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
-        if let Ok(mut s) = self.series.write() {
+        {
+            let mut s = self.series.write().unwrap_or_else(PoisonError::into_inner);
             let v = s.entry(ip).or_default();
             let at = match v.iter().position(|(n, _)| &**n == iface) {
                 Some(at) => at,
@@ -124,21 +135,17 @@ impl Metrics {
 
     /// The count of `kind` for `ip` on `iface` (0 without a series).
     pub fn get(&self, kind: Kind, ip: IpAddr, iface: &str) -> u64 {
-        self.series
-            .read()
-            .ok()
-            .and_then(|s| find(&s, ip, iface).map(|c| c.0[kind as usize].load(Ordering::Relaxed)))
-            .unwrap_or(0)
+        let s = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        find(&s, ip, iface).map_or(0, |c| c.0[kind as usize].load(Ordering::Relaxed))
     }
 
     /// Drops the series of an address no longer held on `iface`.
     pub fn forget(&self, ip: IpAddr, iface: &str) {
-        if let Ok(mut s) = self.series.write() {
-            if let Some(v) = s.get_mut(&ip) {
-                v.retain(|(n, _)| &**n != iface);
-                if v.is_empty() {
-                    s.remove(&ip);
-                }
+        let mut s = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = s.get_mut(&ip) {
+            v.retain(|(n, _)| &**n != iface);
+            if v.is_empty() {
+                s.remove(&ip);
             }
         }
     }
@@ -180,9 +187,7 @@ impl Collector for PerAddress {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Ok(series) = self.series.read() else {
-            return Vec::new();
-        };
+        let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
         let mut families: Vec<MetricFamily> = KINDS
             .iter()
             .map(|(_, name, help)| {
