@@ -228,7 +228,7 @@ pub struct Core {
     /// Groups acquired without a takeover since the last `apply` (a restart): no Event.
     reconfirmed: BTreeSet<String>,
     /// How each held group was acquired (for `L2Announcement`s).
-    acquired: HashMap<String, std::sync::Arc<Acquired>>,
+    acquired: HashMap<String, Arc<Acquired>>,
     tracker: Tracker,
     /// Event rate limit: start of the current one-second window and Events posted in it.
     event_window: Option<(Instant, u32)>,
@@ -471,7 +471,7 @@ impl Core {
                 let reconfirmed = acq.failover.is_none();
                 // A renewal after a sticky period keeps the acquisition it continues.
                 if !(reconfirmed && self.acquired.contains_key(&key)) {
-                    self.acquired.insert(key.clone(), std::sync::Arc::new(acq));
+                    self.acquired.insert(key.clone(), Arc::new(acq));
                 }
                 if reconfirmed {
                     self.reconfirmed.insert(key.clone());
@@ -703,7 +703,7 @@ impl Core {
 /// labels and annotations only when the Lease is written: `lease::LeaseMeta::Serves`), and the
 /// rendezvous candidates.
 fn lease_desired(g: &eligibility::Group) -> lease::LeaseWant {
-    let key: std::sync::Arc<str> = std::sync::Arc::from(g.key.as_str());
+    let key: Arc<str> = Arc::from(g.key.as_str());
     lease::LeaseWant {
         meta: lease::LeaseMeta::Serves {
             key: key.clone(),

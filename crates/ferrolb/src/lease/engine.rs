@@ -1190,15 +1190,12 @@ impl Engine {
                 .iter()
                 .map(|(n, d)| (n.as_str(), d.candidates.as_slice())),
         );
-        // The preferred nodes are a few names shared by all leases.
-        let mut nodes: HashMap<&str, Arc<str>> = HashMap::new();
+        // The preferred nodes are a few names shared by all leases: the engine's interner.
         self.ranks = desired
             .keys()
             .zip(assigned)
             .map(|(n, (rank, preferred))| {
-                let preferred =
-                    preferred.map(|p| nodes.entry(p).or_insert_with(|| p.into()).clone());
-                (n.clone(), (rank, preferred))
+                (n.clone(), (rank, preferred.map(|p| self.names.intern(p))))
             })
             .collect();
         let mut desired = desired;
