@@ -149,32 +149,19 @@ struct Entry {
     object: Option<base::Base>,
     last_failure: Option<WriteFailure>,
     in_flight: bool,
-    retry_after: Option<Instant>,
-    conflict_rv: Option<String>,
     /// Our last successful write was a release.
     released_by_us: bool,
     /// A release of ours is on its way: reported `Released` before it was sent, and reported
     /// held again if it does not land ([`Engine::released_before_the_write`]).
     releasing: bool,
-    /// Reported `Released` (the number of that event) and the release not written yet: it
-    /// waits until the caller has applied it ([`EngineOptions::stop_before_release`]).
-    awaiting_stop: Option<u64>,
     reported: Reported,
     wake: Option<Instant>,
-    /// Cached rank for taking over from (holder): rank among candidates without it, and the
-    /// node ranked first among them when it is not us.
-    takeover_rank: Option<(Arc<str>, usize, Option<Arc<str>>)>,
-    /// Since when our takeover waits for the node ranked first ([`Engine::defer_behind_first`]);
-    /// cleared when the record changes.
-    deferred_since: Option<Instant>,
     /// Since when we hold it (reported Held).
     held_since: Option<Instant>,
     /// The last holder seen (kept when the lease is released).
     last_holder: Option<Arc<str>>,
     /// We released it to hand it over to its preferred node.
     handover_pending: bool,
-    /// No hand-over before this (a previous one was not taken).
-    no_handover_until: Option<Instant>,
     /// Waiting in one of the engine's write queues.
     queued: bool,
     /// The observed record's `ferrolb.io/attached-to` annotation (attached address Leases).
@@ -183,12 +170,72 @@ struct Entry {
     reads_attached: bool,
     /// The presence Lease under which this address Lease is indexed in `Engine::by_presence`.
     index_key: Option<Arc<str>>,
-    /// Another node's presence Lease: (holder, expired) as last judged; its attached address
-    /// Leases are looked at again when this changes.
-    presence_state: Option<(Option<String>, bool)>,
     /// What the Lease should say (labels, annotations) changed while we hold it: an attached
     /// Lease, which is not renewed, is rewritten once.
     rewrite: bool,
+    /// Our load-bounded rank and the preferred node, while the lease is desired (set from the
+    /// whole desired set at once: [`Engine::on_desired`]).
+    rank: Option<(usize, Option<Arc<str>>)>,
+    /// What only a few entries have at a time ([`Rare`]); `None` when all of it is unset.
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields of an [`Entry`] that are set for few leases at a time — after a refused write, while
+/// a takeover waits or a hand-over backs off, for presence Leases — kept out of line: every agent
+/// has an entry for every address of the cluster (≈ 150 bytes less each).
+#[derive(Default)]
+struct Rare {
+    /// No write before this (a refused or failed one).
+    retry_after: Option<Instant>,
+    /// The resourceVersion our last write was refused at (409): wait for the watch to show
+    /// the winner.
+    conflict_rv: Option<String>,
+    /// Reported `Released` (the number of that event) and the release not written yet: it
+    /// waits until the caller has applied it ([`EngineOptions::stop_before_release`]).
+    awaiting_stop: Option<u64>,
+    /// Cached rank for taking over from (holder): rank among candidates without it, and the
+    /// node ranked first among them when it is not us.
+    takeover_rank: Option<(Arc<str>, usize, Option<Arc<str>>)>,
+    /// Since when our takeover waits for the node ranked first ([`Engine::defer_behind_first`]);
+    /// cleared when the record changes.
+    deferred_since: Option<Instant>,
+    /// No hand-over before this (a previous one was not taken).
+    no_handover_until: Option<Instant>,
+    /// Another node's presence Lease: (holder, expired) as last judged; its attached address
+    /// Leases are looked at again when this changes.
+    presence_state: Option<(Option<String>, bool)>,
+}
+
+/// What [`Entry::rare`] reads for an entry with nothing out of line.
+static NO_RARE: Rare = Rare {
+    retry_after: None,
+    conflict_rv: None,
+    awaiting_stop: None,
+    takeover_rank: None,
+    deferred_since: None,
+    no_handover_until: None,
+    presence_state: None,
+};
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        let Rare {
+            retry_after,
+            conflict_rv,
+            awaiting_stop,
+            takeover_rank,
+            deferred_since,
+            no_handover_until,
+            presence_state,
+        } = self;
+        retry_after.is_none()
+            && conflict_rv.is_none()
+            && awaiting_stop.is_none()
+            && takeover_rank.is_none()
+            && deferred_since.is_none()
+            && no_handover_until.is_none()
+            && presence_state.is_none()
+    }
 }
 
 impl Entry {
@@ -199,26 +246,42 @@ impl Entry {
             object: None,
             last_failure: None,
             in_flight: false,
-            retry_after: None,
-            conflict_rv: None,
             released_by_us: false,
             releasing: false,
-            awaiting_stop: None,
             reported: Reported::NotHeld,
             wake: None,
-            takeover_rank: None,
-            deferred_since: None,
             held_since: None,
             last_holder: None,
             handover_pending: false,
-            no_handover_until: None,
             queued: false,
             attached_to: None,
             reads_attached: false,
             tag: None,
             index_key: None,
-            presence_state: None,
             rewrite: false,
+            rank: None,
+            rare: None,
+        }
+    }
+
+    /// The out-of-line fields (all unset when there are none).
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    /// The out-of-line fields, to set one.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// Unsets out-of-line fields with `f` (nothing is allocated for it), and frees them once
+    /// none is left set.
+    fn clear_rare(&mut self, f: impl FnOnce(&mut Rare)) {
+        if let Some(r) = self.rare.as_deref_mut() {
+            f(r);
+            if r.is_empty() {
+                self.rare = None;
+            }
         }
     }
 }
@@ -276,8 +339,6 @@ pub(crate) struct Engine {
     pub(crate) shutting_down: Option<Instant>,
     pub(crate) report: ShutdownReport,
     stats: Arc<EngineStats>,
-    /// Our load-bounded rank and the preferred node per desired lease.
-    ranks: HashMap<String, (usize, Option<Arc<str>>)>,
     /// Last local instant each holder was seen renewing/acquiring some lease (liveness).
     last_seen: HashMap<String, Instant>,
     /// Last local instant each other node was seen taking an address Lease (its holder changed
@@ -346,7 +407,6 @@ impl Engine {
             shutting_down: None,
             report: ShutdownReport::default(),
             stats,
-            ranks: HashMap::new(),
             last_seen: HashMap::new(),
             last_took: HashMap::new(),
             presence_unanswered: Vec::new(),
@@ -483,7 +543,7 @@ impl Engine {
             .holder()
             .filter(|h| *h != me && prev_holder != Some(*h));
         if took.is_some() || next.record != e.observed.as_ref().and_then(|o| o.record.clone()) {
-            e.deferred_since = None;
+            e.clear_rare(|r| r.deferred_since = None);
         }
         if let Some(h) = took.filter(|_| !is_presence_name(name)) {
             self.last_took.insert(h.to_string(), now);
@@ -512,21 +572,23 @@ impl Engine {
                 // that lost the first create race could not take the Lease for a lease
                 // duration, even once its holder released it (a flaky test against a real
                 // kube-apiserver: 60 s leases, a graceful release not taken within 20 s).
-                e.retry_after = None;
+                e.clear_rare(|r| r.retry_after = None);
             }
             if next.holder() != Some(me.as_str()) {
                 e.last_failure = None;
             }
         }
-        if e.conflict_rv.is_some()
-            && next.resource_version != e.conflict_rv
+        if e.rare().conflict_rv.is_some()
+            && next.resource_version != e.rare().conflict_rv
             && !is_presence_name(name)
         {
             // Our write of an address Lease lost a race (409) and the watch now shows what won:
             // decide on that at once rather than a retry period later (e.g. the release that
             // beat our takeover). Presence Leases keep the retry period after a refusal.
-            e.conflict_rv = None;
-            e.retry_after = None;
+            e.clear_rare(|r| {
+                r.conflict_rv = None;
+                r.retry_after = None;
+            });
         }
         // The object is the base of our writes: keep it only for leases this node holds, and
         // compactly ([`base::Base`]: uid, labels and annotations; the rest is the observation).
@@ -644,8 +706,9 @@ impl Engine {
         };
         let holder = obs.holder().filter(|h| *h != me);
         let Some(holder) = holder else {
-            let last = self.entries.get(name).and_then(|e| e.last_holder.clone());
-            return match self.ranks.get(name) {
+            let e = self.entries.get(name);
+            let last = e.and_then(|e| e.last_holder.clone());
+            return match e.and_then(|e| e.rank.as_ref()) {
                 Some((_, Some(pref)))
                     if obs.record.is_some() && last.as_deref() == Some(&**pref) =>
                 {
@@ -656,7 +719,7 @@ impl Engine {
             };
         };
         if let Some(e) = self.entries.get(name) {
-            if let Some((h, r, first)) = &e.takeover_rank {
+            if let Some((h, r, first)) = &e.rare().takeover_rank {
                 if **h == *holder {
                     return (*r, first.as_deref().map(String::from));
                 }
@@ -669,7 +732,7 @@ impl Engine {
             first.as_deref().map(|f| self.names.intern(f)),
         );
         if let Some(e) = self.entries.get_mut(name) {
-            e.takeover_rank = Some(cached);
+            e.rare_mut().takeover_rank = Some(cached);
         }
         (rank, first)
     }
@@ -703,8 +766,8 @@ impl Engine {
         if now >= busy_until {
             return None;
         }
-        let first_wait = e.deferred_since.is_none();
-        let until = (*e.deferred_since.get_or_insert(now) + cap).min(busy_until);
+        let first_wait = e.rare().deferred_since.is_none();
+        let until = (*e.rare_mut().deferred_since.get_or_insert(now) + cap).min(busy_until);
         if now >= until {
             return None;
         }
@@ -794,7 +857,7 @@ impl Engine {
                 // We handed it over and nobody took it: don't try again for a long while.
                 e.handover_pending = false;
                 let back_off = self.opts.rebalance_after.unwrap_or_default() * 10;
-                e.no_handover_until = Some(now + back_off);
+                e.rare_mut().no_handover_until = Some(now + back_off);
             }
         }
         if new_rep == Reported::NotHeld {
@@ -882,7 +945,7 @@ impl Engine {
         if self
             .entries
             .get(name)
-            .is_some_and(|e| e.awaiting_stop.is_some())
+            .is_some_and(|e| e.rare().awaiting_stop.is_some())
         {
             return true;
         }
@@ -891,7 +954,7 @@ impl Engine {
         }
         let n = self.released_emitted;
         if let Some(e) = self.entries.get_mut(name) {
-            e.awaiting_stop = Some(n);
+            e.rare_mut().awaiting_stop = Some(n);
         }
         self.awaiting_stop.push_back((n, name.to_string()));
         true
@@ -912,8 +975,8 @@ impl Engine {
             let due = self
                 .entries
                 .get_mut(&name)
-                .filter(|e| e.awaiting_stop == Some(n))
-                .map(|e| e.awaiting_stop = None)
+                .filter(|e| e.rare().awaiting_stop == Some(n))
+                .map(|e| e.clear_rare(|r| r.awaiting_stop = None))
                 .is_some();
             if due {
                 self.step(&name, now);
@@ -956,19 +1019,19 @@ impl Engine {
             self.set_wake(name, wake);
             return None;
         }
-        if let Some(t) = e.retry_after {
+        if let Some(t) = e.rare().retry_after {
             if now < t {
                 let w = Some(wake.map_or(t, |w| w.min(t)));
                 self.set_wake(name, w);
                 return None;
             }
-            e.retry_after = None;
+            e.clear_rare(|r| r.retry_after = None);
         }
         let Some(obs) = e.observed.clone() else {
             self.set_wake(name, wake);
             return None;
         };
-        if e.conflict_rv.is_some() && e.conflict_rv == obs.resource_version {
+        if e.rare().conflict_rv.is_some() && e.rare().conflict_rv == obs.resource_version {
             // Our write with this RV was refused: wait for the watch to show the winner.
             self.set_wake(name, wake);
             return None;
@@ -1096,10 +1159,10 @@ impl Engine {
         if e.held_since.is_none_or(|t| now < t + after) {
             return false;
         }
-        if e.no_handover_until.is_some_and(|t| now < t) {
+        if e.rare().no_handover_until.is_some_and(|t| now < t) {
             return false;
         }
-        let Some((rank, Some(preferred))) = self.ranks.get(name) else {
+        let Some((rank, Some(preferred))) = &e.rank else {
             return false;
         };
         if *rank == 0 || &**preferred == self.me() {
@@ -1191,14 +1254,18 @@ impl Engine {
                 .map(|(n, d)| (n.as_str(), d.candidates.as_slice())),
         );
         // The preferred nodes are a few names shared by all leases: the engine's interner.
-        self.ranks = desired
-            .keys()
-            .zip(assigned)
-            .map(|(n, (rank, preferred))| {
-                (n.clone(), (rank, preferred.map(|p| self.names.intern(p))))
-            })
+        let ranks: Vec<(usize, Option<Arc<str>>)> = assigned
+            .into_iter()
+            .map(|(rank, preferred)| (rank, preferred.map(|p| self.names.intern(p))))
             .collect();
+        let mut ranks = ranks.into_iter();
         let mut desired = desired;
+        // Our presence Lease joins the desired set here, without a rank (unless the caller
+        // named it, then with the caller's).
+        let unranked = self
+            .presence
+            .clone()
+            .filter(|p| !desired.contains_key(p.as_str()));
         if let Some(p) = &self.presence {
             desired.insert(
                 p.clone(),
@@ -1217,6 +1284,9 @@ impl Engine {
         }
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
+            if !desired.contains_key(n) {
+                e.rank = None;
+            }
             if e.desired.is_some() && !desired.contains_key(n) {
                 e.desired = None;
                 touched.push(n.clone());
@@ -1225,6 +1295,11 @@ impl Engine {
             }
         }
         for (n, d) in desired {
+            let rank = if unranked.as_ref() == Some(&n) {
+                None
+            } else {
+                ranks.next()
+            };
             let initialized = self.initialized;
             let e = self
                 .entries
@@ -1234,9 +1309,10 @@ impl Engine {
                 // The watch is synced and has not shown it: it does not exist.
                 e.observed = Some(Observed::absent(now));
             }
+            e.rank = rank;
             if e.desired.as_ref() != Some(&d) {
                 e.rewrite = e.desired.as_ref().is_some_and(|old| old.meta != d.meta);
-                e.takeover_rank = None;
+                e.clear_rare(|r| r.takeover_rank = None);
                 e.tag.clone_from(&d.tag);
                 e.desired = Some(d);
                 touched.push(n);

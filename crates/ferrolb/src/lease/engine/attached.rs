@@ -144,8 +144,8 @@ impl Engine {
         let expiry = valid.then(|| obs.expires_at(&cfg));
         let state = (holder.clone(), holder.is_some() && !valid);
         let owed = state.1 && !e.in_flight;
-        let changed = e.presence_state.as_ref() != Some(&state);
-        e.presence_state = Some(state);
+        let changed = e.rare().presence_state.as_ref() != Some(&state);
+        e.rare_mut().presence_state = Some(state);
         if changed || owed {
             let attached: Vec<String> = self
                 .by_presence
@@ -239,14 +239,14 @@ impl Engine {
         let Some(e) = self.entries.get(p) else {
             return;
         };
-        if e.in_flight || e.queued || e.retry_after.is_some_and(|t| now < t) {
+        if e.in_flight || e.queued || e.rare().retry_after.is_some_and(|t| now < t) {
             return;
         }
         let Some(obs) = e.observed.clone() else {
             return;
         };
         if obs.holder().is_none()
-            || (e.conflict_rv.is_some() && e.conflict_rv == obs.resource_version)
+            || (e.rare().conflict_rv.is_some() && e.rare().conflict_rv == obs.resource_version)
         {
             return;
         }
@@ -276,12 +276,12 @@ impl Engine {
         if e.reported != Reported::Held {
             return None;
         }
-        let (rank, pref) = self.ranks.get(name)?;
+        let (rank, pref) = e.rank.as_ref()?;
         if *rank == 0 || pref.as_deref().is_none_or(|p| p == self.me()) {
             return None;
         }
         let mut t = (e.held_since? + after).max(self.next_handover);
-        if let Some(u) = e.no_handover_until {
+        if let Some(u) = e.rare().no_handover_until {
             t = t.max(u);
         }
         if t <= now {

@@ -1047,8 +1047,9 @@ fn a_holding_one_preferred_by_b(t0: Instant) -> (Core, String) {
                 t0,
             );
             a.eng
-                .ranks
+                .entries
                 .get(n)
+                .and_then(|e| e.rank.as_ref())
                 .is_some_and(|(_, p)| p.as_deref() == Some("b"))
         })
         .expect("some name prefers b");

@@ -261,8 +261,10 @@ impl Engine {
                     _ => false,
                 };
                 e.last_failure = None;
-                e.conflict_rv = None;
-                e.retry_after = None;
+                e.clear_rare(|r| {
+                    r.conflict_rv = None;
+                    r.retry_after = None;
+                });
                 if matches!(
                     d.op,
                     Op::Create | Op::Update(OpKind::Acquire(_) | OpKind::Renew)
@@ -312,7 +314,7 @@ impl Engine {
                     (WriteFailure::Conflict, Op::Create) => {
                         // Exists but our watch has not shown it (yet): wait for it, then retry
                         // after a lease duration at the latest.
-                        e.retry_after = Some(now + cfg.lease_duration);
+                        e.rare_mut().retry_after = Some(now + cfg.lease_duration);
                     }
                     (WriteFailure::Conflict, Op::Update(OpKind::Renew))
                         if own_presence
@@ -326,14 +328,16 @@ impl Engine {
                         // saw our last renewal at least a lease duration before, so our renew
                         // deadline had passed by then anyway.
                         e.last_failure = Some(WriteFailure::Unreachable);
-                        e.conflict_rv = d.used_rv.clone();
-                        e.retry_after = Some(now + cfg.retry_period);
+                        let r = e.rare_mut();
+                        r.conflict_rv = d.used_rv.clone();
+                        r.retry_after = Some(now + cfg.retry_period);
                     }
                     (WriteFailure::Conflict, _) => {
-                        e.conflict_rv = d.used_rv.clone();
-                        e.retry_after = Some(now + cfg.retry_period);
+                        let r = e.rare_mut();
+                        r.conflict_rv = d.used_rv.clone();
+                        r.retry_after = Some(now + cfg.retry_period);
                     }
-                    _ => e.retry_after = Some(now + cfg.retry_period),
+                    _ => e.rare_mut().retry_after = Some(now + cfg.retry_period),
                 }
                 if d.op == Op::Update(OpKind::Release) {
                     e.released_by_us = false;
