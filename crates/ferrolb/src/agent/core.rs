@@ -703,7 +703,7 @@ impl Core {
 /// labels and annotations only when the Lease is written: `lease::LeaseMeta::Serves`), and the
 /// rendezvous candidates.
 fn lease_desired(g: &eligibility::Group) -> lease::LeaseWant {
-    let key: Arc<str> = Arc::from(g.key.as_str());
+    let key = g.key.clone();
     lease::LeaseWant {
         meta: lease::LeaseMeta::Serves {
             key: key.clone(),

@@ -168,7 +168,8 @@ impl fmt::Display for ServiceRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     /// Canonical address set: the addresses sorted (IPv4 before IPv6), comma-separated.
-    pub key: String,
+    /// Shared with the lease engine's want for this group (its tag and description).
+    pub key: Arc<str>,
     /// The addresses, sorted and distinct (a slice: a set's node would cost ≈ 0.2 KiB per group).
     pub addresses: Box<[IpAddr]>,
     /// The Services served, sorted, without duplicates (a list: usually one, and an agent keeps
@@ -233,7 +234,7 @@ impl Desired {
             return;
         }
         for g in self.groups.iter_mut() {
-            if self.dark.contains_key(&g.key) {
+            if self.dark.contains_key(&*g.key) {
                 if let Some(p) = previous(prev, g) {
                     *g = p.clone();
                 }
@@ -250,7 +251,7 @@ impl Desired {
 /// The group of `prev` (sorted by key) equal to `g`, if any: the one rule by which a
 /// recompute keeps a previous group ([`Inputs::prev`]).
 fn previous<'a>(prev: &'a [Arc<Group>], g: &Group) -> Option<&'a Arc<Group>> {
-    let i = prev.binary_search_by(|p| p.key.as_str().cmp(&g.key)).ok()?;
+    let i = prev.binary_search_by(|p| (*p.key).cmp(&g.key)).ok()?;
     (*prev[i] == *g).then(|| &prev[i])
 }
 
@@ -650,7 +651,7 @@ pub fn compute(inputs: &Inputs<'_>) -> Desired {
             .or_insert_with_key(|set| Arc::new(set.clone()))
             .clone();
         let group = Group {
-            key: group_key(&addresses),
+            key: group_key(&addresses).into(),
             addresses,
             services: service_refs,
             candidates,
@@ -941,7 +942,7 @@ mod tests {
     }
 
     fn keys(d: &Desired) -> Vec<&str> {
-        d.groups.iter().map(|g| g.key.as_str()).collect()
+        d.groups.iter().map(|g| &*g.key).collect()
     }
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| (*s).to_string()).collect()
@@ -986,7 +987,7 @@ mod tests {
             .groups
             .iter()
             .filter(|g| prev.groups.iter().any(|p| Arc::ptr_eq(p, g)))
-            .map(|g| g.key.as_str())
+            .map(|g| &*g.key)
             .collect();
         assert_eq!(kept, ["198.51.100.1"]);
         // Same key, different contents (another Service joins the address): not kept.
@@ -1031,7 +1032,7 @@ mod tests {
             !Arc::ptr_eq(&next.groups[0], &prev.groups[0]),
             "not a dark group: left alone"
         );
-        next.dark.insert(next.groups[0].key.clone(), false);
+        next.dark.insert(next.groups[0].key.to_string(), false);
         next.reuse_dark(&prev.groups);
         assert!(Arc::ptr_eq(&next.groups[0], &prev.groups[0]));
         assert!(Arc::ptr_eq(&next.groups[1], &prev.groups[1]));
@@ -1370,7 +1371,7 @@ mod tests {
         let d = w.compute();
         assert!(d.problems.is_empty(), "{:?}", d.problems);
         assert_eq!(keys(&d), ["198.51.100.20", "198.51.100.5"]);
-        let g = |k: &str| d.groups.iter().find(|g| g.key == k).unwrap().clone();
+        let g = |k: &str| d.groups.iter().find(|g| &*g.key == k).unwrap().clone();
         let (a, b) = (g("198.51.100.5"), g("198.51.100.20"));
         assert_eq!(a.candidates.as_slice(), ["n1", "n2"]);
         assert_eq!(*a.interfaces, set(&["eth0"]));

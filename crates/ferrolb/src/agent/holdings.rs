@@ -119,7 +119,7 @@ impl Holdings {
         let wanted: BTreeMap<&str, &Arc<Group>> = groups
             .into_iter()
             .filter(|g| g.eligible_here)
-            .map(|g| (g.key.as_str(), g))
+            .map(|g| (&*g.key, g))
             .collect();
         self.desired.retain(|k, _| wanted.contains_key(k.as_str()));
         for (k, g) in wanted {
@@ -179,7 +179,7 @@ impl Holdings {
         self.desired
             .values()
             .find(|g| g.addresses.contains(&ip))
-            .map(|g| g.key.clone())
+            .map(|g| g.key.to_string())
     }
 
     /// Another station announced `ip`: a sticky group containing it yields.
@@ -306,7 +306,7 @@ mod tests {
         let addresses =
             super::super::eligibility::address_set(ips.iter().map(|s| s.parse().unwrap()));
         Arc::new(Group {
-            key: group_key(&addresses),
+            key: group_key(&addresses).into(),
             addresses,
             services: [ServiceRef::new("default", "web")].into(),
             candidates: Arc::new(vec!["n1".into(), "n2".into()]),
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(h.announced().len(), 2);
         assert_eq!(
             h.on_conflict(ip("198.51.100.2")),
-            ConflictOutcome::Yielded(g.key.clone())
+            ConflictOutcome::Yielded(g.key.to_string())
         );
         // The whole group (one lease) yields.
         assert!(h.announced().is_empty());
@@ -453,7 +453,7 @@ mod tests {
         h.on_lease(&g.key, Transition::Acquired, Instant::now());
         assert_eq!(
             h.on_conflict(ip("198.51.100.1")),
-            ConflictOutcome::Ignored(g.key.clone())
+            ConflictOutcome::Ignored(g.key.to_string())
         );
         assert_eq!(h.announced().len(), 1);
         assert_eq!(h.on_conflict(ip("198.51.100.9")), ConflictOutcome::NotOurs);
@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky));
         assert_eq!(
             h.on_probe_answer(ip("198.51.100.1")),
-            ConflictOutcome::StickyAnswered(g.key.clone())
+            ConflictOutcome::StickyAnswered(g.key.to_string())
         );
         assert_eq!(h.hold(&g.key), Some(Hold::Sticky), "still announcing");
         assert_eq!(h.announced().len(), 1);
@@ -490,7 +490,7 @@ mod tests {
         h.set_desired([&g]);
         h.on_lease(&g.key, Transition::Acquired, Instant::now());
         let gone = h.set_desired([]);
-        assert_eq!(gone, vec![g.key.clone()]);
+        assert_eq!(gone, vec![g.key.to_string()]);
         assert!(h.announced().is_empty());
     }
 

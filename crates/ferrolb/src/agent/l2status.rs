@@ -387,7 +387,7 @@ mod tests {
         let addresses =
             crate::agent::eligibility::address_set(key_ips.iter().map(|s| s.parse().unwrap()));
         Arc::new(Group {
-            key: crate::agent::eligibility::group_key(&addresses),
+            key: crate::agent::eligibility::group_key(&addresses).into(),
             addresses,
             services: services
                 .iter()
@@ -444,7 +444,7 @@ mod tests {
         assert!(wants(&h, &HashMap::new()).is_empty(), "nothing held yet");
         h.on_lease(&shared.key, Transition::Acquired, std::time::Instant::now());
         let acq = HashMap::from([(
-            shared.key.clone(),
+            shared.key.to_string(),
             Arc::new(taken("Expired", Some("n2"), 1900, 4)),
         )]);
         let w = wants(&h, &acq);
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(tcp.addresses(), vec!["198.51.100.10".to_string()]);
         assert_eq!(tcp.interfaces(), vec!["eth0".to_string()]);
         assert_eq!(tcp.lease(), crate::lease::lease_name(&shared.key));
-        assert_eq!(tcp.acquired, acq.get(&shared.key).cloned());
+        assert_eq!(tcp.acquired, acq.get(&*shared.key).cloned());
         assert!(
             Arc::ptr_eq(&tcp.group, &shared),
             "the holdings' group, not a copy"

@@ -559,7 +559,7 @@ mod tests {
             let want = Want {
                 service: ServiceRef::new("demo", "web"),
                 group: Arc::new(crate::agent::eligibility::Group {
-                    key: crate::agent::eligibility::group_key(&addresses),
+                    key: crate::agent::eligibility::group_key(&addresses).into(),
                     addresses,
                     services: vec![ServiceRef::new("demo", "web")],
                     candidates: Arc::default(),

@@ -157,10 +157,10 @@ impl LinkHold {
         self.last.retain(|k, _| desired.dark.contains_key(k));
         let mut next: Option<Instant> = None;
         for g in desired.groups.iter_mut() {
-            let Some(&others_live) = desired.dark.get(&g.key) else {
+            let Some(&others_live) = desired.dark.get(&*g.key) else {
                 continue;
             };
-            let spell = self.spells.entry(g.key.clone()).or_insert(Spell {
+            let spell = self.spells.entry(g.key.to_string()).or_insert(Spell {
                 since: now,
                 outage: false,
                 live_since: None,
@@ -188,7 +188,7 @@ impl LinkHold {
                 let at = from + wait;
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
-            if self.last.insert(g.key.clone(), v) != Some(v) && v != DarkHold::Stand {
+            if self.last.insert(g.key.to_string(), v) != Some(v) && v != DarkHold::Stand {
                 info!(group = %g.key, verdict = ?v, others_live, "announcing interfaces without carrier");
             }
             if !v.keeps() && g.eligible_here {
@@ -275,7 +275,7 @@ mod tests {
         let mut d = desired.clone();
         let next = lh.apply(&mut d, hold, true, t0);
         assert_eq!(next, Some(t0 + SETTLE));
-        let here: Vec<&str> = d.local().map(|g| g.key.as_str()).collect();
+        let here: Vec<&str> = d.local().map(|g| &*g.key).collect();
         assert_eq!(here, ["198.51.100.10", "198.51.100.12"]);
         // A recompute during the wait does not restart it.
         let mut d = desired.clone();
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(d.local().count(), 2);
         let mut d = desired.clone();
         assert_eq!(lh.apply(&mut d, hold, true, t0 + SETTLE), None);
-        let here: Vec<&str> = d.local().map(|g| g.key.as_str()).collect();
+        let here: Vec<&str> = d.local().map(|g| &*g.key).collect();
         assert_eq!(here, ["198.51.100.12"]);
     }
 
