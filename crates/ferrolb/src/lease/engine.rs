@@ -176,13 +176,17 @@ struct Entry {
     /// Our load-bounded rank and the preferred node, while the lease is desired (set from the
     /// whole desired set at once: [`Engine::on_desired`]).
     rank: Option<(usize, Option<Arc<str>>)>,
+    /// Cached rank for taking over from (holder): rank among candidates without it, and the
+    /// node ranked first among them when it is not us. Set for most leases held by another
+    /// node (every step of a desired lease computes it), so kept here, not in [`Rare`].
+    takeover_rank: Option<(Arc<str>, usize, Option<Arc<str>>)>,
     /// What only a few entries have at a time ([`Rare`]); `None` when all of it is unset.
     rare: Option<Box<Rare>>,
 }
 
 /// The fields of an [`Entry`] that are set for few leases at a time — after a refused write, while
 /// a takeover waits or a hand-over backs off, for presence Leases — kept out of line: every agent
-/// has an entry for every address of the cluster (≈ 150 bytes less each).
+/// has an entry for every address of the cluster (≈ 120 bytes less each).
 #[derive(Default)]
 struct Rare {
     /// No write before this (a refused or failed one).
@@ -193,9 +197,6 @@ struct Rare {
     /// Reported `Released` (the number of that event) and the release not written yet: it
     /// waits until the caller has applied it ([`EngineOptions::stop_before_release`]).
     awaiting_stop: Option<u64>,
-    /// Cached rank for taking over from (holder): rank among candidates without it, and the
-    /// node ranked first among them when it is not us.
-    takeover_rank: Option<(Arc<str>, usize, Option<Arc<str>>)>,
     /// Since when our takeover waits for the node ranked first ([`Engine::defer_behind_first`]);
     /// cleared when the record changes.
     deferred_since: Option<Instant>,
@@ -211,7 +212,6 @@ static NO_RARE: Rare = Rare {
     retry_after: None,
     conflict_rv: None,
     awaiting_stop: None,
-    takeover_rank: None,
     deferred_since: None,
     no_handover_until: None,
     presence_state: None,
@@ -223,7 +223,6 @@ impl Rare {
             retry_after,
             conflict_rv,
             awaiting_stop,
-            takeover_rank,
             deferred_since,
             no_handover_until,
             presence_state,
@@ -231,7 +230,6 @@ impl Rare {
         retry_after.is_none()
             && conflict_rv.is_none()
             && awaiting_stop.is_none()
-            && takeover_rank.is_none()
             && deferred_since.is_none()
             && no_handover_until.is_none()
             && presence_state.is_none()
@@ -260,6 +258,7 @@ impl Entry {
             index_key: None,
             rewrite: false,
             rank: None,
+            takeover_rank: None,
             rare: None,
         }
     }
@@ -719,7 +718,7 @@ impl Engine {
             };
         };
         if let Some(e) = self.entries.get(name) {
-            if let Some((h, r, first)) = &e.rare().takeover_rank {
+            if let Some((h, r, first)) = &e.takeover_rank {
                 if **h == *holder {
                     return (*r, first.as_deref().map(String::from));
                 }
@@ -732,7 +731,7 @@ impl Engine {
             first.as_deref().map(|f| self.names.intern(f)),
         );
         if let Some(e) = self.entries.get_mut(name) {
-            e.rare_mut().takeover_rank = Some(cached);
+            e.takeover_rank = Some(cached);
         }
         (rank, first)
     }
@@ -1312,7 +1311,7 @@ impl Engine {
             e.rank = rank;
             if e.desired.as_ref() != Some(&d) {
                 e.rewrite = e.desired.as_ref().is_some_and(|old| old.meta != d.meta);
-                e.clear_rare(|r| r.takeover_rank = None);
+                e.takeover_rank = None;
                 e.tag.clone_from(&d.tag);
                 e.desired = Some(d);
                 touched.push(n);

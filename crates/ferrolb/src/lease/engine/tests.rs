@@ -740,6 +740,24 @@ fn a_graceful_stop_whose_presence_release_fails_reports_the_addresses_not_releas
     );
 }
 
+/// Every agent keeps an entry per address of the cluster: what only a refused write, a waiting
+/// takeover or a hand-over back-off needs is allocated only then ([`super::Rare`]).
+#[test]
+fn addresses_held_by_a_live_node_keep_nothing_out_of_line() {
+    let t0 = Instant::now();
+    let (mut b, addrs) = b_beside_a_holding_three(t0);
+    b.eng.on_timers(t0 + 100 * MS);
+    assert!(b.writes().is_empty(), "a is alive");
+    for n in &addrs {
+        let e = &b.eng.entries[n];
+        assert!(e.rare.is_none(), "{n}: nothing rare set");
+        assert!(
+            e.takeover_rank.is_some(),
+            "{n}: its takeover rank is cached"
+        );
+    }
+}
+
 /// The other side: b sees a's presence released while a's address Leases still name a (a
 /// graceful stop that left them to it) and takes each at once (b is the only other candidate).
 #[test]
@@ -803,9 +821,17 @@ fn an_address_seen_released_after_a_lost_race_is_taken_at_once() {
         t1 + 5 * MS,
     );
     assert!(b.writes().iter().all(|r| r.name != addr));
+    assert!(
+        b.eng.entries[addr].rare().conflict_rv.is_some(),
+        "the refused resourceVersion is noted (out of line)"
+    );
     let t2 = t1 + 10 * MS;
     b.eng
         .on_watch(watcher::Event::Apply(released(addr, 13, Some(&pa))), t2);
+    assert!(
+        b.eng.entries[addr].rare.is_none(),
+        "the winner seen: nothing left out of line, and its allocation freed"
+    );
     let w = b.writes();
     let take = w.iter().find(|r| r.name == addr);
     assert!(
