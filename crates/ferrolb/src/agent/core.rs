@@ -404,10 +404,13 @@ impl Core {
         for k in &gone {
             info!(group = %k, "no longer eligible: stopped announcing");
         }
-        let to_engine: BTreeMap<String, lease::LeaseWant> = desired
-            .local()
-            .map(|g| (lease::lease_name(&g.key), lease_desired(g)))
-            .collect();
+        // Inserted one by one: collecting would first gather every pair in a vector grown by
+        // doubling and sort it with a scratch buffer as large (≈ 2.5 MB beside the map at 10k
+        // groups, at the agent's heap peak).
+        let mut to_engine: BTreeMap<String, lease::LeaseWant> = BTreeMap::new();
+        for g in desired.local() {
+            to_engine.insert(lease::lease_name(&g.key), lease_desired(g));
+        }
         out.push(Effect::Metric(
             Metric::GroupsDesired(to_engine.len() as i64),
         ));

@@ -84,7 +84,7 @@ pub enum ConflictOutcome {
 #[derive(Debug, Clone)]
 pub struct Holdings {
     sticky: bool,
-    desired: BTreeMap<String, Arc<Group>>,
+    desired: BTreeMap<Arc<str>, Arc<Group>>,
     state: BTreeMap<String, Hold>,
     /// Groups held again after a sticky period of at least `quiet`, not yet taken by
     /// [`Holdings::take_reconfirmed`].
@@ -116,25 +116,25 @@ impl Holdings {
     ) -> Vec<String> {
         // Updated in place: the entries of unchanged groups stay where they are (a map rebuilt
         // on every recompute would allocate every key again).
-        let wanted: BTreeMap<&str, &Arc<Group>> = groups
-            .into_iter()
-            .filter(|g| g.eligible_here)
-            .map(|g| (&*g.key, g))
-            .collect();
-        self.desired.retain(|k, _| wanted.contains_key(k.as_str()));
+        // Inserted one by one, not collected: no vector of every pair and sort scratch beside it.
+        let mut wanted: BTreeMap<&str, &Arc<Group>> = BTreeMap::new();
+        for g in groups.into_iter().filter(|g| g.eligible_here) {
+            wanted.insert(&g.key, g);
+        }
+        self.desired.retain(|k, _| wanted.contains_key(&**k));
         for (k, g) in wanted {
             match self.desired.get_mut(k) {
                 Some(kept) if Arc::ptr_eq(kept, g) => {}
                 Some(kept) => *kept = g.clone(),
                 None => {
-                    self.desired.insert(k.to_string(), g.clone());
+                    self.desired.insert(g.key.clone(), g.clone());
                 }
             }
         }
         let gone: Vec<String> = self
             .state
             .keys()
-            .filter(|k| !self.desired.contains_key(*k))
+            .filter(|k| !self.desired.contains_key(k.as_str()))
             .cloned()
             .collect();
         for k in &gone {
@@ -223,7 +223,7 @@ impl Holdings {
     }
 
     /// The groups this node contends for, by key (shared: callers may keep them).
-    pub fn desired_groups(&self) -> impl Iterator<Item = (&String, &Arc<Group>)> {
+    pub fn desired_groups(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Group>)> {
         self.desired.iter()
     }
 
@@ -268,7 +268,7 @@ impl Holdings {
             if !pick(key, *hold) {
                 continue;
             }
-            let Some(g) = self.desired.get(key) else {
+            let Some(g) = self.desired.get(key.as_str()) else {
                 continue;
             };
             for ip in &g.addresses {

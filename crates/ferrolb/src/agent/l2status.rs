@@ -113,7 +113,7 @@ pub fn wants(
                 Want {
                     service: s.clone(),
                     group: g.clone(),
-                    acquired: acquired.get(key).cloned(),
+                    acquired: acquired.get(&**key).cloned(),
                 },
             );
         }

@@ -711,7 +711,7 @@ fn engine(c: &mut Core, fx: &[Effect], now: Instant) {
         .desired_groups()
         .map(|(k, _)| k)
         .filter(|k| c.holdings().hold(k).is_some())
-        .cloned()
+        .map(|k| k.to_string())
         .collect();
     let mut events: Vec<LeaseInput> = wishes.difference(&held).map(|key| acquired(key)).collect();
     events.extend(
@@ -750,7 +750,7 @@ fn run_order(order: &[Change]) -> End {
         held: c
             .holdings()
             .desired_groups()
-            .map(|(k, _)| (k.clone(), c.holdings().hold(k)))
+            .map(|(k, _)| (k.to_string(), c.holdings().hold(k)))
             .collect(),
     }
 }
