@@ -273,6 +273,13 @@ impl Entry {
         self.rare.get_or_insert_default()
     }
 
+    /// Our last write was refused (409) at `rv`, the resourceVersion now observed: the watch
+    /// has not shown the winner yet.
+    fn refused_at(&self, rv: &Option<String>) -> bool {
+        let refused = &self.rare().conflict_rv;
+        refused.is_some() && refused == rv
+    }
+
     /// Unsets out-of-line fields with `f` (nothing is allocated for it), and frees them once
     /// none is left set.
     fn clear_rare(&mut self, f: impl FnOnce(&mut Rare)) {
@@ -578,7 +585,7 @@ impl Engine {
             }
         }
         if e.rare().conflict_rv.is_some()
-            && next.resource_version != e.rare().conflict_rv
+            && !e.refused_at(&next.resource_version)
             && !is_presence_name(name)
         {
             // Our write of an address Lease lost a race (409) and the watch now shows what won:
@@ -1030,7 +1037,7 @@ impl Engine {
             self.set_wake(name, wake);
             return None;
         };
-        if e.rare().conflict_rv.is_some() && e.rare().conflict_rv == obs.resource_version {
+        if e.refused_at(&obs.resource_version) {
             // Our write with this RV was refused: wait for the watch to show the winner.
             self.set_wake(name, wake);
             return None;
@@ -1283,13 +1290,14 @@ impl Engine {
         }
         let mut touched: Vec<String> = Vec::new();
         for (n, e) in self.entries.iter_mut() {
-            if !desired.contains_key(n) {
-                e.rank = None;
+            if desired.contains_key(n) {
+                continue;
             }
-            if e.desired.is_some() && !desired.contains_key(n) {
+            e.rank = None;
+            if e.desired.is_some() {
                 e.desired = None;
                 touched.push(n.clone());
-            } else if first && e.desired.is_none() && !desired.contains_key(n) {
+            } else if first {
                 touched.push(n.clone());
             }
         }

@@ -245,9 +245,7 @@ impl Engine {
         let Some(obs) = e.observed.clone() else {
             return;
         };
-        if obs.holder().is_none()
-            || (e.rare().conflict_rv.is_some() && e.rare().conflict_rv == obs.resource_version)
-        {
+        if obs.holder().is_none() || e.refused_at(&obs.resource_version) {
             return;
         }
         if !self.server_keeps_up(obs.holder(), now) {

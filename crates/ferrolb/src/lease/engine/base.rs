@@ -107,9 +107,11 @@ impl Base {
             .spec
             .as_ref()
             .is_some_and(|s| *s == Record::from_lease(l).to_spec());
-        let packed = (rebuilt_meta == *m && spec_kept)
-            .then(|| Some((pack(&m.labels)?, pack(&m.annotations)?)))
-            .flatten();
+        let packed = if rebuilt_meta == *m && spec_kept {
+            pack(&m.labels).zip(pack(&m.annotations))
+        } else {
+            None
+        };
         if let Some((labels, annotations)) = packed {
             Base::Meta(Box::new(Meta {
                 uid: m.uid.as_deref().map(Box::from),
