@@ -185,6 +185,11 @@ mod cluster {
             macs, macs6,
             "one lease per Service address set: both families on one node"
         );
+        // A passing test leaves nothing behind: the logs' directory goes with the cluster.
+        let dir = c.cfg.dir.clone();
+        assert!(dir.is_dir(), "{} holds the logs while running", dir.display());
+        drop(c);
+        assert!(!dir.exists(), "{} removed with the cluster", dir.display());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

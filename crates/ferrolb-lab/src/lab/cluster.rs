@@ -78,6 +78,10 @@ pub struct LabConfig {
     pub dir: PathBuf,
     /// The API server: the stand-in (default) or a real kube-apiserver.
     pub api: ApiKind,
+    /// Remove `dir` when the cluster is dropped, unless the thread is panicking (a failed test
+    /// keeps its logs). `ferrolb lab` clears it: it removes the directory itself after a
+    /// successful run and names it after a failed one.
+    pub remove_dir_on_drop: bool,
 }
 
 /// Which API server the lab runs.
@@ -104,6 +108,7 @@ impl LabConfig {
             exe,
             dir,
             api: ApiKind::StandIn,
+            remove_dir_on_drop: true,
         }
     }
 }
@@ -122,8 +127,10 @@ pub struct Cluster {
     pub real: Option<crate::realapi::RealApi>,
     /// ServiceAccount tokens by account (`ferrolb-agent`, `ferrolb-controller`) with `--api kube`.
     tokens: std::collections::BTreeMap<String, String>,
-    // Declared last: dropped after the processes.
+    // Declared after the processes: dropped after them.
     pub topo: Topology,
+    // Declared last: the directory goes once nothing writes into it.
+    _dir_guard: DirGuard,
 }
 
 const API_PORT: u16 = 6443;
@@ -136,6 +143,22 @@ pub const AGENT_LEASE_NS: &str = "ferrolb-leases";
 pub const HEAPTRACK_ENV: &str = "FERROLB_LAB_HEAPTRACK";
 /// Where Debian's `heaptrack` package puts its preload library.
 const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+
+/// Removes the lab directory when dropped (see [`LabConfig::remove_dir_on_drop`]).
+struct DirGuard {
+    dir: PathBuf,
+    remove: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("lab logs kept: {}", self.dir.display());
+        } else if self.remove {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
 
 impl Cluster {
     /// The agents' address Leases (ferrolb's Leases without presence Leases and the
@@ -187,6 +210,10 @@ impl Cluster {
             &cfg.dir.join("apiserver.log"),
         )?;
         let client = uds::client(socket.clone());
+        let dir_guard = DirGuard {
+            dir: cfg.dir.clone(),
+            remove: cfg.remove_dir_on_drop,
+        };
         let mut c = Cluster {
             cfg,
             client,
@@ -198,6 +225,7 @@ impl Cluster {
             real: None,
             tokens: Default::default(),
             topo,
+            _dir_guard: dir_guard,
         };
         c.wait_api(Duration::from_secs(20)).await?;
         c.install_crds().await?;
@@ -218,6 +246,10 @@ impl Cluster {
             tokio::task::spawn_blocking(move || crate::realapi::RealApi::start_in(bins, &ns, ip))
                 .await??;
         let client = real.admin();
+        let dir_guard = DirGuard {
+            dir: cfg.dir.clone(),
+            remove: cfg.remove_dir_on_drop,
+        };
         let mut c = Cluster {
             cfg,
             client,
@@ -229,6 +261,7 @@ impl Cluster {
             real: Some(real),
             tokens: Default::default(),
             topo,
+            _dir_guard: dir_guard,
         };
         c.install_crds().await?;
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");

@@ -285,6 +285,7 @@ pub async fn run(args: Args) -> ferrolb::CmdResult {
     let exe = std::env::current_exe().context("locating the ferrolb binary")?;
     let mut cfg = LabConfig::new("lab", args.nodes, exe);
     cfg.api = args.api;
+    cfg.remove_dir_on_drop = false;
     let lab_dir = cfg.dir.clone();
     cfg.timings = Timings {
         lease_duration: args.lease_duration.clone(),
