@@ -187,7 +187,11 @@ mod cluster {
         );
         // A passing test leaves nothing behind: the logs' directory goes with the cluster.
         let dir = c.cfg.dir.clone();
-        assert!(dir.is_dir(), "{} holds the logs while running", dir.display());
+        assert!(
+            dir.is_dir(),
+            "{} holds the logs while running",
+            dir.display()
+        );
         drop(c);
         assert!(!dir.exists(), "{} removed with the cluster", dir.display());
     }
