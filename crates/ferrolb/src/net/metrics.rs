@@ -125,6 +125,9 @@ impl Metrics {
             let at = match v.iter().position(|(n, _)| &**n == iface) {
                 Some(at) => at,
                 None => {
+                    // One interface per address as a rule: room for exactly one more (a first
+                    // push would otherwise reserve four, 256 bytes per held address).
+                    v.reserve_exact(1);
                     v.push((iface.into(), Counts::default()));
                     v.len() - 1
                 }
@@ -283,6 +286,28 @@ mod tests {
             .unwrap();
         assert!(!text.contains("198.51.100.1"), "{text}");
         assert!(text.contains("2001:db8::1"), "{text}");
+    }
+
+    #[test]
+    fn an_address_on_one_interface_keeps_room_for_one() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).unwrap();
+        m.inc(Kind::Gratuitous, ip("198.51.100.1"), "eth0");
+        m.inc(Kind::Probes, ip("198.51.100.1"), "eth0");
+        m.inc(Kind::Gratuitous, ip("198.51.100.1"), "eth1");
+        m.inc(Kind::Gratuitous, ip("198.51.100.2"), "eth0");
+        let s = m.series.read().unwrap();
+        assert_eq!(
+            s[&ip("198.51.100.2")].capacity(),
+            1,
+            "one interface, one slot"
+        );
+        assert_eq!(s[&ip("198.51.100.1")].len(), 2);
+        assert_eq!(
+            s[&ip("198.51.100.1")].capacity(),
+            2,
+            "a second interface, a second slot"
+        );
     }
 
     #[test]
