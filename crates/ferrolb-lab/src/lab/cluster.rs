@@ -139,7 +139,8 @@ pub const SYSTEM_NS: &str = "ferrolb-system";
 /// Namespace of the agents' Leases on the real server (deploy/'s RBAC keeps them apart).
 pub const AGENT_LEASE_NS: &str = "ferrolb-leases";
 
-/// Names the node whose agent runs under heaptrack's preload library (`FERROLB_LAB_HEAPTRACK=node2`).
+/// Names the nodes whose agents run under heaptrack's preload library (`FERROLB_LAB_HEAPTRACK=node2`,
+/// `node1,node3`, or `all`: agents slowed alike take their usual shares of the addresses).
 pub const HEAPTRACK_ENV: &str = "FERROLB_LAB_HEAPTRACK";
 /// Where Debian's `heaptrack` package puts its preload library.
 const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
@@ -516,7 +517,8 @@ impl Cluster {
         // beside the log; `heaptrack_interpret` turns it into a profile afterwards. Set by
         // `env`, the last program before the agent: the library unsets LD_PRELOAD in the first
         // process it loads into (`ip` would take it).
-        let profiled = std::env::var(HEAPTRACK_ENV).is_ok_and(|n| n == node.name);
+        let profiled = std::env::var(HEAPTRACK_ENV)
+            .is_ok_and(|v| v.split(',').any(|n| n == node.name || n == "all"));
         let (program, args) = if profiled {
             let raw = log.with_extension("heaptrack.raw");
             let mut a = vec![
