@@ -713,8 +713,9 @@ pub const SETTLE_MAX: Duration = Duration::from_secs(600);
 
 /// Waits until rebalancing has ended: no hand-over can start before every lease has been held
 /// for the agents' `rebalance_after` (`EngineOptions::agent`'s), then until the agents write
-/// no address Lease for [`SETTLE_QUIET`]. Returns when (seconds after `started`).
-async fn settle(c: &Cluster, args: &Args, started: Instant, say: &Say) -> Option<f64> {
+/// no address Lease for [`SETTLE_QUIET`]. Returns when (seconds after `started`, which is
+/// `since`: "the first create", "the restart").
+async fn settle(c: &Cluster, args: &Args, started: Instant, since: &str, say: &Say) -> Option<f64> {
     let lease = ferrolb::lease::parse_duration(&args.lease_duration).unwrap_or_default();
     let cfg = ferrolb::lease::LeaseConfig {
         lease_duration: lease,
@@ -739,7 +740,7 @@ async fn settle(c: &Cluster, args: &Args, started: Instant, say: &Say) -> Option
         if moved == 0 {
             let at = started.elapsed().as_secs_f64();
             say.line(format!(
-                "      settled: no address Lease written for {SETTLE_QUIET:?}, {at:.1} s after the first create ({:?} per agent)",
+                "      settled: no address Lease written for {SETTLE_QUIET:?}, {at:.1} s after {since} ({:?} per agent)",
                 agents_held(c)
             ));
             return Some(at);
@@ -863,7 +864,7 @@ async fn measure(
     // The window is the steady state: after the rebalancing hand-overs (`rebalance_after`
     // from the last acquisition on, one per node per retry period) have moved the first-come
     // split to the load-bounded one.
-    m.settled_after_s = settle(c, args, started, say).await;
+    m.settled_after_s = settle(c, args, started, "the first create", say).await;
     let versions = burst::address_lease_versions(c).await.ok();
     let before = c.api_requests().await?;
     let window = Duration::from_secs(20);
@@ -937,7 +938,14 @@ async fn measure(
         m.arp_kernel_median_ms,
         m.arp_ours_median_ms / m.arp_kernel_median_ms.max(1e-9)
     ));
+    let mut restarted: Option<Instant> = None;
     for sig in ["KILL", "TERM"] {
+        if let Some(at) = restarted.filter(|_| args.prefer_node.is_none()) {
+            // The stopped agent was restarted after the previous burst: it relists every kind
+            // and takes its share back by hand-overs. A burst started meanwhile would time
+            // that recovery, not a failover of a settled cluster.
+            settle(c, args, at, "the restart", say).await;
+        }
         if let Some(node) = &args.prefer_node {
             // Handed back one address per retry period per node after a restart: wait.
             let wait = Duration::from_secs(120 + s as u64 / 2);
@@ -970,6 +978,7 @@ async fn measure(
             }
             Err(e) => say.line(format!("      burst SIG{sig}: {e:#}")),
         }
+        restarted = Some(Instant::now());
     }
     if args.baseline_leases > 0 {
         m.baseline = Some(run_baseline(c, args, say, m.steady_api_requests_per_s).await?);
