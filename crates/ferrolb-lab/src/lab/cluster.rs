@@ -151,6 +151,15 @@ struct DirGuard {
     remove: bool,
 }
 
+impl DirGuard {
+    fn of(cfg: &LabConfig) -> Self {
+        DirGuard {
+            dir: cfg.dir.clone(),
+            remove: cfg.remove_dir_on_drop,
+        }
+    }
+}
+
 impl Drop for DirGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -211,10 +220,7 @@ impl Cluster {
             &cfg.dir.join("apiserver.log"),
         )?;
         let client = uds::client(socket.clone());
-        let dir_guard = DirGuard {
-            dir: cfg.dir.clone(),
-            remove: cfg.remove_dir_on_drop,
-        };
+        let dir_guard = DirGuard::of(&cfg);
         let mut c = Cluster {
             cfg,
             client,
@@ -247,10 +253,7 @@ impl Cluster {
             tokio::task::spawn_blocking(move || crate::realapi::RealApi::start_in(bins, &ns, ip))
                 .await??;
         let client = real.admin();
-        let dir_guard = DirGuard {
-            dir: cfg.dir.clone(),
-            remove: cfg.remove_dir_on_drop,
-        };
+        let dir_guard = DirGuard::of(&cfg);
         let mut c = Cluster {
             cfg,
             client,
